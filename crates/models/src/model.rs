@@ -1,0 +1,347 @@
+//! Native model structs and their exact evaluation.
+//!
+//! A [`Model`] is a chain of scalers followed by one outlier detector, the
+//! shape of every supported scikit-learn pipeline. Evaluation follows
+//! scikit-learn and libsvm operation by operation, in f64, so that decision
+//! values agree to the last few ulps and labels agree exactly:
+//!
+//! * `StandardScaler`: `(x - mean_) / scale_`, subtraction then division, as
+//!   numpy's in-place `X -= mean_; X /= scale_`.
+//! * `MinMaxScaler`: `x * scale_ + min_`, then clipped to `feature_range`
+//!   when `clip=True`.
+//! * `RobustScaler`: `(x - center_) / scale_`.
+//! * `OneClassSVM`: libsvm's `svm_predict_values` for one-class models,
+//!   `sum_i dual_coef_i * K(sv_i, x) - rho` accumulated in support-vector
+//!   order, with `rho = -intercept_`; the label is "normal" only when the
+//!   decision is strictly greater than zero (`dec_value > 0`), so a decision
+//!   of exactly 0.0 is an anomaly.
+
+use serde::{Deserialize, Serialize};
+
+/// A feature scaler fitted by scikit-learn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Scaler {
+    /// `StandardScaler`: `(x - mean) / scale`; either part may be off.
+    StandardScaler {
+        /// `mean_` when `with_mean=True`.
+        mean: Option<Vec<f64>>,
+        /// `scale_` when `with_std=True`.
+        scale: Option<Vec<f64>>,
+    },
+    /// `MinMaxScaler`: `x * scale + min`, optionally clipped.
+    MinMaxScaler {
+        /// `scale_`
+        scale: Vec<f64>,
+        /// `min_`
+        min: Vec<f64>,
+        /// `feature_range` when `clip=True`.
+        clip: Option<(f64, f64)>,
+    },
+    /// `RobustScaler`: `(x - center) / scale`; either part may be off.
+    RobustScaler {
+        /// `center_` when `with_centering=True`.
+        center: Option<Vec<f64>>,
+        /// `scale_` when `with_scaling=True`.
+        scale: Option<Vec<f64>>,
+    },
+}
+
+/// A libsvm kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kernel {
+    /// `exp(-gamma * |x - y|^2)`
+    Rbf,
+    /// `x . y`
+    Linear,
+    /// `(gamma * x . y + coef0)^degree`
+    Poly,
+    /// `tanh(gamma * x . y + coef0)`
+    Sigmoid,
+}
+
+impl Kernel {
+    /// scikit-learn's name for the kernel.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Rbf => "rbf",
+            Kernel::Linear => "linear",
+            Kernel::Poly => "poly",
+            Kernel::Sigmoid => "sigmoid",
+        }
+    }
+}
+
+/// A fitted one-class SVM, as libsvm holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneClassSvm {
+    /// Kernel function.
+    pub kernel: Kernel,
+    /// Kernel coefficient, resolved (scikit-learn's `_gamma`).
+    pub gamma: f64,
+    /// Independent term of the poly and sigmoid kernels.
+    pub coef0: f64,
+    /// Degree of the poly kernel.
+    pub degree: i32,
+    /// Support vectors, row-major, `n_support x n_features`.
+    pub support_vectors: Vec<f64>,
+    /// One coefficient per support vector (`_dual_coef_[0]`).
+    pub dual_coef: Vec<f64>,
+    /// `_intercept_[0]`, which is `-rho`.
+    pub intercept: f64,
+}
+
+impl OneClassSvm {
+    /// Number of support vectors.
+    pub fn n_support(&self) -> usize {
+        self.dual_coef.len()
+    }
+}
+
+/// The estimator at the end of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Detector {
+    /// `sklearn.svm.OneClassSVM`
+    OneClassSvm(OneClassSvm),
+}
+
+/// A complete model: scalers, then a detector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// Number of input features (1 for the reference's raw readings).
+    pub n_features: usize,
+    /// Scalers applied in order.
+    pub steps: Vec<Scaler>,
+    /// The outlier detector.
+    pub detector: Detector,
+}
+
+/// Why a model could not score its input.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// The input has the wrong number of columns.
+    #[error("the model expects {expected} feature(s) per row but the input has {found}")]
+    FeatureMismatch {
+        /// Features the model was trained on.
+        expected: usize,
+        /// Features per row in the input.
+        found: usize,
+    },
+    /// The input's length is not a multiple of its row width.
+    #[error("{values} values do not form whole rows of {width} features")]
+    Ragged {
+        /// Number of values.
+        values: usize,
+        /// Row width.
+        width: usize,
+    },
+}
+
+impl Model {
+    /// Checks that every array agrees with `n_features` and the model is
+    /// well formed; run on import and when reading stored models.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.n_features;
+        if n == 0 {
+            return Err("the model has zero features".into());
+        }
+        let check = |name: &str, v: &Option<Vec<f64>>| match v {
+            Some(v) if v.len() != n => Err(format!("{name} has {} values, expected {n}", v.len())),
+            _ => Ok(()),
+        };
+        for s in &self.steps {
+            match s {
+                Scaler::StandardScaler { mean, scale } => {
+                    check("StandardScaler.mean_", mean)?;
+                    check("StandardScaler.scale_", scale)?;
+                }
+                Scaler::MinMaxScaler { scale, min, .. } => {
+                    check("MinMaxScaler.scale_", &Some(scale.clone()))?;
+                    check("MinMaxScaler.min_", &Some(min.clone()))?;
+                }
+                Scaler::RobustScaler { center, scale } => {
+                    check("RobustScaler.center_", center)?;
+                    check("RobustScaler.scale_", scale)?;
+                }
+            }
+        }
+        let Detector::OneClassSvm(svm) = &self.detector;
+        if svm.dual_coef.is_empty() {
+            return Err("the OneClassSVM has no support vectors".into());
+        }
+        if svm.support_vectors.len() != svm.dual_coef.len() * n {
+            return Err(format!(
+                "the OneClassSVM has {} support-vector values for {} support vectors of {n} features",
+                svm.support_vectors.len(),
+                svm.dual_coef.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// A one-line description, e.g. `Pipeline(StandardScaler, OneClassSVM(rbf, 15 SV))`.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .steps
+            .iter()
+            .map(|s| match s {
+                Scaler::StandardScaler { .. } => "StandardScaler".to_string(),
+                Scaler::MinMaxScaler { .. } => "MinMaxScaler".to_string(),
+                Scaler::RobustScaler { .. } => "RobustScaler".to_string(),
+            })
+            .collect();
+        let Detector::OneClassSvm(svm) = &self.detector;
+        parts.push(format!(
+            "OneClassSVM(kernel={}, gamma={}, {} support vectors)",
+            svm.kernel.name(),
+            svm.gamma,
+            svm.n_support()
+        ));
+        if parts.len() == 1 {
+            parts.pop().unwrap_or_default()
+        } else {
+            format!("Pipeline({})", parts.join(", "))
+        }
+    }
+
+    /// Decision values for `rows` (row-major, `n_features` per row),
+    /// written to `out` (one per row). Equal to scikit-learn's
+    /// `decision_function`.
+    pub fn decision_function(&self, rows: &[f64], width: usize, out: &mut Vec<f64>) -> Result<(), EvalError> {
+        if width != self.n_features {
+            return Err(EvalError::FeatureMismatch {
+                expected: self.n_features,
+                found: width,
+            });
+        }
+        if width == 0 || rows.len() % width != 0 {
+            return Err(EvalError::Ragged {
+                values: rows.len(),
+                width,
+            });
+        }
+        let n_rows = rows.len() / width;
+        out.clear();
+        out.reserve(n_rows);
+        let Detector::OneClassSvm(svm) = &self.detector;
+        let mut x = vec![0.0; width];
+        for row in rows.chunks_exact(width) {
+            x.copy_from_slice(row);
+            for s in &self.steps {
+                s.transform(&mut x);
+            }
+            out.push(svm.decision(&x));
+        }
+        Ok(())
+    }
+
+    /// Labels as scikit-learn's `predict`: `1` (inlier) or `-1` (outlier).
+    pub fn predict(&self, rows: &[f64], width: usize) -> Result<Vec<i8>, EvalError> {
+        let mut dec = Vec::new();
+        self.decision_function(rows, width, &mut dec)?;
+        Ok(dec.iter().map(|&d| if is_inlier(d) { 1 } else { -1 }).collect())
+    }
+}
+
+/// libsvm's one-class rule: normal only when the decision is strictly
+/// positive. A decision of exactly 0.0 (or NaN) is an anomaly.
+#[inline]
+pub fn is_inlier(decision: f64) -> bool {
+    decision > 0.0
+}
+
+impl Scaler {
+    /// Transforms one row in place.
+    #[inline]
+    pub fn transform(&self, x: &mut [f64]) {
+        match self {
+            Scaler::StandardScaler { mean, scale } => {
+                if let Some(m) = mean {
+                    x.iter_mut().zip(m).for_each(|(v, m)| *v -= m);
+                }
+                if let Some(s) = scale {
+                    x.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
+                }
+            }
+            Scaler::MinMaxScaler { scale, min, clip } => {
+                for ((v, s), m) in x.iter_mut().zip(scale).zip(min) {
+                    *v *= s;
+                    *v += m;
+                }
+                if let Some((lo, hi)) = clip {
+                    // numpy.clip(x, lo, hi) is min(max(x, lo), hi).
+                    x.iter_mut().for_each(|v| *v = v.max(*lo).min(*hi));
+                }
+            }
+            Scaler::RobustScaler { center, scale } => {
+                if let Some(c) = center {
+                    x.iter_mut().zip(c).for_each(|(v, c)| *v -= c);
+                }
+                if let Some(s) = scale {
+                    x.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
+                }
+            }
+        }
+    }
+}
+
+impl OneClassSvm {
+    /// libsvm's decision value for one (scaled) row.
+    #[inline]
+    pub fn decision(&self, x: &[f64]) -> f64 {
+        let n = x.len();
+        let mut sum = 0.0;
+        for (coef, sv) in self.dual_coef.iter().zip(self.support_vectors.chunks_exact(n)) {
+            sum += coef * self.kernel_value(x, sv);
+        }
+        sum - (-self.intercept)
+    }
+
+    /// libsvm's `Kernel::k_function` for dense vectors.
+    #[inline]
+    pub fn kernel_value(&self, x: &[f64], sv: &[f64]) -> f64 {
+        match self.kernel {
+            Kernel::Rbf => {
+                let mut sum = 0.0;
+                for (a, b) in x.iter().zip(sv) {
+                    let d = a - b;
+                    sum += d * d;
+                }
+                (-self.gamma * sum).exp()
+            }
+            Kernel::Linear => dot(x, sv),
+            Kernel::Poly => powi(self.gamma * dot(x, sv) + self.coef0, self.degree),
+            Kernel::Sigmoid => (self.gamma * dot(x, sv) + self.coef0).tanh(),
+        }
+    }
+}
+
+#[inline]
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    let mut s = 0.0;
+    for (a, b) in x.iter().zip(y) {
+        s += a * b;
+    }
+    s
+}
+
+/// libsvm's `powi`: exponentiation by squaring, which rounds differently
+/// from `f64::powi` for some inputs, so it is reproduced as written.
+#[inline]
+pub fn powi(base: f64, times: i32) -> f64 {
+    let mut tmp = base;
+    let mut ret = 1.0;
+    let mut t = times;
+    while t > 0 {
+        if t % 2 == 1 {
+            ret *= tmp;
+        }
+        tmp *= tmp;
+        t /= 2;
+    }
+    ret
+}

@@ -1,0 +1,837 @@
+//! A restricted pickle interpreter: reads pickles without executing them.
+//!
+//! Python's pickle format is a small stack machine whose `GLOBAL` and
+//! `REDUCE` opcodes import and call arbitrary Python functions; that is why
+//! loading an untrusted pickle in Python can run any code. This module runs
+//! the same machine with two differences that make it safe:
+//!
+//! * `GLOBAL`/`STACK_GLOBAL` resolve a name only if it is on an explicit
+//!   allow-list ([`Class`]); any other name (`os.system`, `builtins.eval`,
+//!   …) stops the load with [`PickleError::RefusedGlobal`] naming it, before
+//!   anything could be called.
+//! * `REDUCE`, `NEWOBJ` and `BUILD` never call anything. They record the
+//!   allow-listed class with its arguments and state as an [`Object`], which
+//!   the scikit-learn translator ([`crate::sklearn`]) interprets into native
+//!   structs afterwards.
+//!
+//! `joblib.dump` files are pickles in which each numpy array is a
+//! `NumpyArrayWrapper` object followed by the array's raw bytes in the
+//! stream; `BUILD` on such a wrapper reads those bytes, as joblib's own
+//! unpickler does. Compressed joblib files (zlib, gzip) are decompressed
+//! first by [`crate::sklearn::decompress`].
+//!
+//! Every length is checked against the bytes that remain before anything is
+//! allocated, so a corrupt or hostile file ends in an error, never a panic or
+//! an out-of-memory abort. Values are reference counted (pickles share
+//! objects through the memo) and dropped iteratively, so deeply nested input
+//! cannot overflow the stack.
+
+pub(crate) mod value;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+pub use value::{ArrayData, Class, Dtype, Estimator, NdArray, Object, Value};
+
+/// Largest memo index accepted (a pickle's memo is a dense table in
+/// practice; this bounds the map a hostile file can make us build).
+const MAX_MEMO: u32 = 1 << 24;
+
+/// Why a pickle could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PickleError {
+    /// The file ended in the middle of an opcode or before `STOP`.
+    #[error("the pickle is truncated: it ends at byte {offset} inside {what} (the file is incomplete or was cut while copying)")]
+    Truncated {
+        /// Byte offset where more input was needed.
+        offset: usize,
+        /// What was being read.
+        what: &'static str,
+    },
+    /// A byte that is not a pickle opcode.
+    #[error("byte {offset}: 0x{byte:02x} is not a pickle opcode (the file is corrupt or not a pickle)")]
+    UnknownOpcode {
+        /// Byte offset of the opcode.
+        offset: usize,
+        /// The byte.
+        byte: u8,
+    },
+    /// A global that is not on the allow-list.
+    #[error("refused global `{module}.{name}` at byte {offset}: fleetscore never executes pickled code and only reads scikit-learn models made of {supported}; this name is not one of them")]
+    RefusedGlobal {
+        /// Byte offset of the `GLOBAL`/`STACK_GLOBAL` opcode.
+        offset: usize,
+        /// Python module.
+        module: String,
+        /// Name inside the module.
+        name: String,
+        /// Human-readable list of what is supported.
+        supported: &'static str,
+    },
+    /// A scikit-learn (or other estimator) class that fleetscore does not
+    /// evaluate yet.
+    #[error("unsupported scikit-learn class `{module}.{name}`: fleetscore supports {supported}")]
+    UnsupportedClass {
+        /// Python module.
+        module: String,
+        /// Class name.
+        name: String,
+        /// Human-readable list of what is supported.
+        supported: &'static str,
+    },
+    /// A valid opcode that fleetscore does not implement (for example
+    /// persistent ids or out-of-band buffers).
+    #[error("byte {offset}: opcode {opcode} is not supported: {reason}")]
+    UnsupportedOpcode {
+        /// Byte offset of the opcode.
+        offset: usize,
+        /// Opcode name.
+        opcode: &'static str,
+        /// Why it cannot be read.
+        reason: &'static str,
+    },
+    /// The opcodes are individually valid but do not form a sensible pickle.
+    #[error("byte {offset}: malformed pickle: {reason}")]
+    Malformed {
+        /// Byte offset of the opcode.
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Names of the supported estimators, for error messages.
+pub const SUPPORTED: &str = "Pipeline, StandardScaler, MinMaxScaler, RobustScaler and OneClassSVM (kernels rbf, linear, poly, sigmoid) with numpy arrays";
+
+/// Reads one pickle from `data` and returns its value.
+///
+/// `data` may hold bytes after the pickle's `STOP` (they are ignored), as in
+/// a joblib file whose last array follows the last opcode it belongs to.
+pub fn load(data: &[u8]) -> Result<Value, PickleError> {
+    let mut m = Machine::new(data, 0, 0);
+    m.run()
+}
+
+/// One mark on the stack: the index into `stack` where it was set.
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: HashMap<u32, Value>,
+    /// Nested pickles (joblib's object arrays) increase this; bounded.
+    depth: u8,
+}
+
+type Result<T, E = PickleError> = std::result::Result<T, E>;
+
+impl<'a> Machine<'a> {
+    fn new(data: &'a [u8], pos: usize, depth: u8) -> Self {
+        Machine {
+            data,
+            pos,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            depth,
+        }
+    }
+
+    fn malformed(&self, offset: usize, reason: impl Into<String>) -> PickleError {
+        PickleError::Malformed {
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or(PickleError::Truncated {
+                offset: self.data.len(),
+                what,
+            })?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// A length read from the file, checked against what remains.
+    fn len_checked(&self, n: u64, what: &'static str) -> Result<usize> {
+        let remaining = (self.data.len() - self.pos) as u64;
+        if n > remaining {
+            return Err(PickleError::Truncated {
+                offset: self.data.len(),
+                what,
+            });
+        }
+        Ok(n as usize)
+    }
+
+    fn line(&mut self, what: &'static str) -> Result<&'a [u8]> {
+        let rest = &self.data[self.pos..];
+        let i = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(PickleError::Truncated {
+                offset: self.data.len(),
+                what,
+            })?;
+        self.pos += i + 1;
+        Ok(&rest[..i])
+    }
+
+    fn pop(&mut self, at: usize) -> Result<Value> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err(self.malformed(at, "an opcode needs a value but the stack is empty"));
+        }
+        Ok(self.stack.pop().expect("length checked above"))
+    }
+
+    fn top(&self, at: usize) -> Result<&Value> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err(self.malformed(at, "an opcode needs a value but the stack is empty"));
+        }
+        Ok(self.stack.last().expect("length checked above"))
+    }
+
+    fn pop_mark(&mut self, at: usize) -> Result<Vec<Value>> {
+        let m = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.malformed(at, "an opcode needs a MARK but none is set"))?;
+        Ok(self.stack.split_off(m))
+    }
+
+    fn memo_put(&mut self, idx: u32, at: usize) -> Result<()> {
+        if idx > MAX_MEMO {
+            return Err(self.malformed(at, format!("memo index {idx} is implausibly large")));
+        }
+        let v = self.top(at)?.clone();
+        self.memo.insert(idx, v);
+        Ok(())
+    }
+
+    fn memo_get(&mut self, idx: u32, at: usize) -> Result<()> {
+        let v = self
+            .memo
+            .get(&idx)
+            .cloned()
+            .ok_or_else(|| self.malformed(at, format!("memo entry {idx} is used before it is set")))?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn global(&self, module: &str, name: &str, at: usize) -> Result<Value> {
+        match Class::resolve(module, name) {
+            Some(c) => Ok(Value::Global(c)),
+            None if module == "sklearn" || module.starts_with("sklearn.") => {
+                Err(PickleError::UnsupportedClass {
+                    module: module.to_string(),
+                    name: name.to_string(),
+                    supported: SUPPORTED,
+                })
+            }
+            None => Err(PickleError::RefusedGlobal {
+                offset: at,
+                module: module.to_string(),
+                name: name.to_string(),
+                supported: SUPPORTED,
+            }),
+        }
+    }
+
+    fn run(&mut self) -> Result<Value> {
+        loop {
+            let at = self.pos;
+            let op = self.u8("an opcode (the pickle has no STOP)")?;
+            match op {
+                // PROTO
+                0x80 => {
+                    let p = self.u8("PROTO")?;
+                    if p > 5 {
+                        return Err(self.malformed(at, format!("pickle protocol {p} is newer than 5, the highest fleetscore (and Python 3.8+) knows")));
+                    }
+                }
+                // FRAME: framing is a hint for buffered readers; the bytes
+                // that follow are ordinary opcodes.
+                0x95 => {
+                    self.u64("FRAME")?;
+                }
+                b'.' => {
+                    let v = self.pop(at)?;
+                    return Ok(v);
+                }
+                b'(' => self.marks.push(self.stack.len()),
+                b'0' => {
+                    self.pop(at)?;
+                }
+                b'1' => {
+                    self.pop_mark(at)?;
+                }
+                b'2' => {
+                    let v = self.top(at)?.clone();
+                    self.stack.push(v);
+                }
+                b'N' => self.stack.push(Value::None),
+                0x88 => self.stack.push(Value::Bool(true)),
+                0x89 => self.stack.push(Value::Bool(false)),
+                b'J' => {
+                    let v = self.u32("BININT")? as i32;
+                    self.stack.push(Value::Int(i64::from(v)));
+                }
+                b'K' => {
+                    let v = self.u8("BININT1")?;
+                    self.stack.push(Value::Int(i64::from(v)));
+                }
+                b'M' => {
+                    let v = self.u16("BININT2")?;
+                    self.stack.push(Value::Int(i64::from(v)));
+                }
+                0x8a | 0x8b => {
+                    let n = if op == 0x8a {
+                        u64::from(self.u8("LONG1")?)
+                    } else {
+                        u64::from(self.u32("LONG4")?)
+                    };
+                    let n = self.len_checked(n, "a long integer")?;
+                    let b = self.take(n, "a long integer")?;
+                    self.stack.push(long_from_le(b));
+                }
+                b'I' => {
+                    let l = self.line("INT")?;
+                    let v = match l {
+                        b"01" => Value::Bool(true),
+                        b"00" => Value::Bool(false),
+                        _ => Value::Int(parse_ascii_int(l).ok_or_else(|| {
+                            self.malformed(at, "INT is not a decimal integer")
+                        })?),
+                    };
+                    self.stack.push(v);
+                }
+                b'L' => {
+                    let l = self.line("LONG")?;
+                    let l = l.strip_suffix(b"L").unwrap_or(l);
+                    let v = parse_ascii_int(l)
+                        .ok_or_else(|| self.malformed(at, "LONG is not a decimal integer that fits 64 bits"))?;
+                    self.stack.push(Value::Int(v));
+                }
+                b'G' => {
+                    let b = self.take(8, "BINFLOAT")?;
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    self.stack.push(Value::Float(f64::from_be_bytes(a)));
+                }
+                b'F' => {
+                    let l = self.line("FLOAT")?;
+                    let v = std::str::from_utf8(l)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<f64>().ok())
+                        .ok_or_else(|| self.malformed(at, "FLOAT is not a number"))?;
+                    self.stack.push(Value::Float(v));
+                }
+                // Strings: BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
+                b'X' | 0x8c | 0x8d => {
+                    let n = match op {
+                        b'X' => u64::from(self.u32("BINUNICODE")?),
+                        0x8c => u64::from(self.u8("SHORT_BINUNICODE")?),
+                        _ => self.u64("BINUNICODE8")?,
+                    };
+                    let n = self.len_checked(n, "a string")?;
+                    let b = self.take(n, "a string")?;
+                    let s = std::str::from_utf8(b)
+                        .map_err(|_| self.malformed(at, "a string is not valid UTF-8"))?;
+                    self.stack.push(Value::Str(Rc::from(s)));
+                }
+                b'V' => {
+                    let l = self.line("UNICODE")?;
+                    let s = decode_raw_unicode_escape(l)
+                        .ok_or_else(|| self.malformed(at, "UNICODE is not valid raw-unicode-escape text"))?;
+                    self.stack.push(Value::Str(Rc::from(s.as_str())));
+                }
+                // Python 2 byte strings: BINSTRING, SHORT_BINSTRING. Kept as
+                // bytes; the translator reads them as text where a name is
+                // expected (latin-1), as Python 3 does with encoding='latin1'.
+                b'T' | b'U' => {
+                    let n = if op == b'T' {
+                        u64::from(self.u32("BINSTRING")?)
+                    } else {
+                        u64::from(self.u8("SHORT_BINSTRING")?)
+                    };
+                    let n = self.len_checked(n, "a byte string")?;
+                    let b = self.take(n, "a byte string")?;
+                    self.stack.push(Value::Bytes(Rc::from(b)));
+                }
+                b'S' => {
+                    let l = self.line("STRING")?;
+                    let b = decode_string_literal(l)
+                        .ok_or_else(|| self.malformed(at, "STRING is not a quoted literal"))?;
+                    self.stack.push(Value::Bytes(Rc::from(b.as_slice())));
+                }
+                // Bytes: BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8
+                b'B' | b'C' | 0x8e | 0x96 => {
+                    let n = match op {
+                        b'B' => u64::from(self.u32("BINBYTES")?),
+                        b'C' => u64::from(self.u8("SHORT_BINBYTES")?),
+                        0x8e => self.u64("BINBYTES8")?,
+                        _ => self.u64("BYTEARRAY8")?,
+                    };
+                    let n = self.len_checked(n, "bytes")?;
+                    let b = self.take(n, "bytes")?;
+                    self.stack.push(Value::Bytes(Rc::from(b)));
+                }
+                b')' => self.stack.push(Value::tuple(Vec::new())),
+                b't' => {
+                    let items = self.pop_mark(at)?;
+                    self.stack.push(Value::tuple(items));
+                }
+                0x85..=0x87 => {
+                    let n = usize::from(op - 0x84);
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.pop(at)?);
+                    }
+                    items.reverse();
+                    self.stack.push(Value::tuple(items));
+                }
+                b']' => self.stack.push(Value::list(Vec::new())),
+                b'l' => {
+                    let items = self.pop_mark(at)?;
+                    self.stack.push(Value::list(items));
+                }
+                b'}' => self.stack.push(Value::dict(Vec::new())),
+                b'd' => {
+                    let items = self.pop_mark(at)?;
+                    let pairs = pairs(items).ok_or_else(|| self.malformed(at, "DICT needs key/value pairs"))?;
+                    self.stack.push(Value::dict(pairs));
+                }
+                0x8f => self.stack.push(Value::set(Vec::new())),
+                0x91 => {
+                    let items = self.pop_mark(at)?;
+                    self.stack.push(Value::set(items));
+                }
+                b'a' => {
+                    let v = self.pop(at)?;
+                    let list = self.top(at)?;
+                    list.list_extend(std::iter::once(v))
+                        .map_err(|k| self.malformed(at, format!("APPEND to a {k}, not a list")))?;
+                }
+                b'e' => {
+                    let items = self.pop_mark(at)?;
+                    let list = self.top(at)?;
+                    list.list_extend(items)
+                        .map_err(|k| self.malformed(at, format!("APPENDS to a {k}, not a list")))?;
+                }
+                0x90 => {
+                    let items = self.pop_mark(at)?;
+                    let set = self.top(at)?;
+                    set.set_extend(items)
+                        .map_err(|k| self.malformed(at, format!("ADDITEMS to a {k}, not a set")))?;
+                }
+                b's' => {
+                    let v = self.pop(at)?;
+                    let k = self.pop(at)?;
+                    let d = self.top(at)?;
+                    d.dict_extend(std::iter::once((k, v)))
+                        .map_err(|k| self.malformed(at, format!("SETITEM on a {k}, not a dict")))?;
+                }
+                b'u' => {
+                    let items = self.pop_mark(at)?;
+                    let pairs = pairs(items).ok_or_else(|| self.malformed(at, "SETITEMS needs key/value pairs"))?;
+                    let d = self.top(at)?;
+                    d.dict_extend(pairs)
+                        .map_err(|k| self.malformed(at, format!("SETITEMS on a {k}, not a dict")))?;
+                }
+                // Memo: PUT, BINPUT, LONG_BINPUT, MEMOIZE; GET, BINGET, LONG_BINGET
+                b'p' => {
+                    let l = self.line("PUT")?;
+                    let i = parse_ascii_int(l)
+                        .and_then(|i| u32::try_from(i).ok())
+                        .ok_or_else(|| self.malformed(at, "PUT index is not a number"))?;
+                    self.memo_put(i, at)?;
+                }
+                b'q' => {
+                    let i = u32::from(self.u8("BINPUT")?);
+                    self.memo_put(i, at)?;
+                }
+                b'r' => {
+                    let i = self.u32("LONG_BINPUT")?;
+                    self.memo_put(i, at)?;
+                }
+                0x94 => {
+                    let i = u32::try_from(self.memo.len())
+                        .map_err(|_| self.malformed(at, "memo too large"))?;
+                    self.memo_put(i, at)?;
+                }
+                b'g' => {
+                    let l = self.line("GET")?;
+                    let i = parse_ascii_int(l)
+                        .and_then(|i| u32::try_from(i).ok())
+                        .ok_or_else(|| self.malformed(at, "GET index is not a number"))?;
+                    self.memo_get(i, at)?;
+                }
+                b'h' => {
+                    let i = u32::from(self.u8("BINGET")?);
+                    self.memo_get(i, at)?;
+                }
+                b'j' => {
+                    let i = self.u32("LONG_BINGET")?;
+                    self.memo_get(i, at)?;
+                }
+                b'c' => {
+                    let module = self.line("GLOBAL module")?;
+                    let name = self.line("GLOBAL name")?;
+                    let module = String::from_utf8_lossy(module).into_owned();
+                    let name = String::from_utf8_lossy(name).into_owned();
+                    let g = self.global(&module, &name, at)?;
+                    self.stack.push(g);
+                }
+                0x93 => {
+                    let name = self.pop(at)?;
+                    let module = self.pop(at)?;
+                    let (Some(module), Some(name)) = (module.as_text(), name.as_text()) else {
+                        return Err(self.malformed(at, "STACK_GLOBAL needs two strings"));
+                    };
+                    let g = self.global(&module, &name, at)?;
+                    self.stack.push(g);
+                }
+                b'R' => {
+                    let args = self.pop(at)?;
+                    let func = self.pop(at)?;
+                    let v = self.reduce(&func, &args, at)?;
+                    self.stack.push(v);
+                }
+                0x81 => {
+                    let args = self.pop(at)?;
+                    let cls = self.pop(at)?;
+                    let v = self.new_object(&cls, &args, at)?;
+                    self.stack.push(v);
+                }
+                0x92 => {
+                    let kwargs = self.pop(at)?;
+                    let args = self.pop(at)?;
+                    let cls = self.pop(at)?;
+                    if !kwargs.is_empty_container() {
+                        return Err(self.malformed(at, "NEWOBJ_EX with keyword arguments is not used by the supported classes"));
+                    }
+                    let v = self.new_object(&cls, &args, at)?;
+                    self.stack.push(v);
+                }
+                b'b' => {
+                    let state = self.pop(at)?;
+                    self.build(state, at)?;
+                }
+                b'P' | b'Q' => {
+                    return Err(PickleError::UnsupportedOpcode {
+                        offset: at,
+                        opcode: "PERSID",
+                        reason: "persistent ids refer to objects outside the file; scikit-learn models do not use them",
+                    })
+                }
+                0x82..=0x84 => {
+                    return Err(PickleError::UnsupportedOpcode {
+                        offset: at,
+                        opcode: "EXT",
+                        reason: "the copyreg extension registry is not used by scikit-learn models",
+                    })
+                }
+                b'i' | b'o' => {
+                    return Err(PickleError::UnsupportedOpcode {
+                        offset: at,
+                        opcode: "INST/OBJ",
+                        reason: "old-style class instantiation is not used by scikit-learn models; re-save the model with pickle protocol 2 or later",
+                    })
+                }
+                0x97 | 0x98 => {
+                    return Err(PickleError::UnsupportedOpcode {
+                        offset: at,
+                        opcode: "NEXT_BUFFER",
+                        reason: "out-of-band buffers need the buffers the pickle was written with; save the model without buffer_callback",
+                    })
+                }
+                byte => return Err(PickleError::UnknownOpcode { offset: at, byte }),
+            }
+        }
+    }
+
+    /// `REDUCE`: `func(*args)` for the allow-listed callables, interpreted
+    /// without calling anything.
+    fn reduce(&mut self, func: &Value, args: &Value, at: usize) -> Result<Value> {
+        let Value::Global(class) = func else {
+            return Err(self.malformed(
+                at,
+                format!("REDUCE needs an allow-listed callable, found {}", func.kind()),
+            ));
+        };
+        let Some(args) = args.tuple_items() else {
+            return Err(self.malformed(at, "REDUCE arguments are not a tuple"));
+        };
+        match class {
+            // copyreg._reconstructor(cls, base, state): protocol 0/1 object
+            // creation; base must be `object`.
+            Class::CopyregReconstructor => match &args[..] {
+                [Value::Global(cls), Value::Global(Class::BuiltinObject), Value::None] => {
+                    Ok(Value::object(*cls, Vec::new()))
+                }
+                _ => Err(self.malformed(at, "copyreg._reconstructor with arguments other than (class, object, None)")),
+            },
+            // _codecs.encode(text, 'latin1'): how Python 3 pickles `bytes`
+            // at protocol 2.
+            Class::CodecsEncode => match &args[..] {
+                [Value::Str(s), Value::Str(enc)] if is_latin1(enc) => {
+                    let b: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
+                    let b = b.ok_or_else(|| self.malformed(at, "latin-1 text with a character above U+00FF"))?;
+                    Ok(Value::Bytes(Rc::from(b.as_slice())))
+                }
+                [Value::Str(s)] => Ok(Value::Bytes(Rc::from(s.as_bytes()))),
+                _ => Err(self.malformed(at, "_codecs.encode is only read with a latin-1 string")),
+            },
+            Class::BuiltinSet | Class::BuiltinFrozenset => match &args[..] {
+                [] => Ok(Value::set(Vec::new())),
+                [items] => {
+                    let items = items
+                        .sequence_items()
+                        .ok_or_else(|| self.malformed(at, "set() of something that is not a list"))?;
+                    Ok(Value::set(items))
+                }
+                _ => Err(self.malformed(at, "set() with more than one argument")),
+            },
+            Class::BuiltinBytearray => match &args[..] {
+                [] => Ok(Value::Bytes(Rc::from(&[][..]))),
+                [Value::Bytes(b)] => Ok(Value::Bytes(b.clone())),
+                _ => Err(self.malformed(at, "bytearray() with unexpected arguments")),
+            },
+            // Classes called to make an instance (numpy.dtype(...)), and the
+            // numpy array constructors. Their arguments are checked when the
+            // object is interpreted.
+            Class::NumpyDtype
+            | Class::NumpyReconstruct
+            | Class::NumpyScalar
+            | Class::NumpyFrombuffer
+            | Class::Sklearn(_) => Ok(Value::object(*class, args.to_vec())),
+            other => Err(self.malformed(
+                at,
+                format!("REDUCE calls `{}`, which is not callable this way", other.python_name()),
+            )),
+        }
+    }
+
+    /// `NEWOBJ`: `cls.__new__(cls, *args)`.
+    fn new_object(&mut self, cls: &Value, args: &Value, at: usize) -> Result<Value> {
+        let Value::Global(class) = cls else {
+            return Err(self.malformed(at, format!("NEWOBJ needs an allow-listed class, found {}", cls.kind())));
+        };
+        let Some(args) = args.tuple_items() else {
+            return Err(self.malformed(at, "NEWOBJ arguments are not a tuple"));
+        };
+        match class {
+            Class::Sklearn(_) | Class::JoblibArrayWrapper | Class::NumpyDtype | Class::NumpyNdarray => {
+                Ok(Value::object(*class, args.to_vec()))
+            }
+            Class::BuiltinSet | Class::BuiltinFrozenset => Ok(Value::set(Vec::new())),
+            other => Err(self.malformed(
+                at,
+                format!("NEWOBJ on `{}`, which is not a class fleetscore instantiates", other.python_name()),
+            )),
+        }
+    }
+
+    /// `BUILD`: `obj.__setstate__(state)` or `obj.__dict__.update(state)`.
+    fn build(&mut self, state: Value, at: usize) -> Result<()> {
+        let obj = self.top(at)?.clone();
+        let Value::Object(o) = &obj else {
+            return Err(self.malformed(at, format!("BUILD on a {}, not an object", obj.kind())));
+        };
+        let class = o.borrow().class;
+        if class == Class::JoblibArrayWrapper {
+            o.borrow_mut().state = Some(state);
+            let array = self.read_joblib_array(o, at)?;
+            self.stack.pop();
+            self.stack.push(array);
+            return Ok(());
+        }
+        let mut o = o.borrow_mut();
+        if o.state.is_some() {
+            return Err(self.malformed(at, "BUILD applied twice to the same object"));
+        }
+        o.state = Some(state);
+        Ok(())
+    }
+
+    /// Reads the raw bytes joblib writes after a `NumpyArrayWrapper`.
+    fn read_joblib_array(&mut self, wrapper: &Rc<RefCell<Object>>, at: usize) -> Result<Value> {
+        let w = wrapper.borrow();
+        let state = w.state.as_ref().expect("set by the caller");
+        let field = |k: &str| state.dict_get(k);
+        let bad = |what: &str| PickleError::Malformed {
+            offset: at,
+            reason: format!("joblib NumpyArrayWrapper: {what}"),
+        };
+        match field("subclass") {
+            Some(Value::Global(Class::NumpyNdarray)) => {}
+            Some(Value::Global(c)) => return Err(bad(&format!("array subclass `{}` is not supported", c.python_name()))),
+            _ => return Err(bad("missing or unknown `subclass`")),
+        }
+        let shape = field("shape")
+            .and_then(|s| s.shape())
+            .ok_or_else(|| bad("missing or invalid `shape`"))?;
+        let fortran = match field("order").and_then(|o| o.as_text()) {
+            Some(o) if o == "F" => true,
+            Some(o) if o == "C" || o == "K" || o == "A" => false,
+            _ => return Err(bad("missing or invalid `order`")),
+        };
+        let dtype = field("dtype")
+            .ok_or_else(|| bad("missing `dtype`"))
+            .and_then(|d| Dtype::from_value(&d).map_err(|e| bad(&e)))?;
+        let aligned = matches!(field("numpy_array_alignment_bytes"), Some(v) if !matches!(v, Value::None));
+        drop(w);
+        if dtype.kind == 'O' {
+            // joblib pickles object arrays as a nested protocol-2 pickle.
+            if self.depth > 0 {
+                return Err(self.malformed(at, "nested joblib object array inside a nested pickle"));
+            }
+            let mut inner = Machine::new(self.data, self.pos, self.depth + 1);
+            let v = inner.run()?;
+            self.pos = inner.pos;
+            return Ok(v);
+        }
+        if aligned {
+            let pad = self.u8("joblib array padding")?;
+            self.take(usize::from(pad), "joblib array padding")?;
+        }
+        let count = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad("shape overflows"))?;
+        let nbytes = count
+            .checked_mul(dtype.itemsize)
+            .ok_or_else(|| bad("array size overflows"))?;
+        let n = self.len_checked(nbytes as u64, "joblib array data")?;
+        let raw = self.take(n, "joblib array data")?;
+        Ok(Value::Array(Rc::new(NdArray {
+            shape,
+            fortran,
+            dtype,
+            data: ArrayData::Raw(Rc::from(raw)),
+        })))
+    }
+}
+
+fn is_latin1(enc: &str) -> bool {
+    matches!(
+        enc.to_ascii_lowercase().as_str(),
+        "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" | "l1"
+    )
+}
+
+fn pairs(items: Vec<Value>) -> Option<Vec<(Value, Value)>> {
+    if items.len() % 2 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    Some(out)
+}
+
+/// Python's little-endian two's-complement long encoding.
+fn long_from_le(b: &[u8]) -> Value {
+    if b.is_empty() {
+        return Value::Int(0);
+    }
+    if b.len() <= 8 {
+        let neg = b[b.len() - 1] & 0x80 != 0;
+        let mut a = if neg { [0xffu8; 8] } else { [0u8; 8] };
+        a[..b.len()].copy_from_slice(b);
+        return Value::Int(i64::from_le_bytes(a));
+    }
+    Value::BigInt(Rc::from(b))
+}
+
+fn parse_ascii_int(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.trim().parse().ok()
+}
+
+/// Protocol 0 `STRING`: a Python repr of a byte string, `'…'` or `"…"`.
+fn decode_string_literal(l: &[u8]) -> Option<Vec<u8>> {
+    let q = *l.first()?;
+    if !(q == b'\'' || q == b'"') || l.len() < 2 || *l.last()? != q {
+        return None;
+    }
+    let body = &l[1..l.len() - 1];
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        let c = body[i];
+        i += 1;
+        if c != b'\\' {
+            out.push(c);
+            continue;
+        }
+        let e = *body.get(i)?;
+        i += 1;
+        match e {
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'\\' | b'\'' | b'"' => out.push(e),
+            b'x' => {
+                let h = std::str::from_utf8(body.get(i..i + 2)?).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 2;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Protocol 0 `UNICODE`: raw-unicode-escape (`\uXXXX`, `\UXXXXXXXX`, other
+/// bytes are latin-1).
+fn decode_raw_unicode_escape(l: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(l.len());
+    let mut i = 0;
+    while i < l.len() {
+        if l[i] == b'\\' && matches!(l.get(i + 1), Some(b'u') | Some(b'U')) {
+            let n = if l[i + 1] == b'u' { 4 } else { 8 };
+            let h = std::str::from_utf8(l.get(i + 2..i + 2 + n)?).ok()?;
+            out.push(char::from_u32(u32::from_str_radix(h, 16).ok()?)?);
+            i += 2 + n;
+        } else {
+            out.push(char::from(l[i]));
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;
