@@ -292,16 +292,18 @@ def anchor_job(readings: str, models_dir: str, out: str) -> None:
         x = group["Value"].to_numpy(dtype=np.float64).reshape(-1, 1)
         prediction = model.predict(x)
         score = model.decision_function(x)
+        n = len(x)
         parts.append(
             pd.DataFrame(
                 {
                     "TS": group["TS"].array,
-                    "Device": device,
-                    "Tag": tag,
+                    "Device": np.full(n, device, dtype=np.int64),
+                    "Tag": np.full(n, tag, dtype=np.int64),
                     "Val": x[:, 0],
                     "Prediction": (prediction == -1).astype(np.int64),
                     "Score": score,
-                }
+                },
+                copy=False,
             )
         )
     result = pd.concat(parts, ignore_index=True)
@@ -322,11 +324,52 @@ def anchor_job(readings: str, models_dir: str, out: str) -> None:
 class Run:
     """One timed run of a child process."""
 
-    def __init__(self, wall: float, cpu: float, max_rss_mb: float, stdout: str):
+    def __init__(self, wall: float, cpu: float, max_rss_mb: float, other_cpus: float | None,
+                 stdout: str):
         self.wall = wall
         self.cpu = cpu  # user + system seconds of the child
         self.max_rss_mb = max_rss_mb
+        self.other_cpus = other_cpus  # CPUs kept busy by other processes, on average
         self.stdout = stdout
+
+    def text(self) -> str:
+        other = "" if self.other_cpus is None else f", other processes {self.other_cpus:.2f} cpus"
+        return f"{self.wall:.2f}s wall, cpu {self.cpu:.2f}s, peak RSS {self.max_rss_mb:.0f} MiB{other}"
+
+
+def cpu_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (Linux /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+        return busy / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def busy_cpus(seconds: float = 1.0) -> float | None:
+    """How many CPUs were busy on average (all processes) over the next `seconds`."""
+    before = cpu_busy_seconds()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    after = cpu_busy_seconds()
+    if before is None or after is None:
+        return None
+    return (after - before) / (time.perf_counter() - t0)
+
+
+def check_quiet(what: str) -> str:
+    """Logs (and returns) how busy the machine is just before timing `what`."""
+    busy = busy_cpus()
+    if busy is None:
+        return "unknown"
+    text = f"{busy:.2f} of {os.cpu_count()} cpus busy"
+    if busy > 0.25:
+        log(f"warning: {text} just before timing {what}: other work competes with the benchmark")
+    else:
+        log(f"machine quiet before timing {what} ({text})")
+    return text
 
 
 def run_timed(cmd: list[str], capture: Path | None = None) -> Run:
@@ -339,10 +382,12 @@ def run_timed(cmd: list[str], capture: Path | None = None) -> Run:
     """
     out = open(capture, "w+b") if capture else None
     try:
+        busy0 = cpu_busy_seconds()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out if out else sys.stderr.fileno(), stdin=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        busy1 = cpu_busy_seconds()
         proc.returncode = os.waitstatus_to_exitcode(status)
         text = ""
         if out:
@@ -353,14 +398,23 @@ def run_timed(cmd: list[str], capture: Path | None = None) -> Run:
             out.close()
     if proc.returncode != 0:
         raise BenchError(f"command failed with exit code {proc.returncode}: {' '.join(cmd)}")
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, text)
+    cpu = usage.ru_utime + usage.ru_stime
+    other = None
+    if busy0 is not None and busy1 is not None and wall > 0:
+        # machine-wide busy time during the run, less the child's own
+        other = max(0.0, (busy1 - busy0 - cpu) / wall)
+    run = Run(wall, cpu, usage.ru_maxrss / 1024.0, other, text)
+    log(f"  {run.text()}")
+    if other is not None and other > 0.25:
+        log(f"  warning: other processes kept {other:.2f} cpus busy during this run; "
+            "its time is not trustworthy")
+    return run
 
 
 def describe(runs: list[Run]) -> str:
     best = min(runs, key=lambda r: r.wall)
     walls = ", ".join(f"{r.wall:.2f}" for r in runs)
-    return (f"best {best.wall:.2f}s of {len(runs)} [{walls}]; "
-            f"that run: cpu {best.cpu:.2f}s, peak RSS {best.max_rss_mb:.0f} MiB")
+    return f"best {best.wall:.2f}s of {len(runs)} [{walls}]; that run: {best.text()}"
 
 
 def time_python(work: Path, repeat: int) -> tuple[list[Run], dict]:
@@ -374,8 +428,7 @@ def time_python(work: Path, repeat: int) -> tuple[list[Run], dict]:
         log(f"python anchor run {i + 1}/{repeat}: {' '.join(cmd)}")
         run = run_timed(cmd, capture=work / "py-anchor.stdout")
         result = json.loads(run.stdout.strip().splitlines()[-1])
-        log(f"  {run.wall:.2f}s wall, {run.cpu:.2f}s cpu, {run.max_rss_mb:.0f} MiB; "
-            f"{result['rows']} rows, {result['anomalies']} anomalies")
+        log(f"  {result['rows']} rows, {result['anomalies']} anomalies")
         runs.append(run)
     return runs, result
 
@@ -387,7 +440,6 @@ def time_fleetscore(binary: str, work: Path, repeat: int) -> tuple[float, list[R
     cmd = [binary, "--data", str(data), "models", "import", str(work / "models")]
     log(f"fleetscore import (untimed): {' '.join(cmd)}")
     import_run = run_timed(cmd)
-    log(f"  imported in {import_run.wall:.2f}s")
 
     cmd = [binary, "--data", str(data), "score", "--input", str(work / "readings.parquet"),
            "--out", str(out), "--format", "parquet"]
@@ -396,9 +448,7 @@ def time_fleetscore(binary: str, work: Path, repeat: int) -> tuple[float, list[R
         if out.exists():
             shutil.rmtree(out)  # no stale files from the previous run
         log(f"fleetscore run {i + 1}/{repeat}: {' '.join(cmd)}")
-        run = run_timed(cmd)
-        log(f"  {run.wall:.2f}s wall, {run.cpu:.2f}s cpu, {run.max_rss_mb:.0f} MiB")
-        runs.append(run)
+        runs.append(run_timed(cmd))
     return import_run.wall, runs
 
 
@@ -562,18 +612,15 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
     sv = info["support_vectors"]
     kernel_evals = info["kernel_evals_per_pass"]
 
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        log(f"warning: load average {load:.2f} before timing; other work on this machine "
-            "competes with the benchmark")
-
     # --- step 3 -----------------------------------------------------------
+    busy = {"python": check_quiet("the Python anchor")}
     py_runs, py_result = time_python(work, args.python_repeat)
     py_best = min(r.wall for r in py_runs)
 
     # --- steps 4-5 --------------------------------------------------------
     fs_runs, import_s, report = [], None, None
     if not args.python_only:
+        busy["fleetscore"] = check_quiet("fleetscore")
         import_s, fs_runs = time_fleetscore(args.fleetscore, work, args.repeat)
         report = verify(work, args.tolerance)
 
@@ -583,8 +630,9 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
     gen = info["generation_seconds"]
     lines = [
         "== fleetscore scoring benchmark ==",
-        f"machine:      {os.cpu_count()} cpus, load average {load:.2f} before timing; "
-        f"python {sys.version.split()[0]}, scikit-learn {sklearn.__version__}, numpy {numpy.__version__}, "
+        f"machine:      {os.cpu_count()} cpus; before timing: "
+        + ", ".join(f"{k} {v}" for k, v in busy.items())
+        + f"; python {sys.version.split()[0]}, scikit-learn {sklearn.__version__}, numpy {numpy.__version__}, "
         f"pandas {pandas.__version__}, pyarrow {pyarrow.__version__}",
         f"fleet:        {n} models ({devices} devices x {TAGS_PER_DEVICE} tags), seed {args.seed}, "
         f"in {work}; generated in {gen['fit']:.1f}s (fit) + {gen['readings']:.1f}s (readings)",
@@ -592,7 +640,8 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
         f"support vectors: {sv['total']} in all, {sv['mean']:.2f} per model (min {sv['min']}, max {sv['max']})",
         f"RBF kernel evaluations: {kernel_evals} per scoring pass "
         f"(sum over models of n_support_vectors * n_readings); the Python job makes two passes "
-        f"(predict + decision_function) = {2 * kernel_evals}",
+        f"(predict + decision_function) = {2 * kernel_evals}; at 1 ns per evaluation "
+        f"(one vectorized exp) that is {kernel_evals / 1e6:.0f} ms of arithmetic per pass on one core",
         f"python:       {describe(py_runs)}; {py_result['rows']} rows, {py_result['anomalies']} anomalies",
     ]
     if not args.python_only:

@@ -1,1 +1,61 @@
-//! placeholder
+//! Codecs: reading readings and writing predictions, in CSV and Parquet.
+//!
+//! Readings arrive columnar ([`Readings`]): timestamps, values and a small
+//! integer per row naming its (device, tag) pair, interned while reading so
+//! that later stages group rows by model without hashing strings again.
+//! Predictions leave as Parquet (the default; readable by pandas, DuckDB,
+//! Spark) or as CSV in the reference deployment's layouts.
+//!
+//! Every error names the file and, for row-level problems, the line (CSV,
+//! 1-based, counting the header as line 1) or row (Parquet, 0-based) and
+//! the column.
+#![deny(missing_docs)]
+
+mod predictions;
+mod readings;
+
+pub use predictions::{write_predictions, OutputFormat, PredictionColumns, PredictionLayout, WrittenFile};
+pub use readings::{read_readings, InputFormat, Readings};
+
+use std::path::PathBuf;
+
+/// Why reading or writing a file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A row has a bad value.
+    #[error("{path}: {location}, column {column}: {reason}")]
+    Row {
+        /// The file.
+        path: PathBuf,
+        /// `line N` (CSV) or `row N` (Parquet).
+        location: String,
+        /// Column name.
+        column: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file's columns are not what is needed.
+    #[error("{path}: {reason}")]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and what was expected.
+        reason: String,
+    },
+    /// The Parquet or Arrow library refused the data.
+    #[error("{path}: {reason}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The library's message.
+        reason: String,
+    },
+}

@@ -1,1 +1,45 @@
-fn main() {}
+//! The `fleetscore` binary: a thin command line over the library crates.
+//!
+//! Exit codes: 0 success; 1 the command failed (nothing or not everything
+//! was done, see the message); 2 usage error; 3 the command completed but
+//! some models failed (each is listed with its reason).
+
+mod cli;
+mod demo;
+mod import;
+mod score;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    util::init_logging(&cli.global);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let g = &cli.global;
+    match cli.command {
+        cli::Command::Models { command } => match command {
+            cli::ModelsCommand::Import(args) => rt.block_on(import::run(g, args)),
+            cli::ModelsCommand::List { json } => rt.block_on(import::list(g, json)),
+            cli::ModelsCommand::Show { device, tag, json } => rt.block_on(import::show(g, &device, &tag, json)),
+            cli::ModelsCommand::Pack => rt.block_on(import::repack(g)),
+        },
+        cli::Command::Score(args) => rt.block_on(score::run(g, args)),
+        cli::Command::Demo(args) => rt.block_on(demo::run(g, args)),
+    }
+}

@@ -1,0 +1,419 @@
+//! Reading readings from CSV and Parquet files.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit, UInt16Type, UInt32Type, UInt64Type, UInt8Type};
+use fleetscore_core::parse_ts;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use rustc_hash::FxHashMap;
+
+use crate::CodecError;
+
+/// Readings, columnar, with (device, tag) pairs interned to small ids.
+#[derive(Debug, Default, Clone)]
+pub struct Readings {
+    /// Timestamps, ns since the epoch, UTC.
+    pub ts: Vec<i64>,
+    /// Values.
+    pub value: Vec<f64>,
+    /// Per row, the index into `keys` of its (device, tag).
+    pub key: Vec<u32>,
+    /// The distinct (device, tag) pairs, in order of first appearance.
+    pub keys: Vec<(String, String)>,
+}
+
+impl Readings {
+    /// Number of readings.
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// Whether there are no readings.
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    /// Keeps only readings with `from <= ts < to` (either bound optional).
+    pub fn retain_time(&mut self, from: Option<i64>, to: Option<i64>) {
+        if from.is_none() && to.is_none() {
+            return;
+        }
+        let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t < e);
+        let mut w = 0;
+        for r in 0..self.ts.len() {
+            if keep(self.ts[r]) {
+                self.ts[w] = self.ts[r];
+                self.value[w] = self.value[r];
+                self.key[w] = self.key[r];
+                w += 1;
+            }
+        }
+        self.ts.truncate(w);
+        self.value.truncate(w);
+        self.key.truncate(w);
+    }
+}
+
+/// Input file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// `TS,Device,Tag,Value` CSV.
+    Csv,
+    /// Parquet with the same columns.
+    Parquet,
+}
+
+impl InputFormat {
+    /// Guesses the format from the file's first bytes (`PAR1`) or extension.
+    pub fn detect(path: &Path) -> Result<InputFormat, CodecError> {
+        use std::io::Read;
+        let mut magic = [0u8; 4];
+        let mut f = File::open(path).map_err(|source| CodecError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let n = f.read(&mut magic).map_err(|source| CodecError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if n == 4 && &magic == b"PAR1" {
+            return Ok(InputFormat::Parquet);
+        }
+        Ok(InputFormat::Csv)
+    }
+}
+
+/// Interns (device, tag) pairs.
+#[derive(Default)]
+struct Interner {
+    by_text: FxHashMap<Box<[u8]>, u32>,
+    by_int: FxHashMap<(i64, i64), u32>,
+    keys: Vec<(String, String)>,
+    buf: Vec<u8>,
+}
+
+impl Interner {
+    fn text(&mut self, device: &str, tag: &str) -> u32 {
+        self.buf.clear();
+        self.buf.extend_from_slice(device.as_bytes());
+        self.buf.push(0);
+        self.buf.extend_from_slice(tag.as_bytes());
+        if let Some(&id) = self.by_text.get(self.buf.as_slice()) {
+            return id;
+        }
+        let id = self.keys.len() as u32;
+        self.keys.push((device.to_string(), tag.to_string()));
+        self.by_text.insert(self.buf.clone().into_boxed_slice(), id);
+        id
+    }
+
+    fn int(&mut self, device: i64, tag: i64) -> u32 {
+        if let Some(&id) = self.by_int.get(&(device, tag)) {
+            return id;
+        }
+        // Integer ids are strings in the data model ("1", "2", …); the same
+        // pair written as text elsewhere must intern to the same id.
+        let id = self.text(&device.to_string(), &tag.to_string());
+        self.by_int.insert((device, tag), id);
+        id
+    }
+}
+
+/// Reads a readings file (CSV or Parquet, detected from its content).
+pub fn read_readings(path: &Path) -> Result<Readings, CodecError> {
+    match InputFormat::detect(path)? {
+        InputFormat::Csv => read_csv(path),
+        InputFormat::Parquet => read_parquet(path),
+    }
+}
+
+const COLUMNS: [&str; 4] = ["TS", "Device", "Tag", "Value"];
+
+fn read_csv(path: &Path) -> Result<Readings, CodecError> {
+    let io = |source| CodecError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+    let header = rdr.headers().map_err(|e| csv_err(path, &e))?.clone();
+    let mut idx = [usize::MAX; 4];
+    for (i, name) in header.iter().enumerate() {
+        if let Some(c) = COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(name.trim())) {
+            idx[c] = i;
+        }
+    }
+    if let Some(missing) = idx.iter().position(|&i| i == usize::MAX) {
+        return Err(CodecError::Schema {
+            path: path.to_path_buf(),
+            reason: format!(
+                "line 1: the header has no `{}` column; expected the columns TS,Device,Tag,Value (found: {})",
+                COLUMNS[missing],
+                header.iter().collect::<Vec<_>>().join(",")
+            ),
+        });
+    }
+    let mut out = Readings::default();
+    let mut interner = Interner::default();
+    let mut rec = csv::StringRecord::new();
+    let mut line = 1usize;
+    loop {
+        match rdr.read_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(csv_err(path, &e)),
+        }
+        line = rec.position().map_or(line + 1, |p| p.line() as usize);
+        let row_err = |column: &str, reason: String| CodecError::Row {
+            path: path.to_path_buf(),
+            location: format!("line {line}"),
+            column: column.to_string(),
+            reason,
+        };
+        let ts = parse_ts(&rec[idx[0]]).map_err(|e| row_err("TS", e.to_string()))?;
+        let device = rec[idx[1]].trim();
+        let tag = rec[idx[2]].trim();
+        if device.is_empty() {
+            return Err(row_err("Device", "empty".into()));
+        }
+        if tag.is_empty() {
+            return Err(row_err("Tag", "empty".into()));
+        }
+        let raw = rec[idx[3]].trim();
+        let value: f64 = raw
+            .parse()
+            .map_err(|_| row_err("Value", format!("{raw:?} is not a number")))?;
+        out.ts.push(ts);
+        out.value.push(value);
+        out.key.push(interner.text(device, tag));
+    }
+    out.keys = interner.keys;
+    Ok(out)
+}
+
+fn csv_err(path: &Path, e: &csv::Error) -> CodecError {
+    let location = e
+        .position()
+        .map_or_else(|| "line ?".to_string(), |p| format!("line {}", p.line()));
+    CodecError::Row {
+        path: path.to_path_buf(),
+        location,
+        column: "-".into(),
+        reason: e.to_string(),
+    }
+}
+
+fn read_parquet(path: &Path) -> Result<Readings, CodecError> {
+    let pq = |e: &dyn std::fmt::Display| CodecError::Parquet {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let file = File::open(path).map_err(|source| CodecError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq(&e))?;
+    let schema = builder.schema().clone();
+    let mut idx = [usize::MAX; 4];
+    for (i, f) in schema.fields().iter().enumerate() {
+        if let Some(c) = COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(f.name())) {
+            idx[c] = i;
+        }
+    }
+    if let Some(missing) = idx.iter().position(|&i| i == usize::MAX) {
+        let found: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        return Err(CodecError::Schema {
+            path: path.to_path_buf(),
+            reason: format!(
+                "no `{}` column; expected the columns TS, Device, Tag, Value (found: {})",
+                COLUMNS[missing],
+                found.join(", ")
+            ),
+        });
+    }
+    let total = builder.metadata().file_metadata().num_rows().max(0) as usize;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), idx);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| pq(&e))?;
+    let mut out = Readings {
+        ts: Vec::with_capacity(total),
+        value: Vec::with_capacity(total),
+        key: Vec::with_capacity(total),
+        keys: Vec::new(),
+    };
+    let mut interner = Interner::default();
+    let mut row0 = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| pq(&e))?;
+        append_batch(path, &batch, row0, &mut out, &mut interner)?;
+        row0 += batch.num_rows();
+    }
+    out.keys = interner.keys;
+    Ok(out)
+}
+
+/// Column positions in a projected batch follow the file's order, so look
+/// them up by name again.
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
+    let i = batch
+        .schema()
+        .fields()
+        .iter()
+        .position(|f| f.name().eq_ignore_ascii_case(name))
+        .expect("projected columns are present");
+    batch.column(i)
+}
+
+fn append_batch(
+    path: &Path,
+    batch: &RecordBatch,
+    row0: usize,
+    out: &mut Readings,
+    interner: &mut Interner,
+) -> Result<(), CodecError> {
+    let n = batch.num_rows();
+    let row_err = |row: usize, column: &str, reason: String| CodecError::Row {
+        path: path.to_path_buf(),
+        location: format!("row {}", row0 + row),
+        column: column.to_string(),
+        reason,
+    };
+    let first_null = |a: &ArrayRef, name: &str| -> Result<(), CodecError> {
+        if a.null_count() > 0 {
+            let r = (0..a.len()).find(|&i| a.is_null(i)).unwrap_or(0);
+            return Err(row_err(r, name, "is null".into()));
+        }
+        Ok(())
+    };
+
+    // TS
+    let ts = column(batch, "TS");
+    first_null(ts, "TS")?;
+    match ts.data_type() {
+        DataType::Timestamp(unit, _) => {
+            let mul = match unit {
+                TimeUnit::Second => 1_000_000_000,
+                TimeUnit::Millisecond => 1_000_000,
+                TimeUnit::Microsecond => 1_000,
+                TimeUnit::Nanosecond => 1,
+            };
+            let raw = arrow::compute::cast(ts, &DataType::Int64).map_err(|e| row_err(0, "TS", e.to_string()))?;
+            for (r, &v) in raw.as_primitive::<Int64Type>().values().iter().enumerate() {
+                out.ts.push(v.checked_mul(mul).ok_or_else(|| row_err(r, "TS", "out of range".into()))?);
+            }
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let s = arrow::compute::cast(ts, &DataType::Utf8).map_err(|e| row_err(0, "TS", e.to_string()))?;
+            for (r, v) in s.as_string::<i32>().iter().enumerate() {
+                let v = v.unwrap_or_default();
+                out.ts.push(parse_ts(v).map_err(|e| row_err(r, "TS", e.to_string()))?);
+            }
+        }
+        other => {
+            return Err(CodecError::Schema {
+                path: path.to_path_buf(),
+                reason: format!("column TS has type {other}; expected a timestamp or RFC 3339 text"),
+            })
+        }
+    }
+
+    // Value
+    let v = column(batch, "Value");
+    first_null(v, "Value")?;
+    match v.data_type() {
+        DataType::Float64 => out.value.extend_from_slice(v.as_primitive::<Float64Type>().values()),
+        DataType::Float32 => out
+            .value
+            .extend(v.as_primitive::<Float32Type>().values().iter().map(|&x| f64::from(x))),
+        t if t.is_integer() => {
+            let c = arrow::compute::cast(v, &DataType::Float64).map_err(|e| row_err(0, "Value", e.to_string()))?;
+            out.value.extend_from_slice(c.as_primitive::<Float64Type>().values());
+        }
+        other => {
+            return Err(CodecError::Schema {
+                path: path.to_path_buf(),
+                reason: format!("column Value has type {other}; expected a float or integer"),
+            })
+        }
+    }
+
+    // Device, Tag
+    let d = column(batch, "Device");
+    let t = column(batch, "Tag");
+    first_null(d, "Device")?;
+    first_null(t, "Tag")?;
+    match (as_ints(d), as_ints(t)) {
+        (Some(d), Some(t)) => {
+            for (&d, &t) in d.iter().zip(&t) {
+                out.key.push(interner.int(d, t));
+            }
+        }
+        _ => {
+            let d = as_strings(path, d, "Device")?;
+            let t = as_strings(path, t, "Tag")?;
+            let (ds, ts) = (d.as_string::<i32>(), t.as_string::<i32>());
+            for r in 0..n {
+                let (dv, tv) = (ds.value(r), ts.value(r));
+                if dv.is_empty() || tv.is_empty() {
+                    return Err(row_err(r, if dv.is_empty() { "Device" } else { "Tag" }, "empty".into()));
+                }
+                out.key.push(interner.text(dv, tv));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn as_ints(a: &ArrayRef) -> Option<Vec<i64>> {
+    macro_rules! ints {
+        ($t:ty) => {
+            a.as_primitive::<$t>().values().iter().map(|&v| v as i64).collect()
+        };
+    }
+    Some(match a.data_type() {
+        DataType::Int64 => a.as_primitive::<Int64Type>().values().to_vec(),
+        DataType::Int32 => ints!(Int32Type),
+        DataType::Int16 => ints!(Int16Type),
+        DataType::Int8 => ints!(Int8Type),
+        DataType::UInt8 => ints!(UInt8Type),
+        DataType::UInt16 => ints!(UInt16Type),
+        DataType::UInt32 => ints!(UInt32Type),
+        DataType::UInt64 => {
+            let v = a.as_primitive::<UInt64Type>().values();
+            if v.iter().any(|&x| x > i64::MAX as u64) {
+                return None;
+            }
+            ints!(UInt64Type)
+        }
+        _ => return None,
+    })
+}
+
+fn as_strings(path: &Path, a: &ArrayRef, name: &str) -> Result<ArrayRef, CodecError> {
+    let ok = matches!(
+        a.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)
+    ) || a.data_type().is_integer();
+    if !ok {
+        return Err(CodecError::Schema {
+            path: path.to_path_buf(),
+            reason: format!("column {name} has type {}; expected text or an integer", a.data_type()),
+        });
+    }
+    arrow::compute::cast(a, &DataType::Utf8)
+        .map(|c| -> ArrayRef { Arc::clone(&c) })
+        .map_err(|e| CodecError::Schema {
+            path: path.to_path_buf(),
+            reason: format!("column {name}: {e}"),
+        })
+}

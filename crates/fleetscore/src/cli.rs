@@ -1,0 +1,170 @@
+//! Command-line definitions (clap). The README's CLI reference mirrors this.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// fleetscore: score thousands to millions of per-device anomaly models,
+/// exactly as scikit-learn would, from the pickles you already have.
+#[derive(Parser, Debug)]
+#[command(name = "fleetscore", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command understands.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Home of all embedded state.
+    #[arg(long, global = true, env = "FLEETSCORE_DATA", default_value = "./fleetscore-data")]
+    pub data: PathBuf,
+    /// Object-store root: a path or file:// URL, or memory:// [default: DATA/store].
+    #[arg(long, global = true, env = "FLEETSCORE_STORE")]
+    pub store: Option<String>,
+    /// Job-store URL: sqlite://… or postgres://… [default: sqlite://DATA/fleetscore.db].
+    /// Used by the scheduled service; models are indexed in the object store.
+    #[arg(long, global = true, env = "FLEETSCORE_DB")]
+    pub db: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// Log output formats.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Manage the model registry.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Score readings from a file with the registered models.
+    Score(ScoreArgs),
+    /// Run the main job end to end on embedded defaults: import the bundled
+    /// scikit-learn models, generate a fleet's readings, score them, report.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Import scikit-learn models (pickle or joblib files) into the registry.
+    ///
+    /// Files named like `model_{device}_{tag}` map to (device, tag); use
+    /// --device/--tag for one file, or --manifest for anything else. A
+    /// directory imports every file in it. Re-importing an unchanged model
+    /// is a no-op; a changed model becomes a new live version.
+    Import(ImportArgs),
+    /// List registered models.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one model's versions and structure.
+    Show {
+        /// Device (or `*` for the fallback model of a tag).
+        device: String,
+        /// Tag.
+        tag: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the compiled model pack from the stored model versions.
+    Pack,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Model files or directories of model files.
+    #[arg(required_unless_present = "manifest")]
+    pub paths: Vec<PathBuf>,
+    /// Device for a single imported file (`*` registers a fallback model).
+    #[arg(long, requires = "tag")]
+    pub device: Option<String>,
+    /// Tag for a single imported file.
+    #[arg(long, requires = "device")]
+    pub tag: Option<String>,
+    /// CSV with columns path,device,tag (paths relative to the manifest).
+    #[arg(long, conflicts_with_all = ["device", "tag"])]
+    pub manifest: Option<PathBuf>,
+    /// Print the outcome per model as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Output formats of `score`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Parquet parts (part-NNNNN.parquet).
+    Parquet,
+    /// CSV (predictions.csv, or one file per model with --layout per-model).
+    Csv,
+}
+
+/// File layouts of `score`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// All models together.
+    Combined,
+    /// One CSV per model: preds_{device}_{tag}_{yymmddHHMMSS} (the reference job's layout).
+    PerModel,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Readings: CSV with header TS,Device,Tag,Value, or Parquet with those columns.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Only readings at or after this time (`2018-08-28 23:00:00` UTC, or RFC 3339).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only readings before this time.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Output folder (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Parquet)]
+    pub format: Format,
+    /// Output layout (per-model needs --format csv).
+    #[arg(long, value_enum, default_value_t = Layout::Combined)]
+    pub layout: Layout,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Devices in the generated fleet (each has the 5 tags of the bundled models).
+    #[arg(long, default_value_t = 500)]
+    pub devices: usize,
+    /// Hours of readings, one every 5 seconds per (device, tag).
+    #[arg(long, default_value_t = 1)]
+    pub hours: usize,
+    /// Fraction of readings turned into injected anomalies.
+    #[arg(long, default_value_t = 0.01)]
+    pub anomaly_rate: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}

@@ -1,0 +1,215 @@
+//! `fleetscore models import|list|show|pack`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use fleetscore_core::ModelKey;
+use fleetscore_models::import_sklearn;
+use fleetscore_store::{ImportOutcome, ImportRequest};
+use rayon::prelude::*;
+
+use crate::cli::{Global, ImportArgs};
+use crate::util;
+
+/// One file to import and the key it maps to.
+struct Job {
+    path: PathBuf,
+    key: Result<ModelKey, String>,
+}
+
+fn files_in(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        let mut files = Vec::new();
+        for e in std::fs::read_dir(path).with_context(|| format!("reading the folder {}", path.display()))? {
+            let e = e?;
+            let name = e.file_name();
+            if e.file_type()?.is_file() && !name.to_string_lossy().starts_with('.') {
+                files.push(e.path());
+            }
+        }
+        files.sort();
+        Ok(files)
+    } else if path.exists() {
+        Ok(vec![path.to_path_buf()])
+    } else {
+        bail!("{}: no such file or folder", path.display())
+    }
+}
+
+fn key_from_name(path: &Path) -> Result<ModelKey, String> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    ModelKey::from_reference_file_name(&name).ok_or_else(|| {
+        format!("cannot tell which (device, tag) {name:?} belongs to: name it model_{{device}}_{{tag}}, or use --device/--tag for one file, or --manifest")
+    })
+}
+
+fn read_manifest(path: &Path) -> anyhow::Result<Vec<Job>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the manifest {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut jobs = Vec::new();
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, h)) if h.split(',').map(str::trim).eq(["path", "device", "tag"]) => {}
+        _ => bail!("{}: line 1: the header must be `path,device,tag`", path.display()),
+    }
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [p, d, t] = f[..] else {
+            bail!("{}: line {}: expected 3 fields path,device,tag, found {}", path.display(), i + 1, f.len());
+        };
+        let key = ModelKey::new(d, t).map_err(|e| anyhow::anyhow!("{}: line {}: {e}", path.display(), i + 1))?;
+        jobs.push(Job {
+            path: base.join(p),
+            key: Ok(key),
+        });
+    }
+    Ok(jobs)
+}
+
+pub async fn run(g: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let mut jobs = Vec::new();
+    if let Some(m) = &args.manifest {
+        jobs.extend(read_manifest(m)?);
+    }
+    let mut files = Vec::new();
+    for p in &args.paths {
+        files.extend(files_in(p)?);
+    }
+    if let (Some(d), Some(t)) = (&args.device, &args.tag) {
+        if files.len() != 1 {
+            bail!("--device/--tag name one model, but {} files were given; use --manifest for several", files.len());
+        }
+        let key = ModelKey::new(d.as_str(), t.as_str())?;
+        jobs.push(Job {
+            path: files.remove(0),
+            key: Ok(key),
+        });
+    }
+    jobs.extend(files.into_iter().map(|path| Job {
+        key: key_from_name(&path),
+        path,
+    }));
+    if jobs.is_empty() {
+        bail!("no model files found");
+    }
+
+    let started = std::time::Instant::now();
+    let pb = util::progress(g, jobs.len() as u64, "reading models");
+    let parsed: Vec<(PathBuf, Result<ImportRequest, String>)> = jobs
+        .into_par_iter()
+        .map(|job| {
+            let r = (|| {
+                let key = job.key?;
+                let bytes = std::fs::read(&job.path).map_err(|e| e.to_string())?;
+                let model = import_sklearn(&bytes).map_err(|e| e.to_string())?;
+                Ok(ImportRequest {
+                    key,
+                    model,
+                    source: job.path.display().to_string(),
+                })
+            })();
+            pb.inc(1);
+            (job.path, r)
+        })
+        .collect();
+    pb.finish_and_clear();
+
+    let mut requests = Vec::new();
+    let mut failures = Vec::new();
+    for (path, r) in parsed {
+        match r {
+            Ok(req) => requests.push(req),
+            Err(e) => failures.push((path, e)),
+        }
+    }
+    let registry = util::registry(g)?;
+    let outcomes = registry.import(requests, &util::now_rfc3339()).await?;
+    let count = |f: fn(&ImportOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    let added = count(|o| matches!(o, ImportOutcome::Added { .. }));
+    let updated = count(|o| matches!(o, ImportOutcome::NewVersion { .. }));
+    let unchanged = count(|o| matches!(o, ImportOutcome::Unchanged { .. }));
+    if args.json {
+        let failed: Vec<_> = failures
+            .iter()
+            .map(|(p, e)| serde_json::json!({"path": p.display().to_string(), "error": e}))
+            .collect();
+        let doc = serde_json::json!({
+            "imported": outcomes,
+            "failed": failed,
+            "added": added, "new_versions": updated, "unchanged": unchanged,
+            "store": registry.store().url(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for (p, e) in &failures {
+            eprintln!("failed: {}: {e}", p.display());
+        }
+        println!(
+            "imported {} model file(s) into {} in {}: {added} added, {updated} new version(s), {unchanged} unchanged, {} failed",
+            outcomes.len() + failures.len(),
+            registry.store().url(),
+            util::secs(started.elapsed()),
+            failures.len()
+        );
+    }
+    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+pub async fn list(g: &Global, json: bool) -> anyhow::Result<ExitCode> {
+    let registry = util::registry(g)?;
+    let index = registry.index().await?;
+    if json {
+        let models: Vec<_> = index.models.values().collect();
+        println!("{}", serde_json::to_string_pretty(&models)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if index.models.is_empty() {
+        println!("no models registered in {}; import some with `fleetscore models import PATH`", registry.store().url());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<16} {:<16} {:>4} {:>8}  MODEL", "DEVICE", "TAG", "LIVE", "VERSIONS");
+    for e in index.models.values() {
+        let desc = e.live_version().map(|v| v.description.as_str()).unwrap_or("?");
+        println!("{:<16} {:<16} {:>4} {:>8}  {desc}", e.device, e.tag, format!("v{}", e.live), e.versions.len());
+    }
+    println!("{} model(s)", index.models.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn show(g: &Global, device: &str, tag: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let registry = util::registry(g)?;
+    let key = ModelKey::new(device, tag)?;
+    let index = registry.index().await?;
+    let Some(entry) = index.models.get(&format!("{device}/{tag}")) else {
+        bail!("no model registered for {key}; `fleetscore models list` shows what is registered");
+    };
+    let model = registry.model(&key, entry.live).await?;
+    if json {
+        let doc = serde_json::json!({"entry": entry, "live_model": model});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("model {key}: live version v{}", entry.live);
+    println!("  {}", model.describe());
+    println!("  features: {}", model.n_features);
+    for v in &entry.versions {
+        let live = if v.version == entry.live { " (live)" } else { "" };
+        println!(
+            "  v{}{live}: imported {} from {}\n      sha256 {}",
+            v.version, v.imported_at, v.source, v.sha256
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn repack(g: &Global) -> anyhow::Result<ExitCode> {
+    let registry = util::registry(g)?;
+    let started = std::time::Instant::now();
+    let pack = registry.pack().await?;
+    println!("model pack: {} live model(s), generation {}, in {}", pack.len(), pack.generation, util::secs(started.elapsed()));
+    Ok(ExitCode::SUCCESS)
+}

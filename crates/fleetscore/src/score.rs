@@ -1,0 +1,134 @@
+//! `fleetscore score`: readings from a file, predictions to a folder.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use fleetscore_codecs::{read_readings, write_predictions, OutputFormat, PredictionColumns, PredictionLayout};
+use fleetscore_core::parse_ts;
+use fleetscore_jobs::{ModelFailure, Scored};
+use serde::Serialize;
+
+use crate::cli::{Format, Global, Layout, ScoreArgs};
+use crate::util;
+
+/// What `score` prints at the end (and with --json).
+#[derive(Serialize)]
+pub struct Summary {
+    pub models: usize,
+    pub rows: usize,
+    pub anomalies: usize,
+    pub failed_models: usize,
+    pub failures: Vec<ModelFailure>,
+    pub files: Vec<String>,
+    pub seconds: Timings,
+}
+
+#[derive(Serialize, Default)]
+pub struct Timings {
+    pub load_models: f64,
+    pub read: f64,
+    pub score: f64,
+    pub write: f64,
+    pub total: f64,
+}
+
+/// Scores `args.input` and writes the predictions; shared with `demo`.
+pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Scored)> {
+    let t0 = Instant::now();
+    let from = args.from.as_deref().map(parse_ts).transpose().context("--from")?;
+    let to = args.to.as_deref().map(parse_ts).transpose().context("--to")?;
+    if args.layout == Layout::PerModel && args.format != Format::Csv {
+        anyhow::bail!("--layout per-model writes the reference job's CSV files; add --format csv");
+    }
+    let registry = util::registry(g)?;
+    let input = args.input.clone();
+    // Model pack load and file parsing are independent: overlap them.
+    let read = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        read_readings(&input).map(|r| (r, t.elapsed()))
+    });
+    let t = Instant::now();
+    let pack = registry.pack().await.context("loading the model pack")?;
+    let load_models = t.elapsed();
+    let (mut readings, read_time) = read.await??;
+    if pack.is_empty() {
+        anyhow::bail!(
+            "no models are registered in {}; import them first with `fleetscore models import PATH`",
+            registry.store().url()
+        );
+    }
+    readings.retain_time(from, to);
+
+    let t = Instant::now();
+    let rows = readings.len() as u64;
+    let pb = util::progress(g, rows, "scoring");
+    let scored = tokio::task::block_in_place(|| fleetscore_jobs::score(readings, &pack, &|n| pb.inc(n)));
+    pb.finish_and_clear();
+    let score_time = t.elapsed();
+
+    let t = Instant::now();
+    let format = match args.format {
+        Format::Parquet => OutputFormat::Parquet,
+        Format::Csv => OutputFormat::Csv,
+    };
+    let layout = match args.layout {
+        Layout::Combined => PredictionLayout::Combined,
+        Layout::PerModel => PredictionLayout::PerModel,
+    };
+    let cols = PredictionColumns {
+        ts: &scored.ts,
+        value: &scored.value,
+        prediction: &scored.prediction,
+        score: &scored.score,
+        keys: &scored.keys,
+        groups: &scored.groups,
+    };
+    let parts = rayon::current_num_threads();
+    let files = tokio::task::block_in_place(|| write_predictions(&args.out, format, layout, &cols, parts, util::now_ns()))?;
+    let write_time = t.elapsed();
+
+    let rows = scored.groups.iter().map(|(_, r)| r.len()).sum();
+    let summary = Summary {
+        models: scored.groups.len(),
+        rows,
+        anomalies: scored.anomalies,
+        failed_models: scored.failures.len(),
+        failures: scored.failures.clone(),
+        files: files.iter().map(|f| f.path.display().to_string()).collect(),
+        seconds: Timings {
+            load_models: load_models.as_secs_f64(),
+            read: read_time.as_secs_f64(),
+            score: score_time.as_secs_f64(),
+            write: write_time.as_secs_f64(),
+            total: t0.elapsed().as_secs_f64(),
+        },
+    };
+    Ok((summary, scored))
+}
+
+pub async fn run(g: &Global, args: ScoreArgs) -> anyhow::Result<ExitCode> {
+    let (summary, _) = score_file(g, &args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary, &args.out.display().to_string());
+    }
+    Ok(if summary.failed_models == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+pub fn print_summary(s: &Summary, out: &str) {
+    const SHOWN: usize = 20;
+    for f in s.failures.iter().take(SHOWN) {
+        eprintln!("failed: model ({}, {}), {} reading(s): {}", f.device, f.tag, f.rows, f.reason);
+    }
+    if s.failures.len() > SHOWN {
+        eprintln!("… and {} more failed model(s); --json lists them all", s.failures.len() - SHOWN);
+    }
+    let t = &s.seconds;
+    println!(
+        "scored {} model(s), {} reading(s): {} anomalies, {} failed model(s) in {:.3}s (models {:.3}s, read {:.3}s, score {:.3}s, write {:.3}s)",
+        s.models, s.rows, s.anomalies, s.failed_models, t.total, t.load_models, t.read, t.score, t.write
+    );
+    println!("predictions: {} file(s) in {out}", s.files.len());
+}

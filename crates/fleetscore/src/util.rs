@@ -1,0 +1,71 @@
+//! Shared plumbing of the commands: logging, the store, progress, time.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use fleetscore_core::format_ts;
+use fleetscore_store::{Registry, Store};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{Global, LogFormat};
+
+pub fn init_logging(g: &Global) {
+    let default = match g.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match g.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// The object-store root: `--store`, else `DATA/store`.
+pub fn store_url(g: &Global) -> String {
+    match &g.store {
+        Some(s) => s.clone(),
+        None => g.data.join("store").to_string_lossy().into_owned(),
+    }
+}
+
+pub fn registry(g: &Global) -> anyhow::Result<Registry> {
+    let url = store_url(g);
+    let store = Store::open(&url).with_context(|| format!("opening the store {url}"))?;
+    Ok(Registry::new(store))
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub fn now_rfc3339() -> String {
+    format_ts(now_ns())
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal or with
+/// --quiet).
+pub fn progress(g: &Global, len: u64, what: &str) -> ProgressBar {
+    if g.quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {human_pos}/{human_len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Seconds with millisecond precision, for summaries.
+pub fn secs(d: std::time::Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}

@@ -1,0 +1,305 @@
+//! The model registry: versions per (device, tag), the live one, the pack.
+
+use std::collections::BTreeMap;
+
+use fleetscore_core::ModelKey;
+use fleetscore_models::{format, Model, Pack, PackEntry};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::{Store, StoreError};
+
+const INDEX_KEY: &str = "models/index.json";
+const PACK_KEY: &str = "models/pack.fsp";
+const INDEX_FORMAT: &str = "fleetscore-model-index";
+/// Concurrent object-store requests while writing or reading model files.
+const CONCURRENCY: usize = 32;
+
+/// One version of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionInfo {
+    /// 1, 2, 3, … per key.
+    pub version: u32,
+    /// SHA-256 of the model's binary encoding (its content identity).
+    pub sha256: String,
+    /// When it was imported (RFC 3339).
+    pub imported_at: String,
+    /// Where it came from (the imported file's path).
+    pub source: String,
+    /// One-line description, e.g. `Pipeline(StandardScaler, OneClassSVM(…))`.
+    pub description: String,
+    /// Input features.
+    pub n_features: usize,
+    /// `raw`: each reading's value is one row.
+    pub input_mode: String,
+}
+
+/// All versions of one key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// Device.
+    pub device: String,
+    /// Tag.
+    pub tag: String,
+    /// The version that scores.
+    pub live: u32,
+    /// Every version, oldest first.
+    pub versions: Vec<VersionInfo>,
+}
+
+impl KeyEntry {
+    /// The live version's record.
+    pub fn live_version(&self) -> Option<&VersionInfo> {
+        self.versions.iter().find(|v| v.version == self.live)
+    }
+}
+
+/// `models/index.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    /// Always `fleetscore-model-index`.
+    pub format: String,
+    /// Format version (1).
+    pub version: u32,
+    /// Increases with every change; the pack records the one it matches.
+    pub generation: u64,
+    /// Entries by `device/tag`.
+    pub models: BTreeMap<String, KeyEntry>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            format: INDEX_FORMAT.to_string(),
+            version: 1,
+            generation: 0,
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+fn index_key(key: &ModelKey) -> String {
+    format!("{}/{}", key.device, key.tag)
+}
+
+fn version_dir(key: &ModelKey, v: u32) -> String {
+    format!("models/{}/{}/v{v}", key.device, key.tag)
+}
+
+/// A model to import.
+#[derive(Debug, Clone)]
+pub struct ImportRequest {
+    /// Its key.
+    pub key: ModelKey,
+    /// The model.
+    pub model: Model,
+    /// Where it came from, for the record.
+    pub source: String,
+}
+
+/// What importing one model did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ImportOutcome {
+    /// A new key, registered as version 1.
+    Added {
+        /// Key.
+        key: ModelKey,
+        /// Version (1).
+        version: u32,
+    },
+    /// A changed model for a known key: a new live version.
+    NewVersion {
+        /// Key.
+        key: ModelKey,
+        /// The new version.
+        version: u32,
+    },
+    /// The same model as an existing version: nothing written.
+    Unchanged {
+        /// Key.
+        key: ModelKey,
+        /// The existing version with the same content.
+        version: u32,
+    },
+}
+
+/// The model registry in a store.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    store: Store,
+}
+
+impl Registry {
+    /// The registry in `store`.
+    pub fn new(store: Store) -> Registry {
+        Registry { store }
+    }
+
+    /// The store it lives in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reads the index (empty if none was written yet).
+    pub async fn index(&self) -> Result<Index, StoreError> {
+        let Some(bytes) = self.store.get(INDEX_KEY).await? else {
+            return Ok(Index::default());
+        };
+        let index: Index = serde_json::from_slice(&bytes)
+            .map_err(|e| self.store.corrupt(INDEX_KEY, e.to_string()))?;
+        if index.format != INDEX_FORMAT || index.version != 1 {
+            return Err(self.store.corrupt(
+                INDEX_KEY,
+                format!("format {:?} version {} is not one this build reads", index.format, index.version),
+            ));
+        }
+        Ok(index)
+    }
+
+    /// Imports models: unchanged ones are no-ops, changed ones become new
+    /// live versions. Writes version files, then the index, then the pack.
+    pub async fn import(&self, requests: Vec<ImportRequest>, now: &str) -> Result<Vec<ImportOutcome>, StoreError> {
+        let mut index = self.index().await?;
+        let old_generation = index.generation;
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut writes: Vec<(ModelKey, u32, Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut changed: BTreeMap<ModelKey, (u32, Model)> = BTreeMap::new();
+        for req in requests {
+            let sha = format::content_hash(&req.model);
+            let ik = index_key(&req.key);
+            let entry = index.models.entry(ik).or_insert_with(|| KeyEntry {
+                device: req.key.device.clone(),
+                tag: req.key.tag.clone(),
+                live: 0,
+                versions: Vec::new(),
+            });
+            if let Some(v) = entry.versions.iter().find(|v| v.sha256 == sha) {
+                outcomes.push(ImportOutcome::Unchanged {
+                    key: req.key,
+                    version: v.version,
+                });
+                continue;
+            }
+            let version = entry.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+            let info = VersionInfo {
+                version,
+                sha256: sha,
+                imported_at: now.to_string(),
+                source: req.source,
+                description: req.model.describe(),
+                n_features: req.model.n_features,
+                input_mode: "raw".into(),
+            };
+            let meta = serde_json::to_vec_pretty(&serde_json::json!({
+                "key": {"device": req.key.device, "tag": req.key.tag},
+                "info": info,
+            }))
+            .expect("plain JSON");
+            entry.versions.push(info);
+            entry.live = version;
+            writes.push((req.key.clone(), version, format::to_json(&req.model), meta));
+            outcomes.push(if version == 1 {
+                ImportOutcome::Added {
+                    key: req.key.clone(),
+                    version,
+                }
+            } else {
+                ImportOutcome::NewVersion {
+                    key: req.key.clone(),
+                    version,
+                }
+            });
+            changed.insert(req.key, (version, req.model));
+        }
+        if writes.is_empty() {
+            return Ok(outcomes);
+        }
+        let store = &self.store;
+        stream::iter(writes.into_iter().map(|(key, v, model, meta)| async move {
+            let dir = version_dir(&key, v);
+            store.put(&format!("{dir}/model.fsm"), model).await?;
+            store.put(&format!("{dir}/meta.json"), meta).await
+        }))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+        index.generation += 1;
+        self.write_index(&index).await?;
+        // Update the pack in place when it matches the previous index;
+        // otherwise rebuild it from the version files.
+        let pack = match self.read_pack().await? {
+            Some(p) if p.generation == old_generation => {
+                let mut entries: Vec<PackEntry> = p.entries().to_vec();
+                entries.retain(|e| !changed.contains_key(&e.key));
+                entries.extend(changed.into_iter().map(|(key, (version, model))| PackEntry { key, version, model }));
+                Pack::new(index.generation, entries)
+            }
+            _ => self.build_pack(&index).await?,
+        };
+        self.store.put(PACK_KEY, pack.encode()).await?;
+        Ok(outcomes)
+    }
+
+    async fn write_index(&self, index: &Index) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(index).expect("plain JSON");
+        self.store.put(INDEX_KEY, bytes).await
+    }
+
+    async fn read_pack(&self) -> Result<Option<Pack>, StoreError> {
+        let Some(bytes) = self.store.get(PACK_KEY).await? else {
+            return Ok(None);
+        };
+        match Pack::decode(&bytes) {
+            Ok(p) => Ok(Some(p)),
+            // A damaged pack is derived data: rebuild it.
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Reads one stored model version.
+    pub async fn model(&self, key: &ModelKey, version: u32) -> Result<Model, StoreError> {
+        let k = format!("{}/model.fsm", version_dir(key, version));
+        let bytes = self
+            .store
+            .get(&k)
+            .await?
+            .ok_or_else(|| self.store.corrupt(&k, "listed in the index but missing"))?;
+        format::from_json(&bytes).map_err(|e| self.store.corrupt(&k, e.to_string()))
+    }
+
+    async fn build_pack(&self, index: &Index) -> Result<Pack, StoreError> {
+        let entries: Vec<PackEntry> = stream::iter(index.models.values().map(|e| async move {
+            let key = ModelKey::new(e.device.clone(), e.tag.clone()).map_err(|err| StoreError::Invalid(err.to_string()))?;
+            let model = self.model(&key, e.live).await?;
+            Ok::<_, StoreError>(PackEntry {
+                key,
+                version: e.live,
+                model,
+            })
+        }))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+        Ok(Pack::new(index.generation, entries))
+    }
+
+    /// The pack of all live models, rebuilt (and rewritten) if it is
+    /// missing, damaged or older than the index.
+    pub async fn pack(&self) -> Result<Pack, StoreError> {
+        let index = self.index().await?;
+        if let Some(p) = self.read_pack().await? {
+            if p.generation == index.generation {
+                return Ok(p);
+            }
+        }
+        let pack = self.build_pack(&index).await?;
+        if !index.models.is_empty() {
+            self.store.put(PACK_KEY, pack.encode()).await?;
+        }
+        Ok(pack)
+    }
+}
