@@ -118,6 +118,7 @@ def _fit_chunk(job: tuple[int, str, list[tuple[int, int]]]) -> list[tuple[int, i
     support vectors, flags ~20% of the points and has a nearly flat decision
     function over the bulk of the data; on this data it keeps ~19 support
     vectors (nu * 300 = 15 at the least) and flags ~6%, as expected of nu.
+
     Returns (device, tag, n_support_vectors, readings) per model.
     """
     import pickle

@@ -622,10 +622,10 @@ impl<'a> Machine<'a> {
                 }
                 _ => Err(self.malformed(at, "set() with more than one argument")),
             },
-            Class::BuiltinBytearray => match &args[..] {
+            Class::BuiltinBytearray | Class::BuiltinBytes => match &args[..] {
                 [] => Ok(Value::Bytes(Rc::from(&[][..]))),
                 [Value::Bytes(b)] => Ok(Value::Bytes(b.clone())),
-                _ => Err(self.malformed(at, "bytearray() with unexpected arguments")),
+                _ => Err(self.malformed(at, "bytes() or bytearray() with unexpected arguments")),
             },
             // Classes called to make an instance (numpy.dtype(...)), and the
             // numpy array constructors. Their arguments are checked when the

@@ -50,6 +50,8 @@ pub enum Class {
     BuiltinFrozenset,
     /// `builtins.bytearray`
     BuiltinBytearray,
+    /// `builtins.bytes` (how protocol 2 writes an empty `bytes`).
+    BuiltinBytes,
 }
 
 impl Class {
@@ -86,6 +88,7 @@ impl Class {
             ("builtins" | "__builtin__", "set") => Class::BuiltinSet,
             ("builtins" | "__builtin__", "frozenset") => Class::BuiltinFrozenset,
             ("builtins" | "__builtin__", "bytearray") => Class::BuiltinBytearray,
+            ("builtins" | "__builtin__", "bytes") => Class::BuiltinBytes,
             ("_codecs", "encode") => Class::CodecsEncode,
             _ => return None,
         };
@@ -112,6 +115,7 @@ impl Class {
             Class::BuiltinSet => "builtins.set",
             Class::BuiltinFrozenset => "builtins.frozenset",
             Class::BuiltinBytearray => "builtins.bytearray",
+            Class::BuiltinBytes => "builtins.bytes",
         }
     }
 }
