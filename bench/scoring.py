@@ -50,8 +50,9 @@ Usage
     python3.11 bench/scoring.py --models 200 --python-only
     python3.11 bench/scoring.py --work /tmp/fsbench   # cached fleet, fast reruns
 
-The script also has an internal mode, ``scoring.py anchor-job ...``, which is
-the Python anchor itself; the benchmark runs it in a child process.
+The script also has two internal modes: ``scoring.py anchor-job ...`` is the
+Python anchor itself, and ``scoring.py timed-run -- CMD...`` is the small
+launcher that times each run (see ``run_timed``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ TS_UNIT = "ms"  # Parquet TIMESTAMP(MILLIS, UTC), like the reference data
 OUTPUT_COLUMNS = ["TS", "Device", "Tag", "Val", "Prediction", "Score"]
 
 _T0 = time.perf_counter()
+
+
+def secs(t: float) -> str:
+    """A duration for humans: 25.58, 0.812, 0.0734."""
+    return f"{t:.2f}" if t >= 1 else f"{t:.3g}"
 
 
 def log(msg: str) -> None:
@@ -335,7 +341,7 @@ class Run:
 
     def text(self) -> str:
         other = "" if self.other_cpus is None else f", other processes {self.other_cpus:.2f} cpus"
-        return f"{self.wall:.2f}s wall, cpu {self.cpu:.2f}s, peak RSS {self.max_rss_mb:.0f} MiB{other}"
+        return f"{secs(self.wall)}s wall, cpu {secs(self.cpu)}s, peak RSS {self.max_rss_mb:.0f} MiB{other}"
 
 
 def cpu_busy_seconds() -> float | None:
@@ -373,49 +379,68 @@ def check_quiet(what: str) -> str:
     return text
 
 
-def run_timed(cmd: list[str], capture: Path | None = None) -> Run:
-    """Runs cmd to completion, wall time measured from outside.
+def measure(cmd: list[str], stdout_path: str | None) -> dict:
+    """Runs cmd to completion and measures it; the body of `timed-run`.
 
-    Equivalent to perf_counter() around subprocess.run(cmd), but waits with
-    os.wait4 so that the child's own CPU time and peak RSS come with it. The
-    child's stdout goes to `capture` (a file) or to our stderr, so that our
-    stdout keeps only the summary.
+    perf_counter() around the spawn and the wait, exactly what timing
+    subprocess.run(cmd) would give, but waiting with os.wait4 so that the
+    child's own CPU time and peak RSS come with it. Also how many CPUs other
+    processes kept busy meanwhile (machine-wide busy time less the child's).
     """
-    out = open(capture, "w+b") if capture else None
+    out = open(stdout_path, "wb") if stdout_path else None
     try:
         busy0 = cpu_busy_seconds()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out if out else sys.stderr.fileno(), stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=out if out else sys.stderr.fileno(),
+                                stdin=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         busy1 = cpu_busy_seconds()
         proc.returncode = os.waitstatus_to_exitcode(status)
-        text = ""
-        if out:
-            out.seek(0)
-            text = out.read().decode(errors="replace")
     finally:
         if out:
             out.close()
-    if proc.returncode != 0:
-        raise BenchError(f"command failed with exit code {proc.returncode}: {' '.join(cmd)}")
     cpu = usage.ru_utime + usage.ru_stime
     other = None
     if busy0 is not None and busy1 is not None and wall > 0:
-        # machine-wide busy time during the run, less the child's own
         other = max(0.0, (busy1 - busy0 - cpu) / wall)
-    run = Run(wall, cpu, usage.ru_maxrss / 1024.0, other, text)
+    return {"returncode": proc.returncode, "wall": wall, "cpu": cpu,
+            "max_rss_mb": usage.ru_maxrss / 1024.0, "other_cpus": other}
+
+
+def run_timed(cmd: list[str], capture: Path | None = None) -> Run:
+    """Runs cmd to completion, timed from outside; returns the measurements.
+
+    The measuring is done by a small launcher, this script's `timed-run`
+    mode, not by this (by now large) process: Linux reports as a child's peak
+    RSS at least the peak RSS of the process that spawned it, which would
+    hide a lean fleetscore behind our own pandas frames. The launcher only
+    imports the standard library. The child's stdout goes to `capture` or to
+    our stderr, so that our stdout keeps only the summary.
+    """
+    launcher = [sys.executable, os.path.abspath(__file__), "timed-run"]
+    if capture:
+        launcher += ["--stdout", str(capture)]
+    done = subprocess.run(launcher + ["--", *cmd], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        m = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BenchError(f"the timing launcher failed (exit code {done.returncode}): {' '.join(cmd)}")
+    if m["returncode"] != 0:
+        raise BenchError(f"command failed with exit code {m['returncode']}: {' '.join(cmd)}")
+    text = capture.read_text(errors="replace") if capture else ""
+    run = Run(m["wall"], m["cpu"], m["max_rss_mb"], m["other_cpus"], text)
     log(f"  {run.text()}")
-    if other is not None and other > 0.25:
-        log(f"  warning: other processes kept {other:.2f} cpus busy during this run; "
+    if run.other_cpus is not None and run.other_cpus > 0.25:
+        log(f"  warning: other processes kept {run.other_cpus:.2f} cpus busy during this run; "
             "its time is not trustworthy")
     return run
 
 
 def describe(runs: list[Run]) -> str:
     best = min(runs, key=lambda r: r.wall)
-    walls = ", ".join(f"{r.wall:.2f}" for r in runs)
-    return f"best {best.wall:.2f}s of {len(runs)} [{walls}]; that run: {best.text()}"
+    walls = ", ".join(secs(r.wall) for r in runs)
+    return f"best {secs(best.wall)}s of {len(runs)} [{walls}]; that run: {best.text()}"
 
 
 def time_python(work: Path, repeat: int) -> tuple[list[Run], dict]:
@@ -647,7 +672,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
     ]
     if not args.python_only:
         lines += [
-            f"fleetscore:   {describe(fs_runs)}; import (untimed) {import_s:.2f}s",
+            f"fleetscore:   {describe(fs_runs)}; import (untimed) {secs(import_s)}s",
             f"verification: {report['rows_compared']} rows compared (python {report['rows_python']}, "
             f"fleetscore {report['rows_fleetscore']}), {report['prediction_mismatches']} prediction "
             f"mismatches, max |Score - decision| = {report['max_abs_score_diff']:.3g}, "
@@ -657,7 +682,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
     print("\n".join(lines), flush=True)
 
     if args.python_only:
-        print(f"scikit-learn only: python {py_best:.2f}s, {n} models, {rows} readings "
+        print(f"scikit-learn only: python {secs(py_best)}s, {n} models, {rows} readings "
               "(fleetscore not run: --python-only)")
         return 0
     if "problems" in report:
@@ -667,7 +692,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
     fs_best = min(r.wall for r in fs_runs)
     ratio = py_best / fs_best
     print(f"fleetscore / scikit-learn: {ratio:.1f}x faster "
-          f"(python {py_best:.2f}s, fleetscore {fs_best:.2f}s, {n} models, {rows} readings)")
+          f"(python {secs(py_best)}s, fleetscore {secs(fs_best)}s, {n} models, {rows} readings)")
     return 0
 
 
@@ -680,6 +705,18 @@ def main(argv: list[str]) -> int:
         p.add_argument("--out", required=True)
         a = p.parse_args(argv[1:])
         anchor_job(a.readings, a.models_dir, a.out)
+        return 0
+
+    if argv[:1] == ["timed-run"]:
+        p = argparse.ArgumentParser(prog="scoring.py timed-run",
+                                    description="Internal: run a command, print its measurements as JSON.")
+        p.add_argument("--stdout", default=None, help="file for the command's stdout")
+        p.add_argument("cmd", nargs=argparse.REMAINDER)
+        a = p.parse_args(argv[1:])
+        cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+        if not cmd:
+            p.error("no command")
+        print(json.dumps(measure(cmd, a.stdout)), flush=True)
         return 0
 
     args = parse_args(argv)

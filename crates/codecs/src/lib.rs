@@ -14,7 +14,9 @@
 mod predictions;
 mod readings;
 
-pub use predictions::{write_predictions, OutputFormat, PredictionColumns, PredictionLayout, WrittenFile};
+pub use predictions::{
+    write_predictions, OutputFormat, PredictionColumns, PredictionLayout, WrittenFile,
+};
 pub use readings::{read_readings, InputFormat, Readings};
 
 use std::path::PathBuf;

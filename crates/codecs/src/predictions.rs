@@ -16,7 +16,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, DictionaryArray, Float64Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
+use arrow::array::{
+    ArrayRef, DictionaryArray, Float64Array, Int32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt32Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit, UInt32Type};
 use fleetscore_core::{format_ts_reference, NANOS_PER_SEC};
 use parquet::arrow::ArrowWriter;
@@ -86,7 +89,9 @@ pub fn write_predictions(
         source,
     })?;
     match (format, layout) {
-        (OutputFormat::Parquet, PredictionLayout::Combined) => write_parquet_parts(dir, cols, parts),
+        (OutputFormat::Parquet, PredictionLayout::Combined) => {
+            write_parquet_parts(dir, cols, parts)
+        }
         (OutputFormat::Csv, PredictionLayout::Combined) => {
             let path = dir.join("predictions.csv");
             let rows = atomic_write(&path, |w| {
@@ -115,7 +120,9 @@ pub fn write_predictions(
         }
         (OutputFormat::Parquet, PredictionLayout::PerModel) => Err(CodecError::Schema {
             path: dir.to_path_buf(),
-            reason: "the per-model layout is a CSV layout; use --format csv with --layout per-model".into(),
+            reason:
+                "the per-model layout is a CSV layout; use --format csv with --layout per-model"
+                    .into(),
         }),
     }
 }
@@ -153,7 +160,10 @@ fn write_csv_rows(
 }
 
 /// Writes through a temporary file renamed into place on success.
-fn atomic_write(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::io::Result<usize>) -> Result<usize, CodecError> {
+fn atomic_write(
+    path: &Path,
+    body: impl FnOnce(&mut dyn Write) -> std::io::Result<usize>,
+) -> Result<usize, CodecError> {
     let io = |source| CodecError::Io {
         path: path.to_path_buf(),
         source,
@@ -173,14 +183,21 @@ fn atomic_write(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::io::Resul
 }
 
 fn tmp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp"))
 }
 
 fn schema() -> Arc<Schema> {
     let dict = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
     Arc::new(Schema::new(vec![
-        Field::new("TS", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "TS",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("Device", dict.clone(), false),
         Field::new("Tag", dict, false),
         Field::new("Val", DataType::Float64, false),
@@ -191,7 +208,11 @@ fn schema() -> Arc<Schema> {
 
 /// Splits the groups into `parts` runs of about equal row counts, at model
 /// boundaries, and writes each run as one Parquet file on its own thread.
-fn write_parquet_parts(dir: &Path, cols: &PredictionColumns<'_>, parts: usize) -> Result<Vec<WrittenFile>, CodecError> {
+fn write_parquet_parts(
+    dir: &Path,
+    cols: &PredictionColumns<'_>,
+    parts: usize,
+) -> Result<Vec<WrittenFile>, CodecError> {
     let total: usize = cols.groups.iter().map(|(_, r)| r.len()).sum();
     let parts = parts.max(1).min(cols.groups.len().max(1));
     let mut runs: Vec<&[(u32, Range<usize>)]> = Vec::with_capacity(parts);
@@ -205,8 +226,12 @@ fn write_parquet_parts(dir: &Path, cols: &PredictionColumns<'_>, parts: usize) -
         }
     }
     runs.push(&cols.groups[start..]);
-    let device_dict = Arc::new(StringArray::from_iter_values(cols.keys.iter().map(|(d, _)| d.as_str())));
-    let tag_dict = Arc::new(StringArray::from_iter_values(cols.keys.iter().map(|(_, t)| t.as_str())));
+    let device_dict = Arc::new(StringArray::from_iter_values(
+        cols.keys.iter().map(|(d, _)| d.as_str()),
+    ));
+    let tag_dict = Arc::new(StringArray::from_iter_values(
+        cols.keys.iter().map(|(_, t)| t.as_str()),
+    ));
     let results: Vec<Result<WrittenFile, CodecError>> = std::thread::scope(|s| {
         let handles: Vec<_> = runs
             .iter()
@@ -249,7 +274,12 @@ fn write_parquet_run(
         .build();
     let schema = schema();
     let result = (|| {
-        let mut writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.clone(), Some(props)).map_err(|e| pq(&e))?;
+        let mut writer = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            schema.clone(),
+            Some(props),
+        )
+        .map_err(|e| pq(&e))?;
         let mut rows = 0;
         // Batches of whole models, about ROW_GROUP rows each.
         let mut i = 0;
@@ -260,7 +290,8 @@ fn write_parquet_run(
                 n += run[j].1.len();
                 j += 1;
             }
-            let batch = batch_of(cols, &run[i..j], n, &schema, &device_dict, &tag_dict).map_err(|e| pq(&e))?;
+            let batch = batch_of(cols, &run[i..j], n, &schema, &device_dict, &tag_dict)
+                .map_err(|e| pq(&e))?;
             writer.write(&batch).map_err(|e| pq(&e))?;
             rows += n;
             i = j;

@@ -5,7 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit, UInt16Type, UInt32Type, UInt64Type, UInt8Type};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit,
+    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
 use fleetscore_core::parse_ts;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
@@ -146,7 +149,10 @@ fn read_csv(path: &Path) -> Result<Readings, CodecError> {
     let header = rdr.headers().map_err(|e| csv_err(path, &e))?.clone();
     let mut idx = [usize::MAX; 4];
     for (i, name) in header.iter().enumerate() {
-        if let Some(c) = COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(name.trim())) {
+        if let Some(c) = COLUMNS
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(name.trim()))
+        {
             idx[c] = i;
         }
     }
@@ -223,7 +229,10 @@ fn read_parquet(path: &Path) -> Result<Readings, CodecError> {
     let schema = builder.schema().clone();
     let mut idx = [usize::MAX; 4];
     for (i, f) in schema.fields().iter().enumerate() {
-        if let Some(c) = COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(f.name())) {
+        if let Some(c) = COLUMNS
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(f.name()))
+        {
             idx[c] = i;
         }
     }
@@ -307,22 +316,30 @@ fn append_batch(
                 TimeUnit::Microsecond => 1_000,
                 TimeUnit::Nanosecond => 1,
             };
-            let raw = arrow::compute::cast(ts, &DataType::Int64).map_err(|e| row_err(0, "TS", e.to_string()))?;
+            let raw = arrow::compute::cast(ts, &DataType::Int64)
+                .map_err(|e| row_err(0, "TS", e.to_string()))?;
             for (r, &v) in raw.as_primitive::<Int64Type>().values().iter().enumerate() {
-                out.ts.push(v.checked_mul(mul).ok_or_else(|| row_err(r, "TS", "out of range".into()))?);
+                out.ts.push(
+                    v.checked_mul(mul)
+                        .ok_or_else(|| row_err(r, "TS", "out of range".into()))?,
+                );
             }
         }
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            let s = arrow::compute::cast(ts, &DataType::Utf8).map_err(|e| row_err(0, "TS", e.to_string()))?;
+            let s = arrow::compute::cast(ts, &DataType::Utf8)
+                .map_err(|e| row_err(0, "TS", e.to_string()))?;
             for (r, v) in s.as_string::<i32>().iter().enumerate() {
                 let v = v.unwrap_or_default();
-                out.ts.push(parse_ts(v).map_err(|e| row_err(r, "TS", e.to_string()))?);
+                out.ts
+                    .push(parse_ts(v).map_err(|e| row_err(r, "TS", e.to_string()))?);
             }
         }
         other => {
             return Err(CodecError::Schema {
                 path: path.to_path_buf(),
-                reason: format!("column TS has type {other}; expected a timestamp or RFC 3339 text"),
+                reason: format!(
+                    "column TS has type {other}; expected a timestamp or RFC 3339 text"
+                ),
             })
         }
     }
@@ -331,13 +348,20 @@ fn append_batch(
     let v = column(batch, "Value");
     first_null(v, "Value")?;
     match v.data_type() {
-        DataType::Float64 => out.value.extend_from_slice(v.as_primitive::<Float64Type>().values()),
-        DataType::Float32 => out
+        DataType::Float64 => out
             .value
-            .extend(v.as_primitive::<Float32Type>().values().iter().map(|&x| f64::from(x))),
+            .extend_from_slice(v.as_primitive::<Float64Type>().values()),
+        DataType::Float32 => out.value.extend(
+            v.as_primitive::<Float32Type>()
+                .values()
+                .iter()
+                .map(|&x| f64::from(x)),
+        ),
         t if t.is_integer() => {
-            let c = arrow::compute::cast(v, &DataType::Float64).map_err(|e| row_err(0, "Value", e.to_string()))?;
-            out.value.extend_from_slice(c.as_primitive::<Float64Type>().values());
+            let c = arrow::compute::cast(v, &DataType::Float64)
+                .map_err(|e| row_err(0, "Value", e.to_string()))?;
+            out.value
+                .extend_from_slice(c.as_primitive::<Float64Type>().values());
         }
         other => {
             return Err(CodecError::Schema {
@@ -365,7 +389,11 @@ fn append_batch(
             for r in 0..n {
                 let (dv, tv) = (ds.value(r), ts.value(r));
                 if dv.is_empty() || tv.is_empty() {
-                    return Err(row_err(r, if dv.is_empty() { "Device" } else { "Tag" }, "empty".into()));
+                    return Err(row_err(
+                        r,
+                        if dv.is_empty() { "Device" } else { "Tag" },
+                        "empty".into(),
+                    ));
                 }
                 out.key.push(interner.text(dv, tv));
             }
@@ -377,7 +405,11 @@ fn append_batch(
 fn as_ints(a: &ArrayRef) -> Option<Vec<i64>> {
     macro_rules! ints {
         ($t:ty) => {
-            a.as_primitive::<$t>().values().iter().map(|&v| v as i64).collect()
+            a.as_primitive::<$t>()
+                .values()
+                .iter()
+                .map(|&v| v as i64)
+                .collect()
         };
     }
     Some(match a.data_type() {
@@ -407,7 +439,10 @@ fn as_strings(path: &Path, a: &ArrayRef, name: &str) -> Result<ArrayRef, CodecEr
     if !ok {
         return Err(CodecError::Schema {
             path: path.to_path_buf(),
-            reason: format!("column {name} has type {}; expected text or an integer", a.data_type()),
+            reason: format!(
+                "column {name} has type {}; expected text or an integer",
+                a.data_type()
+            ),
         });
     }
     arrow::compute::cast(a, &DataType::Utf8)

@@ -88,7 +88,11 @@ pub fn parse_ts(s: &str) -> Result<i64, TimeError> {
                 -o
             }
         }
-        _ => return Err(err("unexpected text after the time (only `Z` or `±HH:MM` may follow)")),
+        _ => {
+            return Err(err(
+                "unexpected text after the time (only `Z` or `±HH:MM` may follow)",
+            ))
+        }
     };
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_secs;
@@ -189,7 +193,10 @@ mod tests {
         let n = parse_ts("1970-01-01T00:00:00.000000001Z").unwrap();
         assert_eq!(n, 1);
         assert_eq!(format_ts(n), "1970-01-01T00:00:00.000000001Z");
-        assert_eq!(parse_ts("1969-12-31 23:59:59.5").unwrap(), -NANOS_PER_SEC / 2);
+        assert_eq!(
+            parse_ts("1969-12-31 23:59:59.5").unwrap(),
+            -NANOS_PER_SEC / 2
+        );
         assert_eq!(format_ts(-NANOS_PER_SEC / 2), "1969-12-31T23:59:59.500Z");
     }
 

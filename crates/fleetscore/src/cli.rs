@@ -19,7 +19,12 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Global {
     /// Home of all embedded state.
-    #[arg(long, global = true, env = "FLEETSCORE_DATA", default_value = "./fleetscore-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETSCORE_DATA",
+        default_value = "./fleetscore-data"
+    )]
     pub data: PathBuf,
     /// Object-store root: a path or file:// URL, or memory:// [default: DATA/store].
     #[arg(long, global = true, env = "FLEETSCORE_STORE")]

@@ -27,7 +27,13 @@ const MODELS: [&[u8]; 5] = [
     include_bytes!("../demo/model_fallback_4.pkl"),
     include_bytes!("../demo/model_fallback_5.pkl"),
 ];
-const TAGS: [(f64, f64); 5] = [(20.0, 2.0), (55.0, 5.0), (1.5, 0.2), (300.0, 12.0), (80.0, 4.0)];
+const TAGS: [(f64, f64); 5] = [
+    (20.0, 2.0),
+    (55.0, 5.0),
+    (1.5, 0.2),
+    (300.0, 12.0),
+    (80.0, 4.0),
+];
 
 /// splitmix64: small, seedable, good enough for synthetic readings.
 struct Rng(u64);
@@ -51,8 +57,14 @@ impl Rng {
 }
 
 pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.devices > 0 && args.hours > 0, "--devices and --hours must be at least 1");
-    anyhow::ensure!((0.0..=0.5).contains(&args.anomaly_rate), "--anomaly-rate must be between 0 and 0.5");
+    anyhow::ensure!(
+        args.devices > 0 && args.hours > 0,
+        "--devices and --hours must be at least 1"
+    );
+    anyhow::ensure!(
+        (0.0..=0.5).contains(&args.anomaly_rate),
+        "--anomaly-rate must be between 0 and 0.5"
+    );
     let started = std::time::Instant::now();
     let registry = util::registry(g)?;
     let mut requests = Vec::new();
@@ -65,7 +77,10 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         });
     }
     registry.import(requests, &util::now_rfc3339()).await?;
-    println!("registered 5 bundled scikit-learn models as fallback models (*, 1..5) in {}", registry.store().url());
+    println!(
+        "registered 5 bundled scikit-learn models as fallback models (*, 1..5) in {}",
+        registry.store().url()
+    );
 
     let dir = g.data.join("demo");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -75,7 +90,8 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut rng = Rng(args.seed);
     let mut injected = HashSet::new();
     {
-        let f = std::fs::File::create(&input).with_context(|| format!("creating {}", input.display()))?;
+        let f = std::fs::File::create(&input)
+            .with_context(|| format!("creating {}", input.display()))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
         writeln!(w, "TS,Device,Tag,Value")?;
         let offsets: Vec<f64> = (0..args.devices * 5).map(|_| rng.normal() * 0.2).collect();
@@ -116,14 +132,20 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut found = 0usize;
     for (k, range) in &scored.groups {
         let (d, t) = &scored.keys[*k as usize];
-        let (Ok(d), Ok(t)) = (d.parse::<u32>(), t.parse::<u32>()) else { continue };
+        let (Ok(d), Ok(t)) = (d.parse::<u32>(), t.parse::<u32>()) else {
+            continue;
+        };
         for r in range.clone() {
             if scored.prediction[r] == 1 && injected.contains(&(d, t, scored.ts[r])) {
                 found += 1;
             }
         }
     }
-    let recall = if injected.is_empty() { 1.0 } else { found as f64 / injected.len() as f64 };
+    let recall = if injected.is_empty() {
+        1.0
+    } else {
+        found as f64 / injected.len() as f64
+    };
     println!(
         "anomalies: {} flagged; {found} of {} injected found ({:.1}%), {} flagged among normal readings (the models were fitted with nu=0.01)",
         scored.anomalies,
@@ -131,6 +153,13 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         recall * 100.0,
         scored.anomalies - found
     );
-    println!("demo finished in {}; predictions are Parquet files you can open with pandas or DuckDB.", util::secs(started.elapsed()));
-    Ok(if summary.failed_models == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    println!(
+        "demo finished in {}; predictions are Parquet files you can open with pandas or DuckDB.",
+        util::secs(started.elapsed())
+    );
+    Ok(if summary.failed_models == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

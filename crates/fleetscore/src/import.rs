@@ -21,7 +21,9 @@ struct Job {
 fn files_in(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if path.is_dir() {
         let mut files = Vec::new();
-        for e in std::fs::read_dir(path).with_context(|| format!("reading the folder {}", path.display()))? {
+        for e in std::fs::read_dir(path)
+            .with_context(|| format!("reading the folder {}", path.display()))?
+        {
             let e = e?;
             let name = e.file_name();
             if e.file_type()?.is_file() && !name.to_string_lossy().starts_with('.') {
@@ -38,20 +40,27 @@ fn files_in(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn key_from_name(path: &Path) -> Result<ModelKey, String> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     ModelKey::from_reference_file_name(&name).ok_or_else(|| {
         format!("cannot tell which (device, tag) {name:?} belongs to: name it model_{{device}}_{{tag}}, or use --device/--tag for one file, or --manifest")
     })
 }
 
 fn read_manifest(path: &Path) -> anyhow::Result<Vec<Job>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading the manifest {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the manifest {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut jobs = Vec::new();
     let mut lines = text.lines().enumerate();
     match lines.next() {
         Some((_, h)) if h.split(',').map(str::trim).eq(["path", "device", "tag"]) => {}
-        _ => bail!("{}: line 1: the header must be `path,device,tag`", path.display()),
+        _ => bail!(
+            "{}: line 1: the header must be `path,device,tag`",
+            path.display()
+        ),
     }
     for (i, line) in lines {
         if line.trim().is_empty() {
@@ -59,9 +68,15 @@ fn read_manifest(path: &Path) -> anyhow::Result<Vec<Job>> {
         }
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         let [p, d, t] = f[..] else {
-            bail!("{}: line {}: expected 3 fields path,device,tag, found {}", path.display(), i + 1, f.len());
+            bail!(
+                "{}: line {}: expected 3 fields path,device,tag, found {}",
+                path.display(),
+                i + 1,
+                f.len()
+            );
         };
-        let key = ModelKey::new(d, t).map_err(|e| anyhow::anyhow!("{}: line {}: {e}", path.display(), i + 1))?;
+        let key = ModelKey::new(d, t)
+            .map_err(|e| anyhow::anyhow!("{}: line {}: {e}", path.display(), i + 1))?;
         jobs.push(Job {
             path: base.join(p),
             key: Ok(key),
@@ -156,7 +171,11 @@ pub async fn run(g: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
             failures.len()
         );
     }
-    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 pub async fn list(g: &Global, json: bool) -> anyhow::Result<ExitCode> {
@@ -168,13 +187,28 @@ pub async fn list(g: &Global, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if index.models.is_empty() {
-        println!("no models registered in {}; import some with `fleetscore models import PATH`", registry.store().url());
+        println!(
+            "no models registered in {}; import some with `fleetscore models import PATH`",
+            registry.store().url()
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<16} {:<16} {:>4} {:>8}  MODEL", "DEVICE", "TAG", "LIVE", "VERSIONS");
+    println!(
+        "{:<16} {:<16} {:>4} {:>8}  MODEL",
+        "DEVICE", "TAG", "LIVE", "VERSIONS"
+    );
     for e in index.models.values() {
-        let desc = e.live_version().map(|v| v.description.as_str()).unwrap_or("?");
-        println!("{:<16} {:<16} {:>4} {:>8}  {desc}", e.device, e.tag, format!("v{}", e.live), e.versions.len());
+        let desc = e
+            .live_version()
+            .map(|v| v.description.as_str())
+            .unwrap_or("?");
+        println!(
+            "{:<16} {:<16} {:>4} {:>8}  {desc}",
+            e.device,
+            e.tag,
+            format!("v{}", e.live),
+            e.versions.len()
+        );
     }
     println!("{} model(s)", index.models.len());
     Ok(ExitCode::SUCCESS)
@@ -197,7 +231,11 @@ pub async fn show(g: &Global, device: &str, tag: &str, json: bool) -> anyhow::Re
     println!("  {}", model.describe());
     println!("  features: {}", model.n_features);
     for v in &entry.versions {
-        let live = if v.version == entry.live { " (live)" } else { "" };
+        let live = if v.version == entry.live {
+            " (live)"
+        } else {
+            ""
+        };
         println!(
             "  v{}{live}: imported {} from {}\n      sha256 {}",
             v.version, v.imported_at, v.source, v.sha256
@@ -210,6 +248,11 @@ pub async fn repack(g: &Global) -> anyhow::Result<ExitCode> {
     let registry = util::registry(g)?;
     let started = std::time::Instant::now();
     let pack = registry.pack().await?;
-    println!("model pack: {} live model(s), generation {}, in {}", pack.len(), pack.generation, util::secs(started.elapsed()));
+    println!(
+        "model pack: {} live model(s), generation {}, in {}",
+        pack.len(),
+        pack.generation,
+        util::secs(started.elapsed())
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -36,7 +36,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Models { command } => match command {
             cli::ModelsCommand::Import(args) => rt.block_on(import::run(g, args)),
             cli::ModelsCommand::List { json } => rt.block_on(import::list(g, json)),
-            cli::ModelsCommand::Show { device, tag, json } => rt.block_on(import::show(g, &device, &tag, json)),
+            cli::ModelsCommand::Show { device, tag, json } => {
+                rt.block_on(import::show(g, &device, &tag, json))
+            }
             cli::ModelsCommand::Pack => rt.block_on(import::repack(g)),
         },
         cli::Command::Score(args) => rt.block_on(score::run(g, args)),

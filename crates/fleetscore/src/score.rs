@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use fleetscore_codecs::{read_readings, write_predictions, OutputFormat, PredictionColumns, PredictionLayout};
+use fleetscore_codecs::{
+    read_readings, write_predictions, OutputFormat, PredictionColumns, PredictionLayout,
+};
 use fleetscore_core::parse_ts;
 use fleetscore_jobs::{ModelFailure, Scored};
 use serde::Serialize;
@@ -36,8 +38,18 @@ pub struct Timings {
 /// Scores `args.input` and writes the predictions; shared with `demo`.
 pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Scored)> {
     let t0 = Instant::now();
-    let from = args.from.as_deref().map(parse_ts).transpose().context("--from")?;
-    let to = args.to.as_deref().map(parse_ts).transpose().context("--to")?;
+    let from = args
+        .from
+        .as_deref()
+        .map(parse_ts)
+        .transpose()
+        .context("--from")?;
+    let to = args
+        .to
+        .as_deref()
+        .map(parse_ts)
+        .transpose()
+        .context("--to")?;
     if args.layout == Layout::PerModel && args.format != Format::Csv {
         anyhow::bail!("--layout per-model writes the reference job's CSV files; add --format csv");
     }
@@ -63,7 +75,8 @@ pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary
     let t = Instant::now();
     let rows = readings.len() as u64;
     let pb = util::progress(g, rows, "scoring");
-    let scored = tokio::task::block_in_place(|| fleetscore_jobs::score(readings, &pack, &|n| pb.inc(n)));
+    let scored =
+        tokio::task::block_in_place(|| fleetscore_jobs::score(readings, &pack, &|n| pb.inc(n)));
     pb.finish_and_clear();
     let score_time = t.elapsed();
 
@@ -85,7 +98,9 @@ pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary
         groups: &scored.groups,
     };
     let parts = rayon::current_num_threads();
-    let files = tokio::task::block_in_place(|| write_predictions(&args.out, format, layout, &cols, parts, util::now_ns()))?;
+    let files = tokio::task::block_in_place(|| {
+        write_predictions(&args.out, format, layout, &cols, parts, util::now_ns())
+    })?;
     let write_time = t.elapsed();
 
     let rows = scored.groups.iter().map(|(_, r)| r.len()).sum();
@@ -114,16 +129,26 @@ pub async fn run(g: &Global, args: ScoreArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_summary(&summary, &args.out.display().to_string());
     }
-    Ok(if summary.failed_models == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if summary.failed_models == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 pub fn print_summary(s: &Summary, out: &str) {
     const SHOWN: usize = 20;
     for f in s.failures.iter().take(SHOWN) {
-        eprintln!("failed: model ({}, {}), {} reading(s): {}", f.device, f.tag, f.rows, f.reason);
+        eprintln!(
+            "failed: model ({}, {}), {} reading(s): {}",
+            f.device, f.tag, f.rows, f.reason
+        );
     }
     if s.failures.len() > SHOWN {
-        eprintln!("… and {} more failed model(s); --json lists them all", s.failures.len() - SHOWN);
+        eprintln!(
+            "… and {} more failed model(s); --json lists them all",
+            s.failures.len() - SHOWN
+        );
     }
     let t = &s.seconds;
     println!(

@@ -9,7 +9,13 @@ fn bin() -> Command {
 }
 
 fn run(data: &Path, args: &[&str]) -> Output {
-    let out = bin().arg("--data").arg(data).arg("--quiet").args(args).output().unwrap();
+    let out = bin()
+        .arg("--data")
+        .arg(data)
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .unwrap();
     eprintln!(
         "$ fleetscore {}\n{}{}",
         args.join(" "),
@@ -20,7 +26,11 @@ fn run(data: &Path, args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn reference() -> Option<PathBuf> {
@@ -32,7 +42,9 @@ fn reference() -> Option<PathBuf> {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/sklearn").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures/sklearn")
+        .join(name)
 }
 
 /// The reference job: import the legacy pickles, score sensor_data.csv,
@@ -43,7 +55,10 @@ fn reference_job_reproduces_expected_predictions() {
     let Some(root) = reference() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let o = run(data, &["models", "import", root.join("models").to_str().unwrap()]);
+    let o = run(
+        data,
+        &["models", "import", root.join("models").to_str().unwrap()],
+    );
     assert!(o.status.success());
     assert!(text(&o).contains("15 added"));
 
@@ -51,14 +66,26 @@ fn reference_job_reproduces_expected_predictions() {
     let exp = std::fs::read_to_string(root.join("expected_predictions.csv")).unwrap();
     for line in exp.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
-        expected.insert((f[0].into(), f[1].into(), f[2].into()), (f[4].parse().unwrap(), f[5].parse().unwrap()));
+        expected.insert(
+            (f[0].into(), f[1].into(), f[2].into()),
+            (f[4].parse().unwrap(), f[5].parse().unwrap()),
+        );
     }
 
     let input = root.join("data/sensor_data.csv");
     let out = data.join("out");
     let o = run(
         data,
-        &["score", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--format", "csv", "--json"],
+        &[
+            "score",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "csv",
+            "--json",
+        ],
     );
     assert!(o.status.success());
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -76,7 +103,10 @@ fn reference_job_reproduces_expected_predictions() {
         let (pred, dec) = expected[&(f[0].to_string(), f[1].to_string(), f[2].to_string())];
         assert_eq!(f[4].parse::<u8>().unwrap(), pred, "{line}");
         let score: f64 = f[5].parse().unwrap();
-        assert!((score - dec).abs() <= 1e-9, "{line}: expected decision {dec}");
+        assert!(
+            (score - dec).abs() <= 1e-9,
+            "{line}: expected decision {dec}"
+        );
         n += 1;
     }
     assert_eq!(n, expected.len());
@@ -85,18 +115,41 @@ fn reference_job_reproduces_expected_predictions() {
     let pm = data.join("per-model");
     let o = run(
         data,
-        &["score", "--input", input.to_str().unwrap(), "--out", pm.to_str().unwrap(), "--format", "csv", "--layout", "per-model"],
+        &[
+            "score",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            pm.to_str().unwrap(),
+            "--format",
+            "csv",
+            "--layout",
+            "per-model",
+        ],
     );
     assert!(o.status.success());
-    let mut files: Vec<String> = std::fs::read_dir(&pm).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut files: Vec<String> = std::fs::read_dir(&pm)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     files.sort();
     assert_eq!(files.len(), 15);
-    assert!(files[0].starts_with("preds_1_1_") && files[0].len() == "preds_1_1_".len() + 12, "{}", files[0]);
+    assert!(
+        files[0].starts_with("preds_1_1_") && files[0].len() == "preds_1_1_".len() + 12,
+        "{}",
+        files[0]
+    );
     let f = std::fs::read_to_string(pm.join(&files[0])).unwrap();
-    assert!(f.starts_with("TS,Device,Tag,Val,Prediction\n2018-08-28 23:00:05.000,1,1,10.16,0\n"), "{f:.200}");
+    assert!(
+        f.starts_with("TS,Device,Tag,Val,Prediction\n2018-08-28 23:00:05.000,1,1,10.16,0\n"),
+        "{f:.200}"
+    );
 
     // Re-importing is a no-op.
-    let o = run(data, &["models", "import", root.join("models").to_str().unwrap()]);
+    let o = run(
+        data,
+        &["models", "import", root.join("models").to_str().unwrap()],
+    );
     assert!(text(&o).contains("15 unchanged"), "{}", text(&o));
 }
 
@@ -105,14 +158,27 @@ fn parquet_output_and_time_range() {
     let Some(root) = reference() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    assert!(run(data, &["models", "import", root.join("models").to_str().unwrap()]).status.success());
+    assert!(run(
+        data,
+        &["models", "import", root.join("models").to_str().unwrap()]
+    )
+    .status
+    .success());
     let input = root.join("data/sensor_data.csv");
     let out = data.join("pq");
     let o = run(
         data,
         &[
-            "score", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap(),
-            "--from", "2018-08-29 00:00:00", "--to", "2018-08-29T01:00:00Z", "--json",
+            "score",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--from",
+            "2018-08-29 00:00:00",
+            "--to",
+            "2018-08-29T01:00:00Z",
+            "--json",
         ],
     );
     assert!(o.status.success());
@@ -121,7 +187,7 @@ fn parquet_output_and_time_range() {
         .unwrap()
         .lines()
         .skip(1)
-        .filter(|l| l >= &"2018-08-29 00:00:00" && l < &"2018-08-29 01:00:00")
+        .filter(|l| ("2018-08-29 00:00:00".."2018-08-29 01:00:00").contains(l))
         .count();
     assert!(want > 1000);
     assert_eq!(summary["rows"], want);
@@ -141,15 +207,51 @@ fn per_model_failures_are_reported_and_others_still_run() {
     let data = dir.path();
     let one = fixture("models/std_rbf_f1.p4.pkl");
     let three = fixture("models/std_rbf_f3.p4.pkl");
-    assert!(run(data, &["models", "import", one.to_str().unwrap(), "--device", "a", "--tag", "t"]).status.success());
-    assert!(run(data, &["models", "import", three.to_str().unwrap(), "--device", "b", "--tag", "t"]).status.success());
+    assert!(run(
+        data,
+        &[
+            "models",
+            "import",
+            one.to_str().unwrap(),
+            "--device",
+            "a",
+            "--tag",
+            "t"
+        ]
+    )
+    .status
+    .success());
+    assert!(run(
+        data,
+        &[
+            "models",
+            "import",
+            three.to_str().unwrap(),
+            "--device",
+            "b",
+            "--tag",
+            "t"
+        ]
+    )
+    .status
+    .success());
     let csv = data.join("in.csv");
     std::fs::write(
         &csv,
         "TS,Device,Tag,Value\n2024-01-01 00:00:00.000,a,t,1.0\n2024-01-01 00:00:05.000,a,t,2.0\n2024-01-01 00:00:00.000,b,t,1.0\n2024-01-01 00:00:00.000,c,t,1.0\n",
     )
     .unwrap();
-    let o = run(data, &["score", "--input", csv.to_str().unwrap(), "--out", data.join("o").to_str().unwrap(), "--json"]);
+    let o = run(
+        data,
+        &[
+            "score",
+            "--input",
+            csv.to_str().unwrap(),
+            "--out",
+            data.join("o").to_str().unwrap(),
+            "--json",
+        ],
+    );
     assert_eq!(o.status.code(), Some(3));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s["models"], 1);
@@ -162,8 +264,31 @@ fn per_model_failures_are_reported_and_others_still_run() {
     assert_eq!(failures[1]["reason"], "no_model");
 
     // A fallback model (*, t) scores devices without their own.
-    assert!(run(data, &["models", "import", one.to_str().unwrap(), "--device", "*", "--tag", "t"]).status.success());
-    let o = run(data, &["score", "--input", csv.to_str().unwrap(), "--out", data.join("o2").to_str().unwrap(), "--json"]);
+    assert!(run(
+        data,
+        &[
+            "models",
+            "import",
+            one.to_str().unwrap(),
+            "--device",
+            "*",
+            "--tag",
+            "t"
+        ]
+    )
+    .status
+    .success());
+    let o = run(
+        data,
+        &[
+            "score",
+            "--input",
+            csv.to_str().unwrap(),
+            "--out",
+            data.join("o2").to_str().unwrap(),
+            "--json",
+        ],
+    );
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s["models"], 2, "{s}");
     assert_eq!(s["failed_models"], 1);
@@ -174,22 +299,75 @@ fn bad_input_names_the_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let one = fixture("models/std_rbf_f1.p4.pkl");
-    assert!(run(data, &["models", "import", one.to_str().unwrap(), "--device", "a", "--tag", "t"]).status.success());
+    assert!(run(
+        data,
+        &[
+            "models",
+            "import",
+            one.to_str().unwrap(),
+            "--device",
+            "a",
+            "--tag",
+            "t"
+        ]
+    )
+    .status
+    .success());
     let csv = data.join("bad.csv");
-    std::fs::write(&csv, "TS,Device,Tag,Value\n2024-01-01 00:00:00.000,a,t,1.0\n2024-01-01 00:00:05.000,a,t,abc\n").unwrap();
-    let o = run(data, &["score", "--input", csv.to_str().unwrap(), "--out", data.join("o").to_str().unwrap()]);
+    std::fs::write(
+        &csv,
+        "TS,Device,Tag,Value\n2024-01-01 00:00:00.000,a,t,1.0\n2024-01-01 00:00:05.000,a,t,abc\n",
+    )
+    .unwrap();
+    let o = run(
+        data,
+        &[
+            "score",
+            "--input",
+            csv.to_str().unwrap(),
+            "--out",
+            data.join("o").to_str().unwrap(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
-    assert!(t.contains("line 3") && t.contains("Value") && t.contains("\"abc\" is not a number"), "{t}");
-    assert!(!data.join("o").exists(), "nothing is written when the input is refused");
+    assert!(
+        t.contains("line 3") && t.contains("Value") && t.contains("\"abc\" is not a number"),
+        "{t}"
+    );
+    assert!(
+        !data.join("o").exists(),
+        "nothing is written when the input is refused"
+    );
 
     std::fs::write(&csv, "TS,Device,Tag,Val\n").unwrap();
-    let t = text(&run(data, &["score", "--input", csv.to_str().unwrap(), "--out", data.join("o").to_str().unwrap()]));
+    let t = text(&run(
+        data,
+        &[
+            "score",
+            "--input",
+            csv.to_str().unwrap(),
+            "--out",
+            data.join("o").to_str().unwrap(),
+        ],
+    ));
     assert!(t.contains("no `Value` column"), "{t}");
 
     std::fs::write(&csv, "TS,Device,Tag,Value\n2024-13-01 00:00:00,a,t,1\n").unwrap();
-    let t = text(&run(data, &["score", "--input", csv.to_str().unwrap(), "--out", data.join("o").to_str().unwrap()]));
-    assert!(t.contains("line 2") && t.contains("TS") && t.contains("no such date"), "{t}");
+    let t = text(&run(
+        data,
+        &[
+            "score",
+            "--input",
+            csv.to_str().unwrap(),
+            "--out",
+            data.join("o").to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        t.contains("line 2") && t.contains("TS") && t.contains("no such date"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -199,27 +377,83 @@ fn import_errors_name_the_file_and_the_reason() {
     // An unrecognised name, a hostile pickle, an unsupported class; one good model still lands.
     let models = data.join("in");
     std::fs::create_dir_all(&models).unwrap();
-    std::fs::copy(fixture("models/std_rbf_f1.p4.pkl"), models.join("model_d1_t1")).unwrap();
-    std::fs::copy(fixture("models/std_rbf_f1.p4.pkl"), models.join("whatever.pkl")).unwrap();
-    std::fs::copy(fixture("malicious/os_system.pkl"), models.join("model_d2_t1")).unwrap();
-    std::fs::copy(fixture("malicious/unsupported_svc.pkl"), models.join("model_d3_t1")).unwrap();
+    std::fs::copy(
+        fixture("models/std_rbf_f1.p4.pkl"),
+        models.join("model_d1_t1"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("models/std_rbf_f1.p4.pkl"),
+        models.join("whatever.pkl"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("malicious/os_system.pkl"),
+        models.join("model_d2_t1"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("malicious/unsupported_svc.pkl"),
+        models.join("model_d3_t1"),
+    )
+    .unwrap();
     let o = run(data, &["models", "import", models.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(3));
     let t = text(&o);
     assert!(t.contains("1 added") && t.contains("3 failed"), "{t}");
-    assert!(t.contains("whatever.pkl") && t.contains("--manifest"), "{t}");
+    assert!(
+        t.contains("whatever.pkl") && t.contains("--manifest"),
+        "{t}"
+    );
     assert!(t.contains("posix.system"), "{t}");
     assert!(t.contains("sklearn.svm._classes.SVC"), "{t}");
 
     // A manifest maps arbitrary names; a changed model becomes version 2.
-    std::fs::write(data.join("m.csv"), "path,device,tag\nin/whatever.pkl,d1,t2\n../../x,d1,..\n").unwrap();
-    let o = run(data, &["models", "import", "--manifest", data.join("m.csv").to_str().unwrap()]);
+    std::fs::write(
+        data.join("m.csv"),
+        "path,device,tag\nin/whatever.pkl,d1,t2\n../../x,d1,..\n",
+    )
+    .unwrap();
+    let o = run(
+        data,
+        &[
+            "models",
+            "import",
+            "--manifest",
+            data.join("m.csv").to_str().unwrap(),
+        ],
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("line 3"), "{}", text(&o));
-    std::fs::write(data.join("m.csv"), "path,device,tag\nin/whatever.pkl,d1,t2\n").unwrap();
-    assert!(run(data, &["models", "import", "--manifest", data.join("m.csv").to_str().unwrap()]).status.success());
+    std::fs::write(
+        data.join("m.csv"),
+        "path,device,tag\nin/whatever.pkl,d1,t2\n",
+    )
+    .unwrap();
+    assert!(run(
+        data,
+        &[
+            "models",
+            "import",
+            "--manifest",
+            data.join("m.csv").to_str().unwrap()
+        ]
+    )
+    .status
+    .success());
     let other = fixture("models/robust_rbf_f1.p4.pkl");
-    let o = run(data, &["models", "import", other.to_str().unwrap(), "--device", "d1", "--tag", "t1"]);
+    let o = run(
+        data,
+        &[
+            "models",
+            "import",
+            other.to_str().unwrap(),
+            "--device",
+            "d1",
+            "--tag",
+            "t1",
+        ],
+    );
     assert!(text(&o).contains("1 new version"), "{}", text(&o));
     let o = run(data, &["models", "show", "d1", "t1", "--json"]);
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

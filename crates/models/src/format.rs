@@ -122,7 +122,8 @@ pub fn from_json(bytes: &[u8]) -> Result<Model, FormatError> {
             version: h.version,
         });
     }
-    let doc: Doc<Model> = serde_json::from_slice(bytes).map_err(|e| FormatError::Json(e.to_string()))?;
+    let doc: Doc<Model> =
+        serde_json::from_slice(bytes).map_err(|e| FormatError::Json(e.to_string()))?;
     doc.model.validate().map_err(FormatError::Invalid)?;
     Ok(doc.model)
 }
@@ -146,8 +147,16 @@ pub fn encode(model: &Model, out: &mut Vec<u8>) {
     out.push(model.steps.len() as u8);
     for s in &model.steps {
         match s {
-            Scaler::StandardScaler { mean: a, scale: b } | Scaler::RobustScaler { center: a, scale: b } => {
-                out.push(if matches!(s, Scaler::StandardScaler { .. }) { 1 } else { 3 });
+            Scaler::StandardScaler { mean: a, scale: b }
+            | Scaler::RobustScaler {
+                center: a,
+                scale: b,
+            } => {
+                out.push(if matches!(s, Scaler::StandardScaler { .. }) {
+                    1
+                } else {
+                    3
+                });
                 out.push(u8::from(a.is_some()) | u8::from(b.is_some()) << 1);
                 for v in [a, b].into_iter().flatten() {
                     f64s(out, v);
@@ -234,7 +243,9 @@ impl<'a> Reader<'a> {
     }
 
     fn f64s(&mut self, n: usize) -> Result<Vec<f64>, FormatError> {
-        let nbytes = n.checked_mul(8).ok_or_else(|| self.corrupt("array length overflows"))?;
+        let nbytes = n
+            .checked_mul(8)
+            .ok_or_else(|| self.corrupt("array length overflows"))?;
         let b = self.bytes(nbytes)?;
         Ok(b.chunks_exact(8)
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -251,12 +262,23 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Model, FormatError> {
         let step = match r.u8()? {
             t @ (1 | 3) => {
                 let flags = r.u8()?;
-                let a = if flags & 1 != 0 { Some(r.f64s(n)?) } else { None };
-                let b = if flags & 2 != 0 { Some(r.f64s(n)?) } else { None };
+                let a = if flags & 1 != 0 {
+                    Some(r.f64s(n)?)
+                } else {
+                    None
+                };
+                let b = if flags & 2 != 0 {
+                    Some(r.f64s(n)?)
+                } else {
+                    None
+                };
                 if t == 1 {
                     Scaler::StandardScaler { mean: a, scale: b }
                 } else {
-                    Scaler::RobustScaler { center: a, scale: b }
+                    Scaler::RobustScaler {
+                        center: a,
+                        scale: b,
+                    }
                 }
             }
             2 => {
@@ -289,7 +311,10 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Model, FormatError> {
     let intercept = r.f64()?;
     let n_sv = r.u32()? as usize;
     let dual_coef = r.f64s(n_sv)?;
-    let support_vectors = r.f64s(n_sv.checked_mul(n).ok_or_else(|| r.corrupt("size overflows"))?)?;
+    let support_vectors = r.f64s(
+        n_sv.checked_mul(n)
+            .ok_or_else(|| r.corrupt("size overflows"))?,
+    )?;
     let model = Model {
         n_features: n,
         steps,
@@ -336,7 +361,7 @@ mod tests {
                 degree: 3,
                 support_vectors: vec![1.0, 2.0, 3.0, 4.0],
                 dual_coef: vec![0.7, 0.3],
-                intercept: -0.123456789012345678,
+                intercept: -0.123_456_789_012_345_68,
             }),
         }
     }
@@ -354,13 +379,21 @@ mod tests {
 
     #[test]
     fn newer_versions_and_garbage_are_refused() {
-        let doc = String::from_utf8(to_json(&sample())).unwrap().replace("\"version\": 1", "\"version\": 2");
-        assert!(matches!(from_json(doc.as_bytes()), Err(FormatError::Version { version: 2, .. })));
+        let doc = String::from_utf8(to_json(&sample()))
+            .unwrap()
+            .replace("\"version\": 1", "\"version\": 2");
+        assert!(matches!(
+            from_json(doc.as_bytes()),
+            Err(FormatError::Version { version: 2, .. })
+        ));
         assert!(matches!(from_json(b"{}"), Err(FormatError::Json(_))));
         let mut buf = Vec::new();
         encode(&sample(), &mut buf);
         for cut in 0..buf.len() {
-            let mut r = Reader { data: &buf[..cut], pos: 0 };
+            let mut r = Reader {
+                data: &buf[..cut],
+                pos: 0,
+            };
             assert!(decode(&mut r).is_err());
         }
     }

@@ -211,7 +211,12 @@ impl Model {
     /// Decision values for `rows` (row-major, `n_features` per row),
     /// written to `out` (one per row). Equal to scikit-learn's
     /// `decision_function`.
-    pub fn decision_function(&self, rows: &[f64], width: usize, out: &mut Vec<f64>) -> Result<(), EvalError> {
+    pub fn decision_function(
+        &self,
+        rows: &[f64],
+        width: usize,
+        out: &mut Vec<f64>,
+    ) -> Result<(), EvalError> {
         if width != self.n_features {
             return Err(EvalError::FeatureMismatch {
                 expected: self.n_features,
@@ -243,7 +248,10 @@ impl Model {
     pub fn predict(&self, rows: &[f64], width: usize) -> Result<Vec<i8>, EvalError> {
         let mut dec = Vec::new();
         self.decision_function(rows, width, &mut dec)?;
-        Ok(dec.iter().map(|&d| if is_inlier(d) { 1 } else { -1 }).collect())
+        Ok(dec
+            .iter()
+            .map(|&d| if is_inlier(d) { 1 } else { -1 })
+            .collect())
     }
 }
 
@@ -295,7 +303,11 @@ impl OneClassSvm {
     pub fn decision(&self, x: &[f64]) -> f64 {
         let n = x.len();
         let mut sum = 0.0;
-        for (coef, sv) in self.dual_coef.iter().zip(self.support_vectors.chunks_exact(n)) {
+        for (coef, sv) in self
+            .dual_coef
+            .iter()
+            .zip(self.support_vectors.chunks_exact(n))
+        {
             sum += coef * self.kernel_value(x, sv);
         }
         sum - (-self.intercept)

@@ -157,9 +157,16 @@ impl Pack {
             let start = r.pos;
             let model = format::decode(&mut r)?;
             if r.pos - start != len {
-                return Err(r.corrupt(format!("model {key} is {} bytes, header says {len}", r.pos - start)));
+                return Err(r.corrupt(format!(
+                    "model {key} is {} bytes, header says {len}",
+                    r.pos - start
+                )));
             }
-            entries.push(PackEntry { key, version, model });
+            entries.push(PackEntry {
+                key,
+                version,
+                model,
+            });
         }
         if r.pos != data.len() {
             return Err(r.corrupt("trailing bytes after the last model"));

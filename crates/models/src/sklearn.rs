@@ -111,11 +111,14 @@ fn collect(
     depth: usize,
 ) -> Result<(), ImportError> {
     if depth > MAX_DEPTH {
-        return Err(ImportError::Model("pipelines nested more than 8 deep".into()));
+        return Err(ImportError::Model(
+            "pipelines nested more than 8 deep".into(),
+        ));
     }
     if detector.is_some() {
         return Err(ImportError::Model(
-            "a step follows the OneClassSVM; the detector must be the last step of the pipeline".into(),
+            "a step follows the OneClassSVM; the detector must be the last step of the pipeline"
+                .into(),
         ));
     }
     // `None` and 'passthrough' are identity steps in a Pipeline.
@@ -132,7 +135,9 @@ fn collect(
         )));
     };
     let state = value.object_state().ok_or_else(|| {
-        ImportError::Model(format!("the {est:?} has no fitted state (was it saved before fit?)"))
+        ImportError::Model(format!(
+            "the {est:?} has no fitted state (was it saved before fit?)"
+        ))
     })?;
     let attrs = Attrs { est, state: &state };
     match est {
@@ -145,7 +150,12 @@ fn collect(
                 let pair = step
                     .sequence_items()
                     .filter(|p| p.len() == 2)
-                    .ok_or_else(|| attrs.bad("steps", "holds an item that is not a (name, estimator) pair"))?;
+                    .ok_or_else(|| {
+                        attrs.bad(
+                            "steps",
+                            "holds an item that is not a (name, estimator) pair",
+                        )
+                    })?;
                 collect(&pair[1], steps, detector, depth + 1)?;
             }
         }
@@ -153,8 +163,16 @@ fn collect(
             let with_mean = attrs.bool_or("with_mean", true)?;
             let with_std = attrs.bool_or("with_std", true)?;
             steps.push(Scaler::StandardScaler {
-                mean: if with_mean { attrs.opt_vec("mean_")? } else { None },
-                scale: if with_std { attrs.opt_vec("scale_")? } else { None },
+                mean: if with_mean {
+                    attrs.opt_vec("mean_")?
+                } else {
+                    None
+                },
+                scale: if with_std {
+                    attrs.opt_vec("scale_")?
+                } else {
+                    None
+                },
             });
         }
         Estimator::MinMaxScaler => {
@@ -164,8 +182,12 @@ fn collect(
                     .sequence_items()
                     .filter(|r| r.len() == 2)
                     .ok_or_else(|| attrs.bad("feature_range", "is not a pair"))?;
-                let lo = r[0].as_f64().ok_or_else(|| attrs.bad("feature_range", "is not numeric"))?;
-                let hi = r[1].as_f64().ok_or_else(|| attrs.bad("feature_range", "is not numeric"))?;
+                let lo = r[0]
+                    .as_f64()
+                    .ok_or_else(|| attrs.bad("feature_range", "is not numeric"))?;
+                let hi = r[1]
+                    .as_f64()
+                    .ok_or_else(|| attrs.bad("feature_range", "is not numeric"))?;
                 Some((lo, hi))
             } else {
                 None
@@ -180,8 +202,16 @@ fn collect(
             let with_centering = attrs.bool_or("with_centering", true)?;
             let with_scaling = attrs.bool_or("with_scaling", true)?;
             steps.push(Scaler::RobustScaler {
-                center: if with_centering { attrs.opt_vec("center_")? } else { None },
-                scale: if with_scaling { attrs.opt_vec("scale_")? } else { None },
+                center: if with_centering {
+                    attrs.opt_vec("center_")?
+                } else {
+                    None
+                },
+                scale: if with_scaling {
+                    attrs.opt_vec("scale_")?
+                } else {
+                    None
+                },
             });
         }
         Estimator::OneClassSvm => {
@@ -192,10 +222,12 @@ fn collect(
 }
 
 fn one_class_svm(a: &Attrs) -> Result<(Detector, usize), ImportError> {
-    let kernel_name = a
-        .get("kernel")?
-        .as_text()
-        .ok_or_else(|| a.bad("kernel", "is not a string (callable kernels cannot be imported)"))?;
+    let kernel_name = a.get("kernel")?.as_text().ok_or_else(|| {
+        a.bad(
+            "kernel",
+            "is not a string (callable kernels cannot be imported)",
+        )
+    })?;
     let kernel = match kernel_name.as_str() {
         "rbf" => Kernel::Rbf,
         "linear" => Kernel::Linear,
@@ -203,8 +235,8 @@ fn one_class_svm(a: &Attrs) -> Result<(Detector, usize), ImportError> {
         "sigmoid" => Kernel::Sigmoid,
         other => {
             return Err(ImportError::Model(format!(
-                "OneClassSVM kernel {other:?} is not supported (supported: rbf, linear, poly, sigmoid)"
-            )))
+            "OneClassSVM kernel {other:?} is not supported (supported: rbf, linear, poly, sigmoid)"
+        )))
         }
     };
     if a.bool_or("_sparse", false)? {
@@ -215,11 +247,15 @@ fn one_class_svm(a: &Attrs) -> Result<(Detector, usize), ImportError> {
     // `_gamma` is the value libsvm used (fit resolves 'scale' and 'auto');
     // very old pickles may only have a numeric `gamma`.
     let gamma = match a.find("_gamma") {
-        Some(g) => g.as_f64().ok_or_else(|| a.bad("_gamma", "is not a number"))?,
-        None => a
-            .get("gamma")?
+        Some(g) => g
             .as_f64()
-            .ok_or_else(|| a.bad("gamma", "is 'scale' or 'auto' but `_gamma` (its fitted value) is missing"))?,
+            .ok_or_else(|| a.bad("_gamma", "is not a number"))?,
+        None => a.get("gamma")?.as_f64().ok_or_else(|| {
+            a.bad(
+                "gamma",
+                "is 'scale' or 'auto' but `_gamma` (its fitted value) is missing",
+            )
+        })?,
     };
     let coef0 = a.f64_or("coef0", 0.0)?;
     let degree = a.find("degree").map_or(Ok(3), |d| {
@@ -249,7 +285,10 @@ fn one_class_svm(a: &Attrs) -> Result<(Detector, usize), ImportError> {
     };
     if let Some(n) = a.find("n_features_in_").and_then(|v| v.as_i64()) {
         if usize::try_from(n).ok() != Some(n_features) {
-            return Err(a.bad("n_features_in_", "disagrees with the support vectors' width"));
+            return Err(a.bad(
+                "n_features_in_",
+                "disagrees with the support vectors' width",
+            ));
         }
     }
     let svm = OneClassSvm {
@@ -317,7 +356,8 @@ impl Attrs<'_> {
 
     fn array(&self, attr: &str) -> Result<NdArray, ImportError> {
         let v = self.get(attr)?;
-        NdArray::from_value(&v).map_err(|e| self.bad(attr, &format!("is not a usable numpy array: {e}")))
+        NdArray::from_value(&v)
+            .map_err(|e| self.bad(attr, &format!("is not a usable numpy array: {e}")))
     }
 
     fn array_either(&self, first: &str, second: &str) -> Result<NdArray, ImportError> {
@@ -329,9 +369,7 @@ impl Attrs<'_> {
     }
 
     fn vec(&self, attr: &str) -> Result<Vec<f64>, ImportError> {
-        self.array(attr)?
-            .to_f64()
-            .map_err(|e| self.bad(attr, &e))
+        self.array(attr)?.to_f64().map_err(|e| self.bad(attr, &e))
     }
 
     fn opt_vec(&self, attr: &str) -> Result<Option<Vec<f64>>, ImportError> {

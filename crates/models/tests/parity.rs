@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use fleetscore_models::{import_sklearn, ImportError};
 use fleetscore_models::pickle::PickleError;
+use fleetscore_models::{import_sklearn, ImportError};
 use serde::Deserialize;
 
 fn fixtures() -> PathBuf {
@@ -38,7 +38,8 @@ struct Case {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> T {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    serde_json::from_slice(&std::fs::read(p).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 #[test]
@@ -55,13 +56,28 @@ fn every_fixture_matches_scikit_learn() {
         let flat: Vec<f64> = case.x.iter().flatten().copied().collect();
         let labels = model.predict(&flat, case.n_features).unwrap();
         let mut dec = Vec::new();
-        model.decision_function(&flat, case.n_features, &mut dec).unwrap();
-        for (i, ((&l, &want_l), (&d, &want_d))) in labels.iter().zip(&case.predict).zip(dec.iter().zip(&case.decision)).enumerate() {
-            assert_eq!(l, want_l, "{} row {i}: label (decision {d:e}, scikit-learn {want_d:e})", e.file);
+        model
+            .decision_function(&flat, case.n_features, &mut dec)
+            .unwrap();
+        for (i, ((&l, &want_l), (&d, &want_d))) in labels
+            .iter()
+            .zip(&case.predict)
+            .zip(dec.iter().zip(&case.decision))
+            .enumerate()
+        {
+            assert_eq!(
+                l, want_l,
+                "{} row {i}: label (decision {d:e}, scikit-learn {want_d:e})",
+                e.file
+            );
             let diff = (d - want_d).abs();
             // 1e-9 absolute; relative beyond magnitude 1, where one ulp of
             // a far outlier's decision (1e7 under a poly kernel) exceeds 1e-9.
-            assert!(diff <= 1e-9 * want_d.abs().max(1.0), "{} row {i}: decision {d:e} vs scikit-learn {want_d:e}", e.file);
+            assert!(
+                diff <= 1e-9 * want_d.abs().max(1.0),
+                "{} row {i}: decision {d:e} vs scikit-learn {want_d:e}",
+                e.file
+            );
             max_diff = max_diff.max(diff / want_d.abs().max(1.0));
             exact += usize::from(d == want_d);
             zeros += usize::from(want_d == 0.0);
@@ -74,10 +90,24 @@ fn every_fixture_matches_scikit_learn() {
         "scikit-learn {}: {files} files, variants {variants:?}, {rows} rows ({exact} bit-identical, {zeros} exact zeros), max |diff| {max_diff:e}",
         manifest.sklearn
     );
-    for v in ["p2.pkl", "p3.pkl", "p4.pkl", "p5.pkl", "joblib", "joblib-zlib", "joblib-gzip", "legacy-p2.pkl", "legacy-p3.pkl", "legacy-joblib"] {
+    for v in [
+        "p2.pkl",
+        "p3.pkl",
+        "p4.pkl",
+        "p5.pkl",
+        "joblib",
+        "joblib-zlib",
+        "joblib-gzip",
+        "legacy-p2.pkl",
+        "legacy-p3.pkl",
+        "legacy-joblib",
+    ] {
         assert!(variants.contains(v), "no fixture for variant {v}");
     }
-    assert!(zeros > 0, "the fixtures must include decisions of exactly 0.0");
+    assert!(
+        zeros > 0,
+        "the fixtures must include decisions of exactly 0.0"
+    );
 }
 
 fn refusal(name: &str) -> ImportError {
@@ -95,33 +125,58 @@ fn malicious_pickles_are_refused_with_the_global_named() {
         ("evil_in_pipeline.pkl", "posix.system"),
     ] {
         let e = refusal(file);
-        assert!(matches!(e, ImportError::Pickle(PickleError::RefusedGlobal { .. })), "{file}: {e:?}");
+        assert!(
+            matches!(e, ImportError::Pickle(PickleError::RefusedGlobal { .. })),
+            "{file}: {e:?}"
+        );
         assert!(e.to_string().contains(global), "{file}: {e}");
     }
     let e = refusal("nested_reduce.pkl");
-    assert!(e.to_string().contains("__builtin__.") || e.to_string().contains("builtins."), "{e}");
+    assert!(
+        e.to_string().contains("__builtin__.") || e.to_string().contains("builtins."),
+        "{e}"
+    );
 }
 
 #[test]
 fn unsupported_corrupt_and_truncated_files_say_why() {
     let e = refusal("unsupported_svc.pkl");
-    assert!(matches!(e, ImportError::Pickle(PickleError::UnsupportedClass { .. })), "{e:?}");
+    assert!(
+        matches!(e, ImportError::Pickle(PickleError::UnsupportedClass { .. })),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("sklearn.svm._classes.SVC"), "{e}");
     assert!(e.to_string().contains("OneClassSVM"), "{e}");
     let e = refusal("truncated.pkl");
-    assert!(matches!(e, ImportError::Pickle(PickleError::Truncated { .. })), "{e:?}");
+    assert!(
+        matches!(e, ImportError::Pickle(PickleError::Truncated { .. })),
+        "{e:?}"
+    );
     let e = refusal("corrupt.pkl");
-    assert!(matches!(e, ImportError::Pickle(PickleError::UnknownOpcode { byte: 0xff, .. })), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            ImportError::Pickle(PickleError::UnknownOpcode { byte: 0xff, .. })
+        ),
+        "{e:?}"
+    );
 }
 
 /// Every prefix and many single-byte corruptions of a real model end in an
 /// error or a model, never a panic.
 #[test]
 fn every_truncation_and_byte_flip_of_a_real_model_is_handled() {
-    for file in ["models/std_rbf_f3.p4.pkl", "models/minmax_poly3_f3.joblib", "models/std_rbf_f3.legacy-p2.pkl"] {
+    for file in [
+        "models/std_rbf_f3.p4.pkl",
+        "models/minmax_poly3_f3.joblib",
+        "models/std_rbf_f3.legacy-p2.pkl",
+    ] {
         let bytes = std::fs::read(fixtures().join(file)).unwrap();
         for cut in 0..bytes.len() {
-            assert!(import_sklearn(&bytes[..cut]).is_err(), "{file} cut at {cut}");
+            assert!(
+                import_sklearn(&bytes[..cut]).is_err(),
+                "{file} cut at {cut}"
+            );
         }
         for i in 0..bytes.len() {
             for b in [0x00, 0xff, bytes[i] ^ 0x01] {

@@ -12,7 +12,10 @@ fn reference() -> Option<PathBuf> {
     if p.is_dir() {
         Some(p)
     } else {
-        eprintln!("skipping: {} not found (CI has ../shared beside the checkout)", p.display());
+        eprintln!(
+            "skipping: {} not found (CI has ../shared beside the checkout)",
+            p.display()
+        );
         None
     }
 }
@@ -40,7 +43,13 @@ fn reference_models_reproduce_expected_predictions() {
         let mut dec = Vec::new();
         m.decision_function(&[val], 1, &mut dec).unwrap();
         let pred = u8::from(!is_inlier(dec[0]));
-        assert_eq!(pred, want_pred, "line {}: {line}: decision {}", i + 1, dec[0]);
+        assert_eq!(
+            pred,
+            want_pred,
+            "line {}: {line}: decision {}",
+            i + 1,
+            dec[0]
+        );
         max_diff = max_diff.max((dec[0] - want_dec).abs());
         rows += 1;
         anomalies += usize::from(pred);
@@ -49,5 +58,7 @@ fn reference_models_reproduce_expected_predictions() {
     assert!(max_diff <= 1e-9, "max |decision - expected| = {max_diff:e}");
     assert_eq!(rows, 17_768);
     assert_eq!(anomalies, 6_757);
-    eprintln!("{rows} rows, {anomalies} anomalies, {zeros} exact-zero decisions, max diff {max_diff:e}");
+    eprintln!(
+        "{rows} rows, {anomalies} anomalies, {zeros} exact-zero decisions, max diff {max_diff:e}"
+    );
 }

@@ -51,7 +51,7 @@ pub enum StoreError {
         /// The object key.
         key: String,
         /// The backend's error.
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// An object exists but its content is not what fleetscore wrote.
     #[error("store {url}: {key} is corrupt: {reason}")]
@@ -85,9 +85,11 @@ impl Store {
         };
         let inner: Arc<dyn ObjectStore> = if url == "memory://" || url.starts_with("memory://") {
             Arc::new(InMemory::new())
-        } else if let Some(scheme) = ["s3://", "az://", "azure://", "abfs://", "gs://", "http://", "https://"]
-            .iter()
-            .find(|s| url.starts_with(**s))
+        } else if let Some(scheme) = [
+            "s3://", "az://", "azure://", "abfs://", "gs://", "http://", "https://",
+        ]
+        .iter()
+        .find(|s| url.starts_with(**s))
         {
             return Err(bad(format!(
                 "{scheme} stores are not available in this build yet; use a local folder (a path or file://)"
@@ -96,11 +98,14 @@ impl Store {
             let path = if let Some(rest) = url.strip_prefix("file://") {
                 std::path::PathBuf::from(rest)
             } else if url.contains("://") {
-                return Err(bad("unknown scheme; use a path, file://, or memory://".into()));
+                return Err(bad(
+                    "unknown scheme; use a path, file://, or memory://".into()
+                ));
             } else {
                 std::path::PathBuf::from(url)
             };
-            std::fs::create_dir_all(&path).map_err(|e| bad(format!("cannot create the folder: {e}")))?;
+            std::fs::create_dir_all(&path)
+                .map_err(|e| bad(format!("cannot create the folder: {e}")))?;
             let fs = LocalFileSystem::new_with_prefix(&path).map_err(|e| bad(e.to_string()))?;
             Arc::new(fs.with_automatic_cleanup(true))
         };
@@ -120,7 +125,7 @@ impl Store {
             url: self.url.clone(),
             op,
             key: key.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -154,7 +154,10 @@ impl Registry {
         if index.format != INDEX_FORMAT || index.version != 1 {
             return Err(self.store.corrupt(
                 INDEX_KEY,
-                format!("format {:?} version {} is not one this build reads", index.format, index.version),
+                format!(
+                    "format {:?} version {} is not one this build reads",
+                    index.format, index.version
+                ),
             ));
         }
         Ok(index)
@@ -162,7 +165,11 @@ impl Registry {
 
     /// Imports models: unchanged ones are no-ops, changed ones become new
     /// live versions. Writes version files, then the index, then the pack.
-    pub async fn import(&self, requests: Vec<ImportRequest>, now: &str) -> Result<Vec<ImportOutcome>, StoreError> {
+    pub async fn import(
+        &self,
+        requests: Vec<ImportRequest>,
+        now: &str,
+    ) -> Result<Vec<ImportOutcome>, StoreError> {
         let mut index = self.index().await?;
         let old_generation = index.generation;
         let mut outcomes = Vec::with_capacity(requests.len());
@@ -235,7 +242,15 @@ impl Registry {
             Some(p) if p.generation == old_generation => {
                 let mut entries: Vec<PackEntry> = p.entries().to_vec();
                 entries.retain(|e| !changed.contains_key(&e.key));
-                entries.extend(changed.into_iter().map(|(key, (version, model))| PackEntry { key, version, model }));
+                entries.extend(
+                    changed
+                        .into_iter()
+                        .map(|(key, (version, model))| PackEntry {
+                            key,
+                            version,
+                            model,
+                        }),
+                );
                 Pack::new(index.generation, entries)
             }
             _ => self.build_pack(&index).await?,
@@ -273,7 +288,8 @@ impl Registry {
 
     async fn build_pack(&self, index: &Index) -> Result<Pack, StoreError> {
         let entries: Vec<PackEntry> = stream::iter(index.models.values().map(|e| async move {
-            let key = ModelKey::new(e.device.clone(), e.tag.clone()).map_err(|err| StoreError::Invalid(err.to_string()))?;
+            let key = ModelKey::new(e.device.clone(), e.tag.clone())
+                .map_err(|err| StoreError::Invalid(err.to_string()))?;
             let model = self.model(&key, e.live).await?;
             Ok::<_, StoreError>(PackEntry {
                 key,

@@ -50,7 +50,9 @@ pub enum PickleError {
         what: &'static str,
     },
     /// A byte that is not a pickle opcode.
-    #[error("byte {offset}: 0x{byte:02x} is not a pickle opcode (the file is corrupt or not a pickle)")]
+    #[error(
+        "byte {offset}: 0x{byte:02x} is not a pickle opcode (the file is corrupt or not a pickle)"
+    )]
     UnknownOpcode {
         /// Byte offset of the opcode.
         offset: usize,
@@ -239,11 +241,9 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_get(&mut self, idx: u32, at: usize) -> Result<()> {
-        let v = self
-            .memo
-            .get(&idx)
-            .cloned()
-            .ok_or_else(|| self.malformed(at, format!("memo entry {idx} is used before it is set")))?;
+        let v = self.memo.get(&idx).cloned().ok_or_else(|| {
+            self.malformed(at, format!("memo entry {idx} is used before it is set"))
+        })?;
         self.stack.push(v);
         Ok(())
     }
@@ -586,7 +586,10 @@ impl<'a> Machine<'a> {
         let Value::Global(class) = func else {
             return Err(self.malformed(
                 at,
-                format!("REDUCE needs an allow-listed callable, found {}", func.kind()),
+                format!(
+                    "REDUCE needs an allow-listed callable, found {}",
+                    func.kind()
+                ),
             ));
         };
         let Some(args) = args.tuple_items() else {
@@ -595,34 +598,40 @@ impl<'a> Machine<'a> {
         match class {
             // copyreg._reconstructor(cls, base, state): protocol 0/1 object
             // creation; base must be `object`.
-            Class::CopyregReconstructor => match &args[..] {
+            Class::CopyregReconstructor => match args {
                 [Value::Global(cls), Value::Global(Class::BuiltinObject), Value::None] => {
                     Ok(Value::object(*cls, Vec::new()))
                 }
-                _ => Err(self.malformed(at, "copyreg._reconstructor with arguments other than (class, object, None)")),
+                _ => Err(self.malformed(
+                    at,
+                    "copyreg._reconstructor with arguments other than (class, object, None)",
+                )),
             },
             // _codecs.encode(text, 'latin1'): how Python 3 pickles `bytes`
             // at protocol 2.
-            Class::CodecsEncode => match &args[..] {
+            Class::CodecsEncode => match args {
                 [Value::Str(s), Value::Str(enc)] if is_latin1(enc) => {
-                    let b: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
-                    let b = b.ok_or_else(|| self.malformed(at, "latin-1 text with a character above U+00FF"))?;
+                    let b: Option<Vec<u8>> =
+                        s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
+                    let b = b.ok_or_else(|| {
+                        self.malformed(at, "latin-1 text with a character above U+00FF")
+                    })?;
                     Ok(Value::Bytes(Rc::from(b.as_slice())))
                 }
                 [Value::Str(s)] => Ok(Value::Bytes(Rc::from(s.as_bytes()))),
                 _ => Err(self.malformed(at, "_codecs.encode is only read with a latin-1 string")),
             },
-            Class::BuiltinSet | Class::BuiltinFrozenset => match &args[..] {
+            Class::BuiltinSet | Class::BuiltinFrozenset => match args {
                 [] => Ok(Value::set(Vec::new())),
                 [items] => {
-                    let items = items
-                        .sequence_items()
-                        .ok_or_else(|| self.malformed(at, "set() of something that is not a list"))?;
+                    let items = items.sequence_items().ok_or_else(|| {
+                        self.malformed(at, "set() of something that is not a list")
+                    })?;
                     Ok(Value::set(items))
                 }
                 _ => Err(self.malformed(at, "set() with more than one argument")),
             },
-            Class::BuiltinBytearray | Class::BuiltinBytes => match &args[..] {
+            Class::BuiltinBytearray | Class::BuiltinBytes => match args {
                 [] => Ok(Value::Bytes(Rc::from(&[][..]))),
                 [Value::Bytes(b)] => Ok(Value::Bytes(b.clone())),
                 _ => Err(self.malformed(at, "bytes() or bytearray() with unexpected arguments")),
@@ -637,7 +646,10 @@ impl<'a> Machine<'a> {
             | Class::Sklearn(_) => Ok(Value::object(*class, args.to_vec())),
             other => Err(self.malformed(
                 at,
-                format!("REDUCE calls `{}`, which is not callable this way", other.python_name()),
+                format!(
+                    "REDUCE calls `{}`, which is not callable this way",
+                    other.python_name()
+                ),
             )),
         }
     }
@@ -645,19 +657,26 @@ impl<'a> Machine<'a> {
     /// `NEWOBJ`: `cls.__new__(cls, *args)`.
     fn new_object(&mut self, cls: &Value, args: &Value, at: usize) -> Result<Value> {
         let Value::Global(class) = cls else {
-            return Err(self.malformed(at, format!("NEWOBJ needs an allow-listed class, found {}", cls.kind())));
+            return Err(self.malformed(
+                at,
+                format!("NEWOBJ needs an allow-listed class, found {}", cls.kind()),
+            ));
         };
         let Some(args) = args.tuple_items() else {
             return Err(self.malformed(at, "NEWOBJ arguments are not a tuple"));
         };
         match class {
-            Class::Sklearn(_) | Class::JoblibArrayWrapper | Class::NumpyDtype | Class::NumpyNdarray => {
-                Ok(Value::object(*class, args.to_vec()))
-            }
+            Class::Sklearn(_)
+            | Class::JoblibArrayWrapper
+            | Class::NumpyDtype
+            | Class::NumpyNdarray => Ok(Value::object(*class, args.to_vec())),
             Class::BuiltinSet | Class::BuiltinFrozenset => Ok(Value::set(Vec::new())),
             other => Err(self.malformed(
                 at,
-                format!("NEWOBJ on `{}`, which is not a class fleetscore instantiates", other.python_name()),
+                format!(
+                    "NEWOBJ on `{}`, which is not a class fleetscore instantiates",
+                    other.python_name()
+                ),
             )),
         }
     }
@@ -695,7 +714,12 @@ impl<'a> Machine<'a> {
         };
         match field("subclass") {
             Some(Value::Global(Class::NumpyNdarray)) => {}
-            Some(Value::Global(c)) => return Err(bad(&format!("array subclass `{}` is not supported", c.python_name()))),
+            Some(Value::Global(c)) => {
+                return Err(bad(&format!(
+                    "array subclass `{}` is not supported",
+                    c.python_name()
+                )))
+            }
             _ => return Err(bad("missing or unknown `subclass`")),
         }
         let shape = field("shape")
@@ -709,7 +733,8 @@ impl<'a> Machine<'a> {
         let dtype = field("dtype")
             .ok_or_else(|| bad("missing `dtype`"))
             .and_then(|d| Dtype::from_value(&d).map_err(|e| bad(&e)))?;
-        let aligned = matches!(field("numpy_array_alignment_bytes"), Some(v) if !matches!(v, Value::None));
+        let aligned =
+            matches!(field("numpy_array_alignment_bytes"), Some(v) if !matches!(v, Value::None));
         drop(w);
         if dtype.kind == 'O' {
             // joblib pickles object arrays as a nested protocol-2 pickle.

@@ -50,11 +50,23 @@ fn reduce_on_a_non_callable_is_refused() {
 #[test]
 fn truncated_and_unknown_opcodes() {
     assert!(matches!(err(b""), PickleError::Truncated { .. }));
-    assert!(matches!(err(b"\x80\x02X\xff\xff\xff\x7f"), PickleError::Truncated { .. }));
-    assert!(matches!(err(b"\x80\x02\x8e\xff\xff\xff\xff\xff\xff\xff\xff"), PickleError::Truncated { .. }));
-    assert!(matches!(err(b"\x80\x02\xff"), PickleError::UnknownOpcode { byte: 0xff, .. }));
+    assert!(matches!(
+        err(b"\x80\x02X\xff\xff\xff\x7f"),
+        PickleError::Truncated { .. }
+    ));
+    assert!(matches!(
+        err(b"\x80\x02\x8e\xff\xff\xff\xff\xff\xff\xff\xff"),
+        PickleError::Truncated { .. }
+    ));
+    assert!(matches!(
+        err(b"\x80\x02\xff"),
+        PickleError::UnknownOpcode { byte: 0xff, .. }
+    ));
     assert!(matches!(err(b"\x80\x02."), PickleError::Malformed { .. }));
-    assert!(matches!(err(b"\x80\x02h\x05."), PickleError::Malformed { .. }));
+    assert!(matches!(
+        err(b"\x80\x02h\x05."),
+        PickleError::Malformed { .. }
+    ));
     assert!(matches!(err(b"\x80\x02e."), PickleError::Malformed { .. }));
 }
 

@@ -61,7 +61,9 @@ impl Class {
         let c = match (module, name) {
             ("sklearn.pipeline", "Pipeline") => Class::Sklearn(Pipeline),
             (
-                "sklearn.preprocessing.data" | "sklearn.preprocessing._data" | "sklearn.preprocessing",
+                "sklearn.preprocessing.data"
+                | "sklearn.preprocessing._data"
+                | "sklearn.preprocessing",
                 n,
             ) => match n {
                 "StandardScaler" => Class::Sklearn(StandardScaler),
@@ -186,26 +188,20 @@ fn take_children(v: &mut Value, out: &mut Vec<Value>) {
                 out.append(items);
             }
         }
-        Value::List(rc) | Value::Set(rc) => {
-            if Rc::strong_count(rc) == 1 {
-                out.append(&mut rc.borrow_mut());
+        Value::List(rc) | Value::Set(rc) if Rc::strong_count(rc) == 1 => {
+            out.append(&mut rc.borrow_mut());
+        }
+        Value::Dict(rc) if Rc::strong_count(rc) == 1 => {
+            for (k, v) in rc.borrow_mut().drain(..) {
+                out.push(k);
+                out.push(v);
             }
         }
-        Value::Dict(rc) => {
-            if Rc::strong_count(rc) == 1 {
-                for (k, v) in rc.borrow_mut().drain(..) {
-                    out.push(k);
-                    out.push(v);
-                }
-            }
-        }
-        Value::Object(rc) => {
-            if Rc::strong_count(rc) == 1 {
-                let mut o = rc.borrow_mut();
-                out.append(&mut o.args);
-                if let Some(s) = o.state.take() {
-                    out.push(s);
-                }
+        Value::Object(rc) if Rc::strong_count(rc) == 1 => {
+            let mut o = rc.borrow_mut();
+            out.append(&mut o.args);
+            if let Some(s) = o.state.take() {
+                out.push(s);
             }
         }
         Value::Array(rc) => {
@@ -259,7 +255,10 @@ impl Value {
         }
     }
 
-    pub(crate) fn list_extend(&self, items: impl IntoIterator<Item = Value>) -> Result<(), &'static str> {
+    pub(crate) fn list_extend(
+        &self,
+        items: impl IntoIterator<Item = Value>,
+    ) -> Result<(), &'static str> {
         match self {
             Value::List(l) => {
                 l.try_borrow_mut().map_err(|_| "list in use")?.extend(items);
@@ -269,7 +268,10 @@ impl Value {
         }
     }
 
-    pub(crate) fn set_extend(&self, items: impl IntoIterator<Item = Value>) -> Result<(), &'static str> {
+    pub(crate) fn set_extend(
+        &self,
+        items: impl IntoIterator<Item = Value>,
+    ) -> Result<(), &'static str> {
         match self {
             Value::Set(l) => {
                 l.try_borrow_mut().map_err(|_| "set in use")?.extend(items);
@@ -434,14 +436,20 @@ impl Dtype {
         };
         let o = o.try_borrow().map_err(|_| "dtype in use".to_string())?;
         if o.class != Class::NumpyDtype {
-            return Err(format!("expected a numpy dtype, found {}", o.class.python_name()));
+            return Err(format!(
+                "expected a numpy dtype, found {}",
+                o.class.python_name()
+            ));
         }
         let descr = o
             .args
             .first()
             .and_then(Value::as_text)
             .ok_or("numpy dtype without a type string")?;
-        let state = o.state.as_ref().and_then(|s| s.tuple_items().map(<[Value]>::to_vec));
+        let state = o
+            .state
+            .as_ref()
+            .and_then(|s| s.tuple_items().map(<[Value]>::to_vec));
         let order = state
             .as_ref()
             .and_then(|s| s.get(1))
@@ -466,13 +474,10 @@ impl Dtype {
                 .parse()
                 .map_err(|_| format!("numpy dtype {descr:?} is not understood"))?
         };
-        let elsize = state
-            .as_ref()
-            .and_then(|s| s.get(5))
-            .and_then(|e| match e {
-                Value::Int(i) if *i > 0 => usize::try_from(*i).ok(),
-                _ => None,
-            });
+        let elsize = state.as_ref().and_then(|s| s.get(5)).and_then(|e| match e {
+            Value::Int(i) if *i > 0 => usize::try_from(*i).ok(),
+            _ => None,
+        });
         let (kind, itemsize) = match kind {
             'f' | 'i' | 'u' | 'c' | 'M' | 'm' => (kind, declared),
             'b' | '?' => ('b', 1),
@@ -536,14 +541,18 @@ impl NdArray {
         let array = match o.class {
             Class::NumpyReconstruct => {
                 let state = o.state.as_ref().ok_or("numpy array without state")?;
-                let s = state.tuple_items().ok_or("numpy array state is not a tuple")?;
+                let s = state
+                    .tuple_items()
+                    .ok_or("numpy array state is not a tuple")?;
                 // (version, shape, dtype, is_fortran, data); very old numpy
                 // omitted the version.
                 let s = if s.len() == 5 { &s[1..] } else { s };
                 let [shape, dtype, fortran, data] = s else {
                     return Err("numpy array state has an unexpected length".into());
                 };
-                let shape = shape.shape().ok_or("numpy array shape is not a tuple of ints")?;
+                let shape = shape
+                    .shape()
+                    .ok_or("numpy array shape is not a tuple of ints")?;
                 let dtype = Dtype::from_value(dtype)?;
                 let fortran = matches!(fortran, Value::Bool(true) | Value::Int(1));
                 let data = match data {
@@ -552,14 +561,21 @@ impl NdArray {
                     Value::List(_) => ArrayData::Objects(data.sequence_items().unwrap_or_default()),
                     other => return Err(format!("numpy array data is a {}", other.kind())),
                 };
-                NdArray { shape, fortran, dtype, data }
+                NdArray {
+                    shape,
+                    fortran,
+                    dtype,
+                    data,
+                }
             }
             Class::NumpyFrombuffer => {
                 let [buf, dtype, shape, order] = &o.args[..] else {
                     return Err("numpy _frombuffer with unexpected arguments".into());
                 };
                 let data = buf.as_bytes().ok_or("numpy _frombuffer without a buffer")?;
-                let shape = shape.shape().ok_or("numpy array shape is not a tuple of ints")?;
+                let shape = shape
+                    .shape()
+                    .ok_or("numpy array shape is not a tuple of ints")?;
                 let fortran = order.as_text().as_deref() == Some("F");
                 NdArray {
                     shape,
@@ -584,7 +600,12 @@ impl NdArray {
                     data,
                 }
             }
-            other => return Err(format!("expected a numpy array, found {}", other.python_name())),
+            other => {
+                return Err(format!(
+                    "expected a numpy array, found {}",
+                    other.python_name()
+                ))
+            }
         };
         array.check()?;
         Ok(array)
@@ -601,7 +622,9 @@ impl NdArray {
                 if self.dtype.kind == 'O' {
                     return Err("numpy object array stored as raw bytes".into());
                 }
-                let want = count.checked_mul(self.dtype.itemsize).ok_or("numpy array size overflows")?;
+                let want = count
+                    .checked_mul(self.dtype.itemsize)
+                    .ok_or("numpy array size overflows")?;
                 if b.len() != want {
                     return Err(format!(
                         "numpy array of shape {:?} and {} bytes per element needs {want} bytes, found {}",
@@ -613,7 +636,11 @@ impl NdArray {
             }
             ArrayData::Objects(items) => {
                 if items.len() != count {
-                    return Err(format!("numpy object array of shape {:?} has {} items", self.shape, items.len()));
+                    return Err(format!(
+                        "numpy object array of shape {:?} has {} items",
+                        self.shape,
+                        items.len()
+                    ));
                 }
             }
         }
@@ -651,7 +678,8 @@ impl NdArray {
             })
         };
         let flat: Option<Vec<f64>> = b.chunks_exact(n.max(1)).map(conv).collect();
-        let flat = flat.ok_or_else(|| format!("numpy dtype {}{} is not numeric", d.kind, d.itemsize))?;
+        let flat =
+            flat.ok_or_else(|| format!("numpy dtype {}{} is not numeric", d.kind, d.itemsize))?;
         if self.fortran && self.shape.len() == 2 {
             let (r, c) = (self.shape[0], self.shape[1]);
             let mut out = vec![0.0; flat.len()];
@@ -663,7 +691,9 @@ impl NdArray {
             return Ok(out);
         }
         if self.fortran && self.shape.iter().filter(|&&d| d > 1).count() > 1 {
-            return Err("Fortran-ordered arrays of more than 2 dimensions are not supported".into());
+            return Err(
+                "Fortran-ordered arrays of more than 2 dimensions are not supported".into(),
+            );
         }
         Ok(flat)
     }
@@ -671,6 +701,8 @@ impl NdArray {
 
 fn latin1(s: &str) -> Result<Vec<u8>, String> {
     s.chars()
-        .map(|c| u8::try_from(u32::from(c)).map_err(|_| "array data text is not latin-1".to_string()))
+        .map(|c| {
+            u8::try_from(u32::from(c)).map_err(|_| "array data text is not latin-1".to_string())
+        })
         .collect()
 }
