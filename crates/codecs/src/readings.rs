@@ -10,7 +10,8 @@ use arrow::datatypes::{
     UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use fleetscore_core::parse_ts;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use rayon::prelude::*;
 use parquet::arrow::ProjectionMask;
 use rustc_hash::FxHashMap;
 
@@ -247,25 +248,69 @@ fn read_parquet(path: &Path) -> Result<Readings, CodecError> {
             ),
         });
     }
-    let total = builder.metadata().file_metadata().num_rows().max(0) as usize;
     let mask = ProjectionMask::roots(builder.parquet_schema(), idx);
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(64 * 1024)
-        .build()
-        .map_err(|e| pq(&e))?;
+    let meta = builder.metadata().clone();
+    drop(builder);
+    let arrow_meta = ArrowReaderMetadata::try_new(meta.clone(), Default::default()).map_err(|e| pq(&e))?;
+
+    // Row groups are decoded in parallel, each into its own columns with its
+    // own key interner; the ids are then mapped to one interner, in file
+    // order, so the result is the same as a sequential read.
+    let groups: Vec<(usize, usize)> = {
+        let mut row0 = 0;
+        meta.row_groups()
+            .iter()
+            .enumerate()
+            .map(|(i, rg)| {
+                let start = row0;
+                row0 += rg.num_rows().max(0) as usize;
+                (i, start)
+            })
+            .collect()
+    };
+    let chunks: Vec<Result<(Readings, usize), CodecError>> = groups
+        .into_par_iter()
+        .map(|(rg, row0)| {
+            let file = File::open(path).map_err(|source| CodecError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, arrow_meta.clone())
+                .with_row_groups(vec![rg])
+                .with_projection(mask.clone())
+                .with_batch_size(64 * 1024)
+                .build()
+                .map_err(|e| pq(&e))?;
+            let mut out = Readings::default();
+            let mut interner = Interner::default();
+            let mut row = row0;
+            for batch in reader {
+                let batch = batch.map_err(|e| pq(&e))?;
+                append_batch(path, &batch, row, &mut out, &mut interner)?;
+                row += batch.num_rows();
+            }
+            out.keys = interner.keys;
+            Ok((out, row0))
+        })
+        .collect();
+    let mut interner = Interner::default();
+    let mut parts = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let (part, _) = c?;
+        let map: Vec<u32> = part.keys.iter().map(|(d, t)| interner.text(d, t)).collect();
+        parts.push((part, map));
+    }
+    let total: usize = parts.iter().map(|(p, _)| p.len()).sum();
     let mut out = Readings {
         ts: Vec::with_capacity(total),
         value: Vec::with_capacity(total),
         key: Vec::with_capacity(total),
         keys: Vec::new(),
     };
-    let mut interner = Interner::default();
-    let mut row0 = 0usize;
-    for batch in reader {
-        let batch = batch.map_err(|e| pq(&e))?;
-        append_batch(path, &batch, row0, &mut out, &mut interner)?;
-        row0 += batch.num_rows();
+    for (part, map) in parts {
+        out.ts.extend_from_slice(&part.ts);
+        out.value.extend_from_slice(&part.value);
+        out.key.extend(part.key.iter().map(|&k| map[k as usize]));
     }
     out.keys = interner.keys;
     Ok(out)

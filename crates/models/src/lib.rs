@@ -18,6 +18,7 @@
 //! that a decision of exactly 0.0 is an outlier.
 #![deny(missing_docs)]
 
+mod fastexp;
 pub mod format;
 pub mod model;
 pub mod pack;

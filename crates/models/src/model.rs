@@ -18,6 +18,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fastexp;
+
 /// A feature scaler fitted by scikit-learn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -229,18 +231,18 @@ impl Model {
                 width,
             });
         }
-        let n_rows = rows.len() / width;
-        out.clear();
-        out.reserve(n_rows);
-        let Detector::OneClassSvm(svm) = &self.detector;
-        let mut x = vec![0.0; width];
-        for row in rows.chunks_exact(width) {
-            x.copy_from_slice(row);
+        // Scale every row first (as scikit-learn's pipeline does), then
+        // evaluate the detector over the whole batch.
+        let mut xs = rows.to_vec();
+        for row in xs.chunks_exact_mut(width) {
             for s in &self.steps {
-                s.transform(&mut x);
+                s.transform(row);
             }
-            out.push(svm.decision(&x));
         }
+        let Detector::OneClassSvm(svm) = &self.detector;
+        out.clear();
+        out.reserve(xs.len() / width);
+        svm.decision_batch(&xs, width, out);
         Ok(())
     }
 
@@ -298,16 +300,37 @@ impl Scaler {
 }
 
 impl OneClassSvm {
+    /// Decision values of scaled rows (row-major, `n` features each),
+    /// appended to `out`.
+    pub fn decision_batch(&self, xs: &[f64], n: usize, out: &mut Vec<f64>) {
+        if self.kernel == Kernel::Rbf {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F, checked just above.
+                    unsafe { rbf_batch_avx512(self, xs, n, out) };
+                    return;
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    unsafe { rbf_batch_avx2(self, xs, n, out) };
+                    return;
+                }
+            }
+            rbf_batch(self, xs, n, out);
+            return;
+        }
+        for row in xs.chunks_exact(n) {
+            out.push(self.decision(row));
+        }
+    }
+
     /// libsvm's decision value for one (scaled) row.
     #[inline]
     pub fn decision(&self, x: &[f64]) -> f64 {
         let n = x.len();
         let mut sum = 0.0;
-        for (coef, sv) in self
-            .dual_coef
-            .iter()
-            .zip(self.support_vectors.chunks_exact(n))
-        {
+        for (coef, sv) in self.dual_coef.iter().zip(self.support_vectors.chunks_exact(n)) {
             sum += coef * self.kernel_value(x, sv);
         }
         sum - (-self.intercept)
@@ -323,12 +346,65 @@ impl OneClassSvm {
                     let d = a - b;
                     sum += d * d;
                 }
-                (-self.gamma * sum).exp()
+                fastexp::exp(-self.gamma * sum)
             }
             Kernel::Linear => dot(x, sv),
             Kernel::Poly => powi(self.gamma * dot(x, sv) + self.coef0, self.degree),
             Kernel::Sigmoid => (self.gamma * dot(x, sv) + self.coef0).tanh(),
         }
+    }
+}
+
+/// Rows evaluated together: the inner loop runs over a block of rows for
+/// one support vector, so it vectorises, while each row still accumulates
+/// its kernel terms in support-vector order, as libsvm does.
+const BLOCK: usize = 16;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn rbf_batch_avx2(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut Vec<f64>) {
+    rbf_batch(svm, xs, n, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn rbf_batch_avx512(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut Vec<f64>) {
+    rbf_batch(svm, xs, n, out)
+}
+
+#[inline(always)]
+fn rbf_batch(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut Vec<f64>) {
+    let g = -svm.gamma;
+    let rho = -svm.intercept;
+    for block in xs.chunks(BLOCK * n) {
+        let rows = block.len() / n;
+        let mut acc = [0.0f64; BLOCK];
+        if n == 1 {
+            let mut x = [0.0f64; BLOCK];
+            x[..rows].copy_from_slice(block);
+            for (c, s) in svm.dual_coef.iter().zip(&svm.support_vectors) {
+                for r in 0..BLOCK {
+                    let d = x[r] - s;
+                    acc[r] += c * fastexp::exp(g * (d * d));
+                }
+            }
+        } else {
+            for (c, sv) in svm.dual_coef.iter().zip(svm.support_vectors.chunks_exact(n)) {
+                let mut e = [0.0f64; BLOCK];
+                for (r, row) in block.chunks_exact(n).enumerate() {
+                    let mut sum = 0.0;
+                    for (a, b) in row.iter().zip(sv) {
+                        let d = a - b;
+                        sum += d * d;
+                    }
+                    e[r] = g * sum;
+                }
+                for r in 0..BLOCK {
+                    acc[r] += c * fastexp::exp(e[r]);
+                }
+            }
+        }
+        out.extend(acc[..rows].iter().map(|a| a - rho));
     }
 }
 
