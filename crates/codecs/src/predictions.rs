@@ -25,6 +25,7 @@ use fleetscore_core::{format_ts_reference, NANOS_PER_SEC};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use crate::CodecError;
 
@@ -275,7 +276,14 @@ fn write_parquet_run(
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP))
         .set_dictionary_enabled(false)
-        .set_statistics_enabled(EnabledStatistics::Chunk)
+        // Min/max per chunk on TS only (time-range pruning); on the other
+        // columns it cost a comparison per value for little use.
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_column_statistics_enabled(ColumnPath::from("TS"), EnabledStatistics::Chunk)
+        // Measured values and scores are nearly incompressible; snappy only
+        // spent time on them.
+        .set_column_compression(ColumnPath::from("Val"), Compression::UNCOMPRESSED)
+        .set_column_compression(ColumnPath::from("Score"), Compression::UNCOMPRESSED)
         .build();
     let schema = schema();
     let result = (|| {

@@ -11,8 +11,8 @@ use arrow::datatypes::{
 };
 use fleetscore_core::parse_ts;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
-use rayon::prelude::*;
 use parquet::arrow::ProjectionMask;
+use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::CodecError;
@@ -251,37 +251,45 @@ fn read_parquet(path: &Path) -> Result<Readings, CodecError> {
     let mask = ProjectionMask::roots(builder.parquet_schema(), idx);
     let meta = builder.metadata().clone();
     drop(builder);
-    let arrow_meta = ArrowReaderMetadata::try_new(meta.clone(), Default::default()).map_err(|e| pq(&e))?;
+    let arrow_meta =
+        ArrowReaderMetadata::try_new(meta.clone(), Default::default()).map_err(|e| pq(&e))?;
 
     // Row groups are decoded in parallel, each into its own columns with its
     // own key interner; the ids are then mapped to one interner, in file
     // order, so the result is the same as a sequential read.
-    let groups: Vec<(usize, usize)> = {
+    let groups: Vec<(usize, usize, usize)> = {
         let mut row0 = 0;
         meta.row_groups()
             .iter()
             .enumerate()
             .map(|(i, rg)| {
                 let start = row0;
-                row0 += rg.num_rows().max(0) as usize;
-                (i, start)
+                let n = rg.num_rows().max(0) as usize;
+                row0 += n;
+                (i, start, n)
             })
             .collect()
     };
     let chunks: Vec<Result<(Readings, usize), CodecError>> = groups
         .into_par_iter()
-        .map(|(rg, row0)| {
+        .map(|(rg, row0, rows)| {
             let file = File::open(path).map_err(|source| CodecError::Io {
                 path: path.to_path_buf(),
                 source,
             })?;
-            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, arrow_meta.clone())
-                .with_row_groups(vec![rg])
-                .with_projection(mask.clone())
-                .with_batch_size(64 * 1024)
-                .build()
-                .map_err(|e| pq(&e))?;
-            let mut out = Readings::default();
+            let reader =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file, arrow_meta.clone())
+                    .with_row_groups(vec![rg])
+                    .with_projection(mask.clone())
+                    .with_batch_size(64 * 1024)
+                    .build()
+                    .map_err(|e| pq(&e))?;
+            let mut out = Readings {
+                ts: Vec::with_capacity(rows),
+                value: Vec::with_capacity(rows),
+                key: Vec::with_capacity(rows),
+                keys: Vec::new(),
+            };
             let mut interner = Interner::default();
             let mut row = row0;
             for batch in reader {

@@ -9,7 +9,6 @@
 #![deny(missing_docs)]
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use fleetscore_codecs::Readings;
 use fleetscore_models::{is_inlier, Pack};
@@ -79,38 +78,80 @@ pub struct Scored {
 /// number of readings of each model as it finishes.
 pub fn score(readings: Readings, pack: &Pack, progress: &(dyn Fn(u64) + Sync)) -> Scored {
     let n_keys = readings.keys.len();
-    // Stable counting sort of rows by key id.
-    let mut counts = vec![0usize; n_keys + 1];
-    for &k in &readings.key {
-        counts[k as usize + 1] += 1;
-    }
+    let n_rows = readings.len();
     // Output order: (device, tag), independent of the input's order.
     let mut order: Vec<u32> = (0..n_keys as u32).collect();
     order.sort_unstable_by(|&a, &b| readings.keys[a as usize].cmp(&readings.keys[b as usize]));
+
+    // Stable counting sort of rows by key, in parallel: each thread counts
+    // its own slice of rows, then scatters them to positions reserved for
+    // (its slice, key), which keeps time order within a key.
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = n_rows.div_ceil(threads).max(1);
+    let hist: Vec<Vec<usize>> = readings
+        .key
+        .par_chunks(chunk)
+        .map(|keys| {
+            let mut h = vec![0usize; n_keys];
+            for &k in keys {
+                h[k as usize] += 1;
+            }
+            h
+        })
+        .collect();
+    let mut counts = vec![0usize; n_keys];
+    for h in &hist {
+        for (c, n) in counts.iter_mut().zip(h) {
+            *c += n;
+        }
+    }
     let mut start = vec![0usize; n_keys];
     let mut acc = 0;
     for &k in &order {
         start[k as usize] = acc;
-        acc += counts[k as usize + 1];
+        acc += counts[k as usize];
     }
-    let total = acc;
-    let mut ts = vec![0i64; total];
-    let mut value = vec![0f64; total];
+    // Where each slice's rows of each key begin.
+    let mut cursors: Vec<Vec<usize>> = Vec::with_capacity(hist.len());
     let mut next = start.clone();
-    for r in 0..readings.ts.len() {
-        let k = readings.key[r] as usize;
-        let i = next[k];
-        ts[i] = readings.ts[r];
-        value[i] = readings.value[r];
-        next[k] += 1;
+    for h in &hist {
+        cursors.push(next.clone());
+        for (n, c) in next.iter_mut().zip(h) {
+            *n += c;
+        }
     }
     drop(next);
+    let mut ts = vec![0i64; n_rows];
+    let mut value = vec![0f64; n_rows];
+    {
+        let ts_out = SharedSlice::new(&mut ts);
+        let value_out = SharedSlice::new(&mut value);
+        readings
+            .key
+            .par_chunks(chunk)
+            .zip(readings.ts.par_chunks(chunk))
+            .zip(readings.value.par_chunks(chunk))
+            .zip(cursors.into_par_iter())
+            .for_each(|(((keys, t), v), mut cur)| {
+                for i in 0..keys.len() {
+                    let k = keys[i] as usize;
+                    // SAFETY: positions cur[k].. are reserved for this slice's
+                    // rows of key k, so no two writes hit the same index, and
+                    // every index is < n_rows.
+                    unsafe {
+                        ts_out.write(cur[k], t[i]);
+                        value_out.write(cur[k], v[i]);
+                    }
+                    cur[k] += 1;
+                }
+            });
+    }
 
     let mut failures = Vec::new();
     let mut work = Vec::with_capacity(n_keys);
     for &k in &order {
         let (device, tag) = &readings.keys[k as usize];
-        let range = start[k as usize]..start[k as usize] + counts[k as usize + 1];
+        let range = start[k as usize]..start[k as usize] + counts[k as usize];
         match pack.get(device, tag) {
             None => failures.push(ModelFailure {
                 device: device.clone(),
@@ -131,47 +172,54 @@ pub fn score(readings: Readings, pack: &Pack, progress: &(dyn Fn(u64) + Sync)) -
         }
     }
 
-    let mut score = vec![0f64; total];
+    let mut score = vec![0f64; n_rows];
+    let mut prediction = vec![0u8; n_rows];
     // Disjoint output slices, one per model, for the parallel loop.
     let mut tasks = Vec::with_capacity(work.len());
     {
-        let mut rest: &mut [f64] = &mut score;
+        let mut rest_s: &mut [f64] = &mut score;
+        let mut rest_p: &mut [u8] = &mut prediction;
         let mut offset = 0;
         for (k, range, model) in &work {
             let skip = range.start - offset;
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
-            let (mine, tail) = tail.split_at_mut(range.len());
-            rest = tail;
+            let (_, tail_s) = std::mem::take(&mut rest_s).split_at_mut(skip);
+            let (mine_s, tail_s) = tail_s.split_at_mut(range.len());
+            let (_, tail_p) = std::mem::take(&mut rest_p).split_at_mut(skip);
+            let (mine_p, tail_p) = tail_p.split_at_mut(range.len());
+            rest_s = tail_s;
+            rest_p = tail_p;
             offset = range.end;
-            tasks.push((*k, range.clone(), *model, mine));
+            tasks.push((*k, range.clone(), *model, mine_s, mine_p));
         }
     }
-    let done = AtomicU64::new(0);
-    let errors: Vec<(u32, String)> = tasks
+    let results: Vec<(Option<(u32, String)>, usize)> = tasks
         .into_par_iter()
         .with_max_len(1)
-        .filter_map(|(k, range, model, out)| {
-            let mut dec = Vec::with_capacity(range.len());
-            let r = model.decision_function(&value[range.clone()], 1, &mut dec);
-            done.fetch_add(1, Ordering::Relaxed);
+        .map(|(k, range, model, out, pred)| {
+            let r = model.decision_function_into(&value[range.clone()], 1, out);
             progress(range.len() as u64);
             match r {
                 Ok(()) => {
-                    out.copy_from_slice(&dec);
-                    None
+                    let mut anomalies = 0;
+                    for (p, &d) in pred.iter_mut().zip(out.iter()) {
+                        *p = u8::from(!is_inlier(d));
+                        anomalies += usize::from(*p);
+                    }
+                    (None, anomalies)
                 }
-                Err(e) => Some((k, e.to_string())),
+                Err(e) => (Some((k, e.to_string())), 0),
             }
         })
         .collect();
-    let failed: std::collections::HashSet<u32> = errors.iter().map(|(k, _)| *k).collect();
-    for (k, message) in errors {
+    let anomalies = results.iter().map(|(_, a)| a).sum();
+    let mut failed = std::collections::HashSet::new();
+    for (k, message) in results.into_iter().filter_map(|(e, _)| e) {
         let (device, tag) = &readings.keys[k as usize];
-        let rows = counts[k as usize + 1];
+        failed.insert(k);
         failures.push(ModelFailure {
             device: device.clone(),
             tag: tag.clone(),
-            rows,
+            rows: counts[k as usize],
             reason: FailureReason::Evaluation { message },
         });
     }
@@ -180,11 +228,6 @@ pub fn score(readings: Readings, pack: &Pack, progress: &(dyn Fn(u64) + Sync)) -
         .filter(|(k, _, _)| !failed.contains(k))
         .map(|(k, r, _)| (*k, r.clone()))
         .collect();
-    let prediction: Vec<u8> = score.iter().map(|&d| u8::from(!is_inlier(d))).collect();
-    let anomalies = groups
-        .iter()
-        .map(|(_, r)| prediction[r.clone()].iter().filter(|&&p| p == 1).count())
-        .sum();
     Scored {
         ts,
         value,
@@ -194,5 +237,32 @@ pub fn score(readings: Readings, pack: &Pack, progress: &(dyn Fn(u64) + Sync)) -
         groups,
         failures,
         anomalies,
+    }
+}
+
+/// A slice that several threads write to at disjoint indices.
+struct SharedSlice<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: writers promise disjoint indices (see `write`).
+unsafe impl<T: Send> Sync for SharedSlice<T> {}
+unsafe impl<T: Send> Send for SharedSlice<T> {}
+
+impl<T> SharedSlice<T> {
+    fn new(s: &mut [T]) -> Self {
+        SharedSlice {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// # Safety
+    /// No other thread may write or read index `i` concurrently.
+    unsafe fn write(&self, i: usize, v: T) {
+        assert!(i < self.len);
+        // SAFETY: in bounds (checked) and exclusive (the caller's promise).
+        unsafe { self.ptr.add(i).write(v) }
     }
 }

@@ -81,7 +81,15 @@ mod tests {
             worst = worst.max(ulps(exp(x), x.exp()));
             x += 0.000_731;
         }
-        for x in [-1e-300, -1e-17, -1e-9, -0.5, -std::f64::consts::LN_2 / 2.0, -1.0, -700.0] {
+        for x in [
+            -1e-300,
+            -1e-17,
+            -1e-9,
+            -0.5,
+            -std::f64::consts::LN_2 / 2.0,
+            -1.0,
+            -700.0,
+        ] {
             worst = worst.max(ulps(exp(x), x.exp()));
         }
         assert!(worst <= 2, "worst error {worst} ulp");

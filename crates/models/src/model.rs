@@ -219,13 +219,26 @@ impl Model {
         width: usize,
         out: &mut Vec<f64>,
     ) -> Result<(), EvalError> {
+        out.clear();
+        out.resize(if width == 0 { 0 } else { rows.len() / width }, 0.0);
+        self.decision_function_into(rows, width, out)
+    }
+
+    /// As [`Model::decision_function`], into a slice of exactly one value
+    /// per row (the scoring job writes straight into its output column).
+    pub fn decision_function_into(
+        &self,
+        rows: &[f64],
+        width: usize,
+        out: &mut [f64],
+    ) -> Result<(), EvalError> {
         if width != self.n_features {
             return Err(EvalError::FeatureMismatch {
                 expected: self.n_features,
                 found: width,
             });
         }
-        if width == 0 || rows.len() % width != 0 {
+        if width == 0 || rows.len() % width != 0 || out.len() != rows.len() / width {
             return Err(EvalError::Ragged {
                 values: rows.len(),
                 width,
@@ -240,8 +253,6 @@ impl Model {
             }
         }
         let Detector::OneClassSvm(svm) = &self.detector;
-        out.clear();
-        out.reserve(xs.len() / width);
         svm.decision_batch(&xs, width, out);
         Ok(())
     }
@@ -301,8 +312,8 @@ impl Scaler {
 
 impl OneClassSvm {
     /// Decision values of scaled rows (row-major, `n` features each),
-    /// appended to `out`.
-    pub fn decision_batch(&self, xs: &[f64], n: usize, out: &mut Vec<f64>) {
+    /// written to `out` (one per row).
+    pub fn decision_batch(&self, xs: &[f64], n: usize, out: &mut [f64]) {
         if self.kernel == Kernel::Rbf {
             #[cfg(target_arch = "x86_64")]
             {
@@ -320,8 +331,8 @@ impl OneClassSvm {
             rbf_batch(self, xs, n, out);
             return;
         }
-        for row in xs.chunks_exact(n) {
-            out.push(self.decision(row));
+        for (row, o) in xs.chunks_exact(n).zip(out) {
+            *o = self.decision(row);
         }
     }
 
@@ -330,7 +341,11 @@ impl OneClassSvm {
     pub fn decision(&self, x: &[f64]) -> f64 {
         let n = x.len();
         let mut sum = 0.0;
-        for (coef, sv) in self.dual_coef.iter().zip(self.support_vectors.chunks_exact(n)) {
+        for (coef, sv) in self
+            .dual_coef
+            .iter()
+            .zip(self.support_vectors.chunks_exact(n))
+        {
             sum += coef * self.kernel_value(x, sv);
         }
         sum - (-self.intercept)
@@ -362,21 +377,21 @@ const BLOCK: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn rbf_batch_avx2(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut Vec<f64>) {
+fn rbf_batch_avx2(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut [f64]) {
     rbf_batch(svm, xs, n, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn rbf_batch_avx512(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut Vec<f64>) {
+fn rbf_batch_avx512(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut [f64]) {
     rbf_batch(svm, xs, n, out)
 }
 
 #[inline(always)]
-fn rbf_batch(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut Vec<f64>) {
+fn rbf_batch(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut [f64]) {
     let g = -svm.gamma;
     let rho = -svm.intercept;
-    for block in xs.chunks(BLOCK * n) {
+    for (block, out) in xs.chunks(BLOCK * n).zip(out.chunks_mut(BLOCK)) {
         let rows = block.len() / n;
         let mut acc = [0.0f64; BLOCK];
         if n == 1 {
@@ -389,7 +404,11 @@ fn rbf_batch(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut Vec<f64>) {
                 }
             }
         } else {
-            for (c, sv) in svm.dual_coef.iter().zip(svm.support_vectors.chunks_exact(n)) {
+            for (c, sv) in svm
+                .dual_coef
+                .iter()
+                .zip(svm.support_vectors.chunks_exact(n))
+            {
                 let mut e = [0.0f64; BLOCK];
                 for (r, row) in block.chunks_exact(n).enumerate() {
                     let mut sum = 0.0;
@@ -404,7 +423,9 @@ fn rbf_batch(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut Vec<f64>) {
                 }
             }
         }
-        out.extend(acc[..rows].iter().map(|a| a - rho));
+        for (o, a) in out.iter_mut().zip(&acc[..rows]) {
+            *o = a - rho;
+        }
     }
 }
 

@@ -306,12 +306,32 @@ impl Registry {
     /// The pack of all live models, rebuilt (and rewritten) if it is
     /// missing, damaged or older than the index.
     pub async fn pack(&self) -> Result<Pack, StoreError> {
-        let index = self.index().await?;
-        if let Some(p) = self.read_pack().await? {
-            if p.generation == index.generation {
+        // Only the generation is needed to validate the pack; skip building
+        // the whole index (tens of megabytes for a large fleet).
+        #[derive(Deserialize)]
+        struct Generation {
+            generation: u64,
+        }
+        let (index_bytes, pack) = futures::try_join!(self.store.get(INDEX_KEY), self.read_pack())?;
+        let generation = match &index_bytes {
+            Some(b) => {
+                serde_json::from_slice::<Generation>(b)
+                    .map_err(|e| self.store.corrupt(INDEX_KEY, e.to_string()))?
+                    .generation
+            }
+            None => 0,
+        };
+        if let Some(p) = pack {
+            if p.generation == generation {
                 return Ok(p);
             }
         }
+        self.rebuild_pack().await
+    }
+
+    /// Rebuilds the pack from the live version files and writes it.
+    pub async fn rebuild_pack(&self) -> Result<Pack, StoreError> {
+        let index = self.index().await?;
         let pack = self.build_pack(&index).await?;
         if !index.models.is_empty() {
             self.store.put(PACK_KEY, pack.encode()).await?;
