@@ -220,7 +220,7 @@ impl Model {
         out: &mut Vec<f64>,
     ) -> Result<(), EvalError> {
         out.clear();
-        out.resize(if width == 0 { 0 } else { rows.len() / width }, 0.0);
+        out.resize(rows.len().checked_div(width).unwrap_or(0), 0.0);
         self.decision_function_into(rows, width, out)
     }
 
