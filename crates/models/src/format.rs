@@ -378,6 +378,15 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_parameters_are_refused() {
+        let mut m = sample();
+        let Detector::OneClassSvm(svm) = &mut m.detector;
+        svm.dual_coef[1] = f64::NAN;
+        let e = m.validate().unwrap_err();
+        assert!(e.contains("dual_coef_[1] is NaN"), "{e}");
+    }
+
+    #[test]
     fn newer_versions_and_garbage_are_refused() {
         let doc = String::from_utf8(to_json(&sample()))
             .unwrap()

@@ -172,6 +172,40 @@ impl Model {
             }
         }
         let Detector::OneClassSvm(svm) = &self.detector;
+        let finite = |name: &str, v: &[f64]| match v.iter().position(|x| !x.is_finite()) {
+            Some(i) => Err(format!(
+                "{name}[{i}] is {} (the model was saved broken; refit it)",
+                v[i]
+            )),
+            None => Ok(()),
+        };
+        for s in &self.steps {
+            let arrays: [(&str, Option<&Vec<f64>>); 2] = match s {
+                Scaler::StandardScaler { mean, scale } => [
+                    ("StandardScaler.mean_", mean.as_ref()),
+                    ("StandardScaler.scale_", scale.as_ref()),
+                ],
+                Scaler::MinMaxScaler { scale, min, .. } => [
+                    ("MinMaxScaler.scale_", Some(scale)),
+                    ("MinMaxScaler.min_", Some(min)),
+                ],
+                Scaler::RobustScaler { center, scale } => [
+                    ("RobustScaler.center_", center.as_ref()),
+                    ("RobustScaler.scale_", scale.as_ref()),
+                ],
+            };
+            for (name, v) in arrays {
+                if let Some(v) = v {
+                    finite(name, v)?;
+                }
+            }
+        }
+        finite("OneClassSVM.support_vectors_", &svm.support_vectors)?;
+        finite("OneClassSVM.dual_coef_", &svm.dual_coef)?;
+        finite(
+            "OneClassSVM.intercept_/gamma/coef0",
+            &[svm.intercept, svm.gamma, svm.coef0],
+        )?;
         if svm.dual_coef.is_empty() {
             return Err("the OneClassSVM has no support vectors".into());
         }

@@ -110,9 +110,30 @@ pub const SUPPORTED: &str = "Pipeline, StandardScaler, MinMaxScaler, RobustScale
 ///
 /// `data` may hold bytes after the pickle's `STOP` (they are ignored), as in
 /// a joblib file whose last array follows the last opcode it belongs to.
+///
+/// A pickle whose objects form a reference cycle (a list appended to
+/// itself, an object whose state holds the object, …) is refused: values are
+/// reference counted, so a cycle would never be freed. No supported model
+/// has one.
 pub fn load(data: &[u8]) -> Result<Value, PickleError> {
     let mut m = Machine::new(data, 0, 0);
-    m.run()
+    let result = m.run();
+    let end = m.pos;
+    let mutated = std::mem::take(&mut m.mutated);
+    drop(m);
+    if !has_cycle(&mutated) {
+        return result;
+    }
+    // Every cycle runs through a container filled after it was made, so
+    // emptying those frees everything once the last handle is dropped.
+    for v in &mutated {
+        empty(v);
+    }
+    result?;
+    Err(PickleError::Malformed {
+        offset: end,
+        reason: "the objects form a reference cycle (something contains itself), which no supported model has".into(),
+    })
 }
 
 /// One mark on the stack: the index into `stack` where it was set.
@@ -124,6 +145,9 @@ struct Machine<'a> {
     memo: HashMap<u32, Value>,
     /// Nested pickles (joblib's object arrays) increase this; bounded.
     depth: u8,
+    /// Containers given items after they were made (APPEND, SETITEM, BUILD,
+    /// …): every reference cycle runs through one of them.
+    mutated: Vec<Value>,
 }
 
 type Result<T, E = PickleError> = std::result::Result<T, E>;
@@ -137,6 +161,7 @@ impl<'a> Machine<'a> {
             marks: Vec::new(),
             memo: HashMap::new(),
             depth,
+            mutated: Vec::new(),
         }
     }
 
@@ -229,6 +254,13 @@ impl<'a> Machine<'a> {
             .pop()
             .ok_or_else(|| self.malformed(at, "an opcode needs a MARK but none is set"))?;
         Ok(self.stack.split_off(m))
+    }
+
+    /// Records the container on top of the stack as given new items.
+    fn mutated_top(&mut self) {
+        if let Some(v) = self.stack.last() {
+            self.mutated.push(v.clone());
+        }
     }
 
     fn memo_put(&mut self, idx: u32, at: usize) -> Result<()> {
@@ -441,18 +473,21 @@ impl<'a> Machine<'a> {
                     let list = self.top(at)?;
                     list.list_extend(std::iter::once(v))
                         .map_err(|k| self.malformed(at, format!("APPEND to a {k}, not a list")))?;
+                    self.mutated_top();
                 }
                 b'e' => {
                     let items = self.pop_mark(at)?;
                     let list = self.top(at)?;
                     list.list_extend(items)
                         .map_err(|k| self.malformed(at, format!("APPENDS to a {k}, not a list")))?;
+                    self.mutated_top();
                 }
                 0x90 => {
                     let items = self.pop_mark(at)?;
                     let set = self.top(at)?;
                     set.set_extend(items)
                         .map_err(|k| self.malformed(at, format!("ADDITEMS to a {k}, not a set")))?;
+                    self.mutated_top();
                 }
                 b's' => {
                     let v = self.pop(at)?;
@@ -460,6 +495,7 @@ impl<'a> Machine<'a> {
                     let d = self.top(at)?;
                     d.dict_extend(std::iter::once((k, v)))
                         .map_err(|k| self.malformed(at, format!("SETITEM on a {k}, not a dict")))?;
+                    self.mutated_top();
                 }
                 b'u' => {
                     let items = self.pop_mark(at)?;
@@ -467,6 +503,7 @@ impl<'a> Machine<'a> {
                     let d = self.top(at)?;
                     d.dict_extend(pairs)
                         .map_err(|k| self.malformed(at, format!("SETITEMS on a {k}, not a dict")))?;
+                    self.mutated_top();
                 }
                 // Memo: PUT, BINPUT, LONG_BINPUT, MEMOIZE; GET, BINGET, LONG_BINGET
                 b'p' => {
@@ -687,6 +724,7 @@ impl<'a> Machine<'a> {
         let Value::Object(o) = &obj else {
             return Err(self.malformed(at, format!("BUILD on a {}, not an object", obj.kind())));
         };
+        self.mutated.push(obj.clone());
         let class = o.borrow().class;
         if class == Class::JoblibArrayWrapper {
             o.borrow_mut().state = Some(state);
@@ -742,7 +780,9 @@ impl<'a> Machine<'a> {
                 return Err(self.malformed(at, "nested joblib object array inside a nested pickle"));
             }
             let mut inner = Machine::new(self.data, self.pos, self.depth + 1);
-            let v = inner.run()?;
+            let v = inner.run();
+            self.mutated.append(&mut inner.mutated);
+            let v = v?;
             self.pos = inner.pos;
             return Ok(v);
         }
@@ -765,6 +805,96 @@ impl<'a> Machine<'a> {
             dtype,
             data: ArrayData::Raw(Rc::from(raw)),
         })))
+    }
+}
+
+/// Identity of a value that can hold other values.
+fn node_id(v: &Value) -> Option<usize> {
+    Some(match v {
+        Value::Tuple(rc) => Rc::as_ptr(rc) as *const u8 as usize,
+        Value::List(rc) | Value::Set(rc) => Rc::as_ptr(rc) as *const u8 as usize,
+        Value::Dict(rc) => Rc::as_ptr(rc) as *const u8 as usize,
+        Value::Object(rc) => Rc::as_ptr(rc) as *const u8 as usize,
+        _ => return None,
+    })
+}
+
+/// The `i`-th value held by `v` (dict keys and values alternate; an
+/// object's state follows its arguments).
+fn child(v: &Value, i: usize) -> Option<Value> {
+    match v {
+        Value::Tuple(t) => t.get(i).cloned(),
+        Value::List(l) | Value::Set(l) => l.borrow().get(i).cloned(),
+        Value::Dict(d) => d
+            .borrow()
+            .get(i / 2)
+            .map(|(k, v)| if i % 2 == 0 { k.clone() } else { v.clone() }),
+        Value::Object(o) => {
+            let o = o.borrow();
+            match i.cmp(&o.args.len()) {
+                std::cmp::Ordering::Less => Some(o.args[i].clone()),
+                std::cmp::Ordering::Equal => o.state.clone(),
+                std::cmp::Ordering::Greater => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether any value reachable from `roots` contains itself: an iterative
+/// depth-first search (no recursion, so deep nesting is fine), visiting each
+/// shared value once.
+fn has_cycle(roots: &[Value]) -> bool {
+    const ON_PATH: bool = true;
+    let mut seen: HashMap<usize, bool> = HashMap::new();
+    let mut path: Vec<(Value, usize)> = Vec::new();
+    for root in roots {
+        let Some(id) = node_id(root) else { continue };
+        if seen.contains_key(&id) {
+            continue;
+        }
+        seen.insert(id, ON_PATH);
+        path.push((root.clone(), 0));
+        while let Some((node, i)) = path.last_mut() {
+            let next = child(node, *i);
+            *i += 1;
+            match next {
+                Some(c) => match node_id(&c) {
+                    Some(cid) => match seen.get(&cid) {
+                        Some(&ON_PATH) => return true,
+                        Some(_) => {}
+                        None => {
+                            seen.insert(cid, ON_PATH);
+                            path.push((c, 0));
+                        }
+                    },
+                    None => {}
+                },
+                None => {
+                    if let Some((done, _)) = path.pop() {
+                        seen.insert(node_id(&done).unwrap_or(0), !ON_PATH);
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Takes the contents out of a container, dropping them after the borrow
+/// ends (dropping them may reach this container again).
+fn empty(v: &Value) {
+    match v {
+        Value::List(l) | Value::Set(l) => drop(std::mem::take(&mut *l.borrow_mut())),
+        Value::Dict(d) => drop(std::mem::take(&mut *d.borrow_mut())),
+        Value::Object(o) => {
+            let taken = {
+                let mut o = o.borrow_mut();
+                (std::mem::take(&mut o.args), o.state.take())
+            };
+            drop(taken);
+        }
+        _ => {}
     }
 }
 
