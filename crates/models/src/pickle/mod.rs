@@ -256,10 +256,13 @@ impl<'a> Machine<'a> {
         Ok(self.stack.split_off(m))
     }
 
-    /// Records the container on top of the stack as given new items.
+    /// Records the container on top of the stack as given new items (once
+    /// for a run of operations on the same container).
     fn mutated_top(&mut self) {
         if let Some(v) = self.stack.last() {
-            self.mutated.push(v.clone());
+            if self.mutated.last().and_then(node_id) != node_id(v) {
+                self.mutated.push(v.clone());
+            }
         }
     }
 
@@ -845,35 +848,33 @@ fn child(v: &Value, i: usize) -> Option<Value> {
 /// depth-first search (no recursion, so deep nesting is fine), visiting each
 /// shared value once.
 fn has_cycle(roots: &[Value]) -> bool {
-    const ON_PATH: bool = true;
-    let mut seen: HashMap<usize, bool> = HashMap::new();
+    // Present in `on_path`: true while the value is on the current path,
+    // false once all it holds has been searched.
+    let mut on_path: HashMap<usize, bool> = HashMap::new();
     let mut path: Vec<(Value, usize)> = Vec::new();
     for root in roots {
         let Some(id) = node_id(root) else { continue };
-        if seen.contains_key(&id) {
+        if on_path.contains_key(&id) {
             continue;
         }
-        seen.insert(id, ON_PATH);
+        on_path.insert(id, true);
         path.push((root.clone(), 0));
         while let Some((node, i)) = path.last_mut() {
             let next = child(node, *i);
             *i += 1;
-            match next {
-                Some(c) => match node_id(&c) {
-                    Some(cid) => match seen.get(&cid) {
-                        Some(&ON_PATH) => return true,
-                        Some(_) => {}
-                        None => {
-                            seen.insert(cid, ON_PATH);
-                            path.push((c, 0));
-                        }
-                    },
-                    None => {}
-                },
+            let Some(next) = next else {
+                if let Some(id) = path.pop().and_then(|(done, _)| node_id(&done)) {
+                    on_path.insert(id, false);
+                }
+                continue;
+            };
+            let Some(id) = node_id(&next) else { continue };
+            match on_path.get(&id) {
+                Some(true) => return true,
+                Some(false) => {}
                 None => {
-                    if let Some((done, _)) = path.pop() {
-                        seen.insert(node_id(&done).unwrap_or(0), !ON_PATH);
-                    }
+                    on_path.insert(id, true);
+                    path.push((next, 0));
                 }
             }
         }
@@ -885,8 +886,14 @@ fn has_cycle(roots: &[Value]) -> bool {
 /// ends (dropping them may reach this container again).
 fn empty(v: &Value) {
     match v {
-        Value::List(l) | Value::Set(l) => drop(std::mem::take(&mut *l.borrow_mut())),
-        Value::Dict(d) => drop(std::mem::take(&mut *d.borrow_mut())),
+        Value::List(l) | Value::Set(l) => {
+            let items = std::mem::take(&mut *l.borrow_mut());
+            drop(items);
+        }
+        Value::Dict(d) => {
+            let items = std::mem::take(&mut *d.borrow_mut());
+            drop(items);
+        }
         Value::Object(o) => {
             let taken = {
                 let mut o = o.borrow_mut();

@@ -100,3 +100,33 @@ fn basic_values() {
     let t = list[6].tuple_items().unwrap();
     assert_eq!((t[0].as_i64(), t[1].as_i64()), (Some(300), Some(-1)));
 }
+
+#[test]
+fn reference_cycle_is_refused_not_leaked() {
+    // Found by the fuzz target (LeakSanitizer): values are reference
+    // counted, so an object that contains itself was never freed.
+    fn check(p: &[u8]) {
+        let e = err(p);
+        assert!(
+            matches!(&e, PickleError::Malformed { reason, .. } if reason.contains("reference cycle")),
+            "{e:?}"
+        );
+    }
+    // A list appended to itself: `]` DUP APPEND STOP.
+    check(b"\x80\x02]2a.");
+    // Through the memo, a tuple and a dict: d = {}; d['k'] = (d,).
+    check(b"\x80\x02}q\x00X\x01\x00\x00\x00kh\x00\x85s.");
+    // An object whose BUILD state holds the object itself.
+    check(b"\x80\x02csklearn.svm\nOneClassSVM\n)\x81q\x00}X\x01\x00\x00\x00sh\x00sb.");
+    // A cycle left behind, unreachable, by a pickle that then fails.
+    let e = err(b"\x80\x02]2a0\xff");
+    assert!(
+        matches!(e, PickleError::UnknownOpcode { byte: 0xff, .. }),
+        "{e:?}"
+    );
+    // ... or that then succeeds.
+    check(b"\x80\x02]2a0N.");
+    // Shared (acyclic) values are fine: t = (); [t, t].
+    let v = load(b"\x80\x02)q\x00]q\x01(h\x00h\x00e.").unwrap();
+    assert_eq!(v.sequence_items().unwrap().len(), 2);
+}
