@@ -83,12 +83,17 @@ fn unsupported_compression(kind: &str) -> ImportError {
 /// Maximum nesting of pipelines accepted (a pipeline inside a pipeline is
 /// flattened; deeper nesting is refused rather than recursed into).
 const MAX_DEPTH: usize = 8;
+/// Maximum estimators visited in one model. Pickles share objects, so a
+/// small file can list the same sub-pipeline many times at every level;
+/// without a bound the walk is exponential.
+const MAX_STEPS: usize = 256;
 
 /// Translates an unpickled estimator into a [`Model`].
 pub fn translate(value: &Value) -> Result<Model, ImportError> {
     let mut steps = Vec::new();
     let mut detector = None;
-    collect(value, &mut steps, &mut detector, 0)?;
+    let mut visited = 0;
+    collect(value, &mut steps, &mut detector, 0, &mut visited)?;
     let (detector, n_features) = detector.ok_or_else(|| {
         ImportError::Model(format!(
             "the model has no outlier detector: the last step must be a OneClassSVM (supported: {})",
@@ -109,11 +114,18 @@ fn collect(
     steps: &mut Vec<Scaler>,
     detector: &mut Option<(Detector, usize)>,
     depth: usize,
+    visited: &mut usize,
 ) -> Result<(), ImportError> {
     if depth > MAX_DEPTH {
         return Err(ImportError::Model(
             "pipelines nested more than 8 deep".into(),
         ));
+    }
+    *visited += 1;
+    if *visited > MAX_STEPS {
+        return Err(ImportError::Model(format!(
+            "the model has more than {MAX_STEPS} pipeline steps"
+        )));
     }
     if detector.is_some() {
         return Err(ImportError::Model(
@@ -156,7 +168,7 @@ fn collect(
                             "holds an item that is not a (name, estimator) pair",
                         )
                     })?;
-                collect(&pair[1], steps, detector, depth + 1)?;
+                collect(&pair[1], steps, detector, depth + 1, visited)?;
             }
         }
         Estimator::StandardScaler => {

@@ -145,6 +145,10 @@ struct Machine<'a> {
     memo: HashMap<u32, Value>,
     /// Nested pickles (joblib's object arrays) increase this; bounded.
     depth: u8,
+    /// Values the machine may still copy. Memo references are free, so
+    /// without a bound a small file could make `REDUCE` copy the same big
+    /// tuple again and again (memory quadratic in the input).
+    budget: usize,
     /// Containers given items after they were made (APPEND, SETITEM, BUILD,
     /// …): every reference cycle runs through one of them.
     mutated: Vec<Value>,
@@ -161,6 +165,7 @@ impl<'a> Machine<'a> {
             marks: Vec::new(),
             memo: HashMap::new(),
             depth,
+            budget: data.len().saturating_mul(16).saturating_add(1 << 20),
             mutated: Vec::new(),
         }
     }
@@ -264,6 +269,13 @@ impl<'a> Machine<'a> {
                 self.mutated.push(v.clone());
             }
         }
+    }
+
+    fn charge(&mut self, n: usize, at: usize) -> Result<()> {
+        self.budget = self.budget.checked_sub(n).ok_or_else(|| {
+            self.malformed(at, "the pickle builds far more values than its size explains (refused as a likely memory bomb)")
+        })?;
+        Ok(())
     }
 
     fn memo_put(&mut self, idx: u32, at: usize) -> Result<()> {
@@ -651,6 +663,7 @@ impl<'a> Machine<'a> {
             // at protocol 2.
             Class::CodecsEncode => match args {
                 [Value::Str(s), Value::Str(enc)] if is_latin1(enc) => {
+                    self.charge(s.len() / 8, at)?;
                     let b: Option<Vec<u8>> =
                         s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
                     let b = b.ok_or_else(|| {
@@ -664,6 +677,7 @@ impl<'a> Machine<'a> {
             Class::BuiltinSet | Class::BuiltinFrozenset => match args {
                 [] => Ok(Value::set(Vec::new())),
                 [items] => {
+                    self.charge(items.sequence_items().map_or(0, |i| i.len()), at)?;
                     let items = items.sequence_items().ok_or_else(|| {
                         self.malformed(at, "set() of something that is not a list")
                     })?;
@@ -683,7 +697,10 @@ impl<'a> Machine<'a> {
             | Class::NumpyReconstruct
             | Class::NumpyScalar
             | Class::NumpyFrombuffer
-            | Class::Sklearn(_) => Ok(Value::object(*class, args.to_vec())),
+            | Class::Sklearn(_) => {
+                self.charge(args.len(), at)?;
+                Ok(Value::object(*class, args.to_vec()))
+            }
             other => Err(self.malformed(
                 at,
                 format!(
@@ -709,7 +726,10 @@ impl<'a> Machine<'a> {
             Class::Sklearn(_)
             | Class::JoblibArrayWrapper
             | Class::NumpyDtype
-            | Class::NumpyNdarray => Ok(Value::object(*class, args.to_vec())),
+            | Class::NumpyNdarray => {
+                self.charge(args.len(), at)?;
+                Ok(Value::object(*class, args.to_vec()))
+            }
             Class::BuiltinSet | Class::BuiltinFrozenset => Ok(Value::set(Vec::new())),
             other => Err(self.malformed(
                 at,

@@ -306,6 +306,18 @@ impl Value {
         }
     }
 
+    /// Whether this is the text `key` (`str`, or latin-1 bytes), without
+    /// allocating.
+    pub fn text_eq(&self, key: &str) -> bool {
+        match self {
+            Value::Str(s) => &**s == key,
+            Value::Bytes(b) => {
+                b.len() <= key.len() && b.iter().map(|&c| char::from(c)).eq(key.chars())
+            }
+            _ => false,
+        }
+    }
+
     /// The items of a tuple.
     pub fn tuple_items(&self) -> Option<&[Value]> {
         match self {
@@ -340,7 +352,7 @@ impl Value {
                 .ok()?
                 .iter()
                 .rev()
-                .find(|(k, _)| k.as_text().as_deref() == Some(key))
+                .find(|(k, _)| k.text_eq(key))
                 .map(|(_, v)| v.clone()),
             _ => None,
         }
@@ -655,6 +667,18 @@ impl NdArray {
         };
         let d = &self.dtype;
         let n = d.itemsize;
+        let numeric = match d.kind {
+            'f' => matches!(n, 4 | 8),
+            'i' | 'u' => matches!(n, 1 | 2 | 4 | 8),
+            'b' => n == 1,
+            _ => false,
+        };
+        if !numeric {
+            return Err(format!(
+                "numpy dtype {}{} is not a supported numeric type",
+                d.kind, d.itemsize
+            ));
+        }
         let conv = |c: &[u8]| -> Option<f64> {
             let mut a = [0u8; 8];
             if d.big_endian {
