@@ -5,9 +5,14 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float32Array, Float64Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, Float32Array, Float64Array, Int32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow::datatypes::{Field, Schema};
-use fleetscore_codecs::{read_readings, write_predictions, CodecError, OutputFormat, PredictionColumns, PredictionLayout};
+use fleetscore_codecs::{
+    read_readings, write_predictions, CodecError, OutputFormat, PredictionColumns, PredictionLayout,
+};
 use fleetscore_core::parse_ts;
 use parquet::arrow::ArrowWriter;
 
@@ -17,7 +22,11 @@ fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
         .map(|(n, a)| Field::new(*n, a.data_type().clone(), a.null_count() > 0))
         .collect();
     let schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect()).unwrap();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap();
     let mut w = ArrowWriter::try_new(File::create(path).unwrap(), schema, None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
@@ -38,18 +47,37 @@ fn parquet_with_text_keys_microsecond_times_and_f32_values() {
             (
                 "ts",
                 Arc::new(
-                    TimestampMicrosecondArray::from(vec![ts_us("2024-01-01 00:00:00"), ts_us("2024-01-01 00:00:05"), ts_us("2024-01-01 00:00:10")])
-                        .with_timezone("UTC"),
+                    TimestampMicrosecondArray::from(vec![
+                        ts_us("2024-01-01 00:00:00"),
+                        ts_us("2024-01-01 00:00:05"),
+                        ts_us("2024-01-01 00:00:10"),
+                    ])
+                    .with_timezone("UTC"),
                 ),
             ),
-            ("device", Arc::new(StringArray::from(vec!["pump-1", "pump-2", "pump-1"]))),
-            ("tag", Arc::new(StringArray::from(vec!["temp", "temp", "temp"]))),
-            ("value", Arc::new(Float32Array::from(vec![1.5f32, 2.5, 3.5]))),
+            (
+                "device",
+                Arc::new(StringArray::from(vec!["pump-1", "pump-2", "pump-1"])),
+            ),
+            (
+                "tag",
+                Arc::new(StringArray::from(vec!["temp", "temp", "temp"])),
+            ),
+            (
+                "value",
+                Arc::new(Float32Array::from(vec![1.5f32, 2.5, 3.5])),
+            ),
         ],
     );
     let r = read_readings(&p).unwrap();
     assert_eq!(r.len(), 3);
-    assert_eq!(r.keys, vec![("pump-1".to_string(), "temp".to_string()), ("pump-2".to_string(), "temp".to_string())]);
+    assert_eq!(
+        r.keys,
+        vec![
+            ("pump-1".to_string(), "temp".to_string()),
+            ("pump-2".to_string(), "temp".to_string())
+        ]
+    );
     assert_eq!(r.key, vec![0, 1, 0]);
     assert_eq!(r.value, vec![1.5, 2.5, 3.5]);
     assert_eq!(r.ts[1], parse_ts("2024-01-01T00:00:05Z").unwrap());
@@ -62,7 +90,13 @@ fn parquet_with_text_times_and_integer_keys() {
     write_parquet(
         &p,
         vec![
-            ("TS", Arc::new(StringArray::from(vec!["2018-08-28 23:00:05.000", "2018-08-28T23:00:10+00:00"]))),
+            (
+                "TS",
+                Arc::new(StringArray::from(vec![
+                    "2018-08-28 23:00:05.000",
+                    "2018-08-28T23:00:10+00:00",
+                ])),
+            ),
             ("Device", Arc::new(Int32Array::from(vec![1, 1]))),
             ("Tag", Arc::new(Int32Array::from(vec![3, 3]))),
             ("Value", Arc::new(Float64Array::from(vec![10.16, 12.46]))),
@@ -77,7 +111,8 @@ fn parquet_with_text_times_and_integer_keys() {
 fn parquet_nulls_bad_types_and_missing_columns_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("r.parquet");
-    let ts: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![0, 1, 2]).with_timezone("UTC"));
+    let ts: ArrayRef =
+        Arc::new(TimestampMicrosecondArray::from(vec![0, 1, 2]).with_timezone("UTC"));
     let dev: ArrayRef = Arc::new(StringArray::from(vec!["a", "a", "a"]));
     write_parquet(
         &p,
@@ -85,17 +120,38 @@ fn parquet_nulls_bad_types_and_missing_columns_are_named() {
             ("TS", ts.clone()),
             ("Device", dev.clone()),
             ("Tag", dev.clone()),
-            ("Value", Arc::new(Float64Array::from(vec![Some(1.0), None, Some(3.0)]))),
+            (
+                "Value",
+                Arc::new(Float64Array::from(vec![Some(1.0), None, Some(3.0)])),
+            ),
         ],
     );
     let e = read_readings(&p).unwrap_err().to_string();
-    assert!(e.contains("row 1") && e.contains("Value") && e.contains("null"), "{e}");
+    assert!(
+        e.contains("row 1") && e.contains("Value") && e.contains("null"),
+        "{e}"
+    );
 
-    write_parquet(&p, vec![("TS", ts.clone()), ("Device", dev.clone()), ("Tag", dev.clone()), ("Value", dev.clone())]);
+    write_parquet(
+        &p,
+        vec![
+            ("TS", ts.clone()),
+            ("Device", dev.clone()),
+            ("Tag", dev.clone()),
+            ("Value", dev.clone()),
+        ],
+    );
     let e = read_readings(&p).unwrap_err().to_string();
     assert!(e.contains("column Value has type Utf8"), "{e}");
 
-    write_parquet(&p, vec![("TS", ts), ("Device", dev.clone()), ("Value", Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])))]);
+    write_parquet(
+        &p,
+        vec![
+            ("TS", ts),
+            ("Device", dev.clone()),
+            ("Value", Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0]))),
+        ],
+    );
     let e = read_readings(&p).unwrap_err();
     assert!(matches!(e, CodecError::Schema { .. }), "{e:?}");
     assert!(e.to_string().contains("no `Tag` column"), "{e}");
@@ -115,7 +171,11 @@ fn csv_columns_in_any_order_with_extra_columns() {
 fn csv_ragged_rows_name_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("r.csv");
-    std::fs::write(&p, "TS,Device,Tag,Value\n2024-01-01 00:00:00,d,t,1\n2024-01-01 00:00:05,d,t\n").unwrap();
+    std::fs::write(
+        &p,
+        "TS,Device,Tag,Value\n2024-01-01 00:00:00,d,t,1\n2024-01-01 00:00:05,d,t\n",
+    )
+    .unwrap();
     let e = read_readings(&p).unwrap_err().to_string();
     assert!(e.contains("line 3"), "{e}");
 }
@@ -123,7 +183,10 @@ fn csv_ragged_rows_name_the_line() {
 #[test]
 fn per_model_csv_files_are_named_like_the_reference_and_leave_no_temporaries() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = vec![("1".to_string(), "2".to_string()), ("3".to_string(), "4".to_string())];
+    let keys = vec![
+        ("1".to_string(), "2".to_string()),
+        ("3".to_string(), "4".to_string()),
+    ];
     let ts = [parse_ts("2018-08-28 23:00:05").unwrap(); 3];
     let cols = PredictionColumns {
         ts: &ts,
@@ -134,15 +197,43 @@ fn per_model_csv_files_are_named_like_the_reference_and_leave_no_temporaries() {
         groups: &[(0, 0..1), (1, 1..3)],
     };
     let run = parse_ts("2026-11-28 04:05:06").unwrap();
-    let files = write_predictions(dir.path(), OutputFormat::Csv, PredictionLayout::PerModel, &cols, 1, run).unwrap();
-    let names: Vec<String> = files.iter().map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, vec!["preds_1_2_261128040506", "preds_3_4_261128040506"]);
+    let files = write_predictions(
+        dir.path(),
+        OutputFormat::Csv,
+        PredictionLayout::PerModel,
+        &cols,
+        1,
+        run,
+    )
+    .unwrap();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["preds_1_2_261128040506", "preds_3_4_261128040506"]
+    );
     assert_eq!(files[1].rows, 2);
     let text = std::fs::read_to_string(&files[0].path).unwrap();
-    assert_eq!(text, "TS,Device,Tag,Val,Prediction\n2018-08-28 23:00:05.000,1,2,10.16,0\n");
-    let all: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        text,
+        "TS,Device,Tag,Val,Prediction\n2018-08-28 23:00:05.000,1,2,10.16,0\n"
+    );
+    let all: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(all.len(), 2, "no temporary files left: {all:?}");
 
-    let files = write_predictions(dir.path(), OutputFormat::Parquet, PredictionLayout::Combined, &cols, 2, run).unwrap();
+    let files = write_predictions(
+        dir.path(),
+        OutputFormat::Parquet,
+        PredictionLayout::Combined,
+        &cols,
+        2,
+        run,
+    )
+    .unwrap();
     assert_eq!(files.iter().map(|f| f.rows).sum::<usize>(), 3);
 }
