@@ -12,10 +12,14 @@
 #![deny(missing_docs)]
 
 mod predictions;
+mod raw;
 mod readings;
 
 pub use predictions::{
     write_predictions, OutputFormat, PredictionColumns, PredictionLayout, WrittenFile,
+};
+pub use raw::{
+    raw_readings_schema, read_readings_parquet_bytes, write_batch_parquet, write_readings_parquet,
 };
 pub use readings::{read_readings, InputFormat, Readings};
 

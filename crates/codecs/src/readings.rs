@@ -93,10 +93,10 @@ impl InputFormat {
 
 /// Interns (device, tag) pairs.
 #[derive(Default)]
-struct Interner {
+pub(crate) struct Interner {
     by_text: FxHashMap<Box<[u8]>, u32>,
     by_int: FxHashMap<(i64, i64), u32>,
-    keys: Vec<(String, String)>,
+    pub(crate) keys: Vec<(String, String)>,
     buf: Vec<u8>,
 }
 
@@ -228,26 +228,7 @@ fn read_parquet(path: &Path) -> Result<Readings, CodecError> {
     })?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq(&e))?;
     let schema = builder.schema().clone();
-    let mut idx = [usize::MAX; 4];
-    for (i, f) in schema.fields().iter().enumerate() {
-        if let Some(c) = COLUMNS
-            .iter()
-            .position(|c| c.eq_ignore_ascii_case(f.name()))
-        {
-            idx[c] = i;
-        }
-    }
-    if let Some(missing) = idx.iter().position(|&i| i == usize::MAX) {
-        let found: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        return Err(CodecError::Schema {
-            path: path.to_path_buf(),
-            reason: format!(
-                "no `{}` column; expected the columns TS, Device, Tag, Value (found: {})",
-                COLUMNS[missing],
-                found.join(", ")
-            ),
-        });
-    }
+    let idx = check_columns(path, &schema)?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), idx);
     let meta = builder.metadata().clone();
     drop(builder);
@@ -358,6 +339,35 @@ fn read_parquet(path: &Path) -> Result<Readings, CodecError> {
     })
 }
 
+/// Finds the columns TS, Device, Tag, Value (any case) in a Parquet file's
+/// schema; their positions, in that order.
+pub(crate) fn check_columns(
+    path: &Path,
+    schema: &arrow::datatypes::Schema,
+) -> Result<[usize; 4], CodecError> {
+    let mut idx = [usize::MAX; 4];
+    for (i, f) in schema.fields().iter().enumerate() {
+        if let Some(c) = COLUMNS
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(f.name()))
+        {
+            idx[c] = i;
+        }
+    }
+    if let Some(missing) = idx.iter().position(|&i| i == usize::MAX) {
+        let found: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        return Err(CodecError::Schema {
+            path: path.to_path_buf(),
+            reason: format!(
+                "no `{}` column; expected the columns TS, Device, Tag, Value (found: {})",
+                COLUMNS[missing],
+                found.join(", ")
+            ),
+        });
+    }
+    Ok(idx)
+}
+
 /// Column positions in a projected batch follow the file's order, so look
 /// them up by name again.
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
@@ -370,7 +380,7 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
     batch.column(i)
 }
 
-fn append_batch(
+pub(crate) fn append_batch(
     path: &Path,
     batch: &RecordBatch,
     row0: usize,

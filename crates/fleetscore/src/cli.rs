@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fleetscore_stream::Span;
 
 /// fleetscore: score thousands to millions of per-device anomaly models,
 /// exactly as scikit-learn would, from the pickles you already have.
@@ -62,6 +63,21 @@ pub enum Command {
     },
     /// Score readings from a file with the registered models.
     Score(ScoreArgs),
+    /// Ingest readings files into the store's raw/ partitions (one Parquet
+    /// object per UTC hour and file).
+    ///
+    /// Each file is checked whole first: a bad row refuses the file (with
+    /// its line or row) and nothing of it is written; other files still go.
+    /// Object names derive from the file's content, so ingesting the same
+    /// file again overwrites its objects instead of duplicating them.
+    Ingest(IngestArgs),
+    /// Compute windows from the raw/ partitions and write them to windows/.
+    ///
+    /// Windows starting in [--from, --to), widened to whole hours (the
+    /// partition size), are written to
+    /// windows/size=SIZE[_hop=HOP]/date=YYYY-MM-DD/hour=HH/part-0.parquet;
+    /// rerunning overwrites them.
+    Aggregate(AggregateArgs),
     /// Run the main job end to end on embedded defaults: import the bundled
     /// scikit-learn models, generate a fleet's readings, score them, report.
     Demo(DemoArgs),
@@ -153,6 +169,35 @@ pub struct ScoreArgs {
     /// Output layout (per-model needs --format csv).
     #[arg(long, value_enum, default_value_t = Layout::Combined)]
     pub layout: Layout,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    /// Readings files: CSV with header TS,Device,Tag,Value, or Parquet with those columns.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AggregateArgs {
+    /// First window start (`2018-08-28 23:00:00` UTC, or RFC 3339); rounded down to the hour.
+    #[arg(long)]
+    pub from: String,
+    /// Window starts before this time; rounded up to the hour.
+    #[arg(long)]
+    pub to: String,
+    /// Window size, e.g. `1m`, `5m`, `1h`.
+    #[arg(long)]
+    pub size: Span,
+    /// Distance between window starts (hopping windows) [default: SIZE, tumbling].
+    #[arg(long)]
+    pub hop: Option<Span>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,

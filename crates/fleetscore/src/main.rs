@@ -2,8 +2,9 @@
 //!
 //! Exit codes: 0 success; 1 the command failed (nothing or not everything
 //! was done, see the message); 2 usage error; 3 the command completed but
-//! some models failed (each is listed with its reason).
+//! some models or files failed (each is listed with its reason).
 
+mod batch;
 mod cli;
 mod demo;
 mod import;
@@ -56,6 +57,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             cli::ModelsCommand::Pack => rt.block_on(import::repack(g)),
         },
         cli::Command::Score(args) => rt.block_on(score::run(g, args)),
+        cli::Command::Ingest(args) => rt.block_on(batch::ingest(g, args)),
+        cli::Command::Aggregate(args) => rt.block_on(batch::aggregate(g, args)),
         cli::Command::Demo(args) => rt.block_on(demo::run(g, args)),
     }
 }

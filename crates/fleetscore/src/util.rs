@@ -34,10 +34,13 @@ pub fn store_url(g: &Global) -> String {
     }
 }
 
-pub fn registry(g: &Global) -> anyhow::Result<Registry> {
+pub fn store(g: &Global) -> anyhow::Result<Store> {
     let url = store_url(g);
-    let store = Store::open(&url).with_context(|| format!("opening the store {url}"))?;
-    Ok(Registry::new(store))
+    Store::open(&url).with_context(|| format!("opening the store {url}"))
+}
+
+pub fn registry(g: &Global) -> anyhow::Result<Registry> {
+    Ok(Registry::new(store(g)?))
 }
 
 pub fn now_ns() -> i64 {

@@ -12,14 +12,28 @@
 //! models/pack.fsp                          all live models in one file
 //! ```
 //!
+//! Readings and their windows, as Parquet, partitioned by UTC hour (see
+//! [`ingest_file`] and [`aggregate`]):
+//!
+//! ```text
+//! raw/date=YYYY-MM-DD/hour=HH/part-<id>.parquet      ts, device, tag, value
+//! windows/size=<size>/date=YYYY-MM-DD/hour=HH/part-0.parquet
+//! windows/size=<size>_hop=<hop>/date=…/hour=…/part-0.parquet   (hopping)
+//! ```
+//!
 //! Writes are ordered so that a crash never leaves the registry pointing at
 //! something missing: version files first, then the index, then the pack.
 //! The pack records the index generation it was built from; a reader that
 //! finds them disagreeing rebuilds the pack from the version files.
 #![deny(missing_docs)]
 
+mod lake;
 mod registry;
 
+pub use lake::{
+    aggregate, hour_partition, ingest_file, window_prefix, AggregateOutcome, IngestOutcome,
+    LakeError, HOUR_NS,
+};
 pub use registry::{ImportOutcome, ImportRequest, Index, KeyEntry, Registry, VersionInfo};
 
 use std::sync::Arc;
@@ -147,6 +161,24 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(|e| self.err("put", key, e))
+    }
+
+    /// Keys of every object under `prefix` (a folder such as `raw/`; an
+    /// empty prefix lists everything), sorted. A missing folder lists as
+    /// empty.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        use futures::TryStreamExt;
+        let trimmed = prefix.trim_end_matches('/');
+        let path = (!trimmed.is_empty()).then(|| ObjectPath::from(trimmed));
+        let mut keys: Vec<String> = self
+            .inner
+            .list(path.as_ref())
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|e| self.err("list", prefix, e))?;
+        keys.sort();
+        Ok(keys)
     }
 
     pub(crate) fn corrupt(&self, key: &str, reason: impl Into<String>) -> StoreError {
