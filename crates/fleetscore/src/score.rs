@@ -50,6 +50,12 @@ pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary
         .map(parse_ts)
         .transpose()
         .context("--to")?;
+    if let (Some(f), Some(t)) = (from, to) {
+        anyhow::ensure!(
+            f < t,
+            "--from must be before --to (the range is from <= TS < to)"
+        );
+    }
     if args.layout == Layout::PerModel && args.format != Format::Csv {
         anyhow::bail!("--layout per-model writes the reference job's CSV files; add --format csv");
     }

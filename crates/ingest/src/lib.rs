@@ -1,0 +1,108 @@
+//! The durable ingest log of fleetscore.
+//!
+//! Sources (HTTP, MQTT, Kafka) hand batches of readings to this log and
+//! acknowledge them to the sender only once [`Log::append`] has returned.
+//! The window aggregator consumes the log; on start-up the log is replayed
+//! ([`Log::replay`]) from the last sequence number the aggregator had
+//! processed; closed segments are compacted into the store
+//! ([`Log::closed_segments`]) and then deleted ([`Log::remove_segment`]).
+//!
+//! # Durability contract
+//!
+//! * When [`Log::append`] returns `Ok(seq)`, the batch has been written to
+//!   its segment file and an `fdatasync` of that file has completed after the
+//!   write, and the segment's directory entry was made durable (`fsync` of
+//!   the directory) when the segment was created, before any record went in.
+//!   So the batch survives a process crash, a kernel crash and a power loss,
+//!   as far as the disk honours flushes. Every later [`Log::replay`] (after
+//!   any crash and [`Log::open`]) yields it exactly once, with that `seq`,
+//!   until its segment is removed by [`Log::remove_segment`].
+//! * When `append` returns an error, the batch may or may not be in the log:
+//!   a write may have reached the disk before a later step failed. A caller
+//!   that retries may therefore store a batch twice; a source that needs
+//!   exactly-once must deduplicate downstream (e.g. by an idempotency key in
+//!   its readings). After a failed write or `fdatasync` the open log refuses
+//!   all further appends ([`LogError::Poisoned`]): after a failed fsync the
+//!   page cache can no longer be trusted to reflect the disk, so the only
+//!   safe continuation is to reopen, which re-reads what is really there.
+//! * Batches are atomic: a batch is one record with one checksum, so replay
+//!   yields all of its readings or none of them.
+//! * Sequence numbers are consecutive and start at 0 for a new log. The
+//!   number of an acknowledged batch is never reused, also across crashes
+//!   and segment removal. A batch that was written but not acknowledged may
+//!   be cut by recovery, and its number then goes to the next batch: a
+//!   sequence number identifies a batch only once it was acknowledged.
+//! * Order: batches are replayed in sequence-number order, which is the order
+//!   in which the writer took them; appends from one thread keep their order.
+//!
+//! # Group commit
+//!
+//! One writer thread owns the active segment. [`Log::append`] encodes and
+//! checksums the batch on the caller's thread, queues it and waits. The
+//! writer takes everything that queued up while it was busy (up to
+//! [`LogConfig::max_group_bytes`]), writes it with one `write` call and makes
+//! it durable with one `fdatasync`, then wakes all those appenders. An idle
+//! log commits a lone batch at once ([`LogConfig::max_wait_us`] = 0); under
+//! load, the batches that arrive during one `fdatasync` share the next, so
+//! the number of fsyncs per second stays bounded by the disk's flush latency
+//! while throughput grows with the number of appenders.
+//!
+//! The API is blocking, with a dedicated writer thread, rather than `async`:
+//! the file calls block anyway (an async version would put them on a
+//! blocking pool), the log has no dependency on a runtime, and tests and
+//! tools can use it from plain threads. Async sources call `append` through
+//! `tokio::task::spawn_blocking`.
+//!
+//! # Recovery
+//!
+//! [`Log::open`] scans the last segment. Records written after the last
+//! `fdatasync` can be partly on disk after a crash, with any of their pages
+//! missing, so the first record there that is incomplete or fails its
+//! length, checksum or sequence check marks the end of the durable log: it
+//! and everything after it are truncated, logged (`tracing` warning) and
+//! reported in [`Log::recovery`]. None of those bytes belonged to an
+//! acknowledged batch. In the last segment a damaged record cannot be told
+//! apart from a torn write, so media damage there is also cut (and
+//! reported); in a closed segment, which was fully synced before the next one
+//! began, any bad record is [`LogError::Corrupt`] with the file and offset,
+//! raised by [`Log::replay`].
+//!
+//! # Format
+//!
+//! See the [`format`](mod@format) module for the byte layout of segments and records.
+#![deny(missing_docs)]
+
+mod error;
+pub mod format;
+mod log;
+
+pub use error::{LogError, Result};
+pub use log::{Batch, Log, LogConfig, LogStats, Recovery, Replay, SegmentInfo};
+
+/// Sequence number of a batch in the log.
+pub type Seq = u64;
+
+/// One measurement: `(ts, device, tag, value)` as in `DESIGN.md`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// Time of the reading, nanoseconds since the Unix epoch, UTC.
+    pub ts: i64,
+    /// Device identifier.
+    pub device: String,
+    /// Tag (the measured quantity) on that device.
+    pub tag: String,
+    /// The measured value.
+    pub value: f64,
+}
+
+impl Reading {
+    /// A reading from its parts.
+    pub fn new(ts: i64, device: impl Into<String>, tag: impl Into<String>, value: f64) -> Self {
+        Reading {
+            ts,
+            device: device.into(),
+            tag: tag.into(),
+            value,
+        }
+    }
+}
