@@ -6,15 +6,31 @@
 //! Predictions leave as Parquet (the default; readable by pandas, DuckDB,
 //! Spark) or as CSV in the reference deployment's layouts.
 //!
-//! Every error names the file and, for row-level problems, the line (CSV,
+//! The HTTP ingest endpoints' request bodies — InfluxDB line protocol
+//! ([`parse_line_protocol`]), JSON / NDJSON ([`parse_json`]) and CSV
+//! ([`parse_csv_body`]) — parse into a [`Batch`] of the same columnar
+//! [`Readings`], all or nothing: one bad line refuses the batch with a
+//! [`BatchError`] naming every bad line (up to [`MAX_REPORTED_ERRORS`]).
+//!
+//! Every file error names the file and, for row-level problems, the line (CSV,
 //! 1-based, counting the header as line 1) or row (Parquet, 0-based) and
 //! the column.
 #![deny(missing_docs)]
 
+mod csvbody;
+mod ingest;
+mod json;
+mod lineproto;
 mod predictions;
 mod raw;
 mod readings;
 
+pub use csvbody::{parse_csv_body, Column, CsvBodyConfig};
+pub use ingest::{Batch, BatchError, Location, Reading, Rejection, MAX_REPORTED_ERRORS};
+pub use json::parse_json;
+pub use lineproto::{
+    parse_line_protocol, BoolFields, LineProtocolConfig, Precision, PrecisionError,
+};
 pub use predictions::{
     write_predictions, OutputFormat, PredictionColumns, PredictionLayout, WrittenFile,
 };

@@ -1,0 +1,314 @@
+//! CSV request bodies: the reference `TS,Device,Tag,Value` layout or a
+//! configured column mapping.
+//!
+//! By default the first line is a header and the columns `TS`, `Device`,
+//! `Tag` and `Value` are found by name, in any order and any case; other
+//! columns are ignored. [`CsvBodyConfig`] names other columns (by header
+//! name or 0-based position), reads bodies without a header, or fixes the
+//! device or tag for the whole body (e.g. one device posting its own
+//! sensors). `TS` is read by [`fleetscore_core::parse_ts`] (reference
+//! layout or RFC 3339) or as an integer of nanoseconds since the epoch.
+//!
+//! Errors name the 1-based line (the header is line 1) and the column. All
+//! or nothing, as for every ingest parser (see [`BatchError`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::{shorten, Batch, BatchError, Collector, Location};
+use fleetscore_core::parse_ts;
+
+/// A CSV column: a header name (matched case-insensitively) or a 0-based
+/// position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Column {
+    /// 0-based position.
+    Index(usize),
+    /// Header name.
+    Name(String),
+}
+
+impl std::fmt::Display for Column {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Column::Index(i) => write!(f, "#{i}"),
+            Column::Name(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Which CSV columns hold what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsvBodyConfig {
+    /// Whether the first line is a header. Default true. Without a header,
+    /// columns must be given by position.
+    pub header: bool,
+    /// The timestamp column. Default `TS`.
+    pub ts: Column,
+    /// The device column. Default `Device`. Unused when `fixed_device` is set.
+    pub device: Column,
+    /// The tag column. Default `Tag`. Unused when `fixed_tag` is set.
+    pub tag: Column,
+    /// The value column. Default `Value`.
+    pub value: Column,
+    /// One device for every row, instead of a column. Default none.
+    pub fixed_device: Option<String>,
+    /// One tag for every row, instead of a column. Default none.
+    pub fixed_tag: Option<String>,
+}
+
+impl Default for CsvBodyConfig {
+    fn default() -> Self {
+        CsvBodyConfig {
+            header: true,
+            ts: Column::Name("TS".into()),
+            device: Column::Name("Device".into()),
+            tag: Column::Name("Tag".into()),
+            value: Column::Name("Value".into()),
+            fixed_device: None,
+            fixed_tag: None,
+        }
+    }
+}
+
+/// Where a reading's part comes from.
+enum Source<'a> {
+    Col(usize, String),
+    Fixed(&'a str),
+}
+
+/// Parses a CSV body into readings; all or nothing.
+pub fn parse_csv_body<'c>(body: &[u8], config: &'c CsvBodyConfig) -> Result<Batch, BatchError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(body);
+    let mut rec = csv::ByteRecord::new();
+    let header = if config.header {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(true) => Some(rec.clone()),
+            Ok(false) => return Ok(Batch::default()),
+            Err(e) => return Err(BatchError::single(Location::Line(1), e.to_string())),
+        }
+    } else {
+        None
+    };
+    let resolve = |c: &Column| -> Result<Source<'static>, String> {
+        match (c, &header) {
+            (Column::Index(i), _) => Ok(Source::Col(*i, format!("#{i}"))),
+            (Column::Name(n), Some(h)) => h
+                .iter()
+                .position(|f| {
+                    std::str::from_utf8(f).is_ok_and(|f| f.trim().eq_ignore_ascii_case(n))
+                })
+                .map(|i| Source::Col(i, n.clone()))
+                .ok_or_else(|| {
+                    let found: Vec<_> = h.iter().map(|f| String::from_utf8_lossy(f)).collect();
+                    format!(
+                        "the header has no `{n}` column (found: {}); expected TS,Device,Tag,Value or a column mapping",
+                        shorten(found.join(",").as_bytes())
+                    )
+                }),
+            (Column::Name(n), None) => Err(format!(
+                "column `{n}` is given by name but the body has no header; give its 0-based position"
+            )),
+        }
+    };
+    let at = if config.header {
+        Location::Line(1)
+    } else {
+        Location::Body
+    };
+    let mut errors = Collector::default();
+    let mut pick = |c: &Column, fixed: Option<&'c str>, name: &str| -> Option<Source<'c>> {
+        match fixed {
+            Some("") => {
+                errors.reject(Location::Body, format!("the fixed {name} is empty"));
+                None
+            }
+            Some(f) => Some(Source::Fixed(f)),
+            None => resolve(c).map_err(|e| errors.reject(at, e)).ok(),
+        }
+    };
+    let ts = pick(&config.ts, None, "ts");
+    let device = pick(&config.device, config.fixed_device.as_deref(), "device");
+    let tag = pick(&config.tag, config.fixed_tag.as_deref(), "tag");
+    let value = pick(&config.value, None, "value");
+    let (Some(ts), Some(device), Some(tag), Some(value)) = (ts, device, tag, value) else {
+        return errors.finish();
+    };
+
+    let mut out = Collector::default();
+    let mut line = usize::from(config.header);
+    loop {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let l = e.position().map_or(line + 1, |p| p.line() as usize);
+                out.reject(Location::Line(l), e.to_string());
+                break;
+            }
+        }
+        line = rec.position().map_or(line + 1, |p| p.line() as usize);
+        if let Err(reason) = row(&rec, &ts, &device, &tag, &value, &mut out) {
+            out.reject(Location::Line(line), reason);
+        }
+    }
+    out.finish()
+}
+
+fn field<'r>(rec: &'r csv::ByteRecord, s: &'r Source<'_>) -> Result<&'r [u8], String> {
+    match s {
+        Source::Fixed(f) => Ok(f.as_bytes()),
+        Source::Col(i, name) => rec.get(*i).map(<[u8]>::trim_ascii).ok_or_else(|| {
+            format!(
+                "column `{name}` is missing: the row has {} column(s)",
+                rec.len()
+            )
+        }),
+    }
+}
+
+fn is_integer(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn col_name<'a>(s: &'a Source<'_>) -> &'a str {
+    match s {
+        Source::Col(_, n) => n,
+        Source::Fixed(_) => "(fixed)",
+    }
+}
+
+fn row(
+    rec: &csv::ByteRecord,
+    ts: &Source<'_>,
+    device: &Source<'_>,
+    tag: &Source<'_>,
+    value: &Source<'_>,
+    out: &mut Collector,
+) -> Result<(), String> {
+    let raw_ts = field(rec, ts)?;
+    let ts_ns = match std::str::from_utf8(raw_ts) {
+        Ok(s) if is_integer(s) => s.parse::<i64>().map_err(|_| {
+            format!(
+                "column `{}`: `{}` is out of range",
+                col_name(ts),
+                shorten(raw_ts)
+            )
+        })?,
+        Ok(s) => parse_ts(s).map_err(|e| format!("column `{}`: {e}", col_name(ts)))?,
+        Err(_) => return Err(format!("column `{}` is not UTF-8", col_name(ts))),
+    };
+    let d = field(rec, device)?;
+    if d.is_empty() {
+        return Err(format!("column `{}` is empty", col_name(device)));
+    }
+    let t = field(rec, tag)?;
+    if t.is_empty() {
+        return Err(format!("column `{}` is empty", col_name(tag)));
+    }
+    let raw_v = field(rec, value)?;
+    let v: f64 = std::str::from_utf8(raw_v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "column `{}`: `{}` is not a number",
+                col_name(value),
+                shorten(raw_v)
+            )
+        })?;
+    out.push(ts_ns, d, t, v).map_err(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str, cfg: &CsvBodyConfig) -> Vec<(i64, String, String, f64)> {
+        parse_csv_body(body.as_bytes(), cfg)
+            .unwrap()
+            .iter()
+            .map(|r| (r.ts, r.device.into(), r.tag.into(), r.value))
+            .collect()
+    }
+
+    fn errs(body: &str, cfg: &CsvBodyConfig) -> Vec<String> {
+        parse_csv_body(body.as_bytes(), cfg)
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn reference_header_any_order() {
+        let r = ok(
+            "value,extra,tag,DEVICE,ts\n1.5,x,3,1,1970-01-01 00:00:01.000\n2,y,3,1,7\n",
+            &CsvBodyConfig::default(),
+        );
+        assert_eq!(
+            r,
+            [
+                (1_000_000_000, "1".into(), "3".into(), 1.5),
+                (7, "1".into(), "3".into(), 2.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn mapping_by_position_and_fixed_device() {
+        let cfg = CsvBodyConfig {
+            header: false,
+            ts: Column::Index(0),
+            tag: Column::Index(1),
+            value: Column::Index(2),
+            fixed_device: Some("pump-1".into()),
+            ..Default::default()
+        };
+        let r = ok("5,temp,20.5\n6,temp,21\n", &cfg);
+        assert_eq!(r[1], (6, "pump-1".into(), "temp".into(), 21.0));
+        let e = errs("5,temp\n", &cfg);
+        assert_eq!(
+            e,
+            ["line 1: column `#2` is missing: the row has 2 column(s)"]
+        );
+        let named = CsvBodyConfig {
+            header: false,
+            ..Default::default()
+        };
+        assert!(errs("1,2,3,4\n", &named)[0].starts_with("body: column `TS` is given by name"));
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = errs(
+            "TS,Device,Tag,Value\n1,d,t,1\n1,d,t,abc\nnope,d,t,1\n1,,t,1\n",
+            &CsvBodyConfig::default(),
+        );
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0], "line 3: column `Value`: `abc` is not a number");
+        assert!(e[1].starts_with("line 4: column `TS`: invalid timestamp"));
+        assert_eq!(e[2], "line 5: column `Device` is empty");
+        let e = errs("TS,Device,Value\n", &CsvBodyConfig::default());
+        assert!(
+            e[0].starts_with("line 1: the header has no `Tag` column"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn config_parses() {
+        let c: CsvBodyConfig =
+            serde_json::from_str(r#"{"ts": "time", "tag": 2, "fixed_device": "d"}"#).unwrap();
+        assert_eq!(c.ts, Column::Name("time".into()));
+        assert_eq!(c.tag, Column::Index(2));
+        assert!(c.header);
+        assert!(serde_json::from_str::<CsvBodyConfig>(r#"{"tss": "x"}"#).is_err());
+    }
+}

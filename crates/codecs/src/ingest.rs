@@ -1,0 +1,275 @@
+//! What the HTTP ingest body parsers ([`parse_line_protocol`],
+//! [`parse_json`], [`parse_csv_body`]) share: the result, the error list and
+//! the key interner.
+//!
+//! # Batch policy: all or nothing
+//!
+//! A request body is one batch. If any line, row or element of it is bad,
+//! the parser returns a [`BatchError`] listing the problems — each with its
+//! [`Location`] (1-based line, or 0-based array element) and the reason — and
+//! **no readings**: the caller refuses the whole batch (HTTP 400) and the
+//! client fixes and resends it. No reading of a refused batch is stored, so
+//! a resend never duplicates half a batch. At most
+//! [`MAX_REPORTED_ERRORS`] problems are listed; [`BatchError::omitted`]
+//! counts the rest, so a body with a million bad lines still yields a
+//! short answer. Retrying the same body cannot help.
+//!
+//! Parsing goes on after the first problem (without keeping readings) so
+//! that the client learns about every bad line in one round trip.
+//!
+//! [`parse_line_protocol`]: crate::parse_line_protocol
+//! [`parse_json`]: crate::parse_json
+//! [`parse_csv_body`]: crate::parse_csv_body
+
+use std::fmt;
+
+use rustc_hash::FxHashMap;
+
+use crate::Readings;
+
+/// How many problems a [`BatchError`] lists at most; the rest are counted.
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+/// Where in a body a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// The body as a whole (e.g. a single JSON object, or a bad setting).
+    Body,
+    /// A line, 1-based, counting every line of the body (comments, blank
+    /// lines and a CSV header included).
+    Line(usize),
+    /// An element of a JSON array, 0-based.
+    Element(usize),
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Body => f.write_str("body"),
+            Location::Line(n) => write!(f, "line {n}"),
+            Location::Element(i) => write!(f, "element {i}"),
+        }
+    }
+}
+
+/// One refused line, row or element.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {reason}")]
+pub struct Rejection {
+    /// Where.
+    pub at: Location,
+    /// What is wrong, naming the field or column.
+    pub reason: String,
+}
+
+/// A refused batch: the problems found, none of its readings kept.
+///
+/// Policy: a request body is one batch, all or nothing. If any line, row or
+/// element is bad the parser returns this error and no readings; the
+/// server answers HTTP 400 with the list and stores nothing, so the client
+/// fixes the body and resends it whole (resending never duplicates half a
+/// batch; resending it unchanged cannot help). Parsing goes on after the
+/// first problem so that every bad line is reported in one round trip; at
+/// most [`MAX_REPORTED_ERRORS`] are listed and the rest counted in
+/// [`omitted`](BatchError::omitted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchError {
+    /// The first [`MAX_REPORTED_ERRORS`] problems, in body order.
+    pub errors: Vec<Rejection>,
+    /// How many further problems were found but not listed.
+    pub omitted: usize,
+}
+
+impl BatchError {
+    /// Total number of problems found.
+    pub fn total(&self) -> usize {
+        self.errors.len() + self.omitted
+    }
+
+    pub(crate) fn single(at: Location, reason: impl Into<String>) -> Self {
+        BatchError {
+            errors: vec![Rejection {
+                at,
+                reason: reason.into(),
+            }],
+            omitted: 0,
+        }
+    }
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "batch refused, nothing stored: {} problem(s); fix them and resend the whole batch",
+            self.total()
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        if self.omitted > 0 {
+            write!(f, "\n  … and {} more", self.omitted)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BatchError {}
+
+/// An accepted batch.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    /// The readings, in body order, (device, tag) pairs interned.
+    pub readings: Readings,
+    /// Line protocol string fields, skipped (not an error).
+    pub skipped_strings: usize,
+    /// Line protocol boolean fields skipped because the configuration says so.
+    pub skipped_bools: usize,
+}
+
+/// One reading of a [`Batch`], borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading<'a> {
+    /// Nanoseconds since the epoch, UTC.
+    pub ts: i64,
+    /// Device.
+    pub device: &'a str,
+    /// Sensor tag.
+    pub tag: &'a str,
+    /// Value.
+    pub value: f64,
+}
+
+impl Batch {
+    /// The readings one by one, in body order.
+    pub fn iter(&self) -> impl Iterator<Item = Reading<'_>> + '_ {
+        let r = &self.readings;
+        (0..r.len()).map(move |i| {
+            let (device, tag) = &r.keys[r.key[i] as usize];
+            Reading {
+                ts: r.ts[i],
+                device,
+                tag,
+                value: r.value[i],
+            }
+        })
+    }
+}
+
+/// Builds a [`Batch`] or collects the problems of a refused one.
+#[derive(Default)]
+pub(crate) struct Collector {
+    ids: FxHashMap<Box<[u8]>, u32>,
+    buf: Vec<u8>,
+    pub(crate) batch: Batch,
+    errors: Vec<Rejection>,
+    omitted: usize,
+}
+
+impl Collector {
+    /// Whether a problem was found (readings are no longer kept).
+    pub(crate) fn failed(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    pub(crate) fn reject(&mut self, at: Location, reason: impl Into<String>) {
+        if self.errors.len() < MAX_REPORTED_ERRORS {
+            self.errors.push(Rejection {
+                at,
+                reason: reason.into(),
+            });
+        } else {
+            self.omitted += 1;
+        }
+    }
+
+    /// Adds a reading. Device and tag are bytes of the body; they are
+    /// checked for UTF-8 only the first time the pair is seen.
+    pub(crate) fn push(
+        &mut self,
+        ts: i64,
+        device: &[u8],
+        tag: &[u8],
+        value: f64,
+    ) -> Result<(), &'static str> {
+        if self.failed() {
+            return Ok(());
+        }
+        self.buf.clear();
+        self.buf.extend_from_slice(device);
+        self.buf.push(0);
+        self.buf.extend_from_slice(tag);
+        let id = match self.ids.get(self.buf.as_slice()) {
+            Some(&id) => id,
+            None => {
+                let d = std::str::from_utf8(device).map_err(|_| "the device is not UTF-8")?;
+                let t = std::str::from_utf8(tag).map_err(|_| "the tag is not UTF-8")?;
+                let keys = &mut self.batch.readings.keys;
+                let id = u32::try_from(keys.len()).map_err(|_| "too many distinct keys")?;
+                keys.push((d.to_string(), t.to_string()));
+                self.ids.insert(self.buf.clone().into_boxed_slice(), id);
+                id
+            }
+        };
+        let r = &mut self.batch.readings;
+        r.ts.push(ts);
+        r.value.push(value);
+        r.key.push(id);
+        Ok(())
+    }
+
+    pub(crate) fn finish(self) -> Result<Batch, BatchError> {
+        if self.errors.is_empty() {
+            Ok(self.batch)
+        } else {
+            Err(BatchError {
+                errors: self.errors,
+                omitted: self.omitted,
+            })
+        }
+    }
+}
+
+/// Cuts user text for an error message (at most 64 characters).
+pub(crate) fn shorten(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.chars().count() > 64 {
+        let mut t: String = s.chars().take(64).collect();
+        t.push('…');
+        t
+    } else {
+        s.into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_capped_and_counted() {
+        let mut c = Collector::default();
+        c.push(1, b"d", b"t", 1.0).unwrap();
+        for i in 0..250 {
+            c.reject(Location::Line(i + 1), "bad");
+        }
+        let e = c.finish().unwrap_err();
+        assert_eq!(e.errors.len(), MAX_REPORTED_ERRORS);
+        assert_eq!(e.omitted, 150);
+        assert_eq!(e.total(), 250);
+        assert!(e.to_string().contains("and 150 more"));
+    }
+
+    #[test]
+    fn keys_are_interned() {
+        let mut c = Collector::default();
+        c.push(1, b"d", b"t", 1.0).unwrap();
+        c.push(2, b"d", b"u", 2.0).unwrap();
+        c.push(3, b"d", b"t", 3.0).unwrap();
+        assert!(c.push(3, b"\xff", b"t", 3.0).is_err());
+        let b = c.finish().unwrap();
+        assert_eq!(b.readings.key, [0, 1, 0]);
+        let v: Vec<_> = b.iter().map(|r| (r.ts, r.tag)).collect();
+        assert_eq!(v, [(1, "t"), (2, "u"), (3, "t")]);
+    }
+}
