@@ -81,6 +81,17 @@ pub enum Command {
     /// Run the main job end to end on embedded defaults: import the bundled
     /// scikit-learn models, generate a fleet's readings, score them, report.
     Demo(DemoArgs),
+    /// Serve the HTTP ingest endpoints: POST /write (InfluxDB v1 line
+    /// protocol), /api/v2/write (v2), /v1/readings (JSON, NDJSON or CSV);
+    /// GET /healthz.
+    ///
+    /// A batch is answered (204, or 200 for /v1/readings) only once it is
+    /// durable in the ingest log under DATA/log; a bad line refuses the
+    /// whole batch (400, with line numbers). Closed log segments are
+    /// compacted into the store's raw/ partitions on start, every
+    /// --compact-interval and on SIGTERM/SIGINT. Prints `listening on ADDR`
+    /// on stdout once bound.
+    Serve(ServeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -217,4 +228,24 @@ pub struct DemoArgs {
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Require this token: `Authorization: Bearer TOKEN` (or `Token TOKEN`,
+    /// or `?p=TOKEN` for InfluxDB v1 clients).
+    #[arg(long, env = "FLEETSCORE_INGEST_TOKEN", hide_env_values = true)]
+    pub ingest_token: Option<String>,
+    /// Largest accepted request body; larger ones get 413.
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds between compactions of closed log segments into raw/.
+    #[arg(long, default_value_t = 60)]
+    pub compact_interval: u64,
+    /// Size at which the ingest log starts a new segment.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub log_segment_bytes: u64,
 }

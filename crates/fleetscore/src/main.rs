@@ -9,6 +9,7 @@ mod cli;
 mod demo;
 mod import;
 mod score;
+mod serve;
 mod util;
 
 use std::process::ExitCode;
@@ -60,5 +61,6 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Ingest(args) => rt.block_on(batch::ingest(g, args)),
         cli::Command::Aggregate(args) => rt.block_on(batch::aggregate(g, args)),
         cli::Command::Demo(args) => rt.block_on(demo::run(g, args)),
+        cli::Command::Serve(args) => rt.block_on(serve::run(g, args)),
     }
 }

@@ -1,0 +1,320 @@
+//! `fleetscore serve` end to end: the real binary on a free port, spoken to
+//! with raw HTTP/1.1 over a TcpStream.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetscore"))
+            .arg("--data")
+            .arg(data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    /// Sends a request; returns (status, body).
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        // The server may answer (413) before reading a large body.
+        let _ = s.write_all(body);
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("bad response {text:?}"));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
+        (status, body)
+    }
+
+    fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        self.request("POST", path, headers, body.as_bytes())
+    }
+
+    fn terminate(mut self) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+    }
+
+    fn crash(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            parquet_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+}
+
+type Expected = HashMap<(i64, String, String, u64), usize>;
+
+/// Every reading under DATA/store/raw, counted.
+fn raw_readings(data: &Path) -> Expected {
+    let mut files = Vec::new();
+    parquet_files(&data.join("store").join("raw"), &mut files);
+    let mut out = HashMap::new();
+    for f in files {
+        let r = fleetscore_codecs::read_readings(&f).unwrap();
+        for i in 0..r.len() {
+            let (d, t) = r.keys[r.key[i] as usize].clone();
+            *out.entry((r.ts[i], d, t, r.value[i].to_bits()))
+                .or_default() += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn endpoints_answer_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &["--ingest-token", "sekret", "--max-body-bytes", "4096"],
+    );
+    let auth = [("Authorization", "Bearer sekret")];
+    assert_eq!(s.request("GET", "/healthz", &[], b"").0, 200);
+
+    // Line protocol, v1 and v2, with the token in each accepted form.
+    let (st, _) = s.post(
+        "/write?db=x&precision=s",
+        &[("Authorization", "Token sekret")],
+        "cpu,device=d1 temp=1.5 1700000000\ncpu,device=d2 temp=2 1700000001\n",
+    );
+    assert_eq!(st, 204);
+    assert_eq!(
+        s.post(
+            "/write?u=me&p=sekret&precision=ms",
+            &[],
+            "m,device=d3 v=3 1700000002000"
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        s.post(
+            "/api/v2/write?org=o&bucket=b&precision=ns",
+            &auth,
+            "m,device=d4 v=4 1700000003000000000"
+        )
+        .0,
+        204
+    );
+
+    // 401 without or with a wrong token.
+    let (st, body) = s.post("/write", &[], "m,device=d v=1 1");
+    assert_eq!(st, 401, "{body}");
+    assert_eq!(
+        s.post(
+            "/write",
+            &[("Authorization", "Bearer nope")],
+            "m,device=d v=1 1"
+        )
+        .0,
+        401
+    );
+    assert_eq!(s.post("/write?p=nope", &[], "m,device=d v=1 1").0, 401);
+
+    // A mixed batch: 400 naming the bad lines, nothing stored.
+    let (st, body) = s.post(
+        "/write",
+        &auth,
+        "m,device=ok v=100 1\nthis is bad\nm,device=ok v=101 2\nm,device=ok v=x 3\n",
+    );
+    assert_eq!(st, 400, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let lines: Vec<u64> = doc["rejections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [2, 4]);
+    assert_eq!(doc["omitted"], 0);
+
+    // Unknown precision: 400 (v2 has no `h`).
+    assert_eq!(
+        s.post("/write?precision=d", &auth, "m,device=d v=1 1").0,
+        400
+    );
+    assert_eq!(
+        s.post("/api/v2/write?precision=h", &auth, "m,device=d v=1 1")
+            .0,
+        400
+    );
+
+    // Over the body limit: 413.
+    let big = "m,device=big v=1 1\n".repeat(400);
+    assert_eq!(s.post("/write", &auth, &big).0, 413);
+
+    // JSON, NDJSON and CSV on /v1/readings.
+    let json = [
+        ("Authorization", "Bearer sekret"),
+        ("Content-Type", "application/json"),
+    ];
+    let (st, body) = s.post(
+        "/v1/readings",
+        &json,
+        r#"[{"ts": "2024-01-01T00:00:00Z", "device": "j", "tag": "t", "value": 1},
+            {"ts": 1704067201000000000, "device": "j", "tag": "t", "value": 2}]"#,
+    );
+    assert_eq!((st, body.as_str()), (200, r#"{"accepted":2}"#));
+    let ndjson = [
+        ("Authorization", "Bearer sekret"),
+        ("Content-Type", "application/x-ndjson"),
+    ];
+    let (st, body) = s.post(
+        "/v1/readings",
+        &ndjson,
+        "{\"ts\":5,\"device\":\"n\",\"tag\":\"t\",\"value\":5}\n{\"ts\":6,\"device\":\"n\",\"tag\":\"t\",\"value\":6}\n",
+    );
+    assert_eq!((st, body.as_str()), (200, r#"{"accepted":2}"#));
+    let csv = [
+        ("Authorization", "Bearer sekret"),
+        ("Content-Type", "text/csv; charset=utf-8"),
+    ];
+    let (st, body) = s.post(
+        "/v1/readings",
+        &csv,
+        "TS,Device,Tag,Value\n2024-01-01 01:00:00,c,t,7\n",
+    );
+    assert_eq!((st, body.as_str()), (200, r#"{"accepted":1}"#));
+    let (st, body) = s.post(
+        "/v1/readings",
+        &csv,
+        "TS,Device,Tag,Value\n2024-01-01 01:00:00,c,t,oops\n",
+    );
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains(r#""line":2"#), "{body}");
+    let text = [
+        ("Authorization", "Bearer sekret"),
+        ("Content-Type", "text/plain"),
+    ];
+    assert_eq!(s.post("/v1/readings", &text, "x").0, 415);
+
+    s.terminate();
+    let raw = raw_readings(dir.path());
+    let devices: std::collections::BTreeSet<&str> =
+        raw.keys().map(|(_, d, _, _)| d.as_str()).collect();
+    assert_eq!(
+        devices.into_iter().collect::<Vec<_>>(),
+        ["c", "d1", "d2", "d3", "d4", "j", "n"]
+    );
+    assert_eq!(raw.values().sum::<usize>(), 9);
+    assert!(raw.values().all(|&n| n == 1));
+}
+
+#[test]
+fn acknowledged_readings_reach_raw_exactly_once_across_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments, so that closed ones are compacted as well.
+    let args = ["--log-segment-bytes", "2048", "--compact-interval", "1"];
+    let mut state = (HashMap::new(), 0i64);
+    let send = |s: &Server, batches: usize, (expected, next): &mut (Expected, i64)| {
+        for _ in 0..batches {
+            let mut body = String::new();
+            for _ in 0..10 {
+                let n = *next;
+                // Spread over a few hours.
+                let ts = 1_700_000_000_000_000_000 + n * 600_000_000_000;
+                body.push_str(&format!("m,device=d{} v={n} {ts}\n", n % 7));
+                expected.insert(
+                    (
+                        ts,
+                        format!("d{}", n % 7),
+                        "v".to_string(),
+                        (n as f64).to_bits(),
+                    ),
+                    1usize,
+                );
+                *next += 1;
+            }
+            assert_eq!(s.post("/write", &[], &body).0, 204);
+        }
+    };
+
+    let s = Server::start(dir.path(), &args);
+    send(&s, 30, &mut state);
+    s.crash();
+
+    let s = Server::start(dir.path(), &args);
+    send(&s, 5, &mut state);
+    std::thread::sleep(Duration::from_millis(1500));
+    send(&s, 5, &mut state);
+    s.terminate();
+    assert_eq!(raw_readings(dir.path()), state.0);
+
+    // The kept active segment is written again later: still once each.
+    let s = Server::start(dir.path(), &args);
+    send(&s, 20, &mut state);
+    s.crash();
+    let s = Server::start(dir.path(), &args);
+    s.terminate();
+    assert_eq!(raw_readings(dir.path()), state.0);
+}
