@@ -248,4 +248,20 @@ pub struct ServeArgs {
     /// Size at which the ingest log starts a new segment.
     #[arg(long, default_value_t = 64 << 20)]
     pub log_segment_bytes: u64,
+    /// Also ingest from this MQTT broker (`mqtt://host[:port]`, no TLS):
+    /// QoS 1, each message acknowledged once its reading is durable.
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
+    /// MQTT topic filter; a reading's device and tag are the topic's last
+    /// two levels (`fleet/{device}/{tag}`).
+    #[arg(long, value_name = "FILTER", default_value = "fleet/+/+")]
+    pub mqtt_topic: String,
+    /// Subscribe as `$share/NAME/FILTER` (MQTT 5 shared subscription), so
+    /// several ingest nodes split the topic's messages.
+    #[arg(long, value_name = "NAME")]
+    pub mqtt_shared_group: Option<String>,
+    /// MQTT client id (default `fleetscore-<pid>`); a stable id lets the
+    /// broker redeliver unacknowledged messages after a restart.
+    #[arg(long, value_name = "ID")]
+    pub mqtt_client_id: Option<String>,
 }

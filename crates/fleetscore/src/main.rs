@@ -8,6 +8,7 @@ mod batch;
 mod cli;
 mod demo;
 mod import;
+mod mqtt;
 mod score;
 mod serve;
 mod util;

@@ -90,6 +90,19 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .route("/v1/readings", post(readings))
         .with_state(app);
 
+    // Checked before the log is touched further: bad --mqtt* flags fail fast.
+    let mqtt_source = match args.mqtt {
+        Some(url) => {
+            let config = crate::mqtt::MqttConfig {
+                url,
+                topic: args.mqtt_topic,
+                shared_group: args.mqtt_shared_group,
+                client_id: args.mqtt_client_id,
+            };
+            Some(crate::mqtt::check(config)?)
+        }
+        None => None,
+    };
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -103,6 +116,8 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(%addr, "serving");
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mqtt =
+        mqtt_source.map(|source| tokio::spawn(source.run(Arc::clone(&log), stop_rx.clone())));
     let compactor = {
         let log = Arc::clone(&log);
         let store = store.clone();
@@ -130,6 +145,9 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("stopped accepting requests; compacting the ingest log");
     let _ = stop_tx.send(true);
     let _ = compactor.await;
+    if let Some(mqtt) = mqtt {
+        let _ = mqtt.await;
+    }
     compact(&log, &store, true)
         .await
         .context("compacting the ingest log on shutdown")?;
