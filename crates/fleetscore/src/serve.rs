@@ -33,11 +33,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleetscore_codecs::{
-    parse_csv_body, parse_json, parse_line_protocol, write_readings_parquet, Batch, BatchError,
-    CsvBodyConfig, LineProtocolConfig, Location, Precision, Readings,
+    parse_csv_body, parse_json, parse_line_protocol, Batch, BatchError, CsvBodyConfig,
+    LineProtocolConfig, Location, Precision, Readings,
 };
 use fleetscore_ingest::{Log, LogConfig, Reading, Seq};
-use fleetscore_store::{hour_partition, Store, HOUR_NS};
+use fleetscore_store::{raw_objects, Store};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -270,35 +270,7 @@ fn segment_objects(log: &Log, from: Seq, end: Option<Seq>) -> anyhow::Result<Seg
     let Some(origin) = origin else {
         return Ok(Segment::default());
     };
-    let pair = |r: usize| &readings.keys[readings.key[r] as usize];
-    let mut rows: Vec<usize> = (0..readings.len()).collect();
-    rows.sort_by(|&a, &b| {
-        readings.ts[a]
-            .cmp(&readings.ts[b])
-            .then_with(|| pair(a).cmp(pair(b)))
-    });
-    let mut objects = Vec::new();
-    let mut rest = &rows[..];
-    while let Some(&first) = rest.first() {
-        let hour = readings.ts[first].div_euclid(HOUR_NS);
-        let n = rest
-            .iter()
-            .take_while(|&&r| readings.ts[r].div_euclid(HOUR_NS) == hour)
-            .count();
-        let (part, tail) = rest.split_at(n);
-        rest = tail;
-        let partition = hour_partition(hour * HOUR_NS);
-        let mut id = Sha256::new();
-        id.update(origin);
-        id.update(partition.as_bytes());
-        let hex: String = id.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let key = format!("raw/{partition}/part-{hex}.parquet");
-        let data = write_readings_parquet(&readings, part, &key)?;
-        objects.push((key, data));
-    }
+    let objects = raw_objects(&readings, &origin)?;
     Ok(Segment {
         objects,
         readings: readings.len(),

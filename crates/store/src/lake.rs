@@ -23,7 +23,7 @@ use std::path::Path;
 
 use fleetscore_codecs::{
     read_readings, read_readings_parquet_bytes, write_batch_parquet, write_readings_parquet,
-    CodecError,
+    CodecError, Readings,
 };
 use fleetscore_core::{format_ts, parse_ts};
 use fleetscore_stream::{batch_aggregate, windows_to_record_batch, Reading, Window, WindowSpec};
@@ -115,25 +115,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Ingests one readings file (CSV or Parquet, as `read_readings` takes
-/// them) into `raw/`, one object per UTC hour its readings fall in.
-///
-/// The whole file is read and checked first: a bad row fails the call with
-/// its line (CSV) or row (Parquet) and nothing is written. Objects are then
-/// written one by one; if a write fails, ingesting the file again completes
-/// it (same keys, same content).
-pub async fn ingest_file(store: &Store, path: &Path) -> Result<IngestOutcome, LakeError> {
-    let io = |source| CodecError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path).map_err(io)?, &mut hasher).map_err(io)?;
-    let file_hash = hasher.finalize();
-    let readings = read_readings(path)?;
+/// Encodes readings as `raw/` objects, one per UTC hour, rows sorted by
+/// (ts, device, tag) (stable, so equal rows keep their input order). Each
+/// key is `raw/date=…/hour=…/part-<id>.parquet` where `<id>` is the first 16
+/// hex digits of SHA-256(`origin` + partition): the same origin (a file's
+/// hash, a log segment's first batch) always gives the same keys, so writing
+/// again overwrites instead of duplicating.
+pub fn raw_objects(
+    readings: &Readings,
+    origin: &[u8],
+) -> Result<Vec<(String, Vec<u8>)>, LakeError> {
     let pair = |r: usize| &readings.keys[readings.key[r] as usize];
     let mut rows: Vec<usize> = (0..readings.len()).collect();
-    // Stable: readings equal in (ts, device, tag) keep their file order.
     rows.sort_by(|&a, &b| {
         readings.ts[a]
             .cmp(&readings.ts[b])
@@ -151,15 +144,35 @@ pub async fn ingest_file(store: &Store, path: &Path) -> Result<IngestOutcome, La
         rest = tail;
         let partition = hour_partition(hour * HOUR_NS);
         let mut id = Sha256::new();
-        id.update(file_hash);
+        id.update(origin);
         id.update(partition.as_bytes());
         let key = format!(
             "raw/{partition}/part-{}.parquet",
             &hex(&id.finalize())[..16]
         );
-        let data = write_readings_parquet(&readings, part, &key)?;
+        let data = write_readings_parquet(readings, part, &key)?;
         objects.push((key, data));
     }
+    Ok(objects)
+}
+
+/// Ingests one readings file (CSV or Parquet, as `read_readings` takes
+/// them) into `raw/`, one object per UTC hour its readings fall in.
+///
+/// The whole file is read and checked first: a bad row fails the call with
+/// its line (CSV) or row (Parquet) and nothing is written. Objects are then
+/// written one by one; if a write fails, ingesting the file again completes
+/// it (same keys, same content).
+pub async fn ingest_file(store: &Store, path: &Path) -> Result<IngestOutcome, LakeError> {
+    let io = |source| CodecError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).map_err(io)?, &mut hasher).map_err(io)?;
+    let file_hash = hasher.finalize();
+    let readings = read_readings(path)?;
+    let objects = raw_objects(&readings, &file_hash)?;
     let mut keys = Vec::with_capacity(objects.len());
     for (key, data) in objects {
         store.put(&key, data).await?;
