@@ -3,29 +3,14 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, TimeUnit, TimestampNanosecondType, UInt64Type};
 use fleetscore_core::parse_ts;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-fn run(data: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetscore"))
-        .arg("--data")
-        .arg(data)
-        .arg("--quiet")
-        .args(args)
-        .output()
-        .unwrap();
-    eprintln!(
-        "$ fleetscore {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+mod common;
+use common::run;
 
 /// Every file under `dir`, relative to it, sorted.
 fn files(dir: &Path) -> Vec<String> {

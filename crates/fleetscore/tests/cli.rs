@@ -1,29 +1,11 @@
 //! The binary as a user runs it: import, list, show, score, and the errors.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fleetscore"))
-}
-
-fn run(data: &Path, args: &[&str]) -> Output {
-    let out = bin()
-        .arg("--data")
-        .arg(data)
-        .arg("--quiet")
-        .args(args)
-        .output()
-        .unwrap();
-    eprintln!(
-        "$ fleetscore {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+mod common;
+use common::run;
 
 fn text(o: &Output) -> String {
     format!(

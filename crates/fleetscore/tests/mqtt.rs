@@ -13,6 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+use common::parquet_files;
+
 const BROKER: &str = "127.0.0.1:1883";
 
 fn require_broker() {
@@ -145,20 +148,6 @@ fn publish(topic: &str, payload: &str) {
         "mosquitto_pub failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            parquet_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "parquet") {
-            out.push(p);
-        }
-    }
 }
 
 /// Every reading under DATA/store/raw as (ts, device, tag, value), sorted
