@@ -76,7 +76,10 @@ pub enum Command {
     /// Windows starting in [--from, --to), widened to whole hours (the
     /// partition size), are written to
     /// windows/size=SIZE[_hop=HOP]/date=YYYY-MM-DD/hour=HH/part-0.parquet;
-    /// rerunning overwrites them.
+    /// rerunning overwrites them. The recompute replaces each partition of
+    /// the range: every other part-*.parquet there (such as the parts
+    /// `serve` writes) is deleted, also in hours that now have no windows.
+    /// Hours are computed in parallel on all cores.
     Aggregate(AggregateArgs),
     /// Run the main job end to end on embedded defaults: import the bundled
     /// scikit-learn models, generate a fleet's readings, score them, report.
@@ -264,4 +267,74 @@ pub struct ServeArgs {
     /// broker redeliver unacknowledged messages after a restart.
     #[arg(long, value_name = "ID")]
     pub mqtt_client_id: Option<String>,
+    /// Line protocol: the tag whose value is the device.
+    #[arg(long, value_name = "TAG", default_value = "device")]
+    pub lp_device_tag: String,
+    /// Line protocol: name sensor tags `measurement.field` instead of
+    /// `field`.
+    #[arg(long)]
+    pub lp_prefix_measurement: bool,
+    /// A window layout computed from the ingested readings and written to
+    /// windows/: `1m` (tumbling) or `5m/1m` (size/hop). Repeat for several
+    /// [default: 1m].
+    #[arg(long = "window", value_name = "SIZE[/HOP]")]
+    pub window: Vec<String>,
+    /// How far behind its device's newest reading a reading may be and
+    /// still count as in order; windows close this much after their end.
+    #[arg(long, value_name = "DUR", default_value = "5s")]
+    pub out_of_order: Span,
+    /// How much later still a reading is accepted into its window (windows
+    /// wait for it too).
+    #[arg(long, value_name = "DUR", default_value = "0s")]
+    pub allowed_lateness: Span,
+    /// What happens to readings later than that: dropped, or moved to the
+    /// oldest open window (counted either way on /metrics).
+    #[arg(long, value_enum, default_value_t = LatePolicyArg::Drop)]
+    pub late_policy: LatePolicyArg,
+    /// Whose clock closes windows: each device's own, or the fleet's newest
+    /// reading.
+    #[arg(long, value_enum, default_value_t = WatermarkArg::PerDevice)]
+    pub watermark: WatermarkArg,
+    /// How often closed windows are written to windows/ (with a checkpoint).
+    #[arg(long, value_name = "DUR", default_value = "10s")]
+    pub window_flush_interval: Span,
+    /// Ingest only: no streaming windows.
+    #[arg(long)]
+    pub no_windows: bool,
+}
+
+/// `--late-policy` values.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatePolicyArg {
+    /// Discard and count as too_late.
+    Drop,
+    /// Aggregate at the oldest time still accepted; count as adjusted.
+    Adjust,
+}
+
+/// `--watermark` values.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatermarkArg {
+    /// Each device's clock closes its own windows.
+    PerDevice,
+    /// One clock for the fleet.
+    Global,
+}
+
+impl From<LatePolicyArg> for fleetscore_stream::LatePolicy {
+    fn from(a: LatePolicyArg) -> Self {
+        match a {
+            LatePolicyArg::Drop => fleetscore_stream::LatePolicy::Drop,
+            LatePolicyArg::Adjust => fleetscore_stream::LatePolicy::Adjust,
+        }
+    }
+}
+
+impl From<WatermarkArg> for fleetscore_stream::WatermarkMode {
+    fn from(a: WatermarkArg) -> Self {
+        match a {
+            WatermarkArg::PerDevice => fleetscore_stream::WatermarkMode::PerDevice,
+            WatermarkArg::Global => fleetscore_stream::WatermarkMode::Global,
+        }
+    }
 }

@@ -8,10 +8,12 @@ mod batch;
 mod cli;
 mod demo;
 mod import;
+mod metrics;
 mod mqtt;
 mod score;
 mod serve;
 mod util;
+mod windows;
 
 use std::process::ExitCode;
 

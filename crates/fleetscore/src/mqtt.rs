@@ -40,13 +40,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fleetscore_core::parse_ts;
-use fleetscore_ingest::{Log, Reading};
+use fleetscore_ingest::Reading;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{mpsc, watch};
 
+use crate::metrics::{Metrics, Source as MetricSource};
 use crate::util;
+use crate::windows::Ingestor;
 
 /// What `--mqtt*` asked for.
 #[derive(Debug, Clone)]
@@ -197,18 +199,36 @@ pub fn check(config: MqttConfig) -> anyhow::Result<Source> {
 
 impl Source {
     /// Runs the source until `stop` turns true.
-    pub async fn run(self, log: Arc<Log>, stop: watch::Receiver<bool>) {
-        run(self.opts, self.filter, log, stop).await
+    pub async fn run(
+        self,
+        ingestor: Arc<Ingestor>,
+        metrics: Arc<Metrics>,
+        stop: watch::Receiver<bool>,
+    ) {
+        run(self.opts, self.filter, ingestor, metrics, stop).await
     }
 }
 
-async fn run(opts: MqttOptions, filter: String, log: Arc<Log>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    opts: MqttOptions,
+    filter: String,
+    ingestor: Arc<Ingestor>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     // Larger than RECEIVE_MAX, so the event loop never waits for the
     // appender (it must keep polling for keep-alive).
     let (tx, rx) = mpsc::channel::<Message>(4 * RECEIVE_MAX as usize);
     let (conn_tx, conn_rx) = watch::channel(0u64);
-    let appender = tokio::spawn(append_loop(client.clone(), log, rx, conn_rx, stop.clone()));
+    let appender = tokio::spawn(append_loop(
+        client.clone(),
+        ingestor,
+        metrics,
+        rx,
+        conn_rx,
+        stop.clone(),
+    ));
 
     let mut conn = 0u64;
     let mut backoff = Duration::from_millis(500);
@@ -288,7 +308,8 @@ async fn run(opts: MqttOptions, filter: String, log: Arc<Log>, mut stop: watch::
 /// once it is durable.
 async fn append_loop(
     client: AsyncClient,
-    log: Arc<Log>,
+    ingestor: Arc<Ingestor>,
+    metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Message>,
     conn: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
@@ -304,13 +325,18 @@ async fn append_loop(
         }
         let readings: Vec<Reading> = batch.iter().filter_map(|m| m.reading.clone()).collect();
         let n = readings.len();
-        if n > 0 && !append_durably(&log, readings, &mut stop).await {
+        if n > 0 && !append_durably(&ingestor, readings, &mut stop).await {
             // Stopped before the batch was stored: not acknowledged, so the
             // broker redelivers it.
             return;
         }
         stored += n as u64;
         refused += (batch.len() - n) as u64;
+        metrics.stored(MetricSource::Mqtt, n as u64);
+        if batch.len() > n {
+            let bad = (batch.len() - n) as u64;
+            metrics.refused(MetricSource::Mqtt, bad, bad);
+        }
         let current = *conn.borrow();
         for m in &batch {
             if m.conn != current {
@@ -334,16 +360,16 @@ async fn append_loop(
 /// Appends `readings`, retrying with a backoff until it succeeds (`true`)
 /// or `stop` turns true (`false`).
 async fn append_durably(
-    log: &Arc<Log>,
+    ingestor: &Arc<Ingestor>,
     readings: Vec<Reading>,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let readings = Arc::new(readings);
     let mut backoff = Duration::from_millis(500);
     loop {
-        let log = Arc::clone(log);
+        let ingestor = Arc::clone(ingestor);
         let r = Arc::clone(&readings);
-        let e = match tokio::task::spawn_blocking(move || log.append(&r)).await {
+        let e = match tokio::task::spawn_blocking(move || ingestor.append(r)).await {
             Ok(Ok(_)) => return true,
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),

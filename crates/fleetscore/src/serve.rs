@@ -1,29 +1,32 @@
-//! `fleetscore serve`: the HTTP ingest endpoints over the durable log, and
-//! the compactor that moves closed log segments into the store's raw/
-//! partitions.
+//! `fleetscore serve`: the HTTP ingest endpoints (and the MQTT source) over
+//! the durable log, the streaming windows, `/metrics`, and the compactor
+//! that moves closed log segments into the store's raw/ partitions.
 //!
 //! A request is answered with success only after [`Log::append`] returned
-//! `Ok`, i.e. once its readings are durable. Compaction writes the readings
-//! of one segment as one Parquet object per UTC hour, named
+//! `Ok`, i.e. once its readings are durable; then the batch goes to the
+//! window thread (see [`crate::windows`] for how windows are written
+//! exactly once). Every `--compact-interval` the compactor closes the
+//! active log segment ([`Log::roll`]), flushes the windows, writes each
+//! closed segment as one Parquet object per UTC hour, named
 //! `raw/date=…/hour=…/part-<id>.parquet` where `<id>` derives from the
 //! segment's first batch (its sequence number and content) and the
-//! partition; the segment is removed only after all its objects are stored.
-//! A re-run after a crash therefore overwrites instead of duplicating. The
-//! log has no call to close its active segment, so on shutdown (and on
-//! start) the active segment is written too but kept: its objects have the
-//! same names as when it is compacted again later, now holding more
-//! batches, and are overwritten then.
+//! partition, and deletes the segment once all its objects are stored and
+//! the window checkpoint is past it. A re-run after a crash overwrites the
+//! same objects instead of duplicating them. On SIGTERM or SIGINT the
+//! server stops accepting, then does the same once more, so a stopped
+//! server leaves an empty log behind.
 
 // Handlers return `Result<_, Response>` so that `?`-style early answers
 // stay readable; a Response is large but the error path is not hot.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::{Body, Bytes};
@@ -36,18 +39,24 @@ use fleetscore_codecs::{
     parse_csv_body, parse_json, parse_line_protocol, Batch, BatchError, CsvBodyConfig,
     LineProtocolConfig, Location, Precision, Readings,
 };
-use fleetscore_ingest::{Log, LogConfig, Reading, Seq};
+use fleetscore_ingest::{Log, LogConfig, LogError, Reading, Seq};
 use fleetscore_store::{raw_objects, Store};
+use fleetscore_stream::{AggregatorConfig, WindowSpec};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::cli::{Global, ServeArgs};
+use crate::metrics::{Metrics, Source};
 use crate::util;
+use crate::windows::{Ingestor, Windows};
 
 struct App {
-    log: Arc<Log>,
+    ingestor: Arc<Ingestor>,
+    metrics: Arc<Metrics>,
     token: Option<String>,
     max_body: usize,
+    line_protocol: LineProtocolConfig,
+    csv: CsvBodyConfig,
 }
 
 type Query2 = HashMap<String, String>;
@@ -58,6 +67,24 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = LogConfig {
         max_segment_bytes: args.log_segment_bytes,
         ..LogConfig::default()
+    };
+    let windows_config = if args.no_windows {
+        None
+    } else {
+        Some(window_config(&args)?)
+    };
+    // Checked before the log is touched: bad --mqtt* flags fail fast.
+    let mqtt_source = match args.mqtt {
+        Some(url) => {
+            let config = crate::mqtt::MqttConfig {
+                url,
+                topic: args.mqtt_topic,
+                shared_group: args.mqtt_shared_group,
+                client_id: args.mqtt_client_id,
+            };
+            Some(crate::mqtt::check(config)?)
+        }
+        None => None,
     };
     let log = {
         let dir = dir.clone();
@@ -74,35 +101,59 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         "ingest log opened"
     );
     let log = Arc::new(log);
-    compact(&log, &store, true)
+    let windows = match windows_config {
+        None => None,
+        Some(config) => {
+            let (log, store, data) = (Arc::clone(&log), store.clone(), g.data.clone());
+            let specs: Vec<String> = config.windows.iter().map(|w| w.to_string()).collect();
+            let (w, started) =
+                tokio::task::spawn_blocking(move || Windows::start(config, log, store, &data))
+                    .await??;
+            tracing::info!(
+                windows = %specs.join(","),
+                restored_from = ?started.restored_from,
+                replayed_batches = started.replayed_batches,
+                replayed_readings = started.replayed_readings,
+                written = started.first_flush.windows,
+                checkpoint = started.first_flush.checkpoint,
+                "windows rebuilt from the checkpoint and the ingest log"
+            );
+            Some(w)
+        }
+    };
+    let ingestor = Arc::new(Ingestor::new(Arc::clone(&log), windows));
+    let metrics = Arc::new(Metrics::default());
+    let mut compactor = Compactor {
+        ingestor: Arc::clone(&ingestor),
+        store: store.clone(),
+        metrics: Arc::clone(&metrics),
+        in_raw: BTreeSet::new(),
+    };
+    compactor
+        .run(false)
         .await
         .context("compacting the ingest log at start-up")?;
 
     let app = Arc::new(App {
-        log: Arc::clone(&log),
+        ingestor: Arc::clone(&ingestor),
+        metrics: Arc::clone(&metrics),
         token: args.ingest_token.filter(|t| !t.is_empty()),
         max_body: args.max_body_bytes,
+        line_protocol: LineProtocolConfig {
+            device_tag: args.lp_device_tag,
+            prefix_measurement: args.lp_prefix_measurement,
+            ..LineProtocolConfig::default()
+        },
+        csv: CsvBodyConfig::default(),
     });
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
         .route("/write", post(write_v1))
         .route("/api/v2/write", post(write_v2))
         .route("/v1/readings", post(readings))
         .with_state(app);
 
-    // Checked before the log is touched further: bad --mqtt* flags fail fast.
-    let mqtt_source = match args.mqtt {
-        Some(url) => {
-            let config = crate::mqtt::MqttConfig {
-                url,
-                topic: args.mqtt_topic,
-                shared_group: args.mqtt_shared_group,
-                client_id: args.mqtt_client_id,
-            };
-            Some(crate::mqtt::check(config)?)
-        }
-        None => None,
-    };
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -116,25 +167,38 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(%addr, "serving");
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let mqtt =
-        mqtt_source.map(|source| tokio::spawn(source.run(Arc::clone(&log), stop_rx.clone())));
-    let compactor = {
-        let log = Arc::clone(&log);
-        let store = store.clone();
-        let every = Duration::from_secs(args.compact_interval.max(1));
+    let mqtt = mqtt_source.map(|source| {
+        tokio::spawn(source.run(Arc::clone(&ingestor), Arc::clone(&metrics), stop_rx.clone()))
+    });
+    let background = {
+        let flush_every =
+            Duration::from_nanos(args.window_flush_interval.as_nanos().max(1_000_000) as u64);
+        let compact_every = Duration::from_secs(args.compact_interval.max(1));
+        let ingestor = Arc::clone(&ingestor);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
+            let mut flush_tick = tokio::time::interval(flush_every);
+            let mut compact_tick = tokio::time::interval(compact_every);
+            flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            compact_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            flush_tick.tick().await;
+            compact_tick.tick().await;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {
-                        if let Err(e) = compact(&log, &store, false).await {
+                    _ = flush_tick.tick() => {
+                        if let Err(e) = flush_windows(&ingestor).await {
+                            tracing::error!("writing windows failed (retried at the next flush): {e:#}");
+                        }
+                    }
+                    _ = compact_tick.tick() => {
+                        if let Err(e) = compactor.run(true).await {
+                            compactor.metrics.compaction_errors.fetch_add(1, Ordering::Relaxed);
                             tracing::error!("compaction failed (retried later): {e:#}");
                         }
                     }
                     _ = stop_rx.changed() => break,
                 }
             }
+            compactor
         })
     };
 
@@ -142,16 +206,86 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving")?;
-    tracing::info!("stopped accepting requests; compacting the ingest log");
+    tracing::info!("stopped accepting requests; writing windows and compacting the ingest log");
     let _ = stop_tx.send(true);
-    let _ = compactor.await;
+    let mut compactor = background.await.context("the background task failed")?;
     if let Some(mqtt) = mqtt {
         let _ = mqtt.await;
     }
-    compact(&log, &store, true)
+    compactor
+        .run(true)
         .await
         .context("compacting the ingest log on shutdown")?;
+    let left = log.closed_segments().len();
+    tracing::info!(
+        segments_left = left,
+        checkpoint = ingestor.retain_from(),
+        "stopped"
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The window settings from the flags.
+fn window_config(args: &ServeArgs) -> anyhow::Result<AggregatorConfig> {
+    let mut windows = Vec::new();
+    for w in &args.window {
+        windows.push(parse_window(w)?);
+    }
+    if windows.is_empty() {
+        windows.push(WindowSpec::default());
+    }
+    let config = AggregatorConfig {
+        windows,
+        out_of_order: args.out_of_order,
+        allowed_lateness: args.allowed_lateness,
+        late_policy: args.late_policy.into(),
+        watermark: args.watermark.into(),
+    };
+    config.validate().context("window settings")?;
+    Ok(config)
+}
+
+/// `1m` (tumbling) or `5m/1m` (size/hop).
+pub fn parse_window(text: &str) -> anyhow::Result<WindowSpec> {
+    let spec = match text.split_once('/') {
+        None => WindowSpec::tumbling(
+            text.trim()
+                .parse()
+                .with_context(|| format!("--window {text:?}"))?,
+        ),
+        Some((size, hop)) => WindowSpec::hopping(
+            size.trim()
+                .parse()
+                .with_context(|| format!("--window {text:?}: size"))?,
+            hop.trim()
+                .parse()
+                .with_context(|| format!("--window {text:?}: hop"))?,
+        ),
+    };
+    spec.validate()
+        .with_context(|| format!("--window {text:?}"))?;
+    Ok(spec)
+}
+
+async fn flush_windows(ingestor: &Arc<Ingestor>) -> anyhow::Result<()> {
+    if ingestor.windows().is_none() {
+        return Ok(());
+    }
+    let ing = Arc::clone(ingestor);
+    let out = tokio::task::spawn_blocking(move || match ing.windows() {
+        Some(w) => w.flush(),
+        None => Ok(Default::default()),
+    })
+    .await??;
+    if out.windows > 0 {
+        tracing::info!(
+            windows = out.windows,
+            objects = out.objects,
+            checkpoint = out.checkpoint,
+            "windows written"
+        );
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
@@ -181,44 +315,61 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 // ---------------------------------------------------------------- compaction
 
-/// Moves the closed segments into raw/ and removes them; with
-/// `include_active` also writes the active segment's batches (keeping it).
-async fn compact(log: &Arc<Log>, store: &Store, include_active: bool) -> anyhow::Result<()> {
-    let closed = log.closed_segments();
-    for seg in &closed {
-        let objects = if seg.end_seq > seg.first_seq {
-            let log = Arc::clone(log);
-            let (first, end) = (seg.first_seq, seg.end_seq);
-            tokio::task::spawn_blocking(move || segment_objects(&log, first, Some(end))).await??
-        } else {
-            Segment::default()
-        };
-        for (key, data) in objects.objects {
-            store.put(&key, data).await?;
+/// Moves closed log segments into raw/ and deletes those whose batches are
+/// all behind the window checkpoint.
+struct Compactor {
+    ingestor: Arc<Ingestor>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// Closed segments already written to raw/ but kept for the windows.
+    in_raw: BTreeSet<Seq>,
+}
+
+impl Compactor {
+    /// With `roll`, first closes the active segment (so a quiet log still
+    /// reaches raw/) and flushes the windows (so the checkpoint covers it).
+    async fn run(&mut self, roll: bool) -> anyhow::Result<()> {
+        let log = Arc::clone(self.ingestor.log());
+        if roll {
+            let l = Arc::clone(&log);
+            tokio::task::spawn_blocking(move || l.roll()).await??;
+            flush_windows(&self.ingestor).await?;
         }
-        log.remove_segment(seg.first_seq)?;
-        tracing::info!(
-            segment = %seg.path.display(),
-            readings = objects.readings,
-            "compacted a closed log segment into raw/"
-        );
+        let retain_from = self.ingestor.retain_from();
+        for seg in log.closed_segments() {
+            if !self.in_raw.contains(&seg.first_seq) {
+                let objects = if seg.end_seq > seg.first_seq {
+                    let log = Arc::clone(&log);
+                    let (first, end) = (seg.first_seq, seg.end_seq);
+                    tokio::task::spawn_blocking(move || segment_objects(&log, first, end)).await??
+                } else {
+                    Segment::default()
+                };
+                for (key, data) in &objects.objects {
+                    self.store.put(key, data.clone()).await?;
+                }
+                let m = &self.metrics;
+                m.raw_objects
+                    .fetch_add(objects.objects.len() as u64, Ordering::Relaxed);
+                m.readings_compacted
+                    .fetch_add(objects.readings as u64, Ordering::Relaxed);
+                tracing::info!(
+                    segment = %seg.path.display(),
+                    readings = objects.readings,
+                    "compacted a closed log segment into raw/"
+                );
+                self.in_raw.insert(seg.first_seq);
+            }
+            if seg.end_seq <= retain_from {
+                log.remove_segment(seg.first_seq)?;
+                self.in_raw.remove(&seg.first_seq);
+                self.metrics
+                    .segments_compacted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
-    if include_active {
-        let from = closed.last().map_or(0, |s| s.end_seq);
-        let log = Arc::clone(log);
-        let objects =
-            tokio::task::spawn_blocking(move || segment_objects(&log, from, None)).await??;
-        for (key, data) in objects.objects {
-            store.put(&key, data).await?;
-        }
-        if objects.readings > 0 {
-            tracing::info!(
-                readings = objects.readings,
-                "wrote the active log segment to raw/ (kept: the log cannot close it)"
-            );
-        }
-    }
-    Ok(())
 }
 
 #[derive(Default)]
@@ -227,15 +378,14 @@ struct Segment {
     readings: usize,
 }
 
-/// The raw/ objects of the batches `from..end` (to the durable end when
-/// `end` is `None`).
-fn segment_objects(log: &Log, from: Seq, end: Option<Seq>) -> anyhow::Result<Segment> {
+/// The raw/ objects of the batches `from..end` of a closed segment.
+fn segment_objects(log: &Log, from: Seq, end: Seq) -> anyhow::Result<Segment> {
     let mut readings = Readings::default();
     let mut ids: HashMap<(String, String), u32> = HashMap::new();
     let mut origin: Option<[u8; 32]> = None;
     for batch in log.replay(from) {
         let batch = batch?;
-        if end.is_some_and(|e| batch.seq >= e) {
+        if batch.seq >= end {
             break;
         }
         if origin.is_none() {
@@ -263,7 +413,7 @@ fn segment_objects(log: &Log, from: Seq, end: Option<Seq>) -> anyhow::Result<Seg
             readings.value.push(r.value);
             readings.key.push(id);
         }
-        if end.is_some_and(|e| batch.seq + 1 >= e) {
+        if batch.seq + 1 >= end {
             break;
         }
     }
@@ -275,6 +425,21 @@ fn segment_objects(log: &Log, from: Seq, end: Option<Seq>) -> anyhow::Result<Seg
         objects,
         readings: readings.len(),
     })
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let log = app.ingestor.log().stats();
+    let body = app
+        .metrics
+        .render(&log, app.ingestor.windows().map(|w| w.stats().as_ref()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 // ---------------------------------------------------------------- handlers
@@ -363,21 +528,26 @@ async fn ingest<F>(app: &App, parse: F) -> Result<usize, Response>
 where
     F: FnOnce() -> Result<Batch, BatchError> + Send + 'static,
 {
-    let log = Arc::clone(&app.log);
-    let res = tokio::task::spawn_blocking(move || {
-        let batch = parse()?;
-        let readings: Vec<Reading> = batch
-            .iter()
-            .map(|r| Reading::new(r.ts, r.device, r.tag, r.value))
-            .collect();
-        if readings.is_empty() {
-            return Ok(Ok(0));
-        }
-        Ok(log.append(&readings).map(|_| readings.len()))
-    })
-    .await;
+    let ingestor = Arc::clone(&app.ingestor);
+    let res =
+        tokio::task::spawn_blocking(move || -> Result<Result<usize, LogError>, BatchError> {
+            let batch = parse()?;
+            let readings: Vec<Reading> = batch
+                .iter()
+                .map(|r| Reading::new(r.ts, r.device, r.tag, r.value))
+                .collect();
+            if readings.is_empty() {
+                return Ok(Ok(0));
+            }
+            let n = readings.len();
+            Ok(ingestor.append(Arc::new(readings)).map(|_| n))
+        })
+        .await;
     match res {
-        Ok(Ok(Ok(n))) => Ok(n),
+        Ok(Ok(Ok(n))) => {
+            app.metrics.stored(Source::Http, n as u64);
+            Ok(n)
+        }
         Ok(Ok(Err(e))) => {
             tracing::error!("ingest log append failed: {e}");
             Err(error(
@@ -385,12 +555,22 @@ where
                 format!("not stored: {e}"),
             ))
         }
-        Ok(Err(e)) => Err(refused(&e)),
+        Ok(Err(e)) => {
+            app.metrics.refused(Source::Http, 1, e.total() as u64);
+            Err(refused(&e))
+        }
         Err(e) => Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("not stored: {e}"),
         )),
     }
+}
+
+/// Counts the answer of `endpoint` in the metrics.
+fn counted(app: &App, endpoint: &'static str, started: Instant, r: Response) -> Response {
+    app.metrics
+        .request(endpoint, r.status().as_u16(), started.elapsed());
+    r
 }
 
 async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response {
@@ -416,7 +596,8 @@ async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response 
         Err(r) => return r,
     };
     let now = util::now_ns();
-    let parse = move || parse_line_protocol(&body, precision, now, &LineProtocolConfig::default());
+    let config = app.line_protocol.clone();
+    let parse = move || parse_line_protocol(&body, precision, now, &config);
     match ingest(app, parse).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(r) => r,
@@ -428,7 +609,9 @@ async fn write_v1(
     Query(query): Query<Query2>,
     req: Request,
 ) -> Response {
-    write_lp(&app, query, req, false).await
+    let started = Instant::now();
+    let r = write_lp(&app, query, req, false).await;
+    counted(&app, "/write", started, r)
 }
 
 async fn write_v2(
@@ -436,7 +619,9 @@ async fn write_v2(
     Query(query): Query<Query2>,
     req: Request,
 ) -> Response {
-    write_lp(&app, query, req, true).await
+    let started = Instant::now();
+    let r = write_lp(&app, query, req, true).await;
+    counted(&app, "/api/v2/write", started, r)
 }
 
 async fn readings(
@@ -444,8 +629,14 @@ async fn readings(
     Query(query): Query<Query2>,
     req: Request,
 ) -> Response {
+    let started = Instant::now();
+    let r = readings_inner(&app, query, req).await;
+    counted(&app, "/v1/readings", started, r)
+}
+
+async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    if let Err(r) = authorized(&app, &parts.headers, &query) {
+    if let Err(r) = authorized(app, &parts.headers, &query) {
         return r;
     }
     let ctype = parts
@@ -470,18 +661,19 @@ async fn readings(
             )
         }
     };
-    let body = match read_body(&app, body, &parts.headers).await {
+    let body = match read_body(app, body, &parts.headers).await {
         Ok(b) => b,
         Err(r) => return r,
     };
+    let config = app.csv.clone();
     let parse = move || {
         if csv {
-            parse_csv_body(&body, &CsvBodyConfig::default())
+            parse_csv_body(&body, &config)
         } else {
             parse_json(&body)
         }
     };
-    match ingest(&app, parse).await {
+    match ingest(app, parse).await {
         Ok(n) => (StatusCode::OK, Json(json!({ "accepted": n }))).into_response(),
         Err(r) => r,
     }

@@ -133,6 +133,13 @@ struct Request {
     reply: SyncSender<Result<Seq>>,
 }
 
+/// What the writer thread is asked to do.
+enum Msg {
+    Append(Request),
+    /// Close the active segment if it holds records ([`Log::roll`]).
+    Roll(SyncSender<Result<()>>),
+}
+
 /// The durable ingest log. See the [crate documentation](crate) for the
 /// durability contract.
 ///
@@ -141,7 +148,7 @@ struct Request {
 /// every queued append and joins the writer thread.
 pub struct Log {
     shared: Arc<Shared>,
-    tx: Option<Sender<Request>>,
+    tx: Option<Sender<Msg>>,
     writer: Option<JoinHandle<()>>,
     recovery: Recovery,
 }
@@ -320,7 +327,24 @@ impl Log {
         self.tx
             .as_ref()
             .ok_or_else(closed)?
-            .send(Request { batch, reply })
+            .send(Msg::Append(Request { batch, reply }))
+            .map_err(|_| closed())?;
+        answer.recv().map_err(|_| closed())?
+    }
+
+    /// Closes the active segment and starts a new one, after every append
+    /// queued before this call has been committed, so that the records
+    /// written so far can be compacted and removed like any closed segment.
+    /// Does nothing when the active segment holds no record. Used at
+    /// shutdown and by compaction on a timer, so that a quiet log does not
+    /// keep its last readings in the active segment forever.
+    pub fn roll(&self) -> Result<()> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let closed = || LogError::Poisoned("the writer thread has stopped".into());
+        self.tx
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(Msg::Roll(reply))
             .map_err(|_| closed())?;
         answer.recv().map_err(|_| closed())?
     }
@@ -498,13 +522,21 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, rx: Receiver<Request>) {
+    fn run(&mut self, rx: Receiver<Msg>) {
         let max_wait = Duration::from_micros(self.config.max_wait_us);
         let mut group: Vec<Request> = Vec::new();
         // `recv` fails once the `Log` is dropped and the queue is empty.
-        while let Ok(first) = rx.recv() {
+        while let Ok(msg) = rx.recv() {
+            let first = match msg {
+                Msg::Append(r) => r,
+                Msg::Roll(reply) => {
+                    let _ = reply.send(self.roll_request());
+                    continue;
+                }
+            };
             let mut bytes = first.batch.record_len();
             group.push(first);
+            let mut roll = None;
             let deadline = Instant::now() + max_wait;
             while bytes < self.config.max_group_bytes {
                 let next = match rx.try_recv() {
@@ -523,11 +555,39 @@ impl Writer {
                         }
                     }
                 };
-                bytes += next.batch.record_len();
-                group.push(next);
+                match next {
+                    Msg::Append(next) => {
+                        bytes += next.batch.record_len();
+                        group.push(next);
+                    }
+                    // Everything queued before the roll goes in first.
+                    Msg::Roll(reply) => {
+                        roll = Some(reply);
+                        break;
+                    }
+                }
             }
             self.commit(&mut group);
+            if let Some(reply) = roll {
+                let _ = reply.send(self.roll_request());
+            }
         }
+    }
+
+    /// [`Log::roll`] on the writer thread: a no-op for an empty segment,
+    /// refused once poisoned.
+    fn roll_request(&mut self) -> Result<()> {
+        if let Some(why) = self.shared.state().poisoned.clone() {
+            return Err(LogError::Poisoned(why));
+        }
+        if self.len <= HEADER_LEN as u64 {
+            return Ok(());
+        }
+        self.roll().inspect_err(|e| {
+            let why = e.to_string();
+            tracing::error!(error = %why, "ingest log: roll failed, refusing further appends");
+            self.shared.state().poisoned = Some(why);
+        })
     }
 
     fn commit(&mut self, group: &mut Vec<Request>) {

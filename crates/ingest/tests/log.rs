@@ -323,3 +323,57 @@ fn a_segment_with_a_torn_header_is_started_again() {
     assert_eq!(replay_all(&log, 0).len(), 11);
     assert_eq!(log.closed_segments().last().map(|s| s.end_seq), Some(10));
 }
+
+#[test]
+fn roll_closes_the_active_segment_only_when_it_holds_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), LogConfig::default()).expect("open");
+    // Empty: nothing to close.
+    log.roll().expect("roll");
+    assert!(log.closed_segments().is_empty());
+    for i in 0..3 {
+        log.append(&batch(4, i)).expect("append");
+    }
+    log.roll().expect("roll");
+    let closed = log.closed_segments();
+    assert_eq!(closed.len(), 1);
+    assert_eq!((closed[0].first_seq, closed[0].end_seq), (0, 3));
+    // Twice in a row: the new active segment is empty.
+    log.roll().expect("roll again");
+    assert_eq!(log.closed_segments().len(), 1);
+    assert_eq!(log.append(&batch(2, 9)).expect("append"), 3);
+    log.remove_segment(0).expect("remove the rolled segment");
+    let left = replay_all(&log, 0);
+    assert_eq!(left.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![3]);
+    drop(log);
+    let log = Log::open(dir.path(), LogConfig::default()).expect("reopen");
+    assert_eq!(log.recovery().next_seq, 4);
+    assert_eq!(replay_all(&log, 0).len(), 1);
+}
+
+#[test]
+fn roll_waits_for_appends_queued_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), LogConfig::default()).expect("open");
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let log = &log;
+            s.spawn(move || {
+                for i in 0..50 {
+                    log.append(&batch(3, t * 100 + i)).expect("append");
+                    if i % 10 == 0 {
+                        log.roll().expect("roll");
+                    }
+                }
+            });
+        }
+    });
+    log.roll().expect("final roll");
+    let closed = log.closed_segments();
+    assert_eq!(closed.last().expect("closed").end_seq, 200);
+    for pair in closed.windows(2) {
+        assert_eq!(pair[0].end_seq, pair[1].first_seq);
+        assert!(pair[0].end_seq > pair[0].first_seq, "no empty segment");
+    }
+    assert_eq!(replay_all(&log, 0).len(), 200);
+}

@@ -554,6 +554,235 @@ impl Aggregator {
     }
 }
 
+// ---------------------------------------------------------------- snapshots
+
+/// Snapshot format: `FSAGGSN1`, then little-endian fields (see
+/// [`Aggregator::snapshot`]), then an FNV-1a 64 checksum of all before it.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FSAGGSN1";
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The settings that shape the state, as a line for error messages and as
+/// the bytes a snapshot must match.
+fn config_line(c: &AggregatorConfig) -> String {
+    let windows: Vec<String> = c.windows.iter().map(|w| w.to_string()).collect();
+    format!(
+        "windows={} out_of_order={} allowed_lateness={} late_policy={:?} watermark={:?}",
+        windows.join(","),
+        c.out_of_order,
+        c.allowed_lateness,
+        c.late_policy,
+        c.watermark
+    )
+}
+
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
+        let Some(end) = end else {
+            return Err(Error::Snapshot {
+                reason: format!("truncated at byte {}", self.pos),
+            });
+        };
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u64(&mut self) -> Result<u64, Error> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn i64(&mut self) -> Result<i64, Error> {
+        Ok(self.u64()? as i64)
+    }
+
+    fn len(&mut self, what: &str) -> Result<usize, Error> {
+        let n = self.u64()?;
+        // Every counted item takes at least one byte: a length beyond the
+        // data is damage, not a reason to allocate.
+        if n > (self.data.len() - self.pos) as u64 {
+            return Err(Error::Snapshot {
+                reason: format!("{what} count {n} exceeds the data at byte {}", self.pos),
+            });
+        }
+        Ok(n as usize)
+    }
+
+    fn str(&mut self, what: &str) -> Result<&'a str, Error> {
+        let n = self.len(what)?;
+        let at = self.pos;
+        std::str::from_utf8(self.take(n)?).map_err(|_| Error::Snapshot {
+            reason: format!("{what} at byte {at} is not UTF-8"),
+        })
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+impl Aggregator {
+    /// The whole state (open windows, clocks, counters) as bytes, for a
+    /// service that checkpoints it beside the position in its ingest log
+    /// and, after a restart, [`Aggregator::restore`]s it and pushes the log
+    /// from that position on.
+    ///
+    /// Closed windows not yet taken with [`Aggregator::drain_closed`] are
+    /// not part of it: drain (and store) them first.
+    ///
+    /// Layout, little-endian: the magic `FSAGGSN1`; the config line (length
+    /// and UTF-8); the [`Counters`] fields in declaration order; the pairs
+    /// (count, then device and tag as length and UTF-8, in id order); the
+    /// clocks (count, then `max_ts` and `next_close` each); per pair and
+    /// spec, the lane (`cursor`, pane count, then per pane its start and the
+    /// ten words of its accumulator); an FNV-1a 64 checksum of everything
+    /// before it.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(64 + self.interner.len() * 48 + self.pane_count as usize * 88);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        put_str(&mut out, &config_line(&self.config));
+        let c = &self.counters;
+        for x in [
+            c.received,
+            c.accepted,
+            c.adjusted,
+            c.too_late,
+            c.non_finite,
+            c.out_of_range,
+            c.out_of_order,
+            c.late_accepted,
+            c.windows_emitted,
+            c.replayed,
+        ] {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.interner.len() as u64).to_le_bytes());
+        for id in 0..self.interner.len() as u32 {
+            let (device, tag) = self.interner.pair(id);
+            put_str(&mut out, device);
+            put_str(&mut out, tag);
+        }
+        out.extend_from_slice(&(self.domains.len() as u64).to_le_bytes());
+        for d in &self.domains {
+            out.extend_from_slice(&d.max_ts.to_le_bytes());
+            out.extend_from_slice(&d.next_close.to_le_bytes());
+        }
+        for lane in &self.lanes {
+            out.extend_from_slice(&lane.cursor.to_le_bytes());
+            out.extend_from_slice(&(lane.panes.len() as u64).to_le_bytes());
+            for p in &lane.panes {
+                out.extend_from_slice(&p.start.to_le_bytes());
+                p.acc.encode(&mut out);
+            }
+        }
+        let sum = fnv1a(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// The aggregator a [`Aggregator::snapshot`] was taken of, continuing
+    /// exactly where it stopped (the same later calls give the same
+    /// windows). Refused with [`Error::SnapshotConfig`] when `config` shapes
+    /// windows differently from the snapshot's, and with
+    /// [`Error::Snapshot`] when the bytes are damaged.
+    pub fn restore(config: AggregatorConfig, data: &[u8]) -> Result<Aggregator, Error> {
+        let mut agg = Aggregator::new(config)?;
+        let bad = |reason: String| Error::Snapshot { reason };
+        if data.len() < SNAPSHOT_MAGIC.len() + 8 || &data[..8] != SNAPSHOT_MAGIC {
+            return Err(bad("not a snapshot (no FSAGGSN1 header)".into()));
+        }
+        let (body, sum) = data.split_at(data.len() - 8);
+        if fnv1a(body) != u64::from_le_bytes(sum.try_into().expect("8 bytes")) {
+            return Err(bad("checksum mismatch (damaged or cut short)".into()));
+        }
+        let mut c = Cursor { data: body, pos: 8 };
+        let was = c.str("config")?;
+        let now = config_line(&agg.config);
+        if was != now {
+            return Err(Error::SnapshotConfig {
+                was: was.to_string(),
+                now,
+            });
+        }
+        let mut w = [0u64; 10];
+        for x in &mut w {
+            *x = c.u64()?;
+        }
+        let counters = Counters {
+            received: w[0],
+            accepted: w[1],
+            adjusted: w[2],
+            too_late: w[3],
+            non_finite: w[4],
+            out_of_range: w[5],
+            out_of_order: w[6],
+            late_accepted: w[7],
+            windows_emitted: w[8],
+            replayed: w[9],
+        };
+        let pairs = c.len("pair")?;
+        for i in 0..pairs {
+            let device = c.str("device")?;
+            let tag = c.str("tag")?;
+            // Interning in id order rebuilds the same ids and clocks.
+            if agg.series(device, tag).0 as usize != i {
+                return Err(bad(format!("pair {i} ({device}, {tag}) is listed twice")));
+            }
+        }
+        let domains = c.len("clock")?;
+        if domains != agg.domains.len() {
+            return Err(bad(format!(
+                "{domains} clocks for {} after the pairs",
+                agg.domains.len()
+            )));
+        }
+        for d in &mut agg.domains {
+            d.max_ts = c.i64()?;
+            d.next_close = c.i64()?;
+        }
+        let mut panes = 0u64;
+        for lane in &mut agg.lanes {
+            lane.cursor = c.i64()?;
+            let n = c.len("pane")?;
+            let mut last = None;
+            for _ in 0..n {
+                let start = c.i64()?;
+                if last.is_some_and(|l| l >= start) {
+                    return Err(bad(format!("panes out of order at byte {}", c.pos)));
+                }
+                last = Some(start);
+                for x in &mut w {
+                    *x = c.u64()?;
+                }
+                lane.panes.push_back(Pane {
+                    start,
+                    acc: Acc::decode(w),
+                });
+            }
+            panes += n as u64;
+        }
+        if c.pos != body.len() {
+            return Err(bad(format!("{} bytes left over", body.len() - c.pos)));
+        }
+        agg.pane_count = panes;
+        agg.counters = counters;
+        Ok(agg)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,4 +43,20 @@ pub enum Error {
         /// End of the range, ns since the epoch.
         to: i64,
     },
+    /// A snapshot could not be read: damaged, truncated, or from another
+    /// format version.
+    #[error("unreadable aggregator snapshot: {reason}")]
+    Snapshot {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A snapshot was taken under other window settings than the ones it is
+    /// restored with; its open windows do not fit them.
+    #[error("the aggregator snapshot was taken with other window settings ({was}); now: {now}")]
+    SnapshotConfig {
+        /// The settings in the snapshot.
+        was: String,
+        /// The settings asked for.
+        now: String,
+    },
 }

@@ -133,6 +133,35 @@ impl Acc {
         }
     }
 
+    /// The state as ten 8-byte little-endian words, for snapshots.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.count.to_le_bytes());
+        for x in [self.sum, self.mean, self.m2, self.min, self.max] {
+            out.extend_from_slice(&x.to_bits().to_le_bytes());
+        }
+        out.extend_from_slice(&self.first_ts.to_le_bytes());
+        out.extend_from_slice(&self.first.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.last_ts.to_le_bytes());
+        out.extend_from_slice(&self.last.to_bits().to_le_bytes());
+    }
+
+    /// The inverse of [`Acc::encode`].
+    pub(crate) fn decode(w: [u64; 10]) -> Acc {
+        let f = f64::from_bits;
+        Acc {
+            count: w[0],
+            sum: f(w[1]),
+            mean: f(w[2]),
+            m2: f(w[3]),
+            min: f(w[4]),
+            max: f(w[5]),
+            first_ts: w[6] as i64,
+            first: f(w[7]),
+            last_ts: w[8] as i64,
+            last: f(w[9]),
+        }
+    }
+
     /// The finished window.
     pub(crate) fn finish(&self, device: &str, tag: &str, start: i64, end: i64) -> Window {
         Window {

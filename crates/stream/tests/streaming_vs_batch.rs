@@ -356,3 +356,94 @@ fn shuffle<T>(v: &mut [T], mut seed: u64) {
         v.swap(i, (z % (i as u64 + 1)) as usize);
     }
 }
+
+/// Every window emitted, in emission order, with its spec index.
+fn emitted(agg: &mut Aggregator, cfg: &AggregatorConfig, out: &mut Vec<(usize, Window)>) {
+    for c in agg.drain_closed() {
+        let k = cfg.windows.iter().position(|s| *s == c.spec).unwrap();
+        out.push((k, c.window));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A service that checkpoints (snapshot, drop the aggregator, restore)
+    /// every `every` readings emits exactly the windows, in exactly the
+    /// order, with exactly the counters, of one that never stopped: any
+    /// arrival order, late readings included.
+    #[test]
+    fn snapshot_and_restore_continue_exactly(
+        cfg in config(),
+        raws in raws(120),
+        every in 1usize..40,
+    ) {
+        let arrival: Vec<Reading> = raws.iter().map(Raw::reading).collect();
+        let mut straight = Aggregator::new(cfg.clone()).unwrap();
+        let mut want = Vec::new();
+        for r in &arrival {
+            straight.push(*r);
+            emitted(&mut straight, &cfg, &mut want);
+        }
+
+        let mut agg = Aggregator::new(cfg.clone()).unwrap();
+        let mut got = Vec::new();
+        for (i, r) in arrival.iter().enumerate() {
+            agg.push(*r);
+            emitted(&mut agg, &cfg, &mut got);
+            if i % every == 0 {
+                let bytes = agg.snapshot();
+                agg = Aggregator::restore(cfg.clone(), &bytes).unwrap();
+                prop_assert_eq!(agg.snapshot(), bytes);
+            }
+        }
+        prop_assert_eq!(&got, &want);
+        prop_assert_eq!(agg.counters(), straight.counters());
+        prop_assert_eq!(agg.open_panes(), straight.open_panes());
+        straight.flush_all();
+        agg.flush_all();
+        emitted(&mut straight, &cfg, &mut want);
+        emitted(&mut agg, &cfg, &mut got);
+        prop_assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn a_damaged_or_foreign_snapshot_is_refused_with_the_reason() {
+    let cfg = AggregatorConfig::default();
+    let mut agg = Aggregator::new(cfg.clone()).unwrap();
+    for i in 0..50 {
+        agg.push(Reading {
+            ts: i * 7_000_000_000,
+            device: DEVICES[i as usize % 3],
+            tag: TAGS[i as usize % 2],
+            value: i as f64,
+        });
+    }
+    agg.drain_closed();
+    let bytes = agg.snapshot();
+    for cut in [0, 7, 8, 20, bytes.len() / 2, bytes.len() - 1] {
+        let e = Aggregator::restore(cfg.clone(), &bytes[..cut]).unwrap_err();
+        assert!(
+            e.to_string().contains("unreadable aggregator snapshot"),
+            "{e}"
+        );
+    }
+    for i in (0..bytes.len()).step_by(13) {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x20;
+        assert!(
+            Aggregator::restore(cfg.clone(), &bad).is_err(),
+            "flip at {i}"
+        );
+    }
+    let other = AggregatorConfig {
+        windows: vec![WindowSpec::tumbling(Span::from_secs(300))],
+        ..cfg
+    };
+    let e = Aggregator::restore(other, &bytes).unwrap_err();
+    assert!(
+        e.to_string().contains("windows=1m") && e.to_string().contains("windows=5m"),
+        "{e}"
+    );
+}
