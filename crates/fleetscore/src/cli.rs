@@ -34,6 +34,9 @@ pub struct Global {
     /// Used by the scheduled service; models are indexed in the object store.
     #[arg(long, global = true, env = "FLEETSCORE_DB")]
     pub db: Option<String>,
+    /// Service config file (TOML); see `fleetscore config`.
+    #[arg(long, global = true, env = "FLEETSCORE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -86,15 +89,21 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve the HTTP ingest endpoints: POST /write (InfluxDB v1 line
     /// protocol), /api/v2/write (v2), /v1/readings (JSON, NDJSON or CSV);
-    /// GET /healthz.
+    /// GET /healthz, /metrics (Prometheus).
     ///
     /// A batch is answered (204, or 200 for /v1/readings) only once it is
     /// durable in the ingest log under DATA/log; a bad line refuses the
-    /// whole batch (400, with line numbers). Closed log segments are
-    /// compacted into the store's raw/ partitions on start, every
-    /// --compact-interval and on SIGTERM/SIGINT. Prints `listening on ADDR`
-    /// on stdout once bound.
+    /// whole batch (400, with line numbers). Readings are aggregated into
+    /// windows over event time, each written once to windows/ when it
+    /// closes (open windows survive restarts, checkpointed under
+    /// DATA/windows). Log segments are compacted into the store's raw/
+    /// partitions on start, every --compact-interval and on SIGTERM/SIGINT.
+    /// Prints `listening on ADDR` on stdout once bound.
     Serve(ServeArgs),
+    /// Print the effective service config (defaults, then --config FILE,
+    /// then FLEETSCORE__SECTION__KEY variables) as TOML: a starting point
+    /// for a config file.
+    Config,
 }
 
 #[derive(Subcommand, Debug)]
@@ -233,32 +242,37 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
-#[derive(Args, Debug)]
+/// `serve` flags. Each one overrides the same setting of the config file
+/// (`--config`) and of `FLEETSCORE__…` variables; the defaults shown are
+/// those of an empty config.
+#[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: String,
+    /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
     /// Require this token: `Authorization: Bearer TOKEN` (or `Token TOKEN`,
-    /// or `?p=TOKEN` for InfluxDB v1 clients).
+    /// or `?p=TOKEN` for InfluxDB v1 clients); added to `[auth]
+    /// ingest_tokens`.
     #[arg(long, env = "FLEETSCORE_INGEST_TOKEN", hide_env_values = true)]
     pub ingest_token: Option<String>,
-    /// Largest accepted request body; larger ones get 413.
-    #[arg(long, default_value_t = 32 << 20)]
-    pub max_body_bytes: usize,
-    /// Seconds between compactions of closed log segments into raw/.
-    #[arg(long, default_value_t = 60)]
-    pub compact_interval: u64,
-    /// Size at which the ingest log starts a new segment.
-    #[arg(long, default_value_t = 64 << 20)]
-    pub log_segment_bytes: u64,
+    /// Largest accepted request body; larger ones get 413 [default: 33554432].
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// How often the active log segment is closed and closed segments are
+    /// compacted into raw/ [default: 60s].
+    #[arg(long, value_name = "DUR")]
+    pub compact_interval: Option<Span>,
+    /// Size at which the ingest log starts a new segment [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub log_segment_bytes: Option<u64>,
     /// Also ingest from this MQTT broker (`mqtt://host[:port]`, no TLS):
     /// QoS 1, each message acknowledged once its reading is durable.
     #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
     /// MQTT topic filter; a reading's device and tag are the topic's last
-    /// two levels (`fleet/{device}/{tag}`).
-    #[arg(long, value_name = "FILTER", default_value = "fleet/+/+")]
-    pub mqtt_topic: String,
+    /// two levels (`fleet/{device}/{tag}`) [default: fleet/+/+].
+    #[arg(long, value_name = "FILTER")]
+    pub mqtt_topic: Option<String>,
     /// Subscribe as `$share/NAME/FILTER` (MQTT 5 shared subscription), so
     /// several ingest nodes split the topic's messages.
     #[arg(long, value_name = "NAME")]
@@ -267,37 +281,39 @@ pub struct ServeArgs {
     /// broker redeliver unacknowledged messages after a restart.
     #[arg(long, value_name = "ID")]
     pub mqtt_client_id: Option<String>,
-    /// Line protocol: the tag whose value is the device.
-    #[arg(long, value_name = "TAG", default_value = "device")]
-    pub lp_device_tag: String,
+    /// Line protocol: the tag whose value is the device [default: device].
+    #[arg(long, value_name = "TAG")]
+    pub lp_device_tag: Option<String>,
     /// Line protocol: name sensor tags `measurement.field` instead of
     /// `field`.
     #[arg(long)]
     pub lp_prefix_measurement: bool,
     /// A window layout computed from the ingested readings and written to
-    /// windows/: `1m` (tumbling) or `5m/1m` (size/hop). Repeat for several
-    /// [default: 1m].
+    /// windows/: `1m` (tumbling) or `5m/1m` (size/hop). Repeat for several;
+    /// replaces `[stream] windows` [default: 1m].
     #[arg(long = "window", value_name = "SIZE[/HOP]")]
     pub window: Vec<String>,
     /// How far behind its device's newest reading a reading may be and
-    /// still count as in order; windows close this much after their end.
-    #[arg(long, value_name = "DUR", default_value = "5s")]
-    pub out_of_order: Span,
+    /// still count as in order; windows close this much after their end
+    /// [default: 5s].
+    #[arg(long, value_name = "DUR")]
+    pub out_of_order: Option<Span>,
     /// How much later still a reading is accepted into its window (windows
-    /// wait for it too).
-    #[arg(long, value_name = "DUR", default_value = "0s")]
-    pub allowed_lateness: Span,
+    /// wait for it too) [default: 0s].
+    #[arg(long, value_name = "DUR")]
+    pub allowed_lateness: Option<Span>,
     /// What happens to readings later than that: dropped, or moved to the
-    /// oldest open window (counted either way on /metrics).
-    #[arg(long, value_enum, default_value_t = LatePolicyArg::Drop)]
-    pub late_policy: LatePolicyArg,
+    /// oldest open window (counted either way on /metrics) [default: drop].
+    #[arg(long, value_enum)]
+    pub late_policy: Option<LatePolicyArg>,
     /// Whose clock closes windows: each device's own, or the fleet's newest
-    /// reading.
-    #[arg(long, value_enum, default_value_t = WatermarkArg::PerDevice)]
-    pub watermark: WatermarkArg,
-    /// How often closed windows are written to windows/ (with a checkpoint).
-    #[arg(long, value_name = "DUR", default_value = "10s")]
-    pub window_flush_interval: Span,
+    /// reading [default: per-device].
+    #[arg(long, value_enum)]
+    pub watermark: Option<WatermarkArg>,
+    /// How often closed windows are written to windows/, with a checkpoint
+    /// [default: 10s].
+    #[arg(long, value_name = "DUR")]
+    pub window_flush_interval: Option<Span>,
     /// Ingest only: no streaming windows.
     #[arg(long)]
     pub no_windows: bool,

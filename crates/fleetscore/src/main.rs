@@ -6,6 +6,7 @@
 
 mod batch;
 mod cli;
+mod config;
 mod demo;
 mod import;
 mod metrics;
@@ -65,5 +66,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Aggregate(args) => rt.block_on(batch::aggregate(g, args)),
         cli::Command::Demo(args) => rt.block_on(demo::run(g, args)),
         cli::Command::Serve(args) => rt.block_on(serve::run(g, args)),
+        cli::Command::Config => {
+            let c = config::load(g.config.as_deref())?;
+            print!("{}", config::to_toml(&c)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

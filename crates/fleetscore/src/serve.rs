@@ -39,13 +39,14 @@ use fleetscore_codecs::{
     parse_csv_body, parse_json, parse_line_protocol, Batch, BatchError, CsvBodyConfig,
     LineProtocolConfig, Location, Precision, Readings,
 };
-use fleetscore_ingest::{Log, LogConfig, LogError, Reading, Seq};
+use fleetscore_ingest::{Log, LogError, Reading, Seq};
 use fleetscore_store::{raw_objects, Store};
-use fleetscore_stream::{AggregatorConfig, WindowSpec};
+use fleetscore_stream::WindowSpec;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::cli::{Global, ServeArgs};
+use crate::config::{self, Config};
 use crate::metrics::{Metrics, Source};
 use crate::util;
 use crate::windows::{Ingestor, Windows};
@@ -53,7 +54,8 @@ use crate::windows::{Ingestor, Windows};
 struct App {
     ingestor: Arc<Ingestor>,
     metrics: Arc<Metrics>,
-    token: Option<String>,
+    /// Accepted bearer tokens; empty: none needed.
+    tokens: Vec<String>,
     max_body: usize,
     line_protocol: LineProtocolConfig,
     csv: CsvBodyConfig,
@@ -61,26 +63,94 @@ struct App {
 
 type Query2 = HashMap<String, String>;
 
+/// The config file and environment, with the flags applied on top.
+pub fn settings(g: &Global, args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut c = config::load(g.config.as_deref())?;
+    let a = args;
+    if let Some(v) = &a.listen {
+        c.server.listen = v.clone();
+    }
+    if let Some(t) = a.ingest_token.as_ref().filter(|t| !t.is_empty()) {
+        c.auth.ingest_tokens.push(t.clone());
+    }
+    if let Some(v) = a.max_body_bytes {
+        c.server.max_body_bytes = v;
+    }
+    if let Some(v) = a.compact_interval {
+        c.ingest.compact_interval = v;
+    }
+    if let Some(v) = a.log_segment_bytes {
+        c.ingest.log.max_segment_bytes = v;
+    }
+    if let Some(v) = &a.mqtt {
+        c.mqtt.url = Some(v.clone());
+    }
+    if let Some(v) = &a.mqtt_topic {
+        c.mqtt.topic = v.clone();
+    }
+    if let Some(v) = &a.mqtt_shared_group {
+        c.mqtt.shared_group = Some(v.clone());
+    }
+    if let Some(v) = &a.mqtt_client_id {
+        c.mqtt.client_id = Some(v.clone());
+    }
+    if let Some(v) = &a.lp_device_tag {
+        c.ingest.line_protocol.device_tag = v.clone();
+    }
+    if a.lp_prefix_measurement {
+        c.ingest.line_protocol.prefix_measurement = true;
+    }
+    if !a.window.is_empty() {
+        c.stream.windows = a
+            .window
+            .iter()
+            .map(|w| parse_window(w))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(v) = a.out_of_order {
+        c.stream.out_of_order = v;
+    }
+    if let Some(v) = a.allowed_lateness {
+        c.stream.allowed_lateness = v;
+    }
+    if let Some(v) = a.late_policy {
+        c.stream.late_policy = v.into();
+    }
+    if let Some(v) = a.watermark {
+        c.stream.watermark = v.into();
+    }
+    if let Some(v) = a.window_flush_interval {
+        c.server.window_flush_interval = v;
+    }
+    if a.no_windows {
+        c.server.windows = false;
+    }
+    c.stream.validate().context("window settings")?;
+    for (what, span) in [
+        ("compact interval", c.ingest.compact_interval),
+        ("window flush interval", c.server.window_flush_interval),
+    ] {
+        if span.as_nanos() < 1_000_000 {
+            anyhow::bail!("the {what} must be at least 1ms, not {span}");
+        }
+    }
+    Ok(c)
+}
+
 pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let c = settings(g, &args)?;
     let store = util::store(g)?;
     let dir = g.data.join("log");
-    let config = LogConfig {
-        max_segment_bytes: args.log_segment_bytes,
-        ..LogConfig::default()
-    };
-    let windows_config = if args.no_windows {
-        None
-    } else {
-        Some(window_config(&args)?)
-    };
-    // Checked before the log is touched: bad --mqtt* flags fail fast.
-    let mqtt_source = match args.mqtt {
+    let config = c.ingest.log.clone();
+    let windows_config = c.server.windows.then(|| c.stream.clone());
+    // Checked before the log is touched: bad MQTT settings fail fast.
+    let mqtt_source = match c.mqtt.url.clone() {
         Some(url) => {
             let config = crate::mqtt::MqttConfig {
                 url,
-                topic: args.mqtt_topic,
-                shared_group: args.mqtt_shared_group,
-                client_id: args.mqtt_client_id,
+                topic: c.mqtt.topic.clone(),
+                shared_group: c.mqtt.shared_group.clone(),
+                client_id: c.mqtt.client_id.clone(),
             };
             Some(crate::mqtt::check(config)?)
         }
@@ -137,14 +207,17 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let app = Arc::new(App {
         ingestor: Arc::clone(&ingestor),
         metrics: Arc::clone(&metrics),
-        token: args.ingest_token.filter(|t| !t.is_empty()),
-        max_body: args.max_body_bytes,
-        line_protocol: LineProtocolConfig {
-            device_tag: args.lp_device_tag,
-            prefix_measurement: args.lp_prefix_measurement,
-            ..LineProtocolConfig::default()
-        },
-        csv: CsvBodyConfig::default(),
+        tokens: c
+            .auth
+            .ingest_tokens
+            .iter()
+            .chain(&c.auth.admin_tokens)
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .collect(),
+        max_body: c.server.max_body_bytes,
+        line_protocol: c.ingest.line_protocol.clone(),
+        csv: c.ingest.csv.clone(),
     });
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -155,9 +228,9 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_state(app);
 
     let shutdown = shutdown_signal()?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = tokio::net::TcpListener::bind(&c.server.listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {}", c.server.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
     {
         let mut out = std::io::stdout().lock();
@@ -171,9 +244,8 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(source.run(Arc::clone(&ingestor), Arc::clone(&metrics), stop_rx.clone()))
     });
     let background = {
-        let flush_every =
-            Duration::from_nanos(args.window_flush_interval.as_nanos().max(1_000_000) as u64);
-        let compact_every = Duration::from_secs(args.compact_interval.max(1));
+        let flush_every = Duration::from_nanos(c.server.window_flush_interval.as_nanos() as u64);
+        let compact_every = Duration::from_nanos(c.ingest.compact_interval.as_nanos() as u64);
         let ingestor = Arc::clone(&ingestor);
         tokio::spawn(async move {
             let mut flush_tick = tokio::time::interval(flush_every);
@@ -223,26 +295,6 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         "stopped"
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// The window settings from the flags.
-fn window_config(args: &ServeArgs) -> anyhow::Result<AggregatorConfig> {
-    let mut windows = Vec::new();
-    for w in &args.window {
-        windows.push(parse_window(w)?);
-    }
-    if windows.is_empty() {
-        windows.push(WindowSpec::default());
-    }
-    let config = AggregatorConfig {
-        windows,
-        out_of_order: args.out_of_order,
-        allowed_lateness: args.allowed_lateness,
-        late_policy: args.late_policy.into(),
-        watermark: args.watermark.into(),
-    };
-    config.validate().context("window settings")?;
-    Ok(config)
 }
 
 /// `1m` (tumbling) or `5m/1m` (size/hop).
@@ -475,9 +527,9 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 fn authorized(app: &App, headers: &HeaderMap, query: &Query2) -> Result<(), Response> {
-    let Some(token) = &app.token else {
+    if app.tokens.is_empty() {
         return Ok(());
-    };
+    }
     let from_header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -488,7 +540,8 @@ fn authorized(app: &App, headers: &HeaderMap, query: &Query2) -> Result<(), Resp
         .map(str::trim);
     let given = from_header.or(query.get("p").map(String::as_str));
     match given {
-        Some(t) if same(t, token) => Ok(()),
+        // Every token is compared, so timing tells nothing about which.
+        Some(t) if app.tokens.iter().fold(false, |ok, k| same(t, k) | ok) => Ok(()),
         Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong ingest token")),
         None => Err(error(
             StatusCode::UNAUTHORIZED,

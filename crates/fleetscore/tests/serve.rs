@@ -150,7 +150,7 @@ fn endpoints_answer_as_documented() {
 fn acknowledged_readings_reach_raw_exactly_once_across_crashes() {
     let dir = tempfile::tempdir().unwrap();
     // Small segments, so that closed ones are compacted as well.
-    let args = ["--log-segment-bytes", "2048", "--compact-interval", "1"];
+    let args = ["--log-segment-bytes", "2048", "--compact-interval", "1s"];
     let mut state = (HashMap::new(), 0i64);
     let send = |s: &Server, batches: usize, (expected, next): &mut (Expected, i64)| {
         for _ in 0..batches {

@@ -217,7 +217,7 @@ fn sustained_load_with_sigkills_keeps_readings_and_windows_exactly_once() {
         "--log-segment-bytes",
         "65536",
         "--compact-interval",
-        "1",
+        "1s",
         "--window-flush-interval",
         "150ms",
     ];
