@@ -269,47 +269,15 @@ fn write_parquet_run(
         path: tmp.clone(),
         source,
     })?;
-    // No Parquet dictionary encoding: it hashes every value, which was a
-    // fifth of the whole job's time. Rows come grouped by model, so
-    // Device and Tag are long runs that snappy compresses as well.
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(ROW_GROUP))
-        .set_dictionary_enabled(false)
-        // Min/max per chunk on TS only (time-range pruning); on the other
-        // columns it cost a comparison per value for little use.
-        .set_statistics_enabled(EnabledStatistics::None)
-        .set_column_statistics_enabled(ColumnPath::from("TS"), EnabledStatistics::Chunk)
-        // Measured values and scores are nearly incompressible; snappy only
-        // spent time on them.
-        .set_column_compression(ColumnPath::from("Val"), Compression::UNCOMPRESSED)
-        .set_column_compression(ColumnPath::from("Score"), Compression::UNCOMPRESSED)
-        .build();
-    let schema = schema();
     let result = (|| {
-        let mut writer = ArrowWriter::try_new(
+        let (inner, rows) = encode_run(
             BufWriter::with_capacity(1 << 20, file),
-            schema.clone(),
-            Some(props),
+            cols,
+            run,
+            &device_dict,
+            &tag_dict,
         )
         .map_err(|e| pq(&e))?;
-        let mut rows = 0;
-        // Batches of whole models, about ROW_GROUP rows each.
-        let mut i = 0;
-        while i < run.len() {
-            let mut j = i;
-            let mut n = 0;
-            while j < run.len() && (n == 0 || n + run[j].1.len() <= ROW_GROUP) {
-                n += run[j].1.len();
-                j += 1;
-            }
-            let batch = batch_of(cols, &run[i..j], n, &schema, &device_dict, &tag_dict)
-                .map_err(|e| pq(&e))?;
-            writer.write(&batch).map_err(|e| pq(&e))?;
-            rows += n;
-            i = j;
-        }
-        let inner = writer.into_inner().map_err(|e| pq(&e))?;
         let file = inner.into_inner().map_err(|e| pq(&e.into_error()))?;
         file.sync_all().map_err(|e| pq(&e))?;
         std::fs::rename(&tmp, path).map_err(|e| pq(&e))?;
@@ -322,6 +290,76 @@ fn write_parquet_run(
         path: path.to_path_buf(),
         rows: result?,
     })
+}
+
+/// The writer settings of every predictions file.
+fn writer_props() -> WriterProperties {
+    // No Parquet dictionary encoding: it hashes every value, which was a
+    // fifth of the whole job's time. Rows come grouped by model, so
+    // Device and Tag are long runs that snappy compresses as well.
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP))
+        .set_dictionary_enabled(false)
+        // Min/max per chunk on TS only (time-range pruning); on the other
+        // columns it cost a comparison per value for little use.
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_column_statistics_enabled(ColumnPath::from("TS"), EnabledStatistics::Chunk)
+        // Measured values and scores are nearly incompressible; snappy only
+        // spent time on them.
+        .set_column_compression(ColumnPath::from("Val"), Compression::UNCOMPRESSED)
+        .set_column_compression(ColumnPath::from("Score"), Compression::UNCOMPRESSED)
+        .build()
+}
+
+/// Writes the groups `run` as one Parquet file into `sink`; returns the
+/// sink and the row count.
+fn encode_run<W: Write + Send>(
+    sink: W,
+    cols: &PredictionColumns<'_>,
+    run: &[(u32, Range<usize>)],
+    device_dict: &Arc<StringArray>,
+    tag_dict: &Arc<StringArray>,
+) -> Result<(W, usize), parquet::errors::ParquetError> {
+    let schema = schema();
+    let mut writer = ArrowWriter::try_new(sink, schema.clone(), Some(writer_props()))?;
+    let mut rows = 0;
+    // Batches of whole models, about ROW_GROUP rows each.
+    let mut i = 0;
+    while i < run.len() {
+        let mut j = i;
+        let mut n = 0;
+        while j < run.len() && (n == 0 || n + run[j].1.len() <= ROW_GROUP) {
+            n += run[j].1.len();
+            j += 1;
+        }
+        let batch = batch_of(cols, &run[i..j], n, &schema, device_dict, tag_dict)?;
+        writer.write(&batch)?;
+        rows += n;
+        i = j;
+    }
+    Ok((writer.into_inner()?, rows))
+}
+
+/// All of `cols` as one Parquet file in memory (the columns and settings
+/// of [`write_predictions`]'s parts), for an object store. `name` is for
+/// error messages.
+pub fn predictions_parquet_bytes(
+    cols: &PredictionColumns<'_>,
+    name: &str,
+) -> Result<Vec<u8>, CodecError> {
+    let device_dict = Arc::new(StringArray::from_iter_values(
+        cols.keys.iter().map(|(d, _)| d.as_str()),
+    ));
+    let tag_dict = Arc::new(StringArray::from_iter_values(
+        cols.keys.iter().map(|(_, t)| t.as_str()),
+    ));
+    encode_run(Vec::new(), cols, cols.groups, &device_dict, &tag_dict)
+        .map(|(bytes, _)| bytes)
+        .map_err(|e| CodecError::Parquet {
+            path: name.into(),
+            reason: e.to_string(),
+        })
 }
 
 fn batch_of(

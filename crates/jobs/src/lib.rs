@@ -6,7 +6,15 @@
 //! in parallel on rayon's pool, each model over its whole batch of rows.
 //! A model that cannot score (no model, feature-count mismatch) is
 //! reported with its reason and its rows are left out; the others go on.
+//!
+//! Around it, the scheduled service: [`db`] (the job store), [`schedule`]
+//! (cron schedules, catch-up, the injectable clock) and [`run`] (jobs in
+//! tasks, with retries, outputs and logs in the object store).
 #![deny(missing_docs)]
+
+pub mod db;
+pub mod run;
+pub mod schedule;
 
 use std::ops::Range;
 
@@ -36,6 +44,22 @@ pub enum FailureReason {
         /// What went wrong.
         message: String,
     },
+    /// A model exists but the window holds no readings for it (scheduled
+    /// jobs only).
+    #[error("no readings for this (device, tag) in the window")]
+    NoData,
+}
+
+impl FailureReason {
+    /// `no_model`, `feature_mismatch`, `evaluation`, `no_data`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FailureReason::NoModel => "no_model",
+            FailureReason::FeatureMismatch { .. } => "feature_mismatch",
+            FailureReason::Evaluation { .. } => "evaluation",
+            FailureReason::NoData => "no_data",
+        }
+    }
 }
 
 /// A (device, tag) that was not scored.
