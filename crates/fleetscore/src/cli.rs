@@ -133,6 +133,10 @@ pub enum ModelsCommand {
     },
     /// Rebuild the compiled model pack from the stored model versions.
     Pack,
+    /// Train a OneClassSVM per (device, tag) from the readings in raw/
+    /// (libsvm's algorithm, as scikit-learn fits it) and register each as
+    /// a new model version; an identical model is not registered again.
+    Train(crate::train::TrainArgs),
 }
 
 #[derive(Args, Debug)]

@@ -13,6 +13,7 @@ mod metrics;
 mod mqtt;
 mod score;
 mod serve;
+mod train;
 mod util;
 mod windows;
 
@@ -60,6 +61,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 rt.block_on(import::show(g, &device, &tag, json))
             }
             cli::ModelsCommand::Pack => rt.block_on(import::repack(g)),
+            cli::ModelsCommand::Train(args) => rt.block_on(train::run(g, args)),
         },
         cli::Command::Score(args) => rt.block_on(score::run(g, args)),
         cli::Command::Ingest(args) => rt.block_on(batch::ingest(g, args)),

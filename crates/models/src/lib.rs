@@ -24,8 +24,10 @@ pub mod model;
 pub mod pack;
 pub mod pickle;
 pub mod sklearn;
+pub mod train;
 
 pub use format::FormatError;
 pub use model::{is_inlier, Detector, EvalError, Kernel, Model, OneClassSvm, Scaler};
 pub use pack::{Pack, PackEntry};
 pub use sklearn::{import as import_sklearn, ImportError};
+pub use train::{train, FitInfo, Gamma, ScalerChoice, SvmParams, TrainError, TrainParams};

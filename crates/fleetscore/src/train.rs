@@ -1,0 +1,318 @@
+//! `fleetscore models train`: fits a OneClassSVM per (device, tag) from the
+//! readings stored in raw/, in Rust, and registers each as a model version.
+//!
+//! The model input is the reference deployment's: one feature, the reading
+//! value, one row per reading. A series' rows are its readings in
+//! `[--from, --to)` in timestamp order (equal timestamps in object-key
+//! order, then row order), which fixes libsvm's initial point and so the
+//! fitted model: training the same stored readings again gives the same
+//! model, which the registry recognises by its content hash (no new
+//! version). The fit itself is [`fleetscore_models::train`], libsvm's
+//! algorithm as scikit-learn runs it.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use fleetscore_core::{format_ts, parse_ts, ModelKey};
+use fleetscore_models::{Gamma, ScalerChoice, SvmParams, TrainParams};
+use fleetscore_store::{ImportOutcome, ImportRequest, Store};
+use rayon::prelude::*;
+
+use crate::cli::Global;
+use crate::util;
+
+const HOUR_NS: i64 = 3_600 * 1_000_000_000;
+
+/// `fleetscore models train` flags.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// First reading time used (`2018-08-28 23:00:00` UTC, or RFC 3339).
+    #[arg(long)]
+    pub from: String,
+    /// Readings before this time are used (the range is from <= ts < to).
+    #[arg(long)]
+    pub to: String,
+    /// OneClassSVM nu: an upper bound on the fraction of training readings
+    /// flagged as anomalies, in (0, 1].
+    #[arg(long, default_value_t = 0.05)]
+    pub nu: f64,
+    /// RBF kernel coefficient: `scale` (1 / (n_features * var)), `auto`
+    /// (1 / n_features) or a number, as scikit-learn's `gamma`.
+    #[arg(long, default_value = "scale", value_parser = parse_gamma)]
+    pub gamma: Gamma,
+    /// Scaler in front of the SVM: `standard` trains
+    /// Pipeline(StandardScaler, OneClassSVM), `none` a bare OneClassSVM.
+    #[arg(long, default_value = "standard", value_parser = parse_scaler)]
+    pub scaler: ScalerChoice,
+    /// Series with fewer readings in the range are skipped.
+    #[arg(long, default_value_t = 20)]
+    pub min_readings: usize,
+    /// Only this device.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Only this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_gamma(s: &str) -> Result<Gamma, String> {
+    s.parse()
+}
+
+fn parse_scaler(s: &str) -> Result<ScalerChoice, String> {
+    s.parse()
+}
+
+/// The start (ns) of the hour a raw key's `date=…/hour=…` segments name.
+fn partition_start(key: &str) -> Option<i64> {
+    let mut date = None;
+    let mut hour = None;
+    for seg in key.split('/') {
+        if let Some(d) = seg.strip_prefix("date=") {
+            date = Some(d);
+        } else if let Some(h) = seg.strip_prefix("hour=") {
+            hour = Some(h);
+        }
+    }
+    let (date, hour) = (date?, hour?);
+    if date.len() != 10 || hour.len() != 2 {
+        return None;
+    }
+    parse_ts(&format!("{date}T{hour}:00:00Z")).ok()
+}
+
+/// One series' readings in the range: (ts, value), in time order.
+type Series = BTreeMap<(String, String), Vec<(i64, f64)>>;
+
+/// Reads the raw/ objects whose hour overlaps `[from, to)` and groups
+/// their readings in the range by (device, tag). Returns the series and
+/// the number of objects read.
+async fn read_series(
+    store: &Store,
+    from: i64,
+    to: i64,
+    device: Option<&str>,
+    tag: Option<&str>,
+) -> anyhow::Result<(Series, usize)> {
+    let mut keys: Vec<(i64, String)> = store
+        .list("raw/")
+        .await?
+        .into_iter()
+        .filter(|k| k.ends_with(".parquet"))
+        .filter_map(|k| partition_start(&k).map(|s| (s, k)))
+        .filter(|(s, _)| *s < to && s.saturating_add(HOUR_NS) > from)
+        .collect();
+    keys.sort();
+    let mut objects = Vec::with_capacity(keys.len());
+    for (_, key) in &keys {
+        let data = store
+            .get(key)
+            .await?
+            .with_context(|| format!("{key} was listed but cannot be read"))?;
+        objects.push((key.clone(), data));
+    }
+    let decoded: Vec<anyhow::Result<fleetscore_codecs::Readings>> = objects
+        .into_par_iter()
+        .map(|(key, data)| {
+            let mut r = fleetscore_codecs::read_readings_parquet_bytes(data, &key)
+                .with_context(|| format!("reading {key}"))?;
+            r.retain_time(Some(from), Some(to));
+            Ok(r)
+        })
+        .collect();
+    let mut series = Series::new();
+    for r in decoded {
+        let r = r?;
+        // Resolve each object's keys once; None = filtered out.
+        let slots: Vec<Option<(String, String)>> = r
+            .keys
+            .iter()
+            .map(|(d, t)| {
+                let keep = device.is_none_or(|x| x == d) && tag.is_none_or(|x| x == t);
+                keep.then(|| (d.clone(), t.clone()))
+            })
+            .collect();
+        for ((&ts, &v), &k) in r.ts.iter().zip(&r.value).zip(&r.key) {
+            if let Some(key) = &slots[k as usize] {
+                series.entry(key.clone()).or_default().push((ts, v));
+            }
+        }
+    }
+    for rows in series.values_mut() {
+        // Stable: equal timestamps keep object-key, then row order.
+        rows.sort_by_key(|(ts, _)| *ts);
+    }
+    Ok((series, keys.len()))
+}
+
+#[derive(serde::Serialize)]
+struct Skipped {
+    device: String,
+    tag: String,
+    readings: usize,
+}
+
+#[derive(serde::Serialize)]
+struct Failed {
+    device: String,
+    tag: String,
+    error: String,
+}
+
+pub async fn run(g: &Global, args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let from = parse_ts(&args.from).context("--from")?;
+    let to = parse_ts(&args.to).context("--to")?;
+    if from >= to {
+        bail!("--from must be before --to (the range is from <= ts < to)");
+    }
+    if !(args.nu > 0.0 && args.nu <= 1.0) {
+        bail!("--nu must be in (0, 1], not {}", args.nu);
+    }
+    let params = TrainParams {
+        scaler: args.scaler,
+        svm: SvmParams {
+            nu: args.nu,
+            gamma: args.gamma,
+            ..SvmParams::default()
+        },
+    };
+    let registry = util::registry(g)?;
+    let (series, objects) = read_series(
+        registry.store(),
+        from,
+        to,
+        args.device.as_deref(),
+        args.tag.as_deref(),
+    )
+    .await?;
+    let readings: usize = series.values().map(Vec::len).sum();
+    let gamma_text = match args.gamma {
+        Gamma::Scale => "scale".to_string(),
+        Gamma::Auto => "auto".to_string(),
+        Gamma::Value(v) => v.to_string(),
+    };
+    let scaler_text = match args.scaler {
+        ScalerChoice::Standard => "standard",
+        ScalerChoice::None => "none",
+    };
+    let (from_text, to_text) = (format_ts(from), format_ts(to));
+
+    let mut skipped = Vec::new();
+    let mut jobs = Vec::new();
+    for ((device, tag), rows) in series {
+        if rows.len() < args.min_readings {
+            skipped.push(Skipped {
+                device,
+                tag,
+                readings: rows.len(),
+            });
+        } else {
+            jobs.push((device, tag, rows));
+        }
+    }
+
+    let train_started = std::time::Instant::now();
+    let pb = util::progress(g, jobs.len() as u64, "training models");
+    let results: Vec<(String, String, Result<ImportRequest, String>)> = jobs
+        .into_par_iter()
+        .map(|(device, tag, rows)| {
+            let r = (|| {
+                let key = ModelKey::new(device.as_str(), tag.as_str()).map_err(|e| e.to_string())?;
+                let values: Vec<f64> = rows.iter().map(|(_, v)| *v).collect();
+                let (model, info) =
+                    fleetscore_models::train(&values, 1, &params).map_err(|e| e.to_string())?;
+                if info.hit_max_iter {
+                    return Err("the solver stopped at its iteration limit".to_string());
+                }
+                Ok(ImportRequest {
+                    key,
+                    model,
+                    source: format!(
+                        "fleetscore models train: {} readings in [{from_text}, {to_text}), nu={}, gamma={gamma_text}, scaler={scaler_text}",
+                        values.len(),
+                        args.nu
+                    ),
+                })
+            })();
+            pb.inc(1);
+            (device, tag, r)
+        })
+        .collect();
+    pb.finish_and_clear();
+    let train_secs = train_started.elapsed().as_secs_f64();
+
+    let mut requests = Vec::new();
+    let mut failed = Vec::new();
+    for (device, tag, r) in results {
+        match r {
+            Ok(req) => requests.push(req),
+            Err(error) => failed.push(Failed { device, tag, error }),
+        }
+    }
+    let trained = requests.len();
+    let outcomes = if requests.is_empty() {
+        Vec::new()
+    } else {
+        registry.import(requests, &util::now_rfc3339()).await?
+    };
+    let count = |f: fn(&ImportOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    let added = count(|o| matches!(o, ImportOutcome::Added { .. }));
+    let updated = count(|o| matches!(o, ImportOutcome::NewVersion { .. }));
+    let unchanged = count(|o| matches!(o, ImportOutcome::Unchanged { .. }));
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        let doc = serde_json::json!({
+            "from": from_text, "to": to_text,
+            "raw_objects": objects, "readings": readings,
+            "trained": trained, "added": added, "new_versions": updated, "unchanged": unchanged,
+            "skipped": skipped.len(), "failed": failed.len(),
+            "min_readings": args.min_readings,
+            "params": {"nu": args.nu, "gamma": gamma_text, "scaler": scaler_text, "kernel": "rbf"},
+            "train_seconds": train_secs, "seconds": secs,
+            "models": outcomes, "skipped_series": skipped, "failed_series": failed,
+            "store": registry.store().url(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for f in &failed {
+            eprintln!("failed: ({}, {}): {}", f.device, f.tag, f.error);
+        }
+        if trained == 0 && failed.is_empty() {
+            eprintln!(
+                "no series with at least {} reading(s) in [{from_text}, {to_text}) ({} reading(s) in {objects} raw object(s)); ingest readings first or widen the range",
+                args.min_readings, readings
+            );
+        }
+        println!(
+            "trained {trained} model(s) from {readings} reading(s) in [{from_text}, {to_text}) in {secs:.3}s (fitting {train_secs:.3}s): {added} added, {updated} new version(s), {unchanged} unchanged; {} skipped (fewer than {} readings), {} failed",
+            skipped.len(),
+            args.min_readings,
+            failed.len()
+        );
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_start_reads_raw_keys() {
+        let k = "raw/date=2018-08-28/hour=23/part-0123.parquet";
+        assert_eq!(
+            partition_start(k),
+            Some(parse_ts("2018-08-28T23:00:00Z").unwrap())
+        );
+        assert_eq!(partition_start("raw/other/part.parquet"), None);
+    }
+}
