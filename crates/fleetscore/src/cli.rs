@@ -100,10 +100,98 @@ pub enum Command {
     /// partitions on start, every --compact-interval and on SIGTERM/SIGINT.
     /// Prints `listening on ADDR` on stdout once bound.
     Serve(ServeArgs),
+    /// Score past windows now: one job per window of --window in
+    /// [--from, --to), run in this process, recorded in the job store like
+    /// scheduled jobs (outputs overwrite a scheduled run of the same window).
+    Backfill(BackfillArgs),
+    /// Inspect and manage jobs: list, show, logs, retry, cancel, run.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Print the effective service config (defaults, then --config FILE,
     /// then FLEETSCORE__SECTION__KEY variables) as TOML: a starting point
     /// for a config file.
     Config,
+}
+
+#[derive(Args, Debug)]
+pub struct BackfillArgs {
+    /// Start (RFC 3339 or ns), rounded down to a window boundary.
+    #[arg(long)]
+    pub from: String,
+    /// End (exclusive), rounded up to a window boundary.
+    #[arg(long)]
+    pub to: String,
+    /// Window length; one job per window.
+    #[arg(long, value_name = "DUR", default_value = "1h")]
+    pub window: Span,
+    /// Only these models (`device/tag`, repeatable) [default: all].
+    #[arg(long = "model", value_name = "DEVICE/TAG")]
+    pub models: Vec<String>,
+    /// Models per task [default: `[jobs] batch_size`, 1000].
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// A job fails past this many failed models: `5` or `10%`
+    /// [default: `[jobs] max_failed_models`].
+    #[arg(long)]
+    pub max_failed_models: Option<String>,
+    /// Retries per task [default: `[jobs] max_retries`, 2].
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Jobs, newest first.
+    List {
+        /// Only this state: queued, running, succeeded, failed, cancelled,
+        /// skipped.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this schedule.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job with its tasks and failed models.
+    Show {
+        /// Job id.
+        id: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The job's log and its tasks' logs (from the store's logs/ID/).
+    Logs {
+        /// Job id.
+        id: i64,
+    },
+    /// Queue a failed, cancelled or skipped job again (`serve` runs it, or
+    /// `fleetscore jobs run`).
+    Retry {
+        /// Job id.
+        id: i64,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// Job id.
+        id: i64,
+    },
+    /// Run every queued job now, in this process.
+    Run {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

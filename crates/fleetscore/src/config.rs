@@ -30,6 +30,23 @@
 //! [auth]
 //! ingest_tokens = ["…"]              # any of them is accepted on ingest
 //! admin_tokens = ["…"]
+//!
+//! [jobs]
+//! parallel_tasks = 0                 # tasks of a job at once; 0 = cores
+//! retry_backoff = "1s"               # doubles per attempt
+//! tick_interval = "5s"               # how often schedules are checked
+//! batch_size = 1000                  # models per task
+//! max_failed_models = "10%"          # or a count: 5
+//! max_retries = 2
+//!
+//! [[schedules]]                      # default: this one
+//! name = "hourly"
+//! cron = "0 * * * *"                 # UTC; nominal window ends
+//! window = "1h"                      # scores [T - window, T)
+//! delay = "5m"                       # at T + delay, for late data
+//! mode = "raw"
+//! concurrency = "forbid"             # or "allow"
+//! catch_up = 24                      # missed windows scored after downtime
 //! ```
 //!
 //! An environment variable names the section and key with double
@@ -45,11 +62,13 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use fleetscore_codecs::{CsvBodyConfig, LineProtocolConfig};
 use fleetscore_ingest::LogConfig;
+use fleetscore_jobs::db::{Concurrency, Threshold};
+use fleetscore_jobs::schedule::ScheduleSpec;
 use fleetscore_stream::{AggregatorConfig, Span};
 use serde::{Deserialize, Serialize};
 
 /// Everything `serve` can be told.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `[server]`.
@@ -62,6 +81,130 @@ pub struct Config {
     pub mqtt: MqttSection,
     /// `[auth]`.
     pub auth: AuthConfig,
+    /// `[jobs]`: how jobs run.
+    pub jobs: JobsConfig,
+    /// `[[schedules]]`: when jobs are created. Default: `hourly`.
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            ingest: IngestConfig::default(),
+            stream: AggregatorConfig::default(),
+            mqtt: MqttSection::default(),
+            auth: AuthConfig::default(),
+            jobs: JobsConfig::default(),
+            schedules: vec![ScheduleConfig::default()],
+        }
+    }
+}
+
+/// `[jobs]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Tasks of one job run at once; 0 = the number of cores.
+    pub parallel_tasks: usize,
+    /// First delay before a failed task is retried; doubles per attempt.
+    pub retry_backoff: Span,
+    /// How often `serve` checks the schedules.
+    pub tick_interval: Span,
+    /// Models per task, unless a schedule says otherwise.
+    pub batch_size: u32,
+    /// A job fails past this many failed models: a count (`5`) or a
+    /// percentage (`"10%"`).
+    pub max_failed_models: Threshold,
+    /// Retries per task.
+    pub max_retries: u32,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            parallel_tasks: 0,
+            retry_backoff: Span::from_secs(1),
+            tick_interval: Span::from_secs(5),
+            batch_size: 1000,
+            max_failed_models: Threshold::Percent(10.0),
+            max_retries: 2,
+        }
+    }
+}
+
+/// One `[[schedules]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Unique name.
+    pub name: String,
+    /// Cron expression, five fields, UTC: the nominal window ends.
+    pub cron: String,
+    /// Window length: each nominal time `T` scores `[T - window, T)`.
+    pub window: Span,
+    /// Wait after `T` for late data before scoring.
+    pub delay: Span,
+    /// Model input: `raw` (each reading is a row).
+    pub mode: String,
+    /// Models per task (default: `[jobs] batch_size`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// Failure threshold (default: `[jobs] max_failed_models`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_failed_models: Option<Threshold>,
+    /// Retries per task (default: `[jobs] max_retries`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// `forbid` (one job of this schedule at a time) or `allow`.
+    pub concurrency: Concurrency,
+    /// After downtime, at most this many missed windows are scored; older
+    /// ones are recorded as skipped.
+    pub catch_up: u32,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            name: "hourly".into(),
+            cron: "0 * * * *".into(),
+            window: Span::from_secs(3600),
+            delay: Span::from_secs(300),
+            mode: "raw".into(),
+            batch_size: None,
+            max_failed_models: None,
+            max_retries: None,
+            concurrency: Concurrency::Forbid,
+            catch_up: 24,
+        }
+    }
+}
+
+impl Config {
+    /// The schedules, checked, with the `[jobs]` defaults filled in.
+    pub fn schedule_specs(&self) -> anyhow::Result<Vec<ScheduleSpec>> {
+        let mut out: Vec<ScheduleSpec> = Vec::new();
+        for s in &self.schedules {
+            let spec = ScheduleSpec {
+                name: s.name.clone(),
+                cron: s.cron.clone(),
+                window_ns: s.window.as_nanos(),
+                delay_ns: s.delay.as_nanos(),
+                mode: s.mode.clone(),
+                batch_size: s.batch_size.unwrap_or(self.jobs.batch_size),
+                max_failed: s.max_failed_models.unwrap_or(self.jobs.max_failed_models),
+                max_retries: s.max_retries.unwrap_or(self.jobs.max_retries),
+                concurrency: s.concurrency,
+                catch_up: s.catch_up,
+            };
+            spec.check().context("invalid config: [[schedules]]")?;
+            if out.iter().any(|o| o.name == spec.name) {
+                anyhow::bail!("invalid config: two schedules are named {:?}", spec.name);
+            }
+            out.push(spec);
+        }
+        Ok(out)
+    }
 }
 
 /// `[server]`.
@@ -179,6 +322,7 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         .stream
         .validate()
         .context("invalid config: [stream]")?;
+    config.schedule_specs()?;
     Ok(config)
 }
 

@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod demo;
 mod import;
+mod jobs_cmd;
 mod metrics;
 mod mqtt;
 mod score;
@@ -68,6 +69,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Aggregate(args) => rt.block_on(batch::aggregate(g, args)),
         cli::Command::Demo(args) => rt.block_on(demo::run(g, args)),
         cli::Command::Serve(args) => rt.block_on(serve::run(g, args)),
+        cli::Command::Backfill(args) => rt.block_on(jobs_cmd::backfill(g, args)),
+        cli::Command::Jobs { command } => rt.block_on(jobs_cmd::jobs(g, command)),
         cli::Command::Config => {
             let c = config::load(g.config.as_deref())?;
             print!("{}", config::to_toml(&c)?);

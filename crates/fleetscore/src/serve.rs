@@ -243,6 +243,40 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mqtt = mqtt_source.map(|source| {
         tokio::spawn(source.run(Arc::clone(&ingestor), Arc::clone(&metrics), stop_rx.clone()))
     });
+    let scheduler = {
+        let specs = c.schedule_specs()?;
+        let db = util::job_store(g).await?;
+        let runner = fleetscore_jobs::run::Runner::new(
+            Arc::clone(&db),
+            store.clone(),
+            Arc::new(fleetscore_jobs::schedule::SystemClock),
+            crate::jobs_cmd::runner_config(&c),
+        );
+        let every = Duration::from_nanos(c.jobs.tick_interval.as_nanos().max(1_000_000) as u64);
+        tracing::info!(
+            schedules = %specs.iter().map(|s| format!("{} ({})", s.name, s.cron)).collect::<Vec<_>>().join(", "),
+            db = db.url(),
+            "scheduler started"
+        );
+        // On a thread of its own with a one-thread runtime: the runner's
+        // futures are not `Send` (object_store streams), and scoring is
+        // CPU work on the blocking pool anyway.
+        let stop = stop_rx.clone();
+        std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => rt.block_on(crate::jobs_cmd::scheduler_loop(
+                        db, runner, specs, every, stop,
+                    )),
+                    Err(e) => tracing::error!("the scheduler could not start: {e}"),
+                }
+            })
+            .context("starting the scheduler thread")?
+    };
     let background = {
         let flush_every = Duration::from_nanos(c.server.window_flush_interval.as_nanos() as u64);
         let compact_every = Duration::from_nanos(c.ingest.compact_interval.as_nanos() as u64);
@@ -281,6 +315,7 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("stopped accepting requests; writing windows and compacting the ingest log");
     let _ = stop_tx.send(true);
     let mut compactor = background.await.context("the background task failed")?;
+    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
     if let Some(mqtt) = mqtt {
         let _ = mqtt.await;
     }

@@ -76,3 +76,17 @@ pub fn progress(g: &Global, len: u64, what: &str) -> ProgressBar {
 pub fn secs(d: std::time::Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
 }
+
+/// The job store: `--db`, else `sqlite://DATA/fleetscore.db`.
+pub async fn job_store(
+    g: &Global,
+) -> anyhow::Result<std::sync::Arc<dyn fleetscore_jobs::db::JobStore>> {
+    let url = match &g.db {
+        Some(u) => u.clone(),
+        None => format!("sqlite://{}", g.data.join("fleetscore.db").display()),
+    };
+    let db = fleetscore_jobs::db::SqliteStore::open(&url)
+        .await
+        .with_context(|| format!("opening the job store {url}"))?;
+    Ok(std::sync::Arc::new(db))
+}

@@ -147,19 +147,27 @@ pub async fn load_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Readi
         hour += HOUR_NS;
     }
     let files: Vec<Readings> = stream::iter(keys)
-        .map(|key| async move {
-            match store.get(&key).await? {
-                None => Ok::<_, anyhow::Error>(None),
-                Some(data) => Ok(Some(
-                    tokio::task::spawn_blocking(move || read_readings_parquet_bytes(data, &key))
+        .map(|key| {
+            // Owned, so the future is Send for any caller.
+            let store = store.clone();
+            async move {
+                match store.get(&key).await? {
+                    None => Ok::<_, anyhow::Error>(None),
+                    Some(data) => Ok(Some(
+                        tokio::task::spawn_blocking(move || {
+                            read_readings_parquet_bytes(data, &key)
+                        })
                         .await??,
-                )),
+                    )),
+                }
             }
         })
         .buffered(8)
-        .try_filter_map(|r| async move { Ok(r) })
-        .try_collect()
-        .await?;
+        .try_collect::<Vec<Option<Readings>>>()
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
     let mut out = Readings::default();
     let mut ids: HashMap<(String, String), u32> = HashMap::new();
     for f in files {
@@ -185,6 +193,9 @@ pub async fn load_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Readi
     }
     Ok(out)
 }
+
+/// A task's record, readings, pairs and output key.
+type TaskInput = (TaskRecord, Readings, Vec<(String, String)>, String);
 
 /// What one task produced.
 struct TaskOutput {
@@ -371,15 +382,16 @@ impl Runner {
 
         let pack = Arc::new(pack);
         let (prefix, stem) = output_prefix(&job);
-        let runs = tasks
-            .into_iter()
-            .zip(parts)
-            .zip(chunks.iter().map(|c| c.to_vec()));
+        let mut runs: Vec<TaskInput> = Vec::new();
+        for ((record, readings), c) in tasks.into_iter().zip(parts).zip(&chunks) {
+            let key = format!("{prefix}/part-{stem}-{:05}.parquet", record.idx);
+            runs.push((record, readings, c.to_vec(), key));
+        }
+        let job_ref = job.clone();
         let outputs: Vec<TaskOutput> = stream::iter(runs)
-            .map(|((record, readings), units)| {
+            .map(|(record, readings, units, key)| {
                 let pack = Arc::clone(&pack);
-                let key = format!("{prefix}/part-{stem}-{:05}.parquet", record.idx);
-                let job = job.clone();
+                let job = job_ref.clone();
                 async move {
                     self.run_task(&job, record, readings, units, pack, key)
                         .await

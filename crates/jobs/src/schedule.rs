@@ -210,7 +210,18 @@ pub struct TickOutcome {
 }
 
 /// Creates the due jobs of `spec` at `now` (see the module docs).
-pub async fn tick(
+///
+/// (A plain function returning a `Send` future, so that a spawned loop can
+/// await it.)
+pub fn tick<'a>(
+    db: &'a dyn JobStore,
+    spec: &'a ScheduleSpec,
+    now: i64,
+) -> impl std::future::Future<Output = Result<TickOutcome, ScheduleError>> + Send + 'a {
+    tick_inner(db, spec, now)
+}
+
+async fn tick_inner(
     db: &dyn JobStore,
     spec: &ScheduleSpec,
     now: i64,

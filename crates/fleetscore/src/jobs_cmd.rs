@@ -1,0 +1,350 @@
+//! `fleetscore backfill` and `fleetscore jobs …`: the job store from the
+//! command line.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fleetscore_core::{format_ts, parse_ts};
+use fleetscore_jobs::db::{
+    Concurrency, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, Threshold,
+};
+use fleetscore_jobs::run::{Runner, RunnerConfig};
+use fleetscore_jobs::schedule::SystemClock;
+use serde_json::json;
+
+use crate::cli::{BackfillArgs, Global, JobsCommand};
+use crate::config::{self, Config};
+use crate::util;
+
+/// The runner settings from the config.
+pub fn runner_config(c: &Config) -> RunnerConfig {
+    let mut rc = RunnerConfig {
+        retry_backoff: Duration::from_nanos(c.jobs.retry_backoff.as_nanos().max(0) as u64),
+        ..RunnerConfig::default()
+    };
+    if c.jobs.parallel_tasks > 0 {
+        rc.parallel_tasks = c.jobs.parallel_tasks;
+    }
+    rc
+}
+
+fn ms(v: Option<i64>, w: Option<i64>) -> String {
+    match (v, w) {
+        (Some(a), Some(b)) => format!("{:.3}s", (b - a) as f64 / 1e9),
+        _ => "-".into(),
+    }
+}
+
+fn line(j: &JobRecord) -> String {
+    format!(
+        "{:>6}  {:<10} {:<9} {} .. {}  {:>6} models {:>9} rows {:>7} anomalies {:>5} failed  {}",
+        j.id,
+        j.state.as_str(),
+        j.schedule.as_deref().unwrap_or(j.kind.as_str()),
+        format_ts(j.window_start),
+        format_ts(j.window_end),
+        j.models,
+        j.rows,
+        j.anomalies,
+        j.failed_models,
+        ms(j.started_at, j.finished_at)
+    )
+}
+
+pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode> {
+    let c = config::load(g.config.as_deref())?;
+    let from = parse_ts(&args.from).context("--from")?;
+    let to = parse_ts(&args.to).context("--to")?;
+    let w = args.window.as_nanos();
+    anyhow::ensure!(w > 0, "--window must be longer than zero");
+    anyhow::ensure!(from < to, "--from must be before --to");
+    let start = from.div_euclid(w) * w;
+    let end = match to.rem_euclid(w) {
+        0 => to,
+        r => to + (w - r),
+    };
+    let windows = (end - start) / w;
+    anyhow::ensure!(
+        windows <= 10_000,
+        "{windows} windows of {} in that range; backfill at most 10000 at a time",
+        args.window
+    );
+    let max_failed: Threshold = match &args.max_failed_models {
+        Some(t) => t
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))
+            .context("--max-failed-models")?,
+        None => c.jobs.max_failed_models,
+    };
+    let selection = if args.models.is_empty() {
+        None
+    } else {
+        for m in &args.models {
+            anyhow::ensure!(
+                m.split_once('/')
+                    .is_some_and(|(d, t)| !d.is_empty() && !t.is_empty()),
+                "--model {m:?}: write DEVICE/TAG"
+            );
+        }
+        Some(args.models.clone())
+    };
+    let db = util::job_store(g).await?;
+    let store = util::store(g)?;
+    let clock = Arc::new(SystemClock);
+    let now = util::now_ns();
+    let mut ids = Vec::new();
+    for i in 0..windows {
+        let job = NewJob {
+            schedule: None,
+            kind: JobKind::Backfill,
+            window_start: start + i * w,
+            window_end: start + (i + 1) * w,
+            mode: "raw".into(),
+            selection: selection.clone(),
+            batch_size: args.batch_size.unwrap_or(c.jobs.batch_size).max(1),
+            max_failed,
+            max_retries: args.max_retries.unwrap_or(c.jobs.max_retries),
+            concurrency: Concurrency::Allow,
+            state: JobState::Queued,
+            error: None,
+        };
+        ids.push(db.create_job(&job, now).await?);
+    }
+    let runner = Runner::new(Arc::clone(&db), store, clock, runner_config(&c));
+    let pb = util::progress(g, ids.len() as u64, "backfill");
+    let mut jobs = Vec::new();
+    for id in &ids {
+        // Claim this very job (others may be queued by a running server).
+        let job = db.job(*id).await?;
+        let job = JobRecord {
+            state: JobState::Running,
+            started_at: Some(util::now_ns()),
+            ..job
+        };
+        db.update_job(&job).await?;
+        jobs.push(runner.run_claimed(job).await?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let failed = jobs
+        .iter()
+        .filter(|j| j.state != JobState::Succeeded)
+        .count();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+    } else {
+        for j in &jobs {
+            println!("{}", line(j));
+            if let Some(e) = &j.error {
+                println!("        {e}");
+            }
+        }
+        let rows: u64 = jobs.iter().map(|j| j.rows).sum();
+        let anomalies: u64 = jobs.iter().map(|j| j.anomalies).sum();
+        println!(
+            "backfilled {} window(s) of {}: {rows} rows, {anomalies} anomalies, {failed} failed job(s); `fleetscore jobs show ID` for details",
+            jobs.len(),
+            args.window
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> {
+    let db = util::job_store(g).await?;
+    match command {
+        JobsCommand::List {
+            state,
+            schedule,
+            limit,
+            json,
+        } => {
+            let state = state
+                .map(|s| s.parse::<JobState>().map_err(|e| anyhow::anyhow!(e)))
+                .transpose()
+                .context("--state")?;
+            let list = db
+                .jobs(&JobFilter {
+                    state,
+                    schedule,
+                    limit: Some(limit),
+                    ..JobFilter::default()
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no jobs in {}", db.url());
+            } else {
+                println!(
+                    "{:>6}  {:<10} {:<9} {:<61} {:>13} {:>14} {:>17} {:>12}  took",
+                    "id", "state", "schedule", "window", "", "", "", ""
+                );
+                for j in &list {
+                    println!("{}", line(j));
+                }
+            }
+        }
+        JobsCommand::Show { id, json } => {
+            let job = db.job(id).await?;
+            let tasks = db.tasks(id).await?;
+            let failures = db.failures(id).await?;
+            if json {
+                let doc = json!({"job": job, "tasks": tasks, "failures": failures});
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!("{}", line(&job));
+                println!(
+                    "  kind {}, mode {}, batch size {}, max failed {}, max retries {}, created {}",
+                    job.kind.as_str(),
+                    job.mode,
+                    job.batch_size,
+                    job.max_failed,
+                    job.max_retries,
+                    format_ts(job.created_at)
+                );
+                println!(
+                    "  load {} ms, score {} ms, write {} ms (summed over tasks); manifest {}",
+                    job.load_ms,
+                    job.score_ms,
+                    job.write_ms,
+                    job.manifest.as_deref().unwrap_or("-")
+                );
+                if let Some(e) = &job.error {
+                    println!("  error: {e}");
+                }
+                for t in &tasks {
+                    println!(
+                        "  task {:>4} {:<9} attempts {} models {:>5} ({}..{}) rows {:>8} anomalies {:>6} failed {:>4} score {} ms write {} ms{}",
+                        t.idx,
+                        t.state,
+                        t.attempts,
+                        t.n_keys,
+                        t.first_key,
+                        t.last_key,
+                        t.rows,
+                        t.anomalies,
+                        t.failed_models,
+                        t.score_ms,
+                        t.write_ms,
+                        t.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default()
+                    );
+                }
+                for f in &failures {
+                    println!(
+                        "  failed model ({}, {}): {} ({} readings)",
+                        f.device, f.tag, f.detail, f.rows
+                    );
+                }
+            }
+        }
+        JobsCommand::Logs { id } => {
+            db.job(id).await?;
+            let store = util::store(g)?;
+            let keys = store.list(&format!("logs/{id}/")).await?;
+            if keys.is_empty() {
+                println!("no logs for job {id} yet (it has not run)");
+            }
+            for key in keys {
+                if let Some(data) = store.get(&key).await? {
+                    println!("==> {key} <==");
+                    print!("{}", String::from_utf8_lossy(&data));
+                }
+            }
+        }
+        JobsCommand::Retry { id } => {
+            let j = db.retry(id).await?;
+            println!(
+                "job {} queued again; a running `fleetscore serve` picks it up, or run it now with `fleetscore jobs run`",
+                j.id
+            );
+        }
+        JobsCommand::Cancel { id } => {
+            let j = db.cancel(id, util::now_ns()).await?;
+            println!("job {} cancelled", j.id);
+        }
+        JobsCommand::Run { json } => {
+            let c = config::load(g.config.as_deref())?;
+            let runner = Runner::new(
+                Arc::clone(&db),
+                util::store(g)?,
+                Arc::new(SystemClock),
+                runner_config(&c),
+            );
+            let ids = runner.run_queued().await?;
+            let mut jobs = Vec::new();
+            for id in ids {
+                jobs.push(db.job(id).await?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                for j in &jobs {
+                    println!("{}", line(j));
+                }
+                println!("ran {} queued job(s)", jobs.len());
+            }
+            if jobs.iter().any(|j| j.state == JobState::Failed) {
+                return Ok(ExitCode::from(3));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The scheduler loop of `serve`: ticks every schedule, then runs what is
+/// queued, until `stop`.
+pub async fn scheduler_loop(
+    db: Arc<dyn JobStore>,
+    runner: Runner,
+    specs: Vec<fleetscore_jobs::schedule::ScheduleSpec>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let requeued = db.requeue_running().await.unwrap_or(0);
+    if requeued > 0 {
+        tracing::warn!(
+            jobs = requeued,
+            "jobs left running by a previous process were queued again"
+        );
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let now = util::now_ns();
+        for spec in &specs {
+            match fleetscore_jobs::schedule::tick(&*db, spec, now).await {
+                Ok(out) if !out.queued.is_empty() => {
+                    tracing::info!(schedule = %spec.name, jobs = ?out.queued, "jobs queued");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(schedule = %spec.name, "schedule tick failed: {e}"),
+            }
+        }
+        // Runs what is runnable; a stop lets the current job finish.
+        while !*stop.borrow() {
+            match db.claim_job(util::now_ns()).await {
+                Ok(Some(job)) => {
+                    if let Err(e) = runner.run_claimed(job).await {
+                        tracing::error!("recording a job failed: {e:#}");
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("claiming a job failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
