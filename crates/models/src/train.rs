@@ -64,11 +64,12 @@
 //! same shrinking and unshrinking steps, same f32 rounding of the kernel),
 //! the fitted `gamma`, scaler, support-vector set, iteration count, dual
 //! coefficients and `rho` are **bit-identical** to scikit-learn 1.9.1's on
-//! all 23 fixtures in `tests/fixtures/sklearn/train/` (1-D and 3-D, 50 to
+//! all 26 fixtures in `tests/fixtures/sklearn/train/` (1-D and 3-D, 50 to
 //! 2000 rows, nu 0.01 to 0.6, numeric/'scale'/'auto' gamma, with and
 //! without StandardScaler, ties and duplicate rows, outliers, constant
-//! data, up to 5,493 iterations with several shrinking rounds, all four
-//! kernels). Decision values then differ only by the scoring path's
+//! data, up to 5,493 iterations with several shrinking rounds, both
+//! `reconstruct_gradient` loop orders, all four kernels), and on 1,000 of
+//! 1,000 sensor-like series of 1,000 readings in `bench/train.py`. Decision values then differ only by the scoring path's
 //! 2-ulp `exp` ([`crate::Model::decision_function`]; scikit-learn uses
 //! glibc's): measured max 5.7e-14 relative to `max(1, |value|)`, with
 //! identical labels. `tests/train.rs` asserts exact equality of all fitted
