@@ -266,7 +266,7 @@ pub fn train(
 }
 
 fn check_rows(rows: &[f64], n_features: usize) -> Result<usize, TrainError> {
-    if n_features == 0 || rows.len() % n_features != 0 {
+    if n_features == 0 || !rows.len().is_multiple_of(n_features) {
         return Err(TrainError::Ragged {
             values: rows.len(),
             width: n_features,
