@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -90,12 +92,30 @@ pub fn read_readings_parquet_bytes(data: Bytes, name: &str) -> Result<Readings, 
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(data)
-        .map_err(|e| pq(&e))?
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(data.clone()).map_err(|e| pq(&e))?;
+    // Text device and tag columns are read as dictionaries (as Parquet
+    // stores them): each distinct pair is then interned once per batch
+    // instead of once per row. The result is the same.
+    if let Some(schema) = crate::readings::dictionary_hint(builder.schema()) {
+        let options = ArrowReaderOptions::new().with_schema(schema);
+        if let Ok(meta) = ArrowReaderMetadata::try_new(builder.metadata().clone(), options) {
+            builder = ParquetRecordBatchReaderBuilder::new_with_metadata(data, meta);
+        }
+    }
+    // Room for every row up front (no regrowth copies), within reason.
+    let rows = usize::try_from(builder.metadata().file_metadata().num_rows())
+        .unwrap_or(0)
+        .min(1 << 26);
+    let reader = builder
         .with_batch_size(64 * 1024)
         .build()
         .map_err(|e| pq(&e))?;
-    let mut out = Readings::default();
+    let mut out = Readings {
+        ts: Vec::with_capacity(rows),
+        value: Vec::with_capacity(rows),
+        key: Vec::with_capacity(rows),
+        keys: Vec::new(),
+    };
     let mut interner = Interner::default();
     let mut row0 = 0;
     for batch in reader {

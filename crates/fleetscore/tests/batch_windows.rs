@@ -304,10 +304,27 @@ fn aggregate_writes_tumbling_and_hopping_windows() {
     assert_windows(&windows(&root.join(&keys[0])), &hour10);
     assert_windows(&windows(&root.join(&keys[1])), &hour11);
 
-    // A rerun overwrites the same objects.
+    // A rerun overwrites the same objects, and replaces each partition of
+    // its range: other parts there (the streaming path's) are deleted,
+    // parts outside the range and other files stay.
+    let other = |hour: &str, name: &str| {
+        let dir = root.join(format!("size=1m/date=2024-03-05/hour={hour}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), b"not parquet").unwrap();
+        format!("size=1m/date=2024-03-05/hour={hour}/{name}")
+    };
+    other("10", "part-3.parquet");
+    other("11", "part-1.parquet");
+    let kept = [other("10", "README"), other("12", "part-1.parquet")];
     assert!(run(&data, &args).status.success());
-    assert_eq!(files(&root), keys);
+    let mut want: Vec<String> = keys.iter().cloned().chain(kept.iter().cloned()).collect();
+    want.sort();
+    assert_eq!(files(&root), want);
     assert_windows(&windows(&root.join(&keys[0])), &hour10);
+    for k in &kept {
+        std::fs::remove_file(root.join(k)).unwrap();
+    }
+    assert_eq!(files(&root), keys);
 
     // Hopping windows of 2m every 1m starting in hour 10; the 10:59 window
     // reads hour 11's raw partition too.

@@ -60,7 +60,7 @@ pub enum StoreError {
     Backend {
         /// The store root.
         url: String,
-        /// `get`, `put`, `list`.
+        /// `get`, `put`, `list`, `delete`.
         op: &'static str,
         /// The object key.
         key: String,
@@ -161,6 +161,15 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(|e| self.err("put", key, e))
+    }
+
+    /// Deletes an object; deleting one that does not exist is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = ObjectPath::from(key);
+        match self.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err("delete", key, e)),
+        }
     }
 
     /// Keys of every object under `prefix` (a folder such as `raw/`; an

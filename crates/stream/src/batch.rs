@@ -67,36 +67,52 @@ pub fn batch_aggregate<'a>(
     });
 
     let mut out = Vec::new();
+    let mut buf: Vec<Pane> = Vec::new();
     let mut rest = &panes[..];
     while let Some(&(id, _)) = rest.first() {
         let n = rest.iter().take_while(|p| p.0 == id).count();
         let (lane, tail) = rest.split_at(n);
         rest = tail;
         let (device, tag) = interner.pair(id);
-        // The same walk as the stream's closing: from the oldest pane's
-        // first window on, each window that holds a pane, oldest first.
-        let mut cursor = i64::MIN;
-        let mut lo = 0;
-        while lo < lane.len() {
-            let pane = lane[lo].1.start;
-            let start = cursor.max(layout.first_start(pane));
-            if start > layout.last_start(pane) {
-                lo += 1;
-                continue;
-            }
-            if start >= to {
-                break;
-            }
-            if start >= from {
-                if let Some(acc) = merge_window(lane[lo..].iter().map(|p| &p.1), start, layout.size)
-                {
-                    out.push(acc.finish(device, tag, start, start + layout.size));
-                }
-            }
-            cursor = start + layout.hop;
-        }
+        buf.clear();
+        buf.extend(lane.iter().map(|p| p.1));
+        walk_lane(&layout, &buf, from, to, |start, acc| {
+            out.push(acc.finish(device, tag, start, start + layout.size));
+        });
     }
     Ok(out)
+}
+
+/// The windows of one series' panes (sorted by start, each needed by some
+/// window starting in `[from, to)`) that start in `[from, to)`, oldest
+/// first: the same walk as the stream's closing, from the oldest pane's
+/// first window on, each window that holds a pane.
+pub(crate) fn walk_lane(
+    layout: &Layout,
+    lane: &[Pane],
+    from: i64,
+    to: i64,
+    mut emit: impl FnMut(i64, Acc),
+) {
+    let mut cursor = i64::MIN;
+    let mut lo = 0;
+    while lo < lane.len() {
+        let pane = lane[lo].start;
+        let start = cursor.max(layout.first_start(pane));
+        if start > layout.last_start(pane) {
+            lo += 1;
+            continue;
+        }
+        if start >= to {
+            break;
+        }
+        if start >= from {
+            if let Some(acc) = merge_window(lane[lo..].iter(), start, layout.size) {
+                emit(start, acc);
+            }
+        }
+        cursor = start + layout.hop;
+    }
 }
 
 #[cfg(test)]

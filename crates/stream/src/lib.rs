@@ -149,6 +149,7 @@ mod columns;
 mod config;
 mod error;
 mod intern;
+mod series;
 mod span;
 mod window;
 
@@ -161,5 +162,6 @@ pub use config::{
     AggregatorConfig, LatePolicy, WatermarkMode, WindowSpec, MAX_WINDOWS_PER_READING,
 };
 pub use error::Error;
+pub use series::{SeriesWindows, WindowColumns, WindowStats};
 pub use span::Span;
 pub use window::Window;
