@@ -32,8 +32,8 @@ pub use lineproto::{
     parse_line_protocol, BoolFields, LineProtocolConfig, Precision, PrecisionError,
 };
 pub use predictions::{
-    predictions_parquet_bytes, write_predictions, OutputFormat, PredictionColumns,
-    PredictionLayout, WrittenFile,
+    predictions_parquet_bytes, read_predictions_parquet_bytes, write_predictions, OutputFormat,
+    PredictionColumns, PredictionLayout, PredictionRow, WrittenFile,
 };
 pub use raw::{
     raw_readings_schema, read_readings_parquet_bytes, write_batch_parquet, write_readings_parquet,

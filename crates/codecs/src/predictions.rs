@@ -395,3 +395,86 @@ fn batch_of(
     ];
     RecordBatch::try_new(schema.clone(), columns)
 }
+
+/// One prediction row read back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PredictionRow {
+    /// Timestamp, ns since the epoch (stored in µs).
+    pub ts: i64,
+    /// Device.
+    pub device: String,
+    /// Tag.
+    pub tag: String,
+    /// The value scored.
+    pub value: f64,
+    /// 1 = anomaly.
+    pub prediction: i32,
+    /// Decision function.
+    pub score: f64,
+}
+
+/// Reads a predictions Parquet object (as written by
+/// [`predictions_parquet_bytes`] or [`write_predictions`]), keeping the
+/// rows `keep` accepts. `name` is for error messages.
+pub fn read_predictions_parquet_bytes(
+    data: bytes::Bytes,
+    name: &str,
+    mut keep: impl FnMut(&PredictionRow) -> bool,
+) -> Result<Vec<PredictionRow>, CodecError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int32Type, TimestampMicrosecondType};
+    let pq = |e: &dyn std::fmt::Display| CodecError::Parquet {
+        path: name.into(),
+        reason: e.to_string(),
+    };
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+        .map_err(|e| pq(&e))?
+        .build()
+        .map_err(|e| pq(&e))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let b = batch.map_err(|e| pq(&e))?;
+        if b.num_columns() != 6 {
+            return Err(pq(&format!(
+                "expected the 6 predictions columns, found {}",
+                b.num_columns()
+            )));
+        }
+        let text = |i: usize| arrow::compute::cast(b.column(i), &DataType::Utf8);
+        let (dev, tag) = (text(1).map_err(|e| pq(&e))?, text(2).map_err(|e| pq(&e))?);
+        let (dev, tag) = (dev.as_string::<i32>(), tag.as_string::<i32>());
+        let ts = b
+            .column(0)
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| pq(&"TS is not a microsecond timestamp"))?;
+        let val = b
+            .column(3)
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| pq(&"Val is not f64"))?;
+        let pred = b
+            .column(4)
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| pq(&"Prediction is not int32"))?;
+        let score = b
+            .column(5)
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| pq(&"Score is not f64"))?;
+        for i in 0..b.num_rows() {
+            if dev.is_null(i) || tag.is_null(i) {
+                continue;
+            }
+            let row = PredictionRow {
+                ts: ts.value(i).saturating_mul(1_000),
+                device: dev.value(i).to_string(),
+                tag: tag.value(i).to_string(),
+                value: val.value(i),
+                prediction: pred.value(i),
+                score: score.value(i),
+            };
+            if keep(&row) {
+                out.push(row);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -221,6 +221,15 @@ pub enum ModelsCommand {
     },
     /// Rebuild the compiled model pack from the stored model versions.
     Pack,
+    /// Make a stored version the live one (roll back, or forward again).
+    Promote {
+        /// Device (or `*` for the fallback model of a tag).
+        device: String,
+        /// Tag.
+        tag: String,
+        /// The version to make live (see `models show`).
+        version: u32,
+    },
     /// Train a OneClassSVM per (device, tag) from the readings in raw/
     /// (libsvm's algorithm, as scikit-learn fits it) and register each as
     /// a new model version; an identical model is not registered again.

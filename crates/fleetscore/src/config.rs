@@ -30,6 +30,7 @@
 //! [auth]
 //! ingest_tokens = ["…"]              # any of them is accepted on ingest
 //! admin_tokens = ["…"]
+//! protect_reads = false              # true: GET /v1/… needs a token too
 //!
 //! [jobs]
 //! parallel_tasks = 0                 # tasks of a job at once; 0 = cores
@@ -295,6 +296,9 @@ pub struct AuthConfig {
     pub ingest_tokens: Vec<String>,
     /// Bearer tokens for admin endpoints (they also may ingest).
     pub admin_tokens: Vec<String>,
+    /// Whether the read endpoints (`GET /v1/…`) need a token too (any
+    /// ingest or admin token). Default false.
+    pub protect_reads: bool,
 }
 
 /// The prefix of config environment variables.

@@ -256,3 +256,22 @@ pub async fn repack(g: &Global) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn promote(
+    g: &Global,
+    device: &str,
+    tag: &str,
+    version: u32,
+) -> anyhow::Result<ExitCode> {
+    let key = fleetscore_core::ModelKey::new(device, tag)?;
+    let registry = util::registry(g)?;
+    let entry = registry.promote(&key, version).await?;
+    println!(
+        "model ({}, {}): version {} is live ({} version(s) stored)",
+        entry.device,
+        entry.tag,
+        entry.live,
+        entry.versions.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -4,9 +4,11 @@
 //! was done, see the message); 2 usage error; 3 the command completed but
 //! some models or files failed (each is listed with its reason).
 
+mod api;
 mod batch;
 mod cli;
 mod config;
+mod dashboard;
 mod demo;
 mod import;
 mod jobs_cmd;
@@ -62,6 +64,11 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 rt.block_on(import::show(g, &device, &tag, json))
             }
             cli::ModelsCommand::Pack => rt.block_on(import::repack(g)),
+            cli::ModelsCommand::Promote {
+                device,
+                tag,
+                version,
+            } => rt.block_on(import::promote(g, &device, &tag, version)),
             cli::ModelsCommand::Train(args) => rt.block_on(train::run(g, args)),
         },
         cli::Command::Score(args) => rt.block_on(score::run(g, args)),

@@ -219,13 +219,27 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         line_protocol: c.ingest.line_protocol.clone(),
         csv: c.ingest.csv.clone(),
     });
+    let db = util::job_store(g).await?;
+    let specs = c.schedule_specs()?;
+    let api = Arc::new(crate::api::Api {
+        db: Arc::clone(&db),
+        store: store.clone(),
+        registry: fleetscore_store::Registry::new(store.clone()),
+        schedules: specs.clone(),
+        jobs: c.jobs.clone(),
+        admin_tokens: c.auth.admin_tokens.clone(),
+        ingest_tokens: c.auth.ingest_tokens.clone(),
+        protect_reads: c.auth.protect_reads,
+    });
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
         .route("/write", post(write_v1))
         .route("/api/v2/write", post(write_v2))
         .route("/v1/readings", post(readings))
-        .with_state(app);
+        .with_state(app)
+        .merge(crate::api::routes(api))
+        .merge(crate::dashboard::routes());
 
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(&c.server.listen)
@@ -244,8 +258,6 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(source.run(Arc::clone(&ingestor), Arc::clone(&metrics), stop_rx.clone()))
     });
     let scheduler = {
-        let specs = c.schedule_specs()?;
-        let db = util::job_store(g).await?;
         let runner = fleetscore_jobs::run::Runner::new(
             Arc::clone(&db),
             store.clone(),

@@ -449,6 +449,8 @@ pub trait JobStore: Send + Sync {
     async fn cancel(&self, id: i64, now: i64) -> Result<JobRecord>;
     /// Queues a failed, cancelled or skipped job again.
     async fn retry(&self, id: i64) -> Result<JobRecord>;
+    /// The finished tasks that took longest, slowest first.
+    async fn slowest_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>>;
 }
 
 /// The SQLite job store.
@@ -916,6 +918,21 @@ impl JobStore for SqliteStore {
         .await
         .map_err(|e| self.err(e))?;
         self.job(id).await
+    }
+
+    async fn slowest_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE finished_at IS NOT NULL AND started_at IS NOT NULL \
+             ORDER BY finished_at - started_at DESC, job_id DESC LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(task_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
     }
 
     async fn retry(&self, id: i64) -> Result<JobRecord> {

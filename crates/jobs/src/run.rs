@@ -29,7 +29,7 @@
 //! `max_failed_models` allows, or when a task still errs (say, the store
 //! is down) after `max_retries` retries with exponential backoff.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,10 +78,10 @@ pub struct Runner {
 }
 
 /// The manifest of one job's output partition.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Manifest {
     /// `fleetscore-predictions-manifest`.
-    pub format: &'static str,
+    pub format: String,
     /// The job that wrote it.
     pub job: i64,
     /// Window start, RFC 3339.
@@ -100,6 +100,17 @@ pub struct Manifest {
     pub anomalies: u64,
     /// Failed pairs.
     pub failed_models: u64,
+    /// Rows and anomalies per device (what the dashboard's heat map reads).
+    pub devices: BTreeMap<String, DeviceCount>,
+}
+
+/// Rows and anomalies of one device in one job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct DeviceCount {
+    /// Rows scored.
+    pub rows: u64,
+    /// Anomalies among them.
+    pub anomalies: u64,
 }
 
 /// A window length as a short name: `1h`, `15m`, `30s`, `1d`.
@@ -200,6 +211,7 @@ type TaskInput = (TaskRecord, Readings, Vec<(String, String)>, String);
 /// What one task produced.
 struct TaskOutput {
     record: TaskRecord,
+    devices: BTreeMap<String, DeviceCount>,
 }
 
 impl Runner {
@@ -447,7 +459,7 @@ impl Runner {
             }
         }
         let manifest = Manifest {
-            format: "fleetscore-predictions-manifest",
+            format: "fleetscore-predictions-manifest".into(),
             job: job.id,
             window_start: format_ts(job.window_start),
             window_end: format_ts(job.window_end),
@@ -460,6 +472,17 @@ impl Runner {
             rows: job.rows,
             anomalies: job.anomalies,
             failed_models: job.failed_models,
+            devices: {
+                let mut all: BTreeMap<String, DeviceCount> = BTreeMap::new();
+                for o in &outputs {
+                    for (d, c) in &o.devices {
+                        let e = all.entry(d.clone()).or_default();
+                        e.rows += c.rows;
+                        e.anomalies += c.anomalies;
+                    }
+                }
+                all
+            },
         };
         let key = format!("{prefix}/manifest-{stem}.json");
         self.store
@@ -490,6 +513,7 @@ impl Runner {
         let readings = Arc::new(readings);
         let mut log = String::new();
         let mut failures = Vec::new();
+        let mut devices = BTreeMap::new();
         loop {
             if self.db.job(job.id).await?.state == JobState::Cancelled {
                 record.state = "cancelled".into();
@@ -514,8 +538,9 @@ impl Runner {
                 .attempt(&mut record, &readings, &units, &pack, &key)
                 .await
             {
-                Ok(f) => {
+                Ok((f, d)) => {
                     failures = f;
+                    devices = d;
                     record.state = "succeeded".into();
                     record.error = None;
                     let _ = writeln!(
@@ -561,7 +586,7 @@ impl Runner {
                 "writing the task log failed: {e}"
             );
         }
-        Ok(TaskOutput { record })
+        Ok(TaskOutput { record, devices })
     }
 
     /// One attempt: score, write the part. Model failures are results, not
@@ -573,63 +598,82 @@ impl Runner {
         units: &[(String, String)],
         pack: &Arc<Pack>,
         key: &str,
-    ) -> anyhow::Result<Vec<FailureRecord>> {
+    ) -> anyhow::Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
         let t = Instant::now();
         let (r, p, k) = (Arc::clone(readings), Arc::clone(pack), key.to_string());
         let units = units.to_vec();
         let idx = record.idx;
-        let (bytes, failures, rows, anomalies, models) = tokio::task::spawn_blocking(move || {
-            let scored = crate::score((*r).clone(), &p, &|_| {});
-            let mut failures: Vec<FailureRecord> = scored
-                .failures
-                .iter()
-                .map(|f| FailureRecord {
-                    task_idx: idx,
-                    device: f.device.clone(),
-                    tag: f.tag.clone(),
-                    reason: f.reason.code().to_string(),
-                    detail: f.reason.to_string(),
-                    rows: f.rows as u64,
-                })
-                .collect();
-            // Models with no readings in the window.
-            let mut seen = vec![false; r.keys.len()];
-            for &k in &r.key {
-                seen[k as usize] = true;
-            }
-            let with_data: BTreeSet<(&str, &str)> = r
-                .keys
-                .iter()
-                .zip(&seen)
-                .filter(|(_, &s)| s)
-                .map(|((d, t), _)| (d.as_str(), t.as_str()))
-                .collect();
-            for (d, t) in &units {
-                if !with_data.contains(&(d.as_str(), t.as_str())) {
-                    failures.push(FailureRecord {
+        let (bytes, failures, rows, anomalies, models, devices) =
+            tokio::task::spawn_blocking(move || {
+                let scored = crate::score((*r).clone(), &p, &|_| {});
+                let mut failures: Vec<FailureRecord> = scored
+                    .failures
+                    .iter()
+                    .map(|f| FailureRecord {
                         task_idx: idx,
-                        device: d.clone(),
-                        tag: t.clone(),
-                        reason: FailureReason::NoData.code().to_string(),
-                        detail: FailureReason::NoData.to_string(),
-                        rows: 0,
-                    });
+                        device: f.device.clone(),
+                        tag: f.tag.clone(),
+                        reason: f.reason.code().to_string(),
+                        detail: f.reason.to_string(),
+                        rows: f.rows as u64,
+                    })
+                    .collect();
+                // Models with no readings in the window.
+                let mut seen = vec![false; r.keys.len()];
+                for &k in &r.key {
+                    seen[k as usize] = true;
                 }
-            }
-            failures.sort_by(|a, b| (&a.device, &a.tag).cmp(&(&b.device, &b.tag)));
-            let cols = PredictionColumns {
-                ts: &scored.ts,
-                value: &scored.value,
-                prediction: &scored.prediction,
-                score: &scored.score,
-                keys: &scored.keys,
-                groups: &scored.groups,
-            };
-            let rows: usize = scored.groups.iter().map(|(_, g)| g.len()).sum();
-            let bytes = predictions_parquet_bytes(&cols, &k)?;
-            Ok::<_, anyhow::Error>((bytes, failures, rows, scored.anomalies, units.len()))
-        })
-        .await??;
+                let with_data: BTreeSet<(&str, &str)> = r
+                    .keys
+                    .iter()
+                    .zip(&seen)
+                    .filter(|(_, &s)| s)
+                    .map(|((d, t), _)| (d.as_str(), t.as_str()))
+                    .collect();
+                for (d, t) in &units {
+                    if !with_data.contains(&(d.as_str(), t.as_str())) {
+                        failures.push(FailureRecord {
+                            task_idx: idx,
+                            device: d.clone(),
+                            tag: t.clone(),
+                            reason: FailureReason::NoData.code().to_string(),
+                            detail: FailureReason::NoData.to_string(),
+                            rows: 0,
+                        });
+                    }
+                }
+                failures.sort_by(|a, b| (&a.device, &a.tag).cmp(&(&b.device, &b.tag)));
+                let cols = PredictionColumns {
+                    ts: &scored.ts,
+                    value: &scored.value,
+                    prediction: &scored.prediction,
+                    score: &scored.score,
+                    keys: &scored.keys,
+                    groups: &scored.groups,
+                };
+                let rows: usize = scored.groups.iter().map(|(_, g)| g.len()).sum();
+                let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
+                for (k, g) in &scored.groups {
+                    let c = devices
+                        .entry(scored.keys[*k as usize].0.clone())
+                        .or_default();
+                    c.rows += g.len() as u64;
+                    c.anomalies += scored.prediction[g.clone()]
+                        .iter()
+                        .filter(|&&p| p == 1)
+                        .count() as u64;
+                }
+                let bytes = predictions_parquet_bytes(&cols, &k)?;
+                Ok::<_, anyhow::Error>((
+                    bytes,
+                    failures,
+                    rows,
+                    scored.anomalies,
+                    units.len(),
+                    devices,
+                ))
+            })
+            .await??;
         record.score_ms = t.elapsed().as_millis() as u64;
         let t = Instant::now();
         self.store.put(key, bytes).await?;
@@ -639,6 +683,6 @@ impl Runner {
         record.models = models as u64;
         record.failed_models = failures.len() as u64;
         record.output = Some(key.to_string());
-        Ok(failures)
+        Ok((failures, devices))
     }
 }

@@ -200,6 +200,16 @@ fn due_times(cron: &Cron, after: i64, now: i64, delay: i64) -> Vec<i64> {
     out
 }
 
+/// When the schedule next creates a job (its next nominal time after
+/// `now - delay`, plus the delay), ns; `None` for a bad cron expression.
+pub fn next_run(spec: &ScheduleSpec, now: i64) -> Option<i64> {
+    let cron = spec.check().ok()?;
+    let t = cron
+        .find_next_occurrence(&to_dt(now.saturating_sub(spec.delay_ns)), false)
+        .ok()?;
+    Some(from_dt(&t).saturating_add(spec.delay_ns))
+}
+
 /// What one tick did for one schedule.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TickOutcome {

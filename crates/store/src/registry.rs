@@ -225,15 +225,19 @@ impl Registry {
         if writes.is_empty() {
             return Ok(outcomes);
         }
-        let store = &self.store;
-        stream::iter(writes.into_iter().map(|(key, v, model, meta)| async move {
-            let dir = version_dir(&key, v);
-            store.put(&format!("{dir}/model.fsm"), model).await?;
-            store.put(&format!("{dir}/meta.json"), meta).await
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
+        let store = self.store.clone();
+        stream::iter(writes)
+            .map(move |(key, v, model, meta)| {
+                let store = store.clone();
+                async move {
+                    let dir = version_dir(&key, v);
+                    store.put(&format!("{dir}/model.fsm"), model).await?;
+                    store.put(&format!("{dir}/meta.json"), meta).await
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
         index.generation += 1;
         self.write_index(&index).await?;
         // Update the pack in place when it matches the previous index;
@@ -257,6 +261,41 @@ impl Registry {
         };
         self.store.put(PACK_KEY, pack.encode()).await?;
         Ok(outcomes)
+    }
+
+    /// Makes `version` the live version of `key` (to roll back, or forward
+    /// again), and updates the pack. Returns the entry after the change;
+    /// promoting the live version again changes nothing.
+    pub async fn promote(&self, key: &ModelKey, version: u32) -> Result<KeyEntry, StoreError> {
+        let mut index = self.index().await?;
+        let entry = index.models.get_mut(&index_key(key)).ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "no model ({}, {}) is registered; see `fleetscore models list`",
+                key.device, key.tag
+            ))
+        })?;
+        if !entry.versions.iter().any(|v| v.version == version) {
+            let known: Vec<String> = entry
+                .versions
+                .iter()
+                .map(|v| v.version.to_string())
+                .collect();
+            return Err(StoreError::Invalid(format!(
+                "model ({}, {}) has no version {version}; it has {}",
+                key.device,
+                key.tag,
+                known.join(", ")
+            )));
+        }
+        if entry.live == version {
+            return Ok(entry.clone());
+        }
+        entry.live = version;
+        let out = entry.clone();
+        index.generation += 1;
+        self.write_index(&index).await?;
+        self.rebuild_pack().await?;
+        Ok(out)
     }
 
     async fn write_index(&self, index: &Index) -> Result<(), StoreError> {
@@ -287,19 +326,31 @@ impl Registry {
     }
 
     async fn build_pack(&self, index: &Index) -> Result<Pack, StoreError> {
-        let entries: Vec<PackEntry> = stream::iter(index.models.values().map(|e| async move {
-            let key = ModelKey::new(e.device.clone(), e.tag.clone())
-                .map_err(|err| StoreError::Invalid(err.to_string()))?;
-            let model = self.model(&key, e.live).await?;
-            Ok::<_, StoreError>(PackEntry {
-                key,
-                version: e.live,
-                model,
+        // Owned items and an owned registry per future, so the future is
+        // `Send` for any caller (an HTTP handler, a spawned task).
+        let wanted: Vec<(String, String, u32)> = index
+            .models
+            .values()
+            .map(|e| (e.device.clone(), e.tag.clone(), e.live))
+            .collect();
+        let this = self.clone();
+        let entries: Vec<PackEntry> = stream::iter(wanted)
+            .map(move |(device, tag, live)| {
+                let this = this.clone();
+                async move {
+                    let key = ModelKey::new(device, tag)
+                        .map_err(|err| StoreError::Invalid(err.to_string()))?;
+                    let model = this.model(&key, live).await?;
+                    Ok::<_, StoreError>(PackEntry {
+                        key,
+                        version: live,
+                        model,
+                    })
+                }
             })
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .try_collect()
-        .await?;
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
         Ok(Pack::new(index.generation, entries))
     }
 

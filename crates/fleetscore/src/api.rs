@@ -1,0 +1,823 @@
+//! The HTTP API under `/v1` (JSON), `/readyz` and `/v1/openapi.json`.
+//!
+//! Read endpoints are open unless `[auth] protect_reads = true` (then any
+//! ingest or admin token reads); endpoints that change things (trigger,
+//! retry, cancel, model upload and promote) need an admin token whenever
+//! any token is configured: none gives 401, a token that is not an admin
+//! token 403. Times in queries are RFC 3339 (or `YYYY-MM-DD HH:MM:SS`);
+//! job and task records carry nanosecond integers, rows carry RFC 3339.
+
+// Handlers return `Result<_, Response>` for early answers.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fleetscore_codecs::read_predictions_parquet_bytes;
+use fleetscore_core::{format_ts, parse_ts, ModelKey};
+use fleetscore_jobs::db::{
+    Concurrency, DbError, JobFilter, JobKind, JobState, JobStore, NewJob, Threshold,
+};
+use fleetscore_jobs::run::{load_raw, DeviceCount, Manifest};
+use fleetscore_jobs::schedule::ScheduleSpec;
+use fleetscore_store::{hour_partition, ImportRequest, Registry, Store, HOUR_NS};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::JobsConfig;
+
+/// What the API handlers share.
+pub struct Api {
+    /// The job store.
+    pub db: Arc<dyn JobStore>,
+    /// The object store.
+    pub store: Store,
+    /// The model registry.
+    pub registry: Registry,
+    /// The configured schedules.
+    pub schedules: Vec<ScheduleSpec>,
+    /// Defaults for triggered jobs.
+    pub jobs: JobsConfig,
+    /// Admin tokens.
+    pub admin_tokens: Vec<String>,
+    /// Ingest tokens (they may read when reads are protected).
+    pub ingest_tokens: Vec<String>,
+    /// Whether reads need a token.
+    pub protect_reads: bool,
+}
+
+const HOUR: i64 = HOUR_NS;
+/// Longest range a query may read, in hours.
+const MAX_HOURS: i64 = 24 * 31;
+
+fn err(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn db_err(e: DbError) -> Response {
+    match e {
+        DbError::NoJob(_) => err(StatusCode::NOT_FOUND, e.to_string()),
+        DbError::State { .. } => err(StatusCode::CONFLICT, e.to_string()),
+        other => err(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Constant-time comparison.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("Token "))
+        })
+        .map(str::trim)
+}
+
+fn any_of(t: &str, tokens: &[String]) -> bool {
+    tokens.iter().fold(false, |ok, k| same(t, k) | ok)
+}
+
+impl Api {
+    fn tokens_configured(&self) -> bool {
+        !self.admin_tokens.is_empty() || !self.ingest_tokens.is_empty()
+    }
+
+    fn admin(&self, headers: &HeaderMap) -> Result<(), Response> {
+        if !self.tokens_configured() {
+            return Ok(());
+        }
+        match bearer(headers) {
+            None => Err(err(
+                StatusCode::UNAUTHORIZED,
+                "an admin token is required: Authorization: Bearer <token>",
+            )),
+            Some(t) if any_of(t, &self.admin_tokens) => Ok(()),
+            Some(_) => Err(err(
+                StatusCode::FORBIDDEN,
+                "this token may not change jobs or models; use an admin token",
+            )),
+        }
+    }
+
+    fn read(&self, headers: &HeaderMap) -> Result<(), Response> {
+        if !self.protect_reads || !self.tokens_configured() {
+            return Ok(());
+        }
+        match bearer(headers) {
+            None => Err(err(
+                StatusCode::UNAUTHORIZED,
+                "a token is required to read: Authorization: Bearer <token>",
+            )),
+            Some(t) if any_of(t, &self.admin_tokens) || any_of(t, &self.ingest_tokens) => Ok(()),
+            Some(_) => Err(err(StatusCode::FORBIDDEN, "unknown token")),
+        }
+    }
+}
+
+/// The `/v1` routes, `/readyz` and the OpenAPI document.
+pub fn routes(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/jobs", get(list_jobs).post(trigger))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/retry", post(retry))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/tasks/slowest", get(slowest))
+        .route("/v1/schedules", get(schedules))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{device}/{tag}", get(model).post(upload))
+        .route("/v1/models/{device}/{tag}/promote", post(promote))
+        .route("/v1/predictions", get(predictions))
+        .route("/v1/anomalies", get(anomalies))
+        .route("/v1/readings", get(readings))
+        .route("/v1/overview", get(overview))
+        .with_state(api)
+}
+
+type A = State<Arc<Api>>;
+
+async fn readyz(State(api): A) -> Response {
+    let db = api
+        .db
+        .jobs(&JobFilter {
+            limit: Some(1),
+            ..JobFilter::default()
+        })
+        .await;
+    let store = api.store.list("models/").await;
+    match (db, store) {
+        (Ok(_), Ok(_)) => Json(json!({"ready": true})).into_response(),
+        (db, store) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "ready": false,
+                "job_store": db.err().map(|e| e.to_string()),
+                "object_store": store.err().map(|e| e.to_string()),
+            })),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct JobsQuery {
+    state: Option<String>,
+    schedule: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_jobs(State(api): A, headers: HeaderMap, Query(q): Query<JobsQuery>) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    let state = match q.state.as_deref().map(str::parse::<JobState>).transpose() {
+        Ok(s) => s,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("state: {e}")),
+    };
+    let filter = JobFilter {
+        state,
+        schedule: q.schedule,
+        limit: Some(q.limit.unwrap_or(100).min(10_000)),
+        ..JobFilter::default()
+    };
+    match api.db.jobs(&filter).await {
+        Ok(jobs) => Json(json!({ "jobs": jobs })).into_response(),
+        Err(e) => db_err(e),
+    }
+}
+
+async fn get_job(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    let job = match api.db.job(id).await {
+        Ok(j) => j,
+        Err(e) => return db_err(e),
+    };
+    let (tasks, failures) = match (api.db.tasks(id).await, api.db.failures(id).await) {
+        (Ok(t), Ok(f)) => (t, f),
+        (Err(e), _) | (_, Err(e)) => return db_err(e),
+    };
+    Json(json!({"job": job, "tasks": tasks, "failures": failures})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Trigger {
+    from: String,
+    to: String,
+    window: Option<String>,
+    models: Option<Vec<String>>,
+    batch_size: Option<u32>,
+    max_failed_models: Option<String>,
+    max_retries: Option<u32>,
+}
+
+async fn trigger(State(api): A, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = api.admin(&headers) {
+        return r;
+    }
+    let t: Trigger = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("body: {e}; expected {{\"from\": T, \"to\": T, \"window\"?: \"1h\", \"models\"?: [\"device/tag\"], \"batch_size\"?: n}}"),
+            )
+        }
+    };
+    let (from, to) = match (parse_ts(&t.from), parse_ts(&t.to)) {
+        (Ok(f), Ok(t)) if f < t => (f, t),
+        (Ok(_), Ok(_)) => return err(StatusCode::BAD_REQUEST, "from must be before to"),
+        (Err(e), _) => return err(StatusCode::BAD_REQUEST, format!("from: {e}")),
+        (_, Err(e)) => return err(StatusCode::BAD_REQUEST, format!("to: {e}")),
+    };
+    let w = match t
+        .window
+        .as_deref()
+        .unwrap_or("1h")
+        .parse::<fleetscore_stream::Span>()
+    {
+        Ok(s) if s.as_nanos() > 0 => s.as_nanos(),
+        Ok(_) => return err(StatusCode::BAD_REQUEST, "window must be longer than zero"),
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("window: {e}")),
+    };
+    let max_failed: Threshold = match t.max_failed_models.as_deref().map(str::parse).transpose() {
+        Ok(m) => m.unwrap_or(api.jobs.max_failed_models),
+        Err(e) => return err(StatusCode::BAD_REQUEST, e),
+    };
+    if let Some(m) = t.models.iter().flatten().find(|m| {
+        m.split_once('/')
+            .is_none_or(|(d, t)| d.is_empty() || t.is_empty())
+    }) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("models: {m:?} is not DEVICE/TAG"),
+        );
+    }
+    let start = from.div_euclid(w) * w;
+    let windows = (to - start + w - 1) / w;
+    if windows > 10_000 {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("{windows} windows: at most 10000 at a time"),
+        );
+    }
+    let now = crate::util::now_ns();
+    let mut ids = Vec::new();
+    for i in 0..windows {
+        let job = NewJob {
+            schedule: None,
+            kind: JobKind::Manual,
+            window_start: start + i * w,
+            window_end: start + (i + 1) * w,
+            mode: "raw".into(),
+            selection: t.models.clone(),
+            batch_size: t.batch_size.unwrap_or(api.jobs.batch_size).max(1),
+            max_failed,
+            max_retries: t.max_retries.unwrap_or(api.jobs.max_retries),
+            concurrency: Concurrency::Allow,
+            state: JobState::Queued,
+            error: None,
+        };
+        match api.db.create_job(&job, now).await {
+            Ok(id) => ids.push(id),
+            Err(e) => return db_err(e),
+        }
+    }
+    (StatusCode::ACCEPTED, Json(json!({ "jobs": ids }))).into_response()
+}
+
+async fn retry(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+    if let Err(r) = api.admin(&headers) {
+        return r;
+    }
+    match api.db.retry(id).await {
+        Ok(j) => Json(json!({ "job": j })).into_response(),
+        Err(e) => db_err(e),
+    }
+}
+
+async fn cancel(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+    if let Err(r) = api.admin(&headers) {
+        return r;
+    }
+    match api.db.cancel(id, crate::util::now_ns()).await {
+        Ok(j) => Json(json!({ "job": j })).into_response(),
+        Err(e) => db_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<u32>,
+}
+
+async fn slowest(State(api): A, headers: HeaderMap, Query(q): Query<Limit>) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    match api.db.slowest_tasks(q.limit.unwrap_or(10).min(1000)).await {
+        Ok(tasks) => {
+            let tasks: Vec<Value> = tasks
+                .into_iter()
+                .map(|t| {
+                    json!({
+                        "job_id": t.job_id,
+                        "idx": t.idx,
+                        "state": t.state,
+                        "attempts": t.attempts,
+                        "duration_ms": match (t.started_at, t.finished_at) {
+                            (Some(a), Some(b)) => (b - a) / 1_000_000,
+                            _ => 0,
+                        },
+                        "n_keys": t.n_keys,
+                        "rows": t.rows,
+                        "first_key": t.first_key,
+                        "last_key": t.last_key,
+                        "score_ms": t.score_ms,
+                        "write_ms": t.write_ms,
+                    })
+                })
+                .collect();
+            Json(json!({ "tasks": tasks })).into_response()
+        }
+        Err(e) => db_err(e),
+    }
+}
+
+async fn schedules(State(api): A, headers: HeaderMap) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    let mut out = Vec::new();
+    for s in &api.schedules {
+        let last = match api.db.last_fire(&s.name).await {
+            Ok(l) => l,
+            Err(e) => return db_err(e),
+        };
+        let next = fleetscore_jobs::schedule::next_run(s, crate::util::now_ns());
+        out.push(json!({
+            "name": s.name,
+            "cron": s.cron,
+            "window_ns": s.window_ns,
+            "delay_ns": s.delay_ns,
+            "mode": s.mode,
+            "batch_size": s.batch_size,
+            "max_failed_models": s.max_failed.to_string(),
+            "max_retries": s.max_retries,
+            "concurrency": s.concurrency,
+            "catch_up": s.catch_up,
+            "last_window_end": last.map(format_ts),
+            "next_run": next.map(format_ts),
+        }));
+    }
+    Json(json!({ "schedules": out })).into_response()
+}
+
+async fn models(State(api): A, headers: HeaderMap) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    match api.registry.index().await {
+        Ok(index) => {
+            let models: Vec<Value> = index
+                .models
+                .values()
+                .map(|e| {
+                    let live = e.live_version();
+                    json!({
+                        "device": e.device,
+                        "tag": e.tag,
+                        "live": e.live,
+                        "versions": e.versions.len(),
+                        "description": live.map(|v| v.description.clone()),
+                        "n_features": live.map(|v| v.n_features),
+                        "input_mode": live.map(|v| v.input_mode.clone()),
+                    })
+                })
+                .collect();
+            Json(json!({"generation": index.generation, "models": models})).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+fn key(device: &str, tag: &str) -> Result<ModelKey, Response> {
+    ModelKey::new(device, tag).map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn model(
+    State(api): A,
+    headers: HeaderMap,
+    Path((device, tag)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    let k = match key(&device, &tag) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match api.registry.index().await {
+        Ok(index) => match index.models.get(&format!("{}/{}", k.device, k.tag)) {
+            Some(e) => Json(json!({ "model": e })).into_response(),
+            None => err(
+                StatusCode::NOT_FOUND,
+                format!("no model ({device}, {tag}) is registered"),
+            ),
+        },
+        Err(e) => internal(e),
+    }
+}
+
+async fn upload(
+    State(api): A,
+    headers: HeaderMap,
+    Path((device, tag)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = api.admin(&headers) {
+        return r;
+    }
+    let k = match key(&device, &tag) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    if body.is_empty() {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "the body must be the model file (a scikit-learn pickle or joblib file)",
+        );
+    }
+    let model =
+        match tokio::task::spawn_blocking(move || fleetscore_models::import_sklearn(&body)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return err(StatusCode::BAD_REQUEST, format!("not imported: {e}")),
+            Err(e) => return internal(e),
+        };
+    let req = ImportRequest {
+        key: k,
+        model,
+        source: "uploaded over the API".into(),
+    };
+    match api
+        .registry
+        .import(vec![req], &format_ts(crate::util::now_ns()))
+        .await
+    {
+        Ok(mut out) => {
+            let o = out.pop();
+            (StatusCode::CREATED, Json(json!({ "outcome": o }))).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Promote {
+    version: u32,
+}
+
+async fn promote(
+    State(api): A,
+    headers: HeaderMap,
+    Path((device, tag)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = api.admin(&headers) {
+        return r;
+    }
+    let k = match key(&device, &tag) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let p: Promote = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("body: {e}; expected {{\"version\": n}}"),
+            )
+        }
+    };
+    match api.registry.promote(&k, p.version).await {
+        Ok(e) => Json(json!({ "model": e })).into_response(),
+        Err(fleetscore_store::StoreError::Invalid(m)) => err(StatusCode::NOT_FOUND, m),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RangeQuery {
+    device: Option<String>,
+    tag: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    anomalies: Option<bool>,
+    limit: Option<usize>,
+}
+
+/// `[from, to)` from the query; by default the 24 hours up to the newest
+/// window end of a recent job that scored rows (or now).
+async fn range(api: &Api, q: &RangeQuery) -> Result<(i64, i64), Response> {
+    let parse = |what: &str, v: &Option<String>| -> Result<Option<i64>, Response> {
+        v.as_deref()
+            .map(parse_ts)
+            .transpose()
+            .map_err(|e| err(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+    };
+    let (from, to) = (parse("from", &q.from)?, parse("to", &q.to)?);
+    let to = match to {
+        Some(t) => t,
+        None => match from {
+            Some(f) => f + 24 * HOUR,
+            None => newest_window_end(api).await,
+        },
+    };
+    let from = from.unwrap_or(to - 24 * HOUR);
+    if from >= to {
+        return Err(err(StatusCode::BAD_REQUEST, "from must be before to"));
+    }
+    if (to - from) / HOUR > MAX_HOURS {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_HOURS} hours per query"),
+        ));
+    }
+    Ok((from, to))
+}
+
+async fn newest_window_end(api: &Api) -> i64 {
+    let jobs = api
+        .db
+        .jobs(&JobFilter {
+            state: Some(JobState::Succeeded),
+            limit: Some(50),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap_or_default();
+    // Jobs that scored something: an hourly job over an idle hour would
+    // otherwise move the view away from the data.
+    jobs.iter()
+        .filter(|j| j.rows > 0)
+        .map(|j| j.window_end)
+        .max()
+        .unwrap_or_else(crate::util::now_ns)
+}
+
+fn hours(from: i64, to: i64) -> impl Iterator<Item = i64> {
+    let first = from.div_euclid(HOUR) * HOUR;
+    (0..)
+        .map(move |i| first + i * HOUR)
+        .take_while(move |h| *h < to)
+}
+
+async fn prediction_rows(
+    api: &Api,
+    q: &RangeQuery,
+    only_anomalies: bool,
+) -> Result<Response, Response> {
+    let (from, to) = range(api, q).await?;
+    let limit = q.limit.unwrap_or(10_000).min(1_000_000);
+    let mut rows = Vec::new();
+    let mut truncated = false;
+    'hours: for h in hours(from, to) {
+        let prefix = format!("predictions/{}/", hour_partition(h));
+        let keys = api.store.list(&prefix).await.map_err(internal)?;
+        for k in keys.into_iter().filter(|k| k.ends_with(".parquet")) {
+            let Some(data) = api.store.get(&k).await.map_err(internal)? else {
+                continue;
+            };
+            let (d, t) = (q.device.clone(), q.tag.clone());
+            let part = tokio::task::spawn_blocking(move || {
+                read_predictions_parquet_bytes(data, &k, |r| {
+                    r.ts >= from
+                        && r.ts < to
+                        && d.as_deref().is_none_or(|d| d == r.device)
+                        && t.as_deref().is_none_or(|t| t == r.tag)
+                        && (!only_anomalies || r.prediction == 1)
+                })
+            })
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+            rows.extend(part);
+            if rows.len() > limit {
+                truncated = true;
+                break 'hours;
+            }
+        }
+    }
+    rows.sort_by(|a, b| (a.ts, &a.device, &a.tag).cmp(&(b.ts, &b.device, &b.tag)));
+    rows.truncate(limit);
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({"ts": format_ts(r.ts), "device": r.device, "tag": r.tag, "value": r.value,
+                   "prediction": r.prediction, "score": r.score})
+        })
+        .collect();
+    Ok(Json(json!({
+        "from": format_ts(from), "to": format_ts(to), "rows": rows, "truncated": truncated
+    }))
+    .into_response())
+}
+
+async fn predictions(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    let only = q.anomalies.unwrap_or(false);
+    prediction_rows(&api, &q, only).await.unwrap_or_else(|r| r)
+}
+
+async fn anomalies(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    prediction_rows(&api, &q, true).await.unwrap_or_else(|r| r)
+}
+
+async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    let (from, to) = match range(&api, &q).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if q.device.is_none() {
+        return err(StatusCode::BAD_REQUEST, "device is required");
+    }
+    let r = match load_raw(&api.store, from, to).await {
+        Ok(r) => r,
+        Err(e) => return internal(format!("{e:#}")),
+    };
+    let limit = q.limit.unwrap_or(100_000).min(1_000_000);
+    let wanted: Vec<bool> = r
+        .keys
+        .iter()
+        .map(|(d, t)| {
+            q.device.as_deref() == Some(d.as_str()) && q.tag.as_deref().is_none_or(|x| x == t)
+        })
+        .collect();
+    let mut rows: Vec<(i64, &str, f64)> = (0..r.len())
+        .filter(|&i| wanted[r.key[i] as usize])
+        .map(|i| (r.ts[i], r.keys[r.key[i] as usize].1.as_str(), r.value[i]))
+        .collect();
+    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let truncated = rows.len() > limit;
+    rows.truncate(limit);
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|(ts, tag, v)| json!({"ts": format_ts(ts), "tag": tag, "value": v}))
+        .collect();
+    Json(
+        json!({"from": format_ts(from), "to": format_ts(to), "rows": rows, "truncated": truncated}),
+    )
+    .into_response()
+}
+
+/// Anomalies per hour per device, from the jobs' manifests.
+async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    let (from, to) = match range(&api, &q).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let hours: Vec<i64> = hours(from, to).collect();
+    let mut per: BTreeMap<String, HashMap<usize, DeviceCount>> = BTreeMap::new();
+    for (i, h) in hours.iter().enumerate() {
+        let prefix = format!("predictions/{}/", hour_partition(*h));
+        let keys = match api.store.list(&prefix).await {
+            Ok(k) => k,
+            Err(e) => return internal(e),
+        };
+        for k in keys.into_iter().filter(|k| k.contains("/manifest-")) {
+            let Ok(Some(data)) = api.store.get(&k).await else {
+                continue;
+            };
+            let Ok(m) = serde_json::from_slice::<Manifest>(&data) else {
+                continue;
+            };
+            for (d, c) in m.devices {
+                let e = per.entry(d).or_default().entry(i).or_default();
+                e.rows += c.rows;
+                e.anomalies += c.anomalies;
+            }
+        }
+    }
+    let devices: Vec<&String> = per.keys().collect();
+    let grid = |f: fn(&DeviceCount) -> u64| -> Vec<Vec<u64>> {
+        per.values()
+            .map(|m| (0..hours.len()).map(|i| m.get(&i).map_or(0, f)).collect())
+            .collect()
+    };
+    Json(json!({
+        "from": format_ts(from),
+        "to": format_ts(to),
+        "hours": hours.iter().map(|h| format_ts(*h)).collect::<Vec<_>>(),
+        "devices": devices,
+        "anomalies": grid(|c| c.anomalies),
+        "rows": grid(|c| c.rows),
+    }))
+    .into_response()
+}
+
+async fn openapi() -> Response {
+    Json(openapi_doc()).into_response()
+}
+
+fn op(summary: &str, params: &[(&str, &str, bool)], body: Option<&str>, ok: &str) -> Value {
+    let parameters: Vec<Value> = params
+        .iter()
+        .map(|(name, place, required)| {
+            json!({"name": name, "in": place, "required": required, "schema": {"type": "string"}})
+        })
+        .collect();
+    let mut o = json!({
+        "summary": summary,
+        "parameters": parameters,
+        "responses": {
+            ok: {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "400": {"description": "Bad request; `error` says which parameter and why"},
+            "401": {"description": "A token is required"},
+            "403": {"description": "The token may not do this"},
+        }
+    });
+    if let Some(b) = body {
+        o["requestBody"] = json!({"required": true, "content": {b: {"schema": {"type": if b == "application/json" {"object"} else {"string"}}}}});
+    }
+    o
+}
+
+/// The OpenAPI 3.1 document of the API (and the ingest endpoints).
+pub fn openapi_doc() -> Value {
+    let range = [
+        ("device", "query", false),
+        ("tag", "query", false),
+        ("from", "query", false),
+        ("to", "query", false),
+        ("limit", "query", false),
+    ];
+    let id = [("id", "path", true)];
+    let dt = [("device", "path", true), ("tag", "path", true)];
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "fleetscore", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Scheduled scoring of per-device anomaly models: jobs, schedules, models, predictions."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {"get": op("Liveness", &[], None, "200")},
+            "/readyz": {"get": op("Readiness: job store and object store reachable (503 if not)", &[], None, "200")},
+            "/metrics": {"get": op("Prometheus metrics", &[], None, "200")},
+            "/write": {"post": op("InfluxDB v1 line protocol ingest (204 once durable)", &[("precision", "query", false), ("db", "query", false)], Some("text/plain"), "204")},
+            "/api/v2/write": {"post": op("InfluxDB v2 line protocol ingest (204 once durable)", &[("precision", "query", false), ("bucket", "query", false), ("org", "query", false)], Some("text/plain"), "204")},
+            "/v1/readings": {
+                "post": op("JSON, NDJSON or CSV ingest (200 once durable)", &[], Some("application/json"), "200"),
+                "get": op("Stored readings of a device (and tag) in a time range", &range, None, "200"),
+            },
+            "/v1/jobs": {
+                "get": op("Jobs, newest first", &[("state", "query", false), ("schedule", "query", false), ("limit", "query", false)], None, "200"),
+                "post": op("Trigger jobs for the windows of [from, to) (admin)", &[], Some("application/json"), "202"),
+            },
+            "/v1/jobs/{id}": {"get": op("A job with its tasks and failed models", &id, None, "200")},
+            "/v1/jobs/{id}/retry": {"post": op("Queue a failed, cancelled or skipped job again (admin)", &id, None, "200")},
+            "/v1/jobs/{id}/cancel": {"post": op("Cancel a queued or running job (admin)", &id, None, "200")},
+            "/v1/tasks/slowest": {"get": op("The slowest finished tasks", &[("limit", "query", false)], None, "200")},
+            "/v1/schedules": {"get": op("Schedules with their last window and next run", &[], None, "200")},
+            "/v1/models": {"get": op("Registered models (live version)", &[], None, "200")},
+            "/v1/models/{device}/{tag}": {
+                "get": op("A model's versions", &dt, None, "200"),
+                "post": op("Upload a scikit-learn pickle or joblib file as a new version (admin)", &dt, Some("application/octet-stream"), "201"),
+            },
+            "/v1/models/{device}/{tag}/promote": {"post": op("Make a version live: {\"version\": n} (admin)", &dt, Some("application/json"), "200")},
+            "/v1/predictions": {"get": op("Predictions in a time range, by device and tag; anomalies=true for anomalies only", &[("device", "query", false), ("tag", "query", false), ("from", "query", false), ("to", "query", false), ("limit", "query", false), ("anomalies", "query", false)], None, "200")},
+            "/v1/anomalies": {"get": op("Anomalous predictions in a time range", &range, None, "200")},
+            "/v1/overview": {"get": op("Rows and anomalies per hour per device", &[("from", "query", false), ("to", "query", false)], None, "200")},
+            "/v1/openapi.json": {"get": op("This document", &[], None, "200")},
+        }
+    })
+}

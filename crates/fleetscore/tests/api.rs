@@ -1,0 +1,204 @@
+//! The `/v1` API against the real binary with real data: trigger jobs,
+//! read them back, predictions, anomalies, readings, the overview, models
+//! (upload, promote), the OpenAPI document, tokens.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::{run, Server};
+
+fn demo(n: u32) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("demo/model_fallback_{n}.pkl"))
+}
+
+fn get(s: &Server, path: &str) -> Value {
+    let (status, body) = s.request("GET", path, &[], b"");
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+const ADMIN: (&str, &str) = ("Authorization", "Bearer admin-secret");
+const INGEST: (&str, &str) = ("Authorization", "Bearer ingest-secret");
+
+#[test]
+fn the_api_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    for n in 1..=2 {
+        let tag = n.to_string();
+        let o = run(
+            data,
+            &[
+                "models",
+                "import",
+                demo(n).to_str().unwrap(),
+                "--device",
+                "*",
+                "--tag",
+                &tag,
+            ],
+        );
+        assert!(o.status.success());
+    }
+    // Two hours of 3 devices x 2 tags, one reading a minute; d2/1 goes wild
+    // in the second hour.
+    let mut csv = String::from("TS,Device,Tag,Value\n");
+    for m in 0..120 {
+        for d in 0..3 {
+            for t in 1..=2 {
+                let wild = d == 2 && t == 1 && m >= 60;
+                let v = if wild {
+                    500.0 + m as f64
+                } else {
+                    20.0 + (m % 7) as f64 * 0.1
+                };
+                csv.push_str(&format!(
+                    "2024-03-01T{:02}:{:02}:00Z,d{d},{t},{v}\n",
+                    10 + m / 60,
+                    m % 60
+                ));
+            }
+        }
+    }
+    std::fs::write(data.join("r.csv"), csv).unwrap();
+    assert!(run(data, &["ingest", data.join("r.csv").to_str().unwrap()])
+        .status
+        .success());
+    let config = data.join("c.toml");
+    std::fs::write(
+        &config,
+        "[auth]\ningest_tokens = [\"ingest-secret\"]\nadmin_tokens = [\"admin-secret\"]\n\
+         [jobs]\ntick_interval = \"100ms\"\n",
+    )
+    .unwrap();
+    let s = Server::start(data, &["--config", config.to_str().unwrap()]);
+
+    assert_eq!(get(&s, "/readyz")["ready"], true);
+    // Triggering needs an admin token.
+    let body = r#"{"from": "2024-03-01T10:00:00Z", "to": "2024-03-01T12:00:00Z", "batch_size": 2}"#;
+    assert_eq!(s.post("/v1/jobs", &[], body).0, 401);
+    assert_eq!(s.post("/v1/jobs", &[INGEST], body).0, 403);
+    let (st, b) = s.post("/v1/jobs", &[ADMIN], r#"{"from": "yesterday", "to": "x"}"#);
+    assert_eq!(st, 400);
+    assert!(b.contains("from"), "{b}");
+    let (st, b) = s.post("/v1/jobs", &[ADMIN], body);
+    assert_eq!(st, 202, "{b}");
+    let ids: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(ids["jobs"].as_array().unwrap().len(), 2);
+
+    // The server's runner picks them up (beside its hourly schedule's job
+    // for the current hour, which finds no data).
+    let started = Instant::now();
+    let mut done = Vec::new();
+    for id in ids["jobs"].as_array().unwrap() {
+        loop {
+            let j = get(&s, &format!("/v1/jobs/{id}"));
+            if j["job"]["state"] == "succeeded" {
+                done.push(j["job"].clone());
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{j}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let j = &done[0];
+    assert_eq!(
+        (
+            j["models"].as_u64(),
+            j["rows"].as_u64(),
+            j["tasks"].as_u64()
+        ),
+        (Some(6), Some(360), Some(3))
+    );
+    let id = j["id"].as_i64().unwrap();
+    let detail = get(&s, &format!("/v1/jobs/{id}"));
+    assert_eq!(detail["tasks"].as_array().unwrap().len(), 3);
+    assert_eq!(s.request("GET", "/v1/jobs/999", &[], b"").0, 404);
+    assert_eq!(s.post(&format!("/v1/jobs/{id}/retry"), &[ADMIN], "").0, 409);
+    let slow = get(&s, "/v1/tasks/slowest?limit=4");
+    assert_eq!(slow["tasks"].as_array().unwrap().len(), 4, "{slow}");
+
+    // Predictions: the wild hour of d2/1 is anomalous, the calm one is not.
+    let a = get(
+        &s,
+        "/v1/anomalies?device=d2&tag=1&from=2024-03-01T11:00:00Z&to=2024-03-01T12:00:00Z",
+    );
+    assert_eq!(a["rows"].as_array().unwrap().len(), 60, "{a}");
+    let p = get(
+        &s,
+        "/v1/predictions?device=d0&tag=2&from=2024-03-01T10:00:00Z&to=2024-03-01T12:00:00Z",
+    );
+    let rows = p["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 120);
+    assert_eq!(rows[0]["ts"], "2024-03-01T10:00:00.000Z");
+    let r = get(
+        &s,
+        "/v1/readings?device=d2&tag=1&from=2024-03-01T10:00:00Z&to=2024-03-01T12:00:00Z",
+    );
+    assert_eq!(r["rows"].as_array().unwrap().len(), 120);
+    assert_eq!(s.request("GET", "/v1/readings?tag=1", &[], b"").0, 400);
+    // The overview defaults to the 24 hours up to the newest window.
+    let o = get(&s, "/v1/overview");
+    assert_eq!(o["devices"], serde_json::json!(["d0", "d1", "d2"]));
+    let hours = o["hours"].as_array().unwrap();
+    assert_eq!(hours.len(), 24);
+    assert_eq!(hours[23], "2024-03-01T11:00:00.000Z");
+    assert!(o["anomalies"][2][23].as_u64().unwrap() >= 60);
+    assert_eq!(o["rows"][0][22], 120);
+
+    // Models: upload a new version, promote back, refuse junk.
+    let m = get(&s, "/v1/models");
+    assert_eq!(m["models"].as_array().unwrap().len(), 2);
+    let pickle = std::fs::read(demo(2)).unwrap();
+    assert_eq!(s.request("POST", "/v1/models/*/1", &[], &pickle).0, 401);
+    let (st, b) = s.request("POST", "/v1/models/*/1", &[ADMIN], &pickle);
+    assert_eq!(st, 201, "{b}");
+    assert!(b.contains("new_version"), "{b}");
+    assert_eq!(get(&s, "/v1/models/*/1")["model"]["live"], 2);
+    let (st, b) = s.post("/v1/models/*/1/promote", &[ADMIN], r#"{"version": 1}"#);
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(get(&s, "/v1/models/*/1")["model"]["live"], 1);
+    assert_eq!(
+        s.post("/v1/models/*/1/promote", &[ADMIN], r#"{"version": 9}"#)
+            .0,
+        404
+    );
+    let (st, b) = s.request("POST", "/v1/models/d1/1", &[ADMIN], b"not a pickle");
+    assert_eq!(st, 400);
+    assert!(b.contains("not imported"), "{b}");
+    assert_eq!(s.request("GET", "/v1/models/nobody/1", &[], b"").0, 404);
+
+    // Schedules and the OpenAPI document, which lists every route.
+    let sch = get(&s, "/v1/schedules");
+    assert_eq!(sch["schedules"][0]["name"], "hourly");
+    let doc = get(&s, "/v1/openapi.json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/retry",
+        "/v1/jobs/{id}/cancel",
+        "/v1/tasks/slowest",
+        "/v1/schedules",
+        "/v1/models",
+        "/v1/models/{device}/{tag}",
+        "/v1/models/{device}/{tag}/promote",
+        "/v1/predictions",
+        "/v1/anomalies",
+        "/v1/readings",
+        "/v1/overview",
+        "/write",
+        "/api/v2/write",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    s.terminate();
+}
