@@ -705,6 +705,18 @@ async function renderDevice(device) {
     to = Date.now();
     from = to - 24 * HOUR;
   }
+  // Zoom to the hours in which this device has scored readings (and the
+  // hour clicked), so a device that reports for a few hours is not a sliver.
+  const i = ov ? (ov.devices || []).indexOf(device) : -1;
+  if (i >= 0) {
+    const hours = (ov.hours || []).map((x) => Date.parse(x));
+    const withRows = hours.filter((_, j) => ((ov.rows[i] || [])[j] || 0) > 0);
+    if (state.hour !== null) withRows.push(state.hour);
+    if (withRows.length) {
+      from = Math.max(from, Math.min(...withRows));
+      to = Math.min(to, Math.max(...withRows) + HOUR);
+    }
+  }
   $("drill-sub").textContent = `readings and anomalies per tag, ${fmtDateTime(from)} → ${fmtDateTime(to)}`;
   const range = { from: iso(from), to: iso(to) };
   // One request per kind for all the device's tags; rows carry their tag.
