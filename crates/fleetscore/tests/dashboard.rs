@@ -315,23 +315,33 @@ impl Browser {
         }
     }
 
-    fn click(&self, css: &str) {
-        let el = self.cmd(
+    /// The first element matching `css`, as WebDriver names it.
+    fn find(&self, css: &str) -> Value {
+        self.cmd(
             "POST",
             "/element",
             Some(json!({"using": "css selector", "value": css})),
-        );
-        let id = el[ELEMENT].as_str().unwrap().to_string();
+        )
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.find(css)[ELEMENT].as_str().unwrap().to_string();
         self.cmd("POST", &format!("/element/{id}/click"), Some(json!({})));
+    }
+
+    /// Types `text` into an input, as a user does.
+    fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css)[ELEMENT].as_str().unwrap().to_string();
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        );
     }
 
     /// Moves the mouse over the middle of an element (hover).
     fn hover(&self, css: &str) {
-        let el = self.cmd(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": css})),
-        );
+        let el = self.find(css);
         self.cmd(
             "POST",
             "/actions",
@@ -557,6 +567,21 @@ fn dashboard_in_headless_chromium() {
         json!("#device=pump-02"),
         "the drill-down can be linked"
     );
+
+    // The heat map's rows: most anomalies first, then filtered by name.
+    browser.click("#sort option[value='anomalies']");
+    let labels = "[...document.querySelectorAll('#heatmap-svg .dev')].map(e => e.textContent)";
+    browser.wait_for(
+        &format!("{labels}.join() === 'pump-04,pump-02,pump-03,pump-01'"),
+        "devices sorted by anomalies",
+    );
+    browser.type_into("#device-filter", "02");
+    browser.wait_for(&format!("{labels}.join() === 'pump-02'"), "the filter");
+    browser.js(
+        "const f = document.getElementById('device-filter'); f.value = '';
+         f.dispatchEvent(new Event('input'));",
+    );
+    browser.wait_for(&format!("{labels}.length === 4"), "all devices again");
 
     // The whole page, with a heat map cell's tooltip showing.
     browser.fit_page(1400);

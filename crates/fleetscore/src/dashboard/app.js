@@ -24,6 +24,7 @@ const WARN = "#d97706";
 const state = {
   span: "", // "" = the API's default (last 24 h of data), else hours
   dataTo: null, // end of the default range, to place other spans
+  note: "", // why the overview shows another range than the API's default
   overview: null,
   jobs: [],
   selectedJob: null,
@@ -130,6 +131,7 @@ function fmtWindow(startMs, endMs) {
 }
 function fmtDur(ms) {
   if (!Number.isFinite(ms)) return "–";
+  if (ms === 0) return "0 ms";
   if (ms < 1) return `${ms.toFixed(2)} ms`;
   if (ms < 1000) return `${Math.round(ms)} ms`;
   if (ms < 60e3) return `${(ms / 1000).toFixed(ms < 10e3 ? 2 : 1)} s`;
@@ -214,23 +216,57 @@ function numTicks(lo, hi, n) {
 
 // ---------------------------------------------------------------- overview
 
-function overviewPath() {
-  if (!state.span || state.dataTo === null) return "/v1/overview";
-  const to = state.dataTo;
-  return "/v1/overview" + qs({ from: iso(to - Number(state.span) * HOUR), to: iso(to) });
-}
-
 async function loadOverview() {
   const box = $("heatmap");
   try {
-    const ov = await api(overviewPath());
-    if (!state.span) state.dataTo = Date.parse(ov.to);
+    // The API's default range is the 24 hours up to the newest job's window.
+    // When that job scored nothing (a schedule firing over an idle fleet,
+    // while the data is older), move to the newest window with readings.
+    let ov = await api("/v1/overview");
+    const defaultTo = Date.parse(ov.to);
+    let to = defaultTo;
+    let note = "";
+    if (!(ov.devices || []).length) {
+      const res = await api("/v1/jobs" + qs({ state: "succeeded", limit: 500 }));
+      const ends = (res.jobs || [])
+        .filter((j) => Number(j.rows) > 0)
+        .map((j) => nsToMs(j.window_end))
+        .filter(Number.isFinite);
+      const end = ends.length ? Math.max(...ends) : NaN;
+      if (end < to) {
+        to = end;
+        note = `Nothing was scored in the 24 hours up to ${fmtDateTime(defaultTo)}; showing the hours up to the newest window with scored readings.`;
+      }
+    }
+    state.dataTo = to;
+    if (state.span || to !== defaultTo) {
+      const span = Number(state.span || 24);
+      ov = await api("/v1/overview" + qs({ from: iso(to - span * HOUR), to: iso(to) }));
+    }
     state.overview = ov;
+    state.note = note;
     renderOverview(ov);
   } catch (e) {
     fill($("stats"));
     fill(box, errorBox(e));
   }
+}
+
+/** The rows of the heat map: filtered by name, sorted, at most MAX_ROWS. */
+const MAX_ROWS = 500;
+function visibleDevices(ov) {
+  const devices = ov.devices || [];
+  const totals = (ov.anomalies || []).map(sum);
+  const q = $("device-filter").value.trim().toLowerCase();
+  let idx = devices.map((_, i) => i).filter((i) => !q || devices[i].toLowerCase().includes(q));
+  if ($("sort").value === "anomalies") {
+    idx.sort((a, b) => (totals[b] || 0) - (totals[a] || 0) || collator.compare(devices[a], devices[b]));
+  } else {
+    idx.sort((a, b) => collator.compare(devices[a], devices[b]));
+  }
+  const matching = idx.length;
+  idx = idx.slice(0, MAX_ROWS);
+  return { idx, matching };
 }
 
 function renderOverview(ov) {
@@ -254,6 +290,9 @@ function renderOverview(ov) {
     stat(totalRows ? `${rate.toFixed(2)} %` : "–", "anomaly rate"),
   );
   const box = $("heatmap");
+  const noteBox = $("overview-note");
+  noteBox.hidden = !state.note;
+  noteBox.textContent = state.note || "";
   if (!devices.length || !hours.length) {
     fill($("legend"));
     fill(
@@ -275,16 +314,28 @@ function renderOverview(ov) {
 
   let max = 0;
   for (const r of anomalies) for (const n of r) max = Math.max(max, n);
+  const { idx, matching } = visibleDevices(ov);
+  const shown = idx.map((i) => devices[i]);
+  $("device-count").textContent =
+    matching > idx.length
+      ? `the first ${fmtInt(idx.length)} of ${fmtInt(matching)} devices`
+      : matching < devices.length
+        ? `${fmtInt(matching)} of ${fmtInt(devices.length)} devices`
+        : "";
+  if (!shown.length) {
+    fill(box, h("div", { class: "empty" }, "No device matches the filter."));
+    return;
+  }
 
-  const labelW = Math.min(200, Math.max(60, 12 + 7 * Math.max(...devices.map((d) => d.length))));
+  const labelW = Math.min(200, Math.max(60, 12 + 7 * Math.max(...shown.map((d) => d.length))));
   const totalW = 70;
   const avail = Math.max(400, box.clientWidth - labelW - totalW - 10);
   const cw = Math.max(12, Math.min(44, Math.floor(avail / hours.length)));
-  const ch = devices.length > 60 ? 14 : 22;
+  const ch = shown.length > 60 ? 14 : 22;
   const barH = 34;
   const top = barH + 34; // per-hour bars, then the hour labels
   const width = labelW + cw * hours.length + totalW;
-  const height = top + ch * devices.length + 6;
+  const height = top + ch * shown.length + 6;
   const svg = s("svg", { width, height, viewBox: `0 0 ${width} ${height}`, id: "heatmap-svg", role: "img" });
 
   // Fleet-wide anomalies per hour, as bars above the columns.
@@ -319,8 +370,9 @@ function renderOverview(ov) {
   });
   svg.append(s("text", { x: labelW + cw * hours.length + totalW - 4, y: top - 5, "text-anchor": "end" }, "total"));
 
-  devices.forEach((dev, i) => {
-    const y = top + i * ch;
+  idx.forEach((i, row) => {
+    const dev = devices[i];
+    const y = top + row * ch;
     const label = s(
       "text",
       { x: labelW - 8, y: y + ch / 2 + 4, "text-anchor": "end", class: "dev" + (dev === state.device ? " selected" : ""), "data-device": dev },
@@ -930,6 +982,12 @@ async function main() {
   $("refresh").addEventListener("click", refresh);
   $("auto").addEventListener("change", schedule);
   $("drill-close").addEventListener("click", closeDevice);
+  let filterTimer = null;
+  $("device-filter").addEventListener("input", () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(() => state.overview && renderOverview(state.overview), 150);
+  });
+  $("sort").addEventListener("change", () => state.overview && renderOverview(state.overview));
   $("span").addEventListener("change", async (ev) => {
     state.span = ev.target.value;
     await loadOverview();
