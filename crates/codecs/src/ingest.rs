@@ -157,10 +157,17 @@ impl Batch {
 }
 
 /// Builds a [`Batch`] or collects the problems of a refused one.
+///
+/// Devices and tags are interned apart (each name hashed and checked for
+/// UTF-8 once per batch, when first seen), and a (device, tag) pair by its
+/// two ids, so a parser that knows a line's device ([`Collector::device`])
+/// pays for the device name once per line, not once per reading.
 #[derive(Default)]
 pub(crate) struct Collector {
-    ids: FxHashMap<Box<[u8]>, u32>,
-    buf: Vec<u8>,
+    devices: Names,
+    tags: Names,
+    /// (device id << 32 | tag id) → key id.
+    pairs: FxHashMap<u64, u32>,
     pub(crate) batch: Batch,
     errors: Vec<Rejection>,
     omitted: usize,
@@ -183,8 +190,35 @@ impl Collector {
         }
     }
 
+    /// Room for `readings` more readings from up to `devices` devices
+    /// (the interning tables are sized for at most 65,536 entries; they
+    /// grow beyond as needed).
+    pub(crate) fn reserve(&mut self, readings: usize, devices: usize) {
+        let r = &mut self.batch.readings;
+        r.ts.reserve(readings);
+        r.value.reserve(readings);
+        r.key.reserve(readings);
+        self.pairs.reserve(readings.min(1 << 16));
+        self.devices.ids.reserve(devices.min(1 << 16));
+    }
+
+    /// The id of a device name, checked for UTF-8 the first time it is seen.
+    pub(crate) fn device(&mut self, device: &[u8]) -> Result<u32, &'static str> {
+        self.devices.intern(device, "the device is not UTF-8")
+    }
+
+    /// The id of a tag name, checked for UTF-8 the first time it is seen.
+    pub(crate) fn tag(&mut self, tag: &[u8]) -> Result<u32, &'static str> {
+        self.tags.intern(tag, "the tag is not UTF-8")
+    }
+
+    /// The bytes of the tag with id `id` (from [`Collector::tag`]).
+    pub(crate) fn tag_name(&self, id: u32) -> &[u8] {
+        self.tags.get(id).as_bytes()
+    }
+
     /// Adds a reading. Device and tag are bytes of the body; they are
-    /// checked for UTF-8 only the first time the pair is seen.
+    /// checked for UTF-8 only the first time each is seen.
     pub(crate) fn push(
         &mut self,
         ts: i64,
@@ -195,19 +229,33 @@ impl Collector {
         if self.failed() {
             return Ok(());
         }
-        self.buf.clear();
-        self.buf.extend_from_slice(device);
-        self.buf.push(0);
-        self.buf.extend_from_slice(tag);
-        let id = match self.ids.get(self.buf.as_slice()) {
+        let d = self.device(device)?;
+        let t = self.tag(tag)?;
+        self.push_ids(ts, d, t, value)
+    }
+
+    /// [`Collector::push`] with a device and tag already interned.
+    pub(crate) fn push_ids(
+        &mut self,
+        ts: i64,
+        device: u32,
+        tag: u32,
+        value: f64,
+    ) -> Result<(), &'static str> {
+        if self.failed() {
+            return Ok(());
+        }
+        let pair = u64::from(device) << 32 | u64::from(tag);
+        let id = match self.pairs.get(&pair) {
             Some(&id) => id,
             None => {
-                let d = std::str::from_utf8(device).map_err(|_| "the device is not UTF-8")?;
-                let t = std::str::from_utf8(tag).map_err(|_| "the tag is not UTF-8")?;
                 let keys = &mut self.batch.readings.keys;
                 let id = u32::try_from(keys.len()).map_err(|_| "too many distinct keys")?;
-                keys.push((d.to_string(), t.to_string()));
-                self.ids.insert(self.buf.clone().into_boxed_slice(), id);
+                keys.push((
+                    self.devices.get(device).to_string(),
+                    self.tags.get(tag).to_string(),
+                ));
+                self.pairs.insert(pair, id);
                 id
             }
         };
@@ -227,6 +275,35 @@ impl Collector {
                 omitted: self.omitted,
             })
         }
+    }
+}
+
+/// Interned names: ids by bytes, the text of all names in one string.
+#[derive(Default)]
+struct Names {
+    ids: FxHashMap<Box<[u8]>, u32>,
+    text: String,
+    /// End of each name in `text`; a name starts where the previous ends.
+    ends: Vec<usize>,
+}
+
+impl Names {
+    fn intern(&mut self, name: &[u8], not_utf8: &'static str) -> Result<u32, &'static str> {
+        if let Some(&id) = self.ids.get(name) {
+            return Ok(id);
+        }
+        let s = std::str::from_utf8(name).map_err(|_| not_utf8)?;
+        let id = u32::try_from(self.ends.len()).map_err(|_| "too many distinct keys")?;
+        self.text.push_str(s);
+        self.ends.push(self.text.len());
+        self.ids.insert(name.into(), id);
+        Ok(id)
+    }
+
+    fn get(&self, id: u32) -> &str {
+        let i = id as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
     }
 }
 

@@ -156,6 +156,11 @@ pub fn parse_line_protocol(
     let mut out = Collector::default();
     let mut fields: Vec<Field<'_>> = Vec::with_capacity(16);
     let mut tag_buf: Vec<u8> = Vec::new();
+    // The tag id of the field at each position of the previous line: lines
+    // of one batch usually list the same fields in the same order, so a
+    // field key is compared with one name instead of hashed.
+    let mut tag_at: Vec<u32> = Vec::new();
+    let mut reserved = false;
     let device_tag = config.device_tag.as_bytes();
     for (n, line) in body.split(|&b| b == b'\n').enumerate() {
         let line_no = n + 1;
@@ -163,7 +168,16 @@ pub fn parse_line_protocol(
         match parse_line(line, &mut fields, device_tag, precision, arrival_ns) {
             Ok(None) => {}
             Ok(Some((measurement, device, ts))) => {
-                for f in &fields {
+                if !reserved {
+                    // Room for the whole body if its lines look like this one.
+                    reserved = true;
+                    let lines = body.iter().filter(|&&b| b == b'\n').count() + 1;
+                    out.reserve(lines.saturating_mul(fields.len()).min(1 << 24), lines);
+                }
+                // Interned at the first numeric field, so that a line of
+                // string fields only is not checked.
+                let mut device_id = None;
+                for (pos, f) in fields.iter().enumerate() {
                     let v = match f.value {
                         Value::Number(v) => v,
                         Value::Bool(b) => match config.booleans {
@@ -178,6 +192,10 @@ pub fn parse_line_protocol(
                             continue;
                         }
                     };
+                    if out.failed() {
+                        // The batch is refused: only problems count now.
+                        continue;
+                    }
                     let tag: &[u8] = if config.prefix_measurement {
                         tag_buf.clear();
                         tag_buf.extend_from_slice(&measurement);
@@ -187,7 +205,26 @@ pub fn parse_line_protocol(
                     } else {
                         &f.key
                     };
-                    if let Err(reason) = out.push(ts, &device, tag, v) {
+                    let ids = (|| {
+                        let d = match device_id {
+                            Some(d) => d,
+                            None => *device_id.insert(out.device(&device)?),
+                        };
+                        let t = match tag_at.get(pos) {
+                            Some(&t) if out.tag_name(t) == tag => t,
+                            _ => {
+                                let t = out.tag(tag)?;
+                                if pos < tag_at.len() {
+                                    tag_at[pos] = t;
+                                } else if pos == tag_at.len() {
+                                    tag_at.push(t);
+                                }
+                                t
+                            }
+                        };
+                        Ok((d, t))
+                    })();
+                    if let Err(reason) = ids.and_then(|(d, t)| out.push_ids(ts, d, t, v)) {
                         out.reject(Location::Line(line_no), reason);
                         break;
                     }
@@ -307,9 +344,7 @@ fn parse_line<'a>(
             ));
         }
         let raw = &line[t0..t1];
-        let t: i64 = std::str::from_utf8(raw)
-            .ok()
-            .and_then(|s| s.parse().ok())
+        let t: i64 = parse_i64(raw)
             .ok_or_else(|| format!("timestamp `{}` is not an integer", shorten(raw)))?;
         t.checked_mul(precision.nanos()).ok_or_else(|| {
             format!(
@@ -345,9 +380,7 @@ fn field_value(key: &[u8], raw: &[u8]) -> Result<Value, String> {
         _ => {}
     }
     match last {
-        b'i' => std::str::from_utf8(head)
-            .ok()
-            .and_then(|s| s.parse::<i64>().ok())
+        b'i' => parse_i64(head)
             .map(|v| Value::Number(v as f64))
             .ok_or_else(|| bad("an integer")),
         b'u' => std::str::from_utf8(head)
@@ -356,6 +389,9 @@ fn field_value(key: &[u8], raw: &[u8]) -> Result<Value, String> {
             .map(|v| Value::Number(v as f64))
             .ok_or_else(|| bad("an unsigned integer")),
         _ => {
+            if let Some(v) = fast_float(raw) {
+                return Ok(Value::Number(v));
+            }
             // Rust's float parser also takes "inf" and "NaN"; line protocol
             // does not.
             if !raw
@@ -372,6 +408,80 @@ fn field_value(key: &[u8], raw: &[u8]) -> Result<Value, String> {
                 .ok_or_else(|| bad("a number"))
         }
     }
+}
+
+/// `raw` as an `i64`, exactly as `str::parse::<i64>` reads it (an optional
+/// sign, then ASCII digits; `None` if anything else or out of range),
+/// without the UTF-8 check.
+#[inline]
+fn parse_i64(raw: &[u8]) -> Option<i64> {
+    let (neg, digits) = match raw {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, raw),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    // Accumulated negative, so that i64::MIN is in range.
+    let mut v: i64 = 0;
+    for &b in digits {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_sub(i64::from(d))?;
+    }
+    if neg {
+        Some(v)
+    } else {
+        v.checked_neg()
+    }
+}
+
+/// The common float spellings, `[-+]digits[.digits]` with at most 19
+/// significant digits, read exactly: when the digits form an integer
+/// `m < 2^53` and there are `k <= 22` of them after the point, `m` and
+/// `10^k` are exact doubles and one IEEE division gives the correctly
+/// rounded quotient, the value `str::parse::<f64>` returns. Anything else
+/// (exponents, longer mantissas, bad syntax) gives `None`, for the general
+/// path.
+#[inline]
+fn fast_float(raw: &[u8]) -> Option<f64> {
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let (neg, rest) = match raw {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, raw),
+    };
+    if rest.len() > 20 {
+        return None;
+    }
+    let mut m: u64 = 0;
+    let mut digits = 0usize;
+    let mut point: Option<usize> = None;
+    for (i, &b) in rest.iter().enumerate() {
+        let d = b.wrapping_sub(b'0');
+        if d <= 9 {
+            // Wraps only past 19 digits, which are refused below.
+            m = m.wrapping_mul(10).wrapping_add(u64::from(d));
+            digits += 1;
+        } else if b == b'.' && point.is_none() {
+            point = Some(i);
+        } else {
+            return None;
+        }
+    }
+    // At most 20 bytes, so at most 20 digits; 19 always fit in a u64.
+    if digits == 0 || digits > 19 || m >= 1 << 53 {
+        return None;
+    }
+    let frac = point.map_or(0, |p| rest.len() - p - 1);
+    let v = m as f64 / POW10[frac];
+    Some(if neg { -v } else { v })
 }
 
 /// Index of the first unescaped byte at or after `from` that `stop`
@@ -548,5 +658,137 @@ mod tests {
         assert_eq!(c.booleans, BoolFields::Skip);
         assert!(!c.prefix_measurement);
         assert!(serde_json::from_str::<LineProtocolConfig>(r#"{"devise": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn fast_number_paths_agree_with_std() {
+        // Every spelling the fast paths take or refuse, against std.
+        let mut cases: Vec<String> = [
+            "0",
+            "-0",
+            "+0",
+            "1.",
+            ".5",
+            "-.5",
+            "+.5",
+            ".",
+            "-",
+            "+",
+            "",
+            "1.2.3",
+            "--1",
+            "+-1",
+            "1e5",
+            "1E-3",
+            "00012.50",
+            "9007199254740991",
+            "9007199254740992",
+            "9007199254740993",
+            "0.1",
+            "0.3",
+            "123456789.123456789",
+            "1234567890123456789",
+            "12345678901234567890",
+            "99999999999999999999",
+            "1.7976931348623157",
+            "0.0000000000000000000001",
+            "0.00000000000000000000001",
+            "-9223372036854775808",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "1_0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let int = x % 10u64.pow((x >> 40) as u32 % 20);
+            let frac_digits = (x >> 50) as usize % 24;
+            let mut s = if x & 1 == 0 {
+                "-".to_string()
+            } else {
+                String::new()
+            };
+            let digits = format!("{int:0>width$}", width = frac_digits + 1);
+            let (a, b) = digits.split_at(digits.len() - frac_digits);
+            s.push_str(a);
+            if frac_digits > 0 || x & 2 == 0 {
+                s.push('.');
+                s.push_str(b);
+            }
+            cases.push(s);
+        }
+        for c in &cases {
+            let fast = fast_float(c.as_bytes());
+            let std = c.parse::<f64>().ok();
+            if let Some(v) = fast {
+                let want = std.unwrap_or_else(|| panic!("fast path took {c:?}, std refuses it"));
+                assert_eq!(v.to_bits(), want.to_bits(), "{c:?}");
+            }
+            assert_eq!(parse_i64(c.as_bytes()), c.parse::<i64>().ok(), "{c:?}");
+        }
+        // The fast path is taken for the usual spellings.
+        assert_eq!(fast_float(b"21.53"), Some(21.53));
+        assert_eq!(fast_float(b"-0.031"), Some(-0.031));
+        assert_eq!(fast_float(b"1e5"), None);
+    }
+
+    #[test]
+    fn field_order_may_change_between_lines() {
+        let r = parse(
+            "m,device=a x=1,y=2 1\nm,device=b y=3,x=4 2\nm,device=a y=5 3\nm,device=b z=6,x=7 4",
+        )
+        .unwrap();
+        let got: Vec<_> = r
+            .iter()
+            .map(|r| (r.1.as_str(), r.2.as_str(), r.3))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", "x", 1.0),
+                ("a", "y", 2.0),
+                ("b", "y", 3.0),
+                ("b", "x", 4.0),
+                ("a", "y", 5.0),
+                ("b", "z", 6.0),
+                ("b", "x", 7.0)
+            ]
+        );
+        let b = parse_line_protocol(
+            b"m,device=a x=1,y=2 1\nm,device=b y=3,x=4 2\nm,device=a y=5 3",
+            Precision::Nanoseconds,
+            0,
+            &LineProtocolConfig::default(),
+        )
+        .unwrap();
+        // (a,x) (a,y) (b,y) (b,x): each pair once.
+        assert_eq!(b.readings.keys.len(), 4);
+        assert_eq!(b.readings.key, [0, 1, 2, 3, 1]);
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_refuse_the_line() {
+        let cfg = LineProtocolConfig::default();
+        let e =
+            parse_line_protocol(b"m,device=\xff x=1", Precision::Nanoseconds, 0, &cfg).unwrap_err();
+        assert_eq!(e.errors[0].to_string(), "line 1: the device is not UTF-8");
+        let e = parse_line_protocol(
+            b"m,device=d x=1\nm,device=d \xfe=1",
+            Precision::Nanoseconds,
+            0,
+            &cfg,
+        )
+        .unwrap_err();
+        assert_eq!(e.errors[0].to_string(), "line 2: the tag is not UTF-8");
+        // A line of string fields only is not checked, as before.
+        let b =
+            parse_line_protocol(b"m,device=\xff s=\"x\"", Precision::Nanoseconds, 0, &cfg).unwrap();
+        assert_eq!((b.readings.len(), b.skipped_strings), (0, 1));
     }
 }

@@ -109,8 +109,19 @@ pub fn encode_payload(readings: &[Reading]) -> Result<EncodedBatch, usize> {
     let mut ids: Vec<(u32, u32)> = Vec::with_capacity(readings.len());
     let mut string_bytes = 0usize;
     let mut index: FxHashMap<&str, u32> = FxHashMap::default();
+    // Consecutive readings usually share their device (one line protocol
+    // line, one device), so it is compared with the previous one before
+    // it is hashed.
+    let mut last_device: Option<(&str, u32)> = None;
     for r in readings {
-        let d = intern_str(&mut index, &mut strings, &mut string_bytes, &r.device);
+        let d = match last_device {
+            Some((name, id)) if name == r.device => id,
+            _ => {
+                let id = intern_str(&mut index, &mut strings, &mut string_bytes, &r.device);
+                last_device = Some((&r.device, id));
+                id
+            }
+        };
         let t = intern_str(&mut index, &mut strings, &mut string_bytes, &r.tag);
         ids.push((d, t));
     }
