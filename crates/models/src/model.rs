@@ -272,7 +272,7 @@ impl Model {
                 found: width,
             });
         }
-        if width == 0 || rows.len() % width != 0 || out.len() != rows.len() / width {
+        if width == 0 || !rows.len().is_multiple_of(width) || out.len() != rows.len() / width {
             return Err(EvalError::Ragged {
                 values: rows.len(),
                 width,

@@ -98,7 +98,7 @@ fn main() {
 /// Takes closed windows out every 4096 readings, as a sink would.
 #[inline]
 fn drain_now_and_then(agg: &mut Aggregator, i: usize) {
-    if i % 4096 == 0 {
+    if i.is_multiple_of(4096) {
         std::hint::black_box(agg.drain_closed().count());
     }
 }

@@ -851,7 +851,7 @@ fn child(v: &Value, i: usize) -> Option<Value> {
         Value::Dict(d) => d
             .borrow()
             .get(i / 2)
-            .map(|(k, v)| if i % 2 == 0 { k.clone() } else { v.clone() }),
+            .map(|(k, v)| if i.is_multiple_of(2) { k.clone() } else { v.clone() }),
         Value::Object(o) => {
             let o = o.borrow();
             match i.cmp(&o.args.len()) {
@@ -933,7 +933,7 @@ fn is_latin1(enc: &str) -> bool {
 }
 
 fn pairs(items: Vec<Value>) -> Option<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return None;
     }
     let mut out = Vec::with_capacity(items.len() / 2);
