@@ -329,18 +329,26 @@ pub struct AggregateArgs {
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Devices in the generated fleet (each has the 5 tags of the bundled models).
+    /// Devices in the generated fleet (each with 5 tags).
     #[arg(long, default_value_t = 500)]
     pub devices: usize,
-    /// Hours of readings, one every 5 seconds per (device, tag).
-    #[arg(long, default_value_t = 1)]
+    /// Hours of readings streamed through the HTTP ingest (one every 30 s
+    /// per (device, tag)), ending at the last full hour; each hour is then
+    /// scored by the hourly schedule.
+    #[arg(long, default_value_t = 3)]
     pub hours: usize,
-    /// Fraction of readings turned into injected anomalies.
+    /// Fraction of streamed readings turned into injected anomalies.
     #[arg(long, default_value_t = 0.01)]
     pub anomaly_rate: f64,
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Address of the demo's server (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Stop after the summary instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
 }
 
 /// `serve` flags. Each one overrides the same setting of the config file

@@ -1,32 +1,42 @@
-//! `fleetscore demo`: the main job end to end on embedded defaults.
+//! `fleetscore demo`: the main job end to end on embedded defaults, as a
+//! team would run it.
 //!
-//! Registers the five scikit-learn models bundled in the binary (made by
-//! `demo/make_models.py`, one per tag) as fallback models `(*, tag)`,
-//! generates a fleet's readings in the reference CSV format with injected
-//! anomalies, scores them exactly as `fleetscore score` does, and reports
-//! how many injected anomalies were found.
+//! 1. Generates a fleet (default 500 devices x 5 tags) with per-device
+//!    levels, and two hours of normal history, stored in `raw/`.
+//! 2. Trains one `Pipeline(StandardScaler, OneClassSVM(nu=0.01))` per
+//!    (device, tag) on that history, in Rust (libsvm's algorithm), and
+//!    registers them.
+//! 3. Starts the server (`serve`, in this process) and streams the last few
+//!    hours of readings, with injected anomalies, through its HTTP line
+//!    protocol endpoint, as Telegraf would.
+//! 4. Once the ingest log is compacted into `raw/`, lets the hourly schedule
+//!    catch up on those hours: one scheduled job per hour, run by the
+//!    server's runner.
+//! 5. Prints a summary (models, readings, anomalies found vs injected, job
+//!    times) and the dashboard's address, and keeps serving until Ctrl-C
+//!    (`--exit` stops after the summary).
+//!
+//! Everything lives in `DATA/demo` (recreated on each run).
 
 use std::collections::HashSet;
-use std::io::{BufWriter, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fleetscore_core::{format_ts_reference, parse_ts, ModelKey, NANOS_PER_SEC};
-use fleetscore_models::import_sklearn;
-use fleetscore_store::ImportRequest;
+use fleetscore_codecs::{read_predictions_parquet_bytes, Readings};
+use fleetscore_core::{format_ts, ModelKey, NANOS_PER_SEC};
+use fleetscore_jobs::db::JobFilter;
+use fleetscore_models::{train, Gamma, ScalerChoice, SvmParams, TrainParams};
+use fleetscore_store::{raw_objects, ImportRequest, HOUR_NS};
+use rayon::prelude::*;
 
-use crate::cli::{DemoArgs, Format, Global, Layout, ScoreArgs};
-use crate::{score, util};
+use crate::cli::{DemoArgs, Global};
+use crate::config::{Config, ScheduleConfig};
+use crate::util;
 
-/// The bundled models, and each tag's normal (mean, std); keep in sync with
-/// `demo/make_models.py`.
-const MODELS: [&[u8]; 5] = [
-    include_bytes!("../demo/model_fallback_1.pkl"),
-    include_bytes!("../demo/model_fallback_2.pkl"),
-    include_bytes!("../demo/model_fallback_3.pkl"),
-    include_bytes!("../demo/model_fallback_4.pkl"),
-    include_bytes!("../demo/model_fallback_5.pkl"),
-];
+/// Each tag's normal (mean, std).
 const TAGS: [(f64, f64); 5] = [
     (20.0, 2.0),
     (55.0, 5.0),
@@ -34,6 +44,8 @@ const TAGS: [(f64, f64); 5] = [
     (300.0, 12.0),
     (80.0, 4.0),
 ];
+/// Hours of normal history the models are trained on.
+const TRAIN_HOURS: i64 = 2;
 
 /// splitmix64: small, seedable, good enough for synthetic readings.
 struct Rng(u64);
@@ -56,109 +68,375 @@ impl Rng {
     }
 }
 
+/// One generated (device, tag) series' level.
+fn level(offsets: &[f64], d: usize, t: usize) -> f64 {
+    TAGS[t].0 + offsets[d * 5 + t] * TAGS[t].1
+}
+
+/// Posts line protocol bodies over one keep-alive connection; returns
+/// the number of failed requests.
+fn post_all(addr: SocketAddr, bodies: &[String]) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut reader = BufReader::new(s.try_clone()?);
+    for body in bodies {
+        write!(
+            s,
+            "POST /write?precision=s HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+        s.write_all(body.as_bytes())?;
+        let mut status = String::new();
+        reader.read_line(&mut status)?;
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            if h == "\r\n" || h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut rest = vec![0; len];
+        reader.read_exact(&mut rest)?;
+        anyhow::ensure!(
+            status.split(' ').nth(1) == Some("204"),
+            "ingest answered {}: {}",
+            status.trim(),
+            String::from_utf8_lossy(&rest)
+        );
+    }
+    Ok(())
+}
+
+/// A counter's value from the Prometheus text of `/metrics`.
+fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let mut s = TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0))
+}
+
 pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        args.devices > 0 && args.hours > 0,
-        "--devices and --hours must be at least 1"
+        args.devices > 0 && args.hours > 0 && args.hours <= 48,
+        "--devices must be at least 1 and --hours between 1 and 48"
     );
     anyhow::ensure!(
         (0.0..=0.5).contains(&args.anomaly_rate),
         "--anomaly-rate must be between 0 and 0.5"
     );
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let home = g.data.join("demo");
+    if home.exists() {
+        std::fs::remove_dir_all(&home)
+            .with_context(|| format!("clearing the previous demo in {}", home.display()))?;
+    }
+    std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+    let g = Global {
+        data: home.clone(),
+        store: None,
+        db: None,
+        config: None,
+        ..g.clone()
+    };
+    let g = &g;
+    let store = util::store(g)?;
     let registry = util::registry(g)?;
-    let mut requests = Vec::new();
-    for (i, bytes) in MODELS.iter().enumerate() {
-        let model = import_sklearn(bytes).context("reading a bundled model")?;
+    let (devices, hours) = (args.devices, args.hours as i64);
+    let step = 30 * NANOS_PER_SEC;
+    let per_hour = HOUR_NS / step;
+    let now = util::now_ns();
+    let end = now.div_euclid(HOUR_NS) * HOUR_NS;
+    let start = end - hours * HOUR_NS;
+    let train_from = start - TRAIN_HOURS * HOUR_NS;
+    let mut rng = Rng(args.seed);
+    let offsets: Vec<f64> = (0..devices * 5).map(|_| rng.normal() * 2.0).collect();
+    let name = |d: usize| format!("pump-{:04}", d + 1);
+
+    // 1. History, straight into raw/.
+    let mut history = Readings {
+        keys: (0..devices)
+            .flat_map(|d| (1..=5).map(move |t| (name(d), t.to_string())))
+            .collect(),
+        ..Readings::default()
+    };
+    // History every 10 s: more points make tighter estimates of each
+    // series' normal range.
+    let history_step = 10 * NANOS_PER_SEC;
+    for s in 0..TRAIN_HOURS * HOUR_NS / history_step {
+        let ts = train_from + s * history_step;
+        for d in 0..devices {
+            for (t, (_, std)) in TAGS.iter().enumerate() {
+                history.ts.push(ts);
+                history
+                    .value
+                    .push(level(&offsets, d, t) + rng.normal() * std);
+                history.key.push((d * 5 + t) as u32);
+            }
+        }
+    }
+    for (key, data) in raw_objects(&history, b"fleetscore demo history")? {
+        store.put(&key, data).await?;
+    }
+    println!(
+        "fleet: {devices} devices x 5 tags; {} readings of history ({TRAIN_HOURS} h at 10 s) in {}",
+        history.len(),
+        store.url()
+    );
+
+    // 2. Train one model per series, in Rust, in parallel.
+    let t = Instant::now();
+    let params = TrainParams {
+        scaler: ScalerChoice::Standard,
+        // A wide kernel on standardized values (as the bundled scikit-learn
+        // demo models): with few support vectors a narrow one would also
+        // reject the middle of the distribution.
+        svm: SvmParams {
+            nu: 0.01,
+            gamma: Gamma::Value(0.1),
+            ..SvmParams::default()
+        },
+    };
+    let n_keys = history.keys.len();
+    let mut series: Vec<Vec<f64>> = vec![Vec::with_capacity(history.len() / n_keys + 1); n_keys];
+    for (k, v) in history.key.iter().zip(&history.value) {
+        series[*k as usize].push(*v);
+    }
+    let fitted: Vec<_> = series
+        .par_iter()
+        .map(|values| train(values, 1, &params))
+        .collect();
+    let mut requests = Vec::with_capacity(n_keys);
+    for ((d, tag), fit) in history.keys.iter().zip(fitted) {
+        let (model, _) = fit.with_context(|| format!("training ({d}, {tag})"))?;
         requests.push(ImportRequest {
-            key: ModelKey::new("*", (i + 1).to_string())?,
+            key: ModelKey::new(d.clone(), tag.clone())?,
             model,
-            source: format!("bundled demo model model_fallback_{}.pkl", i + 1),
+            source: "trained by fleetscore demo".into(),
         });
     }
     registry.import(requests, &util::now_rfc3339()).await?;
     println!(
-        "registered 5 bundled scikit-learn models as fallback models (*, 1..5) in {}",
-        registry.store().url()
+        "trained {n_keys} models (StandardScaler + OneClassSVM, nu=0.01, gamma=0.1) in Rust in {}",
+        util::secs(t.elapsed())
     );
 
-    let dir = g.data.join("demo");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let input = dir.join("readings.csv");
-    let start = parse_ts("2024-01-01 00:00:00")?;
-    let steps = args.hours * 720;
-    let mut rng = Rng(args.seed);
-    let mut injected = HashSet::new();
-    {
-        let f = std::fs::File::create(&input)
-            .with_context(|| format!("creating {}", input.display()))?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        writeln!(w, "TS,Device,Tag,Value")?;
-        let offsets: Vec<f64> = (0..args.devices * 5).map(|_| rng.normal() * 0.2).collect();
-        for s in 0..steps {
-            let ts = start + s as i64 * 5 * NANOS_PER_SEC;
-            let stamp = format_ts_reference(ts);
-            for d in 1..=args.devices {
-                for (t, (mean, std)) in TAGS.iter().enumerate() {
-                    let base = mean + offsets[(d - 1) * 5 + t] * std;
-                    let v = if rng.uniform() < args.anomaly_rate {
-                        injected.insert((d as u32, t as u32 + 1, ts));
-                        let sign = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
-                        base + sign * (6.0 + 4.0 * rng.uniform()) * std
-                    } else {
-                        base + rng.normal() * std
-                    };
-                    writeln!(w, "{stamp},{d},{},{:.3}", t + 1, v)?;
-                }
+    // 3. The server, with an hourly schedule that has nothing due yet.
+    let db = util::job_store(g).await?;
+    db.rewind_schedule("hourly", end, now).await?;
+    let mut c = Config::default();
+    c.server.listen = args.listen.clone();
+    c.server.window_flush_interval = fleetscore_stream::Span::from_secs(1);
+    c.ingest.compact_interval = fleetscore_stream::Span::from_secs(1);
+    c.jobs.tick_interval = fleetscore_stream::Span::from_millis(200);
+    c.schedules = vec![ScheduleConfig {
+        catch_up: args.hours as u32 + 1,
+        ..ScheduleConfig::default()
+    }];
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let server = {
+        let g = g.clone();
+        tokio::spawn(
+            async move { crate::serve::run_config(&g, c, Some(ready_tx), Some(stop_rx)).await },
+        )
+    };
+    let addr = match ready_rx.await {
+        Ok(a) => a,
+        Err(_) => {
+            return match server.await? {
+                Err(e) => Err(e.context("starting the server")),
+                Ok(_) => anyhow::bail!("the server stopped before it listened"),
             }
         }
-        w.flush()?;
-    }
-    let rows = steps * args.devices * 5;
-    println!("generated {rows} readings for {} devices x 5 tags ({} hour(s) at 5 s) with {} injected anomalies: {}", args.devices, args.hours, injected.len(), input.display());
-
-    let score_args = ScoreArgs {
-        input,
-        from: None,
-        to: None,
-        out: dir.join("predictions"),
-        format: Format::Parquet,
-        layout: Layout::Combined,
-        json: false,
     };
-    let (summary, scored) = score::score_file(g, &score_args).await?;
-    score::print_summary(&summary, &score_args.out.display().to_string());
 
+    // 4. Stream the last hours through HTTP line protocol, with anomalies.
+    let mut injected: HashSet<(usize, usize, i64)> = HashSet::new();
+    let mut bodies: Vec<String> = Vec::new();
+    let mut body = String::new();
+    let mut lines = 0;
+    for s in 0..hours * per_hour {
+        let ts = start + s * step;
+        for d in 0..devices {
+            body.push_str("fleet,device=");
+            body.push_str(&name(d));
+            for (t, &(_, std)) in TAGS.iter().enumerate() {
+                let base = level(&offsets, d, t);
+                let v = if rng.uniform() < args.anomaly_rate {
+                    injected.insert((d, t, ts));
+                    let sign = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+                    base + sign * (6.0 + 4.0 * rng.uniform()) * std
+                } else {
+                    base + rng.normal() * std
+                };
+                body.push(if t == 0 { ' ' } else { ',' });
+                body.push_str(&format!("{}={v:.4}", t + 1));
+            }
+            body.push_str(&format!(" {}\n", ts / NANOS_PER_SEC));
+            lines += 1;
+            if lines % 2000 == 0 {
+                bodies.push(std::mem::take(&mut body));
+            }
+        }
+    }
+    if !body.is_empty() {
+        bodies.push(body);
+    }
+    let readings = lines * 5;
+    let t = Instant::now();
+    let chunks: Vec<Vec<String>> = {
+        let n = 4.min(bodies.len()).max(1);
+        let per = bodies.len().div_ceil(n);
+        bodies.chunks(per.max(1)).map(|c| c.to_vec()).collect()
+    };
+    tokio::task::spawn_blocking(move || {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = chunks
+                .iter()
+                .map(|c| s.spawn(move || post_all(addr, c)))
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("sender panicked")))
+                })
+                .collect::<anyhow::Result<Vec<()>>>()
+        })
+    })
+    .await??;
+    let ingest_time = t.elapsed();
+    println!(
+        "streamed {readings} readings ({hours} h at 30 s, {} injected anomalies) to http://{addr}/write in {} ({:.0} readings/s, each acknowledged once durable)",
+        injected.len(),
+        util::secs(ingest_time),
+        readings as f64 / ingest_time.as_secs_f64()
+    );
+
+    // 5. Once it is all in raw/, let the schedule catch up on those hours.
+    let t = Instant::now();
+    loop {
+        let done = tokio::task::spawn_blocking(move || {
+            metric(addr, "fleetscore_compaction_readings_total")
+        })
+        .await??;
+        if done >= readings as f64 {
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(120),
+            "the ingest log was not compacted into raw/ within 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    db.rewind_schedule("hourly", start, util::now_ns()).await?;
+    let t = Instant::now();
+    let jobs = loop {
+        let jobs = db
+            .jobs(&JobFilter {
+                schedule: Some("hourly".into()),
+                window_from: Some(start),
+                window_to: Some(end),
+                limit: Some(1000),
+                ..JobFilter::default()
+            })
+            .await?;
+        if jobs.len() as i64 == hours && jobs.iter().all(|j| j.state.is_final()) {
+            break jobs;
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "the scheduled jobs did not finish within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut jobs = jobs;
+    jobs.sort_by_key(|j| j.window_start);
+    for j in &jobs {
+        println!(
+            "  job {:>3} {} [{}, {}): {} models, {} rows, {} anomalies, {} failed models, {:.2}s",
+            j.id,
+            j.state,
+            format_ts(j.window_start),
+            format_ts(j.window_end),
+            j.models,
+            j.rows,
+            j.anomalies,
+            j.failed_models,
+            j.finished_at
+                .zip(j.started_at)
+                .map_or(0.0, |(f, s)| (f - s) as f64 / 1e9)
+        );
+    }
+
+    // 6. Found vs injected, from the predictions in the store.
+    let wanted: HashSet<String> = (0..devices).map(name).collect();
+    let mut flagged = 0usize;
     let mut found = 0usize;
-    for (k, range) in &scored.groups {
-        let (d, t) = &scored.keys[*k as usize];
-        let (Ok(d), Ok(t)) = (d.parse::<u32>(), t.parse::<u32>()) else {
+    for key in store.list("predictions/").await? {
+        if !key.ends_with(".parquet") {
+            continue;
+        }
+        let Some(data) = store.get(&key).await? else {
             continue;
         };
-        for r in range.clone() {
-            if scored.prediction[r] == 1 && injected.contains(&(d, t, scored.ts[r])) {
+        let rows = read_predictions_parquet_bytes(data, &key, |r| r.prediction == 1)?;
+        for r in rows {
+            if !wanted.contains(&r.device) || r.ts < start || r.ts >= end {
+                continue;
+            }
+            flagged += 1;
+            let d: usize = r
+                .device
+                .trim_start_matches("pump-")
+                .parse::<usize>()
+                .unwrap_or(0);
+            let t: usize = r.tag.parse().unwrap_or(0);
+            if d > 0 && t > 0 && injected.contains(&(d - 1, t - 1, r.ts)) {
                 found += 1;
             }
         }
     }
-    let recall = if injected.is_empty() {
-        1.0
-    } else {
-        found as f64 / injected.len() as f64
-    };
+    let rows: u64 = jobs.iter().map(|j| j.rows).sum();
+    let failed_jobs = jobs
+        .iter()
+        .filter(|j| j.state != fleetscore_jobs::db::JobState::Succeeded)
+        .count();
     println!(
-        "anomalies: {} flagged; {found} of {} injected found ({:.1}%), {} flagged among normal readings (the models were fitted with nu=0.01)",
-        scored.anomalies,
+        "scored {rows} readings in {} hourly jobs ({failed_jobs} failed): {flagged} flagged; {found} of {} injected anomalies found ({:.1}%); {} of {} normal readings flagged ({:.1}%)",
+        jobs.len(),
         injected.len(),
-        recall * 100.0,
-        scored.anomalies - found
+        if injected.is_empty() { 100.0 } else { found as f64 * 100.0 / injected.len() as f64 },
+        flagged - found,
+        readings - injected.len(),
+        (flagged - found) as f64 * 100.0 / (readings - injected.len()).max(1) as f64
     );
     println!(
-        "demo finished in {}; predictions are Parquet files you can open with pandas or DuckDB.",
-        util::secs(started.elapsed())
+        "demo ready in {}; data in {}",
+        util::secs(started.elapsed()),
+        home.display()
     );
-    Ok(if summary.failed_models == 0 {
-        ExitCode::SUCCESS
+    println!("dashboard: http://{addr}/   API: http://{addr}/v1/openapi.json   metrics: http://{addr}/metrics");
+    if args.exit {
+        let _ = stop_tx.send(());
+    } else {
+        println!("serving; press Ctrl-C to stop");
+        // Keep the sender: the server stops on Ctrl-C.
+        std::mem::forget(stop_tx);
+    }
+    let code = server.await??;
+    Ok(if failed_jobs == 0 {
+        code
     } else {
         ExitCode::from(3)
     })

@@ -139,6 +139,18 @@ pub fn settings(g: &Global, args: &ServeArgs) -> anyhow::Result<Config> {
 
 pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let c = settings(g, &args)?;
+    run_config(g, c, None, None).await
+}
+
+/// Runs the server with settings `c`. `ready` receives the bound address
+/// (besides the `listening on` line); `stop`, when it fires, shuts down as
+/// SIGTERM does. Used by `serve` and `demo`.
+pub async fn run_config(
+    g: &Global,
+    c: Config,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    stop: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> anyhow::Result<ExitCode> {
     let store = util::store(g)?;
     let dir = g.data.join("log");
     let config = c.ingest.log.clone();
@@ -241,7 +253,18 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .merge(crate::api::routes(api))
         .merge(crate::dashboard::routes());
 
-    let shutdown = shutdown_signal()?;
+    let signal = shutdown_signal()?;
+    let shutdown = async move {
+        match stop {
+            Some(stop) => {
+                tokio::select! {
+                    _ = signal => {}
+                    _ = stop => {}
+                }
+            }
+            None => signal.await,
+        }
+    };
     let listener = tokio::net::TcpListener::bind(&c.server.listen)
         .await
         .with_context(|| format!("binding {}", c.server.listen))?;
@@ -252,6 +275,9 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
     }
     tracing::info!(%addr, "serving");
+    if let Some(ready) = ready {
+        let _ = ready.send(addr);
+    }
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mqtt = mqtt_source.map(|source| {

@@ -451,6 +451,10 @@ pub trait JobStore: Send + Sync {
     async fn retry(&self, id: i64) -> Result<JobRecord>;
     /// The finished tasks that took longest, slowest first.
     async fn slowest_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>>;
+    /// Sets a schedule's last window end, also backwards: the next tick
+    /// then catches up from there (windows already scheduled stay as they
+    /// are, so none is scored twice).
+    async fn rewind_schedule(&self, schedule: &str, last_fire: i64, now: i64) -> Result<()>;
 }
 
 /// The SQLite job store.
@@ -918,6 +922,21 @@ impl JobStore for SqliteStore {
         .await
         .map_err(|e| self.err(e))?;
         self.job(id).await
+    }
+
+    async fn rewind_schedule(&self, schedule: &str, last_fire: i64, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO schedules (name, last_fire, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET last_fire = excluded.last_fire, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(schedule)
+        .bind(last_fire)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     async fn slowest_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>> {
