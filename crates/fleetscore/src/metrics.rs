@@ -125,6 +125,61 @@ impl Metrics {
         self.refused_items[idx(source)].fetch_add(items, Ordering::Relaxed);
     }
 
+    /// The job store's and registry's part of the exposition text.
+    pub fn render_jobs(
+        &self,
+        jobs: Option<&fleetscore_jobs::db::JobStats>,
+        models: Option<usize>,
+    ) -> String {
+        let mut o = String::new();
+        let head = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        if let Some(j) = jobs {
+            head(
+                &mut o,
+                "fleetscore_jobs",
+                "gauge",
+                "Jobs in the job store, by state.",
+            );
+            for (state, n) in &j.jobs {
+                let _ = writeln!(o, "fleetscore_jobs{{state=\"{state}\"}} {n}");
+            }
+            head(
+                &mut o,
+                "fleetscore_tasks",
+                "gauge",
+                "Tasks in the job store, by state.",
+            );
+            for (state, n) in &j.tasks {
+                let _ = writeln!(o, "fleetscore_tasks{{state=\"{state}\"}} {n}");
+            }
+            let more: [(&str, &str, &str, f64); 7] = [
+                ("fleetscore_task_retries_total", "counter", "Task attempts beyond the first.", j.retries as f64),
+                ("fleetscore_job_rows_total", "counter", "Rows scored by finished jobs.", j.rows as f64),
+                ("fleetscore_job_anomalies_total", "counter", "Anomalies found by finished jobs.", j.anomalies as f64),
+                ("fleetscore_job_failed_models_total", "counter", "Models that failed in finished jobs (no model, no data, feature mismatch, evaluation).", j.failed_models as f64),
+                ("fleetscore_job_duration_seconds_sum", "counter", "Start-to-finish seconds of finished jobs, summed.", j.job_seconds),
+                ("fleetscore_job_duration_seconds_count", "counter", "Finished jobs.", j.finished as f64),
+                ("fleetscore_job_last_success_window_end_seconds", "gauge", "Window end of the newest succeeded scheduled job (Unix seconds; alert when it lags).", j.last_success_window_end.map_or(0.0, |t| t as f64 / 1e9)),
+            ];
+            for (name, kind, help, v) in more {
+                head(&mut o, name, kind, help);
+                let _ = writeln!(o, "{name} {v}");
+            }
+        }
+        if let Some(m) = models {
+            head(
+                &mut o,
+                "fleetscore_models",
+                "gauge",
+                "Registered (device, tag) models.",
+            );
+            let _ = writeln!(o, "fleetscore_models {m}");
+        }
+        o
+    }
+
     /// The exposition text.
     pub fn render(&self, log: &LogStats, windows: Option<&WindowStats>) -> String {
         let mut o = String::with_capacity(4096);

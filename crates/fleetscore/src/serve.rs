@@ -59,6 +59,10 @@ struct App {
     max_body: usize,
     line_protocol: LineProtocolConfig,
     csv: CsvBodyConfig,
+    /// For the job figures on /metrics.
+    db: Option<Arc<dyn fleetscore_jobs::db::JobStore>>,
+    /// For the model count on /metrics.
+    registry: Option<fleetscore_store::Registry>,
 }
 
 type Query2 = HashMap<String, String>;
@@ -216,7 +220,10 @@ pub async fn run_config(
         .await
         .context("compacting the ingest log at start-up")?;
 
+    let db = util::job_store(g).await?;
     let app = Arc::new(App {
+        db: Some(Arc::clone(&db)),
+        registry: Some(fleetscore_store::Registry::new(store.clone())),
         ingestor: Arc::clone(&ingestor),
         metrics: Arc::clone(&metrics),
         tokens: c
@@ -231,7 +238,6 @@ pub async fn run_config(
         line_protocol: c.ingest.line_protocol.clone(),
         csv: c.ingest.csv.clone(),
     });
-    let db = util::job_store(g).await?;
     let specs = c.schedule_specs()?;
     let api = Arc::new(crate::api::Api {
         db: Arc::clone(&db),
@@ -554,9 +560,18 @@ fn segment_objects(log: &Log, from: Seq, end: Seq) -> anyhow::Result<Segment> {
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     let log = app.ingestor.log().stats();
-    let body = app
+    let mut body = app
         .metrics
         .render(&log, app.ingestor.windows().map(|w| w.stats().as_ref()));
+    let jobs = match &app.db {
+        Some(db) => db.stats().await.ok(),
+        None => None,
+    };
+    let models = match &app.registry {
+        Some(r) => r.index().await.ok().map(|i| i.models.len()),
+        None => None,
+    };
+    body.push_str(&app.metrics.render_jobs(jobs.as_ref(), models));
     (
         [(
             header::CONTENT_TYPE,

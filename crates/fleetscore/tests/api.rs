@@ -149,6 +149,18 @@ fn the_api_end_to_end() {
     assert!(o["anomalies"][2][23].as_u64().unwrap() >= 60);
     assert_eq!(o["rows"][0][22], 120);
 
+    // /metrics carries the job store's figures.
+    let (st, metrics) = s.request("GET", "/metrics", &[], b"");
+    assert_eq!(st, 200);
+    for want in [
+        "fleetscore_jobs{state=\"succeeded\"}",
+        "fleetscore_tasks{state=\"succeeded\"}",
+        "fleetscore_job_rows_total",
+        "fleetscore_models 2",
+    ] {
+        assert!(metrics.contains(want), "{want} missing:\n{metrics}");
+    }
+
     // Models: upload a new version, promote back, refuse junk.
     let m = get(&s, "/v1/models");
     assert_eq!(m["models"].as_array().unwrap().len(), 2);

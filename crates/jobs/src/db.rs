@@ -389,6 +389,29 @@ pub struct FailureRecord {
     pub rows: u64,
 }
 
+/// Totals over the job store, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct JobStats {
+    /// Jobs per state.
+    pub jobs: Vec<(String, u64)>,
+    /// Tasks per state.
+    pub tasks: Vec<(String, u64)>,
+    /// Task attempts beyond the first (retries).
+    pub retries: u64,
+    /// Rows scored by finished jobs.
+    pub rows: u64,
+    /// Anomalies found by finished jobs.
+    pub anomalies: u64,
+    /// Failed models in finished jobs.
+    pub failed_models: u64,
+    /// Seconds of finished jobs (start to finish), summed.
+    pub job_seconds: f64,
+    /// Finished jobs.
+    pub finished: u64,
+    /// Window end of the newest succeeded scheduled job, ns.
+    pub last_success_window_end: Option<i64>,
+}
+
 /// Which jobs to list.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -451,6 +474,8 @@ pub trait JobStore: Send + Sync {
     async fn retry(&self, id: i64) -> Result<JobRecord>;
     /// The finished tasks that took longest, slowest first.
     async fn slowest_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>>;
+    /// Totals for `/metrics`.
+    async fn stats(&self) -> Result<JobStats>;
     /// Sets a schedule's last window end, also backwards: the next tick
     /// then catches up from there (windows already scheduled stay as they
     /// are, so none is scored twice).
@@ -922,6 +947,45 @@ impl JobStore for SqliteStore {
         .await
         .map_err(|e| self.err(e))?;
         self.job(id).await
+    }
+
+    async fn stats(&self) -> Result<JobStats> {
+        let by_state = |sql: &'static str| async move {
+            let rows = sqlx::query(sql)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+            rows.iter()
+                .map(|r| Ok((r.try_get::<String, _>(0)?, u(r.try_get(1)?))))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(|e| self.err(e))
+        };
+        let jobs =
+            by_state("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state").await?;
+        let tasks =
+            by_state("SELECT state, COUNT(*) FROM tasks GROUP BY state ORDER BY state").await?;
+        let r = sqlx::query(
+            "SELECT COALESCE(SUM(rows), 0), COALESCE(SUM(anomalies), 0), \
+             COALESCE(SUM(failed_models), 0), COALESCE(SUM(finished_at - started_at), 0), COUNT(*), \
+             (SELECT COALESCE(SUM(attempts - 1), 0) FROM tasks WHERE attempts > 1), \
+             (SELECT MAX(window_end) FROM jobs WHERE state = 'succeeded' AND kind = 'scheduled') \
+             FROM jobs WHERE finished_at IS NOT NULL AND started_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let get = |i: usize| r.try_get::<i64, _>(i).map_err(|e| self.err(e));
+        Ok(JobStats {
+            jobs,
+            tasks,
+            rows: u(get(0)?),
+            anomalies: u(get(1)?),
+            failed_models: u(get(2)?),
+            job_seconds: get(3)? as f64 / 1e9,
+            finished: u(get(4)?),
+            retries: u(get(5)?),
+            last_success_window_end: r.try_get::<Option<i64>, _>(6).map_err(|e| self.err(e))?,
+        })
     }
 
     async fn rewind_schedule(&self, schedule: &str, last_fire: i64, now: i64) -> Result<()> {
