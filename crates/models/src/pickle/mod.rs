@@ -848,10 +848,13 @@ fn child(v: &Value, i: usize) -> Option<Value> {
     match v {
         Value::Tuple(t) => t.get(i).cloned(),
         Value::List(l) | Value::Set(l) => l.borrow().get(i).cloned(),
-        Value::Dict(d) => d
-            .borrow()
-            .get(i / 2)
-            .map(|(k, v)| if i.is_multiple_of(2) { k.clone() } else { v.clone() }),
+        Value::Dict(d) => d.borrow().get(i / 2).map(|(k, v)| {
+            if i.is_multiple_of(2) {
+                k.clone()
+            } else {
+                v.clone()
+            }
+        }),
         Value::Object(o) => {
             let o = o.borrow();
             match i.cmp(&o.args.len()) {
