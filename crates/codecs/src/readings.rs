@@ -69,6 +69,10 @@ pub enum InputFormat {
     Csv,
     /// Parquet with the same columns.
     Parquet,
+    /// InfluxDB line protocol (`.lp`, `.line`, `.influx`, or a first line
+    /// with `=` in it), mapped as the HTTP endpoint maps it: the `device`
+    /// tag is the device, each field a reading; nanosecond timestamps.
+    LineProtocol,
 }
 
 impl InputFormat {
@@ -86,6 +90,29 @@ impl InputFormat {
         })?;
         if n == 4 && &magic == b"PAR1" {
             return Ok(InputFormat::Parquet);
+        }
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        if matches!(ext.as_deref(), Some("lp" | "line" | "influx")) {
+            return Ok(InputFormat::LineProtocol);
+        }
+        // A CSV header has no `=`; a line protocol line always does.
+        let mut head = Vec::with_capacity(4096);
+        f.take(4096)
+            .read_to_end(&mut head)
+            .map_err(|source| CodecError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let text = [&magic[..n], &head[..]].concat();
+        let first = text
+            .split(|&b| b == b'\n')
+            .map(|l| l.trim_ascii())
+            .find(|l| !l.is_empty() && !l.starts_with(b"#"));
+        if first.is_some_and(|l| l.contains(&b'=')) {
+            return Ok(InputFormat::LineProtocol);
         }
         Ok(InputFormat::Csv)
     }
@@ -139,12 +166,51 @@ impl Interner {
     }
 }
 
-/// Reads a readings file (CSV or Parquet, detected from its content).
+/// Reads a readings file (CSV, Parquet or line protocol, detected from its
+/// content and extension).
 pub fn read_readings(path: &Path) -> Result<Readings, CodecError> {
     match InputFormat::detect(path)? {
         InputFormat::Csv => read_csv(path),
         InputFormat::Parquet => read_parquet(path),
+        InputFormat::LineProtocol => read_line_protocol(path),
     }
+}
+
+fn read_line_protocol(path: &Path) -> Result<Readings, CodecError> {
+    let data = std::fs::read(path).map_err(|source| CodecError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    crate::parse_line_protocol(
+        &data,
+        crate::Precision::Nanoseconds,
+        now,
+        &crate::LineProtocolConfig::default(),
+    )
+    .map(|b| b.readings)
+    .map_err(|e| {
+        let Some(first) = e.errors.first() else {
+            return CodecError::Schema {
+                path: path.to_path_buf(),
+                reason: "line protocol refused".into(),
+            };
+        };
+        let more = e.total() - 1;
+        CodecError::Row {
+            path: path.to_path_buf(),
+            location: first.at.to_string(),
+            column: "line protocol".into(),
+            reason: if more > 0 {
+                format!("{} (and {more} more problem(s))", first.reason)
+            } else {
+                first.reason.clone()
+            },
+        }
+    })
 }
 
 const COLUMNS: [&str; 4] = ["TS", "Device", "Tag", "Value"];

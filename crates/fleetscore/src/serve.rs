@@ -652,16 +652,56 @@ async fn read_body(app: &App, body: Body, headers: &HeaderMap) -> Result<Bytes, 
     if declared.is_some_and(|n| n > app.max_body as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, app.max_body).await.map_err(|e| {
-        let mut src: Option<&dyn std::error::Error> = Some(&e);
-        while let Some(s) = src {
-            if s.to_string().contains("length limit") {
-                return too_large();
+    let raw = axum::body::to_bytes(body, app.max_body)
+        .await
+        .map_err(|e| {
+            let mut src: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(s) = src {
+                if s.to_string().contains("length limit") {
+                    return too_large();
+                }
+                src = s.source();
             }
-            src = s.source();
+            error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+        })?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "" | "identity" => Ok(raw),
+        // Telegraf's InfluxDB outputs send gzip by default. The limit holds
+        // for the decompressed body too.
+        "gzip" | "x-gzip" => {
+            let limit = app.max_body;
+            tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
+                let read = flate2::read::MultiGzDecoder::new(&raw[..])
+                    .take(limit as u64 + 1)
+                    .read_to_end(&mut out);
+                match read {
+                    Ok(n) if n > limit => Err(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the decompressed body exceeds {limit} bytes"),
+                    )),
+                    Ok(_) => Ok(Bytes::from(out)),
+                    Err(e) => Err(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("Content-Encoding gzip: the body does not decompress: {e}"),
+                    )),
+                }
+            })
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         }
-        error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
-    })
+        other => Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {other:?} is not supported: send identity or gzip"),
+        )),
+    }
 }
 
 /// Parses (on a blocking thread) and appends; `Ok(n)` once durable.

@@ -442,3 +442,59 @@ fn a_bad_row_refuses_its_file_only() {
     assert_eq!((&doc["readings"], &doc["windows"]), (&0.into(), &0.into()));
     assert!(files(&data.join("store").join("windows")).is_empty());
 }
+
+#[test]
+fn line_protocol_files_ingest_through_the_same_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // 2024-03-05T10:00:00Z and one minute later, in nanoseconds.
+    let lp = "# written by telegraf\n\
+              sensors,device=pump-1,site=a temp=21.5,hum=40i 1709632800000000000\n\
+              sensors,device=pump-2 temp=19.25,ok=true 1709632860000000000\n";
+    let file = dir.path().join("telegraf.txt");
+    std::fs::write(&file, lp).unwrap();
+    let o = run(&data, &["ingest", file.to_str().unwrap(), "--json"]);
+    assert!(o.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["readings"], 4);
+    let raw = files(&data.join("store/raw"));
+    assert_eq!(raw.len(), 1, "{raw:?}");
+    let rows = raw_rows(&data.join("store/raw").join(&raw[0]));
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "pump-1".into(),
+                "hum".into(),
+                ts("2024-03-05T10:00:00Z"),
+                40.0
+            ),
+            (
+                "pump-1".into(),
+                "temp".into(),
+                ts("2024-03-05T10:00:00Z"),
+                21.5
+            ),
+            (
+                "pump-2".into(),
+                "ok".into(),
+                ts("2024-03-05T10:01:00Z"),
+                1.0
+            ),
+            (
+                "pump-2".into(),
+                "temp".into(),
+                ts("2024-03-05T10:01:00Z"),
+                19.25
+            ),
+        ]
+    );
+
+    // A bad line refuses the file, naming the line.
+    let bad = dir.path().join("bad.lp");
+    std::fs::write(&bad, "m,device=d v=1 1\nm,device=d v= 2\n").unwrap();
+    let o = run(&data, &["ingest", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.lp: line 2"), "{err}");
+}

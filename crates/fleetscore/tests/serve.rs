@@ -134,15 +134,42 @@ fn endpoints_answer_as_documented() {
     ];
     assert_eq!(s.post("/v1/readings", &text, "x").0, 415);
 
+    // gzip, as Telegraf sends by default; the size limit holds after
+    // decompression too.
+    let gz = |data: &[u8]| {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let zipped = [
+        ("Authorization", "Bearer sekret"),
+        ("Content-Encoding", "gzip"),
+    ];
+    let body = gz(b"cpu,device=g temp=3 1700000000000000000\n");
+    assert_eq!(s.request("POST", "/api/v2/write", &zipped, &body).0, 204);
+    let (st, body) = s.request("POST", "/write", &zipped, b"not gzip at all");
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("does not decompress"), "{body}");
+    let bomb = gz(&vec![b'#'; 100_000]);
+    assert!(bomb.len() < 4096);
+    let (st, body) = s.request("POST", "/write", &zipped, &bomb);
+    assert_eq!(st, 413, "{body}");
+    let br = [
+        ("Authorization", "Bearer sekret"),
+        ("Content-Encoding", "br"),
+    ];
+    assert_eq!(s.request("POST", "/write", &br, b"x").0, 415);
+
     s.terminate();
     let raw = raw_readings(dir.path());
     let devices: std::collections::BTreeSet<&str> =
         raw.keys().map(|(_, d, _, _)| d.as_str()).collect();
     assert_eq!(
         devices.into_iter().collect::<Vec<_>>(),
-        ["c", "d1", "d2", "d3", "d4", "j", "n"]
+        ["c", "d1", "d2", "d3", "d4", "g", "j", "n"]
     );
-    assert_eq!(raw.values().sum::<usize>(), 9);
+    assert_eq!(raw.values().sum::<usize>(), 10);
     assert!(raw.values().all(|&n| n == 1));
 }
 
