@@ -214,3 +214,53 @@ fn the_api_end_to_end() {
     }
     s.terminate();
 }
+
+#[test]
+fn reads_can_require_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let config = data.join("c.toml");
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(
+        &config,
+        "[auth]\ningest_tokens = [\"ingest-secret\"]\nadmin_tokens = [\"admin-secret\"]\nprotect_reads = true\n",
+    )
+    .unwrap();
+    // The environment adds a token without touching the file.
+    let s = {
+        let mut cmd = common::bin();
+        cmd.env("FLEETSCORE__AUTH__INGEST_TOKENS", r#"["from-env"]"#);
+        Server::start_with(cmd, data, &["--config", config.to_str().unwrap()])
+    };
+    assert_eq!(s.request("GET", "/v1/jobs", &[], b"").0, 401);
+    assert_eq!(
+        s.request("GET", "/v1/jobs", &[("Authorization", "Bearer nope")], b"")
+            .0,
+        403
+    );
+    assert_eq!(
+        s.request(
+            "GET",
+            "/v1/jobs",
+            &[("Authorization", "Bearer from-env")],
+            b""
+        )
+        .0,
+        200
+    );
+    assert_eq!(s.request("GET", "/v1/jobs", &[ADMIN], b"").0, 200);
+    // The env list replaced the file's, as documented (env over file).
+    assert_eq!(s.post("/write", &[INGEST], "m,device=d v=1 1").0, 401);
+    assert_eq!(
+        s.post(
+            "/write",
+            &[("Authorization", "Bearer from-env")],
+            "m,device=d v=1 1"
+        )
+        .0,
+        204
+    );
+    // Liveness and metrics stay open.
+    assert_eq!(s.request("GET", "/healthz", &[], b"").0, 200);
+    s.terminate();
+}

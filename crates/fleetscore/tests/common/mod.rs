@@ -54,7 +54,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetscore"))
+        Server::start_with(bin(), data, extra)
+    }
+
+    /// [`Server::start`] from a prepared command (environment, say).
+    pub fn start_with(mut cmd: Command, data: &Path, extra: &[&str]) -> Server {
+        let mut child = cmd
             .arg("--data")
             .arg(data)
             .args(["serve", "--listen", "127.0.0.1:0"])
