@@ -36,7 +36,8 @@ pub use predictions::{
     PredictionColumns, PredictionLayout, PredictionRow, WrittenFile,
 };
 pub use raw::{
-    raw_readings_schema, read_readings_parquet_bytes, write_batch_parquet, write_readings_parquet,
+    raw_readings_schema, read_batches_parquet_bytes, read_readings_parquet_bytes,
+    write_batch_parquet, write_readings_parquet,
 };
 pub use readings::{read_readings, InputFormat, Readings};
 

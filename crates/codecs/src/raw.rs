@@ -83,6 +83,21 @@ pub fn write_batch_parquet(batch: &RecordBatch, name: &str) -> Result<Vec<u8>, C
     Ok(buf)
 }
 
+/// Every record batch of a Parquet object, as stored. `name` is only used
+/// in error messages.
+pub fn read_batches_parquet_bytes(data: Bytes, name: &str) -> Result<Vec<RecordBatch>, CodecError> {
+    let pq = |e: &dyn std::fmt::Display| CodecError::Parquet {
+        path: name.into(),
+        reason: e.to_string(),
+    };
+    ParquetRecordBatchReaderBuilder::try_new(data)
+        .map_err(|e| pq(&e))?
+        .build()
+        .map_err(|e| pq(&e))?
+        .map(|b| b.map_err(|e| pq(&e)))
+        .collect()
+}
+
 /// Reads readings from Parquet bytes (e.g. an object of the store's `raw/`
 /// layout, or any Parquet file `read_readings` accepts). `name` is only
 /// used in error messages.

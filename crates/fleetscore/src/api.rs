@@ -476,6 +476,7 @@ async fn upload(
         key: k,
         model,
         source: "uploaded over the API".into(),
+        input: Default::default(),
     };
     match api
         .registry

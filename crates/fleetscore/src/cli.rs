@@ -250,6 +250,12 @@ pub struct ImportArgs {
     /// CSV with columns path,device,tag (paths relative to the manifest).
     #[arg(long, conflicts_with_all = ["device", "tag"])]
     pub manifest: Option<PathBuf>,
+    /// What the models take as rows: `raw` (each reading's value) or
+    /// `window:SIZE:FEATURES` (each closed window of SIZE from windows/,
+    /// e.g. `window:1m:mean,std`; features from count, sum, mean, min, max,
+    /// std, first, last, in the model's column order).
+    #[arg(long, default_value = "raw", value_name = "INPUT")]
+    pub input: String,
     /// Print the outcome per model as JSON.
     #[arg(long)]
     pub json: bool,

@@ -223,6 +223,7 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
             key: ModelKey::new(d.clone(), tag.clone())?,
             model,
             source: "trained by fleetscore demo".into(),
+            input: Default::default(),
         });
     }
     registry.import(requests, &util::now_rfc3339()).await?;

@@ -86,6 +86,8 @@ fn read_manifest(path: &Path) -> anyhow::Result<Vec<Job>> {
 }
 
 pub async fn run(g: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let input = fleetscore_store::ModelInput::parse(&args.input)
+        .map_err(|e| anyhow::anyhow!("--input: {e}"))?;
     let mut jobs = Vec::new();
     if let Some(m) = &args.manifest {
         jobs.extend(read_manifest(m)?);
@@ -125,6 +127,7 @@ pub async fn run(g: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
                     key,
                     model,
                     source: job.path.display().to_string(),
+                    input: input.clone(),
                 })
             })();
             pb.inc(1);

@@ -237,6 +237,7 @@ pub async fn run(g: &Global, args: TrainArgs) -> anyhow::Result<ExitCode> {
                         values.len(),
                         args.nu
                     ),
+                    input: Default::default(),
                 })
             })();
             pb.inc(1);

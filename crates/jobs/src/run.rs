@@ -19,10 +19,17 @@
 //! manifest is written. A reader should trust a partition's parts only as
 //! listed in its manifest.
 //!
-//! # Units and failures
-//! The job's units are the `(device, tag)` pairs that have a live model or
-//! readings in the window (narrowed by the job's selection), sorted, and cut
-//! into tasks of `batch_size`. Each pair either scores, or fails with a
+//! # Units, input modes and failures
+//! The job's units are the `(device, tag)` pairs that have a live model,
+//! readings, or (for window-input models) windows in the window (narrowed
+//! by the job's selection), sorted, and cut into tasks of `batch_size`.
+//! A pair's model (its own, else the fallback `(*, tag)`) says what it
+//! takes as rows, from its registry metadata: `raw`, each reading's value
+//! (the reference job), or `window`, each window of its size starting in
+//! the job's window, as a row of its named features read from
+//! `windows/size=…/` (`std` of a one-reading window counts as 0). Window
+//! rows are written with `TS` = the window's start and `Val` = its first
+//! named feature. Each pair either scores, or fails with a
 //! reason: `no_model` (readings but no model, not even a `(*, tag)`
 //! fallback), `no_data` (a model but no readings in the window),
 //! `feature_mismatch`, `evaluation`. The job fails when more pairs fail than
@@ -35,11 +42,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetscore_codecs::{
-    predictions_parquet_bytes, read_readings_parquet_bytes, PredictionColumns, Readings,
+    predictions_parquet_bytes, read_batches_parquet_bytes, read_readings_parquet_bytes,
+    PredictionColumns, Readings,
 };
 use fleetscore_core::format_ts;
 use fleetscore_models::Pack;
-use fleetscore_store::{hour_partition, Registry, Store, HOUR_NS};
+use fleetscore_store::{hour_partition, ModelInput, Registry, Store, HOUR_NS};
+use fleetscore_stream::{windows_from_record_batch, Window};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
@@ -206,7 +215,83 @@ pub async fn load_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Readi
 }
 
 /// A task's record, readings, pairs and output key.
-type TaskInput = (TaskRecord, Readings, Vec<(String, String)>, String);
+type TaskInput = (
+    TaskRecord,
+    Readings,
+    Vec<(String, String)>,
+    String,
+    Vec<WindowUnit>,
+);
+
+/// A window-input pair of a task: its model's features and its windows.
+#[derive(Debug, Clone)]
+struct WindowUnit {
+    device: String,
+    tag: String,
+    features: Vec<String>,
+    windows: Vec<Window>,
+}
+
+/// The windows of `size` starting in `[from, to)`, by (device, tag), in
+/// start order, from the store's `windows/size=SIZE/` partitions.
+pub async fn load_windows(
+    store: &Store,
+    size: &str,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<BTreeMap<(String, String), Vec<Window>>> {
+    let mut out: BTreeMap<(String, String), Vec<Window>> = BTreeMap::new();
+    let mut hour = from.div_euclid(HOUR_NS) * HOUR_NS;
+    while hour < to {
+        let prefix = format!("windows/size={size}/{}/", hour_partition(hour));
+        for key in store.list(&prefix).await? {
+            if !key.ends_with(".parquet") {
+                continue;
+            }
+            let Some(data) = store.get(&key).await? else {
+                continue;
+            };
+            let k = key.clone();
+            let ws = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Window>> {
+                let mut all = Vec::new();
+                for b in read_batches_parquet_bytes(data, &k)? {
+                    all.extend(
+                        windows_from_record_batch(&b).map_err(|e| anyhow::anyhow!("{k}: {e}"))?,
+                    );
+                }
+                Ok(all)
+            })
+            .await??;
+            for w in ws {
+                if w.start >= from && w.start < to {
+                    out.entry((w.device.clone(), w.tag.clone()))
+                        .or_default()
+                        .push(w);
+                }
+            }
+        }
+        hour += HOUR_NS;
+    }
+    for ws in out.values_mut() {
+        ws.sort_by_key(|w| w.start);
+    }
+    Ok(out)
+}
+
+/// One window feature by name.
+fn feature(w: &Window, name: &str) -> f64 {
+    match name {
+        "count" => w.count as f64,
+        "sum" => w.sum,
+        "mean" => w.mean,
+        "min" => w.min,
+        "max" => w.max,
+        // Sample std of one reading: 0, as a model needs a number.
+        "std" => w.std.unwrap_or(0.0),
+        "first" => w.first,
+        _ => w.last,
+    }
+}
 
 /// What one task produced.
 struct TaskOutput {
@@ -315,7 +400,33 @@ impl Runner {
         );
         let t = Instant::now();
         let pack = self.registry.pack().await?;
+        let index = self.registry.index().await?;
+        // Each live model's input, by `device/tag`.
+        let inputs: HashMap<String, ModelInput> = index
+            .models
+            .iter()
+            .filter_map(|(k, e)| e.live_version().map(|v| (k.clone(), ModelInput::of(v))))
+            .collect();
+        let input_of = |d: &str, t: &str| -> ModelInput {
+            inputs
+                .get(&format!("{d}/{t}"))
+                .or_else(|| inputs.get(&format!("*/{t}")))
+                .cloned()
+                .unwrap_or_default()
+        };
         let readings = load_raw(&self.store, job.window_start, job.window_end).await?;
+        // Windows of every size a window-input model needs.
+        let mut sizes: BTreeSet<String> = BTreeSet::new();
+        for i in inputs.values() {
+            if let ModelInput::Window { size, .. } = i {
+                sizes.insert(size.clone());
+            }
+        }
+        let mut windows: HashMap<String, BTreeMap<(String, String), Vec<Window>>> = HashMap::new();
+        for size in sizes {
+            let w = load_windows(&self.store, &size, job.window_start, job.window_end).await?;
+            windows.insert(size, w);
+        }
         job.load_ms = t.elapsed().as_millis() as u64;
 
         // Units: pairs with a live model or with readings, selected, sorted.
@@ -337,6 +448,15 @@ impl Runner {
         for (d, t) in &readings.keys {
             if selected(d, t) {
                 units.insert((d.clone(), t.clone()));
+            }
+        }
+        for (size, by_key) in &windows {
+            for (d, t) in by_key.keys() {
+                let wants =
+                    matches!(input_of(d, t), ModelInput::Window { size: s, .. } if &s == size);
+                if wants && selected(d, t) {
+                    units.insert((d.clone(), t.clone()));
+                }
             }
         }
         let units: Vec<(String, String)> = units.into_iter().collect();
@@ -361,9 +481,11 @@ impl Runner {
         job.tasks = tasks.len() as u64;
 
         // Rows per task, in one pass.
+        // Readings go to the tasks of raw-input units only.
         let unit_task: HashMap<(&str, &str), u32> = units
             .iter()
             .enumerate()
+            .filter(|(_, (d, t))| input_of(d, t) == ModelInput::Raw)
             .map(|(i, (d, t))| ((d.as_str(), t.as_str()), (i / batch) as u32))
             .collect();
         let key_task: Vec<Option<u32>> = readings
@@ -397,17 +519,30 @@ impl Runner {
         let mut runs: Vec<TaskInput> = Vec::new();
         for ((record, readings), c) in tasks.into_iter().zip(parts).zip(&chunks) {
             let key = format!("{prefix}/part-{stem}-{:05}.parquet", record.idx);
-            runs.push((record, readings, c.to_vec(), key));
+            let mut wunits = Vec::new();
+            for (d, t) in c.iter() {
+                if let ModelInput::Window { size, features } = input_of(d, t) {
+                    let rows = windows
+                        .get(&size)
+                        .and_then(|m| m.get(&(d.clone(), t.clone())))
+                        .cloned()
+                        .unwrap_or_default();
+                    wunits.push(WindowUnit {
+                        device: d.clone(),
+                        tag: t.clone(),
+                        features,
+                        windows: rows,
+                    });
+                }
+            }
+            runs.push((record, readings, c.to_vec(), key, wunits));
         }
         let job_ref = job.clone();
         let outputs: Vec<TaskOutput> = stream::iter(runs)
-            .map(|(record, readings, units, key)| {
+            .map(|work| {
                 let pack = Arc::clone(&pack);
                 let job = job_ref.clone();
-                async move {
-                    self.run_task(&job, record, readings, units, pack, key)
-                        .await
-                }
+                async move { self.run_task(&job, work, pack).await }
             })
             .buffer_unordered(self.config.parallel_tasks.max(1))
             .try_collect()
@@ -504,12 +639,11 @@ impl Runner {
     async fn run_task(
         &self,
         job: &JobRecord,
-        mut record: TaskRecord,
-        readings: Readings,
-        units: Vec<(String, String)>,
+        work: TaskInput,
         pack: Arc<Pack>,
-        key: String,
     ) -> anyhow::Result<TaskOutput> {
+        let (mut record, readings, units, key, wunits) = work;
+        let wunits = Arc::new(wunits);
         let readings = Arc::new(readings);
         let mut log = String::new();
         let mut failures = Vec::new();
@@ -535,7 +669,7 @@ impl Runner {
                 readings.len()
             );
             match self
-                .attempt(&mut record, &readings, &units, &pack, &key)
+                .attempt(&mut record, &readings, &units, &wunits, &pack, &key)
                 .await
             {
                 Ok((f, d)) => {
@@ -596,16 +730,18 @@ impl Runner {
         record: &mut TaskRecord,
         readings: &Arc<Readings>,
         units: &[(String, String)],
+        wunits: &Arc<Vec<WindowUnit>>,
         pack: &Arc<Pack>,
         key: &str,
     ) -> anyhow::Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
         let t = Instant::now();
         let (r, p, k) = (Arc::clone(readings), Arc::clone(pack), key.to_string());
+        let wu = Arc::clone(wunits);
         let units = units.to_vec();
         let idx = record.idx;
         let (bytes, failures, rows, anomalies, models, devices) =
             tokio::task::spawn_blocking(move || {
-                let scored = crate::score((*r).clone(), &p, &|_| {});
+                let mut scored = crate::score((*r).clone(), &p, &|_| {});
                 let mut failures: Vec<FailureRecord> = scored
                     .failures
                     .iter()
@@ -618,18 +754,62 @@ impl Runner {
                         rows: f.rows as u64,
                     })
                     .collect();
-                // Models with no readings in the window.
+                // Pairs with data: readings, or windows for window input.
                 let mut seen = vec![false; r.keys.len()];
                 for &k in &r.key {
                     seen[k as usize] = true;
                 }
-                let with_data: BTreeSet<(&str, &str)> = r
+                let mut with_data: BTreeSet<(&str, &str)> = r
                     .keys
                     .iter()
                     .zip(&seen)
                     .filter(|(_, &s)| s)
                     .map(|((d, t), _)| (d.as_str(), t.as_str()))
                     .collect();
+                // Window-input pairs: each window is a row of its features.
+                let mut anomalies = scored.anomalies;
+                for u in wu.iter() {
+                    if u.windows.is_empty() {
+                        continue;
+                    }
+                    with_data.insert((u.device.as_str(), u.tag.as_str()));
+                    let Some(entry) = p.get(&u.device, &u.tag) else {
+                        continue;
+                    };
+                    let width = u.features.len();
+                    let rows: Vec<f64> = u
+                        .windows
+                        .iter()
+                        .flat_map(|w| u.features.iter().map(move |f| feature(w, f)))
+                        .collect();
+                    let mut dec = Vec::new();
+                    if let Err(e) = entry.model.decision_function(&rows, width, &mut dec) {
+                        let reason = FailureReason::Evaluation {
+                            message: e.to_string(),
+                        };
+                        failures.push(FailureRecord {
+                            task_idx: idx,
+                            device: u.device.clone(),
+                            tag: u.tag.clone(),
+                            reason: reason.code().to_string(),
+                            detail: reason.to_string(),
+                            rows: u.windows.len() as u64,
+                        });
+                        continue;
+                    }
+                    let k = scored.keys.len() as u32;
+                    scored.keys.push((u.device.clone(), u.tag.clone()));
+                    let from = scored.ts.len();
+                    for (w, d) in u.windows.iter().zip(&dec) {
+                        scored.ts.push(w.start);
+                        scored.value.push(feature(w, &u.features[0]));
+                        let anomaly = !fleetscore_models::is_inlier(*d);
+                        scored.prediction.push(u8::from(anomaly));
+                        anomalies += usize::from(anomaly);
+                        scored.score.push(*d);
+                    }
+                    scored.groups.push((k, from..scored.ts.len()));
+                }
                 for (d, t) in &units {
                     if !with_data.contains(&(d.as_str(), t.as_str())) {
                         failures.push(FailureRecord {
@@ -664,14 +844,7 @@ impl Runner {
                         .count() as u64;
                 }
                 let bytes = predictions_parquet_bytes(&cols, &k)?;
-                Ok::<_, anyhow::Error>((
-                    bytes,
-                    failures,
-                    rows,
-                    scored.anomalies,
-                    units.len(),
-                    devices,
-                ))
+                Ok::<_, anyhow::Error>((bytes, failures, rows, anomalies, units.len(), devices))
             })
             .await??;
         record.score_ms = t.elapsed().as_millis() as u64;

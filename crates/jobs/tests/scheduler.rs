@@ -38,12 +38,14 @@ async fn fleet(root: &Path, hours: i64) -> (Store, usize) {
             key: ModelKey::new(format!("d{d}"), "1").unwrap(),
             model: demo_model(1),
             source: "test".into(),
+            input: Default::default(),
         })
         .collect();
     reqs.push(ImportRequest {
         key: ModelKey::new("ghost", "1").unwrap(),
         model: demo_model(1),
         source: "test".into(),
+        input: Default::default(),
     });
     registry.import(reqs, "2024-01-01T00:00:00Z").await.unwrap();
     let mut r = Readings {
@@ -377,4 +379,95 @@ fn thresholds_parse_and_apply() {
     assert!(t.exceeded(4, 5));
     assert!("ten".parse::<Threshold>().is_err());
     assert!("120%".parse::<Threshold>().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_input_models_score_each_window_on_its_named_features() {
+    use fleetscore_store::ModelInput;
+    use fleetscore_stream::{Span, WindowSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = fleet(&dir.path().join("store"), 1).await;
+    // w0/1: a reading every 10 s for the hour, windowed into 1m windows.
+    let mut r = Readings {
+        keys: vec![("w0".into(), "1".into())],
+        ..Readings::default()
+    };
+    for i in 0..360 {
+        r.ts.push(T0 + i * 10_000_000_000);
+        r.value.push(20.0 + ((i * 7) % 13) as f64 * 0.3);
+        r.key.push(0);
+    }
+    for (k, d) in raw_objects(&r, b"w0").unwrap() {
+        store.put(&k, d).await.unwrap();
+    }
+    let spec = WindowSpec::tumbling(Span::from_secs(60));
+    fleetscore_store::aggregate(&store, spec, T0, T0 + HOUR_NS)
+        .await
+        .unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures/sklearn/models/bare_rbf_f3.p4.pkl");
+    let model = fleetscore_models::import_sklearn(&std::fs::read(path).unwrap()).unwrap();
+    let registry = Registry::new(store.clone());
+    let request = |features: &[&str]| ImportRequest {
+        key: ModelKey::new("w0", "1").unwrap(),
+        model: model.clone(),
+        source: "test".into(),
+        input: ModelInput::Window {
+            size: "1m".into(),
+            features: features.iter().map(|f| f.to_string()).collect(),
+        },
+    };
+    // The feature list must fit the model.
+    let e = registry
+        .import(vec![request(&["mean", "std"])], "t")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("takes 3 features"), "{e}");
+    registry
+        .import(vec![request(&["mean", "min", "max"])], "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        ModelInput::parse("window:60s:mean,min,max").unwrap(),
+        ModelInput::Window {
+            size: "1m".into(),
+            features: vec!["mean".into(), "min".into(), "max".into()]
+        }
+    );
+    assert!(ModelInput::parse("window:1m:median").is_err());
+
+    let db = open(&dir.path().join("jobs.db")).await;
+    let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
+    let runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
+    let id = db.create_job(&manual(T0, 3), clock.now()).await.unwrap();
+    runner.run_queued().await.unwrap();
+    let job = db.job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    // 5 raw models x 6 readings, and 60 windows of w0.
+    assert_eq!((job.models, job.rows), (8, 5 * 6 + 60));
+
+    // Each window's decision is the model's on (mean, min, max).
+    let windows = fleetscore_jobs::run::load_windows(&store, "1m", T0, T0 + HOUR_NS)
+        .await
+        .unwrap();
+    let ws = &windows[&("w0".to_string(), "1".to_string())];
+    assert_eq!(ws.len(), 60);
+    let rows: Vec<f64> = ws.iter().flat_map(|w| [w.mean, w.min, w.max]).collect();
+    let mut want = Vec::new();
+    model.decision_function(&rows, 3, &mut want).unwrap();
+    let mut got = Vec::new();
+    for key in store.list("predictions/").await.unwrap() {
+        if key.ends_with(".parquet") {
+            let data = store.get(&key).await.unwrap().unwrap();
+            got.extend(
+                fleetscore_codecs::read_predictions_parquet_bytes(data, &key, |r| r.device == "w0")
+                    .unwrap(),
+            );
+        }
+    }
+    assert_eq!(got.len(), 60);
+    for ((g, w), d) in got.iter().zip(ws).zip(&want) {
+        assert_eq!((g.ts, g.value, g.score), (w.start, w.mean, *d));
+        assert_eq!(g.prediction, i32::from(!fleetscore_models::is_inlier(*d)));
+    }
 }

@@ -34,7 +34,10 @@ pub use lake::{
     aggregate, hour_partition, ingest_file, raw_objects, window_prefix, AggregateOutcome,
     IngestOutcome, LakeError, HOUR_NS,
 };
-pub use registry::{ImportOutcome, ImportRequest, Index, KeyEntry, Registry, VersionInfo};
+pub use registry::{
+    ImportOutcome, ImportRequest, Index, KeyEntry, ModelInput, Registry, VersionInfo,
+    WINDOW_FEATURES,
+};
 
 use std::sync::Arc;
 

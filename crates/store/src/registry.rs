@@ -31,8 +31,83 @@ pub struct VersionInfo {
     pub description: String,
     /// Input features.
     pub n_features: usize,
-    /// `raw`: each reading's value is one row.
+    /// `raw`: each reading's value is one row; `window`: each window of
+    /// `window` (a span such as `1m`) is one row of the named `features`.
     pub input_mode: String,
+    /// The window size of `window` input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// The window features, in the model's column order, of `window` input.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+/// What a model takes as its rows.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ModelInput {
+    /// Each reading's value is a row of one feature (the reference job).
+    #[default]
+    Raw,
+    /// Each closed window of `size` is a row of `features` (from `count`,
+    /// `sum`, `mean`, `min`, `max`, `std`, `first`, `last`).
+    Window {
+        /// Window size, e.g. `1m`.
+        size: String,
+        /// Feature names, in the model's column order.
+        features: Vec<String>,
+    },
+}
+
+/// The window features a model may take.
+pub const WINDOW_FEATURES: [&str; 8] =
+    ["count", "sum", "mean", "min", "max", "std", "first", "last"];
+
+impl ModelInput {
+    /// Parses `raw` or `window:SIZE:FEATURE,FEATURE…` (e.g.
+    /// `window:1m:mean,std`).
+    pub fn parse(text: &str) -> Result<ModelInput, String> {
+        if text == "raw" {
+            return Ok(ModelInput::Raw);
+        }
+        let bad = || {
+            format!(
+                "input {text:?}: write `raw` or `window:SIZE:FEATURES`, e.g. `window:1m:mean,std` (features: {})",
+                WINDOW_FEATURES.join(", ")
+            )
+        };
+        let rest = text.strip_prefix("window:").ok_or_else(bad)?;
+        let (size, features) = rest.split_once(':').ok_or_else(bad)?;
+        let span: fleetscore_stream::Span =
+            size.parse().map_err(|e| format!("input {text:?}: {e}"))?;
+        if span.as_nanos() <= 0 {
+            return Err(bad());
+        }
+        let features: Vec<String> = features.split(',').map(|f| f.trim().to_string()).collect();
+        if let Some(f) = features
+            .iter()
+            .find(|f| !WINDOW_FEATURES.contains(&f.as_str()))
+        {
+            return Err(format!(
+                "input {text:?}: unknown window feature {f:?}; use {}",
+                WINDOW_FEATURES.join(", ")
+            ));
+        }
+        Ok(ModelInput::Window {
+            size: span.to_string(),
+            features,
+        })
+    }
+
+    /// The input of a stored version.
+    pub fn of(v: &VersionInfo) -> ModelInput {
+        match (v.input_mode.as_str(), &v.window) {
+            ("window", Some(size)) => ModelInput::Window {
+                size: size.clone(),
+                features: v.features.clone(),
+            },
+            _ => ModelInput::Raw,
+        }
+    }
 }
 
 /// All versions of one key.
@@ -98,6 +173,8 @@ pub struct ImportRequest {
     pub model: Model,
     /// Where it came from, for the record.
     pub source: String,
+    /// What it takes as rows.
+    pub input: ModelInput,
 }
 
 /// What importing one model did.
@@ -177,6 +254,24 @@ impl Registry {
         let mut changed: BTreeMap<ModelKey, (u32, Model)> = BTreeMap::new();
         for req in requests {
             let sha = format::content_hash(&req.model);
+            if let ModelInput::Window { features, .. } = &req.input {
+                if features.len() != req.model.n_features {
+                    return Err(StoreError::Invalid(format!(
+                        "model ({}, {}) takes {} features but its input names {} ({})",
+                        req.key.device,
+                        req.key.tag,
+                        req.model.n_features,
+                        features.len(),
+                        features.join(",")
+                    )));
+                }
+            }
+            let (input_mode, window, features) = match &req.input {
+                ModelInput::Raw => ("raw".to_string(), None, Vec::new()),
+                ModelInput::Window { size, features } => {
+                    ("window".to_string(), Some(size.clone()), features.clone())
+                }
+            };
             let ik = index_key(&req.key);
             let entry = index.models.entry(ik).or_insert_with(|| KeyEntry {
                 device: req.key.device.clone(),
@@ -184,7 +279,12 @@ impl Registry {
                 live: 0,
                 versions: Vec::new(),
             });
-            if let Some(v) = entry.versions.iter().find(|v| v.sha256 == sha) {
+            if let Some(v) = entry.versions.iter().find(|v| {
+                v.sha256 == sha
+                    && v.input_mode == input_mode
+                    && v.window == window
+                    && v.features == features
+            }) {
                 outcomes.push(ImportOutcome::Unchanged {
                     key: req.key,
                     version: v.version,
@@ -199,7 +299,9 @@ impl Registry {
                 source: req.source,
                 description: req.model.describe(),
                 n_features: req.model.n_features,
-                input_mode: "raw".into(),
+                input_mode,
+                window,
+                features,
             };
             let meta = serde_json::to_vec_pretty(&serde_json::json!({
                 "key": {"device": req.key.device, "tag": req.key.tag},

@@ -82,6 +82,65 @@ pub fn windows_to_record_batch<'a>(
     RecordBatch::try_new(window_schema(), columns)
 }
 
+/// The windows of a batch with [`window_schema`]'s columns (by name; other
+/// columns are ignored), in row order.
+pub fn windows_from_record_batch(batch: &RecordBatch) -> Result<Vec<Window>, ArrowError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, TimestampNanosecondType, UInt64Type};
+    let col = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| ArrowError::SchemaError(format!("no column {name:?}")))
+    };
+    let text = |name: &str| -> Result<ArrayRef, ArrowError> {
+        arrow::compute::cast(col(name)?, &DataType::Utf8)
+    };
+    let (device, tag) = (text("device")?, text("tag")?);
+    let (device, tag) = (device.as_string::<i32>(), tag.as_string::<i32>());
+    let ts = |name: &str| {
+        col(name)?
+            .as_primitive_opt::<TimestampNanosecondType>()
+            .cloned()
+            .ok_or_else(|| ArrowError::SchemaError(format!("{name} is not a ns timestamp")))
+    };
+    let f = |name: &str| {
+        col(name)?
+            .as_primitive_opt::<Float64Type>()
+            .cloned()
+            .ok_or_else(|| ArrowError::SchemaError(format!("{name} is not f64")))
+    };
+    let (start, end) = (ts("start")?, ts("end")?);
+    let count = col("count")?
+        .as_primitive_opt::<UInt64Type>()
+        .cloned()
+        .ok_or_else(|| ArrowError::SchemaError("count is not u64".into()))?;
+    let (sum, mean, min, max, std, first, last) = (
+        f("sum")?,
+        f("mean")?,
+        f("min")?,
+        f("max")?,
+        f("std")?,
+        f("first")?,
+        f("last")?,
+    );
+    Ok((0..batch.num_rows())
+        .map(|i| Window {
+            device: device.value(i).to_string(),
+            tag: tag.value(i).to_string(),
+            start: start.value(i),
+            end: end.value(i),
+            count: count.value(i),
+            sum: sum.value(i),
+            mean: mean.value(i),
+            min: min.value(i),
+            max: max.value(i),
+            std: (!std.is_null(i)).then(|| std.value(i)),
+            first: first.value(i),
+            last: last.value(i),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use arrow::array::{Array, AsArray};
@@ -130,5 +189,30 @@ mod tests {
         );
         let empty = windows_to_record_batch(&[]).unwrap();
         assert_eq!(empty.num_rows(), 0);
+    }
+
+    #[test]
+    fn windows_round_trip_through_a_batch() {
+        let w = Window {
+            device: "d".into(),
+            tag: "t".into(),
+            start: 60,
+            end: 120,
+            count: 2,
+            sum: 3.0,
+            mean: 1.5,
+            min: 1.0,
+            max: 2.0,
+            std: Some(0.5f64.sqrt()),
+            first: 1.0,
+            last: 2.0,
+        };
+        let single = Window {
+            count: 1,
+            std: None,
+            ..w.clone()
+        };
+        let b = windows_to_record_batch([&w, &single]).unwrap();
+        assert_eq!(windows_from_record_batch(&b).unwrap(), vec![w, single]);
     }
 }

@@ -157,7 +157,9 @@ pub use aggregator::{
     Aggregator, ClosedWindow, Counters, Disposition, DropReason, Reading, SeriesId,
 };
 pub use batch::batch_aggregate;
-pub use columns::{window_schema, windows_to_record_batch, WINDOW_COLUMNS};
+pub use columns::{
+    window_schema, windows_from_record_batch, windows_to_record_batch, WINDOW_COLUMNS,
+};
 pub use config::{
     AggregatorConfig, LatePolicy, WatermarkMode, WindowSpec, MAX_WINDOWS_PER_READING,
 };
