@@ -233,6 +233,15 @@ pub async fn show(g: &Global, device: &str, tag: &str, json: bool) -> anyhow::Re
     println!("model {key}: live version v{}", entry.live);
     println!("  {}", model.describe());
     println!("  features: {}", model.n_features);
+    if let Some(v) = entry.live_version() {
+        match (v.input_mode.as_str(), &v.window) {
+            ("window", Some(size)) => println!(
+                "  input: each {size} window, features {}",
+                v.features.join(", ")
+            ),
+            _ => println!("  input: raw (each reading's value)"),
+        }
+    }
     for v in &entry.versions {
         let live = if v.version == entry.live {
             " (live)"
