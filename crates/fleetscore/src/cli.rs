@@ -299,6 +299,12 @@ pub struct ScoreArgs {
     /// Output layout (per-model needs --format csv).
     #[arg(long, value_enum, default_value_t = Layout::Combined)]
     pub layout: Layout,
+    /// Score only shard I of N (0-based): the (device, tag) pairs whose
+    /// stable hash falls in it, so N processes (a Kubernetes Indexed Job)
+    /// together score every pair exactly once. `auto/N` takes I from
+    /// JOB_COMPLETION_INDEX. Output goes to OUT/shard-I-of-N/.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,

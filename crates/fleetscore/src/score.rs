@@ -35,6 +35,38 @@ pub struct Timings {
     pub total: f64,
 }
 
+/// `I/N` (or `auto/N`, with I from `JOB_COMPLETION_INDEX`).
+pub fn parse_shard(text: &str) -> anyhow::Result<(u64, u64)> {
+    let bad =
+        || anyhow::anyhow!("--shard {text:?}: write I/N with 0 <= I < N, e.g. 0/4, or auto/N");
+    let (i, n) = text.split_once('/').ok_or_else(bad)?;
+    let n: u64 = n.trim().parse().map_err(|_| bad())?;
+    let i: u64 = if i.trim() == "auto" {
+        let v = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+            anyhow::anyhow!("--shard {text:?}: JOB_COMPLETION_INDEX is not set (Kubernetes sets it in Indexed Jobs)")
+        })?;
+        v.trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("JOB_COMPLETION_INDEX {v:?} is not a number"))?
+    } else {
+        i.trim().parse().map_err(|_| bad())?
+    };
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// The shard of a (device, tag) pair among `n`: FNV-1a 64 of
+/// `device \0 tag`, modulo `n`. Stable across runs, machines and versions.
+pub fn shard_of(device: &str, tag: &str, n: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device.bytes().chain([0u8]).chain(tag.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h % n
+}
+
 /// Scores `args.input` and writes the predictions; shared with `demo`.
 pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Scored)> {
     let t0 = Instant::now();
@@ -70,6 +102,28 @@ pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary
     let pack = registry.pack().await.context("loading the model pack")?;
     let load_models = t.elapsed();
     let (mut readings, read_time) = read.await??;
+    let mut out_dir = args.out.clone();
+    if let Some(shard) = &args.shard {
+        let (i, n) = parse_shard(shard)?;
+        let keep: Vec<bool> = readings
+            .keys
+            .iter()
+            .map(|(d, t)| shard_of(d, t, n) == i)
+            .collect();
+        let mut w = 0;
+        for r in 0..readings.len() {
+            if keep[readings.key[r] as usize] {
+                readings.ts[w] = readings.ts[r];
+                readings.value[w] = readings.value[r];
+                readings.key[w] = readings.key[r];
+                w += 1;
+            }
+        }
+        readings.ts.truncate(w);
+        readings.value.truncate(w);
+        readings.key.truncate(w);
+        out_dir = out_dir.join(format!("shard-{i}-of-{n}"));
+    }
     if pack.is_empty() {
         anyhow::bail!(
             "no models are registered in {}; import them first with `fleetscore models import PATH`",
@@ -105,7 +159,7 @@ pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary
     };
     let parts = rayon::current_num_threads();
     let files = tokio::task::block_in_place(|| {
-        write_predictions(&args.out, format, layout, &cols, parts, util::now_ns())
+        write_predictions(&out_dir, format, layout, &cols, parts, util::now_ns())
     })?;
     let write_time = t.elapsed();
 

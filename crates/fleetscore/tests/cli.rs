@@ -445,3 +445,94 @@ fn import_errors_name_the_file_and_the_reason() {
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s.as_array().unwrap().len(), 2);
 }
+
+/// `score --shard I/N`: the N shards are disjoint and together equal one
+/// unsharded run, row for row.
+#[test]
+fn shards_together_equal_one_unsharded_run() {
+    let Some(root) = reference() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    assert!(run(
+        data,
+        &["models", "import", root.join("models").to_str().unwrap()]
+    )
+    .status
+    .success());
+    let input = root.join("data/sensor_data.csv");
+    let score = |extra: &[&str]| {
+        let out = data.join("out");
+        let mut args = vec![
+            "score",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "csv",
+        ];
+        args.extend_from_slice(extra);
+        let o = run(data, &args);
+        assert!(o.status.success(), "{}", text(&o));
+        out
+    };
+    let lines = |path: PathBuf| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    let whole = lines(score(&[]).join("predictions.csv"));
+    assert_eq!(whole.len(), 17_768);
+    let mut parts = Vec::new();
+    for i in 0..3 {
+        let shard = format!("{i}/3");
+        let out = score(&["--shard", &shard]);
+        let rows = lines(out.join(format!("shard-{i}-of-3/predictions.csv")));
+        assert!(!rows.is_empty(), "shard {i} is empty");
+        parts.extend(rows);
+    }
+    parts.sort();
+    assert_eq!(parts, whole);
+    // Kubernetes' Indexed Job index, and bad shards.
+    let o = common::bin()
+        .env("JOB_COMPLETION_INDEX", "2")
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "--quiet",
+            "score",
+            "--input",
+        ])
+        .arg(&input)
+        .args([
+            "--out",
+            data.join("k8s").to_str().unwrap(),
+            "--shard",
+            "auto/3",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(data.join("k8s/shard-2-of-3").is_dir());
+    for bad in ["3/3", "x/2", "1", "0/0"] {
+        let o = run(
+            data,
+            &[
+                "score",
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                "x",
+                "--shard",
+                bad,
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1), "{bad}");
+        assert!(text(&o).contains("--shard"), "{}", text(&o));
+    }
+}
