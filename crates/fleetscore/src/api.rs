@@ -72,12 +72,14 @@ fn internal(e: impl std::fmt::Display) -> Response {
     err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-/// Constant-time comparison.
+/// Constant-time comparison, so a token cannot be guessed byte by byte.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The token of `Authorization: Bearer T` (or `Token T`, as InfluxDB v2
+/// clients send it).
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -88,7 +90,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn any_of(t: &str, tokens: &[String]) -> bool {
+/// Whether `t` is one of `tokens`; every one is compared, so timing tells
+/// nothing about which.
+pub(crate) fn any_of(t: &str, tokens: &[String]) -> bool {
     tokens.iter().fold(false, |ok, k| same(t, k) | ok)
 }
 

@@ -609,27 +609,13 @@ fn refused(e: &BatchError) -> Response {
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
-
 fn authorized(app: &App, headers: &HeaderMap, query: &Query2) -> Result<(), Response> {
     if app.tokens.is_empty() {
         return Ok(());
     }
-    let from_header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("Token "))
-        })
-        .map(str::trim);
-    let given = from_header.or(query.get("p").map(String::as_str));
+    let given = crate::api::bearer(headers).or(query.get("p").map(String::as_str));
     match given {
-        // Every token is compared, so timing tells nothing about which.
-        Some(t) if app.tokens.iter().fold(false, |ok, k| same(t, k) | ok) => Ok(()),
+        Some(t) if crate::api::any_of(t, &app.tokens) => Ok(()),
         Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong ingest token")),
         None => Err(error(
             StatusCode::UNAUTHORIZED,

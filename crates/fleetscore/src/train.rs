@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use fleetscore_core::{format_ts, parse_ts, ModelKey};
 use fleetscore_models::{Gamma, ScalerChoice, SvmParams, TrainParams};
-use fleetscore_store::{ImportOutcome, ImportRequest, Store};
+use fleetscore_store::{partition_start, ImportOutcome, ImportRequest, Store};
 use rayon::prelude::*;
 
 use crate::cli::Global;
@@ -65,24 +65,6 @@ fn parse_gamma(s: &str) -> Result<Gamma, String> {
 
 fn parse_scaler(s: &str) -> Result<ScalerChoice, String> {
     s.parse()
-}
-
-/// The start (ns) of the hour a raw key's `date=…/hour=…` segments name.
-fn partition_start(key: &str) -> Option<i64> {
-    let mut date = None;
-    let mut hour = None;
-    for seg in key.split('/') {
-        if let Some(d) = seg.strip_prefix("date=") {
-            date = Some(d);
-        } else if let Some(h) = seg.strip_prefix("hour=") {
-            hour = Some(h);
-        }
-    }
-    let (date, hour) = (date?, hour?);
-    if date.len() != 10 || hour.len() != 2 {
-        return None;
-    }
-    parse_ts(&format!("{date}T{hour}:00:00Z")).ok()
 }
 
 /// One series' readings in the range: (ts, value), in time order.

@@ -2,26 +2,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Output;
 
 mod common;
-use common::run;
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn reference() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference");
-    p.is_dir().then_some(p).or_else(|| {
-        eprintln!("skipping: ../shared/reference not found (CI has it beside the checkout)");
-        None
-    })
-}
+use common::{reference, run, text};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

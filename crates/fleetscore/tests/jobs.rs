@@ -12,23 +12,7 @@ use arrow::datatypes::{Float64Type, Int32Type, TimestampMicrosecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 mod common;
-use common::{parquet_files, run, Server};
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn reference() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference");
-    p.is_dir().then_some(p).or_else(|| {
-        eprintln!("skipping: ../shared/reference not found (CI has it beside the checkout)");
-        None
-    })
-}
+use common::{parquet_files, reference, run, text, Server};
 
 /// (ts µs, device, tag) → (prediction, score) from every predictions part.
 fn predictions(store: &Path) -> HashMap<(i64, String, String), (i32, f64)> {

@@ -113,7 +113,7 @@ pub fn hour_partition(ts: i64) -> String {
 }
 
 /// The start (ns) of the hour a key's `date=…/hour=…` segments name.
-fn partition_start(key: &str) -> Option<i64> {
+pub fn partition_start(key: &str) -> Option<i64> {
     let mut date = None;
     let mut hour = None;
     for seg in key.split('/') {

@@ -31,8 +31,8 @@ mod lake;
 mod registry;
 
 pub use lake::{
-    aggregate, hour_partition, ingest_file, raw_objects, window_prefix, AggregateOutcome,
-    IngestOutcome, LakeError, HOUR_NS,
+    aggregate, hour_partition, ingest_file, partition_start, raw_objects, window_prefix,
+    AggregateOutcome, IngestOutcome, LakeError, HOUR_NS,
 };
 pub use registry::{
     ImportOutcome, ImportRequest, Index, KeyEntry, ModelInput, Registry, VersionInfo,

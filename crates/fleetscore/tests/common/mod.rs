@@ -31,6 +31,25 @@ pub fn run(data: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// stdout then stderr of a finished command, as text.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `../shared/reference` beside the checkout, or `None` (with a note) when
+/// it is missing.
+pub fn reference() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference");
+    p.is_dir().then_some(p).or_else(|| {
+        eprintln!("skipping: ../shared/reference not found (CI has it beside the checkout)");
+        None
+    })
+}
+
 /// Appends every `.parquet` file under `dir` (recursively) to `out`.
 pub fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
