@@ -30,7 +30,8 @@ pub struct Global {
     /// Object-store root: a path or file:// URL, or memory:// [default: DATA/store].
     #[arg(long, global = true, env = "FLEETSCORE_STORE")]
     pub store: Option<String>,
-    /// Job-store URL: sqlite://… or postgres://… [default: sqlite://DATA/fleetscore.db].
+    /// Job-store URL: sqlite://PATH or postgres://USER@HOST:PORT/DATABASE
+    /// [default: the config's [jobs] db, else sqlite://DATA/fleetscore.db].
     /// Used by the scheduled service; models are indexed in the object store.
     #[arg(long, global = true, env = "FLEETSCORE_DB")]
     pub db: Option<String>,
@@ -104,6 +105,17 @@ pub enum Command {
     /// [--from, --to), run in this process, recorded in the job store like
     /// scheduled jobs (outputs overwrite a scheduled run of the same window).
     Backfill(BackfillArgs),
+    /// Run scoring work from a shared job store until stopped: plan
+    /// queued jobs, run their tasks, finalize them.
+    ///
+    /// Start any number on any hosts against one PostgreSQL job store
+    /// (`--db postgres://…`) and one object store (`--store s3://…`, `az://…`
+    /// or a shared folder), beside `fleetscore serve --no-workers`. Work is
+    /// leased (`FOR UPDATE SKIP LOCKED`) and renewed while it runs; the work
+    /// of a worker that vanished is taken over when its lease expires. On
+    /// SIGTERM or Ctrl-C a worker takes no new work, lets its current task
+    /// finish for up to --grace, else hands it back, and exits.
+    Worker(WorkerArgs),
     /// Inspect and manage jobs: list, show, logs, retry, cancel, run.
     Jobs {
         #[command(subcommand)]
@@ -113,6 +125,30 @@ pub enum Command {
     /// then FLEETSCORE__SECTION__KEY variables) as TOML: a starting point
     /// for a config file.
     Config,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// Tasks this worker runs at the same time.
+    #[arg(long, default_value_t = 1)]
+    pub slots: usize,
+    /// Scoring threads per task [default: all cores].
+    #[arg(long, env = "FLEETSCORE_WORKER_THREADS")]
+    pub threads: Option<usize>,
+    /// Lease length: a vanished worker's task is taken over this long after
+    /// its last renewal (renewed every third of it).
+    #[arg(long, value_name = "DUR", default_value = "30s")]
+    pub lease: Span,
+    /// How often an idle worker asks for work.
+    #[arg(long, value_name = "DUR", default_value = "1s")]
+    pub poll: Span,
+    /// On SIGTERM, how long the current task may run on before it is handed
+    /// back (keep it below the pod's terminationGracePeriodSeconds).
+    #[arg(long, value_name = "DUR", default_value = "25s")]
+    pub grace: Span,
+    /// Stop once no work is left (instead of waiting for more).
+    #[arg(long)]
+    pub exit_when_idle: bool,
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +176,10 @@ pub struct BackfillArgs {
     #[arg(long)]
     pub max_retries: Option<u32>,
     /// Print JSON.
+    /// Only queue the jobs, for `fleetscore worker` processes (or a
+    /// running server) to run; print their ids and exit.
+    #[arg(long)]
+    pub queue: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -368,6 +408,10 @@ pub struct DemoArgs {
 /// those of an empty config.
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
+    /// Create scheduled jobs but run none: `fleetscore worker` processes
+    /// (on any hosts, sharing a PostgreSQL --db) do the scoring.
+    #[arg(long, env = "FLEETSCORE_NO_WORKERS")]
+    pub no_workers: bool,
     /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,

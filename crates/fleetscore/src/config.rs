@@ -39,6 +39,9 @@
 //! batch_size = 1000                  # models per task
 //! max_failed_models = "10%"          # or a count: 5
 //! max_retries = 2
+//! # db = "postgres://fleetscore@db:5432/fleetscore"  # job store; --db/FLEETSCORE_DB win
+//! run_in_server = true               # false = `serve --no-workers`: workers run the jobs
+//! lease = "30s"                      # a vanished worker's task is taken over after this
 //!
 //! [[schedules]]                      # default: this one
 //! name = "hourly"
@@ -119,6 +122,17 @@ pub struct JobsConfig {
     pub max_failed_models: Threshold,
     /// Retries per task.
     pub max_retries: u32,
+    /// The job store's URL when `--db`/`FLEETSCORE_DB` is not given:
+    /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DATABASE` [default:
+    /// sqlite://DATA/fleetscore.db].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db: Option<String>,
+    /// `serve` runs the jobs it schedules itself. `false` (`serve
+    /// --no-workers`): it only creates them, for `fleetscore worker`
+    /// processes sharing a PostgreSQL job store.
+    pub run_in_server: bool,
+    /// How long a worker's lease on a task lasts without renewal.
+    pub lease: Span,
 }
 
 impl Default for JobsConfig {
@@ -130,6 +144,9 @@ impl Default for JobsConfig {
             batch_size: 1000,
             max_failed_models: Threshold::Percent(10.0),
             max_retries: 2,
+            db: None,
+            run_in_server: true,
+            lease: Span::from_secs(30),
         }
     }
 }

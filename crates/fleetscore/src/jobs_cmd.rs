@@ -14,7 +14,7 @@ use fleetscore_jobs::run::{Runner, RunnerConfig};
 use fleetscore_jobs::schedule::SystemClock;
 use serde_json::json;
 
-use crate::cli::{BackfillArgs, Global, JobsCommand};
+use crate::cli::{BackfillArgs, Global, JobsCommand, WorkerArgs};
 use crate::config::{self, Config};
 use crate::util;
 
@@ -27,7 +27,80 @@ pub fn runner_config(c: &Config) -> RunnerConfig {
     if c.jobs.parallel_tasks > 0 {
         rc.parallel_tasks = c.jobs.parallel_tasks;
     }
+    rc.lease = Duration::from_nanos(c.jobs.lease.as_nanos().max(1_000_000) as u64);
     rc
+}
+
+/// `fleetscore worker`: runs work from the job store until SIGTERM/Ctrl-C
+/// (or, with --exit-when-idle, until none is left).
+pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let c = config::load(g.config.as_deref())?;
+    if let Some(n) = args.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting the scoring threads")?;
+    }
+    let dur = |s: fleetscore_stream::Span, flag: &str| -> anyhow::Result<Duration> {
+        anyhow::ensure!(s.as_nanos() > 0, "{flag} must be more than zero");
+        Ok(Duration::from_nanos(s.as_nanos() as u64))
+    };
+    let mut rc = runner_config(&c);
+    anyhow::ensure!(args.slots > 0, "--slots must be at least 1");
+    rc.parallel_tasks = args.slots;
+    rc.lease = dur(args.lease, "--lease")?;
+    rc.poll = dur(args.poll, "--poll")?;
+    let grace = dur(args.grace, "--grace")?;
+    let db = util::job_store(g).await?;
+    if !db.url().starts_with("postgres") {
+        tracing::warn!(
+            db = db.url(),
+            "a worker on a SQLite job store only shares work with processes on this host; use --db postgres://… to spread work over hosts"
+        );
+    }
+    let store = util::store(g)?;
+    let runner = Runner::new(
+        Arc::clone(&db),
+        store.clone(),
+        Arc::new(SystemClock),
+        rc.clone(),
+    );
+    tracing::info!(
+        worker = runner.owner(),
+        db = db.url(),
+        store = store.url(),
+        slots = rc.parallel_tasks,
+        lease = ?rc.lease,
+        "worker started"
+    );
+    eprintln!(
+        "worker {} on {} and {}: {} slot(s), lease {:?}",
+        runner.owner(),
+        db.url(),
+        store.url(),
+        rc.parallel_tasks,
+        rc.lease
+    );
+    if args.exit_when_idle {
+        let ids = runner.run_queued().await?;
+        eprintln!(
+            "worker {}: no work left; finished {} job(s)",
+            runner.owner(),
+            ids.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let signal = crate::serve::shutdown_signal()?;
+    tokio::spawn(async move {
+        signal.await;
+        tracing::info!("stopping: no new work; the current task may finish");
+        let _ = tx.send(true);
+    });
+    runner.work(rx, grace).await?;
+    eprintln!("worker {} stopped", runner.owner());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ms(v: Option<i64>, w: Option<i64>) -> String {
@@ -112,19 +185,30 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
         };
         ids.push(db.create_job(&job, now).await?);
     }
+    if args.queue {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({ "queued": ids }))?
+            );
+        } else {
+            for id in &ids {
+                println!("{id}");
+            }
+            eprintln!(
+                "queued {} job(s); `fleetscore worker` processes or a running server run them",
+                ids.len()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let runner = Runner::new(Arc::clone(&db), store, clock, runner_config(&c));
     let pb = util::progress(g, ids.len() as u64, "backfill");
     let mut jobs = Vec::new();
     for id in &ids {
-        // Claim this very job (others may be queued by a running server).
-        let job = db.job(*id).await?;
-        let job = JobRecord {
-            state: JobState::Running,
-            started_at: Some(util::now_ns()),
-            ..job
-        };
-        db.update_job(&job).await?;
-        jobs.push(runner.run_claimed(job).await?);
+        // This very job (others may be queued by a running server); its
+        // tasks may also be run by workers sharing the job store.
+        jobs.push(runner.run_job(*id).await?);
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -298,21 +382,25 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// The scheduler loop of `serve`: ticks every schedule, then runs what is
-/// queued, until `stop`.
+/// The scheduler loop of `serve`: ticks every schedule, then (unless
+/// `runner` is `None`: `--no-workers`) runs what is queued, until `stop`.
 pub async fn scheduler_loop(
     db: Arc<dyn JobStore>,
-    runner: Runner,
+    runner: Option<Runner>,
     specs: Vec<fleetscore_jobs::schedule::ScheduleSpec>,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let requeued = db.requeue_running().await.unwrap_or(0);
-    if requeued > 0 {
-        tracing::warn!(
-            jobs = requeued,
-            "jobs left running by a previous process were queued again"
-        );
+    // Alone on a SQLite store, leases left by a previous process of this
+    // server are its own: end them now instead of waiting for them.
+    if runner.is_some() && !db.url().starts_with("postgres") {
+        let requeued = db.requeue_running().await.unwrap_or(0);
+        if requeued > 0 {
+            tracing::warn!(
+                leases = requeued,
+                "work left running by a previous process was released"
+            );
+        }
     }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -331,20 +419,32 @@ pub async fn scheduler_loop(
                 Err(e) => tracing::error!(schedule = %spec.name, "schedule tick failed: {e}"),
             }
         }
-        // Runs what is runnable; a stop lets the current job finish.
-        while !*stop.borrow() {
-            match db.claim_job(util::now_ns()).await {
-                Ok(Some(job)) => {
-                    if let Err(e) = runner.run_claimed(job).await {
-                        tracing::error!("recording a job failed: {e:#}");
-                    }
+        let Some(runner) = &runner else { continue };
+        // Runs what is runnable; a stop gives the current work a grace
+        // period, then drops it (its leases are released at the next start).
+        let run = runner.run_queued();
+        tokio::pin!(run);
+        let outcome = tokio::select! {
+            r = &mut run => Some(r),
+            _ = stop.changed() => None,
+        };
+        match outcome {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::error!("running jobs failed: {e:#}"),
+            // Stopping (the stop is seen now, so the loop must end here).
+            None => {
+                match tokio::time::timeout(Duration::from_secs(30), run).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!("running jobs failed: {e:#}"),
+                    Err(_) => tracing::warn!(
+                        "stopping with work in progress; it resumes at the next start"
+                    ),
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!("claiming a job failed: {e}");
-                    break;
-                }
+                break;
             }
+        }
+        if *stop.borrow() {
+            break;
         }
     }
 }

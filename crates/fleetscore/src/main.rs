@@ -77,6 +77,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Demo(args) => rt.block_on(demo::run(g, args)),
         cli::Command::Serve(args) => rt.block_on(serve::run(g, args)),
         cli::Command::Backfill(args) => rt.block_on(jobs_cmd::backfill(g, args)),
+        cli::Command::Worker(args) => rt.block_on(jobs_cmd::worker(g, args)),
         cli::Command::Jobs { command } => rt.block_on(jobs_cmd::jobs(g, command)),
         cli::Command::Config => {
             let c = config::load(g.config.as_deref())?;

@@ -71,6 +71,9 @@ type Query2 = HashMap<String, String>;
 pub fn settings(g: &Global, args: &ServeArgs) -> anyhow::Result<Config> {
     let mut c = config::load(g.config.as_deref())?;
     let a = args;
+    if a.no_workers {
+        c.jobs.run_in_server = false;
+    }
     if let Some(v) = &a.listen {
         c.server.listen = v.clone();
     }
@@ -297,9 +300,11 @@ pub async fn run_config(
             crate::jobs_cmd::runner_config(&c),
         );
         let every = Duration::from_nanos(c.jobs.tick_interval.as_nanos().max(1_000_000) as u64);
+        let run_jobs = c.jobs.run_in_server;
         tracing::info!(
             schedules = %specs.iter().map(|s| format!("{} ({})", s.name, s.cron)).collect::<Vec<_>>().join(", "),
             db = db.url(),
+            runs_jobs = run_jobs,
             "scheduler started"
         );
         // On a thread of its own with a one-thread runtime: the runner's
@@ -314,7 +319,11 @@ pub async fn run_config(
                     .build();
                 match rt {
                     Ok(rt) => rt.block_on(crate::jobs_cmd::scheduler_loop(
-                        db, runner, specs, every, stop,
+                        db,
+                        run_jobs.then_some(runner),
+                        specs,
+                        every,
+                        stop,
                     )),
                     Err(e) => tracing::error!("the scheduler could not start: {e}"),
                 }
@@ -422,7 +431,7 @@ async fn flush_windows(ingestor: &Arc<Ingestor>) -> anyhow::Result<()> {
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
 /// called (before the address is announced), so a signal sent right after
 /// start-up is not lost.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -572,6 +581,15 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         None => None,
     };
     body.push_str(&app.metrics.render_jobs(jobs.as_ref(), models));
+    if let Some(db) = &app.db {
+        if let Ok(n) = db.pending(crate::util::now_ns()).await {
+            body.push_str(
+                "# HELP fleetscore_pending_work Tasks waiting for a worker (queued, or with an expired lease) plus jobs waiting to be planned.\n\
+                 # TYPE fleetscore_pending_work gauge\n",
+            );
+            body.push_str(&format!("fleetscore_pending_work {n}\n"));
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -77,13 +77,17 @@ pub fn secs(d: std::time::Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
 }
 
-/// The job store: `--db`, else `sqlite://DATA/fleetscore.db`.
+/// The job store: `--db`, else the config's `[jobs] db`, else
+/// `sqlite://DATA/fleetscore.db`.
 pub async fn job_store(
     g: &Global,
 ) -> anyhow::Result<std::sync::Arc<dyn fleetscore_jobs::db::JobStore>> {
     let url = match &g.db {
         Some(u) => u.clone(),
-        None => format!("sqlite://{}", g.data.join("fleetscore.db").display()),
+        None => match crate::config::load(g.config.as_deref())?.jobs.db {
+            Some(u) => u,
+            None => format!("sqlite://{}", g.data.join("fleetscore.db").display()),
+        },
     };
     let db = fleetscore_jobs::db::SqliteStore::open(&url)
         .await

@@ -1,18 +1,30 @@
 //! The job store: schedules' progress, jobs, tasks and per-model failures.
 //!
-//! [`JobStore`] is what the scheduler, the runner, the CLI and the API
-//! need; [`SqliteStore`] implements it over a SQLite file in the data
-//! folder (the embedded default). A PostgreSQL implementation fills the same
-//! trait for several processes. Times are `i64` nanoseconds since the epoch,
-//! UTC.
+//! [`JobStore`] is what the scheduler, the runner, the workers, the CLI and
+//! the API need; [`SqlStore`] implements it over SQLite (a file in the data
+//! folder, the embedded default) or PostgreSQL (`postgres://…`, shared by
+//! any number of `fleetscore worker` processes on any hosts). Both run the
+//! same SQL but for a few dialect differences; each has its own migrations.
+//! Times are `i64` nanoseconds since the epoch, UTC.
+//!
+//! # Leases
+//! Work is handed out in leases so that a process that vanishes loses its
+//! work to others after `lease_until` (wall-clock ns): a queued job is
+//! claimed for planning ([`JobStore::claim_job`]), its tasks are leased one
+//! at a time ([`JobStore::lease_task`], `FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL) and renewed while they run, and once every task is done one
+//! process claims the job again to finalize it ([`JobStore::claim_finalize`]).
+//! Every write that ends a leased step is conditional on still holding the
+//! lease, so a slow process whose lease expired cannot overwrite the
+//! outcome recorded by the process that took over.
 
 use std::str::FromStr;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
-// Dynamic SQL here only splices the constant column list.
-use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+// Dynamic SQL here only splices constant column lists and dialect words.
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +48,7 @@ pub enum DbError {
         source: sqlx::migrate::MigrateError,
     },
     /// A URL this build cannot open.
-    #[error("job store URL {0:?}: use sqlite://PATH (postgres:// comes with the scale-out build)")]
+    #[error("job store URL {0:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE")]
     Url(String),
     /// A stored value that does not parse (a newer schema, or an edit by hand).
     #[error("job store: bad {what} {value:?} in job {job}")]
@@ -370,6 +382,15 @@ pub struct TaskRecord {
     pub output: Option<String>,
     /// Last error.
     pub error: Option<String>,
+    /// The worker holding its lease while it runs.
+    pub lease_owner: Option<String>,
+    /// When that lease expires (wall clock, ns).
+    pub lease_until: Option<i64>,
+    /// A queued retry waits until then (wall clock, ns).
+    pub not_before: Option<i64>,
+    /// Rows and anomalies per device of its output, JSON (for the manifest).
+    #[serde(skip)]
+    pub devices: Option<String>,
 }
 
 /// One model that did not score.
@@ -427,7 +448,8 @@ pub struct JobFilter {
     pub limit: Option<u32>,
 }
 
-/// What the scheduler, runner, CLI and API need from a job store.
+/// What the scheduler, the runner, the workers, the CLI and the API need
+/// from a job store.
 #[async_trait]
 pub trait JobStore: Send + Sync {
     /// Where it is, for messages.
@@ -446,29 +468,81 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<Option<i64>>>;
     /// Creates one job (backfill, manual).
     async fn create_job(&self, job: &NewJob, now: i64) -> Result<i64>;
-    /// Takes the oldest runnable queued job (respecting `forbid`) and marks
-    /// it running.
-    async fn claim_job(&self, now: i64) -> Result<Option<JobRecord>>;
-    /// Marks jobs left running by a process that died as queued again.
+    /// Takes the oldest runnable queued job (respecting `forbid`), or a
+    /// running job whose planner's lease expired before it was planned,
+    /// marks it running and leases it to `owner` until `until` (wall clock)
+    /// for planning. `now` is the job clock's time, `wall` the wall clock's;
+    /// `only` limits the claim to one job (this and the other claims).
+    async fn claim_job(
+        &self,
+        now: i64,
+        wall: i64,
+        owner: &str,
+        until: i64,
+        only: Option<i64>,
+    ) -> Result<Option<JobRecord>>;
+    /// Ends the leases of every running job and task now (for a single
+    /// process starting after a crash: nobody else holds them). Returns how
+    /// many were running.
     async fn requeue_running(&self) -> Result<u64>;
     /// One job.
     async fn job(&self, id: i64) -> Result<JobRecord>;
     /// Jobs, newest first.
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
-    /// Replaces the job's tasks (a fresh run).
-    async fn set_tasks(&self, job: i64, tasks: &[TaskRecord]) -> Result<()>;
-    /// Updates one task.
-    async fn update_task(&self, task: &TaskRecord) -> Result<()>;
+    /// Records a claimed job's plan: replaces its tasks (and failures) with
+    /// `tasks`, stores its figures so far (`tasks`, `load_ms`), marks it
+    /// planned and ends `owner`'s lease. `false` (nothing written) if
+    /// `owner` no longer holds the job.
+    async fn plan_job(&self, job: &JobRecord, tasks: &[TaskRecord], owner: &str) -> Result<bool>;
+    /// Leases the next runnable task of a planned running job (queued and
+    /// past its `not_before`, or running with an expired lease) to `owner`
+    /// until `until`: marks it running and counts the attempt.
+    async fn lease_task(
+        &self,
+        now: i64,
+        wall: i64,
+        owner: &str,
+        until: i64,
+        only: Option<i64>,
+    ) -> Result<Option<TaskRecord>>;
+    /// Extends a task's lease; `false` if `owner` lost it.
+    async fn renew_task(&self, job: i64, idx: u32, owner: &str, until: i64) -> Result<bool>;
+    /// Extends a job's planning or finalizing lease; `false` if lost.
+    async fn renew_job(&self, job: i64, owner: &str, until: i64) -> Result<bool>;
+    /// Records the end of a leased attempt (`succeeded`, `failed`, or
+    /// `queued` again for a retry after `not_before`) with its failed
+    /// models, and ends the lease, in one transaction. `false` (nothing
+    /// written) if `owner` no longer holds the task.
+    async fn finish_task(
+        &self,
+        task: &TaskRecord,
+        failures: &[FailureRecord],
+        owner: &str,
+    ) -> Result<bool>;
+    /// Hands a leased task back unfinished (a worker stopping): queued
+    /// again, the attempt not counted.
+    async fn release_task(&self, job: i64, idx: u32, owner: &str) -> Result<bool>;
+    /// Takes a planned running job whose tasks have all ended, for
+    /// finalizing (the manifest, the outcome), leased to `owner`.
+    async fn claim_finalize(
+        &self,
+        wall: i64,
+        owner: &str,
+        until: i64,
+        only: Option<i64>,
+    ) -> Result<Option<JobRecord>>;
+    /// Records a job's outcome and ends `owner`'s lease; `false` (nothing
+    /// written) if the job is no longer running under `owner`'s lease (a
+    /// cancel, or another process took over).
+    async fn finish_job(&self, job: &JobRecord, owner: &str) -> Result<bool>;
     /// The job's tasks.
     async fn tasks(&self, job: i64) -> Result<Vec<TaskRecord>>;
-    /// Records the failed models of a task (replacing earlier attempts').
-    async fn set_failures(&self, job: i64, task: u32, failures: &[FailureRecord]) -> Result<()>;
     /// The job's failed models.
     async fn failures(&self, job: i64) -> Result<Vec<FailureRecord>>;
-    /// Stores a finished (or progressing) job's figures and state.
+    /// Stores a job's figures and state (unconditionally).
     async fn update_job(&self, job: &JobRecord) -> Result<()>;
-    /// Cancels a queued or running job (a running one stops after its
-    /// current tasks).
+    /// Cancels a queued or running job: its queued tasks are cancelled,
+    /// running ones finish their attempt.
     async fn cancel(&self, id: i64, now: i64) -> Result<JobRecord>;
     /// Queues a failed, cancelled or skipped job again.
     async fn retry(&self, id: i64) -> Result<JobRecord>;
@@ -476,70 +550,118 @@ pub trait JobStore: Send + Sync {
     async fn slowest_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>>;
     /// Totals for `/metrics`.
     async fn stats(&self) -> Result<JobStats>;
+    /// Tasks waiting for a worker (queued, or with an expired lease) plus
+    /// jobs waiting to be planned: what an autoscaler scales workers on.
+    async fn pending(&self, wall: i64) -> Result<u64>;
     /// Sets a schedule's last window end, also backwards: the next tick
     /// then catches up from there (windows already scheduled stay as they
     /// are, so none is scored twice).
     async fn rewind_schedule(&self, schedule: &str, last_fire: i64, now: i64) -> Result<()>;
 }
 
-/// The SQLite job store.
-#[derive(Clone, Debug)]
-pub struct SqliteStore {
-    pool: SqlitePool,
-    url: String,
+/// Which SQL the store speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite: one writer at a time, so a single `UPDATE … RETURNING`
+    /// claims atomically.
+    Sqlite,
+    /// PostgreSQL: concurrent claimers skip each other's rows
+    /// (`FOR UPDATE SKIP LOCKED`).
+    Postgres,
 }
 
+/// The job store over SQLite or PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    url: String,
+    dialect: Dialect,
+}
+
+/// The embedded default's former name.
+pub type SqliteStore = SqlStore;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 const JOB_COLUMNS: &str = "id, schedule, kind, window_start, window_end, mode, selection, state, \
     batch_size, max_failed, max_retries, concurrency, created_at, started_at, finished_at, models, \
     rows, anomalies, failed_models, tasks, load_ms, score_ms, write_ms, error, manifest";
 
-impl SqliteStore {
-    /// Opens (creating it if needed) the database at `url`
-    /// (`sqlite://PATH` or a plain path) and migrates it.
-    pub async fn open(url: &str) -> Result<SqliteStore> {
-        let path = url.strip_prefix("sqlite://").unwrap_or(url);
-        if path.contains("://") {
-            return Err(DbError::Url(url.to_string()));
-        }
+const TASK_COLUMNS: &str = "job_id, idx, state, attempts, first_key, last_key, n_keys, queued_at, \
+    started_at, finished_at, models, rows, anomalies, failed_models, load_ms, score_ms, write_ms, \
+    output, error, lease_owner, lease_until, not_before, devices";
+
+impl SqlStore {
+    /// Opens (creating it if needed) the database at `url` and migrates
+    /// it: `sqlite://PATH`, a plain path, `sqlite://:memory:`, or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (also
+    /// `postgresql://`).
+    pub async fn open(url: &str) -> Result<SqlStore> {
+        sqlx::any::install_default_drivers();
         let sql = |source| DbError::Sql {
             url: url.to_string(),
             source,
         };
-        let opts = if path == ":memory:" {
-            SqliteConnectOptions::from_str("sqlite::memory:").map_err(sql)?
-        } else {
-            if let Some(dir) = std::path::Path::new(path).parent() {
-                if !dir.as_os_str().is_empty() {
-                    let _ = std::fs::create_dir_all(dir);
+        let (dialect, connect, max) =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                (Dialect::Postgres, url.to_string(), 8)
+            } else {
+                let path = url.strip_prefix("sqlite://").unwrap_or(url);
+                if path.contains("://") {
+                    return Err(DbError::Url(url.to_string()));
                 }
-            }
-            SqliteConnectOptions::new()
-                .filename(path)
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(std::time::Duration::from_secs(10))
-        }
-        .foreign_keys(true);
-        // One connection for :memory: (each connection is its own database).
-        let max = if path == ":memory:" { 1 } else { 4 };
-        let pool = SqlitePoolOptions::new()
+                if path == ":memory:" {
+                    // One connection: each is its own database.
+                    (Dialect::Sqlite, "sqlite::memory:".to_string(), 1)
+                } else {
+                    if let Some(dir) = std::path::Path::new(path).parent() {
+                        if !dir.as_os_str().is_empty() {
+                            let _ = std::fs::create_dir_all(dir);
+                        }
+                    }
+                    (Dialect::Sqlite, format!("sqlite://{path}?mode=rwc"), 4)
+                }
+            };
+        let pool = AnyPoolOptions::new()
             .max_connections(max)
-            .connect_with(opts)
+            .acquire_timeout(std::time::Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                             PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect)
             .await
             .map_err(sql)?;
-        SQLITE_MIGRATIONS
+        let migrations = match dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrations
             .run(&pool)
             .await
             .map_err(|source| DbError::Migrate {
                 url: url.to_string(),
                 source,
             })?;
-        Ok(SqliteStore {
+        Ok(SqlStore {
             pool,
             url: url.to_string(),
+            dialect,
         })
+    }
+
+    /// Which SQL it speaks.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     fn err(&self, source: sqlx::Error) -> DbError {
@@ -548,13 +670,75 @@ impl SqliteStore {
             source,
         }
     }
+
+    /// ` FOR UPDATE SKIP LOCKED` on PostgreSQL (of `table`), nothing on
+    /// SQLite.
+    fn skip_locked(&self, table: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => String::new(),
+            Dialect::Postgres => format!(" FOR UPDATE OF {table} SKIP LOCKED"),
+        }
+    }
+}
+
+/// Creates the PostgreSQL database `name` on the server of `server_url`
+/// (any database URL of that server) unless it exists; returns its URL.
+/// For tests and benchmarks that want a database of their own.
+pub async fn ensure_database(server_url: &str, name: &str) -> Result<String> {
+    sqlx::any::install_default_drivers();
+    let sql = |source| DbError::Sql {
+        url: server_url.to_string(),
+        source,
+    };
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(DbError::Url(format!(
+            "{server_url} (database name {name:?})"
+        )));
+    }
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(server_url)
+        .await
+        .map_err(sql)?;
+    let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&pool)
+        .await
+        .map_err(sql)?
+        .is_some();
+    if !exists {
+        let create = pool
+            .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await;
+        // A concurrent creator may have won.
+        if let Err(e) = create {
+            let dup = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42P04" || c == "23505");
+            if !dup {
+                return Err(sql(e));
+            }
+        }
+    }
+    pool.close().await;
+    // Same server, user and options; another database.
+    let (base, query) = match server_url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (server_url, String::new()),
+    };
+    let root = match base.rfind('/') {
+        Some(i) if i > base.find("://").map(|j| j + 2).unwrap_or(0) => &base[..i],
+        _ => base,
+    };
+    Ok(format!("{root}/{name}{query}"))
 }
 
 fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
 
-fn job_from_row(r: &SqliteRow) -> Result<JobRecord, sqlx::Error> {
+fn job_from_row(r: &AnyRow) -> Result<JobRecord, sqlx::Error> {
     let id: i64 = r.try_get("id")?;
     let corrupt = |what: &'static str, value: String| {
         sqlx::Error::Decode(Box::new(DbError::Corrupt {
@@ -606,7 +790,7 @@ fn job_from_row(r: &SqliteRow) -> Result<JobRecord, sqlx::Error> {
     })
 }
 
-fn task_from_row(r: &SqliteRow) -> Result<TaskRecord, sqlx::Error> {
+fn task_from_row(r: &AnyRow) -> Result<TaskRecord, sqlx::Error> {
     Ok(TaskRecord {
         job_id: r.try_get("job_id")?,
         idx: r.try_get::<i64, _>("idx")? as u32,
@@ -627,18 +811,20 @@ fn task_from_row(r: &SqliteRow) -> Result<TaskRecord, sqlx::Error> {
         write_ms: u(r.try_get("write_ms")?),
         output: r.try_get("output")?,
         error: r.try_get("error")?,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_until: r.try_get("lease_until")?,
+        not_before: r.try_get("not_before")?,
+        devices: r.try_get("devices")?,
     })
 }
 
 const INSERT_JOB: &str = "INSERT INTO jobs (schedule, kind, window_start, window_end, mode, \
     selection, state, batch_size, max_failed, max_retries, concurrency, created_at, error) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
-fn bind_job<'q>(
-    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    j: &'q NewJob,
-    now: i64,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+fn bind_job<'q>(q: AnyQuery<'q>, j: &'q NewJob, now: i64) -> AnyQuery<'q> {
     q.bind(j.schedule.as_deref())
         .bind(j.kind.as_str())
         .bind(j.window_start)
@@ -659,13 +845,13 @@ fn bind_job<'q>(
 }
 
 #[async_trait]
-impl JobStore for SqliteStore {
+impl JobStore for SqlStore {
     fn url(&self) -> &str {
         &self.url
     }
 
     async fn last_fire(&self, schedule: &str) -> Result<Option<i64>> {
-        let row = sqlx::query("SELECT last_fire FROM schedules WHERE name = ?")
+        let row = sqlx::query("SELECT last_fire FROM schedules WHERE name = $1")
             .bind(schedule)
             .fetch_optional(&self.pool)
             .await
@@ -685,19 +871,27 @@ impl JobStore for SqliteStore {
     ) -> Result<Vec<Option<i64>>> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         let mut ids = Vec::new();
+        let sql = format!("{INSERT_JOB} ON CONFLICT DO NOTHING RETURNING id");
         for j in jobs {
-            let sql = INSERT_JOB.replace("INSERT INTO", "INSERT OR IGNORE INTO");
-            let res = bind_job(sqlx::query(AssertSqlSafe(sql)), j, now)
-                .execute(&mut *tx)
+            let row = bind_job(sqlx::query(AssertSqlSafe(sql.clone())), j, now)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(|e| self.err(e))?;
-            ids.push((res.rows_affected() == 1).then(|| res.last_insert_rowid()));
+            ids.push(match row {
+                Some(r) => Some(r.try_get::<i64, _>(0).map_err(|e| self.err(e))?),
+                None => None,
+            });
         }
-        sqlx::query(
-            "INSERT INTO schedules (name, last_fire, updated_at) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET last_fire = MAX(COALESCE(last_fire, excluded.last_fire), excluded.last_fire), \
-             updated_at = excluded.updated_at",
-        )
+        let greatest = match self.dialect {
+            Dialect::Sqlite => "MAX",
+            Dialect::Postgres => "GREATEST",
+        };
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO schedules (name, last_fire, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET last_fire = \
+             {greatest}(COALESCE(schedules.last_fire, excluded.last_fire), excluded.last_fire), \
+             updated_at = excluded.updated_at"
+        )))
         .bind(schedule)
         .bind(last_fire)
         .bind(now)
@@ -709,43 +903,73 @@ impl JobStore for SqliteStore {
     }
 
     async fn create_job(&self, job: &NewJob, now: i64) -> Result<i64> {
-        let res = bind_job(sqlx::query(INSERT_JOB), job, now)
-            .execute(&self.pool)
+        let sql = format!("{INSERT_JOB} RETURNING id");
+        let row = bind_job(sqlx::query(AssertSqlSafe(sql)), job, now)
+            .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        Ok(res.last_insert_rowid())
+        row.try_get::<i64, _>(0).map_err(|e| self.err(e))
     }
 
-    async fn claim_job(&self, now: i64) -> Result<Option<JobRecord>> {
+    async fn claim_job(
+        &self,
+        now: i64,
+        wall: i64,
+        owner: &str,
+        until: i64,
+        only: Option<i64>,
+    ) -> Result<Option<JobRecord>> {
         let sql = format!(
-            "UPDATE jobs SET state = 'running', started_at = ?, error = NULL WHERE id = (\
-               SELECT j.id FROM jobs j WHERE j.state = 'queued' AND (\
+            "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, $1), \
+               error = NULL, lease_owner = $2, lease_until = $3 WHERE id = (\
+               SELECT j.id FROM jobs j WHERE ((j.state = 'queued' AND (\
                  j.concurrency = 'allow' OR j.schedule IS NULL OR NOT EXISTS (\
-                   SELECT 1 FROM jobs r WHERE r.schedule = j.schedule AND r.state = 'running')) \
-               ORDER BY j.window_start, j.id LIMIT 1) \
-             RETURNING {JOB_COLUMNS}"
+                   SELECT 1 FROM jobs r WHERE r.schedule = j.schedule AND r.state = 'running'))) \
+               OR (j.state = 'running' AND j.planned_at IS NULL \
+                   AND COALESCE(j.lease_until, 0) < $4)) AND ($5 IS NULL OR j.id = $5) \
+               ORDER BY j.window_start, j.id LIMIT 1{}) \
+             RETURNING {JOB_COLUMNS}",
+            self.skip_locked("j")
         );
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        if self.dialect == Dialect::Postgres {
+            // Claims take turns, so two claimers cannot both start jobs of
+            // one `forbid` schedule (SKIP LOCKED alone would let them).
+            sqlx::query("SELECT pg_advisory_xact_lock(7100001)")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(now)
-            .fetch_optional(&self.pool)
+            .bind(owner)
+            .bind(until)
+            .bind(wall)
+            .bind(only)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
         row.map(|r| job_from_row(&r))
             .transpose()
             .map_err(|e| self.err(e))
     }
 
     async fn requeue_running(&self) -> Result<u64> {
-        let res = sqlx::query("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
+        let jobs = sqlx::query("UPDATE jobs SET lease_until = 0 WHERE state = 'running'")
             .execute(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        Ok(res.rows_affected())
+        let tasks = sqlx::query("UPDATE tasks SET lease_until = 0 WHERE state = 'running'")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(jobs.rows_affected() + tasks.rows_affected())
     }
 
     async fn job(&self, id: i64) -> Result<JobRecord> {
         let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
         )))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -757,19 +981,15 @@ impl JobStore for SqliteStore {
 
     async fn jobs(&self, f: &JobFilter) -> Result<Vec<JobRecord>> {
         let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE (? IS NULL OR state = ?) \
-             AND (? IS NULL OR schedule = ?) AND (? IS NULL OR window_end > ?) \
-             AND (? IS NULL OR window_start < ?) ORDER BY id DESC LIMIT ?"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1 IS NULL OR state = $1) \
+             AND ($2 IS NULL OR schedule = $2) AND ($3 IS NULL OR window_end > $3) \
+             AND ($4 IS NULL OR window_start < $4) ORDER BY id DESC LIMIT $5"
         );
         let state = f.state.map(|s| s.as_str());
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(state)
-            .bind(state)
-            .bind(f.schedule.as_deref())
             .bind(f.schedule.as_deref())
             .bind(f.window_from)
-            .bind(f.window_from)
-            .bind(f.window_to)
             .bind(f.window_to)
             .bind(i64::from(f.limit.unwrap_or(100)))
             .fetch_all(&self.pool)
@@ -781,24 +1001,41 @@ impl JobStore for SqliteStore {
             .map_err(|e| self.err(e))
     }
 
-    async fn set_tasks(&self, job: i64, tasks: &[TaskRecord]) -> Result<()> {
+    async fn plan_job(&self, job: &JobRecord, tasks: &[TaskRecord], owner: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let res = sqlx::query(
+            "UPDATE jobs SET planned_at = $1, tasks = $2, load_ms = $3, models = 0, rows = 0, \
+             anomalies = 0, failed_models = 0, score_ms = 0, write_ms = 0, manifest = NULL, \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE id = $4 AND state = 'running' AND lease_owner = $5",
+        )
+        .bind(job.started_at.unwrap_or(job.created_at))
+        .bind(tasks.len() as i64)
+        .bind(job.load_ms as i64)
+        .bind(job.id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
         for sql in [
-            "DELETE FROM tasks WHERE job_id = ?",
-            "DELETE FROM model_failures WHERE job_id = ?",
+            "DELETE FROM tasks WHERE job_id = $1",
+            "DELETE FROM model_failures WHERE job_id = $1",
         ] {
             sqlx::query(sql)
-                .bind(job)
+                .bind(job.id)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.err(e))?;
         }
         for t in tasks {
             sqlx::query(
-                "INSERT INTO tasks (job_id, idx, state, attempts, first_key, last_key, n_keys, queued_at) \
-                 VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+                "INSERT INTO tasks (job_id, idx, state, attempts, first_key, last_key, n_keys, \
+                 queued_at) VALUES ($1, $2, $3, 0, $4, $5, $6, $7)",
             )
-            .bind(job)
+            .bind(job.id)
             .bind(i64::from(t.idx))
             .bind(&t.state)
             .bind(&t.first_key)
@@ -809,18 +1046,89 @@ impl JobStore for SqliteStore {
             .await
             .map_err(|e| self.err(e))?;
         }
-        tx.commit().await.map_err(|e| self.err(e))
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(true)
     }
 
-    async fn update_task(&self, t: &TaskRecord) -> Result<()> {
-        sqlx::query(
-            "UPDATE tasks SET state = ?, attempts = ?, started_at = ?, finished_at = ?, models = ?, \
-             rows = ?, anomalies = ?, failed_models = ?, load_ms = ?, score_ms = ?, write_ms = ?, \
-             output = ?, error = ? WHERE job_id = ? AND idx = ?",
+    async fn lease_task(
+        &self,
+        now: i64,
+        wall: i64,
+        owner: &str,
+        until: i64,
+        only: Option<i64>,
+    ) -> Result<Option<TaskRecord>> {
+        let sql = format!(
+            "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = $1, \
+               finished_at = NULL, lease_owner = $2, lease_until = $3 \
+             WHERE (job_id, idx) = (\
+               SELECT t.job_id, t.idx FROM tasks t JOIN jobs j ON j.id = t.job_id \
+               WHERE j.state = 'running' AND j.planned_at IS NOT NULL AND (\
+                 (t.state = 'queued' AND COALESCE(t.not_before, 0) <= $4) \
+                 OR (t.state = 'running' AND COALESCE(t.lease_until, 0) < $4)) \
+               AND ($5 IS NULL OR t.job_id = $5) \
+               ORDER BY t.job_id, t.idx LIMIT 1{}) \
+             RETURNING {TASK_COLUMNS}",
+            self.skip_locked("t")
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(owner)
+            .bind(until)
+            .bind(wall)
+            .bind(only)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| task_from_row(&r))
+            .transpose()
+            .map_err(|e| self.err(e))
+    }
+
+    async fn renew_task(&self, job: i64, idx: u32, owner: &str, until: i64) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE tasks SET lease_until = $1 WHERE job_id = $2 AND idx = $3 \
+             AND lease_owner = $4 AND state = 'running'",
+        )
+        .bind(until)
+        .bind(job)
+        .bind(i64::from(idx))
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn renew_job(&self, job: i64, owner: &str, until: i64) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 \
+             AND state = 'running'",
+        )
+        .bind(until)
+        .bind(job)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn finish_task(
+        &self,
+        t: &TaskRecord,
+        failures: &[FailureRecord],
+        owner: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let res = sqlx::query(
+            "UPDATE tasks SET state = $1, finished_at = $2, models = $3, rows = $4, \
+             anomalies = $5, failed_models = $6, load_ms = $7, score_ms = $8, write_ms = $9, \
+             output = $10, error = $11, not_before = $12, devices = $13, \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE job_id = $14 AND idx = $15 AND lease_owner = $16 AND state = 'running'",
         )
         .bind(&t.state)
-        .bind(i64::from(t.attempts))
-        .bind(t.started_at)
         .bind(t.finished_at)
         .bind(t.models as i64)
         .bind(t.rows as i64)
@@ -831,41 +1139,30 @@ impl JobStore for SqliteStore {
         .bind(t.write_ms as i64)
         .bind(t.output.as_deref())
         .bind(t.error.as_deref())
+        .bind(t.not_before)
+        .bind(t.devices.as_deref())
         .bind(t.job_id)
         .bind(i64::from(t.idx))
-        .execute(&self.pool)
+        .bind(owner)
+        .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    async fn tasks(&self, job: i64) -> Result<Vec<TaskRecord>> {
-        let rows = sqlx::query("SELECT * FROM tasks WHERE job_id = ? ORDER BY idx")
-            .bind(job)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        rows.iter()
-            .map(task_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))
-    }
-
-    async fn set_failures(&self, job: i64, task: u32, failures: &[FailureRecord]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        sqlx::query("DELETE FROM model_failures WHERE job_id = ? AND task_idx = ?")
-            .bind(job)
-            .bind(i64::from(task))
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM model_failures WHERE job_id = $1 AND task_idx = $2")
+            .bind(t.job_id)
+            .bind(i64::from(t.idx))
             .execute(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
         for f in failures {
             sqlx::query(
                 "INSERT INTO model_failures (job_id, task_idx, device, tag, reason, detail, rows) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
-            .bind(job)
-            .bind(i64::from(task))
+            .bind(t.job_id)
+            .bind(i64::from(t.idx))
             .bind(&f.device)
             .bind(&f.tag)
             .bind(&f.reason)
@@ -875,13 +1172,103 @@ impl JobStore for SqliteStore {
             .await
             .map_err(|e| self.err(e))?;
         }
-        tx.commit().await.map_err(|e| self.err(e))
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    async fn release_task(&self, job: i64, idx: u32, owner: &str) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE tasks SET state = 'queued', attempts = attempts - 1, started_at = NULL, \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE job_id = $1 AND idx = $2 AND lease_owner = $3 AND state = 'running'",
+        )
+        .bind(job)
+        .bind(i64::from(idx))
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn claim_finalize(
+        &self,
+        wall: i64,
+        owner: &str,
+        until: i64,
+        only: Option<i64>,
+    ) -> Result<Option<JobRecord>> {
+        let sql = format!(
+            "UPDATE jobs SET lease_owner = $1, lease_until = $2 WHERE id = (\
+               SELECT j.id FROM jobs j WHERE j.state = 'running' AND j.planned_at IS NOT NULL \
+               AND (j.lease_owner IS NULL OR COALESCE(j.lease_until, 0) < $3) \
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id \
+                               AND t.state IN ('queued', 'running')) \
+               AND ($4 IS NULL OR j.id = $4) \
+               ORDER BY j.id LIMIT 1{}) \
+             RETURNING {JOB_COLUMNS}",
+            self.skip_locked("j")
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(until)
+            .bind(wall)
+            .bind(only)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| job_from_row(&r))
+            .transpose()
+            .map_err(|e| self.err(e))
+    }
+
+    async fn finish_job(&self, j: &JobRecord, owner: &str) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE jobs SET state = $1, started_at = $2, finished_at = $3, models = $4, \
+             rows = $5, anomalies = $6, failed_models = $7, tasks = $8, load_ms = $9, \
+             score_ms = $10, write_ms = $11, error = $12, manifest = $13, \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE id = $14 AND state = 'running' AND lease_owner = $15",
+        )
+        .bind(j.state.as_str())
+        .bind(j.started_at)
+        .bind(j.finished_at)
+        .bind(j.models as i64)
+        .bind(j.rows as i64)
+        .bind(j.anomalies as i64)
+        .bind(j.failed_models as i64)
+        .bind(j.tasks as i64)
+        .bind(j.load_ms as i64)
+        .bind(j.score_ms as i64)
+        .bind(j.write_ms as i64)
+        .bind(j.error.as_deref())
+        .bind(j.manifest.as_deref())
+        .bind(j.id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn tasks(&self, job: i64) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = $1 ORDER BY idx"
+        )))
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(task_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
     }
 
     async fn failures(&self, job: i64) -> Result<Vec<FailureRecord>> {
         let rows = sqlx::query(
             "SELECT task_idx, device, tag, reason, detail, rows FROM model_failures \
-             WHERE job_id = ? ORDER BY device, tag",
+             WHERE job_id = $1 ORDER BY device, tag",
         )
         .bind(job)
         .fetch_all(&self.pool)
@@ -904,9 +1291,9 @@ impl JobStore for SqliteStore {
 
     async fn update_job(&self, j: &JobRecord) -> Result<()> {
         sqlx::query(
-            "UPDATE jobs SET state = ?, started_at = ?, finished_at = ?, models = ?, rows = ?, \
-             anomalies = ?, failed_models = ?, tasks = ?, load_ms = ?, score_ms = ?, write_ms = ?, \
-             error = ?, manifest = ? WHERE id = ?",
+            "UPDATE jobs SET state = $1, started_at = $2, finished_at = $3, models = $4, \
+             rows = $5, anomalies = $6, failed_models = $7, tasks = $8, load_ms = $9, \
+             score_ms = $10, write_ms = $11, error = $12, manifest = $13 WHERE id = $14",
         )
         .bind(j.state.as_str())
         .bind(j.started_at)
@@ -937,15 +1324,27 @@ impl JobStore for SqliteStore {
                 why: "only a queued or running job can be cancelled",
             });
         }
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = 'cancelled by a user' \
-             WHERE id = ? AND state IN ('queued', 'running')",
+            "UPDATE jobs SET state = 'cancelled', finished_at = $1, error = 'cancelled by a user', \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE id = $2 AND state IN ('queued', 'running')",
         )
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
+        sqlx::query(
+            "UPDATE tasks SET state = 'cancelled', finished_at = $1 \
+             WHERE job_id = $2 AND state = 'queued'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
         self.job(id).await
     }
 
@@ -964,10 +1363,13 @@ impl JobStore for SqliteStore {
             by_state("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state").await?;
         let tasks =
             by_state("SELECT state, COUNT(*) FROM tasks GROUP BY state ORDER BY state").await?;
+        // Sums are cast back to integers (PostgreSQL sums bigints as numeric).
         let r = sqlx::query(
-            "SELECT COALESCE(SUM(rows), 0), COALESCE(SUM(anomalies), 0), \
-             COALESCE(SUM(failed_models), 0), COALESCE(SUM(finished_at - started_at), 0), COUNT(*), \
-             (SELECT COALESCE(SUM(attempts - 1), 0) FROM tasks WHERE attempts > 1), \
+            "SELECT CAST(COALESCE(SUM(rows), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(anomalies), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(failed_models), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(finished_at - started_at), 0) AS BIGINT), COUNT(*), \
+             (SELECT CAST(COALESCE(SUM(attempts - 1), 0) AS BIGINT) FROM tasks WHERE attempts > 1), \
              (SELECT MAX(window_end) FROM jobs WHERE state = 'succeeded' AND kind = 'scheduled') \
              FROM jobs WHERE finished_at IS NOT NULL AND started_at IS NOT NULL",
         )
@@ -988,9 +1390,22 @@ impl JobStore for SqliteStore {
         })
     }
 
+    async fn pending(&self, wall: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM tasks WHERE state = 'queued' \
+                     OR (state = 'running' AND COALESCE(lease_until, 0) < $1)) \
+                  + (SELECT COUNT(*) FROM jobs WHERE state = 'queued')",
+        )
+        .bind(wall)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(u(r.try_get::<i64, _>(0).map_err(|e| self.err(e))?))
+    }
+
     async fn rewind_schedule(&self, schedule: &str, last_fire: i64, now: i64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO schedules (name, last_fire, updated_at) VALUES (?, ?, ?) \
+            "INSERT INTO schedules (name, last_fire, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET last_fire = excluded.last_fire, \
              updated_at = excluded.updated_at",
         )
@@ -1004,10 +1419,11 @@ impl JobStore for SqliteStore {
     }
 
     async fn slowest_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>> {
-        let rows = sqlx::query(
-            "SELECT * FROM tasks WHERE finished_at IS NOT NULL AND started_at IS NOT NULL \
-             ORDER BY finished_at - started_at DESC, job_id DESC LIMIT ?",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NOT NULL \
+             AND started_at IS NOT NULL \
+             ORDER BY finished_at - started_at DESC, job_id DESC LIMIT $1"
+        )))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
@@ -1031,8 +1447,8 @@ impl JobStore for SqliteStore {
             });
         }
         sqlx::query(
-            "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL, error = NULL \
-             WHERE id = ?",
+            "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL, error = NULL, \
+             planned_at = NULL, lease_owner = NULL, lease_until = NULL WHERE id = $1",
         )
         .bind(id)
         .execute(&self.pool)

@@ -19,6 +19,25 @@
 //! manifest is written. A reader should trust a partition's parts only as
 //! listed in its manifest.
 //!
+//! # Planning, tasks, finalizing: any process, any host
+//! A job goes through three leased steps (see [`crate::db`]), each of
+//! which any runner, in `serve` or in a `fleetscore worker` on another
+//! host, may take:
+//!
+//! 1. **Plan**: read the window once, cut the units into tasks, and stage
+//!    each task's input in the store (`staging/<job>/task-<n>.json`, its
+//!    pairs and their models' inputs, and `.parquet`, its readings).
+//! 2. **Tasks**: score one task's staged input, write its part, record
+//!    its counts and failed models. A failed attempt is queued again after
+//!    a backoff until `max_retries`; a task whose worker vanished is
+//!    leased again when its lease expires.
+//! 3. **Finalize**: once every task has ended, delete stale parts, write
+//!    the manifest, record the outcome, delete the staged inputs.
+//!
+//! A task run twice (a slow worker whose lease expired) writes the same
+//! part under the same key, so predictions are never duplicated, and only
+//! the lease holder's record counts.
+//!
 //! # Units, input modes and failures
 //! The job's units are the `(device, tag)` pairs that have a live model,
 //! readings, or (for window-input models) windows in the window (narrowed
@@ -41,6 +60,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use fleetscore_codecs::{
     predictions_parquet_bytes, read_batches_parquet_bytes, read_readings_parquet_bytes,
     PredictionColumns, Readings,
@@ -59,10 +80,15 @@ use crate::FailureReason;
 /// How the runner behaves.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// Tasks of one job run at the same time.
+    /// Steps (tasks) run at the same time by this runner.
     pub parallel_tasks: usize,
     /// First retry delay; doubles per attempt.
     pub retry_backoff: Duration,
+    /// How long a lease lasts without renewal (renewed every third of it):
+    /// how soon another process takes over the work of one that vanished.
+    pub lease: Duration,
+    /// How often an idle worker looks for work.
+    pub poll: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -72,11 +98,18 @@ impl Default for RunnerConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
             retry_backoff: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            poll: Duration::from_secs(1),
         }
     }
 }
 
-/// Runs jobs from a job store against an object store.
+/// Task inputs in memory, by (job, task).
+type StagedCache = Arc<std::sync::Mutex<HashMap<(i64, u32), Arc<Staged>>>>;
+
+/// Runs jobs from a job store against an object store: in `serve` and the
+/// CLI until nothing is left ([`Runner::run_queued`]), or as a worker
+/// until stopped ([`Runner::work`]).
 #[derive(Clone)]
 pub struct Runner {
     db: Arc<dyn JobStore>,
@@ -84,6 +117,13 @@ pub struct Runner {
     registry: Registry,
     clock: Arc<dyn Clock>,
     config: RunnerConfig,
+    owner: String,
+    /// Inputs of tasks this process planned, so it need not read them back.
+    staged: StagedCache,
+    /// The last model pack loaded.
+    pack: Arc<tokio::sync::Mutex<Option<Arc<Pack>>>>,
+    /// Tasks leased right now, to hand back on a stop.
+    held: Arc<std::sync::Mutex<Vec<(i64, u32)>>>,
 }
 
 /// The manifest of one job's output partition.
@@ -214,15 +254,6 @@ pub async fn load_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Readi
     Ok(out)
 }
 
-/// A task's record, readings, pairs and output key.
-type TaskInput = (
-    TaskRecord,
-    Readings,
-    Vec<(String, String)>,
-    String,
-    Vec<WindowUnit>,
-);
-
 /// A window-input pair of a task: its model's features and its windows.
 #[derive(Debug, Clone)]
 struct WindowUnit {
@@ -293,10 +324,161 @@ fn feature(w: &Window, name: &str) -> f64 {
     }
 }
 
-/// What one task produced.
-struct TaskOutput {
-    record: TaskRecord,
-    devices: BTreeMap<String, DeviceCount>,
+/// What one call to [`Runner::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Planned a job into tasks (or failed it while planning).
+    Planned(i64),
+    /// Ran one attempt of a task of this job.
+    Task(i64),
+    /// Finalized this job (manifest, outcome).
+    Finalized(i64),
+    /// Found nothing to do.
+    Idle,
+}
+
+/// A task's plan, staged in the store beside its readings so any worker
+/// can run it: `staging/<job>/task-<idx>.json` and `.parquet`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct TaskPlan {
+    /// `fleetscore-task-plan`.
+    format: String,
+    job: i64,
+    idx: u32,
+    /// The model pack generation the plan was made with.
+    generation: u64,
+    /// Readings staged in the `.parquet` (0: none written).
+    readings: u64,
+    /// The task's pairs, in order, with their model's input.
+    units: Vec<PlanUnit>,
+}
+
+/// One pair of a task.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct PlanUnit {
+    device: String,
+    tag: String,
+    /// Window size and features of a window-input model; absent for raw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    window: Option<(String, Vec<String>)>,
+}
+
+/// A task's input, in memory.
+struct Staged {
+    plan: TaskPlan,
+    readings: Readings,
+}
+
+fn staging_prefix(job: i64) -> String {
+    format!("staging/{job}/")
+}
+
+fn staging_key(job: i64, idx: u32, ext: &str) -> String {
+    format!("staging/{job}/task-{idx:05}.{ext}")
+}
+
+/// The wall clock, ns: leases are compared across hosts.
+fn wall_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// A name for this process's leases: host, pid and a counter.
+fn owner_name() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// Renews a lease every third of its length until dropped; `lost` turns
+/// true if the store says the lease is gone.
+struct Renewer {
+    handle: tokio::task::JoinHandle<()>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Renewer {
+    fn start(
+        db: Arc<dyn JobStore>,
+        lease: Duration,
+        owner: String,
+        task: Option<u32>,
+        job: i64,
+    ) -> Renewer {
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&lost);
+        let every = (lease / 3).max(Duration::from_millis(10));
+        let handle = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let until = wall_ns() + lease.as_nanos() as i64;
+                let kept = match task {
+                    Some(idx) => db.renew_task(job, idx, &owner, until).await,
+                    None => db.renew_job(job, &owner, until).await,
+                };
+                match kept {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(job, task = ?task, "lease lost: another process took over");
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    // The store is down: keep trying; the lease may still
+                    // hold when it is back.
+                    Err(e) => tracing::warn!(job, task = ?task, "renewing a lease failed: {e}"),
+                }
+            }
+        });
+        Renewer { handle, lost }
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Retries a job-store call a few times (a database restarting), then
+/// gives up with its error.
+async fn persist<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::db::Result<T>>,
+{
+    let mut wait = Duration::from_millis(200);
+    let mut tries = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tries < 8 => {
+                tracing::warn!("{what}: {e}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                tries += 1;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(what.to_string())),
+        }
+    }
 }
 
 impl Runner {
@@ -313,6 +495,10 @@ impl Runner {
             store,
             clock,
             config,
+            owner: owner_name(),
+            staged: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            pack: Arc::new(tokio::sync::Mutex::new(None)),
+            held: Arc::new(std::sync::Mutex::new(Vec::new())),
         }
     }
 
@@ -321,43 +507,789 @@ impl Runner {
         &self.db
     }
 
-    /// Claims and runs queued jobs until none is runnable; returns the ids
-    /// run.
+    /// The name this runner's leases go by.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    fn until(&self) -> i64 {
+        wall_ns() + self.config.lease.as_nanos() as i64
+    }
+
+    /// Runs queued work (planning, tasks, finalizing) with
+    /// `parallel_tasks` slots until nothing is left that this runner can
+    /// take; returns the ids of the jobs it finished (finalized, or failed
+    /// while planning), oldest first. Tasks leased by other processes are
+    /// theirs: a job they still run is not waited for.
     pub async fn run_queued(&self) -> anyhow::Result<Vec<i64>> {
-        let mut done = Vec::new();
-        while let Some(job) = self.db.claim_job(self.clock.now()).await? {
-            let id = job.id;
-            self.run_claimed(job).await?;
-            done.push(id);
-        }
+        let mut done = self.slots(None).await?;
+        done.sort_unstable();
+        done.dedup();
         Ok(done)
     }
 
-    /// Runs a job already marked running; records its outcome. An `Err`
-    /// means the job store itself failed.
-    pub async fn run_claimed(&self, job: JobRecord) -> anyhow::Result<JobRecord> {
-        let id = job.id;
-        let mut job = match self.run_inner(job.clone()).await {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::error!(job = id, "job failed: {e:#}");
-                let mut j = self.db.job(id).await.unwrap_or(job);
-                if j.state == JobState::Running {
-                    j.state = JobState::Failed;
-                    j.error = Some(format!("{e:#}"));
+    /// Runs one job to its end (claiming it even with other work queued),
+    /// waiting for tasks that other processes hold; returns its record.
+    pub async fn run_job(&self, id: i64) -> anyhow::Result<JobRecord> {
+        self.slots(Some(id)).await?;
+        Ok(self.db.job(id).await?)
+    }
+
+    /// Works until `stop` turns true, polling every `config.poll` when
+    /// idle: `fleetscore worker`. Job-store errors are logged and retried
+    /// (a database restart is survived). On stop, a task in progress gets
+    /// `grace` to finish, else it is handed back for another worker.
+    pub async fn work(
+        &self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let slots = self.config.parallel_tasks.max(1);
+        let mut all = Vec::new();
+        for slot in 0..slots {
+            let me = self.clone();
+            let mut stop = stop.clone();
+            all.push(async move {
+                // Staggered, so slots do not poll in step.
+                tokio::time::sleep(me.config.poll * slot as u32 / slots as u32).await;
+                while !*stop.borrow() {
+                    let step = me.step_until_stopped(None, &mut stop, grace).await;
+                    match step {
+                        Ok(Step::Idle) => {
+                            tokio::select! {
+                                _ = tokio::time::sleep(me.config.poll) => {}
+                                _ = stop.changed() => {}
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!("worker: {e:#}; retrying in {:?}", me.config.poll);
+                            tokio::select! {
+                                _ = tokio::time::sleep(me.config.poll) => {}
+                                _ = stop.changed() => {}
+                            }
+                        }
+                    }
                 }
-                j
+            });
+        }
+        futures::future::join_all(all).await;
+        let _ = stop.borrow_and_update();
+        Ok(())
+    }
+
+    /// One step, but a task in progress when `stop` turns true gets
+    /// `grace` to finish before it is handed back.
+    async fn step_until_stopped(
+        &self,
+        only: Option<i64>,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        grace: Duration,
+    ) -> anyhow::Result<Step> {
+        let mut step = Box::pin(self.step(only));
+        tokio::select! {
+            r = &mut step => return r,
+            _ = stop.changed() => {}
+        }
+        tracing::info!(?grace, "stopping: letting the current work finish");
+        match tokio::time::timeout(grace, &mut step).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Dropping the step stops it; its lease goes back.
+                drop(step);
+                let held = self.held.lock().map(|h| h.clone()).unwrap_or_default();
+                for (job, idx) in held {
+                    match self.db.release_task(job, idx, &self.owner).await {
+                        Ok(true) => tracing::warn!(job, task = idx, "task handed back unfinished"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(
+                            job,
+                            task = idx,
+                            "handing back a task failed: {e}; its lease expires instead"
+                        ),
+                    }
+                }
+                Ok(Step::Idle)
+            }
+        }
+    }
+
+    /// Runs `parallel_tasks` slots of steps until idle (or, with `only`,
+    /// until that job has ended). Returns the jobs finished.
+    async fn slots(&self, only: Option<i64>) -> anyhow::Result<Vec<i64>> {
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let poll = self.config.poll.min(Duration::from_millis(50));
+        let slot = |_: usize| {
+            let busy = Arc::clone(&busy);
+            let done = Arc::clone(&done);
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                loop {
+                    if let Some(id) = only {
+                        if self.db.job(id).await?.state.is_final() {
+                            return Ok::<_, anyhow::Error>(());
+                        }
+                    }
+                    busy.fetch_add(1, SeqCst);
+                    let step = self.step(only).await;
+                    let others = busy.fetch_sub(1, SeqCst) - 1;
+                    match step? {
+                        Step::Finalized(id) | Step::Planned(id) => {
+                            if self.db.job(id).await?.state.is_final() {
+                                if let Ok(mut d) = done.lock() {
+                                    d.push(id);
+                                }
+                            }
+                        }
+                        Step::Task(_) => {}
+                        Step::Idle => {
+                            if only.is_none() && others == 0 {
+                                return Ok(());
+                            }
+                            tokio::time::sleep(poll).await;
+                        }
+                    }
+                }
             }
         };
-        if job.finished_at.is_none() {
-            job.finished_at = Some(self.clock.now());
+        let slots = self.config.parallel_tasks.max(1);
+        futures::future::try_join_all((0..slots).map(slot)).await?;
+        let out = done.lock().map(|d| d.clone()).unwrap_or_default();
+        Ok(out)
+    }
+
+    /// Does one unit of work if there is one: finalizes a job whose tasks
+    /// have all ended, else runs one attempt of a task, else plans a queued
+    /// job. `only` limits it to one job.
+    pub async fn step(&self, only: Option<i64>) -> anyhow::Result<Step> {
+        if let Some(job) = self
+            .db
+            .claim_finalize(wall_ns(), &self.owner, self.until(), only)
+            .await?
+        {
+            let id = job.id;
+            self.finalize(job).await?;
+            return Ok(Step::Finalized(id));
         }
-        // A cancel that landed while it ran wins.
-        if self.db.job(id).await?.state == JobState::Cancelled {
-            job.state = JobState::Cancelled;
-            job.error = Some("cancelled by a user".into());
+        if let Some(task) = self
+            .db
+            .lease_task(self.clock.now(), wall_ns(), &self.owner, self.until(), only)
+            .await?
+        {
+            let id = task.job_id;
+            if let Ok(mut h) = self.held.lock() {
+                h.push((task.job_id, task.idx));
+            }
+            let key = (task.job_id, task.idx);
+            let r = self.run_task(task).await;
+            if let Ok(mut h) = self.held.lock() {
+                h.retain(|k| *k != key);
+            }
+            r?;
+            return Ok(Step::Task(id));
         }
-        self.db.update_job(&job).await?;
+        if let Some(job) = self
+            .db
+            .claim_job(self.clock.now(), wall_ns(), &self.owner, self.until(), only)
+            .await?
+        {
+            let id = job.id;
+            self.plan(job).await?;
+            return Ok(Step::Planned(id));
+        }
+        Ok(Step::Idle)
+    }
+
+    /// Plans a claimed job; a failure fails the job (an `Err` means the job
+    /// store itself failed).
+    async fn plan(&self, job: JobRecord) -> anyhow::Result<()> {
+        let id = job.id;
+        let renew = Renewer::start(
+            Arc::clone(&self.db),
+            self.config.lease,
+            self.owner.clone(),
+            None,
+            id,
+        );
+        match self.plan_inner(job.clone()).await {
+            Ok((job, tasks)) => {
+                // Renewing stops before the plan ends the lease.
+                drop(renew);
+                let owner = self.owner.clone();
+                let planned = persist("recording the plan", || {
+                    self.db.plan_job(&job, &tasks, &owner)
+                })
+                .await?;
+                if !planned {
+                    tracing::warn!(
+                        job = id,
+                        "planning lost its lease; another process plans it"
+                    );
+                    self.drop_staged(id);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                drop(renew);
+                tracing::error!(job = id, "job failed: {e:#}");
+                self.drop_staged(id);
+                let mut j = job;
+                j.state = JobState::Failed;
+                j.error = Some(format!("{e:#}"));
+                j.finished_at = Some(self.clock.now());
+                let owner = self.owner.clone();
+                let recorded =
+                    persist("recording a failed job", || self.db.finish_job(&j, &owner)).await?;
+                if recorded {
+                    self.write_job_log(&j).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn drop_staged(&self, job: i64) {
+        if let Ok(mut s) = self.staged.lock() {
+            s.retain(|(j, _), _| *j != job);
+        }
+    }
+
+    /// Cuts the job into tasks, stages each task's input in the store, and
+    /// returns the job's figures and its tasks, for the caller to record.
+    async fn plan_inner(&self, mut job: JobRecord) -> anyhow::Result<(JobRecord, Vec<TaskRecord>)> {
+        anyhow::ensure!(
+            job.mode == "raw",
+            "input mode {:?} is not supported by this runner (use raw)",
+            job.mode
+        );
+        let t = Instant::now();
+        let pack = self.registry.pack().await?;
+        let generation = pack.generation;
+        let index = self.registry.index().await?;
+        // Each live model's input, by `device/tag`.
+        let inputs: HashMap<String, ModelInput> = index
+            .models
+            .iter()
+            .filter_map(|(k, e)| e.live_version().map(|v| (k.clone(), ModelInput::of(v))))
+            .collect();
+        let input_of = |d: &str, t: &str| -> ModelInput {
+            inputs
+                .get(&format!("{d}/{t}"))
+                .or_else(|| inputs.get(&format!("*/{t}")))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let readings = load_raw(&self.store, job.window_start, job.window_end).await?;
+        // Pairs with windows, of every size a window-input model needs.
+        let mut sizes: BTreeSet<String> = BTreeSet::new();
+        for i in inputs.values() {
+            if let ModelInput::Window { size, .. } = i {
+                sizes.insert(size.clone());
+            }
+        }
+        let mut windowed: BTreeSet<(String, String)> = BTreeSet::new();
+        for size in &sizes {
+            let w = load_windows(&self.store, size, job.window_start, job.window_end).await?;
+            for (d, t) in w.into_keys() {
+                if matches!(input_of(&d, &t), ModelInput::Window { size: s, .. } if &s == size) {
+                    windowed.insert((d, t));
+                }
+            }
+        }
+
+        // Units: pairs with a live model, readings or windows, selected, sorted.
+        let selection: Option<BTreeSet<&str>> = job
+            .selection
+            .as_ref()
+            .map(|s| s.iter().map(String::as_str).collect());
+        let selected = |d: &str, t: &str| {
+            selection
+                .as_ref()
+                .is_none_or(|s| s.contains(format!("{d}/{t}").as_str()))
+        };
+        let mut units: BTreeSet<(String, String)> = BTreeSet::new();
+        for e in pack.entries() {
+            if !e.key.is_fallback() && selected(&e.key.device, &e.key.tag) {
+                units.insert((e.key.device.clone(), e.key.tag.clone()));
+            }
+        }
+        for (d, t) in readings.keys.iter().chain(&windowed) {
+            if selected(d, t) {
+                units.insert((d.clone(), t.clone()));
+            }
+        }
+        drop(pack);
+        let units: Vec<(String, String)> = units.into_iter().collect();
+        let batch = job.batch_size.max(1) as usize;
+        let chunks: Vec<&[(String, String)]> = units.chunks(batch).collect();
+        let now = self.clock.now();
+        let tasks: Vec<TaskRecord> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| TaskRecord {
+                job_id: job.id,
+                idx: i as u32,
+                state: "queued".into(),
+                first_key: format!("{}/{}", c[0].0, c[0].1),
+                last_key: format!("{}/{}", c[c.len() - 1].0, c[c.len() - 1].1),
+                n_keys: c.len() as u64,
+                queued_at: now,
+                ..TaskRecord::default()
+            })
+            .collect();
+
+        // Each task's readings (raw-input pairs only), in one pass.
+        let unit_task: HashMap<(&str, &str), u32> = units
+            .iter()
+            .enumerate()
+            .filter(|(_, (d, t))| input_of(d, t) == ModelInput::Raw)
+            .map(|(i, (d, t))| ((d.as_str(), t.as_str()), (i / batch) as u32))
+            .collect();
+        let key_task: Vec<Option<u32>> = readings
+            .keys
+            .iter()
+            .map(|(d, t)| unit_task.get(&(d.as_str(), t.as_str())).copied())
+            .collect();
+        let mut parts: Vec<Readings> = (0..tasks.len()).map(|_| Readings::default()).collect();
+        let mut local: Vec<Option<u32>> = vec![None; readings.keys.len()];
+        for (k, t) in key_task.iter().enumerate() {
+            if let Some(t) = t {
+                let p = &mut parts[*t as usize];
+                local[k] = Some(p.keys.len() as u32);
+                p.keys.push(readings.keys[k].clone());
+            }
+        }
+        for i in 0..readings.len() {
+            let k = readings.key[i] as usize;
+            if let (Some(t), Some(l)) = (key_task[k], local[k]) {
+                let p = &mut parts[t as usize];
+                p.ts.push(readings.ts[i]);
+                p.value.push(readings.value[i]);
+                p.key.push(l);
+            }
+        }
+        drop(readings);
+
+        // Stage every task's input, so any worker can run it.
+        let staged: Vec<Staged> = parts
+            .into_iter()
+            .zip(&chunks)
+            .enumerate()
+            .map(|(i, (readings, c))| Staged {
+                plan: TaskPlan {
+                    format: "fleetscore-task-plan".into(),
+                    job: job.id,
+                    idx: i as u32,
+                    generation,
+                    readings: readings.len() as u64,
+                    units: c
+                        .iter()
+                        .map(|(d, t)| PlanUnit {
+                            device: d.clone(),
+                            tag: t.clone(),
+                            window: match input_of(d, t) {
+                                ModelInput::Raw => None,
+                                ModelInput::Window { size, features } => Some((size, features)),
+                            },
+                        })
+                        .collect(),
+                },
+                readings,
+            })
+            .collect();
+        let staged: Vec<Staged> = stream::iter(staged)
+            .map(|s| async move {
+                let plan = serde_json::to_vec(&s.plan)?;
+                if s.plan.readings > 0 {
+                    let key = staging_key(s.plan.job, s.plan.idx, "parquet");
+                    let (r, k) = (s, key.clone());
+                    let (s, bytes) = tokio::task::spawn_blocking(move || {
+                        let rows: Vec<usize> = (0..r.readings.len()).collect();
+                        let bytes =
+                            fleetscore_codecs::write_readings_parquet(&r.readings, &rows, &k);
+                        (r, bytes)
+                    })
+                    .await?;
+                    self.store.put(&key, bytes?).await?;
+                    self.store
+                        .put(&staging_key(s.plan.job, s.plan.idx, "json"), plan)
+                        .await?;
+                    Ok::<_, anyhow::Error>(s)
+                } else {
+                    self.store
+                        .put(&staging_key(s.plan.job, s.plan.idx, "json"), plan)
+                        .await?;
+                    Ok(s)
+                }
+            })
+            .buffered(8)
+            .try_collect()
+            .await?;
+        if let Ok(mut cache) = self.staged.lock() {
+            for s in staged {
+                cache.insert((s.plan.job, s.plan.idx), Arc::new(s));
+            }
+        }
+        job.load_ms = t.elapsed().as_millis() as u64;
+        job.tasks = tasks.len() as u64;
+        tracing::info!(
+            job = job.id,
+            tasks = tasks.len(),
+            models = units.len(),
+            "job planned"
+        );
+        Ok((job, tasks))
+    }
+
+    /// A task's staged input: from memory if this process planned it, else
+    /// from the store.
+    async fn staged(&self, job: i64, idx: u32) -> anyhow::Result<Arc<Staged>> {
+        if let Some(s) = self
+            .staged
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&(job, idx)).cloned())
+        {
+            return Ok(s);
+        }
+        let key = staging_key(job, idx, "json");
+        let plan = self.store.get(&key).await?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the task's plan {key} is missing from the store {}",
+                self.store.url()
+            )
+        })?;
+        let plan: TaskPlan = serde_json::from_slice(&plan)
+            .with_context(|| format!("reading the task plan {key}"))?;
+        let readings = if plan.readings > 0 {
+            let key = staging_key(job, idx, "parquet");
+            let data = self.store.get(&key).await?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the task's readings {key} are missing from the store {}",
+                    self.store.url()
+                )
+            })?;
+            tokio::task::spawn_blocking(move || read_readings_parquet_bytes(data, &key)).await??
+        } else {
+            Readings::default()
+        };
+        anyhow::ensure!(
+            readings.len() as u64 == plan.readings,
+            "the task's staged readings hold {} rows, its plan says {}",
+            readings.len(),
+            plan.readings
+        );
+        Ok(Arc::new(Staged { plan, readings }))
+    }
+
+    /// The model pack of `generation` (cached across tasks).
+    async fn pack_for(&self, generation: u64) -> anyhow::Result<Arc<Pack>> {
+        let mut cached = self.pack.lock().await;
+        if let Some(p) = cached.as_ref() {
+            if p.generation == generation {
+                return Ok(Arc::clone(p));
+            }
+        }
+        let p = Arc::new(self.registry.pack().await?);
+        if p.generation != generation {
+            tracing::warn!(
+                planned = generation,
+                live = p.generation,
+                "the models changed since the job was planned; scoring with the live ones"
+            );
+        }
+        *cached = Some(Arc::clone(&p));
+        Ok(p)
+    }
+
+    /// Runs one leased attempt of a task and records it.
+    async fn run_task(&self, mut record: TaskRecord) -> anyhow::Result<()> {
+        let renew = Renewer::start(
+            Arc::clone(&self.db),
+            self.config.lease,
+            self.owner.clone(),
+            Some(record.idx),
+            record.job_id,
+        );
+        let job = self.db.job(record.job_id).await?;
+        let log_key = format!("logs/{}/task-{:05}.log", job.id, record.idx);
+        let mut log = if record.attempts > 1 {
+            match self.store.get(&log_key).await {
+                Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+                _ => String::new(),
+            }
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            log,
+            "attempt {} at {} by {}: {} models {}..{}",
+            record.attempts,
+            format_ts(self.clock.now()),
+            self.owner,
+            record.n_keys,
+            record.first_key,
+            record.last_key,
+        );
+        let mut failures = Vec::new();
+        if job.state != JobState::Running {
+            record.state = "cancelled".into();
+            let _ = writeln!(log, "cancelled: the job is {}", job.state);
+        } else {
+            match self.attempt_staged(&job, &mut record).await {
+                Ok((f, devices)) => {
+                    failures = f;
+                    record.state = "succeeded".into();
+                    record.error = None;
+                    record.not_before = None;
+                    record.devices = Some(serde_json::to_string(&devices)?);
+                    let _ = writeln!(
+                        log,
+                        "succeeded: {} models, {} rows, {} anomalies, {} failed models; load {} ms, score {} ms, write {} ms -> {}",
+                        record.models, record.rows, record.anomalies, record.failed_models,
+                        record.load_ms, record.score_ms, record.write_ms,
+                        record.output.as_deref().unwrap_or("")
+                    );
+                    for f in &failures {
+                        let _ = writeln!(
+                            log,
+                            "model ({}, {}) failed: {}: {} ({} readings)",
+                            f.device, f.tag, f.reason, f.detail, f.rows
+                        );
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    let _ = writeln!(log, "failed: {msg}");
+                    record.error = Some(msg);
+                    if record.attempts > job.max_retries {
+                        record.state = "failed".into();
+                    } else {
+                        let wait =
+                            self.config.retry_backoff * 2u32.pow((record.attempts - 1).min(10));
+                        let _ = writeln!(log, "retrying in {wait:?}");
+                        record.state = "queued".into();
+                        record.not_before = Some(wall_ns() + wait.as_nanos() as i64);
+                    }
+                }
+            }
+        }
+        record.finished_at = Some(self.clock.now());
+        if renew.lost() {
+            let _ = writeln!(log, "lease lost before the end: another worker runs it");
+        }
+        if let Err(e) = self.store.put(&log_key, log).await {
+            tracing::warn!(
+                job = job.id,
+                task = record.idx,
+                "writing the task log failed: {e}"
+            );
+        }
+        drop(renew);
+        let owner = self.owner.clone();
+        let kept = persist("recording a task", || {
+            self.db.finish_task(&record, &failures, &owner)
+        })
+        .await?;
+        if !kept {
+            tracing::warn!(
+                job = job.id,
+                task = record.idx,
+                "the task's lease expired while it ran; the worker that took over records it"
+            );
+        } else if record.state != "queued" {
+            if let Ok(mut s) = self.staged.lock() {
+                s.remove(&(record.job_id, record.idx));
+            }
+        }
+        Ok(())
+    }
+
+    /// One attempt from the staged input: load, score, write the part.
+    async fn attempt_staged(
+        &self,
+        job: &JobRecord,
+        record: &mut TaskRecord,
+    ) -> anyhow::Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
+        let t = Instant::now();
+        let staged = self.staged(job.id, record.idx).await?;
+        let pack = self.pack_for(staged.plan.generation).await?;
+        // Window-input pairs read their windows.
+        let mut wunits = Vec::new();
+        let mut by_size: BTreeMap<&str, Vec<&PlanUnit>> = BTreeMap::new();
+        for u in &staged.plan.units {
+            if let Some((size, _)) = &u.window {
+                by_size.entry(size.as_str()).or_default().push(u);
+            }
+        }
+        for (size, us) in by_size {
+            let mut w = load_windows(&self.store, size, job.window_start, job.window_end).await?;
+            for u in us {
+                wunits.push(WindowUnit {
+                    device: u.device.clone(),
+                    tag: u.tag.clone(),
+                    features: u.window.clone().map(|(_, f)| f).unwrap_or_default(),
+                    windows: w
+                        .remove(&(u.device.clone(), u.tag.clone()))
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        record.load_ms = t.elapsed().as_millis() as u64;
+        let units: Vec<(String, String)> = staged
+            .plan
+            .units
+            .iter()
+            .map(|u| (u.device.clone(), u.tag.clone()))
+            .collect();
+        let (prefix, stem) = output_prefix(job);
+        let key = format!("{prefix}/part-{stem}-{:05}.parquet", record.idx);
+        let readings = Arc::new(staged.readings.clone());
+        self.attempt(record, &readings, &units, &Arc::new(wunits), &pack, &key)
+            .await
+    }
+
+    /// Writes the manifest and records the outcome of a job whose tasks
+    /// have all ended.
+    async fn finalize(&self, mut job: JobRecord) -> anyhow::Result<()> {
+        let id = job.id;
+        let tasks = self.db.tasks(id).await?;
+        job.models = 0;
+        job.rows = 0;
+        job.anomalies = 0;
+        job.failed_models = 0;
+        job.score_ms = 0;
+        job.write_ms = 0;
+        job.tasks = tasks.len() as u64;
+        let mut task_error = None;
+        let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
+        for r in &tasks {
+            job.models += r.models;
+            job.rows += r.rows;
+            job.anomalies += r.anomalies;
+            job.failed_models += r.failed_models;
+            job.score_ms += r.score_ms;
+            job.write_ms += r.write_ms;
+            if r.state != "succeeded" && task_error.is_none() {
+                task_error = Some(format!(
+                    "task {} {}: {}",
+                    r.idx,
+                    r.state,
+                    r.error.as_deref().unwrap_or("")
+                ));
+            }
+            if let Some(d) = &r.devices {
+                let d: BTreeMap<String, DeviceCount> = serde_json::from_str(d)
+                    .with_context(|| format!("task {} of job {id}: its device counts", r.idx))?;
+                for (k, c) in d {
+                    let e = devices.entry(k).or_default();
+                    e.rows += c.rows;
+                    e.anomalies += c.anomalies;
+                }
+            }
+        }
+        let outcome = match task_error {
+            Some(e) => Err(anyhow::anyhow!(e)),
+            None => self.write_manifest(&job, &tasks, devices).await,
+        };
+        match outcome {
+            Ok(key) => {
+                job.manifest = Some(key);
+                if job.max_failed.exceeded(job.failed_models, job.models) {
+                    job.state = JobState::Failed;
+                    job.error = Some(format!(
+                        "{} of {} models failed, more than max_failed_models = {}",
+                        job.failed_models, job.models, job.max_failed
+                    ));
+                } else {
+                    job.state = JobState::Succeeded;
+                    job.error = None;
+                }
+            }
+            Err(e) => {
+                job.state = JobState::Failed;
+                job.error = Some(format!("{e:#}"));
+            }
+        }
+        job.finished_at = Some(self.clock.now());
+        let owner = self.owner.clone();
+        let recorded = persist("recording a job", || self.db.finish_job(&job, &owner)).await?;
+        if !recorded {
+            tracing::warn!(
+                job = id,
+                "the job was cancelled or taken over while finalizing"
+            );
+            return Ok(());
+        }
+        self.write_job_log(&job).await;
+        // The staged inputs are no longer needed.
+        self.drop_staged(id);
+        match self.store.list(&staging_prefix(id)).await {
+            Ok(keys) => {
+                for k in keys {
+                    if let Err(e) = self.store.delete(&k).await {
+                        tracing::warn!(job = id, "deleting {k}: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(job = id, "listing the staged inputs: {e}"),
+        }
+        tracing::info!(
+            job = id,
+            state = %job.state,
+            models = job.models,
+            rows = job.rows,
+            anomalies = job.anomalies,
+            failed = job.failed_models,
+            "job finished"
+        );
+        Ok(())
+    }
+
+    /// Deletes parts of an earlier, larger run of the window, then writes
+    /// the manifest (last); returns its key.
+    async fn write_manifest(
+        &self,
+        job: &JobRecord,
+        tasks: &[TaskRecord],
+        devices: BTreeMap<String, DeviceCount>,
+    ) -> anyhow::Result<String> {
+        let (prefix, stem) = output_prefix(job);
+        let stale_prefix = format!("{prefix}/part-{stem}-");
+        for key in self.store.list(&format!("{prefix}/")).await? {
+            if let Some(n) = key
+                .strip_prefix(&stale_prefix)
+                .and_then(|r| r.strip_suffix(".parquet"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                if n >= job.tasks {
+                    self.store.delete(&key).await?;
+                }
+            }
+        }
+        let manifest = Manifest {
+            format: "fleetscore-predictions-manifest".into(),
+            job: job.id,
+            window_start: format_ts(job.window_start),
+            window_end: format_ts(job.window_end),
+            mode: job.mode.clone(),
+            parts: tasks.iter().filter_map(|t| t.output.clone()).collect(),
+            models: job.models,
+            rows: job.rows,
+            anomalies: job.anomalies,
+            failed_models: job.failed_models,
+            devices,
+        };
+        let key = format!("{prefix}/manifest-{stem}.json");
+        self.store
+            .put(&key, serde_json::to_vec_pretty(&manifest)?)
+            .await?;
+        Ok(key)
+    }
+
+    async fn write_job_log(&self, job: &JobRecord) {
+        let id = job.id;
         let log = format!(
             "job {id} {}: window [{}, {}) mode {} — {} models, {} rows, {} anomalies, {} failed models, {} tasks; load {} ms, score {} ms, write {} ms{}\n",
             job.state,
@@ -380,347 +1312,6 @@ impl Runner {
         if let Err(e) = self.store.put(&format!("logs/{id}/job.log"), log).await {
             tracing::warn!(job = id, "writing the job log failed: {e}");
         }
-        tracing::info!(
-            job = id,
-            state = %job.state,
-            models = job.models,
-            rows = job.rows,
-            anomalies = job.anomalies,
-            failed = job.failed_models,
-            "job finished"
-        );
-        Ok(job)
-    }
-
-    async fn run_inner(&self, mut job: JobRecord) -> anyhow::Result<JobRecord> {
-        anyhow::ensure!(
-            job.mode == "raw",
-            "input mode {:?} is not supported by this runner (use raw)",
-            job.mode
-        );
-        let t = Instant::now();
-        let pack = self.registry.pack().await?;
-        let index = self.registry.index().await?;
-        // Each live model's input, by `device/tag`.
-        let inputs: HashMap<String, ModelInput> = index
-            .models
-            .iter()
-            .filter_map(|(k, e)| e.live_version().map(|v| (k.clone(), ModelInput::of(v))))
-            .collect();
-        let input_of = |d: &str, t: &str| -> ModelInput {
-            inputs
-                .get(&format!("{d}/{t}"))
-                .or_else(|| inputs.get(&format!("*/{t}")))
-                .cloned()
-                .unwrap_or_default()
-        };
-        let readings = load_raw(&self.store, job.window_start, job.window_end).await?;
-        // Windows of every size a window-input model needs.
-        let mut sizes: BTreeSet<String> = BTreeSet::new();
-        for i in inputs.values() {
-            if let ModelInput::Window { size, .. } = i {
-                sizes.insert(size.clone());
-            }
-        }
-        let mut windows: HashMap<String, BTreeMap<(String, String), Vec<Window>>> = HashMap::new();
-        for size in sizes {
-            let w = load_windows(&self.store, &size, job.window_start, job.window_end).await?;
-            windows.insert(size, w);
-        }
-        job.load_ms = t.elapsed().as_millis() as u64;
-
-        // Units: pairs with a live model or with readings, selected, sorted.
-        let selection: Option<BTreeSet<&str>> = job
-            .selection
-            .as_ref()
-            .map(|s| s.iter().map(String::as_str).collect());
-        let selected = |d: &str, t: &str| {
-            selection
-                .as_ref()
-                .is_none_or(|s| s.contains(format!("{d}/{t}").as_str()))
-        };
-        let mut units: BTreeSet<(String, String)> = BTreeSet::new();
-        for e in pack.entries() {
-            if !e.key.is_fallback() && selected(&e.key.device, &e.key.tag) {
-                units.insert((e.key.device.clone(), e.key.tag.clone()));
-            }
-        }
-        for (d, t) in &readings.keys {
-            if selected(d, t) {
-                units.insert((d.clone(), t.clone()));
-            }
-        }
-        for (size, by_key) in &windows {
-            for (d, t) in by_key.keys() {
-                let wants =
-                    matches!(input_of(d, t), ModelInput::Window { size: s, .. } if &s == size);
-                if wants && selected(d, t) {
-                    units.insert((d.clone(), t.clone()));
-                }
-            }
-        }
-        let units: Vec<(String, String)> = units.into_iter().collect();
-        let batch = job.batch_size.max(1) as usize;
-        let chunks: Vec<&[(String, String)]> = units.chunks(batch).collect();
-        let now = self.clock.now();
-        let tasks: Vec<TaskRecord> = chunks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| TaskRecord {
-                job_id: job.id,
-                idx: i as u32,
-                state: "queued".into(),
-                first_key: format!("{}/{}", c[0].0, c[0].1),
-                last_key: format!("{}/{}", c[c.len() - 1].0, c[c.len() - 1].1),
-                n_keys: c.len() as u64,
-                queued_at: now,
-                ..TaskRecord::default()
-            })
-            .collect();
-        self.db.set_tasks(job.id, &tasks).await?;
-        job.tasks = tasks.len() as u64;
-
-        // Rows per task, in one pass.
-        // Readings go to the tasks of raw-input units only.
-        let unit_task: HashMap<(&str, &str), u32> = units
-            .iter()
-            .enumerate()
-            .filter(|(_, (d, t))| input_of(d, t) == ModelInput::Raw)
-            .map(|(i, (d, t))| ((d.as_str(), t.as_str()), (i / batch) as u32))
-            .collect();
-        let key_task: Vec<Option<u32>> = readings
-            .keys
-            .iter()
-            .map(|(d, t)| unit_task.get(&(d.as_str(), t.as_str())).copied())
-            .collect();
-        // Each task's readings with its own key list (only its pairs).
-        let mut parts: Vec<Readings> = (0..tasks.len()).map(|_| Readings::default()).collect();
-        let mut local: Vec<Option<u32>> = vec![None; readings.keys.len()];
-        for (k, t) in key_task.iter().enumerate() {
-            if let Some(t) = t {
-                let p = &mut parts[*t as usize];
-                local[k] = Some(p.keys.len() as u32);
-                p.keys.push(readings.keys[k].clone());
-            }
-        }
-        for i in 0..readings.len() {
-            let k = readings.key[i] as usize;
-            if let (Some(t), Some(l)) = (key_task[k], local[k]) {
-                let p = &mut parts[t as usize];
-                p.ts.push(readings.ts[i]);
-                p.value.push(readings.value[i]);
-                p.key.push(l);
-            }
-        }
-        drop(readings);
-
-        let pack = Arc::new(pack);
-        let (prefix, stem) = output_prefix(&job);
-        let mut runs: Vec<TaskInput> = Vec::new();
-        for ((record, readings), c) in tasks.into_iter().zip(parts).zip(&chunks) {
-            let key = format!("{prefix}/part-{stem}-{:05}.parquet", record.idx);
-            let mut wunits = Vec::new();
-            for (d, t) in c.iter() {
-                if let ModelInput::Window { size, features } = input_of(d, t) {
-                    let rows = windows
-                        .get(&size)
-                        .and_then(|m| m.get(&(d.clone(), t.clone())))
-                        .cloned()
-                        .unwrap_or_default();
-                    wunits.push(WindowUnit {
-                        device: d.clone(),
-                        tag: t.clone(),
-                        features,
-                        windows: rows,
-                    });
-                }
-            }
-            runs.push((record, readings, c.to_vec(), key, wunits));
-        }
-        let job_ref = job.clone();
-        let outputs: Vec<TaskOutput> = stream::iter(runs)
-            .map(|work| {
-                let pack = Arc::clone(&pack);
-                let job = job_ref.clone();
-                async move { self.run_task(&job, work, pack).await }
-            })
-            .buffer_unordered(self.config.parallel_tasks.max(1))
-            .try_collect()
-            .await?;
-
-        let mut outputs = outputs;
-        outputs.sort_by_key(|o| o.record.idx);
-        let mut task_error = None;
-        for o in &outputs {
-            let r = &o.record;
-            job.models += r.models;
-            job.rows += r.rows;
-            job.anomalies += r.anomalies;
-            job.failed_models += r.failed_models;
-            job.score_ms += r.score_ms;
-            job.write_ms += r.write_ms;
-            if r.state != "succeeded" && task_error.is_none() {
-                task_error = Some(format!(
-                    "task {} {}: {}",
-                    r.idx,
-                    r.state,
-                    r.error.as_deref().unwrap_or("")
-                ));
-            }
-        }
-        job.finished_at = Some(self.clock.now());
-        if let Some(e) = task_error {
-            job.state = JobState::Failed;
-            job.error = Some(e);
-            return Ok(job);
-        }
-        if self.db.job(job.id).await?.state == JobState::Cancelled {
-            job.state = JobState::Cancelled;
-            return Ok(job);
-        }
-
-        // Parts of an earlier, larger run of the same window go away; the
-        // manifest goes last.
-        let stale_prefix = format!("{prefix}/part-{stem}-");
-        for key in self.store.list(&format!("{prefix}/")).await? {
-            if let Some(n) = key
-                .strip_prefix(&stale_prefix)
-                .and_then(|r| r.strip_suffix(".parquet"))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                if n >= job.tasks {
-                    self.store.delete(&key).await?;
-                }
-            }
-        }
-        let manifest = Manifest {
-            format: "fleetscore-predictions-manifest".into(),
-            job: job.id,
-            window_start: format_ts(job.window_start),
-            window_end: format_ts(job.window_end),
-            mode: job.mode.clone(),
-            parts: outputs
-                .iter()
-                .filter_map(|o| o.record.output.clone())
-                .collect(),
-            models: job.models,
-            rows: job.rows,
-            anomalies: job.anomalies,
-            failed_models: job.failed_models,
-            devices: {
-                let mut all: BTreeMap<String, DeviceCount> = BTreeMap::new();
-                for o in &outputs {
-                    for (d, c) in &o.devices {
-                        let e = all.entry(d.clone()).or_default();
-                        e.rows += c.rows;
-                        e.anomalies += c.anomalies;
-                    }
-                }
-                all
-            },
-        };
-        let key = format!("{prefix}/manifest-{stem}.json");
-        self.store
-            .put(&key, serde_json::to_vec_pretty(&manifest)?)
-            .await?;
-        job.manifest = Some(key);
-        if job.max_failed.exceeded(job.failed_models, job.models) {
-            job.state = JobState::Failed;
-            job.error = Some(format!(
-                "{} of {} models failed, more than max_failed_models = {}",
-                job.failed_models, job.models, job.max_failed
-            ));
-        } else {
-            job.state = JobState::Succeeded;
-        }
-        Ok(job)
-    }
-
-    async fn run_task(
-        &self,
-        job: &JobRecord,
-        work: TaskInput,
-        pack: Arc<Pack>,
-    ) -> anyhow::Result<TaskOutput> {
-        let (mut record, readings, units, key, wunits) = work;
-        let wunits = Arc::new(wunits);
-        let readings = Arc::new(readings);
-        let mut log = String::new();
-        let mut failures = Vec::new();
-        let mut devices = BTreeMap::new();
-        loop {
-            if self.db.job(job.id).await?.state == JobState::Cancelled {
-                record.state = "cancelled".into();
-                let _ = writeln!(log, "cancelled before attempt {}", record.attempts + 1);
-                break;
-            }
-            record.attempts += 1;
-            record.started_at = Some(self.clock.now());
-            record.state = "running".into();
-            self.db.update_task(&record).await?;
-            let _ = writeln!(
-                log,
-                "attempt {} at {}: {} models {}..{}, {} readings",
-                record.attempts,
-                format_ts(self.clock.now()),
-                record.n_keys,
-                record.first_key,
-                record.last_key,
-                readings.len()
-            );
-            match self
-                .attempt(&mut record, &readings, &units, &wunits, &pack, &key)
-                .await
-            {
-                Ok((f, d)) => {
-                    failures = f;
-                    devices = d;
-                    record.state = "succeeded".into();
-                    record.error = None;
-                    let _ = writeln!(
-                        log,
-                        "succeeded: {} models, {} rows, {} anomalies, {} failed models; score {} ms, write {} ms -> {key}",
-                        record.models, record.rows, record.anomalies, record.failed_models,
-                        record.score_ms, record.write_ms
-                    );
-                    for f in &failures {
-                        let _ = writeln!(
-                            log,
-                            "model ({}, {}) failed: {}: {} ({} readings)",
-                            f.device, f.tag, f.reason, f.detail, f.rows
-                        );
-                    }
-                    break;
-                }
-                Err(e) => {
-                    let msg = format!("{e:#}");
-                    let _ = writeln!(log, "failed: {msg}");
-                    record.error = Some(msg);
-                    if record.attempts > job.max_retries {
-                        record.state = "failed".into();
-                        break;
-                    }
-                    let wait = self.config.retry_backoff * 2u32.pow((record.attempts - 1).min(10));
-                    let _ = writeln!(log, "retrying in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-        record.finished_at = Some(self.clock.now());
-        self.db.update_task(&record).await?;
-        self.db.set_failures(job.id, record.idx, &failures).await?;
-        if let Err(e) = self
-            .store
-            .put(&format!("logs/{}/task-{:05}.log", job.id, record.idx), log)
-            .await
-        {
-            tracing::warn!(
-                job = job.id,
-                task = record.idx,
-                "writing the task log failed: {e}"
-            );
-        }
-        Ok(TaskOutput { record, devices })
     }
 
     /// One attempt: score, write the part. Model failures are results, not

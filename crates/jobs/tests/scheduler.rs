@@ -1,7 +1,10 @@
-//! The scheduler and the runner against a real SQLite job store and an
-//! object store, on an injected clock: a day of hourly schedule with a
-//! restart in the middle, catch-up after downtime, retries, reruns that
-//! overwrite, the overlap policy and the failure threshold.
+//! The scheduler, the runner and the leases against a real job store
+//! (SQLite, and PostgreSQL with `--include-ignored`: every test runs on
+//! both) and an object store, on an injected clock: a day of hourly
+//! schedule with a restart in the middle, catch-up after downtime,
+//! retries, reruns that overwrite, the overlap policy, the failure
+//! threshold, leases that expire and pass on, and several runners sharing
+//! one job.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 use fleetscore_codecs::Readings;
 use fleetscore_core::ModelKey;
 use fleetscore_jobs::db::{
-    Concurrency, JobFilter, JobKind, JobState, JobStore, NewJob, SqliteStore, Threshold,
+    Concurrency, JobFilter, JobKind, JobState, JobStore, NewJob, SqlStore, TaskRecord, Threshold,
 };
 use fleetscore_jobs::run::{Runner, RunnerConfig};
 use fleetscore_jobs::schedule::{tick, Clock, ManualClock, ScheduleSpec};
@@ -89,19 +92,73 @@ fn quick() -> RunnerConfig {
     RunnerConfig {
         parallel_tasks: 2,
         retry_backoff: Duration::from_millis(1),
+        lease: Duration::from_secs(30),
+        poll: Duration::from_millis(20),
     }
 }
 
-async fn open(db: &Path) -> Arc<dyn JobStore> {
-    Arc::new(
-        SqliteStore::open(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap(),
-    )
+/// The job store a test runs against: every behavioural test runs on both.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once() {
+impl Backend {
+    /// The store for `path` (a file in the test's temp folder): the SQLite
+    /// file, or a PostgreSQL database named after it, created on first use,
+    /// so opening the same path again is a restart.
+    async fn open(self, path: &Path) -> Arc<dyn JobStore> {
+        let url = match self {
+            Backend::Sqlite => format!("sqlite://{}", path.display()),
+            Backend::Postgres => {
+                let server = std::env::var("FLEETSCORE_TEST_POSTGRES")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+                let name = format!("fs_test_{:016x}", fnv(path.to_string_lossy().as_bytes()));
+                fleetscore_jobs::db::ensure_database(&server, &name)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("PostgreSQL at {server}: {e} (set FLEETSCORE_TEST_POSTGRES)")
+                    })
+            }
+        };
+        Arc::new(SqlStore::open(&url).await.unwrap())
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Each test once per backend; PostgreSQL's need the server (`.ci/run`
+/// runs them with `--include-ignored`).
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL (FLEETSCORE_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432/postgres); .ci/run runs it"]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+async fn a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (store, readings) = fleet(&dir.path().join("store"), 24).await;
     let db_path = dir.path().join("jobs.db");
@@ -109,7 +166,7 @@ async fn a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once() {
     let spec = hourly("hourly");
     let started = Instant::now();
 
-    let mut db = open(&db_path).await;
+    let mut db = b.open(&db_path).await;
     let mut runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
     // The first tick at 01:05 scores 00:00–01:00; then every hour.
     for h in 1..=24 {
@@ -117,7 +174,7 @@ async fn a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once() {
             // A restart: everything from the job store again.
             drop(runner);
             drop(db);
-            db = open(&db_path).await;
+            db = b.open(&db_path).await;
             runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
         }
         if h > 1 {
@@ -192,11 +249,10 @@ async fn a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn downtime_is_caught_up_oldest_first_and_the_rest_recorded_as_skipped() {
+async fn downtime_is_caught_up_oldest_first_and_the_rest_recorded_as_skipped(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = fleet(&dir.path().join("store"), 12).await;
-    let db = open(&dir.path().join("jobs.db")).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
     let clock = Arc::new(ManualClock::new(T0 + HOUR_NS + 5 * MIN));
     let spec = hourly("hourly");
     assert_eq!(
@@ -255,12 +311,11 @@ fn manual(start: i64, batch: u32) -> NewJob {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_writes_are_retried_then_fail_the_job_and_a_retry_then_succeeds() {
+async fn failing_writes_are_retried_then_fail_the_job_and_a_retry_then_succeeds(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     let (store, _) = fleet(&root, 1).await;
-    let db = open(&dir.path().join("jobs.db")).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
     let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
     let runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
     // A file where the predictions folder should be: every put fails.
@@ -291,11 +346,10 @@ async fn failing_writes_are_retried_then_fail_the_job_and_a_retry_then_succeeds(
     assert!(db.tasks(id).await.unwrap().iter().all(|t| t.attempts == 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rerun_with_fewer_tasks_overwrites_and_removes_stale_parts() {
+async fn a_rerun_with_fewer_tasks_overwrites_and_removes_stale_parts(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = fleet(&dir.path().join("store"), 1).await;
-    let db = open(&dir.path().join("jobs.db")).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
     let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
     let runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
     db.create_job(&manual(T0, 1), clock.now()).await.unwrap();
@@ -316,10 +370,9 @@ async fn a_rerun_with_fewer_tasks_overwrites_and_removes_stale_parts() {
     assert_eq!(m["rows"], 5 * 6);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forbid_runs_a_schedules_jobs_one_at_a_time_allow_does_not() {
+async fn forbid_runs_a_schedules_jobs_one_at_a_time_allow_does_not(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = open(&dir.path().join("jobs.db")).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
     let job = |s: &str, h: i64, c: Concurrency| NewJob {
         schedule: Some(s.into()),
         kind: JobKind::Scheduled,
@@ -337,7 +390,7 @@ async fn forbid_runs_a_schedules_jobs_one_at_a_time_allow_does_not() {
     ];
     db.schedule_jobs("b", &jobs, T0, 0).await.unwrap();
     let mut claimed = Vec::new();
-    while let Some(j) = db.claim_job(1).await.unwrap() {
+    while let Some(j) = db.claim_job(1, 1, "test", i64::MAX, None).await.unwrap() {
         claimed.push((j.schedule.unwrap(), j.window_start));
     }
     claimed.sort();
@@ -381,8 +434,7 @@ fn thresholds_parse_and_apply() {
     assert!("120%".parse::<Threshold>().is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn window_input_models_score_each_window_on_its_named_features() {
+async fn window_input_models_score_each_window_on_its_named_features(b: Backend) {
     use fleetscore_store::ModelInput;
     use fleetscore_stream::{Span, WindowSpec};
     let dir = tempfile::tempdir().unwrap();
@@ -436,7 +488,7 @@ async fn window_input_models_score_each_window_on_its_named_features() {
     );
     assert!(ModelInput::parse("window:1m:median").is_err());
 
-    let db = open(&dir.path().join("jobs.db")).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
     let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
     let runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
     let id = db.create_job(&manual(T0, 3), clock.now()).await.unwrap();
@@ -471,3 +523,294 @@ async fn window_input_models_score_each_window_on_its_named_features() {
         assert_eq!(g.prediction, i32::from(!fleetscore_models::is_inlier(*d)));
     }
 }
+
+/// Every prediction row of the store, as (device, tag, ts), sorted.
+async fn prediction_rows(store: &Store) -> Vec<(String, String, i64)> {
+    let mut rows = Vec::new();
+    for key in store.list("predictions/").await.unwrap() {
+        if key.ends_with(".parquet") {
+            let data = store.get(&key).await.unwrap().unwrap();
+            for r in
+                fleetscore_codecs::read_predictions_parquet_bytes(data, &key, |_| true).unwrap()
+            {
+                rows.push((r.device, r.tag, r.ts));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// A job claimed and planned into `n` tasks by `owner`, straight through
+/// the store's calls.
+async fn planned(db: &Arc<dyn JobStore>, n: u32, owner: &str) -> i64 {
+    let id = db.create_job(&manual(T0, 1), 0).await.unwrap();
+    let job = db
+        .claim_job(1, 1, owner, i64::MAX, Some(id))
+        .await
+        .unwrap()
+        .expect("the queued job is claimed");
+    let tasks: Vec<TaskRecord> = (0..n)
+        .map(|i| TaskRecord {
+            job_id: id,
+            idx: i,
+            state: "queued".into(),
+            first_key: format!("d{i}/1"),
+            last_key: format!("d{i}/1"),
+            n_keys: 1,
+            ..TaskRecord::default()
+        })
+        .collect();
+    assert!(db.plan_job(&job, &tasks, owner).await.unwrap());
+    id
+}
+
+async fn leases_expire_and_pass_to_another_worker_whose_record_wins(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let id = planned(&db, 1, "planner").await;
+    // Planning's lease is over once the plan is recorded.
+    assert!(!db.renew_job(id, "planner", 10).await.unwrap());
+    // Worker a leases the task until t=1000, then goes quiet.
+    let a = db
+        .lease_task(1, 100, "a", 1_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.job_id, a.idx, a.attempts), (id, 0, 1));
+    assert_eq!(a.lease_owner.as_deref(), Some("a"));
+    // Before expiry nobody else gets it; after, b does.
+    assert!(db
+        .lease_task(1, 999, "b", 5_000, None)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(db.pending(999).await.unwrap(), 0);
+    assert_eq!(db.pending(1_001).await.unwrap(), 1);
+    let t = db
+        .lease_task(1, 1_001, "b", 5_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (t.idx, t.attempts, t.lease_owner.as_deref()),
+        (0, 2, Some("b"))
+    );
+    // a's lease is gone: it cannot renew, finish or hand back.
+    assert!(!db.renew_task(id, 0, "a", 9_000).await.unwrap());
+    let mut done = t.clone();
+    done.state = "succeeded".into();
+    done.rows = 7;
+    assert!(!db.finish_task(&done, &[], "a").await.unwrap());
+    assert!(!db.release_task(id, 0, "a").await.unwrap());
+    // Not finalizable while b runs it.
+    assert!(db
+        .claim_finalize(2_000, "f", 9_000, None)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(db.renew_task(id, 0, "b", 9_000).await.unwrap());
+    assert!(db.finish_task(&done, &[], "b").await.unwrap());
+    let tasks = db.tasks(id).await.unwrap();
+    assert_eq!((tasks[0].state.as_str(), tasks[0].rows), ("succeeded", 7));
+    assert_eq!(tasks[0].lease_owner, None);
+    // Now one finalizer gets it, and only one.
+    let f = db
+        .claim_finalize(2_000, "f", 9_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.id, id);
+    assert!(db
+        .claim_finalize(2_001, "g", 9_000, None)
+        .await
+        .unwrap()
+        .is_none());
+    let mut job = f.clone();
+    job.state = JobState::Succeeded;
+    assert!(!db.finish_job(&job, "g").await.unwrap());
+    assert!(db.finish_job(&job, "f").await.unwrap());
+    assert_eq!(db.job(id).await.unwrap().state, JobState::Succeeded);
+}
+
+async fn a_task_handed_back_or_retried_waits_its_turn(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let id = planned(&db, 2, "planner").await;
+    let t = db
+        .lease_task(1, 10, "a", 1_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.idx, 0);
+    // Handed back on a stop: queued again, the attempt not counted.
+    assert!(db.release_task(id, 0, "a").await.unwrap());
+    let t = db
+        .lease_task(1, 11, "b", 1_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((t.idx, t.attempts), (0, 1));
+    // A failed attempt queued for a retry after t=500.
+    let mut retry = t.clone();
+    retry.state = "queued".into();
+    retry.error = Some("store down".into());
+    retry.not_before = Some(500);
+    assert!(db.finish_task(&retry, &[], "b").await.unwrap());
+    // Task 1 comes first; task 0 only once its backoff is over.
+    let t1 = db
+        .lease_task(1, 12, "c", 1_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t1.idx, 1);
+    assert!(db
+        .lease_task(1, 499, "c", 1_000, None)
+        .await
+        .unwrap()
+        .is_none());
+    let t0 = db
+        .lease_task(1, 501, "c", 1_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((t0.idx, t0.attempts), (0, 2));
+    // A cancel cancels what is queued; running tasks end their attempt.
+    db.cancel(id, 600).await.unwrap();
+    assert!(db
+        .lease_task(1, 2_000, "d", 9_000, None)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        db.pending(2_000).await.unwrap(),
+        2,
+        "two expired leases count as pending"
+    );
+}
+
+async fn concurrent_workers_never_lease_one_task_twice(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let id = planned(&db, 60, "planner").await;
+    let mut all = Vec::new();
+    for w in 0..6 {
+        let db = Arc::clone(&db);
+        all.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            let owner = format!("w{w}");
+            while let Some(t) = db.lease_task(1, 10, &owner, i64::MAX, None).await.unwrap() {
+                got.push(t.idx);
+                let mut done = t.clone();
+                done.state = "succeeded".into();
+                assert!(db.finish_task(&done, &[], &owner).await.unwrap());
+            }
+            got
+        }));
+    }
+    let mut leased: Vec<u32> = Vec::new();
+    for h in all {
+        leased.extend(h.await.unwrap());
+    }
+    leased.sort_unstable();
+    assert_eq!(leased, (0..60).collect::<Vec<_>>());
+    assert!(db
+        .tasks(id)
+        .await
+        .unwrap()
+        .iter()
+        .all(|t| t.state == "succeeded" && t.attempts == 1));
+}
+
+async fn runners_share_a_job_and_take_over_a_vanished_workers_task(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, readings) = fleet(&dir.path().join("store"), 1).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
+    let cfg = RunnerConfig {
+        parallel_tasks: 1,
+        lease: Duration::from_millis(300),
+        ..quick()
+    };
+    let planner = Runner::new(db.clone(), store.clone(), clock.clone(), cfg.clone());
+    let id = db.create_job(&manual(T0, 1), clock.now()).await.unwrap();
+    // Plan only.
+    assert_eq!(
+        planner.step(Some(id)).await.unwrap(),
+        fleetscore_jobs::run::Step::Planned(id)
+    );
+    assert_eq!(db.tasks(id).await.unwrap().len(), 7);
+    // A worker leases task 0 and vanishes (its lease is never renewed).
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let ghost = db
+        .lease_task(clock.now(), wall, "ghost", wall + 200_000_000, Some(id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ghost.idx, 0);
+    // Two fresh runners (not the planner: they read the staged inputs from
+    // the store) share the rest, and take task 0 over once its lease ends.
+    let r1 = Runner::new(db.clone(), store.clone(), clock.clone(), cfg.clone());
+    let r2 = Runner::new(db.clone(), store.clone(), clock.clone(), cfg.clone());
+    let (a, b2) = tokio::join!(r1.run_job(id), r2.run_job(id));
+    let (a, b2) = (a.unwrap(), b2.unwrap());
+    assert_eq!(a.state, JobState::Succeeded, "{a:?}");
+    assert_eq!(b2.state, JobState::Succeeded);
+    let tasks = db.tasks(id).await.unwrap();
+    assert!(tasks.iter().all(|t| t.state == "succeeded"), "{tasks:?}");
+    assert_eq!(
+        tasks[0].attempts, 2,
+        "the vanished worker's attempt and the takeover"
+    );
+    // The ghost's late record is refused.
+    let mut late = ghost.clone();
+    late.state = "failed".into();
+    assert!(!db.finish_task(&late, &[], "ghost").await.unwrap());
+    // Both runners worked, each task's log names who ran it.
+    let mut owners = std::collections::BTreeSet::new();
+    for t in &tasks {
+        let log = store
+            .get(&format!("logs/{id}/task-{:05}.log", t.idx))
+            .await
+            .unwrap()
+            .unwrap();
+        let log = String::from_utf8_lossy(&log).to_string();
+        for o in [r1.owner(), r2.owner()] {
+            if log.contains(&format!("by {o}")) {
+                owners.insert(o.to_string());
+            }
+        }
+    }
+    assert_eq!(owners.len(), 2, "both runners ran tasks");
+    // Every reading of a pair with a model is predicted exactly once.
+    let rows = prediction_rows(&store).await;
+    let mut unique = rows.clone();
+    unique.dedup();
+    assert_eq!(rows.len(), unique.len(), "no prediction row twice");
+    // d5 has no model: its readings are not predicted.
+    assert_eq!(rows.len(), readings / DEVICES * (DEVICES - 1));
+    // The staged inputs are gone; the manifest lists the parts.
+    assert!(store
+        .list(&format!("staging/{id}/"))
+        .await
+        .unwrap()
+        .is_empty());
+    let job = db.job(id).await.unwrap();
+    assert_eq!(job.rows as usize, rows.len());
+}
+
+on_both!(
+    a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once,
+    downtime_is_caught_up_oldest_first_and_the_rest_recorded_as_skipped,
+    failing_writes_are_retried_then_fail_the_job_and_a_retry_then_succeeds,
+    a_rerun_with_fewer_tasks_overwrites_and_removes_stale_parts,
+    forbid_runs_a_schedules_jobs_one_at_a_time_allow_does_not,
+    window_input_models_score_each_window_on_its_named_features,
+    leases_expire_and_pass_to_another_worker_whose_record_wins,
+    a_task_handed_back_or_retried_waits_its_turn,
+    concurrent_workers_never_lease_one_task_twice,
+    runners_share_a_job_and_take_over_a_vanished_workers_task,
+);

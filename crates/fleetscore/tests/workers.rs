@@ -1,0 +1,451 @@
+//! `fleetscore worker` processes sharing one job on a real PostgreSQL job
+//! store: one of three workers SIGKILLed in the middle of a job, and the
+//! PostgreSQL server restarted in the middle of a job. Either way the job
+//! completes and every expected prediction row exists exactly once.
+//!
+//! These need PostgreSQL: `FLEETSCORE_TEST_POSTGRES` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) for the first; the
+//! restart test starts a private server of its own from the machine's
+//! PostgreSQL binaries (`/usr/lib/postgresql/*/bin`, as the `postgres`
+//! user when run as root), so restarting it disturbs nothing else.
+//! `.ci/run` runs them with `--include-ignored`.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use arrow::datatypes::TimestampMicrosecondType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+mod common;
+use common::{bin, parquet_files, run, text};
+
+const DEVICES: usize = 120;
+const TAGS: usize = 5;
+/// One reading every 10 s for an hour.
+const PER_PAIR: usize = 360;
+
+fn pg_server() -> String {
+    std::env::var("FLEETSCORE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of its own on `server`.
+fn database(server: &str) -> String {
+    let name = format!(
+        "fs_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(fleetscore_jobs::db::ensure_database(server, &name))
+        .unwrap_or_else(|e| panic!("PostgreSQL at {server}: {e} (set FLEETSCORE_TEST_POSTGRES)"))
+}
+
+/// DEVICES × TAGS models (copies of the demo's scikit-learn pickles under
+/// per-device names) and an hour of their readings, imported and ingested
+/// into `data`'s store. Returns the readings' count.
+fn fleet(data: &Path) -> usize {
+    let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo");
+    let models = data.join("models-in");
+    std::fs::create_dir_all(&models).unwrap();
+    for d in 0..DEVICES {
+        for t in 1..=TAGS {
+            std::fs::copy(
+                demo.join(format!("model_fallback_{t}.pkl")),
+                models.join(format!("model_d{d:03}_{t}.pkl")),
+            )
+            .unwrap();
+        }
+    }
+    let o = run(data, &["models", "import", models.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = data.join("readings.csv");
+    let mut f = std::io::BufWriter::new(File::create(&csv).unwrap());
+    writeln!(f, "TS,Device,Tag,Value").unwrap();
+    let mut n = 0;
+    for i in 0..PER_PAIR {
+        let (m, s) = (i * 10 / 60, i * 10 % 60);
+        for d in 0..DEVICES {
+            for t in 1..=TAGS {
+                let v = 20.0 + t as f64 + ((i * 7 + d * 13) % 17) as f64 * 0.3;
+                writeln!(f, "2024-01-01 00:{m:02}:{s:02},d{d:03},{t},{v}").unwrap();
+                n += 1;
+            }
+        }
+    }
+    f.flush().unwrap();
+    drop(f);
+    let o = run(data, &["ingest", csv.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    n
+}
+
+/// Queues the hour as one job of small tasks; returns its id.
+fn queue(data: &Path, db: &str) -> String {
+    let o = run(
+        data,
+        &[
+            "--db",
+            db,
+            "backfill",
+            "--from",
+            "2024-01-01T00:00:00Z",
+            "--to",
+            "2024-01-01T01:00:00Z",
+            "--batch-size",
+            "10",
+            "--queue",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn worker(data: &Path, db: &str) -> Child {
+    bin()
+        .arg("--data")
+        .arg(data)
+        .args(["--db", db, "worker", "--lease", "2s", "--poll", "100ms"])
+        .args(["--threads", "1", "--grace", "20s"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn show(data: &Path, db: &str, id: &str) -> serde_json::Value {
+    let o = run(data, &["--db", db, "jobs", "show", id, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Polls the job until `done(job)` or the deadline.
+fn wait_for(
+    data: &Path,
+    db: &str,
+    id: &str,
+    what: &str,
+    secs: u64,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let j = show(data, db, id);
+        if done(&j) {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {j:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tasks_in(j: &serde_json::Value, state: &str) -> usize {
+    j["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == state)
+        .count()
+}
+
+/// Every prediction row of the store as (ts, device, tag), asserting none
+/// is there twice, and checking the manifest lists exactly the parts.
+fn predictions_once(store: &Path) -> HashSet<(i64, String, String)> {
+    let mut files = Vec::new();
+    parquet_files(&store.join("predictions"), &mut files);
+    let mut out = HashSet::new();
+    for f in &files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(f).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let ts = b
+                .column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone();
+            let dev = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
+            let tag = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Utf8).unwrap();
+            let (dev, tag) = (dev.as_string::<i32>(), tag.as_string::<i32>());
+            for i in 0..b.num_rows() {
+                let k = (
+                    ts.value(i),
+                    dev.value(i).to_string(),
+                    tag.value(i).to_string(),
+                );
+                assert!(out.insert(k.clone()), "{k:?} predicted twice");
+            }
+        }
+    }
+    let manifest = store.join("predictions/date=2024-01-01/hour=00/manifest-raw-1h.json");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let mut listed: Vec<String> = m["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let mut present: Vec<String> = files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(store)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    listed.sort();
+    present.sort();
+    assert_eq!(listed, present, "the manifest lists exactly the parts");
+    assert_eq!(m["rows"].as_u64().unwrap() as usize, out.len());
+    out
+}
+
+fn stop(mut w: Child) {
+    let pid = w.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = w.try_wait().unwrap() {
+            assert!(status.success(), "a stopped worker exits 0, got {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "worker {pid} ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL (FLEETSCORE_TEST_POSTGRES); .ci/run runs it"]
+fn sigkill_one_of_three_workers_mid_job_and_the_job_completes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let readings = fleet(data);
+    let db = database(&pg_server());
+    let id = queue(data, &db);
+    let mut workers: Vec<Child> = (0..3).map(|_| worker(data, &db)).collect();
+
+    // Kill the second worker while it holds a task, after some progress.
+    let victim = workers[1].id();
+    let j = wait_for(data, &db, &id, "worker 2 to hold a task", 120, |j| {
+        j["job"]["state"] == "running"
+            && tasks_in(j, "succeeded") >= 3
+            && j["tasks"].as_array().unwrap().iter().any(|t| {
+                t["state"] == "running"
+                    && t["lease_owner"]
+                        .as_str()
+                        .is_some_and(|o| o.contains(&format!(":{victim}:")))
+            })
+    });
+    let total = j["tasks"].as_array().unwrap().len();
+    assert!(tasks_in(&j, "succeeded") < total, "killed in the middle");
+    let mut killed = workers.remove(1);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    eprintln!(
+        "SIGKILLed worker {victim} with {} of {total} tasks done",
+        tasks_in(&j, "succeeded")
+    );
+
+    let j = wait_for(data, &db, &id, "the job to end", 180, |j| {
+        j["job"]["state"] != "running" && j["job"]["state"] != "queued"
+    });
+    assert_eq!(j["job"]["state"], "succeeded", "{j:#}");
+    // The victim's task was taken over: some task took two attempts.
+    let retried: Vec<_> = j["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["attempts"].as_u64().unwrap() > 1)
+        .collect();
+    assert!(
+        !retried.is_empty(),
+        "the killed worker's task ran again: {j:#}"
+    );
+    let rows = predictions_once(&data.join("store"));
+    assert_eq!(rows.len(), readings, "every reading predicted exactly once");
+    assert_eq!(j["job"]["rows"].as_u64().unwrap() as usize, readings);
+    assert_eq!(
+        j["job"]["models"].as_u64().unwrap() as usize,
+        DEVICES * TAGS
+    );
+    // The survivors stop cleanly on SIGTERM.
+    for w in workers {
+        stop(w);
+    }
+}
+
+/// A private PostgreSQL server in a temp folder, on its own port.
+struct PrivatePostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn pg_bin() -> PathBuf {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql (apt postgresql)")
+            .map(|e| e.unwrap().path().join("bin"))
+            .filter(|p| p.join("pg_ctl").exists())
+            .collect();
+        versions.sort();
+        versions
+            .pop()
+            .expect("pg_ctl under /usr/lib/postgresql/*/bin")
+    }
+
+    /// Runs a PostgreSQL binary, as `postgres` when we are root (initdb
+    /// refuses root).
+    fn pg(&self, tool: &str, args: &[&str]) -> std::process::Output {
+        let exe = self.bin.join(tool);
+        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        let mut cmd = if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn start_new() -> PrivatePostgres {
+        let dir = std::env::temp_dir().join(format!("fs-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        if root {
+            let ok = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = PrivatePostgres {
+            bin: Self::pg_bin(),
+            dir,
+            port,
+        };
+        let data = pg.dir.join("data");
+        pg.pg(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+        );
+        pg.start();
+        pg
+    }
+
+    fn start(&self) {
+        let data = self.dir.join("data");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                self.dir.join("log").to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn stop(&self) {
+        let data = self.dir.join("data");
+        self.pg(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL's server binaries; .ci/run runs it"]
+fn restarting_postgres_mid_job_workers_reconnect_and_the_job_completes() {
+    let pg = PrivatePostgres::start_new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let readings = fleet(data);
+    let db = database(&pg.url());
+    let id = queue(data, &db);
+    let workers: Vec<Child> = (0..2).map(|_| worker(data, &db)).collect();
+    wait_for(data, &db, &id, "some progress", 120, |j| {
+        j["job"]["state"] == "running" && tasks_in(j, "succeeded") >= 2
+    });
+    // Down for a few seconds (longer than the workers' lease), then back.
+    pg.stop();
+    eprintln!("PostgreSQL stopped");
+    std::thread::sleep(Duration::from_secs(4));
+    pg.start();
+    eprintln!("PostgreSQL started again");
+    let j = wait_for(data, &db, &id, "the job to end", 180, |j| {
+        j["job"]["state"] != "running" && j["job"]["state"] != "queued"
+    });
+    assert_eq!(j["job"]["state"], "succeeded", "{j:#}");
+    let rows = predictions_once(&data.join("store"));
+    assert_eq!(rows.len(), readings, "every reading predicted exactly once");
+    for w in workers {
+        stop(w);
+    }
+}
