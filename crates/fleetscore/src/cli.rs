@@ -344,8 +344,8 @@ pub struct ScoreArgs {
     /// The time --schedule takes as now (tests, reruns).
     #[arg(long, hide = true, requires = "schedule", value_name = "TIME")]
     pub now: Option<String>,
-    /// Output folder (created if missing).
-    #[arg(long, required_unless_present = "write_store")]
+    /// Output folder (created if missing); --out, --write-store or both.
+    #[arg(long)]
     pub out: Option<PathBuf>,
     /// Write the predictions into the store (with a store window only):
     /// predictions/date=…/hour=…/part-raw-W-shard-I-of-N.parquet and its

@@ -176,6 +176,11 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
     }
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     let src = source(g, args)?;
+    if args.out.is_none() && !args.write_store {
+        anyhow::bail!(
+            "score needs somewhere to write: --out DIR (a folder), or --write-store (into the store's predictions/, with a store window)"
+        );
+    }
     if args.write_store && !matches!(src, Source::Store { .. }) {
         anyhow::bail!(
             "--write-store needs a window of the store (--from/--to or --schedule), not --input"
