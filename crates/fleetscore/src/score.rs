@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Context;
 use fleetscore_codecs::{
@@ -17,7 +17,7 @@ use fleetscore_core::{format_ts, parse_ts};
 use fleetscore_jobs::run::{load_raw, window_name, DeviceCount, Manifest};
 use fleetscore_jobs::schedule::latest_due;
 use fleetscore_jobs::{ModelFailure, Scored};
-use fleetscore_store::{hour_partition, Store};
+use fleetscore_store::{hour_partition, ModelInput, Registry, Store};
 use serde::Serialize;
 
 use crate::cli::{Format, Global, Layout, ScoreArgs};
@@ -31,6 +31,9 @@ pub struct Summary {
     pub anomalies: usize,
     pub failed_models: usize,
     pub failures: Vec<ModelFailure>,
+    /// Pairs left out because their model takes windows, not readings
+    /// (scheduled jobs score those).
+    pub window_models_skipped: usize,
     pub files: Vec<String>,
     pub seconds: Timings,
 }
@@ -147,6 +150,55 @@ fn source(g: &Global, args: &ScoreArgs) -> anyhow::Result<Source> {
     }
 }
 
+/// Leaves out the readings of pairs whose live model (own, else the
+/// `(*, tag)` fallback) takes windows: scoring their raw values would give
+/// wrong predictions. Returns how many pairs, with a warning.
+async fn drop_window_models(registry: &Registry, readings: &mut Readings) -> anyhow::Result<usize> {
+    let index = registry.index().await.context("reading the model index")?;
+    let window: HashSet<&str> = index
+        .models
+        .iter()
+        .filter(|(_, e)| {
+            e.live_version()
+                .is_some_and(|v| ModelInput::of(v) != ModelInput::Raw)
+        })
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if window.is_empty() {
+        return Ok(0);
+    }
+    let raw: HashSet<&str> = index
+        .models
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !window.contains(k))
+        .collect();
+    let takes_windows = |d: &str, t: &str| {
+        let own = format!("{d}/{t}");
+        window.contains(own.as_str())
+            || (!raw.contains(own.as_str()) && window.contains(format!("*/{t}").as_str()))
+    };
+    let skip: Vec<bool> = readings
+        .keys
+        .iter()
+        .map(|(d, t)| takes_windows(d, t))
+        .collect();
+    let mut used = vec![false; readings.keys.len()];
+    for &k in &readings.key {
+        used[k as usize] = true;
+    }
+    let skipped = (0..skip.len()).filter(|&k| skip[k] && used[k]).count();
+    if skipped > 0 {
+        eprintln!(
+            "warning: {skipped} (device, tag) pair(s) have window-input models and are not scored here; \
+             `score` scores raw-input models, scheduled jobs (`serve`, `backfill`) score windows"
+        );
+        let keep: Vec<bool> = skip.iter().map(|s| !s).collect();
+        retain_pairs(readings, &keep);
+    }
+    Ok(skipped)
+}
+
 /// Keeps the readings of the (device, tag) pairs of shard `i` of `n`.
 fn keep_shard(readings: &mut Readings, i: u64, n: u64) {
     let keep: Vec<bool> = readings
@@ -154,6 +206,11 @@ fn keep_shard(readings: &mut Readings, i: u64, n: u64) {
         .iter()
         .map(|(d, t)| shard_of(d, t, n) == i)
         .collect();
+    retain_pairs(readings, &keep);
+}
+
+/// Keeps the readings whose pair (key id) is marked in `keep`.
+fn retain_pairs(readings: &mut Readings, keep: &[bool]) {
     let mut w = 0;
     for r in 0..readings.len() {
         if keep[readings.key[r] as usize] {
@@ -223,6 +280,7 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
     if let Source::File { from, to, .. } = src {
         readings.retain_time(from, to);
     }
+    let window_models_skipped = drop_window_models(&registry, &mut readings).await?;
     // Pairs of other shards or times: not scored, not failed.
     readings.drop_unused_keys();
     if let Source::Store { from, to } = src {
@@ -279,6 +337,7 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
         anomalies: scored.anomalies,
         failed_models: scored.failures.len(),
         failures: scored.failures.clone(),
+        window_models_skipped,
         files,
         seconds: Timings {
             load_models: load_models.as_secs_f64(),

@@ -664,6 +664,31 @@ fn store_window_shards_together_equal_one_unsharded_run() {
         );
     }
 
+    // A pair whose model takes windows is left out, not scored on raw
+    // values (a one-feature window model would take them silently).
+    if let Some(root) = reference() {
+        let model = root.join("models/model_1_1");
+        let o = run(
+            data,
+            &[
+                "models",
+                "import",
+                model.to_str().unwrap(),
+                "--device",
+                "0",
+                "--tag",
+                "0",
+                "--input",
+                "window:1m:mean",
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let (_, summary) = score(&["--json"]);
+        assert_eq!(summary["window_models_skipped"], 1);
+        assert_eq!(summary["models"], 11);
+        assert_eq!(summary["rows"], 11 * 120);
+    }
+
     // Mistakes say what to do.
     for (args, want) in [
         (
