@@ -161,9 +161,11 @@ pub enum ScheduleCommand {
     /// moved later by the delay) and runs an Indexed Job of --shards pods,
     /// each `fleetscore score --schedule NAME --shard auto/N
     /// --write-store`: the pod works out the window itself, so a late
-    /// start still scores the right window. The pods read the store and
-    /// job-store URLs from the Secret `fleetscore` and the config from the
-    /// ConfigMap `fleetscore-config`, as deploy/kubernetes/ sets them up.
+    /// start still scores the right window. The pods read the store URL
+    /// from the Secret `fleetscore` (key `store-url`; or the global
+    /// --store, written in as it is) and the config from the ConfigMap
+    /// `fleetscore-config`, as deploy/kubernetes/ sets them up: export
+    /// from the same config file. See deploy/README.md.
     Export(ScheduleExportArgs),
 }
 

@@ -877,3 +877,38 @@ fn exported_cronjob_pods_score_the_due_window_shard_by_shard() {
     assert_eq!(rows, 12 * 120);
     assert_eq!(anomalies, whole["anomalies"].as_u64().unwrap());
 }
+
+/// What a CronJob cannot express is refused, saying what to change.
+#[test]
+fn export_refuses_what_kubernetes_cannot_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("c.toml");
+    let try_export = |toml: &str, args: &[&str]| {
+        std::fs::write(&config, toml).unwrap();
+        let o = bin()
+            .arg("--config")
+            .arg(&config)
+            .args(["schedule", "export", "--kubernetes"])
+            .args(args)
+            .output()
+            .unwrap();
+        (o.status.success(), text(&o))
+    };
+    let hourly = |delay: &str| {
+        format!("[[schedules]]\nname = \"h\"\ncron = \"0 * * * *\"\nwindow = \"1h\"\ndelay = \"{delay}\"\n")
+    };
+    let (ok, out) = try_export(&hourly("30s"), &[]);
+    assert!(!ok && out.contains("whole minutes"), "{out}");
+    let (ok, out) = try_export(&hourly("5m"), &["--shards", "0"]);
+    assert!(!ok && out.contains("--shards 0"), "{out}");
+    let (ok, out) = try_export("schedules = []\n", &[]);
+    assert!(!ok && out.contains("no [[schedules]]"), "{out}");
+    // A delay past midnight with free day fields moves the hour too.
+    let daily =
+        "[[schedules]]\nname = \"d\"\ncron = \"30 23 * * *\"\nwindow = \"1d\"\ndelay = \"45m\"\n";
+    let (ok, out) = try_export(daily, &[]);
+    assert!(ok, "{out}");
+    let docs = documents(&out, "export");
+    assert_eq!(docs[0]["spec"]["schedule"], "15 0 * * *");
+    assert_eq!(docs[0]["metadata"]["name"], "fleetscore-score-d");
+}
