@@ -98,18 +98,21 @@ pub fn cronjobs(
 /// `fleetscore-score-NAME`, made a valid CronJob name (DNS label of at
 /// most 52 characters: Kubernetes appends 11 for its Jobs).
 fn cronjob_name(schedule: &str) -> anyhow::Result<String> {
-    let mut name = String::from("fleetscore-score-");
-    for c in schedule.chars() {
-        name.push(if c.is_ascii_alphanumeric() {
-            c.to_ascii_lowercase()
-        } else {
-            '-'
-        });
-    }
-    let name = name.trim_end_matches('-').to_string();
-    if name.len() > 52 || name.ends_with("score") {
+    let part: String = schedule
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let part = part.trim_matches('-');
+    let name = format!("fleetscore-score-{part}");
+    if part.is_empty() || name.len() > 52 {
         anyhow::bail!(
-            "schedule {schedule:?}: its CronJob name {name:?} must be 1 to 52 characters with a letter or digit in the schedule's name; use a shorter name"
+            "schedule {schedule:?}: its CronJob name {name:?} must be at most 52 characters, with a letter or digit from the schedule's name; rename the schedule"
         );
     }
     Ok(name)
@@ -241,6 +244,8 @@ mod tests {
             cronjob_name("Every_15m").unwrap(),
             "fleetscore-score-every-15m"
         );
+        assert_eq!(cronjob_name("score").unwrap(), "fleetscore-score-score");
+        assert_eq!(cronjob_name("-a-").unwrap(), "fleetscore-score-a");
         assert!(cronjob_name("__").is_err());
         assert!(cronjob_name(&"x".repeat(40)).is_err());
     }
