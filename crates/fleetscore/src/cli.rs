@@ -351,7 +351,8 @@ pub struct ScoreArgs {
     pub out: Option<PathBuf>,
     /// Write the predictions into the store (with a store window only):
     /// predictions/date=…/hour=…/part-raw-W-shard-I-of-N.parquet and its
-    /// manifest-raw-W-shard-I-of-N.json (I-of-N = 0-of-1 unsharded). A
+    /// manifest-raw-W-shard-I-of-N.json (I-of-N = 0-of-1 unsharded;
+    /// raw-W-HHMMSS for a window not starting on the hour). A
     /// rerun overwrites the same objects; outputs of the window with
     /// another shard count are deleted. Scheduled jobs' parts keep their
     /// own names.

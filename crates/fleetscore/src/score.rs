@@ -17,7 +17,7 @@ use fleetscore_core::{format_ts, parse_ts};
 use fleetscore_jobs::run::{load_raw, window_name, DeviceCount, Manifest};
 use fleetscore_jobs::schedule::latest_due;
 use fleetscore_jobs::{ModelFailure, Scored};
-use fleetscore_store::{hour_partition, ModelInput, Registry, Store};
+use fleetscore_store::{hour_partition, ModelInput, Registry, Store, HOUR_NS};
 use serde::Serialize;
 
 use crate::cli::{Format, Global, Layout, ScoreArgs};
@@ -358,6 +358,9 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
 /// predictions/date=D/hour=H/manifest-raw-W-shard-I-of-N.json   (last; job 0)
 /// ```
 ///
+/// (`raw-W-HHMMSS-shard-…` for a window starting at HH:MM:SS, not on the
+/// hour.)
+///
 /// The job runner's stale-part cleanup only touches `part-raw-W-<number>`,
 /// and these names hold no bare number, so neither side deletes the
 /// other's objects. Outputs of the same window written with another shard
@@ -373,7 +376,16 @@ async fn write_store(
     n: u64,
 ) -> anyhow::Result<Vec<String>> {
     let prefix = format!("predictions/{}", hour_partition(from));
-    let stem = format!("raw-{}", window_name(to - from));
+    // A window that does not start on the hour (say 09:15-09:30) gets its
+    // start in the name, so the windows of one hour keep apart.
+    let stem = match from.rem_euclid(HOUR_NS) {
+        0 => format!("raw-{}", window_name(to - from)),
+        _ => format!(
+            "raw-{}-{}",
+            window_name(to - from),
+            format_ts(from)[11..19].replace(':', "")
+        ),
+    };
     let label = format!("shard-{i}-of-{n}");
     let part = format!("{prefix}/part-{stem}-{label}.parquet");
     let bytes = tokio::task::block_in_place(|| predictions_parquet_bytes(cols, &part))?;

@@ -631,6 +631,24 @@ fn store_window_shards_together_equal_one_unsharded_run() {
         ]
     );
 
+    // Windows within one hour keep apart: 09:15-09:30 is named by its start.
+    let o = run(
+        data,
+        &[
+            "score",
+            "--write-store",
+            "--from",
+            "2024-05-01 09:15:00",
+            "--to",
+            "2024-05-01 09:30:00",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(hour
+        .join("part-raw-15m-091500-shard-0-of-1.parquet")
+        .is_file());
+    assert!(hour.join("part-raw-1h-shard-0-of-1.parquet").is_file());
+
     // --schedule: the default config's hourly schedule (window 1h, delay
     // 5m) at 10:04 scores 08:00-09:00 (10:00 is not due yet), at 10:05
     // 09:00-10:00.
