@@ -60,6 +60,27 @@ impl Readings {
         self.value.truncate(w);
         self.key.truncate(w);
     }
+
+    /// Forgets the `(device, tag)` pairs no reading refers to any more
+    /// (after [`Readings::retain_time`] or a shard filter), so that they
+    /// are neither scored with no rows nor reported as failed.
+    pub fn drop_unused_keys(&mut self) {
+        let mut new_id = vec![u32::MAX; self.keys.len()];
+        for &k in &self.key {
+            new_id[k as usize] = 0;
+        }
+        let mut keys = Vec::new();
+        for (old, key) in std::mem::take(&mut self.keys).into_iter().enumerate() {
+            if new_id[old] == 0 {
+                new_id[old] = keys.len() as u32;
+                keys.push(key);
+            }
+        }
+        for k in &mut self.key {
+            *k = new_id[*k as usize];
+        }
+        self.keys = keys;
+    }
 }
 
 /// Input file formats.
@@ -723,6 +744,27 @@ fn as_strings(path: &Path, a: &ArrayRef, name: &str) -> Result<ArrayRef, CodecEr
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+
+    #[test]
+    fn unused_keys_are_forgotten_and_the_rest_renumbered() {
+        let mut r = Readings {
+            ts: vec![1, 2, 3],
+            value: vec![1.0, 2.0, 3.0],
+            key: vec![2, 0, 2],
+            keys: vec![
+                ("a".into(), "x".into()),
+                ("b".into(), "x".into()),
+                ("c".into(), "x".into()),
+            ],
+        };
+        r.drop_unused_keys();
+        assert_eq!(
+            r.keys,
+            vec![("a".to_string(), "x".to_string()), ("c".into(), "x".into())]
+        );
+        assert_eq!(r.key, vec![1, 0, 1]);
+        assert_eq!(r.value, vec![1.0, 2.0, 3.0]);
+    }
 
     use super::*;
     use crate::{read_readings_parquet_bytes, write_readings_parquet};

@@ -65,7 +65,10 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
-    /// Score readings from a file with the registered models.
+    /// Score readings with the registered models: from a file (--input),
+    /// or a window of the store's raw/ partitions (--from/--to, or the
+    /// window a --schedule is due to score); to a folder (--out) or into
+    /// the store (--write-store).
     Score(ScoreArgs),
     /// Ingest readings files into the store's raw/ partitions (one Parquet
     /// object per UTC hour and file).
@@ -120,6 +123,11 @@ pub enum Command {
     Jobs {
         #[command(subcommand)]
         command: JobsCommand,
+    },
+    /// Export the configured schedules for another scheduler.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
     },
     /// Print the effective service config (defaults, then --config FILE,
     /// then FLEETSCORE__SECTION__KEY variables) as TOML: a starting point
@@ -182,6 +190,39 @@ pub struct BackfillArgs {
     pub queue: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Print one Kubernetes CronJob per `[[schedules]]` entry of --config
+    /// (YAML on stdout, for `kubectl apply -f -`).
+    ///
+    /// Each CronJob fires when its schedule's window becomes due (the cron
+    /// moved later by the delay) and runs an Indexed Job of --shards pods,
+    /// each `fleetscore score --schedule NAME --shard auto/N
+    /// --write-store`: the pod works out the window itself, so a late
+    /// start still scores the right window. The pods read the store URL
+    /// from the Secret `fleetscore` (key `store-url`; or the global
+    /// --store, written in as it is) and the config from the ConfigMap
+    /// `fleetscore-config`, as deploy/kubernetes/ sets them up: export
+    /// from the same config file. See deploy/README.md.
+    Export(ScheduleExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ScheduleExportArgs {
+    /// Kubernetes CronJobs (the only export format so far).
+    #[arg(long, required = true)]
+    pub kubernetes: bool,
+    /// Container image of the pods.
+    #[arg(long, value_name = "IMG", default_value = concat!("fleetscore:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// Pods per run: each scores a disjoint shard of the (device, tag) pairs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub shards: u32,
+    /// Namespace of the CronJobs [default: kubectl's current one].
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -319,24 +360,48 @@ pub enum Layout {
     PerModel,
 }
 
+/// Where `score` reads: a file (`--input`), or a window of the store's
+/// raw/ partitions (`--from`/`--to`, or `--schedule`).
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
-    /// Readings: CSV with header TS,Device,Tag,Value, or Parquet with those columns.
+    /// Readings: CSV with header TS,Device,Tag,Value, or Parquet with those
+    /// columns. Without it, the readings of the window (--from/--to, or
+    /// --schedule) are read from the store's raw/ partitions.
     #[arg(long)]
-    pub input: PathBuf,
-    /// Only readings at or after this time (`2018-08-28 23:00:00` UTC, or RFC 3339).
-    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Only readings at or after this time (`2018-08-28 23:00:00` UTC, or
+    /// RFC 3339); without --input, the window's start (required).
+    #[arg(long, conflicts_with = "schedule")]
     pub from: Option<String>,
-    /// Only readings before this time.
-    #[arg(long)]
+    /// Only readings before this time; without --input, the window's end
+    /// (required).
+    #[arg(long, conflicts_with = "schedule")]
     pub to: Option<String>,
-    /// Output folder (created if missing).
+    /// Score the store's readings of the window that this schedule
+    /// (`[[schedules]]` of --config) most recently became due: its newest
+    /// nominal time T with T + delay <= now gives [T - window, T). What a
+    /// Kubernetes CronJob's pod runs (see `schedule export --kubernetes`).
+    #[arg(long, value_name = "NAME", conflicts_with = "input")]
+    pub schedule: Option<String>,
+    /// The time --schedule takes as now (tests, reruns).
+    #[arg(long, hide = true, requires = "schedule", value_name = "TIME")]
+    pub now: Option<String>,
+    /// Output folder (created if missing); --out, --write-store or both.
     #[arg(long)]
-    pub out: PathBuf,
-    /// Output format.
+    pub out: Option<PathBuf>,
+    /// Write the predictions into the store (with a store window only):
+    /// predictions/date=…/hour=…/part-raw-W-shard-I-of-N.parquet and its
+    /// manifest-raw-W-shard-I-of-N.json (I-of-N = 0-of-1 unsharded;
+    /// raw-W-HHMMSS for a window not starting on the hour). A
+    /// rerun overwrites the same objects; outputs of the window with
+    /// another shard count are deleted. Scheduled jobs' parts keep their
+    /// own names.
+    #[arg(long, conflicts_with = "input")]
+    pub write_store: bool,
+    /// Output format (of --out).
     #[arg(long, value_enum, default_value_t = Format::Parquet)]
     pub format: Format,
-    /// Output layout (per-model needs --format csv).
+    /// Output layout of --out (per-model needs --format csv).
     #[arg(long, value_enum, default_value_t = Layout::Combined)]
     pub layout: Layout,
     /// Score only shard I of N (0-based): the (device, tag) pairs whose

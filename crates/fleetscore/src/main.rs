@@ -12,6 +12,7 @@ mod dashboard;
 mod demo;
 mod import;
 mod jobs_cmd;
+mod kube;
 mod metrics;
 mod mqtt;
 mod score;
@@ -79,6 +80,13 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Backfill(args) => rt.block_on(jobs_cmd::backfill(g, args)),
         cli::Command::Worker(args) => rt.block_on(jobs_cmd::worker(g, args)),
         cli::Command::Jobs { command } => rt.block_on(jobs_cmd::jobs(g, command)),
+        cli::Command::Schedule {
+            command: cli::ScheduleCommand::Export(args),
+        } => {
+            let c = config::load(g.config.as_deref())?;
+            print!("{}", kube::cronjobs(g, &args, &c.schedule_specs()?)?);
+            Ok(ExitCode::SUCCESS)
+        }
         cli::Command::Config => {
             let c = config::load(g.config.as_deref())?;
             print!("{}", config::to_toml(&c)?);

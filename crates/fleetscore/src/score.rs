@@ -1,18 +1,27 @@
-//! `fleetscore score`: readings from a file, predictions to a folder.
+//! `fleetscore score`: readings from a file or a window of the store's
+//! raw/ partitions, predictions to a folder or into the store. With
+//! `--schedule` and `--shard auto/N` this is what a Kubernetes CronJob's
+//! Indexed Job runs, one pod per shard (see `schedule export`).
 
 use std::process::ExitCode;
 use std::time::Instant;
 
+use std::collections::{BTreeMap, HashSet};
+
 use anyhow::Context;
 use fleetscore_codecs::{
-    read_readings, write_predictions, OutputFormat, PredictionColumns, PredictionLayout,
+    predictions_parquet_bytes, read_readings, write_predictions, OutputFormat, PredictionColumns,
+    PredictionLayout, Readings,
 };
-use fleetscore_core::parse_ts;
+use fleetscore_core::{format_ts, parse_ts};
+use fleetscore_jobs::run::{load_raw, window_name, DeviceCount, Manifest};
+use fleetscore_jobs::schedule::latest_due;
 use fleetscore_jobs::{ModelFailure, Scored};
+use fleetscore_store::{hour_partition, ModelInput, Registry, Store, HOUR_NS};
 use serde::Serialize;
 
 use crate::cli::{Format, Global, Layout, ScoreArgs};
-use crate::util;
+use crate::{config, util};
 
 /// What `score` prints at the end (and with --json).
 #[derive(Serialize)]
@@ -22,6 +31,9 @@ pub struct Summary {
     pub anomalies: usize,
     pub failed_models: usize,
     pub failures: Vec<ModelFailure>,
+    /// Pairs left out because their model takes windows, not readings
+    /// (scheduled jobs score those).
+    pub window_models_skipped: usize,
     pub files: Vec<String>,
     pub seconds: Timings,
 }
@@ -67,70 +79,213 @@ pub fn shard_of(device: &str, tag: &str, n: u64) -> u64 {
     h % n
 }
 
-/// Scores `args.input` and writes the predictions; shared with `demo`.
-pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Scored)> {
-    let t0 = Instant::now();
-    let from = args
-        .from
-        .as_deref()
-        .map(parse_ts)
-        .transpose()
-        .context("--from")?;
-    let to = args
-        .to
-        .as_deref()
-        .map(parse_ts)
-        .transpose()
-        .context("--to")?;
+/// Where the readings come from.
+enum Source {
+    /// A readings file, optionally cut to `[from, to)`.
+    File {
+        path: std::path::PathBuf,
+        from: Option<i64>,
+        to: Option<i64>,
+    },
+    /// The store's raw/ partitions of the window `[from, to)`.
+    Store { from: i64, to: i64 },
+}
+
+/// Works out the input from the flags: a file, or a store window.
+fn source(g: &Global, args: &ScoreArgs) -> anyhow::Result<Source> {
+    let ts = |flag: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(parse_ts)
+            .transpose()
+            .with_context(|| flag.to_string())
+    };
+    let (from, to) = (ts("--from", &args.from)?, ts("--to", &args.to)?);
     if let (Some(f), Some(t)) = (from, to) {
         anyhow::ensure!(
             f < t,
             "--from must be before --to (the range is from <= TS < to)"
         );
     }
+    if let Some(path) = &args.input {
+        return Ok(Source::File {
+            path: path.clone(),
+            from,
+            to,
+        });
+    }
+    if let Some(name) = &args.schedule {
+        let config = config::load(g.config.as_deref())?;
+        let specs = config.schedule_specs()?;
+        let Some(spec) = specs.iter().find(|s| &s.name == name) else {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            anyhow::bail!(
+                "--schedule {name:?}: no such schedule in {} (it has: {}); add a [[schedules]] entry or pick one of those",
+                g.config
+                    .as_deref()
+                    .map_or("the default config".to_string(), |p| p.display().to_string()),
+                names.join(", ")
+            );
+        };
+        let now = match &args.now {
+            Some(t) => parse_ts(t).context("--now")?,
+            None => util::now_ns(),
+        };
+        let t = latest_due(spec, now)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "--schedule {name:?}: no window of cron {:?} is due at {}",
+                spec.cron,
+                format_ts(now)
+            )
+        })?;
+        return Ok(Source::Store {
+            from: t - spec.window_ns,
+            to: t,
+        });
+    }
+    match (from, to) {
+        (Some(from), Some(to)) => Ok(Source::Store { from, to }),
+        _ => anyhow::bail!(
+            "score needs readings: --input FILE, or a window of the store's raw/ partitions: --from TIME --to TIME, or --schedule NAME"
+        ),
+    }
+}
+
+/// Leaves out the readings of pairs whose live model (own, else the
+/// `(*, tag)` fallback) takes windows: scoring their raw values would give
+/// wrong predictions. Returns how many pairs, with a warning.
+async fn drop_window_models(registry: &Registry, readings: &mut Readings) -> anyhow::Result<usize> {
+    let index = registry.index().await.context("reading the model index")?;
+    let window: HashSet<&str> = index
+        .models
+        .iter()
+        .filter(|(_, e)| {
+            e.live_version()
+                .is_some_and(|v| ModelInput::of(v) != ModelInput::Raw)
+        })
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if window.is_empty() {
+        return Ok(0);
+    }
+    let raw: HashSet<&str> = index
+        .models
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !window.contains(k))
+        .collect();
+    let takes_windows = |d: &str, t: &str| {
+        let own = format!("{d}/{t}");
+        window.contains(own.as_str())
+            || (!raw.contains(own.as_str()) && window.contains(format!("*/{t}").as_str()))
+    };
+    let skip: Vec<bool> = readings
+        .keys
+        .iter()
+        .map(|(d, t)| takes_windows(d, t))
+        .collect();
+    let mut used = vec![false; readings.keys.len()];
+    for &k in &readings.key {
+        used[k as usize] = true;
+    }
+    let skipped = (0..skip.len()).filter(|&k| skip[k] && used[k]).count();
+    if skipped > 0 {
+        eprintln!(
+            "warning: {skipped} (device, tag) pair(s) have window-input models and are not scored here; \
+             `score` scores raw-input models, scheduled jobs (`serve`, `backfill`) score windows"
+        );
+        let keep: Vec<bool> = skip.iter().map(|s| !s).collect();
+        retain_pairs(readings, &keep);
+    }
+    Ok(skipped)
+}
+
+/// Keeps the readings of the (device, tag) pairs of shard `i` of `n`.
+fn keep_shard(readings: &mut Readings, i: u64, n: u64) {
+    let keep: Vec<bool> = readings
+        .keys
+        .iter()
+        .map(|(d, t)| shard_of(d, t, n) == i)
+        .collect();
+    retain_pairs(readings, &keep);
+}
+
+/// Keeps the readings whose pair (key id) is marked in `keep`.
+fn retain_pairs(readings: &mut Readings, keep: &[bool]) {
+    let mut w = 0;
+    for r in 0..readings.len() {
+        if keep[readings.key[r] as usize] {
+            readings.ts[w] = readings.ts[r];
+            readings.value[w] = readings.value[r];
+            readings.key[w] = readings.key[r];
+            w += 1;
+        }
+    }
+    readings.ts.truncate(w);
+    readings.value.truncate(w);
+    readings.key.truncate(w);
+}
+
+/// Scores the readings `args` name and writes the predictions.
+pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Scored)> {
+    let t0 = Instant::now();
     if args.layout == Layout::PerModel && args.format != Format::Csv {
         anyhow::bail!("--layout per-model writes the reference job's CSV files; add --format csv");
     }
+    let shard = args.shard.as_deref().map(parse_shard).transpose()?;
+    let src = source(g, args)?;
+    if args.out.is_none() && !args.write_store {
+        anyhow::bail!(
+            "score needs somewhere to write: --out DIR (a folder), or --write-store (into the store's predictions/, with a store window)"
+        );
+    }
+    if args.write_store && !matches!(src, Source::Store { .. }) {
+        anyhow::bail!(
+            "--write-store needs a window of the store (--from/--to or --schedule), not --input"
+        );
+    }
     let registry = util::registry(g)?;
-    let input = args.input.clone();
-    // Model pack load and file parsing are independent: overlap them.
-    let read = tokio::task::spawn_blocking(move || {
-        let t = Instant::now();
-        read_readings(&input).map(|r| (r, t.elapsed()))
-    });
+    // Model pack load and reading the input are independent: overlap them.
+    let read = match &src {
+        Source::File { path, .. } => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                Ok::<_, anyhow::Error>((read_readings(&path)?, t.elapsed()))
+            })
+        }
+        Source::Store { from, to } => {
+            let (store, from, to) = (registry.store().clone(), *from, *to);
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = load_raw(&store, from, to)
+                    .await
+                    .with_context(|| format!("reading raw/ of {}", store.url()))?;
+                Ok((r, t.elapsed()))
+            })
+        }
+    };
     let t = Instant::now();
     let pack = registry.pack().await.context("loading the model pack")?;
     let load_models = t.elapsed();
     let (mut readings, read_time) = read.await??;
-    let mut out_dir = args.out.clone();
-    if let Some(shard) = &args.shard {
-        let (i, n) = parse_shard(shard)?;
-        let keep: Vec<bool> = readings
-            .keys
-            .iter()
-            .map(|(d, t)| shard_of(d, t, n) == i)
-            .collect();
-        let mut w = 0;
-        for r in 0..readings.len() {
-            if keep[readings.key[r] as usize] {
-                readings.ts[w] = readings.ts[r];
-                readings.value[w] = readings.value[r];
-                readings.key[w] = readings.key[r];
-                w += 1;
-            }
-        }
-        readings.ts.truncate(w);
-        readings.value.truncate(w);
-        readings.key.truncate(w);
-        out_dir = out_dir.join(format!("shard-{i}-of-{n}"));
-    }
     if pack.is_empty() {
         anyhow::bail!(
             "no models are registered in {}; import them first with `fleetscore models import PATH`",
             registry.store().url()
         );
     }
-    readings.retain_time(from, to);
+    if let Some((i, n)) = shard {
+        keep_shard(&mut readings, i, n);
+    }
+    if let Source::File { from, to, .. } = src {
+        readings.retain_time(from, to);
+    }
+    let window_models_skipped = drop_window_models(&registry, &mut readings).await?;
+    // Pairs of other shards or times: not scored, not failed.
+    readings.drop_unused_keys();
+    if let Source::Store { from, to } = src {
+        tracing::info!(from = %format_ts(from), to = %format_ts(to), rows = readings.len(), "scoring a store window");
+    }
 
     let t = Instant::now();
     let rows = readings.len() as u64;
@@ -141,14 +296,6 @@ pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary
     let score_time = t.elapsed();
 
     let t = Instant::now();
-    let format = match args.format {
-        Format::Parquet => OutputFormat::Parquet,
-        Format::Csv => OutputFormat::Csv,
-    };
-    let layout = match args.layout {
-        Layout::Combined => PredictionLayout::Combined,
-        Layout::PerModel => PredictionLayout::PerModel,
-    };
     let cols = PredictionColumns {
         ts: &scored.ts,
         value: &scored.value,
@@ -157,10 +304,30 @@ pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary
         keys: &scored.keys,
         groups: &scored.groups,
     };
-    let parts = rayon::current_num_threads();
-    let files = tokio::task::block_in_place(|| {
-        write_predictions(&out_dir, format, layout, &cols, parts, util::now_ns())
-    })?;
+    let mut files = Vec::new();
+    if let Some(out) = &args.out {
+        let out_dir = match shard {
+            Some((i, n)) => out.join(format!("shard-{i}-of-{n}")),
+            None => out.clone(),
+        };
+        let format = match args.format {
+            Format::Parquet => OutputFormat::Parquet,
+            Format::Csv => OutputFormat::Csv,
+        };
+        let layout = match args.layout {
+            Layout::Combined => PredictionLayout::Combined,
+            Layout::PerModel => PredictionLayout::PerModel,
+        };
+        let parts = rayon::current_num_threads();
+        let written = tokio::task::block_in_place(|| {
+            write_predictions(&out_dir, format, layout, &cols, parts, util::now_ns())
+        })?;
+        files.extend(written.iter().map(|f| f.path.display().to_string()));
+    }
+    if let (true, Source::Store { from, to }) = (args.write_store, &src) {
+        let (i, n) = shard.unwrap_or((0, 1));
+        files.extend(write_store(registry.store(), &scored, &cols, *from, *to, i, n).await?);
+    }
     let write_time = t.elapsed();
 
     let rows = scored.groups.iter().map(|(_, r)| r.len()).sum();
@@ -170,7 +337,8 @@ pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary
         anomalies: scored.anomalies,
         failed_models: scored.failures.len(),
         failures: scored.failures.clone(),
-        files: files.iter().map(|f| f.path.display().to_string()).collect(),
+        window_models_skipped,
+        files,
         seconds: Timings {
             load_models: load_models.as_secs_f64(),
             read: read_time.as_secs_f64(),
@@ -182,12 +350,99 @@ pub async fn score_file(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary
     Ok((summary, scored))
 }
 
+/// Writes one shard's predictions of the window `[from, to)` into the
+/// store, beside (never over) the scheduled jobs' outputs of the window:
+///
+/// ```text
+/// predictions/date=D/hour=H/part-raw-W-shard-I-of-N.parquet
+/// predictions/date=D/hour=H/manifest-raw-W-shard-I-of-N.json   (last; job 0)
+/// ```
+///
+/// (`raw-W-HHMMSS-shard-…` for a window starting at HH:MM:SS, not on the
+/// hour.)
+///
+/// The job runner's stale-part cleanup only touches `part-raw-W-<number>`,
+/// and these names hold no bare number, so neither side deletes the
+/// other's objects. Outputs of the same window written with another shard
+/// count are deleted, so changing N does not leave duplicates behind.
+/// Returns the keys written.
+async fn write_store(
+    store: &Store,
+    scored: &Scored,
+    cols: &PredictionColumns<'_>,
+    from: i64,
+    to: i64,
+    i: u64,
+    n: u64,
+) -> anyhow::Result<Vec<String>> {
+    let prefix = format!("predictions/{}", hour_partition(from));
+    // A window that does not start on the hour (say 09:15-09:30) gets its
+    // start in the name, so the windows of one hour keep apart.
+    let stem = match from.rem_euclid(HOUR_NS) {
+        0 => format!("raw-{}", window_name(to - from)),
+        _ => format!(
+            "raw-{}-{}",
+            window_name(to - from),
+            format_ts(from)[11..19].replace(':', "")
+        ),
+    };
+    let label = format!("shard-{i}-of-{n}");
+    let part = format!("{prefix}/part-{stem}-{label}.parquet");
+    let bytes = tokio::task::block_in_place(|| predictions_parquet_bytes(cols, &part))?;
+    store
+        .put(&part, bytes)
+        .await
+        .with_context(|| format!("writing {part} to {}", store.url()))?;
+    let own_n = format!("-of-{n}.");
+    for key in store.list(&format!("{prefix}/")).await? {
+        let ours = key.starts_with(&format!("{prefix}/part-{stem}-shard-"))
+            || key.starts_with(&format!("{prefix}/manifest-{stem}-shard-"));
+        if ours && !key.contains(&own_n) {
+            store.delete(&key).await?;
+        }
+    }
+    let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
+    for (k, range) in &scored.groups {
+        let c = devices
+            .entry(scored.keys[*k as usize].0.clone())
+            .or_default();
+        c.rows += range.len() as u64;
+        c.anomalies += scored.prediction[range.clone()]
+            .iter()
+            .filter(|p| **p == 1)
+            .count() as u64;
+    }
+    let manifest = Manifest {
+        format: "fleetscore-predictions-manifest".into(),
+        job: 0,
+        window_start: format_ts(from),
+        window_end: format_ts(to),
+        mode: "raw".into(),
+        parts: vec![part.clone()],
+        models: (scored.groups.len() + scored.failures.len()) as u64,
+        rows: scored.groups.iter().map(|(_, r)| r.len() as u64).sum(),
+        anomalies: scored.anomalies as u64,
+        failed_models: scored.failures.len() as u64,
+        devices,
+    };
+    let key = format!("{prefix}/manifest-{stem}-{label}.json");
+    store
+        .put(&key, serde_json::to_vec_pretty(&manifest)?)
+        .await
+        .with_context(|| format!("writing {key} to {}", store.url()))?;
+    Ok(vec![part, key])
+}
+
 pub async fn run(g: &Global, args: ScoreArgs) -> anyhow::Result<ExitCode> {
-    let (summary, _) = score_file(g, &args).await?;
+    let (summary, _) = score(g, &args).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        print_summary(&summary, &args.out.display().to_string());
+        let out = match &args.out {
+            Some(out) => out.display().to_string(),
+            None => util::store_url(g),
+        };
+        print_summary(&summary, &out);
     }
     Ok(if summary.failed_models == 0 {
         ExitCode::SUCCESS

@@ -519,3 +519,221 @@ fn shards_together_equal_one_unsharded_run() {
         assert!(text(&o).contains("--shard"), "{}", text(&o));
     }
 }
+
+/// `score` without --input reads a window of the store's raw/ partitions:
+/// the N shards of it together equal one unsharded run, row for row, and
+/// `--write-store` writes each shard beside (never over) the scheduled
+/// jobs' parts of the window.
+#[test]
+fn store_window_shards_together_equal_one_unsharded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    common::small_fleet(data);
+    let window = [
+        "--from",
+        "2024-05-01 09:00:00",
+        "--to",
+        "2024-05-01 10:00:00",
+    ];
+    let score = |extra: &[&str]| {
+        let out = data.join("out");
+        let mut args = vec!["score", "--out", out.to_str().unwrap(), "--format", "csv"];
+        args.extend_from_slice(&window);
+        args.extend_from_slice(extra);
+        let o = run(data, &args);
+        assert!(o.status.success(), "{}", text(&o));
+        (
+            out,
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap(),
+        )
+    };
+    let lines = |path: PathBuf| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    let (out, summary) = score(&["--json"]);
+    let whole = lines(out.join("predictions.csv"));
+    // 12 pairs, 120 readings each in the hour, nothing from 08:00-09:00.
+    assert_eq!(whole.len(), 12 * 120);
+    assert_eq!(summary["models"], 12);
+    assert!(
+        whole.iter().all(|l| l.starts_with("2024-05-01 09:")),
+        "{:?}",
+        &whole[..3]
+    );
+    let mut parts = Vec::new();
+    let mut models = 0;
+    for i in 0..3 {
+        let shard = format!("{i}/3");
+        let (out, summary) = score(&["--shard", &shard, "--json"]);
+        // Only this shard's pairs: none of the others counted or failed.
+        assert_eq!(summary["failed_models"], 0);
+        models += summary["models"].as_u64().unwrap();
+        let rows = lines(out.join(format!("shard-{i}-of-3/predictions.csv")));
+        assert!(!rows.is_empty(), "shard {i} is empty");
+        parts.extend(rows);
+    }
+    parts.sort();
+    assert_eq!(parts, whole);
+    assert_eq!(models, 12);
+
+    // Into the store: beside a scheduled job's part of the same window.
+    let hour = data.join("store/predictions/date=2024-05-01/hour=09");
+    std::fs::create_dir_all(&hour).unwrap();
+    std::fs::write(hour.join("part-raw-1h-00000.parquet"), b"a job's part").unwrap();
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&hour)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    for i in 0..2 {
+        let shard = format!("{i}/2");
+        let mut args = vec!["score", "--write-store", "--shard", &shard];
+        args.extend_from_slice(&window);
+        assert!(run(data, &args).status.success());
+    }
+    assert_eq!(
+        names(),
+        [
+            "manifest-raw-1h-shard-0-of-2.json",
+            "manifest-raw-1h-shard-1-of-2.json",
+            "part-raw-1h-00000.parquet",
+            "part-raw-1h-shard-0-of-2.parquet",
+            "part-raw-1h-shard-1-of-2.parquet",
+        ]
+    );
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(hour.join("manifest-raw-1h-shard-1-of-2.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["window_start"], "2024-05-01T09:00:00.000Z");
+    assert_eq!(m["window_end"], "2024-05-01T10:00:00.000Z");
+    // Another shard count replaces the outputs of the old one; the job's
+    // part stays.
+    let mut args = vec!["score", "--write-store"];
+    args.extend_from_slice(&window);
+    assert!(run(data, &args).status.success());
+    assert_eq!(
+        names(),
+        [
+            "manifest-raw-1h-shard-0-of-1.json",
+            "part-raw-1h-00000.parquet",
+            "part-raw-1h-shard-0-of-1.parquet",
+        ]
+    );
+
+    // Windows within one hour keep apart: 09:15-09:30 is named by its start.
+    let o = run(
+        data,
+        &[
+            "score",
+            "--write-store",
+            "--from",
+            "2024-05-01 09:15:00",
+            "--to",
+            "2024-05-01 09:30:00",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(hour
+        .join("part-raw-15m-091500-shard-0-of-1.parquet")
+        .is_file());
+    assert!(hour.join("part-raw-1h-shard-0-of-1.parquet").is_file());
+
+    // --schedule: the default config's hourly schedule (window 1h, delay
+    // 5m) at 10:04 scores 08:00-09:00 (10:00 is not due yet), at 10:05
+    // 09:00-10:00.
+    for (now, first) in [
+        ("2024-05-01T10:04:59Z", "08:"),
+        ("2024-05-01T10:05:00Z", "09:"),
+    ] {
+        let out = data.join(format!("sched-{first}"));
+        let o = run(
+            data,
+            &[
+                "score",
+                "--schedule",
+                "hourly",
+                "--now",
+                now,
+                "--out",
+                out.to_str().unwrap(),
+                "--format",
+                "csv",
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let rows = lines(out.join("predictions.csv"));
+        assert_eq!(rows.len(), 12 * 120);
+        assert!(
+            rows.iter()
+                .all(|l| l.starts_with(&format!("2024-05-01 {first}"))),
+            "{now}: {:?}",
+            &rows[..2]
+        );
+    }
+
+    // A pair whose model takes windows is left out, not scored on raw
+    // values (a one-feature window model would take them silently).
+    if let Some(root) = reference() {
+        let model = root.join("models/model_1_1");
+        let o = run(
+            data,
+            &[
+                "models",
+                "import",
+                model.to_str().unwrap(),
+                "--device",
+                "0",
+                "--tag",
+                "0",
+                "--input",
+                "window:1m:mean",
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let (_, summary) = score(&["--json"]);
+        assert_eq!(summary["window_models_skipped"], 1);
+        assert_eq!(summary["models"], 11);
+        assert_eq!(summary["rows"], 11 * 120);
+    }
+
+    // Mistakes say what to do.
+    for (args, want) in [
+        (
+            vec!["score", "--out", "x"],
+            "--from TIME --to TIME, or --schedule NAME",
+        ),
+        (
+            vec!["score", "--schedule", "nightly", "--out", "x"],
+            "no such schedule",
+        ),
+        (
+            vec!["score", "--write-store", "--input", "f.csv"],
+            "cannot be used with",
+        ),
+        (
+            vec![
+                "score",
+                "--from",
+                "2024-05-01 09:00:00",
+                "--to",
+                "2024-05-01 10:00:00",
+            ],
+            "--write-store",
+        ),
+    ] {
+        let o = run(data, &args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+}

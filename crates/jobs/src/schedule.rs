@@ -20,6 +20,7 @@
 //! [`ManualClock`] in tests, which run a day of hourly schedule in
 //! milliseconds.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -293,4 +294,211 @@ async fn tick_inner(
         );
     }
     Ok(out)
+}
+
+/// The newest nominal time `T` of `spec` that is due at `now`
+/// (`T + delay <= now`): the window `[T - window, T)` that a run started at
+/// `now` should score. What a Kubernetes CronJob's pod (`fleetscore score
+/// --schedule NAME`) uses, so that the pod computes its window itself.
+pub fn latest_due(spec: &ScheduleSpec, now: i64) -> Result<Option<i64>, ScheduleError> {
+    let cron = spec.check()?;
+    Ok(cron
+        .find_previous_occurrence(&to_dt(now.saturating_sub(spec.delay_ns)), true)
+        .ok()
+        .map(|t| from_dt(&t)))
+}
+
+/// The first `count` nominal times of `spec` after `after` (exclusive).
+pub fn nominal_times(
+    spec: &ScheduleSpec,
+    after: i64,
+    count: usize,
+) -> Result<Vec<i64>, ScheduleError> {
+    let cron = spec.check()?;
+    let mut out = Vec::with_capacity(count);
+    let mut from = to_dt(after);
+    while out.len() < count {
+        let Ok(next) = cron.find_next_occurrence(&from, false) else {
+            break;
+        };
+        out.push(from_dt(&next));
+        from = next;
+    }
+    Ok(out)
+}
+
+/// A five-field cron expression whose times are those of `cron` moved
+/// later by `delay_ns`, or `None` when there is none this function can
+/// write: the delay must be whole minutes, the moved times of a day must
+/// still be every listed minute of every listed hour, and a move past
+/// midnight needs `*` day, month and weekday fields. `0 * * * *` moved by
+/// 5 minutes is `5 * * * *`; `0 0 * * *` by 90 minutes is `30 1 * * *`.
+///
+/// The result is checked against the original over a thousand times, so a
+/// `Some` is never wrong.
+pub fn shifted_cron(cron: &str, delay_ns: i64) -> Option<String> {
+    const MIN_NS: i64 = 60_000_000_000;
+    if delay_ns < 0 || delay_ns % MIN_NS != 0 {
+        return None;
+    }
+    let original: Cron = cron.parse().ok()?;
+    let d = delay_ns / MIN_NS;
+    if d == 0 {
+        return Some(cron.to_string());
+    }
+    let fields: Vec<&str> = cron.split_whitespace().collect();
+    if fields.len() != 5 {
+        return None;
+    }
+    // The minutes of a day on which the minute and hour fields fire.
+    let day: Cron = format!("{} {} * * *", fields[0], fields[1]).parse().ok()?;
+    let start = to_dt(0);
+    let mut minutes = BTreeSet::new();
+    let mut from = start;
+    while let Ok(next) = day.find_next_occurrence(&from, true) {
+        let m = (from_dt(&next) - from_dt(&start)) / MIN_NS;
+        if m >= 1440 {
+            break;
+        }
+        minutes.insert(m);
+        from = next + chrono::Duration::minutes(1);
+    }
+    let days_free = fields[2..] == ["*", "*", "*"];
+    if !days_free && minutes.iter().any(|m| m + d >= 1440) {
+        return None;
+    }
+    let moved: BTreeSet<i64> = minutes.iter().map(|m| (m + d) % 1440).collect();
+    let hours: BTreeSet<i64> = moved.iter().map(|m| m / 60).collect();
+    let mins: BTreeSet<i64> = moved.iter().map(|m| m % 60).collect();
+    if hours.len() * mins.len() != moved.len() {
+        return None;
+    }
+    let text = format!(
+        "{} {} {} {} {}",
+        cron_field(&mins, 60),
+        cron_field(&hours, 24),
+        fields[2],
+        fields[3],
+        fields[4]
+    );
+    let shifted: Cron = text.parse().ok()?;
+    // Check: the next thousand times of both, from an arbitrary instant.
+    let t0 = to_dt(1_700_000_000_000_000_000);
+    let (mut a, mut b) = (t0, t0 + chrono::Duration::minutes(d));
+    for _ in 0..1000 {
+        let na = original.find_next_occurrence(&a, false).ok()?;
+        let nb = shifted.find_next_occurrence(&b, false).ok()?;
+        if na + chrono::Duration::minutes(d) != nb {
+            return None;
+        }
+        (a, b) = (na, nb);
+    }
+    Some(text)
+}
+
+/// One cron field for a set of values in `0..max`: `*`, `*/K`, `A-B/K`,
+/// or a list.
+fn cron_field(values: &BTreeSet<i64>, max: i64) -> String {
+    let v: Vec<i64> = values.iter().copied().collect();
+    if v.len() as i64 == max {
+        return "*".into();
+    }
+    if v.len() >= 2 {
+        let step = v[1] - v[0];
+        let even = v.windows(2).all(|w| w[1] - w[0] == step);
+        // A full progression to the end of the range, from its first value.
+        if even && v[0] < step && v[v.len() - 1] + step >= max {
+            return if v[0] == 0 {
+                format!("*/{step}")
+            } else {
+                format!("{}-{}/{step}", v[0], max - 1)
+            };
+        }
+    }
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000_000_000;
+
+    fn spec(cron: &str, window_min: i64, delay_min: i64) -> ScheduleSpec {
+        ScheduleSpec {
+            name: "s".into(),
+            cron: cron.into(),
+            window_ns: window_min * MIN,
+            delay_ns: delay_min * MIN,
+            mode: "raw".into(),
+            batch_size: 10,
+            max_failed: Threshold::Count(0),
+            max_retries: 0,
+            concurrency: Concurrency::Forbid,
+            catch_up: 1,
+        }
+    }
+
+    fn ts(s: &str) -> i64 {
+        fleetscore_core::parse_ts(s).unwrap()
+    }
+
+    #[test]
+    fn latest_due_is_the_newest_window_past_its_delay() {
+        let s = spec("0 * * * *", 60, 5);
+        // 10:04: 10:00 is not due until 10:05, so 09:00 (window 08-09).
+        assert_eq!(
+            latest_due(&s, ts("2024-05-01T10:04:59Z")).unwrap(),
+            Some(ts("2024-05-01T09:00:00Z"))
+        );
+        assert_eq!(
+            latest_due(&s, ts("2024-05-01T10:05:00Z")).unwrap(),
+            Some(ts("2024-05-01T10:00:00Z"))
+        );
+        assert_eq!(
+            latest_due(&s, ts("2024-05-01T10:59:00Z")).unwrap(),
+            Some(ts("2024-05-01T10:00:00Z"))
+        );
+        assert!(latest_due(&spec("nonsense", 60, 5), 0).is_err());
+    }
+
+    #[test]
+    fn nominal_times_are_consecutive() {
+        let s = spec("*/15 * * * *", 15, 0);
+        let t = nominal_times(&s, ts("2024-05-01T10:00:00Z"), 3).unwrap();
+        assert_eq!(
+            t,
+            vec![
+                ts("2024-05-01T10:15:00Z"),
+                ts("2024-05-01T10:30:00Z"),
+                ts("2024-05-01T10:45:00Z")
+            ]
+        );
+    }
+
+    #[test]
+    fn cron_moves_by_whole_minutes_or_not_at_all() {
+        let m = |c: &str, d: i64| shifted_cron(c, d * MIN);
+        assert_eq!(m("0 * * * *", 5).as_deref(), Some("5 * * * *"));
+        assert_eq!(m("0 * * * *", 0).as_deref(), Some("0 * * * *"));
+        assert_eq!(m("0 0 * * *", 90).as_deref(), Some("30 1 * * *"));
+        assert_eq!(m("*/15 * * * *", 5).as_deref(), Some("5-59/15 * * * *"));
+        assert_eq!(m("0 */6 * * *", 30).as_deref(), Some("30 */6 * * *"));
+        assert_eq!(m("0 */6 * * *", 60).as_deref(), Some("0 1-23/6 * * *"));
+        // Past midnight with free day fields: fine; with a weekday: no.
+        assert_eq!(m("30 23 * * *", 45).as_deref(), Some("15 0 * * *"));
+        assert_eq!(m("30 23 * * 1", 45), None);
+        // Within the day, a weekday stays put.
+        assert_eq!(m("0 9 * * 1-5", 10).as_deref(), Some("10 9 * * 1-5"));
+        // Not a product of minutes and hours any more.
+        assert_eq!(m("50 8,12 * * *", 20).as_deref(), Some("10 9,13 * * *"));
+        assert_eq!(m("0,50 * * * *", 20).as_deref(), Some("10,20 * * * *"));
+        // 08:40 and 09:10 are not every listed minute of every listed hour.
+        assert_eq!(m("0,30 8 * * *", 40), None);
+        // Not whole minutes.
+        assert_eq!(shifted_cron("0 * * * *", 30_000_000_000), None);
+    }
 }

@@ -179,3 +179,50 @@ pub fn raw_readings(data: &Path) -> Expected {
     }
     out
 }
+
+/// A small fleet in DATA's store: readings of 4 devices × 3 tags every
+/// 30 s from 2024-05-01 08:00 to 10:00 UTC (a sine per pair, noise and a
+/// few spikes) ingested into raw/, and a model per pair trained on the
+/// first hour. 120 readings per pair per hour.
+pub fn small_fleet(data: &Path) {
+    let csv = data.join("fleet.csv");
+    let mut s = String::from("TS,Device,Tag,Value\n");
+    let mut x: u64 = 42;
+    for sec in (0..7200u64).step_by(30) {
+        for d in 0..4 {
+            for t in 0..3 {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let noise = (x >> 33) as f64 / (1u64 << 31) as f64 - 0.5;
+                let spike = if (x >> 20).is_multiple_of(50) {
+                    5.0
+                } else {
+                    0.0
+                };
+                let v = (sec as f64 / 600.0 + d as f64).sin() + t as f64 + 0.2 * noise + spike;
+                s += &format!(
+                    "2024-05-01 {:02}:{:02}:{:02},{d},{t},{v:.4}\n",
+                    8 + sec / 3600,
+                    (sec % 3600) / 60,
+                    sec % 60
+                );
+            }
+        }
+    }
+    std::fs::write(&csv, s).unwrap();
+    let o = run(data, &["ingest", csv.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(
+        data,
+        &[
+            "models",
+            "train",
+            "--from",
+            "2024-05-01 08:00:00",
+            "--to",
+            "2024-05-01 09:00:00",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}
