@@ -718,14 +718,25 @@ fn a_store_that_refuses_predictions_fails_the_job_without_a_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let url = format!("s3://{BUCKET}/{}", unique_prefix("refused"));
-    let env = s3_env(&proxy.addr, QUICK_RETRIES);
+    // The store's retries from the config file's [store] this time.
+    let config = data.join("fleetscore.toml");
+    std::fs::write(
+        &config,
+        "[store]\nmax_retries = 3\nbackoff = \"10ms\"\nmax_backoff = \"100ms\"\n\
+         retry_timeout = \"20s\"\ntimeout = \"20s\"\n",
+    )
+    .unwrap();
+    let env = s3_env(
+        &proxy.addr,
+        &[("FLEETSCORE_CONFIG", config.to_str().unwrap())],
+    );
     let o = the_job(data, &url, &env, &["--max-retries", "1"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let jobs = jobs.as_array().unwrap();
     assert_eq!(jobs.len(), 5);
-    // Each PUT was tried by the store 1 + 6 times, in each of 2 task attempts.
-    assert!(proxy.failed.load(Ordering::SeqCst) >= 5 * 2 * 7);
+    // Each PUT was tried by the store 1 + 3 times, in each of 2 task attempts.
+    assert!(proxy.failed.load(Ordering::SeqCst) >= 5 * 2 * 4);
 
     let db = format!("sqlite://{}", data.join("jobs.db").display());
     for j in jobs {
@@ -745,7 +756,8 @@ fn a_store_that_refuses_predictions_fails_the_job_without_a_manifest() {
         assert!(
             error.contains(&format!("store {url}: put predictions/date="))
                 && error.contains(".parquet")
-                && error.contains("500"),
+                && error.contains("500")
+                && error.contains("after 3 retries"),
             "the reason names the store, the key and the answer: {error}"
         );
     }

@@ -102,7 +102,10 @@ impl Env {
 /// | [`request_timeout`](Self::request_timeout) | 60s | `FLEETSCORE_STORE_TIMEOUT` |
 /// | [`connect_timeout`](Self::connect_timeout) | 5s | `FLEETSCORE_STORE_CONNECT_TIMEOUT` |
 ///
-/// Durations are written as `500ms`, `30s`, `3m`, `1h`.
+/// Durations are written as `500ms`, `30s`, `3m`, `1h`. A program can start
+/// from other values ([`Store::open_with`](crate::Store::open_with); the
+/// fleetscore binary takes them from its config's `[store]` section); the
+/// variables override whatever it passes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetrySettings {
     /// Retries of one request after its first attempt (0: none). Ten
@@ -145,11 +148,22 @@ impl RetrySettings {
     /// The defaults, overridden by the `FLEETSCORE_STORE_…` variables of
     /// the process's environment.
     pub fn from_env() -> Result<RetrySettings, String> {
-        Self::from(&Env::process())
+        RetrySettings::default().overridden_by_env()
     }
 
+    /// These settings (from a config file, say), overridden by the
+    /// `FLEETSCORE_STORE_…` variables of the process's environment.
+    pub fn overridden_by_env(self) -> Result<RetrySettings, String> {
+        self.overridden_by(&Env::process())
+    }
+
+    #[cfg(test)]
     pub(crate) fn from(env: &Env) -> Result<RetrySettings, String> {
-        let mut s = RetrySettings::default();
+        RetrySettings::default().overridden_by(env)
+    }
+
+    pub(crate) fn overridden_by(self, env: &Env) -> Result<RetrySettings, String> {
+        let mut s = self;
         let dur = |key: &str, d: &mut Duration| -> Result<(), String> {
             if let Some(v) = env.get(key) {
                 *d = humantime::parse_duration(v.trim()).map_err(|e| {
@@ -227,11 +241,21 @@ fn bucket_word(scheme: &str) -> &'static str {
     }
 }
 
-/// Opens a cloud store URL (`s3://`, `az://`, `azure://`, `gs://`); the
-/// error is the reason, meant to follow "store URL: ".
-pub(crate) fn open_cloud(
+#[cfg(test)]
+fn open_cloud(
     url: &CloudUrl<'_>,
     env: &Env,
+) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, String> {
+    open_cloud_with(url, env, &RetrySettings::default())
+}
+
+/// Opens a cloud store URL (`s3://`, `az://`, `azure://`, `gs://`) with
+/// `retry` overridden by `env`'s `FLEETSCORE_STORE_…` variables; the error
+/// is the reason, meant to follow "store URL: ".
+pub(crate) fn open_cloud_with(
+    url: &CloudUrl<'_>,
+    env: &Env,
+    retry: &RetrySettings,
 ) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, String> {
     let word = bucket_word(url.scheme);
     if url.bucket.is_empty() {
@@ -244,7 +268,7 @@ pub(crate) fn open_cloud(
     if url.prefix.split('/').any(|s| s == "." || s == "..") {
         return Err("the prefix may not contain . or .. segments".into());
     }
-    let settings = RetrySettings::from(env)?;
+    let settings = retry.clone().overridden_by(env)?;
     let store = match url.scheme {
         "s3" => open_s3(url.bucket, env, &settings)?,
         "az" | "azure" => open_azure(url.bucket, env, &settings)?,

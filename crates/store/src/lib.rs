@@ -120,7 +120,14 @@ impl Store {
     /// requests retry as [`RetrySettings::from_env`] says. Nothing is sent
     /// yet: a missing bucket shows at the first read or write, with a hint.
     pub fn open(url: &str) -> Result<Store, StoreError> {
-        Self::open_in(url, &backend::Env::process())
+        Self::open_in(url, &backend::Env::process(), &RetrySettings::default())
+    }
+
+    /// [`Store::open`] with other retry settings (from a config file, say)
+    /// in place of the defaults; the `FLEETSCORE_STORE_…` variables still
+    /// override them.
+    pub fn open_with(url: &str, retry: &RetrySettings) -> Result<Store, StoreError> {
+        Self::open_in(url, &backend::Env::process(), retry)
     }
 
     /// [`Store::open`] with the given environment variables instead of the
@@ -129,10 +136,14 @@ impl Store {
         url: &str,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Store, StoreError> {
-        Self::open_in(url, &backend::Env::from_pairs(vars))
+        Self::open_in(
+            url,
+            &backend::Env::from_pairs(vars),
+            &RetrySettings::default(),
+        )
     }
 
-    fn open_in(url: &str, env: &backend::Env) -> Result<Store, StoreError> {
+    fn open_in(url: &str, env: &backend::Env, retry: &RetrySettings) -> Result<Store, StoreError> {
         let bad = |reason: String| StoreError::Url {
             url: url.to_string(),
             reason,
@@ -142,7 +153,7 @@ impl Store {
         } else if let Some(cloud) =
             backend::split(url).filter(|u| matches!(u.scheme, "s3" | "az" | "azure" | "gs"))
         {
-            backend::open_cloud(&cloud, env).map_err(bad)?
+            backend::open_cloud_with(&cloud, env, retry).map_err(bad)?
         } else {
             let path = if let Some(rest) = url.strip_prefix("file://") {
                 std::path::PathBuf::from(rest)
