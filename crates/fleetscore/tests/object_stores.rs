@@ -496,7 +496,7 @@ fn listings_equal_a_folders() {
 
 /// A missing bucket is named as such at the first request, with what to do.
 #[test]
-#[ignore = "needs moto's S3 server on 127.0.0.1:5000 (.ci/run starts it)"]
+#[ignore = "needs moto on 127.0.0.1:5000 and Azurite on 127.0.0.1:10000 (.ci/run starts them)"]
 fn a_missing_bucket_says_so() {
     require(MOTO, "moto's S3 server", "moto_server -H 127.0.0.1 -p 5000");
     let dir = tempfile::tempdir().unwrap();
@@ -512,6 +512,24 @@ fn a_missing_bucket_says_so() {
     assert!(
         t.contains("s3://no-such-bucket-fleetscore/x") && t.contains("the bucket does not exist"),
         "{t}"
+    );
+    // The same for a container that Azurite does not have.
+    require(
+        AZURITE,
+        "Azurite's blob service",
+        "azurite-blob --disableTelemetry --blobHost 127.0.0.1 --location /tmp/azurite",
+    );
+    let o = run(
+        dir.path(),
+        "az://no-such-container-fleetscore",
+        &azure_env(),
+        &["models", "list"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("the container does not exist"),
+        "{}",
+        text(&o)
     );
     // And no credentials: said before anything is sent.
     let o = run(dir.path(), "s3://b", &Env::new(), &["models", "list"]);
