@@ -27,7 +27,9 @@ pub struct Global {
         default_value = "./fleetscore-data"
     )]
     pub data: PathBuf,
-    /// Object-store root: a path or file:// URL, or memory:// [default: DATA/store].
+    /// Object-store root: a path or file:// URL, s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX],
+    /// gs://BUCKET[/PREFIX], or memory:// [default: DATA/store]. Cloud credentials come from the
+    /// AWS_…, AZURE_…, GOOGLE_… environment variables (see the README).
     #[arg(long, global = true, env = "FLEETSCORE_STORE")]
     pub store: Option<String>,
     /// Job-store URL: sqlite://PATH or postgres://USER@HOST:PORT/DATABASE

@@ -32,6 +32,14 @@
 //! admin_tokens = ["…"]
 //! protect_reads = false              # true: GET /v1/… needs a token too
 //!
+//! [store]                            # requests to s3://, az://, gs:// stores
+//! max_retries = 10                   # per request, on 5xx, 429, timeouts, drops
+//! retry_timeout = "3m"               # no retry starts later than this
+//! backoff = "200ms"                  # before the first retry; doubles…
+//! max_backoff = "20s"                # …up to this
+//! timeout = "1m"                     # one whole request, body included
+//! connect_timeout = "5s"
+//!
 //! [jobs]
 //! parallel_tasks = 0                 # tasks of a job at once; 0 = cores
 //! retry_backoff = "1s"               # doubles per attempt
@@ -55,11 +63,16 @@
 //!
 //! An environment variable names the section and key with double
 //! underscores, e.g. `FLEETSCORE__AUTH__INGEST_TOKENS='["t1","t2"]'` or
-//! `FLEETSCORE__STREAM__OUT_OF_ORDER=30s`. Unknown keys are refused with
+//! `FLEETSCORE__STREAM__OUT_OF_ORDER=30s`. The `[store]` settings are also
+//! read by the object store itself from `FLEETSCORE_STORE_MAX_RETRIES`,
+//! `…_RETRY_TIMEOUT`, `…_BACKOFF`, `…_MAX_BACKOFF`, `…_TIMEOUT` and
+//! `…_CONNECT_TIMEOUT` (one underscore), which override everything else, so
+//! that they work for every command. Unknown keys are refused with
 //! their name and where they came from. `fleetscore config` prints the
 //! result.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -68,6 +81,7 @@ use fleetscore_codecs::{CsvBodyConfig, LineProtocolConfig};
 use fleetscore_ingest::LogConfig;
 use fleetscore_jobs::db::{Concurrency, Threshold};
 use fleetscore_jobs::schedule::ScheduleSpec;
+use fleetscore_store::RetrySettings;
 use fleetscore_stream::{AggregatorConfig, Span};
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +101,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[jobs]`: how jobs run.
     pub jobs: JobsConfig,
+    /// `[store]`: how requests to a cloud object store retry.
+    pub store: StoreConfig,
     /// `[[schedules]]`: when jobs are created. Default: `hourly`.
     pub schedules: Vec<ScheduleConfig>,
 }
@@ -100,6 +116,7 @@ impl Default for Config {
             mqtt: MqttSection::default(),
             auth: AuthConfig::default(),
             jobs: JobsConfig::default(),
+            store: StoreConfig::default(),
             schedules: vec![ScheduleConfig::default()],
         }
     }
@@ -147,6 +164,56 @@ impl Default for JobsConfig {
             db: None,
             run_in_server: true,
             lease: Span::from_secs(30),
+        }
+    }
+}
+
+/// `[store]`: retries and timeouts of requests to a cloud object store
+/// (`s3://`, `az://`, `gs://`). The defaults and why they suit batch jobs:
+/// [`fleetscore_store::RetrySettings`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Retries of one request after its first attempt (0: none).
+    pub max_retries: usize,
+    /// No retry starts later than this after the request's first attempt.
+    pub retry_timeout: Span,
+    /// Wait before the first retry; doubles (with jitter) per retry.
+    pub backoff: Span,
+    /// Longest wait between two retries.
+    pub max_backoff: Span,
+    /// Time for one whole request, body included.
+    pub timeout: Span,
+    /// Time to open a connection.
+    pub connect_timeout: Span,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let r = RetrySettings::default();
+        let span = |d: Duration| Span::from_nanos(d.as_nanos() as i64).unwrap_or(Span::ZERO);
+        StoreConfig {
+            max_retries: r.max_retries,
+            retry_timeout: span(r.retry_timeout),
+            backoff: span(r.backoff),
+            max_backoff: span(r.max_backoff),
+            timeout: span(r.request_timeout),
+            connect_timeout: span(r.connect_timeout),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// As the object store takes them.
+    pub fn retry_settings(&self) -> RetrySettings {
+        let d = |s: Span| Duration::from_nanos(s.as_nanos().max(0) as u64);
+        RetrySettings {
+            max_retries: self.max_retries,
+            retry_timeout: d(self.retry_timeout),
+            backoff: d(self.backoff),
+            max_backoff: d(self.max_backoff),
+            request_timeout: d(self.timeout),
+            connect_timeout: d(self.connect_timeout),
         }
     }
 }
@@ -378,6 +445,7 @@ mod tests {
             )?;
             jail.set_env("FLEETSCORE__AUTH__INGEST_TOKENS", r#"["a","b"]"#);
             jail.set_env("FLEETSCORE__STREAM__OUT_OF_ORDER", "30s");
+            jail.set_env("FLEETSCORE__STORE__MAX_RETRIES", "3");
             let c = load(Some(Path::new("f.toml"))).expect("loads");
             assert_eq!(c.server.listen, "0.0.0.0:9000");
             assert_eq!(c.server.max_body_bytes, 32 << 20);
@@ -392,6 +460,14 @@ mod tests {
             );
             assert_eq!(c.stream.out_of_order, Span::from_secs(30));
             assert_eq!(c.auth.ingest_tokens, vec!["a", "b"]);
+            assert_eq!(c.store.max_retries, 3);
+            assert_eq!(
+                c.store.retry_settings(),
+                RetrySettings {
+                    max_retries: 3,
+                    ..RetrySettings::default()
+                }
+            );
             // What `fleetscore config` prints loads back to the same.
             jail.create_file("out.toml", &to_toml(&c).expect("toml"))?;
             jail.clear_env();

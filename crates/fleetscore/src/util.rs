@@ -34,9 +34,14 @@ pub fn store_url(g: &Global) -> String {
     }
 }
 
+/// The object store, its retries from the config's `[store]` (overridden
+/// by `FLEETSCORE_STORE_…` variables, as the store reads them).
 pub fn store(g: &Global) -> anyhow::Result<Store> {
     let url = store_url(g);
-    Store::open(&url).with_context(|| format!("opening the store {url}"))
+    let retry = crate::config::load(g.config.as_deref())?
+        .store
+        .retry_settings();
+    Store::open_with(&url, &retry).with_context(|| format!("opening the store {url}"))
 }
 
 pub fn registry(g: &Global) -> anyhow::Result<Registry> {

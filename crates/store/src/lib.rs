@@ -1,9 +1,13 @@
 //! The object store, and the model registry laid out in it.
 //!
 //! Everything fleetscore keeps lives under one object-store root (a local
-//! folder by default; `s3://`, `az://`, `gs://` when built with those
-//! features), reached through the `object_store` crate so that a local
-//! folder and a cloud bucket behave the same. The model registry's layout:
+//! folder by default; `s3://`, `az://`, `gs://` when built with the cargo
+//! features `s3`, `azure`, `gcp`), reached through the `object_store` crate
+//! so that a local folder and a cloud bucket behave the same: the same keys,
+//! the same listings, whole-object writes that readers see entirely or not
+//! at all. [`Store::open`] lists the URLs; how a cloud store is configured
+//! from the environment and how it retries is in [`RetrySettings`] and the
+//! `backend` module. The model registry's layout:
 //!
 //! ```text
 //! models/index.json                        every key, its versions, the live one
@@ -27,8 +31,11 @@
 //! finds them disagreeing rebuilds the pack from the version files.
 #![deny(missing_docs)]
 
+mod backend;
 mod lake;
 mod registry;
+
+pub use backend::RetrySettings;
 
 pub use lake::{
     aggregate, hour_partition, ingest_file, partition_start, raw_objects, window_prefix,
@@ -58,8 +65,11 @@ pub enum StoreError {
         /// What is wrong and what to do.
         reason: String,
     },
-    /// A read or write failed; retrying may help if the cause is transient.
-    #[error("store {url}: {op} {key}: {source}")]
+    /// A read or write failed (after the backend's own retries); retrying
+    /// later may help if the cause is transient.
+    // The backend's error is shown in full here and not chained as a
+    // `source()`: its own chain repeats each cause in its message.
+    #[error("store {url}: {op} {key}: {error}{hint}")]
     Backend {
         /// The store root.
         url: String,
@@ -68,7 +78,9 @@ pub enum StoreError {
         /// The object key.
         key: String,
         /// The backend's error.
-        source: Box<object_store::Error>,
+        error: Box<object_store::Error>,
+        /// What usually causes this error, in parentheses, or "".
+        hint: &'static str,
     },
     /// An object exists but its content is not what fleetscore wrote.
     #[error("store {url}: {key} is corrupt: {reason}")]
@@ -93,30 +105,63 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens a store: a plain path or `file://` URL (created if missing),
-    /// or `memory://` (for tests).
+    /// Opens a store:
+    ///
+    /// - a plain path or `file://PATH`: a local folder (created if missing);
+    /// - `memory://`: in memory, for tests;
+    /// - `s3://BUCKET[/PREFIX]` (feature `s3`): AWS S3 or an S3-compatible
+    ///   service, configured by the `AWS_…` environment variables;
+    /// - `az://CONTAINER[/PREFIX]` or `azure://…` (feature `azure`): Azure
+    ///   Blob storage or Azurite, configured by the `AZURE_…` variables;
+    /// - `gs://BUCKET[/PREFIX]` (feature `gcp`): Google Cloud Storage,
+    ///   configured by the `GOOGLE_…` variables.
+    ///
+    /// With a `PREFIX`, every key of the store lives under it. Cloud
+    /// requests retry as [`RetrySettings::from_env`] says. Nothing is sent
+    /// yet: a missing bucket shows at the first read or write, with a hint.
     pub fn open(url: &str) -> Result<Store, StoreError> {
+        Self::open_in(url, &backend::Env::process(), &RetrySettings::default())
+    }
+
+    /// [`Store::open`] with other retry settings (from a config file, say)
+    /// in place of the defaults; the `FLEETSCORE_STORE_…` variables still
+    /// override them.
+    pub fn open_with(url: &str, retry: &RetrySettings) -> Result<Store, StoreError> {
+        Self::open_in(url, &backend::Env::process(), retry)
+    }
+
+    /// [`Store::open`] with the given environment variables instead of the
+    /// process's (for programs and tests that talk to several stores).
+    pub fn open_with_env(
+        url: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Store, StoreError> {
+        Self::open_in(
+            url,
+            &backend::Env::from_pairs(vars),
+            &RetrySettings::default(),
+        )
+    }
+
+    fn open_in(url: &str, env: &backend::Env, retry: &RetrySettings) -> Result<Store, StoreError> {
         let bad = |reason: String| StoreError::Url {
             url: url.to_string(),
             reason,
         };
-        let inner: Arc<dyn ObjectStore> = if url == "memory://" || url.starts_with("memory://") {
+        let inner: Arc<dyn ObjectStore> = if url.starts_with("memory://") {
             Arc::new(InMemory::new())
-        } else if let Some(scheme) = [
-            "s3://", "az://", "azure://", "abfs://", "gs://", "http://", "https://",
-        ]
-        .iter()
-        .find(|s| url.starts_with(**s))
+        } else if let Some(cloud) =
+            backend::split(url).filter(|u| matches!(u.scheme, "s3" | "az" | "azure" | "gs"))
         {
-            return Err(bad(format!(
-                "{scheme} stores are not available in this build yet; use a local folder (a path or file://)"
-            )));
+            backend::open_cloud_with(&cloud, env, retry).map_err(bad)?
         } else {
             let path = if let Some(rest) = url.strip_prefix("file://") {
                 std::path::PathBuf::from(rest)
             } else if url.contains("://") {
                 return Err(bad(
-                    "unknown scheme; use a path, file://, or memory://".into()
+                    "unknown scheme; use a path, file://, s3://BUCKET[/PREFIX], \
+                     az://CONTAINER[/PREFIX], gs://BUCKET[/PREFIX] or memory://"
+                        .into(),
                 ));
             } else {
                 std::path::PathBuf::from(url)
@@ -142,7 +187,8 @@ impl Store {
             url: self.url.clone(),
             op,
             key: key.to_string(),
-            source: Box::new(source),
+            hint: backend::hint(&self.url, &source),
+            error: Box::new(source),
         }
     }
 
@@ -151,7 +197,10 @@ impl Store {
         let path = ObjectPath::from(key);
         match self.inner.get(&path).await {
             Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err("get", key, e))?)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            // A missing bucket answers 404 too: an error, not an empty store.
+            Err(e @ object_store::Error::NotFound { .. }) if !backend::missing_bucket(&e) => {
+                Ok(None)
+            }
             Err(e) => Err(self.err("get", key, e)),
         }
     }
@@ -170,14 +219,21 @@ impl Store {
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = ObjectPath::from(key);
         match self.inner.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e @ object_store::Error::NotFound { .. }) if !backend::missing_bucket(&e) => Ok(()),
             Err(e) => Err(self.err("delete", key, e)),
         }
     }
 
     /// Keys of every object under `prefix` (a folder such as `raw/`; an
     /// empty prefix lists everything), sorted. A missing folder lists as
-    /// empty.
+    /// empty. The prefix matches whole segments: `raw/date=2024-01-0` lists
+    /// nothing of `raw/date=2024-01-01/`, in every backend.
+    ///
+    /// Keys come back as they were written, so that [`Store::get`] reads
+    /// each: `object_store` percent-encodes characters such as `*` or `%`
+    /// inside a key (`models/*/t/…` is stored as `models/%2A/t/…`), and
+    /// listing decodes them again.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         use futures::TryStreamExt;
         let trimmed = prefix.trim_end_matches('/');
@@ -185,7 +241,11 @@ impl Store {
         let mut keys: Vec<String> = self
             .inner
             .list(path.as_ref())
-            .map_ok(|meta| meta.location.to_string())
+            .map_ok(|meta| {
+                percent_encoding::percent_decode_str(meta.location.as_ref())
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
             .try_collect()
             .await
             .map_err(|e| self.err("list", prefix, e))?;
@@ -199,5 +259,62 @@ impl Store {
             key: key.to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: keys with characters that `object_store` percent-encodes
+    /// (the fallback models' `*`) listed in their encoded form, which
+    /// `get` then could not read.
+    #[test]
+    fn listed_keys_read_back_in_every_local_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for url in ["memory://", dir.path().to_str().unwrap()] {
+            let store = Store::open(url).unwrap();
+            rt.block_on(async {
+                let keys = [
+                    "models/*/1/v1/meta.json",
+                    "a b/c%41d.txt",
+                    "raw/date=2024-01-01/hour=00/part-x.parquet",
+                    "raw/date=2024-01-01/hour=000/part-y.parquet",
+                ];
+                for k in keys {
+                    store.put(k, k.as_bytes().to_vec()).await.unwrap();
+                }
+                let listed = store.list("").await.unwrap();
+                let mut want: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+                want.sort();
+                assert_eq!(listed, want, "{url}");
+                for k in &listed {
+                    assert_eq!(store.get(k).await.unwrap().unwrap().as_ref(), k.as_bytes());
+                }
+                assert_eq!(
+                    store.list("raw/date=2024-01-01/hour=00/").await.unwrap(),
+                    ["raw/date=2024-01-01/hour=00/part-x.parquet"],
+                    "{url}: a prefix matches whole segments"
+                );
+                assert!(store.list("raw/date=2024-01").await.unwrap().is_empty());
+                assert_eq!(store.list("models/*").await.unwrap().len(), 1);
+            });
+        }
+    }
+
+    #[test]
+    fn unknown_schemes_and_missing_buckets_say_what_to_write() {
+        let e = Store::open("ftp://host/x").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown scheme") && e.contains("s3://BUCKET"),
+            "{e}"
+        );
+        let e = Store::open_with_env("s3://", Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3://BUCKET[/PREFIX]"), "{e}");
     }
 }
