@@ -14,10 +14,10 @@ use fleetscore_codecs::{
     PredictionLayout, Readings,
 };
 use fleetscore_core::{format_ts, parse_ts};
-use fleetscore_jobs::run::{load_raw, window_name, DeviceCount, Manifest};
+use fleetscore_jobs::run::{load_raw, DeviceCount, Manifest};
 use fleetscore_jobs::schedule::latest_due;
 use fleetscore_jobs::{ModelFailure, Scored};
-use fleetscore_store::{hour_partition, ModelInput, Registry, Store, HOUR_NS};
+use fleetscore_store::{hour_partition, ModelInput, Registry, Store};
 use serde::Serialize;
 
 use crate::cli::{Format, Global, Layout, ScoreArgs};
@@ -378,14 +378,7 @@ async fn write_store(
     let prefix = format!("predictions/{}", hour_partition(from));
     // A window that does not start on the hour (say 09:15-09:30) gets its
     // start in the name, so the windows of one hour keep apart.
-    let stem = match from.rem_euclid(HOUR_NS) {
-        0 => format!("raw-{}", window_name(to - from)),
-        _ => format!(
-            "raw-{}-{}",
-            window_name(to - from),
-            format_ts(from)[11..19].replace(':', "")
-        ),
-    };
+    let stem = fleetscore_jobs::run::window_stem("raw", from, to);
     let label = format!("shard-{i}-of-{n}");
     let part = format!("{prefix}/part-{stem}-{label}.parquet");
     let bytes = tokio::task::block_in_place(|| predictions_parquet_bytes(cols, &part))?;

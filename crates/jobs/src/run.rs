@@ -179,16 +179,25 @@ pub fn window_name(ns: i64) -> String {
 }
 
 /// The output folder and name stem of a job: `predictions/date=…/hour=…`
-/// and `raw-1h`.
+/// and `raw-1h` (`raw-15m-091500` for a window starting at 09:15:00, not
+/// on the hour, so the windows of one hour keep apart).
 pub fn output_prefix(job: &JobRecord) -> (String, String) {
     (
         format!("predictions/{}", hour_partition(job.window_start)),
-        format!(
-            "{}-{}",
-            job.mode,
-            window_name(job.window_end - job.window_start)
-        ),
+        window_stem(&job.mode, job.window_start, job.window_end),
     )
+}
+
+/// `MODE-W`, or `MODE-W-HHMMSS` for a window not starting on the hour.
+pub fn window_stem(mode: &str, from: i64, to: i64) -> String {
+    match from.rem_euclid(HOUR_NS) {
+        0 => format!("{mode}-{}", window_name(to - from)),
+        _ => format!(
+            "{mode}-{}-{}",
+            window_name(to - from),
+            format_ts(from)[11..19].replace(':', "")
+        ),
+    }
 }
 
 /// The readings of `[from, to)` from the store's raw/ partitions.

@@ -802,6 +802,44 @@ async fn runners_share_a_job_and_take_over_a_vanished_workers_task(b: Backend) {
     assert_eq!(job.rows as usize, rows.len());
 }
 
+async fn sub_hour_windows_of_one_hour_keep_apart(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, readings) = fleet(&dir.path().join("store"), 1).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
+    let runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
+    for q in 0..4 {
+        let job = NewJob {
+            window_start: T0 + q * 15 * MIN,
+            window_end: T0 + (q + 1) * 15 * MIN,
+            ..manual(T0, 3)
+        };
+        db.create_job(&job, clock.now()).await.unwrap();
+    }
+    assert_eq!(runner.run_queued().await.unwrap().len(), 4);
+    let mut manifests: Vec<String> = store
+        .list("predictions/")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.contains("/manifest-"))
+        .collect();
+    manifests.sort();
+    assert_eq!(
+        manifests,
+        [
+            "predictions/date=2024-01-01/hour=00/manifest-raw-15m-001500.json",
+            "predictions/date=2024-01-01/hour=00/manifest-raw-15m-003000.json",
+            "predictions/date=2024-01-01/hour=00/manifest-raw-15m-004500.json",
+            "predictions/date=2024-01-01/hour=00/manifest-raw-15m.json",
+        ]
+    );
+    // Each quarter's predictions are its own: together every reading of a
+    // pair with a model, once.
+    let rows = prediction_rows(&store).await;
+    assert_eq!(rows.len(), readings / DEVICES * (DEVICES - 1));
+}
+
 on_both!(
     a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once,
     downtime_is_caught_up_oldest_first_and_the_rest_recorded_as_skipped,
@@ -813,4 +851,5 @@ on_both!(
     a_task_handed_back_or_retried_waits_its_turn,
     concurrent_workers_never_lease_one_task_twice,
     runners_share_a_job_and_take_over_a_vanished_workers_task,
+    sub_hour_windows_of_one_hour_keep_apart,
 );
