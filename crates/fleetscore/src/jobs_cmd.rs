@@ -391,17 +391,9 @@ pub async fn scheduler_loop(
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    // Alone on a SQLite store, leases left by a previous process of this
-    // server are its own: end them now instead of waiting for them.
-    if runner.is_some() && !db.url().starts_with("postgres") {
-        let requeued = db.requeue_running().await.unwrap_or(0);
-        if requeued > 0 {
-            tracing::warn!(
-                leases = requeued,
-                "work left running by a previous process was released"
-            );
-        }
-    }
+    // Work left running by a process that died is taken over once its
+    // lease expires ([jobs] lease): other processes (workers, a backfill)
+    // may share even a SQLite store, so leases are never ended early.
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -505,6 +505,9 @@ pub trait JobStore: Send + Sync {
         until: i64,
         only: Option<i64>,
     ) -> Result<Option<TaskRecord>>;
+    /// When the earliest queued retry of a running job may run (its
+    /// `not_before`), if any: a runner going idle waits for it.
+    async fn next_retry(&self) -> Result<Option<i64>>;
     /// Extends a task's lease; `false` if `owner` lost it.
     async fn renew_task(&self, job: i64, idx: u32, owner: &str, until: i64) -> Result<bool>;
     /// Extends a job's planning or finalizing lease; `false` if lost.
@@ -1071,6 +1074,20 @@ impl JobStore for SqlStore {
              RETURNING {TASK_COLUMNS}",
             self.skip_locked("t")
         );
+        // A task whose workers keep vanishing (one that kills its worker,
+        // say) fails once it has had every attempt its job allows.
+        sqlx::query(
+            "UPDATE tasks SET state = 'failed', finished_at = $1, lease_owner = NULL, \
+               lease_until = NULL, error = 'its worker vanished during attempt ' \
+               || CAST(attempts AS TEXT) || ' (the lease expired), the last one allowed' \
+             WHERE state = 'running' AND COALESCE(lease_until, 0) < $2 \
+               AND attempts > (SELECT j.max_retries FROM jobs j WHERE j.id = tasks.job_id)",
+        )
+        .bind(now)
+        .bind(wall)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(now)
             .bind(owner)
@@ -1083,6 +1100,17 @@ impl JobStore for SqlStore {
         row.map(|r| task_from_row(&r))
             .transpose()
             .map_err(|e| self.err(e))
+    }
+
+    async fn next_retry(&self) -> Result<Option<i64>> {
+        let r = sqlx::query(
+            "SELECT MIN(t.not_before) FROM tasks t JOIN jobs j ON j.id = t.job_id \
+             WHERE j.state = 'running' AND t.state = 'queued' AND t.not_before IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        r.try_get::<Option<i64>, _>(0).map_err(|e| self.err(e))
     }
 
     async fn renew_task(&self, job: i64, idx: u32, owner: &str, until: i64) -> Result<bool> {

@@ -654,9 +654,21 @@ impl Runner {
                         Step::Task(_) => {}
                         Step::Idle => {
                             if only.is_none() && others == 0 {
-                                return Ok(());
+                                // A retry waiting out its backoff is work
+                                // still to do: wait for it.
+                                match self.db.next_retry().await? {
+                                    Some(at) => {
+                                        let wait = (at - wall_ns()).clamp(0, 60_000_000_000);
+                                        tokio::time::sleep(
+                                            Duration::from_nanos(wait as u64).max(poll),
+                                        )
+                                        .await;
+                                    }
+                                    None => return Ok(()),
+                                }
+                            } else {
+                                tokio::time::sleep(poll).await;
                             }
-                            tokio::time::sleep(poll).await;
                         }
                     }
                 }
@@ -721,8 +733,16 @@ impl Runner {
             None,
             id,
         );
-        match self.plan_inner(job.clone()).await {
-            Ok((job, tasks)) => {
+        match self.plan_inner(job.clone(), &renew).await {
+            Ok(None) => {
+                tracing::warn!(
+                    job = id,
+                    "planning lost its lease; another process plans it"
+                );
+                self.drop_staged(id);
+                Ok(())
+            }
+            Ok(Some((job, tasks))) => {
                 // Renewing stops before the plan ends the lease.
                 drop(renew);
                 let owner = self.owner.clone();
@@ -766,7 +786,11 @@ impl Runner {
 
     /// Cuts the job into tasks, stages each task's input in the store, and
     /// returns the job's figures and its tasks, for the caller to record.
-    async fn plan_inner(&self, mut job: JobRecord) -> anyhow::Result<(JobRecord, Vec<TaskRecord>)> {
+    async fn plan_inner(
+        &self,
+        mut job: JobRecord,
+        renew: &Renewer,
+    ) -> anyhow::Result<Option<(JobRecord, Vec<TaskRecord>)>> {
         anyhow::ensure!(
             job.mode == "raw",
             "input mode {:?} is not supported by this runner (use raw)",
@@ -880,7 +904,11 @@ impl Runner {
         }
         drop(readings);
 
-        // Stage every task's input, so any worker can run it.
+        // Stage every task's input, so any worker can run it; not if the
+        // job went to another planner meanwhile.
+        if renew.lost() {
+            return Ok(None);
+        }
         let staged: Vec<Staged> = parts
             .into_iter()
             .zip(&chunks)
@@ -948,19 +976,32 @@ impl Runner {
             models = units.len(),
             "job planned"
         );
-        Ok((job, tasks))
+        if renew.lost() {
+            return Ok(None);
+        }
+        Ok(Some((job, tasks)))
     }
 
     /// A task's staged input: from memory if this process planned it, else
     /// from the store.
-    async fn staged(&self, job: i64, idx: u32) -> anyhow::Result<Arc<Staged>> {
-        if let Some(s) = self
+    async fn staged(&self, record: &TaskRecord) -> anyhow::Result<Arc<Staged>> {
+        let (job, idx) = (record.job_id, record.idx);
+        // A plan fits its task record (a replanned job has other tasks).
+        let fits = |plan: &TaskPlan| {
+            let key = |u: Option<&PlanUnit>| u.map(|u| format!("{}/{}", u.device, u.tag));
+            plan.units.len() as u64 == record.n_keys
+                && key(plan.units.first()).as_deref() == Some(record.first_key.as_str())
+                && key(plan.units.last()).as_deref() == Some(record.last_key.as_str())
+        };
+        let cached = self
             .staged
             .lock()
             .ok()
-            .and_then(|c| c.get(&(job, idx)).cloned())
-        {
-            return Ok(s);
+            .and_then(|c| c.get(&(job, idx)).cloned());
+        if let Some(s) = cached {
+            if fits(&s.plan) {
+                return Ok(s);
+            }
         }
         let key = staging_key(job, idx, "json");
         let plan = self.store.get(&key).await?.ok_or_else(|| {
@@ -983,6 +1024,13 @@ impl Runner {
         } else {
             Readings::default()
         };
+        anyhow::ensure!(
+            fits(&plan),
+            "the staged plan {key} is not this task's ({} models {}..{}): the job was planned again",
+            record.n_keys,
+            record.first_key,
+            record.last_key
+        );
         anyhow::ensure!(
             readings.len() as u64 == plan.readings,
             "the task's staged readings hold {} rows, its plan says {}",
@@ -1102,6 +1150,9 @@ impl Runner {
         })
         .await?;
         if !kept {
+            if let Ok(mut s) = self.staged.lock() {
+                s.remove(&(record.job_id, record.idx));
+            }
             tracing::warn!(
                 job = job.id,
                 task = record.idx,
@@ -1122,7 +1173,7 @@ impl Runner {
         record: &mut TaskRecord,
     ) -> anyhow::Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
         let t = Instant::now();
-        let staged = self.staged(job.id, record.idx).await?;
+        let staged = self.staged(record).await?;
         let pack = self.pack_for(staged.plan.generation).await?;
         // Window-input pairs read their windows.
         let mut wunits = Vec::new();
@@ -1189,12 +1240,23 @@ impl Runner {
                 ));
             }
             if let Some(d) = &r.devices {
-                let d: BTreeMap<String, DeviceCount> = serde_json::from_str(d)
-                    .with_context(|| format!("task {} of job {id}: its device counts", r.idx))?;
-                for (k, c) in d {
-                    let e = devices.entry(k).or_default();
-                    e.rows += c.rows;
-                    e.anomalies += c.anomalies;
+                match serde_json::from_str::<BTreeMap<String, DeviceCount>>(d) {
+                    Ok(d) => {
+                        for (k, c) in d {
+                            let e = devices.entry(k).or_default();
+                            e.rows += c.rows;
+                            e.anomalies += c.anomalies;
+                        }
+                    }
+                    // Recorded as the job's failure, not retried for ever.
+                    Err(e) => {
+                        if task_error.is_none() {
+                            task_error = Some(format!(
+                                "task {}: its recorded device counts do not read back: {e}",
+                                r.idx
+                            ));
+                        }
+                    }
                 }
             }
         }

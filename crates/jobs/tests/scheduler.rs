@@ -840,6 +840,39 @@ async fn sub_hour_windows_of_one_hour_keep_apart(b: Backend) {
     assert_eq!(rows.len(), readings / DEVICES * (DEVICES - 1));
 }
 
+async fn a_task_whose_workers_keep_vanishing_fails_after_its_attempts(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    // manual() allows 2 retries: three attempts in all.
+    let id = planned(&db, 1, "planner").await;
+    for (n, wall) in [(1, 10), (2, 2_000), (3, 4_000)] {
+        let t = db
+            .lease_task(1, wall, &format!("w{n}"), wall + 1_000, None)
+            .await
+            .unwrap()
+            .expect("the expired task is leased again");
+        assert_eq!(t.attempts, n);
+    }
+    // The third worker vanished too: no fourth lease, the task failed.
+    assert!(db
+        .lease_task(1, 6_000, "w4", 7_000, None)
+        .await
+        .unwrap()
+        .is_none());
+    let t = &db.tasks(id).await.unwrap()[0];
+    assert_eq!(t.state, "failed");
+    assert!(
+        t.error
+            .as_deref()
+            .unwrap()
+            .contains("vanished during attempt 3"),
+        "{t:?}"
+    );
+    // So the job can be finalized (as failed, by the runner).
+    let f = db.claim_finalize(6_001, "f", 9_000, None).await.unwrap();
+    assert_eq!(f.map(|j| j.id), Some(id));
+}
+
 on_both!(
     a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once,
     downtime_is_caught_up_oldest_first_and_the_rest_recorded_as_skipped,
@@ -852,4 +885,5 @@ on_both!(
     concurrent_workers_never_lease_one_task_twice,
     runners_share_a_job_and_take_over_a_vanished_workers_task,
     sub_hour_windows_of_one_hour_keep_apart,
+    a_task_whose_workers_keep_vanishing_fails_after_its_attempts,
 );
