@@ -94,8 +94,7 @@ pub async fn job_store(
             None => format!("sqlite://{}", g.data.join("fleetscore.db").display()),
         },
     };
-    let db = fleetscore_jobs::db::SqliteStore::open(&url)
-        .await
-        .with_context(|| format!("opening the job store {url}"))?;
+    // The error names the store and says why.
+    let db = fleetscore_jobs::db::SqlStore::open(&url).await?;
     Ok(std::sync::Arc::new(db))
 }

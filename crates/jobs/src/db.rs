@@ -30,22 +30,22 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The database refused or failed.
-    #[error("job store {url}: {source}")]
+    // The driver's message is part of this one (not a `source`), so a
+    // report shows it once.
+    #[error("job store {url}: {error}")]
     Sql {
         /// The database.
         url: String,
         /// The driver's error.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
     /// The schema could not be brought up to date.
-    #[error("job store {url}: migrating the schema: {source}")]
+    #[error("job store {url}: migrating the schema: {error}")]
     Migrate {
         /// The database.
         url: String,
         /// The migrator's error.
-        #[source]
-        source: sqlx::migrate::MigrateError,
+        error: sqlx::migrate::MigrateError,
     },
     /// A URL this build cannot open.
     #[error("job store URL {0:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE")]
@@ -602,9 +602,9 @@ impl SqlStore {
     /// `postgresql://`).
     pub async fn open(url: &str) -> Result<SqlStore> {
         sqlx::any::install_default_drivers();
-        let sql = |source| DbError::Sql {
+        let sql = |error| DbError::Sql {
             url: url.to_string(),
-            source,
+            error,
         };
         let (dialect, connect, max) =
             if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -626,6 +626,28 @@ impl SqlStore {
                     (Dialect::Sqlite, format!("sqlite://{path}?mode=rwc"), 4)
                 }
             };
+        if dialect == Dialect::Postgres {
+            // One direct connection first: the pool would only say it timed
+            // out, this says why (refused, unknown host, authentication).
+            use sqlx::Connection as _;
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(15),
+                sqlx::AnyConnection::connect(&connect),
+            )
+            .await
+            {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                }
+                Ok(Err(source)) => return Err(sql(source)),
+                Err(_) => {
+                    return Err(sql(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer within 15s; is PostgreSQL running there, and the URL's host and port right?",
+                    ))))
+                }
+            }
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(std::time::Duration::from_secs(30))
@@ -651,9 +673,9 @@ impl SqlStore {
         migrations
             .run(&pool)
             .await
-            .map_err(|source| DbError::Migrate {
+            .map_err(|error| DbError::Migrate {
                 url: url.to_string(),
-                source,
+                error,
             })?;
         Ok(SqlStore {
             pool,
@@ -667,10 +689,10 @@ impl SqlStore {
         self.dialect
     }
 
-    fn err(&self, source: sqlx::Error) -> DbError {
+    fn err(&self, error: sqlx::Error) -> DbError {
         DbError::Sql {
             url: self.url.clone(),
-            source,
+            error,
         }
     }
 
@@ -689,9 +711,9 @@ impl SqlStore {
 /// For tests and benchmarks that want a database of their own.
 pub async fn ensure_database(server_url: &str, name: &str) -> Result<String> {
     sqlx::any::install_default_drivers();
-    let sql = |source| DbError::Sql {
+    let sql = |error| DbError::Sql {
         url: server_url.to_string(),
-        source,
+        error,
     };
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(DbError::Url(format!(
