@@ -814,6 +814,7 @@ impl Runner {
                 .unwrap_or_default()
         };
         let readings = load_raw(&self.store, job.window_start, job.window_end).await?;
+        let read_ms = t.elapsed().as_millis() as u64;
         // Pairs with windows, of every size a window-input model needs.
         let mut sizes: BTreeSet<String> = BTreeSet::new();
         for i in inputs.values() {
@@ -904,6 +905,7 @@ impl Runner {
         }
         drop(readings);
 
+        let cut_ms = t.elapsed().as_millis() as u64 - read_ms;
         // Stage every task's input, so any worker can run it; not if the
         // job went to another planner meanwhile.
         if renew.lost() {
@@ -974,6 +976,9 @@ impl Runner {
             job = job.id,
             tasks = tasks.len(),
             models = units.len(),
+            read_ms,
+            cut_ms,
+            stage_ms = job.load_ms - read_ms - cut_ms,
             "job planned"
         );
         if renew.lost() {
