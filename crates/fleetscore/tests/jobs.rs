@@ -2,55 +2,11 @@
 //! jobs gives the reference predictions; `jobs list|show|logs|retry|cancel`;
 //! `serve` runs its schedule.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use arrow::array::AsArray;
-use arrow::datatypes::{Float64Type, Int32Type, TimestampMicrosecondType};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
 mod common;
-use common::{parquet_files, reference, run, text, Server};
-
-/// (ts µs, device, tag) → (prediction, score) from every predictions part.
-fn predictions(store: &Path) -> HashMap<(i64, String, String), (i32, f64)> {
-    let mut files = Vec::new();
-    parquet_files(&store.join("predictions"), &mut files);
-    let mut out = HashMap::new();
-    for f in files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&f).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let ts = b
-                .column(0)
-                .as_primitive::<TimestampMicrosecondType>()
-                .clone();
-            let dev = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
-            let tag = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Utf8).unwrap();
-            let (dev, tag) = (dev.as_string::<i32>(), tag.as_string::<i32>());
-            let pred = b.column(4).as_primitive::<Int32Type>().clone();
-            let score = b.column(5).as_primitive::<Float64Type>().clone();
-            for i in 0..b.num_rows() {
-                let k = (
-                    ts.value(i),
-                    dev.value(i).to_string(),
-                    tag.value(i).to_string(),
-                );
-                assert!(
-                    out.insert(k.clone(), (pred.value(i), score.value(i)))
-                        .is_none(),
-                    "{k:?} predicted twice"
-                );
-            }
-        }
-    }
-    out
-}
+use common::{predictions, reference, run, text, Server};
 
 #[test]
 fn the_reference_job_as_hourly_backfill_jobs() {

@@ -17,12 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow::array::AsArray;
-use arrow::datatypes::TimestampMicrosecondType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
 mod common;
-use common::{bin, parquet_files, run, text};
+use common::{bin, parquet_files, predictions, run, text};
 
 const DEVICES: usize = 120;
 const TAGS: usize = 5;
@@ -166,33 +162,9 @@ fn tasks_in(j: &serde_json::Value, state: &str) -> usize {
 /// Every prediction row of the store as (ts, device, tag), asserting none
 /// is there twice, and checking the manifest lists exactly the parts.
 fn predictions_once(store: &Path) -> HashSet<(i64, String, String)> {
+    let out: HashSet<(i64, String, String)> = predictions(store).into_keys().collect();
     let mut files = Vec::new();
     parquet_files(&store.join("predictions"), &mut files);
-    let mut out = HashSet::new();
-    for f in &files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(f).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let ts = b
-                .column(0)
-                .as_primitive::<TimestampMicrosecondType>()
-                .clone();
-            let dev = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
-            let tag = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Utf8).unwrap();
-            let (dev, tag) = (dev.as_string::<i32>(), tag.as_string::<i32>());
-            for i in 0..b.num_rows() {
-                let k = (
-                    ts.value(i),
-                    dev.value(i).to_string(),
-                    tag.value(i).to_string(),
-                );
-                assert!(out.insert(k.clone()), "{k:?} predicted twice");
-            }
-        }
-    }
     let manifest = store.join("predictions/date=2024-01-01/hour=00/manifest-raw-1h.json");
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
     let mut listed: Vec<String> = m["parts"]

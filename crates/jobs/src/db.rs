@@ -481,10 +481,6 @@ pub trait JobStore: Send + Sync {
         until: i64,
         only: Option<i64>,
     ) -> Result<Option<JobRecord>>;
-    /// Ends the leases of every running job and task now (for a single
-    /// process starting after a crash: nobody else holds them). Returns how
-    /// many were running.
-    async fn requeue_running(&self) -> Result<u64>;
     /// One job.
     async fn job(&self, id: i64) -> Result<JobRecord>;
     /// Jobs, newest first.
@@ -978,18 +974,6 @@ impl JobStore for SqlStore {
         row.map(|r| job_from_row(&r))
             .transpose()
             .map_err(|e| self.err(e))
-    }
-
-    async fn requeue_running(&self) -> Result<u64> {
-        let jobs = sqlx::query("UPDATE jobs SET lease_until = 0 WHERE state = 'running'")
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        let tasks = sqlx::query("UPDATE tasks SET lease_until = 0 WHERE state = 'running'")
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(jobs.rows_affected() + tasks.rows_affected())
     }
 
     async fn job(&self, id: i64) -> Result<JobRecord> {

@@ -226,3 +226,46 @@ pub fn small_fleet(data: &Path) {
     );
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// (ts µs, device, tag) → (prediction, score) from every predictions part
+/// under `store`, asserting that no row is there twice.
+pub fn predictions(store: &Path) -> HashMap<(i64, String, String), (i32, f64)> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Float64Type, Int32Type, TimestampMicrosecondType};
+    let mut files = Vec::new();
+    parquet_files(&store.join("predictions"), &mut files);
+    let mut out = HashMap::new();
+    for f in files {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&f).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let ts = b
+                .column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone();
+            let dev = arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
+            let tag = arrow::compute::cast(b.column(2), &DataType::Utf8).unwrap();
+            let (dev, tag) = (dev.as_string::<i32>(), tag.as_string::<i32>());
+            let pred = b.column(4).as_primitive::<Int32Type>().clone();
+            let score = b.column(5).as_primitive::<Float64Type>().clone();
+            for i in 0..b.num_rows() {
+                let k = (
+                    ts.value(i),
+                    dev.value(i).to_string(),
+                    tag.value(i).to_string(),
+                );
+                assert!(
+                    out.insert(k.clone(), (pred.value(i), score.value(i)))
+                        .is_none(),
+                    "{k:?} predicted twice"
+                );
+            }
+        }
+    }
+    out
+}
