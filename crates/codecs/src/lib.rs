@@ -37,7 +37,8 @@ pub use predictions::{
 };
 pub use raw::{
     raw_readings_schema, read_batches_parquet_bytes, read_readings_parquet_bytes,
-    write_batch_parquet, write_readings_parquet,
+    read_readings_parquet_row_groups, scan_raw_parquet_bytes, write_batch_parquet,
+    write_readings_parquet, RawScan,
 };
 pub use readings::{read_readings, InputFormat, Readings};
 

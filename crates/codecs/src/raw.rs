@@ -72,8 +72,11 @@ pub fn write_batch_parquet(batch: &RecordBatch, name: &str) -> Result<Vec<u8>, C
         path: name.into(),
         reason: e.to_string(),
     };
+    // Row groups of at most 256k rows: a planner splits a window's reading
+    // among workers by row group, and a reader can skip row groups by time.
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(256 * 1024))
         .build();
     let mut buf = Vec::new();
     let mut writer =
@@ -102,6 +105,16 @@ pub fn read_batches_parquet_bytes(data: Bytes, name: &str) -> Result<Vec<RecordB
 /// layout, or any Parquet file `read_readings` accepts). `name` is only
 /// used in error messages.
 pub fn read_readings_parquet_bytes(data: Bytes, name: &str) -> Result<Readings, CodecError> {
+    read_readings_parquet_row_groups(data, name, None)
+}
+
+/// [`read_readings_parquet_bytes`] of only the row groups `groups` (by
+/// index, in the order given; `None`: all of them).
+pub fn read_readings_parquet_row_groups(
+    data: Bytes,
+    name: &str,
+    groups: Option<&[usize]>,
+) -> Result<Readings, CodecError> {
     let path = Path::new(name);
     let pq = |e: &dyn std::fmt::Display| CodecError::Parquet {
         path: path.to_path_buf(),
@@ -117,10 +130,26 @@ pub fn read_readings_parquet_bytes(data: Bytes, name: &str) -> Result<Readings, 
             builder = ParquetRecordBatchReaderBuilder::new_with_metadata(data, meta);
         }
     }
+    let meta = builder.metadata().clone();
+    let rows = match groups {
+        None => usize::try_from(meta.file_metadata().num_rows()).unwrap_or(0),
+        Some(groups) => {
+            let mut rows = 0usize;
+            for &g in groups {
+                let rg = meta.row_groups().get(g).ok_or_else(|| {
+                    pq(&format_args!(
+                        "it has {} row groups, not a row group {g}: the object changed",
+                        meta.num_row_groups()
+                    ))
+                })?;
+                rows += usize::try_from(rg.num_rows()).unwrap_or(0);
+            }
+            builder = builder.with_row_groups(groups.to_vec());
+            rows
+        }
+    };
     // Room for every row up front (no regrowth copies), within reason.
-    let rows = usize::try_from(builder.metadata().file_metadata().num_rows())
-        .unwrap_or(0)
-        .min(1 << 26);
+    let rows = rows.min(1 << 26);
     let reader = builder
         .with_batch_size(64 * 1024)
         .build()
@@ -141,6 +170,136 @@ pub fn read_readings_parquet_bytes(data: Bytes, name: &str) -> Result<Readings, 
     }
     out.keys = interner.keys;
     Ok(out)
+}
+
+/// What planning needs of one Parquet object of readings: the row count of
+/// each row group, and the distinct (device, tag) pairs of its rows with
+/// `from <= ts < to`, in order of first appearance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawScan {
+    /// Rows per row group, in file order.
+    pub row_groups: Vec<u64>,
+    /// Distinct pairs with a reading in the range.
+    pub keys: Vec<(String, String)>,
+}
+
+/// Scans a Parquet object of readings for [`RawScan`]: only the TS, Device
+/// and Tag columns are decoded (Device and Tag as dictionaries, so each
+/// distinct pair of a dictionary is named once), not the values.
+pub fn scan_raw_parquet_bytes(
+    data: Bytes,
+    name: &str,
+    from: i64,
+    to: i64,
+) -> Result<RawScan, CodecError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int32Type, Int64Type};
+    use parquet::arrow::ProjectionMask;
+
+    let path = Path::new(name);
+    let pq = |e: &dyn std::fmt::Display| CodecError::Parquet {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(data.clone()).map_err(|e| pq(&e))?;
+    if let Some(schema) = crate::readings::dictionary_hint(builder.schema()) {
+        let options = ArrowReaderOptions::new().with_schema(schema);
+        if let Ok(meta) = ArrowReaderMetadata::try_new(builder.metadata().clone(), options) {
+            builder = ParquetRecordBatchReaderBuilder::new_with_metadata(data, meta);
+        }
+    }
+    let row_groups = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|rg| u64::try_from(rg.num_rows()).unwrap_or(0))
+        .collect();
+    let idx = crate::readings::check_columns(path, builder.schema())?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), idx[..3].iter().copied());
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| pq(&e))?;
+    let mut interner = Interner::default();
+    let ns = DataType::Timestamp(TimeUnit::Nanosecond, None);
+    let mut seen: Vec<bool> = Vec::new();
+    let mut seen_sparse: rustc_hash::FxHashSet<(i32, i32)> = Default::default();
+    for batch in reader {
+        let batch = batch.map_err(|e| pq(&e))?;
+        let n = batch.num_rows();
+        let ts = crate::readings::column(&batch, "TS");
+        let ts = match ts.data_type() {
+            DataType::Timestamp(..) => arrow::compute::cast(ts, &ns)
+                .and_then(|t| arrow::compute::cast(&t, &DataType::Int64))
+                .map_err(|e| pq(&e))?,
+            other => {
+                return Err(CodecError::Schema {
+                    path: path.to_path_buf(),
+                    reason: format!("column TS has type {other}; expected a timestamp"),
+                })
+            }
+        };
+        if ts.null_count() > 0 {
+            return Err(pq(&"column TS holds nulls"));
+        }
+        let ts = ts.as_primitive::<Int64Type>().values();
+        let inside = |r: usize| ts[r] >= from && ts[r] < to;
+        let d = crate::readings::column(&batch, "Device");
+        let t = crate::readings::column(&batch, "Tag");
+        if let (Some(dd), Some(td)) = (
+            d.as_dictionary_opt::<Int32Type>(),
+            t.as_dictionary_opt::<Int32Type>(),
+        ) {
+            if let (Some(dv), Some(tv)) = (
+                dd.values().as_string_opt::<i32>(),
+                td.values().as_string_opt::<i32>(),
+            ) {
+                if dd.null_count() + td.null_count() > 0 {
+                    return Err(pq(&"column Device or Tag holds nulls"));
+                }
+                // Mark the pairs of the batch, then name each once.
+                let (dk, tk) = (dd.keys().values(), td.keys().values());
+                let nt = tv.len();
+                let mut pairs: Vec<(i32, i32)> = Vec::new();
+                match dv.len().checked_mul(nt).filter(|&c| c <= 1 << 22) {
+                    Some(cells) => {
+                        seen.clear();
+                        seen.resize(cells, false);
+                        for r in (0..n).filter(|&r| inside(r)) {
+                            let cell = &mut seen[dk[r] as usize * nt + tk[r] as usize];
+                            if !*cell {
+                                *cell = true;
+                                pairs.push((dk[r], tk[r]));
+                            }
+                        }
+                    }
+                    None => {
+                        seen_sparse.clear();
+                        for r in (0..n).filter(|&r| inside(r)) {
+                            if seen_sparse.insert((dk[r], tk[r])) {
+                                pairs.push((dk[r], tk[r]));
+                            }
+                        }
+                    }
+                }
+                for (a, b) in pairs {
+                    interner.text(dv.value(a as usize), tv.value(b as usize));
+                }
+                continue;
+            }
+        }
+        let d = crate::readings::as_strings(path, d, "Device")?;
+        let t = crate::readings::as_strings(path, t, "Tag")?;
+        let (ds, tss) = (d.as_string::<i32>(), t.as_string::<i32>());
+        for r in (0..n).filter(|&r| inside(r)) {
+            interner.text(ds.value(r), tss.value(r));
+        }
+    }
+    Ok(RawScan {
+        row_groups,
+        keys: interner.keys,
+    })
 }
 
 #[cfg(test)]

@@ -161,7 +161,7 @@ struct DictCache {
 }
 
 impl Interner {
-    fn text(&mut self, device: &str, tag: &str) -> u32 {
+    pub(crate) fn text(&mut self, device: &str, tag: &str) -> u32 {
         self.buf.clear();
         self.buf.extend_from_slice(device.as_bytes());
         self.buf.push(0);
@@ -496,7 +496,7 @@ pub(crate) fn dictionary_hint(
 
 /// Column positions in a projected batch follow the file's order, so look
 /// them up by name again.
-fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
+pub(crate) fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
     let i = batch
         .schema()
         .fields()
@@ -719,7 +719,7 @@ fn as_ints(a: &ArrayRef) -> Option<Vec<i64>> {
     })
 }
 
-fn as_strings(path: &Path, a: &ArrayRef, name: &str) -> Result<ArrayRef, CodecError> {
+pub(crate) fn as_strings(path: &Path, a: &ArrayRef, name: &str) -> Result<ArrayRef, CodecError> {
     let ok = matches!(
         a.data_type(),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)

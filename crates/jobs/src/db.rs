@@ -346,8 +346,12 @@ pub struct JobRecord {
 pub struct TaskRecord {
     /// Its job.
     pub job_id: i64,
-    /// 0, 1, … within the job.
+    /// 0, 1, … within the job: its score tasks first, then its map tasks.
     pub idx: u32,
+    /// `score` (scores some models; also an empty kind) or `map` (reads a share
+    /// of the window's raw row groups for the score tasks; they run once
+    /// every map task has succeeded).
+    pub kind: String,
     /// `queued`, `running`, `succeeded`, `failed`, `cancelled`.
     pub state: String,
     /// Attempts made.
@@ -391,6 +395,18 @@ pub struct TaskRecord {
     /// Rows and anomalies per device of its output, JSON (for the manifest).
     #[serde(skip)]
     pub devices: Option<String>,
+}
+
+/// [`TaskRecord::kind`] of a task that scores models.
+pub const TASK_SCORE: &str = "score";
+/// [`TaskRecord::kind`] of a task that reads the window for the others.
+pub const TASK_MAP: &str = "map";
+
+impl TaskRecord {
+    /// Whether it is a map task (not one that scores models).
+    pub fn is_map(&self) -> bool {
+        self.kind == TASK_MAP
+    }
 }
 
 /// One model that did not score.
@@ -587,7 +603,7 @@ const JOB_COLUMNS: &str = "id, schedule, kind, window_start, window_end, mode, s
     batch_size, max_failed, max_retries, concurrency, created_at, started_at, finished_at, models, \
     rows, anomalies, failed_models, tasks, load_ms, score_ms, write_ms, error, manifest";
 
-const TASK_COLUMNS: &str = "job_id, idx, state, attempts, first_key, last_key, n_keys, queued_at, \
+const TASK_COLUMNS: &str = "job_id, idx, kind, state, attempts, first_key, last_key, n_keys, queued_at, \
     started_at, finished_at, models, rows, anomalies, failed_models, load_ms, score_ms, write_ms, \
     output, error, lease_owner, lease_until, not_before, devices";
 
@@ -815,6 +831,7 @@ fn task_from_row(r: &AnyRow) -> Result<TaskRecord, sqlx::Error> {
     Ok(TaskRecord {
         job_id: r.try_get("job_id")?,
         idx: r.try_get::<i64, _>("idx")? as u32,
+        kind: r.try_get("kind")?,
         state: r.try_get("state")?,
         attempts: r.try_get::<i64, _>("attempts")? as u32,
         first_key: r.try_get("first_key")?,
@@ -1019,7 +1036,7 @@ impl JobStore for SqlStore {
              WHERE id = $4 AND state = 'running' AND lease_owner = $5",
         )
         .bind(job.started_at.unwrap_or(job.created_at))
-        .bind(tasks.len() as i64)
+        .bind(tasks.iter().filter(|t| !t.is_map()).count() as i64)
         .bind(job.load_ms as i64)
         .bind(job.id)
         .bind(owner)
@@ -1042,7 +1059,7 @@ impl JobStore for SqlStore {
         for t in tasks {
             sqlx::query(
                 "INSERT INTO tasks (job_id, idx, state, attempts, first_key, last_key, n_keys, \
-                 queued_at) VALUES ($1, $2, $3, 0, $4, $5, $6, $7)",
+                 queued_at, kind) VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8)",
             )
             .bind(job.id)
             .bind(i64::from(t.idx))
@@ -1051,6 +1068,7 @@ impl JobStore for SqlStore {
             .bind(&t.last_key)
             .bind(t.n_keys as i64)
             .bind(t.queued_at)
+            .bind(if t.is_map() { TASK_MAP } else { TASK_SCORE })
             .execute(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
@@ -1076,7 +1094,9 @@ impl JobStore for SqlStore {
                  (t.state = 'queued' AND COALESCE(t.not_before, 0) <= $4) \
                  OR (t.state = 'running' AND COALESCE(t.lease_until, 0) < $4)) \
                AND ($5 IS NULL OR t.job_id = $5) \
-               ORDER BY t.job_id, t.idx LIMIT 1{}) \
+               AND (t.kind = 'map' OR NOT EXISTS (SELECT 1 FROM tasks m \
+                    WHERE m.job_id = t.job_id AND m.kind = 'map' AND m.state <> 'succeeded')) \
+               ORDER BY t.job_id, t.kind, t.idx LIMIT 1{}) \
              RETURNING {TASK_COLUMNS}",
             self.skip_locked("t")
         );
@@ -1237,7 +1257,9 @@ impl JobStore for SqlStore {
                SELECT j.id FROM jobs j WHERE j.state = 'running' AND j.planned_at IS NOT NULL \
                AND (j.lease_owner IS NULL OR COALESCE(j.lease_until, 0) < $3) \
                AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id \
-                               AND t.state IN ('queued', 'running')) \
+                               AND (t.state = 'running' OR (t.state = 'queued' \
+                                 AND NOT EXISTS (SELECT 1 FROM tasks m WHERE m.job_id = j.id \
+                                   AND m.kind = 'map' AND m.state = 'failed')))) \
                AND ($4 IS NULL OR j.id = $4) \
                ORDER BY j.id LIMIT 1{}) \
              RETURNING {JOB_COLUMNS}",
@@ -1257,6 +1279,7 @@ impl JobStore for SqlStore {
     }
 
     async fn finish_job(&self, j: &JobRecord, owner: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         let res = sqlx::query(
             "UPDATE jobs SET state = $1, started_at = $2, finished_at = $3, models = $4, \
              rows = $5, anomalies = $6, failed_models = $7, tasks = $8, load_ms = $9, \
@@ -1279,9 +1302,26 @@ impl JobStore for SqlStore {
         .bind(j.manifest.as_deref())
         .bind(j.id)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        // Tasks that will not run now (the score tasks of a job whose
+        // reading failed) end with it.
+        if j.state.is_final() {
+            sqlx::query(
+                "UPDATE tasks SET state = 'cancelled', finished_at = $1 \
+                 WHERE job_id = $2 AND state = 'queued'",
+            )
+            .bind(j.finished_at)
+            .bind(j.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
         Ok(res.rows_affected() == 1)
     }
 

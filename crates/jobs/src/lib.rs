@@ -15,6 +15,7 @@
 pub mod db;
 pub mod run;
 pub mod schedule;
+mod stage;
 
 use std::ops::Range;
 

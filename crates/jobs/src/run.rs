@@ -64,7 +64,8 @@ use anyhow::Context as _;
 
 use fleetscore_codecs::{
     predictions_parquet_bytes, read_batches_parquet_bytes, read_readings_parquet_bytes,
-    PredictionColumns, Readings,
+    read_readings_parquet_row_groups, scan_raw_parquet_bytes, PredictionColumns, RawScan,
+    Readings,
 };
 use fleetscore_core::format_ts;
 use fleetscore_models::Pack;
@@ -73,7 +74,8 @@ use fleetscore_stream::{windows_from_record_batch, Window};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::db::{FailureRecord, JobRecord, JobState, JobStore, TaskRecord};
+use crate::db::{FailureRecord, JobRecord, JobState, JobStore, TaskRecord, TASK_MAP};
+use crate::stage::{JobPlan, MapPiece};
 use crate::schedule::Clock;
 use crate::FailureReason;
 
@@ -104,8 +106,22 @@ impl Default for RunnerConfig {
     }
 }
 
-/// Task inputs in memory, by (job, task).
-type StagedCache = Arc<std::sync::Mutex<HashMap<(i64, u32), Arc<Staged>>>>;
+/// What this process staged or read of its jobs, kept in memory so it
+/// need not read it back: task plans by (job, task), job plans by job,
+/// map outputs by (job, map), map headers (section offsets) by (job, map).
+#[derive(Default)]
+struct StagedCache {
+    tasks: HashMap<(i64, u32), Arc<TaskPlan>>,
+    plans: HashMap<i64, Arc<JobPlan>>,
+    maps: HashMap<(i64, u32), Arc<MapOut>>,
+    headers: HashMap<(i64, u32), (String, Vec<u8>)>,
+}
+
+/// A map task's output in memory: one section per score task.
+struct MapOut {
+    plan_id: String,
+    sections: Vec<Readings>,
+}
 
 /// Runs jobs from a job store against an object store: in `serve` and the
 /// CLI until nothing is left ([`Runner::run_queued`]), or as a worker
@@ -118,8 +134,8 @@ pub struct Runner {
     clock: Arc<dyn Clock>,
     config: RunnerConfig,
     owner: String,
-    /// Inputs of tasks this process planned, so it need not read them back.
-    staged: StagedCache,
+    /// What this process staged or read (see [`StagedCache`]).
+    staged: Arc<std::sync::Mutex<StagedCache>>,
     /// The last model pack loaded.
     pack: Arc<tokio::sync::Mutex<Option<Arc<Pack>>>>,
     /// Tasks leased right now, to hand back on a stop.
@@ -200,8 +216,8 @@ pub fn window_stem(mode: &str, from: i64, to: i64) -> String {
     }
 }
 
-/// The readings of `[from, to)` from the store's raw/ partitions.
-pub async fn load_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Readings> {
+/// The keys of the raw objects of the hours `[from, to)` touches, sorted.
+async fn raw_keys(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<String>> {
     let mut keys = Vec::new();
     let mut hour = from.div_euclid(HOUR_NS) * HOUR_NS;
     while hour < to {
@@ -215,6 +231,37 @@ pub async fn load_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Readi
         );
         hour += HOUR_NS;
     }
+    Ok(keys)
+}
+
+/// Each raw object of the window with its row groups and its pairs with
+/// readings in `[from, to)` (see [`scan_raw_parquet_bytes`]), in key order.
+async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(String, RawScan)>> {
+    let keys = raw_keys(store, from, to).await?;
+    let scans: Vec<Option<(String, RawScan)>> = stream::iter(keys)
+        .map(|key| {
+            let store = store.clone();
+            async move {
+                match store.get(&key).await? {
+                    None => Ok::<_, anyhow::Error>(None),
+                    Some(data) => Ok(Some(
+                        tokio::task::spawn_blocking(move || {
+                            scan_raw_parquet_bytes(data, &key, from, to).map(|s| (key, s))
+                        })
+                        .await??,
+                    )),
+                }
+            }
+        })
+        .buffered(8)
+        .try_collect()
+        .await?;
+    Ok(scans.into_iter().flatten().collect())
+}
+
+/// The readings of `[from, to)` from the store's raw/ partitions.
+pub async fn load_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Readings> {
+    let keys = raw_keys(store, from, to).await?;
     let files: Vec<Readings> = stream::iter(keys)
         .map(|key| {
             // Owned, so the future is Send for any caller.
@@ -356,8 +403,12 @@ struct TaskPlan {
     idx: u32,
     /// The model pack generation the plan was made with.
     generation: u64,
-    /// Readings staged in the `.parquet` (0: none written).
-    readings: u64,
+    /// The job plan it belongs to (see [`JobPlan::plan_id`]).
+    plan_id: String,
+    /// The job's score tasks and map tasks: the task's readings are its
+    /// section of each map task's output.
+    tasks: u32,
+    maps: u32,
     /// The task's pairs, in order, with their model's input.
     units: Vec<PlanUnit>,
 }
@@ -372,12 +423,6 @@ struct PlanUnit {
     window: Option<(String, Vec<String>)>,
 }
 
-/// A task's input, in memory.
-struct Staged {
-    plan: TaskPlan,
-    readings: Readings,
-}
-
 fn staging_prefix(job: i64) -> String {
     format!("staging/{job}/")
 }
@@ -385,6 +430,19 @@ fn staging_prefix(job: i64) -> String {
 fn staging_key(job: i64, idx: u32, ext: &str) -> String {
     format!("staging/{job}/task-{idx:05}.{ext}")
 }
+
+fn plan_key(job: i64) -> String {
+    format!("staging/{job}/plan.json")
+}
+
+fn map_key(job: i64, m: u32) -> String {
+    format!("staging/{job}/map-{m:05}.bin")
+}
+
+/// Rows a map task reads at least (whole row groups, so often more).
+const MAP_ROWS: u64 = 400_000;
+/// Map tasks a job is cut into at most.
+const MAX_MAPS: u64 = 64;
 
 /// The wall clock, ns: leases are compared across hosts.
 fn wall_ns() -> i64 {
@@ -505,7 +563,7 @@ impl Runner {
             clock,
             config,
             owner: owner_name(),
-            staged: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            staged: Arc::new(std::sync::Mutex::new(StagedCache::default())),
             pack: Arc::new(tokio::sync::Mutex::new(None)),
             held: Arc::new(std::sync::Mutex::new(Vec::new())),
         }
@@ -780,12 +838,21 @@ impl Runner {
 
     fn drop_staged(&self, job: i64) {
         if let Ok(mut s) = self.staged.lock() {
-            s.retain(|(j, _), _| *j != job);
+            s.tasks.retain(|(j, _), _| *j != job);
+            s.plans.remove(&job);
+            s.maps.retain(|(j, _), _| *j != job);
+            s.headers.retain(|(j, _), _| *j != job);
         }
     }
 
-    /// Cuts the job into tasks, stages each task's input in the store, and
-    /// returns the job's figures and its tasks, for the caller to record.
+    /// Cuts the job into score tasks and map tasks and stages their plans
+    /// in the store; returns the job's figures and its tasks, for the
+    /// caller to record.
+    ///
+    /// Planning reads no values: only the model index, and the TS, Device
+    /// and Tag columns of the window's raw objects (for its pairs). The
+    /// readings themselves are read by the map tasks, which any worker
+    /// runs, each over some of the raw row groups.
     async fn plan_inner(
         &self,
         mut job: JobRecord,
@@ -797,9 +864,8 @@ impl Runner {
             job.mode
         );
         let t = Instant::now();
-        let pack = self.registry.pack().await?;
-        let generation = pack.generation;
         let index = self.registry.index().await?;
+        let generation = index.generation;
         // Each live model's input, by `device/tag`.
         let inputs: HashMap<String, ModelInput> = index
             .models
@@ -813,7 +879,8 @@ impl Runner {
                 .cloned()
                 .unwrap_or_default()
         };
-        let readings = load_raw(&self.store, job.window_start, job.window_end).await?;
+        let (from, to) = (job.window_start, job.window_end);
+        let scans = scan_raw(&self.store, from, to).await?;
         let read_ms = t.elapsed().as_millis() as u64;
         // Pairs with windows, of every size a window-input model needs.
         let mut sizes: BTreeSet<String> = BTreeSet::new();
@@ -824,7 +891,7 @@ impl Runner {
         }
         let mut windowed: BTreeSet<(String, String)> = BTreeSet::new();
         for size in &sizes {
-            let w = load_windows(&self.store, size, job.window_start, job.window_end).await?;
+            let w = load_windows(&self.store, size, from, to).await?;
             for (d, t) in w.into_keys() {
                 if matches!(input_of(&d, &t), ModelInput::Window { size: s, .. } if &s == size) {
                     windowed.insert((d, t));
@@ -843,22 +910,24 @@ impl Runner {
                 .is_none_or(|s| s.contains(format!("{d}/{t}").as_str()))
         };
         let mut units: BTreeSet<(String, String)> = BTreeSet::new();
-        for e in pack.entries() {
-            if !e.key.is_fallback() && selected(&e.key.device, &e.key.tag) {
-                units.insert((e.key.device.clone(), e.key.tag.clone()));
+        for key in inputs.keys() {
+            if let Some((d, t)) = key.split_once('/') {
+                if d != "*" && selected(d, t) {
+                    units.insert((d.to_string(), t.to_string()));
+                }
             }
         }
-        for (d, t) in readings.keys.iter().chain(&windowed) {
-            if selected(d, t) {
+        for (d, t) in scans.iter().flat_map(|(_, s)| &s.keys).chain(&windowed) {
+            if selected(d, t) && !units.contains(&(d.clone(), t.clone())) {
                 units.insert((d.clone(), t.clone()));
             }
         }
-        drop(pack);
         let units: Vec<(String, String)> = units.into_iter().collect();
         let batch = job.batch_size.max(1) as usize;
         let chunks: Vec<&[(String, String)]> = units.chunks(batch).collect();
+        let n_tasks = chunks.len() as u32;
         let now = self.clock.now();
-        let tasks: Vec<TaskRecord> = chunks
+        let mut tasks: Vec<TaskRecord> = chunks
             .iter()
             .enumerate()
             .map(|(i, c)| TaskRecord {
@@ -873,108 +942,121 @@ impl Runner {
             })
             .collect();
 
-        // Each task's readings (raw-input pairs only), in one pass.
-        let unit_task: HashMap<(&str, &str), u32> = units
+        // Map tasks: the raw row groups with readings in the window, in
+        // order, in shares of about MAP_ROWS (no more than MAX_MAPS).
+        let total: u64 = scans
             .iter()
-            .enumerate()
-            .filter(|(_, (d, t))| input_of(d, t) == ModelInput::Raw)
-            .map(|(i, (d, t))| ((d.as_str(), t.as_str()), (i / batch) as u32))
-            .collect();
-        let key_task: Vec<Option<u32>> = readings
-            .keys
+            .filter(|(_, s)| !s.keys.is_empty())
+            .map(|(_, s)| s.row_groups.iter().sum::<u64>())
+            .sum();
+        let share = MAP_ROWS.max(total.div_ceil(MAX_MAPS));
+        let mut maps: Vec<Vec<MapPiece>> = Vec::new();
+        let mut rows = share;
+        let any_raw = units
             .iter()
-            .map(|(d, t)| unit_task.get(&(d.as_str(), t.as_str())).copied())
-            .collect();
-        let mut parts: Vec<Readings> = (0..tasks.len()).map(|_| Readings::default()).collect();
-        let mut local: Vec<Option<u32>> = vec![None; readings.keys.len()];
-        for (k, t) in key_task.iter().enumerate() {
-            if let Some(t) = t {
-                let p = &mut parts[*t as usize];
-                local[k] = Some(p.keys.len() as u32);
-                p.keys.push(readings.keys[k].clone());
+            .any(|(d, t)| input_of(d, t) == ModelInput::Raw);
+        for (key, scan) in scans.iter().filter(|(_, s)| any_raw && !s.keys.is_empty()) {
+            for (g, &n) in scan.row_groups.iter().enumerate() {
+                if rows >= share {
+                    maps.push(Vec::new());
+                    rows = 0;
+                }
+                let pieces = maps.last_mut().expect("pushed above");
+                match pieces.last_mut() {
+                    Some(p) if &p.key == key => p.row_groups.push(g),
+                    _ => pieces.push(MapPiece {
+                        key: key.clone(),
+                        row_groups: vec![g],
+                    }),
+                }
+                rows += n;
             }
         }
-        for i in 0..readings.len() {
-            let k = readings.key[i] as usize;
-            if let (Some(t), Some(l)) = (key_task[k], local[k]) {
-                let p = &mut parts[t as usize];
-                p.ts.push(readings.ts[i]);
-                p.value.push(readings.value[i]);
-                p.key.push(l);
-            }
+        let plan_id = format!("{}-{}", self.owner, wall_ns());
+        let plan = JobPlan {
+            format: "fleetscore-job-plan".into(),
+            job: job.id,
+            plan_id: plan_id.clone(),
+            window: (from, to),
+            tasks: n_tasks,
+            maps,
+            units: units
+                .iter()
+                .enumerate()
+                .filter(|(_, (d, t))| input_of(d, t) == ModelInput::Raw)
+                .map(|(i, (d, t))| (d.clone(), t.clone(), (i / batch) as u32))
+                .collect(),
+        };
+        for m in 0..plan.maps.len() {
+            let (first_key, last_key, n_keys) = plan.map_summary(m).expect("a map has pieces");
+            tasks.push(TaskRecord {
+                job_id: job.id,
+                idx: n_tasks + m as u32,
+                kind: TASK_MAP.into(),
+                state: "queued".into(),
+                first_key,
+                last_key,
+                n_keys,
+                queued_at: now,
+                ..TaskRecord::default()
+            });
         }
-        drop(readings);
-
         let cut_ms = t.elapsed().as_millis() as u64 - read_ms;
-        // Stage every task's input, so any worker can run it; not if the
-        // job went to another planner meanwhile.
+        // Stage the plans, so any worker can run any task; not if the job
+        // went to another planner meanwhile.
         if renew.lost() {
             return Ok(None);
         }
-        let staged: Vec<Staged> = parts
-            .into_iter()
-            .zip(&chunks)
+        let task_plans: Vec<TaskPlan> = chunks
+            .iter()
             .enumerate()
-            .map(|(i, (readings, c))| Staged {
-                plan: TaskPlan {
-                    format: "fleetscore-task-plan".into(),
-                    job: job.id,
-                    idx: i as u32,
-                    generation,
-                    readings: readings.len() as u64,
-                    units: c
-                        .iter()
-                        .map(|(d, t)| PlanUnit {
-                            device: d.clone(),
-                            tag: t.clone(),
-                            window: match input_of(d, t) {
-                                ModelInput::Raw => None,
-                                ModelInput::Window { size, features } => Some((size, features)),
-                            },
-                        })
-                        .collect(),
-                },
-                readings,
+            .map(|(i, c)| TaskPlan {
+                format: "fleetscore-task-plan".into(),
+                job: job.id,
+                idx: i as u32,
+                generation,
+                plan_id: plan_id.clone(),
+                tasks: n_tasks,
+                maps: plan.maps.len() as u32,
+                units: c
+                    .iter()
+                    .map(|(d, t)| PlanUnit {
+                        device: d.clone(),
+                        tag: t.clone(),
+                        window: match input_of(d, t) {
+                            ModelInput::Raw => None,
+                            ModelInput::Window { size, features } => Some((size, features)),
+                        },
+                    })
+                    .collect(),
             })
             .collect();
-        let staged: Vec<Staged> = stream::iter(staged)
-            .map(|s| async move {
-                let plan = serde_json::to_vec(&s.plan)?;
-                if s.plan.readings > 0 {
-                    let key = staging_key(s.plan.job, s.plan.idx, "parquet");
-                    let (r, k) = (s, key.clone());
-                    let (s, bytes) = tokio::task::spawn_blocking(move || {
-                        let rows: Vec<usize> = (0..r.readings.len()).collect();
-                        let bytes =
-                            fleetscore_codecs::write_readings_parquet(&r.readings, &rows, &k);
-                        (r, bytes)
-                    })
+        self.store
+            .put(&plan_key(job.id), serde_json::to_vec(&plan)?)
+            .await?;
+        stream::iter(&task_plans)
+            .map(|p| async move {
+                let bytes = serde_json::to_vec(p)?;
+                self.store
+                    .put(&staging_key(p.job, p.idx, "json"), bytes)
                     .await?;
-                    self.store.put(&key, bytes?).await?;
-                    self.store
-                        .put(&staging_key(s.plan.job, s.plan.idx, "json"), plan)
-                        .await?;
-                    Ok::<_, anyhow::Error>(s)
-                } else {
-                    self.store
-                        .put(&staging_key(s.plan.job, s.plan.idx, "json"), plan)
-                        .await?;
-                    Ok(s)
-                }
+                Ok::<_, anyhow::Error>(())
             })
-            .buffered(8)
-            .try_collect()
+            .buffered(16)
+            .try_collect::<Vec<()>>()
             .await?;
         if let Ok(mut cache) = self.staged.lock() {
-            for s in staged {
-                cache.insert((s.plan.job, s.plan.idx), Arc::new(s));
+            for p in task_plans {
+                cache.tasks.insert((p.job, p.idx), Arc::new(p));
             }
+            cache.plans.insert(job.id, Arc::new(plan));
         }
         job.load_ms = t.elapsed().as_millis() as u64;
-        job.tasks = tasks.len() as u64;
+        job.tasks = u64::from(n_tasks);
         tracing::info!(
             job = job.id,
-            tasks = tasks.len(),
+            tasks = n_tasks,
+            maps = tasks.len() - n_tasks as usize,
             models = units.len(),
             read_ms,
             cut_ms,
@@ -987,9 +1069,151 @@ impl Runner {
         Ok(Some((job, tasks)))
     }
 
-    /// A task's staged input: from memory if this process planned it, else
-    /// from the store.
-    async fn staged(&self, record: &TaskRecord) -> anyhow::Result<Arc<Staged>> {
+    /// The job plan a map task follows: from memory if this process
+    /// planned or read it, else from the store; checked against the task.
+    async fn job_plan(&self, record: &TaskRecord) -> anyhow::Result<Arc<JobPlan>> {
+        let job = record.job_id;
+        let fits = |plan: &JobPlan| {
+            let m = record.idx.checked_sub(plan.tasks);
+            m.and_then(|m| plan.map_summary(m as usize))
+                == Some((
+                    record.first_key.clone(),
+                    record.last_key.clone(),
+                    record.n_keys,
+                ))
+        };
+        let cached = self
+            .staged
+            .lock()
+            .ok()
+            .and_then(|c| c.plans.get(&job).cloned());
+        if let Some(p) = cached {
+            if fits(&p) {
+                return Ok(p);
+            }
+        }
+        let key = plan_key(job);
+        let bytes = self.store.get(&key).await?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the job's plan {key} is missing from the store {}",
+                self.store.url()
+            )
+        })?;
+        let plan: JobPlan =
+            serde_json::from_slice(&bytes).with_context(|| format!("reading the job plan {key}"))?;
+        anyhow::ensure!(
+            fits(&plan),
+            "the job plan {key} has no map task {} over {}..{}: the job was planned again",
+            record.idx,
+            record.first_key,
+            record.last_key
+        );
+        let plan = Arc::new(plan);
+        if let Ok(mut c) = self.staged.lock() {
+            c.plans.insert(job, Arc::clone(&plan));
+        }
+        Ok(plan)
+    }
+
+    /// One attempt of a map task: read its row groups, keep the window's
+    /// readings of raw-input pairs, cut them by score task, and write them
+    /// as one object (`staging/<job>/map-<m>.bin`).
+    async fn attempt_map(&self, job: &JobRecord, record: &mut TaskRecord) -> anyhow::Result<()> {
+        let t = Instant::now();
+        let plan = self.job_plan(record).await?;
+        let m = record.idx - plan.tasks;
+        let pieces = plan.maps[m as usize].clone();
+        let (from, to) = (job.window_start, job.window_end);
+        // Read the pieces (a few at once), in order.
+        let read: Vec<Readings> = stream::iter(pieces)
+            .map(|piece| {
+                let store = self.store.clone();
+                async move {
+                    let data = store.get(&piece.key).await?.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "the raw object {} is gone from the store {} since the job was \
+                             planned; retry the job to plan it again",
+                            piece.key,
+                            store.url()
+                        )
+                    })?;
+                    let r = tokio::task::spawn_blocking(move || {
+                        read_readings_parquet_row_groups(data, &piece.key, Some(&piece.row_groups))
+                    })
+                    .await??;
+                    Ok::<_, anyhow::Error>(r)
+                }
+            })
+            .buffered(4)
+            .try_collect()
+            .await?;
+        record.load_ms = t.elapsed().as_millis() as u64;
+        let p = Arc::clone(&plan);
+        let (sections, rows) = tokio::task::spawn_blocking(move || {
+            let lookup = p.lookup();
+            let mut sections: Vec<Readings> =
+                (0..p.tasks).map(|_| Readings::default()).collect();
+            let mut rows = 0u64;
+            for r in &read {
+                // Per key of the piece: its task and its id there.
+                let dest: Vec<Option<(u32, u32)>> = r
+                    .keys
+                    .iter()
+                    .map(|(d, tg)| {
+                        lookup.get(&(d.as_str(), tg.as_str())).map(|&task| {
+                            let s = &mut sections[task as usize];
+                            let id = match s.keys.iter().position(|k| k.0 == *d && k.1 == *tg) {
+                                Some(i) => i,
+                                None => {
+                                    s.keys.push((d.clone(), tg.clone()));
+                                    s.keys.len() - 1
+                                }
+                            };
+                            (task, id as u32)
+                        })
+                    })
+                    .collect();
+                for i in 0..r.len() {
+                    let ts = r.ts[i];
+                    if ts < from || ts >= to {
+                        continue;
+                    }
+                    if let Some((task, id)) = dest[r.key[i] as usize] {
+                        let s = &mut sections[task as usize];
+                        s.ts.push(ts);
+                        s.value.push(r.value[i]);
+                        s.key.push(id);
+                        rows += 1;
+                    }
+                }
+            }
+            (sections, rows)
+        })
+        .await?;
+        let t_write = Instant::now();
+        let out = MapOut {
+            plan_id: plan.plan_id.clone(),
+            sections,
+        };
+        let out = tokio::task::spawn_blocking(move || {
+            let bytes = crate::stage::encode_map(&out.plan_id, &out.sections);
+            (out, bytes)
+        })
+        .await?;
+        let key = map_key(job.id, m);
+        self.store.put(&key, out.1).await?;
+        record.write_ms = t_write.elapsed().as_millis() as u64;
+        record.rows = rows;
+        record.output = Some(key);
+        if let Ok(mut c) = self.staged.lock() {
+            c.maps.insert((job.id, m), Arc::new(out.0));
+        }
+        Ok(())
+    }
+
+    /// A task's staged plan: from memory if this process planned or read
+    /// it, else from the store.
+    async fn staged(&self, record: &TaskRecord) -> anyhow::Result<Arc<TaskPlan>> {
         let (job, idx) = (record.job_id, record.idx);
         // A plan fits its task record (a replanned job has other tasks).
         let fits = |plan: &TaskPlan| {
@@ -1002,9 +1226,9 @@ impl Runner {
             .staged
             .lock()
             .ok()
-            .and_then(|c| c.get(&(job, idx)).cloned());
+            .and_then(|c| c.tasks.get(&(job, idx)).cloned());
         if let Some(s) = cached {
-            if fits(&s.plan) {
+            if fits(&s) {
                 return Ok(s);
             }
         }
@@ -1017,18 +1241,6 @@ impl Runner {
         })?;
         let plan: TaskPlan = serde_json::from_slice(&plan)
             .with_context(|| format!("reading the task plan {key}"))?;
-        let readings = if plan.readings > 0 {
-            let key = staging_key(job, idx, "parquet");
-            let data = self.store.get(&key).await?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the task's readings {key} are missing from the store {}",
-                    self.store.url()
-                )
-            })?;
-            tokio::task::spawn_blocking(move || read_readings_parquet_bytes(data, &key)).await??
-        } else {
-            Readings::default()
-        };
         anyhow::ensure!(
             fits(&plan),
             "the staged plan {key} is not this task's ({} models {}..{}): the job was planned again",
@@ -1036,13 +1248,95 @@ impl Runner {
             record.first_key,
             record.last_key
         );
+        let plan = Arc::new(plan);
+        if let Ok(mut c) = self.staged.lock() {
+            c.tasks.insert((job, idx), Arc::clone(&plan));
+        }
+        Ok(plan)
+    }
+
+    /// A score task's readings: its section of every map task's output,
+    /// in order (from memory for the map tasks this process ran).
+    async fn gather(&self, plan: &TaskPlan) -> anyhow::Result<Readings> {
+        let job = plan.job;
+        let sections: Vec<Readings> = stream::iter(0..plan.maps)
+            .map(|m| async move {
+                let cached = self
+                    .staged
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.maps.get(&(job, m)).cloned());
+                if let Some(out) = cached.filter(|o| o.plan_id == plan.plan_id) {
+                    return Ok::<_, anyhow::Error>(
+                        out.sections
+                            .get(plan.idx as usize)
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
+                self.read_section(plan, m).await
+            })
+            .buffered(8)
+            .try_collect()
+            .await?;
+        let refs: Vec<&Readings> = sections.iter().collect();
+        Ok(crate::stage::concat(&refs))
+    }
+
+    /// Reads a score task's section of map output `m` from the store.
+    async fn read_section(&self, plan: &TaskPlan, m: u32) -> anyhow::Result<Readings> {
+        let (job, key) = (plan.job, map_key(plan.job, m));
+        let corrupt = |e: String| anyhow::anyhow!("the map output {key} does not read: {e}");
+        let missing = || {
+            anyhow::anyhow!(
+                "the map output {key} is missing from the store {}",
+                self.store.url()
+            )
+        };
+        let cached = self.staged.lock().ok().and_then(|c| {
+            c.headers
+                .get(&(job, m))
+                .filter(|(id, _)| *id == plan.plan_id)
+                .map(|(_, h)| h.clone())
+        });
+        let header = match cached {
+            Some(h) => h,
+            None => {
+                let n = crate::stage::header_len(&plan.plan_id, plan.tasks) as u64;
+                let h = self
+                    .store
+                    .get_range(&key, 0..n)
+                    .await?
+                    .ok_or_else(missing)?
+                    .to_vec();
+                // Checked before it is kept.
+                crate::stage::section_range(&h, &plan.plan_id, plan.tasks, 0).map_err(corrupt)?;
+                if let Ok(mut c) = self.staged.lock() {
+                    c.headers.insert((job, m), (plan.plan_id.clone(), h.clone()));
+                }
+                h
+            }
+        };
+        let range = crate::stage::section_range(&header, &plan.plan_id, plan.tasks, plan.idx)
+            .map_err(corrupt)?;
+        if range.is_empty() {
+            return Ok(Readings::default());
+        }
+        let want = range.end - range.start;
+        let bytes = self
+            .store
+            .get_range(&key, range)
+            .await?
+            .ok_or_else(missing)?;
         anyhow::ensure!(
-            readings.len() as u64 == plan.readings,
-            "the task's staged readings hold {} rows, its plan says {}",
-            readings.len(),
-            plan.readings
+            bytes.len() as u64 == want,
+            "the map output {key} ends {} bytes short of section {}",
+            want - bytes.len() as u64,
+            plan.idx
         );
-        Ok(Arc::new(Staged { plan, readings }))
+        tokio::task::spawn_blocking(move || crate::stage::decode_section(&bytes))
+            .await?
+            .map_err(corrupt)
     }
 
     /// The model pack of `generation` (cached across tasks).
@@ -1086,11 +1380,16 @@ impl Runner {
         };
         let _ = writeln!(
             log,
-            "attempt {} at {} by {}: {} models {}..{}",
+            "attempt {} at {} by {}: {} {} {}..{}",
             record.attempts,
             format_ts(self.clock.now()),
             self.owner,
             record.n_keys,
+            if record.is_map() {
+                "raw row groups (map task) of"
+            } else {
+                "models"
+            },
             record.first_key,
             record.last_key,
         );
@@ -1099,8 +1398,27 @@ impl Runner {
             record.state = "cancelled".into();
             let _ = writeln!(log, "cancelled: the job is {}", job.state);
         } else {
-            match self.attempt_staged(&job, &mut record).await {
-                Ok((f, devices)) => {
+            let outcome = if record.is_map() {
+                self.attempt_map(&job, &mut record).await.map(|()| None)
+            } else {
+                self.attempt_staged(&job, &mut record).await.map(Some)
+            };
+            match outcome {
+                Ok(None) => {
+                    record.state = "succeeded".into();
+                    record.error = None;
+                    record.not_before = None;
+                    let _ = writeln!(
+                        log,
+                        "succeeded: {} readings for {} score tasks; read {} ms, write {} ms -> {}",
+                        record.rows,
+                        job.tasks,
+                        record.load_ms,
+                        record.write_ms,
+                        record.output.as_deref().unwrap_or("")
+                    );
+                }
+                Ok(Some((f, devices))) => {
                     failures = f;
                     record.state = "succeeded".into();
                     record.error = None;
@@ -1156,16 +1474,16 @@ impl Runner {
         .await?;
         if !kept {
             if let Ok(mut s) = self.staged.lock() {
-                s.remove(&(record.job_id, record.idx));
+                s.tasks.remove(&(record.job_id, record.idx));
             }
             tracing::warn!(
                 job = job.id,
                 task = record.idx,
                 "the task's lease expired while it ran; the worker that took over records it"
             );
-        } else if record.state != "queued" {
+        } else if record.state != "queued" && !record.is_map() {
             if let Ok(mut s) = self.staged.lock() {
-                s.remove(&(record.job_id, record.idx));
+                s.tasks.remove(&(record.job_id, record.idx));
             }
         }
         Ok(())
@@ -1178,12 +1496,13 @@ impl Runner {
         record: &mut TaskRecord,
     ) -> anyhow::Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
         let t = Instant::now();
-        let staged = self.staged(record).await?;
-        let pack = self.pack_for(staged.plan.generation).await?;
+        let plan = self.staged(record).await?;
+        let readings = self.gather(&plan).await?;
+        let pack = self.pack_for(plan.generation).await?;
         // Window-input pairs read their windows.
         let mut wunits = Vec::new();
         let mut by_size: BTreeMap<&str, Vec<&PlanUnit>> = BTreeMap::new();
-        for u in &staged.plan.units {
+        for u in &plan.units {
             if let Some((size, _)) = &u.window {
                 by_size.entry(size.as_str()).or_default().push(u);
             }
@@ -1202,15 +1521,14 @@ impl Runner {
             }
         }
         record.load_ms = t.elapsed().as_millis() as u64;
-        let units: Vec<(String, String)> = staged
-            .plan
+        let units: Vec<(String, String)> = plan
             .units
             .iter()
             .map(|u| (u.device.clone(), u.tag.clone()))
             .collect();
         let (prefix, stem) = output_prefix(job);
         let key = format!("{prefix}/part-{stem}-{:05}.parquet", record.idx);
-        let readings = Arc::new(staged.readings.clone());
+        let readings = Arc::new(readings);
         self.attempt(record, &readings, &units, &Arc::new(wunits), &pack, &key)
             .await
     }
@@ -1219,7 +1537,8 @@ impl Runner {
     /// have all ended.
     async fn finalize(&self, mut job: JobRecord) -> anyhow::Result<()> {
         let id = job.id;
-        let tasks = self.db.tasks(id).await?;
+        let (maps, tasks): (Vec<TaskRecord>, Vec<TaskRecord>) =
+            self.db.tasks(id).await?.into_iter().partition(|t| t.is_map());
         job.models = 0;
         job.rows = 0;
         job.anomalies = 0;
@@ -1227,7 +1546,19 @@ impl Runner {
         job.score_ms = 0;
         job.write_ms = 0;
         job.tasks = tasks.len() as u64;
-        let mut task_error = None;
+        let mut task_error = maps.iter().find(|m| m.state != "succeeded").map(|m| {
+            format!(
+                "reading the window failed: map task {} ({} raw row groups of {}..{}) {}: {}",
+                m.idx,
+                m.n_keys,
+                m.first_key,
+                m.last_key,
+                m.state,
+                m.error.as_deref().unwrap_or("")
+            )
+        });
+        // Reading the window (the map tasks) counts as loading.
+        job.load_ms += maps.iter().map(|m| m.load_ms + m.write_ms).sum::<u64>();
         let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
         for r in &tasks {
             job.models += r.models;

@@ -329,7 +329,11 @@ async fn failing_writes_are_retried_then_fail_the_job_and_a_retry_then_succeeds(
         "{job:?}"
     );
     let tasks = db.tasks(id).await.unwrap();
-    assert!(tasks.iter().all(|t| t.attempts == 3 && t.state == "failed"));
+    // The map task read the window; every score task failed its writes.
+    let (maps, scores): (Vec<_>, Vec<_>) = tasks.iter().partition(|t| t.is_map());
+    assert_eq!(maps.len(), 1, "{tasks:?}");
+    assert!(maps.iter().all(|t| t.attempts == 1 && t.state == "succeeded"));
+    assert!(scores.iter().all(|t| t.attempts == 3 && t.state == "failed"));
     let log = store
         .get(&format!("logs/{id}/task-00000.log"))
         .await
@@ -739,7 +743,25 @@ async fn runners_share_a_job_and_take_over_a_vanished_workers_task(b: Backend) {
         planner.step(Some(id)).await.unwrap(),
         fleetscore_jobs::run::Step::Planned(id)
     );
-    assert_eq!(db.tasks(id).await.unwrap().len(), 7);
+    let tasks = db.tasks(id).await.unwrap();
+    assert_eq!(tasks.iter().filter(|t| !t.is_map()).count(), 7);
+    assert_eq!(tasks.iter().filter(|t| t.is_map()).count(), 1);
+    // Score tasks wait for the map task (the window's one raw row group).
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let first = db
+        .lease_task(clock.now(), wall, "probe", wall + 1, Some(id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.is_map(), "{first:?}");
+    assert!(db.release_task(id, first.idx, "probe").await.unwrap());
+    assert_eq!(
+        planner.step(Some(id)).await.unwrap(),
+        fleetscore_jobs::run::Step::Task(id)
+    );
     // A worker leases task 0 and vanishes (its lease is never renewed).
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -873,6 +895,45 @@ async fn a_task_whose_workers_keep_vanishing_fails_after_its_attempts(b: Backend
     assert_eq!(f.map(|j| j.id), Some(id));
 }
 
+async fn score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = fleet(&dir.path().join("store"), 1).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
+    let runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
+    let id = db.create_job(&manual(T0, 2), clock.now()).await.unwrap();
+    assert_eq!(
+        runner.step(Some(id)).await.unwrap(),
+        fleetscore_jobs::run::Step::Planned(id)
+    );
+    let tasks = db.tasks(id).await.unwrap();
+    let maps: Vec<&TaskRecord> = tasks.iter().filter(|t| t.is_map()).collect();
+    assert_eq!(maps.len(), 1, "{tasks:?}");
+    assert_eq!(db.job(id).await.unwrap().tasks, 4, "score tasks only");
+    // The map task's raw object vanishes before it runs: the map fails
+    // after its attempts, the score tasks never run, and the job fails
+    // saying why.
+    store.delete(&maps[0].first_key).await.unwrap();
+    let job = runner.run_job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    let err = job.error.clone().unwrap();
+    assert!(
+        err.contains("reading the window failed: map task 4")
+            && err.contains("is gone from the store")
+            && err.contains("retry the job"),
+        "{err}"
+    );
+    let tasks = db.tasks(id).await.unwrap();
+    for t in &tasks {
+        if t.is_map() {
+            assert_eq!((t.state.as_str(), t.attempts), ("failed", 3), "{t:?}");
+        } else {
+            assert_eq!((t.state.as_str(), t.attempts), ("cancelled", 0), "{t:?}");
+        }
+    }
+    assert!(store.list(&format!("staging/{id}/")).await.unwrap().is_empty());
+}
+
 on_both!(
     a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once,
     downtime_is_caught_up_oldest_first_and_the_rest_recorded_as_skipped,
@@ -886,4 +947,5 @@ on_both!(
     runners_share_a_job_and_take_over_a_vanished_workers_task,
     sub_hour_windows_of_one_hour_keep_apart,
     a_task_whose_workers_keep_vanishing_fails_after_its_attempts,
+    score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job,
 );

@@ -205,6 +205,27 @@ impl Store {
         }
     }
 
+    /// Reads bytes `range` of an object (fewer if it ends sooner); `None`
+    /// if it does not exist.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let path = ObjectPath::from(key);
+        let opts = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(range)),
+            ..Default::default()
+        };
+        match self.inner.get_opts(&path, opts).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err("get", key, e))?)),
+            Err(e @ object_store::Error::NotFound { .. }) if !backend::missing_bucket(&e) => {
+                Ok(None)
+            }
+            Err(e) => Err(self.err("get", key, e)),
+        }
+    }
+
     /// Writes an object (atomically: readers see the old or the new one).
     pub async fn put(&self, key: &str, data: impl Into<Bytes>) -> Result<(), StoreError> {
         let path = ObjectPath::from(key);
