@@ -221,10 +221,14 @@ pub fn scan_raw_parquet_bytes(
         .with_batch_size(64 * 1024)
         .build()
         .map_err(|e| pq(&e))?;
-    let mut interner = Interner::default();
+    let mut names = PairNames::default();
     let ns = DataType::Timestamp(TimeUnit::Nanosecond, None);
-    let mut seen: Vec<bool> = Vec::new();
-    let mut seen_sparse: rustc_hash::FxHashSet<(i32, i32)> = Default::default();
+    // The pairs seen under the current dictionaries (those of a row group,
+    // shared by its batches), by dictionary keys; named (interned) once
+    // per dictionary, not once per batch: every batch of time-sorted
+    // readings holds nearly every pair.
+    let mut dict: Option<(arrow::array::ArrayData, arrow::array::ArrayData)> = None;
+    let mut seen = SeenPairs::default();
     for batch in reader {
         let batch = batch.map_err(|e| pq(&e))?;
         let n = batch.num_rows();
@@ -258,33 +262,20 @@ pub fn scan_raw_parquet_bytes(
                 if dd.null_count() + td.null_count() > 0 {
                     return Err(pq(&"column Device or Tag holds nulls"));
                 }
-                // Mark the pairs of the batch, then name each once.
-                let (dk, tk) = (dd.keys().values(), td.keys().values());
-                let nt = tv.len();
-                let mut pairs: Vec<(i32, i32)> = Vec::new();
-                match dv.len().checked_mul(nt).filter(|&c| c <= 1 << 22) {
-                    Some(cells) => {
-                        seen.clear();
-                        seen.resize(cells, false);
-                        for r in (0..n).filter(|&r| inside(r)) {
-                            let cell = &mut seen[dk[r] as usize * nt + tk[r] as usize];
-                            if !*cell {
-                                *cell = true;
-                                pairs.push((dk[r], tk[r]));
-                            }
-                        }
+                let (dvd, tvd) = (dv.to_data(), tv.to_data());
+                let same = dict
+                    .as_ref()
+                    .is_some_and(|(a, b)| a.ptr_eq(&dvd) && b.ptr_eq(&tvd));
+                if !same {
+                    if let Some((a, b)) = dict.take() {
+                        seen.name(&a, &b, &mut names);
                     }
-                    None => {
-                        seen_sparse.clear();
-                        for r in (0..n).filter(|&r| inside(r)) {
-                            if seen_sparse.insert((dk[r], tk[r])) {
-                                pairs.push((dk[r], tk[r]));
-                            }
-                        }
-                    }
+                    seen.reset(dv.len(), tv.len());
+                    dict = Some((dvd, tvd));
                 }
-                for (a, b) in pairs {
-                    interner.text(dv.value(a as usize), tv.value(b as usize));
+                let (dk, tk) = (dd.keys().values(), td.keys().values());
+                for r in (0..n).filter(|&r| inside(r)) {
+                    seen.mark(dk[r], tk[r]);
                 }
                 continue;
             }
@@ -293,13 +284,119 @@ pub fn scan_raw_parquet_bytes(
         let t = crate::readings::as_strings(path, t, "Tag")?;
         let (ds, tss) = (d.as_string::<i32>(), t.as_string::<i32>());
         for r in (0..n).filter(|&r| inside(r)) {
-            interner.text(ds.value(r), tss.value(r));
+            let (d, t) = (names.device(ds.value(r)), names.tag(tss.value(r)));
+            names.pair(d, t, || (ds.value(r).to_string(), tss.value(r).to_string()));
         }
+    }
+    if let Some((a, b)) = dict.take() {
+        seen.name(&a, &b, &mut names);
     }
     Ok(RawScan {
         row_groups,
-        keys: interner.keys,
+        keys: names.keys,
     })
+}
+
+/// Distinct (device, tag) pairs, in order of first occurrence, with the
+/// devices and tags numbered so that a pair is looked up as two numbers.
+#[derive(Default)]
+struct PairNames {
+    devices: rustc_hash::FxHashMap<String, u32>,
+    tags: rustc_hash::FxHashMap<String, u32>,
+    pairs: rustc_hash::FxHashSet<u64>,
+    keys: Vec<(String, String)>,
+}
+
+impl PairNames {
+    fn device(&mut self, d: &str) -> u32 {
+        number(&mut self.devices, d)
+    }
+
+    fn tag(&mut self, t: &str) -> u32 {
+        number(&mut self.tags, t)
+    }
+
+    fn pair(&mut self, d: u32, t: u32, name: impl FnOnce() -> (String, String)) {
+        if self.pairs.insert(u64::from(d) << 32 | u64::from(t)) {
+            self.keys.push(name());
+        }
+    }
+}
+
+fn number(map: &mut rustc_hash::FxHashMap<String, u32>, s: &str) -> u32 {
+    if let Some(&n) = map.get(s) {
+        return n;
+    }
+    let n = map.len() as u32;
+    map.insert(s.to_string(), n);
+    n
+}
+
+/// Which (device, tag) dictionary key pairs occur, in order of first
+/// occurrence: a dense table for dictionaries of up to 4M cells, else a
+/// hash set.
+#[derive(Default)]
+struct SeenPairs {
+    tags: usize,
+    dense: Vec<bool>,
+    sparse: rustc_hash::FxHashSet<(i32, i32)>,
+    dense_ok: bool,
+    order: Vec<(i32, i32)>,
+}
+
+impl SeenPairs {
+    fn reset(&mut self, devices: usize, tags: usize) {
+        self.tags = tags;
+        self.order.clear();
+        self.sparse.clear();
+        match devices.checked_mul(tags).filter(|&c| c <= 1 << 22) {
+            Some(cells) => {
+                self.dense.clear();
+                self.dense.resize(cells, false);
+                self.dense_ok = true;
+            }
+            None => self.dense_ok = false,
+        }
+    }
+
+    fn mark(&mut self, d: i32, t: i32) {
+        let new = if self.dense_ok {
+            let cell = &mut self.dense[d as usize * self.tags + t as usize];
+            !std::mem::replace(cell, true)
+        } else {
+            self.sparse.insert((d, t))
+        };
+        if new {
+            self.order.push((d, t));
+        }
+    }
+
+    /// Names the pairs seen, by their dictionaries' values: each distinct
+    /// device and tag of the dictionaries is looked up once, each pair is
+    /// then a pair of numbers.
+    fn name(
+        &self,
+        devices: &arrow::array::ArrayData,
+        tags: &arrow::array::ArrayData,
+        names: &mut PairNames,
+    ) {
+        let dv = arrow::array::StringArray::from(devices.clone());
+        let tv = arrow::array::StringArray::from(tags.clone());
+        let mut dev = vec![u32::MAX; arrow::array::Array::len(&dv)];
+        let mut tag = vec![u32::MAX; arrow::array::Array::len(&tv)];
+        for &(d, t) in &self.order {
+            let (d, t) = (d as usize, t as usize);
+            if dev[d] == u32::MAX {
+                dev[d] = names.device(dv.value(d));
+            }
+            if tag[t] == u32::MAX {
+                tag[t] = names.tag(tv.value(t));
+            }
+            names.pair(dev[d], tag[t], || {
+                (dv.value(d).to_string(), tv.value(t).to_string())
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -320,5 +417,50 @@ mod tests {
         assert_eq!(back.value, vec![10.0, 20.0]);
         assert_eq!(back.keys[back.key[0] as usize].0, "d2");
         assert_eq!(back.keys[back.key[1] as usize].0, "d1");
+    }
+
+    #[test]
+    fn a_scan_names_the_pairs_in_range_and_the_row_groups() {
+        let r = Readings {
+            ts: vec![1, 2, 3, 4, 5],
+            value: vec![1.0; 5],
+            key: vec![0, 1, 0, 2, 1],
+            keys: vec![
+                ("d1".into(), "t".into()),
+                ("d2".into(), "t".into()),
+                ("d3".into(), "u".into()),
+            ],
+        };
+        let rows: Vec<usize> = (0..5).collect();
+        let bytes = Bytes::from(write_readings_parquet(&r, &rows, "x").unwrap());
+        let all = scan_raw_parquet_bytes(bytes.clone(), "x", i64::MIN, i64::MAX).unwrap();
+        assert_eq!(all.row_groups, vec![5]);
+        assert_eq!(
+            all.keys,
+            vec![
+                ("d1".to_string(), "t".to_string()),
+                ("d2".into(), "t".into()),
+                ("d3".into(), "u".into())
+            ]
+        );
+        // ts 4 (d3) is outside [2, 4).
+        let some = scan_raw_parquet_bytes(bytes.clone(), "x", 2, 4).unwrap();
+        assert_eq!(
+            some.keys,
+            vec![
+                ("d2".to_string(), "t".to_string()),
+                ("d1".into(), "t".into())
+            ]
+        );
+        assert!(scan_raw_parquet_bytes(bytes.clone(), "x", 6, 9)
+            .unwrap()
+            .keys
+            .is_empty());
+        // Row groups by index; one that is not there is named.
+        let back = read_readings_parquet_row_groups(bytes.clone(), "x", Some(&[0])).unwrap();
+        assert_eq!(back.ts, r.ts);
+        let err = read_readings_parquet_row_groups(bytes, "x", Some(&[1])).unwrap_err();
+        assert!(err.to_string().contains("not a row group 1"), "{err}");
+        assert!(scan_raw_parquet_bytes(Bytes::from_static(b"nope"), "x", 0, 1).is_err());
     }
 }

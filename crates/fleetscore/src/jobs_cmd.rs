@@ -303,7 +303,22 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
                 if let Some(e) = &job.error {
                     println!("  error: {e}");
                 }
-                for t in &tasks {
+                for t in tasks.iter().filter(|t| t.is_map()) {
+                    println!(
+                        "  map  {:>4} {:<9} attempts {} row groups {:>3} ({}..{}) readings {:>8} read {} ms write {} ms{}",
+                        t.idx,
+                        t.state,
+                        t.attempts,
+                        t.n_keys,
+                        t.first_key,
+                        t.last_key,
+                        t.rows,
+                        t.load_ms,
+                        t.write_ms,
+                        t.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default()
+                    );
+                }
+                for t in tasks.iter().filter(|t| !t.is_map()) {
                     println!(
                         "  task {:>4} {:<9} attempts {} models {:>5} ({}..{}) rows {:>8} anomalies {:>6} failed {:>4} score {} ms write {} ms{}",
                         t.idx,

@@ -603,7 +603,8 @@ const JOB_COLUMNS: &str = "id, schedule, kind, window_start, window_end, mode, s
     batch_size, max_failed, max_retries, concurrency, created_at, started_at, finished_at, models, \
     rows, anomalies, failed_models, tasks, load_ms, score_ms, write_ms, error, manifest";
 
-const TASK_COLUMNS: &str = "job_id, idx, kind, state, attempts, first_key, last_key, n_keys, queued_at, \
+const TASK_COLUMNS: &str =
+    "job_id, idx, kind, state, attempts, first_key, last_key, n_keys, queued_at, \
     started_at, finished_at, models, rows, anomalies, failed_models, load_ms, score_ms, write_ms, \
     output, error, lease_owner, lease_until, not_before, devices";
 
@@ -862,6 +863,32 @@ const INSERT_JOB: &str = "INSERT INTO jobs (schedule, kind, window_start, window
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
+/// Ends a leased task attempt: applies only while `owner` holds the lease.
+const FINISH_TASK: &str = "UPDATE tasks SET state = $1, finished_at = $2, models = $3, rows = $4, \
+    anomalies = $5, failed_models = $6, load_ms = $7, score_ms = $8, write_ms = $9, \
+    output = $10, error = $11, not_before = $12, devices = $13, \
+    lease_owner = NULL, lease_until = NULL \
+    WHERE job_id = $14 AND idx = $15 AND lease_owner = $16 AND state = 'running'";
+
+fn bind_finish<'q>(q: AnyQuery<'q>, t: &'q TaskRecord, owner: &'q str) -> AnyQuery<'q> {
+    q.bind(&t.state)
+        .bind(t.finished_at)
+        .bind(t.models as i64)
+        .bind(t.rows as i64)
+        .bind(t.anomalies as i64)
+        .bind(t.failed_models as i64)
+        .bind(t.load_ms as i64)
+        .bind(t.score_ms as i64)
+        .bind(t.write_ms as i64)
+        .bind(t.output.as_deref())
+        .bind(t.error.as_deref())
+        .bind(t.not_before)
+        .bind(t.devices.as_deref())
+        .bind(t.job_id)
+        .bind(i64::from(t.idx))
+        .bind(owner)
+}
+
 fn bind_job<'q>(q: AnyQuery<'q>, j: &'q NewJob, now: i64) -> AnyQuery<'q> {
     q.bind(j.schedule.as_deref())
         .bind(j.kind.as_str())
@@ -1056,22 +1083,43 @@ impl JobStore for SqlStore {
                 .await
                 .map_err(|e| self.err(e))?;
         }
-        for t in tasks {
-            sqlx::query(
+        // Many rows per statement: a job's tasks are inserted in a few
+        // round trips, not one per task.
+        for chunk in tasks.chunks(500) {
+            let mut sql = String::from(
                 "INSERT INTO tasks (job_id, idx, state, attempts, first_key, last_key, n_keys, \
-                 queued_at, kind) VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8)",
-            )
-            .bind(job.id)
-            .bind(i64::from(t.idx))
-            .bind(&t.state)
-            .bind(&t.first_key)
-            .bind(&t.last_key)
-            .bind(t.n_keys as i64)
-            .bind(t.queued_at)
-            .bind(if t.is_map() { TASK_MAP } else { TASK_SCORE })
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
+                 queued_at, kind) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 8;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, 0, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                ));
+            }
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for t in chunk {
+                q = q
+                    .bind(job.id)
+                    .bind(i64::from(t.idx))
+                    .bind(t.state.clone())
+                    .bind(t.first_key.clone())
+                    .bind(t.last_key.clone())
+                    .bind(t.n_keys as i64)
+                    .bind(t.queued_at)
+                    .bind(if t.is_map() { TASK_MAP } else { TASK_SCORE });
+            }
+            q.execute(&mut *tx).await.map_err(|e| self.err(e))?;
         }
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(true)
@@ -1089,31 +1137,20 @@ impl JobStore for SqlStore {
             "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = $1, \
                finished_at = NULL, lease_owner = $2, lease_until = $3 \
              WHERE (job_id, idx) = (\
-               SELECT t.job_id, t.idx FROM tasks t JOIN jobs j ON j.id = t.job_id \
-               WHERE j.state = 'running' AND j.planned_at IS NOT NULL AND (\
-                 (t.state = 'queued' AND COALESCE(t.not_before, 0) <= $4) \
-                 OR (t.state = 'running' AND COALESCE(t.lease_until, 0) < $4)) \
-               AND ($5 IS NULL OR t.job_id = $5) \
-               AND (t.kind = 'map' OR NOT EXISTS (SELECT 1 FROM tasks m \
-                    WHERE m.job_id = t.job_id AND m.kind = 'map' AND m.state <> 'succeeded')) \
-               ORDER BY t.job_id, t.kind, t.idx LIMIT 1{}) \
+               WITH ready AS MATERIALIZED (\
+                 SELECT j.id, j.max_retries, NOT EXISTS (SELECT 1 FROM tasks m \
+                   WHERE m.job_id = j.id AND m.kind = 'map' AND m.state <> 'succeeded') AS mapped \
+                 FROM jobs j WHERE j.state = 'running' AND j.planned_at IS NOT NULL \
+                 AND ($5 IS NULL OR j.id = $5)) \
+               SELECT t.job_id, t.idx FROM tasks t JOIN ready r ON r.id = t.job_id \
+               WHERE ((t.state = 'queued' AND COALESCE(t.not_before, 0) <= $4) \
+                 OR (t.state = 'running' AND COALESCE(t.lease_until, 0) < $4 \
+                     AND t.attempts <= r.max_retries)) \
+               AND (t.kind = 'map' OR r.mapped) \
+               ORDER BY t.job_id, t.idx LIMIT 1{}) \
              RETURNING {TASK_COLUMNS}",
             self.skip_locked("t")
         );
-        // A task whose workers keep vanishing (one that kills its worker,
-        // say) fails once it has had every attempt its job allows.
-        sqlx::query(
-            "UPDATE tasks SET state = 'failed', finished_at = $1, lease_owner = NULL, \
-               lease_until = NULL, error = 'its worker vanished during attempt ' \
-               || CAST(attempts AS TEXT) || ' (the lease expired), the last one allowed' \
-             WHERE state = 'running' AND COALESCE(lease_until, 0) < $2 \
-               AND attempts > (SELECT j.max_retries FROM jobs j WHERE j.id = tasks.job_id)",
-        )
-        .bind(now)
-        .bind(wall)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(now)
             .bind(owner)
@@ -1123,6 +1160,24 @@ impl JobStore for SqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
+        // A task whose workers keep vanishing (one that kills its worker,
+        // say) fails once it has had every attempt its job allows: it is
+        // not leased again (above), and is recorded as failed when there
+        // is nothing else to lease (so a busy worker pays no extra query).
+        if row.is_none() {
+            sqlx::query(
+                "UPDATE tasks SET state = 'failed', finished_at = $1, lease_owner = NULL, \
+                   lease_until = NULL, error = 'its worker vanished during attempt ' \
+                   || CAST(attempts AS TEXT) || ' (the lease expired), the last one allowed' \
+                 WHERE state = 'running' AND COALESCE(lease_until, 0) < $2 \
+                   AND attempts > (SELECT j.max_retries FROM jobs j WHERE j.id = tasks.job_id)",
+            )
+            .bind(now)
+            .bind(wall)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
         row.map(|r| task_from_row(&r))
             .transpose()
             .map_err(|e| self.err(e))
@@ -1174,33 +1229,20 @@ impl JobStore for SqlStore {
         failures: &[FailureRecord],
         owner: &str,
     ) -> Result<bool> {
+        // A first attempt without failed models is one statement (nothing
+        // of an earlier attempt to replace); else a transaction.
+        if failures.is_empty() && t.attempts <= 1 {
+            let res = bind_finish(sqlx::query(FINISH_TASK), t, owner)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+            return Ok(res.rows_affected() == 1);
+        }
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        let res = sqlx::query(
-            "UPDATE tasks SET state = $1, finished_at = $2, models = $3, rows = $4, \
-             anomalies = $5, failed_models = $6, load_ms = $7, score_ms = $8, write_ms = $9, \
-             output = $10, error = $11, not_before = $12, devices = $13, \
-             lease_owner = NULL, lease_until = NULL \
-             WHERE job_id = $14 AND idx = $15 AND lease_owner = $16 AND state = 'running'",
-        )
-        .bind(&t.state)
-        .bind(t.finished_at)
-        .bind(t.models as i64)
-        .bind(t.rows as i64)
-        .bind(t.anomalies as i64)
-        .bind(t.failed_models as i64)
-        .bind(t.load_ms as i64)
-        .bind(t.score_ms as i64)
-        .bind(t.write_ms as i64)
-        .bind(t.output.as_deref())
-        .bind(t.error.as_deref())
-        .bind(t.not_before)
-        .bind(t.devices.as_deref())
-        .bind(t.job_id)
-        .bind(i64::from(t.idx))
-        .bind(owner)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
+        let res = bind_finish(sqlx::query(FINISH_TASK), t, owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
         if res.rows_affected() != 1 {
             return Ok(false);
         }
@@ -1466,8 +1508,9 @@ impl JobStore for SqlStore {
 
     async fn pending(&self, wall: i64) -> Result<u64> {
         let r = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM tasks WHERE state = 'queued' \
-                     OR (state = 'running' AND COALESCE(lease_until, 0) < $1)) \
+            "SELECT (SELECT COUNT(*) FROM tasks t JOIN jobs j ON j.id = t.job_id \
+                     WHERE j.state = 'running' AND (t.state = 'queued' \
+                     OR (t.state = 'running' AND COALESCE(t.lease_until, 0) < $1))) \
                   + (SELECT COUNT(*) FROM jobs WHERE state = 'queued')",
         )
         .bind(wall)

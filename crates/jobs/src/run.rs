@@ -19,19 +19,30 @@
 //! manifest is written. A reader should trust a partition's parts only as
 //! listed in its manifest.
 //!
-//! # Planning, tasks, finalizing: any process, any host
-//! A job goes through three leased steps (see [`crate::db`]), each of
+//! # Planning, map tasks, score tasks, finalizing: any process, any host
+//! A job goes through four leased steps (see [`crate::db`]), each of
 //! which any runner, in `serve` or in a `fleetscore worker` on another
 //! host, may take:
 //!
-//! 1. **Plan**: read the window once, cut the units into tasks, and stage
-//!    each task's input in the store (`staging/<job>/task-<n>.json`, its
-//!    pairs and their models' inputs, and `.parquet`, its readings).
-//! 2. **Tasks**: score one task's staged input, write its part, record
-//!    its counts and failed models. A failed attempt is queued again after
-//!    a backoff until `max_retries`; a task whose worker vanished is
-//!    leased again when its lease expires.
-//! 3. **Finalize**: once every task has ended, delete stale parts, write
+//! 1. **Plan**: list the window's raw objects and read only their TS,
+//!    Device and Tag columns (not the values) for the window's pairs; cut
+//!    the units into score tasks and the raw row groups into map tasks of
+//!    about 400k rows; stage the plan in the store
+//!    (`staging/<job>/plan.json`: each score task's pairs and their
+//!    models' inputs, each map task's row groups).
+//! 2. **Map tasks**: each reads its row groups, keeps the window's
+//!    readings of raw-input pairs, cuts them by score task, and writes
+//!    them as one object, `staging/<job>/map-<m>.bin` (one section per
+//!    score task; see `stage.rs`). Several workers read one window
+//!    together this way.
+//! 3. **Score tasks**, once every map task has succeeded: read the task's
+//!    section of each map output (ranged reads; from memory for the maps
+//!    this process ran), score, write its part, record its counts and
+//!    failed models. A failed attempt is queued again after a backoff
+//!    until `max_retries`; a task whose worker vanished is leased again
+//!    when its lease expires. A map task that fails its last attempt
+//!    fails the job, and its score tasks are cancelled.
+//! 4. **Finalize**: once every task has ended, delete stale parts, write
 //!    the manifest, record the outcome, delete the staged inputs.
 //!
 //! A task run twice (a slow worker whose lease expired) writes the same
@@ -64,8 +75,7 @@ use anyhow::Context as _;
 
 use fleetscore_codecs::{
     predictions_parquet_bytes, read_batches_parquet_bytes, read_readings_parquet_bytes,
-    read_readings_parquet_row_groups, scan_raw_parquet_bytes, PredictionColumns, RawScan,
-    Readings,
+    read_readings_parquet_row_groups, scan_raw_parquet_bytes, PredictionColumns, RawScan, Readings,
 };
 use fleetscore_core::format_ts;
 use fleetscore_models::Pack;
@@ -75,8 +85,8 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::db::{FailureRecord, JobRecord, JobState, JobStore, TaskRecord, TASK_MAP};
-use crate::stage::{JobPlan, MapPiece};
 use crate::schedule::Clock;
+use crate::stage::{JobPlan, MapPiece, PlanUnit};
 use crate::FailureReason;
 
 /// How the runner behaves.
@@ -107,11 +117,11 @@ impl Default for RunnerConfig {
 }
 
 /// What this process staged or read of its jobs, kept in memory so it
-/// need not read it back: task plans by (job, task), job plans by job,
-/// map outputs by (job, map), map headers (section offsets) by (job, map).
+/// need not read it back: job records and plans by job, map outputs by
+/// (job, map), map headers (section offsets) by (job, map).
 #[derive(Default)]
 struct StagedCache {
-    tasks: HashMap<(i64, u32), Arc<TaskPlan>>,
+    jobs: HashMap<i64, JobRecord>,
     plans: HashMap<i64, Arc<JobPlan>>,
     maps: HashMap<(i64, u32), Arc<MapOut>>,
     headers: HashMap<(i64, u32), (String, Vec<u8>)>,
@@ -140,6 +150,10 @@ pub struct Runner {
     pack: Arc<tokio::sync::Mutex<Option<Arc<Pack>>>>,
     /// Tasks leased right now, to hand back on a stop.
     held: Arc<std::sync::Mutex<Vec<(i64, u32)>>>,
+    /// Jobs this runner ran tasks of since it last tried to finalize them.
+    ran: Arc<std::sync::Mutex<BTreeSet<i64>>>,
+    /// Jobs this runner finalized (for [`Runner::run_queued`]'s answer).
+    finished: Arc<std::sync::Mutex<Vec<i64>>>,
 }
 
 /// The manifest of one job's output partition.
@@ -393,12 +407,8 @@ pub enum Step {
     Idle,
 }
 
-/// A task's plan, staged in the store beside its readings so any worker
-/// can run it: `staging/<job>/task-<idx>.json` and `.parquet`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+/// A score task's share of its job's plan.
 struct TaskPlan {
-    /// `fleetscore-task-plan`.
-    format: String,
     job: i64,
     idx: u32,
     /// The model pack generation the plan was made with.
@@ -413,22 +423,8 @@ struct TaskPlan {
     units: Vec<PlanUnit>,
 }
 
-/// One pair of a task.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-struct PlanUnit {
-    device: String,
-    tag: String,
-    /// Window size and features of a window-input model; absent for raw.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    window: Option<(String, Vec<String>)>,
-}
-
 fn staging_prefix(job: i64) -> String {
     format!("staging/{job}/")
-}
-
-fn staging_key(job: i64, idx: u32, ext: &str) -> String {
-    format!("staging/{job}/task-{idx:05}.{ext}")
 }
 
 fn plan_key(job: i64) -> String {
@@ -566,6 +562,8 @@ impl Runner {
             staged: Arc::new(std::sync::Mutex::new(StagedCache::default())),
             pack: Arc::new(tokio::sync::Mutex::new(None)),
             held: Arc::new(std::sync::Mutex::new(Vec::new())),
+            ran: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
+            finished: Arc::new(std::sync::Mutex::new(Vec::new())),
         }
     }
 
@@ -621,6 +619,9 @@ impl Runner {
                 tokio::time::sleep(me.config.poll * slot as u32 / slots as u32).await;
                 while !*stop.borrow() {
                     let step = me.step_until_stopped(None, &mut stop, grace).await;
+                    if let Ok(mut f) = me.finished.lock() {
+                        f.clear();
+                    }
                     match step {
                         Ok(Step::Idle) => {
                             tokio::select! {
@@ -701,15 +702,25 @@ impl Runner {
                     busy.fetch_add(1, SeqCst);
                     let step = self.step(only).await;
                     let others = busy.fetch_sub(1, SeqCst) - 1;
-                    match step? {
-                        Step::Finalized(id) | Step::Planned(id) => {
+                    let step = step?;
+                    // Jobs finalized in this step (also ahead of a task).
+                    let finished: Vec<i64> = self
+                        .finished
+                        .lock()
+                        .map(|mut f| std::mem::take(&mut *f))
+                        .unwrap_or_default();
+                    if let Ok(mut d) = done.lock() {
+                        d.extend(finished);
+                    }
+                    match step {
+                        Step::Planned(id) => {
                             if self.db.job(id).await?.state.is_final() {
                                 if let Ok(mut d) = done.lock() {
                                     d.push(id);
                                 }
                             }
                         }
-                        Step::Task(_) => {}
+                        Step::Finalized(_) | Step::Task(_) => {}
                         Step::Idle => {
                             if only.is_none() && others == 0 {
                                 // A retry waiting out its backoff is work
@@ -738,25 +749,30 @@ impl Runner {
         Ok(out)
     }
 
-    /// Does one unit of work if there is one: finalizes a job whose tasks
-    /// have all ended, else runs one attempt of a task, else plans a queued
-    /// job. `only` limits it to one job.
+    /// Does one unit of work if there is one: runs one attempt of a task
+    /// (then finalizes the jobs this runner moved on from, if their tasks
+    /// have all ended), else finalizes a job whose tasks have all ended,
+    /// else plans a queued job. `only` limits it to one job.
     pub async fn step(&self, only: Option<i64>) -> anyhow::Result<Step> {
-        if let Some(job) = self
-            .db
-            .claim_finalize(wall_ns(), &self.owner, self.until(), only)
-            .await?
-        {
-            let id = job.id;
-            self.finalize(job).await?;
-            return Ok(Step::Finalized(id));
-        }
+        // Tasks first: while a worker has tasks to lease, a step costs two
+        // round trips to the job store (lease, record), not three.
         if let Some(task) = self
             .db
             .lease_task(self.clock.now(), wall_ns(), &self.owner, self.until(), only)
             .await?
         {
             let id = task.job_id;
+            // The jobs this runner moved on from may have ended: finalize
+            // them after this task rather than when it runs out of tasks.
+            let left: Vec<i64> = match self.ran.lock() {
+                Ok(mut ran) => {
+                    let left = ran.iter().copied().filter(|j| *j != id).collect();
+                    ran.retain(|j| *j == id);
+                    left
+                }
+                Err(_) => Vec::new(),
+            };
+            self.evict_ended(Some(id)).await;
             if let Ok(mut h) = self.held.lock() {
                 h.push((task.job_id, task.idx));
             }
@@ -765,8 +781,30 @@ impl Runner {
             if let Ok(mut h) = self.held.lock() {
                 h.retain(|k| *k != key);
             }
+            if let Ok(mut ran) = self.ran.lock() {
+                ran.insert(id);
+            }
             r?;
+            // After the task (which holds a lease that only its run renews).
+            for j in left {
+                if let Some(job) = self
+                    .db
+                    .claim_finalize(wall_ns(), &self.owner, self.until(), Some(j))
+                    .await?
+                {
+                    self.finalize(job).await?;
+                }
+            }
             return Ok(Step::Task(id));
+        }
+        if let Some(job) = self
+            .db
+            .claim_finalize(wall_ns(), &self.owner, self.until(), only)
+            .await?
+        {
+            let id = job.id;
+            self.finalize(job).await?;
+            return Ok(Step::Finalized(id));
         }
         if let Some(job) = self
             .db
@@ -777,6 +815,7 @@ impl Runner {
             self.plan(job).await?;
             return Ok(Step::Planned(id));
         }
+        self.evict_ended(None).await;
         Ok(Step::Idle)
     }
 
@@ -836,10 +875,35 @@ impl Runner {
         }
     }
 
+    /// Forgets what this process keeps of jobs (other than `current`) that
+    /// have ended: another process may have finalized them.
+    async fn evict_ended(&self, current: Option<i64>) {
+        let jobs: BTreeSet<i64> = match self.staged.lock() {
+            Ok(c) => c
+                .plans
+                .keys()
+                .copied()
+                .chain(c.jobs.keys().copied())
+                .chain(c.maps.keys().map(|k| k.0))
+                .chain(c.headers.keys().map(|k| k.0))
+                .filter(|j| Some(*j) != current)
+                .collect(),
+            Err(_) => return,
+        };
+        for j in jobs {
+            match self.db.job(j).await {
+                Ok(job) if job.state == JobState::Running => {}
+                // Ended, gone, or the store does not answer: read it
+                // again if it is still needed.
+                _ => self.drop_staged(j),
+            }
+        }
+    }
+
     fn drop_staged(&self, job: i64) {
         if let Ok(mut s) = self.staged.lock() {
-            s.tasks.retain(|(j, _), _| *j != job);
             s.plans.remove(&job);
+            s.jobs.remove(&job);
             s.maps.retain(|(j, _), _| *j != job);
             s.headers.retain(|(j, _), _| *j != job);
         }
@@ -952,9 +1016,7 @@ impl Runner {
         let share = MAP_ROWS.max(total.div_ceil(MAX_MAPS));
         let mut maps: Vec<Vec<MapPiece>> = Vec::new();
         let mut rows = share;
-        let any_raw = units
-            .iter()
-            .any(|(d, t)| input_of(d, t) == ModelInput::Raw);
+        let any_raw = units.iter().any(|(d, t)| input_of(d, t) == ModelInput::Raw);
         for (key, scan) in scans.iter().filter(|(_, s)| any_raw && !s.keys.is_empty()) {
             for (g, &n) in scan.row_groups.iter().enumerate() {
                 if rows >= share {
@@ -978,14 +1040,24 @@ impl Runner {
             job: job.id,
             plan_id: plan_id.clone(),
             window: (from, to),
+            generation,
             tasks: n_tasks,
-            maps,
-            units: units
+            task_units: chunks
                 .iter()
-                .enumerate()
-                .filter(|(_, (d, t))| input_of(d, t) == ModelInput::Raw)
-                .map(|(i, (d, t))| (d.clone(), t.clone(), (i / batch) as u32))
+                .map(|c| {
+                    c.iter()
+                        .map(|(d, t)| PlanUnit {
+                            device: d.clone(),
+                            tag: t.clone(),
+                            window: match input_of(d, t) {
+                                ModelInput::Raw => None,
+                                ModelInput::Window { size, features } => Some((size, features)),
+                            },
+                        })
+                        .collect()
+                })
                 .collect(),
+            maps,
         };
         for m in 0..plan.maps.len() {
             let (first_key, last_key, n_keys) = plan.map_summary(m).expect("a map has pieces");
@@ -1002,53 +1074,15 @@ impl Runner {
             });
         }
         let cut_ms = t.elapsed().as_millis() as u64 - read_ms;
-        // Stage the plans, so any worker can run any task; not if the job
+        // Stage the plan, so any worker can run any task; not if the job
         // went to another planner meanwhile.
         if renew.lost() {
             return Ok(None);
         }
-        let task_plans: Vec<TaskPlan> = chunks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| TaskPlan {
-                format: "fleetscore-task-plan".into(),
-                job: job.id,
-                idx: i as u32,
-                generation,
-                plan_id: plan_id.clone(),
-                tasks: n_tasks,
-                maps: plan.maps.len() as u32,
-                units: c
-                    .iter()
-                    .map(|(d, t)| PlanUnit {
-                        device: d.clone(),
-                        tag: t.clone(),
-                        window: match input_of(d, t) {
-                            ModelInput::Raw => None,
-                            ModelInput::Window { size, features } => Some((size, features)),
-                        },
-                    })
-                    .collect(),
-            })
-            .collect();
         self.store
             .put(&plan_key(job.id), serde_json::to_vec(&plan)?)
             .await?;
-        stream::iter(&task_plans)
-            .map(|p| async move {
-                let bytes = serde_json::to_vec(p)?;
-                self.store
-                    .put(&staging_key(p.job, p.idx, "json"), bytes)
-                    .await?;
-                Ok::<_, anyhow::Error>(())
-            })
-            .buffered(16)
-            .try_collect::<Vec<()>>()
-            .await?;
         if let Ok(mut cache) = self.staged.lock() {
-            for p in task_plans {
-                cache.tasks.insert((p.job, p.idx), Arc::new(p));
-            }
             cache.plans.insert(job.id, Arc::new(plan));
         }
         job.load_ms = t.elapsed().as_millis() as u64;
@@ -1069,18 +1103,27 @@ impl Runner {
         Ok(Some((job, tasks)))
     }
 
-    /// The job plan a map task follows: from memory if this process
-    /// planned or read it, else from the store; checked against the task.
+    /// The job plan a task follows: from memory if this process planned or
+    /// read it, else from the store; checked against the task.
     async fn job_plan(&self, record: &TaskRecord) -> anyhow::Result<Arc<JobPlan>> {
         let job = record.job_id;
         let fits = |plan: &JobPlan| {
-            let m = record.idx.checked_sub(plan.tasks);
-            m.and_then(|m| plan.map_summary(m as usize))
-                == Some((
-                    record.first_key.clone(),
-                    record.last_key.clone(),
+            if record.is_map() {
+                let m = record.idx.checked_sub(plan.tasks);
+                m.and_then(|m| plan.map_summary(m as usize))
+                    == Some((
+                        record.first_key.clone(),
+                        record.last_key.clone(),
+                        record.n_keys,
+                    ))
+            } else {
+                plan.fits_task(
+                    record.idx,
                     record.n_keys,
-                ))
+                    &record.first_key,
+                    &record.last_key,
+                )
+            }
         };
         let cached = self
             .staged
@@ -1099,11 +1142,12 @@ impl Runner {
                 self.store.url()
             )
         })?;
-        let plan: JobPlan =
-            serde_json::from_slice(&bytes).with_context(|| format!("reading the job plan {key}"))?;
+        let plan: JobPlan = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading the job plan {key}"))?;
         anyhow::ensure!(
             fits(&plan),
-            "the job plan {key} has no map task {} over {}..{}: the job was planned again",
+            "the job plan {key} has no {} task {} over {}..{}: the job was planned again",
+            record.kind,
             record.idx,
             record.first_key,
             record.last_key
@@ -1150,28 +1194,21 @@ impl Runner {
         record.load_ms = t.elapsed().as_millis() as u64;
         let p = Arc::clone(&plan);
         let (sections, rows) = tokio::task::spawn_blocking(move || {
-            let lookup = p.lookup();
-            let mut sections: Vec<Readings> =
-                (0..p.tasks).map(|_| Readings::default()).collect();
+            let (lookup, keys) = p.lookup();
+            let mut sections: Vec<Readings> = keys
+                .into_iter()
+                .map(|keys| Readings {
+                    keys,
+                    ..Readings::default()
+                })
+                .collect();
             let mut rows = 0u64;
             for r in &read {
                 // Per key of the piece: its task and its id there.
                 let dest: Vec<Option<(u32, u32)>> = r
                     .keys
                     .iter()
-                    .map(|(d, tg)| {
-                        lookup.get(&(d.as_str(), tg.as_str())).map(|&task| {
-                            let s = &mut sections[task as usize];
-                            let id = match s.keys.iter().position(|k| k.0 == *d && k.1 == *tg) {
-                                Some(i) => i,
-                                None => {
-                                    s.keys.push((d.clone(), tg.clone()));
-                                    s.keys.len() - 1
-                                }
-                            };
-                            (task, id as u32)
-                        })
-                    })
+                    .map(|(d, tg)| lookup.get(&(d.as_str(), tg.as_str())).copied())
                     .collect();
                 for i in 0..r.len() {
                     let ts = r.ts[i];
@@ -1186,6 +1223,9 @@ impl Runner {
                         rows += 1;
                     }
                 }
+            }
+            for s in &mut sections {
+                s.drop_unused_keys();
             }
             (sections, rows)
         })
@@ -1211,75 +1251,73 @@ impl Runner {
         Ok(())
     }
 
-    /// A task's staged plan: from memory if this process planned or read
-    /// it, else from the store.
-    async fn staged(&self, record: &TaskRecord) -> anyhow::Result<Arc<TaskPlan>> {
-        let (job, idx) = (record.job_id, record.idx);
-        // A plan fits its task record (a replanned job has other tasks).
-        let fits = |plan: &TaskPlan| {
-            let key = |u: Option<&PlanUnit>| u.map(|u| format!("{}/{}", u.device, u.tag));
-            plan.units.len() as u64 == record.n_keys
-                && key(plan.units.first()).as_deref() == Some(record.first_key.as_str())
-                && key(plan.units.last()).as_deref() == Some(record.last_key.as_str())
-        };
+    /// The record of a job this runner leased a task of (so running: the
+    /// lease is only given for running jobs), read once per plan: what a
+    /// task needs of it (window, mode, retries) does not change.
+    async fn job_for(&self, id: i64) -> anyhow::Result<JobRecord> {
         let cached = self
             .staged
             .lock()
             .ok()
-            .and_then(|c| c.tasks.get(&(job, idx)).cloned());
-        if let Some(s) = cached {
-            if fits(&s) {
-                return Ok(s);
+            .and_then(|c| c.jobs.get(&id).cloned());
+        if let Some(j) = cached {
+            return Ok(j);
+        }
+        let job = self.db.job(id).await?;
+        if job.state == JobState::Running {
+            if let Ok(mut c) = self.staged.lock() {
+                c.jobs.insert(id, job.clone());
             }
         }
-        let key = staging_key(job, idx, "json");
-        let plan = self.store.get(&key).await?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "the task's plan {key} is missing from the store {}",
-                self.store.url()
-            )
-        })?;
-        let plan: TaskPlan = serde_json::from_slice(&plan)
-            .with_context(|| format!("reading the task plan {key}"))?;
-        anyhow::ensure!(
-            fits(&plan),
-            "the staged plan {key} is not this task's ({} models {}..{}): the job was planned again",
-            record.n_keys,
-            record.first_key,
-            record.last_key
-        );
-        let plan = Arc::new(plan);
-        if let Ok(mut c) = self.staged.lock() {
-            c.tasks.insert((job, idx), Arc::clone(&plan));
-        }
-        Ok(plan)
+        Ok(job)
+    }
+
+    /// A score task's share of its job's plan.
+    async fn staged(&self, record: &TaskRecord) -> anyhow::Result<TaskPlan> {
+        let plan = self.job_plan(record).await?;
+        Ok(TaskPlan {
+            job: plan.job,
+            idx: record.idx,
+            generation: plan.generation,
+            plan_id: plan.plan_id.clone(),
+            tasks: plan.tasks,
+            maps: plan.maps.len() as u32,
+            units: plan.task_units[record.idx as usize].clone(),
+        })
     }
 
     /// A score task's readings: its section of every map task's output,
     /// in order (from memory for the map tasks this process ran).
     async fn gather(&self, plan: &TaskPlan) -> anyhow::Result<Readings> {
+        /// A section kept in memory by its map task, or read.
+        enum Section {
+            Kept(Arc<MapOut>),
+            Read(Readings),
+        }
         let job = plan.job;
-        let sections: Vec<Readings> = stream::iter(0..plan.maps)
+        let sections: Vec<Section> = stream::iter(0..plan.maps)
             .map(|m| async move {
-                let cached = self
+                let kept = self
                     .staged
                     .lock()
                     .ok()
                     .and_then(|c| c.maps.get(&(job, m)).cloned());
-                if let Some(out) = cached.filter(|o| o.plan_id == plan.plan_id) {
-                    return Ok::<_, anyhow::Error>(
-                        out.sections
-                            .get(plan.idx as usize)
-                            .cloned()
-                            .unwrap_or_default(),
-                    );
+                match kept.filter(|o| o.plan_id == plan.plan_id) {
+                    Some(out) => Ok::<_, anyhow::Error>(Section::Kept(out)),
+                    None => Ok(Section::Read(self.read_section(plan, m).await?)),
                 }
-                self.read_section(plan, m).await
             })
             .buffered(8)
             .try_collect()
             .await?;
-        let refs: Vec<&Readings> = sections.iter().collect();
+        let empty = Readings::default();
+        let refs: Vec<&Readings> = sections
+            .iter()
+            .map(|s| match s {
+                Section::Kept(out) => out.sections.get(plan.idx as usize).unwrap_or(&empty),
+                Section::Read(r) => r,
+            })
+            .collect();
         Ok(crate::stage::concat(&refs))
     }
 
@@ -1312,7 +1350,8 @@ impl Runner {
                 // Checked before it is kept.
                 crate::stage::section_range(&h, &plan.plan_id, plan.tasks, 0).map_err(corrupt)?;
                 if let Ok(mut c) = self.staged.lock() {
-                    c.headers.insert((job, m), (plan.plan_id.clone(), h.clone()));
+                    c.headers
+                        .insert((job, m), (plan.plan_id.clone(), h.clone()));
                 }
                 h
             }
@@ -1368,7 +1407,7 @@ impl Runner {
             Some(record.idx),
             record.job_id,
         );
-        let job = self.db.job(record.job_id).await?;
+        let job = self.job_for(record.job_id).await?;
         let log_key = format!("logs/{}/task-{:05}.log", job.id, record.idx);
         let mut log = if record.attempts > 1 {
             match self.store.get(&log_key).await {
@@ -1473,18 +1512,11 @@ impl Runner {
         })
         .await?;
         if !kept {
-            if let Ok(mut s) = self.staged.lock() {
-                s.tasks.remove(&(record.job_id, record.idx));
-            }
             tracing::warn!(
                 job = job.id,
                 task = record.idx,
                 "the task's lease expired while it ran; the worker that took over records it"
             );
-        } else if record.state != "queued" && !record.is_map() {
-            if let Ok(mut s) = self.staged.lock() {
-                s.tasks.remove(&(record.job_id, record.idx));
-            }
         }
         Ok(())
     }
@@ -1537,8 +1569,12 @@ impl Runner {
     /// have all ended.
     async fn finalize(&self, mut job: JobRecord) -> anyhow::Result<()> {
         let id = job.id;
-        let (maps, tasks): (Vec<TaskRecord>, Vec<TaskRecord>) =
-            self.db.tasks(id).await?.into_iter().partition(|t| t.is_map());
+        let (maps, tasks): (Vec<TaskRecord>, Vec<TaskRecord>) = self
+            .db
+            .tasks(id)
+            .await?
+            .into_iter()
+            .partition(|t| t.is_map());
         job.models = 0;
         job.rows = 0;
         job.anomalies = 0;
@@ -1630,6 +1666,9 @@ impl Runner {
             return Ok(());
         }
         self.write_job_log(&job).await;
+        if let Ok(mut f) = self.finished.lock() {
+            f.push(id);
+        }
         // The staged inputs are no longer needed.
         self.drop_staged(id);
         match self.store.list(&staging_prefix(id)).await {

@@ -2,9 +2,9 @@
 //! the plan its map tasks follow, and each map task's output, the readings
 //! of its share of the window cut into one section per score task.
 //!
-//! A map output (`map-<m>.bin`) is a plain binary layout, so writing and
-//! reading it is nearly a copy, and a score task reads only its own
-//! section of it (two ranged reads: the header, then the section):
+//! A map output (`map-<m>.bin`) is a plain binary layout, cheap to write
+//! and read (about 10 bytes a reading), and a score task reads only its
+//! own section of it (two ranged reads: the header, then the section):
 //!
 //! ```text
 //! b"FSMAP01\n"
@@ -13,14 +13,16 @@
 //! (T + 1) x u64: section offsets, from the end of the header
 //! T sections:
 //!   u32 K keys, K x (u32 length, device, u32 length, tag)
-//!   u64 N readings, N x i64 ts, N x f64 value, N x u32 key (into the K keys)
+//!   u64 N readings, u8 W (key id width: 1 if K <= 256, 2 if <= 65536, else 4)
+//!   N x ts: zigzag LEB128 varint of the difference from the previous ts
+//!   N x f64 value, N x W-byte key id (into the K keys)
 //! ```
 //!
 //! Integers are little-endian. A header whose plan id is not the score
 //! task's (a job planned again meanwhile) is refused, as is any section
 //! whose lengths do not add up.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use fleetscore_codecs::Readings;
 use serde::{Deserialize, Serialize};
@@ -38,12 +40,24 @@ pub(crate) struct JobPlan {
     pub plan_id: String,
     /// Window `[start, end)`, ns.
     pub window: (i64, i64),
+    /// The model pack generation the plan was made with.
+    pub generation: u64,
     /// Score tasks (their idx are `0..tasks`; map task `m` is `tasks + m`).
     pub tasks: u32,
+    /// Per score task, its pairs in order, with their model's input.
+    pub task_units: Vec<Vec<PlanUnit>>,
     /// Per map task, the raw row groups it reads, in window order.
     pub maps: Vec<Vec<MapPiece>>,
-    /// Each raw-input pair with its score task.
-    pub units: Vec<(String, String, u32)>,
+}
+
+/// One pair of a score task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PlanUnit {
+    pub device: String,
+    pub tag: String,
+    /// Window size and features of a window-input model; absent for raw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<(String, Vec<String>)>,
 }
 
 /// Some row groups of one raw object.
@@ -56,6 +70,17 @@ pub(crate) struct MapPiece {
 }
 
 impl JobPlan {
+    /// Whether score task `idx`'s pairs are `n` from `first` to `last`
+    /// (`device/tag`), as its task record says.
+    pub fn fits_task(&self, idx: u32, n: u64, first: &str, last: &str) -> bool {
+        let key = |u: Option<&PlanUnit>| u.map(|u| format!("{}/{}", u.device, u.tag));
+        self.task_units.get(idx as usize).is_some_and(|units| {
+            units.len() as u64 == n
+                && key(units.first()).as_deref() == Some(first)
+                && key(units.last()).as_deref() == Some(last)
+        })
+    }
+
     /// Map task `m`'s first and last object keys and its row-group count,
     /// as its task record holds them.
     pub fn map_summary(&self, m: usize) -> Option<(String, String, u64)> {
@@ -67,56 +92,104 @@ impl JobPlan {
         ))
     }
 
-    /// Score task by raw-input pair.
-    pub fn lookup(&self) -> HashMap<(&str, &str), u32> {
-        self.units
-            .iter()
-            .map(|(d, t, task)| ((d.as_str(), t.as_str()), *task))
-            .collect()
+    /// Each raw-input pair's score task and its place among that task's
+    /// raw-input pairs; and each task's raw-input pairs, in order.
+    #[allow(clippy::type_complexity)]
+    pub fn lookup(
+        &self,
+    ) -> (
+        FxHashMap<(&str, &str), (u32, u32)>,
+        Vec<Vec<(String, String)>>,
+    ) {
+        let mut keys: Vec<Vec<(String, String)>> = vec![Vec::new(); self.task_units.len()];
+        let mut at = FxHashMap::default();
+        for (task, units) in self.task_units.iter().enumerate() {
+            for u in units.iter().filter(|u| u.window.is_none()) {
+                let k = &mut keys[task];
+                at.insert(
+                    (u.device.as_str(), u.tag.as_str()),
+                    (task as u32, k.len() as u32),
+                );
+                k.push((u.device.clone(), u.tag.clone()));
+            }
+        }
+        (at, keys)
     }
 }
 
 /// Encodes map output: `sections[t]` is score task `t`'s readings.
 pub(crate) fn encode_map(plan_id: &str, sections: &[Readings]) -> Vec<u8> {
-    let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(sections.len());
-    for s in sections {
-        let mut b = Vec::with_capacity(12 + s.len() * 20 + s.keys.len() * 24);
-        b.extend_from_slice(&(s.keys.len() as u32).to_le_bytes());
-        for (d, t) in &s.keys {
-            for x in [d, t] {
-                b.extend_from_slice(&(x.len() as u32).to_le_bytes());
-                b.extend_from_slice(x.as_bytes());
-            }
-        }
-        b.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        for v in &s.ts {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        for v in &s.value {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        for v in &s.key {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        bodies.push(b);
-    }
-    let mut out = Vec::with_capacity(
-        header_len(plan_id, sections.len() as u32) + bodies.iter().map(Vec::len).sum::<usize>(),
-    );
+    // About 10 bytes a reading: a 1-byte time delta, a 1-byte key, the value.
+    let guess: usize = sections
+        .iter()
+        .map(|s| {
+            16 + s
+                .keys
+                .iter()
+                .map(|(d, t)| 8 + d.len() + t.len())
+                .sum::<usize>()
+                + s.len() * 11
+        })
+        .sum();
+    let mut out = Vec::with_capacity(header_len(plan_id, sections.len() as u32) + guess);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(plan_id.len() as u32).to_le_bytes());
     out.extend_from_slice(plan_id.as_bytes());
     out.extend_from_slice(&(sections.len() as u32).to_le_bytes());
-    let mut at = 0u64;
-    out.extend_from_slice(&at.to_le_bytes());
-    for b in &bodies {
-        at += b.len() as u64;
-        out.extend_from_slice(&at.to_le_bytes());
-    }
-    for b in bodies {
-        out.extend_from_slice(&b);
+    // Offsets are filled in once each section is written.
+    let offsets = out.len();
+    out.resize(offsets + 8 * (sections.len() + 1), 0);
+    let base = out.len();
+    for (i, s) in sections.iter().enumerate() {
+        encode_section(s, &mut out);
+        let at = (out.len() - base) as u64;
+        let o = offsets + 8 * (i + 1);
+        out[o..o + 8].copy_from_slice(&at.to_le_bytes());
     }
     out
+}
+
+/// Appends one section: its keys, then the readings' times as zigzag
+/// varint deltas (readings come in time order, so mostly one byte), the
+/// values as they are, and the key ids in 1, 2 or 4 bytes.
+fn encode_section(s: &Readings, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.keys.len() as u32).to_le_bytes());
+    for (d, t) in &s.keys {
+        for x in [d, t] {
+            out.extend_from_slice(&(x.len() as u32).to_le_bytes());
+            out.extend_from_slice(x.as_bytes());
+        }
+    }
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    let width = key_width(s.keys.len());
+    out.push(width as u8);
+    let mut prev = 0i64;
+    for &t in &s.ts {
+        let d = t.wrapping_sub(prev);
+        prev = t;
+        let mut z = ((d << 1) ^ (d >> 63)) as u64;
+        while z >= 0x80 {
+            out.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+    }
+    for v in &s.value {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for &k in &s.key {
+        out.extend_from_slice(&k.to_le_bytes()[..width]);
+    }
+}
+
+fn key_width(keys: usize) -> usize {
+    if keys <= 1 << 8 {
+        1
+    } else if keys <= 1 << 16 {
+        2
+    } else {
+        4
+    }
 }
 
 /// The length of a map output's header.
@@ -182,27 +255,58 @@ pub(crate) fn decode_section(b: &[u8]) -> Result<Readings, String> {
         keys.push((d.to_string(), t.to_string()));
     }
     let n = usize::try_from(r.u64()?).map_err(|e| e.to_string())?;
-    if n.checked_mul(20) != Some(b.len() - r.at) {
+    let width = r.bytes(1)?[0] as usize;
+    if width != key_width(nk) {
+        return Err(format!(
+            "its key ids are {width} bytes wide, not {}",
+            key_width(nk)
+        ));
+    }
+    // At least a byte of time, the value and the key id per reading.
+    if n.checked_mul(9 + width).is_none_or(|m| m > b.len() - r.at) {
         return Err(format!(
             "it says {n} readings in {} bytes",
             b.len().saturating_sub(r.at)
         ));
     }
-    let ts = r.bytes(n * 8)?;
+    let mut ts = Vec::with_capacity(n);
+    let mut prev = 0i64;
+    for _ in 0..n {
+        let mut z = 0u64;
+        let mut shift = 0;
+        loop {
+            let byte = r.bytes(1)?[0];
+            if shift > 63 {
+                return Err("a time delta runs past 64 bits".into());
+            }
+            z |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                break;
+            }
+            shift += 7;
+        }
+        let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+        prev = prev.wrapping_add(d);
+        ts.push(prev);
+    }
     let value = r.bytes(n * 8)?;
-    let key = r.bytes(n * 4)?;
+    let key = r.bytes(n * width)?;
+    if r.at != b.len() {
+        return Err(format!("{} bytes are left over", b.len() - r.at));
+    }
     let out = Readings {
-        ts: ts
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
+        ts,
         value: value
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect(),
         key: key
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .chunks_exact(width)
+            .map(|c| {
+                let mut w = [0u8; 4];
+                w[..width].copy_from_slice(c);
+                u32::from_le_bytes(w)
+            })
             .collect(),
         keys,
     };
@@ -222,7 +326,7 @@ pub(crate) fn concat(parts: &[&Readings]) -> Readings {
         key: Vec::with_capacity(n),
         keys: Vec::new(),
     };
-    let mut ids: HashMap<&(String, String), u32> = HashMap::new();
+    let mut ids: FxHashMap<&(String, String), u32> = FxHashMap::default();
     for p in parts {
         let map: Vec<u32> = p
             .keys
@@ -295,7 +399,11 @@ mod tests {
 
     #[test]
     fn sections_read_back_by_range() {
-        let a = readings(&[(1, 1.5, "d1", "t"), (2, -2.0, "d2", "t"), (3, 3.0, "d1", "t")]);
+        let a = readings(&[
+            (1, 1.5, "d1", "t"),
+            (2, -2.0, "d2", "t"),
+            (3, 3.0, "d1", "t"),
+        ]);
         let empty = Readings::default();
         let c = readings(&[(9, f64::NAN, "dé", "x")]);
         let bytes = encode_map("p1", &[a.clone(), empty.clone(), c.clone()]);
@@ -314,11 +422,35 @@ mod tests {
     }
 
     #[test]
+    fn wide_keys_and_any_times_round_trip() {
+        // 300 keys (2-byte ids), times out of order and at the extremes.
+        let mut r = Readings::default();
+        for k in 0..300 {
+            r.keys.push((format!("d{k}"), "t".into()));
+        }
+        let times = [i64::MIN, 5, -7, i64::MAX, 0, 1_700_000_000_000_000_000, 3];
+        for i in 0..900usize {
+            r.ts.push(times[i % times.len()]);
+            r.value.push(i as f64 * 0.5);
+            r.key.push((i * 7 % 300) as u32);
+        }
+        let bytes = encode_map("p", std::slice::from_ref(&r));
+        let range = section_range(&bytes[..header_len("p", 1)], "p", 1, 0).unwrap();
+        let got = decode_section(&bytes[range.start as usize..range.end as usize]).unwrap();
+        assert_eq!(
+            (got.ts, got.value, got.key, got.keys),
+            (r.ts, r.value, r.key, r.keys)
+        );
+    }
+
+    #[test]
     fn another_plan_or_a_cut_section_is_refused() {
         let a = readings(&[(1, 1.0, "d1", "t")]);
         let bytes = encode_map("p1", std::slice::from_ref(&a));
         let h = &bytes[..header_len("p2", 1)];
-        assert!(section_range(h, "p2", 1, 0).unwrap_err().contains("planned again"));
+        assert!(section_range(h, "p2", 1, 0)
+            .unwrap_err()
+            .contains("planned again"));
         assert!(section_range(&bytes[..10], "p1", 1, 0).is_err());
         assert!(section_range(&bytes, "p1", 2, 0).is_err());
         let r = section_range(&bytes[..header_len("p1", 1)], "p1", 1, 0).unwrap();
@@ -333,7 +465,11 @@ mod tests {
         let b = readings(&[(3, 3.0, "d2", "t"), (4, 4.0, "d3", "t")]);
         let c = concat(&[&a, &b]);
         assert_eq!(c.ts, vec![1, 2, 3, 4]);
-        let names: Vec<&str> = c.key.iter().map(|&k| c.keys[k as usize].0.as_str()).collect();
+        let names: Vec<&str> = c
+            .key
+            .iter()
+            .map(|&k| c.keys[k as usize].0.as_str())
+            .collect();
         assert_eq!(names, vec!["d1", "d2", "d2", "d3"]);
         assert_eq!(c.keys.len(), 3);
     }

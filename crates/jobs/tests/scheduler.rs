@@ -332,8 +332,12 @@ async fn failing_writes_are_retried_then_fail_the_job_and_a_retry_then_succeeds(
     // The map task read the window; every score task failed its writes.
     let (maps, scores): (Vec<_>, Vec<_>) = tasks.iter().partition(|t| t.is_map());
     assert_eq!(maps.len(), 1, "{tasks:?}");
-    assert!(maps.iter().all(|t| t.attempts == 1 && t.state == "succeeded"));
-    assert!(scores.iter().all(|t| t.attempts == 3 && t.state == "failed"));
+    assert!(maps
+        .iter()
+        .all(|t| t.attempts == 1 && t.state == "succeeded"));
+    assert!(scores
+        .iter()
+        .all(|t| t.attempts == 3 && t.state == "failed"));
     let log = store
         .get(&format!("logs/{id}/task-00000.log"))
         .await
@@ -679,6 +683,11 @@ async fn a_task_handed_back_or_retried_waits_its_turn(b: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!((t0.idx, t0.attempts), (0, 2));
+    assert_eq!(
+        db.pending(2_000).await.unwrap(),
+        2,
+        "two expired leases count as pending"
+    );
     // A cancel cancels what is queued; running tasks end their attempt.
     db.cancel(id, 600).await.unwrap();
     assert!(db
@@ -688,8 +697,8 @@ async fn a_task_handed_back_or_retried_waits_its_turn(b: Backend) {
         .is_none());
     assert_eq!(
         db.pending(2_000).await.unwrap(),
-        2,
-        "two expired leases count as pending"
+        0,
+        "a cancelled job's expired leases are no work: nobody leases them"
     );
 }
 
@@ -931,7 +940,11 @@ async fn score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job(b: Ba
             assert_eq!((t.state.as_str(), t.attempts), ("cancelled", 0), "{t:?}");
         }
     }
-    assert!(store.list(&format!("staging/{id}/")).await.unwrap().is_empty());
+    assert!(store
+        .list(&format!("staging/{id}/"))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 on_both!(

@@ -607,7 +607,7 @@ function renderJob(res) {
     return h(
       "tr",
       {},
-      h("td", { class: "num" }, k.idx),
+      h("td", { class: "num" }, k.kind === "map" ? `map ${k.idx}` : k.idx),
       h("td", {}, h("span", { class: "pill " + k.state }, k.state)),
       h("td", { class: "num" }, k.attempts),
       h("td", { class: "mono" }, k.first_key === k.last_key ? k.first_key : `${k.first_key} … ${k.last_key}`),
