@@ -431,6 +431,11 @@ fn plan_key(job: i64) -> String {
     format!("staging/{job}/plan.json")
 }
 
+/// The current plan's id alone (a small read to tell a kept plan is stale).
+fn plan_id_key(job: i64) -> String {
+    format!("staging/{job}/plan.id")
+}
+
 fn map_key(job: i64, m: u32) -> String {
     format!("staging/{job}/map-{m:05}.bin")
 }
@@ -1082,6 +1087,9 @@ impl Runner {
         self.store
             .put(&plan_key(job.id), serde_json::to_vec(&plan)?)
             .await?;
+        self.store
+            .put(&plan_id_key(job.id), plan.plan_id.clone())
+            .await?;
         if let Ok(mut cache) = self.staged.lock() {
             cache.plans.insert(job.id, Arc::new(plan));
         }
@@ -1164,7 +1172,14 @@ impl Runner {
     /// as one object (`staging/<job>/map-<m>.bin`).
     async fn attempt_map(&self, job: &JobRecord, record: &mut TaskRecord) -> anyhow::Result<()> {
         let t = Instant::now();
-        let plan = self.job_plan(record).await?;
+        let mut plan = self.job_plan(record).await?;
+        // A plan kept from before the job was planned again may fit this
+        // task's record yet name another plan: the score tasks would then
+        // refuse this output. A map task checks (a small read).
+        if self.plan_is_stale(&plan.plan_id, job.id).await? {
+            self.drop_staged(job.id);
+            plan = self.job_plan(record).await?;
+        }
         let m = record.idx - plan.tasks;
         let pieces = plan.maps[m as usize].clone();
         let (from, to) = (job.window_start, job.window_end);
@@ -1270,6 +1285,18 @@ impl Runner {
             }
         }
         Ok(job)
+    }
+
+    /// Whether the store's current plan of `job` is not `plan_id`.
+    async fn plan_is_stale(&self, plan_id: &str, job: i64) -> anyhow::Result<bool> {
+        let key = plan_id_key(job);
+        let current = self.store.get(&key).await?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the job's plan {key} is missing from the store {}",
+                self.store.url()
+            )
+        })?;
+        Ok(current.as_ref() != plan_id.as_bytes())
     }
 
     /// A score task's share of its job's plan.
@@ -1528,8 +1555,20 @@ impl Runner {
         record: &mut TaskRecord,
     ) -> anyhow::Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
         let t = Instant::now();
-        let plan = self.staged(record).await?;
-        let readings = self.gather(&plan).await?;
+        let mut plan = self.staged(record).await?;
+        let readings = match self.gather(&plan).await {
+            Ok(r) => r,
+            // A plan kept from before the job was planned again: read the
+            // current one and try once more.
+            Err(e) => {
+                if !self.plan_is_stale(&plan.plan_id, job.id).await? {
+                    return Err(e);
+                }
+                self.drop_staged(job.id);
+                plan = self.staged(record).await?;
+                self.gather(&plan).await?
+            }
+        };
         let pack = self.pack_for(plan.generation).await?;
         // Window-input pairs read their windows.
         let mut wunits = Vec::new();

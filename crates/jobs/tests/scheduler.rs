@@ -947,6 +947,37 @@ async fn score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job(b: Ba
         .is_empty());
 }
 
+async fn a_runner_that_kept_an_old_plan_reads_the_new_one(b: Backend) {
+    use fleetscore_jobs::run::Step;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, readings) = fleet(&dir.path().join("store"), 1).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
+    let a = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
+    let other = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
+    let id = db.create_job(&manual(T0, 2), clock.now()).await.unwrap();
+    // `a` plans the job (and keeps the plan in memory); the job is then
+    // cancelled and queued again, and `other` plans it anew (the same
+    // tasks under another plan) and runs its map task.
+    assert_eq!(a.step(Some(id)).await.unwrap(), Step::Planned(id));
+    db.cancel(id, clock.now()).await.unwrap();
+    db.retry(id).await.unwrap();
+    assert_eq!(other.step(Some(id)).await.unwrap(), Step::Planned(id));
+    assert_eq!(other.step(Some(id)).await.unwrap(), Step::Task(id));
+    // `a` runs the score tasks: it must notice its plan is stale.
+    let job = a.run_job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    let tasks = db.tasks(id).await.unwrap();
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.state == "succeeded" && t.attempts == 1),
+        "{tasks:?}"
+    );
+    let rows = prediction_rows(&store).await;
+    assert_eq!(rows.len(), readings / DEVICES * (DEVICES - 1));
+}
+
 on_both!(
     a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once,
     downtime_is_caught_up_oldest_first_and_the_rest_recorded_as_skipped,
@@ -961,4 +992,5 @@ on_both!(
     sub_hour_windows_of_one_hour_keep_apart,
     a_task_whose_workers_keep_vanishing_fails_after_its_attempts,
     score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job,
+    a_runner_that_kept_an_old_plan_reads_the_new_one,
 );
