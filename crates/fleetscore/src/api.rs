@@ -323,7 +323,16 @@ async fn cancel(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Respo
         return r;
     }
     match api.db.cancel(id, crate::util::now_ns()).await {
-        Ok(j) => Json(json!({ "job": j })).into_response(),
+        Ok(j) => {
+            // Its staged inputs are no longer needed (a retry plans again).
+            if let Err(e) = fleetscore_jobs::run::drop_staging(&api.store, id).await {
+                tracing::warn!(
+                    job = id,
+                    "deleting the cancelled job's staged inputs: {e:#}"
+                );
+            }
+            Json(json!({ "job": j })).into_response()
+        }
         Err(e) => db_err(e),
     }
 }

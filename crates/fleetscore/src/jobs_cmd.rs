@@ -367,6 +367,15 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
         JobsCommand::Cancel { id } => {
             let j = db.cancel(id, util::now_ns()).await?;
             println!("job {} cancelled", j.id);
+            // Its staged inputs are no longer needed (a retry plans again).
+            match util::store(g) {
+                Ok(store) => {
+                    if let Err(e) = fleetscore_jobs::run::drop_staging(&store, id).await {
+                        eprintln!("warning: deleting the job's staged inputs: {e:#}");
+                    }
+                }
+                Err(e) => eprintln!("warning: deleting the job's staged inputs: {e:#}"),
+            }
         }
         JobsCommand::Run { json } => {
             let c = config::load(g.config.as_deref())?;

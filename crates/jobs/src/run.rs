@@ -273,6 +273,17 @@ async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(Stri
     Ok(scans.into_iter().flatten().collect())
 }
 
+/// Deletes what a job staged (`staging/<job>/`: its plan and its map
+/// outputs): for a cancelled job, which no runner finalizes. Returns the
+/// number of objects deleted.
+pub async fn drop_staging(store: &Store, job: i64) -> anyhow::Result<usize> {
+    let keys = store.list(&staging_prefix(job)).await?;
+    for k in &keys {
+        store.delete(k).await?;
+    }
+    Ok(keys.len())
+}
+
 /// The readings of `[from, to)` from the store's raw/ partitions.
 pub async fn load_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Readings> {
     let keys = raw_keys(store, from, to).await?;

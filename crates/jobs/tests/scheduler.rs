@@ -960,7 +960,17 @@ async fn a_runner_that_kept_an_old_plan_reads_the_new_one(b: Backend) {
     // cancelled and queued again, and `other` plans it anew (the same
     // tasks under another plan) and runs its map task.
     assert_eq!(a.step(Some(id)).await.unwrap(), Step::Planned(id));
+    let staged = format!("staging/{id}/");
+    assert!(!store.list(&staged).await.unwrap().is_empty());
+    // A cancel (the API's and the CLI's) drops what the job staged.
     db.cancel(id, clock.now()).await.unwrap();
+    assert!(
+        fleetscore_jobs::run::drop_staging(&store, id)
+            .await
+            .unwrap()
+            >= 2
+    );
+    assert!(store.list(&staged).await.unwrap().is_empty());
     db.retry(id).await.unwrap();
     assert_eq!(other.step(Some(id)).await.unwrap(), Step::Planned(id));
     assert_eq!(other.step(Some(id)).await.unwrap(), Step::Task(id));
