@@ -305,13 +305,16 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
                 }
                 for t in tasks.iter().filter(|t| t.is_map()) {
                     println!(
-                        "  map  {:>4} {:<9} attempts {} row groups {:>3} ({}..{}) readings {:>8} read {} ms write {} ms{}",
+                        "  map  {:>4} {:<9} attempts {} row groups {:>3} of {} readings {:>8} read {} ms write {} ms{}",
                         t.idx,
                         t.state,
                         t.attempts,
                         t.n_keys,
-                        t.first_key,
-                        t.last_key,
+                        if t.first_key == t.last_key {
+                            t.first_key.clone()
+                        } else {
+                            format!("{}..{}", t.first_key, t.last_key)
+                        },
                         t.rows,
                         t.load_ms,
                         t.write_ms,
