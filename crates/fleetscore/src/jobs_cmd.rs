@@ -60,12 +60,23 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let store = util::store(g)?;
-    let runner = Runner::new(
+    let mut runner = Runner::new(
         Arc::clone(&db),
         store.clone(),
         Arc::new(SystemClock),
         rc.clone(),
     );
+    // On PostgreSQL, new work is announced (LISTEN/NOTIFY): an idle worker
+    // wakes at once, and polls only as a fallback.
+    if db.url().starts_with("postgres") {
+        match fleetscore_jobs::db::listen_for_work(db.url()).await {
+            Ok(wake) => runner = runner.with_wake(wake),
+            Err(e) => tracing::warn!(
+                "not listening for new work ({e}); polling every {:?}",
+                rc.poll
+            ),
+        }
+    }
     tracing::info!(
         worker = runner.owner(),
         db = db.url(),

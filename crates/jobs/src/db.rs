@@ -50,6 +50,11 @@ pub enum DbError {
     /// A URL this build cannot open.
     #[error("job store URL {0:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE")]
     Url(String),
+    /// Listening for new work needs PostgreSQL.
+    #[error(
+        "job store {0}: only a PostgreSQL job store announces new work; workers on SQLite poll"
+    )]
+    NotPostgres(String),
     /// A stored value that does not parse (a newer schema, or an edit by hand).
     #[error("job store: bad {what} {value:?} in job {job}")]
     Corrupt {
@@ -574,6 +579,48 @@ pub trait JobStore: Send + Sync {
     async fn rewind_schedule(&self, schedule: &str, last_fire: i64, now: i64) -> Result<()>;
 }
 
+/// The PostgreSQL `LISTEN`/`NOTIFY` channel on which the job store
+/// announces new work: a queued job, a planned job's tasks, a job's score
+/// tasks once its last map task succeeded, a task handed back.
+pub const WORK_CHANNEL: &str = "fleetscore_work";
+
+/// Listens on [`WORK_CHANNEL`] of the PostgreSQL job store at `url`: the
+/// value of the returned receiver changes at each announcement, so an idle
+/// worker wakes at once instead of at its next poll. The listener
+/// reconnects by itself after a connection loss (announcements made
+/// meanwhile are missed: workers still poll).
+pub async fn listen_for_work(url: &str) -> Result<tokio::sync::watch::Receiver<u64>> {
+    let err = |error: sqlx::Error| DbError::Sql {
+        url: url.to_string(),
+        error,
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(DbError::NotPostgres(url.to_string()));
+    }
+    let mut listener = sqlx::postgres::PgListener::connect(url)
+        .await
+        .map_err(err)?;
+    listener.listen(WORK_CHANNEL).await.map_err(err)?;
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        loop {
+            match listener.recv().await {
+                Ok(_) => {
+                    tx.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                Err(e) => {
+                    tracing::warn!("listening for work: {e}; polling meanwhile");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// Which SQL the store speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -695,6 +742,21 @@ impl SqlStore {
             url: url.to_string(),
             dialect,
         })
+    }
+
+    /// Tells listening workers there is new work (PostgreSQL `NOTIFY` on
+    /// [`WORK_CHANNEL`]; nothing on SQLite, whose workers poll). Best
+    /// effort: a worker that misses it finds the work at its next poll.
+    async fn announce(&self) {
+        if self.dialect == Dialect::Postgres {
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(WORK_CHANNEL)
+                .execute(&self.pool)
+                .await
+            {
+                tracing::debug!("announcing work: {e}");
+            }
+        }
     }
 
     /// Which SQL it speaks.
@@ -964,6 +1026,9 @@ impl JobStore for SqlStore {
         .await
         .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
+        if ids.iter().any(Option::is_some) {
+            self.announce().await;
+        }
         Ok(ids)
     }
 
@@ -973,7 +1038,11 @@ impl JobStore for SqlStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        row.try_get::<i64, _>(0).map_err(|e| self.err(e))
+        let id = row.try_get::<i64, _>(0).map_err(|e| self.err(e))?;
+        if job.state == JobState::Queued {
+            self.announce().await;
+        }
+        Ok(id)
     }
 
     async fn claim_job(
@@ -1122,6 +1191,7 @@ impl JobStore for SqlStore {
             q.execute(&mut *tx).await.map_err(|e| self.err(e))?;
         }
         tx.commit().await.map_err(|e| self.err(e))?;
+        self.announce().await;
         Ok(true)
     }
 
@@ -1236,7 +1306,12 @@ impl JobStore for SqlStore {
                 .execute(&self.pool)
                 .await
                 .map_err(|e| self.err(e))?;
-            return Ok(res.rows_affected() == 1);
+            let kept = res.rows_affected() == 1;
+            // The last map task of a job makes its score tasks leasable.
+            if kept && t.is_map() && t.state == "succeeded" {
+                self.announce().await;
+            }
+            return Ok(kept);
         }
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         let res = bind_finish(sqlx::query(FINISH_TASK), t, owner)
@@ -1269,6 +1344,9 @@ impl JobStore for SqlStore {
             .map_err(|e| self.err(e))?;
         }
         tx.commit().await.map_err(|e| self.err(e))?;
+        if t.is_map() && t.state == "succeeded" {
+            self.announce().await;
+        }
         Ok(true)
     }
 
@@ -1284,7 +1362,11 @@ impl JobStore for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
-        Ok(res.rows_affected() == 1)
+        let released = res.rows_affected() == 1;
+        if released {
+            self.announce().await;
+        }
+        Ok(released)
     }
 
     async fn claim_finalize(
@@ -1571,6 +1653,7 @@ impl JobStore for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
+        self.announce().await;
         self.job(id).await
     }
 }

@@ -154,6 +154,9 @@ pub struct Runner {
     ran: Arc<std::sync::Mutex<BTreeSet<i64>>>,
     /// Jobs this runner finalized (for [`Runner::run_queued`]'s answer).
     finished: Arc<std::sync::Mutex<Vec<i64>>>,
+    /// Announcements of new work (see [`crate::db::listen_for_work`]):
+    /// an idle worker wakes at each instead of waiting for its poll.
+    wake: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// The manifest of one job's output partition.
@@ -580,7 +583,16 @@ impl Runner {
             held: Arc::new(std::sync::Mutex::new(Vec::new())),
             ran: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
             finished: Arc::new(std::sync::Mutex::new(Vec::new())),
+            wake: None,
         }
+    }
+
+    /// Wakes an idle [`Runner::work`] at each change of `wake` (the job
+    /// store's announcements of new work) instead of only every
+    /// `config.poll`.
+    pub fn with_wake(mut self, wake: tokio::sync::watch::Receiver<u64>) -> Runner {
+        self.wake = Some(wake);
+        self
     }
 
     /// The job store.
@@ -630,18 +642,37 @@ impl Runner {
         for slot in 0..slots {
             let me = self.clone();
             let mut stop = stop.clone();
+            let mut wake = me.wake.clone();
             all.push(async move {
-                // Staggered, so slots do not poll in step.
-                tokio::time::sleep(me.config.poll * slot as u32 / slots as u32).await;
+                // Staggered, so slots do not poll in step (a stop cuts it short).
+                tokio::select! {
+                    _ = tokio::time::sleep(me.config.poll * slot as u32 / slots as u32) => {}
+                    _ = stop.changed() => {}
+                }
                 while !*stop.borrow() {
+                    // Announcements from now on wake the next idle wait.
+                    if let Some(w) = wake.as_mut() {
+                        w.borrow_and_update();
+                    }
                     let step = me.step_until_stopped(None, &mut stop, grace).await;
                     if let Ok(mut f) = me.finished.lock() {
                         f.clear();
                     }
                     match step {
                         Ok(Step::Idle) => {
+                            let woken = async {
+                                let changed = match wake.as_mut() {
+                                    Some(w) => w.changed().await.is_ok(),
+                                    None => false,
+                                };
+                                if !changed {
+                                    // No announcements (or none any more).
+                                    std::future::pending::<()>().await;
+                                }
+                            };
                             tokio::select! {
                                 _ = tokio::time::sleep(me.config.poll) => {}
+                                _ = woken => {}
                                 _ = stop.changed() => {}
                             }
                         }

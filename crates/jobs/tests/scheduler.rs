@@ -988,6 +988,59 @@ async fn a_runner_that_kept_an_old_plan_reads_the_new_one(b: Backend) {
     assert_eq!(rows.len(), readings / DEVICES * (DEVICES - 1));
 }
 
+async fn idle_workers_wake_when_work_is_announced(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, readings) = fleet(&dir.path().join("store"), 1).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let wake = match b {
+        Backend::Sqlite => {
+            let e = fleetscore_jobs::db::listen_for_work(db.url())
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("workers on SQLite poll"), "{e}");
+            return;
+        }
+        Backend::Postgres => fleetscore_jobs::db::listen_for_work(db.url())
+            .await
+            .unwrap(),
+    };
+    let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
+    // A poll far longer than the test: only an announcement wakes it.
+    let cfg = RunnerConfig {
+        poll: Duration::from_secs(60),
+        ..quick()
+    };
+    let runner = Runner::new(db.clone(), store.clone(), clock.clone(), cfg).with_wake(wake);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = {
+        let r = runner.clone();
+        tokio::spawn(async move { r.work(stopped, Duration::from_secs(5)).await })
+    };
+    // The worker found nothing and waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = std::time::Instant::now();
+    let id = db.create_job(&manual(T0, 2), clock.now()).await.unwrap();
+    loop {
+        let j = db.job(id).await.unwrap();
+        if j.state.is_final() {
+            assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the idle worker did not wake for the new job"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = prediction_rows(&store).await;
+    assert_eq!(rows.len(), readings / DEVICES * (DEVICES - 1));
+    // A stop ends it at once (not after a slot's poll).
+    stop.send(true).unwrap();
+    let t = std::time::Instant::now();
+    worker.await.unwrap().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
 on_both!(
     a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once,
     downtime_is_caught_up_oldest_first_and_the_rest_recorded_as_skipped,
@@ -1003,4 +1056,5 @@ on_both!(
     a_task_whose_workers_keep_vanishing_fails_after_its_attempts,
     score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job,
     a_runner_that_kept_an_old_plan_reads_the_new_one,
+    idle_workers_wake_when_work_is_announced,
 );
