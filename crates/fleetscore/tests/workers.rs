@@ -88,7 +88,7 @@ fn fleet(data: &Path) -> usize {
 }
 
 /// Queues the hour as one job of small tasks; returns its id.
-fn queue(data: &Path, db: &str) -> String {
+fn queue(data: &Path, db: &str, batch: &str) -> String {
     let o = run(
         data,
         &[
@@ -100,7 +100,7 @@ fn queue(data: &Path, db: &str) -> String {
             "--to",
             "2024-01-01T01:00:00Z",
             "--batch-size",
-            "10",
+            batch,
             "--queue",
         ],
     );
@@ -189,6 +189,15 @@ fn predictions_once(store: &Path) -> HashSet<(i64, String, String)> {
     out
 }
 
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
 fn stop(mut w: Child) {
     let pid = w.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -210,21 +219,42 @@ fn sigkill_one_of_three_workers_mid_job_and_the_job_completes_once() {
     let data = dir.path();
     let readings = fleet(data);
     let db = database(&pg_server());
-    let id = queue(data, &db);
+    // Small tasks (150 of them), so the job lasts long enough to catch a
+    // worker in the middle of one.
+    let id = queue(data, &db, "4");
     let mut workers: Vec<Child> = (0..3).map(|_| worker(data, &db)).collect();
 
-    // Kill the second worker while it holds a task, after some progress.
+    // Kill the second worker while it holds a task, after some progress:
+    // frozen (SIGSTOP) first, so that it cannot finish the task between
+    // the look and the kill.
     let victim = workers[1].id();
-    let j = wait_for(data, &db, &id, "worker 2 to hold a task", 120, |j| {
-        j["job"]["state"] == "running"
-            && tasks_in(j, "succeeded") >= 3
-            && j["tasks"].as_array().unwrap().iter().any(|t| {
-                t["state"] == "running"
-                    && t["lease_owner"]
-                        .as_str()
-                        .is_some_and(|o| o.contains(&format!(":{victim}:")))
-            })
+    wait_for(data, &db, &id, "some progress", 120, |j| {
+        j["job"]["state"] == "running" && tasks_in(j, "succeeded") >= 3
     });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let j = loop {
+        signal(victim, "STOP");
+        let j = show(data, &db, &id);
+        let holds = j["tasks"].as_array().unwrap().iter().any(|t| {
+            t["state"] == "running"
+                && t["lease_owner"]
+                    .as_str()
+                    .is_some_and(|o| o.contains(&format!(":{victim}:")))
+        });
+        if holds {
+            break j;
+        }
+        assert_eq!(
+            j["job"]["state"], "running",
+            "the job ended before worker {victim} was caught holding a task: {j:#}"
+        );
+        signal(victim, "CONT");
+        assert!(
+            Instant::now() < deadline,
+            "worker {victim} never held a task"
+        );
+        std::thread::sleep(Duration::from_millis(3));
+    };
     let total = j["tasks"].as_array().unwrap().len();
     assert!(tasks_in(&j, "succeeded") < total, "killed in the middle");
     let mut killed = workers.remove(1);
@@ -400,12 +430,17 @@ fn restarting_postgres_mid_job_workers_reconnect_and_the_job_completes() {
     let data = dir.path();
     let readings = fleet(data);
     let db = database(&pg.url());
-    let id = queue(data, &db);
+    // Small tasks (300), so the job is still running when PostgreSQL stops.
+    let id = queue(data, &db, "2");
     let workers: Vec<Child> = (0..2).map(|_| worker(data, &db)).collect();
     wait_for(data, &db, &id, "some progress", 120, |j| {
         j["job"]["state"] == "running" && tasks_in(j, "succeeded") >= 2
     });
     // Down for a few seconds (longer than the workers' lease), then back.
+    let stopped_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
     pg.stop();
     eprintln!("PostgreSQL stopped");
     std::thread::sleep(Duration::from_secs(4));
@@ -415,6 +450,10 @@ fn restarting_postgres_mid_job_workers_reconnect_and_the_job_completes() {
         j["job"]["state"] != "running" && j["job"]["state"] != "queued"
     });
     assert_eq!(j["job"]["state"], "succeeded", "{j:#}");
+    assert!(
+        j["job"]["finished_at"].as_i64().unwrap() > stopped_at,
+        "the job ended before PostgreSQL stopped: nothing was tested"
+    );
     let rows = predictions_once(&data.join("store"));
     assert_eq!(rows.len(), readings, "every reading predicted exactly once");
     for w in workers {
