@@ -111,7 +111,8 @@ pub enum Command {
     /// scheduled jobs (outputs overwrite a scheduled run of the same window).
     Backfill(BackfillArgs),
     /// Run scoring work from a shared job store until stopped: plan
-    /// queued jobs, run their tasks, finalize them.
+    /// queued jobs, run their map tasks (reading the window) and score
+    /// tasks, finalize them.
     ///
     /// Start any number on any hosts against one PostgreSQL job store
     /// (`--db postgres://…`) and one object store (`--store s3://…`, `az://…`
@@ -149,7 +150,8 @@ pub struct WorkerArgs {
     /// its last renewal (renewed every third of it).
     #[arg(long, value_name = "DUR", default_value = "30s")]
     pub lease: Span,
-    /// How often an idle worker asks for work.
+    /// How often an idle worker asks for work (on PostgreSQL it is also
+    /// woken at once when new work is announced).
     #[arg(long, value_name = "DUR", default_value = "1s")]
     pub poll: Span,
     /// On SIGTERM, how long the current task may run on before it is handed
