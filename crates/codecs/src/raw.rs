@@ -108,6 +108,30 @@ pub fn read_readings_parquet_bytes(data: Bytes, name: &str) -> Result<Readings, 
     read_readings_parquet_row_groups(data, name, None)
 }
 
+/// A Parquet reader of readings whose text Device and Tag columns are read
+/// as dictionaries (as Parquet stores them): each distinct pair is then
+/// handled once per batch instead of once per row. The result is the same.
+fn dictionary_reader(
+    data: Bytes,
+    path: &Path,
+) -> Result<ParquetRecordBatchReaderBuilder<Bytes>, CodecError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(data.clone()).map_err(|e| {
+        CodecError::Parquet {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })?;
+    if let Some(schema) = crate::readings::dictionary_hint(builder.schema()) {
+        let options = ArrowReaderOptions::new().with_schema(schema);
+        if let Ok(meta) = ArrowReaderMetadata::try_new(builder.metadata().clone(), options) {
+            return Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(
+                data, meta,
+            ));
+        }
+    }
+    Ok(builder)
+}
+
 /// [`read_readings_parquet_bytes`] of only the row groups `groups` (by
 /// index, in the order given; `None`: all of them).
 pub fn read_readings_parquet_row_groups(
@@ -120,16 +144,7 @@ pub fn read_readings_parquet_row_groups(
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(data.clone()).map_err(|e| pq(&e))?;
-    // Text device and tag columns are read as dictionaries (as Parquet
-    // stores them): each distinct pair is then interned once per batch
-    // instead of once per row. The result is the same.
-    if let Some(schema) = crate::readings::dictionary_hint(builder.schema()) {
-        let options = ArrowReaderOptions::new().with_schema(schema);
-        if let Ok(meta) = ArrowReaderMetadata::try_new(builder.metadata().clone(), options) {
-            builder = ParquetRecordBatchReaderBuilder::new_with_metadata(data, meta);
-        }
-    }
+    let mut builder = dictionary_reader(data, path)?;
     let meta = builder.metadata().clone();
     let rows = match groups {
         None => usize::try_from(meta.file_metadata().num_rows()).unwrap_or(0),
@@ -201,13 +216,7 @@ pub fn scan_raw_parquet_bytes(
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(data.clone()).map_err(|e| pq(&e))?;
-    if let Some(schema) = crate::readings::dictionary_hint(builder.schema()) {
-        let options = ArrowReaderOptions::new().with_schema(schema);
-        if let Ok(meta) = ArrowReaderMetadata::try_new(builder.metadata().clone(), options) {
-            builder = ParquetRecordBatchReaderBuilder::new_with_metadata(data, meta);
-        }
-    }
+    let builder = dictionary_reader(data, path)?;
     let row_groups = builder
         .metadata()
         .row_groups()

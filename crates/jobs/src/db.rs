@@ -925,6 +925,25 @@ const INSERT_JOB: &str = "INSERT INTO jobs (schedule, kind, window_start, window
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
+/// Binds a job's state and figures as `$1..$13` (state, started, finished,
+/// models, rows, anomalies, failed models, tasks, load/score/write ms,
+/// error, manifest).
+fn bind_outcome<'q>(q: AnyQuery<'q>, j: &'q JobRecord) -> AnyQuery<'q> {
+    q.bind(j.state.as_str())
+        .bind(j.started_at)
+        .bind(j.finished_at)
+        .bind(j.models as i64)
+        .bind(j.rows as i64)
+        .bind(j.anomalies as i64)
+        .bind(j.failed_models as i64)
+        .bind(j.tasks as i64)
+        .bind(j.load_ms as i64)
+        .bind(j.score_ms as i64)
+        .bind(j.write_ms as i64)
+        .bind(j.error.as_deref())
+        .bind(j.manifest.as_deref())
+}
+
 /// Ends a leased task attempt: applies only while `owner` holds the lease.
 const FINISH_TASK: &str = "UPDATE tasks SET state = $1, finished_at = $2, models = $3, rows = $4, \
     anomalies = $5, failed_models = $6, load_ms = $7, score_ms = $8, write_ms = $9, \
@@ -1404,26 +1423,16 @@ impl JobStore for SqlStore {
 
     async fn finish_job(&self, j: &JobRecord, owner: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        let res = sqlx::query(
-            "UPDATE jobs SET state = $1, started_at = $2, finished_at = $3, models = $4, \
-             rows = $5, anomalies = $6, failed_models = $7, tasks = $8, load_ms = $9, \
-             score_ms = $10, write_ms = $11, error = $12, manifest = $13, \
-             lease_owner = NULL, lease_until = NULL \
-             WHERE id = $14 AND state = 'running' AND lease_owner = $15",
+        let res = bind_outcome(
+            sqlx::query(
+                "UPDATE jobs SET state = $1, started_at = $2, finished_at = $3, models = $4, \
+                 rows = $5, anomalies = $6, failed_models = $7, tasks = $8, load_ms = $9, \
+                 score_ms = $10, write_ms = $11, error = $12, manifest = $13, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $14 AND state = 'running' AND lease_owner = $15",
+            ),
+            j,
         )
-        .bind(j.state.as_str())
-        .bind(j.started_at)
-        .bind(j.finished_at)
-        .bind(j.models as i64)
-        .bind(j.rows as i64)
-        .bind(j.anomalies as i64)
-        .bind(j.failed_models as i64)
-        .bind(j.tasks as i64)
-        .bind(j.load_ms as i64)
-        .bind(j.score_ms as i64)
-        .bind(j.write_ms as i64)
-        .bind(j.error.as_deref())
-        .bind(j.manifest.as_deref())
         .bind(j.id)
         .bind(owner)
         .execute(&mut *tx)
@@ -1488,24 +1497,14 @@ impl JobStore for SqlStore {
     }
 
     async fn update_job(&self, j: &JobRecord) -> Result<()> {
-        sqlx::query(
-            "UPDATE jobs SET state = $1, started_at = $2, finished_at = $3, models = $4, \
-             rows = $5, anomalies = $6, failed_models = $7, tasks = $8, load_ms = $9, \
-             score_ms = $10, write_ms = $11, error = $12, manifest = $13 WHERE id = $14",
+        bind_outcome(
+            sqlx::query(
+                "UPDATE jobs SET state = $1, started_at = $2, finished_at = $3, models = $4, \
+                 rows = $5, anomalies = $6, failed_models = $7, tasks = $8, load_ms = $9, \
+                 score_ms = $10, write_ms = $11, error = $12, manifest = $13 WHERE id = $14",
+            ),
+            j,
         )
-        .bind(j.state.as_str())
-        .bind(j.started_at)
-        .bind(j.finished_at)
-        .bind(j.models as i64)
-        .bind(j.rows as i64)
-        .bind(j.anomalies as i64)
-        .bind(j.failed_models as i64)
-        .bind(j.tasks as i64)
-        .bind(j.load_ms as i64)
-        .bind(j.score_ms as i64)
-        .bind(j.write_ms as i64)
-        .bind(j.error.as_deref())
-        .bind(j.manifest.as_deref())
         .bind(j.id)
         .execute(&self.pool)
         .await

@@ -312,29 +312,12 @@ pub async fn load_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Readi
         .into_iter()
         .flatten()
         .collect();
-    let mut out = Readings::default();
-    let mut ids: HashMap<(String, String), u32> = HashMap::new();
-    for f in files {
-        let map: Vec<u32> = f
-            .keys
-            .iter()
-            .map(|k| {
-                let next = out.keys.len() as u32;
-                *ids.entry(k.clone()).or_insert_with(|| {
-                    out.keys.push(k.clone());
-                    next
-                })
-            })
-            .collect();
-        for i in 0..f.len() {
-            let ts = f.ts[i];
-            if ts >= from && ts < to {
-                out.ts.push(ts);
-                out.value.push(f.value[i]);
-                out.key.push(map[f.key[i] as usize]);
-            }
-        }
+    let mut files = files;
+    for f in &mut files {
+        f.retain_time(Some(from), Some(to));
     }
+    let refs: Vec<&Readings> = files.iter().collect();
+    let out = crate::stage::concat(&refs);
     Ok(out)
 }
 
