@@ -1012,7 +1012,7 @@ impl Runner {
             }
         }
         for (d, t) in scans.iter().flat_map(|(_, s)| &s.keys).chain(&windowed) {
-            if selected(d, t) && !units.contains(&(d.clone(), t.clone())) {
+            if selected(d, t) {
                 units.insert((d.clone(), t.clone()));
             }
         }
