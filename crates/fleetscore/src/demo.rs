@@ -126,6 +126,18 @@ fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
         .unwrap_or(0.0))
 }
 
+/// The demo's hourly schedule. Its data is all in once compaction is
+/// done (the demo waits for that itself), so it scores each hour at once:
+/// with the default delay for late data (5 minutes), a demo started in
+/// the first minutes of an hour sat idle until five past.
+fn demo_schedule(hours: usize) -> ScheduleConfig {
+    ScheduleConfig {
+        catch_up: hours as u32 + 1,
+        delay: fleetscore_stream::Span::ZERO,
+        ..ScheduleConfig::default()
+    }
+}
+
 pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.devices > 0 && args.hours > 0 && args.hours <= 48,
@@ -240,10 +252,7 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     c.server.window_flush_interval = fleetscore_stream::Span::from_secs(1);
     c.ingest.compact_interval = fleetscore_stream::Span::from_secs(1);
     c.jobs.tick_interval = fleetscore_stream::Span::from_millis(200);
-    c.schedules = vec![ScheduleConfig {
-        catch_up: args.hours as u32 + 1,
-        ..ScheduleConfig::default()
-    }];
+    c.schedules = vec![demo_schedule(args.hours)];
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let server = {
@@ -342,6 +351,7 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     db.rewind_schedule("hourly", start, util::now_ns()).await?;
     let t = Instant::now();
+    let mut next_note = Duration::from_secs(10);
     let jobs = loop {
         let jobs = db
             .jobs(&JobFilter {
@@ -352,13 +362,23 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
                 ..JobFilter::default()
             })
             .await?;
-        if jobs.len() as i64 == hours && jobs.iter().all(|j| j.state.is_final()) {
+        let done = jobs.iter().filter(|j| j.state.is_final()).count();
+        if jobs.len() as i64 == hours && done == jobs.len() {
             break jobs;
         }
         anyhow::ensure!(
             t.elapsed() < Duration::from_secs(600),
-            "the scheduled jobs did not finish within 10 minutes"
+            "the scheduled jobs did not finish within 10 minutes ({done} of {hours} finished); \
+             see `fleetscore --data {} jobs list`",
+            home.display()
         );
+        if t.elapsed() >= next_note {
+            println!(
+                "waiting for the hourly jobs: {done} of {hours} finished after {}",
+                util::secs(t.elapsed())
+            );
+            next_note += Duration::from_secs(10);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut jobs = jobs;
