@@ -400,6 +400,10 @@ pub struct TaskRecord {
     /// Rows and anomalies per device of its output, JSON (for the manifest).
     #[serde(skip)]
     pub devices: Option<String>,
+    /// The job plan it belongs to: its inputs are staged under
+    /// `staging/<job>/<plan>/`. `None` for tasks recorded before plans
+    /// were named (such a job is retried to plan it again).
+    pub plan_id: Option<String>,
 }
 
 /// [`TaskRecord::kind`] of a task that scores models.
@@ -653,7 +657,7 @@ const JOB_COLUMNS: &str = "id, schedule, kind, window_start, window_end, mode, s
 const TASK_COLUMNS: &str =
     "job_id, idx, kind, state, attempts, first_key, last_key, n_keys, queued_at, \
     started_at, finished_at, models, rows, anomalies, failed_models, load_ms, score_ms, write_ms, \
-    output, error, lease_owner, lease_until, not_before, devices";
+    output, error, lease_owner, lease_until, not_before, devices, plan_id";
 
 impl SqlStore {
     /// Opens (creating it if needed) the database at `url` and migrates
@@ -916,6 +920,7 @@ fn task_from_row(r: &AnyRow) -> Result<TaskRecord, sqlx::Error> {
         lease_until: r.try_get("lease_until")?,
         not_before: r.try_get("not_before")?,
         devices: r.try_get("devices")?,
+        plan_id: r.try_get("plan_id")?,
     })
 }
 
@@ -1176,15 +1181,15 @@ impl JobStore for SqlStore {
         for chunk in tasks.chunks(500) {
             let mut sql = String::from(
                 "INSERT INTO tasks (job_id, idx, state, attempts, first_key, last_key, n_keys, \
-                 queued_at, kind) VALUES ",
+                 queued_at, kind, plan_id) VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 8;
+                let b = i * 9;
                 if i > 0 {
                     sql.push_str(", ");
                 }
                 sql.push_str(&format!(
-                    "(${}, ${}, ${}, 0, ${}, ${}, ${}, ${}, ${})",
+                    "(${}, ${}, ${}, 0, ${}, ${}, ${}, ${}, ${}, ${})",
                     b + 1,
                     b + 2,
                     b + 3,
@@ -1192,7 +1197,8 @@ impl JobStore for SqlStore {
                     b + 5,
                     b + 6,
                     b + 7,
-                    b + 8
+                    b + 8,
+                    b + 9
                 ));
             }
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -1205,7 +1211,8 @@ impl JobStore for SqlStore {
                     .bind(t.last_key.clone())
                     .bind(t.n_keys as i64)
                     .bind(t.queued_at)
-                    .bind(if t.is_map() { TASK_MAP } else { TASK_SCORE });
+                    .bind(if t.is_map() { TASK_MAP } else { TASK_SCORE })
+                    .bind(t.plan_id.clone());
             }
             q.execute(&mut *tx).await.map_err(|e| self.err(e))?;
         }

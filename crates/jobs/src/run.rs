@@ -28,11 +28,14 @@
 //!    Device and Tag columns (not the values) for the window's pairs; cut
 //!    the units into score tasks and the raw row groups into map tasks of
 //!    about 400k rows; stage the plan in the store
-//!    (`staging/<job>/plan.json`: each score task's pairs and their
-//!    models' inputs, each map task's row groups).
+//!    (`staging/<job>/<plan>/plan.json`: each score task's pairs and their
+//!    models' inputs, each map task's row groups). Each task record names
+//!    its plan, and each plan has its own folder, so a planner that lost
+//!    its lease, or a slow map task of an earlier plan, cannot overwrite
+//!    what the recorded plan's tasks read.
 //! 2. **Map tasks**: each reads its row groups, keeps the window's
 //!    readings of raw-input pairs, cuts them by score task, and writes
-//!    them as one object, `staging/<job>/map-<m>.bin` (one section per
+//!    them as one object, `staging/<job>/<plan>/map-<m>.bin` (one section per
 //!    score task; see `stage.rs`). Several workers read one window
 //!    together this way.
 //! 3. **Score tasks**, once every map task has succeeded: read the task's
@@ -424,17 +427,31 @@ fn staging_prefix(job: i64) -> String {
     format!("staging/{job}/")
 }
 
-fn plan_key(job: i64) -> String {
-    format!("staging/{job}/plan.json")
+/// A plan's objects live under `staging/<job>/<plan>/`: each plan has its
+/// own names, so nothing of another plan of the job (a planner that lost
+/// its lease, a slow map task of an earlier run) overwrites them.
+fn plan_key(job: i64, plan: &str) -> String {
+    format!("staging/{job}/{plan}/plan.json")
 }
 
-/// The current plan's id alone (a small read to tell a kept plan is stale).
-fn plan_id_key(job: i64) -> String {
-    format!("staging/{job}/plan.id")
+fn map_key(job: i64, plan: &str, m: u32) -> String {
+    format!("staging/{job}/{plan}/map-{m:05}.bin")
 }
 
-fn map_key(job: i64, m: u32) -> String {
-    format!("staging/{job}/map-{m:05}.bin")
+/// A new plan's id, usable as one segment of an object key: the planner
+/// and the time (ns).
+fn new_plan_id(owner: &str) -> String {
+    let owner: String = owner
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{owner}-{}", wall_ns())
 }
 
 /// Rows a map task reads at least (whole row groups, so often more).
@@ -1064,7 +1081,7 @@ impl Runner {
                 rows += n;
             }
         }
-        let plan_id = format!("{}-{}", self.owner, wall_ns());
+        let plan_id = new_plan_id(&self.owner);
         let plan = JobPlan {
             format: "fleetscore-job-plan".into(),
             job: job.id,
@@ -1103,17 +1120,19 @@ impl Runner {
                 ..TaskRecord::default()
             });
         }
+        for t in &mut tasks {
+            t.plan_id = Some(plan_id.clone());
+        }
         let cut_ms = t.elapsed().as_millis() as u64 - read_ms;
         // Stage the plan, so any worker can run any task; not if the job
-        // went to another planner meanwhile.
+        // went to another planner meanwhile. (Were the lease lost during
+        // the write, the plan's name is its own: the job's record never
+        // names it, and it is deleted with the job's staging.)
         if renew.lost() {
             return Ok(None);
         }
         self.store
-            .put(&plan_key(job.id), serde_json::to_vec(&plan)?)
-            .await?;
-        self.store
-            .put(&plan_id_key(job.id), plan.plan_id.clone())
+            .put(&plan_key(job.id, &plan_id), serde_json::to_vec(&plan)?)
             .await?;
         if let Ok(mut cache) = self.staged.lock() {
             cache.plans.insert(job.id, Arc::new(plan));
@@ -1158,17 +1177,24 @@ impl Runner {
                 )
             }
         };
+        let Some(plan_id) = record.plan_id.as_deref() else {
+            anyhow::bail!(
+                "task {} of job {job} names no plan (it was planned by an older fleetscore); \
+                 retry the job to plan it again",
+                record.idx
+            );
+        };
         let cached = self
             .staged
             .lock()
             .ok()
             .and_then(|c| c.plans.get(&job).cloned());
         if let Some(p) = cached {
-            if fits(&p) {
+            if p.plan_id == plan_id && fits(&p) {
                 return Ok(p);
             }
         }
-        let key = plan_key(job);
+        let key = plan_key(job, plan_id);
         let bytes = self.store.get(&key).await?.ok_or_else(|| {
             anyhow::anyhow!(
                 "the job's plan {key} is missing from the store {}",
@@ -1178,8 +1204,8 @@ impl Runner {
         let plan: JobPlan = serde_json::from_slice(&bytes)
             .with_context(|| format!("reading the job plan {key}"))?;
         anyhow::ensure!(
-            fits(&plan),
-            "the job plan {key} has no {} task {} over {}..{}: the job was planned again",
+            plan.plan_id == plan_id && fits(&plan),
+            "the job plan {key} has no {} task {} over {}..{}",
             record.kind,
             record.idx,
             record.first_key,
@@ -1194,17 +1220,10 @@ impl Runner {
 
     /// One attempt of a map task: read its row groups, keep the window's
     /// readings of raw-input pairs, cut them by score task, and write them
-    /// as one object (`staging/<job>/map-<m>.bin`).
+    /// as one object (`staging/<job>/<plan>/map-<m>.bin`).
     async fn attempt_map(&self, job: &JobRecord, record: &mut TaskRecord) -> anyhow::Result<()> {
         let t = Instant::now();
-        let mut plan = self.job_plan(record).await?;
-        // A plan kept from before the job was planned again may fit this
-        // task's record yet name another plan: the score tasks would then
-        // refuse this output. A map task checks (a small read).
-        if self.plan_is_stale(&plan.plan_id, job.id).await? {
-            self.drop_staged(job.id);
-            plan = self.job_plan(record).await?;
-        }
+        let plan = self.job_plan(record).await?;
         let m = record.idx - plan.tasks;
         let pieces = plan.maps[m as usize].clone();
         let (from, to) = (job.window_start, job.window_end);
@@ -1280,7 +1299,7 @@ impl Runner {
             (out, bytes)
         })
         .await?;
-        let key = map_key(job.id, m);
+        let key = map_key(job.id, &plan.plan_id, m);
         self.store.put(&key, out.1).await?;
         record.write_ms = t_write.elapsed().as_millis() as u64;
         record.rows = rows;
@@ -1310,18 +1329,6 @@ impl Runner {
             }
         }
         Ok(job)
-    }
-
-    /// Whether the store's current plan of `job` is not `plan_id`.
-    async fn plan_is_stale(&self, plan_id: &str, job: i64) -> anyhow::Result<bool> {
-        let key = plan_id_key(job);
-        let current = self.store.get(&key).await?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "the job's plan {key} is missing from the store {}",
-                self.store.url()
-            )
-        })?;
-        Ok(current.as_ref() != plan_id.as_bytes())
     }
 
     /// A score task's share of its job's plan.
@@ -1375,7 +1382,7 @@ impl Runner {
 
     /// Reads a score task's section of map output `m` from the store.
     async fn read_section(&self, plan: &TaskPlan, m: u32) -> anyhow::Result<Readings> {
-        let (job, key) = (plan.job, map_key(plan.job, m));
+        let (job, key) = (plan.job, map_key(plan.job, &plan.plan_id, m));
         let corrupt = |e: String| anyhow::anyhow!("the map output {key} does not read: {e}");
         let missing = || {
             anyhow::anyhow!(
@@ -1580,20 +1587,8 @@ impl Runner {
         record: &mut TaskRecord,
     ) -> anyhow::Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
         let t = Instant::now();
-        let mut plan = self.staged(record).await?;
-        let readings = match self.gather(&plan).await {
-            Ok(r) => r,
-            // A plan kept from before the job was planned again: read the
-            // current one and try once more.
-            Err(e) => {
-                if !self.plan_is_stale(&plan.plan_id, job.id).await? {
-                    return Err(e);
-                }
-                self.drop_staged(job.id);
-                plan = self.staged(record).await?;
-                self.gather(&plan).await?
-            }
-        };
+        let plan = self.staged(record).await?;
+        let readings = self.gather(&plan).await?;
         let pack = self.pack_for(plan.generation).await?;
         // Window-input pairs read their windows.
         let mut wunits = Vec::new();

@@ -960,20 +960,43 @@ async fn a_runner_that_kept_an_old_plan_reads_the_new_one(b: Backend) {
     // cancelled and queued again, and `other` plans it anew (the same
     // tasks under another plan) and runs its map task.
     assert_eq!(a.step(Some(id)).await.unwrap(), Step::Planned(id));
+    let plan_of = |tasks: &[TaskRecord]| {
+        let ids: std::collections::BTreeSet<Option<String>> =
+            tasks.iter().map(|t| t.plan_id.clone()).collect();
+        assert_eq!(ids.len(), 1, "one plan for all tasks: {tasks:?}");
+        ids.into_iter()
+            .next()
+            .unwrap()
+            .expect("tasks name their plan")
+    };
+    let first = plan_of(&db.tasks(id).await.unwrap());
     let staged = format!("staging/{id}/");
-    assert!(!store.list(&staged).await.unwrap().is_empty());
+    assert_eq!(
+        store.list(&staged).await.unwrap(),
+        vec![format!("staging/{id}/{first}/plan.json")]
+    );
     // A cancel (the API's and the CLI's) drops what the job staged.
     db.cancel(id, clock.now()).await.unwrap();
-    assert!(
+    assert_eq!(
         fleetscore_jobs::run::drop_staging(&store, id)
             .await
-            .unwrap()
-            >= 2
+            .unwrap(),
+        1
     );
     assert!(store.list(&staged).await.unwrap().is_empty());
     db.retry(id).await.unwrap();
     assert_eq!(other.step(Some(id)).await.unwrap(), Step::Planned(id));
     assert_eq!(other.step(Some(id)).await.unwrap(), Step::Task(id));
+    // The new plan has its own name and folder: nothing of the first
+    // (a late writer of it) could overwrite what its tasks read.
+    let second = plan_of(&db.tasks(id).await.unwrap());
+    assert_ne!(first, second);
+    let keys = store.list(&staged).await.unwrap();
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with(&format!("staging/{id}/{second}/"))),
+        "{keys:?}"
+    );
     // `a` runs the score tasks: it must notice its plan is stale.
     let job = a.run_job(id).await.unwrap();
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
