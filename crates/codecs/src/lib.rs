@@ -36,9 +36,10 @@ pub use predictions::{
     PredictionColumns, PredictionLayout, PredictionRow, WrittenFile,
 };
 pub use raw::{
-    raw_readings_schema, read_batches_parquet_bytes, read_readings_parquet_bytes,
-    read_readings_parquet_row_groups, scan_raw_parquet_bytes, write_batch_parquet,
-    write_readings_parquet, RawScan,
+    decode_parquet_footer, raw_readings_schema, read_batches_parquet_bytes,
+    read_readings_parquet_bytes, read_readings_parquet_row_groups, read_readings_parquet_sparse,
+    row_group_ranges, scan_raw_parquet_bytes, write_batch_parquet, write_readings_parquet, RawScan,
+    SparseObject, FOOTER_GUESS,
 };
 pub use readings::{read_readings, InputFormat, Readings};
 

@@ -12,7 +12,9 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
+use parquet::file::metadata::{FooterTail, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{ChunkReader, Length};
 
 use crate::readings::{append_batch, Interner};
 use crate::{CodecError, Readings};
@@ -108,6 +110,30 @@ pub fn read_readings_parquet_bytes(data: Bytes, name: &str) -> Result<Readings, 
     read_readings_parquet_row_groups(data, name, None)
 }
 
+/// [`dictionary_reader`] over an object whose footer was read apart.
+fn dictionary_reader_with_metadata<R: ChunkReader + 'static>(
+    data: R,
+    meta: Arc<ParquetMetaData>,
+    path: &Path,
+) -> Result<ParquetRecordBatchReaderBuilder<R>, CodecError> {
+    let plain = ArrowReaderMetadata::try_new(Arc::clone(&meta), ArrowReaderOptions::new())
+        .map_err(|e| CodecError::Parquet {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if let Some(schema) = crate::readings::dictionary_hint(plain.schema()) {
+        let options = ArrowReaderOptions::new().with_schema(schema);
+        if let Ok(hinted) = ArrowReaderMetadata::try_new(meta, options) {
+            return Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(
+                data, hinted,
+            ));
+        }
+    }
+    Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(
+        data, plain,
+    ))
+}
+
 /// A Parquet reader of readings whose text Device and Tag columns are read
 /// as dictionaries (as Parquet stores them): each distinct pair is then
 /// handled once per batch instead of once per row. The result is the same.
@@ -140,11 +166,32 @@ pub fn read_readings_parquet_row_groups(
     groups: Option<&[usize]>,
 ) -> Result<Readings, CodecError> {
     let path = Path::new(name);
+    read_readings_with(dictionary_reader(data, path)?, path, groups)
+}
+
+/// [`read_readings_parquet_row_groups`] from the parts of an object that
+/// [`row_group_ranges`] named (fetched by range), with its footer's
+/// metadata ([`decode_parquet_footer`]).
+pub fn read_readings_parquet_sparse(
+    object: SparseObject,
+    meta: Arc<ParquetMetaData>,
+    name: &str,
+    groups: &[usize],
+) -> Result<Readings, CodecError> {
+    let path = Path::new(name);
+    let builder = dictionary_reader_with_metadata(object, meta, path)?;
+    read_readings_with(builder, path, Some(groups))
+}
+
+fn read_readings_with<R: ChunkReader + 'static>(
+    mut builder: ParquetRecordBatchReaderBuilder<R>,
+    path: &Path,
+    groups: Option<&[usize]>,
+) -> Result<Readings, CodecError> {
     let pq = |e: &dyn std::fmt::Display| CodecError::Parquet {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let mut builder = dictionary_reader(data, path)?;
     let meta = builder.metadata().clone();
     let rows = match groups {
         None => usize::try_from(meta.file_metadata().num_rows()).unwrap_or(0),
@@ -196,6 +243,8 @@ pub struct RawScan {
     pub row_groups: Vec<u64>,
     /// Distinct pairs with a reading in the range.
     pub keys: Vec<(String, String)>,
+    /// The object's length, bytes (for ranged reads of it later).
+    pub size: u64,
 }
 
 /// Scans a Parquet object of readings for [`RawScan`]: only the TS, Device
@@ -216,6 +265,7 @@ pub fn scan_raw_parquet_bytes(
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
+    let size = data.len() as u64;
     let builder = dictionary_reader(data, path)?;
     let row_groups = builder
         .metadata()
@@ -303,6 +353,7 @@ pub fn scan_raw_parquet_bytes(
     Ok(RawScan {
         row_groups,
         keys: names.keys,
+        size,
     })
 }
 
@@ -408,6 +459,140 @@ impl SeenPairs {
     }
 }
 
+/// Some byte ranges of a Parquet object, fetched apart (its footer, the
+/// column chunks of some row groups): enough to read those row groups
+/// without the rest of the object. Reading outside them is an error.
+#[derive(Debug, Clone)]
+pub struct SparseObject {
+    len: u64,
+    /// `(start, bytes)`, by start, not overlapping.
+    parts: Arc<Vec<(u64, Bytes)>>,
+}
+
+impl SparseObject {
+    /// An object of `len` bytes of which `parts` (`(start, bytes)`) are
+    /// known.
+    pub fn new(len: u64, mut parts: Vec<(u64, Bytes)>) -> SparseObject {
+        parts.sort_by_key(|(start, _)| *start);
+        SparseObject {
+            len,
+            parts: Arc::new(parts),
+        }
+    }
+
+    /// The known bytes from `start` to the end of the part holding it,
+    /// if that part holds `length` bytes from there.
+    fn tail(&self, start: u64, length: u64) -> parquet::errors::Result<Bytes> {
+        let i = self.parts.partition_point(|(s, _)| *s <= start);
+        if let Some((s, b)) = i.checked_sub(1).map(|i| &self.parts[i]) {
+            let off = (start - s) as usize;
+            if off as u64 + length <= b.len() as u64 {
+                return Ok(b.slice(off..));
+            }
+        }
+        Err(parquet::errors::ParquetError::General(format!(
+            "bytes {start}..{} of the object were not fetched",
+            start + length
+        )))
+    }
+}
+
+impl Length for SparseObject {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl ChunkReader for SparseObject {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        use bytes::Buf;
+        // At least a byte: a reader of nothing is not what was asked for.
+        Ok(self.tail(start, 1)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        Ok(self.tail(start, length as u64)?.slice(..length))
+    }
+}
+
+/// Bytes read from the end of an object to find its Parquet footer: enough
+/// for the metadata of most objects, so one ranged read does.
+pub const FOOTER_GUESS: u64 = 64 * 1024;
+
+/// The metadata of a Parquet object of `len` bytes from its last bytes
+/// `tail`; `Err(Some(n))` when the metadata needs the last `n` bytes and
+/// `tail` is shorter.
+pub fn decode_parquet_footer(
+    tail: &[u8],
+    len: u64,
+    name: &str,
+) -> Result<Arc<ParquetMetaData>, Result<u64, CodecError>> {
+    let bad = |reason: String| {
+        Err(CodecError::Parquet {
+            path: Path::new(name).to_path_buf(),
+            reason,
+        })
+    };
+    if tail.len() < 8 || len < 12 {
+        return Err(bad(format!("{len} bytes are too short for a Parquet file")));
+    }
+    let last: &[u8; 8] = tail[tail.len() - 8..].try_into().expect("8 bytes");
+    let footer = match FooterTail::try_new(last) {
+        Ok(f) => f,
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let need = footer.metadata_length() as u64 + 8;
+    if need > len {
+        return Err(bad(format!(
+            "its footer names {need} bytes of metadata in a {len}-byte file"
+        )));
+    }
+    if need > tail.len() as u64 {
+        return Err(Ok(need));
+    }
+    let meta = &tail[tail.len() - need as usize..tail.len() - 8];
+    ParquetMetaDataReader::decode_metadata(meta)
+        .map(Arc::new)
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// The byte ranges of every column chunk of row groups `groups`, merged
+/// where they touch (a run of row groups is one range).
+pub fn row_group_ranges(
+    meta: &ParquetMetaData,
+    groups: &[usize],
+    name: &str,
+) -> Result<Vec<std::ops::Range<u64>>, CodecError> {
+    let mut ranges = Vec::new();
+    for &g in groups {
+        let rg = meta
+            .row_groups()
+            .get(g)
+            .ok_or_else(|| CodecError::Parquet {
+                path: Path::new(name).to_path_buf(),
+                reason: format!(
+                    "it has {} row groups, not a row group {g}: the object changed",
+                    meta.num_row_groups()
+                ),
+            })?;
+        for c in rg.columns() {
+            let (start, len) = c.byte_range();
+            ranges.push(start..start + len);
+        }
+    }
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match merged.last_mut() {
+            Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    Ok(merged)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +656,69 @@ mod tests {
         let err = read_readings_parquet_row_groups(bytes, "x", Some(&[1])).unwrap_err();
         assert!(err.to_string().contains("not a row group 1"), "{err}");
         assert!(scan_raw_parquet_bytes(Bytes::from_static(b"nope"), "x", 0, 1).is_err());
+    }
+
+    #[test]
+    fn row_groups_read_by_range_equal_a_whole_read() {
+        // 600k rows: row groups of 256k, 256k and 88k.
+        let n = 600_000usize;
+        let r = Readings {
+            ts: (0..n as i64).collect(),
+            value: (0..n).map(|i| i as f64 * 0.5).collect(),
+            key: (0..n).map(|i| (i % 7) as u32).collect(),
+            keys: (0..7).map(|k| (format!("d{k}"), "t".to_string())).collect(),
+        };
+        let rows: Vec<usize> = (0..n).collect();
+        let bytes = Bytes::from(write_readings_parquet(&r, &rows, "x").unwrap());
+        let size = bytes.len() as u64;
+        // A short tail asks for more; the whole metadata then decodes.
+        let need = match decode_parquet_footer(&bytes[bytes.len() - 8..], size, "x") {
+            Err(Ok(need)) => need,
+            other => panic!("{:?}", other.map(|_| ())),
+        };
+        let meta = decode_parquet_footer(&bytes[(size - need) as usize..], size, "x").unwrap();
+        assert_eq!(meta.num_row_groups(), 3);
+        let fetch = |groups: &[usize]| {
+            let ranges = row_group_ranges(&meta, groups, "x").unwrap();
+            let parts = ranges
+                .iter()
+                .map(|r| (r.start, bytes.slice(r.start as usize..r.end as usize)))
+                .collect();
+            (ranges, SparseObject::new(size, parts))
+        };
+        for groups in [vec![0], vec![1, 2], vec![0, 1, 2], vec![2]] {
+            let (ranges, object) = fetch(&groups);
+            // Consecutive row groups are one range.
+            assert_eq!(ranges.len(), 1, "{groups:?}: {ranges:?}");
+            let fetched: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+            assert!(
+                groups.len() > 1 || fetched < size / 2,
+                "{fetched} of {size}"
+            );
+            let sparse =
+                read_readings_parquet_sparse(object, Arc::clone(&meta), "x", &groups).unwrap();
+            let whole =
+                read_readings_parquet_row_groups(bytes.clone(), "x", Some(&groups)).unwrap();
+            assert_eq!(
+                (sparse.ts, sparse.value, sparse.key, sparse.keys),
+                (whole.ts, whole.value, whole.key, whole.keys),
+                "{groups:?}"
+            );
+        }
+        // Row groups whose bytes were not fetched fail, saying so.
+        let (_, object) = fetch(&[0]);
+        let err = read_readings_parquet_sparse(object, Arc::clone(&meta), "x", &[1]).unwrap_err();
+        assert!(err.to_string().contains("were not fetched"), "{err}");
+        // A row group that is not there, and bytes that are no footer.
+        let err = row_group_ranges(&meta, &[3], "x").unwrap_err();
+        assert!(err.to_string().contains("not a row group 3"), "{err}");
+        assert!(matches!(
+            decode_parquet_footer(b"not a parquet footer", 100, "x"),
+            Err(Err(_))
+        ));
+        assert!(matches!(
+            decode_parquet_footer(b"PAR1", 4, "x"),
+            Err(Err(_))
+        ));
     }
 }

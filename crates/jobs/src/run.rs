@@ -77,8 +77,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use fleetscore_codecs::{
-    predictions_parquet_bytes, read_batches_parquet_bytes, read_readings_parquet_bytes,
-    read_readings_parquet_row_groups, scan_raw_parquet_bytes, PredictionColumns, RawScan, Readings,
+    decode_parquet_footer, predictions_parquet_bytes, read_batches_parquet_bytes,
+    read_readings_parquet_bytes, read_readings_parquet_sparse, row_group_ranges,
+    scan_raw_parquet_bytes, PredictionColumns, RawScan, Readings, SparseObject, FOOTER_GUESS,
 };
 use fleetscore_core::format_ts;
 use fleetscore_models::Pack;
@@ -277,6 +278,69 @@ async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(Stri
         .try_collect()
         .await?;
     Ok(scans.into_iter().flatten().collect())
+}
+
+/// Reads a map task's row groups of one raw object by ranged reads: the
+/// object's footer, then those row groups' column chunks (the rest of the
+/// object is not fetched).
+async fn read_piece(store: &Store, piece: MapPiece) -> anyhow::Result<Readings> {
+    let key = piece.key.as_str();
+    let gone = || {
+        anyhow::anyhow!(
+            "the raw object {key} is gone from the store {} since the job was planned; retry \
+             the job to plan it again",
+            store.url()
+        )
+    };
+    let changed = |why: String| {
+        anyhow::anyhow!(
+            "the raw object {key} in the store {} changed since the job was planned ({why}); \
+             retry the job to plan it again",
+            store.url()
+        )
+    };
+    let size = piece.size;
+    let from = size.saturating_sub(FOOTER_GUESS);
+    let tail = store.get_range(key, from..size).await?.ok_or_else(gone)?;
+    if (tail.len() as u64) < size - from {
+        return Err(changed(format!(
+            "it has {} bytes, not {size}",
+            from + tail.len() as u64
+        )));
+    }
+    let meta = match decode_parquet_footer(&tail, size, key) {
+        Ok(meta) => meta,
+        Err(Ok(need)) => {
+            let tail = store
+                .get_range(key, size - need..size)
+                .await?
+                .ok_or_else(gone)?;
+            decode_parquet_footer(&tail, size, key).map_err(|e| match e {
+                Ok(n) => changed(format!("its footer names {n} bytes of metadata, then more")),
+                Err(e) => changed(e.to_string()),
+            })?
+        }
+        Err(Err(e)) => return Err(changed(e.to_string())),
+    };
+    let ranges =
+        row_group_ranges(&meta, &piece.row_groups, key).map_err(|e| changed(e.to_string()))?;
+    let parts = store.get_ranges(key, &ranges).await?.ok_or_else(gone)?;
+    let mut known = Vec::with_capacity(parts.len() + 1);
+    for (r, b) in ranges.iter().zip(parts) {
+        if (b.len() as u64) < r.end - r.start {
+            return Err(changed(format!(
+                "bytes {}..{} are not all there",
+                r.start, r.end
+            )));
+        }
+        known.push((r.start, b));
+    }
+    let object = SparseObject::new(size, known);
+    let name = piece.key.clone();
+    Ok(tokio::task::spawn_blocking(move || {
+        read_readings_parquet_sparse(object, meta, &name, &piece.row_groups)
+    })
+    .await??)
 }
 
 /// Deletes what a job staged (`staging/<job>/`: its plan and its map
@@ -1076,6 +1140,7 @@ impl Runner {
                     _ => pieces.push(MapPiece {
                         key: key.clone(),
                         row_groups: vec![g],
+                        size: scan.size,
                     }),
                 }
                 rows += n;
@@ -1229,24 +1294,7 @@ impl Runner {
         let (from, to) = (job.window_start, job.window_end);
         // Read the pieces (a few at once), in order.
         let read: Vec<Readings> = stream::iter(pieces)
-            .map(|piece| {
-                let store = self.store.clone();
-                async move {
-                    let data = store.get(&piece.key).await?.ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "the raw object {} is gone from the store {} since the job was \
-                             planned; retry the job to plan it again",
-                            piece.key,
-                            store.url()
-                        )
-                    })?;
-                    let r = tokio::task::spawn_blocking(move || {
-                        read_readings_parquet_row_groups(data, &piece.key, Some(&piece.row_groups))
-                    })
-                    .await??;
-                    Ok::<_, anyhow::Error>(r)
-                }
-            })
+            .map(|piece| read_piece(&self.store, piece))
             .buffered(4)
             .try_collect()
             .await?;

@@ -67,6 +67,9 @@ pub(crate) struct MapPiece {
     pub key: String,
     /// Its row groups, by index, ascending.
     pub row_groups: Vec<usize>,
+    /// Its length when planned, bytes: a map task reads its footer and
+    /// those row groups by range, not the whole object.
+    pub size: u64,
 }
 
 impl JobPlan {

@@ -947,6 +947,35 @@ async fn score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job(b: Ba
         .is_empty());
 }
 
+async fn a_raw_object_rewritten_after_planning_fails_its_map_saying_so(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = fleet(&dir.path().join("store"), 1).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
+    let runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
+    let id = db.create_job(&manual(T0, 2), clock.now()).await.unwrap();
+    assert_eq!(
+        runner.step(Some(id)).await.unwrap(),
+        fleetscore_jobs::run::Step::Planned(id)
+    );
+    let tasks = db.tasks(id).await.unwrap();
+    let map = tasks.iter().find(|t| t.is_map()).unwrap();
+    // The map task reads the object by range (footer, then its row
+    // groups); the object is now shorter than when it was planned.
+    let key = map.first_key.clone();
+    let data = store.get(&key).await.unwrap().unwrap();
+    store.put(&key, data.slice(..data.len() / 2)).await.unwrap();
+    let job = runner.run_job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    let err = job.error.clone().unwrap();
+    assert!(
+        err.contains("reading the window failed")
+            && err.contains("changed since the job was planned")
+            && err.contains("retry the job"),
+        "{err}"
+    );
+}
+
 async fn a_runner_that_kept_an_old_plan_reads_the_new_one(b: Backend) {
     use fleetscore_jobs::run::Step;
     let dir = tempfile::tempdir().unwrap();
@@ -1079,5 +1108,6 @@ on_both!(
     a_task_whose_workers_keep_vanishing_fails_after_its_attempts,
     score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job,
     a_runner_that_kept_an_old_plan_reads_the_new_one,
+    a_raw_object_rewritten_after_planning_fails_its_map_saying_so,
     idle_workers_wake_when_work_is_announced,
 );

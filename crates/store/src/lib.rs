@@ -226,6 +226,24 @@ impl Store {
         }
     }
 
+    /// Reads several byte ranges of an object (requests for ranges close
+    /// together are merged); `None` if it does not exist. Each range must
+    /// lie within the object.
+    pub async fn get_ranges(
+        &self,
+        key: &str,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Option<Vec<Bytes>>, StoreError> {
+        let path = ObjectPath::from(key);
+        match self.inner.get_ranges(&path, ranges).await {
+            Ok(parts) => Ok(Some(parts)),
+            Err(e @ object_store::Error::NotFound { .. }) if !backend::missing_bucket(&e) => {
+                Ok(None)
+            }
+            Err(e) => Err(self.err("get", key, e)),
+        }
+    }
+
     /// Writes an object (atomically: readers see the old or the new one).
     pub async fn put(&self, key: &str, data: impl Into<Bytes>) -> Result<(), StoreError> {
         let path = ObjectPath::from(key);
