@@ -31,6 +31,8 @@ pub use json::parse_json;
 pub use lineproto::{
     parse_line_protocol, BoolFields, LineProtocolConfig, Precision, PrecisionError,
 };
+/// A Parquet object's footer metadata ([`decode_parquet_footer`]).
+pub use parquet::file::metadata::ParquetMetaData;
 pub use predictions::{
     predictions_parquet_bytes, read_predictions_parquet_bytes, write_predictions, OutputFormat,
     PredictionColumns, PredictionLayout, PredictionRow, WrittenFile,
@@ -38,8 +40,8 @@ pub use predictions::{
 pub use raw::{
     decode_parquet_footer, raw_readings_schema, read_batches_parquet_bytes,
     read_readings_parquet_bytes, read_readings_parquet_row_groups, read_readings_parquet_sparse,
-    row_group_ranges, scan_raw_parquet_bytes, write_batch_parquet, write_readings_parquet, RawScan,
-    SparseObject, FOOTER_GUESS,
+    row_group_ranges, scan_ranges, scan_raw_parquet_bytes, scan_raw_parquet_sparse,
+    write_batch_parquet, write_readings_parquet, RawScan, SparseObject, FOOTER_GUESS,
 };
 pub use readings::{read_readings, InputFormat, Readings};
 

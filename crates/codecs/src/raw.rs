@@ -256,17 +256,63 @@ pub fn scan_raw_parquet_bytes(
     from: i64,
     to: i64,
 ) -> Result<RawScan, CodecError> {
+    let path = Path::new(name);
+    let size = data.len() as u64;
+    scan_with(dictionary_reader(data, path)?, path, size, from, to)
+}
+
+/// [`scan_raw_parquet_bytes`] from the parts of an object that
+/// [`scan_ranges`] named (fetched by range), with its footer's metadata.
+pub fn scan_raw_parquet_sparse(
+    object: SparseObject,
+    meta: Arc<ParquetMetaData>,
+    name: &str,
+    from: i64,
+    to: i64,
+) -> Result<RawScan, CodecError> {
+    let path = Path::new(name);
+    let size = object.len();
+    let builder = dictionary_reader_with_metadata(object, meta, path)?;
+    scan_with(builder, path, size, from, to)
+}
+
+/// The byte ranges a scan reads ([`scan_raw_parquet_sparse`]): the TS,
+/// Device and Tag column chunks of every row group, not the values.
+pub fn scan_ranges(
+    meta: &Arc<ParquetMetaData>,
+    name: &str,
+) -> Result<Vec<std::ops::Range<u64>>, CodecError> {
+    let path = Path::new(name);
+    let arrow =
+        ArrowReaderMetadata::try_new(Arc::clone(meta), ArrowReaderOptions::new()).map_err(|e| {
+            CodecError::Parquet {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+    let idx = crate::readings::check_columns(path, arrow.schema())?;
+    let descr = meta.file_metadata().schema_descr();
+    let groups: Vec<usize> = (0..meta.num_row_groups()).collect();
+    chunk_ranges(meta, &groups, name, |leaf| {
+        idx[..3].contains(&descr.get_column_root_idx(leaf))
+    })
+}
+
+fn scan_with<R: ChunkReader + 'static>(
+    builder: ParquetRecordBatchReaderBuilder<R>,
+    path: &Path,
+    size: u64,
+    from: i64,
+    to: i64,
+) -> Result<RawScan, CodecError> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Int32Type, Int64Type};
     use parquet::arrow::ProjectionMask;
 
-    let path = Path::new(name);
     let pq = |e: &dyn std::fmt::Display| CodecError::Parquet {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let size = data.len() as u64;
-    let builder = dictionary_reader(data, path)?;
     let row_groups = builder
         .metadata()
         .row_groups()
@@ -565,6 +611,17 @@ pub fn row_group_ranges(
     groups: &[usize],
     name: &str,
 ) -> Result<Vec<std::ops::Range<u64>>, CodecError> {
+    chunk_ranges(meta, groups, name, |_| true)
+}
+
+/// The byte ranges of the column chunks (leaf columns `keep`) of row
+/// groups `groups`, merged where they touch.
+fn chunk_ranges(
+    meta: &ParquetMetaData,
+    groups: &[usize],
+    name: &str,
+    keep: impl Fn(usize) -> bool,
+) -> Result<Vec<std::ops::Range<u64>>, CodecError> {
     let mut ranges = Vec::new();
     for &g in groups {
         let rg = meta
@@ -577,9 +634,11 @@ pub fn row_group_ranges(
                     meta.num_row_groups()
                 ),
             })?;
-        for c in rg.columns() {
-            let (start, len) = c.byte_range();
-            ranges.push(start..start + len);
+        for (leaf, c) in rg.columns().iter().enumerate() {
+            if keep(leaf) {
+                let (start, len) = c.byte_range();
+                ranges.push(start..start + len);
+            }
         }
     }
     ranges.sort_by_key(|r| r.start);
@@ -705,6 +764,32 @@ mod tests {
                 "{groups:?}"
             );
         }
+        // A scan by range fetches the TS, Device and Tag chunks, not the
+        // values, and finds what a scan of the whole object finds.
+        let ranges = scan_ranges(&meta, "x").unwrap();
+        let fetched: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        let values: u64 = meta
+            .row_groups()
+            .iter()
+            .map(|rg| rg.column(3).byte_range().1)
+            .sum();
+        assert!(fetched + values <= size, "{fetched} + {values} of {size}");
+        let parts = ranges
+            .iter()
+            .map(|r| (r.start, bytes.slice(r.start as usize..r.end as usize)))
+            .collect();
+        let sparse = scan_raw_parquet_sparse(
+            SparseObject::new(size, parts),
+            Arc::clone(&meta),
+            "x",
+            10,
+            300_000,
+        )
+        .unwrap();
+        let whole = scan_raw_parquet_bytes(bytes.clone(), "x", 10, 300_000).unwrap();
+        assert_eq!(sparse, whole);
+        assert_eq!(sparse.row_groups, vec![262_144, 262_144, 75_712]);
+        assert_eq!(sparse.size, size);
         // Row groups whose bytes were not fetched fail, saying so.
         let (_, object) = fetch(&[0]);
         let err = read_readings_parquet_sparse(object, Arc::clone(&meta), "x", &[1]).unwrap_err();

@@ -76,10 +76,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use fleetscore_codecs::ParquetMetaData;
 use fleetscore_codecs::{
     decode_parquet_footer, predictions_parquet_bytes, read_batches_parquet_bytes,
-    read_readings_parquet_bytes, read_readings_parquet_sparse, row_group_ranges,
-    scan_raw_parquet_bytes, PredictionColumns, RawScan, Readings, SparseObject, FOOTER_GUESS,
+    read_readings_parquet_bytes, read_readings_parquet_sparse, row_group_ranges, scan_ranges,
+    scan_raw_parquet_sparse, PredictionColumns, RawScan, Readings, SparseObject, FOOTER_GUESS,
 };
 use fleetscore_core::format_ts;
 use fleetscore_models::Pack;
@@ -239,16 +240,25 @@ pub fn window_stem(mode: &str, from: i64, to: i64) -> String {
 
 /// The keys of the raw objects of the hours `[from, to)` touches, sorted.
 async fn raw_keys(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<String>> {
+    Ok(raw_objects_of(store, from, to)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect())
+}
+
+/// [`raw_keys`] with each object's length, bytes.
+async fn raw_objects_of(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(String, u64)>> {
     let mut keys = Vec::new();
     let mut hour = from.div_euclid(HOUR_NS) * HOUR_NS;
     while hour < to {
         let prefix = format!("raw/{}/", hour_partition(hour));
         keys.extend(
             store
-                .list(&prefix)
+                .list_sizes(&prefix)
                 .await?
                 .into_iter()
-                .filter(|k| k.ends_with(".parquet")),
+                .filter(|(k, _)| k.ends_with(".parquet")),
         );
         hour += HOUR_NS;
     }
@@ -256,28 +266,92 @@ async fn raw_keys(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<Strin
 }
 
 /// Each raw object of the window with its row groups and its pairs with
-/// readings in `[from, to)` (see [`scan_raw_parquet_bytes`]), in key order.
+/// readings in `[from, to)` (see [`scan_raw_parquet_sparse`]), in key
+/// order. Only the objects' footers and their TS, Device and Tag column
+/// chunks are fetched, by range: not the values.
 async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(String, RawScan)>> {
-    let keys = raw_keys(store, from, to).await?;
-    let scans: Vec<Option<(String, RawScan)>> = stream::iter(keys)
-        .map(|key| {
+    let objects = raw_objects_of(store, from, to).await?;
+    let scans: Vec<Option<(String, RawScan)>> = stream::iter(objects)
+        .map(|(key, size)| {
             let store = store.clone();
             async move {
-                match store.get(&key).await? {
-                    None => Ok::<_, anyhow::Error>(None),
-                    Some(data) => Ok(Some(
-                        tokio::task::spawn_blocking(move || {
-                            scan_raw_parquet_bytes(data, &key, from, to).map(|s| (key, s))
-                        })
-                        .await??,
-                    )),
-                }
+                // Gone since it was listed: not part of the window.
+                let Some(meta) = read_footer(&store, &key, size).await? else {
+                    return Ok::<_, anyhow::Error>(None);
+                };
+                let ranges = scan_ranges(&meta, &key)?;
+                let Some(object) = fetch_ranges(&store, &key, size, &ranges).await? else {
+                    return Ok(None);
+                };
+                Ok(Some(
+                    tokio::task::spawn_blocking(move || {
+                        scan_raw_parquet_sparse(object, meta, &key, from, to).map(|s| (key, s))
+                    })
+                    .await??,
+                ))
             }
         })
         .buffered(8)
         .try_collect()
         .await?;
     Ok(scans.into_iter().flatten().collect())
+}
+
+/// The Parquet metadata of a raw object of `size` bytes, from a ranged read
+/// of its end (two when its metadata is longer than [`FOOTER_GUESS`]);
+/// `None` if the object is gone.
+async fn read_footer(
+    store: &Store,
+    key: &str,
+    size: u64,
+) -> anyhow::Result<Option<Arc<ParquetMetaData>>> {
+    let from = size.saturating_sub(FOOTER_GUESS);
+    let Some(tail) = store.get_range(key, from..size).await? else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        tail.len() as u64 == size - from,
+        "it has {} bytes, not {size}",
+        from + tail.len() as u64
+    );
+    match decode_parquet_footer(&tail, size, key) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(Ok(need)) => {
+            let Some(tail) = store.get_range(key, size - need..size).await? else {
+                return Ok(None);
+            };
+            match decode_parquet_footer(&tail, size, key) {
+                Ok(meta) => Ok(Some(meta)),
+                Err(Ok(n)) => anyhow::bail!("its footer names {n} bytes of metadata, then more"),
+                Err(Err(e)) => Err(e.into()),
+            }
+        }
+        Err(Err(e)) => Err(e.into()),
+    }
+}
+
+/// Byte `ranges` of an object of `size` bytes, fetched (ranges close
+/// together in one request) as a [`SparseObject`]; `None` if it is gone.
+async fn fetch_ranges(
+    store: &Store,
+    key: &str,
+    size: u64,
+    ranges: &[std::ops::Range<u64>],
+) -> anyhow::Result<Option<SparseObject>> {
+    let Some(parts) = store.get_ranges(key, ranges).await? else {
+        return Ok(None);
+    };
+    let mut known = Vec::with_capacity(parts.len());
+    for (r, b) in ranges.iter().zip(parts) {
+        anyhow::ensure!(
+            b.len() as u64 >= r.end - r.start,
+            "bytes {}..{} are not all there",
+            r.start,
+            r.end
+        );
+        known.push((r.start, b));
+    }
+    Ok(Some(SparseObject::new(size, known)))
 }
 
 /// Reads a map task's row groups of one raw object by ranged reads: the
@@ -292,50 +366,22 @@ async fn read_piece(store: &Store, piece: MapPiece) -> anyhow::Result<Readings> 
             store.url()
         )
     };
-    let changed = |why: String| {
+    let changed = |why: anyhow::Error| {
         anyhow::anyhow!(
-            "the raw object {key} in the store {} changed since the job was planned ({why}); \
+            "the raw object {key} in the store {} changed since the job was planned ({why:#}); \
              retry the job to plan it again",
             store.url()
         )
     };
-    let size = piece.size;
-    let from = size.saturating_sub(FOOTER_GUESS);
-    let tail = store.get_range(key, from..size).await?.ok_or_else(gone)?;
-    if (tail.len() as u64) < size - from {
-        return Err(changed(format!(
-            "it has {} bytes, not {size}",
-            from + tail.len() as u64
-        )));
-    }
-    let meta = match decode_parquet_footer(&tail, size, key) {
-        Ok(meta) => meta,
-        Err(Ok(need)) => {
-            let tail = store
-                .get_range(key, size - need..size)
-                .await?
-                .ok_or_else(gone)?;
-            decode_parquet_footer(&tail, size, key).map_err(|e| match e {
-                Ok(n) => changed(format!("its footer names {n} bytes of metadata, then more")),
-                Err(e) => changed(e.to_string()),
-            })?
-        }
-        Err(Err(e)) => return Err(changed(e.to_string())),
-    };
-    let ranges =
-        row_group_ranges(&meta, &piece.row_groups, key).map_err(|e| changed(e.to_string()))?;
-    let parts = store.get_ranges(key, &ranges).await?.ok_or_else(gone)?;
-    let mut known = Vec::with_capacity(parts.len() + 1);
-    for (r, b) in ranges.iter().zip(parts) {
-        if (b.len() as u64) < r.end - r.start {
-            return Err(changed(format!(
-                "bytes {}..{} are not all there",
-                r.start, r.end
-            )));
-        }
-        known.push((r.start, b));
-    }
-    let object = SparseObject::new(size, known);
+    let meta = read_footer(store, key, piece.size)
+        .await
+        .map_err(changed)?
+        .ok_or_else(gone)?;
+    let ranges = row_group_ranges(&meta, &piece.row_groups, key).map_err(|e| changed(e.into()))?;
+    let object = fetch_ranges(store, key, piece.size, &ranges)
+        .await
+        .map_err(changed)?
+        .ok_or_else(gone)?;
     let name = piece.key.clone();
     Ok(tokio::task::spawn_blocking(move || {
         read_readings_parquet_sparse(object, meta, &name, &piece.row_groups)

@@ -274,16 +274,27 @@ impl Store {
     /// inside a key (`models/*/t/…` is stored as `models/%2A/t/…`), and
     /// listing decodes them again.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list_sizes(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// [`Store::list`] with each object's length, bytes.
+    pub async fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         use futures::TryStreamExt;
         let trimmed = prefix.trim_end_matches('/');
         let path = (!trimmed.is_empty()).then(|| ObjectPath::from(trimmed));
-        let mut keys: Vec<String> = self
+        let mut keys: Vec<(String, u64)> = self
             .inner
             .list(path.as_ref())
             .map_ok(|meta| {
-                percent_encoding::percent_decode_str(meta.location.as_ref())
+                let key = percent_encoding::percent_decode_str(meta.location.as_ref())
                     .decode_utf8_lossy()
-                    .into_owned()
+                    .into_owned();
+                (key, meta.size)
             })
             .try_collect()
             .await
@@ -340,6 +351,11 @@ mod tests {
                 );
                 assert!(store.list("raw/date=2024-01").await.unwrap().is_empty());
                 assert_eq!(store.list("models/*").await.unwrap().len(), 1);
+                let sized = store.list_sizes("raw/").await.unwrap();
+                assert_eq!(sized.len(), 2);
+                for (k, n) in sized {
+                    assert_eq!(n, k.len() as u64, "{url}: {k}");
+                }
             });
         }
     }
