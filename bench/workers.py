@@ -37,10 +37,16 @@ what this machine can give two workers at all, sharing nothing. On this 2-core m
 target is at least 1.7x. The machine is shared: run it when it is
 otherwise quiet, and more than once.
 
+With --interleave, the 1-worker and the 2-worker setups (each its own
+copy of the store and its own database) are both up throughout and score
+the hour alternately, one job at a time, and each 1-worker job is also
+compared with the 2-worker job right after it: on a shared machine whose
+speed drifts over minutes, that compares like with like.
+
 Usage (from the repository root; PostgreSQL on 127.0.0.1:5432 or
 FLEETSCORE_TEST_POSTGRES)::
 
-    python3 bench/workers.py [--devices 2000] [--tags 5] [--batch-size 100] [--runs 4] [--work /tmp/fsworkers]
+    python3 bench/workers.py [--devices 2000] [--tags 5] [--batch-size 100] [--runs 4] [--interleave] [--work /tmp/fsworkers]
 """
 
 from __future__ import annotations
@@ -115,49 +121,87 @@ def machine_busy():
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def run(binary, data, db, workers, batch, poller, runs):
+class Setup:
+    """`workers` workers on one (data folder, database) pair, and a psql
+    session to poll its jobs."""
+
+    def __init__(self, binary, data, db, workers, batch, poll="50ms"):
+        self.binary, self.data, self.db, self.batch = binary, data, db, batch
+        self.procs = [subprocess.Popen([binary, "--data", data, "--db", db, "worker",
+                                        "--threads", "1", "--slots", "1", "--poll", poll],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      for _ in range(workers)]
+        # Poll over one psql session (one process, one connection), not
+        # the binary nor a psql per poll: starting a process every few ms
+        # took a tenth of the machine from the workers.
+        self.poller = subprocess.Popen(["psql", db, "-At", "-q"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True)
+
+    def job(self):
+        """Queues the hour as one job and waits for it; returns (wall,
+        polled, workers' CPU, machine busy CPU, job record)."""
+        procs = self.procs
+        cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+        busy0 = machine_busy()
+        t0 = time.perf_counter()
+        queued = fleetscore(self.binary, self.data, self.db, "backfill", "--from",
+                            "2024-01-01T00:00:00Z", "--to", "2024-01-01T01:00:00Z",
+                            "--batch-size", str(self.batch), "--queue", capture=True)
+        job = int(queued.strip().splitlines()[-1])
+        while True:
+            self.poller.stdin.write(f"SELECT state FROM jobs WHERE id = {job};\n")
+            self.poller.stdin.flush()
+            state = self.poller.stdout.readline().strip()
+            if state not in ("queued", "running"):
+                break
+            time.sleep(0.02)
+        polled = time.perf_counter() - t0
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+        busy = machine_busy() - busy0
+        j = json.loads(fleetscore(self.binary, self.data, self.db, "jobs", "show", str(job),
+                                  "--json", capture=True))
+        assert j["job"]["state"] == "succeeded", j["job"]
+        # The job's own time, from its creation to its end as the job
+        # store records them (not the queueing command's start-up, nor
+        # the poll's granularity).
+        wall = (j["job"]["finished_at"] - j["job"]["created_at"]) / 1e9
+        return (wall, polled, cpu, busy, j["job"])
+
+    def stop(self):
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            p.wait()
+        self.poller.stdin.close()
+        self.poller.wait()
+
+
+def run(binary, data, db, workers, batch, runs):
     """Starts `workers` workers, then scores the hour `runs` times, one job
     after the other on the same workers; returns (wall, cpu, job) per run."""
-    procs = [subprocess.Popen([binary, "--data", data, "--db", db, "worker", "--threads", "1",
-                               "--slots", "1", "--poll", "50ms"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(workers)]
-    out = []
+    setup = Setup(binary, data, db, workers, batch)
+    try:
+        return [setup.job() for _ in range(runs)]
+    finally:
+        setup.stop()
+
+
+def interleaved(binary, one, two, batch, runs):
+    """One worker on `one` and two workers on `two` (each a (data folder,
+    database) pair of its own), all started at once; then the hour is
+    scored `runs` times on each, alternately, one job at a time, so both
+    see the same machine. Idle workers wait on PostgreSQL's announcements
+    (their poll is 1 s). Returns both lists of runs."""
+    a = Setup(binary, *one, 1, batch, poll="1s")
+    b = Setup(binary, *two, 2, batch, poll="1s")
+    out = ([], [])
     try:
         for _ in range(runs):
-            cpu0 = sum(cpu_seconds(p.pid) for p in procs)
-            busy0 = machine_busy()
-            t0 = time.perf_counter()
-            queued = fleetscore(binary, data, db, "backfill", "--from", "2024-01-01T00:00:00Z",
-                                "--to", "2024-01-01T01:00:00Z", "--batch-size", str(batch),
-                                "--queue", capture=True)
-            job = int(queued.strip().splitlines()[-1])
-            # Poll over one psql session (one process, one connection), not
-            # the binary nor a psql per poll: starting a process every few
-            # ms took a tenth of the machine from the workers.
-            while True:
-                poller.stdin.write(f"SELECT state FROM jobs WHERE id = {job};\n")
-                poller.stdin.flush()
-                state = poller.stdout.readline().strip()
-                if state not in ("queued", "running"):
-                    break
-                time.sleep(0.02)
-            polled = time.perf_counter() - t0
-            cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
-            busy = machine_busy() - busy0
-            j = json.loads(fleetscore(binary, data, db, "jobs", "show", str(job), "--json",
-                                      capture=True))
-            assert j["job"]["state"] == "succeeded", j["job"]
-            # The job's own time, from its creation to its end as the job
-            # store records them (not the queueing command's start-up, nor
-            # the poll's granularity).
-            wall = (j["job"]["finished_at"] - j["job"]["created_at"]) / 1e9
-            out.append((wall, polled, cpu, busy, j["job"]))
+            out[0].append(a.job())
+            out[1].append(b.job())
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait()
+        a.stop()
+        b.stop()
     return out
 
 
@@ -209,6 +253,10 @@ def main():
                     help="jobs per worker count, on the same workers; the first is cold")
     ap.add_argument("--no-control", dest="control", action="store_false",
                     help="skip the control (two independent one-worker setups side by side)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="run the 1-worker and the 2-worker jobs alternately (each setup its own "
+                         "store copy and database, all workers up throughout), so a machine that "
+                         "drifts during the run affects both alike")
     ap.add_argument("--work", default="/tmp/fsworkers")
     args = ap.parse_args()
 
@@ -230,12 +278,33 @@ def main():
     h, _, port = host.partition(":")
     sh("createdb", "-h", h, "-p", port or "5432", "-U", "postgres", name)
     db = server.rsplit("/", 1)[0] + "/" + name
-    poller = subprocess.Popen(["psql", db, "-At", "-q"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    twin = data + "-twin"
+    db2 = db + "_twin"
+
+    def make_twin():
+        if os.path.exists(twin):
+            shutil.rmtree(twin)
+        shutil.copytree(data, twin, symlinks=True)
+        sh("createdb", "-h", h, "-p", port or "5432", "-U", "postgres", name + "_twin")
+
+    def drop_twin():
+        sh("dropdb", "-h", h, "-p", port or "5432", "-U", "postgres", "--if-exists",
+           name + "_twin")
+        shutil.rmtree(twin, ignore_errors=True)
+
     try:
         cold, warm, cores = {}, {}, {}
+        if args.interleave:
+            make_twin()
+            try:
+                both = interleaved(binary, (data, db), (twin, db2), args.batch_size, args.runs)
+            finally:
+                drop_twin()
+            by_count = {1: both[0], 2: both[1]}
+        else:
+            by_count = {n: run(binary, data, db, n, args.batch_size, args.runs) for n in (1, 2)}
         for n in (1, 2):
-            runs = run(binary, data, db, n, args.batch_size, poller, args.runs)
+            runs = by_count[n]
             for i, (wall, polled, cpu, busy, job) in enumerate(runs):
                 models = job["models"]
                 print(f"{n} worker(s), job {i + 1} ({'cold: workers just started' if i == 0 else 'warm'}): "
@@ -256,30 +325,27 @@ def main():
         # nothing (each its own store and database) over one.
         ceiling = None
         if args.control:
-            twin = data + "-twin"
-            if os.path.exists(twin):
-                shutil.rmtree(twin)
-            shutil.copytree(data, twin, symlinks=True)
-            db2 = db + "_twin"
-            sh("createdb", "-h", h, "-p", port or "5432", "-U", "postgres", name + "_twin")
+            make_twin()
             try:
                 pairs = side_by_side(binary, [(data, db), (twin, db2)], args.batch_size, args.runs)
             finally:
-                sh("dropdb", "-h", h, "-p", port or "5432", "-U", "postgres", "--if-exists",
-                   name + "_twin")
-                shutil.rmtree(twin, ignore_errors=True)
+                drop_twin()
             both = statistics.median(max(p) for p in pairs)
             ceiling = 2 * warm[1] / both
             print(f"control: two independent one-worker setups (own store, own database) scoring "
                   f"the hour at the same time take {both:.2f} s (median of the slower; alone "
                   f"{warm[1]:.2f} s): this machine gives two workers at most "
                   f"{ceiling:.2f}x the throughput of one")
+        if args.interleave:
+            pairs_ratio = [a[0] / b[0] for a, b in zip(by_count[1][1:], by_count[2][1:])]
+            if pairs_ratio:
+                print(f"interleaved pairs (1-worker job / the 2-worker job right after it, warm): "
+                      + ", ".join(f"{r:.2f}x" for r in pairs_ratio)
+                      + f"; median {statistics.median(pairs_ratio):.2f}x")
         print(f"speed-up, 2 workers over 1 (warm, median of {len(warm_runs)} job(s)): "
               f"{warm[1]:.2f} s / {warm[2]:.2f} s = {warm[1] / warm[2]:.2f}x (target >= 1.7x"
               + (f"; the control's ceiling here {ceiling:.2f}x)" if ceiling else ")"))
     finally:
-        poller.stdin.close()
-        poller.wait()
         sh("dropdb", "-h", h, "-p", port or "5432", "-U", "postgres", "--if-exists", name)
 
 
