@@ -275,7 +275,8 @@ async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(Stri
         .map(|(key, size)| {
             let store = store.clone();
             async move {
-                // Gone since it was listed: not part of the window.
+                // Gone since it was listed: not part of the window. (Errors
+                // name the object.)
                 let Some(meta) = read_footer(&store, &key, size).await? else {
                     return Ok::<_, anyhow::Error>(None);
                 };
@@ -305,13 +306,17 @@ async fn read_footer(
     key: &str,
     size: u64,
 ) -> anyhow::Result<Option<Arc<ParquetMetaData>>> {
+    anyhow::ensure!(
+        size >= 12,
+        "{key}: {size} bytes are too short for a Parquet file"
+    );
     let from = size.saturating_sub(FOOTER_GUESS);
     let Some(tail) = store.get_range(key, from..size).await? else {
         return Ok(None);
     };
     anyhow::ensure!(
         tail.len() as u64 == size - from,
-        "it has {} bytes, not {size}",
+        "{key}: it has {} bytes, not {size}",
         from + tail.len() as u64
     );
     match decode_parquet_footer(&tail, size, key) {
@@ -322,7 +327,9 @@ async fn read_footer(
             };
             match decode_parquet_footer(&tail, size, key) {
                 Ok(meta) => Ok(Some(meta)),
-                Err(Ok(n)) => anyhow::bail!("its footer names {n} bytes of metadata, then more"),
+                Err(Ok(n)) => {
+                    anyhow::bail!("{key}: its footer names {n} bytes of metadata, then more")
+                }
                 Err(Err(e)) => Err(e.into()),
             }
         }
@@ -345,7 +352,7 @@ async fn fetch_ranges(
     for (r, b) in ranges.iter().zip(parts) {
         anyhow::ensure!(
             b.len() as u64 >= r.end - r.start,
-            "bytes {}..{} are not all there",
+            "{key}: bytes {}..{} are not all there",
             r.start,
             r.end
         );

@@ -976,6 +976,32 @@ async fn a_raw_object_rewritten_after_planning_fails_its_map_saying_so(b: Backen
     );
 }
 
+async fn a_broken_raw_object_fails_planning_naming_it(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = fleet(&dir.path().join("store"), 1).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
+    let runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
+    let first = store.list("raw/").await.unwrap()[0].clone();
+    let folder = &first[..first.rfind('/').unwrap() + 1];
+    for (name, data) in [
+        ("part-zz-short.parquet", &b"PAR1"[..]),
+        (
+            "part-zz-text.parquet",
+            &b"these are not the bytes of a Parquet file"[..],
+        ),
+    ] {
+        let key = format!("{folder}{name}");
+        store.put(&key, data.to_vec()).await.unwrap();
+        let id = db.create_job(&manual(T0, 2), clock.now()).await.unwrap();
+        let job = runner.run_job(id).await.unwrap();
+        assert_eq!(job.state, JobState::Failed, "{name}");
+        let err = job.error.clone().unwrap();
+        assert!(err.contains(&key), "{name}: {err}");
+        store.delete(&key).await.unwrap();
+    }
+}
+
 async fn a_runner_that_kept_an_old_plan_reads_the_new_one(b: Backend) {
     use fleetscore_jobs::run::Step;
     let dir = tempfile::tempdir().unwrap();
@@ -1109,5 +1135,6 @@ on_both!(
     score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job,
     a_runner_that_kept_an_old_plan_reads_the_new_one,
     a_raw_object_rewritten_after_planning_fails_its_map_saying_so,
+    a_broken_raw_object_fails_planning_naming_it,
     idle_workers_wake_when_work_is_announced,
 );
