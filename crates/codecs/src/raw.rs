@@ -276,10 +276,12 @@ pub fn scan_raw_parquet_sparse(
     scan_with(builder, path, size, from, to)
 }
 
-/// The byte ranges a scan reads ([`scan_raw_parquet_sparse`]): the TS,
-/// Device and Tag column chunks of every row group, not the values.
+/// The byte ranges a scan reads ([`scan_raw_parquet_sparse`]) of an
+/// object of `size` bytes: the TS, Device and Tag column chunks of every
+/// row group, not the values.
 pub fn scan_ranges(
     meta: &Arc<ParquetMetaData>,
+    size: u64,
     name: &str,
 ) -> Result<Vec<std::ops::Range<u64>>, CodecError> {
     let path = Path::new(name);
@@ -293,7 +295,7 @@ pub fn scan_ranges(
     let idx = crate::readings::check_columns(path, arrow.schema())?;
     let descr = meta.file_metadata().schema_descr();
     let groups: Vec<usize> = (0..meta.num_row_groups()).collect();
-    chunk_ranges(meta, &groups, name, |leaf| {
+    chunk_ranges(meta, size, &groups, name, |leaf| {
         idx[..3].contains(&descr.get_column_root_idx(leaf))
     })
 }
@@ -590,7 +592,8 @@ pub fn decode_parquet_footer(
         Err(e) => return Err(bad(e.to_string())),
     };
     let need = footer.metadata_length() as u64 + 8;
-    if need > len {
+    // Room for the leading magic too.
+    if need + 4 > len {
         return Err(bad(format!(
             "its footer names {need} bytes of metadata in a {len}-byte file"
         )));
@@ -604,24 +607,33 @@ pub fn decode_parquet_footer(
         .map_err(|e| bad(e.to_string()))
 }
 
-/// The byte ranges of every column chunk of row groups `groups`, merged
-/// where they touch (a run of row groups is one range).
+/// The byte ranges of every column chunk of row groups `groups` of an
+/// object of `size` bytes, merged where they touch (a run of row groups is
+/// one range).
 pub fn row_group_ranges(
     meta: &ParquetMetaData,
+    size: u64,
     groups: &[usize],
     name: &str,
 ) -> Result<Vec<std::ops::Range<u64>>, CodecError> {
-    chunk_ranges(meta, groups, name, |_| true)
+    chunk_ranges(meta, size, groups, name, |_| true)
 }
 
 /// The byte ranges of the column chunks (leaf columns `keep`) of row
-/// groups `groups`, merged where they touch.
+/// groups `groups`, merged where they touch. A chunk the metadata places
+/// outside the object (before its leading magic, past its end, or at a
+/// negative offset) is an error, not a read.
 fn chunk_ranges(
     meta: &ParquetMetaData,
+    size: u64,
     groups: &[usize],
     name: &str,
     keep: impl Fn(usize) -> bool,
 ) -> Result<Vec<std::ops::Range<u64>>, CodecError> {
+    let bad = |reason: String| CodecError::Parquet {
+        path: Path::new(name).to_path_buf(),
+        reason,
+    };
     let mut ranges = Vec::new();
     for &g in groups {
         let rg = meta
@@ -635,9 +647,27 @@ fn chunk_ranges(
                 ),
             })?;
         for (leaf, c) in rg.columns().iter().enumerate() {
-            if keep(leaf) {
-                let (start, len) = c.byte_range();
-                ranges.push(start..start + len);
+            if !keep(leaf) {
+                continue;
+            }
+            // As `byte_range()`, which asserts instead of erring.
+            let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+            let range = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(c.compressed_size()).ok())
+                .and_then(|(s, n)| Some(s..s.checked_add(n)?))
+                .filter(|r| r.start >= 4 && r.end <= size);
+            match range {
+                Some(r) if r.is_empty() => {}
+                Some(r) => ranges.push(r),
+                None => {
+                    return Err(bad(format!(
+                        "its metadata places column {} of row group {g} at {start}+{} bytes, \
+                         outside the {size}-byte object",
+                        c.column_path(),
+                        c.compressed_size()
+                    )))
+                }
             }
         }
     }
@@ -738,7 +768,7 @@ mod tests {
         let meta = decode_parquet_footer(&bytes[(size - need) as usize..], size, "x").unwrap();
         assert_eq!(meta.num_row_groups(), 3);
         let fetch = |groups: &[usize]| {
-            let ranges = row_group_ranges(&meta, groups, "x").unwrap();
+            let ranges = row_group_ranges(&meta, size, groups, "x").unwrap();
             let parts = ranges
                 .iter()
                 .map(|r| (r.start, bytes.slice(r.start as usize..r.end as usize)))
@@ -766,7 +796,7 @@ mod tests {
         }
         // A scan by range fetches the TS, Device and Tag chunks, not the
         // values, and finds what a scan of the whole object finds.
-        let ranges = scan_ranges(&meta, "x").unwrap();
+        let ranges = scan_ranges(&meta, size, "x").unwrap();
         let fetched: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         let values: u64 = meta
             .row_groups()
@@ -795,8 +825,12 @@ mod tests {
         let err = read_readings_parquet_sparse(object, Arc::clone(&meta), "x", &[1]).unwrap_err();
         assert!(err.to_string().contains("were not fetched"), "{err}");
         // A row group that is not there, and bytes that are no footer.
-        let err = row_group_ranges(&meta, &[3], "x").unwrap_err();
+        let err = row_group_ranges(&meta, size, &[3], "x").unwrap_err();
         assert!(err.to_string().contains("not a row group 3"), "{err}");
+        // Metadata that places chunks past the object's end (as after it
+        // shrank, or in a corrupt footer) is an error, not a read.
+        let err = row_group_ranges(&meta, size / 2, &[2], "x").unwrap_err();
+        assert!(err.to_string().contains("outside the"), "{err}");
         assert!(matches!(
             decode_parquet_footer(b"not a parquet footer", 100, "x"),
             Err(Err(_))

@@ -126,14 +126,16 @@ fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
         .unwrap_or(0.0))
 }
 
-/// The demo's hourly schedule. Its data is all in once compaction is
-/// done (the demo waits for that itself), so it scores each hour at once:
-/// with the default delay for late data (5 minutes), a demo started in
-/// the first minutes of an hour sat idle until five past.
+/// The demo's hourly schedule. Its past hours are all in once compaction
+/// is done (the demo waits for that itself), so it scores each hour soon
+/// after it ends: with the default delay for late data (5 minutes), a demo
+/// started in the first minutes of an hour sat idle until five past. Ten
+/// seconds still covers readings streamed into a serving demo in an
+/// hour's last moments (flushed and compacted every second).
 fn demo_schedule(hours: usize) -> ScheduleConfig {
     ScheduleConfig {
         catch_up: hours as u32 + 1,
-        delay: fleetscore_stream::Span::ZERO,
+        delay: fleetscore_stream::Span::from_secs(10),
         ..ScheduleConfig::default()
     }
 }

@@ -277,13 +277,14 @@ async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(Stri
             async move {
                 // Gone since it was listed: not part of the window. (Errors
                 // name the object.)
-                let Some(meta) = read_footer(&store, &key, size).await? else {
+                let Some(footer) = read_footer(&store, &key, size).await? else {
                     return Ok::<_, anyhow::Error>(None);
                 };
-                let ranges = scan_ranges(&meta, &key)?;
-                let Some(object) = fetch_ranges(&store, &key, size, &ranges).await? else {
+                let ranges = scan_ranges(&footer.meta, size, &key)?;
+                let Some(object) = fetch_ranges(&store, &key, size, &footer, &ranges).await? else {
                     return Ok(None);
                 };
+                let meta = footer.meta;
                 Ok(Some(
                     tokio::task::spawn_blocking(move || {
                         scan_raw_parquet_sparse(object, meta, &key, from, to).map(|s| (key, s))
@@ -298,65 +299,77 @@ async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(Stri
     Ok(scans.into_iter().flatten().collect())
 }
 
-/// The Parquet metadata of a raw object of `size` bytes, from a ranged read
-/// of its end (two when its metadata is longer than [`FOOTER_GUESS`]);
-/// `None` if the object is gone.
-async fn read_footer(
-    store: &Store,
-    key: &str,
-    size: u64,
-) -> anyhow::Result<Option<Arc<ParquetMetaData>>> {
+/// A raw object's footer: its Parquet metadata, and the bytes read from its
+/// end to find it (which may hold some column chunks too).
+struct Footer {
+    meta: Arc<ParquetMetaData>,
+    tail: (u64, bytes::Bytes),
+}
+
+/// The footer of a raw object of `size` bytes, from a ranged read of its
+/// end (two when its metadata is longer than [`FOOTER_GUESS`]); `None` if
+/// the object is gone.
+async fn read_footer(store: &Store, key: &str, size: u64) -> anyhow::Result<Option<Footer>> {
     anyhow::ensure!(
         size >= 12,
         "{key}: {size} bytes are too short for a Parquet file"
     );
-    let from = size.saturating_sub(FOOTER_GUESS);
-    let Some(tail) = store.get_range(key, from..size).await? else {
-        return Ok(None);
-    };
-    anyhow::ensure!(
-        tail.len() as u64 == size - from,
-        "{key}: it has {} bytes, not {size}",
-        from + tail.len() as u64
-    );
-    match decode_parquet_footer(&tail, size, key) {
-        Ok(meta) => Ok(Some(meta)),
-        Err(Ok(need)) => {
-            let Some(tail) = store.get_range(key, size - need..size).await? else {
-                return Ok(None);
-            };
-            match decode_parquet_footer(&tail, size, key) {
-                Ok(meta) => Ok(Some(meta)),
-                Err(Ok(n)) => {
-                    anyhow::bail!("{key}: its footer names {n} bytes of metadata, then more")
-                }
-                Err(Err(e)) => Err(e.into()),
+    let mut from = size.saturating_sub(FOOTER_GUESS);
+    loop {
+        let Some(tail) = store.get_range(key, from..size).await? else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            tail.len() as u64 == size - from,
+            "{key}: it has {} bytes, not {size}",
+            from + tail.len() as u64
+        );
+        match decode_parquet_footer(&tail, size, key) {
+            Ok(meta) => {
+                return Ok(Some(Footer {
+                    meta,
+                    tail: (from, tail),
+                }))
             }
+            // Longer metadata: read it whole, once.
+            Err(Ok(need)) if size - need < from => from = size - need,
+            Err(Ok(n)) => anyhow::bail!("{key}: its footer names {n} bytes of metadata, then more"),
+            Err(Err(e)) => return Err(e.into()),
         }
-        Err(Err(e)) => Err(e.into()),
     }
 }
 
-/// Byte `ranges` of an object of `size` bytes, fetched (ranges close
-/// together in one request) as a [`SparseObject`]; `None` if it is gone.
+/// Byte `ranges` of an object of `size` bytes as a [`SparseObject`], with
+/// its footer's tail: ranges the tail holds are not fetched again, the
+/// others are (those close together in one request). `None` if the object
+/// is gone.
 async fn fetch_ranges(
     store: &Store,
     key: &str,
     size: u64,
+    footer: &Footer,
     ranges: &[std::ops::Range<u64>],
 ) -> anyhow::Result<Option<SparseObject>> {
-    let Some(parts) = store.get_ranges(key, ranges).await? else {
-        return Ok(None);
-    };
-    let mut known = Vec::with_capacity(parts.len());
-    for (r, b) in ranges.iter().zip(parts) {
-        anyhow::ensure!(
-            b.len() as u64 >= r.end - r.start,
-            "{key}: bytes {}..{} are not all there",
-            r.start,
-            r.end
-        );
-        known.push((r.start, b));
+    let (tail_start, tail) = &footer.tail;
+    let missing: Vec<std::ops::Range<u64>> = ranges
+        .iter()
+        .filter(|r| r.start < *tail_start)
+        .cloned()
+        .collect();
+    let mut known = vec![(*tail_start, tail.clone())];
+    if !missing.is_empty() {
+        let Some(parts) = store.get_ranges(key, &missing).await? else {
+            return Ok(None);
+        };
+        for (r, b) in missing.iter().zip(parts) {
+            anyhow::ensure!(
+                b.len() as u64 >= r.end - r.start,
+                "{key}: bytes {}..{} are not all there",
+                r.start,
+                r.end
+            );
+            known.push((r.start, b));
+        }
     }
     Ok(Some(SparseObject::new(size, known)))
 }
@@ -373,23 +386,30 @@ async fn read_piece(store: &Store, piece: MapPiece) -> anyhow::Result<Readings> 
             store.url()
         )
     };
+    // What the object says does not fit what was planned; a store that
+    // fails to answer says so itself (and the task is retried).
     let changed = |why: anyhow::Error| {
+        if why.downcast_ref::<fleetscore_store::StoreError>().is_some() {
+            return why;
+        }
         anyhow::anyhow!(
             "the raw object {key} in the store {} changed since the job was planned ({why:#}); \
              retry the job to plan it again",
             store.url()
         )
     };
-    let meta = read_footer(store, key, piece.size)
+    let footer = read_footer(store, key, piece.size)
         .await
         .map_err(changed)?
         .ok_or_else(gone)?;
-    let ranges = row_group_ranges(&meta, &piece.row_groups, key).map_err(|e| changed(e.into()))?;
-    let object = fetch_ranges(store, key, piece.size, &ranges)
+    let ranges = row_group_ranges(&footer.meta, piece.size, &piece.row_groups, key)
+        .map_err(|e| changed(e.into()))?;
+    let object = fetch_ranges(store, key, piece.size, &footer, &ranges)
         .await
         .map_err(changed)?
         .ok_or_else(gone)?;
     let name = piece.key.clone();
+    let meta = footer.meta;
     Ok(tokio::task::spawn_blocking(move || {
         read_readings_parquet_sparse(object, meta, &name, &piece.row_groups)
     })
@@ -1244,8 +1264,9 @@ impl Runner {
         let cut_ms = t.elapsed().as_millis() as u64 - read_ms;
         // Stage the plan, so any worker can run any task; not if the job
         // went to another planner meanwhile. (Were the lease lost during
-        // the write, the plan's name is its own: the job's record never
-        // names it, and it is deleted with the job's staging.)
+        // the write, the plan's name is its own: no task record names it,
+        // so no task reads it. It is deleted with the job's staging, or,
+        // should the write land after that, left behind.)
         if renew.lost() {
             return Ok(None);
         }

@@ -1052,7 +1052,8 @@ async fn a_runner_that_kept_an_old_plan_reads_the_new_one(b: Backend) {
             .all(|k| k.starts_with(&format!("staging/{id}/{second}/"))),
         "{keys:?}"
     );
-    // `a` runs the score tasks: it must notice its plan is stale.
+    // `a` runs the score tasks: its tasks name the new plan, which it
+    // reads instead of the one it kept.
     let job = a.run_job(id).await.unwrap();
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     let tasks = db.tasks(id).await.unwrap();
