@@ -84,7 +84,7 @@ use fleetscore_codecs::{
 };
 use fleetscore_core::format_ts;
 use fleetscore_models::Pack;
-use fleetscore_store::{hour_partition, ModelInput, Registry, Store, HOUR_NS};
+use fleetscore_store::{hour_partition, Listed, ModelInput, Registry, Store, StoreError, HOUR_NS};
 use fleetscore_stream::{windows_from_record_batch, Window};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -243,12 +243,12 @@ async fn raw_keys(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<Strin
     Ok(raw_objects_of(store, from, to)
         .await?
         .into_iter()
-        .map(|(k, _)| k)
+        .map(|l| l.key)
         .collect())
 }
 
-/// [`raw_keys`] with each object's length, bytes.
-async fn raw_objects_of(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(String, u64)>> {
+/// [`raw_keys`] with each object's length and version.
+async fn raw_objects_of(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<Listed>> {
     let mut keys = Vec::new();
     let mut hour = from.div_euclid(HOUR_NS) * HOUR_NS;
     while hour < to {
@@ -258,7 +258,7 @@ async fn raw_objects_of(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec
                 .list_sizes(&prefix)
                 .await?
                 .into_iter()
-                .filter(|(k, _)| k.ends_with(".parquet")),
+                .filter(|l| l.key.ends_with(".parquet")),
         );
         hour += HOUR_NS;
     }
@@ -269,28 +269,31 @@ async fn raw_objects_of(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec
 /// readings in `[from, to)` (see [`scan_raw_parquet_sparse`]), in key
 /// order. Only the objects' footers and their TS, Device and Tag column
 /// chunks are fetched, by range: not the values.
-async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(String, RawScan)>> {
+async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(Listed, RawScan)>> {
     let objects = raw_objects_of(store, from, to).await?;
-    let scans: Vec<Option<(String, RawScan)>> = stream::iter(objects)
-        .map(|(key, size)| {
+    let scans: Vec<Option<(Listed, RawScan)>> = stream::iter(objects)
+        .map(|listed| {
             let store = store.clone();
             async move {
+                let (key, size) = (listed.key.clone(), listed.size);
+                let version = listed.version.as_deref();
                 // Gone since it was listed: not part of the window. (Errors
                 // name the object.)
-                let Some(footer) = read_footer(&store, &key, size).await? else {
+                let Some(footer) = read_footer(&store, &key, size, version).await? else {
                     return Ok::<_, anyhow::Error>(None);
                 };
                 let ranges = scan_ranges(&footer.meta, size, &key)?;
-                let Some(object) = fetch_ranges(&store, &key, size, &footer, &ranges).await? else {
+                let Some(object) =
+                    fetch_ranges(&store, &key, size, version, &footer, &ranges).await?
+                else {
                     return Ok(None);
                 };
                 let meta = footer.meta;
-                Ok(Some(
-                    tokio::task::spawn_blocking(move || {
-                        scan_raw_parquet_sparse(object, meta, &key, from, to).map(|s| (key, s))
-                    })
-                    .await??,
-                ))
+                let scan = tokio::task::spawn_blocking(move || {
+                    scan_raw_parquet_sparse(object, meta, &key, from, to)
+                })
+                .await??;
+                Ok(Some((listed, scan)))
             }
         })
         .buffered(8)
@@ -309,14 +312,23 @@ struct Footer {
 /// The footer of a raw object of `size` bytes, from a ranged read of its
 /// end (two when its metadata is longer than [`FOOTER_GUESS`]); `None` if
 /// the object is gone.
-async fn read_footer(store: &Store, key: &str, size: u64) -> anyhow::Result<Option<Footer>> {
+async fn read_footer(
+    store: &Store,
+    key: &str,
+    size: u64,
+    version: Option<&str>,
+) -> anyhow::Result<Option<Footer>> {
     anyhow::ensure!(
         size >= 12,
         "{key}: {size} bytes are too short for a Parquet file"
     );
     let mut from = size.saturating_sub(FOOTER_GUESS);
     loop {
-        let Some(tail) = store.get_range(key, from..size).await? else {
+        let Some(tail) = store
+            .get_ranges_if(key, std::slice::from_ref(&(from..size)), version)
+            .await?
+            .and_then(|mut parts| parts.pop())
+        else {
             return Ok(None);
         };
         anyhow::ensure!(
@@ -347,6 +359,7 @@ async fn fetch_ranges(
     store: &Store,
     key: &str,
     size: u64,
+    version: Option<&str>,
     footer: &Footer,
     ranges: &[std::ops::Range<u64>],
 ) -> anyhow::Result<Option<SparseObject>> {
@@ -358,7 +371,7 @@ async fn fetch_ranges(
         .collect();
     let mut known = vec![(*tail_start, tail.clone())];
     if !missing.is_empty() {
-        let Some(parts) = store.get_ranges(key, &missing).await? else {
+        let Some(parts) = store.get_ranges_if(key, &missing, version).await? else {
             return Ok(None);
         };
         for (r, b) in missing.iter().zip(parts) {
@@ -386,11 +399,14 @@ async fn read_piece(store: &Store, piece: MapPiece) -> anyhow::Result<Readings> 
             store.url()
         )
     };
-    // What the object says does not fit what was planned; a store that
-    // fails to answer says so itself (and the task is retried).
+    // What the object says does not fit what was planned (or it was
+    // replaced since); a store that fails to answer says so itself (and
+    // the task is retried).
     let changed = |why: anyhow::Error| {
-        if why.downcast_ref::<fleetscore_store::StoreError>().is_some() {
-            return why;
+        if let Some(e) = why.downcast_ref::<StoreError>() {
+            if !matches!(e, StoreError::Changed { .. }) {
+                return why;
+            }
         }
         anyhow::anyhow!(
             "the raw object {key} in the store {} changed since the job was planned ({why:#}); \
@@ -398,13 +414,14 @@ async fn read_piece(store: &Store, piece: MapPiece) -> anyhow::Result<Readings> 
             store.url()
         )
     };
-    let footer = read_footer(store, key, piece.size)
+    let version = piece.version.as_deref();
+    let footer = read_footer(store, key, piece.size, version)
         .await
         .map_err(changed)?
         .ok_or_else(gone)?;
     let ranges = row_group_ranges(&footer.meta, piece.size, &piece.row_groups, key)
         .map_err(|e| changed(e.into()))?;
-    let object = fetch_ranges(store, key, piece.size, &footer, &ranges)
+    let object = fetch_ranges(store, key, piece.size, version, &footer, &ranges)
         .await
         .map_err(changed)?
         .ok_or_else(gone)?;
@@ -1201,7 +1218,8 @@ impl Runner {
         let mut maps: Vec<Vec<MapPiece>> = Vec::new();
         let mut rows = share;
         let any_raw = units.iter().any(|(d, t)| input_of(d, t) == ModelInput::Raw);
-        for (key, scan) in scans.iter().filter(|(_, s)| any_raw && !s.keys.is_empty()) {
+        for (listed, scan) in scans.iter().filter(|(_, s)| any_raw && !s.keys.is_empty()) {
+            let key = &listed.key;
             for (g, &n) in scan.row_groups.iter().enumerate() {
                 if rows >= share {
                     maps.push(Vec::new());
@@ -1214,6 +1232,7 @@ impl Runner {
                         key: key.clone(),
                         row_groups: vec![g],
                         size: scan.size,
+                        version: listed.version.clone(),
                     }),
                 }
                 rows += n;

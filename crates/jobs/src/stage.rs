@@ -70,6 +70,10 @@ pub(crate) struct MapPiece {
     /// Its length when planned, bytes: a map task reads its footer and
     /// those row groups by range, not the whole object.
     pub size: u64,
+    /// Its version when planned (the store's ETag, if it gives one): a
+    /// map task reads that version or fails, saying the object changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl JobPlan {

@@ -95,6 +95,29 @@ pub enum StoreError {
     /// A model key or request was invalid.
     #[error("{0}")]
     Invalid(String),
+    /// An object read by version ([`Store::get_ranges_if`]) was replaced
+    /// since that version was listed.
+    #[error("store {url}: {key} was replaced since it was listed (version {version})")]
+    Changed {
+        /// The store root.
+        url: String,
+        /// The object key.
+        key: String,
+        /// The version asked for (its ETag).
+        version: String,
+    },
+}
+
+/// An object as listed: its key, length and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The key, as written.
+    pub key: String,
+    /// Length, bytes.
+    pub size: u64,
+    /// Its version (the backend's ETag), if the backend gives one: a read
+    /// with it fails if the object was replaced meanwhile.
+    pub version: Option<String>,
 }
 
 /// An object-store root.
@@ -226,24 +249,6 @@ impl Store {
         }
     }
 
-    /// Reads several byte ranges of an object (requests for ranges close
-    /// together are merged); `None` if it does not exist. Each range must
-    /// lie within the object.
-    pub async fn get_ranges(
-        &self,
-        key: &str,
-        ranges: &[std::ops::Range<u64>],
-    ) -> Result<Option<Vec<Bytes>>, StoreError> {
-        let path = ObjectPath::from(key);
-        match self.inner.get_ranges(&path, ranges).await {
-            Ok(parts) => Ok(Some(parts)),
-            Err(e @ object_store::Error::NotFound { .. }) if !backend::missing_bucket(&e) => {
-                Ok(None)
-            }
-            Err(e) => Err(self.err("get", key, e)),
-        }
-    }
-
     /// Writes an object (atomically: readers see the old or the new one).
     pub async fn put(&self, key: &str, data: impl Into<Bytes>) -> Result<(), StoreError> {
         let path = ObjectPath::from(key);
@@ -278,29 +283,71 @@ impl Store {
             .list_sizes(prefix)
             .await?
             .into_iter()
-            .map(|(k, _)| k)
+            .map(|l| l.key)
             .collect())
     }
 
-    /// [`Store::list`] with each object's length, bytes.
-    pub async fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    /// [`Store::list`] with each object's length and version.
+    pub async fn list_sizes(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         use futures::TryStreamExt;
         let trimmed = prefix.trim_end_matches('/');
         let path = (!trimmed.is_empty()).then(|| ObjectPath::from(trimmed));
-        let mut keys: Vec<(String, u64)> = self
+        let mut keys: Vec<Listed> = self
             .inner
             .list(path.as_ref())
-            .map_ok(|meta| {
-                let key = percent_encoding::percent_decode_str(meta.location.as_ref())
+            .map_ok(|meta| Listed {
+                key: percent_encoding::percent_decode_str(meta.location.as_ref())
                     .decode_utf8_lossy()
-                    .into_owned();
-                (key, meta.size)
+                    .into_owned(),
+                size: meta.size,
+                version: meta.e_tag,
             })
             .try_collect()
             .await
             .map_err(|e| self.err("list", prefix, e))?;
-        keys.sort();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(keys)
+    }
+
+    /// Reads byte `ranges` of an object (one request each), of `version`
+    /// if given ([`Listed::version`]): [`StoreError::Changed`] if it was
+    /// replaced since. `None` if it does not exist. Each range must lie
+    /// within the object.
+    pub async fn get_ranges_if(
+        &self,
+        key: &str,
+        ranges: &[std::ops::Range<u64>],
+        version: Option<&str>,
+    ) -> Result<Option<Vec<Bytes>>, StoreError> {
+        use futures::{StreamExt, TryStreamExt};
+        let path = ObjectPath::from(key);
+        let path = &path;
+        let parts: Vec<Option<Bytes>> = futures::stream::iter(ranges.iter().cloned())
+            .map(|range| async move {
+                let opts = object_store::GetOptions {
+                    range: Some(object_store::GetRange::Bounded(range)),
+                    if_match: version.map(str::to_string),
+                    ..Default::default()
+                };
+                match self.inner.get_opts(path, opts).await {
+                    Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err("get", key, e))?)),
+                    Err(e @ object_store::Error::NotFound { .. })
+                        if !backend::missing_bucket(&e) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(object_store::Error::Precondition { .. }) => Err(StoreError::Changed {
+                        url: self.url.clone(),
+                        key: key.to_string(),
+                        version: version.unwrap_or_default().to_string(),
+                    }),
+                    Err(e) => Err(self.err("get", key, e)),
+                }
+            })
+            .buffered(4)
+            .try_collect()
+            .await?;
+        Ok(parts.into_iter().collect())
     }
 
     pub(crate) fn corrupt(&self, key: &str, reason: impl Into<String>) -> StoreError {
@@ -353,8 +400,29 @@ mod tests {
                 assert_eq!(store.list("models/*").await.unwrap().len(), 1);
                 let sized = store.list_sizes("raw/").await.unwrap();
                 assert_eq!(sized.len(), 2);
-                for (k, n) in sized {
-                    assert_eq!(n, k.len() as u64, "{url}: {k}");
+                for l in sized {
+                    assert_eq!(l.size, l.key.len() as u64, "{url}: {}", l.key);
+                    // Read by version; replaced, the same version is refused.
+                    let v = l.version.clone();
+                    assert!(v.is_some(), "{url}: no version");
+                    let got = store
+                        .get_ranges_if(&l.key, &[0..3, 4..6], v.as_deref())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(got[0].as_ref(), &l.key.as_bytes()[0..3]);
+                    assert_eq!(got[1].as_ref(), &l.key.as_bytes()[4..6]);
+                    store.put(&l.key, l.key.to_uppercase()).await.unwrap();
+                    let err = store
+                        .get_ranges_if(&l.key, std::slice::from_ref(&(0..3)), v.as_deref())
+                        .await
+                        .unwrap_err();
+                    assert!(matches!(err, StoreError::Changed { .. }), "{url}: {err}");
+                    assert!(store
+                        .get_ranges_if("raw/nope", std::slice::from_ref(&(0..3)), None)
+                        .await
+                        .unwrap()
+                        .is_none());
                 }
             });
         }
