@@ -302,6 +302,10 @@ async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(List
     Ok(scans.into_iter().flatten().collect())
 }
 
+/// Byte ranges of a raw object at most this far apart are fetched in one
+/// request.
+const COALESCE_GAP: u64 = 1 << 20;
+
 /// A raw object's footer: its Parquet metadata, and the bytes read from its
 /// end to find it (which may hold some column chunks too).
 struct Footer {
@@ -364,11 +368,15 @@ async fn fetch_ranges(
     ranges: &[std::ops::Range<u64>],
 ) -> anyhow::Result<Option<SparseObject>> {
     let (tail_start, tail) = &footer.tail;
-    let missing: Vec<std::ops::Range<u64>> = ranges
-        .iter()
-        .filter(|r| r.start < *tail_start)
-        .cloned()
-        .collect();
+    // Ranges close together are one request (the bytes between them are
+    // read too), as object_store's own `get_ranges` does.
+    let mut missing: Vec<std::ops::Range<u64>> = Vec::new();
+    for r in ranges.iter().filter(|r| r.start < *tail_start) {
+        match missing.last_mut() {
+            Some(m) if r.start <= m.end.saturating_add(COALESCE_GAP) => m.end = m.end.max(r.end),
+            _ => missing.push(r.clone()),
+        }
+    }
     let mut known = vec![(*tail_start, tail.clone())];
     if !missing.is_empty() {
         let Some(parts) = store.get_ranges_if(key, &missing, version).await? else {
