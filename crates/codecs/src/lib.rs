@@ -38,7 +38,7 @@ pub use predictions::{
     PredictionColumns, PredictionLayout, PredictionRow, WrittenFile,
 };
 pub use raw::{
-    decode_parquet_footer, raw_readings_schema, read_batches_parquet_bytes,
+    decode_parquet_footer, merge_ranges, raw_readings_schema, read_batches_parquet_bytes,
     read_readings_parquet_bytes, read_readings_parquet_row_groups, read_readings_parquet_sparse,
     row_group_ranges, scan_ranges, scan_raw_parquet_bytes, scan_raw_parquet_sparse,
     write_batch_parquet, write_readings_parquet, RawScan, SparseObject, FOOTER_GUESS,

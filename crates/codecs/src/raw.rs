@@ -671,15 +671,21 @@ fn chunk_ranges(
             }
         }
     }
+    Ok(merge_ranges(ranges, 0))
+}
+
+/// Byte ranges sorted and merged where they overlap or lie at most `gap`
+/// bytes apart (the bytes between are then read too).
+pub fn merge_ranges(mut ranges: Vec<std::ops::Range<u64>>, gap: u64) -> Vec<std::ops::Range<u64>> {
     ranges.sort_by_key(|r| r.start);
     let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(ranges.len());
     for r in ranges {
         match merged.last_mut() {
-            Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
+            Some(m) if r.start <= m.end.saturating_add(gap) => m.end = m.end.max(r.end),
             _ => merged.push(r),
         }
     }
-    Ok(merged)
+    merged
 }
 
 #[cfg(test)]

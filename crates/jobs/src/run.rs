@@ -78,7 +78,7 @@ use anyhow::Context as _;
 
 use fleetscore_codecs::ParquetMetaData;
 use fleetscore_codecs::{
-    decode_parquet_footer, predictions_parquet_bytes, read_batches_parquet_bytes,
+    decode_parquet_footer, merge_ranges, predictions_parquet_bytes, read_batches_parquet_bytes,
     read_readings_parquet_bytes, read_readings_parquet_sparse, row_group_ranges, scan_ranges,
     scan_raw_parquet_sparse, PredictionColumns, RawScan, Readings, SparseObject, FOOTER_GUESS,
 };
@@ -370,13 +370,14 @@ async fn fetch_ranges(
     let (tail_start, tail) = &footer.tail;
     // Ranges close together are one request (the bytes between them are
     // read too), as object_store's own `get_ranges` does.
-    let mut missing: Vec<std::ops::Range<u64>> = Vec::new();
-    for r in ranges.iter().filter(|r| r.start < *tail_start) {
-        match missing.last_mut() {
-            Some(m) if r.start <= m.end.saturating_add(COALESCE_GAP) => m.end = m.end.max(r.end),
-            _ => missing.push(r.clone()),
-        }
-    }
+    let missing = merge_ranges(
+        ranges
+            .iter()
+            .filter(|r| r.start < *tail_start)
+            .cloned()
+            .collect(),
+        COALESCE_GAP,
+    );
     let mut known = vec![(*tail_start, tail.clone())];
     if !missing.is_empty() {
         let Some(parts) = store.get_ranges_if(key, &missing, version).await? else {
