@@ -18,7 +18,10 @@ imports and ingests it into a local store, then for N in 1, 2:
 3. stops the workers with SIGTERM.
 
 Every run scores exactly the same job (each overwrites the previous one's
-predictions). A job's time is from its creation to its end as the job
+predictions; with --fresh, the previous job's predictions are deleted
+before the next job is queued, outside the timing, so that each job writes
+new files as an hourly schedule does rather than replacing files, which
+costs ext4 the old files' eviction). A job's time is from its creation to its end as the job
 store records them: planning, the map tasks (which read the window,
 shared among the workers), the score tasks and finalizing (the time from
 queueing to seeing it done is printed too). The whole machine's busy CPU
@@ -46,7 +49,7 @@ speed drifts over minutes, that compares like with like.
 Usage (from the repository root; PostgreSQL on 127.0.0.1:5432 or
 FLEETSCORE_TEST_POSTGRES)::
 
-    python3 bench/workers.py [--devices 2000] [--tags 5] [--batch-size 100] [--runs 4] [--interleave] [--work /tmp/fsworkers]
+    python3 bench/workers.py [--devices 2000] [--tags 5] [--batch-size 100] [--runs 4] [--interleave] [--fresh] [--work /tmp/fsworkers]
 """
 
 from __future__ import annotations
@@ -125,8 +128,9 @@ class Setup:
     """`workers` workers on one (data folder, database) pair, and a psql
     session to poll its jobs."""
 
-    def __init__(self, binary, data, db, workers, batch, poll="50ms"):
+    def __init__(self, binary, data, db, workers, batch, poll="50ms", fresh=False):
         self.binary, self.data, self.db, self.batch = binary, data, db, batch
+        self.fresh = fresh
         self.procs = [subprocess.Popen([binary, "--data", data, "--db", db, "worker",
                                         "--threads", "1", "--slots", "1", "--poll", poll],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -141,6 +145,12 @@ class Setup:
         """Queues the hour as one job and waits for it; returns (wall,
         polled, workers' CPU, machine busy CPU, job record)."""
         procs = self.procs
+        if self.fresh:
+            # Untimed: the previous job's predictions go, and their pages
+            # are written back first, so the job writes new files.
+            shutil.rmtree(os.path.join(self.data, "store", "predictions"), ignore_errors=True)
+            os.sync()
+            time.sleep(0.3)
         cpu0 = sum(cpu_seconds(p.pid) for p in procs)
         busy0 = machine_busy()
         t0 = time.perf_counter()
@@ -176,24 +186,24 @@ class Setup:
         self.poller.wait()
 
 
-def run(binary, data, db, workers, batch, runs):
+def run(binary, data, db, workers, batch, runs, fresh=False):
     """Starts `workers` workers, then scores the hour `runs` times, one job
     after the other on the same workers; returns (wall, cpu, job) per run."""
-    setup = Setup(binary, data, db, workers, batch)
+    setup = Setup(binary, data, db, workers, batch, fresh=fresh)
     try:
         return [setup.job() for _ in range(runs)]
     finally:
         setup.stop()
 
 
-def interleaved(binary, one, two, batch, runs):
+def interleaved(binary, one, two, batch, runs, fresh=False):
     """One worker on `one` and two workers on `two` (each a (data folder,
     database) pair of its own), all started at once; then the hour is
     scored `runs` times on each, alternately, one job at a time, so both
     see the same machine. Idle workers wait on PostgreSQL's announcements
     (their poll is 1 s). Returns both lists of runs."""
-    a = Setup(binary, *one, 1, batch, poll="1s")
-    b = Setup(binary, *two, 2, batch, poll="1s")
+    a = Setup(binary, *one, 1, batch, poll="1s", fresh=fresh)
+    b = Setup(binary, *two, 2, batch, poll="1s", fresh=fresh)
     out = ([], [])
     try:
         for _ in range(runs):
@@ -257,6 +267,9 @@ def main():
                     help="run the 1-worker and the 2-worker jobs alternately (each setup its own "
                          "store copy and database, all workers up throughout), so a machine that "
                          "drifts during the run affects both alike")
+    ap.add_argument("--fresh", action="store_true",
+                    help="delete the previous job's predictions before each job (untimed), so each "
+                         "job writes new files as an hourly schedule does instead of replacing them")
     ap.add_argument("--work", default="/tmp/fsworkers")
     args = ap.parse_args()
 
@@ -297,12 +310,14 @@ def main():
         if args.interleave:
             make_twin()
             try:
-                both = interleaved(binary, (data, db), (twin, db2), args.batch_size, args.runs)
+                both = interleaved(binary, (data, db), (twin, db2), args.batch_size, args.runs,
+                                   args.fresh)
             finally:
                 drop_twin()
             by_count = {1: both[0], 2: both[1]}
         else:
-            by_count = {n: run(binary, data, db, n, args.batch_size, args.runs) for n in (1, 2)}
+            by_count = {n: run(binary, data, db, n, args.batch_size, args.runs, args.fresh)
+                            for n in (1, 2)}
         for n in (1, 2):
             runs = by_count[n]
             for i, (wall, polled, cpu, busy, job) in enumerate(runs):

@@ -52,7 +52,9 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     rc.lease = dur(args.lease, "--lease")?;
     rc.poll = dur(args.poll, "--poll")?;
     let grace = dur(args.grace, "--grace")?;
-    let db = util::job_store(g).await?;
+    // A worker's every write is redone if a database crash loses it, so
+    // its commits do not wait for the disk (see `Commits::Relaxed`).
+    let db = util::job_store_with(g, fleetscore_jobs::db::Commits::Relaxed).await?;
     if !db.url().starts_with("postgres") {
         tracing::warn!(
             db = db.url(),

@@ -87,6 +87,15 @@ pub fn secs(d: std::time::Duration) -> String {
 pub async fn job_store(
     g: &Global,
 ) -> anyhow::Result<std::sync::Arc<dyn fleetscore_jobs::db::JobStore>> {
+    job_store_with(g, fleetscore_jobs::db::Commits::Durable).await
+}
+
+/// [`job_store`] whose PostgreSQL commits wait for the disk or not (see
+/// [`fleetscore_jobs::db::Commits`]).
+pub async fn job_store_with(
+    g: &Global,
+    commits: fleetscore_jobs::db::Commits,
+) -> anyhow::Result<std::sync::Arc<dyn fleetscore_jobs::db::JobStore>> {
     let url = match &g.db {
         Some(u) => u.clone(),
         None => match crate::config::load(g.config.as_deref())?.jobs.db {
@@ -95,6 +104,6 @@ pub async fn job_store(
         },
     };
     // The error names the store and says why.
-    let db = fleetscore_jobs::db::SqlStore::open(&url).await?;
+    let db = fleetscore_jobs::db::SqlStore::open_with(&url, commits).await?;
     Ok(std::sync::Arc::new(db))
 }

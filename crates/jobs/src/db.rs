@@ -625,6 +625,25 @@ pub async fn listen_for_work(url: &str) -> Result<tokio::sync::watch::Receiver<u
     Ok(rx)
 }
 
+/// Whether a PostgreSQL job store's commits wait until the database has
+/// written them to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commits {
+    /// They do (PostgreSQL's default): what the server, the CLI and the
+    /// scheduler record (a queued job, a cancel) survives a crash of the
+    /// database server once it is acknowledged.
+    Durable,
+    /// They do not (`synchronous_commit = off`): a crash of the database
+    /// server (not of the worker) may lose the last fraction of a second
+    /// of commits, never corrupting anything. For `fleetscore worker`,
+    /// whose every write is redone if lost: a lost lease expires, a lost
+    /// task outcome has its task run again (its output names are its own,
+    /// so it rewrites the same objects), a lost plan or job outcome is
+    /// planned or finalized again. Saves a wait for the disk per
+    /// statement, which workers otherwise queue on one after the other.
+    Relaxed,
+}
+
 /// Which SQL the store speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -665,6 +684,12 @@ impl SqlStore {
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (also
     /// `postgresql://`).
     pub async fn open(url: &str) -> Result<SqlStore> {
+        SqlStore::open_with(url, Commits::Durable).await
+    }
+
+    /// [`SqlStore::open`], with commits that wait for the disk or not
+    /// (PostgreSQL; SQLite's always do).
+    pub async fn open_with(url: &str, commits: Commits) -> Result<SqlStore> {
         sqlx::any::install_default_drivers();
         let sql = |error| DbError::Sql {
             url: url.to_string(),
@@ -723,6 +748,8 @@ impl SqlStore {
                              PRAGMA foreign_keys = ON;",
                         )
                         .await?;
+                    } else if commits == Commits::Relaxed {
+                        conn.execute("SET synchronous_commit = off").await?;
                     }
                     Ok(())
                 })
@@ -766,6 +793,20 @@ impl SqlStore {
     /// Which SQL it speaks.
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// The value of a PostgreSQL setting on one of the store's connections
+    /// (`SHOW`); [`DbError::NotPostgres`] on SQLite.
+    pub async fn setting(&self, name: &str) -> Result<String> {
+        if self.dialect != Dialect::Postgres {
+            return Err(DbError::NotPostgres(self.url.clone()));
+        }
+        let row = sqlx::query("SELECT current_setting($1)")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.try_get::<String, _>(0).map_err(|e| self.err(e))
     }
 
     fn err(&self, error: sqlx::Error) -> DbError {

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use fleetscore_codecs::Readings;
 use fleetscore_core::ModelKey;
 use fleetscore_jobs::db::{
-    Concurrency, JobFilter, JobKind, JobState, JobStore, NewJob, SqlStore, TaskRecord, Threshold,
+    Commits, Concurrency, DbError, JobFilter, JobKind, JobState, JobStore, NewJob, SqlStore,
+    TaskRecord, Threshold,
 };
 use fleetscore_jobs::run::{Runner, RunnerConfig};
 use fleetscore_jobs::schedule::{tick, Clock, ManualClock, ScheduleSpec};
@@ -109,7 +110,12 @@ impl Backend {
     /// file, or a PostgreSQL database named after it, created on first use,
     /// so opening the same path again is a restart.
     async fn open(self, path: &Path) -> Arc<dyn JobStore> {
-        let url = match self {
+        Arc::new(SqlStore::open(&self.url(path).await).await.unwrap())
+    }
+
+    /// The URL of the store for `path` (see [`Backend::open`]).
+    async fn url(self, path: &Path) -> String {
+        match self {
             Backend::Sqlite => format!("sqlite://{}", path.display()),
             Backend::Postgres => {
                 let server = std::env::var("FLEETSCORE_TEST_POSTGRES")
@@ -121,8 +127,7 @@ impl Backend {
                         panic!("PostgreSQL at {server}: {e} (set FLEETSCORE_TEST_POSTGRES)")
                     })
             }
-        };
-        Arc::new(SqlStore::open(&url).await.unwrap())
+        }
     }
 }
 
@@ -735,6 +740,50 @@ async fn concurrent_workers_never_lease_one_task_twice(b: Backend) {
         .all(|t| t.state == "succeeded" && t.attempts == 1));
 }
 
+/// A worker's store (`Commits::Relaxed`) commits without waiting for the
+/// disk on PostgreSQL, on every connection of its pool, and leases and
+/// records tasks like any other; the default store's commits wait.
+async fn a_workers_store_commits_without_waiting_for_the_disk(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = b.url(&dir.path().join("jobs.db")).await;
+    let durable = SqlStore::open(&url).await.unwrap();
+    let relaxed = SqlStore::open_with(&url, Commits::Relaxed).await.unwrap();
+    match b {
+        Backend::Sqlite => {
+            // SQLite has no such setting: asking says so.
+            let e = relaxed.setting("synchronous_commit").await.unwrap_err();
+            assert!(matches!(e, DbError::NotPostgres(_)), "{e}");
+        }
+        Backend::Postgres => {
+            assert_eq!(durable.setting("synchronous_commit").await.unwrap(), "on");
+            // Several at once, so that the pool opens several connections.
+            let all =
+                futures::future::join_all((0..6).map(|_| relaxed.setting("synchronous_commit")))
+                    .await;
+            for v in all {
+                assert_eq!(v.unwrap(), "off");
+            }
+        }
+    }
+    // Work done through the relaxed store is seen by the durable one.
+    let relaxed: Arc<dyn JobStore> = Arc::new(relaxed);
+    let id = planned(&relaxed, 5, "planner").await;
+    while let Some(t) = relaxed
+        .lease_task(1, 10, "w", i64::MAX, None)
+        .await
+        .unwrap()
+    {
+        let mut done = t.clone();
+        done.state = "succeeded".into();
+        assert!(relaxed.finish_task(&done, &[], "w").await.unwrap());
+    }
+    let tasks = durable.tasks(id).await.unwrap();
+    assert_eq!(tasks.len(), 5);
+    assert!(tasks
+        .iter()
+        .all(|t| t.state == "succeeded" && t.attempts == 1));
+}
+
 async fn runners_share_a_job_and_take_over_a_vanished_workers_task(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (store, readings) = fleet(&dir.path().join("store"), 1).await;
@@ -1143,6 +1192,7 @@ on_both!(
     leases_expire_and_pass_to_another_worker_whose_record_wins,
     a_task_handed_back_or_retried_waits_its_turn,
     concurrent_workers_never_lease_one_task_twice,
+    a_workers_store_commits_without_waiting_for_the_disk,
     runners_share_a_job_and_take_over_a_vanished_workers_task,
     sub_hour_windows_of_one_hour_keep_apart,
     a_task_whose_workers_keep_vanishing_fails_after_its_attempts,
