@@ -1138,7 +1138,7 @@ impl Runner {
             job.mode
         );
         let t = Instant::now();
-        let index = self.registry.index().await?;
+        let index = self.registry.index_shared().await?;
         let generation = index.generation;
         // Each live model's input, by `device/tag`.
         let inputs: HashMap<String, ModelInput> = index

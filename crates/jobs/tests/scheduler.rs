@@ -1182,6 +1182,54 @@ async fn idle_workers_wake_when_work_is_announced(b: Backend) {
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
 
+/// Planning reads the model index again only when it changed (by its
+/// version in the store): a second read hands out the same parsed index,
+/// clones share it, and an import by anyone is seen at the next read.
+#[tokio::test]
+async fn the_planners_model_index_is_parsed_again_only_when_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("store");
+    for url in [local.to_str().unwrap(), "memory://"] {
+        let store = Store::open(url).unwrap();
+        let registry = Registry::new(store.clone());
+        let request = |d: &str| ImportRequest {
+            key: ModelKey::new(d, "1").unwrap(),
+            model: demo_model(1),
+            source: "test".into(),
+            input: Default::default(),
+        };
+        assert!(
+            registry.index_shared().await.unwrap().models.is_empty(),
+            "{url}"
+        );
+        registry
+            .import(vec![request("d0")], "2024-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        let first = registry.index_shared().await.unwrap();
+        assert_eq!(first.models.len(), 1, "{url}");
+        let again = registry.index_shared().await.unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "{url}: unchanged, yet parsed again"
+        );
+        let by_clone = registry.clone().index_shared().await.unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &by_clone),
+            "{url}: a clone parsed it again"
+        );
+        // Another process (here another registry on the store) imports.
+        Registry::new(store.clone())
+            .import(vec![request("d1")], "2024-01-01T00:00:01Z")
+            .await
+            .unwrap();
+        let changed = registry.index_shared().await.unwrap();
+        assert_eq!(changed.models.len(), 2, "{url}: the import was missed");
+        assert!(changed.generation > first.generation, "{url}");
+        assert_eq!(*changed, registry.index().await.unwrap(), "{url}");
+    }
+}
+
 on_both!(
     a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once,
     downtime_is_caught_up_oldest_first_and_the_rest_recorded_as_skipped,

@@ -120,6 +120,22 @@ pub struct Listed {
     pub version: Option<String>,
 }
 
+/// What [`Store::get_if_changed`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// There is no such object.
+    Missing,
+    /// It is still the version asked about.
+    Unchanged,
+    /// The object as it is now.
+    Found {
+        /// Its bytes.
+        bytes: Bytes,
+        /// Its version (the backend's ETag), if the backend gives one.
+        version: Option<String>,
+    },
+}
+
 /// An object-store root.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -223,6 +239,32 @@ impl Store {
             // A missing bucket answers 404 too: an error, not an empty store.
             Err(e @ object_store::Error::NotFound { .. }) if !backend::missing_bucket(&e) => {
                 Ok(None)
+            }
+            Err(e) => Err(self.err("get", key, e)),
+        }
+    }
+
+    /// Reads an object unless it is still `version` (a version an earlier
+    /// read gave: [`Fetched::Unchanged`], one request, nothing sent back).
+    pub async fn get_if_changed(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Fetched, StoreError> {
+        let path = ObjectPath::from(key);
+        let opts = object_store::GetOptions {
+            if_none_match: version.map(str::to_string),
+            ..Default::default()
+        };
+        match self.inner.get_opts(&path, opts).await {
+            Ok(r) => {
+                let version = r.meta.e_tag.clone();
+                let bytes = r.bytes().await.map_err(|e| self.err("get", key, e))?;
+                Ok(Fetched::Found { bytes, version })
+            }
+            Err(object_store::Error::NotModified { .. }) => Ok(Fetched::Unchanged),
+            Err(e @ object_store::Error::NotFound { .. }) if !backend::missing_bucket(&e) => {
+                Ok(Fetched::Missing)
             }
             Err(e) => Err(self.err("get", key, e)),
         }

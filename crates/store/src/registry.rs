@@ -204,16 +204,25 @@ pub enum ImportOutcome {
     },
 }
 
+/// An index as read, with its version in the store.
+type VersionedIndex = (String, std::sync::Arc<Index>);
+
 /// The model registry in a store.
 #[derive(Clone, Debug)]
 pub struct Registry {
     store: Store,
+    /// The index as last read by [`Registry::index_shared`], with its
+    /// version in the store (shared by clones).
+    cached: std::sync::Arc<std::sync::Mutex<Option<VersionedIndex>>>,
 }
 
 impl Registry {
     /// The registry in `store`.
     pub fn new(store: Store) -> Registry {
-        Registry { store }
+        Registry {
+            store,
+            cached: Default::default(),
+        }
     }
 
     /// The store it lives in.
@@ -226,7 +235,37 @@ impl Registry {
         let Some(bytes) = self.store.get(INDEX_KEY).await? else {
             return Ok(Index::default());
         };
-        let index: Index = serde_json::from_slice(&bytes)
+        self.parse_index(&bytes)
+    }
+
+    /// The index, for reading only (job planning): read and parsed again
+    /// only if it changed in the store since this registry (or a clone of
+    /// it) last read it this way, as the store's version of it (ETag)
+    /// says. With many models the index is large (about 550 bytes a
+    /// model): parsing it again for every job was a serial part of each.
+    /// Without versions from the backend, it is read every time.
+    pub async fn index_shared(&self) -> Result<std::sync::Arc<Index>, StoreError> {
+        let known = self.cached.lock().ok().and_then(|c| c.clone());
+        let asked = known.as_ref().map(|(v, _)| v.as_str());
+        match self.store.get_if_changed(INDEX_KEY, asked).await? {
+            crate::Fetched::Unchanged => match known {
+                Some((_, index)) => Ok(index),
+                // Not asked about a version, so not expected: read it.
+                None => Ok(std::sync::Arc::new(self.index().await?)),
+            },
+            crate::Fetched::Missing => Ok(std::sync::Arc::new(Index::default())),
+            crate::Fetched::Found { bytes, version } => {
+                let index = std::sync::Arc::new(self.parse_index(&bytes)?);
+                if let Ok(mut c) = self.cached.lock() {
+                    *c = version.map(|v| (v, std::sync::Arc::clone(&index)));
+                }
+                Ok(index)
+            }
+        }
+    }
+
+    fn parse_index(&self, bytes: &[u8]) -> Result<Index, StoreError> {
+        let index: Index = serde_json::from_slice(bytes)
             .map_err(|e| self.store.corrupt(INDEX_KEY, e.to_string()))?;
         if index.format != INDEX_FORMAT || index.version != 1 {
             return Err(self.store.corrupt(
