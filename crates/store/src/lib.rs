@@ -233,15 +233,11 @@ impl Store {
 
     /// Reads an object; `None` if it does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let path = ObjectPath::from(key);
-        match self.inner.get(&path).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err("get", key, e))?)),
-            // A missing bucket answers 404 too: an error, not an empty store.
-            Err(e @ object_store::Error::NotFound { .. }) if !backend::missing_bucket(&e) => {
-                Ok(None)
-            }
-            Err(e) => Err(self.err("get", key, e)),
-        }
+        // Asked about no version, so never `Unchanged`.
+        Ok(match self.get_if_changed(key, None).await? {
+            Fetched::Found { bytes, .. } => Some(bytes),
+            Fetched::Missing | Fetched::Unchanged => None,
+        })
     }
 
     /// Reads an object unless it is still `version` (a version an earlier
@@ -263,6 +259,7 @@ impl Store {
                 Ok(Fetched::Found { bytes, version })
             }
             Err(object_store::Error::NotModified { .. }) => Ok(Fetched::Unchanged),
+            // A missing bucket answers 404 too: an error, not an empty store.
             Err(e @ object_store::Error::NotFound { .. }) if !backend::missing_bucket(&e) => {
                 Ok(Fetched::Missing)
             }
