@@ -821,7 +821,11 @@ impl Runner {
                     if let Ok(mut f) = me.finished.lock() {
                         f.clear();
                     }
+                    // A stop that came during the step was seen there (its
+                    // change consumed): end now, not after a poll.
+                    let stopping = *stop.borrow();
                     match step {
+                        Ok(Step::Idle) if stopping => {}
                         Ok(Step::Idle) => {
                             let woken = async {
                                 let changed = match wake.as_mut() {
@@ -840,6 +844,7 @@ impl Runner {
                             }
                         }
                         Ok(_) => {}
+                        Err(e) if stopping => tracing::error!("worker: {e:#}"),
                         Err(e) => {
                             tracing::error!("worker: {e:#}; retrying in {:?}", me.config.poll);
                             tokio::select! {
