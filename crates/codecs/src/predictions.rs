@@ -16,16 +16,22 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, DictionaryArray, Float64Array, Int32Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray, UInt32Array,
-};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit, UInt32Type};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use bytes::Bytes;
 use fleetscore_core::{format_ts_reference, NANOS_PER_SEC};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
+use parquet::arrow::ArrowSchemaConverter;
+use parquet::basic::{Compression, Encoding};
+use parquet::column::page::{CompressedPage, Page, PageWriter};
+use parquet::column::writer::ColumnCloseResult;
+use parquet::data_type::{DataType as ParquetType, DoubleType, Int32Type, Int64Type};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::ColumnChunkMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
+use parquet::file::writer::{
+    SerializedFileWriter, SerializedPageWriter, SerializedRowGroupWriter, TrackedWrite,
+};
+use parquet::schema::types::{ColumnDescPtr, ColumnPath};
+use rustc_hash::FxHashMap;
 
 use crate::CodecError;
 
@@ -227,20 +233,13 @@ fn write_parquet_parts(
         }
     }
     runs.push(&cols.groups[start..]);
-    let device_dict = Arc::new(StringArray::from_iter_values(
-        cols.keys.iter().map(|(d, _)| d.as_str()),
-    ));
-    let tag_dict = Arc::new(StringArray::from_iter_values(
-        cols.keys.iter().map(|(_, t)| t.as_str()),
-    ));
     let results: Vec<Result<WrittenFile, CodecError>> = std::thread::scope(|s| {
         let handles: Vec<_> = runs
             .iter()
             .enumerate()
             .map(|(i, run)| {
                 let path = dir.join(format!("part-{i:05}.parquet"));
-                let (dd, td) = (device_dict.clone(), tag_dict.clone());
-                s.spawn(move || write_parquet_run(&path, cols, run, dd, td))
+                s.spawn(move || write_parquet_run(&path, cols, run))
             })
             .collect();
         handles
@@ -257,8 +256,6 @@ fn write_parquet_run(
     path: &Path,
     cols: &PredictionColumns<'_>,
     run: &[(u32, Range<usize>)],
-    device_dict: Arc<StringArray>,
-    tag_dict: Arc<StringArray>,
 ) -> Result<WrittenFile, CodecError> {
     let pq = |e: &dyn std::fmt::Display| CodecError::Parquet {
         path: path.to_path_buf(),
@@ -274,8 +271,7 @@ fn write_parquet_run(
             BufWriter::with_capacity(1 << 20, file),
             cols,
             run,
-            &device_dict,
-            &tag_dict,
+            ROW_GROUP,
         )
         .map_err(|e| pq(&e))?;
         let file = inner.into_inner().map_err(|e| pq(&e.into_error()))?;
@@ -294,51 +290,223 @@ fn write_parquet_run(
 
 /// The writer settings of every predictions file.
 fn writer_props() -> WriterProperties {
-    // No Parquet dictionary encoding: it hashes every value, which was a
-    // fifth of the whole job's time. Rows come grouped by model, so
-    // Device and Tag are long runs that snappy compresses as well.
-    WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(ROW_GROUP))
+        // Device and Tag are written by `dictionary_chunk`; the other
+        // columns are numbers, for which a dictionary would only hash.
         .set_dictionary_enabled(false)
         // Min/max per chunk on TS only (time-range pruning); on the other
         // columns it cost a comparison per value for little use.
         .set_statistics_enabled(EnabledStatistics::None)
         .set_column_statistics_enabled(ColumnPath::from("TS"), EnabledStatistics::Chunk)
+        // No page index: Device and Tag are one data page per row group,
+        // and no reader of predictions selects pages.
+        .set_offset_index_disabled(true)
         // Measured values and scores are nearly incompressible; snappy only
         // spent time on them.
         .set_column_compression(ColumnPath::from("Val"), Compression::UNCOMPRESSED)
         .set_column_compression(ColumnPath::from("Score"), Compression::UNCOMPRESSED)
-        .build()
+        .build();
+    // The Arrow schema rides along as ArrowWriter would put it, so Arrow
+    // readers (pyarrow, pandas, DataFusion) see Device and Tag as
+    // dictionaries and TS as UTC.
+    parquet::arrow::add_encoded_arrow_schema_to_metadata(&schema(), &mut props);
+    props
 }
 
-/// Writes the groups `run` as one Parquet file into `sink`; returns the
-/// sink and the row count.
+/// Writes the groups `run` as one Parquet file into `sink`, in row groups
+/// of whole models of at most `row_group` rows (or one model, if larger);
+/// returns the sink and the row count.
+///
+/// The numeric columns go through parquet's column writers. Device and Tag
+/// are written here as dictionary-encoded chunks ([`dictionary_chunk`]):
+/// rows come grouped by model, so each column chunk is a dictionary of the
+/// texts it holds and one run per model. Parquet's own writer would hash
+/// every row's text to find its dictionary entry (a fifth of a scoring
+/// job), or without a dictionary copy every text and compress them (a
+/// quarter of a worker's time); this costs one lookup per model.
 fn encode_run<W: Write + Send>(
     sink: W,
     cols: &PredictionColumns<'_>,
     run: &[(u32, Range<usize>)],
-    device_dict: &Arc<StringArray>,
-    tag_dict: &Arc<StringArray>,
-) -> Result<(W, usize), parquet::errors::ParquetError> {
-    let schema = schema();
-    let mut writer = ArrowWriter::try_new(sink, schema.clone(), Some(writer_props()))?;
+    row_group: usize,
+) -> Result<(W, usize), ParquetError> {
+    let parquet_schema = ArrowSchemaConverter::new().convert(&schema())?;
+    let mut writer = SerializedFileWriter::new(
+        sink,
+        parquet_schema.root_schema_ptr(),
+        Arc::new(writer_props()),
+    )?;
+    let groups: Vec<&(u32, Range<usize>)> = run.iter().filter(|(_, r)| !r.is_empty()).collect();
     let mut rows = 0;
-    // Batches of whole models, about ROW_GROUP rows each.
     let mut i = 0;
-    while i < run.len() {
+    while i < groups.len() {
         let mut j = i;
         let mut n = 0;
-        while j < run.len() && (n == 0 || n + run[j].1.len() <= ROW_GROUP) {
-            n += run[j].1.len();
+        while j < groups.len() && (n == 0 || n + groups[j].1.len() <= row_group) {
+            n += groups[j].1.len();
             j += 1;
         }
-        let batch = batch_of(cols, &run[i..j], n, &schema, device_dict, tag_dict)?;
-        writer.write(&batch)?;
+        let rg_groups = &groups[i..j];
+        let mut rg = writer.next_row_group()?;
+        let mut ts = Vec::with_capacity(n);
+        for (_, r) in rg_groups {
+            ts.extend(cols.ts[r.clone()].iter().map(|t| t.div_euclid(1_000)));
+        }
+        write_column::<Int64Type>(&mut rg, &[&ts])?;
+        drop(ts);
+        let device = |k: u32| cols.keys[k as usize].0.as_str();
+        let (bytes, close) = dictionary_chunk(parquet_schema.column(1), rg_groups, n, device)?;
+        rg.append_column(&bytes, close)?;
+        let tag = |k: u32| cols.keys[k as usize].1.as_str();
+        let (bytes, close) = dictionary_chunk(parquet_schema.column(2), rg_groups, n, tag)?;
+        rg.append_column(&bytes, close)?;
+        write_column::<DoubleType>(&mut rg, &slices(cols.value, rg_groups))?;
+        let pred: Vec<i32> = rg_groups
+            .iter()
+            .flat_map(|(_, r)| cols.prediction[r.clone()].iter().map(|&p| i32::from(p)))
+            .collect();
+        write_column::<Int32Type>(&mut rg, &[&pred])?;
+        write_column::<DoubleType>(&mut rg, &slices(cols.score, rg_groups))?;
+        rg.close()?;
         rows += n;
         i = j;
     }
     Ok((writer.into_inner()?, rows))
+}
+
+/// The parts of `column` the groups cover, as few slices as possible (the
+/// groups of a run are usually one contiguous range).
+fn slices<'a, T>(column: &'a [T], groups: &[&(u32, Range<usize>)]) -> Vec<&'a [T]> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for (_, r) in groups {
+        match out.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => out.push(r.clone()),
+        }
+    }
+    out.into_iter().map(|r| &column[r]).collect()
+}
+
+/// Writes `parts`, in order, as the row group's next column.
+fn write_column<T: ParquetType>(
+    rg: &mut SerializedRowGroupWriter<'_, impl Write + Send>,
+    parts: &[&[T::T]],
+) -> Result<(), ParquetError> {
+    let mut col = rg
+        .next_column()?
+        .ok_or_else(|| ParquetError::General("more columns written than the schema has".into()))?;
+    {
+        let w = col.typed::<T>();
+        for part in parts {
+            w.write_batch(part, None, None)?;
+        }
+    }
+    col.close()
+}
+
+/// A Device or Tag column chunk of one row group, encoded: a dictionary
+/// page of the distinct texts (`text` of each group's key, in order of
+/// first use) and one data page of RLE runs of their indices, one run per
+/// model (merged when the next model has the same text). Uncompressed: it
+/// is a few bytes a model. Returns the chunk's bytes and its metadata, for
+/// `SerializedRowGroupWriter::append_column`.
+fn dictionary_chunk<'a>(
+    descr: ColumnDescPtr,
+    groups: &[&(u32, Range<usize>)],
+    rows: usize,
+    text: impl Fn(u32) -> &'a str,
+) -> Result<(Bytes, ColumnCloseResult), ParquetError> {
+    let too_many = |what: &str| ParquetError::General(format!("{what} do not fit a Parquet page"));
+    let mut index: FxHashMap<&str, u32> = FxHashMap::default();
+    let mut dict = Vec::new();
+    let mut unencoded = 0i64;
+    let mut runs: Vec<(u32, usize)> = Vec::new();
+    for (k, r) in groups {
+        let s = text(*k);
+        let next = index.len() as u32;
+        let id = *index.entry(s).or_insert_with(|| {
+            dict.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            dict.extend_from_slice(s.as_bytes());
+            next
+        });
+        unencoded += (s.len() * r.len()) as i64;
+        match runs.last_mut() {
+            Some((v, n)) if *v == id => *n += r.len(),
+            _ => runs.push((id, r.len())),
+        }
+    }
+    let entries = u32::try_from(index.len()).map_err(|_| too_many("dictionary entries"))?;
+    let values = u32::try_from(rows).map_err(|_| too_many("rows"))?;
+    // RLE/bit-packing hybrid: the bit width, then per run a ULEB128 header
+    // (count << 1) and the value in ceil(width / 8) little-endian bytes.
+    let width = (32 - entries.saturating_sub(1).leading_zeros()).max(1) as u8;
+    let value_bytes = usize::from(width.div_ceil(8));
+    let mut data = Vec::with_capacity(1 + runs.len() * (5 + value_bytes));
+    data.push(width);
+    for (v, n) in runs {
+        let mut header = (n as u64) << 1;
+        loop {
+            let byte = (header & 0x7f) as u8;
+            header >>= 7;
+            if header == 0 {
+                data.push(byte);
+                break;
+            }
+            data.push(byte | 0x80);
+        }
+        data.extend_from_slice(&v.to_le_bytes()[..value_bytes]);
+    }
+    let mut sink = TrackedWrite::new(Vec::new());
+    let mut pages = SerializedPageWriter::new(&mut sink);
+    let dict_len = dict.len();
+    let dict_page = pages.write_page(CompressedPage::new(
+        Page::DictionaryPage {
+            buf: dict.into(),
+            num_values: entries,
+            encoding: Encoding::PLAIN,
+            is_sorted: false,
+        },
+        dict_len,
+    ))?;
+    let data_len = data.len();
+    let data_page = pages.write_page(CompressedPage::new(
+        Page::DataPage {
+            buf: data.into(),
+            num_values: values,
+            encoding: Encoding::RLE_DICTIONARY,
+            def_level_encoding: Encoding::RLE,
+            rep_level_encoding: Encoding::RLE,
+            statistics: None,
+        },
+        data_len,
+    ))?;
+    pages.close()?;
+    let bytes = sink.into_inner()?;
+    let size = bytes.len() as i64;
+    let metadata = ColumnChunkMetaData::builder(descr)
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_encodings(vec![
+            Encoding::PLAIN,
+            Encoding::RLE,
+            Encoding::RLE_DICTIONARY,
+        ])
+        .set_num_values(i64::from(values))
+        .set_total_compressed_size(size)
+        .set_total_uncompressed_size(size)
+        .set_dictionary_page_offset(Some(dict_page.offset as i64))
+        .set_data_page_offset(data_page.offset as i64)
+        .set_unencoded_byte_array_data_bytes(Some(unencoded))
+        .build()?;
+    let close = ColumnCloseResult {
+        bytes_written: size as u64,
+        rows_written: u64::from(values),
+        metadata,
+        bloom_filter: None,
+        column_index: None,
+        offset_index: None,
+    };
+    Ok((Bytes::from(bytes), close))
 }
 
 /// All of `cols` as one Parquet file in memory (the columns and settings
@@ -348,52 +516,12 @@ pub fn predictions_parquet_bytes(
     cols: &PredictionColumns<'_>,
     name: &str,
 ) -> Result<Vec<u8>, CodecError> {
-    let device_dict = Arc::new(StringArray::from_iter_values(
-        cols.keys.iter().map(|(d, _)| d.as_str()),
-    ));
-    let tag_dict = Arc::new(StringArray::from_iter_values(
-        cols.keys.iter().map(|(_, t)| t.as_str()),
-    ));
-    encode_run(Vec::new(), cols, cols.groups, &device_dict, &tag_dict)
+    encode_run(Vec::new(), cols, cols.groups, ROW_GROUP)
         .map(|(bytes, _)| bytes)
         .map_err(|e| CodecError::Parquet {
             path: name.into(),
             reason: e.to_string(),
         })
-}
-
-fn batch_of(
-    cols: &PredictionColumns<'_>,
-    groups: &[(u32, Range<usize>)],
-    n: usize,
-    schema: &Arc<Schema>,
-    device_dict: &Arc<StringArray>,
-    tag_dict: &Arc<StringArray>,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let mut ts = Vec::with_capacity(n);
-    let mut key = Vec::with_capacity(n);
-    let mut val = Vec::with_capacity(n);
-    let mut pred = Vec::with_capacity(n);
-    let mut score = Vec::with_capacity(n);
-    for (k, r) in groups {
-        ts.extend(cols.ts[r.clone()].iter().map(|t| t.div_euclid(1_000)));
-        key.extend(std::iter::repeat_n(*k, r.len()));
-        val.extend_from_slice(&cols.value[r.clone()]);
-        pred.extend(cols.prediction[r.clone()].iter().map(|&p| i32::from(p)));
-        score.extend_from_slice(&cols.score[r.clone()]);
-    }
-    let keys = UInt32Array::from(key);
-    let device = DictionaryArray::<UInt32Type>::try_new(keys.clone(), device_dict.clone())?;
-    let tag = DictionaryArray::<UInt32Type>::try_new(keys, tag_dict.clone())?;
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
-        Arc::new(device),
-        Arc::new(tag),
-        Arc::new(Float64Array::from(val)),
-        Arc::new(Int32Array::from(pred)),
-        Arc::new(Float64Array::from(score)),
-    ];
-    RecordBatch::try_new(schema.clone(), columns)
 }
 
 /// One prediction row read back.
@@ -477,4 +605,170 @@ pub fn read_predictions_parquet_bytes(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    /// Owned predictions columns.
+    struct Fleet {
+        keys: Vec<(String, String)>,
+        groups: Vec<(u32, Range<usize>)>,
+        ts: Vec<i64>,
+        value: Vec<f64>,
+        prediction: Vec<u8>,
+        score: Vec<f64>,
+    }
+
+    impl Fleet {
+        fn cols(&self) -> PredictionColumns<'_> {
+            PredictionColumns {
+                ts: &self.ts,
+                value: &self.value,
+                prediction: &self.prediction,
+                score: &self.score,
+                keys: &self.keys,
+                groups: &self.groups,
+            }
+        }
+    }
+
+    /// 300 devices (so Device indices need two bytes) with 1 to 3 tags,
+    /// one of whose models has no rows, in an order where a device's
+    /// models are not adjacent and the rows are not in group order.
+    fn fleet() -> Fleet {
+        let mut keys = Vec::new();
+        for d in 0..300 {
+            for t in 0..=(d % 3) {
+                keys.push((format!("device-{d:03}"), format!("tag{t}")));
+            }
+        }
+        let (mut ts, mut value, mut prediction, mut score) = (vec![], vec![], vec![], vec![]);
+        let mut ranges = Vec::new();
+        for (k, _) in keys.iter().enumerate() {
+            let n = if k == 7 { 0 } else { 1 + k % 5 };
+            let from = ts.len();
+            for i in 0..n {
+                ts.push(1_700_000_000_000_000_000 + (i as i64) * 10_000_000_000 + 123_456);
+                value.push(k as f64 + i as f64 / 10.0);
+                prediction.push(u8::from((k + i) % 7 == 0));
+                score.push(-(k as f64) / 1000.0 + i as f64);
+            }
+            ranges.push((k as u32, from..ts.len()));
+        }
+        // Odd keys first, then even ones, so devices recur apart.
+        let mut groups: Vec<_> = ranges.iter().skip(1).step_by(2).cloned().collect();
+        groups.extend(ranges.iter().step_by(2).cloned());
+        Fleet {
+            keys,
+            groups,
+            ts,
+            value,
+            prediction,
+            score,
+        }
+    }
+
+    fn expected(cols: &PredictionColumns<'_>) -> Vec<PredictionRow> {
+        cols.groups
+            .iter()
+            .flat_map(|(k, r)| {
+                r.clone().map(move |i| PredictionRow {
+                    ts: cols.ts[i].div_euclid(1_000) * 1_000,
+                    device: cols.keys[*k as usize].0.clone(),
+                    tag: cols.keys[*k as usize].1.clone(),
+                    value: cols.value[i],
+                    prediction: i32::from(cols.prediction[i]),
+                    score: cols.score[i],
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn predictions_read_back_row_for_row_in_any_row_group_size() {
+        let fleet = fleet();
+        let (cols, groups) = (fleet.cols(), &fleet.groups);
+        let want = expected(&cols);
+        // One row group; groups smaller than a model; a few models each.
+        for row_group in [ROW_GROUP, 1, 7, 100] {
+            let (bytes, rows) = encode_run(Vec::new(), &cols, groups, row_group).unwrap();
+            assert_eq!(rows, want.len());
+            let got = read_predictions_parquet_bytes(bytes.clone().into(), "t", |_| true).unwrap();
+            assert_eq!(got, want, "row groups of {row_group}");
+
+            let file = SerializedFileReader::new(Bytes::from(bytes.clone())).unwrap();
+            let meta = file.metadata();
+            if row_group == ROW_GROUP {
+                assert_eq!(meta.num_row_groups(), 1);
+            } else {
+                assert!(meta.num_row_groups() > 10, "{}", meta.num_row_groups());
+            }
+            for rg in meta.row_groups() {
+                for c in [1, 2] {
+                    let chunk = rg.column(c);
+                    assert!(chunk.dictionary_page_offset().is_some());
+                    assert_eq!(chunk.num_values(), rg.num_rows());
+                }
+                // TS keeps its min/max for time pruning.
+                assert!(rg.column(0).statistics().is_some());
+            }
+            // Arrow readers see the schema ArrowWriter would have written.
+            let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                assert_eq!(batch.schema().as_ref(), schema().as_ref());
+                assert_eq!(batch.column(1).as_any_dictionary().keys().null_count(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn device_and_tag_cost_a_few_bytes_a_model() {
+        let fleet = fleet();
+        let (cols, groups) = (fleet.cols(), &fleet.groups);
+        let (bytes, _) = encode_run(Vec::new(), &cols, groups, ROW_GROUP).unwrap();
+        let file = SerializedFileReader::new(Bytes::from(bytes)).unwrap();
+        let rg = file.metadata().row_group(0);
+        let models = groups.iter().filter(|(_, r)| !r.is_empty()).count() as i64;
+        // Dictionary: 300 devices of 10 bytes + 4 length bytes; runs: at
+        // most 1 + 2 + 2 bytes a model; page headers.
+        let device = rg.column(1).compressed_size();
+        assert!(device < 300 * 14 + models * 5 + 100, "{device} bytes");
+        let tag = rg.column(2).compressed_size();
+        assert!(tag < 3 * 8 + models * 5 + 100, "{tag} bytes");
+        assert_eq!(
+            rg.column(1).unencoded_byte_array_data_bytes(),
+            Some(10 * rg.num_rows())
+        );
+    }
+
+    #[test]
+    fn no_rows_make_a_file_with_no_row_groups() {
+        let keys = vec![("d".to_string(), "t".to_string())];
+        let groups = vec![(0, 0..0)];
+        let cols = PredictionColumns {
+            ts: &[],
+            value: &[],
+            prediction: &[],
+            score: &[],
+            keys: &keys,
+            groups: &groups,
+        };
+        let bytes = predictions_parquet_bytes(&cols, "empty").unwrap();
+        let file = SerializedFileReader::new(Bytes::from(bytes.clone())).unwrap();
+        assert_eq!(file.metadata().num_row_groups(), 0);
+        assert!(
+            read_predictions_parquet_bytes(bytes.into(), "empty", |_| true)
+                .unwrap()
+                .is_empty()
+        );
+    }
 }

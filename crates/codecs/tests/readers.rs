@@ -1,0 +1,92 @@
+//! Predictions files read by the readers our users query them with:
+//! pyarrow (pandas) and DuckDB. Writes predictions as Parquet and as CSV
+//! with fleetscore's writers, then `readers/read_predictions.py` reads the
+//! Parquet file with both and compares every row with the CSV.
+//!
+//! Needs Python 3 with `readers/requirements.txt`, so it is ignored by a
+//! plain `cargo test`; `.ci/run` installs them and runs it:
+//! `cargo test -p fleetscore-codecs --test readers -- --include-ignored`.
+
+use std::path::Path;
+use std::process::Command;
+
+use fleetscore_codecs::{write_predictions, OutputFormat, PredictionColumns, PredictionLayout};
+
+#[test]
+#[ignore = "needs python3 with pyarrow and duckdb (crates/codecs/tests/readers/requirements.txt)"]
+fn pyarrow_and_duckdb_read_predictions_row_for_row() {
+    // 3,000 models of 1 to 700 rows (1.05M rows: two row groups), in
+    // 500 devices, ordered so that a device's models are not adjacent.
+    let mut keys = Vec::new();
+    for d in 0..500 {
+        for t in 0..6 {
+            keys.push((format!("pump-{d:04}"), format!("sensor_{t}")));
+        }
+    }
+    let (mut ts, mut value, mut prediction, mut score) = (vec![], vec![], vec![], vec![]);
+    let mut groups = Vec::new();
+    let order = (0..keys.len()).map(|i| (i * 7) % keys.len());
+    for k in order {
+        let n = 1 + (k * 37) % 700;
+        let from = ts.len();
+        for i in 0..n {
+            // Whole milliseconds, as the CSV's TS keeps them.
+            ts.push(1_704_067_200_000_000_000 + (i as i64) * 10_000_000_000 + k as i64 * 1_000_000);
+            value.push(20.0 + (k % 11) as f64 + i as f64 / 8.0);
+            prediction.push(u8::from((k + i) % 13 == 0));
+            score.push(0.25 - ((k + i) % 13) as f64 / 17.0);
+        }
+        groups.push((k as u32, from..ts.len()));
+    }
+    let cols = PredictionColumns {
+        ts: &ts,
+        value: &value,
+        prediction: &prediction,
+        score: &score,
+        keys: &keys,
+        groups: &groups,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pq = write_predictions(
+        &dir.path().join("pq"),
+        OutputFormat::Parquet,
+        PredictionLayout::Combined,
+        &cols,
+        1,
+        0,
+    )
+    .unwrap();
+    let csv = write_predictions(
+        &dir.path().join("csv"),
+        OutputFormat::Csv,
+        PredictionLayout::Combined,
+        &cols,
+        1,
+        0,
+    )
+    .unwrap();
+    assert!(
+        ts.len() > 1 << 20,
+        "{} rows make more than one row group",
+        ts.len()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/read_predictions.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&pq[0].path)
+        .arg(&csv[0].path)
+        .output()
+        .expect("python3 runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "{} failed:\n{stdout}{stderr}\n(install the readers: python3 -m pip install -r crates/codecs/tests/readers/requirements.txt)",
+        script.display()
+    );
+    println!("{stdout}");
+    assert!(stdout.contains("row group(s) equal the CSV's"), "{stdout}");
+    assert!(stdout.contains("devices equal the CSV's"), "{stdout}");
+}
