@@ -30,7 +30,12 @@ printed beside the workers' own. The first job of each worker count is "cold": t
 have just started and touch their memory for the first time, which costs
 a lot on a VM with transparent huge pages. Workers are long-running
 processes, so the speed-up is taken on the warm jobs (the median of the
-others); the cold one is printed too. It prints, per job, the wall time,
+others); the cold one is printed too. A worker's memory keeps growing
+for a few more jobs (with two workers, for about eight: each has more
+threads, and each thread's allocator keeps its own pages), and each job
+of that growth faults in and zeroes new pages; `--warmup K` runs K more
+jobs before the measured ones, as a worker that has been up for a while
+would have. It prints, per job, the wall time,
 the workers' CPU seconds and the CPU seconds per million models scored,
 then the control and the speed-up of 2 workers over 1 last. The control
 (skip it with --no-control) copies the store and runs two independent
@@ -49,7 +54,7 @@ speed drifts over minutes, that compares like with like.
 Usage (from the repository root; PostgreSQL on 127.0.0.1:5432 or
 FLEETSCORE_TEST_POSTGRES)::
 
-    python3 bench/workers.py [--devices 2000] [--tags 5] [--batch-size 100] [--runs 4] [--interleave] [--fresh] [--work /tmp/fsworkers]
+    python3 bench/workers.py [--devices 2000] [--tags 5] [--batch-size 100] [--runs 4] [--warmup 0] [--interleave] [--fresh] [--work /tmp/fsworkers]
 """
 
 from __future__ import annotations
@@ -215,10 +220,11 @@ def interleaved(binary, one, two, batch, runs, fresh=False):
     return out
 
 
-def side_by_side(binary, pairs, batch, runs):
+def side_by_side(binary, pairs, batch, runs, warmup=0):
     """The control: one worker on each (data, db) pair, each pair its own
     store and job store, scoring the same hour at the same time. Returns
-    each pair's job times (the first job of each, cold, left out)."""
+    each pair's job times (the first job of each, cold, and the next
+    `warmup` left out)."""
     procs = [subprocess.Popen([binary, "--data", data, "--db", db, "worker", "--threads", "1",
                                "--slots", "1", "--poll", "50ms"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -244,7 +250,7 @@ def side_by_side(binary, pairs, batch, runs):
                     time.sleep(0.05)
                 assert j["state"] == "succeeded", j
                 done.append((j["finished_at"] - j["created_at"]) / 1e9)
-            if i > 0:
+            if i > warmup:
                 times.append(done)
     finally:
         for p in procs:
@@ -270,8 +276,17 @@ def main():
     ap.add_argument("--fresh", action="store_true",
                     help="delete the previous job's predictions before each job (untimed), so each "
                          "job writes new files as an hourly schedule does instead of replacing them")
+    ap.add_argument("--warmup", type=int, default=0, metavar="K",
+                    help="after the cold job, K more jobs that are printed but left out of the "
+                         "warm medians (and of the control's): a worker's memory keeps growing "
+                         "for several jobs, longer with two workers, so K > 0 measures workers "
+                         "that have run for a while, as long-running ones have")
     ap.add_argument("--work", default="/tmp/fsworkers")
     args = ap.parse_args()
+    runs_needed = 2 + args.warmup
+    if args.runs < runs_needed:
+        ap.error(f"--runs must be at least {runs_needed} with --warmup {args.warmup} "
+                 "(the cold job, the warm-up jobs and one measured job)")
 
     sh("cargo", "build", "--release", "-q", "-p", "fleetscore", cwd=ROOT)  # honours CARGO_TARGET_DIR
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
@@ -322,14 +337,16 @@ def main():
             runs = by_count[n]
             for i, (wall, polled, cpu, busy, job) in enumerate(runs):
                 models = job["models"]
-                print(f"{n} worker(s), job {i + 1} ({'cold: workers just started' if i == 0 else 'warm'}): "
+                kind = ("cold: workers just started" if i == 0
+                        else "warm-up, not counted" if i <= args.warmup else "warm")
+                print(f"{n} worker(s), job {i + 1} ({kind}): "
                       f"{wall:6.2f} s job ({polled:.2f} s from queueing to seeing it done; "
                       f"planning and map tasks {job['load_ms'] / 1000:.2f} s), "
                       f"workers {cpu:5.2f} CPU-s, machine {busy:5.2f} CPU-s ({busy / polled:.2f} of "
                       f"{os.cpu_count()} cores busy), {models} models, {job['rows']} rows, "
                       f"{job['tasks']} tasks: {cpu / models * 1e6:,.0f} CPU-s per million models")
             cold[n] = runs[0][0]
-            warm_runs = runs[1:] or runs
+            warm_runs = runs[1 + args.warmup:]
             warm[n] = statistics.median(r[0] for r in warm_runs)
             cores[n] = statistics.median(r[3] / r[1] for r in warm_runs)
         print(f"cold (first job after the workers start): 1 worker {cold[1]:.2f} s, "
@@ -342,7 +359,8 @@ def main():
         if args.control:
             make_twin()
             try:
-                pairs = side_by_side(binary, [(data, db), (twin, db2)], args.batch_size, args.runs)
+                pairs = side_by_side(binary, [(data, db), (twin, db2)], args.batch_size, args.runs,
+                                     args.warmup)
             finally:
                 drop_twin()
             both = statistics.median(max(p) for p in pairs)
@@ -352,7 +370,8 @@ def main():
                   f"{warm[1]:.2f} s): this machine gives two workers at most "
                   f"{ceiling:.2f}x the throughput of one")
         if args.interleave:
-            pairs_ratio = [a[0] / b[0] for a, b in zip(by_count[1][1:], by_count[2][1:])]
+            skip = 1 + args.warmup
+            pairs_ratio = [a[0] / b[0] for a, b in zip(by_count[1][skip:], by_count[2][skip:])]
             if pairs_ratio:
                 print(f"interleaved pairs (1-worker job / the 2-worker job right after it, warm): "
                       + ", ".join(f"{r:.2f}x" for r in pairs_ratio)

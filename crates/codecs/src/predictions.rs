@@ -516,7 +516,11 @@ pub fn predictions_parquet_bytes(
     cols: &PredictionColumns<'_>,
     name: &str,
 ) -> Result<Vec<u8>, CodecError> {
-    encode_run(Vec::new(), cols, cols.groups, ROW_GROUP)
+    // Sized for the uncompressed columns up front: growing the buffer by
+    // doubling copied the file about once more.
+    let rows: usize = cols.groups.iter().map(|(_, r)| r.len()).sum();
+    let capacity = rows * (8 + 8 + 8 + 4) + 64 * 1024;
+    encode_run(Vec::with_capacity(capacity), cols, cols.groups, ROW_GROUP)
         .map(|(bytes, _)| bytes)
         .map_err(|e| CodecError::Parquet {
             path: name.into(),
