@@ -250,7 +250,19 @@ fn write_parquet_parts(
     results.into_iter().collect()
 }
 
-const ROW_GROUP: usize = 1 << 20;
+/// How a predictions file is cut: rows per row group (whole models, or
+/// one model if larger) and the longest RLE run of Device and Tag indices
+/// (readers decode a run's header, `count << 1`, as a u32).
+#[derive(Clone, Copy)]
+struct Layout {
+    row_group: usize,
+    max_run: usize,
+}
+
+const LAYOUT: Layout = Layout {
+    row_group: 1 << 20,
+    max_run: 1 << 30,
+};
 
 fn write_parquet_run(
     path: &Path,
@@ -267,13 +279,8 @@ fn write_parquet_run(
         source,
     })?;
     let result = (|| {
-        let (inner, rows) = encode_run(
-            BufWriter::with_capacity(1 << 20, file),
-            cols,
-            run,
-            ROW_GROUP,
-        )
-        .map_err(|e| pq(&e))?;
+        let (inner, rows) = encode_run(BufWriter::with_capacity(1 << 20, file), cols, run, LAYOUT)
+            .map_err(|e| pq(&e))?;
         let file = inner.into_inner().map_err(|e| pq(&e.into_error()))?;
         file.sync_all().map_err(|e| pq(&e))?;
         std::fs::rename(&tmp, path).map_err(|e| pq(&e))?;
@@ -314,9 +321,8 @@ fn writer_props() -> WriterProperties {
     props
 }
 
-/// Writes the groups `run` as one Parquet file into `sink`, in row groups
-/// of whole models of at most `row_group` rows (or one model, if larger);
-/// returns the sink and the row count.
+/// Writes the groups `run` as one Parquet file into `sink`, cut as `layout`
+/// says; returns the sink and the row count.
 ///
 /// The numeric columns go through parquet's column writers. Device and Tag
 /// are written here as dictionary-encoded chunks ([`dictionary_chunk`]):
@@ -329,8 +335,9 @@ fn encode_run<W: Write + Send>(
     sink: W,
     cols: &PredictionColumns<'_>,
     run: &[(u32, Range<usize>)],
-    row_group: usize,
+    layout: Layout,
 ) -> Result<(W, usize), ParquetError> {
+    let row_group = layout.row_group;
     let parquet_schema = ArrowSchemaConverter::new().convert(&schema())?;
     let mut writer = SerializedFileWriter::new(
         sink,
@@ -356,10 +363,17 @@ fn encode_run<W: Write + Send>(
         write_column::<Int64Type>(&mut rg, &[&ts])?;
         drop(ts);
         let device = |k: u32| cols.keys[k as usize].0.as_str();
-        let (bytes, close) = dictionary_chunk(parquet_schema.column(1), rg_groups, n, device)?;
+        let (bytes, close) = dictionary_chunk(
+            parquet_schema.column(1),
+            rg_groups,
+            n,
+            layout.max_run,
+            device,
+        )?;
         rg.append_column(&bytes, close)?;
         let tag = |k: u32| cols.keys[k as usize].1.as_str();
-        let (bytes, close) = dictionary_chunk(parquet_schema.column(2), rg_groups, n, tag)?;
+        let (bytes, close) =
+            dictionary_chunk(parquet_schema.column(2), rg_groups, n, layout.max_run, tag)?;
         rg.append_column(&bytes, close)?;
         write_column::<DoubleType>(&mut rg, &slices(cols.value, rg_groups))?;
         let pred: Vec<i32> = rg_groups
@@ -415,6 +429,7 @@ fn dictionary_chunk<'a>(
     descr: ColumnDescPtr,
     groups: &[&(u32, Range<usize>)],
     rows: usize,
+    max_run: usize,
     text: impl Fn(u32) -> &'a str,
 ) -> Result<(Bytes, ColumnCloseResult), ParquetError> {
     let too_many = |what: &str| ParquetError::General(format!("{what} do not fit a Parquet page"));
@@ -444,18 +459,22 @@ fn dictionary_chunk<'a>(
     let value_bytes = usize::from(width.div_ceil(8));
     let mut data = Vec::with_capacity(1 + runs.len() * (5 + value_bytes));
     data.push(width);
-    for (v, n) in runs {
-        let mut header = (n as u64) << 1;
-        loop {
-            let byte = (header & 0x7f) as u8;
-            header >>= 7;
-            if header == 0 {
-                data.push(byte);
-                break;
+    for (v, mut left) in runs {
+        while left > 0 {
+            let n = left.min(max_run);
+            left -= n;
+            let mut header = (n as u64) << 1;
+            loop {
+                let byte = (header & 0x7f) as u8;
+                header >>= 7;
+                if header == 0 {
+                    data.push(byte);
+                    break;
+                }
+                data.push(byte | 0x80);
             }
-            data.push(byte | 0x80);
+            data.extend_from_slice(&v.to_le_bytes()[..value_bytes]);
         }
-        data.extend_from_slice(&v.to_le_bytes()[..value_bytes]);
     }
     let mut sink = TrackedWrite::new(Vec::new());
     let mut pages = SerializedPageWriter::new(&mut sink);
@@ -520,7 +539,7 @@ pub fn predictions_parquet_bytes(
     // doubling copied the file about once more.
     let rows: usize = cols.groups.iter().map(|(_, r)| r.len()).sum();
     let capacity = rows * (8 + 8 + 8 + 4) + 64 * 1024;
-    encode_run(Vec::with_capacity(capacity), cols, cols.groups, ROW_GROUP)
+    encode_run(Vec::with_capacity(capacity), cols, cols.groups, LAYOUT)
         .map(|(bytes, _)| bytes)
         .map_err(|e| CodecError::Parquet {
             path: name.into(),
@@ -694,20 +713,22 @@ mod tests {
     }
 
     #[test]
-    fn predictions_read_back_row_for_row_in_any_row_group_size() {
+    fn predictions_read_back_row_for_row_in_any_layout() {
         let fleet = fleet();
         let (cols, groups) = (fleet.cols(), &fleet.groups);
         let want = expected(&cols);
         // One row group; groups smaller than a model; a few models each.
-        for row_group in [ROW_GROUP, 1, 7, 100] {
-            let (bytes, rows) = encode_run(Vec::new(), &cols, groups, row_group).unwrap();
+        let layouts = [(LAYOUT.row_group, LAYOUT.max_run), (1, 1), (7, 2), (100, 3)];
+        for (row_group, max_run) in layouts {
+            let layout = Layout { row_group, max_run };
+            let (bytes, rows) = encode_run(Vec::new(), &cols, groups, layout).unwrap();
             assert_eq!(rows, want.len());
             let got = read_predictions_parquet_bytes(bytes.clone().into(), "t", |_| true).unwrap();
-            assert_eq!(got, want, "row groups of {row_group}");
+            assert_eq!(got, want, "row groups of {row_group}, runs of {max_run}");
 
             let file = SerializedFileReader::new(Bytes::from(bytes.clone())).unwrap();
             let meta = file.metadata();
-            if row_group == ROW_GROUP {
+            if row_group == LAYOUT.row_group {
                 assert_eq!(meta.num_row_groups(), 1);
             } else {
                 assert!(meta.num_row_groups() > 10, "{}", meta.num_row_groups());
@@ -738,7 +759,7 @@ mod tests {
     fn device_and_tag_cost_a_few_bytes_a_model() {
         let fleet = fleet();
         let (cols, groups) = (fleet.cols(), &fleet.groups);
-        let (bytes, _) = encode_run(Vec::new(), &cols, groups, ROW_GROUP).unwrap();
+        let (bytes, _) = encode_run(Vec::new(), &cols, groups, LAYOUT).unwrap();
         let file = SerializedFileReader::new(Bytes::from(bytes)).unwrap();
         let rg = file.metadata().row_group(0);
         let models = groups.iter().filter(|(_, r)| !r.is_empty()).count() as i64;
