@@ -464,15 +464,11 @@ fn dictionary_chunk<'a>(
             let n = left.min(max_run);
             left -= n;
             let mut header = (n as u64) << 1;
-            loop {
-                let byte = (header & 0x7f) as u8;
+            while header >= 0x80 {
+                data.push((header as u8) | 0x80);
                 header >>= 7;
-                if header == 0 {
-                    data.push(byte);
-                    break;
-                }
-                data.push(byte | 0x80);
             }
+            data.push(header as u8);
             data.extend_from_slice(&v.to_le_bytes()[..value_bytes]);
         }
     }

@@ -47,24 +47,14 @@ fn pyarrow_and_duckdb_read_predictions_row_for_row() {
         groups: &groups,
     };
     let dir = tempfile::tempdir().unwrap();
-    let pq = write_predictions(
-        &dir.path().join("pq"),
-        OutputFormat::Parquet,
-        PredictionLayout::Combined,
-        &cols,
-        1,
-        0,
-    )
-    .unwrap();
-    let csv = write_predictions(
-        &dir.path().join("csv"),
-        OutputFormat::Csv,
-        PredictionLayout::Combined,
-        &cols,
-        1,
-        0,
-    )
-    .unwrap();
+    let write = |name: &str, format| {
+        let out = dir.path().join(name);
+        write_predictions(&out, format, PredictionLayout::Combined, &cols, 1, 0).unwrap()
+    };
+    let (pq, csv) = (
+        write("pq", OutputFormat::Parquet),
+        write("csv", OutputFormat::Csv),
+    );
     assert!(
         ts.len() > 1 << 20,
         "{} rows make more than one row group",
