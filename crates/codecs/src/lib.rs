@@ -41,7 +41,8 @@ pub use raw::{
     decode_parquet_footer, merge_ranges, raw_readings_schema, read_batches_parquet_bytes,
     read_readings_parquet_bytes, read_readings_parquet_row_groups, read_readings_parquet_sparse,
     row_group_ranges, scan_ranges, scan_raw_parquet_bytes, scan_raw_parquet_sparse,
-    write_batch_parquet, write_readings_parquet, RawScan, SparseObject, FOOTER_GUESS,
+    window_row_groups, write_batch_parquet, write_readings_parquet, RawScan, SparseObject,
+    FOOTER_GUESS,
 };
 pub use readings::{read_readings, InputFormat, Readings};
 

@@ -300,6 +300,62 @@ pub fn scan_ranges(
     })
 }
 
+/// The row groups of a Parquet object of readings that may hold readings
+/// with `from <= ts < to` (ns), with their row counts, in file order: from
+/// the TS column's statistics in the footer, no data read. A row group
+/// whose statistics are missing or of another kind is kept (whoever reads
+/// it filters by time anyway); one they place wholly outside is not.
+pub fn window_row_groups(
+    meta: &Arc<ParquetMetaData>,
+    name: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(usize, u64)>, CodecError> {
+    use parquet::file::statistics::Statistics;
+    let path = Path::new(name);
+    let arrow =
+        ArrowReaderMetadata::try_new(Arc::clone(meta), ArrowReaderOptions::new()).map_err(|e| {
+            CodecError::Parquet {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+    let idx = crate::readings::check_columns(path, arrow.schema())?;
+    // Nanoseconds per unit of the stored timestamps.
+    let per = match arrow.schema().field(idx[0]).data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => 1_000_000_000,
+        DataType::Timestamp(TimeUnit::Millisecond, _) => 1_000_000,
+        DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000,
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => 1,
+        other => {
+            return Err(CodecError::Schema {
+                path: path.to_path_buf(),
+                reason: format!("column TS has type {other}; expected a timestamp"),
+            })
+        }
+    };
+    let descr = meta.file_metadata().schema_descr();
+    let leaf = (0..descr.num_columns()).find(|&c| descr.get_column_root_idx(c) == idx[0]);
+    let mut out = Vec::new();
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        let rows = u64::try_from(rg.num_rows()).unwrap_or(0);
+        if rows == 0 {
+            continue;
+        }
+        let span = leaf
+            .and_then(|c| match rg.column(c).statistics() {
+                Some(Statistics::Int64(s)) => Some((*s.min_opt()?, *s.max_opt()?)),
+                _ => None,
+            })
+            .and_then(|(lo, hi)| Some((lo.checked_mul(per)?, hi.checked_mul(per)?)));
+        match span {
+            Some((lo, hi)) if hi < from || lo >= to => {}
+            _ => out.push((g, rows)),
+        }
+    }
+    Ok(out)
+}
+
 fn scan_with<R: ChunkReader + 'static>(
     builder: ParquetRecordBatchReaderBuilder<R>,
     path: &Path,
@@ -751,6 +807,82 @@ mod tests {
         let err = read_readings_parquet_row_groups(bytes, "x", Some(&[1])).unwrap_err();
         assert!(err.to_string().contains("not a row group 1"), "{err}");
         assert!(scan_raw_parquet_bytes(Bytes::from_static(b"nope"), "x", 0, 1).is_err());
+    }
+
+    #[test]
+    fn the_window_row_groups_are_those_the_ts_statistics_place_in_it() {
+        // 600k readings one per 10 ns from 0: row groups of 256k, 256k
+        // and 88k rows, spanning [0, 2621430], [2621440, 5242870] and
+        // [5242880, 5999990].
+        let n = 600_000usize;
+        let r = Readings {
+            ts: (0..n as i64).map(|i| i * 10).collect(),
+            value: vec![1.0; n],
+            key: (0..n).map(|i| (i % 3) as u32).collect(),
+            keys: (0..3).map(|k| (format!("d{k}"), "t".to_string())).collect(),
+        };
+        let rows: Vec<usize> = (0..n).collect();
+        let bytes = write_readings_parquet(&r, &rows, "x").unwrap();
+        let size = bytes.len() as u64;
+        let meta = decode_parquet_footer(&bytes, size, "x").unwrap();
+        let groups = |from, to| window_row_groups(&meta, "x", from, to).unwrap();
+        let all = vec![(0, 262_144), (1, 262_144), (2, 75_712)];
+        assert_eq!(groups(i64::MIN, i64::MAX), all);
+        assert_eq!(groups(0, 6_000_000), all);
+        // Bounds: `from` inclusive, `to` exclusive.
+        assert_eq!(groups(2_621_430, 2_621_440), vec![(0, 262_144)]);
+        assert_eq!(groups(2_621_431, 2_621_441), vec![(1, 262_144)]);
+        assert_eq!(groups(2_621_430, 2_621_441), all[..2].to_vec());
+        assert_eq!(groups(5_999_990, 7_000_000), vec![(2, 75_712)]);
+        assert!(groups(5_999_991, 7_000_000).is_empty());
+        assert!(groups(-100, 0).is_empty());
+        // Another timestamp unit (ms) is compared in ns.
+        let ms = Schema::new(vec![
+            Field::new(
+                "TS",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("Device", DataType::Utf8, false),
+            Field::new("Tag", DataType::Utf8, false),
+            Field::new("Value", DataType::Float64, false),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(ms),
+            vec![
+                Arc::new(arrow::array::TimestampMillisecondArray::from(vec![5, 7])),
+                Arc::new(StringArray::from(vec!["d", "d"])),
+                Arc::new(StringArray::from(vec!["t", "t"])),
+                Arc::new(Float64Array::from(vec![1.0, 2.0])),
+            ],
+        )
+        .unwrap();
+        let bytes = write_batch_parquet(&batch, "ms").unwrap();
+        let meta = decode_parquet_footer(&bytes, bytes.len() as u64, "ms").unwrap();
+        let groups = |from, to| window_row_groups(&meta, "ms", from, to).unwrap();
+        assert_eq!(groups(7_000_000, 8_000_000), vec![(0, 2)]);
+        assert!(groups(7_000_001, 8_000_000).is_empty());
+        // A TS column that holds no timestamps is named.
+        let text = Schema::new(vec![
+            Field::new("TS", DataType::Utf8, false),
+            Field::new("Device", DataType::Utf8, false),
+            Field::new("Tag", DataType::Utf8, false),
+            Field::new("Value", DataType::Float64, false),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(text),
+            vec![
+                Arc::new(StringArray::from(vec!["noon"])),
+                Arc::new(StringArray::from(vec!["d"])),
+                Arc::new(StringArray::from(vec!["t"])),
+                Arc::new(Float64Array::from(vec![1.0])),
+            ],
+        )
+        .unwrap();
+        let bytes = write_batch_parquet(&batch, "text").unwrap();
+        let meta = decode_parquet_footer(&bytes, bytes.len() as u64, "text").unwrap();
+        let err = window_row_groups(&meta, "text", 0, 1).unwrap_err();
+        assert!(err.to_string().contains("column TS has type Utf8"), "{err}");
     }
 
     #[test]

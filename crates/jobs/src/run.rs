@@ -80,13 +80,15 @@ use fleetscore_codecs::ParquetMetaData;
 use fleetscore_codecs::{
     decode_parquet_footer, merge_ranges, predictions_parquet_bytes, read_batches_parquet_bytes,
     read_readings_parquet_bytes, read_readings_parquet_sparse, row_group_ranges, scan_ranges,
-    scan_raw_parquet_sparse, PredictionColumns, RawScan, Readings, SparseObject, FOOTER_GUESS,
+    scan_raw_parquet_sparse, window_row_groups, PredictionColumns, Readings, SparseObject,
+    FOOTER_GUESS,
 };
 use fleetscore_core::format_ts;
 use fleetscore_models::Pack;
 use fleetscore_store::{hour_partition, Listed, ModelInput, Registry, Store, StoreError, HOUR_NS};
 use fleetscore_stream::{windows_from_record_batch, Window};
 use futures::stream::{self, StreamExt, TryStreamExt};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::db::{FailureRecord, JobRecord, JobState, JobStore, TaskRecord, TASK_MAP};
@@ -265,13 +267,29 @@ async fn raw_objects_of(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec
     Ok(keys)
 }
 
-/// Each raw object of the window with its row groups and its pairs with
-/// readings in `[from, to)` (see [`scan_raw_parquet_sparse`]), in key
-/// order. Only the objects' footers and their TS, Device and Tag column
-/// chunks are fetched, by range: not the values.
-async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(Listed, RawScan)>> {
+/// A raw object of a job's window, as planning sees it.
+struct RawInWindow {
+    listed: Listed,
+    /// Its row groups that may hold readings of the window, with their
+    /// row counts (see [`window_row_groups`]).
+    groups: Vec<(usize, u64)>,
+    /// Its pairs with readings in the window, if asked for (see
+    /// [`scan_raw_parquet_sparse`]).
+    keys: Vec<(String, String)>,
+}
+
+/// The window's raw objects with row groups that may hold its readings,
+/// in key order; with `scan`, also the pairs they hold readings of. Only
+/// the objects' footers are fetched, by range, and with `scan` the TS,
+/// Device and Tag column chunks of those objects: never the values.
+async fn raw_in_window(
+    store: &Store,
+    from: i64,
+    to: i64,
+    scan: bool,
+) -> anyhow::Result<Vec<RawInWindow>> {
     let objects = raw_objects_of(store, from, to).await?;
-    let scans: Vec<Option<(Listed, RawScan)>> = stream::iter(objects)
+    let found: Vec<Option<RawInWindow>> = stream::iter(objects)
         .map(|listed| {
             let store = store.clone();
             async move {
@@ -282,6 +300,14 @@ async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(List
                 let Some(footer) = read_footer(&store, &key, size, version).await? else {
                     return Ok::<_, anyhow::Error>(None);
                 };
+                let groups = window_row_groups(&footer.meta, &key, from, to)?;
+                if groups.is_empty() || !scan {
+                    return Ok(Some(RawInWindow {
+                        listed,
+                        groups,
+                        keys: Vec::new(),
+                    }));
+                }
                 let ranges = scan_ranges(&footer.meta, size, &key)?;
                 let Some(object) =
                     fetch_ranges(&store, &key, size, version, &footer, &ranges).await?
@@ -289,17 +315,26 @@ async fn scan_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<(List
                     return Ok(None);
                 };
                 let meta = footer.meta;
-                let scan = tokio::task::spawn_blocking(move || {
+                let keys = tokio::task::spawn_blocking(move || {
                     scan_raw_parquet_sparse(object, meta, &key, from, to)
                 })
-                .await??;
-                Ok(Some((listed, scan)))
+                .await??
+                .keys;
+                Ok(Some(RawInWindow {
+                    listed,
+                    groups,
+                    keys,
+                }))
             }
         })
         .buffered(8)
         .try_collect()
         .await?;
-    Ok(scans.into_iter().flatten().collect())
+    Ok(found
+        .into_iter()
+        .flatten()
+        .filter(|r| !r.groups.is_empty())
+        .collect())
 }
 
 /// Byte ranges of a raw object at most this far apart are fetched in one
@@ -1128,10 +1163,16 @@ impl Runner {
     /// in the store; returns the job's figures and its tasks, for the
     /// caller to record.
     ///
-    /// Planning reads no values: only the model index, and the TS, Device
-    /// and Tag columns of the window's raw objects (for its pairs). The
-    /// readings themselves are read by the map tasks, which any worker
-    /// runs, each over some of the raw row groups.
+    /// Planning reads the model index and the footers of the window's raw
+    /// objects (their row groups, and the time span of each from its
+    /// statistics). Its pairs are those with a live model (and, for
+    /// window-input models, those with windows); the readings are read by
+    /// the map tasks, which any worker runs, each over some of the raw row
+    /// groups, and which also find the pairs that have readings but no
+    /// model of their own (see [`JobPlan::route`]). Only when there are
+    /// fallback models (`*/tag`), which score pairs the index does not
+    /// name, does planning read the window's pairs too (the TS, Device and
+    /// Tag columns, never the values), to cut them into tasks.
     async fn plan_inner(
         &self,
         mut job: JobRecord,
@@ -1159,7 +1200,12 @@ impl Runner {
                 .unwrap_or_default()
         };
         let (from, to) = (job.window_start, job.window_end);
-        let scans = scan_raw(&self.store, from, to).await?;
+        // A fallback model (`*/tag`) scores pairs the index does not name:
+        // then planning reads the window's pairs (the TS, Device and Tag
+        // columns), to cut them into tasks. Otherwise it reads no readings:
+        // the map tasks find the pairs without a model.
+        let fallbacks = inputs.keys().any(|k| k.starts_with("*/"));
+        let raw = raw_in_window(&self.store, from, to, fallbacks).await?;
         let read_ms = t.elapsed().as_millis() as u64;
         // Pairs with windows, of every size a window-input model needs.
         let mut sizes: BTreeSet<String> = BTreeSet::new();
@@ -1196,14 +1242,25 @@ impl Runner {
                 }
             }
         }
-        for (d, t) in scans.iter().flat_map(|(_, s)| &s.keys).chain(&windowed) {
+        for (d, t) in raw.iter().flat_map(|r| &r.keys).chain(&windowed) {
             if selected(d, t) {
                 units.insert((d.clone(), t.clone()));
             }
         }
         let units: Vec<(String, String)> = units.into_iter().collect();
+        // Map tasks read the raw readings if any pair of the job may take
+        // them: a raw-input model's, or one the map tasks find with
+        // readings but no model of its own (any pair, or a selected one
+        // the units do not hold).
+        let any_raw = units.iter().any(|(d, t)| input_of(d, t) == ModelInput::Raw)
+            || selection.as_ref().is_none_or(|s| s.len() > units.len());
+        let any_raw = any_raw && !raw.is_empty();
         let batch = job.batch_size.max(1) as usize;
-        let chunks: Vec<&[(String, String)]> = units.chunks(batch).collect();
+        let mut chunks: Vec<&[(String, String)]> = units.chunks(batch).collect();
+        if chunks.is_empty() && any_raw {
+            // A task for the pairs the map tasks find.
+            chunks.push(&[]);
+        }
         let n_tasks = chunks.len() as u32;
         let now = self.clock.now();
         let mut tasks: Vec<TaskRecord> = chunks
@@ -1213,28 +1270,30 @@ impl Runner {
                 job_id: job.id,
                 idx: i as u32,
                 state: "queued".into(),
-                first_key: format!("{}/{}", c[0].0, c[0].1),
-                last_key: format!("{}/{}", c[c.len() - 1].0, c[c.len() - 1].1),
+                first_key: c
+                    .first()
+                    .map(|(d, t)| format!("{d}/{t}"))
+                    .unwrap_or_default(),
+                last_key: c
+                    .last()
+                    .map(|(d, t)| format!("{d}/{t}"))
+                    .unwrap_or_default(),
                 n_keys: c.len() as u64,
                 queued_at: now,
                 ..TaskRecord::default()
             })
             .collect();
 
-        // Map tasks: the raw row groups with readings in the window, in
-        // order, in shares of about MAP_ROWS (no more than MAX_MAPS).
-        let total: u64 = scans
-            .iter()
-            .filter(|(_, s)| !s.keys.is_empty())
-            .map(|(_, s)| s.row_groups.iter().sum::<u64>())
-            .sum();
+        // Map tasks: the raw row groups that may hold readings of the
+        // window, in order, in shares of about MAP_ROWS (no more than
+        // MAX_MAPS).
+        let total: u64 = raw.iter().flat_map(|r| &r.groups).map(|&(_, n)| n).sum();
         let share = MAP_ROWS.max(total.div_ceil(MAX_MAPS));
         let mut maps: Vec<Vec<MapPiece>> = Vec::new();
         let mut rows = share;
-        let any_raw = units.iter().any(|(d, t)| input_of(d, t) == ModelInput::Raw);
-        for (listed, scan) in scans.iter().filter(|(_, s)| any_raw && !s.keys.is_empty()) {
+        for RawInWindow { listed, groups, .. } in raw.iter().filter(|_| any_raw) {
             let key = &listed.key;
-            for (g, &n) in scan.row_groups.iter().enumerate() {
+            for &(g, n) in groups {
                 if rows >= share {
                     maps.push(Vec::new());
                     rows = 0;
@@ -1245,7 +1304,7 @@ impl Runner {
                     _ => pieces.push(MapPiece {
                         key: key.clone(),
                         row_groups: vec![g],
-                        size: scan.size,
+                        size: listed.size,
                         version: listed.version.clone(),
                     }),
                 }
@@ -1276,6 +1335,11 @@ impl Runner {
                 })
                 .collect(),
             maps,
+            window_tags: inputs
+                .iter()
+                .filter(|(_, i)| matches!(i, ModelInput::Window { .. }))
+                .filter_map(|(k, _)| k.strip_prefix("*/").map(str::to_string))
+                .collect(),
         };
         for m in 0..plan.maps.len() {
             let (first_key, last_key, n_keys) = plan.map_summary(m).expect("a map has pieces");
@@ -1407,22 +1471,33 @@ impl Runner {
             .await?;
         record.load_ms = t.elapsed().as_millis() as u64;
         let p = Arc::clone(&plan);
+        let selection = job.selection.clone();
         let (sections, rows) = tokio::task::spawn_blocking(move || {
-            let (lookup, keys) = p.lookup();
-            let mut sections: Vec<Readings> = keys
-                .into_iter()
-                .map(|keys| Readings {
-                    keys,
-                    ..Readings::default()
-                })
-                .collect();
+            let selection: Option<BTreeSet<&str>> = selection
+                .as_ref()
+                .map(|s| s.iter().map(String::as_str).collect());
+            let mut sections: Vec<Readings> = vec![Readings::default(); p.task_units.len()];
+            // Each pair met so far: its task and its id there, if wanted.
+            let mut at: FxHashMap<(&str, &str), Option<(u32, u32)>> = FxHashMap::default();
             let mut rows = 0u64;
             for r in &read {
                 // Per key of the piece: its task and its id there.
                 let dest: Vec<Option<(u32, u32)>> = r
                     .keys
                     .iter()
-                    .map(|(d, tg)| lookup.get(&(d.as_str(), tg.as_str())).copied())
+                    .map(|(d, tg)| {
+                        *at.entry((d.as_str(), tg.as_str())).or_insert_with(|| {
+                            let chosen = || {
+                                selection
+                                    .as_ref()
+                                    .is_none_or(|s| s.contains(format!("{d}/{tg}").as_str()))
+                            };
+                            let task = p.route(d, tg, chosen)?;
+                            let keys = &mut sections[task as usize].keys;
+                            keys.push((d.clone(), tg.clone()));
+                            Some((task, keys.len() as u32 - 1))
+                        })
+                    })
                     .collect();
                 for i in 0..r.len() {
                     let ts = r.ts[i];
@@ -1767,11 +1842,24 @@ impl Runner {
             }
         }
         record.load_ms = t.elapsed().as_millis() as u64;
-        let units: Vec<(String, String)> = plan
+        let mut units: Vec<(String, String)> = plan
             .units
             .iter()
             .map(|u| (u.device.clone(), u.tag.clone()))
             .collect();
+        // With the pairs the map tasks found (readings, no model of their
+        // own), in order.
+        let named: BTreeSet<&(String, String)> = units.iter().collect();
+        let mut extra: Vec<(String, String)> = readings
+            .keys
+            .iter()
+            .filter(|k| !named.contains(k))
+            .cloned()
+            .collect();
+        if !extra.is_empty() {
+            units.append(&mut extra);
+            units.sort();
+        }
         let (prefix, stem) = output_prefix(job);
         let key = format!("{prefix}/part-{stem}-{:05}.parquet", record.idx);
         let readings = Arc::new(readings);

@@ -22,6 +22,8 @@
 //! task's (a job planned again meanwhile) is refused, as is any section
 //! whose lengths do not add up.
 
+use std::collections::BTreeSet;
+
 use rustc_hash::FxHashMap;
 
 use fleetscore_codecs::Readings;
@@ -48,6 +50,11 @@ pub(crate) struct JobPlan {
     pub task_units: Vec<Vec<PlanUnit>>,
     /// Per map task, the raw row groups it reads, in window order.
     pub maps: Vec<Vec<MapPiece>>,
+    /// Tags whose fallback model (`*/tag`) reads windows: a pair of such a
+    /// tag without a model of its own has its windows for data, not its
+    /// readings (see [`JobPlan::route`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub window_tags: BTreeSet<String>,
 }
 
 /// One pair of a score task.
@@ -79,12 +86,15 @@ pub(crate) struct MapPiece {
 impl JobPlan {
     /// Whether score task `idx`'s pairs are `n` from `first` to `last`
     /// (`device/tag`), as its task record says.
+    /// (A task with no pairs, kept for those the map tasks find, has empty
+    /// keys.)
     pub fn fits_task(&self, idx: u32, n: u64, first: &str, last: &str) -> bool {
-        let key = |u: Option<&PlanUnit>| u.map(|u| format!("{}/{}", u.device, u.tag));
+        let key = |u: Option<&PlanUnit>| {
+            u.map(|u| format!("{}/{}", u.device, u.tag))
+                .unwrap_or_default()
+        };
         self.task_units.get(idx as usize).is_some_and(|units| {
-            units.len() as u64 == n
-                && key(units.first()).as_deref() == Some(first)
-                && key(units.last()).as_deref() == Some(last)
+            units.len() as u64 == n && key(units.first()) == first && key(units.last()) == last
         })
     }
 
@@ -99,29 +109,42 @@ impl JobPlan {
         ))
     }
 
-    /// Each raw-input pair's score task and its place among that task's
-    /// raw-input pairs; and each task's raw-input pairs, in order.
-    #[allow(clippy::type_complexity)]
-    pub fn lookup(
-        &self,
-    ) -> (
-        FxHashMap<(&str, &str), (u32, u32)>,
-        Vec<Vec<(String, String)>>,
-    ) {
-        let mut keys: Vec<Vec<(String, String)>> = vec![Vec::new(); self.task_units.len()];
-        let mut at = FxHashMap::default();
-        for (task, units) in self.task_units.iter().enumerate() {
-            for u in units.iter().filter(|u| u.window.is_none()) {
-                let k = &mut keys[task];
-                at.insert(
-                    (u.device.as_str(), u.tag.as_str()),
-                    (task as u32, k.len() as u32),
-                );
-                k.push((u.device.clone(), u.tag.clone()));
-            }
+    /// The score task that takes a pair's readings, for the map tasks:
+    /// the task whose range of pairs holds it (the plan's pairs are sorted
+    /// and cut into consecutive ranges), found by binary search, so a map
+    /// task builds no table of the plan's pairs.
+    ///
+    /// That is also where a pair the plan does not name goes: one with
+    /// readings but no model of its own, which planning cannot know of (it
+    /// reads no readings), and which the task records as `no_model` or
+    /// scores with its tag's fallback model. `None` (the readings are not
+    /// wanted) for a pair the plan names as window input, for an unnamed
+    /// one whose tag's fallback model reads windows, for an unnamed one
+    /// `chosen` rejects (a job's selection), and if there are no tasks.
+    pub fn route(&self, device: &str, tag: &str, chosen: impl Fn() -> bool) -> Option<u32> {
+        let key = (device, tag);
+        // The last task whose first pair is not after `key` (the first
+        // task takes what sorts before every pair; only a lone task has
+        // no pairs).
+        let after = self
+            .task_units
+            .partition_point(|us| us.first().is_none_or(|u| pair(u) <= key));
+        let task = after
+            .checked_sub(1)
+            .or((!self.task_units.is_empty()).then_some(0))?;
+        let units = &self.task_units[task];
+        match units.binary_search_by(|u| pair(u).cmp(&key)) {
+            Ok(i) if units[i].window.is_some() => None,
+            Ok(_) => Some(task as u32),
+            Err(_) if self.window_tags.contains(tag) || !chosen() => None,
+            Err(_) => Some(task as u32),
         }
-        (at, keys)
     }
+}
+
+/// A unit's pair, to compare with another.
+fn pair(u: &PlanUnit) -> (&str, &str) {
+    (u.device.as_str(), u.tag.as_str())
 }
 
 /// Encodes map output: `sections[t]` is score task `t`'s readings.

@@ -52,6 +52,13 @@ async fn fleet(root: &Path, hours: i64) -> (Store, usize) {
         input: Default::default(),
     });
     registry.import(reqs, "2024-01-01T00:00:00Z").await.unwrap();
+    let n = put_readings(&store, hours).await;
+    (store, n)
+}
+
+/// Readings of d0..d5 on tag 1 every 10 minutes for `hours` hours from T0,
+/// as raw objects; returns their count.
+async fn put_readings(store: &Store, hours: i64) -> usize {
     let mut r = Readings {
         keys: (0..DEVICES)
             .map(|d| (format!("d{d}"), "1".to_string()))
@@ -70,7 +77,7 @@ async fn fleet(root: &Path, hours: i64) -> (Store, usize) {
     for (key, data) in raw_objects(&r, b"test fleet").unwrap() {
         store.put(&key, data).await.unwrap();
     }
-    (store, r.len())
+    r.len()
 }
 
 fn hourly(name: &str) -> ScheduleSpec {
@@ -223,7 +230,10 @@ async fn a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once(b: Backen
     let mut rows = 0;
     for j in &jobs {
         assert_eq!(j.state, JobState::Succeeded, "{j:?}");
-        assert_eq!((j.models, j.failed_models, j.tasks), (7, 2, 4), "{j:?}");
+        // Three tasks of two: d0 d1, d2 d3, d4 ghost. d5 has readings but
+        // no model: planning reads no readings, so the map tasks find it
+        // and put it with the task whose range holds it (the third).
+        assert_eq!((j.models, j.failed_models, j.tasks), (7, 2, 3), "{j:?}");
         assert_eq!(j.window_end - j.window_start, HOUR_NS);
         rows += j.rows;
         let failures = db.failures(j.id).await.unwrap();
@@ -250,7 +260,7 @@ async fn a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once(b: Backen
     );
     assert_eq!(
         manifests.iter().filter(|k| k.ends_with(".parquet")).count(),
-        24 * 4
+        24 * 3
     );
 }
 
@@ -368,7 +378,8 @@ async fn a_rerun_with_fewer_tasks_overwrites_and_removes_stale_parts(b: Backend)
     db.create_job(&manual(T0, 1), clock.now()).await.unwrap();
     runner.run_queued().await.unwrap();
     let parts = |keys: Vec<String>| keys.into_iter().filter(|k| k.ends_with(".parquet")).count();
-    assert_eq!(parts(store.list("predictions/").await.unwrap()), 7);
+    // One task per pair with a model (d5, without, goes with d4).
+    assert_eq!(parts(store.list("predictions/").await.unwrap()), 6);
     let id = db.create_job(&manual(T0, 4), clock.now()).await.unwrap();
     runner.run_queued().await.unwrap();
     assert_eq!(parts(store.list("predictions/").await.unwrap()), 2);
@@ -802,7 +813,8 @@ async fn runners_share_a_job_and_take_over_a_vanished_workers_task(b: Backend) {
         fleetscore_jobs::run::Step::Planned(id)
     );
     let tasks = db.tasks(id).await.unwrap();
-    assert_eq!(tasks.iter().filter(|t| !t.is_map()).count(), 7);
+    // A task per pair with a model (d5, without one, goes with d4).
+    assert_eq!(tasks.iter().filter(|t| !t.is_map()).count(), 6);
     assert_eq!(tasks.iter().filter(|t| t.is_map()).count(), 1);
     // Score tasks wait for the map task (the window's one raw row group).
     let wall = std::time::SystemTime::now()
@@ -967,7 +979,7 @@ async fn score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job(b: Ba
     let tasks = db.tasks(id).await.unwrap();
     let maps: Vec<&TaskRecord> = tasks.iter().filter(|t| t.is_map()).collect();
     assert_eq!(maps.len(), 1, "{tasks:?}");
-    assert_eq!(db.job(id).await.unwrap().tasks, 4, "score tasks only");
+    assert_eq!(db.job(id).await.unwrap().tasks, 3, "score tasks only");
     // The map task's raw object vanishes before it runs: the map fails
     // after its attempts, the score tasks never run, and the job fails
     // saying why.
@@ -976,7 +988,7 @@ async fn score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job(b: Ba
     assert_eq!(job.state, JobState::Failed);
     let err = job.error.clone().unwrap();
     assert!(
-        err.contains("reading the window failed: map task 4")
+        err.contains("reading the window failed: map task 3")
             && err.contains("is gone from the store")
             && err.contains("retry the job"),
         "{err}"
@@ -1062,6 +1074,62 @@ async fn a_broken_raw_object_fails_planning_naming_it(b: Backend) {
         assert!(err.contains(&key), "{name}: {err}");
         store.delete(&key).await.unwrap();
     }
+}
+
+async fn pairs_with_readings_but_no_model_are_found_by_the_map_tasks(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = fleet(&dir.path().join("store"), 1).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
+    let runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
+    let reasons = |f: Vec<fleetscore_jobs::db::FailureRecord>| -> Vec<(String, String)> {
+        f.into_iter().map(|f| (f.device, f.reason)).collect()
+    };
+    // A selection: d1 (a model), d5 (readings, no model), nobody (neither).
+    let mut job = manual(T0, 2);
+    job.selection = Some(vec!["d1/1".into(), "d5/1".into(), "nobody/1".into()]);
+    let id = db.create_job(&job, clock.now()).await.unwrap();
+    let j = runner.run_job(id).await.unwrap();
+    assert_eq!(
+        (j.models, j.failed_models, j.rows, j.tasks),
+        (2, 1, 6, 1),
+        "{j:?}"
+    );
+    assert_eq!(
+        reasons(db.failures(id).await.unwrap()),
+        [("d5".to_string(), "no_model".to_string())]
+    );
+    let rows = prediction_rows(&store).await;
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|(d, _, _)| d == "d1"), "{rows:?}");
+
+    // Readings and no model at all: one task holds what the map tasks find.
+    let bare = Store::open(dir.path().join("bare").to_str().unwrap()).unwrap();
+    put_readings(&bare, 2).await;
+    let runner = Runner::new(db.clone(), bare.clone(), clock.clone(), quick());
+    let id = db
+        .create_job(&manual(T0 + HOUR_NS, 4), clock.now())
+        .await
+        .unwrap();
+    let j = runner.run_job(id).await.unwrap();
+    assert_eq!(
+        (j.models, j.failed_models, j.rows, j.tasks),
+        (6, 6, 0, 1),
+        "{j:?}"
+    );
+    let failed = reasons(db.failures(id).await.unwrap());
+    let expected: Vec<(String, String)> = (0..DEVICES)
+        .map(|d| (format!("d{d}"), "no_model".to_string()))
+        .collect();
+    assert_eq!(failed, expected);
+    // No readings in the window (the hour after them): nothing to read.
+    let id = db
+        .create_job(&manual(T0 + 2 * HOUR_NS, 4), clock.now())
+        .await
+        .unwrap();
+    let j = runner.run_job(id).await.unwrap();
+    assert_eq!((j.models, j.tasks), (0, 0), "{j:?}");
+    assert!(db.tasks(id).await.unwrap().is_empty());
 }
 
 async fn a_runner_that_kept_an_old_plan_reads_the_new_one(b: Backend) {
@@ -1246,6 +1314,7 @@ on_both!(
     a_task_whose_workers_keep_vanishing_fails_after_its_attempts,
     score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job,
     a_runner_that_kept_an_old_plan_reads_the_new_one,
+    pairs_with_readings_but_no_model_are_found_by_the_map_tasks,
     a_raw_object_rewritten_after_planning_fails_its_map_saying_so,
     a_broken_raw_object_fails_planning_naming_it,
     idle_workers_wake_when_work_is_announced,
