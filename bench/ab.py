@@ -16,7 +16,7 @@ Each setup is BINARY:WORKERS (`worker --threads 1 --slots 1`, as in
 bench/workers.py). Prints each round's job times (creation to end, from
 the job store), then each setup's warm median (the first job left out)
 and the first setup's median over each other's. Options: --batch-size
-(models per task, default 100), --fresh (delete the previous job's
+(models per task, default 1000 as in the product), --fresh (delete the previous job's
 predictions before each job, untimed), --sync-off K (setups from index K
 on get `ALTER DATABASE … SET synchronous_commit = off`).
 """
@@ -36,7 +36,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("setups", nargs="+", metavar="BINARY:WORKERS")
     ap.add_argument("--runs", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--data", default="/tmp/fsworkers/data-2000x5")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--sync-off", type=int, default=None, metavar="K")

@@ -11,8 +11,9 @@ imports and ingests it into a local store, then for N in 1, 2:
 1. starts N workers (`fleetscore worker --threads 1 --slots 1`: each worker
    is one core's worth, as one small host or pod would be),
 2. `--runs` times (default 4), one after the other on the same workers:
-   queues the hour as one job (`fleetscore backfill --queue`, 100 models a
-   task) and waits until it has succeeded (polling PostgreSQL over one
+   queues the hour as one job (`fleetscore backfill --queue`, 1,000 models
+   a task: the product's default `[jobs] batch_size`; `--batch-size`
+   changes it) and waits until it has succeeded (polling PostgreSQL over one
    psql session), reading the workers' CPU time (user + system) from the
    kernel before and after,
 3. stops the workers with SIGTERM.
@@ -54,7 +55,7 @@ speed drifts over minutes, that compares like with like.
 Usage (from the repository root; PostgreSQL on 127.0.0.1:5432 or
 FLEETSCORE_TEST_POSTGRES)::
 
-    python3 bench/workers.py [--devices 2000] [--tags 5] [--batch-size 100] [--runs 4] [--warmup 0] [--interleave] [--fresh] [--work /tmp/fsworkers]
+    python3 bench/workers.py [--devices 2000] [--tags 5] [--batch-size 1000] [--runs 4] [--warmup 0] [--interleave] [--fresh] [--work /tmp/fsworkers]
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=2000)
     ap.add_argument("--tags", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=4,
                     help="jobs per worker count, on the same workers; the first is cold")
     ap.add_argument("--no-control", dest="control", action="store_false",

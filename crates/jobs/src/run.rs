@@ -93,7 +93,7 @@ use serde::Serialize;
 
 use crate::db::{FailureRecord, JobRecord, JobState, JobStore, TaskRecord, TASK_MAP};
 use crate::schedule::Clock;
-use crate::stage::{JobPlan, MapPiece, PlanUnit};
+use crate::stage::{JobPlan, MapPiece, PlanUnit, Section, SectionKey};
 use crate::FailureReason;
 
 /// How the runner behaves.
@@ -137,7 +137,7 @@ struct StagedCache {
 /// A map task's output in memory: one section per score task.
 struct MapOut {
     plan_id: String,
-    sections: Vec<Readings>,
+    sections: Vec<Section>,
 }
 
 /// Runs jobs from a job store against an object store: in `serve` and the
@@ -1476,7 +1476,7 @@ impl Runner {
             let selection: Option<BTreeSet<&str>> = selection
                 .as_ref()
                 .map(|s| s.iter().map(String::as_str).collect());
-            let mut sections: Vec<Readings> = vec![Readings::default(); p.task_units.len()];
+            let mut sections: Vec<Section> = vec![Section::default(); p.task_units.len()];
             // Each pair met so far: its task and its id there, if wanted.
             let mut at: FxHashMap<(&str, &str), Option<(u32, u32)>> = FxHashMap::default();
             let mut rows = 0u64;
@@ -1492,9 +1492,12 @@ impl Runner {
                                     .as_ref()
                                     .is_none_or(|s| s.contains(format!("{d}/{tg}").as_str()))
                             };
-                            let task = p.route(d, tg, chosen)?;
+                            let (task, unit) = p.route(d, tg, chosen)?;
                             let keys = &mut sections[task as usize].keys;
-                            keys.push((d.clone(), tg.clone()));
+                            keys.push(match unit {
+                                Some(i) => SectionKey::Unit(i),
+                                None => SectionKey::Other(d.clone(), tg.clone()),
+                            });
                             Some((task, keys.len() as u32 - 1))
                         })
                     })
@@ -1579,12 +1582,12 @@ impl Runner {
     /// in order (from memory for the map tasks this process ran).
     async fn gather(&self, plan: &TaskPlan) -> anyhow::Result<Readings> {
         /// A section kept in memory by its map task, or read.
-        enum Section {
+        enum Got {
             Kept(Arc<MapOut>),
-            Read(Readings),
+            Read(Section),
         }
         let job = plan.job;
-        let sections: Vec<Section> = stream::iter(0..plan.maps)
+        let sections: Vec<Got> = stream::iter(0..plan.maps)
             .map(|m| async move {
                 let kept = self
                     .staged
@@ -1592,26 +1595,32 @@ impl Runner {
                     .ok()
                     .and_then(|c| c.maps.get(&(job, m)).cloned());
                 match kept.filter(|o| o.plan_id == plan.plan_id) {
-                    Some(out) => Ok::<_, anyhow::Error>(Section::Kept(out)),
-                    None => Ok(Section::Read(self.read_section(plan, m).await?)),
+                    Some(out) => Ok::<_, anyhow::Error>(Got::Kept(out)),
+                    None => Ok(Got::Read(self.read_section(plan, m).await?)),
                 }
             })
             .buffered(8)
             .try_collect()
             .await?;
-        let empty = Readings::default();
-        let refs: Vec<&Readings> = sections
+        let empty = Section::default();
+        let refs: Vec<&Section> = sections
             .iter()
             .map(|s| match s {
-                Section::Kept(out) => out.sections.get(plan.idx as usize).unwrap_or(&empty),
-                Section::Read(r) => r,
+                Got::Kept(out) => out.sections.get(plan.idx as usize).unwrap_or(&empty),
+                Got::Read(r) => r,
             })
             .collect();
-        Ok(crate::stage::concat(&refs))
+        crate::stage::gather_sections(&plan.units, &refs).map_err(|e| {
+            anyhow::anyhow!(
+                "the map outputs of job {} do not fit task {}'s plan: {e}",
+                plan.job,
+                plan.idx
+            )
+        })
     }
 
     /// Reads a score task's section of map output `m` from the store.
-    async fn read_section(&self, plan: &TaskPlan, m: u32) -> anyhow::Result<Readings> {
+    async fn read_section(&self, plan: &TaskPlan, m: u32) -> anyhow::Result<Section> {
         let (job, key) = (plan.job, map_key(plan.job, &plan.plan_id, m));
         let corrupt = |e: String| anyhow::anyhow!("the map output {key} does not read: {e}");
         let missing = || {
@@ -1648,7 +1657,7 @@ impl Runner {
         let range = crate::stage::section_range(&header, &plan.plan_id, plan.tasks, plan.idx)
             .map_err(corrupt)?;
         if range.is_empty() {
-            return Ok(Readings::default());
+            return Ok(Section::default());
         }
         let want = range.end - range.start;
         let bytes = self

@@ -7,12 +7,14 @@
 //! own section of it (two ranged reads: the header, then the section):
 //!
 //! ```text
-//! b"FSMAP01\n"
+//! b"FSMAP02\n"
 //! u32 plan id length, the plan id (UTF-8)
 //! u32 T (score tasks)
 //! (T + 1) x u64: section offsets, from the end of the header
 //! T sections:
-//!   u32 K keys, K x (u32 length, device, u32 length, tag)
+//!   u32 K keys, K x either u32 i (the score task's i-th pair in the plan)
+//!     or u32 0xFFFFFFFF, u32 length, device, u32 length, tag (a pair the
+//!     plan does not name: readings, no model of its own)
 //!   u64 N readings, u8 W (key id width: 1 if K <= 256, 2 if <= 65536, else 4)
 //!   N x ts: zigzag LEB128 varint of the difference from the previous ts
 //!   N x f64 value, N x W-byte key id (into the K keys)
@@ -29,7 +31,7 @@ use rustc_hash::FxHashMap;
 use fleetscore_codecs::Readings;
 use serde::{Deserialize, Serialize};
 
-const MAGIC: &[u8; 8] = b"FSMAP01\n";
+const MAGIC: &[u8; 8] = b"FSMAP02\n";
 
 /// A job's plan, for its map tasks: `staging/<job>/plan.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,7 +123,14 @@ impl JobPlan {
     /// wanted) for a pair the plan names as window input, for an unnamed
     /// one whose tag's fallback model reads windows, for an unnamed one
     /// `chosen` rejects (a job's selection), and if there are no tasks.
-    pub fn route(&self, device: &str, tag: &str, chosen: impl Fn() -> bool) -> Option<u32> {
+    /// With the task, the pair's place among the task's pairs if the plan
+    /// names it.
+    pub fn route(
+        &self,
+        device: &str,
+        tag: &str,
+        chosen: impl Fn() -> bool,
+    ) -> Option<(u32, Option<u32>)> {
         let key = (device, tag);
         // The last task whose first pair is not after `key` (the first
         // task takes what sorts before every pair; only a lone task has
@@ -135,9 +144,9 @@ impl JobPlan {
         let units = &self.task_units[task];
         match units.binary_search_by(|u| pair(u).cmp(&key)) {
             Ok(i) if units[i].window.is_some() => None,
-            Ok(_) => Some(task as u32),
+            Ok(i) => Some((task as u32, Some(i as u32))),
             Err(_) if self.window_tags.contains(tag) || !chosen() => None,
-            Err(_) => Some(task as u32),
+            Err(_) => Some((task as u32, None)),
         }
     }
 }
@@ -147,8 +156,95 @@ fn pair(u: &PlanUnit) -> (&str, &str) {
     (u.device.as_str(), u.tag.as_str())
 }
 
+/// A pair of a [`Section`]: the score task's `i`-th pair in the plan
+/// (named by number: no text to copy, write, read or match), or one the
+/// plan does not name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum SectionKey {
+    Unit(u32),
+    Other(String, String),
+}
+
+/// A score task's readings from one map task: `key[r]` indexes `keys`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Section {
+    pub keys: Vec<SectionKey>,
+    pub ts: Vec<i64>,
+    pub value: Vec<f64>,
+    pub key: Vec<u32>,
+}
+
+impl Section {
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// Forgets the keys no reading names (renumbering the rest, in order).
+    pub fn drop_unused_keys(&mut self) {
+        let mut new_id = vec![u32::MAX; self.keys.len()];
+        for &k in &self.key {
+            new_id[k as usize] = 0;
+        }
+        let mut keys = Vec::new();
+        for (old, key) in std::mem::take(&mut self.keys).into_iter().enumerate() {
+            if new_id[old] == 0 {
+                new_id[old] = keys.len() as u32;
+                keys.push(key);
+            }
+        }
+        for k in &mut self.key {
+            *k = new_id[*k as usize];
+        }
+        self.keys = keys;
+    }
+}
+
+/// A score task's readings from its sections of the map outputs, in order:
+/// `units` are its pairs in the plan (what [`SectionKey::Unit`] numbers).
+/// Each pair with readings is in `keys` once, in order of first
+/// appearance.
+pub(crate) fn gather_sections(units: &[PlanUnit], parts: &[&Section]) -> Result<Readings, String> {
+    let n = parts.iter().map(|p| p.len()).sum();
+    let mut out = Readings {
+        ts: Vec::with_capacity(n),
+        value: Vec::with_capacity(n),
+        key: Vec::with_capacity(n),
+        keys: Vec::new(),
+    };
+    let mut unit_id = vec![u32::MAX; units.len()];
+    let mut other: FxHashMap<(&str, &str), u32> = FxHashMap::default();
+    for p in parts {
+        let mut map = Vec::with_capacity(p.keys.len());
+        for k in &p.keys {
+            let next = out.keys.len() as u32;
+            let id = match k {
+                SectionKey::Unit(i) => {
+                    let u = units.get(*i as usize).ok_or_else(|| {
+                        format!("a section names pair {i} of a task of {}", units.len())
+                    })?;
+                    let id = &mut unit_id[*i as usize];
+                    if *id == u32::MAX {
+                        *id = next;
+                        out.keys.push((u.device.clone(), u.tag.clone()));
+                    }
+                    *id
+                }
+                SectionKey::Other(d, t) => *other.entry((d, t)).or_insert_with(|| {
+                    out.keys.push((d.clone(), t.clone()));
+                    next
+                }),
+            };
+            map.push(id);
+        }
+        out.ts.extend_from_slice(&p.ts);
+        out.value.extend_from_slice(&p.value);
+        out.key.extend(p.key.iter().map(|&k| map[k as usize]));
+    }
+    Ok(out)
+}
+
 /// Encodes map output: `sections[t]` is score task `t`'s readings.
-pub(crate) fn encode_map(plan_id: &str, sections: &[Readings]) -> Vec<u8> {
+pub(crate) fn encode_map(plan_id: &str, sections: &[Section]) -> Vec<u8> {
     // About 10 bytes a reading: a 1-byte time delta, a 1-byte key, the value.
     let guess: usize = sections
         .iter()
@@ -156,7 +252,10 @@ pub(crate) fn encode_map(plan_id: &str, sections: &[Readings]) -> Vec<u8> {
             16 + s
                 .keys
                 .iter()
-                .map(|(d, t)| 8 + d.len() + t.len())
+                .map(|k| match k {
+                    SectionKey::Unit(_) => 4,
+                    SectionKey::Other(d, t) => 12 + d.len() + t.len(),
+                })
                 .sum::<usize>()
                 + s.len() * 11
         })
@@ -182,12 +281,18 @@ pub(crate) fn encode_map(plan_id: &str, sections: &[Readings]) -> Vec<u8> {
 /// Appends one section: its keys, then the readings' times as zigzag
 /// varint deltas (readings come in time order, so mostly one byte), the
 /// values as they are, and the key ids in 1, 2 or 4 bytes.
-fn encode_section(s: &Readings, out: &mut Vec<u8>) {
+fn encode_section(s: &Section, out: &mut Vec<u8>) {
     out.extend_from_slice(&(s.keys.len() as u32).to_le_bytes());
-    for (d, t) in &s.keys {
-        for x in [d, t] {
-            out.extend_from_slice(&(x.len() as u32).to_le_bytes());
-            out.extend_from_slice(x.as_bytes());
+    for k in &s.keys {
+        match k {
+            SectionKey::Unit(i) => out.extend_from_slice(&i.to_le_bytes()),
+            SectionKey::Other(d, t) => {
+                out.extend_from_slice(&u32::MAX.to_le_bytes());
+                for x in [d, t] {
+                    out.extend_from_slice(&(x.len() as u32).to_le_bytes());
+                    out.extend_from_slice(x.as_bytes());
+                }
+            }
         }
     }
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
@@ -242,7 +347,7 @@ pub(crate) fn section_range(
         ));
     }
     if &header[..8] != MAGIC {
-        return Err("it does not start as a map output (FSMAP01)".into());
+        return Err("it does not start as a map output of this version (FSMAP02)".into());
     }
     let mut r = Reader {
         b: &header[8..],
@@ -273,16 +378,21 @@ pub(crate) fn section_range(
 }
 
 /// Decodes one section.
-pub(crate) fn decode_section(b: &[u8]) -> Result<Readings, String> {
+pub(crate) fn decode_section(b: &[u8]) -> Result<Section, String> {
     let mut r = Reader { b, at: 0 };
     let nk = r.u32()? as usize;
     let mut keys = Vec::with_capacity(nk.min(1 << 20));
     for _ in 0..nk {
+        let i = r.u32()?;
+        if i != u32::MAX {
+            keys.push(SectionKey::Unit(i));
+            continue;
+        }
         let dl = r.u32()? as usize;
         let d = std::str::from_utf8(r.bytes(dl)?).map_err(|e| e.to_string())?;
         let tl = r.u32()? as usize;
         let t = std::str::from_utf8(r.bytes(tl)?).map_err(|e| e.to_string())?;
-        keys.push((d.to_string(), t.to_string()));
+        keys.push(SectionKey::Other(d.to_string(), t.to_string()));
     }
     let n = usize::try_from(r.u64()?).map_err(|e| e.to_string())?;
     let width = r.bytes(1)?[0] as usize;
@@ -324,7 +434,7 @@ pub(crate) fn decode_section(b: &[u8]) -> Result<Readings, String> {
     if r.at != b.len() {
         return Err(format!("{} bytes are left over", b.len() - r.at));
     }
-    let out = Readings {
+    let out = Section {
         ts,
         value: value
             .chunks_exact(8)
@@ -427,15 +537,36 @@ mod tests {
         r
     }
 
+    /// `readings` as a section: pairs `d<i>/u` are plan pairs `i`, others
+    /// are named.
+    fn section(rows: &[(i64, f64, &str, &str)]) -> Section {
+        let r = readings(rows);
+        Section {
+            keys: r
+                .keys
+                .into_iter()
+                .map(
+                    |(d, t)| match d.strip_prefix('d').and_then(|i| i.parse().ok()) {
+                        Some(i) if t == "u" => SectionKey::Unit(i),
+                        _ => SectionKey::Other(d, t),
+                    },
+                )
+                .collect(),
+            ts: r.ts,
+            value: r.value,
+            key: r.key,
+        }
+    }
+
     #[test]
     fn sections_read_back_by_range() {
-        let a = readings(&[
+        let a = section(&[
             (1, 1.5, "d1", "t"),
-            (2, -2.0, "d2", "t"),
+            (2, -2.0, "d2", "u"),
             (3, 3.0, "d1", "t"),
         ]);
-        let empty = Readings::default();
-        let c = readings(&[(9, f64::NAN, "dé", "x")]);
+        let empty = Section::default();
+        let c = section(&[(9, f64::NAN, "dé", "x"), (9, 0.0, "d0", "u")]);
         let bytes = encode_map("p1", &[a.clone(), empty.clone(), c.clone()]);
         let h = &bytes[..header_len("p1", 3)];
         for (t, want) in [a, empty, c].iter().enumerate() {
@@ -454,9 +585,13 @@ mod tests {
     #[test]
     fn wide_keys_and_any_times_round_trip() {
         // 300 keys (2-byte ids), times out of order and at the extremes.
-        let mut r = Readings::default();
-        for k in 0..300 {
-            r.keys.push((format!("d{k}"), "t".into()));
+        let mut r = Section::default();
+        for k in 0..300u32 {
+            r.keys.push(if k % 2 == 0 {
+                SectionKey::Unit(k)
+            } else {
+                SectionKey::Other(format!("d{k}"), "t".into())
+            });
         }
         let times = [i64::MIN, 5, -7, i64::MAX, 0, 1_700_000_000_000_000_000, 3];
         for i in 0..900usize {
@@ -475,7 +610,7 @@ mod tests {
 
     #[test]
     fn another_plan_or_a_cut_section_is_refused() {
-        let a = readings(&[(1, 1.0, "d1", "t")]);
+        let a = section(&[(1, 1.0, "d1", "t")]);
         let bytes = encode_map("p1", std::slice::from_ref(&a));
         let h = &bytes[..header_len("p2", 1)];
         assert!(section_range(h, "p2", 1, 0)
@@ -487,6 +622,53 @@ mod tests {
         let s = &bytes[r.start as usize..r.end as usize];
         assert!(decode_section(&s[..s.len() - 1]).is_err());
         assert!(decode_section(&[]).is_err());
+    }
+
+    #[test]
+    fn sections_gather_into_the_tasks_readings() {
+        let unit = |d: &str| PlanUnit {
+            device: d.into(),
+            tag: "u".into(),
+            window: None,
+        };
+        let units = [unit("a"), unit("b"), unit("c")];
+        // Pairs 2 and 0 of the task, and pairs the plan does not name.
+        let s1 = section(&[(1, 1.0, "d2", "u"), (2, 2.0, "x", "t"), (3, 3.0, "d0", "u")]);
+        let s2 = section(&[(4, 4.0, "x", "t"), (5, 5.0, "d2", "u"), (6, 6.0, "y", "t")]);
+        let g = gather_sections(&units, &[&s1, &Section::default(), &s2]).unwrap();
+        assert_eq!(g.ts, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(g.value, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let names: Vec<(&str, &str)> = g
+            .key
+            .iter()
+            .map(|&k| (g.keys[k as usize].0.as_str(), g.keys[k as usize].1.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("c", "u"),
+                ("x", "t"),
+                ("a", "u"),
+                ("x", "t"),
+                ("c", "u"),
+                ("y", "t")
+            ]
+        );
+        // Each pair once; b has no readings, so is not there.
+        assert_eq!(g.keys.len(), 4);
+        // A section naming a pair the task does not have is refused.
+        let bad = section(&[(1, 1.0, "d3", "u")]);
+        let err = gather_sections(&units, &[&bad]).unwrap_err();
+        assert!(err.contains("pair 3 of a task of 3"), "{err}");
+    }
+
+    #[test]
+    fn unused_keys_are_dropped_and_the_rest_renumbered() {
+        let mut s = section(&[(1, 1.0, "d0", "u"), (2, 2.0, "x", "t"), (3, 3.0, "d5", "u")]);
+        s.key = vec![2, 2, 0];
+        s.drop_unused_keys();
+        assert_eq!(s.keys, [SectionKey::Unit(0), SectionKey::Unit(5)]);
+        assert_eq!(s.key, vec![1, 1, 0]);
     }
 
     #[test]
