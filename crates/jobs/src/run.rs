@@ -1186,16 +1186,17 @@ impl Runner {
         let t = Instant::now();
         let index = self.registry.index_shared().await?;
         let generation = index.generation;
-        // Each live model's input, by `device/tag`.
-        let inputs: HashMap<String, ModelInput> = index
+        // Each live model's input, by (device, tag), borrowed from the
+        // index (planning copies no pair it does not keep).
+        let inputs: FxHashMap<(&str, &str), ModelInput> = index
             .models
             .iter()
-            .filter_map(|(k, e)| e.live_version().map(|v| (k.clone(), ModelInput::of(v))))
+            .filter_map(|(k, e)| Some((k.split_once('/')?, ModelInput::of(e.live_version()?))))
             .collect();
         let input_of = |d: &str, t: &str| -> ModelInput {
             inputs
-                .get(&format!("{d}/{t}"))
-                .or_else(|| inputs.get(&format!("*/{t}")))
+                .get(&(d, t))
+                .or_else(|| inputs.get(&("*", t)))
                 .cloned()
                 .unwrap_or_default()
         };
@@ -1204,7 +1205,7 @@ impl Runner {
         // then planning reads the window's pairs (the TS, Device and Tag
         // columns), to cut them into tasks. Otherwise it reads no readings:
         // the map tasks find the pairs without a model.
-        let fallbacks = inputs.keys().any(|k| k.starts_with("*/"));
+        let fallbacks = inputs.keys().any(|(d, _)| *d == "*");
         let raw = raw_in_window(&self.store, from, to, fallbacks).await?;
         let read_ms = t.elapsed().as_millis() as u64;
         // Pairs with windows, of every size a window-input model needs.
@@ -1234,20 +1235,18 @@ impl Runner {
                 .as_ref()
                 .is_none_or(|s| s.contains(format!("{d}/{t}").as_str()))
         };
-        let mut units: BTreeSet<(String, String)> = BTreeSet::new();
-        for key in inputs.keys() {
-            if let Some((d, t)) = key.split_once('/') {
-                if d != "*" && selected(d, t) {
-                    units.insert((d.to_string(), t.to_string()));
-                }
-            }
-        }
+        let mut units: Vec<(&str, &str)> = inputs
+            .keys()
+            .copied()
+            .filter(|&(d, t)| d != "*" && selected(d, t))
+            .collect();
         for (d, t) in raw.iter().flat_map(|r| &r.keys).chain(&windowed) {
             if selected(d, t) {
-                units.insert((d.clone(), t.clone()));
+                units.push((d, t));
             }
         }
-        let units: Vec<(String, String)> = units.into_iter().collect();
+        units.sort_unstable();
+        units.dedup();
         // Map tasks read the raw readings if any pair of the job may take
         // them: a raw-input model's, or one the map tasks find with
         // readings but no model of its own (any pair, or a selected one
@@ -1256,7 +1255,7 @@ impl Runner {
             || selection.as_ref().is_none_or(|s| s.len() > units.len());
         let any_raw = any_raw && !raw.is_empty();
         let batch = job.batch_size.max(1) as usize;
-        let mut chunks: Vec<&[(String, String)]> = units.chunks(batch).collect();
+        let mut chunks: Vec<&[(&str, &str)]> = units.chunks(batch).collect();
         if chunks.is_empty() && any_raw {
             // A task for the pairs the map tasks find.
             chunks.push(&[]);
@@ -1324,8 +1323,8 @@ impl Runner {
                 .map(|c| {
                     c.iter()
                         .map(|(d, t)| PlanUnit {
-                            device: d.clone(),
-                            tag: t.clone(),
+                            device: d.to_string(),
+                            tag: t.to_string(),
                             window: match input_of(d, t) {
                                 ModelInput::Raw => None,
                                 ModelInput::Window { size, features } => Some((size, features)),
@@ -1338,7 +1337,8 @@ impl Runner {
             window_tags: inputs
                 .iter()
                 .filter(|(_, i)| matches!(i, ModelInput::Window { .. }))
-                .filter_map(|(k, _)| k.strip_prefix("*/").map(str::to_string))
+                .filter(|((d, _), _)| *d == "*")
+                .map(|((_, t), _)| t.to_string())
                 .collect(),
         };
         for m in 0..plan.maps.len() {
