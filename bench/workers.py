@@ -342,7 +342,7 @@ def main():
                         else "warm-up, not counted" if i <= args.warmup else "warm")
                 print(f"{n} worker(s), job {i + 1} ({kind}): "
                       f"{wall:6.2f} s job ({polled:.2f} s from queueing to seeing it done; "
-                      f"planning and map tasks {job['load_ms'] / 1000:.2f} s), "
+                      f"planning + map tasks' reads and writes, summed over workers, {job['load_ms'] / 1000:.2f} s), "
                       f"workers {cpu:5.2f} CPU-s, machine {busy:5.2f} CPU-s ({busy / polled:.2f} of "
                       f"{os.cpu_count()} cores busy), {models} models, {job['rows']} rows, "
                       f"{job['tasks']} tasks: {cpu / models * 1e6:,.0f} CPU-s per million models")
