@@ -340,7 +340,9 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
                         t.idx,
                         t.state,
                         t.attempts,
-                        t.n_keys,
+                        // Once run: the pairs it scored, with any the map
+                        // tasks found without a model; before: its plan's.
+                        t.models.max(t.n_keys),
                         t.first_key,
                         t.last_key,
                         t.rows,
