@@ -44,7 +44,7 @@ pub use raw::{
     window_row_groups, write_batch_parquet, write_readings_parquet, RawScan, SparseObject,
     FOOTER_GUESS,
 };
-pub use readings::{read_readings, InputFormat, Readings};
+pub use readings::{drop_unused_keys, read_readings, InputFormat, Readings};
 
 use std::path::PathBuf;
 

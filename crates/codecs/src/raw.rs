@@ -276,6 +276,20 @@ pub fn scan_raw_parquet_sparse(
     scan_with(builder, path, size, from, to)
 }
 
+/// The Arrow view of a Parquet object's footer (its schema as Arrow reads
+/// it); `path` names the object in errors.
+fn arrow_metadata(
+    meta: &Arc<ParquetMetaData>,
+    path: &Path,
+) -> Result<ArrowReaderMetadata, CodecError> {
+    ArrowReaderMetadata::try_new(Arc::clone(meta), ArrowReaderOptions::new()).map_err(|e| {
+        CodecError::Parquet {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })
+}
+
 /// The byte ranges a scan reads ([`scan_raw_parquet_sparse`]) of an
 /// object of `size` bytes: the TS, Device and Tag column chunks of every
 /// row group, not the values.
@@ -285,13 +299,7 @@ pub fn scan_ranges(
     name: &str,
 ) -> Result<Vec<std::ops::Range<u64>>, CodecError> {
     let path = Path::new(name);
-    let arrow =
-        ArrowReaderMetadata::try_new(Arc::clone(meta), ArrowReaderOptions::new()).map_err(|e| {
-            CodecError::Parquet {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
+    let arrow = arrow_metadata(meta, path)?;
     let idx = crate::readings::check_columns(path, arrow.schema())?;
     let descr = meta.file_metadata().schema_descr();
     let groups: Vec<usize> = (0..meta.num_row_groups()).collect();
@@ -313,13 +321,7 @@ pub fn window_row_groups(
 ) -> Result<Vec<(usize, u64)>, CodecError> {
     use parquet::file::statistics::Statistics;
     let path = Path::new(name);
-    let arrow =
-        ArrowReaderMetadata::try_new(Arc::clone(meta), ArrowReaderOptions::new()).map_err(|e| {
-            CodecError::Parquet {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
+    let arrow = arrow_metadata(meta, path)?;
     let idx = crate::readings::check_columns(path, arrow.schema())?;
     // Nanoseconds per unit of the stored timestamps.
     let per = match arrow.schema().field(idx[0]).data_type() {

@@ -65,22 +65,28 @@ impl Readings {
     /// (after [`Readings::retain_time`] or a shard filter), so that they
     /// are neither scored with no rows nor reported as failed.
     pub fn drop_unused_keys(&mut self) {
-        let mut new_id = vec![u32::MAX; self.keys.len()];
-        for &k in &self.key {
-            new_id[k as usize] = 0;
-        }
-        let mut keys = Vec::new();
-        for (old, key) in std::mem::take(&mut self.keys).into_iter().enumerate() {
-            if new_id[old] == 0 {
-                new_id[old] = keys.len() as u32;
-                keys.push(key);
-            }
-        }
-        for k in &mut self.key {
-            *k = new_id[*k as usize];
-        }
-        self.keys = keys;
+        drop_unused_keys(&mut self.keys, &mut self.key);
     }
+}
+
+/// Forgets the `keys` no id in `ids` refers to, renumbering `ids` to the
+/// rest (kept in order): for [`Readings`] and any other keyed rows.
+pub fn drop_unused_keys<K>(keys: &mut Vec<K>, ids: &mut [u32]) {
+    let mut new_id = vec![u32::MAX; keys.len()];
+    for &k in ids.iter() {
+        new_id[k as usize] = 0;
+    }
+    let mut kept = Vec::new();
+    for (old, key) in std::mem::take(keys).into_iter().enumerate() {
+        if new_id[old] == 0 {
+            new_id[old] = kept.len() as u32;
+            kept.push(key);
+        }
+    }
+    for k in ids.iter_mut() {
+        *k = new_id[*k as usize];
+    }
+    *keys = kept;
 }
 
 /// Input file formats.

@@ -181,21 +181,7 @@ impl Section {
 
     /// Forgets the keys no reading names (renumbering the rest, in order).
     pub fn drop_unused_keys(&mut self) {
-        let mut new_id = vec![u32::MAX; self.keys.len()];
-        for &k in &self.key {
-            new_id[k as usize] = 0;
-        }
-        let mut keys = Vec::new();
-        for (old, key) in std::mem::take(&mut self.keys).into_iter().enumerate() {
-            if new_id[old] == 0 {
-                new_id[old] = keys.len() as u32;
-                keys.push(key);
-            }
-        }
-        for k in &mut self.key {
-            *k = new_id[*k as usize];
-        }
-        self.keys = keys;
+        fleetscore_codecs::drop_unused_keys(&mut self.keys, &mut self.key);
     }
 }
 
