@@ -19,12 +19,15 @@
 //! outcome recorded by the process that took over.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::pool::PoolConnection;
 // Dynamic SQL here only splices constant column lists and dialect words.
-use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+use sqlx::{Any, AnyPool, AssertSqlSafe, Executor, Row};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -435,6 +438,19 @@ pub struct FailureRecord {
     pub rows: u64,
 }
 
+/// What a runner with no task to lease could do instead
+/// ([`JobStore::idle_work`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdleWork {
+    /// A planned running job has no task left to run: finalize it
+    /// ([`JobStore::claim_finalize`]).
+    pub finalize: bool,
+    /// A job waits to be planned ([`JobStore::claim_job`]; a job of a
+    /// `forbid` schedule with a run still going counts here, the claim
+    /// then finds nothing).
+    pub plan: bool,
+}
+
 /// Totals over the job store, for `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct JobStats {
@@ -529,6 +545,12 @@ pub trait JobStore: Send + Sync {
     /// When the earliest queued retry of a running job may run (its
     /// `not_before`), if any: a runner going idle waits for it.
     async fn next_retry(&self) -> Result<Option<i64>>;
+    /// Whether [`JobStore::claim_finalize`] and [`JobStore::claim_job`]
+    /// could find a job now (at `wall`; `only` limits it to one job), in
+    /// one round trip: a runner without a task asks this instead of
+    /// trying both claims, which mostly find nothing while other runners
+    /// finish a job's tasks. Advisory: a claim still decides.
+    async fn idle_work(&self, wall: i64, only: Option<i64>) -> Result<IdleWork>;
     /// Extends a task's lease; `false` if `owner` lost it.
     async fn renew_task(&self, job: i64, idx: u32, owner: &str, until: i64) -> Result<bool>;
     /// Extends a job's planning or finalizing lease; `false` if lost.
@@ -661,7 +683,19 @@ pub struct SqlStore {
     pool: AnyPool,
     url: String,
     dialect: Dialect,
+    /// The pool's size limit.
+    max: u32,
+    /// Connections a worker's frequent statements reuse (see
+    /// [`SqlStore::take`]), with when each was last put back.
+    kept: Arc<std::sync::Mutex<Vec<Kept>>>,
 }
+
+/// A connection kept for reuse, and when it was put back.
+type Kept = (Instant, PoolConnection<Any>);
+
+/// How long a kept connection may sit unused and still be reused without
+/// the pool's check that it is alive.
+const KEPT_FRESH: Duration = Duration::from_secs(20);
 
 /// The embedded default's former name.
 pub type SqliteStore = SqlStore;
@@ -772,7 +806,57 @@ impl SqlStore {
             pool,
             url: url.to_string(),
             dialect,
+            max,
+            kept: Arc::default(),
         })
+    }
+
+    /// A connection for the statements of one store call, to give back
+    /// with [`SqlStore::put`] once they succeeded (dropping it instead, as
+    /// `?` does on an error, returns it to the pool).
+    ///
+    /// The pool checks a connection with a round trip to the database
+    /// when it is taken and another when it is returned, which for the
+    /// single short statements a worker runs per task (lease, record)
+    /// tripled the round trips, each waking a database backend and the
+    /// worker. A connection put back after a success is reused without
+    /// either check while it is fresh (used in the last
+    /// [`KEPT_FRESH`]); one that has since broken (the database restarted)
+    /// fails its statement, which the callers retry, and every kept
+    /// connection is dropped then.
+    async fn take(&self) -> Result<PoolConnection<Any>> {
+        if let Ok(mut kept) = self.kept.lock() {
+            while let Some((at, conn)) = kept.pop() {
+                if at.elapsed() < KEPT_FRESH {
+                    return Ok(conn);
+                }
+                // Stale: back to the pool, which checks it when taken.
+                drop(conn);
+            }
+        }
+        self.pool.acquire().await.map_err(|e| self.err(e))
+    }
+
+    /// Gives back a connection from [`SqlStore::take`] whose statements
+    /// succeeded (and whose transaction, if any, ended). It is kept for
+    /// reuse unless the pool is at its limit with none idle: then someone
+    /// may be waiting for the pool, so it goes back there.
+    fn put(&self, conn: PoolConnection<Any>) {
+        if self.pool.size() >= self.max && self.pool.num_idle() == 0 {
+            return;
+        }
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.push((Instant::now(), conn));
+        }
+    }
+
+    /// [`SqlStore::err`] for a failed statement on a taken connection:
+    /// the kept connections may be as broken as that one, so they go.
+    fn failed(&self, error: sqlx::Error) -> DbError {
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.clear();
+        }
+        self.err(error)
     }
 
     /// Tells listening workers there is new work (PostgreSQL `NOTIFY` on
@@ -780,11 +864,17 @@ impl SqlStore {
     /// effort: a worker that misses it finds the work at its next poll.
     async fn announce(&self) {
         if self.dialect == Dialect::Postgres {
-            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(WORK_CHANNEL)
-                .execute(&self.pool)
-                .await
-            {
+            let sent = async {
+                let mut conn = self.take().await?;
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(WORK_CHANNEL)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                self.put(conn);
+                Ok::<_, DbError>(())
+            };
+            if let Err(e) = sent.await {
                 tracing::debug!("announcing work: {e}");
             }
         }
@@ -824,6 +914,21 @@ impl SqlStore {
             Dialect::Postgres => format!(" FOR UPDATE OF {table} SKIP LOCKED"),
         }
     }
+}
+
+/// The condition on `jobs j` of a job to finalize: planned, running,
+/// not leased (or its lease expired before `wall`), and with no task left
+/// to run (none running, none queued unless a map task failed, which
+/// fails the job).
+fn finalizable(wall: &str) -> String {
+    format!(
+        "j.state = 'running' AND j.planned_at IS NOT NULL \
+         AND (j.lease_owner IS NULL OR COALESCE(j.lease_until, 0) < {wall}) \
+         AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id \
+                         AND (t.state = 'running' OR (t.state = 'queued' \
+                           AND NOT EXISTS (SELECT 1 FROM tasks m WHERE m.job_id = j.id \
+                             AND m.kind = 'map' AND m.state = 'failed'))))"
+    )
 }
 
 /// Creates the PostgreSQL database `name` on the server of `server_url`
@@ -991,11 +1096,29 @@ fn bind_outcome<'q>(q: AnyQuery<'q>, j: &'q JobRecord) -> AnyQuery<'q> {
 }
 
 /// Ends a leased task attempt: applies only while `owner` holds the lease.
-const FINISH_TASK: &str = "UPDATE tasks SET state = $1, finished_at = $2, models = $3, rows = $4, \
+/// (A macro, so that [`FINISH_TASK_ANNOUNCED`] can build on its text.)
+macro_rules! finish_task_sql {
+    () => {
+        "UPDATE tasks SET state = $1, finished_at = $2, models = $3, rows = $4, \
     anomalies = $5, failed_models = $6, load_ms = $7, score_ms = $8, write_ms = $9, \
     output = $10, error = $11, not_before = $12, devices = $13, \
     lease_owner = NULL, lease_until = NULL \
-    WHERE job_id = $14 AND idx = $15 AND lease_owner = $16 AND state = 'running'";
+    WHERE job_id = $14 AND idx = $15 AND lease_owner = $16 AND state = 'running'"
+    };
+}
+
+/// Ends a leased task attempt: applies only while `owner` holds the lease.
+const FINISH_TASK: &str = finish_task_sql!();
+
+/// [`FINISH_TASK`] that also announces work on channel `$17` if it
+/// recorded the task (PostgreSQL); its one row says how many it recorded.
+/// The notification goes out when the statement commits.
+const FINISH_TASK_ANNOUNCED: &str = concat!(
+    "WITH f AS (",
+    finish_task_sql!(),
+    " RETURNING 1) SELECT (SELECT COUNT(*) FROM f), \
+    (SELECT COUNT(*) FROM (SELECT pg_notify($17, '') FROM f) n)"
+);
 
 fn bind_finish<'q>(q: AnyQuery<'q>, t: &'q TaskRecord, owner: &'q str) -> AnyQuery<'q> {
     q.bind(&t.state)
@@ -1130,15 +1253,21 @@ impl JobStore for SqlStore {
              RETURNING {JOB_COLUMNS}",
             self.skip_locked("j")
         );
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        if self.dialect == Dialect::Postgres {
+        let mut conn = self.take().await?;
+        let mut tx = match self.dialect {
             // Claims take turns, so two claimers cannot both start jobs of
             // one `forbid` schedule (SKIP LOCKED alone would let them).
-            sqlx::query("SELECT pg_advisory_xact_lock(7100001)")
-                .execute(&mut *tx)
+            // Sent with the BEGIN: one round trip for both.
+            Dialect::Postgres => {
+                sqlx::Connection::begin_with(
+                    &mut *conn,
+                    "BEGIN; SELECT pg_advisory_xact_lock(7100001)",
+                )
                 .await
-                .map_err(|e| self.err(e))?;
+            }
+            Dialect::Sqlite => sqlx::Connection::begin(&mut *conn).await,
         }
+        .map_err(|e| self.failed(e))?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(now)
             .bind(owner)
@@ -1147,23 +1276,25 @@ impl JobStore for SqlStore {
             .bind(only)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(|e| self.err(e))?;
-        tx.commit().await.map_err(|e| self.err(e))?;
+            .map_err(|e| self.failed(e))?;
+        tx.commit().await.map_err(|e| self.failed(e))?;
+        self.put(conn);
         row.map(|r| job_from_row(&r))
             .transpose()
             .map_err(|e| self.err(e))
     }
 
     async fn job(&self, id: i64) -> Result<JobRecord> {
+        let mut conn = self.take().await?;
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
         )))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await
-        .map_err(|e| self.err(e))?
-        .ok_or(DbError::NoJob(id))?;
-        job_from_row(&row).map_err(|e| self.err(e))
+        .map_err(|e| self.failed(e))?;
+        self.put(conn);
+        job_from_row(&row.ok_or(DbError::NoJob(id))?).map_err(|e| self.err(e))
     }
 
     async fn jobs(&self, f: &JobFilter) -> Result<Vec<JobRecord>> {
@@ -1288,15 +1419,16 @@ impl JobStore for SqlStore {
              RETURNING {TASK_COLUMNS}",
             self.skip_locked("t")
         );
+        let mut conn = self.take().await?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(now)
             .bind(owner)
             .bind(until)
             .bind(wall)
             .bind(only)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.failed(e))?;
         // A task whose workers keep vanishing (one that kills its worker,
         // say) fails once it has had every attempt its job allows: it is
         // not leased again (above), and is recorded as failed when there
@@ -1311,27 +1443,60 @@ impl JobStore for SqlStore {
             )
             .bind(now)
             .bind(wall)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.failed(e))?;
         }
+        self.put(conn);
         row.map(|r| task_from_row(&r))
             .transpose()
             .map_err(|e| self.err(e))
     }
 
     async fn next_retry(&self) -> Result<Option<i64>> {
+        let mut conn = self.take().await?;
         let r = sqlx::query(
             "SELECT MIN(t.not_before) FROM tasks t JOIN jobs j ON j.id = t.job_id \
              WHERE j.state = 'running' AND t.state = 'queued' AND t.not_before IS NOT NULL",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await
-        .map_err(|e| self.err(e))?;
+        .map_err(|e| self.failed(e))?;
+        self.put(conn);
         r.try_get::<Option<i64>, _>(0).map_err(|e| self.err(e))
     }
 
+    async fn idle_work(&self, wall: i64, only: Option<i64>) -> Result<IdleWork> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM jobs j WHERE {} AND ($2 IS NULL OR j.id = $2)), \
+               EXISTS (SELECT 1 FROM jobs j WHERE (j.state = 'queued' \
+                 OR (j.state = 'running' AND j.planned_at IS NULL \
+                     AND COALESCE(j.lease_until, 0) < $1)) AND ($2 IS NULL OR j.id = $2))",
+            finalizable("$1")
+        );
+        let mut conn = self.take().await?;
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(wall)
+            .bind(only)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        self.put(conn);
+        // SQLite answers EXISTS with an integer, PostgreSQL with a boolean.
+        let flag = |i: usize| -> std::result::Result<bool, sqlx::Error> {
+            match self.dialect {
+                Dialect::Sqlite => row.try_get::<i64, _>(i).map(|v| v != 0),
+                Dialect::Postgres => row.try_get::<bool, _>(i),
+            }
+        };
+        Ok(IdleWork {
+            finalize: flag(0).map_err(|e| self.err(e))?,
+            plan: flag(1).map_err(|e| self.err(e))?,
+        })
+    }
+
     async fn renew_task(&self, job: i64, idx: u32, owner: &str, until: i64) -> Result<bool> {
+        let mut conn = self.take().await?;
         let res = sqlx::query(
             "UPDATE tasks SET lease_until = $1 WHERE job_id = $2 AND idx = $3 \
              AND lease_owner = $4 AND state = 'running'",
@@ -1340,13 +1505,15 @@ impl JobStore for SqlStore {
         .bind(job)
         .bind(i64::from(idx))
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await
-        .map_err(|e| self.err(e))?;
+        .map_err(|e| self.failed(e))?;
+        self.put(conn);
         Ok(res.rows_affected() == 1)
     }
 
     async fn renew_job(&self, job: i64, owner: &str, until: i64) -> Result<bool> {
+        let mut conn = self.take().await?;
         let res = sqlx::query(
             "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 \
              AND state = 'running'",
@@ -1354,9 +1521,10 @@ impl JobStore for SqlStore {
         .bind(until)
         .bind(job)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await
-        .map_err(|e| self.err(e))?;
+        .map_err(|e| self.failed(e))?;
+        self.put(conn);
         Ok(res.rows_affected() == 1)
     }
 
@@ -1368,23 +1536,41 @@ impl JobStore for SqlStore {
     ) -> Result<bool> {
         // A first attempt without failed models is one statement (nothing
         // of an earlier attempt to replace); else a transaction.
+        // The last map task of a job makes its score tasks leasable: a map
+        // task's success is announced.
+        let announce = t.is_map() && t.state == "succeeded";
+        let mut conn = self.take().await?;
         if failures.is_empty() && t.attempts <= 1 {
-            let res = bind_finish(sqlx::query(FINISH_TASK), t, owner)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| self.err(e))?;
-            let kept = res.rows_affected() == 1;
-            // The last map task of a job makes its score tasks leasable.
-            if kept && t.is_map() && t.state == "succeeded" {
-                self.announce().await;
-            }
+            let kept = if announce && self.dialect == Dialect::Postgres {
+                // With the announcement, sent when the statement commits:
+                // one round trip.
+                let row = bind_finish(sqlx::query(FINISH_TASK_ANNOUNCED), t, owner)
+                    .bind(WORK_CHANNEL)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                row.try_get::<i64, _>(0).map_err(|e| self.err(e))? == 1
+            } else {
+                let res = bind_finish(sqlx::query(FINISH_TASK), t, owner)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                let kept = res.rows_affected() == 1;
+                if kept && announce {
+                    self.announce().await;
+                }
+                kept
+            };
+            self.put(conn);
             return Ok(kept);
         }
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(|e| self.failed(e))?;
         let res = bind_finish(sqlx::query(FINISH_TASK), t, owner)
             .execute(&mut *tx)
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.failed(e))?;
         if res.rows_affected() != 1 {
             return Ok(false);
         }
@@ -1393,7 +1579,7 @@ impl JobStore for SqlStore {
             .bind(i64::from(t.idx))
             .execute(&mut *tx)
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.failed(e))?;
         for f in failures {
             sqlx::query(
                 "INSERT INTO model_failures (job_id, task_idx, device, tag, reason, detail, rows) \
@@ -1408,10 +1594,11 @@ impl JobStore for SqlStore {
             .bind(f.rows as i64)
             .execute(&mut *tx)
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.failed(e))?;
         }
-        tx.commit().await.map_err(|e| self.err(e))?;
-        if t.is_map() && t.state == "succeeded" {
+        tx.commit().await.map_err(|e| self.failed(e))?;
+        self.put(conn);
+        if announce {
             self.announce().await;
         }
         Ok(true)
@@ -1445,25 +1632,22 @@ impl JobStore for SqlStore {
     ) -> Result<Option<JobRecord>> {
         let sql = format!(
             "UPDATE jobs SET lease_owner = $1, lease_until = $2 WHERE id = (\
-               SELECT j.id FROM jobs j WHERE j.state = 'running' AND j.planned_at IS NOT NULL \
-               AND (j.lease_owner IS NULL OR COALESCE(j.lease_until, 0) < $3) \
-               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id \
-                               AND (t.state = 'running' OR (t.state = 'queued' \
-                                 AND NOT EXISTS (SELECT 1 FROM tasks m WHERE m.job_id = j.id \
-                                   AND m.kind = 'map' AND m.state = 'failed')))) \
-               AND ($4 IS NULL OR j.id = $4) \
+               SELECT j.id FROM jobs j WHERE {} AND ($4 IS NULL OR j.id = $4) \
                ORDER BY j.id LIMIT 1{}) \
              RETURNING {JOB_COLUMNS}",
+            finalizable("$3"),
             self.skip_locked("j")
         );
+        let mut conn = self.take().await?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(owner)
             .bind(until)
             .bind(wall)
             .bind(only)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.failed(e))?;
+        self.put(conn);
         row.map(|r| job_from_row(&r))
             .transpose()
             .map_err(|e| self.err(e))

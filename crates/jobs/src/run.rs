@@ -1047,23 +1047,31 @@ impl Runner {
             }
             return Ok(Step::Task(id));
         }
-        if let Some(job) = self
-            .db
-            .claim_finalize(wall_ns(), &self.owner, self.until(), only)
-            .await?
-        {
-            let id = job.id;
-            self.finalize(job).await?;
-            return Ok(Step::Finalized(id));
+        // No task: ask once whether a claim could find anything, rather
+        // than trying both (while other runners finish a job's tasks,
+        // neither does).
+        let idle = self.db.idle_work(wall_ns(), only).await?;
+        if idle.finalize {
+            if let Some(job) = self
+                .db
+                .claim_finalize(wall_ns(), &self.owner, self.until(), only)
+                .await?
+            {
+                let id = job.id;
+                self.finalize(job).await?;
+                return Ok(Step::Finalized(id));
+            }
         }
-        if let Some(job) = self
-            .db
-            .claim_job(self.clock.now(), wall_ns(), &self.owner, self.until(), only)
-            .await?
-        {
-            let id = job.id;
-            self.plan(job).await?;
-            return Ok(Step::Planned(id));
+        if idle.plan {
+            if let Some(job) = self
+                .db
+                .claim_job(self.clock.now(), wall_ns(), &self.owner, self.until(), only)
+                .await?
+            {
+                let id = job.id;
+                self.plan(job).await?;
+                return Ok(Step::Planned(id));
+            }
         }
         self.evict_ended(None).await;
         Ok(Step::Idle)

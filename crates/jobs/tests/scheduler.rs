@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use fleetscore_codecs::Readings;
 use fleetscore_core::ModelKey;
 use fleetscore_jobs::db::{
-    Commits, Concurrency, DbError, JobFilter, JobKind, JobState, JobStore, NewJob, SqlStore,
-    TaskRecord, Threshold,
+    Commits, Concurrency, DbError, IdleWork, JobFilter, JobKind, JobState, JobStore, NewJob,
+    SqlStore, TaskRecord, Threshold,
 };
 use fleetscore_jobs::run::{Runner, RunnerConfig};
 use fleetscore_jobs::schedule::{tick, Clock, ManualClock, ScheduleSpec};
@@ -627,7 +627,12 @@ async fn leases_expire_and_pass_to_another_worker_whose_record_wins(b: Backend) 
     done.rows = 7;
     assert!(!db.finish_task(&done, &[], "a").await.unwrap());
     assert!(!db.release_task(id, 0, "a").await.unwrap());
-    // Not finalizable while b runs it.
+    // Not finalizable while b runs it; nothing to plan either.
+    let nothing = IdleWork {
+        finalize: false,
+        plan: false,
+    };
+    assert_eq!(db.idle_work(2_000, None).await.unwrap(), nothing);
     assert!(db
         .claim_finalize(2_000, "f", 9_000, None)
         .await
@@ -639,6 +644,28 @@ async fn leases_expire_and_pass_to_another_worker_whose_record_wins(b: Backend) 
     assert_eq!((tasks[0].state.as_str(), tasks[0].rows), ("succeeded", 7));
     assert_eq!(tasks[0].lease_owner, None);
     // Now one finalizer gets it, and only one.
+    let finalize = IdleWork {
+        finalize: true,
+        plan: false,
+    };
+    assert_eq!(db.idle_work(2_000, None).await.unwrap(), finalize);
+    assert_eq!(db.idle_work(2_000, Some(id)).await.unwrap(), finalize);
+    assert_eq!(db.idle_work(2_000, Some(id + 1)).await.unwrap(), nothing);
+    let queued = db.create_job(&manual(T0 + HOUR_NS, 2), 0).await.unwrap();
+    assert_eq!(
+        db.idle_work(2_000, None).await.unwrap(),
+        IdleWork {
+            finalize: true,
+            plan: true
+        }
+    );
+    assert_eq!(
+        db.idle_work(2_000, Some(queued)).await.unwrap(),
+        IdleWork {
+            finalize: false,
+            plan: true
+        }
+    );
     let f = db
         .claim_finalize(2_000, "f", 9_000, None)
         .await
@@ -650,6 +677,8 @@ async fn leases_expire_and_pass_to_another_worker_whose_record_wins(b: Backend) 
         .await
         .unwrap()
         .is_none());
+    // Leased for finalizing until 9,000: not to be finalized by another.
+    assert!(!db.idle_work(2_001, Some(id)).await.unwrap().finalize);
     let mut job = f.clone();
     job.state = JobState::Succeeded;
     assert!(!db.finish_job(&job, "g").await.unwrap());
