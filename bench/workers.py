@@ -8,8 +8,10 @@ Builds the release binary, makes a fleet (default 2,000 devices x 5 tags =
 per-device names, and an hour of readings every 10 s: 3.6M readings),
 imports and ingests it into a local store, then for N in 1, 2:
 
-1. starts N workers (`fleetscore worker --threads 1 --slots 1`: each worker
-   is one core's worth, as one small host or pod would be),
+1. starts N workers (`fleetscore worker --threads 1 --slots 1 --cpus K`:
+   each worker is one core's worth, as one small host or pod would be, on
+   a core of its own, worker K on CPU K; `--no-pin` leaves the placing of
+   threads to the kernel),
 2. `--runs` times (default 4), one after the other on the same workers:
    queues the hour as one job (`fleetscore backfill --queue`, 1,000 models
    a task: the product's default `[jobs] batch_size`; `--batch-size`
@@ -130,6 +132,21 @@ def machine_busy():
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+# Whether each worker runs on one CPU of its own (`worker --cpus K`,
+# worker K on CPU K mod the machine's count), as on a host of one core;
+# --no-pin leaves placing the threads to the kernel.
+PIN = True
+
+
+def worker_cmd(binary, data, db, k, poll):
+    """`fleetscore worker` as the benchmarks run it: one core's worth."""
+    cmd = [binary, "--data", data, "--db", db, "worker", "--threads", "1", "--slots", "1",
+           "--poll", poll]
+    if PIN:
+        cmd += ["--cpus", str(k % os.cpu_count())]
+    return cmd
+
+
 class Setup:
     """`workers` workers on one (data folder, database) pair, and a psql
     session to poll its jobs."""
@@ -137,10 +154,9 @@ class Setup:
     def __init__(self, binary, data, db, workers, batch, poll="50ms", fresh=False):
         self.binary, self.data, self.db, self.batch = binary, data, db, batch
         self.fresh = fresh
-        self.procs = [subprocess.Popen([binary, "--data", data, "--db", db, "worker",
-                                        "--threads", "1", "--slots", "1", "--poll", poll],
+        self.procs = [subprocess.Popen(worker_cmd(binary, data, db, k, poll),
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                      for _ in range(workers)]
+                      for k in range(workers)]
         # Poll over one psql session (one process, one connection), not
         # the binary nor a psql per poll: starting a process every few ms
         # took a tenth of the machine from the workers.
@@ -226,10 +242,9 @@ def side_by_side(binary, pairs, batch, runs, warmup=0):
     store and job store, scoring the same hour at the same time. Returns
     each pair's job times (the first job of each, cold, and the next
     `warmup` left out)."""
-    procs = [subprocess.Popen([binary, "--data", data, "--db", db, "worker", "--threads", "1",
-                               "--slots", "1", "--poll", "50ms"],
+    procs = [subprocess.Popen(worker_cmd(binary, data, db, k, "50ms"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for data, db in pairs]
+             for k, (data, db) in enumerate(pairs)]
     times = []
     try:
         for i in range(runs):
@@ -282,8 +297,14 @@ def main():
                          "warm medians (and of the control's): a worker's memory keeps growing "
                          "for several jobs, longer with two workers, so K > 0 measures workers "
                          "that have run for a while, as long-running ones have")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="let the kernel place the workers' threads on any core (by default each "
+                         "worker runs on one core of its own, `worker --cpus K`, as on a host of "
+                         "one core)")
     ap.add_argument("--work", default="/tmp/fsworkers")
     args = ap.parse_args()
+    global PIN
+    PIN = args.pin
     runs_needed = 2 + args.warmup
     if args.runs < runs_needed:
         ap.error(f"--runs must be at least {runs_needed} with --warmup {args.warmup} "

@@ -161,6 +161,11 @@ pub struct WorkerArgs {
     /// Stop once no work is left (instead of waiting for more).
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// Run only on these CPUs (`0`, `0,2`, `0-3`; Linux), e.g. one worker
+    /// per core on a host that runs several: each then keeps its threads
+    /// on its own core instead of waking them on another worker's.
+    #[arg(long, value_name = "LIST", env = "FLEETSCORE_WORKER_CPUS")]
+    pub cpus: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -87,8 +87,12 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         lease = ?rc.lease,
         "worker started"
     );
+    let pinned = match &args.cpus {
+        Some(list) => format!(", on CPU(s) {list}"),
+        None => String::new(),
+    };
     eprintln!(
-        "worker {} on {} and {}: {} slot(s), lease {:?}",
+        "worker {} on {} and {}: {} slot(s), lease {:?}{pinned}",
         runner.owner(),
         db.url(),
         store.url(),

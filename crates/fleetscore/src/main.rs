@@ -65,6 +65,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    // Before the runtime starts its threads, which inherit the CPU set.
+    if let cli::Command::Worker(cli::WorkerArgs {
+        cpus: Some(list), ..
+    }) = &cli.command
+    {
+        util::pin_to_cpus(list)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)

@@ -107,3 +107,85 @@ pub async fn job_store_with(
     let db = fleetscore_jobs::db::SqlStore::open_with(&url, commits).await?;
     Ok(std::sync::Arc::new(db))
 }
+
+/// The CPU numbers of a list such as `0`, `0,2` or `0-3,6`.
+pub fn parse_cpus(list: &str) -> anyhow::Result<Vec<usize>> {
+    let bad = |part: &str, why: &str| {
+        anyhow::anyhow!("--cpus {list:?}: {part:?} {why} (expected CPU numbers like 0, 0,2 or 0-3)")
+    };
+    let num = |s: &str, part: &str| {
+        s.trim()
+            .parse::<usize>()
+            .map_err(|_| bad(part, "is not a CPU number"))
+    };
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a, part)?, num(b, part)?);
+                if a > b {
+                    return Err(bad(part, "is a range that ends before it starts"));
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(num(part, part)?),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// Confines this process to the CPUs of `list` ([`parse_cpus`]). Called
+/// before any other thread starts, so every thread it starts later (the
+/// runtime's, the scoring threads) inherits the set.
+#[cfg(target_os = "linux")]
+pub fn pin_to_cpus(list: &str) -> anyhow::Result<()> {
+    let cpus = parse_cpus(list)?;
+    // SAFETY: `set` is a plain bitmask, zeroed, then filled with CPU_SET
+    // within its size; sched_setaffinity reads it for this thread (0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let room = 8 * std::mem::size_of::<libc::cpu_set_t>();
+        for &c in &cpus {
+            anyhow::ensure!(
+                c < room,
+                "--cpus {list:?}: CPU {c} is beyond the {room} this build can address"
+            );
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            let e = std::io::Error::last_os_error();
+            anyhow::bail!(
+                "--cpus {list:?}: the system refused ({e}); this machine has {} CPU(s), numbered from 0, and a container may allow fewer",
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// See the Linux version: elsewhere `--cpus` is refused.
+#[cfg(not(target_os = "linux"))]
+pub fn pin_to_cpus(list: &str) -> anyhow::Result<()> {
+    parse_cpus(list)?;
+    anyhow::bail!("--cpus is only supported on Linux")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpus("0").unwrap(), vec![0]);
+        assert_eq!(parse_cpus("3,1, 1").unwrap(), vec![1, 3]);
+        assert_eq!(parse_cpus("0-2,6").unwrap(), vec![0, 1, 2, 6]);
+        let e = parse_cpus("0,x").unwrap_err().to_string();
+        assert!(e.contains("\"x\" is not a CPU number"), "{e}");
+        let e = parse_cpus("3-1").unwrap_err().to_string();
+        assert!(e.contains("ends before it starts"), "{e}");
+        assert!(parse_cpus("").is_err());
+        assert!(parse_cpus("-1").is_err());
+    }
+}

@@ -737,3 +737,63 @@ fn store_window_shards_together_equal_one_unsharded_run() {
         assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
     }
 }
+
+/// `worker --cpus`: every thread of the worker runs on the CPUs given
+/// (read back from the kernel), and a bad list is refused with the reason.
+#[cfg(target_os = "linux")]
+#[test]
+fn worker_runs_on_the_cpus_given() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let mut child = common::bin()
+        .arg("--data")
+        .arg(data)
+        .args(["worker", "--cpus", "0", "--poll", "100ms"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains(" slot(s), lease "))
+        .expect("the worker's start line");
+    assert!(started.contains("on CPU(s) 0"), "{started}");
+    // A spawned task has run and the runtime's threads are up by now.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+    let mut threads = 0;
+    for t in tasks {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(allowed, "0", "a thread of the worker may run elsewhere");
+        threads += 1;
+    }
+    assert!(threads > 1, "the worker's runtime threads were not seen");
+    terminate(child.id());
+    let _ = child.wait();
+
+    let o = run(data, &["worker", "--cpus", "0,x", "--exit-when-idle"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("\"x\" is not a CPU number"),
+        "{}",
+        text(&o)
+    );
+    let o = run(data, &["worker", "--cpus", "1000", "--exit-when-idle"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("the system refused"), "{}", text(&o));
+}
+
+/// Sends SIGTERM with the `kill` command.
+fn terminate(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+}
