@@ -13,7 +13,7 @@ Run `bench/workers.py` once first: it makes the fleet this copies
         "$CARGO_TARGET_DIR/release/fleetscore:1" "$CARGO_TARGET_DIR/release/fleetscore:2"
 
 Each setup is BINARY:WORKERS (`worker --threads 1 --slots 1 --cpus K`,
-worker K of a setup on CPU K, as in bench/workers.py; `--no-pin` leaves
+worker K of a setup on the K-th CPU it may use, as in bench/workers.py; `--no-pin` leaves
 out `--cpus`, for a binary without it or to compare). Prints each round's job times (creation to end, from
 the job store), then each setup's warm median (the first job left out)
 and the first setup's median over each other's, and each setup's median
@@ -80,7 +80,8 @@ def main():
                 cmd = [binary, "--data", data, "--db", url, "worker", "--threads", "1",
                        "--slots", "1", "--poll", "1s"]
                 if not args.no_pin:
-                    cmd += ["--cpus", str(k % os.cpu_count())]
+                    cpus = sorted(os.sched_getaffinity(0))  # those this script may use
+                    cmd += ["--cpus", str(cpus[k % len(cpus)])]
                 s["procs"].append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                                    stderr=subprocess.DEVNULL))
             s["psql"] = subprocess.Popen(["psql", url, "-At", "-q"], stdin=subprocess.PIPE,

@@ -10,7 +10,7 @@ imports and ingests it into a local store, then for N in 1, 2:
 
 1. starts N workers (`fleetscore worker --threads 1 --slots 1 --cpus K`:
    each worker is one core's worth, as one small host or pod would be, on
-   a core of its own, worker K on CPU K; `--no-pin` leaves the placing of
+   a core of its own, worker K on the K-th CPU the script may use; `--no-pin` leaves the placing of
    threads to the kernel),
 2. `--runs` times (default 4), one after the other on the same workers:
    queues the hour as one job (`fleetscore backfill --queue`, 1,000 models
@@ -133,7 +133,7 @@ def machine_busy():
 
 
 # Whether each worker runs on one CPU of its own (`worker --cpus K`,
-# worker K on CPU K mod the machine's count), as on a host of one core;
+# worker K on the K-th CPU this script may use, cycling), as on a host of one core;
 # --no-pin leaves placing the threads to the kernel.
 PIN = True
 
@@ -143,7 +143,8 @@ def worker_cmd(binary, data, db, k, poll):
     cmd = [binary, "--data", data, "--db", db, "worker", "--threads", "1", "--slots", "1",
            "--poll", poll]
     if PIN:
-        cmd += ["--cpus", str(k % os.cpu_count())]
+        cpus = sorted(os.sched_getaffinity(0))  # those this script may use
+        cmd += ["--cpus", str(cpus[k % len(cpus)])]
     return cmd
 
 

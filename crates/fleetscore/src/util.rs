@@ -108,15 +108,18 @@ pub async fn job_store_with(
     Ok(std::sync::Arc::new(db))
 }
 
+/// CPU numbers `--cpus` can name: Linux's `CPU_SETSIZE`.
+const MAX_CPUS: usize = 1024;
+
 /// The CPU numbers of a list such as `0`, `0,2` or `0-3,6`.
 pub fn parse_cpus(list: &str) -> anyhow::Result<Vec<usize>> {
     let bad = |part: &str, why: &str| {
         anyhow::anyhow!("--cpus {list:?}: {part:?} {why} (expected CPU numbers like 0, 0,2 or 0-3)")
     };
-    let num = |s: &str, part: &str| {
-        s.trim()
-            .parse::<usize>()
-            .map_err(|_| bad(part, "is not a CPU number"))
+    let num = |s: &str, part: &str| match s.trim().parse::<usize>() {
+        Ok(n) if n < MAX_CPUS => Ok(n),
+        Ok(_) => Err(bad(part, "names a CPU beyond the 1024 a CPU set can hold")),
+        Err(_) => Err(bad(part, "is not a CPU number")),
     };
     let mut cpus = Vec::new();
     for part in list.split(',') {
@@ -157,12 +160,23 @@ pub fn pin_to_cpus(list: &str) -> anyhow::Result<()> {
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             let e = std::io::Error::last_os_error();
             anyhow::bail!(
-                "--cpus {list:?}: the system refused ({e}); this machine has {} CPU(s), numbered from 0, and a container may allow fewer",
-                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+                "--cpus {list:?}: the system refused ({e}); this process may run on CPU(s) {}",
+                allowed_cpus().unwrap_or_else(|| "(unknown)".into())
             );
         }
     }
     Ok(())
+}
+
+/// The CPUs this process may run on, as the kernel lists them
+/// (`Cpus_allowed_list` of /proc/self/status, e.g. `0-1`).
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|l| l.trim().to_string())
 }
 
 /// See the Linux version: elsewhere `--cpus` is refused.
@@ -185,6 +199,8 @@ mod tests {
         assert!(e.contains("\"x\" is not a CPU number"), "{e}");
         let e = parse_cpus("3-1").unwrap_err().to_string();
         assert!(e.contains("ends before it starts"), "{e}");
+        let e = parse_cpus("0-4000000000").unwrap_err().to_string();
+        assert!(e.contains("beyond the 1024"), "{e}");
         assert!(parse_cpus("").is_err());
         assert!(parse_cpus("-1").is_err());
     }

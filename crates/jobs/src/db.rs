@@ -839,14 +839,19 @@ impl SqlStore {
 
     /// Gives back a connection from [`SqlStore::take`] whose statements
     /// succeeded (and whose transaction, if any, ended). It is kept for
-    /// reuse unless the pool is at its limit with none idle: then someone
-    /// may be waiting for the pool, so it goes back there.
+    /// reuse unless the pool is at its limit with none idle (then someone
+    /// may be waiting for the pool, so it goes back there) or half the
+    /// pool is kept already.
     fn put(&self, conn: PoolConnection<Any>) {
         if self.pool.size() >= self.max && self.pool.num_idle() == 0 {
             return;
         }
         if let Ok(mut kept) = self.kept.lock() {
-            kept.push((Instant::now(), conn));
+            // At most half the pool: the calls that take connections from
+            // the pool itself keep the other half.
+            if kept.len() < (self.max / 2) as usize {
+                kept.push((Instant::now(), conn));
+            }
         }
     }
 
@@ -1254,20 +1259,20 @@ impl JobStore for SqlStore {
             self.skip_locked("j")
         );
         let mut conn = self.take().await?;
-        let mut tx = match self.dialect {
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        if self.dialect == Dialect::Postgres {
             // Claims take turns, so two claimers cannot both start jobs of
             // one `forbid` schedule (SKIP LOCKED alone would let them).
-            // Sent with the BEGIN: one round trip for both.
-            Dialect::Postgres => {
-                sqlx::Connection::begin_with(
-                    &mut *conn,
-                    "BEGIN; SELECT pg_advisory_xact_lock(7100001)",
-                )
+            // A statement of its own inside the transaction (not sent with
+            // the BEGIN), so that a failed or abandoned wait for the lock
+            // rolls the transaction back and releases the lock.
+            sqlx::query("SELECT pg_advisory_xact_lock(7100001)")
+                .execute(&mut *tx)
                 .await
-            }
-            Dialect::Sqlite => sqlx::Connection::begin(&mut *conn).await,
+                .map_err(|e| self.failed(e))?;
         }
-        .map_err(|e| self.failed(e))?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(now)
             .bind(owner)
