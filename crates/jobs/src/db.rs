@@ -693,6 +693,10 @@ pub struct SqlStore {
 /// A connection kept for reuse, and when it was put back.
 type Kept = (Instant, PoolConnection<Any>);
 
+/// Failed models recorded per `INSERT` (7 parameters each: 700, below
+/// SQLite's oldest limit of 999).
+const FAILURES_PER_INSERT: usize = 100;
+
 /// How long a kept connection may sit unused and still be reused without
 /// the pool's check that it is alive.
 const KEPT_FRESH: Duration = Duration::from_secs(20);
@@ -1585,21 +1589,42 @@ impl JobStore for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.failed(e))?;
-        for f in failures {
-            sqlx::query(
+        // Many rows per statement (a task of a thousand models without a
+        // model of their own fails a thousand): one round trip per
+        // FAILURES_PER_INSERT, not per failure.
+        for chunk in failures.chunks(FAILURES_PER_INSERT) {
+            let mut sql = String::from(
                 "INSERT INTO model_failures (job_id, task_idx, device, tag, reason, detail, rows) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(t.job_id)
-            .bind(i64::from(t.idx))
-            .bind(&f.device)
-            .bind(&f.tag)
-            .bind(&f.reason)
-            .bind(&f.detail)
-            .bind(f.rows as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.failed(e))?;
+                 VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let p = 7 * i;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7
+                ));
+            }
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for f in chunk {
+                q = q
+                    .bind(t.job_id)
+                    .bind(i64::from(t.idx))
+                    .bind(&f.device)
+                    .bind(&f.tag)
+                    .bind(&f.reason)
+                    .bind(&f.detail)
+                    .bind(f.rows as i64);
+            }
+            q.execute(&mut *tx).await.map_err(|e| self.failed(e))?;
         }
         tx.commit().await.map_err(|e| self.failed(e))?;
         self.put(conn);

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use fleetscore_codecs::Readings;
 use fleetscore_core::ModelKey;
 use fleetscore_jobs::db::{
-    Commits, Concurrency, DbError, IdleWork, JobFilter, JobKind, JobState, JobStore, NewJob,
-    SqlStore, TaskRecord, Threshold,
+    Commits, Concurrency, DbError, FailureRecord, IdleWork, JobFilter, JobKind, JobState, JobStore,
+    NewJob, SqlStore, TaskRecord, Threshold,
 };
 use fleetscore_jobs::run::{Runner, RunnerConfig};
 use fleetscore_jobs::schedule::{tick, Clock, ManualClock, ScheduleSpec};
@@ -686,6 +686,49 @@ async fn leases_expire_and_pass_to_another_worker_whose_record_wins(b: Backend) 
     assert_eq!(db.job(id).await.unwrap().state, JobState::Succeeded);
 }
 
+/// A task that fails many models records every one (in statements of
+/// many rows), and its next attempt's record replaces them.
+async fn every_failed_model_of_a_task_is_recorded(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let id = planned(&db, 1, "planner").await;
+    let failures = |n: usize, reason: &str| -> Vec<FailureRecord> {
+        (0..n)
+            .map(|i| FailureRecord {
+                task_idx: 0,
+                device: format!("d{i:04}"),
+                tag: "7".into(),
+                reason: reason.into(),
+                detail: format!("detail of d{i:04}, with 'quotes'"),
+                rows: i as u64,
+            })
+            .collect()
+    };
+    let t = db
+        .lease_task(1, 1, "a", 1_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut first = t.clone();
+    first.state = "queued".into();
+    first.error = Some("write failed".into());
+    let many = failures(250, "no_model");
+    assert!(db.finish_task(&first, &many, "a").await.unwrap());
+    assert_eq!(db.failures(id).await.unwrap(), many);
+    // The retry fails fewer: only its own are left.
+    let t = db
+        .lease_task(1, 2, "b", 1_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.attempts, 2);
+    let mut second = t.clone();
+    second.state = "succeeded".into();
+    let few = failures(3, "evaluation");
+    assert!(db.finish_task(&second, &few, "b").await.unwrap());
+    assert_eq!(db.failures(id).await.unwrap(), few);
+}
+
 async fn a_task_handed_back_or_retried_waits_its_turn(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = b.open(&dir.path().join("jobs.db")).await;
@@ -1336,6 +1379,7 @@ on_both!(
     window_input_models_score_each_window_on_its_named_features,
     leases_expire_and_pass_to_another_worker_whose_record_wins,
     a_task_handed_back_or_retried_waits_its_turn,
+    every_failed_model_of_a_task_is_recorded,
     concurrent_workers_never_lease_one_task_twice,
     a_workers_store_commits_without_waiting_for_the_disk,
     runners_share_a_job_and_take_over_a_vanished_workers_task,
