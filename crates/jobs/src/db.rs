@@ -691,7 +691,28 @@ pub struct SqlStore {
 }
 
 /// A connection kept for reuse, and when it was put back.
-type Kept = (Instant, PoolConnection<Any>);
+type Kept = (Instant, Taken);
+
+/// A connection from [`SqlStore::take`] (it derefs to the connection).
+#[derive(Debug)]
+struct Taken {
+    conn: PoolConnection<Any>,
+    /// Since when it has been reused outside the pool.
+    since: Instant,
+}
+
+impl std::ops::Deref for Taken {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Taken {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.conn
+    }
+}
 
 /// Failed models recorded per `INSERT` (7 parameters each: 700, below
 /// SQLite's oldest limit of 999).
@@ -700,6 +721,11 @@ const FAILURES_PER_INSERT: usize = 100;
 /// How long a kept connection may sit unused and still be reused without
 /// the pool's check that it is alive.
 const KEPT_FRESH: Duration = Duration::from_secs(20);
+
+/// How long a connection is reused outside the pool before it goes back,
+/// so that the pool's own rules (its connections' maximum lifetime) apply
+/// to it too.
+const KEPT_LIFE: Duration = Duration::from_secs(300);
 
 /// The embedded default's former name.
 pub type SqliteStore = SqlStore;
@@ -828,7 +854,7 @@ impl SqlStore {
     /// [`KEPT_FRESH`]); one that has since broken (the database restarted)
     /// fails its statement, which the callers retry, and every kept
     /// connection is dropped then.
-    async fn take(&self) -> Result<PoolConnection<Any>> {
+    async fn take(&self) -> Result<Taken> {
         if let Ok(mut kept) = self.kept.lock() {
             while let Some((at, conn)) = kept.pop() {
                 if at.elapsed() < KEPT_FRESH {
@@ -838,16 +864,22 @@ impl SqlStore {
                 drop(conn);
             }
         }
-        self.pool.acquire().await.map_err(|e| self.err(e))
+        let conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        Ok(Taken {
+            conn,
+            since: Instant::now(),
+        })
     }
 
     /// Gives back a connection from [`SqlStore::take`] whose statements
     /// succeeded (and whose transaction, if any, ended). It is kept for
     /// reuse unless the pool is at its limit with none idle (then someone
     /// may be waiting for the pool, so it goes back there) or half the
-    /// pool is kept already.
-    fn put(&self, conn: PoolConnection<Any>) {
-        if self.pool.size() >= self.max && self.pool.num_idle() == 0 {
+    /// pool is kept already, or it has been reused for [`KEPT_LIFE`].
+    fn put(&self, conn: Taken) {
+        if self.pool.size() >= self.max && self.pool.num_idle() == 0
+            || conn.since.elapsed() >= KEPT_LIFE
+        {
             return;
         }
         if let Ok(mut kept) = self.kept.lock() {
