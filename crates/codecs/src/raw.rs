@@ -216,12 +216,7 @@ fn read_readings_with<R: ChunkReader + 'static>(
         .with_batch_size(64 * 1024)
         .build()
         .map_err(|e| pq(&e))?;
-    let mut out = Readings {
-        ts: Vec::with_capacity(rows),
-        value: Vec::with_capacity(rows),
-        key: Vec::with_capacity(rows),
-        keys: Vec::new(),
-    };
+    let mut out = Readings::with_capacity(rows);
     let mut interner = Interner::default();
     let mut row0 = 0;
     for batch in reader {
@@ -811,6 +806,34 @@ mod tests {
         assert!(scan_raw_parquet_bytes(Bytes::from_static(b"nope"), "x", 0, 1).is_err());
     }
 
+    /// The footer of a Parquet file of raw readings whose TS column is
+    /// `ts`, of type `ts_type`.
+    fn footer_with_ts(
+        ts_type: DataType,
+        ts: arrow::array::ArrayRef,
+        name: &str,
+    ) -> Arc<parquet::file::metadata::ParquetMetaData> {
+        let n = ts.len();
+        let schema = Schema::new(vec![
+            Field::new("TS", ts_type, false),
+            Field::new("Device", DataType::Utf8, false),
+            Field::new("Tag", DataType::Utf8, false),
+            Field::new("Value", DataType::Float64, false),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                ts,
+                Arc::new(StringArray::from(vec!["d"; n])),
+                Arc::new(StringArray::from(vec!["t"; n])),
+                Arc::new(Float64Array::from(vec![1.0; n])),
+            ],
+        )
+        .unwrap();
+        let bytes = write_batch_parquet(&batch, name).unwrap();
+        decode_parquet_footer(&bytes, bytes.len() as u64, name).unwrap()
+    }
+
     #[test]
     fn the_window_row_groups_are_those_the_ts_statistics_place_in_it() {
         // 600k readings one per 10 ns from 0: row groups of 256k, 256k
@@ -839,50 +862,20 @@ mod tests {
         assert!(groups(5_999_991, 7_000_000).is_empty());
         assert!(groups(-100, 0).is_empty());
         // Another timestamp unit (ms) is compared in ns.
-        let ms = Schema::new(vec![
-            Field::new(
-                "TS",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ),
-            Field::new("Device", DataType::Utf8, false),
-            Field::new("Tag", DataType::Utf8, false),
-            Field::new("Value", DataType::Float64, false),
-        ]);
-        let batch = RecordBatch::try_new(
-            Arc::new(ms),
-            vec![
-                Arc::new(arrow::array::TimestampMillisecondArray::from(vec![5, 7])),
-                Arc::new(StringArray::from(vec!["d", "d"])),
-                Arc::new(StringArray::from(vec!["t", "t"])),
-                Arc::new(Float64Array::from(vec![1.0, 2.0])),
-            ],
-        )
-        .unwrap();
-        let bytes = write_batch_parquet(&batch, "ms").unwrap();
-        let meta = decode_parquet_footer(&bytes, bytes.len() as u64, "ms").unwrap();
+        let meta = footer_with_ts(
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            Arc::new(arrow::array::TimestampMillisecondArray::from(vec![5, 7])),
+            "ms",
+        );
         let groups = |from, to| window_row_groups(&meta, "ms", from, to).unwrap();
         assert_eq!(groups(7_000_000, 8_000_000), vec![(0, 2)]);
         assert!(groups(7_000_001, 8_000_000).is_empty());
         // A TS column that holds no timestamps is named.
-        let text = Schema::new(vec![
-            Field::new("TS", DataType::Utf8, false),
-            Field::new("Device", DataType::Utf8, false),
-            Field::new("Tag", DataType::Utf8, false),
-            Field::new("Value", DataType::Float64, false),
-        ]);
-        let batch = RecordBatch::try_new(
-            Arc::new(text),
-            vec![
-                Arc::new(StringArray::from(vec!["noon"])),
-                Arc::new(StringArray::from(vec!["d"])),
-                Arc::new(StringArray::from(vec!["t"])),
-                Arc::new(Float64Array::from(vec![1.0])),
-            ],
-        )
-        .unwrap();
-        let bytes = write_batch_parquet(&batch, "text").unwrap();
-        let meta = decode_parquet_footer(&bytes, bytes.len() as u64, "text").unwrap();
+        let meta = footer_with_ts(
+            DataType::Utf8,
+            Arc::new(StringArray::from(vec!["noon"])),
+            "text",
+        );
         let err = window_row_groups(&meta, "text", 0, 1).unwrap_err();
         assert!(err.to_string().contains("column TS has type Utf8"), "{err}");
     }

@@ -31,6 +31,16 @@ pub struct Readings {
 }
 
 impl Readings {
+    /// No readings yet, with room for `rows` of them.
+    pub fn with_capacity(rows: usize) -> Readings {
+        Readings {
+            ts: Vec::with_capacity(rows),
+            value: Vec::with_capacity(rows),
+            key: Vec::with_capacity(rows),
+            keys: Vec::new(),
+        }
+    }
+
     /// Number of readings.
     pub fn len(&self) -> usize {
         self.ts.len()

@@ -957,6 +957,16 @@ impl SqlStore {
     }
 }
 
+/// `rows` rows of `cols` parameters each for a multi-row `VALUES`:
+/// `($1, $2), ($3, $4)` for 2 and 2.
+fn value_rows(rows: usize, cols: usize) -> String {
+    let row = |r: usize| {
+        let params: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+        format!("({})", params.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
 /// The condition on `jobs j` of a job to finalize: planned, running,
 /// not leased (or its lease expired before `wall`), and with no task left
 /// to run (none running, none queued unless a map task failed, which
@@ -1392,28 +1402,12 @@ impl JobStore for SqlStore {
         // Many rows per statement: a job's tasks are inserted in a few
         // round trips, not one per task.
         for chunk in tasks.chunks(500) {
-            let mut sql = String::from(
-                "INSERT INTO tasks (job_id, idx, state, attempts, first_key, last_key, n_keys, \
-                 queued_at, kind, plan_id) VALUES ",
+            // `attempts` starts at its default, 0.
+            let sql = format!(
+                "INSERT INTO tasks (job_id, idx, state, first_key, last_key, n_keys, \
+                 queued_at, kind, plan_id) VALUES {}",
+                value_rows(chunk.len(), 9)
             );
-            for i in 0..chunk.len() {
-                let b = i * 9;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, 0, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8,
-                    b + 9
-                ));
-            }
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for t in chunk {
                 q = q
@@ -1625,26 +1619,11 @@ impl JobStore for SqlStore {
         // model of their own fails a thousand): one round trip per
         // FAILURES_PER_INSERT, not per failure.
         for chunk in failures.chunks(FAILURES_PER_INSERT) {
-            let mut sql = String::from(
+            let sql = format!(
                 "INSERT INTO model_failures (job_id, task_idx, device, tag, reason, detail, rows) \
-                 VALUES ",
+                 VALUES {}",
+                value_rows(chunk.len(), 7)
             );
-            for i in 0..chunk.len() {
-                let p = 7 * i;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7
-                ));
-            }
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for f in chunk {
                 q = q
@@ -1948,5 +1927,15 @@ impl JobStore for SqlStore {
         .map_err(|e| self.err(e))?;
         self.announce().await;
         self.job(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn value_rows_number_parameters_row_by_row() {
+        assert_eq!(super::value_rows(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(super::value_rows(1, 3), "($1, $2, $3)");
+        assert_eq!(super::value_rows(0, 3), "");
     }
 }

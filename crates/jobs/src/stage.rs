@@ -191,12 +191,7 @@ impl Section {
 /// appearance.
 pub(crate) fn gather_sections(units: &[PlanUnit], parts: &[&Section]) -> Result<Readings, String> {
     let n = parts.iter().map(|p| p.len()).sum();
-    let mut out = Readings {
-        ts: Vec::with_capacity(n),
-        value: Vec::with_capacity(n),
-        key: Vec::with_capacity(n),
-        keys: Vec::new(),
-    };
+    let mut out = Readings::with_capacity(n);
     let mut unit_id = vec![u32::MAX; units.len()];
     let mut other: FxHashMap<(&str, &str), u32> = FxHashMap::default();
     for p in parts {
@@ -446,12 +441,7 @@ pub(crate) fn decode_section(b: &[u8]) -> Result<Section, String> {
 /// once in `keys`, in order of first appearance).
 pub(crate) fn concat(parts: &[&Readings]) -> Readings {
     let n = parts.iter().map(|p| p.len()).sum();
-    let mut out = Readings {
-        ts: Vec::with_capacity(n),
-        value: Vec::with_capacity(n),
-        key: Vec::with_capacity(n),
-        keys: Vec::new(),
-    };
+    let mut out = Readings::with_capacity(n);
     let mut ids: FxHashMap<&(String, String), u32> = FxHashMap::default();
     for p in parts {
         let map: Vec<u32> = p
