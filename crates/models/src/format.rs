@@ -54,7 +54,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Detector, Kernel, Model, OneClassSvm, Scaler};
+use crate::model::{Detector, InvalidModel, Kernel, Model, OneClassSvm, Scaler};
 
 /// The `format` field of a `model.fsm` document.
 pub const FORMAT_NAME: &str = "fleetscore-model";
@@ -83,9 +83,9 @@ pub enum FormatError {
         /// What is wrong.
         reason: String,
     },
-    /// The model is structurally invalid.
+    /// The model is not internally consistent (see [`Model::validate`]).
     #[error("invalid model: {0}")]
-    Invalid(String),
+    Invalid(#[from] InvalidModel),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -124,7 +124,7 @@ pub fn from_json(bytes: &[u8]) -> Result<Model, FormatError> {
     }
     let doc: Doc<Model> =
         serde_json::from_slice(bytes).map_err(|e| FormatError::Json(e.to_string()))?;
-    doc.model.validate().map_err(FormatError::Invalid)?;
+    doc.model.validate()?;
     Ok(doc.model)
 }
 
@@ -328,7 +328,7 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Model, FormatError> {
             intercept,
         }),
     };
-    model.validate().map_err(FormatError::Invalid)?;
+    model.validate()?;
     Ok(model)
 }
 
@@ -382,8 +382,8 @@ mod tests {
         let mut m = sample();
         let Detector::OneClassSvm(svm) = &mut m.detector;
         svm.dual_coef[1] = f64::NAN;
-        let e = m.validate().unwrap_err();
-        assert!(e.contains("dual_coef_[1] is NaN"), "{e}");
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("_dual_coef_[1] is NaN"), "{e}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub mod sklearn;
 pub mod train;
 
 pub use format::FormatError;
-pub use model::{is_inlier, Detector, EvalError, Kernel, Model, OneClassSvm, Scaler};
+pub use model::{is_inlier, Detector, EvalError, InvalidModel, Kernel, Model, OneClassSvm, Scaler};
 pub use pack::{Pack, PackEntry};
-pub use sklearn::{import as import_sklearn, ImportError};
+pub use sklearn::{import as import_sklearn, import_with_limits, ImportError, ImportLimits};
 pub use train::{train, FitInfo, Gamma, ScalerChoice, SvmParams, TrainError, TrainParams};

@@ -15,6 +15,16 @@
 //!   order, with `rho = -intercept_`; the label is "normal" only when the
 //!   decision is strictly greater than zero (`dec_value > 0`), so a decision
 //!   of exactly 0.0 is an anomaly.
+//!
+//! # Validation
+//!
+//! A model is checked once when it is loaded ([`Model::validate`]), never
+//! while scoring. Each estimator's checks sit in its own `validate`
+//! ([`Scaler::validate`], [`OneClassSvm::validate`], dispatched by
+//! [`Detector::validate`]), each mirroring what scikit-learn checks before
+//! predicting or guarantees after `fit`; a new estimator adds its checks
+//! there, and every path into a `Model` (pickle import, `model.fsm`, the
+//! pack, training) runs them.
 
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +112,93 @@ impl OneClassSvm {
     }
 }
 
+impl OneClassSvm {
+    /// Checks a fitted one-class SVM for a model of `n` features, as
+    /// scikit-learn and libsvm do (or as their `fit` guarantees):
+    ///
+    /// * at least one support vector, and `support_vectors_` holds
+    ///   `n_support x n` values (libsvm reads `model->l` rows of the
+    ///   input's width; `dual_coef_` has one value per row);
+    /// * `_dual_coef_` and `_intercept_` are finite (`BaseLibSVM.fit`:
+    ///   "The dual coefficients or intercepts are not finite"), and so are
+    ///   the support vectors, `_gamma` and `coef0`;
+    /// * `_gamma >= 0` and `degree >= 0`: libsvm's `svm_check_parameter`
+    ///   refuses `gamma < 0` and `degree < 0` for every kernel, and
+    ///   scikit-learn's `_parameter_constraints` allow `gamma` in
+    ///   `[0, inf)` ('scale' and 'auto' resolve to positive values) and
+    ///   `degree` in `[0, inf)`. A gamma of exactly 0 is accepted, as
+    ///   scikit-learn accepts it.
+    ///
+    /// The pickle-only attributes (`_n_support`, `support_`, `shape_fit_`,
+    /// `n_features_in_`) are checked when a pickle is translated
+    /// ([`crate::sklearn`]), since the native model does not keep them.
+    pub fn validate(&self, n: usize) -> Result<(), InvalidModel> {
+        const EST: &str = "OneClassSVM";
+        let n_sv = self.dual_coef.len();
+        if n_sv == 0 {
+            return Err(InvalidModel::new(
+                EST,
+                "_dual_coef_",
+                "is empty, but a fitted one-class SVM has at least one support vector",
+            ));
+        }
+        if n_sv.checked_mul(n) != Some(self.support_vectors.len()) {
+            return Err(InvalidModel::new(
+                EST,
+                "support_vectors_",
+                format!(
+                    "has {} values, but {n_sv} support vectors (one per dual coefficient) of {n} features need {}",
+                    self.support_vectors.len(),
+                    n_sv.saturating_mul(n)
+                ),
+            ));
+        }
+        check_finite(EST, "support_vectors_", &self.support_vectors)?;
+        check_finite(EST, "_dual_coef_", &self.dual_coef)?;
+        check_finite(EST, "_intercept_", &[self.intercept])?;
+        check_finite(EST, "coef0", &[self.coef0])?;
+        if !self.gamma.is_finite() || self.gamma < 0.0 {
+            return Err(InvalidModel::new(
+                EST,
+                "_gamma",
+                format!(
+                    "is {}, but a fitted gamma is finite and never negative (libsvm refuses gamma < 0; scikit-learn allows gamma >= 0, 'scale' or 'auto')",
+                    self.gamma
+                ),
+            ));
+        }
+        if self.degree < 0 {
+            return Err(InvalidModel::new(
+                EST,
+                "degree",
+                format!(
+                    "is {}, but libsvm refuses a negative degree when fitting (\"degree of polynomial kernel < 0\")",
+                    self.degree
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Detector {
+    /// scikit-learn's class name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Detector::OneClassSvm(_) => "OneClassSVM",
+        }
+    }
+
+    /// Checks the fitted detector for a model of `n` features. Each
+    /// detector's checks live in its own `validate`; a new detector adds
+    /// its arm here.
+    pub fn validate(&self, n: usize) -> Result<(), InvalidModel> {
+        match self {
+            Detector::OneClassSvm(svm) => svm.validate(n),
+        }
+    }
+}
+
 /// The estimator at the end of a pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -143,93 +240,106 @@ pub enum EvalError {
     },
 }
 
+/// A fitted model that is not internally consistent: an array of the wrong
+/// shape, a non-finite value, or a parameter that scikit-learn's `fit`
+/// never produces. Such a file was altered or corrupted after fitting, and
+/// scoring it would give meaningless (or, in libsvm, out-of-bounds)
+/// results. The message names the estimator, the scikit-learn attribute
+/// and why it is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{estimator}: {attribute} {problem}; the model file was altered or corrupted after fitting: re-export it from the fitted estimator (or refit it)")]
+pub struct InvalidModel {
+    /// scikit-learn's class name, e.g. `OneClassSVM`.
+    pub estimator: &'static str,
+    /// The fitted attribute, with scikit-learn's name, e.g. `_n_support`.
+    pub attribute: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl InvalidModel {
+    /// An inconsistency in `estimator.attribute`.
+    pub fn new(
+        estimator: &'static str,
+        attribute: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> InvalidModel {
+        InvalidModel {
+            estimator,
+            attribute: attribute.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// `v` has one value per feature.
+fn check_width(est: &'static str, attr: &str, v: &[f64], n: usize) -> Result<(), InvalidModel> {
+    if v.len() == n {
+        return Ok(());
+    }
+    Err(InvalidModel::new(
+        est,
+        attr,
+        format!("has {} values but the model has {n} features", v.len()),
+    ))
+}
+
+/// Every value of `v` is finite.
+fn check_finite(est: &'static str, attr: &str, v: &[f64]) -> Result<(), InvalidModel> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(InvalidModel::new(
+            est,
+            format!("{attr}[{i}]"),
+            format!("is {}, and only finite values can be scored", v[i]),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A divisor or multiplier of a scaler: finite and positive, as every
+/// scikit-learn scaler's `fit` leaves it (a constant feature gets 1, not
+/// 0, through `_handle_zeros_in_scale`).
+fn check_scale(est: &'static str, attr: &str, v: &[f64], n: usize) -> Result<(), InvalidModel> {
+    check_width(est, attr, v, n)?;
+    check_finite(est, attr, v)?;
+    match v.iter().position(|&x| x <= 0.0) {
+        Some(i) => Err(InvalidModel::new(
+            est,
+            format!("{attr}[{i}]"),
+            format!(
+                "is {}, but fit always makes it positive (a constant feature gets 1 through `_handle_zeros_in_scale`)",
+                v[i]
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl Model {
-    /// Checks that every array agrees with `n_features` and the model is
-    /// well formed; run on import and when reading stored models.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that the model is internally consistent: every array has
+    /// the width of the input, and each estimator holds only what its
+    /// scikit-learn `fit` can produce (see [`Scaler::validate`] and
+    /// [`Detector::validate`]). Run on every path into a `Model`: pickle
+    /// import, `model.fsm` and pack decoding, and training. It runs once
+    /// per load, never per row.
+    pub fn validate(&self) -> Result<(), InvalidModel> {
         let n = self.n_features;
         if n == 0 {
-            return Err("the model has zero features".into());
-        }
-        let check = |name: &str, v: &Option<Vec<f64>>| match v {
-            Some(v) if v.len() != n => Err(format!("{name} has {} values, expected {n}", v.len())),
-            _ => Ok(()),
-        };
-        for s in &self.steps {
-            match s {
-                Scaler::StandardScaler { mean, scale } => {
-                    check("StandardScaler.mean_", mean)?;
-                    check("StandardScaler.scale_", scale)?;
-                }
-                Scaler::MinMaxScaler { scale, min, .. } => {
-                    check("MinMaxScaler.scale_", &Some(scale.clone()))?;
-                    check("MinMaxScaler.min_", &Some(min.clone()))?;
-                }
-                Scaler::RobustScaler { center, scale } => {
-                    check("RobustScaler.center_", center)?;
-                    check("RobustScaler.scale_", scale)?;
-                }
-            }
-        }
-        let Detector::OneClassSvm(svm) = &self.detector;
-        let finite = |name: &str, v: &[f64]| match v.iter().position(|x| !x.is_finite()) {
-            Some(i) => Err(format!(
-                "{name}[{i}] is {} (the model was saved broken; refit it)",
-                v[i]
-            )),
-            None => Ok(()),
-        };
-        for s in &self.steps {
-            let arrays: [(&str, Option<&Vec<f64>>); 2] = match s {
-                Scaler::StandardScaler { mean, scale } => [
-                    ("StandardScaler.mean_", mean.as_ref()),
-                    ("StandardScaler.scale_", scale.as_ref()),
-                ],
-                Scaler::MinMaxScaler { scale, min, .. } => [
-                    ("MinMaxScaler.scale_", Some(scale)),
-                    ("MinMaxScaler.min_", Some(min)),
-                ],
-                Scaler::RobustScaler { center, scale } => [
-                    ("RobustScaler.center_", center.as_ref()),
-                    ("RobustScaler.scale_", scale.as_ref()),
-                ],
-            };
-            for (name, v) in arrays {
-                if let Some(v) = v {
-                    finite(name, v)?;
-                }
-            }
-        }
-        finite("OneClassSVM.support_vectors_", &svm.support_vectors)?;
-        finite("OneClassSVM.dual_coef_", &svm.dual_coef)?;
-        finite(
-            "OneClassSVM.intercept_/gamma/coef0",
-            &[svm.intercept, svm.gamma, svm.coef0],
-        )?;
-        if svm.dual_coef.is_empty() {
-            return Err("the OneClassSVM has no support vectors".into());
-        }
-        if svm.support_vectors.len() != svm.dual_coef.len() * n {
-            return Err(format!(
-                "the OneClassSVM has {} support-vector values for {} support vectors of {n} features",
-                svm.support_vectors.len(),
-                svm.dual_coef.len()
+            return Err(InvalidModel::new(
+                "Model",
+                "n_features",
+                "is 0; a model needs at least one feature",
             ));
         }
-        Ok(())
+        for s in &self.steps {
+            s.validate(n)?;
+        }
+        self.detector.validate(n)
     }
 
     /// A one-line description, e.g. `Pipeline(StandardScaler, OneClassSVM(rbf, 15 SV))`.
     pub fn describe(&self) -> String {
-        let mut parts: Vec<String> = self
-            .steps
-            .iter()
-            .map(|s| match s {
-                Scaler::StandardScaler { .. } => "StandardScaler".to_string(),
-                Scaler::MinMaxScaler { .. } => "MinMaxScaler".to_string(),
-                Scaler::RobustScaler { .. } => "RobustScaler".to_string(),
-            })
-            .collect();
+        let mut parts: Vec<String> = self.steps.iter().map(|s| s.name().to_string()).collect();
         let Detector::OneClassSvm(svm) = &self.detector;
         parts.push(format!(
             "OneClassSVM(kernel={}, gamma={}, {} support vectors)",
@@ -310,6 +420,67 @@ pub fn is_inlier(decision: f64) -> bool {
 }
 
 impl Scaler {
+    /// scikit-learn's class name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scaler::StandardScaler { .. } => "StandardScaler",
+            Scaler::MinMaxScaler { .. } => "MinMaxScaler",
+            Scaler::RobustScaler { .. } => "RobustScaler",
+        }
+    }
+
+    /// Checks one fitted scaler for a model of `n` features. Every
+    /// scaler's arrays have `n` finite values; the divisors and
+    /// multipliers are positive, as `fit` makes them:
+    ///
+    /// * `StandardScaler.scale_ = _handle_zeros_in_scale(sqrt(var_))`;
+    /// * `RobustScaler.scale_ = _handle_zeros_in_scale(q_max - q_min)`
+    ///   (with `q_min <= q_max`, checked by `fit`);
+    /// * `MinMaxScaler.scale_ = (hi - lo) / _handle_zeros_in_scale(data_range_)`
+    ///   with `lo < hi` (`fit` refuses "Minimum of desired feature range
+    ///   must be smaller than maximum"), which also holds for the clip
+    ///   range.
+    ///
+    /// A new scaler adds its arm here.
+    pub fn validate(&self, n: usize) -> Result<(), InvalidModel> {
+        let est = self.name();
+        match self {
+            Scaler::StandardScaler { mean, scale } => {
+                if let Some(m) = mean {
+                    check_width(est, "mean_", m, n)?;
+                    check_finite(est, "mean_", m)?;
+                }
+                if let Some(s) = scale {
+                    check_scale(est, "scale_", s, n)?;
+                }
+            }
+            Scaler::MinMaxScaler { scale, min, clip } => {
+                check_scale(est, "scale_", scale, n)?;
+                check_width(est, "min_", min, n)?;
+                check_finite(est, "min_", min)?;
+                if let Some((lo, hi)) = *clip {
+                    if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                        return Err(InvalidModel::new(
+                            est,
+                            "feature_range",
+                            format!("is ({lo}, {hi}), but fit requires finite bounds with minimum < maximum"),
+                        ));
+                    }
+                }
+            }
+            Scaler::RobustScaler { center, scale } => {
+                if let Some(c) = center {
+                    check_width(est, "center_", c, n)?;
+                    check_finite(est, "center_", c)?;
+                }
+                if let Some(s) = scale {
+                    check_scale(est, "scale_", s, n)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Transforms one row in place.
     #[inline]
     pub fn transform(&self, x: &mut [f64]) {

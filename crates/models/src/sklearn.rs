@@ -9,12 +9,56 @@
 
 use std::io::Read;
 
-use crate::model::{Detector, Kernel, Model, OneClassSvm, Scaler};
+use crate::model::{Detector, InvalidModel, Kernel, Model, OneClassSvm, Scaler};
 use crate::pickle::{self, Class, Estimator, NdArray, PickleError, Value};
 
-/// Largest decompressed joblib stream accepted (guards against
-/// decompression bombs). Real per-device models are kilobytes.
-pub const MAX_DECOMPRESSED: u64 = 1 << 30;
+/// Bounds on what importing one model may use, so that a small upload
+/// cannot make the importer allocate gigabytes.
+///
+/// One number, the model-size limit, bounds every stage: the pickle after
+/// decompression (a plain pickle counts as it is), the values the pickle
+/// interpreter builds from it (at most [`ImportLimits::HEAP_FACTOR`] times
+/// the limit, estimated before allocating), and each array converted to
+/// f64. Real per-device models are kilobytes; the default leaves room for
+/// models with hundreds of thousands of support vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// Largest pickle accepted after decompression, in bytes.
+    pub max_decompressed_bytes: u64,
+}
+
+impl ImportLimits {
+    /// The default model-size limit: 64 MiB.
+    pub const DEFAULT_MAX_DECOMPRESSED_BYTES: u64 = 64 << 20;
+    /// The interpreter may build values of up to this many times the
+    /// limit: array bytes are held once (twice for protocol-2 text
+    /// arrays), so real pickles stay well under it, while a bomb of tiny
+    /// opcodes (each making a list, a memo entry, …) is stopped before
+    /// it costs more.
+    pub const HEAP_FACTOR: u64 = 4;
+
+    /// Limits with a model-size limit of `max_decompressed_bytes`.
+    pub fn new(max_decompressed_bytes: u64) -> ImportLimits {
+        ImportLimits {
+            max_decompressed_bytes,
+        }
+    }
+
+    /// Bytes the pickle interpreter may allocate for values.
+    pub fn max_heap_bytes(&self) -> usize {
+        usize::try_from(
+            self.max_decompressed_bytes
+                .saturating_mul(Self::HEAP_FACTOR),
+        )
+        .unwrap_or(usize::MAX)
+    }
+}
+
+impl Default for ImportLimits {
+    fn default() -> ImportLimits {
+        ImportLimits::new(Self::DEFAULT_MAX_DECOMPRESSED_BYTES)
+    }
+}
 
 /// Why a file could not be imported as a model.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -26,35 +70,77 @@ pub enum ImportError {
     /// A compressed joblib file that could not be decompressed.
     #[error("cannot decompress this joblib file: {0}")]
     Decompress(String),
+    /// The model is larger than the configured model-size limit.
+    #[error("{what} is larger than the model size limit of {} ({limit} bytes); if the model is genuine, raise the model size limit in fleetscore's configuration", mib(*.limit))]
+    TooLarge {
+        /// What exceeded the limit.
+        what: String,
+        /// The limit, in bytes ([`ImportLimits::max_decompressed_bytes`]).
+        limit: u64,
+    },
     /// A format that is recognised but not supported.
     #[error("{0}")]
     UnsupportedFormat(String),
     /// The objects in the pickle do not form a supported model.
     #[error("{0}")]
     Model(String),
+    /// The fitted model is not internally consistent.
+    #[error(transparent)]
+    Invalid(#[from] InvalidModel),
+}
+
+/// `n` bytes in MiB (or KiB below 1 MiB), for messages.
+fn mib(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{} MiB", n as f64 / f64::from(1u32 << 20))
+    } else {
+        format!("{} KiB", n as f64 / 1024.0)
+    }
 }
 
 /// Reads a scikit-learn model from the bytes of a pickle or `joblib.dump`
-/// file (uncompressed, zlib or gzip). Nothing in the file is executed.
+/// file (uncompressed, zlib or gzip), with the default [`ImportLimits`].
+/// Nothing in the file is executed.
 pub fn import(bytes: &[u8]) -> Result<Model, ImportError> {
-    let data = decompress(bytes)?;
-    let value = pickle::load(&data)?;
-    translate(&value)
+    import_with_limits(bytes, &ImportLimits::default())
+}
+
+/// As [`import`], within `limits` (the server and CLI pass the configured
+/// model-size limit).
+pub fn import_with_limits(bytes: &[u8], limits: &ImportLimits) -> Result<Model, ImportError> {
+    let data = decompress_with_limits(bytes, limits)?;
+    let value = pickle::load_with_limit(&data, limits.max_heap_bytes())?;
+    translate_with_limits(&value, limits)
+}
+
+/// Undoes joblib's compression with the default [`ImportLimits`]; see
+/// [`decompress_with_limits`].
+pub fn decompress(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ImportError> {
+    decompress_with_limits(bytes, &ImportLimits::default())
 }
 
 /// Undoes joblib's compression, recognised by magic bytes; plain pickles
-/// are returned as they are.
-pub fn decompress(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ImportError> {
+/// are returned as they are. Decompression stops as soon as the output
+/// passes `limits.max_decompressed_bytes`, so a bomb costs at most the
+/// limit; a plain pickle larger than the limit is refused too.
+pub fn decompress_with_limits<'a>(
+    bytes: &'a [u8],
+    limits: &ImportLimits,
+) -> Result<std::borrow::Cow<'a, [u8]>, ImportError> {
+    let max = limits.max_decompressed_bytes;
     let limited = |r: &mut dyn Read| -> Result<Vec<u8>, ImportError> {
         let mut out = Vec::new();
-        r.take(MAX_DECOMPRESSED + 1)
+        r.take(max.saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|e| ImportError::Decompress(e.to_string()))?;
-        if out.len() as u64 > MAX_DECOMPRESSED {
-            return Err(ImportError::Decompress(format!(
-                "it expands to more than {} MiB, which no supported model needs",
-                MAX_DECOMPRESSED >> 20
-            )));
+        if out.len() as u64 > max {
+            return Err(ImportError::TooLarge {
+                what: format!(
+                    "this compressed joblib file ({} bytes) expands to more than the limit: it",
+                    bytes.len()
+                ),
+                limit: max,
+            });
         }
         Ok(out)
     };
@@ -70,6 +156,10 @@ pub fn decompress(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ImportErro
         [b'Z', b'F', ..] => Err(ImportError::UnsupportedFormat(
             "this is a joblib file from joblib 0.9 or older (compressed `ZF` format, arrays in separate .npy files); load it with joblib and re-save it with a current joblib.dump or pickle.dump".into(),
         )),
+        _ if bytes.len() as u64 > max => Err(ImportError::TooLarge {
+            what: format!("this pickle ({} bytes)", bytes.len()),
+            limit: max,
+        }),
         _ => Ok(bytes.into()),
     }
 }
@@ -88,12 +178,27 @@ const MAX_DEPTH: usize = 8;
 /// without a bound the walk is exponential.
 const MAX_STEPS: usize = 256;
 
-/// Translates an unpickled estimator into a [`Model`].
+/// Translates an unpickled estimator into a [`Model`], with the default
+/// [`ImportLimits`].
 pub fn translate(value: &Value) -> Result<Model, ImportError> {
+    translate_with_limits(value, &ImportLimits::default())
+}
+
+/// Translates an unpickled estimator into a [`Model`], checking the
+/// attributes only the pickle holds (`_n_support`, `support_`,
+/// `shape_fit_`, `n_features_in_`, array shapes) and then the model itself
+/// ([`Model::validate`]).
+pub fn translate_with_limits(value: &Value, limits: &ImportLimits) -> Result<Model, ImportError> {
     let mut steps = Vec::new();
     let mut detector = None;
     let mut visited = 0;
-    collect(value, &mut steps, &mut detector, 0, &mut visited)?;
+    let mut cx = Walk {
+        steps: &mut steps,
+        detector: &mut detector,
+        visited: &mut visited,
+        limits,
+    };
+    collect(value, &mut cx, 0)?;
     let (detector, n_features) = detector.ok_or_else(|| {
         ImportError::Model(format!(
             "the model has no outlier detector: the last step must be a OneClassSVM (supported: {})",
@@ -105,29 +210,32 @@ pub fn translate(value: &Value) -> Result<Model, ImportError> {
         steps,
         detector,
     };
-    model.validate().map_err(ImportError::Model)?;
+    model.validate()?;
     Ok(model)
 }
 
-fn collect(
-    value: &Value,
-    steps: &mut Vec<Scaler>,
-    detector: &mut Option<(Detector, usize)>,
-    depth: usize,
-    visited: &mut usize,
-) -> Result<(), ImportError> {
+/// What the walk over a pipeline collects, and the limits it checks.
+struct Walk<'a> {
+    steps: &'a mut Vec<Scaler>,
+    detector: &'a mut Option<(Detector, usize)>,
+    visited: &'a mut usize,
+    limits: &'a ImportLimits,
+}
+
+fn collect(value: &Value, cx: &mut Walk<'_>, depth: usize) -> Result<(), ImportError> {
+    let limits = cx.limits;
     if depth > MAX_DEPTH {
         return Err(ImportError::Model(
             "pipelines nested more than 8 deep".into(),
         ));
     }
-    *visited += 1;
-    if *visited > MAX_STEPS {
+    *cx.visited += 1;
+    if *cx.visited > MAX_STEPS {
         return Err(ImportError::Model(format!(
             "the model has more than {MAX_STEPS} pipeline steps"
         )));
     }
-    if detector.is_some() {
+    if cx.detector.is_some() {
         return Err(ImportError::Model(
             "a step follows the OneClassSVM; the detector must be the last step of the pipeline"
                 .into(),
@@ -151,7 +259,11 @@ fn collect(
             "the {est:?} has no fitted state (was it saved before fit?)"
         ))
     })?;
-    let attrs = Attrs { est, state: &state };
+    let attrs = Attrs {
+        est,
+        state: &state,
+        limits,
+    };
     match est {
         Estimator::Pipeline => {
             let list = attrs.get("steps")?;
@@ -168,13 +280,13 @@ fn collect(
                             "holds an item that is not a (name, estimator) pair",
                         )
                     })?;
-                collect(&pair[1], steps, detector, depth + 1, visited)?;
+                collect(&pair[1], cx, depth + 1)?;
             }
         }
         Estimator::StandardScaler => {
             let with_mean = attrs.bool_or("with_mean", true)?;
             let with_std = attrs.bool_or("with_std", true)?;
-            steps.push(Scaler::StandardScaler {
+            cx.steps.push(Scaler::StandardScaler {
                 mean: if with_mean {
                     attrs.opt_vec("mean_")?
                 } else {
@@ -204,7 +316,7 @@ fn collect(
             } else {
                 None
             };
-            steps.push(Scaler::MinMaxScaler {
+            cx.steps.push(Scaler::MinMaxScaler {
                 scale: attrs.vec("scale_")?,
                 min: attrs.vec("min_")?,
                 clip,
@@ -213,7 +325,7 @@ fn collect(
         Estimator::RobustScaler => {
             let with_centering = attrs.bool_or("with_centering", true)?;
             let with_scaling = attrs.bool_or("with_scaling", true)?;
-            steps.push(Scaler::RobustScaler {
+            cx.steps.push(Scaler::RobustScaler {
                 center: if with_centering {
                     attrs.opt_vec("center_")?
                 } else {
@@ -227,7 +339,12 @@ fn collect(
             });
         }
         Estimator::OneClassSvm => {
-            *detector = Some(one_class_svm(&attrs)?);
+            *cx.detector = Some(one_class_svm(&attrs)?);
+        }
+    }
+    if est != Estimator::Pipeline && est != Estimator::OneClassSvm {
+        if let Some(width) = cx.steps.last().and_then(scaler_width) {
+            attrs.check_n_features_in(width)?;
         }
     }
     Ok(())
@@ -281,28 +398,35 @@ fn one_class_svm(a: &Attrs) -> Result<(Detector, usize), ImportError> {
         [r, c] => (r, c),
         _ => return Err(a.bad("support_vectors_", "is not a 2-D array")),
     };
-    let support_vectors = sv.to_f64().map_err(|e| a.bad("support_vectors_", &e))?;
-    let dual = a.array_either("_dual_coef_", "dual_coef_")?;
-    let dual_coef = dual.to_f64().map_err(|e| a.bad("dual_coef_", &e))?;
-    if dual_coef.len() != n_sv {
-        return Err(a.bad(
-            "dual_coef_",
-            &format!("has {} values for {n_sv} support vectors", dual_coef.len()),
+    let support_vectors = a.to_f64("support_vectors_", &sv)?;
+    let (dual_name, dual) = a.array_either("_dual_coef_", "dual_coef_")?;
+    // libsvm's one-class model has nr_class - 1 = 1 row of coefficients,
+    // one per support vector (set_model: sv_coef[0] = dual_coef + 0 * l).
+    if dual.shape[..] != [1, n_sv] {
+        return Err(a.invalid(
+            dual_name,
+            format!(
+                "has shape {:?}, but a one-class SVM with {n_sv} support vectors has shape [1, {n_sv}]",
+                dual.shape
+            ),
         ));
     }
-    let icpt = a.array_either("_intercept_", "intercept_")?;
-    let icpt = icpt.to_f64().map_err(|e| a.bad("intercept_", &e))?;
+    let dual_coef = a.to_f64(dual_name, &dual)?;
+    let (icpt_name, icpt) = a.array_either("_intercept_", "intercept_")?;
+    let icpt = a.to_f64(icpt_name, &icpt)?;
     let [intercept] = icpt[..] else {
-        return Err(a.bad("intercept_", "does not hold exactly one value"));
+        return Err(a.invalid(
+            icpt_name,
+            format!(
+                "has {} values, but a one-class SVM has exactly one (libsvm's rho)",
+                icpt.len()
+            ),
+        ));
     };
-    if let Some(n) = a.find("n_features_in_").and_then(|v| v.as_i64()) {
-        if usize::try_from(n).ok() != Some(n_features) {
-            return Err(a.bad(
-                "n_features_in_",
-                "disagrees with the support vectors' width",
-            ));
-        }
-    }
+    check_n_support(a, n_sv)?;
+    let n_samples = check_shape_fit(a, n_sv, n_features)?;
+    check_support(a, n_sv, n_samples)?;
+    a.check_n_features_in(n_features)?;
     let svm = OneClassSvm {
         kernel,
         gamma,
@@ -315,11 +439,159 @@ fn one_class_svm(a: &Attrs) -> Result<(Detector, usize), ImportError> {
     Ok((Detector::OneClassSvm(svm), n_features))
 }
 
+/// `_n_support`, the number of support vectors per class, must agree
+/// with `support_vectors_`. scikit-learn refuses a model whose
+/// `n_support_.sum()` differs from `support_vectors_.shape[0]`
+/// (`BaseLibSVM._validate_for_predict`, the fix for CVE-2020-28975; for a
+/// one-class model `n_support_` is `[_n_support[0]]`). libsvm sizes its
+/// model by `len(_n_support)` (`nr_class`, 2 for one-class: one row of
+/// coefficients, one rho), so the length must be 2 and no count negative.
+///
+/// Pickles from scikit-learn 0.22 and older have `n_support_` instead;
+/// for one-class models those releases never wrote its values
+/// (`copy_nSV` returns early when the model has no labels, leaving
+/// `np.empty` memory), so only its shape is checked.
+fn check_n_support(a: &Attrs, n_sv: usize) -> Result<(), ImportError> {
+    let (name, legacy) = match (a.find("_n_support"), a.find("n_support_")) {
+        (Some(_), _) => ("_n_support", false),
+        (None, Some(_)) => ("n_support_", true),
+        (None, None) => return Ok(()),
+    };
+    let arr = a.array(name)?;
+    if arr.shape.len() != 1 || !matches!(arr.dtype.kind, 'i' | 'u') {
+        return Err(a.invalid(
+            name,
+            format!(
+                "is not a 1-D integer array (shape {:?}, dtype {}{})",
+                arr.shape, arr.dtype.kind, arr.dtype.itemsize
+            ),
+        ));
+    }
+    if arr.len() != 2 {
+        return Err(a.invalid(
+            name,
+            format!(
+                "has {} entries, but libsvm's one-class model has 2 (scikit-learn writes [n_SV, n_SV])",
+                arr.len()
+            ),
+        ));
+    }
+    if legacy {
+        return Ok(());
+    }
+    let counts = a.to_f64(name, &arr)?;
+    if let Some(i) = counts.iter().position(|&c| c < 0.0) {
+        return Err(a.invalid(
+            format!("{name}[{i}]"),
+            format!(
+                "is {}, but a count of support vectors cannot be negative",
+                counts[i]
+            ),
+        ));
+    }
+    if counts[0] != n_sv as f64 {
+        return Err(a.invalid(
+            name,
+            format!(
+                "says {} support vectors but support_vectors_ has {n_sv} rows (scikit-learn refuses this model too: \"The internal representation of OneClassSVM was altered\")",
+                counts[0]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `shape_fit_` is the training data's `X.shape`: its width is the
+/// model's, and the support vectors are some of its rows. Returns the
+/// number of training rows when present.
+fn check_shape_fit(
+    a: &Attrs,
+    n_sv: usize,
+    n_features: usize,
+) -> Result<Option<usize>, ImportError> {
+    let Some(v) = a.find("shape_fit_") else {
+        return Ok(None);
+    };
+    let Some(shape) = v.shape() else {
+        return Err(a.invalid("shape_fit_", "is not a tuple of non-negative integers"));
+    };
+    let [rows, cols] = shape[..] else {
+        return Err(a.invalid(
+            "shape_fit_",
+            format!("is {shape:?}, not the (rows, features) of a 2-D training set"),
+        ));
+    };
+    if cols != n_features {
+        return Err(a.invalid(
+            "shape_fit_",
+            format!(
+                "says the model was fitted on {cols} features but its support vectors have {n_features}"
+            ),
+        ));
+    }
+    if n_sv > rows {
+        return Err(a.invalid(
+            "shape_fit_",
+            format!(
+                "says {rows} training rows, fewer than the {n_sv} support vectors taken from them"
+            ),
+        ));
+    }
+    Ok(Some(rows))
+}
+
+/// `support_` holds the training-row index of each support vector.
+/// libsvm sizes its model by it (`set_model`: `model->l =
+/// support.shape[0]`, then reads that many support vectors and
+/// coefficients), so its length must match; each index lies in the
+/// training set.
+fn check_support(a: &Attrs, n_sv: usize, n_samples: Option<usize>) -> Result<(), ImportError> {
+    if a.find("support_").is_none() {
+        return Ok(());
+    }
+    let arr = a.array("support_")?;
+    if arr.shape.len() != 1 || !matches!(arr.dtype.kind, 'i' | 'u') {
+        return Err(a.invalid("support_", "is not a 1-D integer array"));
+    }
+    if arr.len() != n_sv {
+        return Err(a.invalid(
+            "support_",
+            format!(
+                "has {} indices but support_vectors_ has {n_sv} rows (libsvm would read past the arrays)",
+                arr.len()
+            ),
+        ));
+    }
+    let idx = a.to_f64("support_", &arr)?;
+    let bound = n_samples.map_or(f64::INFINITY, |n| n as f64);
+    if let Some(i) = idx.iter().position(|&x| x < 0.0 || x >= bound) {
+        return Err(a.invalid(
+            format!("support_[{i}]"),
+            format!(
+                "is {}, not the index of a training row (shape_fit_ has {} rows)",
+                idx[i],
+                n_samples.unwrap_or(0)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The number of features a fitted scaler's arrays have, if any is kept.
+fn scaler_width(s: &Scaler) -> Option<usize> {
+    match s {
+        Scaler::StandardScaler { mean, scale } => mean.as_ref().or(scale.as_ref()).map(Vec::len),
+        Scaler::MinMaxScaler { scale, .. } => Some(scale.len()),
+        Scaler::RobustScaler { center, scale } => center.as_ref().or(scale.as_ref()).map(Vec::len),
+    }
+}
+
 /// The `__dict__` of one estimator, with accessors that name the estimator
 /// and attribute in their errors.
 struct Attrs<'a> {
     est: Estimator,
     state: &'a Value,
+    limits: &'a ImportLimits,
 }
 
 impl Attrs<'_> {
@@ -335,6 +607,40 @@ impl Attrs<'_> {
 
     fn bad(&self, attr: &str, why: &str) -> ImportError {
         ImportError::Model(format!("{}.{attr} {why}", self.name()))
+    }
+
+    /// An attribute that is present and readable but inconsistent.
+    fn invalid(&self, attr: impl Into<String>, problem: impl Into<String>) -> ImportError {
+        ImportError::Invalid(InvalidModel::new(self.name(), attr, problem))
+    }
+
+    /// `n_features_in_` (scikit-learn 0.24 and later), when present, is
+    /// the width of the estimator's arrays.
+    fn check_n_features_in(&self, width: usize) -> Result<(), ImportError> {
+        let Some(v) = self.find("n_features_in_") else {
+            return Ok(());
+        };
+        match v.as_i64() {
+            Some(n) if usize::try_from(n).ok() == Some(width) => Ok(()),
+            Some(n) => Err(self.invalid(
+                "n_features_in_",
+                format!("is {n}, but the fitted arrays have {width} features"),
+            )),
+            None => Err(self.invalid("n_features_in_", "is not an integer")),
+        }
+    }
+
+    /// The elements of `arr` as f64, refusing arrays whose f64 copy would
+    /// pass the model-size limit (a 1-byte dtype grows eightfold).
+    fn to_f64(&self, attr: &str, arr: &NdArray) -> Result<Vec<f64>, ImportError> {
+        let bytes = (arr.len() as u64).saturating_mul(8);
+        if bytes > self.limits.max_decompressed_bytes {
+            return Err(ImportError::TooLarge {
+                what: format!("{}.{attr} ({} values as f64)", self.name(), arr.len()),
+                limit: self.limits.max_decompressed_bytes,
+            });
+        }
+        arr.to_f64().map_err(|e| self.bad(attr, &e))
     }
 
     fn find(&self, attr: &str) -> Option<Value> {
@@ -372,16 +678,23 @@ impl Attrs<'_> {
             .map_err(|e| self.bad(attr, &format!("is not a usable numpy array: {e}")))
     }
 
-    fn array_either(&self, first: &str, second: &str) -> Result<NdArray, ImportError> {
-        if self.find(first).is_some() {
-            self.array(first)
+    /// The first of two attribute names present, and its array.
+    fn array_either<'n>(
+        &self,
+        first: &'n str,
+        second: &'n str,
+    ) -> Result<(&'n str, NdArray), ImportError> {
+        let name = if self.find(first).is_some() {
+            first
         } else {
-            self.array(second)
-        }
+            second
+        };
+        Ok((name, self.array(name)?))
     }
 
     fn vec(&self, attr: &str) -> Result<Vec<f64>, ImportError> {
-        self.array(attr)?.to_f64().map_err(|e| self.bad(attr, &e))
+        let arr = self.array(attr)?;
+        self.to_f64(attr, &arr)
     }
 
     fn opt_vec(&self, attr: &str) -> Result<Option<Vec<f64>>, ImportError> {

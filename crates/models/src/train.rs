@@ -261,7 +261,11 @@ pub fn train(
         steps,
         detector: Detector::OneClassSvm(svm),
     };
-    model.validate().map_err(TrainError::Param)?;
+    // The same checks as every imported model: a fit that produced an
+    // inconsistent model is a bug here, reported rather than stored.
+    model
+        .validate()
+        .map_err(|e| TrainError::Param(e.to_string()))?;
     Ok((model, info))
 }
 
@@ -430,7 +434,9 @@ pub fn fit_one_class_svm(
             )));
         }
     }
-    if p.kernel == Kernel::Poly && p.degree < 0 {
+    // libsvm's svm_check_parameter refuses a negative degree for every
+    // kernel, not only poly; so does Model::validate.
+    if p.degree < 0 {
         return Err(TrainError::Param(format!(
             "degree must be non-negative, not {}",
             p.degree

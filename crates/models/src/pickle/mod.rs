@@ -93,6 +93,16 @@ pub enum PickleError {
         /// Why it cannot be read.
         reason: &'static str,
     },
+    /// Building the pickle's values would take more memory than the
+    /// import limit allows (a small file of cheap opcodes, each making a
+    /// list, an object or a memo entry, can ask for gigabytes).
+    #[error("byte {offset}: the pickle builds more than {limit} bytes of values, more than the model size limit allows (refused as a likely memory bomb); if the model is genuine, raise the model size limit in fleetscore's configuration")]
+    TooLarge {
+        /// Byte offset of the opcode that passed the limit.
+        offset: usize,
+        /// Bytes the interpreter may allocate.
+        limit: usize,
+    },
     /// The opcodes are individually valid but do not form a sensible pickle.
     #[error("byte {offset}: malformed pickle: {reason}")]
     Malformed {
@@ -116,7 +126,19 @@ pub const SUPPORTED: &str = "Pipeline, StandardScaler, MinMaxScaler, RobustScale
 /// reference counted, so a cycle would never be freed. No supported model
 /// has one.
 pub fn load(data: &[u8]) -> Result<Value, PickleError> {
-    let mut m = Machine::new(data, 0, 0);
+    load_with_limit(
+        data,
+        crate::sklearn::ImportLimits::default().max_heap_bytes(),
+    )
+}
+
+/// As [`load`], allocating at most about `max_heap_bytes` for the values
+/// it builds. The cost of every opcode is estimated (generously: stack
+/// slot, container, memo entry, copied bytes) and charged before the
+/// allocation, and never refunded, so the bound holds whatever the file
+/// does.
+pub fn load_with_limit(data: &[u8], max_heap_bytes: usize) -> Result<Value, PickleError> {
+    let mut m = Machine::new(data, 0, 0, max_heap_bytes);
     let result = m.run();
     let end = m.pos;
     let mutated = std::mem::take(&mut m.mutated);
@@ -152,12 +174,25 @@ struct Machine<'a> {
     /// Containers given items after they were made (APPEND, SETITEM, BUILD,
     /// …): every reference cycle runs through one of them.
     mutated: Vec<Value>,
+    /// Estimated bytes the machine may still allocate for values.
+    heap_left: usize,
+    /// The limit `heap_left` started from, for the error.
+    heap_limit: usize,
 }
+
+/// Estimated heap cost of one value on the stack or in a list (with the
+/// slack of a growing `Vec`).
+const SLOT: usize = 2 * std::mem::size_of::<Value>();
+/// Estimated heap cost of a new container, object or string header
+/// (`Rc` counts, `RefCell` flag, `Vec` header, allocator rounding).
+const NODE: usize = 96;
+/// Estimated heap cost of a memo entry (hash map slot and growth slack).
+const MEMO_ENTRY: usize = 64;
 
 type Result<T, E = PickleError> = std::result::Result<T, E>;
 
 impl<'a> Machine<'a> {
-    fn new(data: &'a [u8], pos: usize, depth: u8) -> Self {
+    fn new(data: &'a [u8], pos: usize, depth: u8, heap_left: usize) -> Self {
         Machine {
             data,
             pos,
@@ -167,7 +202,18 @@ impl<'a> Machine<'a> {
             depth,
             budget: data.len().saturating_mul(16).saturating_add(1 << 20),
             mutated: Vec::new(),
+            heap_left,
+            heap_limit: heap_left,
         }
+    }
+
+    /// Charges `n` estimated bytes of heap before they are allocated.
+    fn heap(&mut self, n: usize, at: usize) -> Result<()> {
+        self.heap_left = self.heap_left.checked_sub(n).ok_or(PickleError::TooLarge {
+            offset: at,
+            limit: self.heap_limit,
+        })?;
+        Ok(())
     }
 
     fn malformed(&self, offset: usize, reason: impl Into<String>) -> PickleError {
@@ -272,6 +318,7 @@ impl<'a> Machine<'a> {
     }
 
     fn charge(&mut self, n: usize, at: usize) -> Result<()> {
+        self.heap(n.saturating_mul(SLOT), at)?;
         self.budget = self.budget.checked_sub(n).ok_or_else(|| {
             self.malformed(at, "the pickle builds far more values than its size explains (refused as a likely memory bomb)")
         })?;
@@ -283,6 +330,7 @@ impl<'a> Machine<'a> {
             return Err(self.malformed(at, format!("memo index {idx} is implausibly large")));
         }
         let v = self.top(at)?.clone();
+        self.heap(MEMO_ENTRY, at)?;
         self.memo.insert(idx, v);
         Ok(())
     }
@@ -314,10 +362,32 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Heap an opcode allocates beyond its stack slot (payloads of
+    /// strings and bytes are charged where their length is known).
+    fn extra_cost(op: u8) -> usize {
+        match op {
+            // MARK: a mark index.
+            b'(' => 8,
+            // New containers: EMPTY_TUPLE/LIST/DICT/SET, TUPLE, TUPLE1-3,
+            // LIST, DICT, FROZENSET.
+            b')' | b']' | b'}' | 0x8f | b't' | 0x85..=0x87 | b'l' | b'd' | 0x91 => NODE,
+            // Strings and bytes: the Rc header (the payload is charged
+            // with its length).
+            b'X' | 0x8c | 0x8d | b'V' | b'T' | b'U' | b'S' | b'B' | b'C' | 0x8e | 0x96 => NODE,
+            // Objects made by REDUCE, NEWOBJ, NEWOBJ_EX (their arguments
+            // are charged as copies), and big ints.
+            b'R' | 0x81 | 0x92 | 0x8a | 0x8b | b'L' => NODE,
+            _ => 0,
+        }
+    }
+
     fn run(&mut self) -> Result<Value> {
         loop {
             let at = self.pos;
             let op = self.u8("an opcode (the pickle has no STOP)")?;
+            // Every opcode may push one value; those that allocate more
+            // are charged for it below, before allocating.
+            self.heap(SLOT + Self::extra_cost(op), at)?;
             match op {
                 // PROTO
                 0x80 => {
@@ -368,6 +438,7 @@ impl<'a> Machine<'a> {
                         u64::from(self.u32("LONG4")?)
                     };
                     let n = self.len_checked(n, "a long integer")?;
+                    self.heap(n, at)?;
                     let b = self.take(n, "a long integer")?;
                     self.stack.push(long_from_le(b));
                 }
@@ -411,6 +482,7 @@ impl<'a> Machine<'a> {
                         _ => self.u64("BINUNICODE8")?,
                     };
                     let n = self.len_checked(n, "a string")?;
+                    self.heap(n, at)?;
                     let b = self.take(n, "a string")?;
                     let s = std::str::from_utf8(b)
                         .map_err(|_| self.malformed(at, "a string is not valid UTF-8"))?;
@@ -418,6 +490,8 @@ impl<'a> Machine<'a> {
                 }
                 b'V' => {
                     let l = self.line("UNICODE")?;
+                    // Each input byte becomes at most 4 bytes of UTF-8.
+                    self.heap(l.len().saturating_mul(4), at)?;
                     let s = decode_raw_unicode_escape(l)
                         .ok_or_else(|| self.malformed(at, "UNICODE is not valid raw-unicode-escape text"))?;
                     self.stack.push(Value::Str(Rc::from(s.as_str())));
@@ -432,11 +506,13 @@ impl<'a> Machine<'a> {
                         u64::from(self.u8("SHORT_BINSTRING")?)
                     };
                     let n = self.len_checked(n, "a byte string")?;
+                    self.heap(n, at)?;
                     let b = self.take(n, "a byte string")?;
                     self.stack.push(Value::Bytes(Rc::from(b)));
                 }
                 b'S' => {
                     let l = self.line("STRING")?;
+                    self.heap(l.len(), at)?;
                     let b = decode_string_literal(l)
                         .ok_or_else(|| self.malformed(at, "STRING is not a quoted literal"))?;
                     self.stack.push(Value::Bytes(Rc::from(b.as_slice())));
@@ -450,6 +526,7 @@ impl<'a> Machine<'a> {
                         _ => self.u64("BYTEARRAY8")?,
                     };
                     let n = self.len_checked(n, "bytes")?;
+                    self.heap(n, at)?;
                     let b = self.take(n, "bytes")?;
                     self.stack.push(Value::Bytes(Rc::from(b)));
                 }
@@ -664,6 +741,7 @@ impl<'a> Machine<'a> {
             Class::CodecsEncode => match args {
                 [Value::Str(s), Value::Str(enc)] if is_latin1(enc) => {
                     self.charge(s.len() / 8, at)?;
+                    self.heap(s.len(), at)?;
                     let b: Option<Vec<u8>> =
                         s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
                     let b = b.ok_or_else(|| {
@@ -802,8 +880,9 @@ impl<'a> Machine<'a> {
             if self.depth > 0 {
                 return Err(self.malformed(at, "nested joblib object array inside a nested pickle"));
             }
-            let mut inner = Machine::new(self.data, self.pos, self.depth + 1);
+            let mut inner = Machine::new(self.data, self.pos, self.depth + 1, self.heap_left);
             let v = inner.run();
+            self.heap_left = inner.heap_left;
             self.mutated.append(&mut inner.mutated);
             let v = v?;
             self.pos = inner.pos;
@@ -821,6 +900,7 @@ impl<'a> Machine<'a> {
             .checked_mul(dtype.itemsize)
             .ok_or_else(|| bad("array size overflows"))?;
         let n = self.len_checked(nbytes as u64, "joblib array data")?;
+        self.heap(n.saturating_add(NODE), at)?;
         let raw = self.take(n, "joblib array data")?;
         Ok(Value::Array(Rc::new(NdArray {
             shape,
