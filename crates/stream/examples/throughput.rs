@@ -66,7 +66,10 @@ fn main() {
     });
 
     let mut agg = Aggregator::new(tumbling).expect("valid config");
-    let ids: Vec<_> = names.iter().map(|(d, t)| agg.series(d, t)).collect();
+    let ids: Vec<_> = names
+        .iter()
+        .map(|(d, t)| agg.series(d, t).expect("within max_series"))
+        .collect();
     timed("1m tumbling, push by id", n, &mut agg, |agg| {
         for i in 0..n {
             agg.push_series(ids[key[i] as usize], ts[i], value[i]);

@@ -25,9 +25,14 @@ pub struct Reading<'a> {
 
 /// A (device, tag) pair interned by one [`Aggregator`], for
 /// [`Aggregator::push_series`]. Only meaningful to the aggregator that made
-/// it.
+/// it, and only while the series is live: once all of its windows have
+/// closed the series is released, and the id is stale (see
+/// [`Aggregator::is_live`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SeriesId(u32);
+pub struct SeriesId {
+    slot: u32,
+    generation: u32,
+}
 
 /// What [`Aggregator::push`] did with a reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,22 +63,27 @@ pub enum DropReason {
     /// nanosecond range (years 1677 and 2262), where window bounds would
     /// overflow.
     OutOfRange,
+    /// It would have started a new series while
+    /// [`AggregatorConfig::max_series`] series are live (*shed*).
+    SeriesLimit,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::TooLate,
         DropReason::NonFinite,
         DropReason::OutOfRange,
+        DropReason::SeriesLimit,
     ];
 
-    /// `too_late`, `non_finite` or `out_of_range`.
+    /// `too_late`, `non_finite`, `out_of_range` or `series_limit`.
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::TooLate => "too_late",
             DropReason::NonFinite => "non_finite",
             DropReason::OutOfRange => "out_of_range",
+            DropReason::SeriesLimit => "series_limit",
         }
     }
 }
@@ -92,7 +102,8 @@ pub struct ClosedWindow {
 /// [`Aggregator::replay`] count only in `replayed`, because the process
 /// that first received them counted them.
 ///
-/// `received = accepted + adjusted + too_late + non_finite + out_of_range`.
+/// `received = accepted + adjusted + too_late + non_finite + out_of_range +
+/// shed`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
     /// Readings pushed.
@@ -107,6 +118,9 @@ pub struct Counters {
     pub non_finite: u64,
     /// Dropped for a timestamp outside the representable range.
     pub out_of_range: u64,
+    /// Not aggregated because they would have started a new series past
+    /// [`AggregatorConfig::max_series`] (reason `series_limit`).
+    pub shed: u64,
     /// Of `accepted`: older than the newest reading already seen on the
     /// same clock (informational; within tolerance by definition).
     pub out_of_order: u64,
@@ -117,20 +131,28 @@ pub struct Counters {
     pub windows_emitted: u64,
     /// Readings replayed from the log to rebuild state after a restart.
     pub replayed: u64,
+    /// Series released: all of their windows had closed, so their memory
+    /// was freed (a later reading starts them again).
+    pub series_released: u64,
+    /// Clocks of devices without live series that were forgotten to keep
+    /// their number within `max_series` (see the crate docs, "Releasing
+    /// series").
+    pub clocks_forgotten: u64,
 }
 
 impl Counters {
     /// Readings dropped for any reason.
     pub fn dropped(&self) -> u64 {
-        self.too_late + self.non_finite + self.out_of_range
+        self.too_late + self.non_finite + self.out_of_range + self.shed
     }
 
     /// Dropped readings per reason, for a labelled counter.
-    pub fn drop_reasons(&self) -> [(DropReason, u64); 3] {
+    pub fn drop_reasons(&self) -> [(DropReason, u64); 4] {
         [
             (DropReason::TooLate, self.too_late),
             (DropReason::NonFinite, self.non_finite),
             (DropReason::OutOfRange, self.out_of_range),
+            (DropReason::SeriesLimit, self.shed),
         ]
     }
 }
@@ -146,6 +168,11 @@ struct Lane {
 }
 
 impl Lane {
+    const EMPTY: Lane = Lane {
+        panes: VecDeque::new(),
+        cursor: i64::MIN,
+    };
+
     /// The end of the oldest window not yet emitted that holds a pane.
     #[inline]
     fn next_end(&self, layout: &Layout) -> Option<i64> {
@@ -161,10 +188,15 @@ struct Domain {
     max_ts: i64,
     /// Smallest end among the domain's open windows (`i64::MAX` if none):
     /// nothing can close before the horizon reaches it, so most readings
-    /// skip the closing scan.
+    /// skip the closing scan. A lower bound: released series may leave it
+    /// early, which costs one scan.
     next_close: i64,
-    /// The series whose windows this clock closes.
+    /// The live series whose windows this clock closes; empty for a free
+    /// slot.
     series: Vec<u32>,
+    /// The caller's arrival time of the newest reading on this clock (see
+    /// [`Aggregator::set_arrival_time`]).
+    arrived: u64,
 }
 
 /// A window taken out of its deque, waiting to be ordered and emitted.
@@ -189,16 +221,34 @@ pub struct Aggregator {
     out_of_order: i64,
     tolerance: i64,
     interner: Interner,
-    /// Per-device mode: device name to domain index.
+    /// Per-device mode: device name to domain index, for devices with live
+    /// series.
     device_domain: FxHashMap<Box<str>, u32>,
     domains: Vec<Domain>,
-    /// Per series, its domain index.
+    /// Domain slots freed by devices whose last series was released.
+    free_domains: Vec<u32>,
+    /// Per-device mode: the clocks (`max_ts`) of devices that have no live
+    /// series, so that their readings are judged as if they had been kept.
+    idle_clocks: FxHashMap<Box<str>, i64>,
+    /// The clock a device starts with when it has neither a domain nor an
+    /// idle clock: the newest idle clock forgotten (`i64::MIN` until one
+    /// is), so that no forgotten device can reopen a window it emitted.
+    floor: i64,
+    /// Per series slot, its domain index.
     series_domain: Vec<u32>,
+    /// Per series slot, its index in its domain's `series`.
+    series_pos: Vec<u32>,
     /// Open state, `lanes[series * specs + spec]`.
     lanes: Vec<Lane>,
     pane_count: u64,
     closing: Vec<Closing>,
+    /// Series whose last window `close_domain` took; released once the
+    /// closing windows have their names.
+    releasing: Vec<u32>,
     closed: Vec<ClosedWindow>,
+    /// Stamps the domains of the readings pushed (see
+    /// [`Aggregator::set_arrival_time`]).
+    arrival: u64,
     counters: Counters,
 }
 
@@ -214,11 +264,17 @@ impl Aggregator {
             interner: Interner::default(),
             device_domain: FxHashMap::default(),
             domains: Vec::new(),
+            free_domains: Vec::new(),
+            idle_clocks: FxHashMap::default(),
+            floor: i64::MIN,
             series_domain: Vec::new(),
+            series_pos: Vec::new(),
             lanes: Vec::new(),
             pane_count: 0,
             closing: Vec::new(),
+            releasing: Vec::new(),
             closed: Vec::new(),
+            arrival: 0,
             counters: Counters::default(),
         })
     }
@@ -242,38 +298,98 @@ impl Aggregator {
         &self.config
     }
 
-    /// The id of `(device, tag)`, registering the pair on first use. Callers
-    /// that already hold interned keys push through
-    /// [`Aggregator::push_series`] and skip the per-reading hash lookup.
-    pub fn series(&mut self, device: &str, tag: &str) -> SeriesId {
-        let (id, new) = self.interner.intern(device, tag);
-        if new {
-            let domain = match self.config.watermark {
-                WatermarkMode::Global => 0,
-                WatermarkMode::PerDevice => match self.device_domain.get(device) {
-                    Some(&d) => d,
-                    None => {
-                        let d = self.domains.len() as u32;
-                        self.device_domain.insert(device.into(), d);
-                        d
-                    }
-                },
-            };
-            if domain as usize == self.domains.len() {
-                self.domains.push(Domain {
-                    max_ts: i64::MIN,
-                    next_close: i64::MAX,
-                    series: Vec::new(),
-                });
-            }
-            self.domains[domain as usize].series.push(id);
-            self.series_domain.push(domain);
-            self.lanes.extend((0..self.layouts.len()).map(|_| Lane {
-                panes: VecDeque::new(),
-                cursor: i64::MIN,
-            }));
+    /// The id of `(device, tag)`, registering the pair if it is not live;
+    /// `None` when it is not and [`AggregatorConfig::max_series`] series
+    /// are live. Callers that already hold interned keys push through
+    /// [`Aggregator::push_series`] and skip the per-reading hash lookup,
+    /// as long as the series stays live ([`Aggregator::is_live`]).
+    pub fn series(&mut self, device: &str, tag: &str) -> Option<SeriesId> {
+        let slot = self.lookup(device, tag)?;
+        Some(SeriesId {
+            slot,
+            generation: self.interner.generation(slot),
+        })
+    }
+
+    /// Whether `id` still names its series: false once the series was
+    /// released (all of its windows closed), even if the same pair is live
+    /// again under a new id.
+    pub fn is_live(&self, id: SeriesId) -> bool {
+        self.interner.is_live(id.slot) && self.interner.generation(id.slot) == id.generation
+    }
+
+    /// The slot of a live pair, or a new one within the cap.
+    #[inline]
+    fn lookup(&mut self, device: &str, tag: &str) -> Option<u32> {
+        if let Some(id) = self.interner.get(device, tag) {
+            return Some(id);
         }
-        SeriesId(id)
+        if self.interner.len() >= self.config.max_series {
+            return None;
+        }
+        Some(self.add_series(device, tag))
+    }
+
+    /// Registers a pair that is not live, whatever the cap.
+    fn add_series(&mut self, device: &str, tag: &str) -> u32 {
+        let id = self.interner.insert(device, tag);
+        let domain = match self.config.watermark {
+            WatermarkMode::Global => {
+                if self.domains.is_empty() {
+                    self.domains.push(Domain {
+                        max_ts: i64::MIN,
+                        next_close: i64::MAX,
+                        series: Vec::new(),
+                        arrived: self.arrival,
+                    });
+                }
+                0
+            }
+            WatermarkMode::PerDevice => match self.device_domain.get(device) {
+                Some(&d) => d,
+                None => {
+                    // A device comes back with the clock it had when its
+                    // last series was released, or the floor if that was
+                    // forgotten.
+                    let (name, max_ts) = match self.idle_clocks.remove_entry(device) {
+                        Some(entry) => entry,
+                        None => (device.into(), self.floor),
+                    };
+                    let fresh = Domain {
+                        max_ts,
+                        next_close: i64::MAX,
+                        series: Vec::new(),
+                        arrived: self.arrival,
+                    };
+                    let d = match self.free_domains.pop() {
+                        Some(d) => {
+                            self.domains[d as usize] = fresh;
+                            d
+                        }
+                        None => {
+                            self.domains.push(fresh);
+                            (self.domains.len() - 1) as u32
+                        }
+                    };
+                    self.device_domain.insert(name, d);
+                    d
+                }
+            },
+        };
+        let series = &mut self.domains[domain as usize].series;
+        let pos = series.len() as u32;
+        series.push(id);
+        if id as usize == self.series_domain.len() {
+            self.series_domain.push(domain);
+            self.series_pos.push(pos);
+            self.lanes
+                .extend((0..self.layouts.len()).map(|_| Lane::EMPTY));
+        } else {
+            // A released slot: its lanes were reset on release.
+            self.series_domain[id as usize] = domain;
+            self.series_pos[id as usize] = pos;
+        }
+        id
     }
 
     /// Aggregates one reading. Windows it closes (on its device's clock, or
@@ -281,21 +397,49 @@ impl Aggregator {
     /// [`Aggregator::drain_closed`] empties.
     #[inline]
     pub fn push(&mut self, reading: Reading<'_>) -> Disposition {
-        let id = self.series(reading.device, reading.tag);
-        self.push_series(id, reading.ts, reading.value)
+        // Readings no window can take never register their pair.
+        if let Some(reason) = self.invalid(reading.ts, reading.value) {
+            return self.count(Disposition::Dropped(reason));
+        }
+        match self.lookup(reading.device, reading.tag) {
+            Some(id) => self.push_slot(id, reading.ts, reading.value),
+            None => self.count(Disposition::Dropped(DropReason::SeriesLimit)),
+        }
     }
 
     /// [`Aggregator::push`] for a pair interned with
     /// [`Aggregator::series`].
+    ///
+    /// # Panics
+    /// If `id` is stale (its series was released since; see
+    /// [`Aggregator::is_live`]): look the pair up again.
     pub fn push_series(&mut self, id: SeriesId, ts: i64, value: f64) -> Disposition {
-        self.counters.received += 1;
-        let d = self.process(id.0, ts, value);
+        assert!(
+            self.is_live(id),
+            "push_series with a released SeriesId; look the pair up again with Aggregator::series"
+        );
+        self.push_slot(id.slot, ts, value)
+    }
+
+    fn push_slot(&mut self, id: u32, ts: i64, value: f64) -> Disposition {
+        let d = self.process(id, ts, value);
+        if matches!(d, Disposition::Dropped(_)) && self.is_empty(id) {
+            // A new series whose first reading was refused: nothing to keep.
+            self.release_series(id);
+        }
+        self.count(d)
+    }
+
+    fn count(&mut self, d: Disposition) -> Disposition {
+        let c = &mut self.counters;
+        c.received += 1;
         match d {
-            Disposition::Accepted => self.counters.accepted += 1,
-            Disposition::Adjusted { .. } => self.counters.adjusted += 1,
-            Disposition::Dropped(DropReason::TooLate) => self.counters.too_late += 1,
-            Disposition::Dropped(DropReason::NonFinite) => self.counters.non_finite += 1,
-            Disposition::Dropped(DropReason::OutOfRange) => self.counters.out_of_range += 1,
+            Disposition::Accepted => c.accepted += 1,
+            Disposition::Adjusted { .. } => c.adjusted += 1,
+            Disposition::Dropped(DropReason::TooLate) => c.too_late += 1,
+            Disposition::Dropped(DropReason::NonFinite) => c.non_finite += 1,
+            Disposition::Dropped(DropReason::OutOfRange) => c.out_of_range += 1,
+            Disposition::Dropped(DropReason::SeriesLimit) => c.shed += 1,
         }
         d
     }
@@ -310,8 +454,9 @@ impl Aggregator {
     /// durable, in log order, from the first reading the crashed aggregator
     /// saw; then [`Aggregator::push`] the rest, which re-emits whatever the
     /// crashed process may not have delivered. Calls of
-    /// [`Aggregator::advance_to`] change state too: if the service makes
-    /// them, it must log and replay them as well.
+    /// [`Aggregator::advance_to`] and [`Aggregator::close_quiet`] change
+    /// state too: if the service makes them, it must log and replay them as
+    /// well, or make them only where it checkpoints.
     pub fn replay(&mut self, reading: Reading<'_>) {
         let counters = self.counters;
         let pending = self.closed.len();
@@ -319,6 +464,8 @@ impl Aggregator {
         self.closed.truncate(pending);
         self.counters = Counters {
             replayed: counters.replayed + 1,
+            series_released: self.counters.series_released,
+            clocks_forgotten: self.counters.clocks_forgotten,
             ..counters
         };
     }
@@ -353,6 +500,9 @@ impl Aggregator {
                 }
             }
         }
+        for max_ts in self.idle_clocks.values_mut() {
+            *max_ts = (*max_ts).max(ts);
+        }
         self.emit_closing();
     }
 
@@ -365,24 +515,59 @@ impl Aggregator {
     /// would emit are incomplete. It keeps them open and rebuilds them from
     /// the log on start (see [`Aggregator::replay`]).
     pub fn flush_all(&mut self) {
-        let specs = self.layouts.len();
         for d in 0..self.domains.len() {
-            let mut last_end = i64::MIN;
-            for &s in &self.domains[d].series {
-                for (k, layout) in self.layouts.iter().enumerate() {
-                    if let Some(back) = self.lanes[s as usize * specs + k].panes.back() {
-                        last_end = last_end.max(layout.last_start(back.start) + layout.size);
-                    }
-                }
-            }
-            if last_end == i64::MIN {
-                continue;
-            }
-            let domain = &mut self.domains[d];
-            domain.max_ts = domain.max_ts.max(last_end.saturating_add(self.tolerance));
-            self.close_domain(d, i64::MAX);
+            self.flush_domain(d);
         }
         self.emit_closing();
+    }
+
+    /// Sets the arrival time that stamps the clock (device, or fleet) of
+    /// every reading pushed from now on, in any unit the caller likes
+    /// (seconds of processing time since the aggregator was made or
+    /// restored, say), for [`Aggregator::close_quiet`]. Arrival times are
+    /// not part of a snapshot: a restored aggregator stamps every clock 0.
+    pub fn set_arrival_time(&mut self, now: u64) {
+        self.arrival = now;
+    }
+
+    /// Does [`Aggregator::flush_all`] for each clock with no reading
+    /// arrived since `before` (see [`Aggregator::set_arrival_time`]): a
+    /// device that stopped sending has its open windows emitted as if its
+    /// input had ended, and its series released, instead of keeping them
+    /// until it sends again. Its clock moves past those windows, so a
+    /// reading for one of them that arrives later counts as late.
+    ///
+    /// Its effect depends on the caller's clock, so a service must make
+    /// this call only where it checkpoints (its effect is then in the
+    /// snapshot, and a replay of the log after the snapshot does not need
+    /// it), or log it.
+    pub fn close_quiet(&mut self, before: u64) {
+        for d in 0..self.domains.len() {
+            if self.domains[d].arrived < before {
+                self.flush_domain(d);
+            }
+        }
+        self.emit_closing();
+    }
+
+    /// Moves the clock of domain `d` past its open windows and takes them
+    /// all.
+    fn flush_domain(&mut self, d: usize) {
+        let specs = self.layouts.len();
+        let mut last_end = i64::MIN;
+        for &s in &self.domains[d].series {
+            for (k, layout) in self.layouts.iter().enumerate() {
+                if let Some(back) = self.lanes[s as usize * specs + k].panes.back() {
+                    last_end = last_end.max(layout.last_start(back.start) + layout.size);
+                }
+            }
+        }
+        if last_end == i64::MIN {
+            return;
+        }
+        let domain = &mut self.domains[d];
+        domain.max_ts = domain.max_ts.max(last_end.saturating_add(self.tolerance));
+        self.close_domain(d, i64::MAX);
     }
 
     /// What has been counted so far.
@@ -397,31 +582,147 @@ impl Aggregator {
         self.pane_count
     }
 
-    /// Number of distinct (device, tag) pairs seen.
+    /// Number of live (device, tag) series: those with open windows (a
+    /// gauge for `/metrics`; at most [`AggregatorConfig::max_series`],
+    /// unless a snapshot restored more).
     pub fn series_count(&self) -> usize {
         self.interner.len()
     }
 
+    /// Number of devices whose clock is kept without live series (always
+    /// 0 with a global watermark).
+    pub fn idle_clocks(&self) -> usize {
+        self.idle_clocks.len()
+    }
+
     /// The watermark that closes `device`'s windows: the newest event time
     /// on its clock minus the out-of-order tolerance. `None` for a device
-    /// never seen.
+    /// never seen (or whose idle clock was forgotten).
     pub fn watermark(&self, device: &str) -> Option<i64> {
-        let d = match self.config.watermark {
-            WatermarkMode::PerDevice => *self.device_domain.get(device)? as usize,
-            WatermarkMode::Global => 0,
+        let max_ts = match self.config.watermark {
+            WatermarkMode::PerDevice => match self.device_domain.get(device) {
+                Some(&d) => self.domains[d as usize].max_ts,
+                None => *self.idle_clocks.get(device)?,
+            },
+            WatermarkMode::Global => self.domains.first()?.max_ts,
         };
-        let max_ts = self.domains.get(d)?.max_ts;
         (max_ts != i64::MIN).then(|| max_ts.saturating_sub(self.out_of_order))
     }
 
-    fn process(&mut self, sid: u32, ts: i64, value: f64) -> Disposition {
+    /// Why no window can take this reading, if none can.
+    #[inline]
+    fn invalid(&self, ts: i64, value: f64) -> Option<DropReason> {
         if !value.is_finite() {
-            return Disposition::Dropped(DropReason::NonFinite);
+            return Some(DropReason::NonFinite);
         }
         if !self.layouts.iter().all(|l| l.admits(ts)) {
-            return Disposition::Dropped(DropReason::OutOfRange);
+            return Some(DropReason::OutOfRange);
+        }
+        None
+    }
+
+    /// Whether series `s` has no open window in any spec.
+    #[inline]
+    fn is_empty(&self, s: u32) -> bool {
+        let specs = self.layouts.len();
+        self.lanes[s as usize * specs..(s as usize + 1) * specs]
+            .iter()
+            .all(|l| l.panes.is_empty())
+    }
+
+    /// Frees series `s`, which has no open window: its lanes, its names,
+    /// its place in its domain; a device's last series leaves the device's
+    /// clock in `idle_clocks`.
+    ///
+    /// A released series that gets a reading again starts with fresh lanes
+    /// and behaves as if it had been kept: every accepted reading lies
+    /// after all the windows it emitted (`ts >= horizon >= their ends`), so
+    /// its old lanes' cursors could not have mattered.
+    fn release_series(&mut self, s: u32) {
+        let specs = self.layouts.len();
+        for lane in &mut self.lanes[s as usize * specs..(s as usize + 1) * specs] {
+            // A new empty deque: the old one's buffer goes back to the
+            // allocator.
+            *lane = Lane::EMPTY;
+        }
+        let d = self.series_domain[s as usize] as usize;
+        let pos = self.series_pos[s as usize] as usize;
+        let domain = &mut self.domains[d];
+        domain.series.swap_remove(pos);
+        if let Some(&moved) = domain.series.get(pos) {
+            self.series_pos[moved as usize] = pos as u32;
+        }
+        if domain.series.is_empty() && self.config.watermark == WatermarkMode::PerDevice {
+            let max_ts = domain.max_ts;
+            *domain = Domain {
+                max_ts: i64::MIN,
+                next_close: i64::MAX,
+                series: Vec::new(),
+                arrived: 0,
+            };
+            self.free_domains.push(d as u32);
+            let (device, _) = self.interner.pair(s);
+            let (name, _) = self
+                .device_domain
+                .remove_entry(device)
+                .expect("a live series' device has a domain");
+            // A clock at the floor says nothing a forgotten one would not.
+            if max_ts > self.floor {
+                self.idle_clocks.insert(name, max_ts);
+                self.bound_idle_clocks();
+            }
+        }
+        self.interner.release(s);
+        self.counters.series_released += 1;
+    }
+
+    /// Keeps at most `max_series` idle clocks: past that, the older half is
+    /// forgotten and the floor rises to the newest of them. Amortized O(1)
+    /// per release.
+    ///
+    /// A forgotten device, and any device never seen, then starts at the
+    /// floor: its readings older than `floor - tolerance` count as late.
+    /// That is exact for the forgotten devices' own emitted windows (all
+    /// ended at or before their clock minus the tolerance, so at or before
+    /// the floor's horizon: none can be reopened or emitted twice), and
+    /// stricter than kept clocks would be in two cases: a forgotten device
+    /// whose clock was below the floor, and a brand-new device, whose
+    /// readings older than the floor's horizon are late instead of
+    /// accepted.
+    fn bound_idle_clocks(&mut self) {
+        if self.idle_clocks.len() <= self.config.max_series {
+            return;
+        }
+        let mut clocks: Vec<i64> = self.idle_clocks.values().copied().collect();
+        let mid = clocks.len() / 2;
+        let (_, &mut newest_forgotten, _) = clocks.select_nth_unstable(mid);
+        let before = self.idle_clocks.len();
+        self.idle_clocks.retain(|_, m| *m > newest_forgotten);
+        self.idle_clocks.shrink_to_fit();
+        self.floor = self.floor.max(newest_forgotten);
+        self.counters.clocks_forgotten += (before - self.idle_clocks.len()) as u64;
+    }
+
+    /// Releases the series `close_domain` emptied, once their closing
+    /// windows have taken their names.
+    fn release_pending(&mut self) {
+        let mut releasing = std::mem::take(&mut self.releasing);
+        for s in releasing.drain(..) {
+            // Listed once per close: a series that closed twice in one call
+            // (several domains never share one) is released once.
+            if self.interner.is_live(s) && self.is_empty(s) {
+                self.release_series(s);
+            }
+        }
+        self.releasing = releasing;
+    }
+
+    fn process(&mut self, sid: u32, ts: i64, value: f64) -> Disposition {
+        if let Some(reason) = self.invalid(ts, value) {
+            return Disposition::Dropped(reason);
         }
         let dom = self.series_domain[sid as usize] as usize;
+        self.domains[dom].arrived = self.arrival;
         let max_ts = self.domains[dom].max_ts;
         let horizon = max_ts.saturating_sub(self.tolerance);
         let (ts, disposition) = if ts >= horizon {
@@ -496,6 +797,7 @@ impl Aggregator {
             lanes,
             closing,
             pane_count,
+            releasing,
             ..
         } = self;
         let domain = &mut domains[d];
@@ -527,6 +829,10 @@ impl Aggregator {
                     }
                 }
             }
+            let lanes = &lanes[s as usize * specs..(s as usize + 1) * specs];
+            if lanes.iter().all(|l| l.panes.is_empty()) {
+                releasing.push(s);
+            }
         }
         domain.next_close = next_close;
     }
@@ -534,6 +840,7 @@ impl Aggregator {
     /// Orders what `close_domain` collected and moves it to the output.
     fn emit_closing(&mut self) {
         if self.closing.is_empty() {
+            self.release_pending();
             return;
         }
         let interner = &self.interner;
@@ -551,14 +858,18 @@ impl Aggregator {
             });
         }
         self.counters.windows_emitted += n;
+        self.release_pending();
     }
 }
 
 // ---------------------------------------------------------------- snapshots
 
-/// Snapshot format: `FSAGGSN1`, then little-endian fields (see
+/// Snapshot format: `FSAGGSN2`, then little-endian fields (see
 /// [`Aggregator::snapshot`]), then an FNV-1a 64 checksum of all before it.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FSAGGSN1";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FSAGGSN2";
+
+/// The first format, which listed every pair ever seen; still restored.
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"FSAGGSN1";
 
 fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -637,56 +948,77 @@ impl Aggregator {
     /// The whole state (open windows, clocks, counters) as bytes, for a
     /// service that checkpoints it beside the position in its ingest log
     /// and, after a restart, [`Aggregator::restore`]s it and pushes the log
-    /// from that position on.
+    /// from that position on. Only live series are in it, so its size
+    /// follows the open windows, not every pair ever seen.
     ///
     /// Closed windows not yet taken with [`Aggregator::drain_closed`] are
     /// not part of it: drain (and store) them first.
     ///
-    /// Layout, little-endian: the magic `FSAGGSN1`; the config line (length
-    /// and UTF-8); the [`Counters`] fields in declaration order; the pairs
-    /// (count, then device and tag as length and UTF-8, in id order); the
-    /// clocks (count, then `max_ts` and `next_close` each); per pair and
-    /// spec, the lane (`cursor`, pane count, then per pane its start and the
-    /// ten words of its accumulator); an FNV-1a 64 checksum of everything
-    /// before it.
+    /// Layout, little-endian: the magic `FSAGGSN2`; the config line (length
+    /// and UTF-8); the [`Counters`] fields in declaration order; the floor
+    /// (`i64`); the live pairs (count, then device and tag as length and
+    /// UTF-8, in id order); their clocks (count, then `max_ts` and
+    /// `next_close` each, in order of first use by those pairs); per pair
+    /// and spec, the lane (`cursor`, pane count, then per pane its start and
+    /// the ten words of its accumulator); the idle clocks (count, then
+    /// device and `max_ts` each, by device); an FNV-1a 64 checksum of
+    /// everything before it. Snapshots of the first format (`FSAGGSN1`,
+    /// which kept every pair ever seen) are still read.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(64 + self.interner.len() * 48 + self.pane_count as usize * 88);
+        let live = self.interner.len();
+        let mut out = Vec::with_capacity(
+            96 + live * 48 + self.pane_count as usize * 88 + self.idle_clocks.len() * 32,
+        );
         out.extend_from_slice(SNAPSHOT_MAGIC);
         put_str(&mut out, &config_line(&self.config));
-        let c = &self.counters;
-        for x in [
-            c.received,
-            c.accepted,
-            c.adjusted,
-            c.too_late,
-            c.non_finite,
-            c.out_of_range,
-            c.out_of_order,
-            c.late_accepted,
-            c.windows_emitted,
-            c.replayed,
-        ] {
+        for x in counter_words(&self.counters) {
             out.extend_from_slice(&x.to_le_bytes());
         }
-        out.extend_from_slice(&(self.interner.len() as u64).to_le_bytes());
-        for id in 0..self.interner.len() as u32 {
-            let (device, tag) = self.interner.pair(id);
+        out.extend_from_slice(&self.floor.to_le_bytes());
+        let slots: Vec<u32> = (0..self.interner.slots() as u32)
+            .filter(|&s| self.interner.is_live(s))
+            .collect();
+        out.extend_from_slice(&(slots.len() as u64).to_le_bytes());
+        // Restoring interns the pairs in this order, which creates their
+        // clocks in order of first use: list the clocks in that order.
+        let mut first_use = vec![false; self.domains.len()];
+        let mut clocks = Vec::new();
+        for &s in &slots {
+            let (device, tag) = self.interner.pair(s);
             put_str(&mut out, device);
             put_str(&mut out, tag);
-        }
-        out.extend_from_slice(&(self.domains.len() as u64).to_le_bytes());
-        for d in &self.domains {
-            out.extend_from_slice(&d.max_ts.to_le_bytes());
-            out.extend_from_slice(&d.next_close.to_le_bytes());
-        }
-        for lane in &self.lanes {
-            out.extend_from_slice(&lane.cursor.to_le_bytes());
-            out.extend_from_slice(&(lane.panes.len() as u64).to_le_bytes());
-            for p in &lane.panes {
-                out.extend_from_slice(&p.start.to_le_bytes());
-                p.acc.encode(&mut out);
+            let d = self.series_domain[s as usize] as usize;
+            if !first_use[d] {
+                first_use[d] = true;
+                clocks.push(d);
             }
+        }
+        out.extend_from_slice(&(clocks.len() as u64).to_le_bytes());
+        for d in clocks {
+            out.extend_from_slice(&self.domains[d].max_ts.to_le_bytes());
+            out.extend_from_slice(&self.domains[d].next_close.to_le_bytes());
+        }
+        let specs = self.layouts.len();
+        for &s in &slots {
+            for lane in &self.lanes[s as usize * specs..(s as usize + 1) * specs] {
+                out.extend_from_slice(&lane.cursor.to_le_bytes());
+                out.extend_from_slice(&(lane.panes.len() as u64).to_le_bytes());
+                for p in &lane.panes {
+                    out.extend_from_slice(&p.start.to_le_bytes());
+                    p.acc.encode(&mut out);
+                }
+            }
+        }
+        let mut idle: Vec<(&str, i64)> = self
+            .idle_clocks
+            .iter()
+            .map(|(name, &max_ts)| (&**name, max_ts))
+            .collect();
+        idle.sort_unstable();
+        out.extend_from_slice(&(idle.len() as u64).to_le_bytes());
+        for (name, max_ts) in idle {
+            put_str(&mut out, name);
+            out.extend_from_slice(&max_ts.to_le_bytes());
         }
         let sum = fnv1a(&out);
         out.extend_from_slice(&sum.to_le_bytes());
@@ -697,12 +1029,15 @@ impl Aggregator {
     /// exactly where it stopped (the same later calls give the same
     /// windows). Refused with [`Error::SnapshotConfig`] when `config` shapes
     /// windows differently from the snapshot's, and with
-    /// [`Error::Snapshot`] when the bytes are damaged.
+    /// [`Error::Snapshot`] when the bytes are damaged. A snapshot may hold
+    /// more live series than `config.max_series`: they are all restored,
+    /// and new series are shed until fewer are live.
     pub fn restore(config: AggregatorConfig, data: &[u8]) -> Result<Aggregator, Error> {
         let mut agg = Aggregator::new(config)?;
         let bad = |reason: String| Error::Snapshot { reason };
-        if data.len() < SNAPSHOT_MAGIC.len() + 8 || &data[..8] != SNAPSHOT_MAGIC {
-            return Err(bad("not a snapshot (no FSAGGSN1 header)".into()));
+        let v1 = data.len() >= 8 && &data[..8] == SNAPSHOT_MAGIC_V1;
+        if data.len() < SNAPSHOT_MAGIC.len() + 8 || !(v1 || &data[..8] == SNAPSHOT_MAGIC) {
+            return Err(bad("not a snapshot (no FSAGGSN2 or FSAGGSN1 header)".into()));
         }
         let (body, sum) = data.split_at(data.len() - 8);
         if fnv1a(body) != u64::from_le_bytes(sum.try_into().expect("8 bytes")) {
@@ -718,29 +1053,43 @@ impl Aggregator {
             });
         }
         let mut w = [0u64; 10];
-        for x in &mut w {
-            *x = c.u64()?;
-        }
-        let counters = Counters {
-            received: w[0],
-            accepted: w[1],
-            adjusted: w[2],
-            too_late: w[3],
-            non_finite: w[4],
-            out_of_range: w[5],
-            out_of_order: w[6],
-            late_accepted: w[7],
-            windows_emitted: w[8],
-            replayed: w[9],
+        let counters = if v1 {
+            for x in &mut w {
+                *x = c.u64()?;
+            }
+            Counters {
+                received: w[0],
+                accepted: w[1],
+                adjusted: w[2],
+                too_late: w[3],
+                non_finite: w[4],
+                out_of_range: w[5],
+                out_of_order: w[6],
+                late_accepted: w[7],
+                windows_emitted: w[8],
+                replayed: w[9],
+                ..Counters::default()
+            }
+        } else {
+            let mut x = [0u64; COUNTER_WORDS];
+            for x in &mut x {
+                *x = c.u64()?;
+            }
+            counters_from_words(x)
         };
+        if !v1 {
+            agg.floor = c.i64()?;
+        }
         let pairs = c.len("pair")?;
         for i in 0..pairs {
             let device = c.str("device")?;
             let tag = c.str("tag")?;
-            // Interning in id order rebuilds the same ids and clocks.
-            if agg.series(device, tag).0 as usize != i {
+            // Interning in order rebuilds the ids 0, 1, 2… and the clocks in
+            // order of first use.
+            if agg.interner.get(device, tag).is_some() {
                 return Err(bad(format!("pair {i} ({device}, {tag}) is listed twice")));
             }
+            agg.add_series(device, tag);
         }
         let domains = c.len("clock")?;
         if domains != agg.domains.len() {
@@ -774,12 +1123,72 @@ impl Aggregator {
             }
             panes += n as u64;
         }
+        if !v1 {
+            let idle = c.len("idle clock")?;
+            for _ in 0..idle {
+                let name = c.str("device")?;
+                let max_ts = c.i64()?;
+                if agg.device_domain.contains_key(name)
+                    || agg.idle_clocks.insert(name.into(), max_ts).is_some()
+                {
+                    return Err(bad(format!("the clock of device {name} is listed twice")));
+                }
+            }
+        }
         if c.pos != body.len() {
             return Err(bad(format!("{} bytes left over", body.len() - c.pos)));
         }
         agg.pane_count = panes;
         agg.counters = counters;
+        if v1 {
+            // The first format kept every pair ever seen: release those with
+            // nothing open, as this version would have.
+            agg.releasing = (0..pairs as u32).collect();
+            agg.release_pending();
+            agg.counters.series_released = 0;
+        }
         Ok(agg)
+    }
+}
+
+/// Number of [`Counters`] fields.
+const COUNTER_WORDS: usize = 13;
+
+/// The counters in declaration order.
+fn counter_words(c: &Counters) -> [u64; COUNTER_WORDS] {
+    [
+        c.received,
+        c.accepted,
+        c.adjusted,
+        c.too_late,
+        c.non_finite,
+        c.out_of_range,
+        c.shed,
+        c.out_of_order,
+        c.late_accepted,
+        c.windows_emitted,
+        c.replayed,
+        c.series_released,
+        c.clocks_forgotten,
+    ]
+}
+
+/// The inverse of [`counter_words`].
+fn counters_from_words(w: [u64; COUNTER_WORDS]) -> Counters {
+    Counters {
+        received: w[0],
+        accepted: w[1],
+        adjusted: w[2],
+        too_late: w[3],
+        non_finite: w[4],
+        out_of_range: w[5],
+        shed: w[6],
+        out_of_order: w[7],
+        late_accepted: w[8],
+        windows_emitted: w[9],
+        replayed: w[10],
+        series_released: w[11],
+        clocks_forgotten: w[12],
     }
 }
 

@@ -49,7 +49,7 @@ pub fn batch_aggregate<'a>(
         if layout.last_start(pane) < from || layout.first_start(pane) >= to {
             continue;
         }
-        let id = interner.intern(r.device, r.tag).0;
+        let id = interner.intern(r.device, r.tag);
         panes
             .entry((id, pane))
             .and_modify(|acc| acc.add(r.ts, r.value))

@@ -144,11 +144,14 @@ pub enum WatermarkMode {
 /// allowed_lateness = "0s"
 /// late_policy = "drop"        # or "adjust"
 /// watermark = "per_device"    # or "global"
+/// max_series = 2000000        # live (device, tag) pairs; new ones past it are shed
+/// close_idle_after = "1h"     # the service closes a quiet device's windows; "0s": never
 /// ```
 ///
 /// Every field is optional; the defaults are those of
 /// [`AggregatorConfig::default`]: one-minute tumbling windows, 5 s
-/// out-of-order tolerance, no extra lateness, drop, per-device watermarks.
+/// out-of-order tolerance, no extra lateness, drop, per-device watermarks,
+/// at most 2,000,000 live series, quiet devices closed after an hour.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregatorConfig {
@@ -167,6 +170,30 @@ pub struct AggregatorConfig {
     pub late_policy: LatePolicy,
     /// Per-device or fleet-wide watermark.
     pub watermark: WatermarkMode,
+    /// The most (device, tag) series the aggregator keeps window state for
+    /// at once. A series is live from its first reading until all of its
+    /// windows have closed and been emitted; then its memory is released.
+    /// A reading that would start a new series while this many are live is
+    /// *shed*: not aggregated, counted as dropped with reason
+    /// `series_limit`. It is still in the ingest log and `raw/`, so its
+    /// windows can be recomputed with `fleetscore aggregate`.
+    ///
+    /// Memory: about 0.5 KB per live series with one tumbling spec (its
+    /// names, one open pane of 88 bytes, its clock and table entries; more
+    /// with long names, hopping specs or many open windows), so the default
+    /// of 2,000,000 is about 1 GB. The same number bounds the clocks kept
+    /// for devices with no live series (about 100 bytes each; see the crate
+    /// docs, "Releasing series"). Changing it does not invalidate a
+    /// checkpoint. At least 1.
+    pub max_series: usize,
+    /// How long a device (the fleet, with a global watermark) may send
+    /// nothing, in processing time, before the service closes its open
+    /// windows as if its input had ended (see
+    /// [`Aggregator::close_quiet`](crate::Aggregator::close_quiet)), so
+    /// that a device that stops sending releases its memory instead of
+    /// keeping its last windows open for ever. `"0s"` turns this off. The
+    /// aggregator itself reads no clock: this is for the caller.
+    pub close_idle_after: Span,
 }
 
 impl Default for AggregatorConfig {
@@ -177,6 +204,8 @@ impl Default for AggregatorConfig {
             allowed_lateness: Span::ZERO,
             late_policy: LatePolicy::Drop,
             watermark: WatermarkMode::PerDevice,
+            max_series: 2_000_000,
+            close_idle_after: Span::from_secs(3600),
         }
     }
 }
@@ -187,6 +216,9 @@ impl AggregatorConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.windows.is_empty() {
             return Err(Error::NoWindows);
+        }
+        if self.max_series == 0 {
+            return Err(Error::MaxSeries);
         }
         for (i, spec) in self.windows.iter().enumerate() {
             spec.validate()?;
@@ -220,13 +252,17 @@ mod tests {
                 "out_of_order": "5s",
                 "allowed_lateness": "0s",
                 "late_policy": "drop",
-                "watermark": "per_device"
+                "watermark": "per_device",
+                "max_series": 2000000,
+                "close_idle_after": "1h"
             }"#,
         )
         .unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.windows[1].hop_nanos(), 900 * 1_000_000_000);
         assert_eq!(cfg.windows[1].to_string(), "1h/15m");
+        assert_eq!(cfg.max_series, 2_000_000);
+        assert_eq!(cfg.close_idle_after, Span::from_secs(3600));
         let empty: AggregatorConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(empty, AggregatorConfig::default());
     }
@@ -239,6 +275,8 @@ mod tests {
             r#"{ "out_of_order": 5 }"#,
             r#"{ "late_policy": "keep" }"#,
             r#"{ "watermark": "perdevice" }"#,
+            r#"{ "max_series": -1 }"#,
+            r#"{ "max_series": "many" }"#,
         ] {
             assert!(
                 serde_json::from_str::<AggregatorConfig>(bad).is_err(),
@@ -273,6 +311,10 @@ mod tests {
             },
             AggregatorConfig {
                 windows: vec![WindowSpec::tumbling(m), WindowSpec::hopping(m, m)],
+                ..Default::default()
+            },
+            AggregatorConfig {
+                max_series: 0,
                 ..Default::default()
             },
         ];

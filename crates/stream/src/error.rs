@@ -27,6 +27,9 @@ pub enum Error {
     /// The config lists no window spec.
     #[error("no windows configured: list at least one, e.g. `windows = [{{ size = \"1m\" }}]`")]
     NoWindows,
+    /// `max_series` is zero.
+    #[error("max_series must be at least 1 (it bounds the live series; the default is 2000000)")]
+    MaxSeries,
     /// The same windows are configured twice.
     #[error("window spec `{spec}` is listed twice; remove one")]
     DuplicateWindow {

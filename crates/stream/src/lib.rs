@@ -98,6 +98,47 @@
 //! and [`Aggregator::flush_all`] closes everything at the end of a finite
 //! input.
 //!
+//! # Releasing series, and the cap
+//! A series (a device and tag) is *live* from its first accepted reading
+//! until all of its windows have closed and been emitted; then it is
+//! released: its lanes, its names and its table entries are freed, and its
+//! id is reused by the next new series. Nothing it held can affect a later
+//! output: any reading accepted later lies at or after its clock's horizon,
+//! so after every window it emitted, and a series started again from
+//! nothing gives exactly the windows the kept one would have.
+//!
+//! What a released series cannot give up is its device's clock (in global
+//! mode, the fleet's, which is never released): a reading older than the
+//! device's horizon must stay late, or it would reopen a window already
+//! emitted. So when a device's last series is released its clock is kept
+//! as an *idle clock* (its name and newest time, about 100 bytes instead of
+//! about 0.5 KB per live series), and a device that comes back resumes it.
+//! Idle clocks are bounded by [`AggregatorConfig::max_series`] too: past
+//! that many, the older half is forgotten and the *floor* rises to the
+//! newest of them; a device with no clock (forgotten, or never seen) starts
+//! at the floor. The trade-off, precisely: a reading of such a device older
+//! than `floor - (out_of_order + allowed_lateness)` counts as late (dropped
+//! or adjusted) where a kept clock might have accepted it: a brand-new
+//! device sending history older than the floor, or a forgotten device
+//! whose clock was below the floor. No window is ever emitted twice, and
+//! the floor only rises once more devices are idle than `max_series`, to
+//! the clock of a device idle longer than half of them.
+//!
+//! At most [`AggregatorConfig::max_series`] series are live. A reading that
+//! would start one more is *shed*: not aggregated and counted as dropped
+//! ([`DropReason::SeriesLimit`]); it changes no state, not even its
+//! device's clock. Shedding, not refusing: the aggregator runs after the
+//! ingest log has acknowledged the reading, which stays in `raw/`, so the
+//! windows of shed series (which may come out incomplete if the series is
+//! admitted again mid-window) can be recomputed with [`batch_aggregate`].
+//!
+//! A device that stops sending keeps its last windows open (its clock does
+//! not move). [`Aggregator::close_quiet`] closes the windows of clocks that
+//! got no reading for a while of the caller's processing time, as
+//! [`Aggregator::flush_all`] does for all, so that they are emitted and
+//! released; `fleetscore serve` does so after
+//! [`AggregatorConfig::close_idle_after`].
+//!
 //! # Other readings
 //! - **Duplicates** (same device, tag, timestamp and value) are kept: each
 //!   counts as a reading. The data model has no reading id, so a repeated
@@ -111,7 +152,8 @@
 //!   would overflow.
 //!
 //! Every reading pushed ends up in exactly one of the [`Counters`]
-//! `accepted`, `adjusted`, `too_late`, `non_finite`, `out_of_range`.
+//! `accepted`, `adjusted`, `too_late`, `non_finite`, `out_of_range`,
+//! `shed`.
 //!
 //! # Restarts
 //! The aggregator reads no clock: the same calls give the same windows in

@@ -56,8 +56,9 @@ fn config() -> impl Strategy<Value = AggregatorConfig> {
         0i64..40,
         prop::bool::ANY,
         prop::bool::ANY,
+        prop_oneof![Just(usize::MAX), 1usize..=4],
     )
-        .prop_map(|(mut windows, ooo, lateness, adjust, global)| {
+        .prop_map(|(mut windows, ooo, lateness, adjust, global, max_series)| {
             let mut unique: Vec<WindowSpec> = Vec::new();
             for w in windows.drain(..) {
                 if !unique
@@ -81,6 +82,10 @@ fn config() -> impl Strategy<Value = AggregatorConfig> {
                 } else {
                     WatermarkMode::PerDevice
                 },
+                // Often small: series are shed, released and started again
+                // mid-stream.
+                max_series,
+                ..AggregatorConfig::default()
             }
         })
 }
@@ -146,8 +151,10 @@ fn stream(cfg: &AggregatorConfig, arrival: &[Reading]) -> (Vec<Vec<Window>>, Vec
     let c = agg.counters();
     assert_eq!(
         c.received,
-        c.accepted + c.adjusted + c.too_late + c.non_finite + c.out_of_range
+        c.accepted + c.adjusted + c.too_late + c.non_finite + c.out_of_range + c.shed
     );
+    // Everything closed: every series was released.
+    assert_eq!(agg.series_count(), 0);
     assert_eq!(c.windows_emitted, out.iter().map(|w| w.len() as u64).sum());
     for w in &mut out {
         w.sort_by(|a, b| (&a.device, &a.tag, a.start).cmp(&(&b.device, &b.tag, b.start)));
@@ -251,6 +258,8 @@ proptest! {
     /// within 1e-9 for sum, mean and std and exactly for the rest.
     #[test]
     fn within_tolerance_streaming_equals_batch(cfg in config(), mut raws in raws(120)) {
+        // No shedding here: every reading must be accepted.
+        let cfg = AggregatorConfig { max_series: usize::MAX, ..cfg };
         let tol = cfg.tolerance_nanos();
         for r in &mut raws {
             r.jitter %= tol + 1;
@@ -446,4 +455,88 @@ fn a_damaged_or_foreign_snapshot_is_refused_with_the_reason() {
         e.to_string().contains("windows=1m") && e.to_string().contains("windows=5m"),
         "{e}"
     );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Series are released as soon as their windows have closed (often,
+    /// here: tiny windows, and `flush_all` at random points), yet every
+    /// reading is judged exactly as by a clock that is never released:
+    /// a naive model that keeps every device's newest time for ever
+    /// predicts each reading's disposition, and no window comes out twice.
+    #[test]
+    fn released_series_judge_readings_as_if_kept(
+        cfg in config(),
+        raws in raws(120),
+        seed in any::<u64>(),
+        flushes in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+    ) {
+        let cfg = AggregatorConfig { max_series: usize::MAX, ..cfg };
+        let mut arrival: Vec<Reading> = raws.iter().map(Raw::reading).collect();
+        shuffle(&mut arrival, seed);
+        let flush_at: HashSet<usize> =
+            flushes.iter().map(|i| i.index(arrival.len() + 1)).collect();
+        let tol = cfg.tolerance_nanos();
+        let global = cfg.watermark == WatermarkMode::Global;
+        let mut clocks: std::collections::HashMap<&str, i64> = Default::default();
+        let mut open: std::collections::HashMap<&str, i64> = Default::default();
+        let mut agg = Aggregator::new(cfg.clone()).unwrap();
+        let mut seen = HashSet::new();
+        for (i, r) in arrival.iter().enumerate() {
+            if flush_at.contains(&i) {
+                agg.flush_all();
+                // The model: every clock with open windows moves past them.
+                for (dev, last_end) in open.drain() {
+                    let c = clocks.entry(dev).or_insert(i64::MIN);
+                    *c = (*c).max(last_end.saturating_add(tol));
+                }
+            }
+            let key = if global { "" } else { r.device };
+            let max_ts = clocks.get(key).copied().unwrap_or(i64::MIN);
+            let horizon = max_ts.saturating_sub(tol);
+            let want = if r.ts >= horizon {
+                Disposition::Accepted
+            } else if cfg.late_policy == LatePolicy::Adjust {
+                Disposition::Adjusted { ts: horizon }
+            } else {
+                Disposition::Dropped(fleetscore_stream::DropReason::TooLate)
+            };
+            let got = agg.push(*r);
+            prop_assert_eq!(got, want, "reading {} {:?}", i, r);
+            let eff = match got {
+                Disposition::Accepted => r.ts,
+                Disposition::Adjusted { ts } => ts,
+                Disposition::Dropped(_) => continue,
+            };
+            if eff > max_ts {
+                clocks.insert(key, eff);
+            }
+            let last_end = cfg
+                .windows
+                .iter()
+                .map(|w| {
+                    let hop = w.hop_nanos();
+                    eff.div_euclid(hop) * hop + w.size.as_nanos()
+                })
+                .max()
+                .unwrap();
+            let e = open.entry(key).or_insert(i64::MIN);
+            *e = (*e).max(last_end);
+            for c in agg.drain_closed() {
+                prop_assert!(
+                    seen.insert((c.spec, c.window.device.clone(), c.window.tag.clone(), c.window.start)),
+                    "emitted twice: {:?}", c
+                );
+            }
+        }
+        agg.flush_all();
+        for c in agg.drain_closed() {
+            prop_assert!(
+                seen.insert((c.spec, c.window.device.clone(), c.window.tag.clone(), c.window.start)),
+                "emitted twice: {:?}", c
+            );
+        }
+        prop_assert_eq!(agg.series_count(), 0);
+    }
 }
