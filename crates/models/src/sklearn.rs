@@ -18,9 +18,10 @@ use crate::pickle::{self, Class, Estimator, NdArray, PickleError, Value};
 /// One number, the model-size limit, bounds every stage: the pickle after
 /// decompression (a plain pickle counts as it is), the values the pickle
 /// interpreter builds from it (at most [`ImportLimits::HEAP_FACTOR`] times
-/// the limit, estimated before allocating), and each array converted to
-/// f64. Real per-device models are kilobytes; the default leaves room for
-/// models with hundreds of thousands of support vectors.
+/// the limit plus [`ImportLimits::HEAP_FLOOR`], estimated before
+/// allocating), and each array converted to f64. Real per-device models
+/// are kilobytes; the default leaves room for models with hundreds of
+/// thousands of support vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImportLimits {
     /// Largest pickle accepted after decompression, in bytes.
@@ -36,6 +37,9 @@ impl ImportLimits {
     /// opcodes (each making a list, a memo entry, …) is stopped before
     /// it costs more.
     pub const HEAP_FACTOR: u64 = 4;
+    /// Heap every import may use whatever the limit: a small pickle's
+    /// objects and dicts cost more than its size in estimated bytes.
+    pub const HEAP_FLOOR: u64 = 16 << 20;
 
     /// Limits with a model-size limit of `max_decompressed_bytes`.
     pub fn new(max_decompressed_bytes: u64) -> ImportLimits {
@@ -46,11 +50,11 @@ impl ImportLimits {
 
     /// Bytes the pickle interpreter may allocate for values.
     pub fn max_heap_bytes(&self) -> usize {
-        usize::try_from(
-            self.max_decompressed_bytes
-                .saturating_mul(Self::HEAP_FACTOR),
-        )
-        .unwrap_or(usize::MAX)
+        let bytes = self
+            .max_decompressed_bytes
+            .saturating_mul(Self::HEAP_FACTOR)
+            .saturating_add(Self::HEAP_FLOOR);
+        usize::try_from(bytes).unwrap_or(usize::MAX)
     }
 }
 

@@ -45,3 +45,226 @@ fn repeated_copies_of_a_memoised_tuple_are_bounded() {
     let e = refused("copies_20k.pkl");
     assert!(e.contains("memory bomb"), "{e}");
 }
+
+// ---------------------------------------------------------------------------
+// Issue 16, defect 11: internally inconsistent models were imported and
+// scored. The inputs are real fitted scikit-learn models with one attribute
+// altered, written by `fixtures/sklearn/generate.py` (`invalid/`), which also
+// records whether scikit-learn's own predict refuses each.
+
+use std::io::Write;
+
+use fleetscore_core::ModelKey;
+use fleetscore_models::format::{self, FormatError};
+use fleetscore_models::pickle::{self, NdArray};
+use fleetscore_models::{
+    import_with_limits, Detector, ImportError, ImportLimits, Model, Pack, PackEntry,
+};
+
+fn fixture(rel: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sklearn")
+        .join(rel);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The error for `invalid/<name>`, which must be an inconsistency that
+/// names the estimator and the attribute.
+fn invalid(name: &str) -> String {
+    match import_sklearn(&fixture(&format!("invalid/{name}"))) {
+        Err(e @ ImportError::Invalid(_)) => e.to_string(),
+        other => panic!("{name}: expected an invalid-model refusal, got {other:?}"),
+    }
+}
+
+fn assert_names(e: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(e.contains(p), "{p:?} missing from: {e}");
+    }
+}
+
+#[test]
+fn altered_n_support_is_refused_like_scikit_learn() {
+    let e = invalid("altered_n_support.pkl");
+    assert_names(
+        &e,
+        &[
+            "OneClassSVM: _n_support says 103 support vectors but support_vectors_ has 104 rows",
+            "scikit-learn refuses this model too",
+            "re-export",
+        ],
+    );
+}
+
+#[test]
+fn negative_gamma_is_refused() {
+    let e = invalid("negative_gamma.pkl");
+    assert_names(&e, &["OneClassSVM: _gamma is -0.333", "never negative"]);
+}
+
+#[test]
+fn negative_degree_is_refused() {
+    let e = invalid("negative_degree.pkl");
+    assert_names(&e, &["OneClassSVM: degree is -1"]);
+}
+
+#[test]
+fn support_indices_that_disagree_with_the_support_vectors_are_refused() {
+    let e = invalid("support_too_short.pkl");
+    assert_names(
+        &e,
+        &["OneClassSVM: support_ has 103 indices but support_vectors_ has 104 rows"],
+    );
+}
+
+#[test]
+fn zero_scaler_scale_is_refused() {
+    let e = invalid("zero_scale.pkl");
+    assert_names(&e, &["StandardScaler: scale_[1] is 0", "positive"]);
+}
+
+#[test]
+fn scaler_width_disagreeing_with_n_features_in_is_refused() {
+    let e = invalid("scaler_width.pkl");
+    assert_names(&e, &["StandardScaler: n_features_in_ is 4", "3 features"]);
+}
+
+/// The real model the `invalid/` files were altered from.
+fn good_model() -> Model {
+    import_sklearn(&fixture("models/std_rbf_f3.p4.pkl")).unwrap()
+}
+
+fn with_gamma(gamma: f64) -> Model {
+    let mut m = good_model();
+    let Detector::OneClassSvm(svm) = &mut m.detector;
+    svm.gamma = gamma;
+    m
+}
+
+#[test]
+fn stored_model_with_negative_gamma_is_refused_on_load() {
+    // model.fsm, as the registry reads it.
+    let json = format::to_json(&with_gamma(-0.5));
+    match format::from_json(&json) {
+        Err(FormatError::Invalid(e)) => {
+            assert_names(&e.to_string(), &["OneClassSVM: _gamma is -0.5"])
+        }
+        other => panic!("expected an invalid-model refusal, got {other:?}"),
+    }
+    // The pack, as scoring reads it.
+    let entry = |model| PackEntry {
+        key: ModelKey::new("d1", "t1").unwrap(),
+        version: 1,
+        model,
+    };
+    let bad = Pack::new(1, [entry(with_gamma(-0.5))]).encode();
+    match Pack::decode(&bad) {
+        Err(FormatError::Invalid(e)) => assert_names(&e.to_string(), &["_gamma is -0.5"]),
+        other => panic!("expected an invalid-model refusal, got {other:?}"),
+    }
+    // A gamma of exactly 0 is what scikit-learn accepts (gamma >= 0).
+    let zero = Pack::new(1, [entry(with_gamma(0.0))]).encode();
+    assert!(Pack::decode(&zero).is_ok());
+}
+
+// ---------------------------------------------------------------------------
+// Issue 16, defect 9 (model part): a 2 MB upload that decompressed to 1 GiB
+// took 2.4 GB. Decompression and the pickle interpreter are bounded by the
+// configured model-size limit.
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(data).unwrap();
+    z.finish().unwrap()
+}
+
+#[test]
+fn joblib_bomb_is_refused_at_the_configured_limit() {
+    let bomb = zlib(&vec![0u8; 8 << 20]);
+    let limits = ImportLimits::new(1 << 20);
+    let e = import_with_limits(&bomb, &limits).unwrap_err();
+    assert!(
+        matches!(e, ImportError::TooLarge { limit, .. } if limit == 1 << 20),
+        "{e:?}"
+    );
+    assert_names(
+        &e.to_string(),
+        &["model size limit of 1 MiB", "raise the model size limit"],
+    );
+    // A real compressed model passes at exactly its decompressed size and
+    // is refused one byte below it.
+    let real = fixture("models/std_rbf_f3.joblib-zlib");
+    let size = fixture("models/std_rbf_f3.joblib").len() as u64;
+    assert!(import_with_limits(&real, &ImportLimits::new(size)).is_ok());
+    assert!(matches!(
+        import_with_limits(&real, &ImportLimits::new(size - 1)),
+        Err(ImportError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn gzip_bomb_is_refused_at_the_default_limit() {
+    // 80 gzip members of 1 MiB of zeros: 80 MiB from about 80 KB, past the
+    // default limit of 64 MiB (the old fixed limit was 1 GiB).
+    let mut member = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    member.write_all(&vec![0u8; 1 << 20]).unwrap();
+    let member = member.finish().unwrap();
+    let bomb = member.repeat(80);
+    let t = Instant::now();
+    let e = import_sklearn(&bomb).unwrap_err();
+    assert!(
+        matches!(e, ImportError::TooLarge { limit, .. } if limit == ImportLimits::DEFAULT_MAX_DECOMPRESSED_BYTES),
+        "{e:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
+
+#[test]
+fn plain_pickle_larger_than_the_limit_is_refused() {
+    let real = fixture("models/std_rbf_f3.p4.pkl");
+    let limits = ImportLimits::new(real.len() as u64 - 1);
+    assert!(matches!(
+        import_with_limits(&real, &limits),
+        Err(ImportError::TooLarge { .. })
+    ));
+    if let Err(e) = import_with_limits(&real, &ImportLimits::new(real.len() as u64)) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn pickle_of_cheap_opcodes_is_refused_before_it_allocates() {
+    // 200,000 empty lists in one list: 200 KB of input that used to build
+    // about 100 bytes of values per input byte.
+    let mut p = b"\x80\x02(".to_vec();
+    p.extend(std::iter::repeat_n(b']', 200_000));
+    p.extend_from_slice(b"l.");
+    let limits = ImportLimits::new(1 << 20);
+    let e = import_with_limits(&p, &limits).unwrap_err();
+    assert!(
+        matches!(e, ImportError::Pickle(pickle::PickleError::TooLarge { .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("model size limit"), "{e}");
+    // The same for memo entries: one value memoised 1,000,000 times.
+    let mut p = b"\x80\x04N".to_vec();
+    p.extend(std::iter::repeat_n(0x94u8, 1_000_000));
+    p.push(b'.');
+    let e = pickle::load_with_limit(&p, limits.max_heap_bytes()).unwrap_err();
+    assert!(matches!(e, pickle::PickleError::TooLarge { .. }), "{e:?}");
+}
+
+#[test]
+fn array_claiming_more_elements_than_its_data_is_refused() {
+    // numpy _reconstruct state: shape (2**40,), float64, 8 bytes of data.
+    let mut p =
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R"
+            .to_vec();
+    p.extend_from_slice(b"(K\x01\x8a\x06\x00\x00\x00\x00\x00\x01\x85");
+    p.extend_from_slice(b"cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x88\x87R");
+    p.extend_from_slice(b"(K\x03X\x01\x00\x00\x00<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb");
+    p.extend_from_slice(b"\x89C\x08\x00\x00\x00\x00\x00\x00\xf0?tb.");
+    let v = pickle::load(&p).unwrap();
+    let e = NdArray::from_value(&v).unwrap_err();
+    assert!(e.contains("needs 8796093022208 bytes, found 8"), "{e}");
+}
