@@ -1,6 +1,9 @@
-//! Regression tests for importer bugs, named after the bug. The inputs were
-//! written by `fuzz/review_findings.py` (found by reading the code during
-//! the first fuzz campaign); each must be refused quickly, never panic.
+//! Regression tests for importer bugs, named after the bug. The first inputs
+//! were written by `fuzz/review_findings.py` (found by reading the code
+//! during the first fuzz campaign); each must be refused quickly, never
+//! panic. Issue 16's model checks (defect 11) and import limits (defect 9)
+//! follow, on real scikit-learn models altered by
+//! `fixtures/sklearn/generate.py` (`invalid/`) and on bombs built here.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
