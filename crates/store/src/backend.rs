@@ -482,7 +482,10 @@ pub(crate) fn missing_bucket(err: &object_store::Error) -> bool {
 pub(crate) fn hint(url: &str, err: &object_store::Error) -> &'static str {
     let text = err.to_string();
     let has = |s: &str| text.contains(s);
-    if has("NoSuchBucket") || has("bucket does not exist") {
+    if has("conditional put is disabled") {
+        " (registry writes need conditional writes: unset AWS_CONDITIONAL_PUT, or set it to \
+         `etag`, on a store that honours If-Match, as AWS S3, MinIO and R2 do)"
+    } else if has("NoSuchBucket") || has("bucket does not exist") {
         " (the bucket does not exist: create it, or fix the bucket in the store URL)"
     } else if has("ContainerNotFound") {
         " (the container does not exist: create it, or fix the container in the store URL)"

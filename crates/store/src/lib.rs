@@ -42,7 +42,7 @@ pub use lake::{
     AggregateOutcome, IngestOutcome, LakeError, HOUR_NS,
 };
 pub use registry::{
-    ImportOutcome, ImportRequest, Index, KeyEntry, ModelInput, Registry, VersionInfo,
+    ImportOutcome, ImportRequest, Index, KeyEntry, ModelInput, Registry, VersionInfo, MAX_ATTEMPTS,
     WINDOW_FEATURES,
 };
 
@@ -95,6 +95,22 @@ pub enum StoreError {
     /// A model key or request was invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A registry write lost the race for `key` to other writers this many
+    /// times in a row and gave up; nothing of it was registered. Retrying
+    /// helps: each lost race was another writer's change going in.
+    #[error(
+        "store {url}: {key}: other writers replaced it first {attempts} times in a row, so \
+         nothing was registered; run the command again (with this many writers at once, \
+         write fewer, larger batches)"
+    )]
+    Contended {
+        /// The store root.
+        url: String,
+        /// The object key (`models/index.json`).
+        key: String,
+        /// The attempts made.
+        attempts: u32,
+    },
     /// An object read by version ([`Store::get_ranges_if`]) was replaced
     /// since that version was listed.
     #[error("store {url}: {key} was replaced since it was listed (version {version})")]
@@ -136,11 +152,51 @@ pub enum Fetched {
     },
 }
 
+/// An object's version as [`Store::get_versioned`] read it: what a
+/// conditional write ([`Store::put_if`]) compares with the object's
+/// current version, so that it replaces only what was read.
+#[derive(Debug, Clone)]
+pub struct ObjectVersion {
+    /// The backend's ETag (S3, Azure, memory).
+    e_tag: Option<String>,
+    /// The backend's object version (Google Cloud Storage's generation,
+    /// which its conditional writes compare instead of the ETag).
+    version: Option<String>,
+    /// A local folder's object as read: compared byte for byte under the
+    /// folder's lock, since a file's ETag (inode, mtime, size) can repeat
+    /// when a freed inode is reused within one clock tick.
+    content: Option<Bytes>,
+}
+
+impl ObjectVersion {
+    /// The ETag, for messages and logs.
+    pub fn e_tag(&self) -> Option<&str> {
+        self.e_tag.as_deref()
+    }
+}
+
+/// What a conditional write ([`Store::put_if`]) did.
+#[derive(Debug, Clone)]
+pub enum PutIf {
+    /// The object was written; this is its new version.
+    Written(ObjectVersion),
+    /// The object was not written: it exists although it was expected not
+    /// to, or was replaced or deleted since the expected version was read.
+    /// Another writer won; read it again and redo the change.
+    Conflict,
+}
+
+/// The folder, inside a local store's root, of the lock files that
+/// serialise conditional writes across processes. Never listed.
+const LOCKS_DIR: &str = ".fleetscore-locks";
+
 /// An object-store root.
 #[derive(Clone, Debug)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     url: String,
+    /// The folder of a local store (for the locks of [`Store::put_if`]).
+    local: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -187,6 +243,7 @@ impl Store {
             url: url.to_string(),
             reason,
         };
+        let mut local = None;
         let inner: Arc<dyn ObjectStore> = if url.starts_with("memory://") {
             Arc::new(InMemory::new())
         } else if let Some(cloud) =
@@ -208,11 +265,13 @@ impl Store {
             std::fs::create_dir_all(&path)
                 .map_err(|e| bad(format!("cannot create the folder: {e}")))?;
             let fs = LocalFileSystem::new_with_prefix(&path).map_err(|e| bad(e.to_string()))?;
+            local = Some(path);
             Arc::new(fs.with_automatic_cleanup(true))
         };
         Ok(Store {
             inner,
             url: url.to_string(),
+            local,
         })
     }
 
@@ -298,6 +357,157 @@ impl Store {
             .map_err(|e| self.err("put", key, e))
     }
 
+    /// Reads an object and its version, for a conditional write
+    /// ([`Store::put_if`]) of what replaces it; `None` if it does not exist.
+    pub async fn get_versioned(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Bytes, ObjectVersion)>, StoreError> {
+        let path = ObjectPath::from(key);
+        match self.inner.get_opts(&path, Default::default()).await {
+            Ok(r) => {
+                let (e_tag, version) = (r.meta.e_tag.clone(), r.meta.version.clone());
+                let bytes = r.bytes().await.map_err(|e| self.err("get", key, e))?;
+                let content = self.local.is_some().then(|| bytes.clone());
+                Ok(Some((
+                    bytes,
+                    ObjectVersion {
+                        e_tag,
+                        version,
+                        content,
+                    },
+                )))
+            }
+            Err(e @ object_store::Error::NotFound { .. }) if !backend::missing_bucket(&e) => {
+                Ok(None)
+            }
+            Err(e) => Err(self.err("get", key, e)),
+        }
+    }
+
+    /// Writes an object only if it is still as read: `expected` is the
+    /// version [`Store::get_versioned`] gave, or `None` for "must not
+    /// exist". Otherwise nothing is written and the answer is
+    /// [`PutIf::Conflict`]: another writer got there first.
+    ///
+    /// This is a compare-and-swap that holds across any number of
+    /// processes and hosts, in every backend: S3 (`If-Match` /
+    /// `If-None-Match`, which AWS S3, MinIO, R2 and moto honour; unless
+    /// `AWS_CONDITIONAL_PUT=disabled`), Azure Blob and Azurite (the same
+    /// headers), Google Cloud Storage (generation match) and memory do it
+    /// natively. A local folder creates with a hard link (atomic; fails if
+    /// the file exists), and replaces under an exclusive lock on a file in
+    /// `.fleetscore-locks/` inside the folder (an OS file lock, so every
+    /// process on the host, and on other hosts where the shared file
+    /// system supports locks, as NFSv4 does, waits its turn), comparing the
+    /// file's current bytes with those read. Readers take no lock: every
+    /// write replaces the file atomically.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        data: impl Into<Bytes>,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<PutIf, StoreError> {
+        let data = data.into();
+        let path = ObjectPath::from(key);
+        let mode = match (expected, &self.local) {
+            (None, _) => object_store::PutMode::Create,
+            (Some(expected), Some(root)) => {
+                return self.put_if_local(root, key, data, expected).await;
+            }
+            (Some(expected), None) => object_store::PutMode::Update(object_store::UpdateVersion {
+                e_tag: expected.e_tag.clone(),
+                version: expected.version.clone(),
+            }),
+        };
+        let written = self
+            .inner
+            .put_opts(&path, PutPayload::from(data.clone()), mode.into())
+            .await;
+        match written {
+            Ok(r) => Ok(PutIf::Written(ObjectVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+                content: self.local.is_some().then_some(data),
+            })),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(PutIf::Conflict),
+            Err(e) => Err(self.err("put", key, e)),
+        }
+    }
+
+    /// [`Store::put_if`] replacing a file of a local folder: under the
+    /// key's lock, compare the file's bytes with those read, then replace
+    /// it (a rename, so readers never see half of it).
+    async fn put_if_local(
+        &self,
+        root: &std::path::Path,
+        key: &str,
+        data: Bytes,
+        expected: &ObjectVersion,
+    ) -> Result<PutIf, StoreError> {
+        use sha2::Digest;
+        let Some(want) = expected.content.clone() else {
+            return Err(StoreError::Invalid(format!(
+                "store {}: {key}: a conditional write needs the version read from this store",
+                self.url
+            )));
+        };
+        // One lock file per key, so writers of different keys (the index,
+        // the pack) do not wait for each other.
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let lock_path = root.join(LOCKS_DIR).join(format!("{name}.lock"));
+        let lock_err = |e: std::io::Error| {
+            StoreError::Backend {
+            url: self.url.clone(),
+            op: "lock",
+            key: key.to_string(),
+            hint: " (conditional writes to a local folder lock a file in its .fleetscore-locks                    folder: check that the folder is writable and its file system supports locks)",
+            error: Box::new(object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            }),
+        }
+        };
+        // Waiting for the lock blocks a thread: off the async workers.
+        let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            std::fs::create_dir_all(lock_path.parent().expect("has a parent"))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| lock_err(std::io::Error::other(e)))?
+        .map_err(lock_err)?;
+        let current = self.get(key).await?;
+        let outcome = if current.as_deref() != Some(&want[..]) {
+            PutIf::Conflict
+        } else {
+            let path = ObjectPath::from(key);
+            let r = self
+                .inner
+                .put(&path, PutPayload::from(data.clone()))
+                .await
+                .map_err(|e| self.err("put", key, e))?;
+            PutIf::Written(ObjectVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+                content: Some(data),
+            })
+        };
+        // Closing the file releases the lock (also if this task is
+        // dropped or the process dies).
+        drop(lock);
+        Ok(outcome)
+    }
+
     /// Deletes an object; deleting one that does not exist is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = ObjectPath::from(key);
@@ -328,6 +538,7 @@ impl Store {
 
     /// [`Store::list`] with each object's length and version.
     pub async fn list_sizes(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        let locks = format!("{LOCKS_DIR}/");
         use futures::TryStreamExt;
         let trimmed = prefix.trim_end_matches('/');
         let path = (!trimmed.is_empty()).then(|| ObjectPath::from(trimmed));
@@ -341,6 +552,7 @@ impl Store {
                 size: meta.size,
                 version: meta.e_tag,
             })
+            .try_filter(|l| futures::future::ready(!l.key.starts_with(&locks)))
             .try_collect()
             .await
             .map_err(|e| self.err("list", prefix, e))?;
@@ -465,6 +677,127 @@ mod tests {
                 }
             });
         }
+    }
+
+    /// `put_if` creates only what is missing, replaces only the version
+    /// read, and its lock files never show in listings.
+    #[test]
+    fn conditional_writes_compare_and_swap_in_every_local_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for url in ["memory://", dir.path().to_str().unwrap()] {
+            let store = Store::open(url).unwrap();
+            rt.block_on(async {
+                let k = "models/index.json";
+                assert!(matches!(
+                    store.put_if(k, "a", None).await.unwrap(),
+                    PutIf::Written(_)
+                ));
+                assert!(matches!(
+                    store.put_if(k, "b", None).await.unwrap(),
+                    PutIf::Conflict
+                ));
+                let (bytes, v1) = store.get_versioned(k).await.unwrap().unwrap();
+                assert_eq!(bytes.as_ref(), b"a");
+                assert!(matches!(
+                    store.put_if(k, "c", Some(&v1)).await.unwrap(),
+                    PutIf::Written(_)
+                ));
+                // v1 is stale now: refused, and nothing written.
+                assert!(matches!(
+                    store.put_if(k, "d", Some(&v1)).await.unwrap(),
+                    PutIf::Conflict
+                ));
+                assert_eq!(store.get(k).await.unwrap().unwrap().as_ref(), b"c");
+                // Deleted since read: refused too.
+                let (_, v2) = store.get_versioned(k).await.unwrap().unwrap();
+                store.delete(k).await.unwrap();
+                assert!(matches!(
+                    store.put_if(k, "e", Some(&v2)).await.unwrap(),
+                    PutIf::Conflict
+                ));
+                assert!(store.get(k).await.unwrap().is_none());
+                store.put(k, "f").await.unwrap();
+                let (_, v3) = store.get_versioned(k).await.unwrap().unwrap();
+                assert!(matches!(
+                    store.put_if(k, "g", Some(&v3)).await.unwrap(),
+                    PutIf::Written(_)
+                ));
+                assert_eq!(
+                    store.list("").await.unwrap(),
+                    [k],
+                    "{url}: no lock files listed"
+                );
+            });
+        }
+    }
+
+    /// Many writers, each with its own `Store` on its own thread, add one
+    /// to a counter by compare-and-swap, retrying when they lose: no
+    /// increment is lost (the mechanism under every registry write).
+    #[test]
+    fn concurrent_compare_and_swap_loses_no_increment() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = Store::open("memory://").unwrap();
+        let path = dir.path().to_str().unwrap().to_string();
+        for shared in [Some(memory), None] {
+            let (writers, each) = (8, 25);
+            let barrier = Arc::new(std::sync::Barrier::new(writers));
+            let threads: Vec<_> = (0..writers)
+                .map(|_| {
+                    let store = shared
+                        .clone()
+                        .unwrap_or_else(|| Store::open(&path).unwrap());
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .build()
+                            .unwrap();
+                        barrier.wait();
+                        rt.block_on(async {
+                            let mut lost = 0;
+                            for _ in 0..each {
+                                loop {
+                                    let read = store.get_versioned("n").await.unwrap();
+                                    let n: u64 = read.as_ref().map_or(0, |(b, _)| {
+                                        std::str::from_utf8(b).unwrap().parse().unwrap()
+                                    });
+                                    let v = read.map(|(_, v)| v);
+                                    match store
+                                        .put_if("n", (n + 1).to_string(), v.as_ref())
+                                        .await
+                                        .unwrap()
+                                    {
+                                        PutIf::Written(_) => break,
+                                        PutIf::Conflict => lost += 1,
+                                    }
+                                }
+                            }
+                            lost
+                        })
+                    })
+                })
+                .collect();
+            let lost: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            let store = shared.unwrap_or_else(|| Store::open(&path).unwrap());
+            let n = rt_get(&store, "n");
+            assert_eq!(
+                n,
+                (writers * each).to_string(),
+                "{} ({lost} races lost and retried)",
+                store.url()
+            );
+        }
+    }
+
+    fn rt_get(store: &Store, key: &str) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let b = rt.block_on(store.get(key)).unwrap().unwrap();
+        String::from_utf8(b.to_vec()).unwrap()
     }
 
     #[test]

@@ -7,7 +7,9 @@ use fleetscore_models::{format, Model, Pack, PackEntry};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::{Store, StoreError};
+use bytes::Bytes;
+
+use crate::{ObjectVersion, PutIf, Store, StoreError};
 
 const INDEX_KEY: &str = "models/index.json";
 const PACK_KEY: &str = "models/pack.fsp";
@@ -281,177 +283,191 @@ impl Registry {
 
     /// Imports models: unchanged ones are no-ops, changed ones become new
     /// live versions. Writes version files, then the index, then the pack.
+    ///
+    /// Safe with any number of writers at once, in any processes on any
+    /// hosts (see the crate docs, "Concurrent writers"): the index is
+    /// replaced only if it is still the one this import read; when another
+    /// writer got there first, the import reads the new index and applies
+    /// its change again, up to [`MAX_ATTEMPTS`] times, then fails with
+    /// [`StoreError::Contended`] (never a silent loss).
     pub async fn import(
         &self,
         requests: Vec<ImportRequest>,
         now: &str,
     ) -> Result<Vec<ImportOutcome>, StoreError> {
-        let mut index = self.index().await?;
-        let old_generation = index.generation;
-        let mut outcomes = Vec::with_capacity(requests.len());
-        let mut writes: Vec<(ModelKey, u32, Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut changed: BTreeMap<ModelKey, (u32, Model)> = BTreeMap::new();
-        for req in requests {
-            let sha = format::content_hash(&req.model);
-            if let ModelInput::Window { features, .. } = &req.input {
-                if features.len() != req.model.n_features {
-                    return Err(StoreError::Invalid(format!(
-                        "model ({}, {}) takes {} features but its input names {} ({})",
-                        req.key.device,
-                        req.key.tag,
-                        req.model.n_features,
-                        features.len(),
-                        features.join(",")
-                    )));
-                }
-            }
-            let (input_mode, window, features) = match &req.input {
-                ModelInput::Raw => ("raw".to_string(), None, Vec::new()),
-                ModelInput::Window { size, features } => {
-                    ("window".to_string(), Some(size.clone()), features.clone())
-                }
-            };
-            let ik = index_key(&req.key);
-            let entry = index.models.entry(ik).or_insert_with(|| KeyEntry {
-                device: req.key.device.clone(),
-                tag: req.key.tag.clone(),
-                live: 0,
-                versions: Vec::new(),
-            });
-            if let Some(v) = entry.versions.iter().find(|v| {
-                v.sha256 == sha
-                    && v.input_mode == input_mode
-                    && v.window == window
-                    && v.features == features
-            }) {
-                outcomes.push(ImportOutcome::Unchanged {
-                    key: req.key,
-                    version: v.version,
-                });
-                continue;
-            }
-            let version = entry.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
-            let info = VersionInfo {
-                version,
-                sha256: sha,
-                imported_at: now.to_string(),
-                source: req.source,
-                description: req.model.describe(),
-                n_features: req.model.n_features,
-                input_mode,
-                window,
-                features,
-            };
-            let meta = serde_json::to_vec_pretty(&serde_json::json!({
-                "key": {"device": req.key.device, "tag": req.key.tag},
-                "info": info,
+        let prepared = std::sync::Arc::new(
+            requests
+                .into_iter()
+                .map(|r| Prepared::new(r, now))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        // The requests of each key, in the order given, so that several
+        // models for one key in one import become consecutive versions.
+        let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, p) in prepared.iter().enumerate() {
+            by_key.entry(index_key(&p.key)).or_default().push(i);
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            let (mut index, read_version) = self.index_versioned().await?;
+            let base_generation = index.generation;
+            let store = self.store.clone();
+            let groups: Vec<KeyImport> = stream::iter(by_key.iter().map(|(ik, idx)| {
+                let entry = index.models.get(ik).cloned();
+                (ik.clone(), idx.clone(), entry)
             }))
-            .expect("plain JSON");
-            entry.versions.push(info);
-            entry.live = version;
-            writes.push((req.key.clone(), version, format::to_json(&req.model), meta));
-            outcomes.push(if version == 1 {
-                ImportOutcome::Added {
-                    key: req.key.clone(),
-                    version,
-                }
-            } else {
-                ImportOutcome::NewVersion {
-                    key: req.key.clone(),
-                    version,
-                }
-            });
-            changed.insert(req.key, (version, req.model));
-        }
-        if writes.is_empty() {
-            return Ok(outcomes);
-        }
-        let store = self.store.clone();
-        stream::iter(writes)
-            .map(move |(key, v, model, meta)| {
-                let store = store.clone();
-                async move {
-                    let dir = version_dir(&key, v);
-                    store.put(&format!("{dir}/model.fsm"), model).await?;
-                    store.put(&format!("{dir}/meta.json"), meta).await
-                }
+            .map(|(ik, idx, entry)| {
+                let (store, prepared) = (store.clone(), std::sync::Arc::clone(&prepared));
+                async move { import_key(&store, &prepared, ik, idx, entry).await }
             })
             .buffer_unordered(CONCURRENCY)
-            .try_collect::<Vec<()>>()
+            .try_collect()
             .await?;
-        index.generation += 1;
-        self.write_index(&index).await?;
-        // Update the pack in place when it matches the previous index;
-        // otherwise rebuild it from the version files.
-        let pack = match self.read_pack().await? {
-            Some(p) if p.generation == old_generation => {
-                let mut entries: Vec<PackEntry> = p.entries().to_vec();
-                entries.retain(|e| !changed.contains_key(&e.key));
-                entries.extend(
-                    changed
-                        .into_iter()
-                        .map(|(key, (version, model))| PackEntry {
-                            key,
-                            version,
-                            model,
-                        }),
-                );
-                Pack::new(index.generation, entries)
+            let mut outcomes: Vec<Option<ImportOutcome>> = vec![None; prepared.len()];
+            let mut changed: BTreeMap<ModelKey, (u32, Model)> = BTreeMap::new();
+            for g in groups {
+                for (i, o) in g.outcomes {
+                    outcomes[i] = Some(o);
+                }
+                if let Some((version, i)) = g.live_from {
+                    let p = &prepared[i];
+                    changed.insert(p.key.clone(), (version, p.model.clone()));
+                    index.models.insert(g.index_key, g.entry);
+                }
             }
-            _ => self.build_pack(&index).await?,
-        };
-        self.store.put(PACK_KEY, pack.encode()).await?;
-        Ok(outcomes)
+            let outcomes: Vec<ImportOutcome> = outcomes.into_iter().flatten().collect();
+            if changed.is_empty() {
+                return Ok(outcomes);
+            }
+            index.generation += 1;
+            if self.replace_index(&index, read_version.as_ref()).await? {
+                self.update_pack(base_generation, index.generation, changed)
+                    .await?;
+                return Ok(outcomes);
+            }
+            backoff.lost(self.store.url(), INDEX_KEY).await?;
+        }
     }
 
     /// Makes `version` the live version of `key` (to roll back, or forward
     /// again), and updates the pack. Returns the entry after the change;
-    /// promoting the live version again changes nothing.
+    /// promoting the live version again changes nothing. Safe with other
+    /// writers at once, as [`Registry::import`] is.
     pub async fn promote(&self, key: &ModelKey, version: u32) -> Result<KeyEntry, StoreError> {
-        let mut index = self.index().await?;
-        let entry = index.models.get_mut(&index_key(key)).ok_or_else(|| {
-            StoreError::Invalid(format!(
-                "no model ({}, {}) is registered; see `fleetscore models list`",
-                key.device, key.tag
-            ))
-        })?;
-        if !entry.versions.iter().any(|v| v.version == version) {
-            let known: Vec<String> = entry
-                .versions
-                .iter()
-                .map(|v| v.version.to_string())
-                .collect();
-            return Err(StoreError::Invalid(format!(
-                "model ({}, {}) has no version {version}; it has {}",
-                key.device,
-                key.tag,
-                known.join(", ")
-            )));
+        let mut backoff = Backoff::default();
+        loop {
+            let (mut index, read_version) = self.index_versioned().await?;
+            let base_generation = index.generation;
+            let entry = index.models.get_mut(&index_key(key)).ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "no model ({}, {}) is registered; see `fleetscore models list`",
+                    key.device, key.tag
+                ))
+            })?;
+            if !entry.versions.iter().any(|v| v.version == version) {
+                let known: Vec<String> = entry
+                    .versions
+                    .iter()
+                    .map(|v| v.version.to_string())
+                    .collect();
+                return Err(StoreError::Invalid(format!(
+                    "model ({}, {}) has no version {version}; it has {}",
+                    key.device,
+                    key.tag,
+                    known.join(", ")
+                )));
+            }
+            if entry.live == version {
+                return Ok(entry.clone());
+            }
+            entry.live = version;
+            let out = entry.clone();
+            index.generation += 1;
+            if self.replace_index(&index, read_version.as_ref()).await? {
+                let model = self.model(key, version).await?;
+                let changed = BTreeMap::from([(key.clone(), (version, model))]);
+                self.update_pack(base_generation, index.generation, changed)
+                    .await?;
+                return Ok(out);
+            }
+            backoff.lost(self.store.url(), INDEX_KEY).await?;
         }
-        if entry.live == version {
-            return Ok(entry.clone());
-        }
-        entry.live = version;
-        let out = entry.clone();
-        index.generation += 1;
-        self.write_index(&index).await?;
-        self.rebuild_pack().await?;
-        Ok(out)
     }
 
-    async fn write_index(&self, index: &Index) -> Result<(), StoreError> {
+    /// The index with its version in the store (`None`: there is none yet).
+    async fn index_versioned(&self) -> Result<(Index, Option<ObjectVersion>), StoreError> {
+        match self.store.get_versioned(INDEX_KEY).await? {
+            None => Ok((Index::default(), None)),
+            Some((bytes, version)) => Ok((self.parse_index(&bytes)?, Some(version))),
+        }
+    }
+
+    /// Writes `index` if the stored one is still `read` (the version it was
+    /// changed from; `None`: none existed). `false`: another writer won.
+    async fn replace_index(
+        &self,
+        index: &Index,
+        read: Option<&ObjectVersion>,
+    ) -> Result<bool, StoreError> {
         let bytes = serde_json::to_vec_pretty(index).expect("plain JSON");
-        self.store.put(INDEX_KEY, bytes).await
+        match self.store.put_if(INDEX_KEY, bytes.clone(), read).await? {
+            PutIf::Written(_) => Ok(true),
+            // A write whose answer was lost (a timeout, a 5xx after the
+            // store applied it) is retried by the backend and then found
+            // "changed": by itself. The index's bytes hold its generation
+            // and this import's timestamps, so equal bytes mean ours.
+            PutIf::Conflict => Ok(self.store.get(INDEX_KEY).await?.as_deref() == Some(&bytes[..])),
+        }
     }
 
-    async fn read_pack(&self) -> Result<Option<Pack>, StoreError> {
-        let Some(bytes) = self.store.get(PACK_KEY).await? else {
-            return Ok(None);
-        };
-        match Pack::decode(&bytes) {
-            Ok(p) => Ok(Some(p)),
-            // A damaged pack is derived data: rebuild it.
-            Err(_) => Ok(None),
+    /// Brings the pack to `generation` after this writer replaced the
+    /// index of `base` with it, changing `changed`: in place when the pack
+    /// is still at `base`, else rebuilt from the index. The pack is derived
+    /// data that every reader checks against the index's generation, so
+    /// this never fails an import over a race: a pack already past
+    /// `generation` is left alone, and one that keeps changing under this
+    /// writer is left for the next reader to rebuild.
+    async fn update_pack(
+        &self,
+        base: u64,
+        generation: u64,
+        changed: BTreeMap<ModelKey, (u32, Model)>,
+    ) -> Result<(), StoreError> {
+        for _ in 0..PACK_ATTEMPTS {
+            let (pack, read) = self.pack_versioned().await?;
+            let old = match pack {
+                Some(p) if p.generation >= generation => return Ok(()),
+                Some(p) if p.generation == base => p,
+                None if base == 0 && read.is_none() => Pack::new(0, Vec::new()),
+                // Older than `base`, damaged, or missing after models were
+                // registered: what it lacks is not known here.
+                _ => return self.rebuild_pack().await.map(|_| ()),
+            };
+            let mut entries: Vec<PackEntry> = old.entries().to_vec();
+            entries.retain(|e| !changed.contains_key(&e.key));
+            entries.extend(changed.iter().map(|(key, (version, model))| PackEntry {
+                key: key.clone(),
+                version: *version,
+                model: model.clone(),
+            }));
+            let pack = Pack::new(generation, entries);
+            if let PutIf::Written(_) = self
+                .store
+                .put_if(PACK_KEY, pack.encode(), read.as_ref())
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored pack (`None` if missing or damaged: derived data, to be
+    /// rebuilt) and the version of the object read (`None` if missing).
+    async fn pack_versioned(&self) -> Result<(Option<Pack>, Option<ObjectVersion>), StoreError> {
+        match self.store.get_versioned(PACK_KEY).await? {
+            None => Ok((None, None)),
+            Some((bytes, version)) => Ok((Pack::decode(&bytes).ok(), Some(version))),
         }
     }
 
@@ -504,7 +520,8 @@ impl Registry {
         struct Generation {
             generation: u64,
         }
-        let (index_bytes, pack) = futures::try_join!(self.store.get(INDEX_KEY), self.read_pack())?;
+        let (index_bytes, (pack, _)) =
+            futures::try_join!(self.store.get(INDEX_KEY), self.pack_versioned())?;
         let generation = match &index_bytes {
             Some(b) => {
                 serde_json::from_slice::<Generation>(b)
@@ -521,13 +538,286 @@ impl Registry {
         self.rebuild_pack().await
     }
 
-    /// Rebuilds the pack from the live version files and writes it.
+    /// Rebuilds the pack from the live version files and writes it, unless
+    /// the stored one already matches the index. Safe with other writers
+    /// at once: the pack is read before the index and replaced only if it
+    /// is still the one read, so a pack built from an older index never
+    /// replaces a newer one. Returns a pack of the index as read (also when
+    /// other writers kept replacing the pack and this one was not written:
+    /// theirs is checked by every reader the same way).
     pub async fn rebuild_pack(&self) -> Result<Pack, StoreError> {
-        let index = self.index().await?;
-        let pack = self.build_pack(&index).await?;
-        if !index.models.is_empty() {
-            self.store.put(PACK_KEY, pack.encode()).await?;
+        let mut built = None;
+        for _ in 0..PACK_ATTEMPTS {
+            // The pack first: a pack is only written after its index, so
+            // one read before the index is never newer than it.
+            let (stored, read) = self.pack_versioned().await?;
+            let index = self.index().await?;
+            if let Some(p) = stored {
+                if p.generation == index.generation {
+                    return Ok(p);
+                }
+            }
+            let pack = self.build_pack(&index).await?;
+            if index.models.is_empty() {
+                return Ok(pack);
+            }
+            if let PutIf::Written(_) = self
+                .store
+                .put_if(PACK_KEY, pack.encode(), read.as_ref())
+                .await?
+            {
+                return Ok(pack);
+            }
+            built = Some(pack);
         }
-        Ok(pack)
+        Ok(built.expect("at least one attempt"))
     }
+}
+
+/// Registry writes that lose the race for the index to other writers try
+/// again this many times, then fail with [`StoreError::Contended`]. Each
+/// lost race means another writer's change was registered, so with fewer
+/// than this many writers at once every one succeeds; the waits between
+/// attempts (see [`Backoff`]) add up to about a minute at most.
+pub const MAX_ATTEMPTS: u32 = 64;
+
+/// Attempts to bring the pack up to date before leaving it to readers.
+const PACK_ATTEMPTS: u32 = 8;
+
+/// Jittered exponential waits between the attempts of a registry write,
+/// so that writers that collided do not collide again in step.
+#[derive(Default)]
+struct Backoff {
+    lost: u32,
+}
+
+impl Backoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(5);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// Counts a lost race on `key` and waits a random time up to
+    /// 5 ms × 2^(lost − 1), at most 2 s; an error after [`MAX_ATTEMPTS`].
+    async fn lost(&mut self, url: &str, key: &str) -> Result<(), StoreError> {
+        use std::hash::BuildHasher;
+        self.lost += 1;
+        if self.lost >= MAX_ATTEMPTS {
+            return Err(StoreError::Contended {
+                url: url.to_string(),
+                key: key.to_string(),
+                attempts: self.lost,
+            });
+        }
+        let cap = Self::FIRST
+            .saturating_mul(1 << (self.lost - 1).min(16))
+            .min(Self::MAX);
+        // A fresh `RandomState` is randomly keyed: a random number without
+        // a dependency for it.
+        let r = std::hash::RandomState::new().hash_one(self.lost);
+        let wait = cap.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64);
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+}
+
+/// A request to import, checked, with what its version files hold.
+struct Prepared {
+    key: ModelKey,
+    model: Model,
+    /// `model.fsm`'s bytes.
+    json: Bytes,
+    /// Its record, with `version` set when a version folder is claimed.
+    info: VersionInfo,
+}
+
+impl Prepared {
+    fn new(req: ImportRequest, now: &str) -> Result<Prepared, StoreError> {
+        if let ModelInput::Window { features, .. } = &req.input {
+            if features.len() != req.model.n_features {
+                return Err(StoreError::Invalid(format!(
+                    "model ({}, {}) takes {} features but its input names {} ({})",
+                    req.key.device,
+                    req.key.tag,
+                    req.model.n_features,
+                    features.len(),
+                    features.join(",")
+                )));
+            }
+        }
+        let (input_mode, window, features) = match &req.input {
+            ModelInput::Raw => ("raw".to_string(), None, Vec::new()),
+            ModelInput::Window { size, features } => {
+                ("window".to_string(), Some(size.clone()), features.clone())
+            }
+        };
+        let info = VersionInfo {
+            version: 0,
+            sha256: format::content_hash(&req.model),
+            imported_at: now.to_string(),
+            source: req.source,
+            description: req.model.describe(),
+            n_features: req.model.n_features,
+            input_mode,
+            window,
+            features,
+        };
+        Ok(Prepared {
+            json: format::to_json(&req.model).into(),
+            key: req.key,
+            model: req.model,
+            info,
+        })
+    }
+
+    /// Whether `v` is this model with this input (what makes an import of
+    /// it a no-op).
+    fn same_as(&self, v: &VersionInfo) -> bool {
+        v.sha256 == self.info.sha256
+            && v.input_mode == self.info.input_mode
+            && v.window == self.info.window
+            && v.features == self.info.features
+    }
+
+    fn meta(&self, info: &VersionInfo) -> Vec<u8> {
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "key": {"device": self.key.device, "tag": self.key.tag},
+            "info": info,
+        }))
+        .expect("plain JSON")
+    }
+}
+
+/// What importing one key's requests did to its entry.
+struct KeyImport {
+    index_key: String,
+    entry: KeyEntry,
+    /// Outcomes by request position.
+    outcomes: Vec<(usize, ImportOutcome)>,
+    /// The new live version and the request it came from, if any.
+    live_from: Option<(u32, usize)>,
+}
+
+/// Applies the requests `idx` of one key to its `entry` as read (`None`:
+/// a new key), claiming a version folder for each changed model.
+async fn import_key(
+    store: &Store,
+    prepared: &[Prepared],
+    index_key: String,
+    idx: Vec<usize>,
+    entry: Option<KeyEntry>,
+) -> Result<KeyImport, StoreError> {
+    let first = &prepared[idx[0]].key;
+    let mut entry = entry.unwrap_or_else(|| KeyEntry {
+        device: first.device.clone(),
+        tag: first.tag.clone(),
+        live: 0,
+        versions: Vec::new(),
+    });
+    let mut outcomes = Vec::with_capacity(idx.len());
+    let mut live_from = None;
+    for i in idx {
+        let p = &prepared[i];
+        if let Some(v) = entry.versions.iter().find(|v| p.same_as(v)) {
+            outcomes.push((
+                i,
+                ImportOutcome::Unchanged {
+                    key: p.key.clone(),
+                    version: v.version,
+                },
+            ));
+            continue;
+        }
+        let next = entry.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+        let info = claim_version(store, p, next).await?;
+        let version = info.version;
+        entry.versions.push(info);
+        entry.live = version;
+        live_from = Some((version, i));
+        outcomes.push((
+            i,
+            if entry.versions.len() == 1 {
+                ImportOutcome::Added {
+                    key: p.key.clone(),
+                    version,
+                }
+            } else {
+                ImportOutcome::NewVersion {
+                    key: p.key.clone(),
+                    version,
+                }
+            },
+        ));
+    }
+    Ok(KeyImport {
+        index_key,
+        entry,
+        outcomes,
+        live_from,
+    })
+}
+
+/// Version numbers a claim tries above the first before giving up: each
+/// one taken is an orphan of a writer that crashed or lost a race with
+/// another model, so this many means something else is wrong.
+const MAX_PROBES: u32 = 1000;
+
+/// Claims the first version folder from `first` up that is free or
+/// already holds this model with this input (left by an earlier attempt
+/// of this import, or by a writer of the same model), and returns the
+/// record the index names it by.
+///
+/// Version files are never replaced: `model.fsm` and then `meta.json` are
+/// written only if missing. A folder whose `model.fsm` holds another model,
+/// or whose `meta.json` records another input, belongs to another writer
+/// (registered, or an orphan of a crash or a lost race), and the next
+/// number is tried; so version numbers may have gaps.
+async fn claim_version(store: &Store, p: &Prepared, first: u32) -> Result<VersionInfo, StoreError> {
+    for version in first..first.saturating_add(MAX_PROBES) {
+        let dir = version_dir(&p.key, version);
+        let model_key = format!("{dir}/model.fsm");
+        if let PutIf::Conflict = store.put_if(&model_key, p.json.clone(), None).await? {
+            let same = match store.get(&model_key).await? {
+                Some(b) if b == p.json => true,
+                Some(b) => {
+                    format::from_json(&b).is_ok_and(|m| format::content_hash(&m) == p.info.sha256)
+                }
+                None => false,
+            };
+            if !same {
+                continue;
+            }
+        }
+        let info = VersionInfo {
+            version,
+            ..p.info.clone()
+        };
+        let meta_key = format!("{dir}/meta.json");
+        match store.put_if(&meta_key, p.meta(&info), None).await? {
+            PutIf::Written(_) => return Ok(info),
+            PutIf::Conflict => {
+                // Another writer of the same model got this folder's
+                // record in first: its record (source, time) is the one.
+                #[derive(Deserialize)]
+                struct Meta {
+                    info: VersionInfo,
+                }
+                let theirs = store
+                    .get(&meta_key)
+                    .await?
+                    .and_then(|b| serde_json::from_slice::<Meta>(&b).ok());
+                if let Some(Meta { info: theirs }) = theirs {
+                    if theirs.version == version && p.same_as(&theirs) {
+                        return Ok(theirs);
+                    }
+                }
+            }
+        }
+    }
+    Err(store.corrupt(
+        &version_dir(&p.key, first),
+        format!(
+            "versions {first} to {} of this model key are all taken by other models; \
+             remove the version folders the index does not name (see `fleetscore models show`)",
+            first.saturating_add(MAX_PROBES - 1)
+        ),
+    ))
 }
