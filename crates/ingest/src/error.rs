@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::Seq;
 
@@ -11,9 +12,10 @@ use crate::Seq;
 /// makes sense, the byte offset inside it, so an operator can inspect it.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// An I/O call failed. Retrying may help for transient conditions (disk
-    /// full, permissions fixed), but a failed write or fsync poisons the open
-    /// log: see [`LogError::Poisoned`].
+    /// An I/O call failed while opening, listing, replaying or removing
+    /// segments. Retrying may help for transient conditions (disk full,
+    /// permissions fixed). A failed write, fsync or segment roll of an
+    /// append is reported as [`LogError::Unavailable`] instead.
     #[error("ingest log: {op} {path}: {source}")]
     Io {
         /// What was being done (`"open"`, `"write"`, `"fdatasync"`, …).
@@ -56,11 +58,36 @@ pub enum LogError {
         /// The record size limit.
         max: usize,
     },
-    /// An earlier write or fsync failed, so what is on disk is unknown and
-    /// the log refuses further appends. Nothing unacknowledged may be assumed
-    /// durable; reopen the log (which runs recovery) to continue.
-    #[error("ingest log is poisoned by an earlier failure ({0}); reopen it to recover")]
-    Poisoned(String),
+    /// The log cannot write at the moment: a write, fsync or segment roll
+    /// failed (disk full, I/O error, read-only file system) and the log has
+    /// not yet restored a writable state. The batch of the append that hit
+    /// the failure may or may not be in the log (see the durability
+    /// contract); a batch refused while the log was already unwritable was
+    /// not stored. Acknowledged batches are unaffected.
+    ///
+    /// This is transient by design: the log retries by itself every
+    /// `retry_after` (truncating what was never acknowledged, reopening the
+    /// segment and probing that a write succeeds), so the caller should
+    /// answer "try again later" (HTTP 503, or 507 when `disk_full`) and the
+    /// client retry, ideally with an idempotency key. An operator frees
+    /// space or repairs the disk; no restart is needed.
+    #[error("ingest log cannot write: {reason}; it retries by itself every {} ms, retry later{}", retry_after.as_millis(), if *disk_full { " (free space on the log's disk)" } else { "" })]
+    Unavailable {
+        /// The failure that made the log unwritable, or the latest failed
+        /// attempt to recover, with the file and the operating system's
+        /// error.
+        reason: String,
+        /// The failure was "no space left on device" or "disk quota
+        /// exceeded".
+        disk_full: bool,
+        /// How often the log retries; a fair `Retry-After` for the client.
+        retry_after: Duration,
+    },
+    /// The writer thread is gone (it panicked, which is a bug), so nothing
+    /// can be appended; reopen the log. Never returned while the writer
+    /// runs.
+    #[error("ingest log: the writer thread has stopped ({0}); reopen the log")]
+    WriterStopped(String),
     /// [`Log::remove_segment`](crate::Log::remove_segment) was asked to
     /// remove the active segment, which is still being written.
     #[error("ingest log: segment starting at seq {0} is the active segment and cannot be removed")]
@@ -72,6 +99,29 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// How long a caller should wait before retrying, when retrying the
+    /// same call can succeed without anyone changing the request: `Some`
+    /// only for [`LogError::Unavailable`].
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            LogError::Unavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// Whether this is [`LogError::Unavailable`] caused by a full disk (or
+    /// an exceeded quota), for callers that answer those differently (e.g.
+    /// HTTP 507).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            LogError::Unavailable {
+                disk_full: true,
+                ..
+            }
+        )
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         LogError::Io {
             op,

@@ -19,12 +19,26 @@
 //!   until its segment is removed by [`Log::remove_segment`].
 //! * When `append` returns an error, the batch may or may not be in the log:
 //!   a write may have reached the disk before a later step failed. A caller
-//!   that retries may therefore store a batch twice; a source that needs
-//!   exactly-once must deduplicate downstream (e.g. by an idempotency key in
-//!   its readings). After a failed write or `fdatasync` the open log refuses
-//!   all further appends ([`LogError::Poisoned`]): after a failed fsync the
-//!   page cache can no longer be trusted to reflect the disk, so the only
-//!   safe continuation is to reopen, which re-reads what is really there.
+//!   that retries may therefore store a batch twice, unless it gives the
+//!   batch an idempotency key (see below).
+//! * A failed write, `fdatasync` or segment roll makes the log *unwritable*
+//!   ([`Log::health`]); appends are then refused at once with
+//!   [`LogError::Unavailable`], which means "retry later". The log recovers
+//!   in place, without a restart, at most once per
+//!   [`LogConfig::recovery_interval_ms`] (on its own timer, or when an
+//!   append, [`Log::roll`] or [`Log::try_recover`] comes): it removes a
+//!   segment file a failed roll created, reopens the active segment with a
+//!   new file descriptor (after a failed fsync the old descriptor and the
+//!   page cache no longer tell what is on disk), truncates it to the extent
+//!   of the last successful `fdatasync`, checks with a synced probe write
+//!   that the disk takes data again, and gives out sequence numbers again
+//!   from one past the last durable record. Everything it cuts was never
+//!   acknowledged; everything acknowledged is before the cut. Until a
+//!   recovery succeeds nothing is written, so a crash meanwhile leaves the
+//!   same log [`Log::open`] would recover.
+//! * A group commit that rolled a segment midway and then failed answers
+//!   the batches that were synced before the roll with `Ok` (they are
+//!   durable, with their numbers) and the rest with the error.
 //! * Batches are atomic: a batch is one record with one checksum, so replay
 //!   yields all of its readings or none of them.
 //! * Sequence numbers are consecutive and start at 0 for a new log. The
@@ -77,7 +91,7 @@ pub mod format;
 mod log;
 
 pub use error::{LogError, Result};
-pub use log::{Batch, Log, LogConfig, LogStats, Recovery, Replay, SegmentInfo};
+pub use log::{Batch, Health, Log, LogConfig, LogStats, Recovery, Replay, SegmentInfo};
 
 /// Sequence number of a batch in the log.
 pub type Seq = u64;

@@ -3,13 +3,13 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,13 @@ pub struct LogConfig {
     /// the queue is drained: a lone request is never delayed, and under load
     /// the batches that arrive during one fdatasync form the next commit.
     pub max_wait_us: u64,
+    /// While the log cannot write (disk full, I/O error), it tries to
+    /// restore a writable state at most this often, in milliseconds: on a
+    /// timer of its own, and when an append, a roll or
+    /// [`Log::try_recover`] asks in between. Appends in between are refused
+    /// at once. Default 500: recovery follows freed space within half a
+    /// second, while a full disk sees at most two probe writes per second.
+    pub recovery_interval_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -41,6 +48,7 @@ impl Default for LogConfig {
             max_segment_bytes: 64 << 20,
             max_group_bytes: 8 << 20,
             max_wait_us: 0,
+            recovery_interval_ms: 500,
         }
     }
 }
@@ -90,6 +98,13 @@ pub struct LogStats {
     pub segments_created: u64,
     /// Appends refused with an error.
     pub failed: u64,
+    /// Writes, fsyncs or segment rolls that failed and made the log
+    /// unwritable (each starts an episode that ends with a recovery).
+    pub write_failures: u64,
+    /// Successful in-place recoveries: the log became writable again.
+    pub recoveries: u64,
+    /// Recovery attempts that failed (the disk was still full or broken).
+    pub failed_recoveries: u64,
 }
 
 #[derive(Default)]
@@ -101,6 +116,38 @@ struct Counters {
     fsyncs: AtomicU64,
     segments_created: AtomicU64,
     failed: AtomicU64,
+    write_failures: AtomicU64,
+    recoveries: AtomicU64,
+    failed_recoveries: AtomicU64,
+}
+
+/// Whether the log can write, from [`Log::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Appends can be written. `false` from a failed write, fsync or roll
+    /// until a recovery succeeds; appends are refused with
+    /// [`LogError::Unavailable`] meanwhile.
+    pub writable: bool,
+    /// Why the log cannot write: the failure, or the latest failed recovery
+    /// attempt (file and operating system error). `None` when writable.
+    pub reason: Option<String>,
+    /// The failure is a full disk or an exceeded quota.
+    pub disk_full: bool,
+    /// When the log became unwritable (wall time). `None` when writable.
+    pub since: Option<SystemTime>,
+    /// Recovery attempts that failed since the log became unwritable.
+    pub failed_recoveries: u64,
+    /// How often the log tries to recover ([`LogConfig::recovery_interval_ms`]).
+    pub retry_after: Duration,
+}
+
+/// Why and since when the log cannot write.
+#[derive(Debug, Clone)]
+struct Unwritable {
+    reason: String,
+    disk_full: bool,
+    since: SystemTime,
+    failed_recoveries: u64,
 }
 
 /// What the writer publishes for readers: the durable extent of the log.
@@ -110,12 +157,13 @@ struct State {
     active_first_seq: Seq,
     /// Bytes of the active segment covered by the last fdatasync.
     active_durable_len: u64,
-    /// Set by the first failed write or fsync.
-    poisoned: Option<String>,
+    /// Set by a failed write, fsync or roll; cleared by a recovery.
+    unwritable: Option<Unwritable>,
 }
 
 struct Shared {
     dir: PathBuf,
+    retry_after: Duration,
     state: Mutex<State>,
     counters: Counters,
 }
@@ -138,6 +186,8 @@ enum Msg {
     Append(Request),
     /// Close the active segment if it holds records ([`Log::roll`]).
     Roll(SyncSender<Result<()>>),
+    /// Try to recover now if unwritable and due ([`Log::try_recover`]).
+    Recover(SyncSender<Health>),
 }
 
 /// The durable ingest log. See the [crate documentation](crate) for the
@@ -269,14 +319,16 @@ impl Log {
             }
         };
         recovery.next_seq = next_seq;
+        let retry_after = Duration::from_millis(config.recovery_interval_ms);
         let shared = Arc::new(Shared {
             dir: dir.clone(),
+            retry_after,
             state: Mutex::new(State {
                 closed,
                 active_path: path.clone(),
                 active_first_seq: first_seq,
                 active_durable_len: len,
-                poisoned: None,
+                unwritable: None,
             }),
             counters,
         });
@@ -286,9 +338,15 @@ impl Log {
             config,
             file,
             path,
+            first_seq,
             len,
             next_seq,
+            durable_next: next_seq,
             buf: Vec::new(),
+            seqs: Vec::new(),
+            broken: false,
+            last_attempt: Instant::now(),
+            failed_write_len: 0,
         };
         let handle = std::thread::Builder::new()
             .name("ingest-log-writer".into())
@@ -323,7 +381,7 @@ impl Log {
             max: format::MAX_BODY_LEN,
         })?;
         let (reply, answer) = mpsc::sync_channel(1);
-        let closed = || LogError::Poisoned("the writer thread has stopped".into());
+        let closed = || LogError::WriterStopped("its channel is closed".into());
         self.tx
             .as_ref()
             .ok_or_else(closed)?
@@ -340,13 +398,45 @@ impl Log {
     /// keep its last readings in the active segment forever.
     pub fn roll(&self) -> Result<()> {
         let (reply, answer) = mpsc::sync_channel(1);
-        let closed = || LogError::Poisoned("the writer thread has stopped".into());
+        let closed = || LogError::WriterStopped("its channel is closed".into());
         self.tx
             .as_ref()
             .ok_or_else(closed)?
             .send(Msg::Roll(reply))
             .map_err(|_| closed())?;
         answer.recv().map_err(|_| closed())?
+    }
+
+    /// Whether the log can write now, and if not why and since when. Cheap
+    /// (reads shared state): meant for readiness checks and metrics.
+    pub fn health(&self) -> Health {
+        let state = self.shared.state();
+        health_of(state.unwritable.as_ref(), self.shared.retry_after)
+    }
+
+    /// If the log is unwritable, tries to recover now (unless an attempt
+    /// was made less than [`LogConfig::recovery_interval_ms`] ago), and
+    /// returns the health afterwards. The writer also retries on its own
+    /// timer; this lets a readiness check see freed space at once, without
+    /// traffic. Waits for the commit in progress, so call it through
+    /// `spawn_blocking` from async code.
+    pub fn try_recover(&self) -> Health {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Msg::Recover(reply)).is_ok());
+        match sent.then(|| answer.recv().ok()).flatten() {
+            Some(h) => h,
+            None => Health {
+                writable: false,
+                reason: Some("the writer thread has stopped".into()),
+                disk_full: false,
+                since: None,
+                failed_recoveries: 0,
+                retry_after: self.shared.retry_after,
+            },
+        }
     }
 
     /// What recovery did when the log was opened.
@@ -365,6 +455,9 @@ impl Log {
             fsyncs: c.fsyncs.load(Ordering::Relaxed),
             segments_created: c.segments_created.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
+            write_failures: c.write_failures.load(Ordering::Relaxed),
+            recoveries: c.recoveries.load(Ordering::Relaxed),
+            failed_recoveries: c.failed_recoveries.load(Ordering::Relaxed),
         }
     }
 
@@ -509,34 +602,112 @@ fn recover_last(
     Ok((file, pos as u64, expected))
 }
 
+fn health_of(u: Option<&Unwritable>, retry_after: Duration) -> Health {
+    Health {
+        writable: u.is_none(),
+        reason: u.map(|u| u.reason.clone()),
+        disk_full: u.is_some_and(|u| u.disk_full),
+        since: u.map(|u| u.since),
+        failed_recoveries: u.map_or(0, |u| u.failed_recoveries),
+        retry_after,
+    }
+}
+
+/// The text of a failure for [`Health::reason`] (without the crate prefix
+/// of the error's `Display`), and whether it is a full disk.
+fn describe(e: &LogError) -> (String, bool) {
+    match e {
+        LogError::Io { op, path, source } => (
+            format!("{op} {}: {source}", path.display()),
+            matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+        ),
+        other => (other.to_string(), false),
+    }
+}
+
+/// Bounds of the probe write a recovery makes: the size of the write that
+/// failed, so that "writable again" means the next such write fits, within
+/// limits that keep a probe cheap.
+const MIN_PROBE_BYTES: usize = 4096;
+const MAX_PROBE_BYTES: usize = 1 << 20;
+
+/// The shortest pause between recovery attempts on the writer's own timer,
+/// so a zero [`LogConfig::recovery_interval_ms`] cannot make it spin.
+const MIN_TIMER: Duration = Duration::from_millis(10);
+
 /// The writer thread: gathers queued batches, writes them with one write
 /// call and makes them durable with one fdatasync, then answers them all.
+///
+/// After a failed write, fsync or roll it is "broken": it refuses appends
+/// and restores a known-good state ([`Writer::recover`]) on a timer and when
+/// asked, at most once per [`LogConfig::recovery_interval_ms`].
 struct Writer {
     shared: Arc<Shared>,
     config: LogConfig,
     file: File,
     path: PathBuf,
+    /// First sequence number of the active segment.
+    first_seq: Seq,
+    /// Bytes of the active segment covered by the last successful
+    /// fdatasync; nothing after it was acknowledged.
     len: u64,
+    /// The sequence number the next framed record gets.
     next_seq: Seq,
+    /// One past the last durable record (`next_seq` as of the last
+    /// successful fdatasync). Recovery resets `next_seq` to it: the numbers
+    /// of records that never became durable were never acknowledged and are
+    /// given out again.
+    durable_next: Seq,
     buf: Vec<u8>,
+    /// The sequence number each request of the current group was framed
+    /// with (fewer than the group if a failure stopped the framing).
+    seqs: Vec<Seq>,
+    /// The log cannot write. Mirrors `State::unwritable`, which only this
+    /// thread changes, so the hot path checks it without a lock.
+    broken: bool,
+    /// When the log broke or a recovery was last attempted.
+    last_attempt: Instant,
+    /// Bytes of the write that failed, to size the recovery's probe.
+    failed_write_len: usize,
 }
 
 impl Writer {
     fn run(&mut self, rx: Receiver<Msg>) {
         let max_wait = Duration::from_micros(self.config.max_wait_us);
         let mut group: Vec<Request> = Vec::new();
-        // `recv` fails once the `Log` is dropped and the queue is empty.
-        while let Ok(msg) = rx.recv() {
+        loop {
+            let msg = if self.broken {
+                // Recover by itself, also when no append comes to ask.
+                let due = self.last_attempt + self.shared.retry_after.max(MIN_TIMER);
+                match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                    Ok(msg) => msg,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.recover_if_due();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                // `recv` fails once the `Log` is dropped and the queue is
+                // empty.
+                match rx.recv() {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                }
+            };
             let first = match msg {
                 Msg::Append(r) => r,
-                Msg::Roll(reply) => {
-                    let _ = reply.send(self.roll_request());
+                other => {
+                    self.control(other);
                     continue;
                 }
             };
             let mut bytes = first.batch.record_len();
             group.push(first);
-            let mut roll = None;
+            let mut after = None;
             let deadline = Instant::now() + max_wait;
             while bytes < self.config.max_group_bytes {
                 let next = match rx.try_recv() {
@@ -560,72 +731,89 @@ impl Writer {
                         bytes += next.batch.record_len();
                         group.push(next);
                     }
-                    // Everything queued before the roll goes in first.
-                    Msg::Roll(reply) => {
-                        roll = Some(reply);
+                    // Everything queued before a roll goes in first.
+                    other => {
+                        after = Some(other);
                         break;
                     }
                 }
             }
             self.commit(&mut group);
-            if let Some(reply) = roll {
+            if let Some(msg) = after {
+                self.control(msg);
+            }
+        }
+    }
+
+    /// A request other than an append.
+    fn control(&mut self, msg: Msg) {
+        match msg {
+            Msg::Append(_) => unreachable!("appends are committed in groups"),
+            Msg::Roll(reply) => {
                 let _ = reply.send(self.roll_request());
+            }
+            Msg::Recover(reply) => {
+                self.recover_if_due();
+                let state = self.shared.state();
+                let _ = reply.send(health_of(
+                    state.unwritable.as_ref(),
+                    self.shared.retry_after,
+                ));
             }
         }
     }
 
     /// [`Log::roll`] on the writer thread: a no-op for an empty segment,
-    /// refused once poisoned.
+    /// refused while the log cannot write.
     fn roll_request(&mut self) -> Result<()> {
-        if let Some(why) = self.shared.state().poisoned.clone() {
-            return Err(LogError::Poisoned(why));
+        self.recover_if_due();
+        if self.broken {
+            return Err(self.unavailable());
         }
         if self.len <= HEADER_LEN as u64 {
             return Ok(());
         }
-        self.roll().inspect_err(|e| {
-            let why = e.to_string();
-            tracing::error!(error = %why, "ingest log: roll failed, refusing further appends");
-            self.shared.state().poisoned = Some(why);
-        })
+        self.roll().map_err(|e| self.fail(e))
     }
 
     fn commit(&mut self, group: &mut Vec<Request>) {
-        let poisoned = self.shared.state().poisoned.clone();
-        let result = match poisoned {
-            Some(why) => Err(why),
-            None => self.write_group(group).map_err(|e| {
-                let why = e.to_string();
-                tracing::error!(error = %why, "ingest log: write failed, refusing further appends");
-                self.shared.state().poisoned = Some(why.clone());
-                why
-            }),
+        self.recover_if_due();
+        self.seqs.clear();
+        let failed = if self.broken {
+            true
+        } else if let Err(e) = self.write_group(group) {
+            self.fail(e);
+            true
+        } else {
+            false
         };
         let c = &self.shared.counters;
-        match result {
-            Ok(first_seq) => {
-                c.commits.fetch_add(1, Ordering::Relaxed);
-                c.batches.fetch_add(group.len() as u64, Ordering::Relaxed);
-                for (i, req) in group.drain(..).enumerate() {
+        if !failed {
+            c.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        for (i, req) in group.drain(..).enumerate() {
+            match self.seqs.get(i) {
+                // Durable: also in a group that failed after a roll, whose
+                // records before the roll were synced. Answering them `Ok`
+                // is the truth, and spares their senders a retry.
+                Some(&seq) if seq < self.durable_next => {
+                    c.batches.fetch_add(1, Ordering::Relaxed);
                     c.readings
                         .fetch_add(req.batch.readings as u64, Ordering::Relaxed);
                     // The appender may have gone away; its batch is durable
                     // all the same.
-                    let _ = req.reply.send(Ok(first_seq + i as u64));
+                    let _ = req.reply.send(Ok(seq));
                 }
-            }
-            Err(why) => {
-                for req in group.drain(..) {
-                    let _ = req.reply.send(Err(LogError::Poisoned(why.clone())));
+                _ => {
+                    let _ = req.reply.send(Err(self.unavailable()));
                 }
             }
         }
     }
 
-    /// Writes the group, rolling segments as needed, and syncs. Returns the
-    /// first sequence number of the group.
-    fn write_group(&mut self, group: &[Request]) -> Result<Seq> {
-        let first_seq = self.next_seq;
+    /// Writes the group, rolling segments as needed, and syncs, recording
+    /// each request's sequence number in `seqs`.
+    fn write_group(&mut self, group: &[Request]) -> Result<()> {
         self.buf.clear();
         for req in group {
             let rec_len = req.batch.record_len() as u64;
@@ -634,11 +822,11 @@ impl Writer {
                 self.flush_and_sync()?;
                 self.roll()?;
             }
+            self.seqs.push(self.next_seq);
             format::frame_record(&mut self.buf, self.next_seq, &req.batch);
             self.next_seq += 1;
         }
-        self.flush_and_sync()?;
-        Ok(first_seq)
+        self.flush_and_sync()
     }
 
     fn flush_and_sync(&mut self) -> Result<()> {
@@ -655,6 +843,7 @@ impl Writer {
         c.fsyncs.fetch_add(1, Ordering::Relaxed);
         c.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         self.len += self.buf.len() as u64;
+        self.durable_next = self.next_seq;
         self.buf.clear();
         self.shared.state().active_durable_len = self.len;
         Ok(())
@@ -670,8 +859,8 @@ impl Writer {
         let old_path = std::mem::replace(&mut self.path, path.clone());
         self.file = file;
         let old_len = std::mem::replace(&mut self.len, HEADER_LEN as u64);
+        let old_first = std::mem::replace(&mut self.first_seq, self.next_seq);
         let mut state = self.shared.state();
-        let old_first = state.active_first_seq;
         state.closed.push(SegmentInfo {
             path: old_path,
             first_seq: old_first,
@@ -681,6 +870,141 @@ impl Writer {
         state.active_path = path;
         state.active_first_seq = self.next_seq;
         state.active_durable_len = HEADER_LEN as u64;
+        Ok(())
+    }
+
+    /// Marks the log unwritable after a failed write, fsync or roll, and
+    /// returns the error for the appenders.
+    fn fail(&mut self, e: LogError) -> LogError {
+        let (reason, disk_full) = describe(&e);
+        tracing::error!(
+            error = %reason,
+            disk_full,
+            "ingest log: cannot write; refusing appends until a recovery succeeds"
+        );
+        self.broken = true;
+        self.last_attempt = Instant::now();
+        self.failed_write_len = self.buf.len();
+        self.buf.clear();
+        self.shared
+            .counters
+            .write_failures
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.state().unwritable = Some(Unwritable {
+            reason,
+            disk_full,
+            since: SystemTime::now(),
+            failed_recoveries: 0,
+        });
+        self.unavailable()
+    }
+
+    /// The error for an append refused while the log cannot write.
+    fn unavailable(&self) -> LogError {
+        let state = self.shared.state();
+        let u = state.unwritable.as_ref();
+        LogError::Unavailable {
+            reason: u.map_or_else(|| "unknown failure".into(), |u| u.reason.clone()),
+            disk_full: u.is_some_and(|u| u.disk_full),
+            retry_after: self.shared.retry_after,
+        }
+    }
+
+    /// Attempts a recovery if the log is unwritable and the last attempt is
+    /// at least [`LogConfig::recovery_interval_ms`] old, so a full disk is
+    /// not hammered.
+    fn recover_if_due(&mut self) {
+        if !self.broken || self.last_attempt.elapsed() < self.shared.retry_after {
+            return;
+        }
+        self.last_attempt = Instant::now();
+        let outcome = self.recover();
+        let c = &self.shared.counters;
+        match outcome {
+            Ok(()) => {
+                self.broken = false;
+                let was = self.shared.state().unwritable.take();
+                c.recoveries.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    next_seq = self.next_seq,
+                    failed_attempts = was.as_ref().map_or(0, |u| u.failed_recoveries),
+                    unwritable_for_ms = was
+                        .and_then(|u| u.since.elapsed().ok())
+                        .map_or(0, |d| d.as_millis() as u64),
+                    "ingest log: writable again"
+                );
+            }
+            Err(e) => {
+                let (reason, disk_full) = describe(&e);
+                c.failed_recoveries.fetch_add(1, Ordering::Relaxed);
+                let mut state = self.shared.state();
+                if let Some(u) = state.unwritable.as_mut() {
+                    u.failed_recoveries += 1;
+                    // A warning on the 1st, 2nd, 4th, 8th… failure: the
+                    // state is visible in `health` anyway.
+                    if u.failed_recoveries.is_power_of_two() {
+                        tracing::warn!(error = %reason, attempts = u.failed_recoveries, "ingest log: still cannot write");
+                    }
+                    u.reason = reason;
+                    u.disk_full = disk_full;
+                }
+            }
+        }
+    }
+
+    /// Restores a known-good state in place after a failed write, fsync or
+    /// roll, and checks that the disk takes a write again:
+    ///
+    /// 1. a segment file created by a failed roll (any segment after the
+    ///    active one) is removed: no record was written to it;
+    /// 2. the active segment is reopened with a new descriptor (after a
+    ///    failed fsync the old one's error state and the page cache no
+    ///    longer tell what is on disk) and truncated to `len`, the extent
+    ///    of the last successful fdatasync: everything after it was never
+    ///    acknowledged;
+    /// 3. a probe of zeros, as large as the failed write (within bounds), is
+    ///    written after `len` and synced, then cut again: a full disk fails
+    ///    here, so "writable" means a write of that size fits;
+    /// 4. file and directory are synced, and `next_seq` goes back to one
+    ///    past the last durable record.
+    ///
+    /// A crash in the middle leaves at most zeros or a torn record after the
+    /// durable end, which [`Log::open`] cuts like any torn tail.
+    fn recover(&mut self) -> Result<()> {
+        let dir = self.shared.dir.clone();
+        for (seq, path) in list_segments(&dir)? {
+            if seq > self.first_seq {
+                fs::remove_file(&path).map_err(|e| LogError::io("remove", &path, e))?;
+                tracing::warn!(path = %path.display(), "ingest log: removed the segment of a failed roll");
+            }
+        }
+        let path = self.path.clone();
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| LogError::io("reopen", &path, e))?;
+        file.set_len(self.len)
+            .map_err(|e| LogError::io("truncate", &path, e))?;
+        file.seek(SeekFrom::Start(self.len))
+            .map_err(|e| LogError::io("seek", &path, e))?;
+        let probe = vec![
+            0u8;
+            self.failed_write_len
+                .clamp(MIN_PROBE_BYTES, MAX_PROBE_BYTES)
+        ];
+        let probed = file.write_all(&probe).and_then(|()| file.sync_data());
+        file.set_len(self.len)
+            .map_err(|e| LogError::io("truncate", &path, e))?;
+        file.sync_all()
+            .map_err(|e| LogError::io("fsync", &path, e))?;
+        probed.map_err(|e| LogError::io("write a recovery probe to", &path, e))?;
+        sync_dir(&dir)?;
+        file.seek(SeekFrom::Start(self.len))
+            .map_err(|e| LogError::io("seek", &path, e))?;
+        self.file = file;
+        self.next_seq = self.durable_next;
+        self.buf.clear();
+        self.shared.state().active_durable_len = self.len;
         Ok(())
     }
 }
