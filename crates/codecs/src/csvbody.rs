@@ -2,20 +2,29 @@
 //! configured column mapping.
 //!
 //! By default the first line is a header and the columns `TS`, `Device`,
-//! `Tag` and `Value` are found by name, in any order and any case; other
-//! columns are ignored. [`CsvBodyConfig`] names other columns (by header
-//! name or 0-based position), reads bodies without a header, or fixes the
-//! device or tag for the whole body (e.g. one device posting its own
-//! sensors). `TS` is read by [`fleetscore_core::parse_ts`] (reference
-//! layout or RFC 3339) or as an integer of nanoseconds since the epoch.
+//! `Tag` and `Value` are found by name, in any order and any case.
+//! [`CsvBodyConfig`] names other columns (by header name or 0-based
+//! position), reads bodies without a header, or fixes the device or tag for
+//! the whole body (e.g. one device posting its own sensors). `TS` is read
+//! by [`fleetscore_core::parse_ts`] (reference layout or RFC 3339) or as an
+//! integer of nanoseconds since the epoch.
+//!
+//! A column the mapping does not use refuses the body, naming it, unless
+//! [`CsvBodyConfig::extra_columns`] says to ignore such columns: a column
+//! nobody reads is usually a mistake (a misspelt header, a name with an
+//! unquoted comma) and dropping it silently loses data. A row with more
+//! fields than the header is always refused. Cells are trimmed of ASCII
+//! white space; names, timestamps and values then follow the one policy of
+//! every source (`fleetscore_core`'s name rule, 1678 through 2261, finite
+//! values: `nan` and `inf` are refused, as line protocol refuses them).
 //!
 //! Errors name the 1-based line (the header is line 1) and the column. All
 //! or nothing, as for every ingest parser (see [`BatchError`]).
 
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::{shorten, Batch, BatchError, Collector, Location};
-use fleetscore_core::parse_ts;
+use crate::ingest::{shorten, Batch, BatchError, Collector, Location, Part};
+use fleetscore_core::{parse_ts, validate_name, NameKind};
 
 /// A CSV column: a header name (matched case-insensitively) or a 0-based
 /// position.
@@ -56,6 +65,20 @@ pub struct CsvBodyConfig {
     pub fixed_device: Option<String>,
     /// One tag for every row, instead of a column. Default none.
     pub fixed_tag: Option<String>,
+    /// What to do with columns the mapping does not use: `refuse` the body,
+    /// naming them (the default), or `ignore` them.
+    pub extra_columns: ExtraColumns,
+}
+
+/// What becomes of CSV columns the mapping does not use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtraColumns {
+    /// The body is refused with the columns' names (the default).
+    #[default]
+    Refuse,
+    /// They are read past and dropped.
+    Ignore,
 }
 
 impl Default for CsvBodyConfig {
@@ -68,6 +91,7 @@ impl Default for CsvBodyConfig {
             value: Column::Name("Value".into()),
             fixed_device: None,
             fixed_tag: None,
+            extra_columns: ExtraColumns::Refuse,
         }
     }
 }
@@ -121,23 +145,60 @@ pub fn parse_csv_body<'c>(body: &[u8], config: &'c CsvBodyConfig) -> Result<Batc
         Location::Body
     };
     let mut errors = Collector::default();
-    let mut pick = |c: &Column, fixed: Option<&'c str>, name: &str| -> Option<Source<'c>> {
-        match fixed {
-            Some("") => {
-                errors.reject(Location::Body, format!("the fixed {name} is empty"));
+    let mut pick = |c: &Column, fixed: Option<&'c str>, kind: Option<NameKind>| match (fixed, kind)
+    {
+        (Some(f), Some(kind)) => match validate_name(kind, f) {
+            Ok(()) => Some(Source::Fixed(f)),
+            Err(e) => {
+                errors.reject(Location::Body, format!("the fixed {kind}: {e}"));
                 None
             }
-            Some(f) => Some(Source::Fixed(f)),
-            None => resolve(c).map_err(|e| errors.reject(at, e)).ok(),
-        }
+        },
+        _ => resolve(c).map_err(|e| errors.reject(at, e)).ok(),
     };
-    let ts = pick(&config.ts, None, "ts");
-    let device = pick(&config.device, config.fixed_device.as_deref(), "device");
-    let tag = pick(&config.tag, config.fixed_tag.as_deref(), "tag");
-    let value = pick(&config.value, None, "value");
+    let ts = pick(&config.ts, None, None);
+    let device = pick(
+        &config.device,
+        config.fixed_device.as_deref(),
+        Some(NameKind::Device),
+    );
+    let tag = pick(
+        &config.tag,
+        config.fixed_tag.as_deref(),
+        Some(NameKind::Tag),
+    );
+    let value = pick(&config.value, None, None);
     let (Some(ts), Some(device), Some(tag), Some(value)) = (ts, device, tag, value) else {
         return errors.finish();
     };
+    // Which columns the mapping reads; with a header, the others are
+    // refused here (all of them in one message), without one per row.
+    let mut used = Vec::new();
+    for s in [&ts, &device, &tag, &value] {
+        if let Source::Col(i, _) = s {
+            if used.len() <= *i {
+                used.resize(i + 1, false);
+            }
+            used[*i] = true;
+        }
+    }
+    let refuse_extra = config.extra_columns == ExtraColumns::Refuse;
+    if let (Some(h), true) = (&header, refuse_extra) {
+        let extra: Vec<String> = h
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !used.get(*i).copied().unwrap_or(false))
+            .map(|(i, f)| format!("`{}` (#{i})", shorten(f)))
+            .collect();
+        if !extra.is_empty() {
+            errors.reject(Location::Line(1), format!(
+                "column(s) {} are not mapped to TS, Device, Tag or Value; remove them, or set `extra_columns = \"ignore\"` under [ingest.csv] to drop such columns",
+                extra.join(", ")
+            ));
+            return errors.finish();
+        }
+    }
+    let header_len = header.as_ref().map(csv::ByteRecord::len);
 
     let mut out = Collector::default();
     let mut line = usize::from(config.header);
@@ -152,7 +213,23 @@ pub fn parse_csv_body<'c>(body: &[u8], config: &'c CsvBodyConfig) -> Result<Batc
             }
         }
         line = rec.position().map_or(line + 1, |p| p.line() as usize);
-        if let Err(reason) = row(&rec, &ts, &device, &tag, &value, &mut out) {
+        let extra = match header_len {
+            Some(n) if rec.len() > n => Some(format!(
+                "the row has {} fields but the header has {n}; quote fields that hold commas (\"a, b\")",
+                rec.len()
+            )),
+            None if refuse_extra => (0..rec.len())
+                .find(|&i| !used.get(i).copied().unwrap_or(false))
+                .map(|i| format!(
+                    "column #{i} is not mapped to TS, Device, Tag or Value; remove it, or set `extra_columns = \"ignore\"` under [ingest.csv] to drop such columns"
+                )),
+            _ => None,
+        };
+        let result = match extra {
+            Some(reason) => Err(reason),
+            None => row(&rec, &ts, &device, &tag, &value, &mut out),
+        };
+        if let Err(reason) = result {
             out.reject(Location::Line(line), reason);
         }
     }
@@ -204,13 +281,7 @@ fn row(
         Err(_) => return Err(format!("column `{}` is not UTF-8", col_name(ts))),
     };
     let d = field(rec, device)?;
-    if d.is_empty() {
-        return Err(format!("column `{}` is empty", col_name(device)));
-    }
     let t = field(rec, tag)?;
-    if t.is_empty() {
-        return Err(format!("column `{}` is empty", col_name(tag)));
-    }
     let raw_v = field(rec, value)?;
     let v: f64 = std::str::from_utf8(raw_v)
         .ok()
@@ -222,7 +293,17 @@ fn row(
                 shorten(raw_v)
             )
         })?;
-    out.push(ts_ns, d, t, v).map_err(str::to_string)
+    out.push(ts_ns, d, t, v).map_err(|e| {
+        e.in_field(|part| {
+            let source = match part {
+                Part::Ts => ts,
+                Part::Device => device,
+                Part::Tag => tag,
+                Part::Value => value,
+            };
+            format!("column `{}`", col_name(source))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -249,7 +330,7 @@ mod tests {
     #[test]
     fn reference_header_any_order() {
         let r = ok(
-            "value,extra,tag,DEVICE,ts\n1.5,x,3,1,1970-01-01 00:00:01.000\n2,y,3,1,7\n",
+            "value,tag,DEVICE,ts\n1.5,3,1,1970-01-01 00:00:01.000\n2,3,1,7\n",
             &CsvBodyConfig::default(),
         );
         assert_eq!(
@@ -294,12 +375,104 @@ mod tests {
         assert_eq!(e.len(), 3);
         assert_eq!(e[0], "line 3: column `Value`: `abc` is not a number");
         assert!(e[1].starts_with("line 4: column `TS`: invalid timestamp"));
-        assert_eq!(e[2], "line 5: column `Device` is empty");
+        assert_eq!(
+            e[2],
+            "line 5: column `Device`: device name \"\": is empty; a name needs at least one character"
+        );
         let e = errs("TS,Device,Value\n", &CsvBodyConfig::default());
         assert!(
             e[0].starts_with("line 1: the header has no `Tag` column"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn csv_ingest_refuses_nan_like_line_protocol() {
+        let e = errs(
+            "TS,Device,Tag,Value\n1,d,t,nan\n2,d,t,inf\n3,d,t,-Infinity\n4,d,t,NaN\n5,d,t,1.5\n",
+            &CsvBodyConfig::default(),
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert_eq!(
+            e[0],
+            "line 2: column `Value`: value NaN is not a finite number; NaN and infinities are refused"
+        );
+        assert!(
+            e[1].starts_with("line 3: column `Value`: value inf "),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("line 4: column `Value`: value -inf "),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn extra_csv_columns_are_refused() {
+        let body = "TS,site,Device,Tag,Value,note\n1,x,d,t,1.5,y\n";
+        let e = errs(body, &CsvBodyConfig::default());
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("line 1: column(s) `site` (#1), `note` (#5) are not mapped to TS, Device, Tag or Value"),
+            "{e:?}"
+        );
+        assert!(e[0].contains("extra_columns = \"ignore\""), "{e:?}");
+        // Asked for: ignored.
+        let ignore = CsvBodyConfig {
+            extra_columns: ExtraColumns::Ignore,
+            ..Default::default()
+        };
+        assert_eq!(ok(body, &ignore), [(1, "d".into(), "t".into(), 1.5)]);
+        // A row longer than the header: refused whatever the setting (an
+        // unquoted comma in a name, usually).
+        let e = errs("TS,Device,Tag,Value\n1,pump 7, north,t,1.5\n", &ignore);
+        assert_eq!(
+            e,
+            ["line 2: the row has 5 fields but the header has 4; quote fields that hold commas (\"a, b\")"]
+        );
+        // Without a header: positions the mapping does not name.
+        let cfg = CsvBodyConfig {
+            header: false,
+            ts: Column::Index(0),
+            device: Column::Index(1),
+            tag: Column::Index(2),
+            value: Column::Index(4),
+            ..Default::default()
+        };
+        let e = errs("1,d,t,x,2\n1,d,t,x,2,3\n", &cfg);
+        assert!(e[0].starts_with("line 1: column #3 is not mapped"), "{e:?}");
+        assert!(e[1].starts_with("line 2: column #3 is not mapped"), "{e:?}");
+        let cfg = CsvBodyConfig {
+            extra_columns: ExtraColumns::Ignore,
+            ..cfg
+        };
+        assert_eq!(ok("1,d,t,x,2,3\n", &cfg).len(), 1);
+    }
+
+    #[test]
+    fn names_and_times_follow_the_one_policy() {
+        let e = errs(
+            "TS,Device,Tag,Value\n1,x/../../escaped,t,1\n2,\"a\nb\",t,1\n-9223372036854775808,d,t,1\n",
+            &CsvBodyConfig::default(),
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "line 2: column `Device`: device name \"x/../../escaped\": contains `/`"
+            ),
+            "{e:?}"
+        );
+        assert!(e[1].starts_with("line 3: column `Device`: device name \"a\\nb\": contains a control character (U+000A)"), "{e:?}");
+        assert!(
+            e[2].starts_with("line 5: column `TS`: timestamp 1677-09-21"),
+            "{e:?}"
+        );
+        let cfg = CsvBodyConfig {
+            fixed_device: Some("..".into()),
+            ..Default::default()
+        };
+        let e = errs("TS,Tag,Value\n1,t,1\n", &cfg);
+        assert_eq!(e, ["body: the fixed device: device name \"..\": is `.` or `..`, which name folders; pick another name"]);
     }
 
     #[test]
@@ -309,6 +482,9 @@ mod tests {
         assert_eq!(c.ts, Column::Name("time".into()));
         assert_eq!(c.tag, Column::Index(2));
         assert!(c.header);
+        assert_eq!(c.extra_columns, ExtraColumns::Refuse);
+        let c: CsvBodyConfig = serde_json::from_str(r#"{"extra_columns": "ignore"}"#).unwrap();
+        assert_eq!(c.extra_columns, ExtraColumns::Ignore);
         assert!(serde_json::from_str::<CsvBodyConfig>(r#"{"tss": "x"}"#).is_err());
     }
 }

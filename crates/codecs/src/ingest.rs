@@ -17,15 +17,80 @@
 //! Parsing goes on after the first problem (without keeping readings) so
 //! that the client learns about every bad line in one round trip.
 //!
+//! # What a reading may hold
+//!
+//! Every reading goes through [`Collector`], which enforces the one policy
+//! of `fleetscore-core` for all three parsers: device and tag names by
+//! [`validate_name`] (each distinct name once per batch, when interned),
+//! timestamps by [`check_ts`] and values by [`check_value`]. The parsers
+//! add where (line, element) and which field or column.
+//!
 //! [`parse_line_protocol`]: crate::parse_line_protocol
 //! [`parse_json`]: crate::parse_json
 //! [`parse_csv_body`]: crate::parse_csv_body
 
 use std::fmt;
 
+use fleetscore_core::{
+    check_ts, check_value, validate_name_bytes, NameError, NameKind, TimestampRangeError,
+    ValueError,
+};
 use rustc_hash::FxHashMap;
 
 use crate::Readings;
+
+/// Why [`Collector`] refused a reading: the part that breaks the policy.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refused {
+    /// The device or tag name (the error says which).
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The timestamp.
+    #[error(transparent)]
+    Ts(#[from] TimestampRangeError),
+    /// The value.
+    #[error(transparent)]
+    Value(#[from] ValueError),
+    /// More than 2^32 distinct names or pairs.
+    #[error("too many distinct devices, tags or pairs in one batch; send smaller batches")]
+    TooMany,
+}
+
+impl Refused {
+    /// The message, after `field(part)` when the parser names its fields
+    /// (`column `Device`: device name …`).
+    pub(crate) fn in_field(&self, field: impl Fn(Part) -> String) -> String {
+        let part = match self {
+            Refused::Name(e) if e.kind == NameKind::Device => Part::Device,
+            Refused::Name(_) => Part::Tag,
+            Refused::Ts(_) => Part::Ts,
+            Refused::Value(_) => Part::Value,
+            Refused::TooMany => return self.to_string(),
+        };
+        format!("{}: {self}", field(part))
+    }
+}
+
+/// The four parts of a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    Ts,
+    Device,
+    Tag,
+    Value,
+}
+
+impl Part {
+    /// Its lowercase name, as JSON fields and raw columns spell it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Part::Ts => "ts",
+            Part::Device => "device",
+            Part::Tag => "tag",
+            Part::Value => "value",
+        }
+    }
+}
 
 /// How many problems a [`BatchError`] lists at most; the rest are counted.
 pub const MAX_REPORTED_ERRORS: usize = 100;
@@ -158,9 +223,10 @@ impl Batch {
 
 /// Builds a [`Batch`] or collects the problems of a refused one.
 ///
-/// Devices and tags are interned apart (each name hashed and checked for
-/// UTF-8 once per batch, when first seen), and a (device, tag) pair by its
-/// two ids, so a parser that knows a line's device ([`Collector::device`])
+/// Devices and tags are interned apart (each name hashed and checked
+/// against the name rule once per batch, when first seen), and a (device,
+/// tag) pair by its two ids; every reading's timestamp and value are
+/// checked as it is pushed, so a parser that knows a line's device ([`Collector::device`])
 /// pays for the device name once per line, not once per reading.
 #[derive(Default)]
 pub(crate) struct Collector {
@@ -202,14 +268,16 @@ impl Collector {
         self.devices.ids.reserve(devices.min(1 << 16));
     }
 
-    /// The id of a device name, checked for UTF-8 the first time it is seen.
-    pub(crate) fn device(&mut self, device: &[u8]) -> Result<u32, &'static str> {
-        self.devices.intern(device, "the device is not UTF-8")
+    /// The id of a device name, checked against the name rule the first
+    /// time it is seen.
+    pub(crate) fn device(&mut self, device: &[u8]) -> Result<u32, Refused> {
+        self.devices.intern(device, NameKind::Device)
     }
 
-    /// The id of a tag name, checked for UTF-8 the first time it is seen.
-    pub(crate) fn tag(&mut self, tag: &[u8]) -> Result<u32, &'static str> {
-        self.tags.intern(tag, "the tag is not UTF-8")
+    /// The id of a tag name, checked against the name rule the first time
+    /// it is seen.
+    pub(crate) fn tag(&mut self, tag: &[u8]) -> Result<u32, Refused> {
+        self.tags.intern(tag, NameKind::Tag)
     }
 
     /// The bytes of the tag with id `id` (from [`Collector::tag`]).
@@ -218,30 +286,32 @@ impl Collector {
     }
 
     /// Adds a reading. Device and tag are bytes of the body; they are
-    /// checked for UTF-8 only the first time each is seen.
+    /// checked against the name rule only the first time each is seen.
     pub(crate) fn push(
         &mut self,
         ts: i64,
         device: &[u8],
         tag: &[u8],
         value: f64,
-    ) -> Result<(), &'static str> {
-        if self.failed() {
-            return Ok(());
-        }
+    ) -> Result<(), Refused> {
+        // Checked even once the batch is refused, so that every bad line
+        // is reported.
         let d = self.device(device)?;
         let t = self.tag(tag)?;
         self.push_ids(ts, d, t, value)
     }
 
-    /// [`Collector::push`] with a device and tag already interned.
+    /// [`Collector::push`] with a device and tag already interned; the
+    /// timestamp and value are checked here, for every parser.
     pub(crate) fn push_ids(
         &mut self,
         ts: i64,
         device: u32,
         tag: u32,
         value: f64,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), Refused> {
+        check_ts(ts)?;
+        check_value(value)?;
         if self.failed() {
             return Ok(());
         }
@@ -250,7 +320,7 @@ impl Collector {
             Some(&id) => id,
             None => {
                 let keys = &mut self.batch.readings.keys;
-                let id = u32::try_from(keys.len()).map_err(|_| "too many distinct keys")?;
+                let id = u32::try_from(keys.len()).map_err(|_| Refused::TooMany)?;
                 keys.push((
                     self.devices.get(device).to_string(),
                     self.tags.get(tag).to_string(),
@@ -288,12 +358,12 @@ struct Names {
 }
 
 impl Names {
-    fn intern(&mut self, name: &[u8], not_utf8: &'static str) -> Result<u32, &'static str> {
+    fn intern(&mut self, name: &[u8], kind: NameKind) -> Result<u32, Refused> {
         if let Some(&id) = self.ids.get(name) {
             return Ok(id);
         }
-        let s = std::str::from_utf8(name).map_err(|_| not_utf8)?;
-        let id = u32::try_from(self.ends.len()).map_err(|_| "too many distinct keys")?;
+        let s = validate_name_bytes(kind, name)?;
+        let id = u32::try_from(self.ends.len()).map_err(|_| Refused::TooMany)?;
         self.text.push_str(s);
         self.ends.push(self.text.len());
         self.ids.insert(name.into(), id);
@@ -338,12 +408,28 @@ mod tests {
     }
 
     #[test]
+    fn every_reading_meets_the_one_policy() {
+        let mut c = Collector::default();
+        let msg = |r: Result<(), Refused>| r.unwrap_err().to_string();
+        assert!(msg(c.push(1, b"d", b"t", f64::NAN)).starts_with("value NaN is not a finite"));
+        assert!(msg(c.push(1, b"d", b"t", f64::INFINITY)).starts_with("value inf"));
+        assert!(msg(c.push(i64::MIN, b"d", b"t", 1.0)).contains("outside the accepted range"));
+        assert!(msg(c.push(1, b"d\n", b"t", 1.0))
+            .starts_with("device name \"d\\n\": contains a control"));
+        assert!(msg(c.push(1, b"d", &[b'x'; 129], 1.0)).contains("is 129 bytes; the limit is 128"));
+        // Names are checked when first seen only: a refused name is not
+        // interned, so it is refused again.
+        assert!(c.push(2, b"d\n", b"t", 1.0).is_err());
+    }
+
+    #[test]
     fn keys_are_interned() {
         let mut c = Collector::default();
         c.push(1, b"d", b"t", 1.0).unwrap();
         c.push(2, b"d", b"u", 2.0).unwrap();
         c.push(3, b"d", b"t", 3.0).unwrap();
         assert!(c.push(3, b"\xff", b"t", 3.0).is_err());
+        assert!(c.push(3, b"a/b", b"t", 3.0).is_err());
         let b = c.finish().unwrap();
         assert_eq!(b.readings.key, [0, 1, 0]);
         let v: Vec<_> = b.iter().map(|r| (r.ts, r.tag)).collect();

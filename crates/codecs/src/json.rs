@@ -12,8 +12,10 @@
 //!   given twice (e.g. `ts` and `TS`) is an error.
 //! * `ts` (required) is an RFC 3339 / reference-layout string (see
 //!   [`fleetscore_core::parse_ts`]) or an integer of nanoseconds since the
-//!   epoch. `device` and `tag` are non-empty strings or integers (`1` is
-//!   read as `"1"`). `value` is a JSON number (a string is refused).
+//!   epoch. `device` and `tag` are strings or integers (`1` is read as
+//!   `"1"`). `value` is a JSON number (a string is refused).
+//! * Names, timestamps and values follow the one policy of every source
+//!   (`fleetscore_core`'s name rule, 1678 through 2261, finite values).
 //!
 //! Errors name the array element (0-based), the NDJSON line (1-based) or
 //! the body, and the field. All or nothing, as for every ingest parser (see
@@ -63,8 +65,8 @@ fn add(out: &mut Collector, at: Location, item: &Value) {
     };
     match r {
         Ok((ts, device, tag, value)) => {
-            if let Err(reason) = out.push(ts, device.as_bytes(), tag.as_bytes(), value) {
-                out.reject(at, reason);
+            if let Err(e) = out.push(ts, device.as_bytes(), tag.as_bytes(), value) {
+                out.reject(at, e.in_field(|part| format!("field `{}`", part.name())));
             }
         }
         Err(reason) => out.reject(at, reason),
@@ -91,7 +93,7 @@ fn reading(m: &Map<String, Value>) -> Result<(i64, String, String, f64), String>
     let ts = match ts {
         Value::String(s) => parse_ts(s).map_err(|e| format!("field `{k}`: {e}"))?,
         Value::Number(n) => n.as_i64().ok_or_else(|| {
-            format!("field `{k}`: {n} is not an integer of nanoseconds since the epoch in range (years 1677 to 2262)")
+            format!("field `{k}`: {n} is not an integer of nanoseconds since the epoch (readings are accepted from 1678 through 2261)")
         })?,
         other => {
             return Err(format!(
@@ -121,7 +123,6 @@ fn reading(m: &Map<String, Value>) -> Result<(i64, String, String, f64), String>
 
 fn name(k: &str, v: &Value) -> Result<String, String> {
     match v {
-        Value::String(s) if s.is_empty() => Err(format!("field `{k}` is empty")),
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
         Value::Number(n) => Err(format!(
@@ -195,9 +196,34 @@ mod tests {
         let e = errs(r#"{"ts": 1.5, "device": "", "tag": "t", "value": 1}"#);
         assert!(e[0].starts_with("body: field `ts`"), "{e:?}");
         let e = errs(r#"{"ts": 1, "device": "", "tag": "t", "value": 1}"#);
-        assert_eq!(e, ["body: field `device` is empty"]);
+        assert_eq!(
+            e,
+            ["body: field `device`: device name \"\": is empty; a name needs at least one character"]
+        );
         let e = errs(r#"{"ts": 1, "device": "d", "value": 1}"#);
         assert_eq!(e, ["body: missing field `tag`"]);
+        let e = errs(
+            r#"[{"ts": -9223372036854775808, "device": "d", "tag": "t", "value": 1},
+                {"ts": 1, "device": "d", "tag": "a\nb", "value": 1},
+                {"ts": 1, "device": "x/../../escaped", "tag": "t", "value": 1}]"#,
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with("element 0: field `ts`: timestamp 1677-09-21"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with(
+                "element 1: field `tag`: tag name \"a\\nb\": contains a control character (U+000A)"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with(
+                "element 2: field `device`: device name \"x/../../escaped\": contains `/`"
+            ),
+            "{e:?}"
+        );
         let e = errs(r#"[{"ts": 1,]"#);
         assert!(e[0].starts_with("line 1: invalid JSON array"), "{e:?}");
     }

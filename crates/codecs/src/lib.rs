@@ -25,7 +25,7 @@ mod predictions;
 mod raw;
 mod readings;
 
-pub use csvbody::{parse_csv_body, Column, CsvBodyConfig};
+pub use csvbody::{parse_csv_body, Column, CsvBodyConfig, ExtraColumns};
 pub use ingest::{Batch, BatchError, Location, Reading, Rejection, MAX_REPORTED_ERRORS};
 pub use json::parse_json;
 pub use lineproto::{
@@ -34,8 +34,9 @@ pub use lineproto::{
 /// A Parquet object's footer metadata ([`decode_parquet_footer`]).
 pub use parquet::file::metadata::ParquetMetaData;
 pub use predictions::{
-    predictions_parquet_bytes, read_predictions_parquet_bytes, write_predictions, OutputFormat,
-    PredictionColumns, PredictionLayout, PredictionRow, WrittenFile,
+    per_model_file_name, predictions_parquet_bytes, read_predictions_parquet_bytes,
+    write_predictions, OutputFormat, PredictionColumns, PredictionLayout, PredictionRow,
+    WrittenFile,
 };
 pub use raw::{
     decode_parquet_footer, merge_ranges, raw_readings_schema, read_batches_parquet_bytes,

@@ -33,6 +33,10 @@
 //! always ends a line, even inside a string field (Telegraf never writes
 //! one). NaN and infinite floats are refused, as InfluxDB does.
 //!
+//! Device and tag names, timestamps and values follow the one policy of
+//! every source (`fleetscore_core`'s name rule, 1678 through 2261, finite
+//! values); a line that breaks it is refused with its line number.
+//!
 //! # Speed
 //!
 //! The parser walks the body's bytes once; keys and values are slices of
@@ -192,10 +196,6 @@ pub fn parse_line_protocol(
                             continue;
                         }
                     };
-                    if out.failed() {
-                        // The batch is refused: only problems count now.
-                        continue;
-                    }
                     let tag: &[u8] = if config.prefix_measurement {
                         tag_buf.clear();
                         tag_buf.extend_from_slice(&measurement);
@@ -224,8 +224,10 @@ pub fn parse_line_protocol(
                         };
                         Ok((d, t))
                     })();
+                    // Checked (names, time, value) even once the batch is
+                    // refused, so that every bad line is reported.
                     if let Err(reason) = ids.and_then(|(d, t)| out.push_ids(ts, d, t, v)) {
-                        out.reject(Location::Line(line_no), reason);
+                        out.reject(Location::Line(line_no), reason.to_string());
                         break;
                     }
                 }
@@ -348,7 +350,7 @@ fn parse_line<'a>(
             .ok_or_else(|| format!("timestamp `{}` is not an integer", shorten(raw)))?;
         t.checked_mul(precision.nanos()).ok_or_else(|| {
             format!(
-                "timestamp `{}` out of range for precision {:?} (years 1677 to 2262)",
+                "timestamp `{}` out of range for precision {:?} (readings are accepted from 1678 through 2261)",
                 shorten(raw),
                 precision
             )
@@ -773,11 +775,57 @@ mod tests {
     }
 
     #[test]
+    fn names_break_the_name_rule_with_their_line() {
+        let r = reasons(
+            "m,device=ok x=1 1\nm,device=a/b x=1 2\nm,device=ok x\ty=1 3\nm,device=.. x=1 4\nm,device=ok x=1 5",
+        );
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert!(
+            r[0].starts_with("line 2: device name \"a/b\": contains `/`"),
+            "{r:?}"
+        );
+        assert!(
+            r[1].starts_with("line 3: tag name \"x\\ty\": contains a control character (U+0009)"),
+            "{r:?}"
+        );
+        assert!(
+            r[2].starts_with("line 4: device name \"..\": is `.` or `..`"),
+            "{r:?}"
+        );
+        let long = format!("m,device={} x=1 1", "d".repeat(129));
+        assert!(reasons(&long)[0].contains("is 129 bytes; the limit is 128"));
+    }
+
+    #[test]
+    fn readings_of_1677_are_refused_not_filed_in_2262() {
+        // The first hour of 1677-09-21 and the last of 2262-04-11: in i64,
+        // outside the accepted range.
+        for body in [
+            "m,device=d x=1 -9223372036854775808",
+            "m,device=d x=1 -9223372036000000000",
+            "m,device=d x=1 9223372036854775807",
+        ] {
+            let r = reasons(body);
+            assert_eq!(r.len(), 1, "{body}");
+            assert!(
+                r[0].starts_with("line 1: timestamp 16")
+                    || r[0].starts_with("line 1: timestamp 22"),
+                "{r:?}"
+            );
+            assert!(r[0].contains("is outside the accepted range, 1678-01-01T00:00:00Z to 2261-12-31T23:59:59.999999999Z"), "{r:?}");
+        }
+        assert!(parse("m,device=d x=1 -9214560000000000000").is_ok());
+    }
+
+    #[test]
     fn names_that_are_not_utf8_refuse_the_line() {
         let cfg = LineProtocolConfig::default();
         let e =
             parse_line_protocol(b"m,device=\xff x=1", Precision::Nanoseconds, 0, &cfg).unwrap_err();
-        assert_eq!(e.errors[0].to_string(), "line 1: the device is not UTF-8");
+        assert_eq!(
+            e.errors[0].to_string(),
+            "line 1: device name \"\u{fffd}\": is not UTF-8"
+        );
         let e = parse_line_protocol(
             b"m,device=d x=1\nm,device=d \xfe=1",
             Precision::Nanoseconds,
@@ -785,7 +833,10 @@ mod tests {
             &cfg,
         )
         .unwrap_err();
-        assert_eq!(e.errors[0].to_string(), "line 2: the tag is not UTF-8");
+        assert_eq!(
+            e.errors[0].to_string(),
+            "line 2: tag name \"\u{fffd}\": is not UTF-8"
+        );
         // A line of string fields only is not checked, as before.
         let b =
             parse_line_protocol(b"m,device=\xff s=\"x\"", Precision::Nanoseconds, 0, &cfg).unwrap();

@@ -9,6 +9,11 @@
 //! Every file is written under a temporary name in the output folder and
 //! renamed into place when complete, so a crash never leaves a truncated
 //! file under a final name.
+//!
+//! Names are data, never paths or CSV syntax: CSV cells are quoted as RFC
+//! 4180 says (a device `pump 7, "north"` is one cell), and per-model file
+//! names encode the device and tag with [`file_name_part`], so no name can
+//! make a file land outside the output folder, or two models share a file.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -18,7 +23,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use bytes::Bytes;
-use fleetscore_core::{format_ts_reference, NANOS_PER_SEC};
+use fleetscore_core::{file_name_part, format_ts_reference, NANOS_PER_SEC};
 use parquet::arrow::ArrowSchemaConverter;
 use parquet::basic::{Compression, Encoding};
 use parquet::column::page::{CompressedPage, Page, PageWriter};
@@ -50,7 +55,8 @@ pub enum PredictionLayout {
     /// All models together (Parquet: a few parts; CSV: `predictions.csv`).
     Combined,
     /// One CSV per model, `preds_{device}_{tag}_{yymmddHHMMSS}`, with the
-    /// reference job's columns `TS,Device,Tag,Val,Prediction`.
+    /// reference job's columns `TS,Device,Tag,Val,Prediction`. Device and
+    /// tag are encoded for the file name ([`per_model_file_name`]).
     PerModel,
 }
 
@@ -116,7 +122,7 @@ pub fn write_predictions(
             let mut out = Vec::with_capacity(cols.groups.len());
             for (k, r) in cols.groups {
                 let (d, t) = &cols.keys[*k as usize];
-                let path = dir.join(format!("preds_{d}_{t}_{stamp}"));
+                let path = dir.join(per_model_file_name(d, t, *k, &stamp));
                 let rows = atomic_write(&path, |w| {
                     writeln!(w, "TS,Device,Tag,Val,Prediction")?;
                     write_csv_rows(w, cols, *k, r.clone(), false)
@@ -134,6 +140,62 @@ pub fn write_predictions(
     }
 }
 
+/// Longest per-model file name written: file systems allow 255 bytes, and
+/// the temporary name adds 5 (`.{name}.tmp`).
+const MAX_FILE_NAME: usize = 240;
+
+/// Bytes of each encoded name kept in a file name that had to be cut.
+const CUT_NAME: usize = 100;
+
+/// The reference job's per-model file name, `preds_{device}_{tag}_{stamp}`,
+/// made safe: both names go through [`file_name_part`] (ASCII letters,
+/// digits, `-` and `.` kept, anything else percent-encoded, so `../x`
+/// becomes `..%2Fx`), the tag's `_` included, so that the last `_`-parts
+/// are still tag and stamp, as the reference's readers split them (a
+/// device's `_` is kept: `preds_pump_7_temp_…` is device `pump_7`).
+///
+/// A name is never a path: the result holds no `/` or `\`, and starts with
+/// `preds_`. If the encoded names would make it longer than
+/// [`MAX_FILE_NAME`], each is cut to [`CUT_NAME`] bytes and `~{key}` (the
+/// model's key id, unique in the run; `~` is never part of an encoding) is
+/// appended, so two models never share a file.
+pub fn per_model_file_name(device: &str, tag: &str, key: u32, stamp: &str) -> String {
+    let (d, t) = (file_name_part(device, true), file_name_part(tag, false));
+    let name = format!("preds_{d}_{t}_{stamp}");
+    if name.len() <= MAX_FILE_NAME {
+        return name;
+    }
+    format!("preds_{}_{}~{key}_{stamp}", cut(&d), cut(&t))
+}
+
+/// The first [`CUT_NAME`] bytes of an encoded name, not splitting a `%XX`.
+fn cut(encoded: &str) -> &str {
+    if encoded.len() <= CUT_NAME {
+        return encoded;
+    }
+    // Encoded names are ASCII, so any byte index is a char boundary.
+    let mut end = CUT_NAME;
+    let b = encoded.as_bytes();
+    if b[end - 1] == b'%' {
+        end -= 1;
+    } else if b[end - 2] == b'%' {
+        end -= 2;
+    }
+    &encoded[..end]
+}
+
+/// The Device and Tag cells of a CSV row, quoted as RFC 4180 says when
+/// they hold a comma, a quote or a line break: `"a, b",t`.
+fn csv_cells(device: &str, tag: &str) -> std::io::Result<String> {
+    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+    w.write_field(device).map_err(std::io::Error::other)?;
+    w.write_field(tag).map_err(std::io::Error::other)?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    String::from_utf8(bytes).map_err(std::io::Error::other)
+}
+
 fn yymmddhhmmss(ns: i64) -> String {
     // format_ts_reference gives `YYYY-MM-DD HH:MM:SS.fff`.
     let s = format_ts_reference(ns.div_euclid(NANOS_PER_SEC) * NANOS_PER_SEC);
@@ -149,11 +211,13 @@ fn write_csv_rows(
     with_score: bool,
 ) -> std::io::Result<usize> {
     let (d, t) = &cols.keys[key as usize];
+    // Quoted once per model, not per row.
+    let cells = csv_cells(d, t)?;
     let n = rows.len();
     for r in rows {
         write!(
             w,
-            "{},{d},{t},{},{}",
+            "{},{cells},{},{}",
             format_ts_reference(cols.ts[r]),
             cols.value[r],
             cols.prediction[r]
@@ -769,6 +833,161 @@ mod tests {
             rg.column(1).unencoded_byte_array_data_bytes(),
             Some(10 * rg.num_rows())
         );
+    }
+
+    /// Names no source accepts today (a line break, `/`) are written
+    /// safely all the same: the writers do not rely on validation.
+    fn odd_fleet() -> Fleet {
+        let keys: Vec<(String, String)> = [
+            ("pump 7, \"north\"", "t"),
+            ("evil\n2024-01-01 00:00:00.000,x,y,1,1,1.0", "t"),
+            ("x/../../escaped", "t"),
+            ("../../etc/x", "a_b"),
+            ("..", "."),
+            ("a_b", "c"),
+            ("a", "b_c"),
+            (&"é".repeat(64), &"%".repeat(128)),
+            (&"é".repeat(64), &"%".repeat(127)),
+        ]
+        .iter()
+        .map(|(d, t)| (d.to_string(), t.to_string()))
+        .collect();
+        let n = keys.len();
+        Fleet {
+            groups: (0..n).map(|k| (k as u32, k..k + 1)).collect(),
+            keys,
+            ts: vec![1_700_000_000_000_000_000; n],
+            value: (0..n).map(|i| i as f64).collect(),
+            prediction: vec![1; n],
+            score: vec![-0.5; n],
+        }
+    }
+
+    #[test]
+    fn csv_output_quotes_names_with_commas_and_newlines() {
+        let fleet = odd_fleet();
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_predictions(
+            dir.path(),
+            OutputFormat::Csv,
+            PredictionLayout::Combined,
+            &fleet.cols(),
+            1,
+            0,
+        )
+        .unwrap();
+        let mut rdr = csv::Reader::from_path(&files[0].path).unwrap();
+        assert_eq!(
+            rdr.headers().unwrap(),
+            vec!["TS", "Device", "Tag", "Val", "Prediction", "Score"]
+        );
+        let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+        assert_eq!(
+            rows.len(),
+            fleet.keys.len(),
+            "one row per reading, none injected"
+        );
+        for (row, (d, t)) in rows.iter().zip(&fleet.keys) {
+            assert_eq!((&row[1], &row[2]), (d.as_str(), t.as_str()));
+            assert_eq!(row.len(), 6);
+        }
+        // Per model, too.
+        let out = dir.path().join("pm");
+        let files = write_predictions(
+            &out,
+            OutputFormat::Csv,
+            PredictionLayout::PerModel,
+            &fleet.cols(),
+            1,
+            0,
+        )
+        .unwrap();
+        for (f, (d, t)) in files.iter().zip(&fleet.keys) {
+            let mut rdr = csv::Reader::from_path(&f.path).unwrap();
+            let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+            assert_eq!(rows.len(), 1);
+            assert_eq!((&rows[0][1], &rows[0][2]), (d.as_str(), t.as_str()));
+        }
+    }
+
+    #[test]
+    fn device_names_cannot_escape_the_out_folder() {
+        let fleet = odd_fleet();
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("a").join("b").join("out");
+        let files = write_predictions(
+            &out,
+            OutputFormat::Csv,
+            PredictionLayout::PerModel,
+            &fleet.cols(),
+            1,
+            0,
+        )
+        .unwrap();
+        assert_eq!(files.len(), fleet.keys.len());
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                assert!(e.file_type().unwrap().is_file());
+                e.file_name().into_string().unwrap()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            fleet.keys.len(),
+            "one file per model: {names:?}"
+        );
+        for f in &files {
+            assert_eq!(f.path.parent(), Some(out.as_path()), "{}", f.path.display());
+            let name = f.path.file_name().unwrap().to_str().unwrap();
+            assert!(
+                name.starts_with("preds_") && name.len() <= MAX_FILE_NAME,
+                "{name}"
+            );
+            assert!(!name.contains(['/', '\\', '\n', ':']), "{name}");
+        }
+        // Nothing beside or above the output folder.
+        for dir in [
+            root.path().to_path_buf(),
+            root.path().join("a"),
+            root.path().join("a/b"),
+        ] {
+            assert_eq!(
+                std::fs::read_dir(&dir).unwrap().count(),
+                1,
+                "{}",
+                dir.display()
+            );
+        }
+        let stamp = "700101000000";
+        assert_eq!(
+            file_names(&files[..7]),
+            [
+                format!("preds_pump%207%2C%20%22north%22_t_{stamp}"),
+                format!(
+                    "preds_evil%0A2024-01-01%2000%3A00%3A00.000%2Cx%2Cy%2C1%2C1%2C1.0_t_{stamp}"
+                ),
+                format!("preds_x%2F..%2F..%2Fescaped_t_{stamp}"),
+                format!("preds_..%2F..%2Fetc%2Fx_a%5Fb_{stamp}"),
+                format!("preds_%2E%2E_%2E_{stamp}"),
+                format!("preds_a_b_c_{stamp}"),
+                format!("preds_a_b%5Fc_{stamp}"),
+            ]
+        );
+        // Names too long for a file name are cut and told apart by key.
+        let long = file_names(&files[7..]);
+        assert!(long[0].ends_with(&format!("~7_{stamp}")), "{long:?}");
+        assert!(long[1].ends_with(&format!("~8_{stamp}")), "{long:?}");
+    }
+
+    fn file_names(files: &[WrittenFile]) -> Vec<String> {
+        files
+            .iter()
+            .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]

@@ -1,4 +1,12 @@
 //! Reading readings from CSV and Parquet files.
+//!
+//! Files are a source like any other: device and tag names, timestamps and
+//! values follow the one policy of `fleetscore_core` ([`validate_name`],
+//! [`check_ts`], [`check_value`]), and the first reading that breaks it
+//! fails the file with its line (CSV) or row (Parquet) and column. Columns
+//! other than TS, Device, Tag and Value are ignored in files (exports
+//! often carry an index or site column). Objects of the store's `raw/`
+//! (read by `raw.rs`) were checked on the way in and are read as stored.
 
 use std::fs::File;
 use std::path::Path;
@@ -9,7 +17,7 @@ use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit,
     UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
-use fleetscore_core::parse_ts;
+use fleetscore_core::{check_ts, check_value, parse_ts, validate_name, NameError, NameKind};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 use rayon::prelude::*;
@@ -155,9 +163,11 @@ impl InputFormat {
     }
 }
 
-/// Interns (device, tag) pairs.
+/// Interns (device, tag) pairs; a [`checked`](Interner::checked) one also
+/// checks each new name against the name rule.
 #[derive(Default)]
 pub(crate) struct Interner {
+    check: bool,
     by_text: FxHashMap<Box<[u8]>, u32>,
     by_int: FxHashMap<(i64, i64), u32>,
     pub(crate) keys: Vec<(String, String)>,
@@ -177,11 +187,40 @@ struct DictCache {
 }
 
 impl Interner {
-    pub(crate) fn text(&mut self, device: &str, tag: &str) -> u32 {
+    /// An interner that refuses names breaking the name rule (for files
+    /// from outside the store).
+    pub(crate) fn checked() -> Interner {
+        Interner {
+            check: true,
+            ..Interner::default()
+        }
+    }
+
+    /// The id of a pair; when checking, a pair seen for the first time has
+    /// its names checked.
+    pub(crate) fn text(&mut self, device: &str, tag: &str) -> Result<u32, NameError> {
+        if !self.check {
+            return Ok(self.insert(device, tag));
+        }
+        self.fill_buf(device, tag);
+        if let Some(&id) = self.by_text.get(self.buf.as_slice()) {
+            return Ok(id);
+        }
+        validate_name(NameKind::Device, device)?;
+        validate_name(NameKind::Tag, tag)?;
+        Ok(self.insert(device, tag))
+    }
+
+    fn fill_buf(&mut self, device: &str, tag: &str) {
         self.buf.clear();
         self.buf.extend_from_slice(device.as_bytes());
         self.buf.push(0);
         self.buf.extend_from_slice(tag.as_bytes());
+    }
+
+    /// The id of a pair, unchecked.
+    fn insert(&mut self, device: &str, tag: &str) -> u32 {
+        self.fill_buf(device, tag);
         if let Some(&id) = self.by_text.get(self.buf.as_slice()) {
             return id;
         }
@@ -196,8 +235,9 @@ impl Interner {
             return id;
         }
         // Integer ids are strings in the data model ("1", "2", …); the same
-        // pair written as text elsewhere must intern to the same id.
-        let id = self.text(&device.to_string(), &tag.to_string());
+        // pair written as text elsewhere must intern to the same id. An
+        // integer's text always meets the name rule.
+        let id = self.insert(&device.to_string(), &tag.to_string());
         self.by_int.insert((device, tag), id);
         id
     }
@@ -283,7 +323,7 @@ fn read_csv(path: &Path) -> Result<Readings, CodecError> {
         });
     }
     let mut out = Readings::default();
-    let mut interner = Interner::default();
+    let mut interner = Interner::checked();
     let mut rec = csv::StringRecord::new();
     let mut line = 1usize;
     loop {
@@ -300,24 +340,51 @@ fn read_csv(path: &Path) -> Result<Readings, CodecError> {
             reason,
         };
         let ts = parse_ts(&rec[idx[0]]).map_err(|e| row_err("TS", e.to_string()))?;
+        let ts = check_ts(ts).map_err(|e| row_err("TS", e.to_string()))?;
         let device = rec[idx[1]].trim();
         let tag = rec[idx[2]].trim();
-        if device.is_empty() {
-            return Err(row_err("Device", "empty".into()));
-        }
-        if tag.is_empty() {
-            return Err(row_err("Tag", "empty".into()));
-        }
+        let key = interner
+            .text(device, tag)
+            .map_err(|e| row_err(name_column(&e), e.to_string()))?;
         let raw = rec[idx[3]].trim();
         let value: f64 = raw
             .parse()
             .map_err(|_| row_err("Value", format!("{raw:?} is not a number")))?;
+        let value = check_value(value).map_err(|e| row_err("Value", e.to_string()))?;
         out.ts.push(ts);
         out.value.push(value);
-        out.key.push(interner.text(device, tag));
+        out.key.push(key);
     }
     out.keys = interner.keys;
     Ok(out)
+}
+
+/// The column a refused name came from.
+fn name_column(e: &NameError) -> &'static str {
+    match e.kind {
+        NameKind::Device => "Device",
+        NameKind::Tag => "Tag",
+    }
+}
+
+/// The first reading of a file whose timestamp or value breaks the policy,
+/// as the error of its 0-based row.
+fn check_rows(path: &Path, r: &Readings) -> Result<(), CodecError> {
+    let row_err = |row: usize, column: &str, reason: String| CodecError::Row {
+        path: path.to_path_buf(),
+        location: format!("row {row}"),
+        column: column.to_string(),
+        reason,
+    };
+    let mut bad_ts = r.ts.iter().enumerate();
+    if let Some((i, e)) = bad_ts.find_map(|(i, &t)| check_ts(t).err().map(|e| (i, e))) {
+        return Err(row_err(i, "TS", e.to_string()));
+    }
+    let mut bad_value = r.value.iter().enumerate();
+    if let Some((i, e)) = bad_value.find_map(|(i, &v)| check_value(v).err().map(|e| (i, e))) {
+        return Err(row_err(i, "Value", e.to_string()));
+    }
+    Ok(())
 }
 
 fn csv_err(path: &Path, e: &csv::Error) -> CodecError {
@@ -399,7 +466,7 @@ fn read_parquet(path: &Path) -> Result<Readings, CodecError> {
                     .build()
                     .map_err(|e| pq(&e))?;
             let mut buf = Readings::default();
-            let mut interner = Interner::default();
+            let mut interner = Interner::checked();
             let mut at = 0;
             for batch in reader {
                 let batch = batch.map_err(|e| pq(&e))?;
@@ -430,7 +497,7 @@ fn read_parquet(path: &Path) -> Result<Readings, CodecError> {
         maps.push(
             keys?
                 .iter()
-                .map(|(d, t)| interner.text(d, t))
+                .map(|(d, t)| interner.insert(d, t))
                 .collect::<Vec<u32>>(),
         );
     }
@@ -446,12 +513,14 @@ fn read_parquet(path: &Path) -> Result<Readings, CodecError> {
             *k = map[*k as usize];
         }
     });
-    Ok(Readings {
+    let out = Readings {
         ts,
         value,
         key,
         keys: interner.keys,
-    })
+    };
+    check_rows(path, &out)?;
+    Ok(out)
 }
 
 /// Finds the columns TS, Device, Tag, Value (any case) in a Parquet file's
@@ -667,7 +736,13 @@ pub(crate) fn append_batch(
                         ));
                         break;
                     }
-                    *slot = interner.text(dv, tv);
+                    match interner.text(dv, tv) {
+                        Ok(id) => *slot = id,
+                        Err(e) => {
+                            result = Err(row_err(r, name_column(&e), e.to_string()));
+                            break;
+                        }
+                    }
                 }
                 out.key.push(*slot);
             }
@@ -699,7 +774,10 @@ pub(crate) fn append_batch(
                         "empty".into(),
                     ));
                 }
-                out.key.push(interner.text(dv, tv));
+                let id = interner
+                    .text(dv, tv)
+                    .map_err(|e| row_err(r, name_column(&e), e.to_string()))?;
+                out.key.push(id);
             }
         }
     }
@@ -800,7 +878,7 @@ mod tests {
             let (d, t) = &keys[(i * 31 + i / 1000) % keys.len()];
             r.ts.push(i as i64);
             r.value.push(i as f64 / 3.0);
-            r.key.push(interner.text(d, t));
+            r.key.push(interner.text(d, t).unwrap());
         }
         r.keys = interner.keys;
         let rows: Vec<usize> = (0..n).collect();
@@ -814,7 +892,7 @@ mod tests {
             .iter()
             .map(|&k| {
                 let (d, t) = &r.keys[k as usize];
-                interner.text(d, t)
+                interner.text(d, t).unwrap()
             })
             .collect();
         assert_eq!(back.key, want);

@@ -283,9 +283,23 @@ fn csv_reference_and_mapping() {
         ]
     );
 
-    // A logger's export: its own column names, one file per sensor.
+    // A logger's export: its own column names, one file per sensor, and a
+    // `unit` column it is told to ignore (by default it would refuse the
+    // body, naming the column).
+    let body = b"time,station,reading,unit\n2018-08-28T23:00:05Z,s1,20.5,C\n";
     let cfg: CsvBodyConfig = serde_json::from_str(
         r#"{"ts": "time", "device": "station", "value": "reading", "fixed_tag": "temperature"}"#,
+    )
+    .unwrap();
+    let e = parse_csv_body(body, &cfg).unwrap_err();
+    assert!(
+        e.errors[0]
+            .to_string()
+            .starts_with("line 1: column(s) `unit` (#3) are not mapped"),
+        "{e}"
+    );
+    let cfg: CsvBodyConfig = serde_json::from_str(
+        r#"{"ts": "time", "device": "station", "value": "reading", "fixed_tag": "temperature", "extra_columns": "ignore"}"#,
     )
     .unwrap();
     let body = b"time,station,reading,unit\n2018-08-28T23:00:05Z,s1,20.5,C\n2018-08-28T23:00:06Z,s2,x,C\n2018-08-28T23:00:07Z,s3\n";

@@ -4,18 +4,18 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::name::{validate_name, NameError, NameKind};
+
 /// The device name of a fallback model: `(*, tag)` scores every device that
 /// has no model of its own for that tag.
 pub const FALLBACK_DEVICE: &str = "*";
 
-/// Longest device or tag name accepted, in bytes.
-const MAX_LEN: usize = 128;
-
 /// The key of one model: a (device, sensor tag) pair.
 ///
 /// Both parts become path segments in the store (`models/<device>/<tag>/`),
-/// so they are validated: 1 to 128 bytes of ASCII letters, digits, `.`, `_`,
-/// `-`, `:` and `@`, never `.` or `..`. The device may also be `*`, the
+/// so they follow the name rule every reading follows
+/// ([`validate_name`](crate::validate_name): at most 128 bytes, no control
+/// characters, no `/`, never `.` or `..`). The device may also be `*`, the
 /// fallback model for a tag.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ModelKey {
@@ -25,26 +25,18 @@ pub struct ModelKey {
     pub tag: String,
 }
 
-/// Why a device or tag name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {part} {value:?}: {reason}")]
-pub struct KeyError {
-    /// `"device"` or `"tag"`.
-    pub part: &'static str,
-    /// The refused value.
-    pub value: String,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
+/// Why a model key was refused: the device or tag name breaks the name
+/// rule.
+pub type KeyError = NameError;
 
 impl ModelKey {
     /// Builds a key after validating both parts.
     pub fn new(device: impl Into<String>, tag: impl Into<String>) -> Result<Self, KeyError> {
         let (device, tag) = (device.into(), tag.into());
         if device != FALLBACK_DEVICE {
-            validate("device", &device)?;
+            validate_name(NameKind::Device, &device)?;
         }
-        validate("tag", &tag)?;
+        validate_name(NameKind::Tag, &tag)?;
         Ok(ModelKey { device, tag })
     }
 
@@ -65,32 +57,6 @@ impl ModelKey {
         let (device, tag) = stem.rsplit_once('_')?;
         ModelKey::new(device, tag).ok()
     }
-}
-
-fn validate(part: &'static str, value: &str) -> Result<(), KeyError> {
-    let err = |reason| {
-        Err(KeyError {
-            part,
-            value: value.to_string(),
-            reason,
-        })
-    };
-    if value.is_empty() {
-        return err("it is empty");
-    }
-    if value.len() > MAX_LEN {
-        return err("it is longer than 128 bytes");
-    }
-    if value == "." || value == ".." {
-        return err("`.` and `..` are not allowed (they would escape the store folder)");
-    }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'))
-    {
-        return err("only ASCII letters, digits and . _ - : @ are allowed");
-    }
-    Ok(())
 }
 
 impl fmt::Display for ModelKey {
@@ -117,8 +83,26 @@ mod tests {
     fn path_traversal_is_refused() {
         assert!(ModelKey::new("..", "1").is_err());
         assert!(ModelKey::new("a/b", "1").is_err());
+        assert!(ModelKey::new("1", "x/../../escaped").is_err());
+        assert!(ModelKey::new("1", "a\nb").is_err());
         assert!(ModelKey::new("1", "").is_err());
         assert!(ModelKey::new("*", "1").unwrap().is_fallback());
         assert!(ModelKey::new("1", "*").is_err());
+    }
+
+    #[test]
+    fn model_keys_follow_the_reading_name_rule() {
+        // Every name a reading may carry can have a model.
+        for name in ["pump 7, north", "Temp (°C)", "a:b@c", "x..y"] {
+            assert!(ModelKey::new(name, name).is_ok(), "{name:?}");
+        }
+        let e = ModelKey::new("x".repeat(129), "t").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "device name \"{}…\": is 129 bytes; the limit is 128; use a shorter name",
+                "x".repeat(64)
+            )
+        );
     }
 }

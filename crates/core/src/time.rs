@@ -7,6 +7,37 @@
 /// Nanoseconds in one second.
 pub const NANOS_PER_SEC: i64 = 1_000_000_000;
 
+/// The earliest timestamp a reading may have: 1678-01-01T00:00:00Z.
+///
+/// Readings are accepted from 1678-01-01T00:00:00Z through
+/// 2261-12-31T23:59:59.999999999Z ([`check_ts`]). That is the `i64`
+/// nanosecond range (1677-09-21 to 2262-04-11) less about 100 days at
+/// each end, so that rounding a reading's time down to its hour, day or
+/// window start, or adding a window's length to it, can never overflow.
+pub const MIN_TS: i64 = -9_214_560_000_000_000_000;
+
+/// The latest timestamp a reading may have: 2261-12-31T23:59:59.999999999Z
+/// (see [`MIN_TS`]).
+pub const MAX_TS: i64 = 9_214_646_399_999_999_999;
+
+/// A reading's timestamp outside [`MIN_TS`]..=[`MAX_TS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("timestamp {} ({ns} ns since 1970) is outside the accepted range, 1678-01-01T00:00:00Z to 2261-12-31T23:59:59.999999999Z; check its unit (e.g. seconds sent as nanoseconds)", format_ts(*.ns))]
+pub struct TimestampRangeError {
+    /// The refused timestamp, ns since the epoch.
+    pub ns: i64,
+}
+
+/// `ns` if a reading may carry it (see [`MIN_TS`]), else the error.
+#[inline]
+pub fn check_ts(ns: i64) -> Result<i64, TimestampRangeError> {
+    if (MIN_TS..=MAX_TS).contains(&ns) {
+        Ok(ns)
+    } else {
+        Err(TimestampRangeError { ns })
+    }
+}
+
 /// Why a timestamp could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid timestamp {value:?}: {reason} (expected e.g. `2018-08-28 23:00:05.000` (UTC) or RFC 3339 `2018-08-28T23:00:05Z`)")]
@@ -198,6 +229,32 @@ mod tests {
             -NANOS_PER_SEC / 2
         );
         assert_eq!(format_ts(-NANOS_PER_SEC / 2), "1969-12-31T23:59:59.500Z");
+    }
+
+    #[test]
+    fn the_accepted_range_is_1678_to_2261() {
+        assert_eq!(MIN_TS, parse_ts("1678-01-01T00:00:00Z").unwrap());
+        assert_eq!(MAX_TS + 1, parse_ts("2262-01-01T00:00:00Z").unwrap());
+        assert_eq!(check_ts(MIN_TS), Ok(MIN_TS));
+        assert_eq!(check_ts(MAX_TS), Ok(MAX_TS));
+        assert!(check_ts(MIN_TS - 1).is_err());
+        assert!(check_ts(MAX_TS + 1).is_err());
+        let e = check_ts(i64::MIN).unwrap_err().to_string();
+        assert!(
+            e.starts_with("timestamp 1677-09-21T00:12:43.145224192Z (-9223372036854775808 ns since 1970) is outside the accepted range"),
+            "{e}"
+        );
+        // The headroom: an hour, a day and 90 days either side stay in i64.
+        for t in [MIN_TS, MAX_TS] {
+            for span in [
+                3_600 * NANOS_PER_SEC,
+                86_400 * NANOS_PER_SEC,
+                90 * 86_400 * NANOS_PER_SEC,
+            ] {
+                assert!(t.div_euclid(span).checked_mul(span).is_some());
+                assert!(t.checked_add(span).is_some() && t.checked_sub(span).is_some());
+            }
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ use fleetscore_codecs::{
     read_readings, read_readings_parquet_bytes, write_batch_parquet, write_readings_parquet,
     CodecError, Readings,
 };
-use fleetscore_core::{format_ts, parse_ts};
+use fleetscore_core::{format_ts, parse_ts, MAX_TS, MIN_TS};
 use fleetscore_stream::{SeriesWindows, WindowColumns, WindowSpec};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -107,8 +107,14 @@ pub struct AggregateOutcome {
 }
 
 /// The partition path of the hour holding `ts`: `date=YYYY-MM-DD/hour=HH`.
+///
+/// Read off `ts`'s own date and hour, with no arithmetic: rounding down to
+/// the hour first overflowed for the first hour of `i64` (1677-09-21
+/// 00:00 to 00:12), whose readings then landed in 2262. Every `i64` has
+/// its partition; sources refuse readings outside 1678 to 2261 anyway
+/// ([`fleetscore_core::check_ts`]).
 pub fn hour_partition(ts: i64) -> String {
-    let text = format_ts(ts.div_euclid(HOUR_NS) * HOUR_NS);
+    let text = format_ts(ts);
     format!("date={}/hour={}", &text[..10], &text[11..13])
 }
 
@@ -170,7 +176,7 @@ pub fn raw_objects(
             .count();
         let (part, tail) = rest.split_at(n);
         rest = tail;
-        let partition = hour_partition(hour * HOUR_NS);
+        let partition = hour_partition(readings.ts[first]);
         let mut id = Sha256::new();
         id.update(origin);
         id.update(partition.as_bytes());
@@ -219,7 +225,8 @@ pub async fn ingest_file(store: &Store, path: &Path) -> Result<IngestOutcome, La
 ///
 /// Partitions are whole hours, so `from` is rounded down and `to` up to
 /// the hour: every object written holds all of its hour's windows, and a
-/// rerun overwrites it. A recompute replaces each partition's content:
+/// rerun overwrites it. The range is first cut to the timestamps readings
+/// may have ([`MIN_TS`] to [`MAX_TS`]), so the rounding cannot overflow. A recompute replaces each partition's content:
 /// after writing an hour's `part-0.parquet`, every other `part-*.parquet`
 /// object in that partition (such as the parts the streaming path writes)
 /// is deleted, and so is every `part-*.parquet` of an hour in the range
@@ -247,6 +254,9 @@ pub async fn aggregate(
     if from > to {
         return Err(fleetscore_stream::Error::Range { from, to }.into());
     }
+    // No reading lies outside; both bounds are then a whole hour away from
+    // the ends of i64.
+    let (from, to) = (from.clamp(MIN_TS, MAX_TS), to.clamp(MIN_TS, MAX_TS));
     let from = from.div_euclid(HOUR_NS) * HOUR_NS;
     let to = match to.rem_euclid(HOUR_NS) {
         0 => to,
@@ -938,6 +948,46 @@ mod tests {
         assert_eq!((out.windows, out.readings, out.raw_files), (0, 0, 0));
         assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
         assert_eq!(store.list("windows/").await.unwrap(), want);
+    }
+
+    #[test]
+    fn readings_of_1677_are_refused_not_filed_in_2262() {
+        // The partition of every i64 is its own hour: the first hour of
+        // 1677 wrapped to 2262 when rounded down by multiplication.
+        assert_eq!(hour_partition(i64::MIN), "date=1677-09-21/hour=00");
+        assert_eq!(hour_partition(i64::MAX), "date=2262-04-11/hour=23");
+        assert_eq!(hour_partition(MIN_TS), "date=1678-01-01/hour=00");
+        assert_eq!(hour_partition(MAX_TS), "date=2261-12-31/hour=23");
+        assert_eq!(hour_partition(-1), "date=1969-12-31/hour=23");
+        let r = readings(&[(i64::MIN, "d", "t", 1.0), (i64::MAX - 1, "d", "t", 2.0)]);
+        let keys: Vec<String> = raw_objects(&r, b"x")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys.len(), 2);
+        assert!(
+            keys[0].starts_with("raw/date=1677-09-21/hour=00/"),
+            "{keys:?}"
+        );
+        assert!(
+            keys[1].starts_with("raw/date=2262-04-11/hour=23/"),
+            "{keys:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn aggregating_the_ends_of_time_does_not_overflow() {
+        let store = Store::open("memory://").unwrap();
+        let spec = WindowSpec::tumbling(span("1h"));
+        let out = aggregate(&store, spec, i64::MIN, i64::MIN + 1)
+            .await
+            .unwrap();
+        assert_eq!(out.windows, 0);
+        let out = aggregate(&store, spec, i64::MAX - 1, i64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(out.windows, 0);
     }
 
     #[test]
