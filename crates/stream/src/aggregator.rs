@@ -715,6 +715,16 @@ impl Aggregator {
             }
         }
         self.releasing = releasing;
+        // Tables shrink only when a quarter of them is in use, so that the
+        // rehash is amortized over the releases that emptied them.
+        let live = self.interner.len();
+        if self.closing.capacity() > 4 * self.closing.len().max(1024) {
+            self.closing.shrink_to(1024);
+        }
+        self.interner.shrink(live);
+        if self.device_domain.capacity() > 4 * self.device_domain.len().max(1024) {
+            self.device_domain.shrink_to_fit();
+        }
     }
 
     fn process(&mut self, sid: u32, ts: i64, value: f64) -> Disposition {
@@ -753,6 +763,11 @@ impl Aggregator {
             if i > 0 && panes[i - 1].start == start {
                 panes[i - 1].acc.add(ts, value);
             } else {
+                if panes.capacity() == 0 {
+                    // Most series hold one pane at a time; a deque's first
+                    // growth would make room for four (352 bytes).
+                    panes.reserve_exact(1);
+                }
                 panes.insert(
                     i,
                     Pane {
@@ -850,6 +865,10 @@ impl Aggregator {
                 .then_with(|| interner.pair(a.series).cmp(&interner.pair(b.series)))
         });
         let n = self.closing.len() as u64;
+        if self.closed.is_empty() && self.closed.capacity() > 4 * (n as usize).max(1024) {
+            // The caller drained the last batch: give a peak's buffer back.
+            self.closed.shrink_to(n as usize);
+        }
         for c in self.closing.drain(..) {
             let (device, tag) = interner.pair(c.series);
             self.closed.push(ClosedWindow {

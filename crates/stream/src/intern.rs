@@ -96,6 +96,14 @@ impl Interner {
         self.generations[id as usize]
     }
 
+    /// Gives memory back once at most a quarter of the table is in use
+    /// (`live` pairs).
+    pub(crate) fn shrink(&mut self, live: usize) {
+        if self.ids.capacity() > 4 * live.max(1024) {
+            self.ids.shrink_to_fit();
+        }
+    }
+
     /// Number of live pairs.
     pub(crate) fn len(&self) -> usize {
         self.ids.len()
