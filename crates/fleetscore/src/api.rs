@@ -24,7 +24,7 @@ use fleetscore_core::{format_ts, parse_ts, ModelKey};
 use fleetscore_jobs::db::{
     Concurrency, DbError, JobFilter, JobKind, JobState, JobStore, NewJob, Threshold,
 };
-use fleetscore_jobs::run::{load_raw, DeviceCount, Manifest};
+use fleetscore_jobs::run::{raw_objects_of, DeviceCount, Manifest};
 use fleetscore_jobs::schedule::ScheduleSpec;
 use fleetscore_store::{hour_partition, ImportRequest, Registry, Store, HOUR_NS};
 use serde::Deserialize;
@@ -50,7 +50,17 @@ pub struct Api {
     pub ingest_tokens: Vec<String>,
     /// Whether reads need a token.
     pub protect_reads: bool,
+    /// How long a read endpoint may work on one request.
+    pub query_timeout: std::time::Duration,
+    /// Largest model file accepted once decompressed.
+    pub max_model_bytes: usize,
+    /// Model uploads decoded at once: each may take up to a few times
+    /// `max_model_bytes` of memory while it is read.
+    pub uploads: tokio::sync::Semaphore,
 }
+
+/// Model uploads decoded at once (see [`Api::uploads`]).
+pub const PARALLEL_UPLOADS: usize = 2;
 
 const HOUR: i64 = HOUR_NS;
 /// Longest range a query may read, in hours.
@@ -78,16 +88,17 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 /// The token of `Authorization: Bearer T` (or `Token T`, as InfluxDB v2
-/// clients send it).
+/// clients send it). The scheme is matched in any case, as HTTP says
+/// (RFC 9110, 11.1): `bearer T` and `BEARER T` work too.
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
+    let v = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("Token "))
-        })
-        .map(str::trim)
+        .and_then(|v| v.to_str().ok())?
+        .trim_start();
+    let (scheme, token) = v.split_once(|c: char| c == ' ' || c == '\t')?;
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether `t` is one of `tokens`; every one is compared, so timing tells
@@ -151,7 +162,32 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/v1/anomalies", get(anomalies))
         .route("/v1/readings", get(readings))
         .route("/v1/overview", get(overview))
+        .layer(axum::middleware::from_fn_with_state(
+            api.query_timeout,
+            bounded_reads,
+        ))
         .with_state(api)
+}
+
+/// Bounds the time of every read (`GET`): past `[server] query_timeout`
+/// the work is dropped and the client is asked for a narrower query.
+async fn bounded_reads(
+    State(limit): State<std::time::Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.method() != axum::http::Method::GET {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the query took longer than {limit:?} ([server] query_timeout); narrow it (a shorter from/to range, a device, a smaller limit)"
+            ),
+        ),
+    }
 }
 
 type A = State<Arc<Api>>;
@@ -275,12 +311,21 @@ async fn trigger(State(api): A, headers: HeaderMap, body: Bytes) -> Response {
             format!("models: {m:?} is not DEVICE/TAG"),
         );
     }
+    // In i128: from, to and the window come from the request, and their
+    // sums may not fit an i64.
     let start = from.div_euclid(w) * w;
-    let windows = (to - start + w - 1) / w;
+    let windows = (to as i128 - start as i128 + w as i128 - 1) / w as i128;
     if windows > 10_000 {
         return err(
             StatusCode::BAD_REQUEST,
             format!("{windows} windows: at most 10000 at a time"),
+        );
+    }
+    let windows = windows as i64;
+    if start.checked_add(windows * w).is_none() {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "the last window ends past the latest time fleetscore represents",
         );
     }
     let now = crate::util::now_ns();
@@ -479,12 +524,27 @@ async fn upload(
             "the body must be the model file (a scikit-learn pickle or joblib file)",
         );
     }
-    let model =
-        match tokio::task::spawn_blocking(move || fleetscore_models::import_sklearn(&body)).await {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => return err(StatusCode::BAD_REQUEST, format!("not imported: {e}")),
-            Err(e) => return internal(e),
-        };
+    // Bounded: a 2 MB upload may decompress to the model size limit, and
+    // the reader builds values of a few times that.
+    let Ok(_slot) = api.uploads.acquire().await else {
+        return internal("the upload limiter is closed");
+    };
+    let limits = fleetscore_models::ImportLimits::new(api.max_model_bytes as u64);
+    let model = match tokio::task::spawn_blocking(move || {
+        fleetscore_models::import_with_limits(&body, &limits)
+    })
+    .await
+    {
+        Ok(Ok(m)) => m,
+        Ok(Err(e @ fleetscore_models::ImportError::TooLarge { .. })) => {
+            return err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("not imported: {e} ([server] max_model_bytes)"),
+            )
+        }
+        Ok(Err(e)) => return err(StatusCode::BAD_REQUEST, format!("not imported: {e}")),
+        Err(e) => return internal(e),
+    };
     let req = ImportRequest {
         key: k,
         model,
@@ -559,21 +619,34 @@ async fn range(api: &Api, q: &RangeQuery) -> Result<(i64, i64), Response> {
             .map_err(|e| err(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
     };
     let (from, to) = (parse("from", &q.from)?, parse("to", &q.to)?);
+    let out_of_range = || {
+        err(
+            StatusCode::BAD_REQUEST,
+            "from/to: the range reaches past the times fleetscore represents",
+        )
+    };
     let to = match to {
         Some(t) => t,
         None => match from {
-            Some(f) => f + 24 * HOUR,
+            Some(f) => f.checked_add(24 * HOUR).ok_or_else(out_of_range)?,
             None => newest_window_end(api).await,
         },
     };
-    let from = from.unwrap_or(to - 24 * HOUR);
+    let from = match from {
+        Some(f) => f,
+        None => to.checked_sub(24 * HOUR).ok_or_else(out_of_range)?,
+    };
     if from >= to {
         return Err(err(StatusCode::BAD_REQUEST, "from must be before to"));
     }
-    if (to - from) / HOUR > MAX_HOURS {
+    // Checked: a range of centuries does not fit an i64 of nanoseconds.
+    let too_long = to
+        .checked_sub(from)
+        .is_none_or(|span| span > MAX_HOURS * HOUR);
+    if too_long {
         return Err(err(
             StatusCode::BAD_REQUEST,
-            format!("at most {MAX_HOURS} hours per query"),
+            format!("at most {MAX_HOURS} hours per query; narrow from/to"),
         ));
     }
     Ok((from, to))
@@ -598,10 +671,12 @@ async fn newest_window_end(api: &Api) -> i64 {
         .unwrap_or_else(crate::util::now_ns)
 }
 
+/// The starts of the hours `[from, to)` touches; ends, never wraps, at the
+/// last hour an i64 holds.
 fn hours(from: i64, to: i64) -> impl Iterator<Item = i64> {
     let first = from.div_euclid(HOUR) * HOUR;
-    (0..)
-        .map(move |i| first + i * HOUR)
+    (0i64..)
+        .map_while(move |i| i.checked_mul(HOUR).and_then(|d| first.checked_add(d)))
         .take_while(move |h| *h < to)
 }
 
@@ -679,27 +754,54 @@ async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
         Ok(r) => r,
         Err(r) => return r,
     };
-    if q.device.is_none() {
+    let Some(device) = q.device.clone() else {
         return err(StatusCode::BAD_REQUEST, "device is required");
-    }
-    let r = match load_raw(&api.store, from, to).await {
-        Ok(r) => r,
-        Err(e) => return internal(format!("{e:#}")),
     };
     let limit = q.limit.unwrap_or(100_000).min(1_000_000);
-    let wanted: Vec<bool> = r
-        .keys
-        .iter()
-        .map(|(d, t)| {
-            q.device.as_deref() == Some(d.as_str()) && q.tag.as_deref().is_none_or(|x| x == t)
+    // One object at a time, keeping only the device's rows, and stopping
+    // past the limit: memory is one object plus the answer, whatever the
+    // range (the whole fleet's readings of a month would not fit).
+    let objects = match raw_objects_of(&api.store, from, to).await {
+        Ok(o) => o,
+        Err(e) => return internal(format!("{e:#}")),
+    };
+    let mut rows: Vec<(i64, String, f64)> = Vec::new();
+    let mut truncated = false;
+    for o in objects {
+        let data = match api.store.get(&o.key).await {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => return internal(e),
+        };
+        let (device, tag, key) = (device.clone(), q.tag.clone(), o.key.clone());
+        let part = tokio::task::spawn_blocking(move || {
+            let mut r = fleetscore_codecs::read_readings_parquet_bytes(data, &key)?;
+            r.retain_time(Some(from), Some(to));
+            let wanted: Vec<bool> = r
+                .keys
+                .iter()
+                .map(|(d, t)| *d == device && tag.as_deref().is_none_or(|x| x == t))
+                .collect();
+            Ok::<_, fleetscore_codecs::CodecError>(
+                (0..r.len())
+                    .filter(|&i| wanted[r.key[i] as usize])
+                    .map(|i| (r.ts[i], r.keys[r.key[i] as usize].1.clone(), r.value[i]))
+                    .collect::<Vec<_>>(),
+            )
         })
-        .collect();
-    let mut rows: Vec<(i64, &str, f64)> = (0..r.len())
-        .filter(|&i| wanted[r.key[i] as usize])
-        .map(|i| (r.ts[i], r.keys[r.key[i] as usize].1.as_str(), r.value[i]))
-        .collect();
-    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let truncated = rows.len() > limit;
+        .await;
+        match part {
+            Ok(Ok(p)) => rows.extend(p),
+            Ok(Err(e)) => return internal(e),
+            Err(e) => return internal(e),
+        }
+        if rows.len() > limit {
+            truncated = true;
+            break;
+        }
+    }
+    rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    truncated |= rows.len() > limit;
     rows.truncate(limit);
     let rows: Vec<Value> = rows
         .into_iter()

@@ -556,6 +556,12 @@ pub struct ServeArgs {
     /// Ingest only: no streaming windows.
     #[arg(long)]
     pub no_windows: bool,
+    /// Serve on a non-loopback address without admin tokens: anyone who
+    /// can reach the port may then upload models and trigger jobs. Without
+    /// this flag (or `[auth] allow_unauthenticated_admin`), `serve` refuses
+    /// to start that way.
+    #[arg(long)]
+    pub allow_unauthenticated_admin: bool,
 }
 
 /// `--late-policy` values.

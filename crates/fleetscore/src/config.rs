@@ -7,6 +7,14 @@
 //! max_body_bytes = 33554432          # larger bodies get 413
 //! windows = true                     # streaming windows into windows/
 //! window_flush_interval = "10s"
+//! max_connections = 1024             # fewer if the open-file limit is lower
+//! header_timeout = "30s"             # also the keep-alive idle time
+//! body_timeout = "60s"               # a slower body gets 408
+//! idle_timeout = "120s"              # no byte either way: closed
+//! query_timeout = "30s"              # a GET /v1/… working longer gets 503
+//! max_inflight_bytes = 268435456     # request bodies in memory at once
+//! max_inflight_wait = "10s"          # then 503 with Retry-After
+//! max_model_bytes = 67108864         # a model file, decompressed
 //!
 //! [ingest]
 //! compact_interval = "60s"           # log segments into raw/
@@ -20,6 +28,8 @@
 //! allowed_lateness = "0s"
 //! late_policy = "drop"               # or "adjust"
 //! watermark = "per_device"           # or "global"
+//! max_series = 2000000              # live (device, tag) series, ~0.5 KB each; more are shed
+//! close_idle_after = "1h"            # a device silent this long has its windows closed
 //!
 //! [mqtt]                             # absent url: no MQTT source
 //! url = "mqtt://127.0.0.1:1883"
@@ -31,6 +41,9 @@
 //! ingest_tokens = ["…"]              # any of them is accepted on ingest
 //! admin_tokens = ["…"]
 //! protect_reads = false              # true: GET /v1/… needs a token too
+//! allow_unauthenticated_admin = false  # true: serve on a non-loopback address
+//!                                    # without admin tokens (anyone may upload
+//!                                    # models and trigger jobs)
 //!
 //! [store]                            # requests to s3://, az://, gs:// stores
 //! max_retries = 10                   # per request, on 5xx, 429, timeouts, drops
@@ -304,6 +317,34 @@ pub struct ServerConfig {
     pub windows: bool,
     /// How often closed windows are written, with a checkpoint.
     pub window_flush_interval: Span,
+    /// Most client connections at once; fewer if the open-file limit
+    /// (raised to its hard limit at start) leaves room for fewer. At the
+    /// limit the connection that waited longest for a request is closed;
+    /// if all are busy, a newcomer gets 503 with `Retry-After`.
+    pub max_connections: usize,
+    /// Time for a request's headers to arrive, counted from when the
+    /// connection starts waiting for them: also how long an idle
+    /// keep-alive connection stays open.
+    pub header_timeout: Span,
+    /// Time for a request's whole body to arrive, from its headers; a
+    /// slower (or never-ending) body gets 408.
+    pub body_timeout: Span,
+    /// A connection on which no byte moves either way for this long is
+    /// closed. Longer than `query_timeout`.
+    pub idle_timeout: Span,
+    /// Time a read endpoint (`GET /v1/…`) may work on one request before
+    /// it answers 503 and asks for a narrower query.
+    pub query_timeout: Span,
+    /// Bytes of request bodies held in memory at once, across all
+    /// requests (a gzip body counts its compressed and decompressed
+    /// bytes). A request waits up to `max_inflight_wait` for room, then
+    /// gets 503 with `Retry-After`.
+    pub max_inflight_bytes: usize,
+    /// How long a request may wait for room under `max_inflight_bytes`.
+    pub max_inflight_wait: Span,
+    /// Largest model file accepted by upload or import once decompressed
+    /// (joblib files are often compressed).
+    pub max_model_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -313,6 +354,15 @@ impl Default for ServerConfig {
             max_body_bytes: 32 << 20,
             windows: true,
             window_flush_interval: Span::from_secs(10),
+            max_connections: 1024,
+            header_timeout: Span::from_secs(30),
+            body_timeout: Span::from_secs(60),
+            idle_timeout: Span::from_secs(120),
+            query_timeout: Span::from_secs(30),
+            max_inflight_bytes: 256 << 20,
+            max_inflight_wait: Span::from_secs(10),
+            max_model_bytes: fleetscore_models::ImportLimits::DEFAULT_MAX_DECOMPRESSED_BYTES
+                as usize,
         }
     }
 }
@@ -383,6 +433,10 @@ pub struct AuthConfig {
     /// Whether the read endpoints (`GET /v1/…`) need a token too (any
     /// ingest or admin token). Default false.
     pub protect_reads: bool,
+    /// Serve on a non-loopback address without admin tokens, so that
+    /// anyone who can reach the port may upload models and trigger jobs.
+    /// Off: `serve` refuses to start that way.
+    pub allow_unauthenticated_admin: bool,
 }
 
 /// The prefix of config environment variables.
@@ -441,6 +495,7 @@ mod tests {
                 value = 3
                 [stream]
                 windows = [{ size = "5m", hop = "1m" }]
+                max_series = 123
                 "#,
             )?;
             jail.set_env("FLEETSCORE__AUTH__INGEST_TOKENS", r#"["a","b"]"#);
@@ -459,6 +514,7 @@ mod tests {
                 )]
             );
             assert_eq!(c.stream.out_of_order, Span::from_secs(30));
+            assert_eq!(c.stream.max_series, 123);
             assert_eq!(c.auth.ingest_tokens, vec!["a", "b"]);
             assert_eq!(c.store.max_retries, 3);
             assert_eq!(

@@ -150,12 +150,17 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
     let w = args.window.as_nanos();
     anyhow::ensure!(w > 0, "--window must be longer than zero");
     anyhow::ensure!(from < to, "--from must be before --to");
+    // Checked: --from, --to and --window are the user's, and rounding the
+    // range out to whole windows may pass the last time an i64 holds.
     let start = from.div_euclid(w) * w;
     let end = match to.rem_euclid(w) {
-        0 => to,
-        r => to + (w - r),
-    };
-    let windows = (end - start) / w;
+        0 => Some(to),
+        r => to.checked_add(w - r),
+    }
+    .context(
+        "--to: rounded up to a whole --window it passes the latest time fleetscore represents",
+    )?;
+    let windows = ((end as i128 - start as i128) / w as i128).min(i64::MAX as i128) as i64;
     anyhow::ensure!(
         windows <= 10_000,
         "{windows} windows of {} in that range; backfill at most 10000 at a time",

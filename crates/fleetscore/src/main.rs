@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod dashboard;
 mod demo;
+mod http;
 mod import;
 mod jobs_cmd;
 mod kube;
@@ -34,16 +35,29 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc's `mi_option_purge_delay` (the same index in its v2 and v3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// How long `serve` keeps freed memory before returning it to the OS.
+const SERVE_PURGE_DELAY_MS: std::ffi::c_long = 1000;
+
 fn main() -> ExitCode {
+    // Parsing spawns no thread, so the allocator can still be set below.
+    let cli = cli::Cli::parse();
     // mimalloc returns freed memory to the OS 10 ms after it is freed (a
     // "purge") and faults it in again on the next large allocation. With
     // transparent huge pages (`always` on many hosts) each fault zeroes
     // 2 MiB: that was more than half of a scoring worker's time, in the
-    // kernel. Keep freed memory for reuse instead (resident memory stays
-    // at its peak); `MIMALLOC_PURGE_DELAY=10` restores the default.
+    // kernel. Batch commands and workers keep freed memory for reuse
+    // instead (resident memory stays at their peak). `serve` runs for
+    // months and its peaks come from bursts of requests: it returns memory
+    // a second after it is freed, which is long enough for the buffers of
+    // back-to-back tasks to be reused without faults. `MIMALLOC_PURGE_DELAY`
+    // (milliseconds, -1 = never) overrides both.
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        let delay = match cli.command {
+            cli::Command::Serve(_) | cli::Command::Demo(_) => SERVE_PURGE_DELAY_MS,
+            _ => -1,
+        };
         // SAFETY: no other thread exists yet.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay) };
     }
     // Like other Unix tools, end quietly when the reader of our output goes
     // away (`fleetscore models list | head`) instead of panicking on EPIPE.
@@ -53,7 +67,6 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = cli::Cli::parse();
     util::init_logging(&cli.global);
     match run(cli) {
         Ok(code) => code,

@@ -57,6 +57,10 @@ struct App {
     /// Accepted bearer tokens; empty: none needed.
     tokens: Vec<String>,
     max_body: usize,
+    /// Bytes of request bodies in memory, across requests.
+    inflight: InFlight,
+    /// The server loop's connection figures.
+    conn_stats: Arc<crate::http::ConnStats>,
     line_protocol: LineProtocolConfig,
     csv: CsvBodyConfig,
     /// For the job figures on /metrics.
@@ -131,6 +135,9 @@ pub fn settings(g: &Global, args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if a.no_windows {
         c.server.windows = false;
+    }
+    if a.allow_unauthenticated_admin {
+        c.auth.allow_unauthenticated_admin = true;
     }
     c.stream.validate().context("window settings")?;
     for (what, span) in [
@@ -212,6 +219,7 @@ pub async fn run_config(
     };
     let ingestor = Arc::new(Ingestor::new(Arc::clone(&log), windows));
     let metrics = Arc::new(Metrics::default());
+    let conn_stats = Arc::new(crate::http::ConnStats::default());
     let mut compactor = Compactor {
         ingestor: Arc::clone(&ingestor),
         store: store.clone(),
@@ -238,6 +246,11 @@ pub async fn run_config(
             .cloned()
             .collect(),
         max_body: c.server.max_body_bytes,
+        conn_stats: Arc::clone(&conn_stats),
+        inflight: InFlight::new(
+            c.server.max_inflight_bytes,
+            span_duration(c.server.max_inflight_wait),
+        ),
         line_protocol: c.ingest.line_protocol.clone(),
         csv: c.ingest.csv.clone(),
     });
@@ -251,6 +264,9 @@ pub async fn run_config(
         admin_tokens: c.auth.admin_tokens.clone(),
         ingest_tokens: c.auth.ingest_tokens.clone(),
         protect_reads: c.auth.protect_reads,
+        query_timeout: span_duration(c.server.query_timeout),
+        max_model_bytes: c.server.max_model_bytes,
+        uploads: tokio::sync::Semaphore::new(crate::api::PARALLEL_UPLOADS),
     });
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -278,6 +294,23 @@ pub async fn run_config(
         .await
         .with_context(|| format!("binding {}", c.server.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
+    check_exposure(addr, &c.auth)?;
+    let nofile = crate::http::raise_fd_limit();
+    let limits = crate::http::Limits {
+        max_connections: crate::http::effective_limit(c.server.max_connections, nofile),
+        header_timeout: span_duration(c.server.header_timeout),
+        body_timeout: span_duration(c.server.body_timeout),
+        idle_timeout: span_duration(c.server.idle_timeout),
+        drain_timeout: Duration::from_secs(10),
+    };
+    if limits.max_connections < c.server.max_connections {
+        tracing::warn!(
+            configured = c.server.max_connections,
+            in_force = limits.max_connections,
+            open_files = nofile.unwrap_or(0),
+            "the open-file limit allows fewer connections than configured; raise it (ulimit -n) to allow more"
+        );
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {addr}")?;
@@ -361,10 +394,7 @@ pub async fn run_config(
         })
     };
 
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving")?;
+    crate::http::serve(listener, router, limits, conn_stats, shutdown).await;
     tracing::info!("stopped accepting requests; writing windows and compacting the ingest log");
     let _ = stop_tx.send(true);
     let mut compactor = background.await.context("the background task failed")?;
@@ -405,6 +435,107 @@ pub fn parse_window(text: &str) -> anyhow::Result<WindowSpec> {
     spec.validate()
         .with_context(|| format!("--window {text:?}"))?;
     Ok(spec)
+}
+
+/// A config span as a `Duration` (negative spans count as zero).
+pub fn span_duration(s: fleetscore_stream::Span) -> Duration {
+    Duration::from_nanos(u64::try_from(s.as_nanos()).unwrap_or(0))
+}
+
+/// Refuses to serve on a non-loopback address without admin tokens (anyone
+/// reaching the port could upload models and trigger jobs) unless the
+/// operator allowed it explicitly.
+fn check_exposure(addr: SocketAddr, auth: &config::AuthConfig) -> anyhow::Result<()> {
+    let has_admin = auth.admin_tokens.iter().any(|t| !t.is_empty());
+    if addr.ip().is_loopback() || has_admin {
+        return Ok(());
+    }
+    if auth.allow_unauthenticated_admin {
+        tracing::warn!(
+            %addr,
+            "serving on a non-loopback address without admin tokens: anyone who can reach it may upload models and trigger jobs"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve on {addr} without admin tokens: anyone who can reach it could upload models and trigger jobs. \
+         Set admin tokens ([auth] admin_tokens, or FLEETSCORE__AUTH__ADMIN_TOKENS='[\"<token>\"]'), \
+         listen on a loopback address (--listen 127.0.0.1:8080), \
+         or accept the risk with --allow-unauthenticated-admin"
+    )
+}
+
+/// Bytes of request bodies held in memory at once, across all requests
+/// (`[server] max_inflight_bytes`): a request reserves its body's size
+/// before reading it and keeps the reservation until its readings are
+/// durable, so many large concurrent bodies wait (then get 503) instead of
+/// growing the process without bound.
+struct InFlight {
+    sem: Arc<tokio::sync::Semaphore>,
+    /// Capacity, in units of [`InFlight::UNIT`] bytes.
+    units: u32,
+    wait: Duration,
+    /// Requests that waited for room, and those that gave up (503).
+    waited: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl InFlight {
+    const UNIT: usize = 1024;
+
+    fn new(max_bytes: usize, wait: Duration) -> InFlight {
+        let units = u32::try_from((max_bytes / Self::UNIT).max(1))
+            .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS as u32)
+            .min(tokio::sync::Semaphore::MAX_PERMITS as u32);
+        InFlight {
+            sem: Arc::new(tokio::sync::Semaphore::new(units as usize)),
+            units,
+            wait,
+            waited: Default::default(),
+            refused: Default::default(),
+        }
+    }
+
+    fn held_bytes(&self) -> u64 {
+        (self.units as u64 - self.sem.available_permits() as u64) * Self::UNIT as u64
+    }
+
+    /// Reserves room for `bytes`, waiting up to the configured time.
+    async fn reserve(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+        let want = u32::try_from(bytes.div_ceil(Self::UNIT).max(1)).unwrap_or(u32::MAX);
+        if want > self.units {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body needs {bytes} bytes in memory, more than [server] max_inflight_bytes ({}); send smaller batches",
+                    self.units as usize * Self::UNIT
+                ),
+            ));
+        }
+        if let Ok(p) = Arc::clone(&self.sem).try_acquire_many_owned(want) {
+            return Ok(p);
+        }
+        self.waited.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.wait, Arc::clone(&self.sem).acquire_many_owned(want)).await
+        {
+            Ok(Ok(p)) => Ok(p),
+            _ => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(retry_later(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server holds as many request bodies as it may ([server] max_inflight_bytes); retry shortly",
+                ))
+            }
+        }
+    }
+}
+
+/// An answer that asks the client to retry after a second.
+fn retry_later(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut r = error(status, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
 }
 
 async fn flush_windows(ingestor: &Arc<Ingestor>) -> anyhow::Result<()> {
@@ -581,6 +712,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         None => None,
     };
     body.push_str(&app.metrics.render_jobs(jobs.as_ref(), models));
+    body.push_str(&render_limits(&app));
     if let Some(db) = &app.db {
         if let Ok(n) = db.pending(crate::util::now_ns()).await {
             body.push_str(
@@ -598,6 +730,28 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The connection and in-flight figures of `/metrics`.
+fn render_limits(app: &App) -> String {
+    use std::fmt::Write as _;
+    let c = &app.conn_stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut o = String::new();
+    for (name, kind, help, v) in [
+        ("fleetscore_http_connections", "gauge", "Client connections open now.", load(&c.open)),
+        ("fleetscore_http_connection_limit", "gauge", "Most client connections at once ([server] max_connections, bounded by the open-file limit).", load(&c.limit)),
+        ("fleetscore_http_connections_accepted_total", "counter", "Client connections accepted.", load(&c.accepted)),
+        ("fleetscore_http_connections_refused_total", "counter", "Connections answered 503 because every connection slot was busy with a request.", load(&c.refused)),
+        ("fleetscore_http_connections_evicted_total", "counter", "Connections waiting for a request that were closed to make room for a new one.", load(&c.evicted)),
+        ("fleetscore_http_connections_idle_closed_total", "counter", "Connections closed after [server] idle_timeout without a byte either way.", load(&c.idle_closed)),
+        ("fleetscore_http_inflight_bytes", "gauge", "Bytes of request bodies held in memory now (bounded by [server] max_inflight_bytes).", app.inflight.held_bytes()),
+        ("fleetscore_http_inflight_waits_total", "counter", "Requests that waited for room under [server] max_inflight_bytes.", load(&app.inflight.waited)),
+        ("fleetscore_http_inflight_refused_total", "counter", "Requests answered 503 after waiting [server] max_inflight_wait for room.", load(&app.inflight.refused)),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    o
 }
 
 // ---------------------------------------------------------------- handlers
@@ -642,7 +796,12 @@ fn authorized(app: &App, headers: &HeaderMap, query: &Query2) -> Result<(), Resp
     }
 }
 
-async fn read_body(app: &App, body: Body, headers: &HeaderMap) -> Result<Bytes, Response> {
+/// Room held under `[server] max_inflight_bytes` until dropped.
+type Held = Vec<tokio::sync::OwnedSemaphorePermit>;
+
+/// Reads (and decompresses) a body within the size limit and the body
+/// timeout, holding room for it under the in-flight limit.
+async fn read_body(app: &App, body: Body, headers: &HeaderMap) -> Result<(Bytes, Held), Response> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -656,9 +815,15 @@ async fn read_body(app: &App, body: Body, headers: &HeaderMap) -> Result<Bytes, 
     if declared.is_some_and(|n| n > app.max_body as u64) {
         return Err(too_large());
     }
+    // A chunked body may be as large as the limit.
+    let expected = declared.map_or(app.max_body, |n| n as usize);
+    let mut held: Held = vec![app.inflight.reserve(expected).await?];
     let raw = axum::body::to_bytes(body, app.max_body)
         .await
         .map_err(|e| {
+            if crate::http::is_body_timeout(&e) {
+                return error(StatusCode::REQUEST_TIMEOUT, e.to_string());
+            }
             let mut src: Option<&dyn std::error::Error> = Some(&e);
             while let Some(s) = src {
                 if s.to_string().contains("length limit") {
@@ -675,14 +840,22 @@ async fn read_body(app: &App, body: Body, headers: &HeaderMap) -> Result<Bytes, 
         .trim()
         .to_ascii_lowercase();
     match encoding.as_str() {
-        "" | "identity" => Ok(raw),
+        "" | "identity" => Ok((raw, held)),
         // Telegraf's InfluxDB outputs send gzip by default. The limit holds
         // for the decompressed body too.
         "gzip" | "x-gzip" => {
             let limit = app.max_body;
-            tokio::task::spawn_blocking(move || {
+            // The gzip trailer states the (last member's) size; room for
+            // more is taken if the body decompresses to more.
+            let stated = raw
+                .len()
+                .checked_sub(4)
+                .map(|at| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]))
+                .map_or(limit, |n| (n as usize).min(limit));
+            held.push(app.inflight.reserve(stated).await?);
+            let out = tokio::task::spawn_blocking(move || {
                 use std::io::Read;
-                let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
+                let mut out = Vec::with_capacity(stated);
                 let read = flate2::read::MultiGzDecoder::new(&raw[..])
                     .take(limit as u64 + 1)
                     .read_to_end(&mut out);
@@ -699,7 +872,11 @@ async fn read_body(app: &App, body: Body, headers: &HeaderMap) -> Result<Bytes, 
                 }
             })
             .await
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+            if out.len() > stated {
+                held.push(app.inflight.reserve(out.len() - stated).await?);
+            }
+            Ok((out, held))
         }
         other => Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -776,7 +953,7 @@ async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response 
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         },
     };
-    let body = match read_body(app, body, &parts.headers).await {
+    let (body, _held) = match read_body(app, body, &parts.headers).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -846,7 +1023,7 @@ async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response
             )
         }
     };
-    let body = match read_body(app, body, &parts.headers).await {
+    let (body, _held) = match read_body(app, body, &parts.headers).await {
         Ok(b) => b,
         Err(r) => return r,
     };

@@ -250,7 +250,7 @@ async fn raw_keys(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<Strin
 }
 
 /// [`raw_keys`] with each object's length and version.
-async fn raw_objects_of(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<Listed>> {
+pub async fn raw_objects_of(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<Listed>> {
     let mut keys = Vec::new();
     let mut hour = from.div_euclid(HOUR_NS) * HOUR_NS;
     while hour < to {
@@ -262,7 +262,11 @@ async fn raw_objects_of(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec
                 .into_iter()
                 .filter(|l| l.key.ends_with(".parquet")),
         );
-        hour += HOUR_NS;
+        // The last hour an i64 holds ends the range rather than wrapping.
+        let Some(next) = hour.checked_add(HOUR_NS) else {
+            break;
+        };
+        hour = next;
     }
     Ok(keys)
 }
@@ -569,7 +573,10 @@ pub async fn load_windows(
                 }
             }
         }
-        hour += HOUR_NS;
+        let Some(next) = hour.checked_add(HOUR_NS) else {
+            break;
+        };
+        hour = next;
     }
     for ws in out.values_mut() {
         ws.sort_by_key(|w| w.start);

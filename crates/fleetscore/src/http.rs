@@ -1,0 +1,534 @@
+//! The HTTP server loop of `fleetscore serve`: accepting connections under a
+//! limit, with timeouts, and stopping gracefully.
+//!
+//! `axum::serve` accepts every connection and waits forever on each: an idle
+//! socket, a client that sends its headers a byte a minute, a body that never
+//! ends. A few hundred of those exhaust the process's file descriptors and
+//! nothing answers any more, `/healthz` included. Here every connection is
+//! bounded ([`Limits`]):
+//!
+//! - **header timeout**: a request's headers must arrive within it, counted
+//!   from when the connection starts waiting for them (so it is also the
+//!   keep-alive idle time between two requests). hyper enforces it.
+//! - **body timeout**: a request's whole body must arrive within it, counted
+//!   from its headers ([`DeadlineBody`]); a never-ending chunked body ends
+//!   with 408 (the ingest and upload endpoints say so).
+//! - **idle timeout**: a connection on which no byte moves either way for
+//!   this long is closed ([`IdleIo`]), e.g. a client that stops reading its
+//!   answer. It must exceed the longest request (reads are bounded by
+//!   `query_timeout`).
+//! - **connection limit**: at most `max_connections` at once, and never more
+//!   than the file-descriptor limit allows (with a reserve for the log, the
+//!   store and the job store). At the limit, the connection that has waited
+//!   longest for a request is closed to make room (idle and slow-header
+//!   connections go first); if every connection is busy with a request, the
+//!   newcomer is answered `503` with `Retry-After` and closed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::Router;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Sleep;
+
+/// File descriptors kept for everything but client connections: log
+/// segments, the store, the job store's pool, MQTT, Parquet reads.
+const FD_RESERVE: u64 = 64;
+
+/// How the server bounds its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections at once (further bounded by the descriptor limit).
+    pub max_connections: usize,
+    /// Time for a request's headers.
+    pub header_timeout: Duration,
+    /// Time for a request's whole body, from its headers.
+    pub body_timeout: Duration,
+    /// Time without a byte moving on a connection.
+    pub idle_timeout: Duration,
+    /// Time given to requests in progress at shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// What the server loop counts, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections refused with 503 because every slot was busy.
+    pub refused: AtomicU64,
+    /// Waiting connections closed to make room for a new one.
+    pub evicted: AtomicU64,
+    /// Connections closed by the idle timeout.
+    pub idle_closed: AtomicU64,
+    /// The connection limit in force.
+    pub limit: AtomicU64,
+}
+
+/// Raises the soft limit on open files to the hard limit (as Go and many
+/// servers do) and returns the limit now in force, if it can be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit write or read the struct we own.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                return None;
+            }
+            if r.rlim_cur < r.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: r.rlim_max,
+                    rlim_max: r.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    r.rlim_cur = r.rlim_max;
+                }
+            }
+        }
+        Some(r.rlim_cur as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The connection limit in force: the configured one, or fewer if the
+/// descriptor limit `nofile` leaves room for fewer.
+pub fn effective_limit(configured: usize, nofile: Option<u64>) -> usize {
+    match nofile {
+        Some(n) => {
+            let room = n.saturating_sub(FD_RESERVE).max(8);
+            configured
+                .min(usize::try_from(room).unwrap_or(usize::MAX))
+                .max(1)
+        }
+        None => configured.max(1),
+    }
+}
+
+/// One open connection, as the eviction scan sees it.
+struct Conn {
+    /// A request is being answered.
+    busy: AtomicBool,
+    /// Milliseconds since the server started when it last became idle.
+    idle_since: AtomicU64,
+    /// Asks the connection to close once its current request is answered.
+    close: Notify,
+}
+
+/// The open connections.
+struct Registry {
+    started: Instant,
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+}
+
+impl Registry {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Asks the connection idle the longest to close; false if all are busy.
+    fn evict_one(&self) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = conns
+            .values()
+            .filter(|c| !c.busy.load(Ordering::Acquire))
+            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
+        match oldest {
+            Some(c) => {
+                c.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets the
+/// requests in progress finish (at most `limits.drain_timeout`).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    stats: Arc<ConnStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let slots = limits.max_connections.max(1);
+    stats.limit.store(slots as u64, Ordering::Relaxed);
+    let permits = Arc::new(Semaphore::new(slots));
+    let registry = Arc::new(Registry {
+        started: Instant::now(),
+        next_id: AtomicU64::new(0),
+        conns: Mutex::new(HashMap::new()),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut accept_errors = 0u64;
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE/ENFILE and aborted handshakes: wait a little
+                    // (the descriptors of closing connections come back).
+                    accept_errors += 1;
+                    if accept_errors.is_power_of_two() {
+                        tracing::warn!(errors = accept_errors, "accepting a connection failed: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Full: make room by closing the connection that waited
+                // longest for a request, then wait briefly for its slot.
+                let room = registry.evict_one();
+                let waited = if room {
+                    stats.evicted.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::timeout(
+                        Duration::from_secs(1),
+                        Arc::clone(&permits).acquire_owned(),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                } else {
+                    None
+                };
+                match waited {
+                    Some(p) => p,
+                    None => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(refuse(stream));
+                        continue;
+                    }
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            busy: AtomicBool::new(false),
+            idle_since: AtomicU64::new(registry.now_ms()),
+            close: Notify::new(),
+        });
+        registry
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Arc::clone(&conn));
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let (router, registry, stats, mut stop_rx) = (
+            router.clone(),
+            Arc::clone(&registry),
+            Arc::clone(&stats),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            let io = IdleIo::new(stream, limits.idle_timeout);
+            let timed_out = Arc::clone(&io.timed_out);
+            let service = {
+                let (conn, registry) = (Arc::clone(&conn), Arc::clone(&registry));
+                hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let router = router.clone();
+                    let (conn, registry) = (Arc::clone(&conn), Arc::clone(&registry));
+                    conn.busy.store(true, Ordering::Release);
+                    let req = req.map(|b| Body::new(DeadlineBody::new(b, limits.body_timeout)));
+                    async move {
+                        let r = tower_call(router, req).await;
+                        conn.idle_since.store(registry.now_ms(), Ordering::Relaxed);
+                        conn.busy.store(false, Ordering::Release);
+                        r
+                    }
+                })
+            };
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(true);
+            let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    r = served.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!("connection ended: {e}");
+                        }
+                        break;
+                    }
+                    _ = conn.close.notified(), if !draining => {
+                        draining = true;
+                        served.as_mut().graceful_shutdown();
+                    }
+                    _ = stop_rx.changed(), if !draining => {
+                        draining = true;
+                        served.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            if timed_out.load(Ordering::Relaxed) {
+                stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            }
+            registry
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Every slot back means every connection has ended.
+    let all = u32::try_from(slots).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.drain_timeout, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = stats.open.load(Ordering::Relaxed),
+            "requests still in progress after the drain timeout; closing them"
+        );
+    }
+}
+
+async fn tower_call(
+    router: Router,
+    req: axum::http::Request<Body>,
+) -> Result<axum::response::Response, std::convert::Infallible> {
+    use tower_service::Service;
+    let mut router = router;
+    router.call(req).await
+}
+
+/// Answers a connection that found every slot busy, and closes it.
+async fn refuse(mut stream: TcpStream) {
+    const BODY: &str = "{\"error\":\"too many connections; retry shortly\"}";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// A socket that fails with `TimedOut` once no byte has moved either way
+/// for `timeout`.
+pub struct IdleIo<S> {
+    inner: S,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl<S> IdleIo<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        IdleIo {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            timed_out: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn progressed(&mut self) {
+        let at = tokio::time::Instant::now() + self.timeout;
+        self.sleep.as_mut().reset(at);
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.timed_out.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+fn idle_error() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "connection idle too long")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                self.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                self.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                self.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The error a request body ends with when it took longer than the body
+/// timeout; handlers answer it with 408.
+#[derive(Debug)]
+pub struct BodyTimeout(pub Duration);
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body did not arrive within {:?} (the server's body timeout)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+/// Whether `e` (or one of its sources) is a [`BodyTimeout`].
+pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.is::<BodyTimeout>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// A request body that must end within a time limit from its start.
+pub struct DeadlineBody {
+    inner: Incoming,
+    limit: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl DeadlineBody {
+    /// `inner`, which must end within `limit` from now.
+    pub fn new(inner: Incoming, limit: Duration) -> Self {
+        DeadlineBody {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(f) => Poll::Ready(f.map(|r| r.map_err(Into::into))),
+            Poll::Pending => {
+                if self.deadline.as_mut().poll(cx).is_ready() {
+                    let limit = self.limit;
+                    Poll::Ready(Some(Err(Box::new(BodyTimeout(limit)))))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_leaves_descriptors_for_the_rest() {
+        assert_eq!(effective_limit(1024, Some(128)), 64);
+        assert_eq!(effective_limit(1024, Some(1 << 20)), 1024);
+        assert_eq!(effective_limit(1024, Some(10)), 8);
+        assert_eq!(effective_limit(100, None), 100);
+    }
+}
