@@ -83,6 +83,27 @@ pub enum LogError {
         /// How often the log retries; a fair `Retry-After` for the client.
         retry_after: Duration,
     },
+    /// The idempotency key breaks a rule (empty, longer than
+    /// [`MAX_KEY_LEN`](crate::format::MAX_KEY_LEN) bytes, or with a control
+    /// character). Nothing was stored; send a valid key.
+    #[error("ingest log: idempotency key {key:?} refused: {reason}")]
+    BadKey {
+        /// The key (its first 64 characters).
+        key: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// The idempotency key was already used, within the horizon, for a
+    /// batch with different readings. Nothing was stored. Retrying does not
+    /// help: a retry must resend the same batch, and new data needs a new
+    /// key.
+    #[error("ingest log: idempotency key {key:?} was already used for a different batch (seq {seq}); send new data under a new key")]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The batch stored under it.
+        seq: Seq,
+    },
     /// The writer thread is gone (it panicked, which is a bug), so nothing
     /// can be appended; reopen the log. Never returned while the writer
     /// runs.

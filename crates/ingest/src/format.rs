@@ -4,14 +4,28 @@
 //!
 //! ```text
 //! segment  = header record*
-//! header   = magic "FSINGLOG" (8 bytes) | version u32 (= 1) | flags u32 (= 0)
+//! header   = magic "FSINGLOG" (8 bytes) | version u32 (1 or 2) | flags u32 (= 0)
 //!          | first_seq u64                                   -- 24 bytes
 //! record   = body_len u32 | crc u32 | body                  -- 8 + body_len bytes
-//! body     = seq u64 | payload
+//! body     = seq u64 | meta | payload                       -- version 2
+//!          | seq u64 | payload                              -- version 1
+//! meta     = time_ns i64 | key_len u16 | key{key_len} | digest{16 if key_len > 0}
 //! payload  = count u32 | n_strings u32 | string{n_strings} | reading{count}
 //! string   = len u32 | UTF-8 bytes
 //! reading  = ts i64 | device u32 | tag u32 | value f64       -- 24 bytes
 //! ```
+//!
+//! Version 2 (written since issue 16) adds `meta` to every record: the wall
+//! time of the append (nanoseconds since the Unix epoch, from the log's
+//! clock) and the batch's idempotency key, if it has one, with the first 16
+//! bytes of the SHA-256 of its `payload`. The key travels with the batch, so
+//! deduplication survives a crash and a restart; the digest tells a retry
+//! of the same batch from a different batch under a reused key. A batch
+//! without a key costs 10 bytes more than in version 1. A segment's records
+//! all have its header's version; version 1 segments are still read (their
+//! batches have no key and no time), and the log never appends to one: on
+//! open, a version 1 active segment is closed (or, if empty, started again)
+//! so that new records go to a version 2 segment.
 //!
 //! `crc` is the CRC-32 (IEEE, as computed by `crc32fast`) of `body`, so a
 //! record whose length field, sequence number or any payload byte was torn
@@ -33,8 +47,14 @@ use crate::{Reading, Seq};
 
 /// The magic bytes that open every segment.
 pub const MAGIC: [u8; 8] = *b"FSINGLOG";
-/// The format version this crate writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this crate writes.
+pub const VERSION: u32 = 2;
+/// The first format version, still read: records without `meta`.
+pub const VERSION_1: u32 = 1;
+/// The longest idempotency key, in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+/// Bytes of the payload digest stored with a key.
+pub const DIGEST_LEN: usize = 16;
 /// Size of the segment header in bytes.
 pub const HEADER_LEN: usize = 24;
 /// Size of a record's framing (length and CRC) in bytes.
@@ -46,6 +66,19 @@ pub const MAX_BODY_LEN: usize = 256 << 20;
 const MIN_BODY_LEN: usize = 8 + 8;
 const READING_LEN: usize = 24;
 
+/// First bytes of the SHA-256 of a batch's encoded payload: the identity of
+/// a batch under its idempotency key.
+pub type Digest = [u8; DIGEST_LEN];
+
+/// A parsed segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The format version of the segment's records.
+    pub version: u32,
+    /// The sequence number of its first record.
+    pub first_seq: Seq,
+}
+
 /// The header bytes of a segment whose first record will carry `first_seq`.
 pub fn encode_header(first_seq: Seq) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
@@ -56,8 +89,8 @@ pub fn encode_header(first_seq: Seq) -> [u8; HEADER_LEN] {
     h
 }
 
-/// Parses a segment header and returns its `first_seq`.
-pub fn decode_header(bytes: &[u8]) -> Result<Seq, String> {
+/// Parses a segment header of a version this crate reads.
+pub fn decode_header(bytes: &[u8]) -> Result<Header, String> {
     if bytes.len() < HEADER_LEN {
         return Err(format!(
             "file is {} bytes, shorter than the {HEADER_LEN}-byte header",
@@ -68,16 +101,19 @@ pub fn decode_header(bytes: &[u8]) -> Result<Seq, String> {
         return Err("wrong magic, not an ingest log segment".into());
     }
     let version = u32_at(bytes, 8);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(format!(
-            "format version {version}, this build reads version {VERSION}"
+            "format version {version}, this build reads versions {VERSION_1} and {VERSION}"
         ));
     }
     let flags = u32_at(bytes, 12);
     if flags != 0 {
         return Err(format!("unknown flags {flags:#x}"));
     }
-    Ok(u64_at(bytes, 16))
+    Ok(Header {
+        version,
+        first_seq: u64_at(bytes, 16),
+    })
 }
 
 /// A batch encoded on the appender's thread, ready for the writer to frame.
@@ -86,13 +122,19 @@ pub fn decode_header(bytes: &[u8]) -> Result<Seq, String> {
 /// writer thread, so that work is spread over the appenders' cores and the
 /// writer only copies bytes.
 pub struct EncodedBatch {
-    /// The payload (everything after the sequence number).
+    /// Everything after the sequence number: `meta` and `payload`.
     pub payload: Vec<u8>,
     /// CRC state over `payload`, combined with the sequence number's CRC by
     /// the writer once the sequence number is known.
     pub payload_crc: crc32fast::Hasher,
     /// Number of readings in the batch.
     pub readings: usize,
+    /// The idempotency key, if any.
+    pub key: Option<Box<str>>,
+    /// The digest of the payload, computed only when there is a key.
+    pub digest: Option<Digest>,
+    /// The wall time of the append, nanoseconds since the Unix epoch.
+    pub time_ns: i64,
 }
 
 impl EncodedBatch {
@@ -102,9 +144,52 @@ impl EncodedBatch {
     }
 }
 
-/// Encodes `readings` as a payload. Fails only if the batch would exceed
-/// [`MAX_BODY_LEN`] or count fields would overflow `u32`.
-pub fn encode_payload(readings: &[Reading]) -> Result<EncodedBatch, usize> {
+/// Encodes a version 2 record's `meta` and `payload`. Fails only if the
+/// batch would exceed [`MAX_BODY_LEN`] or count fields would overflow
+/// `u32`. The key must be at most [`MAX_KEY_LEN`] bytes (the caller checks
+/// it; a longer one panics).
+pub fn encode_batch(
+    key: Option<&str>,
+    time_ns: i64,
+    readings: &[Reading],
+) -> Result<EncodedBatch, usize> {
+    let key_len = key.map_or(0, str::len);
+    assert!(key_len <= MAX_KEY_LEN, "idempotency key too long");
+    let meta_len = 8 + 2 + key_len + if key.is_some() { DIGEST_LEN } else { 0 };
+    let mut payload = encode_readings(meta_len, readings)?;
+    payload[0..8].copy_from_slice(&time_ns.to_le_bytes());
+    payload[8..10].copy_from_slice(&(key_len as u16).to_le_bytes());
+    let digest = key.map(|k| {
+        // Only batches with a key pay for the hash.
+        let d = digest(&payload[meta_len..]);
+        payload[10..10 + key_len].copy_from_slice(k.as_bytes());
+        payload[10 + key_len..meta_len].copy_from_slice(&d);
+        d
+    });
+    let mut payload_crc = crc32fast::Hasher::new();
+    payload_crc.update(&payload);
+    Ok(EncodedBatch {
+        payload,
+        payload_crc,
+        readings: readings.len(),
+        key: key.map(Box::from),
+        digest,
+        time_ns,
+    })
+}
+
+/// The digest of an encoded payload.
+pub fn digest(payload: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    let full = sha2::Sha256::digest(payload);
+    let mut d = [0u8; DIGEST_LEN];
+    d.copy_from_slice(&full[..DIGEST_LEN]);
+    d
+}
+
+/// Encodes `readings` as a payload after `reserve` zero bytes (room for
+/// `meta`). Fails with the body length if it would exceed [`MAX_BODY_LEN`].
+fn encode_readings(reserve: usize, readings: &[Reading]) -> Result<Vec<u8>, usize> {
     let mut strings: Vec<&str> = Vec::new();
     let mut ids: Vec<(u32, u32)> = Vec::with_capacity(readings.len());
     let mut string_bytes = 0usize;
@@ -125,11 +210,12 @@ pub fn encode_payload(readings: &[Reading]) -> Result<EncodedBatch, usize> {
         let t = intern_str(&mut index, &mut strings, &mut string_bytes, &r.tag);
         ids.push((d, t));
     }
-    let len = 8 + string_bytes + READING_LEN * readings.len();
+    let len = reserve + 8 + string_bytes + READING_LEN * readings.len();
     if len + 8 > MAX_BODY_LEN || readings.len() > u32::MAX as usize {
         return Err(len + 8);
     }
     let mut payload = Vec::with_capacity(len);
+    payload.resize(reserve, 0);
     payload.extend_from_slice(&(readings.len() as u32).to_le_bytes());
     payload.extend_from_slice(&(strings.len() as u32).to_le_bytes());
     for s in &strings {
@@ -144,13 +230,7 @@ pub fn encode_payload(readings: &[Reading]) -> Result<EncodedBatch, usize> {
         rec[16..24].copy_from_slice(&r.value.to_bits().to_le_bytes());
         payload.extend_from_slice(&rec);
     }
-    let mut payload_crc = crc32fast::Hasher::new();
-    payload_crc.update(&payload);
-    Ok(EncodedBatch {
-        payload,
-        payload_crc,
-        readings: readings.len(),
-    })
+    Ok(payload)
 }
 
 fn intern_str<'a>(
@@ -252,6 +332,49 @@ pub fn read_record(data: &[u8], pos: usize) -> Result<Option<RawRecord<'_>>, Rec
     }))
 }
 
+/// What a version 2 record says besides its readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta<'a> {
+    /// Wall time of the append, nanoseconds since the Unix epoch; `None` in
+    /// version 1.
+    pub time_ns: Option<i64>,
+    /// The idempotency key, if the batch had one.
+    pub key: Option<&'a str>,
+    /// The digest of the payload, present with a key.
+    pub digest: Option<Digest>,
+}
+
+/// Splits what follows a record's sequence number into its `meta` and its
+/// `payload`, according to the segment's format `version`.
+pub fn split_meta(version: u32, body: &[u8]) -> Result<(Meta<'_>, &[u8]), String> {
+    if version == VERSION_1 {
+        return Ok((Meta::default(), body));
+    }
+    let mut cur = Cursor { buf: body, pos: 0 };
+    let time_ns = u64_at(cur.take(8)?, 0) as i64;
+    let key_len = cur.u16()? as usize;
+    if key_len > MAX_KEY_LEN {
+        return Err(format!(
+            "idempotency key of {key_len} bytes, longer than {MAX_KEY_LEN}"
+        ));
+    }
+    let (key, digest) = if key_len == 0 {
+        (None, None)
+    } else {
+        let key = std::str::from_utf8(cur.take(key_len)?)
+            .map_err(|e| format!("idempotency key is not UTF-8: {e}"))?;
+        let mut d = [0u8; DIGEST_LEN];
+        d.copy_from_slice(cur.take(DIGEST_LEN)?);
+        (Some(key), Some(d))
+    };
+    let meta = Meta {
+        time_ns: Some(time_ns),
+        key,
+        digest,
+    };
+    Ok((meta, &body[cur.pos..]))
+}
+
 /// Decodes a payload into readings, checking every index and length.
 pub fn decode_payload(payload: &[u8]) -> Result<Vec<Reading>, String> {
     let mut cur = Cursor {
@@ -320,6 +443,11 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32_at(self.take(4)?, 0))
     }
@@ -353,7 +481,11 @@ mod tests {
     }
 
     fn framed(seq: Seq, readings: &[Reading]) -> Vec<u8> {
-        let enc = encode_payload(readings).expect("encodes");
+        framed_keyed(seq, None, readings)
+    }
+
+    fn framed_keyed(seq: Seq, key: Option<&str>, readings: &[Reading]) -> Vec<u8> {
+        let enc = encode_batch(key, 1_700_000_000_123_456_789, readings).expect("encodes");
         let mut out = Vec::new();
         frame_record(&mut out, seq, &enc);
         assert_eq!(out.len(), enc.record_len());
@@ -367,7 +499,10 @@ mod tests {
         let rec = read_record(&bytes, 0).expect("valid").expect("present");
         assert_eq!(rec.seq, 42);
         assert_eq!(rec.end, bytes.len());
-        let back = decode_payload(rec.payload).expect("decodes");
+        let (meta, payload) = split_meta(VERSION, rec.payload).expect("meta");
+        assert_eq!(meta.time_ns, Some(1_700_000_000_123_456_789));
+        assert_eq!((meta.key, meta.digest), (None, None));
+        let back = decode_payload(payload).expect("decodes");
         assert_eq!(back.len(), readings.len());
         for (a, b) in readings.iter().zip(&back) {
             assert_eq!((a.ts, &a.device, &a.tag), (b.ts, &b.device, &b.tag));
@@ -381,20 +516,24 @@ mod tests {
         let readings: Vec<_> = (0..1000)
             .map(|i| Reading::new(i, "a-long-device-name", "a-long-tag-name", 1.0))
             .collect();
-        let enc = encode_payload(&readings).expect("encodes");
-        assert_eq!(enc.payload.len(), 8 + 4 + 18 + 4 + 15 + 1000 * READING_LEN);
+        let enc = encode_batch(None, 0, &readings).expect("encodes");
+        assert_eq!(
+            enc.payload.len(),
+            10 + 8 + 4 + 18 + 4 + 15 + 1000 * READING_LEN
+        );
     }
 
     #[test]
     fn empty_batch_round_trips() {
         let bytes = framed(0, &[]);
         let rec = read_record(&bytes, 0).expect("valid").expect("present");
-        assert!(decode_payload(rec.payload).expect("decodes").is_empty());
+        let (_, payload) = split_meta(VERSION, rec.payload).expect("meta");
+        assert!(decode_payload(payload).expect("decodes").is_empty());
     }
 
     #[test]
     fn every_flipped_bit_is_detected() {
-        let bytes = framed(7, &sample());
+        let bytes = framed_keyed(7, Some("retry-me"), &sample());
         for i in 0..bytes.len() {
             for bit in 0..8 {
                 let mut b = bytes.clone();
@@ -412,7 +551,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_incomplete() {
-        let bytes = framed(7, &sample());
+        let bytes = framed_keyed(7, Some("retry-me"), &sample());
         for cut in 1..bytes.len() {
             assert!(
                 matches!(
@@ -426,11 +565,18 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_refused_not_panicking() {
-        let enc = encode_payload(&sample()).expect("encodes");
-        for cut in 0..enc.payload.len() {
-            assert!(decode_payload(&enc.payload[..cut]).is_err(), "cut at {cut}");
+        let enc = encode_batch(Some("k"), 0, &sample()).expect("encodes");
+        for cut in 0..10 + 1 + DIGEST_LEN {
+            assert!(
+                split_meta(VERSION, &enc.payload[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
-        let mut bad_index = enc.payload.clone();
+        let (_, payload) = split_meta(VERSION, &enc.payload).expect("meta");
+        for cut in 0..payload.len() {
+            assert!(decode_payload(&payload[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad_index = payload.to_vec();
         let n = bad_index.len();
         bad_index[n - 16..n - 12].copy_from_slice(&99u32.to_le_bytes());
         assert!(decode_payload(&bad_index)
@@ -439,15 +585,37 @@ mod tests {
     }
 
     #[test]
+    fn a_key_travels_with_its_batch_and_a_digest_of_its_readings() {
+        let bytes = framed_keyed(3, Some("client-42/ü"), &sample());
+        let rec = read_record(&bytes, 0).expect("valid").expect("present");
+        let (meta, payload) = split_meta(VERSION, rec.payload).expect("meta");
+        assert_eq!(meta.key, Some("client-42/ü"));
+        assert_eq!(meta.digest, Some(digest(payload)));
+        assert_eq!(decode_payload(payload).expect("decodes").len(), 4);
+        let same = encode_batch(Some("other"), 5, &sample()).expect("encodes");
+        assert_eq!(same.digest, meta.digest, "the digest covers readings only");
+        let mut changed = sample();
+        changed[0].value = 21.6;
+        let other = encode_batch(Some("client-42/ü"), 0, &changed).expect("encodes");
+        assert_ne!(other.digest, meta.digest);
+        // Version 1 bodies have no meta.
+        let (v1, rest) = split_meta(VERSION_1, payload).expect("v1");
+        assert_eq!((v1, rest), (Meta::default(), payload));
+    }
+
+    #[test]
     fn header_round_trip_and_refusals() {
         let h = encode_header(123);
-        assert_eq!(decode_header(&h), Ok(123));
+        let header = |version, first_seq| Header { version, first_seq };
+        assert_eq!(decode_header(&h), Ok(header(2, 123)));
         assert!(decode_header(&h[..10]).is_err());
         let mut v = h;
-        v[8] = 2;
+        v[8] = 1;
+        assert_eq!(decode_header(&v), Ok(header(1, 123)));
+        v[8] = 3;
         assert!(decode_header(&v)
             .expect_err("version")
-            .contains("version 2"));
+            .contains("version 3"));
         let mut m = h;
         m[0] = b'X';
         assert!(decode_header(&m).is_err());

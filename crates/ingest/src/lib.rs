@@ -20,7 +20,18 @@
 //! * When `append` returns an error, the batch may or may not be in the log:
 //!   a write may have reached the disk before a later step failed. A caller
 //!   that retries may therefore store a batch twice, unless it gives the
-//!   batch an idempotency key (see below).
+//!   batch an idempotency key ([`Log::append_keyed`], below).
+//! * A batch appended with an idempotency key is stored at most once within
+//!   the horizon ([`LogConfig::idempotency_horizon_secs`], from its first
+//!   append, by the log's wall clock): a resend with the same key and the
+//!   same readings is answered with the first append's sequence number and
+//!   `duplicate: true` and writes nothing, also when appends of one key
+//!   race, after a crash and [`Log::open`], and after
+//!   [`Log::remove_segment`] removed the batch's segment. The key is part
+//!   of the batch's record, so it is exactly as durable as the batch: a key
+//!   is only remembered for a batch that was made durable. Past the horizon,
+//!   or once [`LogConfig::idempotency_max_keys`] newer keys pushed it out,
+//!   the key is forgotten and a resend is stored again.
 //! * A failed write, `fdatasync` or segment roll makes the log *unwritable*
 //!   ([`Log::health`]); appends are then refused at once with
 //!   [`LogError::Unavailable`], which means "retry later". The log recovers
@@ -48,6 +59,17 @@
 //!   sequence number identifies a batch only once it was acknowledged.
 //! * Order: batches are replayed in sequence-number order, which is the order
 //!   in which the writer took them; appends from one thread keep their order.
+//!
+//! # Idempotency keys
+//!
+//! Deduplication happens on the writer thread, which alone assigns sequence
+//! numbers, so there is no window between "not seen" and "stored" for a
+//! second append of the same key to slip through. The index of recent keys
+//! is in memory, bounded by the horizon and a maximum count (the
+//! crate's `keys` module); [`Log::open`] rebuilds it from the segments and from a
+//! small keys file that [`Log::remove_segment`] writes (atomically) before
+//! deleting a segment that holds live keys. Appends without a key skip all
+//! of it: they pay 10 bytes per record and one clock read.
 //!
 //! # Group commit
 //!
@@ -81,6 +103,13 @@
 //! began, any bad record is [`LogError::Corrupt`] with the file and offset,
 //! raised by [`Log::replay`].
 //!
+//! The same reasoning makes the in-place recovery after a failed write
+//! (above) safe: it cuts the active segment at the extent of the last
+//! successful `fdatasync`. Everything acknowledged lies before that point;
+//! everything after it was answered with an error, so cutting it is what
+//! `open` is allowed to do after a crash, and no later record is written
+//! until the cut is durable.
+//!
 //! # Format
 //!
 //! See the [`format`](mod@format) module for the byte layout of segments and records.
@@ -88,10 +117,12 @@
 
 mod error;
 pub mod format;
+mod keys;
 mod log;
 
 pub use error::{LogError, Result};
-pub use log::{Batch, Health, Log, LogConfig, LogStats, Recovery, Replay, SegmentInfo};
+pub use keys::{Clock, SystemClock, KEYS_FILE};
+pub use log::{Appended, Batch, Health, Log, LogConfig, LogStats, Recovery, Replay, SegmentInfo};
 
 /// Sequence number of a batch in the log.
 pub type Seq = u64;

@@ -1,7 +1,7 @@
 //! The log: opening and recovery, the group-commit writer thread, segment
 //! rolling, listing and removal, and replay.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{LogError, Result};
 use crate::format::{self, EncodedBatch, RecordFault, HEADER_LEN};
+use crate::keys::{self, Clock, KeyEntry, KeyIndex, SystemClock};
 use crate::{Reading, Seq};
 
 /// Settings of the ingest log.
@@ -40,6 +41,20 @@ pub struct LogConfig {
     /// at once. Default 500: recovery follows freed space within half a
     /// second, while a full disk sees at most two probe writes per second.
     pub recovery_interval_ms: u64,
+    /// How long an idempotency key is remembered, in seconds of wall time
+    /// from the append that stored its batch: a batch resent with the same
+    /// key within this time is acknowledged again without being stored
+    /// again ([`Log::append_keyed`]). Default 3600 (one hour): long enough
+    /// for clients retrying with backoff, a restart or an outage of the
+    /// server in between, and a Kafka consumer resuming from its last
+    /// committed offset; short enough that the keys of a busy log fit in
+    /// memory. 0 turns deduplication off (keys are still stored).
+    pub idempotency_horizon_secs: u64,
+    /// At most this many keys are remembered; beyond it the oldest are
+    /// forgotten before their horizon (counted in
+    /// [`LogStats::keys_evicted`]). Default 250,000: about 40 MB at most
+    /// with 36-byte keys, only reached when clients send keys.
+    pub idempotency_max_keys: usize,
 }
 
 impl Default for LogConfig {
@@ -49,6 +64,8 @@ impl Default for LogConfig {
             max_group_bytes: 8 << 20,
             max_wait_us: 0,
             recovery_interval_ms: 500,
+            idempotency_horizon_secs: 3600,
+            idempotency_max_keys: 250_000,
         }
     }
 }
@@ -78,6 +95,13 @@ pub struct Recovery {
     pub reason: Option<String>,
     /// The sequence number the next appended batch will get.
     pub next_seq: Seq,
+    /// Idempotency keys within the horizon found in the keys file and the
+    /// segments.
+    pub keys_loaded: usize,
+    /// Why the keys file of removed segments was not used, if it could not
+    /// be read (the log opens anyway; those keys' retries may be stored
+    /// again).
+    pub keys_file_error: Option<String>,
 }
 
 /// Counters of the log since it was opened.
@@ -105,6 +129,16 @@ pub struct LogStats {
     pub recoveries: u64,
     /// Recovery attempts that failed (the disk was still full or broken).
     pub failed_recoveries: u64,
+    /// Keyed appends answered as duplicates, without storing them again.
+    pub duplicates: u64,
+    /// Keyed appends refused because their key was used for a different
+    /// batch ([`LogError::KeyReused`]).
+    pub key_conflicts: u64,
+    /// Keys forgotten before their horizon to stay within
+    /// [`LogConfig::idempotency_max_keys`].
+    pub keys_evicted: u64,
+    /// Keys remembered now (a gauge, not a counter).
+    pub keys: u64,
 }
 
 #[derive(Default)]
@@ -119,6 +153,10 @@ struct Counters {
     write_failures: AtomicU64,
     recoveries: AtomicU64,
     failed_recoveries: AtomicU64,
+    duplicates: AtomicU64,
+    key_conflicts: AtomicU64,
+    keys_evicted: AtomicU64,
+    keys: AtomicU64,
 }
 
 /// Whether the log can write, from [`Log::health`].
@@ -166,6 +204,16 @@ struct Shared {
     retry_after: Duration,
     state: Mutex<State>,
     counters: Counters,
+    clock: Arc<dyn Clock>,
+    /// Locked by the writer only for groups that hold a key, and by
+    /// `remove_segment`.
+    keys: Mutex<KeyIndex>,
+    /// Serializes `remove_segment` calls (each may rewrite the keys file).
+    removing: Mutex<()>,
+    /// Non-zero when the keys file lacks live keys of batches before this
+    /// sequence number (it could not be written on a full disk): the next
+    /// removal rewrites it.
+    keys_file_stale_upto: AtomicU64,
 }
 
 impl Shared {
@@ -174,11 +222,31 @@ impl Shared {
         // even if a holder panicked.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn keys(&self) -> MutexGuard<'_, KeyIndex> {
+        // Each index operation leaves it consistent.
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now_ns(&self) -> i64 {
+        keys::unix_ns(self.clock.now())
+    }
+}
+
+/// The answer to [`Log::append_keyed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The batch's sequence number; for a duplicate, the number the batch
+    /// got when it was first stored.
+    pub seq: Seq,
+    /// The key was seen within the horizon with the same readings: nothing
+    /// was written, the batch is durable under `seq` since its first append.
+    pub duplicate: bool,
 }
 
 struct Request {
     batch: EncodedBatch,
-    reply: SyncSender<Result<Seq>>,
+    reply: SyncSender<Result<Appended>>,
 }
 
 /// What the writer thread is asked to do.
@@ -265,28 +333,44 @@ fn read_file(path: &Path, limit: Option<u64>) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-fn check_header(path: &Path, data: &[u8], name_seq: Seq) -> Result<()> {
-    let first = format::decode_header(data).map_err(|reason| LogError::BadHeader {
+fn check_header(path: &Path, data: &[u8], name_seq: Seq) -> Result<format::Header> {
+    let header = format::decode_header(data).map_err(|reason| LogError::BadHeader {
         path: path.to_owned(),
         reason,
     })?;
-    if first != name_seq {
+    if header.first_seq != name_seq {
         return Err(LogError::BadHeader {
             path: path.to_owned(),
-            reason: format!("header says first seq {first}, file name says {name_seq}"),
+            reason: format!(
+                "header says first seq {}, file name says {name_seq}",
+                header.first_seq
+            ),
         });
     }
-    Ok(())
+    Ok(header)
 }
 
 impl Log {
     /// Opens the log in `dir` (created if missing), running recovery: a torn
     /// record at the end of the last segment, and anything after it, is cut
-    /// away (see [`Log::recovery`]). Starts the writer thread.
+    /// away (see [`Log::recovery`]). Loads the idempotency keys within the
+    /// horizon (from the keys file, then from the segments, newest first,
+    /// until one holds only batches past the horizon). Starts the writer
+    /// thread. Reads wall time from the system clock.
     ///
     /// Only one `Log` may have a directory open at a time; this is not
     /// checked.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        Log::open_with_clock(dir, config, Arc::new(SystemClock))
+    }
+
+    /// [`Log::open`] with the wall clock to use for the times recorded with
+    /// batches and the age of idempotency keys (tests move it).
+    pub fn open_with_clock(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Log> {
         let dir = dir.as_ref().to_owned();
         fs::create_dir_all(&dir).map_err(|e| LogError::io("create directory", &dir, e))?;
         let counters = Counters::default();
@@ -307,17 +391,62 @@ impl Log {
                 bytes,
             });
         }
-        let (file, path, first_seq, len, next_seq) = match segments.last() {
+        let mut index = KeyIndex::new(config.idempotency_horizon_secs, config.idempotency_max_keys);
+        let now_ns = keys::unix_ns(clock.now());
+        let mut found: Vec<(String, KeyEntry)> = Vec::new();
+        let (mut file, mut path, mut first_seq, mut len, next_seq, version) = match segments.last()
+        {
             None => {
                 let (file, path) = create_segment(&dir, 0)?;
                 counters.segments_created.fetch_add(1, Ordering::Relaxed);
-                (file, path, 0, HEADER_LEN as u64, 0)
+                (file, path, 0, HEADER_LEN as u64, 0, format::VERSION)
             }
             Some((first_seq, path)) => {
-                let (file, len, next) = recover_last(&dir, path, *first_seq, &mut recovery)?;
-                (file, path.clone(), *first_seq, len, next)
+                let (file, len, next, version) =
+                    recover_last(&dir, path, *first_seq, &mut recovery, &mut found)?;
+                (file, path.clone(), *first_seq, len, next, version)
             }
         };
+        if version != format::VERSION {
+            // A segment's records all have its header's version: new
+            // records go to a new segment (or a fresh start of this one).
+            if len > HEADER_LEN as u64 {
+                closed.push(SegmentInfo {
+                    path: path.clone(),
+                    first_seq,
+                    end_seq: next_seq,
+                    bytes: len,
+                });
+                first_seq = next_seq;
+                counters.segments_created.fetch_add(1, Ordering::Relaxed);
+            }
+            (file, path) = create_segment(&dir, first_seq)?;
+            len = HEADER_LEN as u64;
+        }
+        for seg in closed.iter().rev() {
+            if !scan_keys(seg, |t| index.is_live(t, now_ns), &mut found) {
+                break;
+            }
+        }
+        match keys::read_keys_file(&dir) {
+            Ok(saved) => found.extend(saved),
+            Err(why) => {
+                tracing::warn!(error = %why, "ingest log: ignoring the idempotency keys file; retries of batches in removed segments may be stored again");
+                recovery.keys_file_error = Some(why);
+            }
+        }
+        // In sequence order, so the newest batch of a key wins; a key in
+        // both the file and its segment counts once.
+        found.retain(|(_, e)| e.seq < next_seq && index.is_live(e.time_ns, now_ns));
+        found.sort_unstable_by(|a, b| (a.1.seq, &a.0).cmp(&(b.1.seq, &b.0)));
+        found.dedup_by(|a, b| a.1.seq == b.1.seq && a.0 == b.0);
+        let mut evicted = 0;
+        for (key, entry) in &found {
+            evicted += index.insert(key, *entry, now_ns);
+        }
+        counters.keys_evicted.store(evicted, Ordering::Relaxed);
+        counters.keys.store(index.len() as u64, Ordering::Relaxed);
+        recovery.keys_loaded = index.len();
         recovery.next_seq = next_seq;
         let retry_after = Duration::from_millis(config.recovery_interval_ms);
         let shared = Arc::new(Shared {
@@ -331,6 +460,10 @@ impl Log {
                 unwritable: None,
             }),
             counters,
+            clock,
+            keys: Mutex::new(index),
+            removing: Mutex::new(()),
+            keys_file_stale_upto: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
         let mut writer = Writer {
@@ -343,7 +476,7 @@ impl Log {
             next_seq,
             durable_next: next_seq,
             buf: Vec::new(),
-            seqs: Vec::new(),
+            plans: Vec::new(),
             broken: false,
             last_attempt: Instant::now(),
             failed_write_len: 0,
@@ -361,24 +494,50 @@ impl Log {
     }
 
     /// Appends `readings` as one batch and returns its sequence number once
-    /// the batch is durable (written and covered by an fdatasync).
+    /// the batch is durable (written and covered by an fdatasync). The same
+    /// as [`Log::append_keyed`] without a key.
     ///
     /// Blocks the calling thread until then; from async code call it through
     /// `tokio::task::spawn_blocking`. Encoding and checksumming run on the
     /// calling thread. An error means the batch may or may not be on disk
     /// (see the crate documentation).
     pub fn append(&self, readings: &[Reading]) -> Result<Seq> {
-        let res = self.append_inner(readings);
+        self.append_keyed(None, readings).map(|a| a.seq)
+    }
+
+    /// Appends `readings` as one batch under an optional idempotency key,
+    /// and answers once the batch is durable, like [`Log::append`].
+    ///
+    /// A key makes a retry safe. If a batch with the same key and the same
+    /// readings was stored within [`LogConfig::idempotency_horizon_secs`]
+    /// (counted from its first append, by the log's wall clock), nothing is
+    /// written and the answer is that batch's `seq` with
+    /// [`Appended::duplicate`] set; this also holds across restarts and
+    /// after the batch's segment was removed, and for concurrent appends
+    /// of one key (one stores, the others are duplicates of it). The same
+    /// key with different readings is refused with
+    /// [`LogError::KeyReused`]. A key must be 1 to
+    /// [`MAX_KEY_LEN`](format::MAX_KEY_LEN) bytes without control
+    /// characters ([`LogError::BadKey`]). A duplicate is answered even while
+    /// the log cannot write. Only keyed appends pay for the digest (a
+    /// SHA-256 of the encoded batch, on the calling thread).
+    pub fn append_keyed(&self, key: Option<&str>, readings: &[Reading]) -> Result<Appended> {
+        let res = self.append_inner(key, readings);
         if res.is_err() {
             self.shared.counters.failed.fetch_add(1, Ordering::Relaxed);
         }
         res
     }
 
-    fn append_inner(&self, readings: &[Reading]) -> Result<Seq> {
-        let batch = format::encode_payload(readings).map_err(|bytes| LogError::BatchTooLarge {
-            bytes,
-            max: format::MAX_BODY_LEN,
+    fn append_inner(&self, key: Option<&str>, readings: &[Reading]) -> Result<Appended> {
+        if let Some(key) = key {
+            keys::check_key(key)?;
+        }
+        let batch = format::encode_batch(key, self.shared.now_ns(), readings).map_err(|bytes| {
+            LogError::BatchTooLarge {
+                bytes,
+                max: format::MAX_BODY_LEN,
+            }
         })?;
         let (reply, answer) = mpsc::sync_channel(1);
         let closed = || LogError::WriterStopped("its channel is closed".into());
@@ -458,6 +617,10 @@ impl Log {
             write_failures: c.write_failures.load(Ordering::Relaxed),
             recoveries: c.recoveries.load(Ordering::Relaxed),
             failed_recoveries: c.failed_recoveries.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            key_conflicts: c.key_conflicts.load(Ordering::Relaxed),
+            keys_evicted: c.keys_evicted.load(Ordering::Relaxed),
+            keys: c.keys.load(Ordering::Relaxed),
         }
     }
 
@@ -476,21 +639,67 @@ impl Log {
     /// Deletes the closed segment that starts at `first_seq` (after its
     /// readings were compacted elsewhere), and makes the deletion durable.
     /// The active segment cannot be removed.
+    ///
+    /// If the segment holds idempotency keys within the horizon, the live
+    /// keys of it and of every older batch are first saved to the keys file
+    /// (atomically: temporary file, fsync, rename, fsync of the directory),
+    /// so retries are still recognised after a restart. On a full disk the
+    /// segment is deleted first (that frees space) and the file written
+    /// after; if that still fails the keys stay in memory, the next removal
+    /// saves them, and only a restart in between would forget them (logged).
     pub fn remove_segment(&self, first_seq: Seq) -> Result<()> {
-        let mut state = self.shared.state();
-        if state.active_first_seq == first_seq {
-            return Err(LogError::ActiveSegment(first_seq));
+        let _one_at_a_time = self
+            .shared
+            .removing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (path, end_seq) = {
+            let state = self.shared.state();
+            if state.active_first_seq == first_seq {
+                return Err(LogError::ActiveSegment(first_seq));
+            }
+            let seg = state
+                .closed
+                .iter()
+                .find(|s| s.first_seq == first_seq)
+                .ok_or(LogError::NoSuchSegment(first_seq))?;
+            (seg.path.clone(), seg.end_seq)
+        };
+        let dir = &self.shared.dir;
+        let stale_upto = self.shared.keys_file_stale_upto.load(Ordering::Relaxed);
+        let now = self.shared.now_ns();
+        let keep = {
+            let index = self.shared.keys();
+            (stale_upto > 0 || index.any_in(first_seq, end_seq, now))
+                .then(|| index.live_before(end_seq.max(stale_upto), now))
+        };
+        let mut deferred = false;
+        if let Some(keep) = &keep {
+            match keys::write_keys_file(dir, keep) {
+                Ok(()) => self.shared.keys_file_stale_upto.store(0, Ordering::Relaxed),
+                Err(e) if describe(&e).1 => deferred = true,
+                Err(e) => return Err(e),
+            }
         }
-        let i = state
-            .closed
-            .iter()
-            .position(|s| s.first_seq == first_seq)
-            .ok_or(LogError::NoSuchSegment(first_seq))?;
-        let path = state.closed[i].path.clone();
         fs::remove_file(&path).map_err(|e| LogError::io("remove", &path, e))?;
-        state.closed.remove(i);
-        drop(state);
-        sync_dir(&self.shared.dir)
+        self.shared
+            .state()
+            .closed
+            .retain(|s| s.first_seq != first_seq);
+        sync_dir(dir)?;
+        if let (true, Some(keep)) = (deferred, &keep) {
+            // The segment's space is free now, so a second try usually fits.
+            match keys::write_keys_file(dir, keep) {
+                Ok(()) => self.shared.keys_file_stale_upto.store(0, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ingest log: could not save the idempotency keys of a removed segment; they stay in memory and the next removal saves them, a restart before then forgets them");
+                    self.shared
+                        .keys_file_stale_upto
+                        .store(end_seq.max(stale_upto), Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads back every durable batch with a sequence number `>= from_seq`,
@@ -525,13 +734,15 @@ impl Log {
 }
 
 /// Scans the last segment, cuts a torn tail, and opens it for appending.
-/// Returns the file, its length and the next sequence number.
+/// Returns the file, its length, the next sequence number and the
+/// segment's format version, and adds the keys of its records to `keys`.
 fn recover_last(
     dir: &Path,
     path: &Path,
     first_seq: Seq,
     recovery: &mut Recovery,
-) -> Result<(File, u64, Seq)> {
+    keys: &mut Vec<(String, KeyEntry)>,
+) -> Result<(File, u64, Seq, u32)> {
     let data = read_file(path, None)?;
     if data.len() < HEADER_LEN {
         // A crash while the segment was being created: its header was never
@@ -541,9 +752,9 @@ fn recover_last(
         recovery.truncated_bytes = data.len() as u64;
         recovery.reason = Some("torn segment header".into());
         let (file, _) = create_segment(dir, first_seq)?;
-        return Ok((file, HEADER_LEN as u64, first_seq));
+        return Ok((file, HEADER_LEN as u64, first_seq, format::VERSION));
     }
-    check_header(path, &data, first_seq)?;
+    let version = check_header(path, &data, first_seq)?.version;
     let mut pos = HEADER_LEN;
     let mut expected = first_seq;
     loop {
@@ -559,6 +770,16 @@ fn recover_last(
                             rec.seq
                         ),
                     });
+                }
+                let (meta, _) = format::split_meta(version, rec.payload).map_err(|reason| {
+                    LogError::Corrupt {
+                        path: path.to_owned(),
+                        offset: pos as u64,
+                        reason,
+                    }
+                })?;
+                if let Some(entry) = key_entry(rec.seq, &meta) {
+                    keys.push(entry);
                 }
                 expected += 1;
                 pos = rec.end;
@@ -599,7 +820,82 @@ fn recover_last(
     let mut file = file;
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(pos as u64))
         .map_err(|e| LogError::io("seek", path, e))?;
-    Ok((file, pos as u64, expected))
+    Ok((file, pos as u64, expected, version))
+}
+
+/// The key of a record, if it has one.
+fn key_entry(seq: Seq, meta: &format::Meta<'_>) -> Option<(String, KeyEntry)> {
+    match (meta.key, meta.digest, meta.time_ns) {
+        (Some(key), Some(digest), Some(time_ns)) => Some((
+            key.to_owned(),
+            KeyEntry {
+                seq,
+                time_ns,
+                digest,
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// Adds the live keys of a closed segment to `keys`. Returns whether older
+/// segments may hold live keys too: not once this one holds only batches
+/// past the horizon (times grow with sequence numbers, as long as the
+/// clock is not set back), nor before version 2. A damaged segment is
+/// scanned up to the damage (replay reports it).
+fn scan_keys(
+    seg: &SegmentInfo,
+    live: impl Fn(i64) -> bool,
+    keys: &mut Vec<(String, KeyEntry)>,
+) -> bool {
+    let warn = |e: &dyn std::fmt::Display| {
+        tracing::warn!(path = %seg.path.display(), error = %e, "ingest log: cannot read idempotency keys from a segment");
+    };
+    let data = match read_file(&seg.path, None) {
+        Ok(d) => d,
+        Err(e) => {
+            warn(&e);
+            return false;
+        }
+    };
+    let version = match check_header(&seg.path, &data, seg.first_seq) {
+        Ok(h) => h.version,
+        Err(e) => {
+            warn(&e);
+            return false;
+        }
+    };
+    if version == format::VERSION_1 {
+        return false;
+    }
+    let mut newest: Option<i64> = None;
+    let mut pos = HEADER_LEN;
+    loop {
+        let rec = match format::read_record(&data, pos) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => break,
+            Err(fault) => {
+                warn(&fault.reason());
+                break;
+            }
+        };
+        match format::split_meta(version, rec.payload) {
+            Ok((meta, _)) => {
+                newest = newest.max(meta.time_ns);
+                if let Some((key, entry)) = key_entry(rec.seq, &meta) {
+                    if live(entry.time_ns) {
+                        keys.push((key, entry));
+                    }
+                }
+            }
+            Err(e) => {
+                warn(&e);
+                break;
+            }
+        }
+        pos = rec.end;
+    }
+    newest.is_none_or(live)
 }
 
 fn health_of(u: Option<&Unwritable>, retry_after: Duration) -> Health {
@@ -638,6 +934,23 @@ const MAX_PROBE_BYTES: usize = 1 << 20;
 /// so a zero [`LogConfig::recovery_interval_ms`] cannot make it spin.
 const MIN_TIMER: Duration = Duration::from_millis(10);
 
+/// What the writer does with one request of a group.
+enum Plan {
+    /// To be written (or not reached, if the group failed before it).
+    Write,
+    /// Framed with this sequence number: durable if it is below
+    /// `Writer::durable_next`.
+    Written(Seq),
+    /// A duplicate of the durable batch with this sequence number.
+    Duplicate(Seq),
+    /// A duplicate of request `i` of the same group: answered as that one.
+    DuplicateOf(usize),
+    /// The key of request `i` of the same group, with different readings.
+    ConflictWith(usize),
+    /// Refused before writing.
+    Refuse(LogError),
+}
+
 /// The writer thread: gathers queued batches, writes them with one write
 /// call and makes them durable with one fdatasync, then answers them all.
 ///
@@ -662,9 +975,9 @@ struct Writer {
     /// given out again.
     durable_next: Seq,
     buf: Vec<u8>,
-    /// The sequence number each request of the current group was framed
-    /// with (fewer than the group if a failure stopped the framing).
-    seqs: Vec<Seq>,
+    /// What to do with each request of the current group, and what was
+    /// done.
+    plans: Vec<Plan>,
     /// The log cannot write. Mirrors `State::unwritable`, which only this
     /// thread changes, so the hot path checks it without a lock.
     broken: bool,
@@ -778,51 +1091,168 @@ impl Writer {
 
     fn commit(&mut self, group: &mut Vec<Request>) {
         self.recover_if_due();
-        self.seqs.clear();
+        self.plans.clear();
+        let keyed = group.iter().any(|r| r.batch.key.is_some());
+        if keyed {
+            self.plan_keys(group);
+        } else {
+            self.plans.extend(group.iter().map(|_| Plan::Write));
+        }
+        let to_write = self.plans.iter().any(|p| matches!(p, Plan::Write));
         let failed = if self.broken {
-            true
+            to_write
+        } else if !to_write {
+            false
         } else if let Err(e) = self.write_group(group) {
             self.fail(e);
             true
         } else {
             false
         };
+        if keyed {
+            self.remember_keys(group);
+        }
         let c = &self.shared.counters;
-        if !failed {
+        if to_write && !failed {
             c.commits.fetch_add(1, Ordering::Relaxed);
         }
-        for (i, req) in group.drain(..).enumerate() {
-            match self.seqs.get(i) {
+        let durable = |plan: &Plan| match plan {
+            Plan::Written(seq) if *seq < self.durable_next => Some(*seq),
+            _ => None,
+        };
+        // A request that repeats another of its group gets that one's fate.
+        for (i, req) in group.iter().enumerate() {
+            let resolved = match self.plans[i] {
+                Plan::DuplicateOf(j) => Some(match durable(&self.plans[j]) {
+                    Some(seq) => Plan::Duplicate(seq),
+                    None => Plan::Write,
+                }),
+                Plan::ConflictWith(j) => Some(match durable(&self.plans[j]) {
+                    Some(seq) => Plan::Refuse(LogError::KeyReused {
+                        key: req.batch.key.as_deref().unwrap_or_default().into(),
+                        seq,
+                    }),
+                    None => Plan::Write,
+                }),
+                _ => None,
+            };
+            if let Some(plan) = resolved {
+                self.plans[i] = plan;
+            }
+        }
+        let mut plans = std::mem::take(&mut self.plans);
+        for (req, plan) in group.drain(..).zip(plans.drain(..)) {
+            let answer = match plan {
                 // Durable: also in a group that failed after a roll, whose
                 // records before the roll were synced. Answering them `Ok`
                 // is the truth, and spares their senders a retry.
-                Some(&seq) if seq < self.durable_next => {
+                Plan::Written(seq) if seq < self.durable_next => {
                     c.batches.fetch_add(1, Ordering::Relaxed);
                     c.readings
                         .fetch_add(req.batch.readings as u64, Ordering::Relaxed);
-                    // The appender may have gone away; its batch is durable
-                    // all the same.
-                    let _ = req.reply.send(Ok(seq));
+                    Ok(Appended {
+                        seq,
+                        duplicate: false,
+                    })
                 }
-                _ => {
-                    let _ = req.reply.send(Err(self.unavailable()));
+                Plan::Duplicate(seq) => {
+                    c.duplicates.fetch_add(1, Ordering::Relaxed);
+                    Ok(Appended {
+                        seq,
+                        duplicate: true,
+                    })
                 }
-            }
+                Plan::Refuse(e) => {
+                    if matches!(e, LogError::KeyReused { .. }) {
+                        c.key_conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e)
+                }
+                _ => Err(self.unavailable()),
+            };
+            // The appender may have gone away; a durable batch stays
+            // durable all the same.
+            let _ = req.reply.send(answer);
+        }
+        self.plans = plans;
+    }
+
+    /// Decides, for a group holding keyed requests, which requests are
+    /// duplicates (of a stored batch, or of an earlier request of the group)
+    /// and which reuse a key for different readings. Deduplicating here, on
+    /// the single writer thread, means two concurrent appends of one key can
+    /// never both be written.
+    fn plan_keys(&mut self, group: &[Request]) {
+        let now = self.shared.now_ns();
+        let index = self.shared.keys();
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for (i, req) in group.iter().enumerate() {
+            let (Some(key), Some(digest)) = (req.batch.key.as_deref(), req.batch.digest) else {
+                self.plans.push(Plan::Write);
+                continue;
+            };
+            let plan = if let Some(&j) = first.get(key) {
+                if group[j].batch.digest == Some(digest) {
+                    Plan::DuplicateOf(j)
+                } else {
+                    Plan::ConflictWith(j)
+                }
+            } else {
+                match index.get(key, now) {
+                    Some(e) if e.digest == digest => Plan::Duplicate(e.seq),
+                    Some(e) => Plan::Refuse(LogError::KeyReused {
+                        key: key.into(),
+                        seq: e.seq,
+                    }),
+                    None => {
+                        first.insert(key, i);
+                        Plan::Write
+                    }
+                }
+            };
+            self.plans.push(plan);
         }
     }
 
-    /// Writes the group, rolling segments as needed, and syncs, recording
-    /// each request's sequence number in `seqs`.
+    /// Remembers the keys of the group's batches that became durable.
+    fn remember_keys(&mut self, group: &[Request]) {
+        let now = self.shared.now_ns();
+        let mut index = self.shared.keys();
+        let mut evicted = 0;
+        for (req, plan) in group.iter().zip(&self.plans) {
+            if let (Plan::Written(seq), Some(key), Some(digest)) =
+                (plan, req.batch.key.as_deref(), req.batch.digest)
+            {
+                if *seq < self.durable_next {
+                    let entry = KeyEntry {
+                        seq: *seq,
+                        time_ns: req.batch.time_ns,
+                        digest,
+                    };
+                    evicted += index.insert(key, entry, now);
+                }
+            }
+        }
+        let c = &self.shared.counters;
+        c.keys_evicted.fetch_add(evicted, Ordering::Relaxed);
+        c.keys.store(index.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Writes the requests planned for writing, rolling segments as needed,
+    /// and syncs, recording each one's sequence number in its plan.
     fn write_group(&mut self, group: &[Request]) -> Result<()> {
         self.buf.clear();
-        for req in group {
+        for (i, req) in group.iter().enumerate() {
+            if !matches!(self.plans[i], Plan::Write) {
+                continue;
+            }
             let rec_len = req.batch.record_len() as u64;
             let filled = self.len + self.buf.len() as u64;
             if filled + rec_len > self.config.max_segment_bytes && filled > HEADER_LEN as u64 {
                 self.flush_and_sync()?;
                 self.roll()?;
             }
-            self.seqs.push(self.next_seq);
+            self.plans[i] = Plan::Written(self.next_seq);
             format::frame_record(&mut self.buf, self.next_seq, &req.batch);
             self.next_seq += 1;
         }
@@ -1025,6 +1455,9 @@ pub struct Batch {
     pub seq: Seq,
     /// Its readings, in the order they were appended.
     pub readings: Vec<Reading>,
+    /// The idempotency key it was appended with, if any (always `None` in
+    /// a format version 1 segment).
+    pub key: Option<String>,
 }
 
 /// Iterator over durable batches, from [`Log::replay`].
@@ -1037,6 +1470,7 @@ pub struct Replay {
 
 struct Current {
     path: PathBuf,
+    version: u32,
     data: Vec<u8>,
     pos: usize,
     expected: Seq,
@@ -1060,11 +1494,13 @@ impl Iterator for Replay {
                     Ok(d) => d,
                     Err(e) => return self.fail(e),
                 };
-                if let Err(e) = check_header(&path, &data, first_seq) {
-                    return self.fail(e);
-                }
+                let version = match check_header(&path, &data, first_seq) {
+                    Ok(h) => h.version,
+                    Err(e) => return self.fail(e),
+                };
                 self.current = Some(Current {
                     path,
+                    version,
                     data,
                     pos: HEADER_LEN,
                     expected: first_seq,
@@ -1100,8 +1536,15 @@ impl Iterator for Replay {
                 cur.pos = end;
                 continue;
             }
-            let readings = match format::decode_payload(rec.payload) {
-                Ok(r) => r,
+            let decoded =
+                format::split_meta(cur.version, rec.payload).and_then(|(meta, payload)| {
+                    Ok((
+                        meta.key.map(str::to_owned),
+                        format::decode_payload(payload)?,
+                    ))
+                });
+            let (key, readings) = match decoded {
+                Ok(d) => d,
                 Err(reason) => {
                     let e = corrupt(reason);
                     return self.fail(e);
@@ -1109,7 +1552,7 @@ impl Iterator for Replay {
             };
             cur.expected += 1;
             cur.pos = end;
-            return Some(Ok(Batch { seq, readings }));
+            return Some(Ok(Batch { seq, readings, key }));
         }
         None
     }

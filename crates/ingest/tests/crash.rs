@@ -3,6 +3,11 @@
 //! reopens the log and checks that every acknowledged batch is there exactly
 //! once.
 //!
+//! Odd-numbered batches carry an idempotency key (format version 2 records
+//! with keys): after each kill, replay shows each key with its batch, and
+//! resending an acknowledged keyed batch is answered as a duplicate with
+//! its first sequence number.
+//!
 //! The child is this test binary re-invoked with `--exact crash_child` and
 //! the log directory in `FLEETSCORE_INGEST_CRASH_CHILD`; without that
 //! variable `crash_child` does nothing.
@@ -23,6 +28,12 @@ fn config() -> LogConfig {
         max_segment_bytes: 64 << 10,
         ..LogConfig::default()
     }
+}
+
+/// The idempotency key of batch `i` of thread `t` in round `round`, if it
+/// has one.
+fn batch_key(round: u32, t: usize, i: u64) -> Option<String> {
+    (i % 2 == 1).then(|| format!("r{round}-t{t}-i{i}"))
 }
 
 /// The readings of batch `i` of thread `t` in round `round`: the device
@@ -56,7 +67,11 @@ fn crash_child() {
             let log = &log;
             s.spawn(move || {
                 for i in 0.. {
-                    let seq = log.append(&batch(round, t, i)).expect("append");
+                    let appended = log
+                        .append_keyed(batch_key(round, t, i).as_deref(), &batch(round, t, i))
+                        .expect("append");
+                    assert!(!appended.duplicate, "a fresh key");
+                    let seq = appended.seq;
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ack {seq} {t} {i}").expect("stdout");
                     out.flush().expect("flush");
@@ -153,6 +168,12 @@ fn acknowledged_batches_survive_sigkill() {
                 "batch {} intact",
                 b.seq
             );
+            assert_eq!(
+                b.key,
+                batch_key(key.0, key.1, key.2),
+                "batch {} has its key",
+                b.seq
+            );
             assert!(
                 found.insert(key, b.seq).is_none(),
                 "batch {key:?} replayed twice"
@@ -161,8 +182,25 @@ fn acknowledged_batches_survive_sigkill() {
         for (key, seq) in &acked {
             assert_eq!(found.get(key), Some(seq), "acknowledged batch {key:?} lost");
         }
-        let keys: HashSet<_> = found.keys().map(|k| k.0).collect();
-        assert!(keys.contains(&round));
+        // A client resending acknowledged keyed batches after the crash
+        // gets their numbers back, and nothing is stored again.
+        let before = log.stats().batches;
+        let mut resent = 0;
+        for (&(r, t, i), &seq) in acked.iter().filter(|(k, _)| k.2 % 2 == 1).take(50) {
+            let again = log
+                .append_keyed(batch_key(r, t, i).as_deref(), &batch(r, t, i))
+                .expect("resend");
+            assert_eq!(
+                (again.seq, again.duplicate),
+                (seq, true),
+                "resent {r} {t} {i}"
+            );
+            resent += 1;
+        }
+        assert!(resent > 0);
+        assert_eq!(log.stats().batches, before);
+        let rounds: HashSet<_> = found.keys().map(|k| k.0).collect();
+        assert!(rounds.contains(&round));
         eprintln!(
             "round {round}: {} acked in total, {} replayed, recovery {:?}",
             acked.len(),

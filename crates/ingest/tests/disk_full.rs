@@ -61,6 +61,11 @@ fn batch(t: usize, i: u64) -> Vec<Reading> {
         .collect()
 }
 
+/// Thread 0 gives its batches idempotency keys.
+fn key(t: usize, i: u64) -> Option<String> {
+    (t == 0).then(|| format!("t{t}-{i}"))
+}
+
 /// Writes `path` in 4 KiB chunks until the disk is full (or `limit` bytes).
 fn fill(path: &Path, limit: usize) -> usize {
     let mut f = fs::File::create(path).expect("create filler");
@@ -153,8 +158,10 @@ fn fill_and_recover(root: &Path, filler_bytes: usize) -> String {
                     let (log, acked) = (&log, &acked);
                     s.spawn(move || {
                         for i in 0.. {
-                            match log.append(&batch(t, i)) {
-                                Ok(seq) => {
+                            match log.append_keyed(key(t, i).as_deref(), &batch(t, i)) {
+                                Ok(a) => {
+                                    assert!(!a.duplicate);
+                                    let seq = a.seq;
                                     let prev = acked.lock().unwrap().insert(seq, (t, i));
                                     assert!(prev.is_none(), "seq {seq} acknowledged twice");
                                 }
@@ -196,6 +203,17 @@ fn fill_and_recover(root: &Path, filler_bytes: usize) -> String {
             "{h:?}"
         );
         assert!(h.since.is_some());
+        // A retry of an acknowledged keyed batch needs no write: answered.
+        let (&seq, &(_, i)) = acked
+            .lock()
+            .unwrap()
+            .iter()
+            .rfind(|(_, (t, _))| *t == 0)
+            .expect("thread 0 acked");
+        let again = log
+            .append_keyed(key(0, i).as_deref(), &batch(0, i))
+            .expect("a duplicate is answered while the disk is full");
+        assert_eq!((again.seq, again.duplicate), (seq, true));
 
         // Refused at once, not after a timeout, and with the reason.
         let start = Instant::now();
@@ -241,7 +259,10 @@ fn fill_and_recover(root: &Path, filler_bytes: usize) -> String {
                 let (log, acked) = (&log, &acked);
                 s.spawn(move || {
                     for i in *first..*first + 20 {
-                        let seq = log.append(&batch(t, i)).expect("append after recovery");
+                        let seq = log
+                            .append_keyed(key(t, i).as_deref(), &batch(t, i))
+                            .expect("append after recovery")
+                            .seq;
                         assert!(acked.lock().unwrap().insert(seq, (t, i)).is_none());
                     }
                 });
@@ -274,6 +295,11 @@ fn fill_and_recover(root: &Path, filler_bytes: usize) -> String {
     let log = Log::open(&dir, config).expect("reopen");
     assert_eq!(log.recovery().truncated_bytes, 0, "{:?}", log.recovery());
     let acked = acked.into_inner().unwrap();
+    let (&seq, &(_, i)) = acked.iter().rfind(|(_, (t, _))| *t == 0).expect("keyed");
+    let again = log
+        .append_keyed(key(0, i).as_deref(), &batch(0, i))
+        .expect("resend after reopen");
+    assert_eq!((again.seq, again.duplicate), (seq, true));
     let replayed: Vec<_> = log
         .replay(0)
         .map(|b| b.expect("replay"))
@@ -281,6 +307,7 @@ fn fill_and_recover(root: &Path, filler_bytes: usize) -> String {
             let t: usize = b.readings[0].device[1..].parse().expect("thread");
             let i = b.readings[0].ts as u64;
             assert_eq!(b.readings, batch(t, i), "batch {} intact", b.seq);
+            assert_eq!(b.key, key(t, i));
             (b.seq, (t, i))
         })
         .collect();

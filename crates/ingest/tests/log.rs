@@ -64,16 +64,21 @@ fn appended_batches_replay_in_order_after_reopen() {
     assert_eq!(log.append(&batch(1, 10)).expect("append"), 10);
 }
 
+/// Records with idempotency keys (format version 2), so every cut also
+/// lands inside a key, its digest or its time.
 #[test]
 fn torn_last_record_is_cut_at_every_byte_offset_and_appends_continue() {
     let src = tempfile::tempdir().expect("tempdir");
+    let key = |i: i64| format!("request-{i}");
     let (before_last, full) = {
         let log = Log::open(src.path(), LogConfig::default()).expect("open");
         for i in 0..4 {
-            log.append(&batch(3, i)).expect("append");
+            log.append_keyed(Some(&key(i)), &batch(3, i))
+                .expect("append");
         }
         let before = log.stats().bytes;
-        log.append(&batch(3, 4)).expect("append");
+        log.append_keyed(Some(&key(4)), &batch(3, 4))
+            .expect("append");
         (before, log.stats().bytes)
     };
     let seg = segments(src.path()).remove(0);
@@ -97,10 +102,20 @@ fn torn_last_record_is_cut_at_every_byte_offset_and_appends_continue() {
         assert_eq!(log.recovery().next_seq, 4, "cut {cut}");
         let got = replay_all(&log, 0);
         assert_eq!(got.iter().map(|b| b.seq).collect::<Vec<_>>(), [0, 1, 2, 3]);
-        assert_eq!(log.append(&batch(2, 99)).expect("append after recovery"), 4);
+        assert_eq!(got[3].key, Some(key(3)));
+        assert_eq!(log.recovery().keys_loaded, 4, "cut {cut}");
+        // The intact batches' keys are known, the cut one's is not.
+        let retry = log
+            .append_keyed(Some(&key(3)), &batch(3, 3))
+            .expect("retry");
+        assert_eq!((retry.seq, retry.duplicate), (3, true), "cut {cut}");
+        let again = log
+            .append_keyed(Some(&key(4)), &batch(3, 4))
+            .expect("append after recovery");
+        assert_eq!((again.seq, again.duplicate), (4, false), "cut {cut}");
         let got = replay_all(&log, 4);
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].readings, batch(2, 99));
+        assert_eq!(got[0].readings, batch(3, 4));
         drop(log);
         let log = Log::open(dir.path(), LogConfig::default()).expect("reopen");
         assert_eq!(log.recovery().truncated_bytes, 0);
