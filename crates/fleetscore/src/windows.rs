@@ -30,6 +30,26 @@
 //! written twice and nothing is lost. Windows still open at shutdown are
 //! kept in the checkpoint, not emitted half-full.
 //!
+//! # Bounded memory
+//!
+//! The aggregator releases a series once all of its windows are closed and
+//! keeps at most `[stream] max_series` live; readings that would start one
+//! more are shed (counted as dropped, reason `series_limit`, and logged at
+//! each flush; they are in the log and `raw/`, so `fleetscore aggregate`
+//! recomputes their windows). A device that stops sending would keep its
+//! last windows open for ever, so each flush first closes the windows of
+//! devices that sent nothing for `[stream] close_idle_after` (processing
+//! time, counted from this process's start: after a restart every device
+//! gets a full period again) with [`Aggregator::close_quiet`]. That call
+//! depends on the wall clock, which a replay of the log cannot repeat; it
+//! is made only in a flush that has new batches, right before the
+//! checkpoint, so its effect is either in the checkpoint or, after a crash
+//! before the checkpoint, not made at all: the rebuilt aggregator keeps
+//! those windows open, and the first flush overwrites `part-<S>` without
+//! them. Either way each window is written once. (A flush without new
+//! batches would name its objects like the previous flush and overwrite
+//! them, so it closes nothing.)
+//!
 //! If the window settings change between runs, the snapshot no longer fits:
 //! the open windows of the old settings are dropped (a warning says how
 //! many) and the new ones start from the log position of the checkpoint.
@@ -67,8 +87,12 @@ pub struct WindowStats {
     counters: Mutex<Counters>,
     /// Open panes (a gauge).
     pub open_panes: AtomicU64,
-    /// Distinct (device, tag) pairs.
+    /// Live (device, tag) series: those with open windows (a gauge).
     pub series: AtomicU64,
+    /// The most live series (`[stream] max_series`).
+    pub max_series: AtomicU64,
+    /// Clocks kept for devices without live series (a gauge).
+    pub idle_clocks: AtomicU64,
     /// The log position of the last durable checkpoint: every batch before
     /// it is aggregated and its closed windows are in the store.
     pub checkpoint: AtomicU64,
@@ -180,6 +204,10 @@ impl Windows {
         }
         let stats = Arc::new(WindowStats::default());
         stats.checkpoint.store(checkpoint, Ordering::Relaxed);
+        stats
+            .max_series
+            .store(agg.config().max_series as u64, Ordering::Relaxed);
+        let idle_secs = agg.config().close_idle_after.as_nanos() / 1_000_000_000;
         let mut worker = Worker {
             agg,
             log,
@@ -191,6 +219,9 @@ impl Windows {
             early: BTreeMap::new(),
             pending: Vec::new(),
             stats: Arc::clone(&stats),
+            started: Instant::now(),
+            idle_secs: u64::try_from(idle_secs).unwrap_or(0),
+            shed_logged: 0,
         };
         // Rebuild: the batches after the checkpoint, as the crashed (or
         // stopped) process pushed them.
@@ -279,6 +310,12 @@ struct Worker {
     /// Closed windows not yet in the store.
     pending: Vec<ClosedWindow>,
     stats: Arc<WindowStats>,
+    /// Arrival times are seconds since this.
+    started: Instant,
+    /// `close_idle_after` in seconds; 0: quiet devices are not closed.
+    idle_secs: u64,
+    /// The shed count last logged.
+    shed_logged: u64,
 }
 
 impl Worker {
@@ -307,6 +344,7 @@ impl Worker {
     }
 
     fn push(&mut self, readings: &[Reading]) {
+        self.agg.set_arrival_time(self.started.elapsed().as_secs());
         for r in readings {
             self.agg.push(fleetscore_stream::Reading {
                 ts: r.ts,
@@ -330,6 +368,30 @@ impl Worker {
         self.stats
             .series
             .store(self.agg.series_count() as u64, Ordering::Relaxed);
+        self.stats
+            .idle_clocks
+            .store(self.agg.idle_clocks() as u64, Ordering::Relaxed);
+    }
+
+    /// Closes the windows of devices quiet for `close_idle_after` (see the
+    /// module docs for why only here), and says when readings were shed.
+    fn close_quiet(&mut self) {
+        let now = self.started.elapsed().as_secs();
+        if self.idle_secs > 0 && self.next_seq > self.checkpoint && now > self.idle_secs {
+            self.agg.close_quiet(now - self.idle_secs);
+        }
+        let shed = self.agg.counters().shed;
+        if shed > self.shed_logged {
+            tracing::warn!(
+                shed = shed - self.shed_logged,
+                live_series = self.agg.series_count(),
+                max_series = self.agg.config().max_series,
+                "window series limit reached: readings of new series were not windowed; they \
+                 are stored in raw/ (recompute their windows with `fleetscore aggregate`), or \
+                 raise [stream] max_series if memory allows"
+            );
+            self.shed_logged = shed;
+        }
     }
 
     /// Batches that were appended but never handed over (a source that
@@ -365,6 +427,7 @@ impl Worker {
     /// name.
     fn flush(&mut self) -> anyhow::Result<FlushOutcome> {
         let started = Instant::now();
+        self.close_quiet();
         self.pending.extend(self.agg.drain_closed());
         if self.pending.is_empty() && self.next_seq == self.checkpoint {
             return Ok(FlushOutcome {
