@@ -387,8 +387,32 @@ impl Metrics {
                     r.as_str()
                 );
             }
-            debug_assert_eq!(DropReason::ALL.len(), 3);
-            let more: [(&str, &str, &str, u64); 9] = [
+            debug_assert_eq!(DropReason::ALL.len(), 4);
+            let more: [(&str, &str, &str, u64); 13] = [
+                (
+                    "fleetscore_window_series_shed_total",
+                    "counter",
+                    "Readings not windowed because they would have started a series past [stream] max_series (also in fleetscore_window_dropped_total{reason=\"series_limit\"}; they stay in raw/).",
+                    c.shed,
+                ),
+                (
+                    "fleetscore_window_series_released_total",
+                    "counter",
+                    "Series whose windows had all closed, released from memory.",
+                    c.series_released,
+                ),
+                (
+                    "fleetscore_window_series_max",
+                    "gauge",
+                    "The most live series ([stream] max_series).",
+                    w.max_series.load(Ordering::Relaxed),
+                ),
+                (
+                    "fleetscore_window_idle_clocks",
+                    "gauge",
+                    "Clocks kept for devices without live series (bounded by max_series).",
+                    w.idle_clocks.load(Ordering::Relaxed),
+                ),
                 (
                     "fleetscore_window_out_of_order_total",
                     "counter",
@@ -434,7 +458,7 @@ impl Metrics {
                 (
                     "fleetscore_window_series",
                     "gauge",
-                    "Distinct (device, tag) pairs seen by the aggregator.",
+                    "Live (device, tag) series: those with open windows.",
                     w.series.load(Ordering::Relaxed),
                 ),
                 (
