@@ -171,7 +171,8 @@ pub struct Health {
     pub reason: Option<String>,
     /// The failure is a full disk or an exceeded quota.
     pub disk_full: bool,
-    /// When the log became unwritable (wall time). `None` when writable.
+    /// When the log became unwritable (wall time, from the log's clock).
+    /// `None` when writable.
     pub since: Option<SystemTime>,
     /// Recovery attempts that failed since the log became unwritable.
     pub failed_recoveries: u64,
@@ -1323,7 +1324,7 @@ impl Writer {
         self.shared.state().unwritable = Some(Unwritable {
             reason,
             disk_full,
-            since: SystemTime::now(),
+            since: self.shared.clock.now(),
             failed_recoveries: 0,
         });
         self.unavailable()
@@ -1359,7 +1360,7 @@ impl Writer {
                     next_seq = self.next_seq,
                     failed_attempts = was.as_ref().map_or(0, |u| u.failed_recoveries),
                     unwritable_for_ms = was
-                        .and_then(|u| u.since.elapsed().ok())
+                        .and_then(|u| self.shared.clock.now().duration_since(u.since).ok())
                         .map_or(0, |d| d.as_millis() as u64),
                     "ingest log: writable again"
                 );
