@@ -47,15 +47,16 @@ impl ModelKey {
 
     /// Parses a file name of the reference deployment, `model_{device}_{tag}`
     /// (any extension is ignored). The device may itself contain `_`; the
-    /// tag is what follows the last `_`.
-    pub fn from_reference_file_name(name: &str) -> Option<Self> {
+    /// tag is what follows the last `_`. `None` if the name does not have
+    /// that form; `Some(Err)` if it does but a part breaks the name rule.
+    pub fn from_reference_file_name(name: &str) -> Option<Result<Self, KeyError>> {
         let stem = name.strip_prefix("model_")?;
         let stem = match stem.find('.') {
             Some(i) => &stem[..i],
             None => stem,
         };
         let (device, tag) = stem.rsplit_once('_')?;
-        ModelKey::new(device, tag).ok()
+        Some(ModelKey::new(device, tag))
     }
 }
 
@@ -71,12 +72,24 @@ mod tests {
 
     #[test]
     fn reference_names_map_to_keys() {
-        let k = ModelKey::from_reference_file_name("model_1_5").unwrap();
+        let k = ModelKey::from_reference_file_name("model_1_5")
+            .unwrap()
+            .unwrap();
         assert_eq!((k.device.as_str(), k.tag.as_str()), ("1", "5"));
-        let k = ModelKey::from_reference_file_name("model_pump_7_temp.pkl").unwrap();
+        let k = ModelKey::from_reference_file_name("model_pump_7_temp.pkl")
+            .unwrap()
+            .unwrap();
         assert_eq!((k.device.as_str(), k.tag.as_str()), ("pump_7", "temp"));
         assert!(ModelKey::from_reference_file_name("model_1").is_none());
         assert!(ModelKey::from_reference_file_name("other_1_2").is_none());
+        let e = ModelKey::from_reference_file_name("model_ pump_7.pkl")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("device name \" pump\": starts or ends with white space"),
+            "{e}"
+        );
     }
 
     #[test]

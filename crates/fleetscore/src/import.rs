@@ -44,9 +44,10 @@ fn key_from_name(path: &Path) -> Result<ModelKey, String> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    ModelKey::from_reference_file_name(&name).ok_or_else(|| {
-        format!("cannot tell which (device, tag) {name:?} belongs to: name it model_{{device}}_{{tag}}, or use --device/--tag for one file, or --manifest")
-    })
+    match ModelKey::from_reference_file_name(&name) {
+        Some(key) => key.map_err(|e| format!("the file name {name:?} gives {e}; rename it, or use --device/--tag for one file, or --manifest")),
+        None => Err(format!("cannot tell which (device, tag) {name:?} belongs to: name it model_{{device}}_{{tag}}, or use --device/--tag for one file, or --manifest")),
+    }
 }
 
 fn read_manifest(path: &Path) -> anyhow::Result<Vec<Job>> {

@@ -9,6 +9,9 @@
 //! Payloads: a plain number (`21.5`, the reading's time is its arrival
 //! time) or a JSON object `{"value": 21.5, "ts": …}` where `ts` is optional
 //! (arrival time), an RFC 3339 string or integer nanoseconds since the epoch.
+//! Device and tag (topic levels), time and value follow the one policy of
+//! every source (`fleetscore_core`'s name rule, 1678 through 2261, finite
+//! values); a message that breaks it is refused as a bad payload is.
 //!
 //! # Acknowledgements
 //!
@@ -39,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use fleetscore_core::parse_ts;
+use fleetscore_core::{check_ts, check_value, parse_ts, validate_name, NameKind};
 use fleetscore_ingest::Reading;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
@@ -125,6 +128,8 @@ fn parse_message(topic: &str, payload: &[u8], now: i64) -> Result<Reading, Strin
         (Some(t), Some(d)) if !t.is_empty() && !d.is_empty() => (t, d),
         _ => return Err("the topic has no non-empty {device}/{tag} last levels".into()),
     };
+    validate_name(NameKind::Device, device).map_err(|e| format!("topic: {e}"))?;
+    validate_name(NameKind::Tag, tag).map_err(|e| format!("topic: {e}"))?;
     let text = std::str::from_utf8(payload)
         .map_err(|_| "the payload is not UTF-8".to_string())?
         .trim();
@@ -155,9 +160,8 @@ fn parse_message(topic: &str, payload: &[u8], now: i64) -> Result<Reading, Strin
             .map_err(|_| format!("not a number or JSON object: {:?}", truncate(text)))?;
         (value, now)
     };
-    if !value.is_finite() {
-        return Err(format!("the value {value} is not finite"));
-    }
+    let ts = check_ts(ts).map_err(|e| e.to_string())?;
+    let value = check_value(value).map_err(|e| e.to_string())?;
     Ok(Reading::new(ts, device, tag, value))
 }
 
@@ -445,5 +449,24 @@ mod tests {
             assert!(parse_message("fleet/d1/temp", bad, now).is_err(), "{bad:?}");
         }
         assert!(parse_message("temp", b"1", now).is_err());
+    }
+
+    #[test]
+    fn topics_and_payloads_follow_the_one_policy() {
+        let err = |topic: &str, payload: &[u8]| parse_message(topic, payload, 7).unwrap_err();
+        assert!(
+            err("fleet/../t", b"1").starts_with("topic: device name \"..\": is `.` or `..`"),
+            "{}",
+            err("fleet/../t", b"1")
+        );
+        assert!(err("fleet/d\u{0}x/t", b"1").contains("contains a control character (U+0000)"));
+        assert!(err("fleet/*/t", b"1").starts_with("topic: device name \"*\""));
+        assert!(err(&format!("fleet/{}/t", "d".repeat(129)), b"1").contains("is 129 bytes"));
+        assert!(err("fleet/d/ t", b"1").starts_with("topic: tag name \" t\": starts or ends"));
+        assert!(err("fleet/d/t", b"inf").starts_with("value inf is not a finite number"));
+        assert!(
+            err("fleet/d/t", br#"{"value": 1, "ts": -9223372036854775808}"#)
+                .starts_with("timestamp 1677-09-21")
+        );
     }
 }
