@@ -165,6 +165,14 @@ pub async fn run_config(
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
     stop: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> anyhow::Result<ExitCode> {
+    // Before anything is opened: a refused address fails fast.
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&c.server.listen)
+        .await
+        .with_context(|| format!("--listen {}: not an address to listen on", c.server.listen))?
+        .collect();
+    for addr in &addrs {
+        check_exposure(*addr, &c.auth)?;
+    }
     let store = util::store(g)?;
     let dir = g.data.join("log");
     let config = c.ingest.log.clone();
@@ -294,7 +302,6 @@ pub async fn run_config(
         .await
         .with_context(|| format!("binding {}", c.server.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
-    check_exposure(addr, &c.auth)?;
     let nofile = crate::http::raise_fd_limit();
     let limits = crate::http::Limits {
         max_connections: crate::http::effective_limit(c.server.max_connections, nofile),

@@ -81,7 +81,12 @@ impl Server {
         let mut child = cmd
             .arg("--data")
             .arg(data)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("serve")
+            .args(if extra.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
