@@ -237,3 +237,109 @@ fn per_model_csv_files_are_named_like_the_reference_and_leave_no_temporaries() {
     .unwrap();
     assert_eq!(files.iter().map(|f| f.rows).sum::<usize>(), 3);
 }
+
+/// `score --input` and `ingest` read files: the same names, times and
+/// values are refused as on every other source, naming the line or row.
+#[test]
+fn readings_files_follow_the_one_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        read_readings(&p).unwrap_err().to_string()
+    };
+    let e = csv(
+        "nan.csv",
+        "TS,Device,Tag,Value\n2024-01-01 00:00:00,d,t,1\n2024-01-01 00:00:01,d,t,NaN\n",
+    );
+    assert!(
+        e.contains("line 3, column Value: value NaN is not a finite number"),
+        "{e}"
+    );
+    let e = csv(
+        "slash.csv",
+        "TS,Device,Tag,Value\n2024-01-01 00:00:00,x/../../escaped,t,1\n",
+    );
+    assert!(
+        e.contains("line 2, column Device: device name \"x/../../escaped\": contains `/`"),
+        "{e}"
+    );
+    let e = csv(
+        "tab.csv",
+        "TS,Device,Tag,Value\n2024-01-01 00:00:00,d,\"a\tb\",1\n",
+    );
+    assert!(
+        e.contains("line 2, column Tag: tag name \"a\\tb\": contains a control character (U+0009)"),
+        "{e}"
+    );
+    let e = csv(
+        "old.csv",
+        "TS,Device,Tag,Value\n1677-09-21 00:30:00,d,t,1\n",
+    );
+    assert!(
+        e.contains("line 2, column TS: timestamp 1677-09-21T00:30:00.000Z"),
+        "{e}"
+    );
+    let e = csv("lp.lp", "m,device=d x=1 1\nm,device=.. x=1 2\n");
+    assert!(
+        e.contains("line 2") && e.contains("device name \"..\": is `.` or `..`"),
+        "{e}"
+    );
+
+    // Parquet: the row (0-based) and the column.
+    let p = dir.path().join("bad.parquet");
+    let ts = || -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![ts_us("2024-01-01 00:00:00"); 3])
+                .with_timezone("UTC"),
+        )
+    };
+    write_parquet(
+        &p,
+        vec![
+            ("TS", ts()),
+            ("Device", Arc::new(StringArray::from(vec!["d", "d", "d"]))),
+            ("Tag", Arc::new(StringArray::from(vec!["t", "t", "t"]))),
+            (
+                "Value",
+                Arc::new(Float64Array::from(vec![1.0, 2.0, f64::INFINITY])),
+            ),
+        ],
+    );
+    let e = read_readings(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("row 2, column Value: value inf is not a finite number"),
+        "{e}"
+    );
+    write_parquet(
+        &p,
+        vec![
+            ("TS", ts()),
+            ("Device", Arc::new(StringArray::from(vec!["d", "d\n", "d"]))),
+            ("Tag", Arc::new(StringArray::from(vec!["t", "t", "t"]))),
+            ("Value", Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0]))),
+        ],
+    );
+    let e = read_readings(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("row 1, column Device: device name \"d\\n\": contains a control character"),
+        "{e}"
+    );
+    write_parquet(
+        &p,
+        vec![
+            (
+                "TS",
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![0, i64::MIN / 1_000 + 1])
+                        .with_timezone("UTC"),
+                ),
+            ),
+            ("Device", Arc::new(StringArray::from(vec!["d", "d"]))),
+            ("Tag", Arc::new(StringArray::from(vec!["t", "t"]))),
+            ("Value", Arc::new(Float64Array::from(vec![1.0, 2.0]))),
+        ],
+    );
+    let e = read_readings(&p).unwrap_err().to_string();
+    assert!(e.contains("row 1, column TS: timestamp 1677-09-21"), "{e}");
+}

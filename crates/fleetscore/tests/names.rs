@@ -350,3 +350,73 @@ fn every_http_source_refuses_what_breaks_the_one_policy() {
     assert_eq!(s.post("/write", &[], "m,device=ok v=1 1").0, 204);
     s.terminate();
 }
+
+/// A model key breaking the name rule is refused before anything is
+/// stored, naming the rule; and object keys built from names cannot leave
+/// the store root even if a bad name slipped through (object_store encodes
+/// `.`/`..` path segments as `%2E`/`%2E%2E`).
+#[test]
+fn model_keys_follow_the_name_rule_and_store_keys_stay_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let model = fixture("models/std_rbf_f1.p4.pkl");
+    for (device, want) in [
+        (
+            "x/../../escaped",
+            "device name \"x/../../escaped\": contains `/`",
+        ),
+        ("..", "device name \"..\": is `.` or `..`"),
+        (
+            "a\tb",
+            "device name \"a\\tb\": contains a control character (U+0009)",
+        ),
+    ] {
+        let o = run(
+            data,
+            &[
+                "models",
+                "import",
+                model.to_str().unwrap(),
+                "--device",
+                device,
+                "--tag",
+                "t",
+            ],
+        );
+        assert!(!o.status.success());
+        assert!(text(&o).contains(want), "{}", text(&o));
+    }
+    assert!(!data.join("store").join("models").exists());
+
+    let root = data.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let store = fleetscore_store::Store::open(root.to_str().unwrap()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        store
+            .put("models/../../escaped/t/v1/meta.json", b"{}".to_vec())
+            .await
+            .unwrap();
+        store
+            .put("models/*/t/v1/meta.json", b"{}".to_vec())
+            .await
+            .unwrap();
+    });
+    assert_eq!(
+        files_under(data)
+            .into_iter()
+            .filter(|f| !f.starts_with("root/"))
+            .collect::<Vec<_>>(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        files_under(&root),
+        [
+            "models/%2A/t/v1/meta.json",
+            "models/%2E%2E/%2E%2E/escaped/t/v1/meta.json"
+        ]
+    );
+}
