@@ -54,6 +54,8 @@ pub struct Api {
     pub query_timeout: std::time::Duration,
     /// Largest model file accepted once decompressed.
     pub max_model_bytes: usize,
+    /// The ingest log, whose health `/readyz` reports.
+    pub log: Option<Arc<fleetscore_ingest::Log>>,
     /// Model uploads decoded at once: each may take up to a few times
     /// `max_model_bytes` of memory while it is read.
     pub uploads: tokio::sync::Semaphore,
@@ -201,17 +203,36 @@ async fn readyz(State(api): A) -> Response {
         })
         .await;
     let store = api.store.list("models/").await;
-    match (db, store) {
-        (Ok(_), Ok(_)) => Json(json!({"ready": true})).into_response(),
-        (db, store) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "ready": false,
-                "job_store": db.err().map(|e| e.to_string()),
-                "object_store": store.err().map(|e| e.to_string()),
-            })),
-        )
-            .into_response(),
+    // A log that cannot write (a full disk) cannot take readings: not
+    // ready, with why, until it recovers by itself.
+    let log = api.log.as_ref().map(|l| l.health());
+    let log_down = log.as_ref().filter(|h| !h.writable).map(|h| {
+        json!({
+            "reason": h.reason,
+            "disk_full": h.disk_full,
+            "since": h.since.map(|t| format_ts(
+                t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+            )),
+            "failed_recoveries": h.failed_recoveries,
+        })
+    });
+    match (db, store, log_down) {
+        (Ok(_), Ok(_), None) => Json(json!({"ready": true})).into_response(),
+        (db, store, log) => {
+            let mut r = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "ready": false,
+                    "job_store": db.err().map(|e| e.to_string()),
+                    "object_store": store.err().map(|e| e.to_string()),
+                    "ingest_log": log,
+                })),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
     }
 }
 

@@ -71,6 +71,10 @@ pub struct Metrics {
     pub raw_objects: AtomicU64,
     /// Compaction runs that failed (retried later).
     pub compaction_errors: AtomicU64,
+    /// Batches answered "retry later" because the log could not write.
+    pub log_unavailable: AtomicU64,
+    /// Readings of batches resent under an idempotency key already stored.
+    pub duplicates: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -86,6 +90,8 @@ impl Default for Metrics {
             readings_compacted: AtomicU64::new(0),
             raw_objects: AtomicU64::new(0),
             compaction_errors: AtomicU64::new(0),
+            log_unavailable: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
         }
     }
 }
@@ -288,7 +294,47 @@ impl Metrics {
             );
         }
 
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 15] = [
+            (
+                "fleetscore_log_write_failures_total",
+                "Writes, fsyncs or segment rolls of the ingest log that failed (disk full, I/O error); the log then refuses appends until it recovers.",
+                log.write_failures,
+            ),
+            (
+                "fleetscore_log_recoveries_total",
+                "Times the ingest log restored a writable state by itself after a failure.",
+                log.recoveries,
+            ),
+            (
+                "fleetscore_log_failed_recoveries_total",
+                "Recovery attempts that failed (the disk was still full, say).",
+                log.failed_recoveries,
+            ),
+            (
+                "fleetscore_log_unavailable_answers_total",
+                "Batches answered 503/507 with Retry-After because the log could not write.",
+                self.log_unavailable.load(Ordering::Relaxed),
+            ),
+            (
+                "fleetscore_log_duplicates_total",
+                "Batches resent under an idempotency key already stored: acknowledged, not stored again.",
+                log.duplicates,
+            ),
+            (
+                "fleetscore_ingest_duplicate_readings_total",
+                "Readings of such resent batches.",
+                self.duplicates.load(Ordering::Relaxed),
+            ),
+            (
+                "fleetscore_log_key_conflicts_total",
+                "Batches refused because their idempotency key was stored with other readings.",
+                log.key_conflicts,
+            ),
+            (
+                "fleetscore_log_keys_evicted_total",
+                "Idempotency keys forgotten before their horizon because [ingest] log.idempotency_max_keys was reached.",
+                log.keys_evicted,
+            ),
             (
                 "fleetscore_log_batches_total",
                 "Batches made durable in the ingest log.",

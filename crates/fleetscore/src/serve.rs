@@ -274,6 +274,7 @@ pub async fn run_config(
         protect_reads: c.auth.protect_reads,
         query_timeout: span_duration(c.server.query_timeout),
         max_model_bytes: c.server.max_model_bytes,
+        log: Some(Arc::clone(&log)),
         uploads: tokio::sync::Semaphore::new(crate::api::PARALLEL_UPLOADS),
     });
     let router = Router::new()
@@ -409,10 +410,14 @@ pub async fn run_config(
     if let Some(mqtt) = mqtt {
         let _ = mqtt.await;
     }
-    compactor
-        .run(true)
-        .await
-        .context("compacting the ingest log on shutdown")?;
+    // What cannot be compacted now (a full disk, an unreachable store)
+    // stays in the log, durable, and is compacted at the next start:
+    // nothing acknowledged is lost, so this is a clean stop.
+    if let Err(e) = compactor.run(true).await {
+        tracing::warn!(
+            "compacting the ingest log on shutdown failed; the log keeps the readings and the next start compacts them: {e:#}"
+        );
+    }
     let left = log.closed_segments().len();
     tracing::info!(
         segments_left = left,
@@ -743,6 +748,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 fn render_limits(app: &App) -> String {
     use std::fmt::Write as _;
     let c = &app.conn_stats;
+    let health = app.ingestor.log().health();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut o = String::new();
     for (name, kind, help, v) in [
@@ -752,6 +758,8 @@ fn render_limits(app: &App) -> String {
         ("fleetscore_http_connections_refused_total", "counter", "Connections answered 503 because every connection slot was busy with a request.", load(&c.refused)),
         ("fleetscore_http_connections_evicted_total", "counter", "Connections waiting for a request that were closed to make room for a new one.", load(&c.evicted)),
         ("fleetscore_http_connections_idle_closed_total", "counter", "Connections closed after [server] idle_timeout without a byte either way.", load(&c.idle_closed)),
+        ("fleetscore_log_writable", "gauge", "1 while the ingest log can write; 0 after a failed write until it recovers by itself (appends get 503/507 meanwhile).", u64::from(health.writable)),
+        ("fleetscore_log_idempotency_keys", "gauge", "Idempotency keys the ingest log remembers now.", app.ingestor.log().stats().keys),
         ("fleetscore_http_inflight_bytes", "gauge", "Bytes of request bodies held in memory now (bounded by [server] max_inflight_bytes).", app.inflight.held_bytes()),
         ("fleetscore_http_inflight_waits_total", "counter", "Requests that waited for room under [server] max_inflight_bytes.", load(&app.inflight.waited)),
         ("fleetscore_http_inflight_refused_total", "counter", "Requests answered 503 after waiting [server] max_inflight_wait for room.", load(&app.inflight.refused)),
@@ -892,38 +900,117 @@ async fn read_body(app: &App, body: Body, headers: &HeaderMap) -> Result<(Bytes,
     }
 }
 
-/// Parses (on a blocking thread) and appends; `Ok(n)` once durable.
-async fn ingest<F>(app: &App, parse: F) -> Result<usize, Response>
+/// What an accepted batch did.
+struct Ingested {
+    /// Readings in the batch.
+    readings: usize,
+    /// Its idempotency key was seen before with the same readings: it was
+    /// stored then, and not again now.
+    duplicate: bool,
+}
+
+/// The header that names a batch, so that a client may resend it after an
+/// unknown outcome (a timeout, a reset connection) without storing it twice
+/// (the IETF draft "The Idempotency-Key HTTP Header Field"). Either a bare
+/// token or a quoted string.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The `Idempotency-Key` of a request, if any.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let text = v.to_str().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key: the value must be visible ASCII",
+        )
+    })?;
+    let text = text.trim();
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    Ok(Some(text.to_string()))
+}
+
+/// The answer to an append the log refused.
+fn log_refused(app: &App, e: &LogError) -> Response {
+    match e {
+        LogError::Unavailable { .. } => {
+            app.metrics.log_unavailable.fetch_add(1, Ordering::Relaxed);
+            // 507 says what an operator must fix; both ask the client to
+            // come back.
+            let status = if e.is_disk_full() {
+                StatusCode::INSUFFICIENT_STORAGE
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let secs = e
+                .retry_after()
+                .map_or(1, |d| d.as_millis().div_ceil(1000).max(1) as u64);
+            let mut r = error(status, format!("not stored: {e}"));
+            if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        LogError::KeyReused { .. } => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not stored: {e}; send each batch under a key of its own"),
+        ),
+        LogError::BadKey { .. } => error(StatusCode::BAD_REQUEST, format!("not stored: {e}")),
+        other => {
+            tracing::error!("ingest log append failed: {other}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("not stored: {other}"),
+            )
+        }
+    }
+}
+
+/// Parses (on a blocking thread) and appends under `key`; answers once
+/// the batch is durable.
+async fn ingest<F>(app: &App, key: Option<String>, parse: F) -> Result<Ingested, Response>
 where
     F: FnOnce() -> Result<Batch, BatchError> + Send + 'static,
 {
     let ingestor = Arc::clone(&app.ingestor);
     let res =
-        tokio::task::spawn_blocking(move || -> Result<Result<usize, LogError>, BatchError> {
+        tokio::task::spawn_blocking(move || -> Result<Result<Ingested, LogError>, BatchError> {
             let batch = parse()?;
             let readings: Vec<Reading> = batch
                 .iter()
                 .map(|r| Reading::new(r.ts, r.device, r.tag, r.value))
                 .collect();
             if readings.is_empty() {
-                return Ok(Ok(0));
+                return Ok(Ok(Ingested {
+                    readings: 0,
+                    duplicate: false,
+                }));
             }
             let n = readings.len();
-            Ok(ingestor.append(Arc::new(readings)).map(|_| n))
+            Ok(ingestor
+                .append_keyed(key.as_deref(), Arc::new(readings))
+                .map(|a| Ingested {
+                    readings: n,
+                    duplicate: a.duplicate,
+                }))
         })
         .await;
     match res {
-        Ok(Ok(Ok(n))) => {
-            app.metrics.stored(Source::Http, n as u64);
-            Ok(n)
+        Ok(Ok(Ok(i))) => {
+            if i.duplicate {
+                app.metrics
+                    .duplicates
+                    .fetch_add(i.readings as u64, Ordering::Relaxed);
+            } else {
+                app.metrics.stored(Source::Http, i.readings as u64);
+            }
+            Ok(i)
         }
-        Ok(Ok(Err(e))) => {
-            tracing::error!("ingest log append failed: {e}");
-            Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("not stored: {e}"),
-            ))
-        }
+        Ok(Ok(Err(e))) => Err(log_refused(app, &e)),
         Ok(Err(e)) => {
             app.metrics.refused(Source::Http, 1, e.total() as u64);
             Err(refused(&e))
@@ -933,6 +1020,17 @@ where
             format!("not stored: {e}"),
         )),
     }
+}
+
+/// Marks the answer to a batch that was stored before under its key.
+fn replayed(mut r: Response, duplicate: bool) -> Response {
+    if duplicate {
+        r.headers_mut().insert(
+            "idempotent-replayed",
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    r
 }
 
 /// Counts the answer of `endpoint` in the metrics.
@@ -960,6 +1058,10 @@ async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response 
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         },
     };
+    let key = match idempotency_key(&parts.headers) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
     let (body, _held) = match read_body(app, body, &parts.headers).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -967,8 +1069,8 @@ async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response 
     let now = util::now_ns();
     let config = app.line_protocol.clone();
     let parse = move || parse_line_protocol(&body, precision, now, &config);
-    match ingest(app, parse).await {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+    match ingest(app, key, parse).await {
+        Ok(i) => replayed(StatusCode::NO_CONTENT.into_response(), i.duplicate),
         Err(r) => r,
     }
 }
@@ -1030,6 +1132,10 @@ async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response
             )
         }
     };
+    let key = match idempotency_key(&parts.headers) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
     let (body, _held) = match read_body(app, body, &parts.headers).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -1042,8 +1148,16 @@ async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response
             parse_json(&body)
         }
     };
-    match ingest(app, parse).await {
-        Ok(n) => (StatusCode::OK, Json(json!({ "accepted": n }))).into_response(),
+    match ingest(app, key, parse).await {
+        Ok(i) if i.duplicate => replayed(
+            (
+                StatusCode::OK,
+                Json(json!({ "accepted": i.readings, "duplicate": true })),
+            )
+                .into_response(),
+            true,
+        ),
+        Ok(i) => (StatusCode::OK, Json(json!({ "accepted": i.readings }))).into_response(),
         Err(r) => r,
     }
 }

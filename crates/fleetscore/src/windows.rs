@@ -566,11 +566,24 @@ impl Ingestor {
 
     /// Appends one batch durably (blocking), then hands it to the windows.
     pub fn append(&self, readings: Arc<Vec<Reading>>) -> Result<Seq, LogError> {
-        let seq = self.log.append(&readings)?;
-        if let Some(w) = &self.windows {
-            w.push(seq, readings);
+        self.append_keyed(None, readings).map(|a| a.seq)
+    }
+
+    /// [`Ingestor::append`] under an idempotency key: a batch already
+    /// stored under `key` (within the log's horizon) is answered as a
+    /// duplicate and neither stored nor windowed again.
+    pub fn append_keyed(
+        &self,
+        key: Option<&str>,
+        readings: Arc<Vec<Reading>>,
+    ) -> Result<fleetscore_ingest::Appended, LogError> {
+        let appended = self.log.append_keyed(key, &readings)?;
+        if !appended.duplicate {
+            if let Some(w) = &self.windows {
+                w.push(appended.seq, readings);
+            }
         }
-        Ok(seq)
+        Ok(appended)
     }
 
     /// The log.

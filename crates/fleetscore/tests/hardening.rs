@@ -287,3 +287,207 @@ fn bodies_in_flight_are_bounded_across_requests() {
     );
     s.terminate();
 }
+
+/// Sends one request; returns the status and the whole answer (headers
+/// and body) as text.
+fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let (text, _) = read_until_closed(&mut s, Duration::from_secs(30));
+    (status_of(&text), text)
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// Issue 16, defect 5: once the log was poisoned by ENOSPC every write
+/// answered 500 even after space was freed, `/readyz` said ready, and
+/// SIGTERM exited with an error.
+#[test]
+fn a_full_disk_answers_507_and_recovers_without_a_restart() {
+    let tmpfs = match Tmpfs::mount("8m") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("SKIPPED a_full_disk_answers_507_and_recovers_without_a_restart: cannot mount a tmpfs here (needs root): {e}");
+            return;
+        }
+    };
+    let data = tmpfs.0.path().join("data");
+    let s = Server::start(&data, &["--compact-interval", "1h", "--no-windows"]);
+    // Most of the disk taken by something else.
+    let filler = tmpfs.0.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 7 << 20]).unwrap();
+
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    let mut answer = String::new();
+    for batch in 0..2000u64 {
+        let lines: String = (0..200)
+            .map(|i| {
+                format!(
+                    "m,device=d{batch} v={i} {}\n",
+                    1_700_000_000_000_000_000u64 + i
+                )
+            })
+            .collect();
+        let (st, text) = exchange(&s.addr, "POST", "/write", &[], lines.as_bytes());
+        match st {
+            204 => acknowledged.push(batch),
+            507 => {
+                refused.push(batch);
+                answer = text;
+                if refused.len() >= 3 {
+                    break;
+                }
+            }
+            other => panic!("batch {batch}: {other}: {text}"),
+        }
+    }
+    assert!(refused.len() >= 3, "the disk never filled");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after:"),
+        "{answer}"
+    );
+    assert!(answer.contains("free space"), "{answer}");
+    let (st, ready) = exchange(&s.addr, "GET", "/readyz", &[], b"");
+    assert_eq!(st, 503, "{ready}");
+    assert!(ready.contains("\"disk_full\":true"), "{ready}");
+    let (_, metrics) = exchange(&s.addr, "GET", "/metrics", &[], b"");
+    assert!(metrics.contains("fleetscore_log_writable 0"), "{metrics}");
+    assert!(
+        metrics.contains("fleetscore_log_unavailable_answers_total 3"),
+        "{metrics}"
+    );
+
+    // Space comes back: the server recovers by itself.
+    std::fs::remove_file(&filler).unwrap();
+    let started = Instant::now();
+    loop {
+        let (st, body) = exchange(&s.addr, "GET", "/readyz", &[], b"");
+        if st == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still not ready: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for batch in 5000..5010u64 {
+        let line = format!("m,device=d{batch} v=1 1700000000000000000\n");
+        let (st, text) = exchange(&s.addr, "POST", "/write", &[], line.as_bytes());
+        assert_eq!(st, 204, "after recovery: {text}");
+        acknowledged.push(batch);
+    }
+    let (_, metrics) = exchange(&s.addr, "GET", "/metrics", &[], b"");
+    assert!(metrics.contains("fleetscore_log_writable 1"), "{metrics}");
+    // SIGTERM: a clean stop (exit 0), the log compacted into raw/.
+    s.terminate();
+
+    // Every acknowledged reading exactly once; nothing of the refused.
+    let stored = common::raw_readings(&data);
+    for b in &acknowledged {
+        let n = if *b >= 5000 { 1 } else { 200 };
+        for i in 0..n {
+            let ts = 1_700_000_000_000_000_000i64 + if *b >= 5000 { 0 } else { i as i64 };
+            let v = if *b >= 5000 { 1.0f64 } else { i as f64 };
+            let k = (ts, format!("d{b}"), "v".to_string(), v.to_bits());
+            assert_eq!(stored.get(&k), Some(&1), "batch {b} reading {i}");
+        }
+    }
+    let expected: usize = acknowledged
+        .iter()
+        .map(|b| if *b >= 5000 { 1 } else { 200 })
+        .sum();
+    assert_eq!(
+        stored.values().sum::<usize>(),
+        expected,
+        "readings of refused batches were stored"
+    );
+}
+
+/// Issue 16, defect 12: a client that resent a batch after an unknown
+/// outcome stored it twice.
+#[test]
+fn a_retried_batch_with_an_idempotency_key_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--no-windows"]);
+    let lp = "m,device=k1 v=1 1700000000000000000\nm,device=k1 v=2 1700000001000000000\n";
+    let key = [("Idempotency-Key", "batch-0001")];
+    let (st, first) = exchange(&s.addr, "POST", "/write", &key, lp.as_bytes());
+    assert_eq!(st, 204, "{first}");
+    assert!(!first.contains("idempotent-replayed"), "{first}");
+    let (st, again) = exchange(&s.addr, "POST", "/write", &key, lp.as_bytes());
+    assert_eq!(st, 204, "{again}");
+    assert!(again.contains("idempotent-replayed: true"), "{again}");
+    // The same key with other readings: refused, nothing stored.
+    let (st, text) = exchange(
+        &s.addr,
+        "POST",
+        "/write",
+        &key,
+        b"m,device=k1 v=3 1700000002000000000\n",
+    );
+    assert_eq!(st, 422, "{text}");
+    // JSON, and across a crash and restart.
+    let json = r#"[{"ts": 1700000003000000000, "device": "k2", "tag": "t", "value": 4}]"#;
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "\"json-7\""),
+    ];
+    let (st, text) = exchange(&s.addr, "POST", "/v1/readings", &headers, json.as_bytes());
+    assert_eq!(st, 200, "{text}");
+    s.crash();
+    let s = Server::start(dir.path(), &["--no-windows"]);
+    let (st, text) = exchange(&s.addr, "POST", "/v1/readings", &headers, json.as_bytes());
+    assert_eq!(st, 200, "{text}");
+    assert!(text.contains("\"duplicate\":true"), "{text}");
+    let (st, text) = exchange(&s.addr, "POST", "/write", &key, lp.as_bytes());
+    assert_eq!(st, 204, "{text}");
+    assert!(text.contains("idempotent-replayed: true"), "{text}");
+    let (_, metrics) = exchange(&s.addr, "GET", "/metrics", &[], b"");
+    assert!(
+        metrics.contains("fleetscore_log_duplicates_total 2"),
+        "{metrics}"
+    );
+    s.terminate();
+    let stored = common::raw_readings(dir.path());
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert!(stored.values().all(|n| *n == 1), "{stored:?}");
+}
