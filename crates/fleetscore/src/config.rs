@@ -18,7 +18,9 @@
 //!
 //! [ingest]
 //! compact_interval = "60s"           # log segments into raw/
-//! log = { max_segment_bytes = 67108864, max_group_bytes = 8388608, max_wait_us = 0 }
+//! # A failed write is retried every recovery_interval_ms; a batch resent
+//! # under the same Idempotency-Key within the horizon is stored once.
+//! log = { max_segment_bytes = 67108864, max_group_bytes = 8388608, max_wait_us = 0, recovery_interval_ms = 500, idempotency_horizon_secs = 3600, idempotency_max_keys = 250000 }
 //! line_protocol = { device_tag = "device", prefix_measurement = false, booleans = "number" }
 //! csv = { header = true, ts = "TS", device = "Device", tag = "Tag", value = "Value" }
 //!
@@ -528,6 +530,31 @@ mod tests {
             jail.create_file("out.toml", &to_toml(&c).expect("toml"))?;
             jail.clear_env();
             assert_eq!(load(Some(Path::new("out.toml"))).expect("reloads"), c);
+            Ok(())
+        });
+    }
+
+    /// The example at the top of this module is a config that loads, with
+    /// the values it shows.
+    #[test]
+    fn the_documented_example_parses() {
+        let source = include_str!("config.rs");
+        let example: String = source
+            .lines()
+            .skip_while(|l| *l != "//! ```toml")
+            .skip(1)
+            .take_while(|l| *l != "//! ```")
+            .map(|l| l.strip_prefix("//!").unwrap_or(l).trim_start_matches(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(example.contains("[server]") && example.contains("[[schedules]]"));
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("example.toml", &example)?;
+            let c = load(Some(Path::new("example.toml"))).expect("the example loads");
+            assert_eq!(c.server.max_connections, 1024);
+            assert_eq!(c.ingest.log.idempotency_horizon_secs, 3600);
+            assert_eq!(c.stream.max_series, 2_000_000);
+            assert_eq!(c.mqtt.url.as_deref(), Some("mqtt://127.0.0.1:1883"));
             Ok(())
         });
     }
