@@ -265,6 +265,9 @@ fn csv_output_quotes_names_with_commas_and_newlines() {
     );
 }
 
+/// A request: path, headers, body, and what its 400 must say.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], String, &'a str);
+
 /// Every HTTP source refuses a bad name, time or value with a 400 that
 /// says the rule, and stores nothing.
 #[test]
@@ -274,7 +277,7 @@ fn every_http_source_refuses_what_breaks_the_one_policy() {
     let json = [("Content-Type", "application/json")];
     let csv = [("Content-Type", "text/csv")];
     let long = "d".repeat(129);
-    let cases: Vec<(&str, &[(&str, &str)], String, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "/write",
             &[],
