@@ -97,7 +97,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())?
         .trim_start();
-    let (scheme, token) = v.split_once(|c: char| c == ' ' || c == '\t')?;
+    let (scheme, token) = v.split_once([' ', '\t'])?;
     (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
         .then(|| token.trim())
         .filter(|t| !t.is_empty())

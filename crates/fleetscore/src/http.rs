@@ -102,7 +102,9 @@ pub fn raise_fd_limit() -> Option<u64> {
                 }
             }
         }
-        Some(r.rlim_cur as u64)
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+        let limit = r.rlim_cur as u64;
+        Some(limit)
     }
     #[cfg(not(unix))]
     {
