@@ -303,7 +303,7 @@ async fn trigger(State(api): A, headers: HeaderMap, body: Bytes) -> Response {
             )
         }
     };
-    let (from, to) = match (parse_ts(&t.from), parse_ts(&t.to)) {
+    let (from, to) = match (request_ts(&t.from), request_ts(&t.to)) {
         (Ok(f), Ok(t)) if f < t => (f, t),
         (Ok(_), Ok(_)) => return err(StatusCode::BAD_REQUEST, "from must be before to"),
         (Err(e), _) => return err(StatusCode::BAD_REQUEST, format!("from: {e}")),
@@ -630,12 +630,20 @@ struct RangeQuery {
     limit: Option<usize>,
 }
 
+/// A time of a request: one a reading may carry (see
+/// [`fleetscore_core::check_ts`]), so that rounding it to an hour or a
+/// window never overflows.
+fn request_ts(text: &str) -> Result<i64, String> {
+    let ns = parse_ts(text).map_err(|e| e.to_string())?;
+    fleetscore_core::check_ts(ns).map_err(|e| e.to_string())
+}
+
 /// `[from, to)` from the query; by default the 24 hours up to the newest
 /// window end of a recent job that scored rows (or now).
 async fn range(api: &Api, q: &RangeQuery) -> Result<(i64, i64), Response> {
     let parse = |what: &str, v: &Option<String>| -> Result<Option<i64>, Response> {
         v.as_deref()
-            .map(parse_ts)
+            .map(request_ts)
             .transpose()
             .map_err(|e| err(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
     };
@@ -655,7 +663,10 @@ async fn range(api: &Api, q: &RangeQuery) -> Result<(i64, i64), Response> {
     };
     let from = match from {
         Some(f) => f,
-        None => to.checked_sub(24 * HOUR).ok_or_else(out_of_range)?,
+        None => to
+            .checked_sub(24 * HOUR)
+            .ok_or_else(out_of_range)?
+            .max(fleetscore_core::MIN_TS),
     };
     if from >= to {
         return Err(err(StatusCode::BAD_REQUEST, "from must be before to"));

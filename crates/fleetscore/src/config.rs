@@ -344,8 +344,9 @@ pub struct ServerConfig {
     pub max_inflight_bytes: usize,
     /// How long a request may wait for room under `max_inflight_bytes`.
     pub max_inflight_wait: Span,
-    /// Largest model file accepted by upload or import once decompressed
-    /// (joblib files are often compressed).
+    /// Largest model file accepted by upload (`POST /v1/models/…`) or
+    /// `models import` once decompressed (joblib files are often
+    /// compressed).
     pub max_model_bytes: usize,
 }
 

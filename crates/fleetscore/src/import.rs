@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use fleetscore_core::ModelKey;
-use fleetscore_models::import_sklearn;
 use fleetscore_store::{ImportOutcome, ImportRequest};
 use rayon::prelude::*;
 
@@ -115,6 +114,12 @@ pub async fn run(g: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
         bail!("no model files found");
     }
 
+    // The size a model file may decompress to, as for uploads.
+    let limits = fleetscore_models::ImportLimits::new(
+        crate::config::load(g.config.as_deref())?
+            .server
+            .max_model_bytes as u64,
+    );
     let started = std::time::Instant::now();
     let pb = util::progress(g, jobs.len() as u64, "reading models");
     let parsed: Vec<(PathBuf, Result<ImportRequest, String>)> = jobs
@@ -123,7 +128,14 @@ pub async fn run(g: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
             let r = (|| {
                 let key = job.key?;
                 let bytes = std::fs::read(&job.path).map_err(|e| e.to_string())?;
-                let model = import_sklearn(&bytes).map_err(|e| e.to_string())?;
+                let model = fleetscore_models::import_with_limits(&bytes, &limits).map_err(
+                    |e| match e {
+                        fleetscore_models::ImportError::TooLarge { .. } => {
+                            format!("{e} ([server] max_model_bytes)")
+                        }
+                        e => e.to_string(),
+                    },
+                )?;
                 Ok(ImportRequest {
                     key,
                     model,

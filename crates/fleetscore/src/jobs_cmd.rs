@@ -145,8 +145,14 @@ fn line(j: &JobRecord) -> String {
 
 pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode> {
     let c = config::load(g.config.as_deref())?;
-    let from = parse_ts(&args.from).context("--from")?;
-    let to = parse_ts(&args.to).context("--to")?;
+    let from = parse_ts(&args.from)
+        .map_err(anyhow::Error::from)
+        .and_then(|t| Ok(fleetscore_core::check_ts(t)?))
+        .context("--from")?;
+    let to = parse_ts(&args.to)
+        .map_err(anyhow::Error::from)
+        .and_then(|t| Ok(fleetscore_core::check_ts(t)?))
+        .context("--to")?;
     let w = args.window.as_nanos();
     anyhow::ensure!(w > 0, "--window must be longer than zero");
     anyhow::ensure!(from < to, "--from must be before --to");

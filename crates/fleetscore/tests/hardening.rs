@@ -165,6 +165,9 @@ fn read_ranges_of_centuries_are_refused_at_once() {
         "/v1/predictions?from=1678-01-01T00:00:00Z&to=2261-12-31T00:00:00Z",
         "/v1/overview?from=1678-01-01T00:00:00Z&to=2261-12-31T00:00:00Z",
         "/v1/readings?device=d&from=1677-09-22T00:00:00Z&to=2262-04-11T00:00:00Z",
+        // Rounded down to its hour, this `from` is before the first i64.
+        "/v1/predictions?from=1677-09-21T00:05:00Z&to=1677-09-21T02:00:00Z",
+        "/v1/overview?to=1677-09-21T00:30:00Z",
     ] {
         let started = Instant::now();
         let (st, body) = s.request("GET", path, &[], b"");

@@ -252,7 +252,9 @@ async fn raw_keys(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<Strin
 /// [`raw_keys`] with each object's length and version.
 pub async fn raw_objects_of(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<Listed>> {
     let mut keys = Vec::new();
-    let mut hour = from.div_euclid(HOUR_NS) * HOUR_NS;
+    // No reading lies before MIN_TS; rounding an earlier `from` down to
+    // its hour would overflow.
+    let mut hour = from.max(fleetscore_core::MIN_TS).div_euclid(HOUR_NS) * HOUR_NS;
     while hour < to {
         let prefix = format!("raw/{}/", hour_partition(hour));
         keys.extend(
@@ -544,7 +546,9 @@ pub async fn load_windows(
     to: i64,
 ) -> anyhow::Result<BTreeMap<(String, String), Vec<Window>>> {
     let mut out: BTreeMap<(String, String), Vec<Window>> = BTreeMap::new();
-    let mut hour = from.div_euclid(HOUR_NS) * HOUR_NS;
+    // No reading lies before MIN_TS; rounding an earlier `from` down to
+    // its hour would overflow.
+    let mut hour = from.max(fleetscore_core::MIN_TS).div_euclid(HOUR_NS) * HOUR_NS;
     while hour < to {
         let prefix = format!("windows/size={size}/{}/", hour_partition(hour));
         for key in store.list(&prefix).await? {
