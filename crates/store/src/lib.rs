@@ -472,7 +472,25 @@ impl Store {
             }),
         }
         };
-        // Waiting for the lock blocks a thread: off the async workers.
+        // Writers in this process queue here without holding a thread: a
+        // file lock can only be waited for by blocking one, and with many
+        // waiters blocked the holder could find no thread left to finish
+        // its own write (the binary keeps 8 blocking threads).
+        let in_process = {
+            static LOCKS: std::sync::OnceLock<
+                std::sync::Mutex<
+                    std::collections::HashMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>,
+                >,
+            > = std::sync::OnceLock::new();
+            let mut map = LOCKS
+                .get_or_init(Default::default)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            Arc::clone(map.entry(lock_path.clone()).or_default())
+        };
+        let _in_process = in_process.lock().await;
+        // Then the other processes' turn: waiting for the file lock blocks
+        // a thread, so off the async workers.
         let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
             std::fs::create_dir_all(lock_path.parent().expect("has a parent"))?;
             let file = std::fs::OpenOptions::new()
@@ -790,6 +808,50 @@ mod tests {
                 store.url()
             );
         }
+    }
+
+    /// Regression: writers in one process each blocked a thread waiting
+    /// for a local folder's lock, so with as many writers as the runtime's
+    /// blocking threads (the binary keeps 8) the holder had none left to
+    /// finish its write, and every upload hung.
+    #[test]
+    fn local_conditional_writes_do_not_exhaust_blocking_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let n = rt.block_on(async {
+            let tasks: Vec<_> = (0..16)
+                .map(|_| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let read = store.get_versioned("n").await.unwrap();
+                            let n: u64 = read.as_ref().map_or(0, |(b, _)| {
+                                std::str::from_utf8(b).unwrap().parse().unwrap()
+                            });
+                            let v = read.map(|(_, v)| v);
+                            let next = (n + 1).to_string();
+                            if let PutIf::Written(_) =
+                                store.put_if("n", next, v.as_ref()).await.unwrap()
+                            {
+                                break;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let all = futures::future::join_all(tasks);
+            tokio::time::timeout(std::time::Duration::from_secs(60), all)
+                .await
+                .expect("writers finished (no deadlock)");
+            store.get("n").await.unwrap().unwrap()
+        });
+        assert_eq!(n.as_ref(), b"16");
     }
 
     fn rt_get(store: &Store, key: &str) -> String {

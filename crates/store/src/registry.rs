@@ -311,18 +311,21 @@ impl Registry {
         loop {
             let (mut index, read_version) = self.index_versioned().await?;
             let base_generation = index.generation;
-            let store = self.store.clone();
-            let groups: Vec<KeyImport> = stream::iter(by_key.iter().map(|(ik, idx)| {
-                let entry = index.models.get(ik).cloned();
-                (ik.clone(), idx.clone(), entry)
-            }))
-            .map(|(ik, idx, entry)| {
-                let (store, prepared) = (store.clone(), std::sync::Arc::clone(&prepared));
-                async move { import_key(&store, &prepared, ik, idx, entry).await }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await?;
+            // Owned items and owned handles per future, so that the future
+            // is `Send` for any caller (an HTTP handler, a spawned task).
+            let work: Vec<(String, Vec<usize>, Option<KeyEntry>)> = by_key
+                .iter()
+                .map(|(ik, idx)| (ik.clone(), idx.clone(), index.models.get(ik).cloned()))
+                .collect();
+            let (store, shared) = (self.store.clone(), std::sync::Arc::clone(&prepared));
+            let groups: Vec<KeyImport> = stream::iter(work)
+                .map(move |(ik, idx, entry)| {
+                    let (store, prepared) = (store.clone(), std::sync::Arc::clone(&shared));
+                    async move { import_key(&store, &prepared, ik, idx, entry).await }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .try_collect()
+                .await?;
             let mut outcomes: Vec<Option<ImportOutcome>> = vec![None; prepared.len()];
             let mut changed: BTreeMap<ModelKey, (u32, Model)> = BTreeMap::new();
             for g in groups {
