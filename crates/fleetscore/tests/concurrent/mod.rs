@@ -40,32 +40,79 @@ pub fn distinct_models(n: usize) -> Vec<(PathBuf, String)> {
 /// device, tag).
 pub type Batch = Vec<(PathBuf, String, String)>;
 
-/// Starts one `models import --manifest M --json` process per batch, all
-/// before waiting for any, from `cmd()` (the binary with its store
-/// arguments and environment); returns their outputs in batch order. The
-/// manifests are written into `dir`. A batch of several models keeps each
-/// process between its read and its write of the index for longer, as a
-/// real import of a folder does: what made the lost updates likely.
+/// Runs one `models import --manifest M --json` process per batch, all at
+/// once, from `cmd()` (the binary with its store arguments and
+/// environment); returns their outputs in batch order.
+///
+/// "At once" is made exact: each manifest is a named pipe in `dir`, so
+/// every process, once started and loaded, waits in reading it; when all
+/// of them are waiting, the manifests are written, releasing them within
+/// microseconds of each other. (Started one after another, the processes
+/// of a fast store could each finish before the next one got going.) A
+/// batch of several models keeps each process between its read and its
+/// write of the index for longer, as a real import of a folder does.
 pub fn import_at_once(cmd: impl Fn() -> Command, dir: &Path, batches: &[Batch]) -> Vec<Output> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut manifests = Vec::new();
     let children: Vec<_> = batches
         .iter()
         .enumerate()
         .map(|(i, batch)| {
-            let manifest = dir.join(format!("manifest-{i}.csv"));
+            let path = dir.join(format!("manifest-{i}-{}.csv", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(
+                unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+                0,
+                "mkfifo {}",
+                path.display()
+            );
             let mut text = String::from("path,device,tag\n");
             for (file, device, tag) in batch {
                 text.push_str(&format!("{},{device},{tag}\n", file.display()));
             }
-            std::fs::write(&manifest, text).unwrap();
-            cmd()
+            let child = cmd()
                 .args(["models", "import", "--json", "--manifest"])
-                .arg(&manifest)
+                .arg(&path)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
-                .unwrap()
+                .unwrap();
+            manifests.push((path, text));
+            child
         })
         .collect();
+    // Opening a pipe to write without blocking succeeds once its process
+    // has opened it to read: then that process waits for the text.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut pipes: Vec<(std::fs::File, String)> = Vec::new();
+    for (path, text) in manifests {
+        let file = loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+            {
+                Ok(f) => break f,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{} never read",
+                        path.display()
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+        };
+        pipes.push((file, text));
+    }
+    for (mut file, text) in pipes {
+        // Far less than a pipe's buffer: written whole, at once.
+        file.write_all(text.as_bytes()).unwrap();
+    }
     children
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
@@ -170,6 +217,15 @@ pub fn assert_registry_consistent(store: &Store) -> Index {
     })
 }
 
+/// The index as it is now, for counting.
+fn count(store: &Store) -> Index {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(Registry::new(store.clone()).index()).unwrap()
+}
+
 /// Processes at once, each importing a batch.
 pub const PROCESSES: usize = 8;
 /// Models per batch.
@@ -199,7 +255,7 @@ pub fn eight_importers_lose_nothing(cmd: impl Fn() -> Command, dir: &Path, store
     for o in import_at_once(&cmd, dir, &batches) {
         assert!(reported(&o).iter().all(|(_, _, v)| *v == 1));
     }
-    let index = assert_registry_consistent(store);
+    let index = count(store);
     assert_eq!(
         index.models.len(),
         PROCESSES * PER_PROCESS,
@@ -208,6 +264,7 @@ pub fn eight_importers_lose_nothing(cmd: impl Fn() -> Command, dir: &Path, store
         index.models.len(),
         PROCESSES * PER_PROCESS
     );
+    assert_registry_consistent(store);
 
     // The same key, a different model from each process.
     let batches: Vec<Batch> = (0..PROCESSES)
@@ -221,7 +278,7 @@ pub fn eight_importers_lose_nothing(cmd: impl Fn() -> Command, dir: &Path, store
         })
         .collect();
     let outs = import_at_once(&cmd, dir, &batches);
-    let index = assert_registry_consistent(store);
+    let index = count(store);
     let entry = &index.models["same/t"];
     assert_eq!(
         entry.versions.len(),
@@ -244,4 +301,5 @@ pub fn eight_importers_lose_nothing(cmd: impl Fn() -> Command, dir: &Path, store
         index.models.len(),
         PROCESSES * PER_PROCESS + 1 + PROCESSES * (PER_PROCESS - 1)
     );
+    assert_registry_consistent(store);
 }
