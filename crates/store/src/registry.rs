@@ -580,8 +580,10 @@ impl Registry {
 /// Registry writes that lose the race for the index to other writers try
 /// again this many times, then fail with [`StoreError::Contended`]. Each
 /// lost race means another writer's change was registered, so with fewer
-/// than this many writers at once every one succeeds; the waits between
-/// attempts (see [`Backoff`]) add up to about a minute at most.
+/// than this many writers at once every one succeeds. Between attempts a
+/// writer waits a random time up to 5 ms × 2^(attempt − 1), at most 2 s
+/// (so that writers that collided do not collide again in step): all 64
+/// waits add up to about a minute on average, two at most.
 pub const MAX_ATTEMPTS: u32 = 64;
 
 /// Attempts to bring the pack up to date before leaving it to readers.
