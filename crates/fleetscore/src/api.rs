@@ -581,7 +581,21 @@ async fn upload(
             let o = out.pop();
             (StatusCode::CREATED, Json(json!({ "outcome": o }))).into_response()
         }
-        Err(e) => internal(e),
+        Err(e) => registry_err(e),
+    }
+}
+
+/// A registry error as an answer: lost races (many writers at once) ask
+/// the client to retry; nothing was registered.
+fn registry_err(e: fleetscore_store::StoreError) -> Response {
+    match e {
+        fleetscore_store::StoreError::Contended { .. } => {
+            let mut r = err(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+        e => internal(e),
     }
 }
 
@@ -616,7 +630,7 @@ async fn promote(
     match api.registry.promote(&k, p.version).await {
         Ok(e) => Json(json!({ "model": e })).into_response(),
         Err(fleetscore_store::StoreError::Invalid(m)) => err(StatusCode::NOT_FOUND, m),
-        Err(e) => internal(e),
+        Err(e) => registry_err(e),
     }
 }
 

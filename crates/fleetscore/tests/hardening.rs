@@ -200,14 +200,33 @@ fn read_ranges_of_centuries_are_refused_at_once() {
 #[test]
 fn serve_refuses_a_public_address_without_admin_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin()
+    let mut child = bin()
         .arg("--data")
         .arg(dir.path())
         .args(["serve", "--listen", "0.0.0.0:0"])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("serve started on 0.0.0.0 without admin tokens");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("without admin tokens") && err.contains("--allow-unauthenticated-admin"),
         "{err}"
