@@ -56,6 +56,8 @@ pub struct Api {
     pub max_model_bytes: usize,
     /// The ingest log, whose health `/readyz` reports.
     pub log: Option<Arc<fleetscore_ingest::Log>>,
+    /// Request bodies in memory, shared with the ingest endpoints.
+    pub inflight: Arc<crate::http::InFlight>,
     /// Model uploads decoded at once: each may take up to a few times
     /// `max_model_bytes` of memory while it is read.
     pub uploads: tokio::sync::Semaphore,
@@ -63,6 +65,10 @@ pub struct Api {
 
 /// Model uploads decoded at once (see [`Api::uploads`]).
 pub const PARALLEL_UPLOADS: usize = 2;
+/// Largest model upload (the file as sent).
+const MAX_UPLOAD: usize = 2 << 20;
+/// Largest JSON body of the other endpoints that change things.
+const SMALL_BODY: usize = 64 << 10;
 
 const HOUR: i64 = HOUR_NS;
 /// Longest range a query may read, in hours.
@@ -110,6 +116,22 @@ pub(crate) fn any_of(t: &str, tokens: &[String]) -> bool {
 }
 
 impl Api {
+    /// A request body of at most `max` bytes, read under the in-flight
+    /// limit and the body timeout.
+    async fn body(
+        &self,
+        body: axum::body::Body,
+        headers: &HeaderMap,
+        max: usize,
+    ) -> Result<(Bytes, crate::http::Held), Response> {
+        let r = crate::http::read_limited(&self.inflight, body, headers, max).await?;
+        Ok((r.bytes, r.held))
+    }
+
+    fn inflight_wait(&self) -> std::time::Duration {
+        self.inflight.wait()
+    }
+
     fn tokens_configured(&self) -> bool {
         !self.admin_tokens.is_empty() || !self.ingest_tokens.is_empty()
     }
@@ -205,7 +227,18 @@ async fn readyz(State(api): A) -> Response {
     let store = api.store.list("models/").await;
     // A log that cannot write (a full disk) cannot take readings: not
     // ready, with why, until it recovers by itself.
-    let log = api.log.as_ref().map(|l| l.health());
+    // Tries a recovery now if one is due, so that freed space shows at
+    // once rather than at the log's next timed attempt.
+    let log = match &api.log {
+        Some(l) if !l.health().writable => {
+            let l = Arc::clone(l);
+            tokio::task::spawn_blocking(move || l.try_recover())
+                .await
+                .ok()
+        }
+        Some(l) => Some(l.health()),
+        None => None,
+    };
     let log_down = log.as_ref().filter(|h| !h.writable).map(|h| {
         json!({
             "reason": h.reason,
@@ -290,10 +323,14 @@ struct Trigger {
     max_retries: Option<u32>,
 }
 
-async fn trigger(State(api): A, headers: HeaderMap, body: Bytes) -> Response {
+async fn trigger(State(api): A, headers: HeaderMap, body: axum::body::Body) -> Response {
     if let Err(r) = api.admin(&headers) {
         return r;
     }
+    let (body, _held) = match api.body(body, &headers, SMALL_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let t: Trigger = match serde_json::from_slice(&body) {
         Ok(t) => t,
         Err(e) => {
@@ -332,23 +369,27 @@ async fn trigger(State(api): A, headers: HeaderMap, body: Bytes) -> Response {
             format!("models: {m:?} is not DEVICE/TAG"),
         );
     }
-    // In i128: from, to and the window come from the request, and their
-    // sums may not fit an i64.
-    let start = from.div_euclid(w) * w;
-    let windows = (to as i128 - start as i128 + w as i128 - 1) / w as i128;
+    // In i128: from, to and the window come from the request, and the
+    // window boundaries around them may not fit an i64.
+    let (from128, to128, w128) = (from as i128, to as i128, w as i128);
+    let start128 = from128.div_euclid(w128) * w128;
+    let windows = (to128 - start128 + w128 - 1) / w128;
     if windows > 10_000 {
         return err(
             StatusCode::BAD_REQUEST,
             format!("{windows} windows: at most 10000 at a time"),
         );
     }
-    let windows = windows as i64;
-    if start.checked_add(windows * w).is_none() {
+    let (Ok(start), Ok(_)) = (
+        i64::try_from(start128),
+        i64::try_from(start128 + windows * w128),
+    ) else {
         return err(
             StatusCode::BAD_REQUEST,
-            "the last window ends past the latest time fleetscore represents",
+            "window: the windows around from/to reach past the times fleetscore represents; use a shorter window",
         );
-    }
+    };
+    let windows = windows as i64;
     let now = crate::util::now_ns();
     let mut ids = Vec::new();
     for i in 0..windows {
@@ -530,13 +571,18 @@ async fn upload(
     State(api): A,
     headers: HeaderMap,
     Path((device, tag)): Path<(String, String)>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if let Err(r) = api.admin(&headers) {
         return r;
     }
     let k = match key(&device, &tag) {
         Ok(k) => k,
+        Err(r) => return r,
+    };
+    // Read only once the token is checked, under the in-flight limit.
+    let (body, _held) = match api.body(body, &headers, MAX_UPLOAD).await {
+        Ok(b) => b,
         Err(r) => return r,
     };
     if body.is_empty() {
@@ -547,8 +593,15 @@ async fn upload(
     }
     // Bounded: a 2 MB upload may decompress to the model size limit, and
     // the reader builds values of a few times that.
-    let Ok(_slot) = api.uploads.acquire().await else {
-        return internal("the upload limiter is closed");
+    let slot = tokio::time::timeout(api.inflight_wait(), api.uploads.acquire()).await;
+    let Ok(Ok(_slot)) = slot else {
+        let mut r = err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{PARALLEL_UPLOADS} model uploads are being read; retry shortly"),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
     };
     let limits = fleetscore_models::ImportLimits::new(api.max_model_bytes as u64);
     let model = match tokio::task::spawn_blocking(move || {
@@ -609,13 +662,17 @@ async fn promote(
     State(api): A,
     headers: HeaderMap,
     Path((device, tag)): Path<(String, String)>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if let Err(r) = api.admin(&headers) {
         return r;
     }
     let k = match key(&device, &tag) {
         Ok(k) => k,
+        Err(r) => return r,
+    };
+    let (body, _held) = match api.body(body, &headers, SMALL_BODY).await {
+        Ok(b) => b,
         Err(r) => return r,
     };
     let p: Promote = match serde_json::from_slice(&body) {
@@ -756,10 +813,17 @@ async fn prediction_rows(
             .map_err(internal)?
             .map_err(internal)?;
             rows.extend(part);
-            if rows.len() > limit {
-                truncated = true;
-                break 'hours;
+            if rows.len() > 2 * limit {
+                // Bounded memory within a large hour; the earliest kept.
+                rows.sort_by(|a, b| (a.ts, &a.device, &a.tag).cmp(&(b.ts, &b.device, &b.tag)));
+                rows.truncate(limit + 1);
             }
+        }
+        // An hour's parts are in no time order: only whole hours are
+        // cut, so the rows kept are the earliest.
+        if rows.len() > limit {
+            truncated = true;
+            break 'hours;
         }
     }
     rows.sort_by(|a, b| (a.ts, &a.device, &a.tag).cmp(&(b.ts, &b.device, &b.tag)));
@@ -813,7 +877,16 @@ async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
     };
     let mut rows: Vec<(i64, String, f64)> = Vec::new();
     let mut truncated = false;
+    // Objects come hour by hour, but within an hour in no time order: past
+    // the limit, the rest of that hour is still read (later hours hold
+    // only later readings), keeping the earliest rows.
+    let mut full_in_hour: Option<Option<i64>> = None;
     for o in objects {
+        let hour = fleetscore_store::partition_start(&o.key);
+        if full_in_hour.is_some_and(|h| h != hour) {
+            truncated = true;
+            break;
+        }
         let data = match api.store.get(&o.key).await {
             Ok(Some(d)) => d,
             Ok(None) => continue,
@@ -842,8 +915,12 @@ async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
             Err(e) => return internal(e),
         }
         if rows.len() > limit {
-            truncated = true;
-            break;
+            full_in_hour.get_or_insert(hour);
+            if rows.len() > 2 * limit {
+                // Bounded memory within a large hour.
+                rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+                rows.truncate(limit + 1);
+            }
         }
     }
     rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));

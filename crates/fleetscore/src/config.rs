@@ -331,16 +331,21 @@ pub struct ServerConfig {
     /// Time for a request's whole body to arrive, from its headers; a
     /// slower (or never-ending) body gets 408.
     pub body_timeout: Span,
-    /// A connection on which no byte moves either way for this long is
-    /// closed. Longer than `query_timeout`.
+    /// A connection on which no byte moves either way for this long,
+    /// while no request on it is being worked on, is closed (a client
+    /// that stops reading its answer, say).
     pub idle_timeout: Span,
     /// Time a read endpoint (`GET /v1/…`) may work on one request before
     /// it answers 503 and asks for a narrower query.
     pub query_timeout: Span,
     /// Bytes of request bodies held in memory at once, across all
     /// requests (a gzip body counts its compressed and decompressed
-    /// bytes). A request waits up to `max_inflight_wait` for room, then
-    /// gets 503 with `Retry-After`.
+    /// bytes). A request with a `Content-Length` waits up to
+    /// `max_inflight_wait` for room before its body is read, then gets 503
+    /// with `Retry-After`; room for a chunked body, and for a body's
+    /// decompressed bytes, is taken as they come, and a request that finds
+    /// none gets 503 at once (it never waits while holding room). At least
+    /// `max_body_bytes`.
     pub max_inflight_bytes: usize,
     /// How long a request may wait for room under `max_inflight_bytes`.
     pub max_inflight_wait: Span,

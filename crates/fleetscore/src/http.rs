@@ -14,15 +14,18 @@
 //!   from its headers ([`DeadlineBody`]); a never-ending chunked body ends
 //!   with 408 (the ingest and upload endpoints say so).
 //! - **idle timeout**: a connection on which no byte moves either way for
-//!   this long is closed ([`IdleIo`]), e.g. a client that stops reading its
-//!   answer. It must exceed the longest request (reads are bounded by
-//!   `query_timeout`).
+//!   this long while no handler is working on it is closed ([`IdleIo`]),
+//!   e.g. a client that stops reading its answer.
 //! - **connection limit**: at most `max_connections` at once, and never more
 //!   than the file-descriptor limit allows (with a reserve for the log, the
 //!   store and the job store). At the limit, the connection that has waited
-//!   longest for a request is closed to make room (idle and slow-header
-//!   connections go first); if every connection is busy with a request, the
+//!   longest for a request (idle, or sending its headers slowly) is closed
+//!   at once to make room; if every connection is busy with a request, the
 //!   newcomer is answered `503` with `Retry-After` and closed.
+
+// Functions that answer early return `Result<_, Response>`, as the handlers
+// do; a Response is large but the error path is not hot.
+#![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,7 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -128,11 +133,15 @@ pub fn effective_limit(configured: usize, nofile: Option<u64>) -> usize {
 
 /// One open connection, as the eviction scan sees it.
 struct Conn {
-    /// A request is being answered.
-    busy: AtomicBool,
+    /// A request is being answered (shared with its [`IdleIo`], whose idle
+    /// clock does not run meanwhile).
+    busy: Arc<AtomicBool>,
     /// Milliseconds since the server started when it last became idle.
     idle_since: AtomicU64,
-    /// Asks the connection to close once its current request is answered.
+    /// Chosen for eviction (so that it is not chosen twice).
+    evicting: AtomicBool,
+    /// Asks the connection to close: at once if it is waiting for a
+    /// request, after its answer if it is busy.
     close: Notify,
 }
 
@@ -148,15 +157,17 @@ impl Registry {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Asks the connection idle the longest to close; false if all are busy.
+    /// Closes the connection that has waited longest for a request; false
+    /// if every connection is busy (or already being closed).
     fn evict_one(&self) -> bool {
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let oldest = conns
             .values()
-            .filter(|c| !c.busy.load(Ordering::Acquire))
+            .filter(|c| !c.busy.load(Ordering::Acquire) && !c.evicting.load(Ordering::Relaxed))
             .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
         match oldest {
             Some(c) => {
+                c.evicting.store(true, Ordering::Relaxed);
                 c.close.notify_one();
                 true
             }
@@ -206,13 +217,15 @@ pub async fn serve(
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                // Full: make room by closing the connection that waited
-                // longest for a request, then wait briefly for its slot.
+                // Full: close the connection that waited longest for a
+                // request (it goes at once: its task drops it), then take
+                // its slot. Only a connection just evicted is waited for,
+                // and only briefly, so the loop keeps accepting.
                 let room = registry.evict_one();
                 let waited = if room {
                     stats.evicted.fetch_add(1, Ordering::Relaxed);
                     tokio::time::timeout(
-                        Duration::from_secs(1),
+                        Duration::from_millis(250),
                         Arc::clone(&permits).acquire_owned(),
                     )
                     .await
@@ -234,8 +247,9 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
-            busy: AtomicBool::new(false),
+            busy: Arc::new(AtomicBool::new(false)),
             idle_since: AtomicU64::new(registry.now_ms()),
+            evicting: AtomicBool::new(false),
             close: Notify::new(),
         });
         registry
@@ -251,7 +265,7 @@ pub async fn serve(
             stop_rx.clone(),
         );
         tokio::spawn(async move {
-            let io = IdleIo::new(stream, limits.idle_timeout);
+            let io = IdleIo::new(stream, limits.idle_timeout, Arc::clone(&conn.busy));
             let timed_out = Arc::clone(&io.timed_out);
             let service = {
                 let (conn, registry) = (Arc::clone(&conn), Arc::clone(&registry));
@@ -276,21 +290,26 @@ pub async fn serve(
             let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
             let mut draining = false;
             loop {
-                tokio::select! {
+                let close = tokio::select! {
                     r = served.as_mut() => {
                         if let Err(e) = r {
                             tracing::debug!("connection ended: {e}");
                         }
                         break;
                     }
-                    _ = conn.close.notified(), if !draining => {
-                        draining = true;
-                        served.as_mut().graceful_shutdown();
+                    _ = conn.close.notified(), if !draining => true,
+                    _ = stop_rx.changed(), if !draining => true,
+                };
+                if close {
+                    // Waiting for a request (idle, or headers coming
+                    // slowly): close now; hyper's graceful shutdown would
+                    // keep such a connection until its header timeout.
+                    // Busy: close once its answer is written.
+                    if !conn.busy.load(Ordering::Acquire) {
+                        break;
                     }
-                    _ = stop_rx.changed(), if !draining => {
-                        draining = true;
-                        served.as_mut().graceful_shutdown();
-                    }
+                    draining = true;
+                    served.as_mut().graceful_shutdown();
                 }
             }
             if timed_out.load(Ordering::Relaxed) {
@@ -344,21 +363,25 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 /// A socket that fails with `TimedOut` once no byte has moved either way
-/// for `timeout`.
+/// for `timeout`, except while `busy` (a handler is working on a request:
+/// hyper may poll the socket meanwhile, and a slow handler is bounded by
+/// its own limits).
 pub struct IdleIo<S> {
     inner: S,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
+    busy: Arc<AtomicBool>,
     timed_out: Arc<AtomicBool>,
 }
 
 impl<S> IdleIo<S> {
     /// Wraps `inner`.
-    pub fn new(inner: S, timeout: Duration) -> Self {
+    pub fn new(inner: S, timeout: Duration, busy: Arc<AtomicBool>) -> Self {
         IdleIo {
             inner,
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            busy,
             timed_out: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -370,6 +393,12 @@ impl<S> IdleIo<S> {
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.sleep.as_mut().poll(cx).is_ready() {
+            if self.busy.load(Ordering::Acquire) {
+                // Start again; polled to register the new deadline.
+                self.progressed();
+                let _ = self.sleep.as_mut().poll(cx);
+                return false;
+            }
             self.timed_out.store(true, Ordering::Relaxed);
             return true;
         }
@@ -533,4 +562,199 @@ mod tests {
         assert_eq!(effective_limit(1024, Some(10)), 8);
         assert_eq!(effective_limit(100, None), 100);
     }
+}
+
+/// A JSON error answer, `{"error": …}`.
+fn answer(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+/// An answer asking the client to come back in a second.
+fn retry_later(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut r = answer(status, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
+/// Bytes of request bodies held in memory at once, across all requests
+/// (`[server] max_inflight_bytes`): a request holds room for its body from
+/// before it is read until its readings are durable (or the request is
+/// answered), so many large concurrent bodies wait (then get 503) instead
+/// of growing the process without bound.
+///
+/// Only a request that holds no room yet waits for it, in arrival order; a
+/// request that already holds room and needs more (a chunked body that
+/// keeps coming, a body's decompressed bytes) takes it at once or gets 503.
+/// So requests never wait on each other while holding room.
+#[derive(Debug)]
+pub struct InFlight {
+    sem: Arc<Semaphore>,
+    /// Capacity, in units of [`InFlight::UNIT`] bytes.
+    units: u32,
+    wait: Duration,
+    /// Requests that waited for room.
+    pub waited: AtomicU64,
+    /// Requests answered 503 for want of room.
+    pub refused: AtomicU64,
+}
+
+/// Room held under [`InFlight`] until dropped.
+pub type Held = Vec<tokio::sync::OwnedSemaphorePermit>;
+
+impl InFlight {
+    const UNIT: usize = 1024;
+
+    /// A budget of `max_bytes`; a request waits at most `wait` for room.
+    pub fn new(max_bytes: usize, wait: Duration) -> InFlight {
+        let most = Semaphore::MAX_PERMITS.min(u32::MAX as usize) as u32;
+        let units = u32::try_from((max_bytes / Self::UNIT).max(1))
+            .unwrap_or(most)
+            .min(most);
+        InFlight {
+            sem: Arc::new(Semaphore::new(units as usize)),
+            units,
+            wait,
+            waited: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// How long a request may wait for room.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// The budget, in bytes.
+    pub fn capacity(&self) -> usize {
+        self.units as usize * Self::UNIT
+    }
+
+    /// Bytes held now.
+    pub fn held_bytes(&self) -> u64 {
+        (self.units as u64 - self.sem.available_permits() as u64) * Self::UNIT as u64
+    }
+
+    fn units_for(&self, bytes: usize) -> Result<u32, Response> {
+        let want = u32::try_from(bytes.div_ceil(Self::UNIT).max(1)).unwrap_or(u32::MAX);
+        if want > self.units {
+            return Err(answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body needs {bytes} bytes in memory, more than [server] max_inflight_bytes ({}); send smaller batches",
+                    self.capacity()
+                ),
+            ));
+        }
+        Ok(want)
+    }
+
+    fn full(&self) -> Response {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server holds as many request bodies as it may ([server] max_inflight_bytes); retry shortly",
+        )
+    }
+
+    /// Room for `bytes`, waiting up to the configured time. Only for a
+    /// request that holds no room yet.
+    pub async fn reserve(
+        &self,
+        bytes: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+        let want = self.units_for(bytes)?;
+        if let Ok(p) = Arc::clone(&self.sem).try_acquire_many_owned(want) {
+            return Ok(p);
+        }
+        self.waited.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.wait, Arc::clone(&self.sem).acquire_many_owned(want)).await
+        {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(self.full()),
+        }
+    }
+
+    /// Room for `bytes` now, or 503: for a request that already holds some.
+    pub fn take_now(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+        let want = self.units_for(bytes)?;
+        Arc::clone(&self.sem)
+            .try_acquire_many_owned(want)
+            .map_err(|_| self.full())
+    }
+}
+
+/// A body read under the limits, with the room it holds.
+pub struct Limited {
+    /// The body.
+    pub bytes: Bytes,
+    /// Its room under [`InFlight`].
+    pub held: Held,
+}
+
+/// Room first taken for a body of unknown length; more as it arrives.
+const CHUNKED_STEP: usize = 256 << 10;
+
+/// Reads a request body of at most `max` bytes within the body timeout,
+/// holding room for it under `inflight`: a declared length is reserved
+/// (waiting) before anything is read; a chunked body takes room as it
+/// arrives. `413` past `max`, `408` past the body timeout.
+pub async fn read_limited(
+    inflight: &InFlight,
+    body: Body,
+    headers: &axum::http::HeaderMap,
+    max: usize,
+) -> Result<Limited, Response> {
+    use hyper::body::Body as _;
+    let too_large = || {
+        answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body exceeds {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut room = declared.map_or(CHUNKED_STEP.min(max.max(1)), |n| n as usize);
+    let mut held: Held = vec![inflight.reserve(room).await?];
+    let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut body = std::pin::pin!(body);
+    loop {
+        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| {
+            if is_body_timeout(&e) {
+                answer(StatusCode::REQUEST_TIMEOUT, e.to_string())
+            } else {
+                answer(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+            }
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if out.len() + data.len() > max {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&data);
+        if out.len() > room {
+            let more = (out.len() - room)
+                .max(CHUNKED_STEP)
+                .min(max - room.min(max))
+                .max(1);
+            held.push(inflight.take_now(more)?);
+            room += more;
+        }
+    }
+    Ok(Limited {
+        bytes: Bytes::from(out),
+        held,
+    })
 }

@@ -158,7 +158,10 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
     anyhow::ensure!(from < to, "--from must be before --to");
     // Checked: --from, --to and --window are the user's, and rounding the
     // range out to whole windows may pass the last time an i64 holds.
-    let start = from.div_euclid(w) * w;
+    let start = from
+        .div_euclid(w)
+        .checked_mul(w)
+        .context("--from: rounded down to a whole --window it passes the earliest time fleetscore represents")?;
     let end = match to.rem_euclid(w) {
         0 => Some(to),
         r => to.checked_add(w - r),

@@ -58,7 +58,7 @@ struct App {
     tokens: Vec<String>,
     max_body: usize,
     /// Bytes of request bodies in memory, across requests.
-    inflight: InFlight,
+    inflight: Arc<crate::http::InFlight>,
     /// The server loop's connection figures.
     conn_stats: Arc<crate::http::ConnStats>,
     line_protocol: LineProtocolConfig,
@@ -165,6 +165,7 @@ pub async fn run_config(
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
     stop: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> anyhow::Result<ExitCode> {
+    check_limits(&c.server)?;
     // Before anything is opened: a refused address fails fast.
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&c.server.listen)
         .await
@@ -228,6 +229,10 @@ pub async fn run_config(
     let ingestor = Arc::new(Ingestor::new(Arc::clone(&log), windows));
     let metrics = Arc::new(Metrics::default());
     let conn_stats = Arc::new(crate::http::ConnStats::default());
+    let inflight = Arc::new(crate::http::InFlight::new(
+        c.server.max_inflight_bytes,
+        span_duration(c.server.max_inflight_wait),
+    ));
     let mut compactor = Compactor {
         ingestor: Arc::clone(&ingestor),
         store: store.clone(),
@@ -255,10 +260,7 @@ pub async fn run_config(
             .collect(),
         max_body: c.server.max_body_bytes,
         conn_stats: Arc::clone(&conn_stats),
-        inflight: InFlight::new(
-            c.server.max_inflight_bytes,
-            span_duration(c.server.max_inflight_wait),
-        ),
+        inflight: Arc::clone(&inflight),
         line_protocol: c.ingest.line_protocol.clone(),
         csv: c.ingest.csv.clone(),
     });
@@ -275,6 +277,7 @@ pub async fn run_config(
         query_timeout: span_duration(c.server.query_timeout),
         max_model_bytes: c.server.max_model_bytes,
         log: Some(Arc::clone(&log)),
+        inflight: Arc::clone(&inflight),
         uploads: tokio::sync::Semaphore::new(crate::api::PARALLEL_UPLOADS),
     });
     let router = Router::new()
@@ -449,6 +452,31 @@ pub fn parse_window(text: &str) -> anyhow::Result<WindowSpec> {
     Ok(spec)
 }
 
+/// The `[server]` limits, checked before anything starts.
+fn check_limits(s: &config::ServerConfig) -> anyhow::Result<()> {
+    for (name, span) in [
+        ("header_timeout", s.header_timeout),
+        ("body_timeout", s.body_timeout),
+        ("idle_timeout", s.idle_timeout),
+        ("query_timeout", s.query_timeout),
+    ] {
+        if span.as_nanos() < 1_000_000 {
+            anyhow::bail!("invalid config: [server] {name} must be at least 1ms, not {span}");
+        }
+    }
+    if s.max_connections == 0 {
+        anyhow::bail!("invalid config: [server] max_connections must be at least 1");
+    }
+    if s.max_inflight_bytes < s.max_body_bytes {
+        anyhow::bail!(
+            "invalid config: [server] max_inflight_bytes ({}) must be at least max_body_bytes ({}), or no body of the largest size could ever be read",
+            s.max_inflight_bytes,
+            s.max_body_bytes
+        );
+    }
+    Ok(())
+}
+
 /// A config span as a `Duration` (negative spans count as zero).
 pub fn span_duration(s: fleetscore_stream::Span) -> Duration {
     Duration::from_nanos(u64::try_from(s.as_nanos()).unwrap_or(0))
@@ -475,79 +503,6 @@ fn check_exposure(addr: SocketAddr, auth: &config::AuthConfig) -> anyhow::Result
          listen on a loopback address (--listen 127.0.0.1:8080), \
          or accept the risk with --allow-unauthenticated-admin"
     )
-}
-
-/// Bytes of request bodies held in memory at once, across all requests
-/// (`[server] max_inflight_bytes`): a request reserves its body's size
-/// before reading it and keeps the reservation until its readings are
-/// durable, so many large concurrent bodies wait (then get 503) instead of
-/// growing the process without bound.
-struct InFlight {
-    sem: Arc<tokio::sync::Semaphore>,
-    /// Capacity, in units of [`InFlight::UNIT`] bytes.
-    units: u32,
-    wait: Duration,
-    /// Requests that waited for room, and those that gave up (503).
-    waited: std::sync::atomic::AtomicU64,
-    refused: std::sync::atomic::AtomicU64,
-}
-
-impl InFlight {
-    const UNIT: usize = 1024;
-
-    fn new(max_bytes: usize, wait: Duration) -> InFlight {
-        let units = u32::try_from((max_bytes / Self::UNIT).max(1))
-            .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS as u32)
-            .min(tokio::sync::Semaphore::MAX_PERMITS as u32);
-        InFlight {
-            sem: Arc::new(tokio::sync::Semaphore::new(units as usize)),
-            units,
-            wait,
-            waited: Default::default(),
-            refused: Default::default(),
-        }
-    }
-
-    fn held_bytes(&self) -> u64 {
-        (self.units as u64 - self.sem.available_permits() as u64) * Self::UNIT as u64
-    }
-
-    /// Reserves room for `bytes`, waiting up to the configured time.
-    async fn reserve(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
-        let want = u32::try_from(bytes.div_ceil(Self::UNIT).max(1)).unwrap_or(u32::MAX);
-        if want > self.units {
-            return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the body needs {bytes} bytes in memory, more than [server] max_inflight_bytes ({}); send smaller batches",
-                    self.units as usize * Self::UNIT
-                ),
-            ));
-        }
-        if let Ok(p) = Arc::clone(&self.sem).try_acquire_many_owned(want) {
-            return Ok(p);
-        }
-        self.waited.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.wait, Arc::clone(&self.sem).acquire_many_owned(want)).await
-        {
-            Ok(Ok(p)) => Ok(p),
-            _ => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                Err(retry_later(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the server holds as many request bodies as it may ([server] max_inflight_bytes); retry shortly",
-                ))
-            }
-        }
-    }
-}
-
-/// An answer that asks the client to retry after a second.
-fn retry_later(status: StatusCode, message: impl Into<String>) -> Response {
-    let mut r = error(status, message);
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    r
 }
 
 async fn flush_windows(ingestor: &Arc<Ingestor>) -> anyhow::Result<()> {
@@ -817,37 +772,8 @@ type Held = Vec<tokio::sync::OwnedSemaphorePermit>;
 /// Reads (and decompresses) a body within the size limit and the body
 /// timeout, holding room for it under the in-flight limit.
 async fn read_body(app: &App, body: Body, headers: &HeaderMap) -> Result<(Bytes, Held), Response> {
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body exceeds {} bytes", app.max_body),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > app.max_body as u64) {
-        return Err(too_large());
-    }
-    // A chunked body may be as large as the limit.
-    let expected = declared.map_or(app.max_body, |n| n as usize);
-    let mut held: Held = vec![app.inflight.reserve(expected).await?];
-    let raw = axum::body::to_bytes(body, app.max_body)
-        .await
-        .map_err(|e| {
-            if crate::http::is_body_timeout(&e) {
-                return error(StatusCode::REQUEST_TIMEOUT, e.to_string());
-            }
-            let mut src: Option<&dyn std::error::Error> = Some(&e);
-            while let Some(s) = src {
-                if s.to_string().contains("length limit") {
-                    return too_large();
-                }
-                src = s.source();
-            }
-            error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
-        })?;
+    let raw = crate::http::read_limited(&app.inflight, body, headers, app.max_body).await?;
+    let (raw, mut held) = (raw.bytes, raw.held);
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -860,14 +786,15 @@ async fn read_body(app: &App, body: Body, headers: &HeaderMap) -> Result<(Bytes,
         // for the decompressed body too.
         "gzip" | "x-gzip" => {
             let limit = app.max_body;
-            // The gzip trailer states the (last member's) size; room for
-            // more is taken if the body decompresses to more.
+            // The gzip trailer states the (last member's) size. Room is
+            // taken without waiting: this request already holds some, and
+            // waiting while holding could stall every request.
             let stated = raw
                 .len()
                 .checked_sub(4)
                 .map(|at| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]))
                 .map_or(limit, |n| (n as usize).min(limit));
-            held.push(app.inflight.reserve(stated).await?);
+            held.push(app.inflight.take_now(stated)?);
             let out = tokio::task::spawn_blocking(move || {
                 use std::io::Read;
                 let mut out = Vec::with_capacity(stated);
@@ -889,7 +816,7 @@ async fn read_body(app: &App, body: Body, headers: &HeaderMap) -> Result<(Bytes,
             .await
             .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
             if out.len() > stated {
-                held.push(app.inflight.reserve(out.len() - stated).await?);
+                held.push(app.inflight.take_now(out.len() - stated)?);
             }
             Ok((out, held))
         }
@@ -970,9 +897,34 @@ fn log_refused(app: &App, e: &LogError) -> Response {
     }
 }
 
+/// An idempotency key, and what makes a resent request the same one: a
+/// hash of its endpoint, its parameters and its (decompressed) body. Not
+/// its readings: line protocol lines without a timestamp take the arrival
+/// time, which differs between a request and its retry.
+struct Keyed {
+    key: String,
+    identity: [u8; 32],
+}
+
+impl Keyed {
+    fn new(key: Option<String>, what: &[&str], body: &[u8]) -> Option<Keyed> {
+        let key = key?;
+        let mut h = Sha256::new();
+        for part in what {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.update(body);
+        Some(Keyed {
+            key,
+            identity: h.finalize().into(),
+        })
+    }
+}
+
 /// Parses (on a blocking thread) and appends under `key`; answers once
 /// the batch is durable.
-async fn ingest<F>(app: &App, key: Option<String>, parse: F) -> Result<Ingested, Response>
+async fn ingest<F>(app: &App, key: Option<Keyed>, parse: F) -> Result<Ingested, Response>
 where
     F: FnOnce() -> Result<Batch, BatchError> + Send + 'static,
 {
@@ -992,7 +944,11 @@ where
             }
             let n = readings.len();
             Ok(ingestor
-                .append_keyed(key.as_deref(), Arc::new(readings))
+                .append_keyed(
+                    key.as_ref().map(|k| k.key.as_str()),
+                    key.as_ref().map(|k| &k.identity[..]),
+                    Arc::new(readings),
+                )
                 .map(|a| Ingested {
                     readings: n,
                     duplicate: a.duplicate,
@@ -1068,6 +1024,8 @@ async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response 
     };
     let now = util::now_ns();
     let config = app.line_protocol.clone();
+    let endpoint = if v2 { "/api/v2/write" } else { "/write" };
+    let key = Keyed::new(key, &[endpoint, &format!("{precision:?}")], &body);
     let parse = move || parse_line_protocol(&body, precision, now, &config);
     match ingest(app, key, parse).await {
         Ok(i) => replayed(StatusCode::NO_CONTENT.into_response(), i.duplicate),
@@ -1141,6 +1099,7 @@ async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response
         Err(r) => return r,
     };
     let config = app.csv.clone();
+    let key = Keyed::new(key, &["/v1/readings", &ctype], &body);
     let parse = move || {
         if csv {
             parse_csv_body(&body, &config)

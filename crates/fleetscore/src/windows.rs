@@ -566,18 +566,20 @@ impl Ingestor {
 
     /// Appends one batch durably (blocking), then hands it to the windows.
     pub fn append(&self, readings: Arc<Vec<Reading>>) -> Result<Seq, LogError> {
-        self.append_keyed(None, readings).map(|a| a.seq)
+        self.append_keyed(None, None, readings).map(|a| a.seq)
     }
 
     /// [`Ingestor::append`] under an idempotency key: a batch already
-    /// stored under `key` (within the log's horizon) is answered as a
+    /// stored under `key` (within the log's horizon) from the same request
+    /// (`identity`, see [`Log::append_keyed_as`]) is answered as a
     /// duplicate and neither stored nor windowed again.
     pub fn append_keyed(
         &self,
         key: Option<&str>,
+        identity: Option<&[u8]>,
         readings: Arc<Vec<Reading>>,
     ) -> Result<fleetscore_ingest::Appended, LogError> {
-        let appended = self.log.append_keyed(key, &readings)?;
+        let appended = self.log.append_keyed_as(key, identity, &readings)?;
         if !appended.duplicate {
             if let Some(w) = &self.windows {
                 w.push(appended.seq, readings);

@@ -153,6 +153,20 @@ pub fn encode_batch(
     time_ns: i64,
     readings: &[Reading],
 ) -> Result<EncodedBatch, usize> {
+    encode_batch_as(key, None, time_ns, readings)
+}
+
+/// [`encode_batch`], with the key's digest taken over `identity` (what
+/// the source considers the same request, e.g. an HTTP body that a retry
+/// sends again byte for byte) instead of the encoded readings: a source
+/// whose readings differ between identical requests (line protocol lines
+/// without a timestamp take the arrival time) still recognises a retry.
+pub fn encode_batch_as(
+    key: Option<&str>,
+    identity: Option<&[u8]>,
+    time_ns: i64,
+    readings: &[Reading],
+) -> Result<EncodedBatch, usize> {
     let key_len = key.map_or(0, str::len);
     assert!(key_len <= MAX_KEY_LEN, "idempotency key too long");
     let meta_len = 8 + 2 + key_len + if key.is_some() { DIGEST_LEN } else { 0 };
@@ -161,7 +175,7 @@ pub fn encode_batch(
     payload[8..10].copy_from_slice(&(key_len as u16).to_le_bytes());
     let digest = key.map(|k| {
         // Only batches with a key pay for the hash.
-        let d = digest(&payload[meta_len..]);
+        let d = digest(identity.unwrap_or(&payload[meta_len..]));
         payload[10..10 + key_len].copy_from_slice(k.as_bytes());
         payload[10 + key_len..meta_len].copy_from_slice(&d);
         d

@@ -523,23 +523,42 @@ impl Log {
     /// the log cannot write. Only keyed appends pay for the digest (a
     /// SHA-256 of the encoded batch, on the calling thread).
     pub fn append_keyed(&self, key: Option<&str>, readings: &[Reading]) -> Result<Appended> {
-        let res = self.append_inner(key, readings);
+        self.append_keyed_as(key, None, readings)
+    }
+
+    /// [`Log::append_keyed`], where a resent batch is recognised by
+    /// `identity` (the bytes of the request as the source received it)
+    /// rather than by its readings: the same key with the same identity is
+    /// a duplicate, with another identity [`LogError::KeyReused`]. For
+    /// sources whose readings of one request may differ between attempts
+    /// (line protocol without timestamps takes the arrival time).
+    pub fn append_keyed_as(
+        &self,
+        key: Option<&str>,
+        identity: Option<&[u8]>,
+        readings: &[Reading],
+    ) -> Result<Appended> {
+        let res = self.append_inner(key, identity, readings);
         if res.is_err() {
             self.shared.counters.failed.fetch_add(1, Ordering::Relaxed);
         }
         res
     }
 
-    fn append_inner(&self, key: Option<&str>, readings: &[Reading]) -> Result<Appended> {
+    fn append_inner(
+        &self,
+        key: Option<&str>,
+        identity: Option<&[u8]>,
+        readings: &[Reading],
+    ) -> Result<Appended> {
         if let Some(key) = key {
             keys::check_key(key)?;
         }
-        let batch = format::encode_batch(key, self.shared.now_ns(), readings).map_err(|bytes| {
-            LogError::BatchTooLarge {
+        let batch = format::encode_batch_as(key, identity, self.shared.now_ns(), readings)
+            .map_err(|bytes| LogError::BatchTooLarge {
                 bytes,
                 max: format::MAX_BODY_LEN,
-            }
-        })?;
+            })?;
         let (reply, answer) = mpsc::sync_channel(1);
         let closed = || LogError::WriterStopped("its channel is closed".into());
         self.tx

@@ -344,8 +344,8 @@ impl Registry {
             }
             index.generation += 1;
             if self.replace_index(&index, read_version.as_ref()).await? {
-                self.update_pack(base_generation, index.generation, changed)
-                    .await?;
+                self.settle_pack(base_generation, index.generation, changed)
+                    .await;
                 return Ok(outcomes);
             }
             backoff.lost(self.store.url(), INDEX_KEY).await?;
@@ -387,10 +387,13 @@ impl Registry {
             let out = entry.clone();
             index.generation += 1;
             if self.replace_index(&index, read_version.as_ref()).await? {
-                let model = self.model(key, version).await?;
-                let changed = BTreeMap::from([(key.clone(), (version, model))]);
-                self.update_pack(base_generation, index.generation, changed)
-                    .await?;
+                let changed = match self.model(key, version).await {
+                    Ok(model) => BTreeMap::from([(key.clone(), (version, model))]),
+                    // The pack is then rebuilt from the index.
+                    Err(_) => BTreeMap::new(),
+                };
+                self.settle_pack(base_generation, index.generation, changed)
+                    .await;
                 return Ok(out);
             }
             backoff.lost(self.store.url(), INDEX_KEY).await?;
@@ -420,6 +423,32 @@ impl Registry {
             // "changed": by itself. The index's bytes hold its generation
             // and this import's timestamps, so equal bytes mean ours.
             PutIf::Conflict => Ok(self.store.get(INDEX_KEY).await?.as_deref() == Some(&bytes[..])),
+        }
+    }
+
+    /// [`Registry::update_pack`] once the index is committed: the change
+    /// has taken effect whatever happens to the pack, which is derived
+    /// data (a reader that finds it behind the index rebuilds it), so a
+    /// failure here is logged, not returned; a caller that retried would
+    /// find its change already made.
+    async fn settle_pack(
+        &self,
+        base: u64,
+        generation: u64,
+        changed: BTreeMap<ModelKey, (u32, Model)>,
+    ) {
+        let with_change = !changed.is_empty();
+        let result = if with_change {
+            self.update_pack(base, generation, changed).await
+        } else {
+            self.rebuild_pack().await.map(|_| ())
+        };
+        if let Err(e) = result {
+            tracing::warn!(
+                store = self.store.url(),
+                generation,
+                "the model index is updated, but writing the pack failed (the next reader rebuilds it): {e}"
+            );
         }
     }
 
