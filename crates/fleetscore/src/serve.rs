@@ -14,7 +14,16 @@
 //! the window checkpoint is past it. A re-run after a crash overwrites the
 //! same objects instead of duplicating them. On SIGTERM or SIGINT the
 //! server stops accepting, then does the same once more, so a stopped
-//! server leaves an empty log behind.
+//! server leaves an empty log behind (unless the disk or the store fails
+//! then: the log keeps the readings for the next start, and the stop is
+//! still clean).
+//!
+//! Requests are bounded so that no client can take the server from the
+//! others: connections and timeouts in [`crate::http`]; bytes of bodies in
+//! memory across requests ([`crate::http::InFlight`]); a log that cannot
+//! write (a full disk) answers 507/503 with `Retry-After` and recovers by
+//! itself; an `Idempotency-Key` makes a resent batch a duplicate instead of
+//! a second copy.
 
 // Handlers return `Result<_, Response>` so that `?`-style early answers
 // stay readable; a Response is large but the error path is not hot.
