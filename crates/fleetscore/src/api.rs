@@ -124,7 +124,7 @@ impl Api {
         headers: &HeaderMap,
         max: usize,
     ) -> Result<(Bytes, crate::http::Held), Response> {
-        let r = crate::http::read_limited(&self.inflight, body, headers, max).await?;
+        let r = crate::http::read_limited(&self.inflight, body, headers, max, 1).await?;
         Ok((r.bytes, r.held))
     }
 

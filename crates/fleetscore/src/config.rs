@@ -12,7 +12,7 @@
 //! body_timeout = "60s"               # a slower body gets 408
 //! idle_timeout = "120s"              # no byte either way: closed
 //! query_timeout = "30s"              # a GET /v1/… working longer gets 503
-//! max_inflight_bytes = 268435456     # request bodies in memory at once
+//! max_inflight_bytes = 268435456     # bodies and their readings in memory at once
 //! max_inflight_wait = "10s"          # then 503 with Retry-After
 //! max_model_bytes = 67108864         # a model file, decompressed
 //!
@@ -338,14 +338,16 @@ pub struct ServerConfig {
     /// Time a read endpoint (`GET /v1/…`) may work on one request before
     /// it answers 503 and asks for a narrower query.
     pub query_timeout: Span,
-    /// Bytes of request bodies held in memory at once, across all
-    /// requests (a gzip body counts its compressed and decompressed
-    /// bytes). A request with a `Content-Length` waits up to
+    /// Bytes of request bodies, and of the readings parsed from them,
+    /// held in memory at once across all requests: an ingest request holds
+    /// four times its body's bytes (a gzip body: its compressed bytes, and
+    /// four times the decompressed ones) until its readings are durable.
+    /// A request with a `Content-Length` waits up to
     /// `max_inflight_wait` for room before its body is read, then gets 503
     /// with `Retry-After`; room for a chunked body, and for a body's
     /// decompressed bytes, is taken as they come, and a request that finds
     /// none gets 503 at once (it never waits while holding room). At least
-    /// `max_body_bytes`.
+    /// four times `max_body_bytes`.
     pub max_inflight_bytes: usize,
     /// How long a request may wait for room under `max_inflight_bytes`.
     pub max_inflight_wait: Span,

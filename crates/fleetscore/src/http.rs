@@ -700,15 +700,19 @@ pub struct Limited {
 const CHUNKED_STEP: usize = 256 << 10;
 
 /// Reads a request body of at most `max` bytes within the body timeout,
-/// holding room for it under `inflight`: a declared length is reserved
-/// (waiting) before anything is read; a chunked body takes room as it
-/// arrives. `413` past `max`, `408` past the body timeout.
+/// holding room for `factor` times its bytes under `inflight` (the body,
+/// and what handling it builds: the readings parsed from it, say): a
+/// declared length is reserved (waiting) before anything is read; a
+/// chunked body takes room as it arrives. `413` past `max`, `408` past the
+/// body timeout.
 pub async fn read_limited(
     inflight: &InFlight,
     body: Body,
     headers: &axum::http::HeaderMap,
     max: usize,
+    factor: usize,
 ) -> Result<Limited, Response> {
+    let factor = factor.max(1);
     use hyper::body::Body as _;
     let too_large = || {
         answer(
@@ -724,7 +728,7 @@ pub async fn read_limited(
         return Err(too_large());
     }
     let mut room = declared.map_or(CHUNKED_STEP.min(max.max(1)), |n| n as usize);
-    let mut held: Held = vec![inflight.reserve(room).await?];
+    let mut held: Held = vec![inflight.reserve(room.saturating_mul(factor)).await?];
     let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize));
     let mut body = std::pin::pin!(body);
     loop {
@@ -749,7 +753,7 @@ pub async fn read_limited(
                 .max(CHUNKED_STEP)
                 .min(max - room.min(max))
                 .max(1);
-            held.push(inflight.take_now(more)?);
+            held.push(inflight.take_now(more.saturating_mul(factor))?);
             room += more;
         }
     }

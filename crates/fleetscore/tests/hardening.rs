@@ -305,7 +305,7 @@ fn bodies_in_flight_are_bounded_across_requests() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         dir.path(),
-        "[server]\nmax_inflight_bytes = 1048576\nmax_body_bytes = 1048576\nmax_inflight_wait = \"500ms\"\nbody_timeout = \"20s\"\n",
+        "[server]\nmax_inflight_bytes = 4194304\nmax_body_bytes = 1048576\nmax_inflight_wait = \"500ms\"\nbody_timeout = \"20s\"\n",
     );
     let s = Server::start(dir.path(), &["--config", &cfg]);
     // Two bodies of 600 KB cannot be held at once: the first is sent
