@@ -363,30 +363,6 @@ fn bodies_in_flight_are_bounded_across_requests() {
     s.terminate();
 }
 
-/// Sends one request; returns the status and the whole answer (headers
-/// and body) as text.
-fn exchange(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let (text, _) = read_until_closed(&mut s, Duration::from_secs(30));
-    (status_of(&text), text)
-}
-
 /// A tmpfs mounted for a test, unmounted when dropped.
 struct Tmpfs(tempfile::TempDir);
 
@@ -441,7 +417,7 @@ fn a_full_disk_answers_507_and_recovers_without_a_restart() {
                 )
             })
             .collect();
-        let (st, text) = exchange(&s.addr, "POST", "/write", &[], lines.as_bytes());
+        let (st, text) = s.exchange("POST", "/write", &[], lines.as_bytes());
         match st {
             204 => acknowledged.push(batch),
             507 => {
@@ -460,10 +436,10 @@ fn a_full_disk_answers_507_and_recovers_without_a_restart() {
         "{answer}"
     );
     assert!(answer.contains("free space"), "{answer}");
-    let (st, ready) = exchange(&s.addr, "GET", "/readyz", &[], b"");
+    let (st, ready) = s.exchange("GET", "/readyz", &[], b"");
     assert_eq!(st, 503, "{ready}");
     assert!(ready.contains("\"disk_full\":true"), "{ready}");
-    let (_, metrics) = exchange(&s.addr, "GET", "/metrics", &[], b"");
+    let (_, metrics) = s.exchange("GET", "/metrics", &[], b"");
     assert!(metrics.contains("fleetscore_log_writable 0"), "{metrics}");
     assert!(
         metrics.contains("fleetscore_log_unavailable_answers_total 3"),
@@ -474,7 +450,7 @@ fn a_full_disk_answers_507_and_recovers_without_a_restart() {
     std::fs::remove_file(&filler).unwrap();
     let started = Instant::now();
     loop {
-        let (st, body) = exchange(&s.addr, "GET", "/readyz", &[], b"");
+        let (st, body) = s.exchange("GET", "/readyz", &[], b"");
         if st == 200 {
             break;
         }
@@ -486,11 +462,11 @@ fn a_full_disk_answers_507_and_recovers_without_a_restart() {
     }
     for batch in 5000..5010u64 {
         let line = format!("m,device=d{batch} v=1 1700000000000000000\n");
-        let (st, text) = exchange(&s.addr, "POST", "/write", &[], line.as_bytes());
+        let (st, text) = s.exchange("POST", "/write", &[], line.as_bytes());
         assert_eq!(st, 204, "after recovery: {text}");
         acknowledged.push(batch);
     }
-    let (_, metrics) = exchange(&s.addr, "GET", "/metrics", &[], b"");
+    let (_, metrics) = s.exchange("GET", "/metrics", &[], b"");
     assert!(metrics.contains("fleetscore_log_writable 1"), "{metrics}");
     // SIGTERM: a clean stop (exit 0), the log compacted into raw/.
     s.terminate();
@@ -525,24 +501,23 @@ fn a_retried_batch_with_an_idempotency_key_is_stored_once() {
     let s = Server::start(dir.path(), &["--no-windows"]);
     let lp = "m,device=k1 v=1 1700000000000000000\nm,device=k1 v=2 1700000001000000000\n";
     let key = [("Idempotency-Key", "batch-0001")];
-    let (st, first) = exchange(&s.addr, "POST", "/write", &key, lp.as_bytes());
+    let (st, first) = s.exchange("POST", "/write", &key, lp.as_bytes());
     assert_eq!(st, 204, "{first}");
     assert!(!first.contains("idempotent-replayed"), "{first}");
-    let (st, again) = exchange(&s.addr, "POST", "/write", &key, lp.as_bytes());
+    let (st, again) = s.exchange("POST", "/write", &key, lp.as_bytes());
     assert_eq!(st, 204, "{again}");
     assert!(again.contains("idempotent-replayed: true"), "{again}");
     // Lines without a timestamp take the arrival time, which differs on
     // the retry: still the same request.
     let untimed = [("Idempotency-Key", "untimed-1")];
-    let (st, text) = exchange(&s.addr, "POST", "/write", &untimed, b"m,device=k3 v=5\n");
+    let (st, text) = s.exchange("POST", "/write", &untimed, b"m,device=k3 v=5\n");
     assert_eq!(st, 204, "{text}");
     std::thread::sleep(Duration::from_millis(20));
-    let (st, text) = exchange(&s.addr, "POST", "/write", &untimed, b"m,device=k3 v=5\n");
+    let (st, text) = s.exchange("POST", "/write", &untimed, b"m,device=k3 v=5\n");
     assert_eq!(st, 204, "{text}");
     assert!(text.contains("idempotent-replayed: true"), "{text}");
     // The same key with other readings: refused, nothing stored.
-    let (st, text) = exchange(
-        &s.addr,
+    let (st, text) = s.exchange(
         "POST",
         "/write",
         &key,
@@ -555,17 +530,17 @@ fn a_retried_batch_with_an_idempotency_key_is_stored_once() {
         ("Content-Type", "application/json"),
         ("Idempotency-Key", "\"json-7\""),
     ];
-    let (st, text) = exchange(&s.addr, "POST", "/v1/readings", &headers, json.as_bytes());
+    let (st, text) = s.exchange("POST", "/v1/readings", &headers, json.as_bytes());
     assert_eq!(st, 200, "{text}");
     s.crash();
     let s = Server::start(dir.path(), &["--no-windows"]);
-    let (st, text) = exchange(&s.addr, "POST", "/v1/readings", &headers, json.as_bytes());
+    let (st, text) = s.exchange("POST", "/v1/readings", &headers, json.as_bytes());
     assert_eq!(st, 200, "{text}");
     assert!(text.contains("\"duplicate\":true"), "{text}");
-    let (st, text) = exchange(&s.addr, "POST", "/write", &key, lp.as_bytes());
+    let (st, text) = s.exchange("POST", "/write", &key, lp.as_bytes());
     assert_eq!(st, 204, "{text}");
     assert!(text.contains("idempotent-replayed: true"), "{text}");
-    let (_, metrics) = exchange(&s.addr, "GET", "/metrics", &[], b"");
+    let (_, metrics) = s.exchange("GET", "/metrics", &[], b"");
     assert!(
         metrics.contains("fleetscore_log_duplicates_total 2"),
         "{metrics}"
