@@ -2,12 +2,13 @@
 """Re-runs the resource cases of issue 16's hostile-input probe against a
 fleetscore binary and prints what each did (for comparing two builds):
 
-    python3 bench/hostile.py BINARY LABEL [idle,range,bodies,devices]
+    python3 bench/hostile.py BINARY LABEL [idle,range,bodies,devices,churn]
 
 idle: 200 idle sockets under `ulimit -n 128`, then /healthz and /write;
 range: a GET /v1/readings over five centuries; bodies: 48 concurrent 30 MB
 line-protocol bodies (answers, RSS peak, RSS after); devices: 3 x 750,000 new
-devices (RSS, checkpoint size, live and shed series). PROBE_ARGS adds serve
+devices (RSS, checkpoint size, live and shed series); churn: 6 x 750,000 new
+devices 25 s apart, quiet ones closed after 5 s (RSS stays bounded). PROBE_ARGS adds serve
 flags to the devices case (e.g. `--config f.toml` with `[stream]
 close_idle_after = "5s"`), PROBE_WAIT its wait before measuring (s)."""
 import gzip, http.client, json, os, resource, signal, socket, subprocess, sys, tempfile, threading, time
@@ -158,6 +159,26 @@ def case_devices():
         m = m.decode()
         pick = [l for l in m.splitlines() if l.startswith(("fleetscore_window_series ", "fleetscore_window_series_shed_total", "fleetscore_window_series_max"))]
         print(f"[{LABEL}] devices: 3 x 750,000 new devices: RSS {base:.0f} MB -> {' '.join(out)}, {rss_mb(p.pid):.0f} MB at the end; checkpoint {cks:.0f} MB; {'; '.join(pick)}")
+        stop(p)
+
+
+def case_churn():
+    """6 x 750,000 new devices 25 s apart with quiet devices closed after 5 s:
+    memory must stay bounded as devices come and go."""
+    with tempfile.TemporaryDirectory() as d:
+        cfg = os.path.join(d, "quiet.toml")
+        with open(cfg, "w") as f:
+            f.write('[stream]\nclose_idle_after = "5s"\n')
+        p, host, port = start(d, ["--config", cfg])
+        out = []
+        for r in range(6):
+            lines = "".join(f"m,device=r{r}d{i} v=1 {1700000000000000000 + i}\n" for i in range(750_000)).encode()
+            st, _ = request(host, port, "POST", "/write", gzip.compress(lines, 1), {"Content-Encoding": "gzip"}, timeout=600)
+            time.sleep(25)
+            _, m = request(host, port, "GET", "/metrics")
+            live = [l.split()[1] for l in m.decode().splitlines() if l.startswith("fleetscore_window_series ")][0]
+            out.append(f"{st}: {rss_mb(p.pid):.0f} MB, {live} live")
+        print(f"[{LABEL}] churn: 6 x 750,000 new devices, 25 s apart, close_idle_after 5s: " + "; ".join(out))
         stop(p)
 
 
