@@ -74,9 +74,7 @@ const HOUR: i64 = HOUR_NS;
 /// Longest range a query may read, in hours.
 const MAX_HOURS: i64 = 24 * 31;
 
-fn err(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
+use crate::http::{answer as err, retry_later};
 
 fn db_err(e: DbError) -> Response {
     match e {
@@ -595,13 +593,10 @@ async fn upload(
     // the reader builds values of a few times that.
     let slot = tokio::time::timeout(api.inflight_wait(), api.uploads.acquire()).await;
     let Ok(Ok(_slot)) = slot else {
-        let mut r = err(
+        return retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{PARALLEL_UPLOADS} model uploads are being read; retry shortly"),
         );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return r;
     };
     let limits = fleetscore_models::ImportLimits::new(api.max_model_bytes as u64);
     let model = match tokio::task::spawn_blocking(move || {
@@ -643,10 +638,7 @@ async fn upload(
 fn registry_err(e: fleetscore_store::StoreError) -> Response {
     match e {
         fleetscore_store::StoreError::Contended { .. } => {
-            let mut r = err(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            r
+            retry_later(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
         e => internal(e),
     }

@@ -564,8 +564,9 @@ mod tests {
     }
 }
 
-/// A JSON error answer, `{"error": …}`.
-fn answer(status: StatusCode, message: impl Into<String>) -> Response {
+/// A JSON error answer, `{"error": …}`: the shape of every error the
+/// server and the API give.
+pub fn answer(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
         axum::Json(serde_json::json!({ "error": message.into() })),
@@ -574,7 +575,7 @@ fn answer(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// An answer asking the client to come back in a second.
-fn retry_later(status: StatusCode, message: impl Into<String>) -> Response {
+pub fn retry_later(status: StatusCode, message: impl Into<String>) -> Response {
     let mut r = answer(status, message);
     r.headers_mut()
         .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));

@@ -735,9 +735,7 @@ fn render_limits(app: &App) -> String {
 
 // ---------------------------------------------------------------- handlers
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
+use crate::http::answer as error;
 
 fn refused(e: &BatchError) -> Response {
     let rejections: Vec<_> = e
@@ -775,8 +773,7 @@ fn authorized(app: &App, headers: &HeaderMap, query: &Query2) -> Result<(), Resp
     }
 }
 
-/// Room held under `[server] max_inflight_bytes` until dropped.
-type Held = Vec<tokio::sync::OwnedSemaphorePermit>;
+use crate::http::Held;
 
 /// The room an ingest request holds under `[server] max_inflight_bytes`,
 /// per byte of its (decompressed) body: the body itself and the readings

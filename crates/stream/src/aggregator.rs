@@ -1071,31 +1071,18 @@ impl Aggregator {
                 now,
             });
         }
-        let mut w = [0u64; 10];
-        let counters = if v1 {
-            for x in &mut w {
-                *x = c.u64()?;
-            }
-            Counters {
-                received: w[0],
-                accepted: w[1],
-                adjusted: w[2],
-                too_late: w[3],
-                non_finite: w[4],
-                out_of_range: w[5],
-                out_of_order: w[6],
-                late_accepted: w[7],
-                windows_emitted: w[8],
-                replayed: w[9],
-                ..Counters::default()
-            }
+        // Version 1 wrote ten counters: the current layout without `shed`
+        // (word 6) and the last two.
+        let mut words = [0u64; COUNTER_WORDS];
+        let slots: &[usize] = if v1 {
+            &[0, 1, 2, 3, 4, 5, 7, 8, 9, 10]
         } else {
-            let mut x = [0u64; COUNTER_WORDS];
-            for x in &mut x {
-                *x = c.u64()?;
-            }
-            counters_from_words(x)
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
         };
+        for &i in slots {
+            words[i] = c.u64()?;
+        }
+        let counters = counters_from_words(words);
         if !v1 {
             agg.floor = c.i64()?;
         }
@@ -1132,6 +1119,7 @@ impl Aggregator {
                     return Err(bad(format!("panes out of order at byte {}", c.pos)));
                 }
                 last = Some(start);
+                let mut w = [0u64; 10];
                 for x in &mut w {
                     *x = c.u64()?;
                 }
