@@ -90,20 +90,36 @@ pub enum Command {
     /// `serve` writes) is deleted, also in hours that now have no windows.
     /// Hours are computed in parallel on all cores.
     Aggregate(AggregateArgs),
-    /// Run the main job end to end on embedded defaults: import the bundled
-    /// scikit-learn models, generate a fleet's readings, score them, report.
+    /// Run the whole service end to end on generated data, in
+    /// DATA/demo (recreated each run): generate a fleet's history, train
+    /// one StandardScaler + OneClassSVM per (device, tag) in Rust, start
+    /// the server, stream the last --hours of readings (with injected
+    /// anomalies) through its HTTP ingest, let the hourly schedule score
+    /// each hour, print what was found, then serve the dashboard until
+    /// Ctrl-C (--exit stops after the summary).
     Demo(DemoArgs),
-    /// Serve the HTTP ingest endpoints: POST /write (InfluxDB v1 line
-    /// protocol), /api/v2/write (v2), /v1/readings (JSON, NDJSON or CSV);
-    /// GET /healthz, /metrics (Prometheus).
+    /// Run the service: ingest, windows, scheduled scoring, the API and
+    /// the dashboard, in one process.
     ///
-    /// A batch is answered (204, or 200 for /v1/readings) only once it is
-    /// durable in the ingest log under DATA/log; a bad line refuses the
-    /// whole batch (400, with line numbers). Readings are aggregated into
-    /// windows over event time, each written once to windows/ when it
-    /// closes (open windows survive restarts, checkpointed under
-    /// DATA/windows). Log segments are compacted into the store's raw/
-    /// partitions on start, every --compact-interval and on SIGTERM/SIGINT.
+    /// - Ingest: POST /write (InfluxDB v1 line protocol), /api/v2/write
+    ///   (v2), /v1/readings (JSON, NDJSON or CSV), and MQTT (--mqtt URL).
+    ///   A batch is answered (204, or 200 for /v1/readings) only once it
+    ///   is durable in the ingest log under DATA/log; a bad line refuses
+    ///   the whole batch (400, with line numbers).
+    /// - Storage: log segments are compacted into the store's raw/
+    ///   partitions on start, every --compact-interval, before a job is
+    ///   created, and on SIGTERM/SIGINT. Readings are aggregated into
+    ///   windows over event time, each written once to windows/ when it
+    ///   closes (open windows survive restarts, checkpointed under
+    ///   DATA/windows).
+    /// - Scoring: the schedules of the config ([[schedules]], by default
+    ///   hourly) create jobs with catch-up, recorded in the job store
+    ///   (--db); this process runs them unless --no-workers (then
+    ///   `fleetscore worker` processes do).
+    /// - API and UI: /v1 (jobs, models, predictions, anomalies, readings;
+    ///   /v1/openapi.json describes it), the dashboard at /, /healthz,
+    ///   /readyz, /metrics (Prometheus).
+    ///
     /// Prints `listening on ADDR` on stdout once bound.
     Serve(ServeArgs),
     /// Score past windows now: one job per window of --window in

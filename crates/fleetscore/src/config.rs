@@ -29,7 +29,7 @@
 //! out_of_order = "5s"
 //! allowed_lateness = "0s"
 //! late_policy = "drop"               # or "adjust"
-//! watermark = "per_device"           # or "global"
+//! watermark = "per_device"           # or "global" ("per-device", as the CLI spells it, too)
 //! max_series = 2000000              # live (device, tag) series, ~0.5 KB each; more are shed
 //! close_idle_after = "1h"            # a device silent this long has its windows closed
 //!
@@ -467,7 +467,7 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
     let config: Config = fig.extract().map_err(|e| {
         // figment names the key and its source; list every problem.
-        let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        let all: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
         anyhow::anyhow!("invalid config: {}", all.join("; "))
     })?;
     config
@@ -476,6 +476,35 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         .context("invalid config: [stream]")?;
     config.schedule_specs()?;
     Ok(config)
+}
+
+/// One config mistake: what is wrong, the key as the user wrote it
+/// (`server.listne`, or `FLEETSCORE__SERVER__LISTNE` from the
+/// environment; figment's own message prefixes file keys with its profile,
+/// `default.`, a word that appears nowhere in the user's file), and where.
+fn describe(e: &figment::Error) -> String {
+    let mut out = e.kind.to_string();
+    if let (Some(profile), Some(md)) = (&e.profile, &e.metadata) {
+        if !e.path.is_empty() {
+            let key = if md.name.contains("environment") {
+                // As the user set it: FLEETSCORE__SERVER__LISTEN.
+                format!("{ENV_PREFIX}{}", e.path.join("__").to_uppercase())
+            } else {
+                let key = md.interpolate(profile, &e.path);
+                key.strip_prefix(&format!("{profile}."))
+                    .unwrap_or(&key)
+                    .to_string()
+            };
+            out.push_str(&format!(" for key `{key}`"));
+        }
+    }
+    if let Some(md) = &e.metadata {
+        match &md.source {
+            Some(source) => out.push_str(&format!(" in {source} {}", md.name)),
+            None => out.push_str(&format!(" in {}", md.name)),
+        }
+    }
+    out
 }
 
 /// The config as TOML, for `fleetscore config`.
@@ -567,12 +596,38 @@ mod tests {
         });
     }
 
+    /// The CLI's spelling (`--watermark per-device`) works in the file too.
+    #[test]
+    fn watermark_takes_the_cli_spelling() {
+        figment::Jail::expect_with(|jail| {
+            for (text, mode) in [
+                ("per-device", fleetscore_stream::WatermarkMode::PerDevice),
+                ("per_device", fleetscore_stream::WatermarkMode::PerDevice),
+                ("global", fleetscore_stream::WatermarkMode::Global),
+            ] {
+                jail.create_file("w.toml", &format!("[stream]\nwatermark = \"{text}\"\n"))?;
+                let c = load(Some(Path::new("w.toml"))).expect("loads");
+                assert_eq!(c.stream.watermark, mode, "{text}");
+            }
+            Ok(())
+        });
+    }
+
     #[test]
     fn mistakes_name_the_key_and_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "[server]\nlisen = \"x\"\n")?;
             let e = load(Some(Path::new("bad.toml"))).unwrap_err().to_string();
             assert!(e.contains("lisen") && e.contains("bad.toml"), "{e}");
+            // The key as written in the file, without figment's profile.
+            assert!(
+                e.contains("`server.lisen`") && !e.contains("default."),
+                "{e}"
+            );
+            jail.set_env("FLEETSCORE__SERVER__MAX_CONNECTIONS", "many");
+            let e = load(None).unwrap_err().to_string();
+            assert!(e.contains("FLEETSCORE__SERVER__MAX_CONNECTIONS"), "{e}");
+            jail.clear_env();
             jail.create_file("bad2.toml", "[stream]\nout_of_order = \"5 parsecs\"\n")?;
             let e = load(Some(Path::new("bad2.toml"))).unwrap_err().to_string();
             assert!(e.contains("out_of_order") && e.contains("unit"), "{e}");

@@ -149,6 +149,8 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         (0.0..=0.5).contains(&args.anomaly_rate),
         "--anomaly-rate must be between 0 and 0.5"
     );
+    // Before minutes of work: a taken port fails now, with what to do.
+    util::check_bind(&args.listen)?;
     let started = Instant::now();
     let home = g.data.join("demo");
     if home.exists() {

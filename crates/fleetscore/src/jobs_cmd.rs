@@ -127,14 +127,34 @@ fn ms(v: Option<i64>, w: Option<i64>) -> String {
     }
 }
 
+/// The column titles of [`line`].
+fn header() -> String {
+    format!(
+        "{:>6}  {:<10} {:<9} {:<52}  {:>6} {:>9} {:>9} {:>6}  {}",
+        "id",
+        "state",
+        "schedule",
+        "window [from .. to)",
+        "models",
+        "rows",
+        "anomalies",
+        "failed",
+        "took"
+    )
+}
+
+/// One job as a row of the table [`header`] titles.
 fn line(j: &JobRecord) -> String {
     format!(
-        "{:>6}  {:<10} {:<9} {} .. {}  {:>6} models {:>9} rows {:>7} anomalies {:>5} failed  {}",
+        "{:>6}  {:<10} {:<9} {:<52}  {:>6} {:>9} {:>9} {:>6}  {}",
         j.id,
         j.state.as_str(),
         j.schedule.as_deref().unwrap_or(j.kind.as_str()),
-        format_ts(j.window_start),
-        format_ts(j.window_end),
+        format!(
+            "{} .. {}",
+            format_ts(j.window_start),
+            format_ts(j.window_end)
+        ),
         j.models,
         j.rows,
         j.anomalies,
@@ -250,6 +270,7 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
     if args.json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
     } else {
+        println!("{}", header());
         for j in &jobs {
             println!("{}", line(j));
             if let Some(e) = &j.error {
@@ -297,10 +318,7 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
             } else if list.is_empty() {
                 println!("no jobs in {}", db.url());
             } else {
-                println!(
-                    "{:>6}  {:<10} {:<9} {:<61} {:>13} {:>14} {:>17} {:>12}  took",
-                    "id", "state", "schedule", "window", "", "", "", ""
-                );
+                println!("{}", header());
                 for j in &list {
                     println!("{}", line(j));
                 }
@@ -314,6 +332,7 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
                 let doc = json!({"job": job, "tasks": tasks, "failures": failures});
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
+                println!("{}", header());
                 println!("{}", line(&job));
                 println!(
                     "  kind {}, mode {}, batch size {}, max failed {}, max retries {}, created {}",
@@ -429,6 +448,7 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
             } else {
+                println!("{}", header());
                 for j in &jobs {
                     println!("{}", line(j));
                 }

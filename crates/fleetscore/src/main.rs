@@ -16,6 +16,7 @@ mod jobs_cmd;
 mod kube;
 mod metrics;
 mod mqtt;
+mod plausible;
 mod score;
 mod serve;
 mod train;
@@ -71,7 +72,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", util::chain(&e));
             ExitCode::from(1)
         }
     }

@@ -75,6 +75,12 @@ pub struct Metrics {
     pub log_unavailable: AtomicU64,
     /// Readings of batches resent under an idempotency key already stored.
     pub duplicates: AtomicU64,
+    /// Batches stored with times implausibly far from now (see
+    /// [`crate::plausible`]).
+    pub implausible_batches: AtomicU64,
+    /// When such a batch was last logged (ns since the epoch), so that a
+    /// client sending thousands logs one line per 10 s.
+    pub implausible_logged: std::sync::atomic::AtomicI64,
 }
 
 impl Default for Metrics {
@@ -92,6 +98,8 @@ impl Default for Metrics {
             compaction_errors: AtomicU64::new(0),
             log_unavailable: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            implausible_batches: AtomicU64::new(0),
+            implausible_logged: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 }
@@ -294,7 +302,7 @@ impl Metrics {
             );
         }
 
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 16] = [
             (
                 "fleetscore_log_write_failures_total",
                 "Writes, fsyncs or segment rolls of the ingest log that failed (disk full, I/O error); the log then refuses appends until it recovers.",
@@ -324,6 +332,11 @@ impl Metrics {
                 "fleetscore_ingest_duplicate_readings_total",
                 "Readings of such resent batches.",
                 self.duplicates.load(Ordering::Relaxed),
+            ),
+            (
+                "fleetscore_ingest_implausible_batches_total",
+                "Batches stored with timestamps more than 30 years before or a day after now (usually a wrong unit, such as seconds sent without precision=s); their answers carry a Fleetscore-Warning header.",
+                self.implausible_batches.load(Ordering::Relaxed),
             ),
             (
                 "fleetscore_log_key_conflicts_total",

@@ -183,6 +183,10 @@ pub async fn run_config(
     for addr in &addrs {
         check_exposure(*addr, &c.auth)?;
     }
+    // Bound before the log is replayed and the windows rebuilt, so that a
+    // taken port fails in a moment, not after the start-up work (requests
+    // arriving meanwhile wait in the backlog).
+    let listener = util::bind(&c.server.listen).await?;
     let store = util::store(g)?;
     let dir = g.data.join("log");
     let config = c.ingest.log.clone();
@@ -311,9 +315,6 @@ pub async fn run_config(
             None => signal.await,
         }
     };
-    let listener = tokio::net::TcpListener::bind(&c.server.listen)
-        .await
-        .with_context(|| format!("binding {}", c.server.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
     let nofile = crate::http::raise_fd_limit();
     let limits = crate::http::Limits {
@@ -850,6 +851,46 @@ struct Ingested {
     /// Its idempotency key was seen before with the same readings: it was
     /// stored then, and not again now.
     duplicate: bool,
+    /// Its earliest and latest timestamp (none for an empty batch).
+    times: Option<(i64, i64)>,
+}
+
+/// Adds a `Fleetscore-Warning` header (and counts and logs, at most every
+/// 10 s) when a stored batch's times are implausibly far from now; `say`
+/// words the warning for the endpoint's timestamp format.
+fn questioned(
+    app: &App,
+    mut r: Response,
+    i: &Ingested,
+    unit_ns: i64,
+    say: fn(&crate::plausible::Doubt) -> String,
+) -> Response {
+    let Some((earliest, latest)) = i.times else {
+        return r;
+    };
+    let now = util::now_ns();
+    let Some(doubt) = crate::plausible::check(earliest, latest, unit_ns, now) else {
+        return r;
+    };
+    let m = &app.metrics;
+    m.implausible_batches.fetch_add(1, Ordering::Relaxed);
+    let message = say(&doubt);
+    let last = m.implausible_logged.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 10_000_000_000
+        && m
+            .implausible_logged
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            readings = i.readings,
+            "a batch with implausible timestamps: {message} (logged at most every 10 s; fleetscore_ingest_implausible_batches_total counts them all)"
+        );
+    }
+    if let Ok(v) = header::HeaderValue::from_str(&message) {
+        r.headers_mut().insert("fleetscore-warning", v);
+    }
+    r
 }
 
 /// The header that names a batch, so that a client may resend it after an
@@ -948,6 +989,9 @@ where
     let res =
         tokio::task::spawn_blocking(move || -> Result<Result<Ingested, LogError>, BatchError> {
             let batch = parse()?;
+            let times = batch.iter().fold(None, |acc: Option<(i64, i64)>, r| {
+                Some(acc.map_or((r.ts, r.ts), |(a, b)| (a.min(r.ts), b.max(r.ts))))
+            });
             let readings: Vec<Reading> = batch
                 .iter()
                 .map(|r| Reading::new(r.ts, r.device, r.tag, r.value))
@@ -956,6 +1000,7 @@ where
                 return Ok(Ok(Ingested {
                     readings: 0,
                     duplicate: false,
+                    times: None,
                 }));
             }
             let n = readings.len();
@@ -968,6 +1013,7 @@ where
                 .map(|a| Ingested {
                     readings: n,
                     duplicate: a.duplicate,
+                    times,
                 }))
         })
         .await;
@@ -1044,7 +1090,16 @@ async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response 
     let key = Keyed::new(key, &[endpoint, &format!("{precision:?}")], &body);
     let parse = move || parse_line_protocol(&body, precision, now, &config);
     match ingest(app, key, parse).await {
-        Ok(i) => replayed(StatusCode::NO_CONTENT.into_response(), i.duplicate),
+        Ok(i) => {
+            let r = replayed(StatusCode::NO_CONTENT.into_response(), i.duplicate);
+            questioned(
+                app,
+                r,
+                &i,
+                precision.nanos(),
+                crate::plausible::Doubt::line_protocol,
+            )
+        }
         Err(r) => r,
     }
 }
@@ -1124,15 +1179,16 @@ async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response
         }
     };
     match ingest(app, key, parse).await {
-        Ok(i) if i.duplicate => replayed(
-            (
-                StatusCode::OK,
-                Json(json!({ "accepted": i.readings, "duplicate": true })),
-            )
-                .into_response(),
-            true,
-        ),
-        Ok(i) => (StatusCode::OK, Json(json!({ "accepted": i.readings }))).into_response(),
+        Ok(i) => {
+            let body = if i.duplicate {
+                json!({ "accepted": i.readings, "duplicate": true })
+            } else {
+                json!({ "accepted": i.readings })
+            };
+            let r = replayed((StatusCode::OK, Json(body)).into_response(), i.duplicate);
+            // CSV and JSON integer times are nanoseconds.
+            questioned(app, r, &i, 1, crate::plausible::Doubt::integers)
+        }
         Err(r) => r,
     }
 }

@@ -205,3 +205,72 @@ mod tests {
         assert!(parse_cpus("-1").is_err());
     }
 }
+
+/// Binds the server's address, saying what to do when it cannot: a taken
+/// port is the common case (another `serve` or `demo`, or any other
+/// server), and `--listen 127.0.0.1:0` always finds a free one.
+pub async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| bind_error(listen, e))
+}
+
+/// Checks that `listen` can be bound now (and frees it again): for
+/// commands that do long work before they serve, such as `demo`.
+pub fn check_bind(listen: &str) -> anyhow::Result<()> {
+    std::net::TcpListener::bind(listen)
+        .map(drop)
+        .map_err(|e| bind_error(listen, e))
+}
+
+fn bind_error(listen: &str, e: std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "cannot listen on {listen}: the address is already in use (another fleetscore serve or demo, or another server); stop it, or pick another address (--listen 127.0.0.1:0 picks a free port)"
+        ),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "cannot listen on {listen}: permission denied (ports below 1024 need privileges); pick a port above 1023, e.g. --listen 127.0.0.1:8080, or --listen 127.0.0.1:0 for a free one"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!(
+            "cannot listen on {listen}: no network interface of this machine has that address; use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        ),
+        _ => anyhow::Error::new(e).context(format!("cannot listen on {listen}")),
+    }
+}
+
+/// An error and its causes as one line, `outer: inner: …`, like `{:#}`,
+/// but without repeating a cause its outer message already ends with
+/// (errors such as `missing.csv: No such file or directory` show their
+/// source in their own message, and `{:#}` would print it twice).
+pub fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_its_message_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(fleetscore_codecs::CodecError::Io {
+            path: "missing.csv".into(),
+            source: io,
+        })
+        .context("--input");
+        assert_eq!(chain(&e), "--input: missing.csv: No such file");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(chain(&e), "outer: inner");
+    }
+}

@@ -101,3 +101,33 @@ fn the_demo_does_not_wait_for_late_data_just_after_the_hour() {
         t.elapsed()
     );
 }
+
+/// A taken port fails the demo at once, before any training, and says how
+/// to pick a free one.
+#[test]
+fn a_taken_port_fails_the_demo_before_training() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let t = std::time::Instant::now();
+    let o = common::run(dir.path(), &["demo", "--exit", "--listen", &addr]);
+    let out = common::text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("already in use"), "{out}");
+    assert!(out.contains("--listen 127.0.0.1:0"), "{out}");
+    assert!(!out.contains("trained"), "{out}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    // And `serve` says the same.
+    let o = common::run(dir.path(), &["serve", "--listen", &addr]);
+    let out = common::text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("already in use") && out.contains("127.0.0.1:0"),
+        "{out}"
+    );
+    drop(taken);
+}

@@ -221,3 +221,51 @@ fn acknowledged_readings_reach_raw_exactly_once_across_crashes() {
     s.terminate();
     assert_eq!(raw_readings(dir.path()), state.0);
 }
+
+/// Epoch seconds sent without `precision=s` are valid nanoseconds of 1970:
+/// stored, but the answer, the log and a counter say so and name the
+/// precision that was meant; a sensible batch gets no warning.
+#[test]
+fn implausible_timestamps_are_stored_with_a_warning_naming_the_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let body = format!("m,device=d v=1 {now_s}\nm,device=d v=2 {}\n", now_s + 30);
+    let (st, answer) = s.exchange("POST", "/write", &[], body.as_bytes());
+    assert_eq!(st, 204, "{answer}");
+    let warning = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("fleetscore-warning: "))
+        .unwrap_or_else(|| panic!("no warning header in {answer:?}"));
+    assert!(warning.contains("1970-01-01T00:00:0"), "{warning}");
+    assert!(warning.contains("years before now"), "{warning}");
+    assert!(warning.contains("?precision=s"), "{warning}");
+
+    // The same numbers with the precision they were: no warning.
+    let (st, answer) = s.exchange("POST", "/write?precision=s", &[], body.as_bytes());
+    assert_eq!(st, 204, "{answer}");
+    assert!(!answer.contains("fleetscore-warning"), "{answer}");
+    // Milliseconds as JSON integers (nanoseconds there).
+    let json = format!(
+        r#"{{"ts": {}, "device": "d", "tag": "t", "value": 1}}"#,
+        now_s * 1000
+    );
+    let (st, answer) = s.exchange(
+        "POST",
+        "/v1/readings",
+        &[("Content-Type", "application/json")],
+        json.as_bytes(),
+    );
+    assert_eq!(st, 200, "{answer}");
+    assert!(answer.contains("as milliseconds"), "{answer}");
+
+    let (_, metrics) = s.request("GET", "/metrics", &[], b"");
+    assert!(
+        metrics.contains("fleetscore_ingest_implausible_batches_total 2"),
+        "{metrics}"
+    );
+    s.terminate();
+}

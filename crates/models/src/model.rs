@@ -337,15 +337,17 @@ impl Model {
         self.detector.validate(n)
     }
 
-    /// A one-line description, e.g. `Pipeline(StandardScaler, OneClassSVM(rbf, 15 SV))`.
+    /// A one-line description, e.g.
+    /// `Pipeline(StandardScaler, OneClassSVM(kernel=rbf, gamma=0.1, 15 support vectors))`.
     pub fn describe(&self) -> String {
         let mut parts: Vec<String> = self.steps.iter().map(|s| s.name().to_string()).collect();
         let Detector::OneClassSvm(svm) = &self.detector;
+        let n = svm.n_support();
         parts.push(format!(
-            "OneClassSVM(kernel={}, gamma={}, {} support vectors)",
+            "OneClassSVM(kernel={}, gamma={}, {n} support vector{})",
             svm.kernel.name(),
             svm.gamma,
-            svm.n_support()
+            if n == 1 { "" } else { "s" }
         ));
         if parts.len() == 1 {
             parts.pop().unwrap_or_default()

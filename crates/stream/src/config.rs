@@ -127,6 +127,7 @@ pub enum WatermarkMode {
     /// device whose clock lags (or that sends in large delayed batches)
     /// neither holds back nor loses readings to the others.
     #[default]
+    #[serde(alias = "per-device")]
     PerDevice,
     /// One watermark for the whole fleet, driven by the newest reading of
     /// any device: windows close in step everywhere, and readings of a
@@ -143,7 +144,7 @@ pub enum WatermarkMode {
 /// out_of_order = "5s"
 /// allowed_lateness = "0s"
 /// late_policy = "drop"        # or "adjust"
-/// watermark = "per_device"    # or "global"
+/// watermark = "per_device"    # or "global"; "per-device" (as the CLI spells it) too
 /// max_series = 2000000        # live (device, tag) pairs; new ones past it are shed
 /// close_idle_after = "1h"     # the service closes a quiet device's windows; "0s": never
 /// ```
