@@ -1,6 +1,6 @@
 //! Core types shared by every part of fleetscore.
 //!
-//! The pipeline in `DESIGN.md` moves three kinds of things between its
+//! The pipeline (`docs/ARCHITECTURE.md`) moves three kinds of things between its
 //! stages: readings `(ts, device, tag, value)`, model keys `(device, tag)`
 //! and predictions. This crate holds the small value types for them and the
 //! timestamp codec, so that the codecs, the model registry and the scoring

@@ -127,7 +127,7 @@ pub use log::{Appended, Batch, Health, Log, LogConfig, LogStats, Recovery, Repla
 /// Sequence number of a batch in the log.
 pub type Seq = u64;
 
-/// One measurement: `(ts, device, tag, value)` as in `DESIGN.md`.
+/// One measurement: `(ts, device, tag, value)` as in `docs/ARCHITECTURE.md`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     /// Time of the reading, nanoseconds since the Unix epoch, UTC.
