@@ -100,8 +100,10 @@ pub enum JobState {
     Failed,
     /// Stopped by a user.
     Cancelled,
-    /// Not run: a missed window beyond the catch-up limit (backfill it to
-    /// score it).
+    /// Not scored, and no failure: its window held no readings at all for
+    /// the job's models (nothing to score), or it is a window missed
+    /// beyond a schedule's catch-up limit (never run). `error` says which;
+    /// a retry scores it (readings that arrived since included).
     Skipped,
 }
 
@@ -470,7 +472,10 @@ pub struct JobStats {
     pub job_seconds: f64,
     /// Finished jobs.
     pub finished: u64,
-    /// Window end of the newest succeeded scheduled job, ns.
+    /// Window end of the newest scheduled job that ran and did not fail:
+    /// it succeeded, or found no readings in its window (skipped after it
+    /// started; a window skipped past the catch-up limit never started),
+    /// ns. A quiet fleet is not a stuck scheduler.
     pub last_success_window_end: Option<i64>,
 }
 
@@ -1840,7 +1845,8 @@ impl JobStore for SqlStore {
              CAST(COALESCE(SUM(failed_models), 0) AS BIGINT), \
              CAST(COALESCE(SUM(finished_at - started_at), 0) AS BIGINT), COUNT(*), \
              (SELECT CAST(COALESCE(SUM(attempts - 1), 0) AS BIGINT) FROM tasks WHERE attempts > 1), \
-             (SELECT MAX(window_end) FROM jobs WHERE state = 'succeeded' AND kind = 'scheduled') \
+             (SELECT MAX(window_end) FROM jobs WHERE kind = 'scheduled' AND (state = 'succeeded' \
+              OR (state = 'skipped' AND started_at IS NOT NULL))) \
              FROM jobs WHERE finished_at IS NOT NULL AND started_at IS NOT NULL",
         )
         .fetch_one(&self.pool)

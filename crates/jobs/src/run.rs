@@ -68,6 +68,20 @@
 //! `feature_mismatch`, `evaluation`. The job fails when more pairs fail than
 //! `max_failed_models` allows, or when a task still errs (say, the store
 //! is down) after `max_retries` retries with exponential backoff.
+//!
+//! # A window without readings
+//! A window that holds no readings (nor, for window-input models, windows)
+//! for any of the job's pairs is no failure of its models: the job ends
+//! `skipped`, its reason [`no_readings`], with no failed models and
+//! nothing written to `predictions/` (an earlier run's outputs stay).
+//! Planning sees it when no raw row group may hold a reading of the window
+//! and no window-input pair has windows: the job then ends without tasks.
+//! Otherwise (row groups whose time span touches the window, but whose
+//! readings all lie outside it or belong to pairs the job does not take)
+//! each score task that finds nothing of its own asks whether the map
+//! tasks found anything at all; if not, it writes no part and records no
+//! `no_data` failures, and finalizing skips the job. `no_data` stays the
+//! reason of a model whose device is silent while others report.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -164,6 +178,24 @@ pub struct Runner {
     /// Announcements of new work (see [`crate::db::listen_for_work`]):
     /// an idle worker wakes at each instead of waiting for its poll.
     wake: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Where the record of each job this runner ends goes (see
+    /// [`Runner::with_reports`]).
+    reports: Option<tokio::sync::mpsc::UnboundedSender<JobRecord>>,
+}
+
+/// The reason of a job skipped because its window held no readings for
+/// any of its `models` pairs (see the module docs); starts with
+/// `no readings in the window`.
+pub fn no_readings(job: i64, models: u64) -> String {
+    let whose = match models {
+        0 => String::new(),
+        1 => " for its model".to_string(),
+        n => format!(" for any of its {n} models"),
+    };
+    format!(
+        "no readings in the window{whose}: nothing to score; `fleetscore jobs retry {job}` \
+         scores it if readings for it arrive later"
+    )
 }
 
 /// The manifest of one job's output partition.
@@ -630,6 +662,19 @@ struct TaskPlan {
     maps: u32,
     /// The task's pairs, in order, with their model's input.
     units: Vec<PlanUnit>,
+    /// Whether planning found windows for any window-input pair of the job.
+    has_windows: bool,
+}
+
+/// What planning a job came to.
+enum Planned {
+    /// Its tasks, to record with the job's figures.
+    Tasks(JobRecord, Vec<TaskRecord>),
+    /// Nothing in its window to score (the job's figures so far): the job
+    /// ends skipped, without tasks.
+    Empty(JobRecord),
+    /// Another process took the job over.
+    Lost,
 }
 
 fn staging_prefix(job: i64) -> String {
@@ -793,6 +838,26 @@ impl Runner {
             ran: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
             finished: Arc::new(std::sync::Mutex::new(Vec::new())),
             wake: None,
+            reports: None,
+        }
+    }
+
+    /// Sends the record of every job this runner ends (finalized, failed
+    /// or skipped while planning) to `reports` as it is recorded: what
+    /// `serve` prints a line for.
+    pub fn with_reports(
+        mut self,
+        reports: tokio::sync::mpsc::UnboundedSender<JobRecord>,
+    ) -> Runner {
+        self.reports = Some(reports);
+        self
+    }
+
+    /// Reports a job this runner ended (see [`Runner::with_reports`]).
+    fn report(&self, job: &JobRecord) {
+        if let Some(tx) = &self.reports {
+            // Nobody listening any more (a server stopping): nothing to say.
+            let _ = tx.send(job.clone());
         }
     }
 
@@ -1100,7 +1165,7 @@ impl Runner {
             id,
         );
         match self.plan_inner(job.clone(), &renew).await {
-            Ok(None) => {
+            Ok(Planned::Lost) => {
                 tracing::warn!(
                     job = id,
                     "planning lost its lease; another process plans it"
@@ -1108,7 +1173,26 @@ impl Runner {
                 self.drop_staged(id);
                 Ok(())
             }
-            Ok(Some((job, tasks))) => {
+            Ok(Planned::Empty(mut j)) => {
+                drop(renew);
+                j.state = JobState::Skipped;
+                j.error = Some(no_readings(id, j.models));
+                j.finished_at = Some(self.clock.now());
+                let owner = self.owner.clone();
+                let recorded =
+                    persist("recording a skipped job", || self.db.finish_job(&j, &owner)).await?;
+                if recorded {
+                    tracing::info!(
+                        job = id,
+                        models = j.models,
+                        "job skipped: no readings in its window"
+                    );
+                    self.write_job_log(&j).await;
+                    self.report(&j);
+                }
+                Ok(())
+            }
+            Ok(Planned::Tasks(job, tasks)) => {
                 // Renewing stops before the plan ends the lease.
                 drop(renew);
                 let owner = self.owner.clone();
@@ -1138,6 +1222,7 @@ impl Runner {
                     persist("recording a failed job", || self.db.finish_job(&j, &owner)).await?;
                 if recorded {
                     self.write_job_log(&j).await;
+                    self.report(&j);
                 }
                 Ok(())
             }
@@ -1192,11 +1277,7 @@ impl Runner {
     /// fallback models (`*/tag`), which score pairs the index does not
     /// name, does planning read the window's pairs too (the TS, Device and
     /// Tag columns, never the values), to cut them into tasks.
-    async fn plan_inner(
-        &self,
-        mut job: JobRecord,
-        renew: &Renewer,
-    ) -> anyhow::Result<Option<(JobRecord, Vec<TaskRecord>)>> {
+    async fn plan_inner(&self, mut job: JobRecord, renew: &Renewer) -> anyhow::Result<Planned> {
         anyhow::ensure!(
             job.mode == "raw",
             "input mode {:?} is not supported by this runner (use raw)",
@@ -1273,6 +1354,18 @@ impl Runner {
         let any_raw = units.iter().any(|(d, t)| input_of(d, t) == ModelInput::Raw)
             || selection.as_ref().is_none_or(|s| s.len() > units.len());
         let any_raw = any_raw && !raw.is_empty();
+        let has_windows = windowed.iter().any(|(d, t)| selected(d, t));
+        if !any_raw && !has_windows {
+            // No row group may hold a reading of the window that a pair of
+            // the job takes, and no pair has windows: nothing to score.
+            job.models = units.len() as u64;
+            job.load_ms = t.elapsed().as_millis() as u64;
+            return Ok(if renew.lost() {
+                Planned::Lost
+            } else {
+                Planned::Empty(job)
+            });
+        }
         let batch = job.batch_size.max(1) as usize;
         let mut chunks: Vec<&[(&str, &str)]> = units.chunks(batch).collect();
         if chunks.is_empty() && any_raw {
@@ -1359,6 +1452,7 @@ impl Runner {
                 .filter(|((d, _), _)| *d == "*")
                 .map(|((_, t), _)| t.to_string())
                 .collect(),
+            has_windows,
         };
         for m in 0..plan.maps.len() {
             let (first_key, last_key, n_keys) = plan.map_summary(m).expect("a map has pieces");
@@ -1384,7 +1478,7 @@ impl Runner {
         // so no task reads it. It is deleted with the job's staging, or,
         // should the write land after that, left behind.)
         if renew.lost() {
-            return Ok(None);
+            return Ok(Planned::Lost);
         }
         self.store
             .put(&plan_key(job.id, &plan_id), serde_json::to_vec(&plan)?)
@@ -1405,9 +1499,9 @@ impl Runner {
             "job planned"
         );
         if renew.lost() {
-            return Ok(None);
+            return Ok(Planned::Lost);
         }
-        Ok(Some((job, tasks)))
+        Ok(Planned::Tasks(job, tasks))
     }
 
     /// The job plan a task follows: from memory if this process planned or
@@ -1594,6 +1688,7 @@ impl Runner {
             tasks: plan.tasks,
             maps: plan.maps.len() as u32,
             units: plan.task_units[record.idx as usize].clone(),
+            has_windows: plan.has_windows,
         })
     }
 
@@ -1780,13 +1875,22 @@ impl Runner {
                     record.error = None;
                     record.not_before = None;
                     record.devices = Some(serde_json::to_string(&devices)?);
-                    let _ = writeln!(
-                        log,
-                        "succeeded: {} models, {} rows, {} anomalies, {} failed models; load {} ms, score {} ms, write {} ms -> {}",
-                        record.models, record.rows, record.anomalies, record.failed_models,
-                        record.load_ms, record.score_ms, record.write_ms,
-                        record.output.as_deref().unwrap_or("")
-                    );
+                    if record.output.is_none() {
+                        let _ = writeln!(
+                            log,
+                            "succeeded: no readings in the job's window for any pair of the job \
+                             ({} models here): nothing to score, nothing written",
+                            record.models
+                        );
+                    } else {
+                        let _ = writeln!(
+                            log,
+                            "succeeded: {} models, {} rows, {} anomalies, {} failed models; load {} ms, score {} ms, write {} ms -> {}",
+                            record.models, record.rows, record.anomalies, record.failed_models,
+                            record.load_ms, record.score_ms, record.write_ms,
+                            record.output.as_deref().unwrap_or("")
+                        );
+                    }
                     for f in &failures {
                         let _ = writeln!(
                             log,
@@ -1869,6 +1973,17 @@ impl Runner {
                 });
             }
         }
+        let mine_empty = readings.is_empty() && wunits.iter().all(|u| u.windows.is_empty());
+        if mine_empty && !plan.has_windows && self.window_rows(&plan).await? == 0 {
+            // The whole window is empty: no part, no `no_data` failures
+            // (finalizing skips the job; see the module docs).
+            record.load_ms = t.elapsed().as_millis() as u64;
+            record.models = plan.units.len() as u64;
+            (record.rows, record.anomalies, record.failed_models) = (0, 0, 0);
+            (record.score_ms, record.write_ms) = (0, 0);
+            record.output = None;
+            return Ok((Vec::new(), BTreeMap::new()));
+        }
         record.load_ms = t.elapsed().as_millis() as u64;
         let mut units: Vec<(String, String)> = plan
             .units
@@ -1893,6 +2008,23 @@ impl Runner {
         let readings = Arc::new(readings);
         self.attempt(record, &readings, &units, &Arc::new(wunits), &pack, &key)
             .await
+    }
+
+    /// The readings the map tasks of a score task's plan found in the
+    /// window for the job's pairs (they have all succeeded when a score
+    /// task runs).
+    async fn window_rows(&self, plan: &TaskPlan) -> anyhow::Result<u64> {
+        if plan.maps == 0 {
+            return Ok(0);
+        }
+        Ok(self
+            .db
+            .tasks(plan.job)
+            .await?
+            .iter()
+            .filter(|t| t.is_map() && t.plan_id.as_deref() == Some(plan.plan_id.as_str()))
+            .map(|t| t.rows)
+            .sum())
     }
 
     /// Writes the manifest and records the outcome of a job whose tasks
@@ -1962,12 +2094,22 @@ impl Runner {
                 }
             }
         }
+        // Every score task found the window empty (see `attempt_staged`):
+        // none wrote a part, no model failed.
+        let empty =
+            task_error.is_none() && !tasks.is_empty() && tasks.iter().all(|t| t.output.is_none());
         let outcome = match task_error {
             Some(e) => Err(anyhow::anyhow!(e)),
-            None => self.write_manifest(&job, &tasks, devices).await,
+            None if empty => Ok(None),
+            None => self.write_manifest(&job, &tasks, devices).await.map(Some),
         };
         match outcome {
-            Ok(key) => {
+            Ok(None) => {
+                job.manifest = None;
+                job.state = JobState::Skipped;
+                job.error = Some(no_readings(id, job.models));
+            }
+            Ok(Some(key)) => {
                 job.manifest = Some(key);
                 if job.max_failed.exceeded(job.failed_models, job.models) {
                     job.state = JobState::Failed;
@@ -1996,6 +2138,7 @@ impl Runner {
             return Ok(());
         }
         self.write_job_log(&job).await;
+        self.report(&job);
         if let Ok(mut f) = self.finished.lock() {
             f.push(id);
         }

@@ -232,16 +232,37 @@ pub fn tick<'a>(
     tick_inner(db, spec, now)
 }
 
-async fn tick_inner(
+/// Whether [`tick`] at `now` would create any job of `spec` (a window
+/// already scheduled by another process counts too). A caller that must
+/// prepare for new jobs asks this first: `serve` compacts its ingest log
+/// then, so that the jobs see every reading acknowledged so far.
+pub fn due<'a>(
+    db: &'a dyn JobStore,
+    spec: &'a ScheduleSpec,
+    now: i64,
+) -> impl std::future::Future<Output = Result<bool, ScheduleError>> + Send + 'a {
+    due_inner(db, spec, now)
+}
+
+async fn due_inner(
     db: &dyn JobStore,
     spec: &ScheduleSpec,
     now: i64,
-) -> Result<TickOutcome, ScheduleError> {
+) -> Result<bool, ScheduleError> {
     let cron = spec.check()?;
-    let last = db.last_fire(&spec.name).await?;
-    let cap = spec.catch_up as usize;
-    let times = match last {
-        Some(last) => due_times(&cron, last, now, spec.delay_ns),
+    Ok(!due_windows(db, spec, &cron, now).await?.is_empty())
+}
+
+/// The nominal times of `spec` that [`tick`] would create jobs for at
+/// `now`, oldest first.
+async fn due_windows(
+    db: &dyn JobStore,
+    spec: &ScheduleSpec,
+    cron: &Cron,
+    now: i64,
+) -> Result<Vec<i64>, ScheduleError> {
+    Ok(match db.last_fire(&spec.name).await? {
+        Some(last) => due_times(cron, last, now, spec.delay_ns),
         None => {
             // A new schedule: only its newest due window.
             let horizon = now.saturating_sub(spec.delay_ns);
@@ -251,7 +272,17 @@ async fn tick_inner(
                 .into_iter()
                 .collect()
         }
-    };
+    })
+}
+
+async fn tick_inner(
+    db: &dyn JobStore,
+    spec: &ScheduleSpec,
+    now: i64,
+) -> Result<TickOutcome, ScheduleError> {
+    let cron = spec.check()?;
+    let cap = spec.catch_up as usize;
+    let times = due_windows(db, spec, &cron, now).await?;
     let Some(&newest) = times.last() else {
         return Ok(TickOutcome::default());
     };

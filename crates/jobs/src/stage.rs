@@ -57,6 +57,17 @@ pub(crate) struct JobPlan {
     /// readings (see [`JobPlan::route`]).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub window_tags: BTreeSet<String>,
+    /// Whether planning found windows for any of the job's window-input
+    /// pairs. Without them, a window whose map tasks find no readings
+    /// holds nothing to score: the job is skipped, not failed. Plans
+    /// staged by an older fleetscore lack it: taken as `true`, so such a
+    /// job is scored as before.
+    #[serde(default = "yes")]
+    pub has_windows: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One pair of a score task.

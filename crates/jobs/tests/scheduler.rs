@@ -16,8 +16,8 @@ use fleetscore_jobs::db::{
     Commits, Concurrency, DbError, FailureRecord, IdleWork, JobFilter, JobKind, JobState, JobStore,
     NewJob, SqlStore, TaskRecord, Threshold,
 };
-use fleetscore_jobs::run::{Runner, RunnerConfig};
-use fleetscore_jobs::schedule::{tick, Clock, ManualClock, ScheduleSpec};
+use fleetscore_jobs::run::{no_readings, Runner, RunnerConfig};
+use fleetscore_jobs::schedule::{due, tick, Clock, ManualClock, ScheduleSpec};
 use fleetscore_store::{raw_objects, ImportRequest, Registry, Store, HOUR_NS};
 
 /// 2024-01-01T00:00:00Z.
@@ -1004,6 +1004,115 @@ async fn sub_hour_windows_of_one_hour_keep_apart(b: Backend) {
     assert_eq!(rows.len(), readings / DEVICES * (DEVICES - 1));
 }
 
+/// Issue 17: a window without any reading failed every model (`no_data`)
+/// and with them the job. It is skipped instead, with its reason, no
+/// failed models and nothing written, whether planning sees it (no raw
+/// object of the hour) or the map tasks find it (row groups that span the
+/// window, none of whose readings lie in it; a selection whose pairs are
+/// silent). A silent device among reporting ones stays `no_data` (see
+/// the hourly test: `ghost`).
+async fn a_window_without_readings_is_skipped_not_failed(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    // Readings in 00:00-01:00 only, at :00, :10, ... :50.
+    let (store, _) = fleet(&dir.path().join("store"), 1).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let clock = Arc::new(ManualClock::new(T0 + 3 * HOUR_NS + 5 * MIN));
+    let runner = Runner::new(db.clone(), store.clone(), clock.clone(), quick());
+    let outputs = || async { store.list("predictions/").await.unwrap() };
+
+    // The schedule's window 02:00-03:00: planning finds no raw object.
+    let spec = hourly("hourly");
+    assert!(due(&*db, &spec, clock.now()).await.unwrap());
+    let out = tick(&*db, &spec, clock.now()).await.unwrap();
+    assert!(!due(&*db, &spec, clock.now()).await.unwrap());
+    let id = out.queued[0];
+    let j = runner.run_job(id).await.unwrap();
+    assert_eq!(j.state, JobState::Skipped, "{j:?}");
+    assert_eq!(
+        (j.window_start, j.window_end),
+        (T0 + 2 * HOUR_NS, T0 + 3 * HOUR_NS)
+    );
+    assert_eq!(
+        j.error.as_deref(),
+        Some(no_readings(id, 6).as_str()),
+        "d0..d4 and ghost have models"
+    );
+    assert!(
+        j.error
+            .as_deref()
+            .unwrap()
+            .starts_with("no readings in the window for any of its 6 models"),
+        "{j:?}"
+    );
+    assert_eq!((j.models, j.rows, j.failed_models, j.tasks), (6, 0, 0, 0));
+    assert_eq!(j.manifest, None);
+    assert!(db.failures(id).await.unwrap().is_empty());
+    assert!(db.tasks(id).await.unwrap().is_empty());
+    assert!(outputs().await.is_empty());
+    let log = store
+        .get(&format!("logs/{id}/job.log"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&log).contains("no readings in the window"));
+    // A quiet fleet is not a stuck scheduler; it is no failure either.
+    let stats = db.stats().await.unwrap();
+    assert_eq!(stats.last_success_window_end, Some(T0 + 3 * HOUR_NS));
+    assert_eq!(stats.failed_models, 0);
+    // Retried, it is planned again (and, still without readings, skipped).
+    db.retry(id).await.unwrap();
+    assert_eq!(runner.run_job(id).await.unwrap().state, JobState::Skipped);
+
+    // 00:01-00:09: the hour's row groups span it, but hold no reading in
+    // it; the map tasks find nothing.
+    let job = NewJob {
+        window_start: T0 + MIN,
+        window_end: T0 + 9 * MIN,
+        ..manual(T0, 2)
+    };
+    let id = db.create_job(&job, clock.now()).await.unwrap();
+    let j = runner.run_job(id).await.unwrap();
+    assert_eq!(j.state, JobState::Skipped, "{j:?}");
+    assert_eq!(j.error.as_deref(), Some(no_readings(id, 6).as_str()));
+    assert_eq!((j.models, j.rows, j.failed_models, j.tasks), (6, 0, 0, 3));
+    let tasks = db.tasks(id).await.unwrap();
+    assert!(tasks.iter().any(|t| t.is_map()), "{tasks:?}");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.state == "succeeded" && t.failed_models == 0 && t.rows == 0),
+        "{tasks:?}"
+    );
+    assert!(db.failures(id).await.unwrap().is_empty());
+    assert_eq!(j.manifest, None);
+    assert!(outputs().await.is_empty(), "a skipped job writes nothing");
+
+    // A selection of a silent pair, while the others report: nothing of
+    // the job's pairs in the window.
+    let mut job = manual(T0, 2);
+    job.selection = Some(vec!["ghost/1".into()]);
+    let id = db.create_job(&job, clock.now()).await.unwrap();
+    let j = runner.run_job(id).await.unwrap();
+    assert_eq!(j.state, JobState::Skipped, "{j:?}");
+    assert_eq!(j.error.as_deref(), Some(no_readings(id, 1).as_str()));
+    assert!(j
+        .error
+        .as_deref()
+        .unwrap()
+        .starts_with("no readings in the window for its model:"));
+
+    // The same hour for every pair: ghost alone is silent, so no_data.
+    let id = db.create_job(&manual(T0, 2), clock.now()).await.unwrap();
+    let j = runner.run_job(id).await.unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    let failures = db.failures(id).await.unwrap();
+    let reasons: Vec<(&str, &str)> = failures
+        .iter()
+        .map(|f| (f.device.as_str(), f.reason.as_str()))
+        .collect();
+    assert_eq!(reasons, [("d5", "no_model"), ("ghost", "no_data")]);
+}
+
 async fn a_task_whose_workers_keep_vanishing_fails_after_its_attempts(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = b.open(&dir.path().join("jobs.db")).await;
@@ -1384,6 +1493,7 @@ on_both!(
     a_workers_store_commits_without_waiting_for_the_disk,
     runners_share_a_job_and_take_over_a_vanished_workers_task,
     sub_hour_windows_of_one_hour_keep_apart,
+    a_window_without_readings_is_skipped_not_failed,
     a_task_whose_workers_keep_vanishing_fails_after_its_attempts,
     score_tasks_wait_for_the_map_tasks_and_a_failed_map_fails_the_job,
     a_runner_that_kept_an_old_plan_reads_the_new_one,
