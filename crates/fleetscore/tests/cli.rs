@@ -1,10 +1,14 @@
 //! The binary as a user runs it: import, list, show, score, and the errors.
+//!
+//! The reference job (import a deployment's pickles, score its readings,
+//! get its expected_predictions.csv back) runs on `examples/fleet` always,
+//! and on `../shared/reference` when it is beside the checkout: those tests
+//! are `#[ignore]`d otherwise (`.ci/run` runs them with `--ignored`).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 mod common;
-use common::{reference, run, text};
+use common::{run, text, Fleet};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -12,32 +16,24 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The reference job: import the legacy pickles, score sensor_data.csv,
-/// and get expected_predictions.csv back: every Prediction equal, every
-/// Score within 1e-9 of Decision; also in the per-model CSV layout.
-#[test]
-fn reference_job_reproduces_expected_predictions() {
-    let Some(root) = reference() else { return };
+/// The reference job on a deployment: import its pickles, score
+/// sensor_data.csv, and get expected_predictions.csv back: every
+/// Prediction equal, every Score within 1e-9 of Decision; also in the
+/// per-model CSV layout.
+fn job_reproduces_expected_predictions(fleet: &Fleet) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let o = run(
-        data,
-        &["models", "import", root.join("models").to_str().unwrap()],
-    );
+    let models = fleet.models_dir();
+    let o = run(data, &["models", "import", models.to_str().unwrap()]);
     assert!(o.status.success());
-    assert!(text(&o).contains("15 added"));
+    assert!(
+        text(&o).contains(&format!("{} added", fleet.models)),
+        "{}",
+        text(&o)
+    );
 
-    let mut expected: HashMap<(String, String, String), (u8, f64)> = HashMap::new();
-    let exp = std::fs::read_to_string(root.join("expected_predictions.csv")).unwrap();
-    for line in exp.lines().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        expected.insert(
-            (f[0].into(), f[1].into(), f[2].into()),
-            (f[4].parse().unwrap(), f[5].parse().unwrap()),
-        );
-    }
-
-    let input = root.join("data/sensor_data.csv");
+    let expected = fleet.expected();
+    let input = fleet.readings();
     let out = data.join("out");
     let o = run(
         data,
@@ -54,9 +50,9 @@ fn reference_job_reproduces_expected_predictions() {
     );
     assert!(o.status.success());
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(summary["models"], 15);
-    assert_eq!(summary["rows"], 17_768);
-    assert_eq!(summary["anomalies"], 6_757);
+    assert_eq!(summary["models"], fleet.models);
+    assert_eq!(summary["rows"], fleet.rows);
+    assert_eq!(summary["anomalies"], fleet.anomalies);
     assert_eq!(summary["failed_models"], 0);
 
     let got = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
@@ -65,8 +61,8 @@ fn reference_job_reproduces_expected_predictions() {
     let mut n = 0;
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
-        let (pred, dec) = expected[&(f[0].to_string(), f[1].to_string(), f[2].to_string())];
-        assert_eq!(f[4].parse::<u8>().unwrap(), pred, "{line}");
+        let (_, pred, dec) = &expected[&(f[0].to_string(), f[1].to_string(), f[2].to_string())];
+        assert_eq!(f[4].parse::<u8>().unwrap(), *pred, "{line}");
         let score: f64 = f[5].parse().unwrap();
         assert!(
             (score - dec).abs() <= 1e-9,
@@ -76,7 +72,8 @@ fn reference_job_reproduces_expected_predictions() {
     }
     assert_eq!(n, expected.len());
 
-    // The reference layout: one file per model, its columns.
+    // The reference layout: one file per model, its columns, and every
+    // row as the reference job wrote it.
     let pm = data.join("per-model");
     let o = run(
         data,
@@ -98,7 +95,7 @@ fn reference_job_reproduces_expected_predictions() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 15);
+    assert_eq!(files.len(), fleet.models);
     assert!(
         files[0].starts_with("preds_1_1_") && files[0].len() == "preds_1_1_".len() + 12,
         "{}",
@@ -106,31 +103,80 @@ fn reference_job_reproduces_expected_predictions() {
     );
     let f = std::fs::read_to_string(pm.join(&files[0])).unwrap();
     assert!(
-        f.starts_with("TS,Device,Tag,Val,Prediction\n2018-08-28 23:00:05.000,1,1,10.16,0\n"),
+        f.starts_with(&format!(
+            "TS,Device,Tag,Val,Prediction\n{}\n",
+            fleet.first_row
+        )),
         "{f:.200}"
+    );
+    // Val as a number: the reference job (pandas) wrote `60.0` where its
+    // input and fleetscore say `60`.
+    let row = |ts: &str, d: &str, t: &str, val: &str, pred: &str| {
+        let val: f64 = val.parse().unwrap();
+        (
+            ts.to_string(),
+            d.to_string(),
+            t.to_string(),
+            val.to_bits(),
+            pred.to_string(),
+        )
+    };
+    let mut rows = Vec::new();
+    for name in &files {
+        let f = std::fs::read_to_string(pm.join(name)).unwrap();
+        let mut lines = f.lines();
+        assert_eq!(lines.next(), Some("TS,Device,Tag,Val,Prediction"), "{name}");
+        for line in lines {
+            let f: Vec<&str> = line.split(',').collect();
+            assert_eq!(f.len(), 5, "{name}: {line}");
+            rows.push(row(f[0], f[1], f[2], f[3], f[4]));
+        }
+    }
+    rows.sort();
+    let mut want: Vec<_> = expected
+        .iter()
+        .map(|((ts, d, t), (val, pred, _))| row(ts, d, t, val, &pred.to_string()))
+        .collect();
+    want.sort();
+    assert!(
+        rows == want,
+        "the per-model files differ from expected_predictions.csv"
     );
 
     // Re-importing is a no-op.
-    let o = run(
-        data,
-        &["models", "import", root.join("models").to_str().unwrap()],
+    let o = run(data, &["models", "import", models.to_str().unwrap()]);
+    assert!(
+        text(&o).contains(&format!("{} unchanged", fleet.models)),
+        "{}",
+        text(&o)
     );
-    assert!(text(&o).contains("15 unchanged"), "{}", text(&o));
 }
 
 #[test]
-fn parquet_output_and_time_range() {
-    let Some(root) = reference() else { return };
+fn example_fleet_job_reproduces_expected_predictions() {
+    job_reproduces_expected_predictions(&Fleet::example());
+}
+
+#[test]
+#[ignore = "needs ../shared/reference beside the checkout (CI has it; .ci/run runs this with --ignored)"]
+fn reference_job_reproduces_expected_predictions() {
+    job_reproduces_expected_predictions(&Fleet::reference());
+}
+
+/// Parquet output, and `--from/--to` (in both spellings of a time) keep
+/// exactly the readings of that hour.
+fn parquet_output_and_time_range(fleet: &Fleet) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     assert!(run(
         data,
-        &["models", "import", root.join("models").to_str().unwrap()]
+        &["models", "import", fleet.models_dir().to_str().unwrap()]
     )
     .status
     .success());
-    let input = root.join("data/sensor_data.csv");
+    let input = fleet.readings();
     let out = data.join("pq");
+    let [from, to] = fleet.hour;
     let o = run(
         data,
         &[
@@ -140,21 +186,26 @@ fn parquet_output_and_time_range() {
             "--out",
             out.to_str().unwrap(),
             "--from",
-            "2018-08-29 00:00:00",
+            from,
             "--to",
-            "2018-08-29T01:00:00Z",
+            to,
             "--json",
         ],
     );
     assert!(o.status.success());
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // TS is written `YYYY-MM-DD HH:MM:SS.fff`, so text order is time order.
+    let (lo, hi) = (
+        from.replace('T', " "),
+        to.replace('T', " ").replace('Z', ""),
+    );
     let want = std::fs::read_to_string(&input)
         .unwrap()
         .lines()
         .skip(1)
-        .filter(|l| ("2018-08-29 00:00:00".."2018-08-29 01:00:00").contains(l))
+        .filter(|l| (lo.as_str()..hi.as_str()).contains(l))
         .count();
-    assert!(want > 1000);
+    assert_eq!(want, fleet.rows_in_hour);
     assert_eq!(summary["rows"], want);
     let files = summary["files"].as_array().unwrap();
     assert!(!files.is_empty());
@@ -162,6 +213,17 @@ fn parquet_output_and_time_range() {
         let bytes = std::fs::read(f.as_str().unwrap()).unwrap();
         assert_eq!(&bytes[..4], b"PAR1");
     }
+}
+
+#[test]
+fn example_fleet_parquet_output_and_time_range() {
+    parquet_output_and_time_range(&Fleet::example());
+}
+
+#[test]
+#[ignore = "needs ../shared/reference beside the checkout (CI has it; .ci/run runs this with --ignored)"]
+fn reference_parquet_output_and_time_range() {
+    parquet_output_and_time_range(&Fleet::reference());
 }
 
 /// A pair with no model and a model with the wrong feature count are
@@ -431,18 +493,16 @@ fn import_errors_name_the_file_and_the_reason() {
 
 /// `score --shard I/N`: the N shards are disjoint and together equal one
 /// unsharded run, row for row.
-#[test]
-fn shards_together_equal_one_unsharded_run() {
-    let Some(root) = reference() else { return };
+fn shards_together_equal_one_unsharded_run(fleet: &Fleet) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     assert!(run(
         data,
-        &["models", "import", root.join("models").to_str().unwrap()]
+        &["models", "import", fleet.models_dir().to_str().unwrap()]
     )
     .status
     .success());
-    let input = root.join("data/sensor_data.csv");
+    let input = fleet.readings();
     let score = |extra: &[&str]| {
         let out = data.join("out");
         let mut args = vec![
@@ -470,7 +530,7 @@ fn shards_together_equal_one_unsharded_run() {
         v
     };
     let whole = lines(score(&[]).join("predictions.csv"));
-    assert_eq!(whole.len(), 17_768);
+    assert_eq!(whole.len(), fleet.rows);
     let mut parts = Vec::new();
     for i in 0..3 {
         let shard = format!("{i}/3");
@@ -518,6 +578,17 @@ fn shards_together_equal_one_unsharded_run() {
         assert_eq!(o.status.code(), Some(1), "{bad}");
         assert!(text(&o).contains("--shard"), "{}", text(&o));
     }
+}
+
+#[test]
+fn example_fleet_shards_together_equal_one_unsharded_run() {
+    shards_together_equal_one_unsharded_run(&Fleet::example());
+}
+
+#[test]
+#[ignore = "needs ../shared/reference beside the checkout (CI has it; .ci/run runs this with --ignored)"]
+fn reference_shards_together_equal_one_unsharded_run() {
+    shards_together_equal_one_unsharded_run(&Fleet::reference());
 }
 
 /// `score` without --input reads a window of the store's raw/ partitions:
@@ -684,28 +755,26 @@ fn store_window_shards_together_equal_one_unsharded_run() {
 
     // A pair whose model takes windows is left out, not scored on raw
     // values (a one-feature window model would take them silently).
-    if let Some(root) = reference() {
-        let model = root.join("models/model_1_1");
-        let o = run(
-            data,
-            &[
-                "models",
-                "import",
-                model.to_str().unwrap(),
-                "--device",
-                "0",
-                "--tag",
-                "0",
-                "--input",
-                "window:1m:mean",
-            ],
-        );
-        assert!(o.status.success(), "{}", text(&o));
-        let (_, summary) = score(&["--json"]);
-        assert_eq!(summary["window_models_skipped"], 1);
-        assert_eq!(summary["models"], 11);
-        assert_eq!(summary["rows"], 11 * 120);
-    }
+    let model = Fleet::example().models_dir().join("model_1_1");
+    let o = run(
+        data,
+        &[
+            "models",
+            "import",
+            model.to_str().unwrap(),
+            "--device",
+            "0",
+            "--tag",
+            "0",
+            "--input",
+            "window:1m:mean",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let (_, summary) = score(&["--json"]);
+    assert_eq!(summary["window_models_skipped"], 1);
+    assert_eq!(summary["models"], 11);
+    assert_eq!(summary["rows"], 11 * 120);
 
     // Mistakes say what to do.
     for (args, want) in [

@@ -1,65 +1,66 @@
-//! Jobs from the command line: the reference job run as hourly backfill
-//! jobs gives the reference predictions; `jobs list|show|logs|retry|cancel`;
-//! `serve` runs its schedule.
+//! Jobs from the command line: a deployment's readings scored as hourly
+//! backfill jobs give the predictions scikit-learn gave (examples/fleet,
+//! always; the reference deployment when ../shared is beside the checkout);
+//! `jobs list|show|logs|retry|cancel`; `serve` runs its schedule.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{predictions, reference, run, text, Server};
+use common::{predictions, run, text, Fleet, Server};
 
-#[test]
-fn the_reference_job_as_hourly_backfill_jobs() {
-    let Some(root) = reference() else { return };
+/// A deployment's readings ingested and scored as hourly backfill jobs of
+/// `batch_size` models a task: every reading predicted once, as
+/// scikit-learn did; running the windows again overwrites; `jobs
+/// list|show|logs|retry|cancel` on the jobs.
+fn hourly_backfill_jobs_give_the_expected_predictions(fleet: &Fleet, batch_size: usize) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let o = run(
         data,
-        &["models", "import", root.join("models").to_str().unwrap()],
+        &["models", "import", fleet.models_dir().to_str().unwrap()],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let input = root.join("data/sensor_data.csv");
-    let o = run(data, &["ingest", input.to_str().unwrap()]);
+    let o = run(data, &["ingest", fleet.readings().to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
 
-    let window = [
-        "--from",
-        "2018-08-28T23:00:00Z",
-        "--to",
-        "2018-08-29T03:30:00Z",
-    ];
+    let window = ["--from", fleet.window[0], "--to", fleet.window[1]];
+    let batch = batch_size.to_string();
     let o = run(
         data,
         &[
             &["backfill"][..],
             &window[..],
-            &["--batch-size", "4", "--json"],
+            &["--batch-size", &batch, "--json"],
         ]
         .concat(),
     );
     assert!(o.status.success(), "{}", text(&o));
     let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let jobs = jobs.as_array().unwrap();
-    assert_eq!(jobs.len(), 5, "23:00..04:00 hourly");
+    assert_eq!(jobs.len(), fleet.hours, "one job an hour");
     let rows: u64 = jobs.iter().map(|j| j["rows"].as_u64().unwrap()).sum();
     let anomalies: u64 = jobs.iter().map(|j| j["anomalies"].as_u64().unwrap()).sum();
-    assert_eq!((rows, anomalies), (17_768, 6_757));
+    assert_eq!(
+        (rows, anomalies),
+        (fleet.rows as u64, fleet.anomalies as u64)
+    );
+    let tasks = fleet.models.div_ceil(batch_size);
+    assert!(tasks > 1);
     assert!(jobs
         .iter()
-        .all(|j| j["state"] == "succeeded" && j["tasks"] == 4));
+        .all(|j| j["state"] == "succeeded" && j["tasks"] == tasks));
 
-    // Row for row what the reference job predicted.
+    // Row for row what scikit-learn predicted.
     let got = predictions(&data.join("store"));
-    let exp = std::fs::read_to_string(root.join("expected_predictions.csv")).unwrap();
     let mut n = 0;
-    for line in exp.lines().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        let ts = fleetscore_core::parse_ts(f[0]).unwrap() / 1_000;
-        let (pred, score) = got[&(ts, f[1].to_string(), f[2].to_string())];
-        assert_eq!(pred, f[4].parse::<i32>().unwrap(), "{line}");
+    for ((ts, device, tag), (_, pred, dec)) in fleet.expected() {
+        let us = fleetscore_core::parse_ts(&ts).unwrap() / 1_000;
+        let (p, score) = got[&(us, device.clone(), tag.clone())];
+        assert_eq!(p, i32::from(pred), "{ts},{device},{tag}");
         assert!(
-            (score - f[5].parse::<f64>().unwrap()).abs() < 1e-9,
-            "{line}"
+            (score - dec).abs() < 1e-9,
+            "{ts},{device},{tag}: {score} vs {dec}"
         );
         n += 1;
     }
@@ -68,23 +69,32 @@ fn the_reference_job_as_hourly_backfill_jobs() {
     // Running the same windows again overwrites: still once each.
     let o = run(data, &[&["backfill"][..], &window[..]].concat());
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("backfilled 5 window(s) of 1h: 17768 rows, 6757 anomalies, 0 failed"));
-    assert_eq!(predictions(&data.join("store")).len(), 17_768);
+    let said = format!(
+        "backfilled {} window(s) of 1h: {} rows, {} anomalies, 0 failed",
+        fleet.hours, fleet.rows, fleet.anomalies
+    );
+    assert!(text(&o).contains(&said), "{}", text(&o));
+    assert_eq!(predictions(&data.join("store")).len(), fleet.rows);
 
     let o = run(data, &["jobs", "list"]);
     assert!(text(&o).contains("succeeded"), "{}", text(&o));
-    assert_eq!(text(&o).lines().count(), 11, "a header and 10 jobs");
+    assert_eq!(
+        text(&o).lines().count(),
+        1 + 2 * fleet.hours,
+        "a header and both backfills' jobs"
+    );
     let id = jobs[0]["id"].as_i64().unwrap().to_string();
     let o = run(data, &["jobs", "show", &id, "--json"]);
     let show: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let tasks = show["tasks"].as_array().unwrap();
-    let score = tasks.iter().filter(|t| t["kind"] == "score").count();
-    assert_eq!(score, 4, "{show}");
-    assert!(tasks.iter().any(|t| t["kind"] == "map"), "{show}");
+    let shown = show["tasks"].as_array().unwrap();
+    let score = shown.iter().filter(|t| t["kind"] == "score").count();
+    assert_eq!(score, tasks, "{show}");
+    assert!(shown.iter().any(|t| t["kind"] == "map"), "{show}");
     let o = run(data, &["jobs", "logs", &id]);
     let t = text(&o);
+    let last_task = format!("task-{:05}.log", tasks - 1);
     assert!(
-        t.contains("job.log") && t.contains("task-00003.log") && t.contains("succeeded"),
+        t.contains("job.log") && t.contains(&last_task) && t.contains("succeeded"),
         "{t}"
     );
     let o = run(data, &["jobs", "retry", &id]);
@@ -94,6 +104,17 @@ fn the_reference_job_as_hourly_backfill_jobs() {
     assert!(text(&o).contains("only a queued or running job can be cancelled"));
     let o = run(data, &["jobs", "show", "999"]);
     assert!(text(&o).contains("no job 999"), "{}", text(&o));
+}
+
+#[test]
+fn example_fleet_as_hourly_backfill_jobs() {
+    hourly_backfill_jobs_give_the_expected_predictions(&Fleet::example(), 2);
+}
+
+#[test]
+#[ignore = "needs ../shared/reference beside the checkout (CI has it; .ci/run runs this with --ignored)"]
+fn the_reference_job_as_hourly_backfill_jobs() {
+    hourly_backfill_jobs_give_the_expected_predictions(&Fleet::reference(), 4);
 }
 
 #[test]

@@ -6,8 +6,9 @@
 //! requests, once transiently (the store's retries absorb it) and once for
 //! good (the job fails, saying which store and key, and writes no manifest).
 //!
-//! These tests need the emulators: they fail (never skip) when they are not
-//! running, so a plain `cargo test` ignores them. `.ci/run` starts both and
+//! These tests need the emulators, and the whole-job ones the reference
+//! deployment (`../shared/reference`): they fail (never skip) when one is
+//! missing, so a plain `cargo test` ignores them. `.ci/run` starts both and
 //! runs `cargo test -p fleetscore --test object_stores -- --include-ignored`.
 //! By hand: `moto_server -H 127.0.0.1 -p 5000` (pip `moto[server]`) and
 //! `azurite-blob --disableTelemetry --blobHost 127.0.0.1 --location DIR`
@@ -207,7 +208,7 @@ const TO: &str = "2018-08-29T03:30:00Z";
 /// on one-minute window means (which only `w1` uses), then hourly backfill
 /// jobs over the reference's hours. Returns the backfill's output.
 fn the_job(data: &Path, store: &str, env: &Env, backfill: &[&str]) -> Output {
-    let root = reference().expect("../shared/reference");
+    let root = reference();
     std::fs::create_dir_all(data).unwrap();
     let extra = data.join("w1.csv");
     if !extra.exists() {
@@ -393,11 +394,8 @@ fn cloud_run(dir: &Path, url: &str, env: &Env) -> Store {
 }
 
 #[test]
-#[ignore = "needs moto's S3 server on 127.0.0.1:5000 (.ci/run starts it)"]
+#[ignore = "needs moto's S3 server on 127.0.0.1:5000 (.ci/run starts it) and ../shared/reference"]
 fn the_whole_job_on_s3_equals_the_local_run() {
-    if reference().is_none() {
-        return;
-    }
     create_bucket();
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique_prefix("s3");
@@ -411,11 +409,8 @@ fn the_whole_job_on_s3_equals_the_local_run() {
 }
 
 #[test]
-#[ignore = "needs Azurite's blob service on 127.0.0.1:10000 (.ci/run starts it)"]
+#[ignore = "needs Azurite's blob service on 127.0.0.1:10000 (.ci/run starts it) and ../shared/reference"]
 fn the_whole_job_on_azure_blob_equals_the_local_run() {
-    if reference().is_none() {
-        return;
-    }
     create_container();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("az://{BUCKET}/{}", unique_prefix("az"));
@@ -700,11 +695,8 @@ const QUICK_RETRIES: &[(&str, &str)] = &[
 ];
 
 #[test]
-#[ignore = "needs moto's S3 server on 127.0.0.1:5000 (.ci/run starts it)"]
+#[ignore = "needs moto's S3 server on 127.0.0.1:5000 (.ci/run starts it) and ../shared/reference"]
 fn transient_store_errors_are_retried_and_change_nothing() {
-    if reference().is_none() {
-        return;
-    }
     create_bucket();
     let proxy = Proxy::start(Fault::Transient);
     let dir = tempfile::tempdir().unwrap();
@@ -730,11 +722,8 @@ fn transient_store_errors_are_retried_and_change_nothing() {
 }
 
 #[test]
-#[ignore = "needs moto's S3 server on 127.0.0.1:5000 (.ci/run starts it)"]
+#[ignore = "needs moto's S3 server on 127.0.0.1:5000 (.ci/run starts it) and ../shared/reference"]
 fn a_store_that_refuses_predictions_fails_the_job_without_a_manifest() {
-    if reference().is_none() {
-        return;
-    }
     create_bucket();
     let proxy = Proxy::start(Fault::PredictionPuts);
     let dir = tempfile::tempdir().unwrap();

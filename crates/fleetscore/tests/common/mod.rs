@@ -40,14 +40,103 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// `../shared/reference` beside the checkout, or `None` (with a note) when
-/// it is missing.
-pub fn reference() -> Option<PathBuf> {
+/// `../shared/reference` beside the checkout: the reference deployment's
+/// models, readings and expected predictions. Only CI has it, so the tests
+/// that use it are `#[ignore]`d and `.ci/run` runs them; run without it,
+/// they fail (never pass) here.
+pub fn reference() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference");
-    p.is_dir().then_some(p).or_else(|| {
-        eprintln!("skipping: ../shared/reference not found (CI has it beside the checkout)");
-        None
-    })
+    assert!(
+        p.is_dir(),
+        "{} not found: this test needs the reference deployment beside the checkout (CI has \
+         it); plain `cargo test` checks the same behaviours on examples/fleet",
+        p.display()
+    );
+    p
+}
+
+/// A deployment in the reference layout (`models/model_{device}_{tag}`,
+/// `data/sensor_data.csv`, `expected_predictions.csv`) and what the tests
+/// know about it.
+pub struct Fleet {
+    pub root: PathBuf,
+    pub models: usize,
+    pub rows: usize,
+    pub anomalies: usize,
+    /// The whole hours the readings fall in, as `backfill --from/--to`
+    /// take them, and how many there are.
+    pub window: [&'static str; 2],
+    pub hours: usize,
+    /// One hour inside them, written as a user may (the two spellings of a
+    /// time), and the readings in it.
+    pub hour: [&'static str; 2],
+    pub rows_in_hour: usize,
+    /// The first row of model_1_1's per-model file: `TS,Device,Tag,Val,Prediction`.
+    pub first_row: &'static str,
+}
+
+impl Fleet {
+    /// `examples/fleet`, committed (written by
+    /// `crates/models/tests/fixtures/sklearn/generate.py`).
+    pub fn example() -> Fleet {
+        Fleet {
+            root: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/fleet"),
+            models: 6,
+            rows: 2_448,
+            anomalies: 181,
+            window: ["2026-01-15T00:00:00Z", "2026-01-15T04:00:00Z"],
+            hours: 4,
+            hour: ["2026-01-15 01:00:00", "2026-01-15T02:00:00Z"],
+            rows_in_hour: 612,
+            first_row: "2026-01-15 00:00:05.000,1,1,21.23,0",
+        }
+    }
+
+    /// The reference deployment, [`reference`].
+    pub fn reference() -> Fleet {
+        Fleet {
+            root: reference(),
+            models: 15,
+            rows: 17_768,
+            anomalies: 6_757,
+            window: ["2018-08-28T23:00:00Z", "2018-08-29T03:30:00Z"],
+            hours: 5,
+            hour: ["2018-08-29 00:00:00", "2018-08-29T01:00:00Z"],
+            rows_in_hour: 4_203,
+            first_row: "2018-08-28 23:00:05.000,1,1,10.16,0",
+        }
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        self.root.join("models")
+    }
+
+    pub fn readings(&self) -> PathBuf {
+        self.root.join("data/sensor_data.csv")
+    }
+
+    /// `expected_predictions.csv`: (TS, Device, Tag) → (Val, Prediction,
+    /// Decision), checking the header.
+    pub fn expected(&self) -> HashMap<(String, String, String), (String, u8, f64)> {
+        let text = std::fs::read_to_string(self.root.join("expected_predictions.csv")).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("TS,Device,Tag,Val,Prediction,Decision"));
+        let mut out = HashMap::new();
+        for line in lines {
+            let f: Vec<&str> = line.split(',').collect();
+            let old = out.insert(
+                (f[0].to_string(), f[1].to_string(), f[2].to_string()),
+                (
+                    f[3].to_string(),
+                    f[4].parse().unwrap(),
+                    f[5].parse().unwrap(),
+                ),
+            );
+            assert!(old.is_none(), "{line}: twice in expected_predictions.csv");
+        }
+        assert_eq!(out.len(), self.rows);
+        out
+    }
 }
 
 /// Appends every `.parquet` file under `dir` (recursively) to `out`.
