@@ -90,13 +90,15 @@ pub enum Command {
     /// `serve` writes) is deleted, also in hours that now have no windows.
     /// Hours are computed in parallel on all cores.
     Aggregate(AggregateArgs),
-    /// Run the whole service end to end on generated data, in
-    /// DATA/demo (recreated each run): generate a fleet's history, train
-    /// one StandardScaler + OneClassSVM per (device, tag) in Rust, start
-    /// the server, stream the last --hours of readings (with injected
-    /// anomalies) through its HTTP ingest, let the hourly schedule score
-    /// each hour, print what was found, then serve the dashboard until
-    /// Ctrl-C (--exit stops after the summary).
+    /// Run the whole service end to end on a generated fleet: train its
+    /// models, stream its readings, score them, serve the dashboard.
+    ///
+    /// In DATA/demo (recreated each run): generates a fleet's history,
+    /// trains one StandardScaler + OneClassSVM per (device, tag) in Rust,
+    /// starts the server, streams the last --hours of readings (with
+    /// injected anomalies) through its HTTP ingest, lets the hourly
+    /// schedule score each hour, prints what was found, then serves the
+    /// dashboard until Ctrl-C (--exit stops after the summary).
     Demo(DemoArgs),
     /// Run the service: ingest, windows, scheduled scoring, the API and
     /// the dashboard, in one process.
