@@ -1,11 +1,26 @@
-//! The HTTP API under `/v1` (JSON), `/readyz` and `/v1/openapi.json`.
+//! The HTTP API under `/v1` (JSON), `/readyz` and `/v1/openapi.json`
+//! (the document of every route, in [`openapi`]).
 //!
 //! Read endpoints are open unless `[auth] protect_reads = true` (then any
 //! ingest or admin token reads); endpoints that change things (trigger,
 //! retry, cancel, model upload and promote) need an admin token whenever
 //! any token is configured: none gives 401, a token that is not an admin
-//! token 403. Times in queries are RFC 3339 (or `YYYY-MM-DD HH:MM:SS`);
-//! job and task records carry nanosecond integers, rows carry RFC 3339.
+//! token 403. Every failure answers `{"error": "…"}`, also a query or path
+//! value of the wrong type ([`json_errors`]).
+//!
+//! One vocabulary, so that a client reads every answer the same way:
+//! - Times in answers are RFC 3339 UTC strings ([`rfc3339`]:
+//!   `2026-12-05T03:00:00Z`, a fraction only when the instant has one).
+//!   Job and task records, which scripts compute with, also give each
+//!   instant as integer nanoseconds under `<name>_ns` (`created` and
+//!   `created_ns`); their older integer fields (`window_start`,
+//!   `created_at`, …) stay, deprecated, for clients written before.
+//!   Durations are integers named with their unit (`duration_ms`,
+//!   `window_ns`). Times in queries are RFC 3339 or `YYYY-MM-DD HH:MM:SS`.
+//! - Rows use the `raw/` column names, `ts, device, tag, value`, and for
+//!   predictions `prediction, score`: the predictions files' `Val` is
+//!   `value` here, their `Score` (the reference deployment's `Decision`)
+//!   is `score`. The README's vocabulary table maps every file's names.
 
 // Handlers return `Result<_, Response>` for early answers.
 #![allow(clippy::result_large_err)]
@@ -22,7 +37,8 @@ use axum::{Json, Router};
 use fleetscore_codecs::read_predictions_parquet_bytes;
 use fleetscore_core::{format_ts, parse_ts, ModelKey};
 use fleetscore_jobs::db::{
-    Concurrency, DbError, JobFilter, JobKind, JobState, JobStore, NewJob, Threshold,
+    Concurrency, DbError, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, TaskRecord,
+    Threshold,
 };
 use fleetscore_jobs::run::{raw_objects_of, DeviceCount, Manifest};
 use fleetscore_jobs::schedule::ScheduleSpec;
@@ -31,6 +47,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::JobsConfig;
+
+mod openapi;
 
 /// What the API handlers share.
 pub struct Api {
@@ -61,6 +79,9 @@ pub struct Api {
     /// Model uploads decoded at once: each may take up to a few times
     /// `max_model_bytes` of memory while it is read.
     pub uploads: tokio::sync::Semaphore,
+    /// Compacts this server's ingest log into raw/ before a job is queued
+    /// (trigger, retry), so that it sees every reading acknowledged so far.
+    pub compact: Option<crate::serve::CompactNow>,
 }
 
 /// Model uploads decoded at once (see [`Api::uploads`]).
@@ -86,6 +107,79 @@ fn db_err(e: DbError) -> Response {
 
 fn internal(e: impl std::fmt::Display) -> Response {
     err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// An instant as the API gives it: RFC 3339, UTC, with a fraction of 3, 6
+/// or 9 digits only when the instant has one (`2026-12-05T03:00:00Z`,
+/// `2026-12-05T03:00:00.250Z`).
+pub(crate) fn rfc3339(ns: i64) -> String {
+    // `format_ts` gives milliseconds, or nanoseconds when finer.
+    let full = format_ts(ns);
+    let Some((whole, frac)) = full.strip_suffix('Z').and_then(|t| t.split_once('.')) else {
+        return full;
+    };
+    let digits = frac.trim_end_matches('0').len();
+    match digits {
+        0 => format!("{whole}Z"),
+        _ => {
+            let keep = digits.div_ceil(3) * 3;
+            let frac = format!("{frac:0<9}");
+            format!("{whole}.{}Z", &frac[..keep])
+        }
+    }
+}
+
+/// Sets `name` to the instant as RFC 3339 and `name_ns` to its integer.
+fn put_instant(record: &mut Value, name: &str, ns: Option<i64>) {
+    record[name] = json!(ns.map(rfc3339));
+    record[format!("{name}_ns")] = json!(ns);
+}
+
+/// A job record as the API gives it: the stored record, with its instants
+/// also as `from`, `to`, `created`, `started`, `finished` (RFC 3339) and
+/// their `_ns` integers.
+fn job_json(j: &JobRecord) -> Value {
+    let mut v = json!(j);
+    put_instant(&mut v, "from", Some(j.window_start));
+    put_instant(&mut v, "to", Some(j.window_end));
+    put_instant(&mut v, "created", Some(j.created_at));
+    put_instant(&mut v, "started", j.started_at);
+    put_instant(&mut v, "finished", j.finished_at);
+    v
+}
+
+/// A task record as the API gives it: instants also as `queued`,
+/// `started`, `finished` (RFC 3339) and `_ns` integers; `lease_until` and
+/// `not_before` become RFC 3339, with `_ns` integers.
+fn task_json(t: &TaskRecord) -> Value {
+    let mut v = json!(t);
+    put_instant(&mut v, "queued", Some(t.queued_at));
+    put_instant(&mut v, "started", t.started_at);
+    put_instant(&mut v, "finished", t.finished_at);
+    put_instant(&mut v, "lease_until", t.lease_until);
+    put_instant(&mut v, "not_before", t.not_before);
+    v
+}
+
+/// Turns the plain-text answers of axum's extractors (a query or path
+/// value of the wrong type: `limit=ten`, `/v1/jobs/x`) into the API's
+/// `{"error": …}`, so that every failure reads the same.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let r = next.run(req).await;
+    let plain = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !r.status().is_client_error() || !plain {
+        return r;
+    }
+    let status = r.status();
+    // Small: an extractor's message; anything longer is cut.
+    match axum::body::to_bytes(r.into_body(), 4096).await {
+        Ok(text) => err(status, String::from_utf8_lossy(&text).into_owned()),
+        Err(_) => err(status, "the request was refused"),
+    }
 }
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte.
@@ -188,6 +282,7 @@ pub fn routes(api: Arc<Api>) -> Router {
             api.query_timeout,
             bounded_reads,
         ))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(api)
 }
 
@@ -241,7 +336,7 @@ async fn readyz(State(api): A) -> Response {
         json!({
             "reason": h.reason,
             "disk_full": h.disk_full,
-            "since": h.since.map(|t| format_ts(
+            "since": h.since.map(|t| rfc3339(
                 t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
             )),
             "failed_recoveries": h.failed_recoveries,
@@ -289,7 +384,9 @@ async fn list_jobs(State(api): A, headers: HeaderMap, Query(q): Query<JobsQuery>
         ..JobFilter::default()
     };
     match api.db.jobs(&filter).await {
-        Ok(jobs) => Json(json!({ "jobs": jobs })).into_response(),
+        Ok(jobs) => {
+            Json(json!({ "jobs": jobs.iter().map(job_json).collect::<Vec<_>>() })).into_response()
+        }
         Err(e) => db_err(e),
     }
 }
@@ -306,7 +403,8 @@ async fn get_job(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Resp
         (Ok(t), Ok(f)) => (t, f),
         (Err(e), _) | (_, Err(e)) => return db_err(e),
     };
-    Json(json!({"job": job, "tasks": tasks, "failures": failures})).into_response()
+    let tasks: Vec<Value> = tasks.iter().map(task_json).collect();
+    Json(json!({"job": job_json(&job), "tasks": tasks, "failures": failures})).into_response()
 }
 
 #[derive(Deserialize)]
@@ -388,6 +486,9 @@ async fn trigger(State(api): A, headers: HeaderMap, body: axum::body::Body) -> R
         );
     };
     let windows = windows as i64;
+    if let Err(r) = compact_first(&api).await {
+        return r;
+    }
     let now = crate::util::now_ns();
     let mut ids = Vec::new();
     for i in 0..windows {
@@ -413,12 +514,32 @@ async fn trigger(State(api): A, headers: HeaderMap, body: axum::body::Body) -> R
     (StatusCode::ACCEPTED, Json(json!({ "jobs": ids }))).into_response()
 }
 
+/// Compacts the ingest log into raw/ before a job is queued, so that it
+/// reads every reading acknowledged until now (wherever it runs); if that
+/// fails, no job is queued: it would miss readings.
+async fn compact_first(api: &Api) -> Result<(), Response> {
+    let Some(compact) = &api.compact else {
+        return Ok(());
+    };
+    compact.run().await.map_err(|e| {
+        retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no job queued: it would miss the readings not yet in raw/ ({e:#}); retry once the store is reachable and the data folder writable"
+            ),
+        )
+    })
+}
+
 async fn retry(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Response {
     if let Err(r) = api.admin(&headers) {
         return r;
     }
+    if let Err(r) = compact_first(&api).await {
+        return r;
+    }
     match api.db.retry(id).await {
-        Ok(j) => Json(json!({ "job": j })).into_response(),
+        Ok(j) => Json(json!({ "job": job_json(&j) })).into_response(),
         Err(e) => db_err(e),
     }
 }
@@ -436,7 +557,7 @@ async fn cancel(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Respo
                     "deleting the cancelled job's staged inputs: {e:#}"
                 );
             }
-            Json(json!({ "job": j })).into_response()
+            Json(json!({ "job": job_json(&j) })).into_response()
         }
         Err(e) => db_err(e),
     }
@@ -459,6 +580,7 @@ async fn slowest(State(api): A, headers: HeaderMap, Query(q): Query<Limit>) -> R
                     json!({
                         "job_id": t.job_id,
                         "idx": t.idx,
+                        "kind": t.kind,
                         "state": t.state,
                         "attempts": t.attempts,
                         "duration_ms": match (t.started_at, t.finished_at) {
@@ -502,8 +624,8 @@ async fn schedules(State(api): A, headers: HeaderMap) -> Response {
             "max_retries": s.max_retries,
             "concurrency": s.concurrency,
             "catch_up": s.catch_up,
-            "last_window_end": last.map(format_ts),
-            "next_run": next.map(format_ts),
+            "last_window_end": last.map(rfc3339),
+            "next_run": next.map(rfc3339),
         }));
     }
     Json(json!({ "schedules": out })).into_response()
@@ -823,12 +945,12 @@ async fn prediction_rows(
     let rows: Vec<Value> = rows
         .into_iter()
         .map(|r| {
-            json!({"ts": format_ts(r.ts), "device": r.device, "tag": r.tag, "value": r.value,
+            json!({"ts": rfc3339(r.ts), "device": r.device, "tag": r.tag, "value": r.value,
                    "prediction": r.prediction, "score": r.score})
         })
         .collect();
     Ok(Json(json!({
-        "from": format_ts(from), "to": format_ts(to), "rows": rows, "truncated": truncated
+        "from": rfc3339(from), "to": rfc3339(to), "rows": rows, "truncated": truncated
     }))
     .into_response())
 }
@@ -920,12 +1042,10 @@ async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
     rows.truncate(limit);
     let rows: Vec<Value> = rows
         .into_iter()
-        .map(|(ts, tag, v)| json!({"ts": format_ts(ts), "tag": tag, "value": v}))
+        .map(|(ts, tag, v)| json!({"ts": rfc3339(ts), "device": device, "tag": tag, "value": v}))
         .collect();
-    Json(
-        json!({"from": format_ts(from), "to": format_ts(to), "rows": rows, "truncated": truncated}),
-    )
-    .into_response()
+    Json(json!({"from": rfc3339(from), "to": rfc3339(to), "rows": rows, "truncated": truncated}))
+        .into_response()
 }
 
 /// Anomalies per hour per device, from the jobs' manifests.
@@ -966,9 +1086,9 @@ async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
             .collect()
     };
     Json(json!({
-        "from": format_ts(from),
-        "to": format_ts(to),
-        "hours": hours.iter().map(|h| format_ts(*h)).collect::<Vec<_>>(),
+        "from": rfc3339(from),
+        "to": rfc3339(to),
+        "hours": hours.iter().map(|h| rfc3339(*h)).collect::<Vec<_>>(),
         "devices": devices,
         "anomalies": grid(|c| c.anomalies),
         "rows": grid(|c| c.rows),
@@ -977,78 +1097,26 @@ async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
 }
 
 async fn openapi() -> Response {
-    Json(openapi_doc()).into_response()
+    Json(openapi::document()).into_response()
 }
 
-fn op(summary: &str, params: &[(&str, &str, bool)], body: Option<&str>, ok: &str) -> Value {
-    let parameters: Vec<Value> = params
-        .iter()
-        .map(|(name, place, required)| {
-            json!({"name": name, "in": place, "required": required, "schema": {"type": "string"}})
-        })
-        .collect();
-    let mut o = json!({
-        "summary": summary,
-        "parameters": parameters,
-        "responses": {
-            ok: {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
-            "400": {"description": "Bad request; `error` says which parameter and why"},
-            "401": {"description": "A token is required"},
-            "403": {"description": "The token may not do this"},
-        }
-    });
-    if let Some(b) = body {
-        o["requestBody"] = json!({"required": true, "content": {b: {"schema": {"type": if b == "application/json" {"object"} else {"string"}}}}});
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn instants_carry_a_fraction_only_when_they_have_one() {
+        let hour = 1_796_439_600_000_000_000; // 2026-12-05T03:00:00Z
+        assert_eq!(rfc3339(hour), "2026-12-05T03:00:00Z");
+        assert_eq!(rfc3339(hour + 250_000_000), "2026-12-05T03:00:00.250Z");
+        assert_eq!(rfc3339(hour + 1_000), "2026-12-05T03:00:00.000001Z");
+        assert_eq!(rfc3339(hour + 120_000), "2026-12-05T03:00:00.000120Z");
+        assert_eq!(rfc3339(hour + 7), "2026-12-05T03:00:00.000000007Z");
+        assert_eq!(
+            rfc3339(hour + 999_999_999),
+            "2026-12-05T03:00:00.999999999Z"
+        );
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     }
-    o
-}
-
-/// The OpenAPI 3.1 document of the API (and the ingest endpoints).
-pub fn openapi_doc() -> Value {
-    let range = [
-        ("device", "query", false),
-        ("tag", "query", false),
-        ("from", "query", false),
-        ("to", "query", false),
-        ("limit", "query", false),
-    ];
-    let id = [("id", "path", true)];
-    let dt = [("device", "path", true), ("tag", "path", true)];
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "fleetscore", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Scheduled scoring of per-device anomaly models: jobs, schedules, models, predictions."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"bearer": []}],
-        "paths": {
-            "/healthz": {"get": op("Liveness", &[], None, "200")},
-            "/readyz": {"get": op("Readiness: job store and object store reachable (503 if not)", &[], None, "200")},
-            "/metrics": {"get": op("Prometheus metrics", &[], None, "200")},
-            "/write": {"post": op("InfluxDB v1 line protocol ingest (204 once durable)", &[("precision", "query", false), ("db", "query", false)], Some("text/plain"), "204")},
-            "/api/v2/write": {"post": op("InfluxDB v2 line protocol ingest (204 once durable)", &[("precision", "query", false), ("bucket", "query", false), ("org", "query", false)], Some("text/plain"), "204")},
-            "/v1/readings": {
-                "post": op("JSON, NDJSON or CSV ingest (200 once durable)", &[], Some("application/json"), "200"),
-                "get": op("Stored readings of a device (and tag) in a time range", &range, None, "200"),
-            },
-            "/v1/jobs": {
-                "get": op("Jobs, newest first", &[("state", "query", false), ("schedule", "query", false), ("limit", "query", false)], None, "200"),
-                "post": op("Trigger jobs for the windows of [from, to) (admin)", &[], Some("application/json"), "202"),
-            },
-            "/v1/jobs/{id}": {"get": op("A job with its tasks and failed models", &id, None, "200")},
-            "/v1/jobs/{id}/retry": {"post": op("Queue a failed, cancelled or skipped job again (admin)", &id, None, "200")},
-            "/v1/jobs/{id}/cancel": {"post": op("Cancel a queued or running job (admin)", &id, None, "200")},
-            "/v1/tasks/slowest": {"get": op("The slowest finished tasks", &[("limit", "query", false)], None, "200")},
-            "/v1/schedules": {"get": op("Schedules with their last window and next run", &[], None, "200")},
-            "/v1/models": {"get": op("Registered models (live version)", &[], None, "200")},
-            "/v1/models/{device}/{tag}": {
-                "get": op("A model's versions", &dt, None, "200"),
-                "post": op("Upload a scikit-learn pickle or joblib file as a new version (admin)", &dt, Some("application/octet-stream"), "201"),
-            },
-            "/v1/models/{device}/{tag}/promote": {"post": op("Make a version live: {\"version\": n} (admin)", &dt, Some("application/json"), "200")},
-            "/v1/predictions": {"get": op("Predictions in a time range, by device and tag; anomalies=true for anomalies only", &[("device", "query", false), ("tag", "query", false), ("from", "query", false), ("to", "query", false), ("limit", "query", false), ("anomalies", "query", false)], None, "200")},
-            "/v1/anomalies": {"get": op("Anomalous predictions in a time range", &range, None, "200")},
-            "/v1/overview": {"get": op("Rows and anomalies per hour per device", &[("from", "query", false), ("to", "query", false)], None, "200")},
-            "/v1/openapi.json": {"get": op("This document", &[], None, "200")},
-        }
-    })
 }

@@ -1,6 +1,8 @@
 //! The `/v1` API against the real binary with real data: trigger jobs,
 //! read them back, predictions, anomalies, readings, the overview, models
-//! (upload, promote), the OpenAPI document, tokens.
+//! (upload, promote), tokens; every answer checked against the schema the
+//! OpenAPI document gives for it (`tests/api_docs.rs` checks the document
+//! against the README and the routes).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -8,7 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
+mod openapi_check;
 use common::{run, Server};
+use openapi_check::assert_conforms;
 
 fn demo(n: u32) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("demo/model_fallback_{n}.pkl"))
@@ -18,6 +22,31 @@ fn get(s: &Server, path: &str) -> Value {
     let (status, body) = s.request("GET", path, &[], b"");
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// `GET path`, checked against the schema of `route` (the path as the
+/// OpenAPI document writes it) in `doc`.
+fn get_checked(s: &Server, doc: &Value, route: &str, path: &str) -> Value {
+    let v = get(s, path);
+    assert_conforms(doc, "GET", route, 200, &v);
+    v
+}
+
+/// `POST path` with `body`: its status, and its JSON answer checked against
+/// the schema of `route` for that status.
+fn post_checked(
+    s: &Server,
+    doc: &Value,
+    route: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Value) {
+    let (status, text) = s.request("POST", path, headers, body);
+    let v: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: {e}: {text}"));
+    assert_conforms(doc, "POST", route, status, &v);
+    (status, v)
 }
 
 const ADMIN: (&str, &str) = ("Authorization", "Bearer admin-secret");
@@ -75,18 +104,26 @@ fn the_api_end_to_end() {
     )
     .unwrap();
     let s = Server::start(data, &["--config", config.to_str().unwrap()]);
+    let doc = get(&s, "/v1/openapi.json");
+    assert_eq!(doc["openapi"], "3.1.0");
 
-    assert_eq!(get(&s, "/readyz")["ready"], true);
+    assert_eq!(get_checked(&s, &doc, "/readyz", "/readyz")["ready"], true);
     // Triggering needs an admin token.
     let body = r#"{"from": "2024-03-01T10:00:00Z", "to": "2024-03-01T12:00:00Z", "batch_size": 2}"#;
     assert_eq!(s.post("/v1/jobs", &[], body).0, 401);
     assert_eq!(s.post("/v1/jobs", &[INGEST], body).0, 403);
-    let (st, b) = s.post("/v1/jobs", &[ADMIN], r#"{"from": "yesterday", "to": "x"}"#);
+    let (st, b) = post_checked(
+        &s,
+        &doc,
+        "/v1/jobs",
+        "/v1/jobs",
+        &[ADMIN],
+        br#"{"from": "yesterday", "to": "x"}"#,
+    );
     assert_eq!(st, 400);
-    assert!(b.contains("from"), "{b}");
-    let (st, b) = s.post("/v1/jobs", &[ADMIN], body);
-    assert_eq!(st, 202, "{b}");
-    let ids: Value = serde_json::from_str(&b).unwrap();
+    assert!(b["error"].as_str().unwrap().contains("from"), "{b}");
+    let (st, ids) = post_checked(&s, &doc, "/v1/jobs", "/v1/jobs", &[ADMIN], body.as_bytes());
+    assert_eq!(st, 202, "{ids}");
     assert_eq!(ids["jobs"].as_array().unwrap().len(), 2);
 
     // The server's runner picks them up (beside its hourly schedule's job
@@ -113,41 +150,98 @@ fn the_api_end_to_end() {
         ),
         (Some(6), Some(360), Some(3))
     );
+    // Times are RFC 3339, with the integers beside them (and under the
+    // older names the dashboard reads).
+    assert_eq!(
+        (j["from"].as_str(), j["to"].as_str()),
+        (Some("2024-03-01T10:00:00Z"), Some("2024-03-01T11:00:00Z"))
+    );
+    assert_eq!(j["from_ns"].as_i64(), Some(1_709_287_200_000_000_000));
+    for (ns, legacy) in [
+        ("from_ns", "window_start"),
+        ("to_ns", "window_end"),
+        ("created_ns", "created_at"),
+        ("started_ns", "started_at"),
+        ("finished_ns", "finished_at"),
+    ] {
+        assert!(j[ns].is_i64(), "{ns}: {j}");
+        assert_eq!(j[ns], j[legacy], "{ns} and {legacy}");
+    }
     let id = j["id"].as_i64().unwrap();
-    let detail = get(&s, &format!("/v1/jobs/{id}"));
+    let route = "/v1/jobs/{id}";
+    let detail = get_checked(&s, &doc, route, &format!("/v1/jobs/{id}"));
     let tasks = detail["tasks"].as_array().unwrap();
     let maps = tasks.iter().filter(|t| t["kind"] == "map").count();
     assert_eq!((tasks.len() - maps, maps), (3, 1), "{detail}");
-    assert_eq!(s.request("GET", "/v1/jobs/999", &[], b"").0, 404);
-    assert_eq!(s.post(&format!("/v1/jobs/{id}/retry"), &[ADMIN], "").0, 409);
-    let slow = get(&s, "/v1/tasks/slowest?limit=4");
+    assert_eq!(tasks[0]["queued_ns"], tasks[0]["queued_at"]);
+    assert!(tasks[0]["finished"].as_str().unwrap().ends_with('Z'));
+    let (st, b) = s.request("GET", "/v1/jobs/999", &[], b"");
+    assert_eq!(st, 404);
+    assert_conforms(&doc, "GET", route, 404, &serde_json::from_str(&b).unwrap());
+    // A path or query value of the wrong type answers JSON too.
+    let (st, b) = s.request("GET", "/v1/jobs/seven", &[], b"");
+    assert_eq!(st, 400);
+    assert_conforms(&doc, "GET", route, 400, &serde_json::from_str(&b).unwrap());
+    let route = "/v1/jobs/{id}/retry";
+    let (st, _) = post_checked(
+        &s,
+        &doc,
+        route,
+        &format!("/v1/jobs/{id}/retry"),
+        &[ADMIN],
+        b"",
+    );
+    assert_eq!(st, 409);
+    let slow = get_checked(&s, &doc, "/v1/tasks/slowest", "/v1/tasks/slowest?limit=4");
     assert_eq!(slow["tasks"].as_array().unwrap().len(), 4, "{slow}");
+    let all = get_checked(&s, &doc, "/v1/jobs", "/v1/jobs");
+    assert!(all["jobs"].as_array().unwrap().len() >= 2, "{all}");
 
     // Predictions: the wild hour of d2/1 is anomalous, the calm one is not.
-    let a = get(
+    let a = get_checked(
         &s,
+        &doc,
+        "/v1/anomalies",
         "/v1/anomalies?device=d2&tag=1&from=2024-03-01T11:00:00Z&to=2024-03-01T12:00:00Z",
     );
     assert_eq!(a["rows"].as_array().unwrap().len(), 60, "{a}");
-    let p = get(
+    let p = get_checked(
         &s,
+        &doc,
+        "/v1/predictions",
         "/v1/predictions?device=d0&tag=2&from=2024-03-01T10:00:00Z&to=2024-03-01T12:00:00Z",
     );
     let rows = p["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 120);
-    assert_eq!(rows[0]["ts"], "2024-03-01T10:00:00.000Z");
-    let r = get(
+    // The API's names for the predictions files' TS, Device, Tag, Val,
+    // Prediction, Score.
+    let names: Vec<&String> = rows[0].as_object().unwrap().keys().collect();
+    assert_eq!(
+        names,
+        ["device", "prediction", "score", "tag", "ts", "value"],
+        "{}",
+        rows[0]
+    );
+    assert_eq!(rows[0]["ts"], "2024-03-01T10:00:00Z");
+    let r = get_checked(
         &s,
+        &doc,
+        "/v1/readings",
         "/v1/readings?device=d2&tag=1&from=2024-03-01T10:00:00Z&to=2024-03-01T12:00:00Z",
     );
-    assert_eq!(r["rows"].as_array().unwrap().len(), 120);
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 120);
+    assert_eq!(
+        rows[0],
+        serde_json::json!({"ts": "2024-03-01T10:00:00Z", "device": "d2", "tag": "1", "value": 20.0})
+    );
     assert_eq!(s.request("GET", "/v1/readings?tag=1", &[], b"").0, 400);
     // The overview defaults to the 24 hours up to the newest window.
-    let o = get(&s, "/v1/overview");
+    let o = get_checked(&s, &doc, "/v1/overview", "/v1/overview");
     assert_eq!(o["devices"], serde_json::json!(["d0", "d1", "d2"]));
     let hours = o["hours"].as_array().unwrap();
     assert_eq!(hours.len(), 24);
-    assert_eq!(hours[23], "2024-03-01T11:00:00.000Z");
+    assert_eq!(hours[23], "2024-03-01T11:00:00Z");
     assert!(o["anomalies"][2][23].as_u64().unwrap() >= 60);
     assert_eq!(o["rows"][0][22], 120);
 
@@ -164,15 +258,24 @@ fn the_api_end_to_end() {
     }
 
     // Models: upload a new version, promote back, refuse junk.
-    let m = get(&s, "/v1/models");
+    let m = get_checked(&s, &doc, "/v1/models", "/v1/models");
     assert_eq!(m["models"].as_array().unwrap().len(), 2);
     let pickle = std::fs::read(demo(2)).unwrap();
     assert_eq!(s.request("POST", "/v1/models/*/1", &[], &pickle).0, 401);
-    let (st, b) = s.request("POST", "/v1/models/*/1", &[ADMIN], &pickle);
+    let route = "/v1/models/{device}/{tag}";
+    let (st, b) = post_checked(&s, &doc, route, "/v1/models/*/1", &[ADMIN], &pickle);
     assert_eq!(st, 201, "{b}");
-    assert!(b.contains("new_version"), "{b}");
-    assert_eq!(get(&s, "/v1/models/*/1")["model"]["live"], 2);
-    let (st, b) = s.post("/v1/models/*/1/promote", &[ADMIN], r#"{"version": 1}"#);
+    assert_eq!(b["outcome"]["outcome"], "new_version", "{b}");
+    let one = get_checked(&s, &doc, route, "/v1/models/*/1");
+    assert_eq!(one["model"]["live"], 2);
+    let (st, b) = post_checked(
+        &s,
+        &doc,
+        "/v1/models/{device}/{tag}/promote",
+        "/v1/models/*/1/promote",
+        &[ADMIN],
+        br#"{"version": 1}"#,
+    );
     assert_eq!(st, 200, "{b}");
     assert_eq!(get(&s, "/v1/models/*/1")["model"]["live"], 1);
     assert_eq!(
@@ -185,35 +288,9 @@ fn the_api_end_to_end() {
     assert!(b.contains("not imported"), "{b}");
     assert_eq!(s.request("GET", "/v1/models/nobody/1", &[], b"").0, 404);
 
-    // Schedules and the OpenAPI document, which lists every route.
-    let sch = get(&s, "/v1/schedules");
+    // Schedules.
+    let sch = get_checked(&s, &doc, "/v1/schedules", "/v1/schedules");
     assert_eq!(sch["schedules"][0]["name"], "hourly");
-    let doc = get(&s, "/v1/openapi.json");
-    assert_eq!(doc["openapi"], "3.1.0");
-    for path in [
-        "/v1/jobs",
-        "/v1/jobs/{id}",
-        "/v1/jobs/{id}/retry",
-        "/v1/jobs/{id}/cancel",
-        "/v1/tasks/slowest",
-        "/v1/schedules",
-        "/v1/models",
-        "/v1/models/{device}/{tag}",
-        "/v1/models/{device}/{tag}/promote",
-        "/v1/predictions",
-        "/v1/anomalies",
-        "/v1/readings",
-        "/v1/overview",
-        "/write",
-        "/api/v2/write",
-        "/readyz",
-        "/metrics",
-    ] {
-        assert!(
-            doc["paths"][path].is_object(),
-            "{path} missing from the OpenAPI document"
-        );
-    }
     s.terminate();
 }
 
