@@ -12,7 +12,12 @@
 //! segment's first batch (its sequence number and content) and the
 //! partition, and deletes the segment once all its objects are stored and
 //! the window checkpoint is past it. A re-run after a crash overwrites the
-//! same objects instead of duplicating them. On SIGTERM or SIGINT the
+//! same objects instead of duplicating them. Jobs read raw/, so the same
+//! compaction also runs on demand ([`CompactNow`]) before a schedule
+//! creates its due jobs and before `POST /v1/jobs` (or a retry) queues
+//! one: a job sees every reading acknowledged before it was created,
+//! wherever it runs, not only those of the last timed compaction. On
+//! SIGTERM or SIGINT the
 //! server stops accepting, then does the same once more, so a stopped
 //! server leaves an empty log behind (unless the disk or the store fails
 //! then: the log keeps the readings for the next start, and the stop is
@@ -160,19 +165,33 @@ pub fn settings(g: &Global, args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(c)
 }
 
+/// `fleetscore serve`: prints `listening on ADDR`, then a line for each
+/// job it finishes.
 pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let c = settings(g, &args)?;
-    run_config(g, c, None, None).await
+    serve(g, c, None, None, true).await
 }
 
 /// Runs the server with settings `c`. `ready` receives the bound address
 /// (besides the `listening on` line); `stop`, when it fires, shuts down as
-/// SIGTERM does. Used by `serve` and `demo`.
+/// SIGTERM does. Unlike `serve` it prints no line per finished job: its
+/// caller (`demo`) reports the jobs itself.
 pub async fn run_config(
     g: &Global,
     c: Config,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
     stop: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> anyhow::Result<ExitCode> {
+    serve(g, c, ready, stop, false).await
+}
+
+/// [`run_config`], printing a line for each finished job if `job_lines`.
+async fn serve(
+    g: &Global,
+    c: Config,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    stop: Option<tokio::sync::oneshot::Receiver<()>>,
+    job_lines: bool,
 ) -> anyhow::Result<ExitCode> {
     check_limits(&c.server)?;
     // Before anything is opened: a refused address fails fast.
@@ -256,6 +275,8 @@ pub async fn run_config(
         .run(false)
         .await
         .context("compacting the ingest log at start-up")?;
+    // Requests queue until the background task (below) takes them.
+    let (compact_now, compact_requests) = CompactNow::channel();
 
     let db = util::job_store(g).await?;
     let app = Arc::new(App {
@@ -292,6 +313,7 @@ pub async fn run_config(
         log: Some(Arc::clone(&log)),
         inflight: Arc::clone(&inflight),
         uploads: tokio::sync::Semaphore::new(crate::api::PARALLEL_UPLOADS),
+        compact: Some(compact_now.clone()),
     });
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -342,17 +364,25 @@ pub async fn run_config(
         let _ = ready.send(addr);
     }
 
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mqtt = mqtt_source.map(|source| {
         tokio::spawn(source.run(Arc::clone(&ingestor), Arc::clone(&metrics), stop_rx.clone()))
     });
+    let clock: Arc<dyn fleetscore_jobs::schedule::Clock> =
+        Arc::new(fleetscore_jobs::schedule::SystemClock);
+    let (reports, finished) = tokio::sync::mpsc::unbounded_channel();
+    let printer =
+        job_lines.then(|| tokio::spawn(crate::jobs_cmd::print_finished(Arc::clone(&db), finished)));
     let scheduler = {
-        let runner = fleetscore_jobs::run::Runner::new(
+        let mut runner = fleetscore_jobs::run::Runner::new(
             Arc::clone(&db),
             store.clone(),
-            Arc::new(fleetscore_jobs::schedule::SystemClock),
+            Arc::clone(&clock),
             crate::jobs_cmd::runner_config(&c),
         );
+        if job_lines {
+            runner = runner.with_reports(reports);
+        }
         let every = Duration::from_nanos(c.jobs.tick_interval.as_nanos().max(1_000_000) as u64);
         let run_jobs = c.jobs.run_in_server;
         tracing::info!(
@@ -377,6 +407,8 @@ pub async fn run_config(
                         run_jobs.then_some(runner),
                         specs,
                         every,
+                        clock,
+                        Some(compact_now),
                         stop,
                     )),
                     Err(e) => tracing::error!("the scheduler could not start: {e}"),
@@ -384,42 +416,23 @@ pub async fn run_config(
             })
             .context("starting the scheduler thread")?
     };
-    let background = {
-        let flush_every = Duration::from_nanos(c.server.window_flush_interval.as_nanos() as u64);
-        let compact_every = Duration::from_nanos(c.ingest.compact_interval.as_nanos() as u64);
-        let ingestor = Arc::clone(&ingestor);
-        tokio::spawn(async move {
-            let mut flush_tick = tokio::time::interval(flush_every);
-            let mut compact_tick = tokio::time::interval(compact_every);
-            flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            compact_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            flush_tick.tick().await;
-            compact_tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = flush_tick.tick() => {
-                        if let Err(e) = flush_windows(&ingestor).await {
-                            tracing::error!("writing windows failed (retried at the next flush): {e:#}");
-                        }
-                    }
-                    _ = compact_tick.tick() => {
-                        if let Err(e) = compactor.run(true).await {
-                            compactor.metrics.compaction_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!("compaction failed (retried later): {e:#}");
-                        }
-                    }
-                    _ = stop_rx.changed() => break,
-                }
-            }
-            compactor
-        })
-    };
+    let background = spawn_background(
+        compactor,
+        span_duration(c.server.window_flush_interval),
+        span_duration(c.ingest.compact_interval),
+        compact_requests,
+        stop_rx,
+    );
 
     crate::http::serve(listener, router, limits, conn_stats, shutdown).await;
     tracing::info!("stopped accepting requests; writing windows and compacting the ingest log");
     let _ = stop_tx.send(true);
     let mut compactor = background.await.context("the background task failed")?;
     let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
+    // The runner is gone with the scheduler: the last lines are printed.
+    if let Some(printer) = printer {
+        let _ = printer.await;
+    }
     if let Some(mqtt) = mqtt {
         let _ = mqtt.await;
     }
@@ -563,6 +576,96 @@ pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>
 
 // ---------------------------------------------------------------- compaction
 
+/// A request for a compaction, answered with its outcome.
+type CompactRequest = tokio::sync::oneshot::Sender<Result<(), Arc<anyhow::Error>>>;
+
+/// Asks the background task of `serve` to compact the ingest log into
+/// raw/ now, and waits for the outcome: what makes a job see every reading
+/// acknowledged before it was created, not only those of the last timed
+/// compaction (`[ingest] compact_interval`). Cheap to clone. One
+/// compaction runs at a time; requests made while one runs share the next,
+/// so each is answered by a compaction that began after it was made.
+#[derive(Clone)]
+pub struct CompactNow {
+    requests: tokio::sync::mpsc::Sender<CompactRequest>,
+}
+
+impl CompactNow {
+    /// A handle, and the receiving end for [`spawn_background`].
+    fn channel() -> (CompactNow, tokio::sync::mpsc::Receiver<CompactRequest>) {
+        let (requests, receiver) = tokio::sync::mpsc::channel(256);
+        (CompactNow { requests }, receiver)
+    }
+
+    /// Compacts now; `Err` says why it could not (the store or the disk
+    /// failed: the readings stay in the log; or the server is stopping).
+    pub async fn run(&self) -> anyhow::Result<()> {
+        let stopping = || {
+            anyhow::anyhow!(
+                "the server is stopping (it compacts its ingest log as it stops, or at the next start)"
+            )
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests.send(reply).await.map_err(|_| stopping())?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!(
+                "compacting the ingest log into raw/ failed: {e:#}"
+            )),
+            Err(_) => Err(stopping()),
+        }
+    }
+}
+
+/// The background task of `serve`: writes the closed windows every
+/// `flush_every`, and compacts the ingest log every `compact_every` and
+/// whenever a [`CompactNow`] asks, until `stop` changes; returns the
+/// compactor (for the last compaction, at shutdown).
+fn spawn_background(
+    mut compactor: Compactor,
+    flush_every: Duration,
+    compact_every: Duration,
+    mut requests: tokio::sync::mpsc::Receiver<CompactRequest>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Compactor> {
+    tokio::spawn(async move {
+        let ingestor = Arc::clone(&compactor.ingestor);
+        let mut flush_tick = tokio::time::interval(flush_every);
+        let mut compact_tick = tokio::time::interval(compact_every);
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        compact_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        flush_tick.tick().await;
+        compact_tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = flush_tick.tick() => {
+                    if let Err(e) = flush_windows(&ingestor).await {
+                        tracing::error!("writing windows failed (retried at the next flush): {e:#}");
+                    }
+                }
+                _ = compact_tick.tick() => {
+                    let _ = compactor.run_counted().await;
+                }
+                Some(first) = requests.recv() => {
+                    // Every request made so far shares this compaction.
+                    let mut waiting = vec![first];
+                    while let Ok(more) = requests.try_recv() {
+                        waiting.push(more);
+                    }
+                    let outcome = compactor.run_counted().await.map_err(Arc::new);
+                    for w in waiting {
+                        let _ = w.send(outcome.clone());
+                    }
+                    // The log was just compacted: the cadence starts again.
+                    compact_tick.reset();
+                }
+                _ = stop.changed() => break,
+            }
+        }
+        compactor
+    })
+}
+
 /// Moves closed log segments into raw/ and deletes those whose batches are
 /// all behind the window checkpoint.
 struct Compactor {
@@ -574,6 +677,19 @@ struct Compactor {
 }
 
 impl Compactor {
+    /// [`Compactor::run`] with a roll, counting and logging a failure (the
+    /// next compaction retries it).
+    async fn run_counted(&mut self) -> anyhow::Result<()> {
+        let outcome = self.run(true).await;
+        if let Err(e) = &outcome {
+            self.metrics
+                .compaction_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!("compaction failed (retried later): {e:#}");
+        }
+        outcome
+    }
+
     /// With `roll`, first closes the active segment (so a quiet log still
     /// reaches raw/) and flushes the windows (so the checkpoint covers it).
     async fn run(&mut self, roll: bool) -> anyhow::Result<()> {
@@ -877,8 +993,7 @@ fn questioned(
     let message = say(&doubt);
     let last = m.implausible_logged.load(Ordering::Relaxed);
     if now.saturating_sub(last) >= 10_000_000_000
-        && m
-            .implausible_logged
+        && m.implausible_logged
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
@@ -1190,5 +1305,140 @@ async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response
             questioned(app, r, &i, 1, crate::plausible::Doubt::integers)
         }
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetscore_jobs::db::{JobRecord, JobState, JobStore, SqlStore, Threshold};
+    use fleetscore_jobs::run::{Runner, RunnerConfig};
+    use fleetscore_jobs::schedule::{Clock, ManualClock, ScheduleSpec};
+
+    /// 2024-01-01T00:00:00Z.
+    const T0: i64 = 1_704_067_200_000_000_000;
+    const MIN: i64 = 60_000_000_000;
+    const HOUR: i64 = 60 * MIN;
+
+    /// An hourly schedule scoring each hour 5 minutes after it ends.
+    fn hourly() -> ScheduleSpec {
+        ScheduleSpec {
+            name: "hourly".into(),
+            cron: "0 * * * *".into(),
+            window_ns: HOUR,
+            delay_ns: 5 * MIN,
+            mode: "raw".into(),
+            batch_size: 10,
+            max_failed: Threshold::Count(0),
+            max_retries: 0,
+            concurrency: Default::default(),
+            catch_up: 1,
+        }
+    }
+
+    /// The job the scheduler loop of `serve` creates and runs for 00:00 to
+    /// 01:00 at 01:05 (an injected clock), right after readings of d1/1 for
+    /// every minute of that hour were acknowledged into the ingest log
+    /// (the timed compaction is an hour away), with `compact` or without
+    /// a compaction before the jobs are created.
+    async fn scheduled_right_after_readings(compact: bool) -> JobRecord {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
+        let model = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/demo/model_fallback_1.pkl"
+        ))
+        .unwrap();
+        fleetscore_store::Registry::new(store.clone())
+            .import(
+                vec![fleetscore_store::ImportRequest {
+                    key: fleetscore_core::ModelKey::new("d1", "1").unwrap(),
+                    model: fleetscore_models::import_sklearn(&model).unwrap(),
+                    source: "test".into(),
+                    input: Default::default(),
+                }],
+                "2024-01-01T00:00:00Z",
+            )
+            .await
+            .unwrap();
+        let log = Arc::new(
+            Log::open(
+                dir.path().join("log"),
+                fleetscore_ingest::LogConfig::default(),
+            )
+            .unwrap(),
+        );
+        let ingestor = Arc::new(Ingestor::new(Arc::clone(&log), None));
+        let readings: Vec<Reading> = (0..60)
+            .map(|m| Reading::new(T0 + m * MIN, "d1", "1", 20.0))
+            .collect();
+        ingestor.append(Arc::new(readings)).unwrap();
+
+        let compactor = Compactor {
+            ingestor: Arc::clone(&ingestor),
+            store: store.clone(),
+            metrics: Arc::new(Metrics::default()),
+            in_raw: BTreeSet::new(),
+        };
+        let (compact_now, requests) = CompactNow::channel();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let background = spawn_background(
+            compactor,
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            requests,
+            stop_rx.clone(),
+        );
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let db: Arc<dyn JobStore> = Arc::new(SqlStore::open(&url).await.unwrap());
+        let clock = Arc::new(ManualClock::new(T0 + HOUR + 5 * MIN));
+        let runner = Runner::new(
+            Arc::clone(&db),
+            store.clone(),
+            clock.clone(),
+            RunnerConfig {
+                parallel_tasks: 2,
+                poll: Duration::from_millis(10),
+                ..RunnerConfig::default()
+            },
+        );
+        let (reports, mut finished) = tokio::sync::mpsc::unbounded_channel();
+        let runner = runner.with_reports(reports);
+        let lp = crate::jobs_cmd::scheduler_loop(
+            Arc::clone(&db),
+            Some(runner),
+            vec![hourly()],
+            Duration::from_millis(10),
+            clock.clone() as Arc<dyn Clock>,
+            compact.then_some(compact_now),
+            stop_rx,
+        );
+        let wait = async {
+            let job = tokio::time::timeout(Duration::from_secs(60), finished.recv())
+                .await
+                .expect("a job within a minute")
+                .expect("a job");
+            stop_tx.send(true).unwrap();
+            job
+        };
+        let ((), job) = tokio::join!(lp, wait);
+        background.await.unwrap();
+        assert_eq!((job.window_start, job.window_end), (T0, T0 + HOUR));
+        job
+    }
+
+    /// Issue 17: a scheduled job read only raw/, which the compactor fills
+    /// every `[ingest] compact_interval`: created right after readings were
+    /// acknowledged, it found none of them (no_data for every model).
+    #[tokio::test]
+    async fn a_scheduled_job_sees_every_reading_acknowledged_before_it_was_created() {
+        let job = scheduled_right_after_readings(true).await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        assert_eq!((job.models, job.rows, job.failed_models), (1, 60, 0));
+        // Without the compaction first: what the timed compactor had not
+        // moved yet is missed.
+        let job = scheduled_right_after_readings(false).await;
+        assert_eq!(job.state, JobState::Skipped, "{job:?}");
+        assert_eq!(job.rows, 0);
     }
 }
