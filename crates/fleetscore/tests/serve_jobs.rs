@@ -164,6 +164,64 @@ fn a_job_triggered_right_after_readings_are_acknowledged_scores_every_one() {
     s.terminate();
 }
 
+/// If the acknowledged readings cannot be moved to raw/ (here raw/ cannot
+/// be written), a triggered job would miss them: the trigger is refused
+/// with 503 and says why, and no job is queued; once the store is writable
+/// again the same trigger scores them all.
+#[test]
+fn a_trigger_that_cannot_compact_first_queues_nothing_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    import(data, "d1");
+    // No schedule: nothing but the trigger compacts during the test.
+    let (s, _console) = serve(data, "schedules = []\n[jobs]\ntick_interval = \"100ms\"\n");
+    let body: Vec<Value> = (0..30)
+        .map(|m| {
+            serde_json::json!({"ts": format!("2024-03-01T10:{m:02}:00Z"), "device": "d1", "tag": "1", "value": 20.0})
+        })
+        .collect();
+    let (status, _) = s.post(
+        "/v1/readings",
+        &[("Content-Type", "application/json")],
+        &Value::Array(body).to_string(),
+    );
+    assert_eq!(status, 200);
+    // A file where the raw/ folder should be: nothing can be written there.
+    let raw = data.join("store").join("raw");
+    std::fs::write(&raw, b"in the way").unwrap();
+    let trigger = r#"{"from": "2024-03-01T10:00:00Z", "to": "2024-03-01T11:00:00Z"}"#;
+    let (status, answer) = s.exchange("POST", "/v1/jobs", &[], trigger.as_bytes());
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("no job queued: it would miss the readings not yet in raw/"),
+        "{answer}"
+    );
+    let jobs = get(&s, "/v1/jobs");
+    assert!(
+        jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["kind"] != "manual"),
+        "{jobs}"
+    );
+
+    std::fs::remove_file(&raw).unwrap();
+    let (status, answer) = s.post("/v1/jobs", &[], trigger);
+    assert_eq!(status, 202, "{answer}");
+    let id = serde_json::from_str::<Value>(&answer).unwrap()["jobs"][0]
+        .as_i64()
+        .unwrap();
+    let j = ended(&s, id);
+    assert_eq!(j["job"]["state"], "succeeded", "{j}");
+    assert_eq!(j["job"]["rows"], 30, "{j}");
+    s.terminate();
+}
+
 /// Issue 17: a fresh `serve` with models but no readings scored the
 /// previous hour at its first tick and recorded a failed job ("15 of 15
 /// models failed"), printing nothing. A window without any reading is no
@@ -184,7 +242,10 @@ fn a_fresh_server_with_models_and_no_readings_skips_its_first_window_and_says_so
         .unwrap_or_else(|| panic!("{line}"));
     let (window, reason) = window_and_reason.split_once("): ").unwrap();
     let (from, to) = window.split_once(", ").unwrap();
-    assert!(from.ends_with(":00:00Z") && to.ends_with(":00:00Z"), "{line}");
+    assert!(
+        from.ends_with(":00:00Z") && to.ends_with(":00:00Z"),
+        "{line}"
+    );
     assert!(reason.starts_with("no readings in the window"), "{line}");
 
     let j = ended(&s, 1);
