@@ -175,7 +175,7 @@ impl Metrics {
                 ("fleetscore_job_failed_models_total", "counter", "Models that failed in finished jobs (no model, no data, feature mismatch, evaluation).", j.failed_models as f64),
                 ("fleetscore_job_duration_seconds_sum", "counter", "Start-to-finish seconds of finished jobs, summed.", j.job_seconds),
                 ("fleetscore_job_duration_seconds_count", "counter", "Finished jobs.", j.finished as f64),
-                ("fleetscore_job_last_success_window_end_seconds", "gauge", "Window end of the newest succeeded scheduled job (Unix seconds; alert when it lags).", j.last_success_window_end.map_or(0.0, |t| t as f64 / 1e9)),
+                ("fleetscore_job_last_success_window_end_seconds", "gauge", "Window end of the newest scheduled job that succeeded or found no readings in its window (skipped after it ran), Unix seconds; alert when it lags.", j.last_success_window_end.map_or(0.0, |t| t as f64 / 1e9)),
             ];
             for (name, kind, help, v) in more {
                 head(&mut o, name, kind, help);
