@@ -263,9 +263,11 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
         pb.inc(1);
     }
     pb.finish_and_clear();
+    // A window without readings is skipped, which is no failure.
+    let skipped = jobs.iter().filter(|j| j.state == JobState::Skipped).count();
     let failed = jobs
         .iter()
-        .filter(|j| j.state != JobState::Succeeded)
+        .filter(|j| !matches!(j.state, JobState::Succeeded | JobState::Skipped))
         .count();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
@@ -279,8 +281,12 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
         }
         let rows: u64 = jobs.iter().map(|j| j.rows).sum();
         let anomalies: u64 = jobs.iter().map(|j| j.anomalies).sum();
+        let skipped = match skipped {
+            0 => String::new(),
+            n => format!(", {n} skipped (no readings in the window)"),
+        };
         println!(
-            "backfilled {} window(s) of {}: {rows} rows, {anomalies} anomalies, {failed} failed job(s); `fleetscore jobs show ID` for details",
+            "backfilled {} window(s) of {}: {rows} rows, {anomalies} anomalies, {failed} failed job(s){skipped}; `fleetscore jobs show ID` for details",
             jobs.len(),
             args.window
         );
@@ -351,7 +357,12 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
                     job.manifest.as_deref().unwrap_or("-")
                 );
                 if let Some(e) = &job.error {
-                    println!("  error: {e}");
+                    // A skipped job's is why it was not scored.
+                    let label = match job.state {
+                        JobState::Skipped => "reason",
+                        _ => "error",
+                    };
+                    println!("  {label}: {e}");
                 }
                 for t in tasks.iter().filter(|t| t.is_map()) {
                     println!(
