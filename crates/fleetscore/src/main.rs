@@ -62,11 +62,15 @@ fn main() -> ExitCode {
     }
     // Like other Unix tools, end quietly when the reader of our output goes
     // away (`fleetscore models list | head`) instead of panicking on EPIPE.
+    // Not a server: it keeps serving, and its lines about finished jobs go
+    // nowhere (Rust's default, SIGPIPE ignored, is kept for `serve`).
     #[cfg(unix)]
-    // SAFETY: setting a signal disposition to its default before any other
-    // thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    if !matches!(cli.command, cli::Command::Serve(_)) {
+        // SAFETY: setting a signal disposition to its default before any
+        // other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
     util::init_logging(&cli.global);
     match run(cli) {
