@@ -139,7 +139,7 @@ fn failures(codes: &[u16], ingest: bool) -> Vec<(u16, Value)> {
                 413 => "The body (decompressed) is too large: `[server] max_body_bytes` on ingest, 2 MB for a model file (which may decompress to `[server] max_model_bytes`), 64 KiB for other JSON bodies.",
                 415 => "Unsupported `Content-Type` (POST /v1/readings) or `Content-Encoding` (identity or gzip).",
                 422 => "The `Idempotency-Key` was used before with other readings; nothing stored.",
-                503 => "Not now; retry (after `Retry-After` seconds when given). `error` says why: not ready, a read past `[server] query_timeout` (narrow the range), no room under `[server] max_inflight_bytes`, the ingest log unavailable, busy model uploads or registry writers.",
+                503 => "Not now; retry (after `Retry-After` seconds when given). `error` says why: not ready, a read past `[server] query_timeout` (narrow the range), no room under `[server] max_inflight_bytes`, the ingest log unavailable or not compacted before a job was queued, busy model uploads or registry writers.",
                 507 => "The ingest log's disk is full; nothing stored; retry after `Retry-After` (the log recovers by itself once space is freed).",
                 _ => "See `error`.",
             };
@@ -397,7 +397,7 @@ fn paths() -> Value {
         "/v1/jobs/{id}/retry": {"post": op(
             "Queue a failed, cancelled or skipped job again",
             Admin, id_param(), None,
-            answers((200, json_answer("The job, queued.", object("", &[("job", r("Job"))], &[]))), &[400, 401, 403, 404, 409]),
+            answers((200, json_answer("The job, queued.", object("", &[("job", r("Job"))], &[]))), &[400, 401, 403, 404, 409, 503]),
         )},
         "/v1/jobs/{id}/cancel": {"post": op(
             "Cancel a queued or running job (a running one stops before its next task)",
