@@ -532,8 +532,8 @@ pub trait JobStore: Send + Sync {
     /// Jobs, newest first.
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
     /// Records a claimed job's plan: replaces its tasks (and failures) with
-    /// `tasks`, stores its figures so far (`tasks`, `load_ms`), marks it
-    /// planned and ends `owner`'s lease. `false` (nothing written) if
+    /// `tasks`, stores its figures so far (`tasks`, `load_ms`, `models`:
+    /// the pairs planned), marks it planned and ends `owner`'s lease. `false` (nothing written) if
     /// `owner` no longer holds the job.
     async fn plan_job(&self, job: &JobRecord, tasks: &[TaskRecord], owner: &str) -> Result<bool>;
     /// Leases the next runnable task of a planned running job (queued and
@@ -1378,7 +1378,7 @@ impl JobStore for SqlStore {
     async fn plan_job(&self, job: &JobRecord, tasks: &[TaskRecord], owner: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         let res = sqlx::query(
-            "UPDATE jobs SET planned_at = $1, tasks = $2, load_ms = $3, models = 0, rows = 0, \
+            "UPDATE jobs SET planned_at = $1, tasks = $2, load_ms = $3, models = $6, rows = 0, \
              anomalies = 0, failed_models = 0, score_ms = 0, write_ms = 0, manifest = NULL, \
              lease_owner = NULL, lease_until = NULL \
              WHERE id = $4 AND state = 'running' AND lease_owner = $5",
@@ -1388,6 +1388,7 @@ impl JobStore for SqlStore {
         .bind(job.load_ms as i64)
         .bind(job.id)
         .bind(owner)
+        .bind(job.models as i64)
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;

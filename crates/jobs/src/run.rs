@@ -75,13 +75,14 @@
 //! `skipped`, its reason [`no_readings`], with no failed models and
 //! nothing written to `predictions/` (an earlier run's outputs stay).
 //! Planning sees it when no raw row group may hold a reading of the window
-//! and no window-input pair has windows: the job then ends without tasks.
-//! Otherwise (row groups whose time span touches the window, but whose
-//! readings all lie outside it or belong to pairs the job does not take)
-//! each score task that finds nothing of its own asks whether the map
-//! tasks found anything at all; if not, it writes no part and records no
-//! `no_data` failures, and finalizing skips the job. `no_data` stays the
-//! reason of a model whose device is silent while others report.
+//! and no window-input pair has windows: it plans no task, and finalizing
+//! skips the job. Otherwise (row groups whose time span touches the
+//! window, but whose readings all lie outside it or belong to pairs the job
+//! does not take) each score task that finds nothing of its own asks
+//! whether the map tasks found anything at all; if not, it writes no part
+//! and records no `no_data` failures, and finalizing skips the job when no
+//! task wrote a part. `no_data` stays the reason of a model whose device
+//! is silent while others report.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -666,17 +667,6 @@ struct TaskPlan {
     has_windows: bool,
 }
 
-/// What planning a job came to.
-enum Planned {
-    /// Its tasks, to record with the job's figures.
-    Tasks(JobRecord, Vec<TaskRecord>),
-    /// Nothing in its window to score (the job's figures so far): the job
-    /// ends skipped, without tasks.
-    Empty(JobRecord),
-    /// Another process took the job over.
-    Lost,
-}
-
 fn staging_prefix(job: i64) -> String {
     format!("staging/{job}/")
 }
@@ -1165,7 +1155,7 @@ impl Runner {
             id,
         );
         match self.plan_inner(job.clone(), &renew).await {
-            Ok(Planned::Lost) => {
+            Ok(None) => {
                 tracing::warn!(
                     job = id,
                     "planning lost its lease; another process plans it"
@@ -1173,26 +1163,7 @@ impl Runner {
                 self.drop_staged(id);
                 Ok(())
             }
-            Ok(Planned::Empty(mut j)) => {
-                drop(renew);
-                j.state = JobState::Skipped;
-                j.error = Some(no_readings(id, j.models));
-                j.finished_at = Some(self.clock.now());
-                let owner = self.owner.clone();
-                let recorded =
-                    persist("recording a skipped job", || self.db.finish_job(&j, &owner)).await?;
-                if recorded {
-                    tracing::info!(
-                        job = id,
-                        models = j.models,
-                        "job skipped: no readings in its window"
-                    );
-                    self.write_job_log(&j).await;
-                    self.report(&j);
-                }
-                Ok(())
-            }
-            Ok(Planned::Tasks(job, tasks)) => {
+            Ok(Some((job, tasks))) => {
                 // Renewing stops before the plan ends the lease.
                 drop(renew);
                 let owner = self.owner.clone();
@@ -1277,7 +1248,11 @@ impl Runner {
     /// fallback models (`*/tag`), which score pairs the index does not
     /// name, does planning read the window's pairs too (the TS, Device and
     /// Tag columns, never the values), to cut them into tasks.
-    async fn plan_inner(&self, mut job: JobRecord, renew: &Renewer) -> anyhow::Result<Planned> {
+    async fn plan_inner(
+        &self,
+        mut job: JobRecord,
+        renew: &Renewer,
+    ) -> anyhow::Result<Option<(JobRecord, Vec<TaskRecord>)>> {
         anyhow::ensure!(
             job.mode == "raw",
             "input mode {:?} is not supported by this runner (use raw)",
@@ -1355,19 +1330,15 @@ impl Runner {
             || selection.as_ref().is_none_or(|s| s.len() > units.len());
         let any_raw = any_raw && !raw.is_empty();
         let has_windows = windowed.iter().any(|(d, t)| selected(d, t));
-        if !any_raw && !has_windows {
-            // No row group may hold a reading of the window that a pair of
-            // the job takes, and no pair has windows: nothing to score.
-            job.models = units.len() as u64;
-            job.load_ms = t.elapsed().as_millis() as u64;
-            return Ok(if renew.lost() {
-                Planned::Lost
-            } else {
-                Planned::Empty(job)
-            });
-        }
         let batch = job.batch_size.max(1) as usize;
-        let mut chunks: Vec<&[(&str, &str)]> = units.chunks(batch).collect();
+        // No row group may hold a reading of the window that a pair of the
+        // job takes, and no pair has windows: nothing to score, no task
+        // (finalizing skips the job).
+        let mut chunks: Vec<&[(&str, &str)]> = if any_raw || has_windows {
+            units.chunks(batch).collect()
+        } else {
+            Vec::new()
+        };
         if chunks.is_empty() && any_raw {
             // A task for the pairs the map tasks find.
             chunks.push(&[]);
@@ -1478,7 +1449,7 @@ impl Runner {
         // so no task reads it. It is deleted with the job's staging, or,
         // should the write land after that, left behind.)
         if renew.lost() {
-            return Ok(Planned::Lost);
+            return Ok(None);
         }
         self.store
             .put(&plan_key(job.id, &plan_id), serde_json::to_vec(&plan)?)
@@ -1488,6 +1459,8 @@ impl Runner {
         }
         job.load_ms = t.elapsed().as_millis() as u64;
         job.tasks = u64::from(n_tasks);
+        // The pairs planned; finalizing counts those scored or failed.
+        job.models = units.len() as u64;
         tracing::info!(
             job = job.id,
             tasks = n_tasks,
@@ -1499,9 +1472,9 @@ impl Runner {
             "job planned"
         );
         if renew.lost() {
-            return Ok(Planned::Lost);
+            return Ok(None);
         }
-        Ok(Planned::Tasks(job, tasks))
+        Ok(Some((job, tasks)))
     }
 
     /// The job plan a task follows: from memory if this process planned or
@@ -2037,6 +2010,8 @@ impl Runner {
             .await?
             .into_iter()
             .partition(|t| t.is_map());
+        // As planned (see `plan_inner`): what a job without tasks reports.
+        let planned_models = job.models;
         job.models = 0;
         job.rows = 0;
         job.anomalies = 0;
@@ -2094,10 +2069,13 @@ impl Runner {
                 }
             }
         }
-        // Every score task found the window empty (see `attempt_staged`):
-        // none wrote a part, no model failed.
-        let empty =
-            task_error.is_none() && !tasks.is_empty() && tasks.iter().all(|t| t.output.is_none());
+        // Planning found nothing to read (no task), or every score task
+        // found the window empty (see `attempt_staged`): no part, no model
+        // failed.
+        let empty = task_error.is_none() && tasks.iter().all(|t| t.output.is_none());
+        if tasks.is_empty() {
+            job.models = planned_models;
+        }
         let outcome = match task_error {
             Some(e) => Err(anyhow::anyhow!(e)),
             None if empty => Ok(None),

@@ -1111,6 +1111,28 @@ async fn a_window_without_readings_is_skipped_not_failed(b: Backend) {
         .map(|f| (f.device.as_str(), f.reason.as_str()))
         .collect();
     assert_eq!(reasons, [("d5", "no_model"), ("ghost", "no_data")]);
+
+    // A job that failed (its parts could not be written), retried once its
+    // readings are gone: skipped, and nothing of its failed run is left.
+    let root = dir.path().join("store");
+    // A file where the predictions folder should be: every put fails.
+    std::fs::rename(root.join("predictions"), root.join("predictions-kept")).unwrap();
+    std::fs::write(root.join("predictions"), b"in the way").unwrap();
+    let mut job = manual(T0, 2);
+    job.max_retries = 0;
+    let id = db.create_job(&job, clock.now()).await.unwrap();
+    let j = runner.run_job(id).await.unwrap();
+    assert_eq!(j.state, JobState::Failed, "{j:?}");
+    assert!(!db.tasks(id).await.unwrap().is_empty());
+    for key in store.list("raw/").await.unwrap() {
+        store.delete(&key).await.unwrap();
+    }
+    db.retry(id).await.unwrap();
+    let j = runner.run_job(id).await.unwrap();
+    assert_eq!(j.state, JobState::Skipped, "{j:?}");
+    assert_eq!((j.models, j.failed_models, j.tasks), (6, 0, 0));
+    assert!(db.tasks(id).await.unwrap().is_empty());
+    assert!(db.failures(id).await.unwrap().is_empty());
 }
 
 async fn a_task_whose_workers_keep_vanishing_fails_after_its_attempts(b: Backend) {
