@@ -278,6 +278,7 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/v1/anomalies", get(anomalies))
         .route("/v1/readings", get(readings))
         .route("/v1/overview", get(overview))
+        .route("/v1/extent", get(extent))
         .layer(axum::middleware::from_fn_with_state(
             api.query_timeout,
             bounded_reads,
@@ -1094,6 +1095,138 @@ async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
         "rows": grid(|c| c.rows),
     }))
     .into_response()
+}
+
+/// Listings and manifest reads [`extent`] makes from each end of a
+/// folder before it stops looking (an idle schedule leaves hours of
+/// manifests that scored nothing; a month of them is looked through).
+const EXTENT_BUDGET: usize = 24 * 31 + 64;
+
+/// Where the data is: the first and the last hour holding scored
+/// predictions (a manifest that counts rows) and stored readings (a `raw/`
+/// object), so that a reader can move its range there. Found from the
+/// partition folders (`predictions/date=…/hour=…`, `raw/date=…/hour=…`):
+/// one listing of the dates, then the hours of the dates at each end until
+/// one holds data; the cost follows the hours looked at, not the number of
+/// objects stored.
+async fn extent(State(api): A, headers: HeaderMap) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    let mut complete = true;
+    let mut out = serde_json::Map::new();
+    for (name, root) in [("predictions", "predictions"), ("readings", "raw")] {
+        let dates = match data_dates(&api.store, root).await {
+            Ok(d) => d,
+            Err(e) => return internal(e),
+        };
+        let ((first, cut_first), (last, cut_last)) = match tokio::join!(
+            data_end(&api.store, root, &dates, false),
+            data_end(&api.store, root, &dates, true)
+        ) {
+            (Ok(f), Ok(l)) => (f, l),
+            (Err(e), _) | (_, Err(e)) => return internal(e),
+        };
+        complete &= !cut_first && !cut_last;
+        out.insert(
+            name.into(),
+            match (first, last) {
+                (Some((first, _)), Some((last, end))) => json!({
+                    "first_hour": rfc3339(first),
+                    "last_hour": rfc3339(last),
+                    "end": rfc3339(end),
+                }),
+                _ => Value::Null,
+            },
+        );
+    }
+    out.insert("max_hours".into(), json!(MAX_HOURS));
+    out.insert("complete".into(), json!(complete));
+    Json(Value::Object(out)).into_response()
+}
+
+/// The `date=YYYY-MM-DD` folders under `root`, in time order.
+async fn data_dates(
+    store: &Store,
+    root: &str,
+) -> Result<Vec<String>, fleetscore_store::StoreError> {
+    Ok(store
+        .list_folders(&format!("{root}/"))
+        .await?
+        .into_iter()
+        .filter(|d| d.strip_prefix("date=").is_some_and(|d| d.len() == 10))
+        .collect())
+}
+
+/// The first (or, with `last`, the last) hour under `root` that holds
+/// data, and where that data ends: for `raw`, an hour with a Parquet
+/// object (ending with the hour); for `predictions`, an hour whose
+/// manifests count rows (ending with their windows). `None` if there is
+/// none, or none within [`EXTENT_BUDGET`]; then the flag says whether the
+/// search stopped at the budget.
+async fn data_end(
+    store: &Store,
+    root: &str,
+    dates: &[String],
+    last: bool,
+) -> Result<(Option<(i64, i64)>, bool), fleetscore_store::StoreError> {
+    let mut budget = EXTENT_BUDGET;
+    let ordered: Box<dyn Iterator<Item = &String> + Send> = if last {
+        Box::new(dates.iter().rev())
+    } else {
+        Box::new(dates.iter())
+    };
+    for date in ordered {
+        let mut hours: Vec<(i64, String)> = store
+            .list_folders(&format!("{root}/{date}/"))
+            .await?
+            .into_iter()
+            .filter_map(|h| {
+                let prefix = format!("{root}/{date}/{h}/");
+                fleetscore_store::partition_start(&prefix).map(|t| (t, prefix))
+            })
+            .collect();
+        if last {
+            hours.reverse();
+        }
+        for (start, prefix) in hours {
+            if budget == 0 {
+                return Ok((None, true));
+            }
+            budget -= 1;
+            let keys = store.list(&prefix).await?;
+            // An hour's readings, or its predictions' parts: without
+            // them, no manifest there counts rows.
+            if !keys.iter().any(|k| k.ends_with(".parquet")) {
+                continue;
+            }
+            let hour_end = start.saturating_add(HOUR);
+            if root == "raw" {
+                return Ok((Some((start, hour_end)), false));
+            }
+            let mut end = None;
+            for k in keys.iter().filter(|k| k.contains("/manifest-")) {
+                if budget == 0 {
+                    return Ok((None, true));
+                }
+                budget -= 1;
+                let Some(data) = store.get(k).await? else {
+                    continue;
+                };
+                let Ok(m) = serde_json::from_slice::<Manifest>(&data) else {
+                    continue;
+                };
+                if m.rows > 0 {
+                    let window_end = parse_ts(&m.window_end).unwrap_or(hour_end);
+                    end = Some(end.unwrap_or(hour_end).max(window_end));
+                }
+            }
+            if let Some(end) = end {
+                return Ok((Some((start, end)), false));
+            }
+        }
+    }
+    Ok((None, false))
 }
 
 async fn openapi() -> Response {

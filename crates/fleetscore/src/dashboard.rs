@@ -3,17 +3,30 @@
 //! `include_str!`, so `fleetscore serve` needs no files beside it and the
 //! page works offline (nothing is loaded from a CDN).
 //!
-//! The page is only a reader of the JSON API under `/v1` (overview, jobs,
-//! slowest tasks, readings, predictions, models); all it shows comes from
-//! there. Its parts:
+//! The page is only a reader of the JSON API under `/v1` (overview, extent,
+//! jobs, slowest tasks, readings, predictions, models); all it shows comes
+//! from there. Its parts:
+//! - time range: from/to (UTC, whole hours), earlier/later by the range's
+//!   length, a length (6 h to the 31 days one query reads at most; a longer
+//!   range is cut, saying so), "Newest" (the default: the newest scored
+//!   data, followed as it moves) and "Jump to data" (`GET /v1/extent`: the
+//!   first and last hours holding predictions and readings). When the
+//!   default range holds nothing scored but predictions exist elsewhere,
+//!   the page moves to the newest of them by itself and says so; a pinned
+//!   range that holds nothing says where the data is and offers the jump.
+//!   A pinned range is in the URL: `/#from=T&to=T` (RFC 3339);
 //! - fleet overview: anomalies per hour per device as a heat map (inline
-//!   SVG), with a tooltip per cell; a device opens its drill-down;
+//!   SVG), most anomalies first (or by name), the fleet's row with each
+//!   hour's count and the total, a tooltip per cell; a device opens its
+//!   drill-down;
 //! - job timeline: recent jobs as bars from start to finish on a wall-clock
 //!   axis, coloured by state, failed models marked; a job opens its tasks and
-//!   failures;
-//! - the slowest tasks, as a table;
+//!   failures, and can show its window in the overview;
+//! - the slowest tasks, in two tables: those that read the data (map tasks)
+//!   and those that score it;
 //! - per-device drill-down: each tag's readings as a line chart with the
-//!   anomalies marked; linkable as `/#device=NAME`.
+//!   anomalies marked; linkable as `/#device=NAME` (with a range:
+//!   `/#from=T&to=T&device=NAME`).
 
 use axum::http::header;
 use axum::response::IntoResponse;

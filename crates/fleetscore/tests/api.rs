@@ -288,9 +288,10 @@ fn the_api_end_to_end() {
     assert!(b.contains("not imported"), "{b}");
     assert_eq!(s.request("GET", "/v1/models/nobody/1", &[], b"").0, 404);
 
-    // Schedules.
+    // Schedules, and where the data is.
     let sch = get_checked(&s, &doc, "/v1/schedules", "/v1/schedules");
     assert_eq!(sch["schedules"][0]["name"], "hourly");
+    get_checked(&s, &doc, "/v1/extent", "/v1/extent");
     s.terminate();
 }
 

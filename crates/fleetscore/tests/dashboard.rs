@@ -22,10 +22,18 @@ use serde_json::{json, Value};
 mod common;
 use common::{run, text, Server};
 
+/// A config with no schedule: the tests' jobs are the backfills they run.
+fn no_schedules(data: &Path) -> PathBuf {
+    let config = data.join("fleetscore.toml");
+    std::fs::write(&config, "schedules = []\n").unwrap();
+    config
+}
+
 #[test]
 fn the_page_and_its_assets_are_served() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let config = no_schedules(dir.path());
+    let server = Server::start(dir.path(), &["--config", config.to_str().unwrap()]);
     let (status, body) = server.request("GET", "/", &[], b"");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("<title>fleetscore</title>") && body.contains("/ui/app.js"));
@@ -35,6 +43,127 @@ fn the_page_and_its_assets_are_served() {
     let (status, body) = server.request("GET", "/ui/app.css", &[], b"");
     assert_eq!(status, 200);
     assert!(body.contains(".heatmap"));
+    server.terminate();
+}
+
+// ---------------------------------------------------------------- where the data is
+
+fn get_json(server: &Server, path: &str) -> Value {
+    let (status, body) = server.request("GET", path, &[], b"");
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// `GET /v1/extent`: the first and last hour holding scored predictions and
+/// stored readings, found from the store's partitions; hours whose jobs
+/// scored nothing (an idle window, a model with no readings) do not count.
+#[test]
+fn extent_finds_where_predictions_and_readings_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let config = no_schedules(data);
+    let config = ["--config", config.to_str().unwrap()];
+    let server = Server::start(data, &config);
+    let empty = get_json(&server, "/v1/extent");
+    assert_eq!(empty["predictions"], Value::Null, "{empty}");
+    assert_eq!(empty["readings"], Value::Null, "{empty}");
+    assert_eq!(empty["max_hours"], 24 * 31);
+    assert_eq!(empty["complete"], true);
+    server.terminate();
+
+    let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo/model_fallback_1.pkl");
+    let models = [("*", "1"), ("d0", "1")];
+    for (device, tag) in models {
+        let o = run(
+            data,
+            &[
+                "models",
+                "import",
+                demo.to_str().unwrap(),
+                "--device",
+                device,
+                "--tag",
+                tag,
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    // Readings in three hours on three days; two of them scored. Then an
+    // hour later than all of them, scored too, that scores nothing: its
+    // only readings are of a pair without a model (`no_model`), and d0/1's
+    // own model has none there (`no_data`), but gives the job a task, so
+    // the hour has a part (with no rows) and a manifest counting none.
+    let mut csv = String::from("TS,Device,Tag,Value\n");
+    for (day, hour, pair) in [
+        (1, 10, "d0,1"),
+        (3, 7, "d0,1"),
+        (5, 2, "d0,1"),
+        (9, 0, "d9,9"),
+    ] {
+        for m in 0..30 {
+            csv.push_str(&format!(
+                "2019-06-{day:02}T{hour:02}:{m:02}:00Z,{pair},20.0\n"
+            ));
+        }
+    }
+    std::fs::write(data.join("r.csv"), csv).unwrap();
+    let o = run(data, &["ingest", data.join("r.csv").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (from, to) in [
+        ("2019-06-01T10:00:00Z", "2019-06-01T11:00:00Z"),
+        ("2019-06-03T07:00:00Z", "2019-06-03T08:00:00Z"),
+        ("2019-06-09T00:00:00Z", "2019-06-09T01:00:00Z"),
+    ] {
+        let o = run(
+            data,
+            &[
+                "backfill",
+                "--from",
+                from,
+                "--to",
+                to,
+                "--max-failed-models",
+                "100%",
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let idle: Vec<String> =
+        std::fs::read_dir(data.join("store/predictions/date=2019-06-09/hour=00"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+    assert!(
+        idle.iter().any(|f| f.ends_with(".parquet"))
+            && idle.iter().any(|f| f.starts_with("manifest-")),
+        "{idle:?}"
+    );
+
+    let server = Server::start(data, &config);
+    let x = get_json(&server, "/v1/extent");
+    eprintln!("{x:#}");
+    assert_eq!(x["complete"], true, "{x}");
+    let at = |first: &str, last: &str, end: &str| {
+        json!({"first_hour": format!("2019-06-{first}:00:00Z"),
+               "last_hour": format!("2019-06-{last}:00:00Z"),
+               "end": format!("2019-06-{end}:00:00Z")})
+    };
+    // Predictions: the two hours that scored rows, not the later one that
+    // scored none; readings: all four hours, the unscored ones too.
+    assert_eq!(x["predictions"], at("01T10", "03T07", "03T08"), "{x}");
+    assert_eq!(x["readings"], at("01T10", "09T00", "09T01"), "{x}");
+    // Documented.
+    let doc = get_json(&server, "/v1/openapi.json");
+    assert!(doc["paths"]["/v1/extent"]["get"].is_object(), "{doc}");
+    // The slowest tasks say what they do: reading the data or scoring.
+    let slow = get_json(&server, "/v1/tasks/slowest?limit=100");
+    let kinds: std::collections::BTreeSet<&str> = slow["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["map", "score"].into(), "{slow}");
     server.terminate();
 }
 
@@ -50,8 +179,21 @@ const TAGS: [(f64, f64); 5] = [
     (300.0, 12.0),
     (80.0, 4.0),
 ];
-const START: &str = "2024-03-01T00:00:00Z";
 const HOURS: i64 = 6;
+const HOUR_NS: i64 = 3_600_000_000_000;
+
+/// The first hour of the readings: midnight UTC five days ago, so that the
+/// data is several days older than now, as a backfill is.
+fn start() -> i64 {
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        now.div_euclid(24 * HOUR_NS) * 24 * HOUR_NS - 5 * 24 * HOUR_NS
+    })
+}
 
 /// Injected anomalies: (device, hour, tag index, minutes into the hour),
 /// eight standard deviations away, where no model can miss them; every
@@ -68,12 +210,14 @@ const INJECTED: &[(&str, i64, usize, &[i64])] = &[
 /// Readings of tag 9 that no model scores: a failed model in hour 5.
 const UNSCORED: (&str, &str, i64) = ("pump-03", "9", 5);
 
+/// The start of hour `h` of the readings (negative: before them), as the
+/// page writes times: `2024-03-01T05:00:00Z`.
 fn hour(h: i64) -> String {
-    format!("2024-03-01T{h:02}:00:00Z")
+    fleetscore_core::format_ts(start() + h * HOUR_NS).replace(".000Z", "Z")
 }
 
 fn readings_csv() -> String {
-    let start = fleetscore_core::parse_ts(START).unwrap();
+    let start = start();
     let mut csv = String::from("TS,Device,Tag,Value\n");
     for m in 0..HOURS * 60 {
         let (h, min) = (m / 60, m % 60);
@@ -127,7 +271,7 @@ fn fill(data: &Path) {
         &[
             "backfill",
             "--from",
-            START,
+            &hour(0),
             "--to",
             &hour(HOURS),
             "--batch-size",
@@ -400,30 +544,15 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 // ---------------------------------------------------------------- the test
 
-#[test]
-#[ignore = "needs chromium and chromium-driver (apt-get install chromium chromium-driver); .ci/run runs it"]
-fn dashboard_in_headless_chromium() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
-    fill(data);
-    // No schedule: the jobs are the backfills above, nothing else.
-    let config = data.join("fleetscore.toml");
-    std::fs::write(&config, "schedules = []\n").unwrap();
-    let server = Server::start(data, &["--config", config.to_str().unwrap()]);
-    let url = format!("http://{}/", server.addr);
-    let browser = Browser::start(1400, 1000);
-    browser.goto(&url);
-    browser.wait_for("document.body.dataset.ready === '1'", "the first load");
-
-    let errors =
-        browser.js("return [...document.querySelectorAll('.error')].map(e => e.textContent);");
-    assert_eq!(errors, json!([]), "the page shows errors");
-
-    // Fleet overview: the devices, the default 24 hours up to the newest
-    // job's window, anomalies exactly where they were injected.
-    let ov = browser.js(
+/// What the heat map shows: its range, the devices in order, the hours, the
+/// cells with anomalies and with scored readings, the stats, the fleet row.
+fn overview(b: &Browser) -> Value {
+    b.js(
         "const cells = [...document.querySelectorAll('#heatmap-svg .cell')];
+         const fleet = [...document.querySelectorAll('#heatmap-svg .fleet-hour')];
+         const total = document.getElementById('fleet-total');
          return {
+           range: document.getElementById('overview').dataset.range,
            devices: [...document.querySelectorAll('#heatmap-svg .dev')].map(e => e.textContent),
            hours: [...new Set(cells.map(c => c.dataset.hour))],
            anomalies: cells.filter(c => c.dataset.anomalies !== '0')
@@ -431,23 +560,19 @@ fn dashboard_in_headless_chromium() {
            scored: cells.filter(c => c.dataset.rows !== '0')
              .map(c => [c.dataset.device, c.dataset.hour, Number(c.dataset.rows)]),
            stats: document.getElementById('stats').innerText,
+           fleet: fleet.map(g => [g.dataset.hour, Number(g.dataset.anomalies), Number(g.dataset.rows),
+                                  (g.querySelector('.fleetnum') || {}).textContent || '']),
+           fleet_total: total ? [total.textContent, Number(total.dataset.anomalies), Number(total.dataset.rows)] : null,
+           device_totals: [...document.querySelectorAll('#heatmap-svg .devtotal')].map(t => [t.dataset.device, t.textContent]),
+           note: document.getElementById('overview-note').hidden ? '' : document.getElementById('overview-note').textContent,
+           empty: (document.getElementById('overview-empty') || {}).innerText || '',
          };",
-    );
-    eprintln!("overview: {ov:#}");
-    assert_eq!(ov["devices"], json!(DEVICES));
-    let hours: Vec<&str> = ov["hours"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h.as_str().unwrap())
-        .collect();
-    assert_eq!(hours.len(), 24, "{hours:?}");
-    assert_eq!(hours.last(), Some(&hour(HOURS - 1).as_str()));
-    let mut expected: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for (dev, h, _, mins) in INJECTED {
-        *expected.entry((dev.to_string(), hour(*h))).or_default() += mins.len() as u64;
-    }
-    let got: BTreeMap<(String, String), u64> = ov["anomalies"]
+    )
+}
+
+/// The anomalous cells `overview` found, by (device, hour).
+fn anomalous(ov: &Value) -> BTreeMap<(String, String), u64> {
+    ov["anomalies"]
         .as_array()
         .unwrap()
         .iter()
@@ -457,8 +582,43 @@ fn dashboard_in_headless_chromium() {
                 c[2].as_u64().unwrap(),
             )
         })
+        .collect()
+}
+
+/// The injected anomalies, by (device, hour).
+fn injected() -> BTreeMap<(String, String), u64> {
+    let mut expected: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (dev, h, _, mins) in INJECTED {
+        *expected.entry((dev.to_string(), hour(*h))).or_default() += mins.len() as u64;
+    }
+    expected
+}
+
+/// Waits until the overview shows `[from, to)`.
+fn wait_range(b: &Browser, from: &str, to: &str, what: &str) {
+    b.wait_for(
+        &format!("document.getElementById('overview').dataset.range === '{from}/{to}'"),
+        what,
+    );
+}
+
+/// The heat map shows the injected anomalies exactly, in the 24 hours up
+/// to the end of the data, and the fleet row their sums.
+fn assert_the_data(ov: &Value) {
+    assert_eq!(
+        ov["range"],
+        format!("{}/{}", hour(HOURS - 24), hour(HOURS)),
+        "{ov:#}"
+    );
+    let hours: Vec<&str> = ov["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
         .collect();
-    assert_eq!(got, expected, "anomalous cells of the heat map");
+    assert_eq!(hours.len(), 24, "{hours:?}");
+    assert_eq!(hours.last(), Some(&hour(HOURS - 1).as_str()));
+    assert_eq!(anomalous(ov), injected(), "anomalous cells of the heat map");
     // Every device has readings scored in each of the first five hours.
     for dev in DEVICES {
         for h in 0..5 {
@@ -473,9 +633,106 @@ fn dashboard_in_headless_chromium() {
             );
         }
     }
-    let stats = ov["stats"].as_str().unwrap();
+}
+
+#[test]
+#[ignore = "needs chromium and chromium-driver (apt-get install chromium chromium-driver); .ci/run runs it"]
+fn dashboard_in_headless_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    fill(data);
+    // No schedule: the jobs are the backfills above, nothing else.
+    let config = no_schedules(data);
+    let server = Server::start(data, &["--config", config.to_str().unwrap()]);
+    let url = format!("http://{}/", server.addr);
+    let browser = Browser::start(1400, 1000);
+    browser.goto(&url);
+    browser.wait_for("document.body.dataset.ready === '1'", "the first load");
+
+    let errors =
+        browser.js("return [...document.querySelectorAll('.error')].map(e => e.textContent);");
+    assert_eq!(errors, json!([]), "the page shows errors");
+
+    // Fleet overview: the default 24 hours up to the newest job's window,
+    // anomalies exactly where they were injected, devices with the most
+    // anomalies first (4: 6, 2: 5, 3: 2, 1: none).
+    let ov = overview(&browser);
+    eprintln!("overview: {ov:#}");
+    assert_the_data(&ov);
+    assert_eq!(
+        ov["devices"],
+        json!(["pump-04", "pump-02", "pump-03", "pump-01"]),
+        "most anomalies first by default"
+    );
+    assert_eq!(
+        browser.js("return document.getElementById('sort').value;"),
+        "anomalies"
+    );
+    let expected = injected();
     let total: u64 = expected.values().sum();
+    let stats = ov["stats"].as_str().unwrap();
     assert!(stats.contains(&format!("\n{total}\nanomalies")), "{stats}");
+    assert_eq!(ov["note"], "", "the default range holds the data: no note");
+    assert_eq!(
+        browser.js("return location.hash;"),
+        "",
+        "the default view pins nothing"
+    );
+    // The range bar shows the range and where the data is.
+    let bar = browser.js(
+        "return { from: document.getElementById('from').value, to: document.getElementById('to').value,
+                  extent: document.getElementById('extent').innerText };",
+    );
+    assert_eq!(bar["from"], hour(HOURS - 24)[..16], "{bar}");
+    assert_eq!(bar["to"], hour(HOURS)[..16], "{bar}");
+    assert!(
+        bar["extent"].as_str().unwrap().contains("predictions"),
+        "{bar}"
+    );
+
+    // The fleet's row: each hour's anomalies (bar, number, tooltip data),
+    // and its total over the range, which the device rows add up to.
+    let mut per_hour: BTreeMap<String, u64> = BTreeMap::new();
+    for ((_, h), n) in &expected {
+        *per_hour.entry(h.clone()).or_default() += n;
+    }
+    let fleet = ov["fleet"].as_array().unwrap();
+    assert_eq!(fleet.len(), 24, "{fleet:?}");
+    for f in fleet {
+        let h = f[0].as_str().unwrap();
+        let n = per_hour.get(h).copied().unwrap_or(0);
+        assert_eq!(f[1], n, "fleet anomalies at {h}: {f}");
+        assert_eq!(
+            f[3],
+            if n > 0 { n.to_string() } else { String::new() },
+            "the number shown at {h}"
+        );
+        let scored = h >= hour(0).as_str() && h < hour(HOURS).as_str();
+        assert_eq!(
+            f[2].as_u64().unwrap() > 0,
+            scored,
+            "fleet readings at {h}: {f}"
+        );
+    }
+    assert_eq!(
+        ov["fleet_total"][0],
+        total.to_string(),
+        "{}",
+        ov["fleet_total"]
+    );
+    assert_eq!(ov["fleet_total"][1], total);
+    let device_sum: u64 = ov["device_totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t[1].as_str().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(device_sum, total, "{}", ov["device_totals"]);
+    assert!(
+        ov["fleet_total"][2].as_u64() > Some(4 * 5 * 5 * 60),
+        "{}",
+        ov["fleet_total"]
+    );
 
     // Job timeline: the seven jobs, the failed one, the one with a failed
     // model.
@@ -489,22 +746,54 @@ fn dashboard_in_headless_chromium() {
     assert_eq!(jobs.len(), 7, "{jobs:?}");
     let count = |state: &str| jobs.iter().filter(|j| j["state"] == state).count();
     assert_eq!((count("succeeded"), count("failed")), (6, 1));
+    let hm = |h: i64| hour(h)[11..16].to_string();
     let failed = jobs.iter().find(|j| j["state"] == "failed").unwrap();
     assert!(
-        failed["text"].as_str().unwrap().contains("05:00–06:00"),
+        failed["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{}–{}", hm(5), hm(6))),
         "{failed}"
     );
     assert!(jobs.iter().any(|j| j["state"] == "succeeded"
         && j["failed"] == 1
         && j["text"].as_str().unwrap().contains("1 failed model")));
-    assert!(jobs
-        .iter()
-        .any(|j| j["text"].as_str().unwrap().contains("01:00–02:00")
-            && j["text"].as_str().unwrap().contains("5 anomalies")));
+    assert!(jobs.iter().any(|j| {
+        let t = j["text"].as_str().unwrap();
+        t.contains(&format!("{}–{}", hm(1), hm(2))) && t.contains("5 anomalies")
+    }));
 
-    // Slowest tasks: a table of the slowest ten.
-    let slow = browser.js("return document.querySelectorAll('#slowest-tbl tbody tr').length;");
-    assert_eq!(slow, json!(10));
+    // Slowest tasks: those that read the data (map tasks, one a job here)
+    // apart from those that score it (four a job), each in its own table.
+    let slow = browser.js(
+        "const t = (id) => [...document.querySelectorAll('#' + id + ' tbody tr')].map(r => r.dataset.kind);
+         const head = (id) => [...document.querySelectorAll('#' + id + ' th')].map(th => th.textContent);
+         return { read: t('slowest-read-tbl'), score: t('slowest-score-tbl'),
+                  read_head: head('slowest-read-tbl'), score_head: head('slowest-score-tbl'),
+                  text: document.getElementById('slowest').innerText };",
+    );
+    eprintln!("slowest: {slow:#}");
+    assert_eq!(slow["read"], json!(vec!["map"; 7]), "{slow}");
+    assert_eq!(slow["score"], json!(vec!["score"; 10]), "{slow}");
+    assert!(
+        slow["read_head"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("row groups")),
+        "{slow}"
+    );
+    assert!(
+        slow["score_head"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("models")),
+        "{slow}"
+    );
+    let slow_text = slow["text"].as_str().unwrap();
+    assert!(
+        slow_text.contains("Reading the data") && slow_text.contains("Scoring"),
+        "{slow_text}"
+    );
 
     // A job's tasks and failures, by clicking its bar.
     let id = failed["id"].as_i64().unwrap();
@@ -560,9 +849,14 @@ fn dashboard_in_headless_chromium() {
         "the drill-down can be linked"
     );
 
-    // The heat map's rows: most anomalies first, then filtered by name.
-    browser.click("#sort option[value='anomalies']");
+    // The heat map's rows by name, back to most anomalies, then filtered.
     let labels = "[...document.querySelectorAll('#heatmap-svg .dev')].map(e => e.textContent)";
+    browser.click("#sort option[value='name']");
+    browser.wait_for(
+        &format!("{labels}.join() === 'pump-01,pump-02,pump-03,pump-04'"),
+        "devices sorted by name",
+    );
+    browser.click("#sort option[value='anomalies']");
     browser.wait_for(
         &format!("{labels}.join() === 'pump-04,pump-02,pump-03,pump-01'"),
         "devices sorted by anomalies",
@@ -588,15 +882,224 @@ fn dashboard_in_headless_chromium() {
         tip.as_str().unwrap().contains("5 anomalies"),
         "tooltip: {tip}"
     );
-    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
-        .join("dashboard.png");
+        .to_path_buf();
+    let shot = target.join("dashboard.png");
     browser.screenshot(&shot);
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000);
     println!("screenshot: {}", shot.display());
     eprintln!("screenshot: {}", shot.display());
+    browser.hover("#refresh");
+    browser.click("#drill-close");
+
+    // ------------------------------------------------ time navigation
+    // A range picked in from/to, here the 24 hours up to now, where
+    // nothing is: the page says where the data is and offers to jump;
+    // the range is in the URL.
+    let now_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+        / HOUR_NS
+        * HOUR_NS
+        + HOUR_NS;
+    let at = |ns: i64| fleetscore_core::format_ts(ns).replace(".000Z", "Z");
+    let (recent_from, recent_to) = (at(now_hour - 24 * HOUR_NS), at(now_hour));
+    browser.js(&format!(
+        "document.getElementById('from').value = '{}';
+         document.getElementById('to').value = '{}';",
+        &recent_from[..16],
+        &recent_to[..16]
+    ));
+    browser.click("#show");
+    wait_range(&browser, &recent_from, &recent_to, "the range picked");
+    let ov = overview(&browser);
+    eprintln!("the last 24 hours: {ov:#}");
+    assert_eq!(ov["devices"], json!([]), "{ov}");
+    let empty = ov["empty"].as_str().unwrap();
+    assert!(
+        empty.contains("Nothing was scored") && empty.contains("Predictions are stored from"),
+        "{empty}"
+    );
+    assert!(empty.contains(&hour(0)[..10]), "says where: {empty}");
+    assert_eq!(
+        browser.js("return location.hash;"),
+        format!("#from={recent_from}&to={recent_to}"),
+        "the range can be linked"
+    );
+    let range_shot = target.join("dashboard-empty-range.png");
+    browser.fit_page(1400);
+    browser.screenshot(&range_shot);
+    eprintln!("screenshot: {}", range_shot.display());
+
+    // Jump to data: the newest hours holding predictions, several days ago.
+    browser.click("#jump-to-data");
+    wait_range(
+        &browser,
+        &hour(HOURS - 24),
+        &hour(HOURS),
+        "the jump to the data",
+    );
+    let ov = overview(&browser);
+    assert_the_data(&ov);
+    assert_eq!(
+        browser.js("return location.hash;"),
+        format!("#from={}&to={}", hour(HOURS - 24), hour(HOURS))
+    );
+
+    // Earlier and later, by the range's length.
+    browser.click("#earlier");
+    wait_range(
+        &browser,
+        &hour(HOURS - 48),
+        &hour(HOURS - 24),
+        "the day before",
+    );
+    assert_eq!(overview(&browser)["devices"], json!([]));
+    browser.click("#later");
+    wait_range(
+        &browser,
+        &hour(HOURS - 24),
+        &hour(HOURS),
+        "back to the data",
+    );
+    assert_the_data(&overview(&browser));
+
+    // The oldest predictions, from the range bar's extent.
+    browser.click("#jump-oldest");
+    wait_range(&browser, &hour(0), &hour(24), "the oldest predictions");
+    assert_eq!(anomalous(&overview(&browser)), injected());
+
+    // A link with a range and a device opens both, also when reloaded.
+    browser.goto(&format!(
+        "{url}#from={}&to={}&device=pump-04",
+        hour(0),
+        hour(HOURS)
+    ));
+    wait_range(&browser, &hour(0), &hour(HOURS), "the linked range");
+    browser.js("location.reload();");
+    browser.wait_for("document.body.dataset.ready === '1'", "the reload");
+    wait_range(
+        &browser,
+        &hour(0),
+        &hour(HOURS),
+        "the linked range, reloaded",
+    );
+    browser.wait_for(
+        "document.getElementById('drill').dataset.ready === '1' && document.getElementById('drill').dataset.device === 'pump-04'",
+        "the linked device",
+    );
+    let ov = overview(&browser);
+    assert_eq!(
+        ov["hours"].as_array().unwrap().len(),
+        HOURS as usize,
+        "{ov}"
+    );
+    assert_eq!(anomalous(&ov), injected());
+    assert_eq!(
+        browser.js("return document.getElementById('span').value;"),
+        "6"
+    );
+
+    // A longer length keeps the end; one query reads at most 31 days, so
+    // a longer range asked for is cut to its last 31 days, saying so.
+    browser.click("#span option[value='168']");
+    wait_range(&browser, &hour(HOURS - 168), &hour(HOURS), "7 days");
+    assert_eq!(anomalous(&overview(&browser)), injected());
+    browser.js(&format!(
+        "document.getElementById('from').value = '{}';
+         document.getElementById('to').value = '{}';",
+        &hour(HOURS - 24 * 60)[..16],
+        &hour(HOURS)[..16]
+    ));
+    browser.click("#show");
+    wait_range(
+        &browser,
+        &hour(HOURS - 24 * 31),
+        &hour(HOURS),
+        "at most 31 days",
+    );
+    let ov = overview(&browser);
+    assert!(
+        ov["note"].as_str().unwrap().contains("at most 744 hours"),
+        "{ov}"
+    );
+    assert_eq!(anomalous(&ov), injected());
+
+    // A job's window, from its details.
+    browser.click(&format!("#timeline-svg .job[data-job-id='{id}'] .bar"));
+    browser.wait_for(
+        &format!("document.querySelector('#job-detail-body[data-job-id=\"{id}\"] #show-window')"),
+        "the job's details",
+    );
+    browser.click("#show-window");
+    browser.wait_for(
+        &format!(
+            "document.getElementById('overview').dataset.range.endsWith('/{}')",
+            hour(HOURS)
+        ),
+        "the job's window",
+    );
+
+    // Newest: back to the default view, which follows the data, with the
+    // length picked last (7 days), in the URL too.
+    browser.click("#newest");
+    wait_range(
+        &browser,
+        &hour(HOURS - 168),
+        &hour(HOURS),
+        "the newest data",
+    );
+    assert_eq!(
+        browser.js("return location.hash;"),
+        "#span=168&device=pump-04"
+    );
+    browser.click("#drill-close");
+    browser.click("#span option[value='24']");
+    wait_range(
+        &browser,
+        &hour(HOURS - 24),
+        &hour(HOURS),
+        "the newest 24 hours",
+    );
+    assert_eq!(browser.js("return location.hash;"), "");
+    drop(browser);
+    server.terminate();
+
+    // ------------------------------------------------ jump by itself
+    // The same store with a job store that knows no job (a new database;
+    // the same holds when the latest jobs scored only idle windows): the
+    // API's default range is the 24 hours up to now, which hold nothing, so
+    // the page moves to the newest predictions by itself and says so.
+    let db = format!("sqlite://{}", data.join("other-jobs.db").display());
+    let server = Server::start(data, &["--config", config.to_str().unwrap(), "--db", &db]);
+    let url = format!("http://{}/", server.addr);
+    let browser = Browser::start(1400, 1000);
+    browser.goto(&url);
+    browser.wait_for(
+        "document.body.dataset.ready === '1'",
+        "the first load, no jobs",
+    );
+    let ov = overview(&browser);
+    eprintln!("no jobs: {ov:#}");
+    assert_the_data(&ov);
+    let note = ov["note"].as_str().unwrap();
+    assert!(
+        note.contains("Nothing was scored in the 24 h up to")
+            && note.contains("newest 24 h that hold predictions"),
+        "{note}"
+    );
+    assert_eq!(
+        browser.js("return location.hash;"),
+        "",
+        "following the newest data, not pinned"
+    );
+    let jumped_shot = target.join("dashboard-jumped.png");
+    browser.screenshot(&jumped_shot);
+    eprintln!("screenshot: {}", jumped_shot.display());
     drop(browser);
     server.terminate();
 }

@@ -621,6 +621,36 @@ impl Store {
         Ok(keys)
     }
 
+    /// The names of the folders directly under `prefix` (one level, not
+    /// recursive; `raw/` gives `date=2024-03-01`, …), sorted: one listing
+    /// request per thousand folders however many objects they hold, so
+    /// finding where partitioned data starts and ends stays cheap. A
+    /// missing folder lists as empty.
+    pub async fn list_folders(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let trimmed = prefix.trim_end_matches('/');
+        let path = (!trimmed.is_empty()).then(|| ObjectPath::from(trimmed));
+        let listed = match self.inner.list_with_delimiter(path.as_ref()).await {
+            Ok(l) => l,
+            Err(e @ object_store::Error::NotFound { .. }) if !backend::missing_bucket(&e) => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(self.err("list", prefix, e)),
+        };
+        let mut names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename())
+            .map(|n| {
+                percent_encoding::percent_decode_str(n)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .filter(|n| n != LOCKS_DIR)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Reads byte `ranges` of an object (one request each), of `version`
     /// if given ([`Listed::version`]): [`StoreError::Changed`] if it was
     /// replaced since. `None` if it does not exist. Each range must lie

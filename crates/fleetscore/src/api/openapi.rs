@@ -461,6 +461,11 @@ fn paths() -> Value {
             None,
             answers((200, json_answer("One row per device, one column per hour.", r("Overview"))), &[400, 401, 403, 503]),
         )},
+        "/v1/extent": {"get": op(
+            "Where the data is: the first and last hour holding scored predictions and stored readings",
+            Read, vec![], None,
+            answers((200, json_answer("The extent.", r("Extent"))), &[401, 403, 503]),
+        )},
         "/v1/openapi.json": {"get": op(
             "This document",
             Open, vec![], None,
@@ -472,6 +477,16 @@ fn paths() -> Value {
 /// The reusable schemas.
 fn schemas() -> Value {
     let count = |d: &str| integer(d);
+    let extent_of = |what: &str| {
+        json!({"oneOf": [
+            object(&format!("Where the {what} are."), &[
+                ("first_hour", instant("Start of the first hour holding some.")),
+                ("last_hour", instant("Start of the last hour holding some.")),
+                ("end", instant("Where the newest end: the last hour's end, or the end of its newest scored window.")),
+            ], &[]),
+            {"type": "null", "description": format!("No {what} (or none found within the search budget).")},
+        ]})
+    };
     let job_states = [
         "queued",
         "running",
@@ -700,6 +715,12 @@ fn schemas() -> Value {
             ("devices", array(json!({"type": "string"}))),
             ("anomalies", array(array(json!({"type": "integer"})))),
             ("rows", array(array(json!({"type": "integer"})))),
+        ], &[]),
+        "Extent": object("Where the data is.", &[
+            ("predictions", extent_of("scored predictions")),
+            ("readings", extent_of("stored readings")),
+            ("max_hours", count("The longest from/to range one query may read, hours.")),
+            ("complete", json!({"type": "boolean", "description": "False when the search stopped at its budget before finding both ends."})),
         ], &[]),
         "Ready": object("Readiness.", &[
             ("ready", json!({"type": "boolean"})),

@@ -3,9 +3,16 @@
 // offline and is served from the binary as is. All times are shown in UTC,
 // the time zone of the store's hourly partitions and of the jobs' windows.
 //
+// The range shown is the newest data by default (the API's default range,
+// or, when that holds nothing scored, the newest hours /v1/extent finds
+// predictions in); a range picked (from/to, earlier/later, jump to data, a
+// job's window) is pinned and kept in the URL hash with the device:
+// #from=2024-03-01T00:00:00Z&to=2024-03-02T00:00:00Z&device=NAME.
+//
 // Test hooks: <body data-ready="1"> once the first load of every section has
-// finished (with data or an error), #drill[data-ready="1"] once a
-// drill-down has loaded; heat map cells, job bars and series charts carry
+// finished (with data or an error), #overview[data-range="FROM/TO"] once
+// an overview has been drawn, #drill[data-ready="1"] once a drill-down has
+// loaded; heat map cells, the fleet row, job bars and series charts carry
 // data-* attributes with what they show.
 "use strict";
 
@@ -21,10 +28,18 @@ const STATE_COLOURS = {
 };
 const WARN = "#d97706";
 
+/** Longest range one query reads (api.rs MAX_HOURS); /v1/extent says the server's. */
+const MAX_HOURS = 24 * 31;
+
 const state = {
-  span: "", // "" = the API's default (last 24 h of data), else hours
-  dataTo: null, // end of the default range, to place other spans
-  note: "", // why the overview shows another range than the API's default
+  range: null, // a pinned range {from, to} (ms), or null: follow the newest data
+  span: 24, // hours shown when following the newest data (and the length picked)
+  maxHours: MAX_HOURS,
+  extent: null, // the answer of /v1/extent: where predictions and readings are
+  extentLoad: null, // its request in flight (a promise), shared
+  note: "", // why the overview shows another range than the one asked for
+  clampNote: "", // set when a range asked for was longer than one query reads
+  overviewSeq: 0, // the newest overview request; older answers are dropped
   overview: null,
   jobs: [],
   selectedJob: null,
@@ -145,6 +160,21 @@ function fmtNum(v) {
   if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(3);
   return String(Math.round(v * 1000) / 1000);
 }
+const floorHour = (ms) => Math.floor(ms / HOUR) * HOUR;
+const ceilHour = (ms) => Math.ceil(ms / HOUR) * HOUR;
+/** A length of time in hours or days: "24 h", "7 days". */
+function fmtLen(ms) {
+  const hours = Math.round(ms / HOUR);
+  return hours >= 48 && hours % 24 === 0 ? `${hours / 24} days` : `${hours} h`;
+}
+/** `from → to`, the date of `to` only where it differs. */
+function fmtRange(from, to) {
+  const end = fmtDate(to) === fmtDate(from) ? fmtHM(to) : `${fmtDate(to)} ${fmtHM(to)}`;
+  return `${fmtDate(from)} ${fmtHM(from)} → ${end} UTC`;
+}
+// <input type="datetime-local"> holds "YYYY-MM-DDTHH:MM", read here as UTC.
+const toInput = (ms) => (Number.isFinite(ms) ? new Date(ms).toISOString().slice(0, 16) : "");
+const fromInput = (v) => (v ? Date.parse(v.length === 16 ? v + ":00Z" : v + "Z") : NaN);
 const nsToMs = (ns) => (ns === null || ns === undefined ? NaN : Number(ns) / 1e6);
 const plural = (n, one, many) => `${fmtInt(n)} ${n === 1 ? one : many || one + "s"}`;
 const sum = (xs) => xs.reduce((a, b) => a + (Number(b) || 0), 0);
@@ -214,42 +244,301 @@ function numTicks(lo, hi, n) {
   return out;
 }
 
+// ---------------------------------------------------------------- range
+
+/** Where the data is (/v1/extent), asked once per refresh and shared. */
+function loadExtent(fresh) {
+  if (fresh || !state.extentLoad) {
+    state.extentLoad = api("/v1/extent")
+      .then((x) => {
+        state.extent = x;
+        const max = Number(x.max_hours);
+        if (max > 0 && max !== state.maxHours) {
+          state.maxHours = max;
+          const last = $("span").querySelector("option[value='" + MAX_HOURS + "']") || $("span").options[$("span").options.length - 2];
+          last.value = String(max);
+          last.textContent = `${fmtLen(max * HOUR)} (most per query)`;
+        }
+        renderExtent();
+        return x;
+      })
+      .catch((e) => {
+        // The page works without it (an older server): only the jumps do not.
+        state.extent = null;
+        fill($("extent"), h("span", { class: "warn", title: e.message }, "where the data is: unknown"));
+        return null;
+      });
+  }
+  return state.extentLoad;
+}
+
+/** The newest data's end (ms, on the hour): predictions, else readings. */
+function newestData(ext) {
+  const d = ext && (ext.predictions || ext.readings);
+  return d ? { end: ceilHour(Date.parse(d.end)), first: floorHour(Date.parse(d.first_hour)), kind: ext.predictions ? "predictions" : "readings" } : null;
+}
+
+function renderExtent() {
+  const ext = state.extent;
+  if (!ext) return;
+  const part = (label, d, jumps) => {
+    if (!d) return h("span", {}, `no ${label}`);
+    const first = Date.parse(d.first_hour);
+    const end = Date.parse(d.end);
+    return h(
+      "span",
+      { "data-kind": label },
+      `${label} ${fmtRange(first, end)} `,
+      jumps ? h("button", { type: "button", class: "link", id: "jump-oldest", title: "show the oldest predictions", onclick: () => jumpToData("oldest") }, "oldest") : null,
+      jumps ? " " : null,
+      jumps ? h("button", { type: "button", class: "link", id: "jump-newest", title: "show the newest predictions", onclick: () => jumpToData("newest") }, "newest") : null,
+    );
+  };
+  fill(
+    $("extent"),
+    h("span", { class: "muted" }, "data: "),
+    part("predictions", ext.predictions, true),
+    " · ",
+    part("readings", ext.readings, !ext.predictions),
+    ext.complete === false ? h("span", { class: "warn", title: "the server stopped looking through hours that hold nothing; an end may be further out" }, " (ends not all found)") : null,
+  );
+}
+
+/** The range on screen (ms): the overview's, else the 24 h up to now. */
+function currentRange() {
+  if (state.range) return state.range;
+  const ov = state.overview;
+  const from = ov ? Date.parse(ov.from) : NaN;
+  const to = ov ? Date.parse(ov.to) : NaN;
+  if (Number.isFinite(from) && Number.isFinite(to)) return { from, to };
+  const now = ceilHour(Date.now());
+  return { from: now - state.span * HOUR, to: now };
+}
+
+/** Pins the range [from, to), on whole hours, at most maxHours long. */
+async function setRange(from, to, clampWhat) {
+  from = floorHour(from);
+  to = ceilHour(to);
+  if (!Number.isFinite(from) || !Number.isFinite(to) || to <= from) {
+    state.clampNote = "The range needs a start before its end.";
+    renderNotes();
+    return;
+  }
+  state.clampNote = "";
+  const max = state.maxHours * HOUR;
+  if (to - from > max) {
+    const asked = fmtRange(from, to);
+    if (clampWhat === "start") to = from + max;
+    else from = to - max;
+    state.clampNote =
+      `One query reads at most ${state.maxHours} hours (${fmtLen(max)}), so of ${asked} the ${clampWhat === "start" ? "first" : "last"} ${fmtLen(max)} are shown; ` +
+      `use ${clampWhat === "start" ? "later ▶" : "◀ earlier"} for the rest.`;
+  }
+  state.range = { from, to };
+  writeHash();
+  await reload();
+}
+
+/** Back to the default view: the newest data, followed as it moves. */
+async function followNewest() {
+  state.range = null;
+  state.clampNote = "";
+  writeHash();
+  await reload();
+}
+
+function shift(direction) {
+  const { from, to } = currentRange();
+  const len = to - from;
+  return setRange(from + direction * len, to + direction * len);
+}
+
+/** Moves the view to the newest (or oldest) hours holding predictions, else readings. */
+async function jumpToData(which) {
+  const ext = await loadExtent(true);
+  const d = newestData(ext);
+  if (!d) {
+    state.clampNote = ext ? "Nothing is stored yet: there are no predictions and no readings to jump to." : "Where the data is is unknown: the server does not answer /v1/extent.";
+    renderNotes();
+    return;
+  }
+  const { from, to } = currentRange();
+  const len = Math.min(to - from, state.maxHours * HOUR);
+  if (which === "oldest") await setRange(d.first, d.first + len);
+  else await setRange(d.end - len, d.end);
+}
+
+/** A job's window, in the overview: the chosen length up to its end, or all of it. */
+function showWindow(startMs, endMs) {
+  const to = ceilHour(endMs);
+  const from = Math.min(floorHour(startMs), to - state.span * HOUR);
+  $("overview").scrollIntoView({ block: "start", behavior: "smooth" });
+  return setRange(from, to, to - from > state.maxHours * HOUR ? "start" : undefined);
+}
+
+async function reload() {
+  await loadOverview();
+  // The open device follows the range, where the reader is (no scroll).
+  if (state.device) await openDevice(state.device, state.hour, false);
+}
+
+function readHash() {
+  const out = {};
+  for (const part of location.hash.replace(/^#/, "").split("&")) {
+    if (!part) continue;
+    const i = part.indexOf("=");
+    try {
+      out[decodeURIComponent(i < 0 ? part : part.slice(0, i))] = decodeURIComponent(i < 0 ? "" : part.slice(i + 1));
+    } catch (_) {
+      // a malformed part is ignored
+    }
+  }
+  return out;
+}
+
+function rangeFromHash(p) {
+  const from = Date.parse(p.from);
+  const to = Date.parse(p.to);
+  return Number.isFinite(from) && Number.isFinite(to) && to > from ? { from, to } : null;
+}
+
+/** The range (when pinned), the length (when not the default) and the device, as the URL hash. */
+function writeHash() {
+  const enc = (v) => encodeURIComponent(v).replace(/%3A/gi, ":");
+  const parts = [];
+  if (state.range) parts.push(`from=${enc(iso(state.range.from))}`, `to=${enc(iso(state.range.to))}`);
+  else if (state.span !== 24) parts.push(`span=${state.span}`);
+  if (state.device) parts.push(`device=${encodeURIComponent(state.device)}`);
+  const hash = parts.length ? "#" + parts.join("&") : "";
+  if (location.hash !== hash) history.replaceState(null, "", hash || location.pathname + location.search);
+}
+
+/** Takes the range and length from the hash; whether they changed. */
+function applyHash() {
+  const p = readHash();
+  const range = rangeFromHash(p);
+  const span = Number(p.span) > 0 ? Math.min(Number(p.span), state.maxHours) : 24;
+  const same = (a, b) => (a && b ? a.from === b.from && a.to === b.to : a === b);
+  const changed = !same(range, state.range) || (!range && span !== state.span);
+  if (changed) state.clampNote = "";
+  state.range = range;
+  if (!range) state.span = span;
+  if (range && range.to - range.from > state.maxHours * HOUR) {
+    state.range = { from: range.to - state.maxHours * HOUR, to: range.to };
+    state.clampNote = `One query reads at most ${state.maxHours} hours: the last ${fmtLen(state.maxHours * HOUR)} of the linked range are shown.`;
+  }
+  return changed;
+}
+
+/** The range inputs and the length show what is on screen. */
+function syncRangeInputs(from, to) {
+  $("from").value = toInput(from);
+  $("to").value = toInput(to);
+  const len = Math.round((to - from) / HOUR);
+  const sel = $("span");
+  const preset = [...sel.options].find((o) => o.value === String(state.range ? len : state.span));
+  const custom = sel.querySelector("option[value='custom']");
+  if (preset) {
+    sel.value = preset.value;
+    custom.hidden = true;
+  } else {
+    custom.textContent = `${fmtLen(to - from)}`;
+    custom.hidden = false;
+    sel.value = "custom";
+  }
+  $("newest").classList.toggle("on", !state.range);
+  $("newest").setAttribute("aria-pressed", String(!state.range));
+}
+
+function renderNotes() {
+  const text = [state.note, state.clampNote].filter(Boolean).join(" ");
+  $("overview-note").hidden = !text;
+  $("overview-note").textContent = text;
+}
+
 // ---------------------------------------------------------------- overview
+
+/** Whether an overview holds any scored reading. */
+const scored = (ov) => sum((ov.rows || []).map(sum)) > 0;
 
 async function loadOverview() {
   const box = $("heatmap");
+  const seq = ++state.overviewSeq;
   try {
-    // The API's default range is the 24 hours up to the newest job's window.
-    // When that job scored nothing (a schedule firing over an idle fleet,
-    // while the data is older), move to the newest window with readings.
-    let ov = await api("/v1/overview");
-    const defaultTo = Date.parse(ov.to);
-    let to = defaultTo;
+    let ov;
     let note = "";
-    if (!(ov.devices || []).length) {
-      const res = await api("/v1/jobs" + qs({ state: "succeeded", limit: 500 }));
-      const ends = (res.jobs || [])
-        .filter((j) => Number(j.rows) > 0)
-        .map((j) => nsToMs(j.window_end))
-        .filter(Number.isFinite);
-      const end = ends.length ? Math.max(...ends) : NaN;
-      if (end < to) {
-        to = end;
-        note = `Nothing was scored in the 24 hours up to ${fmtDateTime(defaultTo)}; showing the hours up to the newest window with scored readings.`;
+    if (state.range) {
+      ov = await api("/v1/overview" + qs({ from: iso(state.range.from), to: iso(state.range.to) }));
+    } else {
+      // The newest data: the API's default range ends with the newest
+      // window a job scored rows in (or now), whatever this page was told.
+      ov = await api("/v1/overview");
+      const to = Date.parse(ov.to);
+      const len = state.span * HOUR;
+      if (state.span !== 24) ov = await api("/v1/overview" + qs({ from: iso(to - len), to: iso(to) }));
+      if (!scored(ov)) {
+        // Nothing there (no job scored lately, or only idle windows): the
+        // newest hours holding predictions, wherever they are.
+        const d = (await loadExtent()) || {};
+        const end = d.predictions ? ceilHour(Date.parse(d.predictions.end)) : NaN;
+        if (Number.isFinite(end) && end !== to) {
+          ov = await api("/v1/overview" + qs({ from: iso(end - len), to: iso(end) }));
+          note = `Nothing was scored in the ${fmtLen(len)} up to ${fmtDateTime(to)}; showing the newest ${fmtLen(len)} that hold predictions instead. "Newest" keeps following them; pick a range to pin one.`;
+        }
       }
     }
-    state.dataTo = to;
-    if (state.span || to !== defaultTo) {
-      const span = Number(state.span || 24);
-      ov = await api("/v1/overview" + qs({ from: iso(to - span * HOUR), to: iso(to) }));
-    }
+    if (!scored(ov)) await loadExtent(); // for the empty view's jumps
+    if (seq !== state.overviewSeq) return; // a newer request answers
     state.overview = ov;
     state.note = note;
     renderOverview(ov);
   } catch (e) {
+    if (seq !== state.overviewSeq) return;
+    state.overview = null;
+    state.note = "";
+    renderNotes();
     fill($("stats"));
+    fill($("legend"));
     fill(box, errorBox(e));
+    $("overview").dataset.range = "error";
   }
+}
+
+/** What to say, and offer, when the range holds nothing scored. */
+function emptyOverview(from, to) {
+  const ext = state.extent;
+  const jumpButton = (id, label, which) => h("button", { type: "button", id, onclick: () => jumpToData(which) }, label);
+  const where = (d) => fmtRange(Date.parse(d.first_hour), Date.parse(d.end));
+  if (ext && ext.predictions) {
+    const p = ext.predictions;
+    const inside = Date.parse(p.first_hour) < to && Date.parse(p.end) > from;
+    return h(
+      "div",
+      { class: "empty", id: "overview-empty" },
+      h("p", {}, `Nothing was scored in ${fmtRange(from, to)}. `, `Predictions are stored from ${where(p)}${inside ? ", around this range but not in it" : ""}.`),
+      h("p", {}, jumpButton("jump-to-data", "Jump to the newest predictions", "newest"), " ", jumpButton("jump-to-oldest", "Jump to the oldest", "oldest")),
+    );
+  }
+  if (ext && ext.readings) {
+    const r = ext.readings;
+    return h(
+      "div",
+      { class: "empty", id: "overview-empty" },
+      h("p", {}, `Nothing has been scored yet. Readings are stored from ${where(r)}; score them with `, h("code", {}, `fleetscore backfill --from ${iso(Date.parse(r.first_hour))} --to ${iso(Date.parse(r.end))}`), " (or ", h("code", {}, "POST /v1/jobs"), ", or a schedule)."),
+      h("p", {}, jumpButton("jump-to-data", "Jump to the newest readings", "newest")),
+    );
+  }
+  return h(
+    "div",
+    { class: "empty", id: "overview-empty" },
+    "No scored readings in this range yet. Ingest readings (",
+    h("code", {}, "fleetscore ingest"),
+    " or ",
+    h("code", {}, "POST /write"),
+    ") and let a schedule or ",
+    h("code", {}, "fleetscore backfill"),
+    " score them.",
+  );
 }
 
 /** The rows of the heat map: filtered by name, sorted, at most MAX_ROWS. */
@@ -273,6 +562,7 @@ function renderOverview(ov) {
   const from = Date.parse(ov.from);
   const to = Date.parse(ov.to);
   $("range").textContent = Number.isFinite(from) ? `${fmtDateTime(from)} → ${fmtDateTime(to)}` : "";
+  if (Number.isFinite(from)) syncRangeInputs(from, to);
   const devices = ov.devices || [];
   const hours = (ov.hours || []).map((x) => Date.parse(x));
   const anomalies = ov.anomalies || [];
@@ -290,25 +580,12 @@ function renderOverview(ov) {
     stat(totalRows ? `${rate.toFixed(2)} %` : "–", "anomaly rate"),
   );
   const box = $("heatmap");
-  const noteBox = $("overview-note");
-  noteBox.hidden = !state.note;
-  noteBox.textContent = state.note || "";
-  if (!devices.length || !hours.length) {
+  renderNotes();
+  $("overview").dataset.range = `${iso(from)}/${iso(to)}`;
+  if (!devices.length || !hours.length || !totalRows) {
     fill($("legend"));
-    fill(
-      box,
-      h(
-        "div",
-        { class: "empty" },
-        "No scored readings in this range yet. Ingest readings (",
-        h("code", {}, "fleetscore ingest"),
-        " or ",
-        h("code", {}, "POST /write"),
-        ") and let a schedule or ",
-        h("code", {}, "fleetscore backfill"),
-        " score them.",
-      ),
-    );
+    fill($("device-count"));
+    fill(box, emptyOverview(from, to));
     return;
   }
 
@@ -327,34 +604,54 @@ function renderOverview(ov) {
     return;
   }
 
-  const labelW = Math.min(200, Math.max(60, 12 + 7 * Math.max(...shown.map((d) => d.length))));
+  const labelW = Math.min(200, Math.max(84, 12 + 7 * Math.max(...shown.map((d) => d.length))));
   const totalW = 70;
   const avail = Math.max(400, box.clientWidth - labelW - totalW - 10);
   const cw = Math.max(12, Math.min(44, Math.floor(avail / hours.length)));
   const ch = shown.length > 60 ? 14 : 22;
-  const barH = 34;
-  const top = barH + 34; // per-hour bars, then the hour labels
+  const headH = 16; // the "total" heading
+  const barH = 46; // the fleet's row: a bar and its count per hour
+  const barBottom = headH + barH;
+  const top = barBottom + 34; // then the dates and the hour labels
+  const totalX = labelW + cw * hours.length + totalW - 4;
   const width = labelW + cw * hours.length + totalW;
   const height = top + ch * shown.length + 6;
   const svg = s("svg", { width, height, viewBox: `0 0 ${width} ${height}`, id: "heatmap-svg", role: "img" });
 
-  // Fleet-wide anomalies per hour, as bars above the columns.
+  // The fleet's row: anomalies per hour as bars with their counts, and its
+  // total over the range in the total column.
   const perHour = hours.map((_, j) => sum(anomalies.map((r) => r[j])));
   const rowsPerHour = hours.map((_, j) => sum(rows.map((r) => r[j])));
   const maxHour = Math.max(1, ...perHour);
-  svg.append(s("text", { x: labelW - 8, y: barH - 2, "text-anchor": "end" }, "fleet"));
+  const compact = (n) => (n < 1000 ? String(n) : n < 1e6 ? `${Math.round(n / 100) / 10}k` : `${Math.round(n / 1e5) / 10}M`);
+  svg.append(s("text", { x: totalX, y: headH - 4, "text-anchor": "end", class: "colhead" }, "total"));
+  svg.append(s("text", { x: labelW - 8, y: barBottom - 4, "text-anchor": "end", class: "fleet-label" }, "fleet total"));
   hours.forEach((t, j) => {
-    const bh = perHour[j] ? Math.max(2, ((barH - 6) * perHour[j]) / maxHour) : 0;
+    const n = perHour[j];
+    const bh = n ? Math.max(2, ((barH - 18) * n) / maxHour) : 0;
     const x = labelW + j * cw;
+    const label = compact(n);
+    const g = s(
+      "g",
+      { class: "fleet-hour", "data-hour": iso(t), "data-anomalies": n, "data-rows": rowsPerHour[j] },
+      s("rect", { x, y: headH, width: cw, height: barH, fill: "transparent" }),
+      s("rect", { x: x + 1, y: barBottom - bh, width: cw - 2, height: bh, fill: "#e34a33", rx: 1 }),
+      n > 0 && label.length * 6.2 <= cw ? s("text", { x: x + cw / 2, y: barBottom - bh - 3, "text-anchor": "middle", class: "fleetnum" }, label) : null,
+    );
     svg.append(
       withTip(
-        s("g", {},
-          s("rect", { x, y: 0, width: cw, height: barH, fill: "transparent" }),
-          s("rect", { x: x + 1, y: barH - bh, width: cw - 2, height: bh, fill: "#e34a33", rx: 1 })),
-        `${fmtWindow(t, t + HOUR)} UTC\nfleet: ${plural(perHour[j], "anomaly", "anomalies")} in ${plural(rowsPerHour[j], "reading")}`,
+        g,
+        `${fmtWindow(t, t + HOUR)} UTC\nfleet: ${plural(n, "anomaly", "anomalies")} in ${plural(rowsPerHour[j], "reading")}`,
       ),
     );
   });
+  svg.append(
+    withTip(
+      s("text", { x: totalX, y: barBottom - 4, "text-anchor": "end", id: "fleet-total", class: "fleettotal" + (totalAnom ? " bad" : ""), "data-anomalies": totalAnom, "data-rows": totalRows }, fmtInt(totalAnom)),
+      `fleet, ${fmtRange(from, to)}\n${plural(totalAnom, "anomaly", "anomalies")} in ${plural(totalRows, "reading")} (${rate.toFixed(2)} %)`,
+    ),
+  );
+  svg.append(s("line", { x1: labelW, x2: labelW + cw * hours.length, y1: barBottom + 0.5, y2: barBottom + 0.5, class: "axis" }));
 
   // Hour labels, thinned so they do not overlap; the date where it changes.
   const every = Math.max(1, Math.ceil(42 / cw));
@@ -362,13 +659,12 @@ function renderOverview(ov) {
     const x = labelW + j * cw + cw / 2;
     const d = new Date(t);
     if (j === 0 || d.getUTCHours() === 0) {
-      svg.append(s("text", { x: labelW + j * cw, y: barH + 13 }, fmtDate(t)));
+      svg.append(s("text", { x: labelW + j * cw, y: barBottom + 14 }, fmtDate(t)));
     }
     if (j % every === 0) {
       svg.append(s("text", { x, y: top - 5, "text-anchor": "middle" }, `${pad(d.getUTCHours())}h`));
     }
   });
-  svg.append(s("text", { x: labelW + cw * hours.length + totalW - 4, y: top - 5, "text-anchor": "end" }, "total"));
 
   idx.forEach((i, row) => {
     const dev = devices[i];
@@ -414,7 +710,7 @@ function renderOverview(ov) {
       }
     });
     svg.append(
-      s("text", { x: labelW + cw * hours.length + totalW - 4, y: y + ch / 2 + 4, "text-anchor": "end", fill: sum(ra) ? "#b91c1c" : null }, fmtInt(sum(ra))),
+      s("text", { x: totalX, y: y + ch / 2 + 4, "text-anchor": "end", class: "devtotal", "data-device": dev, fill: sum(ra) ? "#b91c1c" : null }, fmtInt(sum(ra))),
     );
   });
   fill(box, svg);
@@ -629,7 +925,17 @@ function renderJob(res) {
     h(
       "div",
       { class: "detail", id: "job-detail-body", "data-job-id": j.id },
-      h("h3", {}, `Job #${j.id} `, h("span", { class: "pill " + j.state }, j.state), " ", h("span", { class: "sub" }, `window ${fmtWindow(nsToMs(j.window_start), nsToMs(j.window_end))} UTC`)),
+      h(
+        "h3",
+        {},
+        `Job #${j.id} `,
+        h("span", { class: "pill " + j.state }, j.state),
+        " ",
+        h("span", { class: "sub" }, `window ${fmtWindow(nsToMs(j.window_start), nsToMs(j.window_end))} UTC `),
+        Number.isFinite(nsToMs(j.window_start)) && Number.isFinite(nsToMs(j.window_end))
+          ? h("button", { type: "button", id: "show-window", title: "show this job's window in the fleet overview", onclick: () => showWindow(nsToMs(j.window_start), nsToMs(j.window_end)) }, "Show its window in the overview")
+          : null,
+      ),
       h(
         "div",
         { class: "facts" },
@@ -668,44 +974,62 @@ function renderJob(res) {
 
 // ---------------------------------------------------------------- slowest tasks
 
+/** Tasks asked for, to find the slowest of each kind among them. */
+const SLOWEST_FETCH = 500;
+const SLOWEST_SHOWN = 10;
+
 async function loadSlowest() {
-  const box = $("slowest-table");
   try {
-    const res = await api("/v1/tasks/slowest" + qs({ limit: 10 }));
-    renderSlowest(res.tasks || []);
+    const res = await api("/v1/tasks/slowest" + qs({ limit: SLOWEST_FETCH }));
+    const tasks = res.tasks || [];
+    const full = tasks.length >= SLOWEST_FETCH;
+    // Tasks that read the data (map tasks) apart from those that score it;
+    // a server that does not say (older) has only score tasks.
+    renderSlowest("map", tasks.filter((t) => t.kind === "map"), full);
+    renderSlowest("score", tasks.filter((t) => t.kind !== "map"), full);
   } catch (e) {
-    fill(box, errorBox(e));
+    fill($("slowest-read"), errorBox(e));
+    fill($("slowest-score"), errorBox(e));
   }
 }
 
-function renderSlowest(tasks) {
-  const box = $("slowest-table");
+function renderSlowest(kind, all, full) {
+  const read = kind === "map";
+  const box = $(read ? "slowest-read" : "slowest-score");
+  const tasks = all.slice(0, SLOWEST_SHOWN);
   if (!tasks.length) {
-    fill(box, h("div", { class: "empty" }, "No tasks have run yet."));
+    const what = read ? "No task that reads the data" : "No scoring task";
+    fill(box, h("div", { class: "empty" }, full ? `${what} is among the ${SLOWEST_FETCH} slowest tasks.` : `${what} has finished yet.`));
     return;
   }
   const max = Math.max(...tasks.map((t) => Number(t.duration_ms) || 0), 1);
+  const keys = (t) => (t.first_key === t.last_key ? t.first_key : `${t.first_key} … ${t.last_key}`);
   const rows = tasks.map((t) => {
     const tr = h(
       "tr",
-      { class: "clickable", "data-job-id": t.job_id, title: `open job #${t.job_id}` },
+      { class: "clickable", "data-job-id": t.job_id, "data-kind": read ? "map" : "score", title: `open job #${t.job_id}` },
       h("td", {}, `#${t.job_id}`),
-      h("td", { class: "num" }, t.idx),
+      h("td", { class: "num" }, read ? `map ${t.idx}` : t.idx),
       h("td", {}, h("span", { class: "pill " + t.state }, t.state)),
-      h("td", { class: "num" }, fmtDur(Number(t.duration_ms)), h("span", { class: "durbar", style: `width:${Math.max(2, (80 * (Number(t.duration_ms) || 0)) / max)}px` })),
+      h("td", { class: "num" }, fmtDur(Number(t.duration_ms)), h("span", { class: "durbar" + (read ? " read" : ""), style: `width:${Math.max(2, (80 * (Number(t.duration_ms) || 0)) / max)}px` })),
       h("td", { class: "num" }, fmtInt(t.n_keys)),
       h("td", { class: "num" }, fmtInt(t.rows)),
-      h("td", { class: "mono" }, t.first_key === t.last_key ? t.first_key : `${t.first_key} … ${t.last_key}`),
+      read ? null : h("td", { class: "num" }, fmtDur(Number(t.score_ms))),
+      read ? null : h("td", { class: "num" }, fmtDur(Number(t.write_ms))),
+      h("td", { class: "mono" }, keys(t)),
     );
     tr.addEventListener("click", () => loadJob(t.job_id));
     return tr;
   });
+  const head = read
+    ? [["job"], ["task", "num"], ["state"], ["duration", "num"], ["row groups", "num"], ["readings kept", "num"], ["raw objects"]]
+    : [["job"], ["task", "num"], ["state"], ["duration", "num"], ["models", "num"], ["readings", "num"], ["score", "num"], ["write", "num"], ["model keys"]];
   fill(
     box,
     h(
       "table",
-      { id: "slowest-tbl" },
-      h("thead", {}, h("tr", {}, h("th", {}, "job"), h("th", { class: "num" }, "task"), h("th", {}, "state"), h("th", { class: "num" }, "duration"), h("th", { class: "num" }, "models"), h("th", { class: "num" }, "readings"), h("th", {}, "model keys"))),
+      { id: read ? "slowest-read-tbl" : "slowest-score-tbl", class: "slowest-tbl" },
+      h("thead", {}, h("tr", {}, head.map(([c, cls]) => h("th", { class: cls || "" }, c)))),
       h("tbody", {}, rows),
     ),
   );
@@ -713,11 +1037,10 @@ function renderSlowest(tasks) {
 
 // ---------------------------------------------------------------- drill-down
 
-async function openDevice(device, hourMs) {
+async function openDevice(device, hourMs, scroll = true) {
   state.device = device;
   state.hour = hourMs;
-  const hash = "#device=" + encodeURIComponent(device);
-  if (location.hash !== hash) history.replaceState(null, "", hash);
+  writeHash();
   for (const el of document.querySelectorAll("#heatmap-svg .dev")) {
     el.classList.toggle("selected", el.dataset.device === device);
   }
@@ -727,7 +1050,7 @@ async function openDevice(device, hourMs) {
   sec.dataset.device = device;
   $("drill-device").textContent = device;
   fill($("drill-body"), h("p", { class: "muted" }, "Loading readings and predictions…"));
-  sec.scrollIntoView({ block: "start", behavior: "smooth" });
+  if (scroll) sec.scrollIntoView({ block: "start", behavior: "smooth" });
   try {
     await renderDevice(device);
   } catch (e) {
@@ -739,7 +1062,7 @@ async function openDevice(device, hourMs) {
 function closeDevice() {
   state.device = null;
   $("drill").hidden = true;
-  history.replaceState(null, "", location.pathname + location.search);
+  writeHash();
   for (const el of document.querySelectorAll("#heatmap-svg .dev.selected")) el.classList.remove("selected");
 }
 
@@ -961,7 +1284,7 @@ function seriesChart(device, r, model, from, to, width) {
 async function refresh() {
   const btn = $("refresh");
   btn.disabled = true;
-  // The overview first: the other spans are placed relative to its range.
+  loadExtent(true); // shared with the overview, which may need it
   await Promise.all([loadOverview(), loadJobs(), loadSlowest()]);
   if (state.selectedJob !== null) await loadJob(state.selectedJob);
   $("updated").textContent = "updated " + fmtHMS(Date.now()) + " UTC";
@@ -974,8 +1297,7 @@ function schedule() {
 }
 
 function deviceFromHash() {
-  const m = /^#device=(.*)$/.exec(location.hash);
-  return m ? decodeURIComponent(m[1]) : null;
+  return readHash().device || null;
 }
 
 async function main() {
@@ -989,10 +1311,24 @@ async function main() {
   });
   $("sort").addEventListener("change", () => state.overview && renderOverview(state.overview));
   $("span").addEventListener("change", async (ev) => {
-    state.span = ev.target.value;
-    await loadOverview();
-    if (state.device) await openDevice(state.device, state.hour);
+    const hours = Number(ev.target.value);
+    if (!(hours > 0)) return;
+    state.span = hours;
+    if (state.range) {
+      await setRange(state.range.to - hours * HOUR, state.range.to);
+    } else {
+      writeHash();
+      await reload();
+    }
   });
+  $("rangebar").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    setRange(fromInput($("from").value), fromInput($("to").value));
+  });
+  $("earlier").addEventListener("click", () => shift(-1));
+  $("later").addEventListener("click", () => shift(1));
+  $("newest").addEventListener("click", followNewest);
+  $("jump").addEventListener("click", () => jumpToData("newest"));
   $("auth-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     state.token = $("token").value.trim();
@@ -1001,18 +1337,28 @@ async function main() {
     state.models = null;
     await refresh();
   });
-  window.addEventListener("hashchange", () => {
+  window.addEventListener("hashchange", async () => {
+    // A link followed or the address edited (the page's own changes use
+    // replaceState, which does not come here).
+    const changed = applyHash();
     const d = deviceFromHash();
-    if (d && d !== state.device) openDevice(d, null);
+    if (changed) await loadOverview();
+    if (d && (d !== state.device || changed)) await openDevice(d, null);
+    else if (!d && state.device) closeDevice();
   });
   let resizeTimer = null;
+  // The charts fit the width: drawn again when it changes (not the height).
+  let drawnWidth = window.innerWidth;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
     resizeTimer = setTimeout(() => {
+      if (window.innerWidth === drawnWidth) return;
+      drawnWidth = window.innerWidth;
       if (state.overview) renderOverview(state.overview);
       renderJobs(state.jobs);
     }, 200);
   });
+  applyHash();
   await refresh();
   schedule();
   const d = deviceFromHash();
