@@ -292,6 +292,16 @@ fn fill(data: &Path) {
         ],
     );
     assert_eq!(o.status.code(), Some(3), "past its threshold: {}", text(&o));
+    // An hour without readings: a skipped job, with its reason.
+    let o = run(
+        data,
+        &["backfill", "--from", &hour(HOURS), "--to", &hour(HOURS + 1)],
+    );
+    assert!(
+        o.status.success(),
+        "a window without readings: {}",
+        text(&o)
+    );
 }
 
 // ---------------------------------------------------------------- WebDriver
@@ -743,9 +753,12 @@ fn dashboard_in_headless_chromium() {
     );
     eprintln!("jobs: {jobs:#}");
     let jobs = jobs.as_array().unwrap();
-    assert_eq!(jobs.len(), 7, "{jobs:?}");
+    assert_eq!(jobs.len(), 8, "{jobs:?}");
     let count = |state: &str| jobs.iter().filter(|j| j["state"] == state).count();
-    assert_eq!((count("succeeded"), count("failed")), (6, 1));
+    assert_eq!(
+        (count("succeeded"), count("failed"), count("skipped")),
+        (6, 1, 1)
+    );
     let hm = |h: i64| hour(h)[11..16].to_string();
     let failed = jobs.iter().find(|j| j["state"] == "failed").unwrap();
     assert!(
@@ -811,6 +824,26 @@ fn dashboard_in_headless_chromium() {
         detail.contains("failed") && detail.contains(UNSCORED.0) && detail.contains("no_model"),
         "{detail}"
     );
+
+    // The skipped job's text is a reason in a note, not an error.
+    let skipped = jobs.iter().find(|j| j["state"] == "skipped").unwrap();
+    let id = skipped["id"].as_i64().unwrap();
+    browser.click(&format!("#timeline-svg .job[data-job-id='{id}'] .bar"));
+    browser.wait_for(
+        &format!("document.querySelector('#job-detail-body[data-job-id=\"{id}\"]')"),
+        "the skipped job's details",
+    );
+    let note = browser.js("const b = document.getElementById('job-detail-body');
+         return { note: (b.querySelector('.note') || {}).innerText || '',
+                  errors: b.querySelectorAll('.error').length };");
+    assert!(
+        note["note"]
+            .as_str()
+            .unwrap()
+            .contains("no readings in the window"),
+        "{note}"
+    );
+    assert_eq!(note["errors"], 0, "{note}");
 
     // Drill-down: click the anomalous hour of pump-02; every tag's readings,
     // tag 1 with its five anomalies marked.

@@ -863,7 +863,7 @@ function renderJobs(jobs) {
         `${plural(Number(j.models) || 0, "model")}, ${plural(Number(j.rows) || 0, "reading")}, ${plural(Number(j.anomalies) || 0, "anomaly", "anomalies")}`,
         failedModels ? `${plural(failedModels, "failed model")}` : null,
         `load ${fmtDur(j.load_ms)} · score ${fmtDur(j.score_ms)} · write ${fmtDur(j.write_ms)}`,
-        j.error ? `error: ${j.error}` : null,
+        j.error ? `${j.state === "skipped" ? "reason" : "error"}: ${j.error}` : null,
       ]
         .filter(Boolean)
         .join("\n"),
@@ -949,7 +949,10 @@ function renderJob(res) {
         fact("tasks", fmtInt(j.tasks)),
         fact("load / score / write", `${fmtDur(j.load_ms)} / ${fmtDur(j.score_ms)} / ${fmtDur(j.write_ms)}`),
       ),
-      j.error ? errorBox(`job error: ${j.error}`) : null,
+      // A skipped job (a window with no readings, or one past catch-up)
+      // did not fail: its text is a reason, not an error.
+      j.error && j.state === "skipped" ? h("div", { class: "note" }, `skipped: ${j.error}`) : null,
+      j.error && j.state !== "skipped" ? errorBox(`job error: ${j.error}`) : null,
       h("h3", {}, `Tasks (${tasks.length})`),
       tasks.length
         ? h(
