@@ -82,6 +82,9 @@ pub struct Api {
     /// Compacts this server's ingest log into raw/ before a job is queued
     /// (trigger, retry), so that it sees every reading acknowledged so far.
     pub compact: Option<crate::serve::CompactNow>,
+    /// Wakes this server's scheduler loop, so that a queued job starts now
+    /// rather than at its next tick (`[jobs] tick_interval`).
+    pub wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Model uploads decoded at once (see [`Api::uploads`]).
@@ -208,6 +211,13 @@ pub(crate) fn any_of(t: &str, tokens: &[String]) -> bool {
 }
 
 impl Api {
+    /// Tells this server's runner that a job was queued.
+    fn wake_runner(&self) {
+        if let Some(w) = &self.wake {
+            w.notify_one();
+        }
+    }
+
     /// A request body of at most `max` bytes, read under the in-flight
     /// limit and the body timeout.
     async fn body(
@@ -512,6 +522,7 @@ async fn trigger(State(api): A, headers: HeaderMap, body: axum::body::Body) -> R
             Err(e) => return db_err(e),
         }
     }
+    api.wake_runner();
     (StatusCode::ACCEPTED, Json(json!({ "jobs": ids }))).into_response()
 }
 
@@ -540,7 +551,10 @@ async fn retry(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Respon
         return r;
     }
     match api.db.retry(id).await {
-        Ok(j) => Json(json!({ "job": job_json(&j) })).into_response(),
+        Ok(j) => {
+            api.wake_runner();
+            Json(json!({ "job": job_json(&j) })).into_response()
+        }
         Err(e) => db_err(e),
     }
 }

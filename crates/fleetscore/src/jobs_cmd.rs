@@ -484,6 +484,7 @@ pub async fn scheduler_loop(
     every: Duration,
     clock: Arc<dyn Clock>,
     compact: Option<crate::serve::CompactNow>,
+    wake: Option<Arc<tokio::sync::Notify>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     // Work left running by a process that died is taken over once its
@@ -492,8 +493,17 @@ pub async fn scheduler_loop(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // A job queued through this server's API wakes the loop at once
+        // (a permit is kept if it is busy, so the next turn comes at once).
+        let woken = async {
+            match &wake {
+                Some(w) => w.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {}
+            _ = woken => {}
             _ = stop.changed() => break,
         }
         create_due_jobs(&*db, &specs, clock.now(), compact.as_ref()).await;

@@ -299,6 +299,7 @@ async fn serve(
         csv: c.ingest.csv.clone(),
     });
     let specs = c.schedule_specs()?;
+    let wake = Arc::new(tokio::sync::Notify::new());
     let api = Arc::new(crate::api::Api {
         db: Arc::clone(&db),
         store: store.clone(),
@@ -314,6 +315,7 @@ async fn serve(
         inflight: Arc::clone(&inflight),
         uploads: tokio::sync::Semaphore::new(crate::api::PARALLEL_UPLOADS),
         compact: Some(compact_now.clone()),
+        wake: Some(Arc::clone(&wake)),
     });
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -409,6 +411,7 @@ async fn serve(
                         every,
                         clock,
                         Some(compact_now),
+                        Some(wake),
                         stop,
                     )),
                     Err(e) => tracing::error!("the scheduler could not start: {e}"),
@@ -1411,6 +1414,7 @@ mod tests {
             Duration::from_millis(10),
             clock.clone() as Arc<dyn Clock>,
             compact.then_some(compact_now),
+            None,
             stop_rx,
         );
         let wait = async {

@@ -114,8 +114,15 @@ fn a_job_triggered_right_after_readings_are_acknowledged_scores_every_one() {
     import(data, "d1");
     import(data, "d2");
     // The default [ingest] compact_interval (60 s): nothing reaches raw/
-    // by itself during this test.
-    let (s, console) = serve(data, "[jobs]\ntick_interval = \"100ms\"\n");
+    // by itself during this test. And an hour between the scheduler's
+    // ticks: a triggered job must start at once, not at the next tick.
+    let (s, console) = serve(data, "[jobs]\ntick_interval = \"1h\"\n");
+    // The first tick's job (the last hour, without readings) has ended:
+    // the scheduler now sleeps until its next tick.
+    let first = console_line(&console, "job 1 ");
+    assert!(first.starts_with("job 1 skipped"), "{first}");
+    // (Its runner looks for more work once more after reporting it.)
+    std::thread::sleep(Duration::from_secs(1));
     let mut body = Vec::new();
     for m in 0..60 {
         for d in ["d1", "d2"] {
@@ -142,7 +149,13 @@ fn a_job_triggered_right_after_readings_are_acknowledged_scores_every_one() {
     assert_eq!(status, 202, "{answer}");
     let ids: Value = serde_json::from_str(&answer).unwrap();
     let id = ids["jobs"][0].as_i64().unwrap();
+    let triggered = Instant::now();
     let j = ended(&s, id);
+    assert!(
+        triggered.elapsed() < Duration::from_secs(20),
+        "the job waited {:?} for the scheduler's tick",
+        triggered.elapsed()
+    );
     let job = &j["job"];
     assert_eq!(job["state"], "succeeded", "{j}");
     assert_eq!(
