@@ -473,20 +473,30 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// What ties the scheduler loop to the rest of `serve`.
+#[derive(Default)]
+pub struct Hooks {
+    /// Compacts the ingest log into raw/ before due jobs are created.
+    pub compact: Option<crate::serve::CompactNow>,
+    /// Notified when the API queued a job: the loop runs it at once
+    /// instead of at its next tick.
+    pub wake: Option<Arc<tokio::sync::Notify>>,
+}
+
 /// The scheduler loop of `serve`: ticks every schedule at `clock`'s time
-/// (compacting the ingest log first through `compact` when a job is due),
-/// then (unless `runner` is `None`: `--no-workers`) runs what is queued,
-/// until `stop`.
+/// (compacting the ingest log first through `hooks.compact` when a job is
+/// due), then (unless `runner` is `None`: `--no-workers`) runs what is
+/// queued, until `stop`.
 pub async fn scheduler_loop(
     db: Arc<dyn JobStore>,
     runner: Option<Runner>,
     specs: Vec<fleetscore_jobs::schedule::ScheduleSpec>,
     every: Duration,
     clock: Arc<dyn Clock>,
-    compact: Option<crate::serve::CompactNow>,
-    wake: Option<Arc<tokio::sync::Notify>>,
+    hooks: Hooks,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Hooks { compact, wake } = hooks;
     // Work left running by a process that died is taken over once its
     // lease expires ([jobs] lease): other processes (workers, a backfill)
     // may share even a SQLite store, so leases are never ended early.

@@ -410,8 +410,10 @@ async fn serve(
                         specs,
                         every,
                         clock,
-                        Some(compact_now),
-                        Some(wake),
+                        crate::jobs_cmd::Hooks {
+                            compact: Some(compact_now),
+                            wake: Some(wake),
+                        },
                         stop,
                     )),
                     Err(e) => tracing::error!("the scheduler could not start: {e}"),
@@ -1413,8 +1415,10 @@ mod tests {
             vec![hourly()],
             Duration::from_millis(10),
             clock.clone() as Arc<dyn Clock>,
-            compact.then_some(compact_now),
-            None,
+            crate::jobs_cmd::Hooks {
+                compact: compact.then_some(compact_now),
+                wake: None,
+            },
             stop_rx,
         );
         let wait = async {
