@@ -40,7 +40,7 @@ pub use name::{
     MAX_NAME_BYTES,
 };
 pub use time::{
-    check_ts, format_ts, format_ts_reference, parse_ts, TimeError, TimestampRangeError, MAX_TS,
-    MIN_TS, NANOS_PER_SEC,
+    check_ts, format_rfc3339, format_ts, format_ts_reference, parse_ts, TimeError,
+    TimestampRangeError, MAX_TS, MIN_TS, NANOS_PER_SEC,
 };
 pub use value::{check_value, ValueError};

@@ -143,6 +143,19 @@ pub fn format_ts(ns: i64) -> String {
     }
 }
 
+/// Formats as RFC 3339 with a fraction only when the instant has one, in
+/// groups of 3 digits: `2026-12-05T03:00:00Z`, `…00.250Z`, `…00.000001Z`.
+/// What the HTTP API and the console say.
+pub fn format_rfc3339(ns: i64) -> String {
+    let (date, time, frac) = split(ns);
+    match frac {
+        0 => format!("{date}T{time}Z"),
+        f if f % 1_000_000 == 0 => format!("{date}T{time}.{:03}Z", f / 1_000_000),
+        f if f % 1_000 == 0 => format!("{date}T{time}.{:06}Z", f / 1_000),
+        f => format!("{date}T{time}.{f:09}Z"),
+    }
+}
+
 /// Formats in the reference deployment's layout, `2018-08-28 23:00:05.000`
 /// (UTC, milliseconds; finer precision is kept when present).
 pub fn format_ts_reference(ns: i64) -> String {
@@ -206,6 +219,20 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn rfc3339_carries_a_fraction_only_when_there_is_one() {
+        let t = parse_ts("2026-12-05T03:00:00Z").unwrap();
+        assert_eq!(format_rfc3339(t), "2026-12-05T03:00:00Z");
+        assert_eq!(format_rfc3339(t + 250_000_000), "2026-12-05T03:00:00.250Z");
+        assert_eq!(format_rfc3339(t + 1_000), "2026-12-05T03:00:00.000001Z");
+        assert_eq!(format_rfc3339(t + 7), "2026-12-05T03:00:00.000000007Z");
+        assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+        for ns in [t, t + 250_000_000, t + 1_000, t + 7, -1, MIN_TS, MAX_TS] {
+            assert_eq!(parse_ts(&format_rfc3339(ns)).unwrap(), ns);
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -116,20 +116,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 /// or 9 digits only when the instant has one (`2026-12-05T03:00:00Z`,
 /// `2026-12-05T03:00:00.250Z`).
 pub(crate) fn rfc3339(ns: i64) -> String {
-    // `format_ts` gives milliseconds, or nanoseconds when finer.
-    let full = format_ts(ns);
-    let Some((whole, frac)) = full.strip_suffix('Z').and_then(|t| t.split_once('.')) else {
-        return full;
-    };
-    let digits = frac.trim_end_matches('0').len();
-    match digits {
-        0 => format!("{whole}Z"),
-        _ => {
-            let keep = digits.div_ceil(3) * 3;
-            let frac = format!("{frac:0<9}");
-            format!("{whole}.{}Z", &frac[..keep])
-        }
-    }
+    fleetscore_core::format_rfc3339(ns)
 }
 
 /// Sets `name` to the instant as RFC 3339 and `name_ns` to its integer.

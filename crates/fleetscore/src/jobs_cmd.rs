@@ -130,7 +130,7 @@ fn ms(v: Option<i64>, w: Option<i64>) -> String {
 /// The column titles of [`line`].
 fn header() -> String {
     format!(
-        "{:>6}  {:<10} {:<9} {:<52}  {:>6} {:>9} {:>9} {:>6}  {}",
+        "{:>6}  {:<10} {:<9} {:<44}  {:>6} {:>9} {:>9} {:>6}  {}",
         "id",
         "state",
         "schedule",
@@ -146,15 +146,11 @@ fn header() -> String {
 /// One job as a row of the table [`header`] titles.
 fn line(j: &JobRecord) -> String {
     format!(
-        "{:>6}  {:<10} {:<9} {:<52}  {:>6} {:>9} {:>9} {:>6}  {}",
+        "{:>6}  {:<10} {:<9} {:<44}  {:>6} {:>9} {:>9} {:>6}  {}",
         j.id,
         j.state.as_str(),
         j.schedule.as_deref().unwrap_or(j.kind.as_str()),
-        format!(
-            "{} .. {}",
-            format_ts(j.window_start),
-            format_ts(j.window_end)
-        ),
+        format!("{} .. {}", short_ts(j.window_start), short_ts(j.window_end)),
         j.models,
         j.rows,
         j.anomalies,
@@ -594,11 +590,33 @@ async fn create_due_jobs(
 /// Prints a line for each job record that comes from `jobs` (a runner's
 /// reports, see [`Runner::with_reports`]) as it comes, until the runner is
 /// gone: what `serve` says on stdout about the jobs it finishes.
+///
+/// The writing happens on a thread of its own: stdout may be a pipe that
+/// nobody reads (a parent that ignores it), and a write to a full pipe
+/// blocks, which must stall neither the runtime nor the shutdown (the
+/// last lines get two seconds to go out).
 pub async fn print_finished(
     db: Arc<dyn JobStore>,
     mut jobs: tokio::sync::mpsc::UnboundedReceiver<JobRecord>,
 ) {
-    use std::io::Write as _;
+    let (lines, to_write) = std::sync::mpsc::channel::<String>();
+    let (written, all_written) = tokio::sync::oneshot::channel::<()>();
+    let writer = std::thread::Builder::new()
+        .name("job-lines".into())
+        .spawn(move || {
+            use std::io::Write as _;
+            for line in to_write {
+                let mut out = std::io::stdout().lock();
+                // A closed stdout (a parent that stopped reading) is no
+                // reason to stop serving.
+                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+            }
+            let _ = written.send(());
+        });
+    if let Err(e) = writer {
+        tracing::warn!("no line per finished job on stdout: starting its thread failed: {e}");
+        return;
+    }
     while let Some(j) = jobs.recv().await {
         let reasons = if j.failed_models > 0 {
             match db.failures(j.id).await {
@@ -611,12 +629,12 @@ pub async fn print_finished(
         } else {
             Vec::new()
         };
-        let line = finished_line(&j, &reasons);
-        let mut out = std::io::stdout().lock();
-        // A closed stdout (a parent that stopped reading) is no reason to
-        // stop serving.
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        if lines.send(finished_line(&j, &reasons)).is_err() {
+            break;
+        }
     }
+    drop(lines);
+    let _ = tokio::time::timeout(Duration::from_secs(2), all_written).await;
 }
 
 /// Failed models by reason (`no_data`, …), most frequent first.
@@ -635,11 +653,7 @@ fn failure_counts(failures: &[fleetscore_jobs::db::FailureRecord]) -> Vec<(Strin
 
 /// A time as RFC 3339 without fractions that are zero.
 fn short_ts(ns: i64) -> String {
-    let t = format_ts(ns);
-    match t.strip_suffix(".000Z") {
-        Some(whole) => format!("{whole}Z"),
-        None => t,
-    }
+    fleetscore_core::format_rfc3339(ns)
 }
 
 /// `[2026-12-05T02:00:00Z, 03:00:00Z)`: the end without its date when it

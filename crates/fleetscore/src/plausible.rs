@@ -5,7 +5,7 @@
 //! says so (a header), the log says so, and a counter counts it, naming the
 //! unit that would have made the times sensible.
 
-use fleetscore_core::format_ts;
+use fleetscore_core::format_rfc3339 as format_ts;
 
 const DAY: i64 = 86_400_000_000_000;
 const YEAR: i64 = 365 * DAY + DAY / 4;
@@ -71,17 +71,26 @@ pub fn check(earliest: i64, latest: i64, unit_ns: i64, now: i64) -> Option<Doubt
 }
 
 impl Doubt {
-    /// How far from now, in words: "56 years before now".
+    /// How far from now the batch reaches, in words: "56 years before
+    /// now". Measured from its end that is out of range (the earliest
+    /// time, if that is too old; else the latest), in i128: a batch may
+    /// hold any times from 1678 to 2261.
     fn distance(&self) -> String {
-        let (d, side) = if self.latest < self.now {
-            (self.now - self.latest, "before")
+        let (now, earliest, latest) = (
+            i128::from(self.now),
+            i128::from(self.earliest),
+            i128::from(self.latest),
+        );
+        let (d, side) = if !plausible(self.earliest, self.now) && earliest < now {
+            (now - earliest, "before")
         } else {
-            (self.earliest - self.now, "after")
+            (latest - now, "after")
         };
-        if d >= 2 * YEAR {
-            format!("{} years {side} now", d / YEAR)
+        let (year, day) = (i128::from(YEAR), i128::from(DAY));
+        if d >= 2 * year {
+            format!("{} years {side} now", d / year)
         } else {
-            format!("{} days {side} now", d / DAY)
+            format!("{} days {side} now", d / day)
         }
     }
 
@@ -89,7 +98,7 @@ impl Doubt {
     /// `precision` that was probably meant. ASCII, for a header.
     pub fn line_protocol(&self) -> String {
         let mut s = format!(
-            "stored, but the batch's timestamps ({} .. {}) are {}",
+            "stored, but the batch's timestamps ({} .. {}) reach {}",
             format_ts(self.earliest),
             format_ts(self.latest),
             self.distance()
@@ -107,7 +116,7 @@ impl Doubt {
     /// nanoseconds since the epoch.
     pub fn integers(&self) -> String {
         let mut s = format!(
-            "stored, but the batch's timestamps ({} .. {}) are {}",
+            "stored, but the batch's timestamps ({} .. {}) reach {}",
             format_ts(self.earliest),
             format_ts(self.latest),
             self.distance()
@@ -165,6 +174,46 @@ mod tests {
         assert_eq!(check(NOW, NOW + DAY / 2, 1, NOW), None);
         // The reference deployment's 2018 readings.
         assert_eq!(check(NOW - 8 * YEAR, NOW - 8 * YEAR + DAY, 1, NOW), None);
+    }
+
+    /// The ends of what a reading may hold, and batches mixing a far time
+    /// with a recent one, are described from their far end without
+    /// overflowing.
+    #[test]
+    fn the_ends_of_time_and_mixed_batches_are_measured_from_the_far_end() {
+        use fleetscore_core::{MAX_TS, MIN_TS};
+        let d = check(MIN_TS, MIN_TS, 1, NOW).expect("doubted");
+        assert!(
+            d.line_protocol().contains("348 years before now"),
+            "{}",
+            d.line_protocol()
+        );
+        let d = check(MIN_TS, MAX_TS, 1, NOW).expect("doubted");
+        assert!(
+            d.line_protocol().contains("years before now"),
+            "{}",
+            d.line_protocol()
+        );
+        let d = check(NOW, MAX_TS, 1, NOW).expect("doubted");
+        assert!(
+            d.integers().contains("235 years after now"),
+            "{}",
+            d.integers()
+        );
+        // 1970 and now in one batch: 56 years, not 0 days.
+        let d = check(NOW / 1_000_000_000, NOW, 1, NOW).expect("doubted");
+        assert!(
+            d.line_protocol().contains("56 years before now"),
+            "{}",
+            d.line_protocol()
+        );
+        assert_eq!(d.meant, None);
+        let d = check(NOW, NOW + 3 * DAY, 1, NOW).expect("doubted");
+        assert!(
+            d.integers().contains("3 days after now"),
+            "{}",
+            d.integers()
+        );
     }
 
     #[test]

@@ -311,3 +311,73 @@ fn a_fresh_server_with_models_and_no_readings_skips_its_first_window_and_says_so
     );
     s.terminate();
 }
+
+/// `serve`'s stdout may be a pipe its parent never reads (benchmark
+/// scripts start it so). Once the pipe is full, lines about finished jobs
+/// must neither stall the server nor its stop: 600 jobs (about 100 KB of
+/// lines, past a 64 KB pipe) run, `/healthz` answers, SIGTERM ends it.
+#[test]
+fn a_stdout_nobody_reads_stalls_neither_jobs_nor_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    import(data, "d1");
+    let config = data.join("serve.toml");
+    std::fs::write(&config, "schedules = []\n").unwrap();
+    let mut child = common::bin()
+        .arg("--data")
+        .arg(data)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read the first line only, then never again (the pipe stays open).
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let mut s = Server { child, addr };
+    let (status, answer) = s.post(
+        "/v1/jobs",
+        &[],
+        r#"{"from": "2024-01-01T00:00:00Z", "to": "2024-01-26T00:00:00Z"}"#,
+    );
+    assert_eq!(status, 202, "{answer}");
+    let ids: Value = serde_json::from_str(&answer).unwrap();
+    let last = ids["jobs"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_i64()
+        .unwrap();
+    assert_eq!(ids["jobs"].as_array().unwrap().len(), 600);
+    // Every one ends (skipped: no readings), though nobody reads the lines.
+    let j = ended(&s, last);
+    assert_eq!(j["job"]["state"], "skipped", "{j}");
+    assert_eq!(s.request("GET", "/healthz", &[], b"").0, 200);
+    // SIGTERM; it must exit (cleanly) within 20 s, else it is killed and
+    // the test fails instead of hanging.
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(s.child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status;
+        }
+        if stopped.elapsed() > Duration::from_secs(20) {
+            // (Dropping the server kills it.)
+            panic!("serve did not stop within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "serve exited with {status}");
+    drop(stdout);
+}

@@ -1334,7 +1334,12 @@ impl Runner {
         // No row group may hold a reading of the window that a pair of the
         // job takes, and no pair has windows: nothing to score, no task
         // (finalizing skips the job).
-        let mut chunks: Vec<&[(&str, &str)]> = if any_raw || has_windows {
+        // A window-input pair whose windows are not written yet, while
+        // raw/ holds row groups of the window: not an empty window (its
+        // score task records `no_data`; see `attempt_staged`).
+        let unwindowed =
+            !raw.is_empty() && units.iter().any(|(d, t)| input_of(d, t) != ModelInput::Raw);
+        let mut chunks: Vec<&[(&str, &str)]> = if any_raw || has_windows || unwindowed {
             units.chunks(batch).collect()
         } else {
             Vec::new()
@@ -1947,7 +1952,15 @@ impl Runner {
             }
         }
         let mine_empty = readings.is_empty() && wunits.iter().all(|u| u.windows.is_empty());
-        if mine_empty && !plan.has_windows && self.window_rows(&plan).await? == 0 {
+        // Map tasks count only the readings they route, and they route
+        // none to a window-input pair: with such pairs in the plan, no
+        // routed reading does not mean no reading (their windows may not
+        // be written yet), so those pairs fail `no_data` as usual. (A
+        // window without a raw row group and without windows plans no
+        // task at all, and is skipped at finalizing.)
+        let raw_input_only = plan.units.iter().all(|u| u.window.is_none());
+        if mine_empty && raw_input_only && !plan.has_windows && self.window_rows(&plan).await? == 0
+        {
             // The whole window is empty: no part, no `no_data` failures
             // (finalizing skips the job; see the module docs).
             record.load_ms = t.elapsed().as_millis() as u64;

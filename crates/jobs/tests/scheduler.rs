@@ -1133,6 +1133,57 @@ async fn a_window_without_readings_is_skipped_not_failed(b: Backend) {
     assert_eq!((j.models, j.failed_models, j.tasks), (6, 0, 0));
     assert!(db.tasks(id).await.unwrap().is_empty());
     assert!(db.failures(id).await.unwrap().is_empty());
+
+    // A window-input model whose pair has readings in the window but no
+    // windows yet (say, they were never aggregated): not an empty window,
+    // so not skipped; the pair fails `no_data` as it always did.
+    std::fs::remove_file(root.join("predictions")).unwrap();
+    std::fs::rename(root.join("predictions-kept"), root.join("predictions")).unwrap();
+    let mut r = Readings {
+        keys: vec![("w0".into(), "1".into())],
+        ..Readings::default()
+    };
+    for m in 0..60 {
+        r.ts.push(T0 + HOUR_NS + m * MIN);
+        r.value.push(20.0 + (m % 7) as f64);
+        r.key.push(0);
+    }
+    for (k, d) in raw_objects(&r, b"w0 unwindowed").unwrap() {
+        store.put(&k, d).await.unwrap();
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures/sklearn/models/bare_rbf_f3.p4.pkl");
+    let model = fleetscore_models::import_sklearn(&std::fs::read(path).unwrap()).unwrap();
+    Registry::new(store.clone())
+        .import(
+            vec![ImportRequest {
+                key: ModelKey::new("w0", "1").unwrap(),
+                model,
+                source: "test".into(),
+                input: fleetscore_store::ModelInput::Window {
+                    size: "1m".into(),
+                    features: vec!["mean".into(), "min".into(), "max".into()],
+                },
+            }],
+            "t",
+        )
+        .await
+        .unwrap();
+    let mut job = NewJob {
+        window_start: T0 + HOUR_NS,
+        window_end: T0 + 2 * HOUR_NS,
+        ..manual(T0, 2)
+    };
+    job.selection = Some(vec!["w0/1".into()]);
+    let id = db.create_job(&job, clock.now()).await.unwrap();
+    let j = runner.run_job(id).await.unwrap();
+    assert_ne!(j.state, JobState::Skipped, "readings but no windows: {j:?}");
+    let failures = db.failures(id).await.unwrap();
+    let reasons: Vec<(&str, &str)> = failures
+        .iter()
+        .map(|f| (f.device.as_str(), f.reason.as_str()))
+        .collect();
+    assert_eq!(reasons, [("w0", "no_data")], "{j:?}");
 }
 
 async fn a_task_whose_workers_keep_vanishing_fails_after_its_attempts(b: Backend) {
