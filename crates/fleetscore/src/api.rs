@@ -165,7 +165,8 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
         return r;
     }
     let status = r.status();
-    // Small: an extractor's message; anything longer is cut.
+    // Small: an extractor's message; anything longer is replaced by a
+    // general one.
     match axum::body::to_bytes(r.into_body(), 4096).await {
         Ok(text) => err(status, String::from_utf8_lossy(&text).into_owned()),
         Err(_) => err(status, "the request was refused"),
@@ -1131,13 +1132,21 @@ async fn extent(State(api): A, headers: HeaderMap) -> Response {
         complete &= !cut_first && !cut_last;
         out.insert(
             name.into(),
+            // A search cut at its budget from one end may still have found
+            // the other: what was found is said (with `complete` false),
+            // as the extent known so far.
             match (first, last) {
                 (Some((first, _)), Some((last, end))) => json!({
                     "first_hour": rfc3339(first),
                     "last_hour": rfc3339(last),
                     "end": rfc3339(end),
                 }),
-                _ => Value::Null,
+                (Some((hour, end)), None) | (None, Some((hour, end))) => json!({
+                    "first_hour": rfc3339(hour),
+                    "last_hour": rfc3339(hour),
+                    "end": rfc3339(end),
+                }),
+                (None, None) => Value::Null,
             },
         );
     }

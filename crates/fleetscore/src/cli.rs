@@ -122,7 +122,8 @@ pub enum Command {
     ///   /v1/openapi.json describes it), the dashboard at /, /healthz,
     ///   /readyz, /metrics (Prometheus).
     ///
-    /// Prints `listening on ADDR` on stdout once bound.
+    /// Prints `listening on ADDR` on stdout once bound, then a line for
+    /// each job it finishes.
     Serve(ServeArgs),
     /// Score past windows now: one job per window of --window in
     /// [--from, --to), run in this process, recorded in the job store like
@@ -516,7 +517,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
     /// How often the active log segment is closed and closed segments are
-    /// compacted into raw/ [default: 60s].
+    /// compacted into raw/ (also done before every job is created)
+    /// [default: 60s].
     #[arg(long, value_name = "DUR")]
     pub compact_interval: Option<Span>,
     /// Size at which the ingest log starts a new segment [default: 67108864].
@@ -595,6 +597,7 @@ pub enum LatePolicyArg {
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatermarkArg {
     /// Each device's clock closes its own windows.
+    #[value(alias = "per_device")]
     PerDevice,
     /// One clock for the fleet.
     Global,
@@ -614,6 +617,24 @@ impl From<WatermarkArg> for fleetscore_stream::WatermarkMode {
         match a {
             WatermarkArg::PerDevice => fleetscore_stream::WatermarkMode::PerDevice,
             WatermarkArg::Global => fleetscore_stream::WatermarkMode::Global,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `--watermark` takes the config file's spelling too.
+    #[test]
+    fn watermark_takes_both_spellings() {
+        for w in ["per-device", "per_device"] {
+            let cli = Cli::try_parse_from(["fleetscore", "serve", "--watermark", w]).unwrap();
+            match cli.command {
+                Command::Serve(a) => assert_eq!(a.watermark, Some(WatermarkArg::PerDevice)),
+                other => panic!("{other:?}"),
+            }
         }
     }
 }

@@ -17,7 +17,7 @@
 //! max_model_bytes = 67108864         # a model file, decompressed
 //!
 //! [ingest]
-//! compact_interval = "60s"           # log segments into raw/
+//! compact_interval = "60s"           # log segments into raw/ (and before a job is created)
 //! # A failed write is retried every recovery_interval_ms; a batch resent
 //! # under the same Idempotency-Key within the horizon is stored once.
 //! log = { max_segment_bytes = 67108864, max_group_bytes = 8388608, max_wait_us = 0, recovery_interval_ms = 500, idempotency_horizon_secs = 3600, idempotency_max_keys = 250000 }
@@ -382,7 +382,7 @@ impl Default for ServerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     /// How often the active log segment is closed and closed segments are
-    /// compacted into raw/.
+    /// compacted into raw/ (`serve` also compacts before it creates a job).
     pub compact_interval: Span,
     /// The durable ingest log.
     pub log: LogConfig,

@@ -62,8 +62,9 @@ fn main() -> ExitCode {
     }
     // Like other Unix tools, end quietly when the reader of our output goes
     // away (`fleetscore models list | head`) instead of panicking on EPIPE.
-    // Not a server: it keeps serving, and its lines about finished jobs go
-    // nowhere (Rust's default, SIGPIPE ignored, is kept for `serve`).
+    // Except `serve`: it keeps serving when its reader goes, and its lines
+    // about finished jobs go nowhere (Rust's default, SIGPIPE ignored, is
+    // kept for it).
     #[cfg(unix)]
     if !matches!(cli.command, cli::Command::Serve(_)) {
         // SAFETY: setting a signal disposition to its default before any

@@ -1,13 +1,16 @@
-//! The OpenAPI 3.1 document of every HTTP route `serve` answers: the `/v1`
-//! API, `/readyz`, `/healthz`, `/metrics` and the ingest endpoints of
-//! [`crate::serve`]. Served at `/v1/openapi.json`.
+//! The OpenAPI 3.1 document of the HTTP routes `serve` answers with data:
+//! the `/v1` API, `/readyz`, `/healthz`, `/metrics` and the ingest
+//! endpoints of [`crate::serve`] (not the dashboard's page and assets at
+//! `/` and `/ui/`). Served at `/v1/openapi.json`. A `500` (the job store
+//! or the object store failed) is not listed per operation.
 //!
 //! It is written by hand, so three tests keep it true: `tests/api_docs.rs`
 //! compares its routes, methods, access rules, parameters and status codes
 //! with the README's API table (both ways) and calls every documented
 //! route on a running server; `tests/api.rs` checks real answers against
 //! the schemas here. A route added to a router must be added here and to
-//! the README table, or those tests fail.
+//! the README table by hand: the tests cannot see a route that neither
+//! names.
 //!
 //! Each operation's `x-auth` says who may call it under `[auth]`:
 //! `open` (always), `read` (anyone unless `protect_reads`, then any ingest
