@@ -567,15 +567,30 @@ async fn cancel(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Respo
 }
 
 #[derive(Deserialize)]
-struct Limit {
+struct SlowestQuery {
     limit: Option<u32>,
+    kind: Option<String>,
 }
 
-async fn slowest(State(api): A, headers: HeaderMap, Query(q): Query<Limit>) -> Response {
+async fn slowest(State(api): A, headers: HeaderMap, Query(q): Query<SlowestQuery>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
     }
-    match api.db.slowest_tasks(q.limit.unwrap_or(10).min(1000)).await {
+    let kind = match q.kind.as_deref() {
+        None | Some("") => None,
+        Some(k @ (fleetscore_jobs::db::TASK_MAP | fleetscore_jobs::db::TASK_SCORE)) => Some(k),
+        Some(other) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("kind {other:?}: use map (tasks that read the data) or score"),
+            )
+        }
+    };
+    match api
+        .db
+        .slowest_tasks(q.limit.unwrap_or(10).min(1000), kind)
+        .await
+    {
         Ok(tasks) => {
             let tasks: Vec<Value> = tasks
                 .into_iter()

@@ -194,6 +194,27 @@ fn the_api_end_to_end() {
     assert_eq!(st, 409);
     let slow = get_checked(&s, &doc, "/v1/tasks/slowest", "/v1/tasks/slowest?limit=4");
     assert_eq!(slow["tasks"].as_array().unwrap().len(), 4, "{slow}");
+    // Each kind on its own: only map tasks, or only score tasks, slowest
+    // first.
+    for kind in ["map", "score"] {
+        let slow = get_checked(
+            &s,
+            &doc,
+            "/v1/tasks/slowest",
+            &format!("/v1/tasks/slowest?limit=50&kind={kind}"),
+        );
+        let tasks = slow["tasks"].as_array().unwrap();
+        assert!(!tasks.is_empty(), "{slow}");
+        assert!(tasks.iter().all(|t| t["kind"] == kind), "{slow}");
+        let d: Vec<i64> = tasks
+            .iter()
+            .map(|t| t["duration_ms"].as_i64().unwrap())
+            .collect();
+        assert!(d.windows(2).all(|w| w[0] >= w[1]), "{d:?}");
+    }
+    let (st, body) = s.request("GET", "/v1/tasks/slowest?kind=plan", &[], b"");
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("use map"), "{body}");
     let all = get_checked(&s, &doc, "/v1/jobs", "/v1/jobs");
     assert!(all["jobs"].as_array().unwrap().len() >= 2, "{all}");
 

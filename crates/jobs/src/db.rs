@@ -597,8 +597,9 @@ pub trait JobStore: Send + Sync {
     async fn cancel(&self, id: i64, now: i64) -> Result<JobRecord>;
     /// Queues a failed, cancelled or skipped job again.
     async fn retry(&self, id: i64) -> Result<JobRecord>;
-    /// The finished tasks that took longest, slowest first.
-    async fn slowest_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>>;
+    /// The finished tasks that took longest, slowest first; only those of
+    /// `kind` ([`TASK_MAP`] or [`TASK_SCORE`]) if given.
+    async fn slowest_tasks(&self, limit: u32, kind: Option<&str>) -> Result<Vec<TaskRecord>>;
     /// Totals for `/metrics`.
     async fn stats(&self) -> Result<JobStats>;
     /// Tasks waiting for a worker (queued, or with an expired lease) plus
@@ -1896,16 +1897,18 @@ impl JobStore for SqlStore {
         Ok(())
     }
 
-    async fn slowest_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+    async fn slowest_tasks(&self, limit: u32, kind: Option<&str>) -> Result<Vec<TaskRecord>> {
+        let of_kind = if kind.is_some() { "AND kind = $2 " } else { "" };
+        let query = format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NOT NULL \
-             AND started_at IS NOT NULL \
+             AND started_at IS NOT NULL {of_kind}\
              ORDER BY finished_at - started_at DESC, job_id DESC LIMIT $1"
-        )))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+        );
+        let mut q = sqlx::query(AssertSqlSafe(query)).bind(i64::from(limit));
+        if let Some(kind) = kind {
+            q = q.bind(kind.to_string());
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
         rows.iter()
             .map(task_from_row)
             .collect::<Result<_, _>>()

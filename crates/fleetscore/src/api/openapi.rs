@@ -410,7 +410,10 @@ fn paths() -> Value {
         "/v1/tasks/slowest": {"get": op(
             "The slowest finished tasks, slowest first",
             Read,
-            vec![q("limit", json!({"type": "integer", "minimum": 0, "default": 10, "maximum": 1000}), "At most this many tasks.")],
+            vec![
+                q("limit", json!({"type": "integer", "minimum": 0, "default": 10, "maximum": 1000}), "At most this many tasks."),
+                q("kind", json!({"type": "string", "enum": ["map", "score"]}), "Only tasks of this kind: map (they read the data) or score; both by default."),
+            ],
             None,
             answers((200, json_answer("The tasks.", object("", &[("tasks", array(r("SlowTask")))], &[]))), &[400, 401, 403, 503]),
         )},
