@@ -535,6 +535,11 @@ async fn retry(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Respon
     if let Err(r) = api.admin(&headers) {
         return r;
     }
+    // An unknown job is 404 at once, without compacting for nothing (or
+    // 503 while the store is down).
+    if let Err(e) = api.db.job(id).await {
+        return db_err(e);
+    }
     if let Err(r) = compact_first(&api).await {
         return r;
     }
