@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fleetscore_codecs::{read_predictions_parquet_bytes, Readings};
-use fleetscore_core::{format_ts, ModelKey, NANOS_PER_SEC};
+use fleetscore_core::{ModelKey, NANOS_PER_SEC};
 use fleetscore_jobs::db::JobFilter;
 use fleetscore_models::{train, Gamma, ScalerChoice, SvmParams, TrainParams};
 use fleetscore_store::{raw_objects, ImportRequest, HOUR_NS};
@@ -388,20 +388,9 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut jobs = jobs;
     jobs.sort_by_key(|j| j.window_start);
     for j in &jobs {
-        println!(
-            "  job {:>3} {} [{}, {}): {} models, {} rows, {} anomalies, {} failed models, {:.2}s",
-            j.id,
-            j.state,
-            format_ts(j.window_start),
-            format_ts(j.window_end),
-            j.models,
-            j.rows,
-            j.anomalies,
-            j.failed_models,
-            j.finished_at
-                .zip(j.started_at)
-                .map_or(0.0, |(f, s)| (f - s) as f64 / 1e9)
-        );
+        // As `serve` says it (failed models are few here: by reason is
+        // left to `jobs show`).
+        println!("  {}", crate::jobs_cmd::finished_line(j, &[]));
     }
 
     // 6. Found vs injected, from the predictions in the store.

@@ -742,9 +742,9 @@ async function loadJobs() {
 }
 
 function jobTimes(j) {
-  const created = nsToMs(j.created_at);
-  const started = nsToMs(j.started_at);
-  const finished = nsToMs(j.finished_at);
+  const created = nsToMs(j.created_ns);
+  const started = nsToMs(j.started_ns);
+  const finished = nsToMs(j.finished_ns);
   const end = Number.isFinite(finished) ? finished : j.state === "running" ? Date.now() : NaN;
   return { created, started, finished, end, dur: Number.isFinite(started) && Number.isFinite(end) ? end - started : NaN };
 }
@@ -824,7 +824,7 @@ function renderJobs(jobs) {
       "data-failed-models": failedModels,
     });
     g.append(s("rect", { x: 0, y, width, height: rowH, fill: i % 2 ? "#fafbfc" : "transparent" }));
-    const win = fmtWindow(nsToMs(j.window_start), nsToMs(j.window_end));
+    const win = fmtWindow(nsToMs(j.from_ns), nsToMs(j.to_ns));
     g.append(s("text", { x: 4, y: y + rowH / 2 + 4, class: "label" }, `#${j.id}`));
     g.append(s("text", { x: 52, y: y + rowH / 2 + 4 }, win + (j.schedule ? ` · ${j.schedule}` : "")));
     if (Number.isFinite(t.created) && Number.isFinite(t.started) && t.started > t.created) {
@@ -898,8 +898,8 @@ function renderJob(res) {
   const t = jobTimes(j);
   const fact = (label, value, cls) => h("div", {}, h("span", {}, label), h("b", { class: cls }, value));
   const taskRows = tasks.map((k) => {
-    const st = nsToMs(k.started_at);
-    const fin = nsToMs(k.finished_at);
+    const st = nsToMs(k.started_ns);
+    const fin = nsToMs(k.finished_ns);
     return h(
       "tr",
       {},
@@ -931,9 +931,9 @@ function renderJob(res) {
         `Job #${j.id} `,
         h("span", { class: "pill " + j.state }, j.state),
         " ",
-        h("span", { class: "sub" }, `window ${fmtWindow(nsToMs(j.window_start), nsToMs(j.window_end))} UTC `),
-        Number.isFinite(nsToMs(j.window_start)) && Number.isFinite(nsToMs(j.window_end))
-          ? h("button", { type: "button", id: "show-window", title: "show this job's window in the fleet overview", onclick: () => showWindow(nsToMs(j.window_start), nsToMs(j.window_end)) }, "Show its window in the overview")
+        h("span", { class: "sub" }, `window ${fmtWindow(nsToMs(j.from_ns), nsToMs(j.to_ns))} UTC `),
+        Number.isFinite(nsToMs(j.from_ns)) && Number.isFinite(nsToMs(j.to_ns))
+          ? h("button", { type: "button", id: "show-window", title: "show this job's window in the fleet overview", onclick: () => showWindow(nsToMs(j.from_ns), nsToMs(j.to_ns)) }, "Show its window in the overview")
           : null,
       ),
       h(
