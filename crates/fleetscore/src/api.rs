@@ -99,6 +99,9 @@ const HOUR: i64 = HOUR_NS;
 const MAX_HOURS: i64 = 24 * 31;
 
 use crate::http::{answer as err, retry_later};
+/// Instants as the API gives them: RFC 3339, UTC, a fraction only when
+/// there is one (`2026-12-05T03:00:00Z`, `…00.250Z`).
+pub(crate) use fleetscore_core::format_rfc3339 as rfc3339;
 
 fn db_err(e: DbError) -> Response {
     match e {
@@ -110,13 +113,6 @@ fn db_err(e: DbError) -> Response {
 
 fn internal(e: impl std::fmt::Display) -> Response {
     err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
-/// An instant as the API gives it: RFC 3339, UTC, with a fraction of 3, 6
-/// or 9 digits only when the instant has one (`2026-12-05T03:00:00Z`,
-/// `2026-12-05T03:00:00.250Z`).
-pub(crate) fn rfc3339(ns: i64) -> String {
-    fleetscore_core::format_rfc3339(ns)
 }
 
 /// Sets `name` to the instant as RFC 3339 and `name_ns` to its integer.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fleetscore_core::{format_ts, parse_ts};
+use fleetscore_core::{format_rfc3339, format_ts, parse_ts};
 use fleetscore_jobs::db::{
     Concurrency, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, Threshold,
 };
@@ -150,7 +150,11 @@ fn line(j: &JobRecord) -> String {
         j.id,
         j.state.as_str(),
         j.schedule.as_deref().unwrap_or(j.kind.as_str()),
-        format!("{} .. {}", short_ts(j.window_start), short_ts(j.window_end)),
+        format!(
+            "{} .. {}",
+            format_rfc3339(j.window_start),
+            format_rfc3339(j.window_end)
+        ),
         j.models,
         j.rows,
         j.anomalies,
@@ -651,15 +655,10 @@ fn failure_counts(failures: &[fleetscore_jobs::db::FailureRecord]) -> Vec<(Strin
     out
 }
 
-/// A time as RFC 3339 without fractions that are zero.
-fn short_ts(ns: i64) -> String {
-    fleetscore_core::format_rfc3339(ns)
-}
-
 /// `[2026-12-05T02:00:00Z, 03:00:00Z)`: the end without its date when it
 /// is the start's.
 fn window_text(from: i64, to: i64) -> String {
-    let (a, b) = (short_ts(from), short_ts(to));
+    let (a, b) = (format_rfc3339(from), format_rfc3339(to));
     match (a.split_once('T'), b.split_once('T')) {
         (Some((day, _)), Some((same, time))) if day == same => format!("[{a}, {time})"),
         _ => format!("[{a}, {b})"),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod common;
-use common::{run, text, Server};
+use common::{import_as, run, text, Server};
 
 /// A config with no schedule: the tests' jobs are the backfills they run.
 fn no_schedules(data: &Path) -> PathBuf {
@@ -74,19 +74,7 @@ fn extent_finds_where_predictions_and_readings_are() {
     let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo/model_fallback_1.pkl");
     let models = [("*", "1"), ("d0", "1")];
     for (device, tag) in models {
-        let o = run(
-            data,
-            &[
-                "models",
-                "import",
-                demo.to_str().unwrap(),
-                "--device",
-                device,
-                "--tag",
-                tag,
-            ],
-        );
-        assert!(o.status.success(), "{}", text(&o));
+        import_as(data, &demo, device, tag);
     }
     // Readings in three hours on three days; two of them scored. Then an
     // hour later than all of them, scored too, that scores nothing: its
@@ -248,19 +236,7 @@ fn fill(data: &Path) {
     let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo");
     for tag in 1..=5 {
         let file = demo.join(format!("model_fallback_{tag}.pkl"));
-        let o = run(
-            data,
-            &[
-                "models",
-                "import",
-                file.to_str().unwrap(),
-                "--device",
-                "*",
-                "--tag",
-                &tag.to_string(),
-            ],
-        );
-        assert!(o.status.success(), "{}", text(&o));
+        import_as(data, &file, "*", &tag.to_string());
     }
     let csv = data.join("readings.csv");
     std::fs::write(&csv, readings_csv()).unwrap();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{predictions, run, text, Fleet, Server};
+use common::{import_as, predictions, run, text, Fleet, Server};
 
 /// A deployment's readings ingested and scored as hourly backfill jobs of
 /// `batch_size` models a task: every reading predicted once, as
@@ -122,19 +122,7 @@ fn serve_runs_its_schedule() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo/model_fallback_1.pkl");
-    let o = run(
-        data,
-        &[
-            "models",
-            "import",
-            demo.to_str().unwrap(),
-            "--device",
-            "*",
-            "--tag",
-            "1",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    import_as(data, &demo, "*", "1");
     // Readings in the last minute, already in raw/ (not too close to the
     // next minute, so that the server's first tick scores that minute).
     let secs = || {

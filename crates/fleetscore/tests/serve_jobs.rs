@@ -22,20 +22,7 @@ fn demo_model() -> PathBuf {
 
 /// Imports the demo model for `device`/1.
 fn import(data: &Path, device: &str) {
-    let model = demo_model();
-    let o = run(
-        data,
-        &[
-            "models",
-            "import",
-            model.to_str().unwrap(),
-            "--device",
-            device,
-            "--tag",
-            "1",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    common::import_as(data, &demo_model(), device, "1");
 }
 
 /// `fleetscore serve` with `config`, and the lines it prints on stdout

@@ -31,6 +31,24 @@ pub fn run(data: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// `fleetscore models import FILE --device DEVICE --tag TAG` into `data`,
+/// which must succeed.
+pub fn import_as(data: &Path, file: &Path, device: &str, tag: &str) {
+    let o = run(
+        data,
+        &[
+            "models",
+            "import",
+            file.to_str().unwrap(),
+            "--device",
+            device,
+            "--tag",
+            tag,
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// stdout then stderr of a finished command, as text.
 pub fn text(o: &Output) -> String {
     format!(
