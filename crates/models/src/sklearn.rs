@@ -345,6 +345,13 @@ fn collect(value: &Value, cx: &mut Walk<'_>, depth: usize) -> Result<(), ImportE
         Estimator::OneClassSvm => {
             *cx.detector = Some(one_class_svm(&attrs)?);
         }
+        #[allow(unreachable_patterns)]
+        _ => {
+            return Err(ImportError::Model(format!(
+                "{est:?} is not supported yet (supported: {})",
+                pickle::SUPPORTED
+            )))
+        }
     }
     if est != Estimator::Pipeline && est != Estimator::OneClassSvm {
         if let Some(width) = cx.steps.last().and_then(scaler_width) {
@@ -606,6 +613,8 @@ impl Attrs<'_> {
             Estimator::MinMaxScaler => "MinMaxScaler",
             Estimator::RobustScaler => "RobustScaler",
             Estimator::OneClassSvm => "OneClassSVM",
+            #[allow(unreachable_patterns)]
+            _ => "estimator",
         }
     }
 
