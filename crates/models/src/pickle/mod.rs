@@ -26,13 +26,17 @@
 //! objects through the memo) and dropped iteratively, so deeply nested input
 //! cannot overflow the stack.
 
+mod allow;
+mod numpy;
+mod pyfloat;
 pub(crate) mod value;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-pub use value::{ArrayData, Class, Dtype, Estimator, NdArray, Object, Value};
+pub use pyfloat::py_float_repr;
+pub use value::{ArrayData, Class, Dtype, Estimator, Field, NdArray, Object, Value};
 
 /// Largest memo index accepted (a pickle's memo is a dense table in
 /// practice; this bounds the map a hostile file can make us build).
@@ -114,7 +118,9 @@ pub enum PickleError {
 }
 
 /// Names of the supported estimators, for error messages.
-pub const SUPPORTED: &str = "Pipeline, StandardScaler, MinMaxScaler, RobustScaler and OneClassSVM (kernels rbf, linear, poly, sigmoid) with numpy arrays";
+pub const SUPPORTED: &str = "Pipeline; the outlier detectors OneClassSVM, IsolationForest, LocalOutlierFactor (novelty=True), EllipticEnvelope and SGDOneClassSVM; \
+the regressors and classifiers DecisionTree, ExtraTree, RandomForest, ExtraTrees, GradientBoosting, HistGradientBoosting, LinearRegression, Ridge, Lasso, ElasticNet, SGDRegressor, LogisticRegression, SGDClassifier, LinearSVC, LinearSVR, SVC and SVR; \
+the steps StandardScaler, MinMaxScaler, RobustScaler, MaxAbsScaler, Normalizer, Binarizer, SimpleImputer, PCA, PolynomialFeatures, QuantileTransformer and PowerTransformer; with numpy arrays";
 
 /// Reads one pickle from `data` and returns its value.
 ///
@@ -768,13 +774,25 @@ impl<'a> Machine<'a> {
                 [Value::Bytes(b)] => Ok(Value::Bytes(b.clone())),
                 _ => Err(self.malformed(at, "bytes() or bytearray() with unexpected arguments")),
             },
-            // Classes called to make an instance (numpy.dtype(...)), and the
-            // numpy array constructors. Their arguments are checked when the
-            // object is interpreted.
+            // newObj(cls) is cls.__new__(cls): the object is an instance of
+            // cls, whose state BUILD then sets.
+            c if c.is_new_obj() => match args {
+                [Value::Global(cls @ (Class::Sklearn(_) | Class::Inert(_)))] => {
+                    Ok(Value::object(*cls, Vec::new()))
+                }
+                _ => Err(self.malformed(
+                    at,
+                    format!("`{}` with arguments other than (class,)", c.python_name()),
+                )),
+            },
+            // Classes called to make an instance (numpy.dtype(...)), the
+            // numpy array constructors, and objects never interpreted. Their
+            // arguments are checked when the object is interpreted.
             Class::NumpyDtype
             | Class::NumpyReconstruct
             | Class::NumpyScalar
             | Class::NumpyFrombuffer
+            | Class::Inert(_)
             | Class::Sklearn(_) => {
                 self.charge(args.len(), at)?;
                 Ok(Value::object(*class, args.to_vec()))
@@ -802,6 +820,7 @@ impl<'a> Machine<'a> {
         };
         match class {
             Class::Sklearn(_)
+            | Class::Inert(_)
             | Class::JoblibArrayWrapper
             | Class::NumpyDtype
             | Class::NumpyNdarray => {
