@@ -5,8 +5,10 @@
 //! that defined the class in the release that wrote the file (scikit-learn
 //! 0.22 moved most of them to private modules: `sklearn.ensemble.iforest`
 //! became `sklearn.ensemble._iforest`). Each [`Estimator`] lists all of its
-//! paths; they were checked against the wheels of 0.20.4, 0.21.3,
-//! 0.22.2.post1, 0.24.2, 1.0.2, 1.1.3, 1.2.2, 1.3.2, 1.4.2 and 1.9.1.
+//! paths; they, and the scikit-learn names in `INERT`, were checked
+//! against the wheels of 0.20.4, 0.21.3, 0.22.2.post1, 0.24.2, 1.0.2, 1.1.3,
+//! 1.2.2, 1.3.2, 1.4.2 and 1.9.1, the numpy ones against numpy 1.16.6,
+//! 1.17.5, 1.18.5, 1.19.5 and 2.4.6.
 //!
 //! [`Class::Inert`] globals are parts of a fitted model that fleetscore
 //! never needs (random generators, loss objects, distance metrics): they
@@ -379,8 +381,12 @@ impl Estimator {
                 "sklearn.covariance._elliptic_envelope",
                 "sklearn.covariance",
             ],
-            // SGDOneClassSVM exists from 1.0.
-            SgdOneClassSvm | SgdRegressor | SgdClassifier => SGD,
+            SgdRegressor | SgdClassifier => SGD,
+            // New in 1.0, after the move to private modules.
+            SgdOneClassSvm => &[
+                "sklearn.linear_model._stochastic_gradient",
+                "sklearn.linear_model",
+            ],
             LinearRegression => &[
                 "sklearn.linear_model.base",
                 "sklearn.linear_model._base",
@@ -415,12 +421,17 @@ impl Estimator {
 /// each release.
 const INERT: &[&str] = &[
     // numpy random generators (GradientBoosting's `_rng`, HGB's
-    // `_feature_subsample_rng`, `random_state` instances): numpy < 1.17,
-    // then 1.17+.
+    // `_feature_subsample_rng`, `random_state` instances). numpy < 1.17:
+    // `__RandomState_ctor`; 1.17: public bit generator modules; 1.18:
+    // all private; 1.19+: `bit_generator` public again.
     "numpy.random.__RandomState_ctor",
     "numpy.random._pickle.__randomstate_ctor",
     "numpy.random._pickle.__bit_generator_ctor",
     "numpy.random._pickle.__generator_ctor",
+    "numpy.random.mt19937.MT19937",
+    "numpy.random.pcg64.PCG64",
+    "numpy.random.philox.Philox",
+    "numpy.random.sfc64.SFC64",
     "numpy.random._mt19937.MT19937",
     "numpy.random._pcg64.PCG64",
     "numpy.random._pcg64.PCG64DXSM",
@@ -428,8 +439,10 @@ const INERT: &[&str] = &[
     "numpy.random._sfc64.SFC64",
     "numpy.random.bit_generator.SeedSequence",
     "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
+    "numpy.random.bit_generator.__pyx_unpickle_SeedlessSeedSequence",
     "numpy.random._bit_generator.SeedSequence",
     "numpy.random._bit_generator.__pyx_unpickle_SeedSequence",
+    "numpy.random._bit_generator.__pyx_unpickle_SeedlessSeedSequence",
     // GradientBoosting losses 0.21–1.3.
     "sklearn.ensemble._gb_losses.LeastSquaresError",
     "sklearn.ensemble._gb_losses.LeastAbsoluteError",

@@ -552,3 +552,304 @@ fn record_array_claiming_huge_counts_is_refused_before_allocating() {
     a.shape = vec![3];
     assert!(a.field_f64("a").unwrap_err().contains("needs 24 bytes"));
 }
+
+// ---------------------------------------------------------------------
+// Whole estimators pickled by scikit-learn 1.9.1.
+
+fn attr(v: &Value, key: &str) -> Value {
+    let state = v.object_state().expect("an object with a state");
+    state
+        .dict_get(key)
+        .unwrap_or_else(|| panic!("no attribute {key}"))
+}
+
+fn bits(v: &serde_json::Value) -> Vec<u64> {
+    v["f64_bits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn gradient_boosting_estimators_is_a_2d_object_array_in_every_form() {
+    let want = expected("estimators/gb_clf3_d1.json");
+    for name in [
+        "estimators/gb_clf3_d1.p2.pkl",
+        "estimators/gb_clf3_d1.p5.pkl",
+        // joblib writes an object array as a nested protocol-2 pickle.
+        "estimators/gb_clf3_d1.joblib",
+        "estimators/gb_clf3_d1.joblib.z",
+    ] {
+        let v = load(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            v.object_class(),
+            Some(Class::Sklearn(Estimator::GradientBoostingClassifier)),
+            "{name}"
+        );
+        let stages = NdArray::from_value(&attr(&v, "estimators_")).unwrap();
+        assert_eq!(stages.shape, [2, 3], "{name}");
+        let trees = stages.objects().expect("an object array");
+        assert_eq!(trees.len(), 6, "{name}");
+        for (i, t) in trees.iter().enumerate() {
+            assert_eq!(
+                t.object_class(),
+                Some(Class::Sklearn(Estimator::DecisionTreeRegressor)),
+                "{name}"
+            );
+            let tree = attr(t, "tree_");
+            assert_eq!(
+                tree.object_class(),
+                Some(Class::Sklearn(Estimator::Tree)),
+                "{name}"
+            );
+            let nodes = NdArray::from_value(&attr(&tree, "nodes")).unwrap();
+            let got: Vec<u64> = nodes
+                .field_f64("threshold")
+                .unwrap()
+                .iter()
+                .map(|f| f.to_bits())
+                .collect();
+            assert_eq!(
+                got,
+                bits(&want["threshold"][i / 3][i % 3]),
+                "{name} tree {i}"
+            );
+        }
+        assert_eq!(
+            attr(&v, "init_").object_class(),
+            Some(Class::Sklearn(Estimator::DummyClassifier))
+        );
+        assert!(matches!(
+            attr(&v, "_loss").object_class(),
+            Some(Class::Inert("sklearn._loss.loss.HalfMultinomialLoss"))
+        ));
+        let classes = NdArray::from_value(&attr(&v, "classes_")).unwrap();
+        assert_eq!(classes.to_strings().unwrap(), ["a", "b", "c"]);
+    }
+    // A numeric array has no objects.
+    assert!(array("nodes_p2.pkl").objects().is_none());
+}
+
+#[test]
+fn neighbour_trees_are_objects_of_their_class_with_record_nodes() {
+    for (name, tree, metric) in [
+        (
+            "estimators/lof.p4.pkl",
+            Estimator::KdTree,
+            "sklearn.metrics._dist_metrics.EuclideanDistance64",
+        ),
+        (
+            "estimators/lof_ball.p4.pkl",
+            Estimator::BallTree,
+            "sklearn.metrics._dist_metrics.ManhattanDistance64",
+        ),
+    ] {
+        let v = load(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            v.object_class(),
+            Some(Class::Sklearn(Estimator::LocalOutlierFactor))
+        );
+        // `newObj(KDTree)` then BUILD: an object of the tree's class.
+        let t = attr(&v, "_tree");
+        assert_eq!(t.object_class(), Some(Class::Sklearn(tree)), "{name}");
+        let state = t.object_state().unwrap().sequence_items().unwrap();
+        let node_data = NdArray::from_value(&state[2]).unwrap();
+        for f in ["idx_start", "idx_end", "is_leaf"] {
+            assert!(node_data.field_i64(f).is_ok(), "{name} {f}");
+        }
+        assert!(node_data.field_f64("radius").is_ok(), "{name}");
+        assert_eq!(
+            state[11].object_class(),
+            Some(Class::Inert(metric)),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn hist_gradient_boosting_predictors_and_labels() {
+    let v = load(&fixture("estimators/hgb_clf3.p4.pkl")).unwrap();
+    assert_eq!(
+        v.object_class(),
+        Some(Class::Sklearn(Estimator::HistGradientBoostingClassifier))
+    );
+    let stages = attr(&v, "_predictors").sequence_items().unwrap();
+    assert_eq!(stages.len(), 2);
+    for stage in stages {
+        let stage = stage.sequence_items().unwrap();
+        assert_eq!(stage.len(), 3);
+        for p in stage {
+            assert_eq!(
+                p.object_class(),
+                Some(Class::Sklearn(Estimator::TreePredictor))
+            );
+            let nodes = NdArray::from_value(&attr(&p, "nodes")).unwrap();
+            assert!(nodes.field_f64("num_threshold").is_ok());
+            assert!(nodes.field_i64("left").is_ok());
+            assert!(nodes.field_i64("is_leaf").is_ok());
+        }
+    }
+    assert_eq!(
+        attr(&v, "_bin_mapper").object_class(),
+        Some(Class::Sklearn(Estimator::BinMapper))
+    );
+    assert_eq!(
+        attr(&v, "_label_encoder").object_class(),
+        Some(Class::Sklearn(Estimator::LabelEncoder))
+    );
+    let classes = NdArray::from_value(&attr(&v, "classes_")).unwrap();
+    assert_eq!(classes.to_strings().unwrap(), ["a", "b", "c"]);
+}
+
+/// Loads every pickle and joblib file in `dir`; each must be an object of
+/// an allow-listed scikit-learn class. Returns how many were read.
+fn load_all(dir: &std::path::Path) -> usize {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.to_string_lossy();
+            n.ends_with(".pkl") || n.ends_with(".joblib") || n.ends_with(".joblib.z")
+        })
+        .collect();
+    names.sort();
+    let mut failures = Vec::new();
+    for path in &names {
+        let mut bytes = std::fs::read(path).unwrap();
+        if path.to_string_lossy().ends_with(".z") {
+            use std::io::Read;
+            let mut out = Vec::new();
+            flate2::read::ZlibDecoder::new(&bytes[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            bytes = out;
+        }
+        match load(&bytes) {
+            Ok(v) if matches!(v.object_class(), Some(Class::Sklearn(_))) => {}
+            Ok(v) => failures.push(format!("{}: a {}", path.display(), v.kind())),
+            Err(e) => failures.push(format!("{}: {e}", path.display())),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    names.len()
+}
+
+#[test]
+fn every_supported_estimator_pickled_by_scikit_learn_loads() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pickle/estimators");
+    assert!(load_all(&dir) >= 50);
+}
+
+/// The full corpus (every estimator at protocols 2, 3, 4, 5 and joblib
+/// plain and compressed): `python3 tests/fixtures/pickle/generate.py --all
+/// DIR`, then `PICKLE_CORPUS=DIR cargo test -p fleetscore-models --lib
+/// pickle -- --ignored`.
+#[test]
+#[ignore = "needs PICKLE_CORPUS, a directory written by generate.py --all"]
+fn pickle_corpus_loads() {
+    let dir = std::env::var("PICKLE_CORPUS").expect("PICKLE_CORPUS");
+    let n = load_all(std::path::Path::new(&dir));
+    eprintln!("{n} files loaded");
+}
+
+#[test]
+fn function_transformer_is_refused_at_its_global_with_its_name() {
+    let e = load(&fixture("function_transformer.p4.pkl")).unwrap_err();
+    match &e {
+        PickleError::UnsupportedClass { module, name, .. } => assert_eq!(
+            (module.as_str(), name.as_str()),
+            (
+                "sklearn.preprocessing._function_transformer",
+                "FunctionTransformer"
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn allow_list_is_consistent() {
+    for (i, e) in Estimator::ALL.iter().enumerate() {
+        assert_eq!(*e as usize, i, "ALL follows the declaration order");
+        for m in e.modules() {
+            assert_eq!(
+                Class::resolve(m, e.class_name()),
+                Some(Class::Sklearn(*e)),
+                "{m}.{}",
+                e.class_name()
+            );
+        }
+        assert!(e.python_name().ends_with(e.class_name()));
+    }
+    assert_eq!(
+        Estimator::ALL.len(),
+        Estimator::LabelEncoder as usize + 1,
+        "every variant is in ALL"
+    );
+    // Old and new paths of the same class.
+    for (m, n) in [
+        ("sklearn.ensemble.iforest", "IsolationForest"),
+        ("sklearn.ensemble._iforest", "IsolationForest"),
+        ("sklearn.tree.tree", "ExtraTreeRegressor"),
+        ("sklearn.neighbors.kd_tree", "KDTree"),
+        ("sklearn.impute", "SimpleImputer"),
+        ("sklearn.preprocessing._polynomial", "PolynomialFeatures"),
+    ] {
+        assert!(
+            matches!(Class::resolve(m, n), Some(Class::Sklearn(_))),
+            "{m}.{n}"
+        );
+    }
+    // A class under a module that never defined it is refused.
+    assert_eq!(
+        Class::resolve("sklearn.tree._classes", "IsolationForest"),
+        None
+    );
+    // Inert names, exact and by prefix; newObj.
+    assert_eq!(
+        Class::resolve("sklearn._loss._loss", "CyHalfTweedieLoss"),
+        Some(Class::Inert("sklearn._loss._loss.Cy*"))
+    );
+    assert_eq!(
+        Class::resolve("sklearn._loss._loss", "__pyx_unpickle_CyNewLoss"),
+        Some(Class::Inert("sklearn._loss._loss.__pyx_unpickle_Cy*"))
+    );
+    assert_eq!(Class::resolve("sklearn._loss._loss", "Cy"), None);
+    assert_eq!(Class::resolve("sklearn._loss._loss", "Cy.x"), None);
+    assert_eq!(Class::resolve("sklearn._loss._loss", "cy_eval"), None);
+    assert_eq!(
+        Class::resolve("numpy.random._mt19937", "MT19937"),
+        Some(Class::Inert("numpy.random._mt19937.MT19937"))
+    );
+    assert!(Class::resolve("sklearn.neighbors._kd_tree", "newObj")
+        .unwrap()
+        .is_new_obj());
+    assert_eq!(Class::resolve("numpy.random", "seed"), None);
+    assert_eq!(Class::resolve("builtins", "eval"), None);
+}
+
+#[test]
+fn inert_objects_are_built_never_called() {
+    // MT19937() via NEWOBJ, then BUILD: recorded, not run.
+    let v =
+        load(b"\x80\x02cnumpy.random._mt19937\nMT19937\n)\x81}X\x01\x00\x00\x00sK\x01sb.").unwrap();
+    assert_eq!(
+        v.object_class(),
+        Some(Class::Inert("numpy.random._mt19937.MT19937"))
+    );
+    assert!(v.object_state().is_some());
+    // slice(0, 3, None) via REDUCE.
+    let v = load(b"\x80\x02cbuiltins\nslice\nK\x00K\x03N\x87R.").unwrap();
+    assert_eq!(v.object_class(), Some(Class::Inert("builtins.slice")));
+    // newObj needs exactly (class,).
+    let e = load(b"\x80\x02csklearn.neighbors._kd_tree\nnewObj\nK\x01\x85R.").unwrap_err();
+    assert!(e.to_string().contains("newObj"), "{e}");
+    let v = load(
+        b"\x80\x02csklearn.neighbors._kd_tree\nnewObj\ncsklearn.neighbors._kd_tree\nKDTree\n\x85R.",
+    )
+    .unwrap();
+    assert_eq!(v.object_class(), Some(Class::Sklearn(Estimator::KdTree)));
+}
