@@ -17,11 +17,19 @@ fuzz_target!(|data: &[u8]| {
     let mut rows = vec![0.0; width];
     rows.extend(std::iter::repeat_n(1.0, width));
     rows.extend((0..width).map(|i| [-1e300, 1e300, f64::NAN, -0.0][i % 4]));
-    let mut out = Vec::new();
+    let (mut score, mut label) = ([0.0; 3], [0u32; 3]);
     model
-        .decision_function(&rows, width, &mut out)
+        .evaluate_into(&rows, width, &mut score, &mut label)
         .expect("rows of the model's own width are accepted");
-    assert_eq!(out.len(), 3);
+    for &l in &label {
+        match model.kind() {
+            fleetscore_models::Kind::Outlier => assert!(l <= 1),
+            fleetscore_models::Kind::Classifier => {
+                assert!(l == fleetscore_models::NO_LABEL || (l as usize) < model.classes().len())
+            }
+            fleetscore_models::Kind::Regressor => {}
+        }
+    }
     // predict goes through the same path plus the label rule.
     let labels = model.predict(&rows, width).expect("same rows");
     assert_eq!(labels.len(), 3);

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fleetscore_models::{train, Detector, Gamma, ScalerChoice, SvmParams, TrainParams};
+use fleetscore_models::{train, Estimator, Gamma, ScalerChoice, SvmParams, TrainParams};
 
 #[derive(serde::Deserialize)]
 struct Meta {
@@ -81,7 +81,9 @@ fn main() {
     let (mut identical, mut same_nsv, mut max_rho) = (0usize, 0usize, 0.0f64);
     let mut iterations = 0u64;
     for ((model, info), fit) in one.iter().zip(&fits) {
-        let Detector::OneClassSvm(svm) = &model.detector;
+        let Estimator::OneClassSvm(svm) = &model.estimator else {
+            unreachable!("training makes a OneClassSVM")
+        };
         iterations += info.iterations;
         same_nsv += usize::from(info.n_support == fit.n_support);
         max_rho = max_rho.max((info.rho - fit.rho).abs() / fit.rho.abs().max(1.0));

@@ -54,12 +54,21 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Detector, InvalidModel, Kernel, Model, OneClassSvm, Scaler};
+use crate::model::{
+    Estimator, ForestClassifier, ForestRegressor, GbLoss, GradientBoosting, IfRule, InvalidModel,
+    IsolationForest, Kernel, Model, OneClassSvm, ProbaRule, Step, Tree,
+};
 
 /// The `format` field of a `model.fsm` document.
 pub const FORMAT_NAME: &str = "fleetscore-model";
-/// The version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest version this build reads and writes. A model of version 1's
+/// shape (scalers and a OneClassSVM) is still written as version 1, byte
+/// for byte as before, so older builds keep reading it.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The first four bytes of a binary encoding of version 2 (version 1
+/// starts with the feature count, which is never `u32::MAX`).
+const BINARY_V2: u32 = u32::MAX;
 
 /// Why a stored model or pack could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -98,12 +107,32 @@ struct Doc<M> {
 
 /// Writes a model as a `model.fsm` JSON document.
 pub fn to_json(model: &Model) -> Vec<u8> {
-    let doc = Doc {
-        format: FORMAT_NAME.to_string(),
-        version: FORMAT_VERSION,
-        model,
-    };
-    let mut out = serde_json::to_vec_pretty(&doc).expect("models contain no non-string map keys");
+    #[derive(Serialize)]
+    struct V1<'a> {
+        n_features: usize,
+        steps: &'a [Step],
+        detector: &'a Estimator,
+    }
+    let mut out = if is_v1(model) {
+        let doc = Doc {
+            format: FORMAT_NAME.to_string(),
+            version: 1,
+            model: V1 {
+                n_features: model.n_features,
+                steps: &model.steps,
+                detector: &model.estimator,
+            },
+        };
+        serde_json::to_vec_pretty(&doc)
+    } else {
+        let doc = Doc {
+            format: FORMAT_NAME.to_string(),
+            version: FORMAT_VERSION,
+            model,
+        };
+        serde_json::to_vec_pretty(&doc)
+    }
+    .expect("models contain no non-string map keys");
     out.push(b'\n');
     out
 }
@@ -128,6 +157,18 @@ pub fn from_json(bytes: &[u8]) -> Result<Model, FormatError> {
     Ok(doc.model)
 }
 
+/// Whether the model has version 1's shape: the three scalers and a
+/// OneClassSVM.
+fn is_v1(model: &Model) -> bool {
+    matches!(model.estimator, Estimator::OneClassSvm(_))
+        && model.steps.iter().all(|s| {
+            matches!(
+                s,
+                Step::StandardScaler { .. } | Step::MinMaxScaler { .. } | Step::RobustScaler { .. }
+            )
+        })
+}
+
 /// SHA-256 of the binary encoding, as lowercase hex.
 pub fn content_hash(model: &Model) -> String {
     let mut buf = Vec::new();
@@ -143,16 +184,21 @@ pub fn encode(model: &Model, out: &mut Vec<u8>) {
             out.extend_from_slice(&x.to_le_bytes());
         }
     };
+    let v1 = is_v1(model);
+    if !v1 {
+        out.extend_from_slice(&BINARY_V2.to_le_bytes());
+        out.push(2);
+    }
     out.extend_from_slice(&(model.n_features as u32).to_le_bytes());
     out.push(model.steps.len() as u8);
     for s in &model.steps {
         match s {
-            Scaler::StandardScaler { mean: a, scale: b }
-            | Scaler::RobustScaler {
+            Step::StandardScaler { mean: a, scale: b }
+            | Step::RobustScaler {
                 center: a,
                 scale: b,
             } => {
-                out.push(if matches!(s, Scaler::StandardScaler { .. }) {
+                out.push(if matches!(s, Step::StandardScaler { .. }) {
                     1
                 } else {
                     3
@@ -162,7 +208,7 @@ pub fn encode(model: &Model, out: &mut Vec<u8>) {
                     f64s(out, v);
                 }
             }
-            Scaler::MinMaxScaler { scale, min, clip } => {
+            Step::MinMaxScaler { scale, min, clip } => {
                 out.push(2);
                 match clip {
                     Some((lo, hi)) => {
@@ -176,7 +222,12 @@ pub fn encode(model: &Model, out: &mut Vec<u8>) {
             }
         }
     }
-    let Detector::OneClassSvm(svm) = &model.detector;
+    let svm = match &model.estimator {
+        Estimator::OneClassSvm(svm) => svm,
+        other => return encode_estimator(other, out),
+    };
+    // Version 1's layout, also inside version 2 (a OneClassSVM after a
+    // step version 1 does not have).
     out.push(1);
     out.push(match svm.kernel {
         Kernel::Rbf => 1,
@@ -190,6 +241,106 @@ pub fn encode(model: &Model, out: &mut Vec<u8>) {
     out.extend_from_slice(&(svm.dual_coef.len() as u32).to_le_bytes());
     f64s(out, &svm.dual_coef);
     f64s(out, &svm.support_vectors);
+}
+
+fn put_u32(out: &mut Vec<u8>, v: usize) {
+    out.extend_from_slice(&(v as u32).to_le_bytes());
+}
+
+fn put_f64s(out: &mut Vec<u8>, v: &[f64]) {
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_u32(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_trees(out: &mut Vec<u8>, trees: &[Tree]) {
+    put_u32(out, trees.len());
+    for t in trees {
+        put_u32(out, t.len());
+        put_u32(out, t.n_values);
+        for v in t.left.iter().chain(&t.right) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in &t.feature {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        put_f64s(out, &t.threshold);
+        out.extend(t.missing_left.iter().map(|&m| u8::from(m)));
+        put_f64s(out, &t.value);
+    }
+}
+
+/// Estimator types of binary version 2 (1 is OneClassSVM).
+const IFOREST: u8 = 2;
+const FOREST_REGRESSOR: u8 = 6;
+const FOREST_CLASSIFIER: u8 = 7;
+const GRADIENT_BOOSTING: u8 = 8;
+
+/// Version 2's estimators, after the steps.
+fn encode_estimator(e: &Estimator, out: &mut Vec<u8>) {
+    match e {
+        Estimator::OneClassSvm(_) => {}
+        Estimator::IsolationForest(f) => {
+            out.push(IFOREST);
+            match f.rule {
+                IfRule::Sum { denominator, guard } => {
+                    out.push(1 + u8::from(guard));
+                    put_f64s(out, &[denominator]);
+                }
+                IfRule::Mean { c } => {
+                    out.push(3);
+                    put_f64s(out, &[c]);
+                }
+            }
+            put_f64s(out, &[f.offset, f.threshold]);
+            out.push(u8::from(f.allow_nan));
+            put_trees(out, &f.trees);
+        }
+        Estimator::ForestRegressor(f) => {
+            out.push(FOREST_REGRESSOR);
+            put_str(out, &f.class);
+            out.push(u8::from(f.average) | u8::from(f.allow_nan) << 1);
+            put_trees(out, &f.trees);
+        }
+        Estimator::ForestClassifier(f) => {
+            out.push(FOREST_CLASSIFIER);
+            put_str(out, &f.class);
+            out.push(
+                u8::from(f.average)
+                    | u8::from(f.allow_nan) << 1
+                    | u8::from(f.proba == ProbaRule::Normalize) << 2,
+            );
+            put_u32(out, f.classes.len());
+            for c in &f.classes {
+                put_str(out, c);
+            }
+            put_trees(out, &f.trees);
+        }
+        Estimator::GradientBoosting(g) => {
+            out.push(GRADIENT_BOOSTING);
+            out.push(match g.loss {
+                GbLoss::Regression => 0,
+                GbLoss::Binomial { sign_rule: false } => 1,
+                GbLoss::Binomial { sign_rule: true } => 2,
+                GbLoss::Exponential => 3,
+                GbLoss::Multinomial { raw_argmax: false } => 4,
+                GbLoss::Multinomial { raw_argmax: true } => 5,
+            });
+            put_u32(out, g.k);
+            put_f64s(out, &[g.learning_rate]);
+            put_f64s(out, &g.init);
+            put_u32(out, g.classes.len());
+            for c in &g.classes {
+                put_str(out, c);
+            }
+            put_trees(out, &g.trees);
+        }
+    }
 }
 
 /// A cursor over binary data that reports where it failed.
@@ -242,6 +393,54 @@ impl<'a> Reader<'a> {
         Ok(f64::from_bits(self.u64()?))
     }
 
+    fn string(&mut self) -> Result<String, FormatError> {
+        let n = self.u32()? as usize;
+        let b = self.bytes(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.corrupt("text is not UTF-8"))
+    }
+
+    fn i32s(&mut self, n: usize) -> Result<Vec<i32>, FormatError> {
+        let nbytes = n
+            .checked_mul(4)
+            .ok_or_else(|| self.corrupt("array length overflows"))?;
+        let b = self.bytes(nbytes)?;
+        Ok(b.chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    fn trees(&mut self) -> Result<Vec<Tree>, FormatError> {
+        let n_trees = self.u32()? as usize;
+        // Each tree takes at least 8 bytes: the count cannot exceed the data.
+        if n_trees > (self.data.len() - self.pos) / 8 {
+            return Err(self.corrupt(format!("{n_trees} trees cannot fit in the data left")));
+        }
+        let mut trees = Vec::with_capacity(n_trees);
+        for _ in 0..n_trees {
+            let n = self.u32()? as usize;
+            let n_values = self.u32()? as usize;
+            let left = self.i32s(n)?;
+            let right = self.i32s(n)?;
+            let feature = self.i32s(n)?.into_iter().map(|f| f as u32).collect();
+            let threshold = self.f64s(n)?;
+            let missing_left = self.bytes(n)?.iter().map(|&b| b != 0).collect();
+            let value = self.f64s(
+                n.checked_mul(n_values)
+                    .ok_or_else(|| self.corrupt("size overflows"))?,
+            )?;
+            trees.push(Tree {
+                left,
+                right,
+                feature,
+                threshold,
+                missing_left,
+                value,
+                n_values,
+            });
+        }
+        Ok(trees)
+    }
+
     fn f64s(&mut self, n: usize) -> Result<Vec<f64>, FormatError> {
         let nbytes = n
             .checked_mul(8)
@@ -255,7 +454,19 @@ impl<'a> Reader<'a> {
 
 /// Reads one binary-encoded model.
 pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Model, FormatError> {
-    let n = r.u32()? as usize;
+    let mut n = r.u32()? as usize;
+    let v2 = n == BINARY_V2 as usize;
+    if v2 {
+        match r.u8()? {
+            2 => {}
+            v => {
+                return Err(r.corrupt(format!(
+                    "binary model version {v} is newer than this build reads; upgrade fleetscore"
+                )))
+            }
+        }
+        n = r.u32()? as usize;
+    }
     let n_steps = r.u8()?;
     let mut steps = Vec::with_capacity(usize::from(n_steps));
     for _ in 0..n_steps {
@@ -273,9 +484,9 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Model, FormatError> {
                     None
                 };
                 if t == 1 {
-                    Scaler::StandardScaler { mean: a, scale: b }
+                    Step::StandardScaler { mean: a, scale: b }
                 } else {
-                    Scaler::RobustScaler {
+                    Step::RobustScaler {
                         center: a,
                         scale: b,
                     }
@@ -289,15 +500,26 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Model, FormatError> {
                 };
                 let scale = r.f64s(n)?;
                 let min = r.f64s(n)?;
-                Scaler::MinMaxScaler { scale, min, clip }
+                Step::MinMaxScaler { scale, min, clip }
             }
             t => return Err(r.corrupt(format!("unknown scaler type {t}"))),
         };
         steps.push(step);
     }
-    if r.u8()? != 1 {
+    let kind = r.u8()?;
+    if kind != 1 && !v2 {
         return Err(r.corrupt("unknown detector type"));
     }
+    let model = Model {
+        n_features: n,
+        steps,
+        estimator: decode_estimator(r, kind, n)?,
+    };
+    model.validate()?;
+    Ok(model)
+}
+
+fn decode_svm(r: &mut Reader<'_>, n: usize) -> Result<OneClassSvm, FormatError> {
     let kernel = match r.u8()? {
         1 => Kernel::Rbf,
         2 => Kernel::Linear,
@@ -315,21 +537,100 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Model, FormatError> {
         n_sv.checked_mul(n)
             .ok_or_else(|| r.corrupt("size overflows"))?,
     )?;
-    let model = Model {
-        n_features: n,
-        steps,
-        detector: Detector::OneClassSvm(OneClassSvm {
-            kernel,
-            gamma,
-            coef0,
-            degree,
-            support_vectors,
-            dual_coef,
-            intercept,
-        }),
-    };
-    model.validate()?;
-    Ok(model)
+    Ok(OneClassSvm {
+        kernel,
+        gamma,
+        coef0,
+        degree,
+        support_vectors,
+        dual_coef,
+        intercept,
+    })
+}
+
+fn decode_estimator(r: &mut Reader<'_>, kind: u8, n: usize) -> Result<Estimator, FormatError> {
+    Ok(match kind {
+        1 => Estimator::OneClassSvm(decode_svm(r, n)?),
+        IFOREST => {
+            let rule = match r.u8()? {
+                t @ (1 | 2) => IfRule::Sum {
+                    denominator: r.f64()?,
+                    guard: t == 2,
+                },
+                3 => IfRule::Mean { c: r.f64()? },
+                t => return Err(r.corrupt(format!("unknown IsolationForest rule {t}"))),
+            };
+            let offset = r.f64()?;
+            let threshold = r.f64()?;
+            let allow_nan = r.u8()? != 0;
+            Estimator::IsolationForest(IsolationForest {
+                trees: r.trees()?,
+                rule,
+                offset,
+                threshold,
+                allow_nan,
+            })
+        }
+        FOREST_REGRESSOR => {
+            let class = r.string()?;
+            let flags = r.u8()?;
+            Estimator::ForestRegressor(ForestRegressor {
+                class,
+                trees: r.trees()?,
+                average: flags & 1 != 0,
+                allow_nan: flags & 2 != 0,
+            })
+        }
+        FOREST_CLASSIFIER => {
+            let class = r.string()?;
+            let flags = r.u8()?;
+            let n = r.u32()? as usize;
+            if n > r.data.len() - r.pos {
+                return Err(r.corrupt(format!("{n} classes cannot fit in the data left")));
+            }
+            let classes = (0..n).map(|_| r.string()).collect::<Result<_, _>>()?;
+            Estimator::ForestClassifier(ForestClassifier {
+                class,
+                trees: r.trees()?,
+                average: flags & 1 != 0,
+                allow_nan: flags & 2 != 0,
+                proba: if flags & 4 != 0 {
+                    ProbaRule::Normalize
+                } else {
+                    ProbaRule::Stored
+                },
+                classes,
+            })
+        }
+        GRADIENT_BOOSTING => {
+            let loss = match r.u8()? {
+                0 => GbLoss::Regression,
+                1 => GbLoss::Binomial { sign_rule: false },
+                2 => GbLoss::Binomial { sign_rule: true },
+                3 => GbLoss::Exponential,
+                4 => GbLoss::Multinomial { raw_argmax: false },
+                5 => GbLoss::Multinomial { raw_argmax: true },
+                l => return Err(r.corrupt(format!("unknown gradient boosting loss {l}"))),
+            };
+            let k = r.u32()? as usize;
+            let learning_rate = r.f64()?;
+            let init = r.f64s(k)?;
+            let n = r.u32()? as usize;
+            if n > r.data.len() - r.pos {
+                return Err(r.corrupt(format!("{n} classes cannot fit in the data left")));
+            }
+            let classes = (0..n).map(|_| r.string()).collect::<Result<_, _>>()?;
+            Estimator::GradientBoosting(GradientBoosting {
+                trees: r.trees()?,
+                k,
+                learning_rate,
+                init,
+                loss,
+                classes,
+            })
+        }
+        t => return Err(r.corrupt(format!("unknown estimator type {t}"))),
+    })
 }
 
 #[cfg(test)]
@@ -340,21 +641,21 @@ mod tests {
         Model {
             n_features: 2,
             steps: vec![
-                Scaler::StandardScaler {
+                Step::StandardScaler {
                     mean: Some(vec![1.0, 0.1 + 0.2]),
                     scale: None,
                 },
-                Scaler::MinMaxScaler {
+                Step::MinMaxScaler {
                     scale: vec![0.5, 2.0],
                     min: vec![-1.0, 1e-300],
                     clip: Some((0.0, 1.0)),
                 },
-                Scaler::RobustScaler {
+                Step::RobustScaler {
                     center: None,
                     scale: Some(vec![3.0, f64::MIN_POSITIVE]),
                 },
             ],
-            detector: Detector::OneClassSvm(OneClassSvm {
+            estimator: Estimator::OneClassSvm(OneClassSvm {
                 kernel: Kernel::Poly,
                 gamma: 1.0 / 3.0,
                 coef0: 0.25,
@@ -380,7 +681,9 @@ mod tests {
     #[test]
     fn non_finite_parameters_are_refused() {
         let mut m = sample();
-        let Detector::OneClassSvm(svm) = &mut m.detector;
+        let Estimator::OneClassSvm(svm) = &mut m.estimator else {
+            unreachable!()
+        };
         svm.dual_coef[1] = f64::NAN;
         let e = m.validate().unwrap_err().to_string();
         assert!(e.contains("_dual_coef_[1] is NaN"), "{e}");
@@ -390,10 +693,10 @@ mod tests {
     fn newer_versions_and_garbage_are_refused() {
         let doc = String::from_utf8(to_json(&sample()))
             .unwrap()
-            .replace("\"version\": 1", "\"version\": 2");
+            .replace("\"version\": 1", "\"version\": 3");
         assert!(matches!(
             from_json(doc.as_bytes()),
-            Err(FormatError::Version { version: 2, .. })
+            Err(FormatError::Version { version: 3, .. })
         ));
         assert!(matches!(from_json(b"{}"), Err(FormatError::Json(_))));
         let mut buf = Vec::new();

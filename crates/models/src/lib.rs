@@ -5,17 +5,18 @@
 //!
 //! ```text
 //! pickle / joblib bytes ──► pickle::load ──► sklearn::translate ──► Model
-//!   (restricted interpreter:     (allow-listed objects      (scalers + detector,
+//!   (restricted interpreter:     (allow-listed objects      (steps + estimator,
 //!    nothing is executed)          → fitted attributes)       evaluated exactly)
 //!                                                               │
 //!                  format::to_json (model.fsm, one per version) ◄┤
 //!                  pack::Pack (all live models in one file)    ◄┘
 //! ```
 //!
-//! Parity with scikit-learn is the contract: [`Model::decision_function`]
-//! reproduces `decision_function` to within a few ulps and
-//! [`Model::predict`] reproduces `predict` exactly, including libsvm's rule
-//! that a decision of exactly 0.0 is an outlier.
+//! Parity with scikit-learn is the contract: [`Model::evaluate_into`]
+//! reproduces `decision_function` (detectors), `predict` (regressors) or
+//! the predicted class's probability (classifiers) to within a few ulps,
+//! bit for bit where the arithmetic allows it, and `predict`'s labels
+//! exactly, including each detector's rule for a decision of exactly 0.0.
 #![deny(missing_docs)]
 
 mod fastexp;
@@ -25,9 +26,14 @@ pub mod pack;
 pub mod pickle;
 pub mod sklearn;
 pub mod train;
+pub mod train_iforest;
 
 pub use format::FormatError;
-pub use model::{is_inlier, Detector, EvalError, InvalidModel, Kernel, Model, OneClassSvm, Scaler};
+pub use model::{
+    Detector, Estimator, EvalError, InvalidModel, Kernel, Kind, Model, OneClassSvm, Scaler, Step,
+    NO_LABEL,
+};
 pub use pack::{Pack, PackEntry};
 pub use sklearn::{import as import_sklearn, import_with_limits, ImportError, ImportLimits};
 pub use train::{train, FitInfo, Gamma, ScalerChoice, SvmParams, TrainError, TrainParams};
+pub use train_iforest::{train_iforest, Contamination, IForestFit, IForestParams, MaxSamples};

@@ -81,7 +81,7 @@
 //! then an equally valid libsvm solution within the stopping tolerance
 //! (`eps = 1e-3` on the KKT gap) rather than the bit-identical one.
 
-use crate::model::{Detector, Kernel, Model, OneClassSvm, Scaler};
+use crate::model::{Estimator, Kernel, Model, OneClassSvm, Scaler};
 
 /// libsvm's `TAU`: replaces a non-positive quadratic coefficient.
 const TAU: f64 = 1e-12;
@@ -259,7 +259,7 @@ pub fn train(
     let model = Model {
         n_features,
         steps,
-        detector: Detector::OneClassSvm(svm),
+        estimator: Estimator::OneClassSvm(svm),
     };
     // The same checks as every imported model: a fit that produced an
     // inconsistent model is a bug here, reported rather than stored.
@@ -1170,7 +1170,9 @@ mod tests {
         };
         let (model, info) = train(&x, 1, &p).unwrap();
         assert!(info.n_support >= 5);
-        let Detector::OneClassSvm(svm) = &model.detector;
+        let Estimator::OneClassSvm(svm) = &model.estimator else {
+            unreachable!()
+        };
         let sum: f64 = svm.dual_coef.iter().sum();
         assert!((sum - 5.0).abs() < 1e-9, "sum of alphas {sum}");
         let pred = model.predict(&x, 1).unwrap();

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use fleetscore_models::{import_sklearn, is_inlier};
+use fleetscore_models::import_sklearn;
 
 /// A deployment and what its expected predictions hold.
 struct Deployment {
@@ -95,9 +95,9 @@ fn reproduces_expected_predictions(d: &Deployment) {
         let val: f64 = f[3].parse().unwrap();
         let want_pred: u8 = f[4].parse().unwrap();
         let want_dec: f64 = f[5].parse().unwrap();
-        let mut dec = Vec::new();
-        m.decision_function(&[val], 1, &mut dec).unwrap();
-        let pred = u8::from(!is_inlier(dec[0]));
+        let (mut dec, mut label) = ([0.0], [0u32]);
+        m.evaluate_into(&[val], 1, &mut dec, &mut label).unwrap();
+        let pred = label[0] as u8;
         assert_eq!(
             pred,
             want_pred,

@@ -61,7 +61,7 @@ use fleetscore_core::ModelKey;
 use fleetscore_models::format::{self, FormatError};
 use fleetscore_models::pickle::{self, NdArray};
 use fleetscore_models::{
-    import_with_limits, Detector, ImportError, ImportLimits, Model, Pack, PackEntry,
+    import_with_limits, Estimator, ImportError, ImportLimits, Model, Pack, PackEntry,
 };
 
 fn fixture(rel: &str) -> Vec<u8> {
@@ -139,7 +139,9 @@ fn good_model() -> Model {
 
 fn with_gamma(gamma: f64) -> Model {
     let mut m = good_model();
-    let Detector::OneClassSvm(svm) = &mut m.detector;
+    let Estimator::OneClassSvm(svm) = &mut m.estimator else {
+        unreachable!()
+    };
     svm.gamma = gamma;
     m
 }

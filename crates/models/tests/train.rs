@@ -20,7 +20,7 @@
 
 use std::path::PathBuf;
 
-use fleetscore_models::model::{Detector, Kernel, Scaler};
+use fleetscore_models::model::{Estimator, Kernel, Scaler};
 use fleetscore_models::{train, Gamma, ScalerChoice, SvmParams, TrainParams};
 use serde::Deserialize;
 
@@ -163,7 +163,9 @@ fn training_matches_scikit_learn() {
         if info.rho.to_bits() != c.fit.rho.to_bits() {
             problems.push(format!("rho {} vs {}", info.rho, c.fit.rho));
         }
-        let Detector::OneClassSvm(svm) = &model.detector;
+        let Estimator::OneClassSvm(svm) = &model.estimator else {
+            unreachable!("training makes a OneClassSVM")
+        };
         let mut coef_diff = 0.0f64;
         if svm.dual_coef.len() == c.fit.dual_coef.len() {
             for (a, b) in svm.dual_coef.iter().zip(&c.fit.dual_coef) {

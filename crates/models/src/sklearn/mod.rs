@@ -9,6 +9,8 @@
 
 use std::io::Read;
 
+mod trees;
+
 use crate::model::{Detector, InvalidModel, Kernel, Model, OneClassSvm, Scaler};
 use crate::pickle::{self, Class, Estimator, NdArray, PickleError, Value};
 
@@ -205,14 +207,14 @@ pub fn translate_with_limits(value: &Value, limits: &ImportLimits) -> Result<Mod
     collect(value, &mut cx, 0)?;
     let (detector, n_features) = detector.ok_or_else(|| {
         ImportError::Model(format!(
-            "the model has no outlier detector: the last step must be a OneClassSVM (supported: {})",
+            "the model has no final estimator: the last step must be a detector, regressor or classifier (supported: {})",
             pickle::SUPPORTED
         ))
     })?;
     let model = Model {
         n_features,
         steps,
-        detector,
+        estimator: detector,
     };
     model.validate()?;
     Ok(model)
@@ -239,11 +241,11 @@ fn collect(value: &Value, cx: &mut Walk<'_>, depth: usize) -> Result<(), ImportE
             "the model has more than {MAX_STEPS} pipeline steps"
         )));
     }
-    if cx.detector.is_some() {
-        return Err(ImportError::Model(
-            "a step follows the OneClassSVM; the detector must be the last step of the pipeline"
-                .into(),
-        ));
+    if let Some((last, _)) = cx.detector.as_ref() {
+        return Err(ImportError::Model(format!(
+            "a step follows the {}; the final estimator must be the last step of the pipeline",
+            last.name()
+        )));
     }
     // `None` and 'passthrough' are identity steps in a Pipeline.
     match value {
@@ -345,15 +347,32 @@ fn collect(value: &Value, cx: &mut Walk<'_>, depth: usize) -> Result<(), ImportE
         Estimator::OneClassSvm => {
             *cx.detector = Some(one_class_svm(&attrs)?);
         }
+        Estimator::IsolationForest => {
+            *cx.detector = Some(trees::isolation_forest(&attrs)?);
+        }
+        Estimator::DecisionTreeRegressor
+        | Estimator::ExtraTreeRegressor
+        | Estimator::RandomForestRegressor
+        | Estimator::ExtraTreesRegressor
+        | Estimator::DecisionTreeClassifier
+        | Estimator::ExtraTreeClassifier
+        | Estimator::RandomForestClassifier
+        | Estimator::ExtraTreesClassifier => {
+            *cx.detector = Some(trees::forest(&attrs, est)?);
+        }
+        Estimator::GradientBoostingRegressor | Estimator::GradientBoostingClassifier => {
+            *cx.detector = Some(trees::gradient_boosting(&attrs, est)?);
+        }
         #[allow(unreachable_patterns)]
         _ => {
             return Err(ImportError::Model(format!(
-                "{est:?} is not supported yet (supported: {})",
+                "{} is not supported by the native reader yet (supported: {})",
+                Class::Sklearn(est).python_name(),
                 pickle::SUPPORTED
             )))
         }
     }
-    if est != Estimator::Pipeline && est != Estimator::OneClassSvm {
+    if est != Estimator::Pipeline && cx.detector.is_none() {
         if let Some(width) = cx.steps.last().and_then(scaler_width) {
             attrs.check_n_features_in(width)?;
         }
@@ -607,15 +626,7 @@ struct Attrs<'a> {
 
 impl Attrs<'_> {
     fn name(&self) -> &'static str {
-        match self.est {
-            Estimator::Pipeline => "Pipeline",
-            Estimator::StandardScaler => "StandardScaler",
-            Estimator::MinMaxScaler => "MinMaxScaler",
-            Estimator::RobustScaler => "RobustScaler",
-            Estimator::OneClassSvm => "OneClassSVM",
-            #[allow(unreachable_patterns)]
-            _ => "estimator",
-        }
+        self.est.class_name()
     }
 
     fn bad(&self, attr: &str, why: &str) -> ImportError {
