@@ -243,22 +243,22 @@ pub fn encode(model: &Model, out: &mut Vec<u8>) {
     f64s(out, &svm.support_vectors);
 }
 
-fn put_u32(out: &mut Vec<u8>, v: usize) {
+pub(crate) fn put_u32(out: &mut Vec<u8>, v: usize) {
     out.extend_from_slice(&(v as u32).to_le_bytes());
 }
 
-fn put_f64s(out: &mut Vec<u8>, v: &[f64]) {
+pub(crate) fn put_f64s(out: &mut Vec<u8>, v: &[f64]) {
     for x in v {
         out.extend_from_slice(&x.to_le_bytes());
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_u32(out, s.len());
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_trees(out: &mut Vec<u8>, trees: &[Tree]) {
+pub(crate) fn put_trees(out: &mut Vec<u8>, trees: &[Tree]) {
     put_u32(out, trees.len());
     for t in trees {
         put_u32(out, t.len());
@@ -389,17 +389,17 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
-    fn f64(&mut self) -> Result<f64, FormatError> {
+    pub(crate) fn f64(&mut self) -> Result<f64, FormatError> {
         Ok(f64::from_bits(self.u64()?))
     }
 
-    fn string(&mut self) -> Result<String, FormatError> {
+    pub(crate) fn string(&mut self) -> Result<String, FormatError> {
         let n = self.u32()? as usize;
         let b = self.bytes(n)?;
         String::from_utf8(b.to_vec()).map_err(|_| self.corrupt("text is not UTF-8"))
     }
 
-    fn i32s(&mut self, n: usize) -> Result<Vec<i32>, FormatError> {
+    pub(crate) fn i32s(&mut self, n: usize) -> Result<Vec<i32>, FormatError> {
         let nbytes = n
             .checked_mul(4)
             .ok_or_else(|| self.corrupt("array length overflows"))?;
@@ -409,7 +409,7 @@ impl<'a> Reader<'a> {
             .collect())
     }
 
-    fn trees(&mut self) -> Result<Vec<Tree>, FormatError> {
+    pub(crate) fn trees(&mut self) -> Result<Vec<Tree>, FormatError> {
         let n_trees = self.u32()? as usize;
         // Each tree takes at least 8 bytes: the count cannot exceed the data.
         if n_trees > (self.data.len() - self.pos) / 8 {
@@ -441,7 +441,7 @@ impl<'a> Reader<'a> {
         Ok(trees)
     }
 
-    fn f64s(&mut self, n: usize) -> Result<Vec<f64>, FormatError> {
+    pub(crate) fn f64s(&mut self, n: usize) -> Result<Vec<f64>, FormatError> {
         let nbytes = n
             .checked_mul(8)
             .ok_or_else(|| self.corrupt("array length overflows"))?;

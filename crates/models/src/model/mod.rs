@@ -357,10 +357,28 @@ impl Model {
                 "is 0; a model needs at least one feature",
             ));
         }
+        // Each step is checked at the width it receives; the estimator at
+        // the width the last step gives.
+        let mut width = n;
         for s in &self.steps {
-            s.validate(n)?;
+            s.validate(width)?;
+            width = s.out_width(width);
+            if width == 0 {
+                return Err(InvalidModel::new(
+                    s.name(),
+                    "output",
+                    "has no columns left; nothing can be scored",
+                ));
+            }
         }
-        self.estimator.validate(n)
+        self.estimator.validate(width)
+    }
+
+    /// Width of the rows the final estimator receives.
+    pub fn estimator_width(&self) -> usize {
+        self.steps
+            .iter()
+            .fold(self.n_features, |w, s| s.out_width(w))
     }
 
     /// What the model predicts.
@@ -427,12 +445,23 @@ impl Model {
         // Every step over every row first (as scikit-learn's pipeline
         // does), then the estimator over the whole batch.
         let mut xs = rows.to_vec();
-        for row in xs.chunks_exact_mut(width) {
-            for s in &self.steps {
-                s.transform(row);
+        let mut w = width;
+        for s in &self.steps {
+            if s.changes_width() {
+                let out_w = s.out_width(w);
+                let mut next = vec![0.0; n_rows * out_w];
+                for (row, out) in xs.chunks_exact(w).zip(next.chunks_exact_mut(out_w)) {
+                    s.transform_into(row, out);
+                }
+                xs = next;
+                w = out_w;
+            } else {
+                for row in xs.chunks_exact_mut(w) {
+                    s.transform(row);
+                }
             }
         }
-        Ok(self.estimator.evaluate(&xs, width, score, label))
+        Ok(self.estimator.evaluate(&xs, w, score, label))
     }
 
     /// Scores only: `decision_function` for a detector, `predict` for a

@@ -95,6 +95,28 @@ impl Step {
         Ok(())
     }
 
+    /// Width of a row after this step, for rows of `n` values. Most steps
+    /// keep the width; a step that changes it (PolynomialFeatures, PCA, an
+    /// imputer dropping empty columns) says so here and in
+    /// [`Step::changes_width`].
+    pub fn out_width(&self, n: usize) -> usize {
+        n
+    }
+
+    /// Whether the step writes a row of another width (then it is applied
+    /// with [`Step::transform_into`], otherwise in place with
+    /// [`Step::transform`]).
+    pub fn changes_width(&self) -> bool {
+        false
+    }
+
+    /// Transforms `x` (of the step's input width) into `out` (of
+    /// [`Step::out_width`]); only for steps that change the width.
+    pub fn transform_into(&self, x: &[f64], out: &mut [f64]) {
+        out.copy_from_slice(x);
+        self.transform(out);
+    }
+
     /// Transforms one row in place.
     #[inline]
     pub fn transform(&self, x: &mut [f64]) {
