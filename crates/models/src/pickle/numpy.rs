@@ -181,6 +181,24 @@ fn parse_fields(
             names.len()
         ));
     }
+    // Each name is looked up in the table, so a table padded with a million
+    // entries would make every parse of a shared dtype slow; a real one has
+    // an entry per name and one per title.
+    let entries = match table {
+        Value::Dict(d) => d.try_borrow().map(|d| d.len()).unwrap_or(usize::MAX),
+        _ => usize::MAX,
+    };
+    if entries > 2 * names.len() {
+        return Err(format!(
+            "numpy record dtype {descr:?}: the field table has {} entries for {} fields",
+            if entries == usize::MAX {
+                "no".to_string()
+            } else {
+                entries.to_string()
+            },
+            names.len()
+        ));
+    }
     let mut fields: Vec<Field> = Vec::with_capacity(names.len());
     for name in names {
         let name = name
@@ -678,7 +696,13 @@ impl NdArray {
             if self.dtype.kind == 'U' { 4 } else { 1 },
         );
         if size == 0 {
-            return Ok(vec![String::new(); self.count()?]);
+            // Zero bytes cannot bound the count, so do not allocate from it.
+            return match self.count()? {
+                0 => Ok(Vec::new()),
+                n => Err(format!(
+                    "numpy text array of {n} elements of width 0 (no real model has one)"
+                )),
+            };
         }
         if size % unit != 0 {
             return Err(format!(

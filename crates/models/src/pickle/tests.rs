@@ -503,6 +503,16 @@ fn malformed_record_dtypes_are_refused_with_a_reason() {
     for (e, want) in cases {
         assert!(e.contains(want), "{want}: {e}");
     }
+    // A field table padded with entries no name refers to.
+    let mut padded = record_array(&[("a", f8(), 0)], 16, 1, &zeros);
+    let at = padded.windows(2).position(|w| w == b"}(").unwrap() + 2;
+    let mut pad = Vec::new();
+    for i in 0..10 {
+        pad.extend_from_slice(&P(Vec::new()).str(&format!("pad{i}")).raw(b"N").0);
+    }
+    padded.splice(at..at, pad);
+    let e = NdArray::from_value(&load(&padded).unwrap()).unwrap_err();
+    assert!(e.contains("11 entries for 1 fields"), "{e}");
     let many: Vec<(String, P, i64)> = (0..65).map(|i| (format!("f{i}"), plain("u1"), i)).collect();
     let many: Vec<(&str, P, i64)> = many
         .into_iter()
@@ -543,6 +553,19 @@ fn record_array_claiming_huge_counts_is_refused_before_allocating() {
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains(want), "{shape}: {e}");
     }
+    // Text of width 0 claims any count without bytes to back it.
+    let u0 = NdArray {
+        shape: vec![1 << 60],
+        fortran: false,
+        dtype: Dtype {
+            kind: 'U',
+            itemsize: 0,
+            big_endian: false,
+            fields: None,
+        },
+        data: ArrayData::Raw(std::rc::Rc::from(&[][..])),
+    };
+    assert!(u0.to_strings().unwrap_err().contains("width 0"));
     // A hand-made array whose bytes disagree with its shape: the typed
     // readers check before reading.
     let v = load(&record_array(&fields(), 8, 2, &[0; 16])).unwrap();
