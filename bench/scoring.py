@@ -4,12 +4,13 @@
 What it measures
 ----------------
 The wall time, start to finish, of ONE batch scoring job over a fleet of many
-small per-(device, tag) anomaly models, done two ways:
+small per-(device, tag) models, done two ways:
 
 * the Python anchor: what a competent engineer would write without fleetscore.
   One process reads the readings with pandas, groups them by (Device, Tag),
-  unpickles each group's model, calls ``predict`` and ``decision_function``,
-  and writes one Parquet file with the results;
+  unpickles each group's model, calls ``predict`` and ``decision_function``
+  (a regressor: ``predict`` only), and writes one Parquet file with the
+  results;
 * fleetscore: ``fleetscore score`` over the same readings with the same models
   (imported once, untimed, beforehand with ``fleetscore models import``).
 
@@ -17,36 +18,57 @@ Both are timed from outside, as child processes (``time.perf_counter`` around
 the spawn and the wait), so interpreter start-up, imports, reading the input
 and writing the output count on both sides, as they do in a real cron job.
 
+Model families (``--family``)
+-----------------------------
+* ``ocsvm`` (default, 10,000 models): ``StandardScaler`` then
+  ``OneClassSVM(nu=0.05)`` (RBF kernel, ``gamma='scale'``), 300 training points;
+* ``iforest`` (500 models): ``StandardScaler`` then
+  ``IsolationForest(n_estimators=100)``, 1,000 training points;
+* ``forest`` (500 models): ``RandomForestRegressor(n_estimators=100,
+  max_depth=10, min_samples_leaf=5)`` on the bare reading, 1,000 training
+  points, fitted to a smooth function of the reading plus noise;
+* ``lof`` (500 models): ``StandardScaler`` then
+  ``LocalOutlierFactor(novelty=True, n_neighbors=20)``, 1,000 training points.
+
+``--family iforest,forest`` or ``--family all`` runs several in turn; each
+family has its own fleet in ``WORK/<family>/``.
+
 Why the comparison is fair
 --------------------------
 Both sides read the same ``readings.parquet``, use the same pickled
-scikit-learn pipelines (``StandardScaler`` then ``OneClassSVM(nu=0.05)``, RBF
-kernel, ``gamma='scale'``), compute the same thing for every reading (the
-prediction and the decision-function score) and write the same columns
-(TS, Device, Tag, Val, Prediction, Score) to Parquet. The script then joins
-the two outputs on (TS, Device, Tag) and fails unless every row is present on
-both sides, every prediction is equal and every score agrees to within 1e-9.
-A speed-up is only printed when that check passes.
+scikit-learn models, compute the same thing for every reading and write the
+same columns (TS, Device, Tag, Val, Prediction, Score) to Parquet. A detector
+writes Prediction = 1 where ``predict`` is -1 (else 0) and Score =
+``decision_function``; the regressor writes Score = ``predict`` and a null
+Prediction. The script then joins the two outputs on (TS, Device, Tag) and
+fails unless every row is present on both sides, every prediction is equal
+(null equals null) and every score agrees to within 1e-9 (relative where the
+score is beyond 1 in magnitude). A speed-up is only printed when that check
+passes.
 
-Steps of one run
-----------------
-1. Generate a fleet in the work dir (or reuse it when the same --models and
-   --seed are already there): N models ``models/model_{device}_{tag}``,
-   devices 1..N/5 times tags 1..5, each fitted on ~300 seeded points and
-   pickled with protocol 5.
+Steps of one run (per family)
+-----------------------------
+1. Generate a fleet in ``WORK/<family>/`` (or reuse it when the same family,
+   --models and --seed are already there): N models
+   ``models/model_{device}_{tag}``, devices 1..N/5 times tags 1..5, each
+   fitted on seeded points and pickled with protocol 5.
 2. Generate ``readings.parquet``: 720 readings per model (one hour at 5 s
    from 2024-01-01T00:00:00Z), ~3% outliers, rows sorted by TS, Device, Tag.
 3. Time the Python anchor (``--python-repeat`` runs, best kept).
-4. Import the models into fleetscore (untimed), then time
-   ``fleetscore score`` (``--repeat`` runs, best kept).
+4. Import the models into fleetscore (untimed, but its time and the size of
+   the store's models/ are reported), then time ``fleetscore score``
+   (``--repeat`` runs, best kept).
 5. Verify that the two outputs agree.
-6. Print a summary; the last line of stdout is the speed-up.
+6. Print a summary; the last line of stdout is the speed-up (with several
+   families, the last lines are their speed-ups, one a line).
 
 Progress goes to stderr; the summary goes to stdout.
 
 Usage
 -----
-    python3.11 bench/scoring.py                       # 10,000 models, full run
+    python3.11 bench/scoring.py                       # 10,000 OneClassSVMs, full run
+    python3.11 bench/scoring.py --family iforest      # 500 IsolationForests
+    python3.11 bench/scoring.py --family all --work /tmp/fsbench
     python3.11 bench/scoring.py --models 200 --python-only
     python3.11 bench/scoring.py --work /tmp/fsbench   # cached fleet, fast reruns
 
@@ -70,20 +92,53 @@ import tempfile
 import time
 from pathlib import Path
 
+from typing import NamedTuple
+
 # Bump when the generated data changes, so that a cached fleet is rebuilt.
 GENERATOR_VERSION = 2
 
 TAGS_PER_DEVICE = 5
-TRAIN_POINTS = 300
 READINGS_PER_MODEL = 720  # one hour ...
 INTERVAL_NS = 5 * 1_000_000_000  # ... at 5 s intervals
 START_NS = 1_704_067_200 * 1_000_000_000  # 2024-01-01T00:00:00Z
 OUTLIER_RATE = 0.03
 NOISE = 0.1  # noise of a reading, relative to the amplitude of its cycle
-NU = 0.05
+NU = 0.05  # OneClassSVM
+N_TREES = 100  # IsolationForest, RandomForestRegressor
+FOREST_MAX_DEPTH = 10  # RandomForestRegressor: keeps trees (and pickles) bounded
+FOREST_MIN_SAMPLES_LEAF = 5
+N_NEIGHBORS = 20  # LocalOutlierFactor
 TS_UNIT = "ms"  # Parquet TIMESTAMP(MILLIS, UTC), like the reference data
 
 OUTPUT_COLUMNS = ["TS", "Device", "Tag", "Val", "Prediction", "Score"]
+
+
+class Family(NamedTuple):
+    """One kind of model the benchmark can fit, score and compare."""
+
+    name: str
+    kind: str  # "detector" (Prediction + decision_function) or "regressor" (predict)
+    train_points: int
+    default_models: int
+    estimator: str  # what is fitted, as Python code (for the summary)
+
+
+FAMILIES = {
+    f.name: f
+    for f in [
+        Family("ocsvm", "detector", 300, 10_000,
+               f'Pipeline([("scaler", StandardScaler()), ("svm", OneClassSVM(nu={NU}))])'),
+        Family("iforest", "detector", 1_000, 500,
+               'Pipeline([("scaler", StandardScaler()), '
+               f'("iforest", IsolationForest(n_estimators={N_TREES}, random_state=<per model>))])'),
+        Family("forest", "regressor", 1_000, 500,
+               f"RandomForestRegressor(n_estimators={N_TREES}, max_depth={FOREST_MAX_DEPTH}, "
+               f"min_samples_leaf={FOREST_MIN_SAMPLES_LEAF}, random_state=<per model>, n_jobs=None)"),
+        Family("lof", "detector", 1_000, 500,
+               'Pipeline([("scaler", StandardScaler()), '
+               f'("lof", LocalOutlierFactor(novelty=True, n_neighbors={N_NEIGHBORS}))])'),
+    ]
+}
 
 _T0 = time.perf_counter()
 
@@ -112,7 +167,60 @@ def model_keys(n: int) -> list[tuple[int, int]]:
     return [(i // TAGS_PER_DEVICE + 1, i % TAGS_PER_DEVICE + 1) for i in range(n)]
 
 
-def _fit_chunk(job: tuple[int, str, list[tuple[int, int]]]) -> list[tuple[int, int, int, object]]:
+def _fit_model(family: str, rng, mean: float, scale: float, train):
+    """Fits one model of `family` on `train` (n x 1); returns (model, stats).
+
+    Draws from `rng` only for the families other than ocsvm, so that the
+    OneClassSVM fleet stays the one of GENERATOR_VERSION 2.
+    """
+    import numpy as np
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if family == "ocsvm":
+        from sklearn.svm import OneClassSVM
+
+        model = Pipeline([("scaler", StandardScaler()), ("svm", OneClassSVM(nu=NU))])
+        model.fit(train)
+        return model, {"support_vectors": int(model.named_steps["svm"].support_vectors_.shape[0])}
+
+    model_seed = int(rng.integers(0, 2**31 - 1))
+    if family == "iforest":
+        from sklearn.ensemble import IsolationForest
+
+        model = Pipeline([("scaler", StandardScaler()),
+                          ("iforest", IsolationForest(n_estimators=N_TREES, random_state=model_seed))])
+        model.fit(train)
+        trees = [t.tree_ for t in model.named_steps["iforest"].estimators_]
+    elif family == "forest":
+        from sklearn.ensemble import RandomForestRegressor
+
+        # The target: a second quantity that depends smoothly on the reading
+        # (think of a load that grows with the distance from a set point),
+        # 10 + 5 z^2 with z the reading in scales from the sensor's mean, plus
+        # N(0, 0.5) noise.
+        z = (train[:, 0] - mean) / scale
+        target = 10.0 + 5.0 * z * z + 0.5 * rng.standard_normal(z.size)
+        model = RandomForestRegressor(n_estimators=N_TREES, max_depth=FOREST_MAX_DEPTH,
+                                      min_samples_leaf=FOREST_MIN_SAMPLES_LEAF,
+                                      random_state=model_seed, n_jobs=None)
+        model.fit(train, target)
+        trees = [t.tree_ for t in model.estimators_]
+    elif family == "lof":
+        from sklearn.neighbors import LocalOutlierFactor
+
+        model = Pipeline([("scaler", StandardScaler()),
+                          ("lof", LocalOutlierFactor(novelty=True, n_neighbors=N_NEIGHBORS))])
+        model.fit(train)
+        return model, {"fit_method": str(model.named_steps["lof"]._fit_method)}
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    return model, {"nodes": int(sum(t.node_count for t in trees)),
+                   "max_depth": int(max(t.max_depth for t in trees)),
+                   "mean_depth": float(np.mean([t.max_depth for t in trees]))}
+
+
+def _fit_chunk(job: tuple[str, int, str, list[tuple[int, int]]]) -> list[tuple[int, int, dict, object]]:
     """Worker: fit, pickle and write the models of one chunk of keys.
 
     Everything about a model (its mean and scale, its training points and its
@@ -125,16 +233,14 @@ def _fit_chunk(job: tuple[int, str, list[tuple[int, int]]]) -> list[tuple[int, i
     function over the bulk of the data; on this data it keeps ~19 support
     vectors (nu * 300 = 15 at the least) and flags ~6%, as expected of nu.
 
-    Returns (device, tag, n_support_vectors, readings) per model.
+    Returns (device, tag, stats, readings) per model.
     """
     import pickle
 
     import numpy as np
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import OneClassSVM
 
-    seed, models_dir, keys = job
+    family, seed, models_dir, keys = job
+    train_points = FAMILIES[family].train_points
     out = []
     for device, tag in keys:
         rng = np.random.default_rng([seed, device, tag])
@@ -147,31 +253,31 @@ def _fit_chunk(job: tuple[int, str, list[tuple[int, int]]]) -> list[tuple[int, i
             phase = rng.uniform(0.0, 2.0 * np.pi, size)
             return mean + scale * (np.sin(phase) + NOISE * rng.standard_normal(size))
 
-        train = normal_values(TRAIN_POINTS).reshape(-1, 1)
-        model = Pipeline([("scaler", StandardScaler()), ("svm", OneClassSVM(nu=NU))])
-        model.fit(train)
+        train = normal_values(train_points).reshape(-1, 1)
+        model, stats = _fit_model(family, rng, mean, scale, train)
         with open(os.path.join(models_dir, f"model_{device}_{tag}"), "wb") as f:
             pickle.dump(model, f, protocol=5)
-        n_sv = int(model.named_steps["svm"].support_vectors_.shape[0])
 
         readings = normal_values(READINGS_PER_MODEL)
         outliers = np.flatnonzero(rng.random(READINGS_PER_MODEL) < OUTLIER_RATE)
         signs = rng.choice([-1.0, 1.0], outliers.size)
         readings[outliers] = mean + signs * rng.uniform(1.5, 4.0, outliers.size) * scale
-        out.append((device, tag, n_sv, readings))
+        out.append((device, tag, stats, readings))
     return out
 
 
-def fleet_params(args: argparse.Namespace) -> dict:
+def fleet_params(family: Family, models: int, seed: int) -> dict:
     """What identifies a fleet; a cached fleet is reused only if all match."""
     import sklearn
 
     return {
         "generator_version": GENERATOR_VERSION,
-        "models": args.models,
-        "seed": args.seed,
+        "family": family.name,
+        "estimator": family.estimator,
+        "models": models,
+        "seed": seed,
         "readings_per_model": READINGS_PER_MODEL,
-        "train_points": TRAIN_POINTS,
+        "train_points": family.train_points,
         "ts_unit": TS_UNIT,
         "sklearn": sklearn.__version__,
     }
@@ -194,6 +300,50 @@ def load_cached_fleet(work: Path, params: dict) -> dict | None:
     return info
 
 
+def structure_stats(family: str, stats: list[dict]) -> dict:
+    """Fleet-wide figures of the fitted models' structure, for the summary."""
+    import numpy as np
+
+    n = len(stats)
+    if family == "ocsvm":
+        n_support = np.array([s["support_vectors"] for s in stats], dtype=np.int64)
+        return {
+            "support_vectors": {
+                "total": int(n_support.sum()),
+                "min": int(n_support.min()),
+                "max": int(n_support.max()),
+                "mean": float(n_support.mean()),
+            },
+            # One RBF kernel evaluation per (support vector, reading) pair.
+            "kernel_evals_per_pass": int(n_support.sum()) * READINGS_PER_MODEL,
+        }
+    if family in ("iforest", "forest"):
+        nodes = np.array([s["nodes"] for s in stats], dtype=np.int64)
+        return {
+            "trees": {
+                "per_model": N_TREES,
+                "nodes_total": int(nodes.sum()),
+                "nodes_per_tree_mean": float(nodes.sum() / (n * N_TREES)),
+                "nodes_per_model_min": int(nodes.min()),
+                "nodes_per_model_max": int(nodes.max()),
+                "max_depth": int(max(s["max_depth"] for s in stats)),
+                "mean_depth": float(np.mean([s["mean_depth"] for s in stats])),
+            },
+            # One root-to-leaf walk per (tree, reading) pair.
+            "tree_walks_per_pass": n * N_TREES * READINGS_PER_MODEL,
+        }
+    if family == "lof":
+        return {
+            "lof": {
+                "n_neighbors": N_NEIGHBORS,
+                "fit_methods": sorted({s["fit_method"] for s in stats}),
+            },
+            # One k-nearest-neighbour query per reading.
+            "neighbour_queries_per_pass": n * READINGS_PER_MODEL,
+        }
+    raise ValueError(f"unknown family {family!r}")
+
+
 def generate_fleet(work: Path, params: dict, jobs: int) -> dict:
     """Steps 1 and 2: fit and pickle the models, write readings.parquet."""
     import multiprocessing
@@ -204,6 +354,7 @@ def generate_fleet(work: Path, params: dict, jobs: int) -> dict:
 
     n = params["models"]
     seed = params["seed"]
+    family = params["family"]
     (work / "fleet.json").unlink(missing_ok=True)  # invalid until we finish
     models_dir = work / "models"
     if models_dir.exists():
@@ -212,22 +363,22 @@ def generate_fleet(work: Path, params: dict, jobs: int) -> dict:
 
     # --- step 1: models, fitted in `jobs` processes -----------------------
     keys = model_keys(n)
-    chunk = 50
-    chunks = [(seed, str(models_dir), keys[i : i + chunk]) for i in range(0, n, chunk)]
+    chunk = 50 if family == "ocsvm" else 10  # forests take ~0.1 s a model
+    chunks = [(family, seed, str(models_dir), keys[i : i + chunk]) for i in range(0, n, chunk)]
     index = {key: i for i, key in enumerate(keys)}
     values = np.empty((READINGS_PER_MODEL, n), dtype=np.float64)  # time-major
-    n_support = np.empty(n, dtype=np.int64)
+    stats: list[dict] = [{}] * n
 
-    log(f"fitting {n} models ({jobs} processes) into {models_dir}")
+    log(f"fitting {n} {family} models ({jobs} processes) into {models_dir}")
     t0 = time.perf_counter()
     done, next_report = 0, 0.0
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     with ctx.Pool(jobs) as pool:
         for results in pool.imap_unordered(_fit_chunk, chunks):
-            for device, tag, n_sv, readings in results:
+            for device, tag, model_stats, readings in results:
                 i = index[(device, tag)]
-                n_support[i] = n_sv
+                stats[i] = model_stats
                 values[:, i] = readings
             done += len(results)
             elapsed = time.perf_counter() - t0
@@ -237,7 +388,8 @@ def generate_fleet(work: Path, params: dict, jobs: int) -> dict:
                 log(f"  fitted {done}/{n} models ({rate:.0f}/s, ~{eta:.0f}s left)")
                 next_report = elapsed + 5.0
     fit_s = time.perf_counter() - t0
-    log(f"fitted {n} models in {fit_s:.1f}s")
+    pickle_bytes = sum(f.stat().st_size for f in models_dir.iterdir())
+    log(f"fitted {n} models in {fit_s:.1f}s; pickles {pickle_bytes / 1e6:.1f} MB")
 
     # --- step 2: readings, one Parquet file sorted by TS, Device, Tag -----
     t1 = time.perf_counter()
@@ -262,16 +414,10 @@ def generate_fleet(work: Path, params: dict, jobs: int) -> dict:
     info = {
         "params": params,
         "rows": int(table.num_rows),
-        "support_vectors": {
-            "total": int(n_support.sum()),
-            "min": int(n_support.min()),
-            "max": int(n_support.max()),
-            "mean": float(n_support.mean()),
-        },
-        # One RBF kernel evaluation per (support vector, reading) pair.
-        "kernel_evals_per_pass": int(n_support.sum()) * READINGS_PER_MODEL,
+        "pickle_bytes": int(pickle_bytes),
         "generation_seconds": {"fit": round(fit_s, 2), "readings": round(readings_s, 2)},
     }
+    info.update(structure_stats(family, stats))
     (work / "fleet.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -281,46 +427,50 @@ def generate_fleet(work: Path, params: dict, jobs: int) -> dict:
 # --------------------------------------------------------------------------
 
 
-def anchor_job(readings: str, models_dir: str, out: str) -> None:
+def anchor_job(readings: str, models_dir: str, out: str, kind: str) -> None:
     """The reference batch job: one process, pandas + scikit-learn.
 
-    Prints one JSON line on stdout: rows, anomalies, models.
+    kind "detector": Prediction = 1 where predict is -1 (else 0), Score =
+    decision_function. kind "regressor": Score = predict, Prediction null.
+    Prints one JSON line on stdout: rows, anomalies (null for a regressor),
+    models.
     """
     import pickle
 
     import numpy as np
     import pandas as pd
 
+    detector = kind == "detector"
     df = pd.read_parquet(readings, columns=["TS", "Device", "Tag", "Value"])
     parts = []
     for (device, tag), group in df.groupby(["Device", "Tag"], sort=True):
         with open(os.path.join(models_dir, f"model_{device}_{tag}"), "rb") as f:
             model = pickle.load(f)
         x = group["Value"].to_numpy(dtype=np.float64).reshape(-1, 1)
-        prediction = model.predict(x)
-        score = model.decision_function(x)
         n = len(x)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "TS": group["TS"].array,
-                    "Device": np.full(n, device, dtype=np.int64),
-                    "Tag": np.full(n, tag, dtype=np.int64),
-                    "Val": x[:, 0],
-                    "Prediction": (prediction == -1).astype(np.int64),
-                    "Score": score,
-                },
-                copy=False,
-            )
-        )
+        columns = {
+            "TS": group["TS"].array,
+            "Device": np.full(n, device, dtype=np.int64),
+            "Tag": np.full(n, tag, dtype=np.int64),
+            "Val": x[:, 0],
+        }
+        if detector:
+            prediction = model.predict(x)
+            columns["Prediction"] = (prediction == -1).astype(np.int32)
+            columns["Score"] = model.decision_function(x)
+        else:
+            columns["Score"] = model.predict(x)
+        parts.append(pd.DataFrame(columns, copy=False))
     result = pd.concat(parts, ignore_index=True)
+    if not detector:
+        # A regressor has no anomaly label: a null Int32 column, like
+        # fleetscore's predictions schema.
+        rows = len(result)
+        result.insert(4, "Prediction", pd.arrays.IntegerArray(np.zeros(rows, dtype=np.int32),
+                                                              np.ones(rows, dtype=bool)))
     result.to_parquet(out, index=False)
-    print(
-        json.dumps(
-            {"rows": len(result), "anomalies": int(result["Prediction"].sum()), "models": len(parts)}
-        ),
-        flush=True,
-    )
+    anomalies = int(result["Prediction"].sum()) if detector else None
+    print(json.dumps({"rows": len(result), "anomalies": anomalies, "models": len(parts)}), flush=True)
 
 
 # --------------------------------------------------------------------------
@@ -443,29 +593,60 @@ def describe(runs: list[Run]) -> str:
     return f"best {secs(best.wall)}s of {len(runs)} [{walls}]; that run: {best.text()}"
 
 
-def time_python(work: Path, repeat: int) -> tuple[list[Run], dict]:
+def time_python(work: Path, family: Family, repeat: int) -> tuple[list[Run], dict]:
     cmd = [sys.executable, os.path.abspath(__file__), "anchor-job",
            "--readings", str(work / "readings.parquet"),
            "--models-dir", str(work / "models"),
-           "--out", str(work / "py-out.parquet")]
+           "--out", str(work / "py-out.parquet"),
+           "--kind", family.kind]
     runs, result = [], {}
     for i in range(repeat):
         (work / "py-out.parquet").unlink(missing_ok=True)
         log(f"python anchor run {i + 1}/{repeat}: {' '.join(cmd)}")
         run = run_timed(cmd, capture=work / "py-anchor.stdout")
         result = json.loads(run.stdout.strip().splitlines()[-1])
-        log(f"  {result['rows']} rows, {result['anomalies']} anomalies")
+        log(f"  {result['rows']} rows, {anomalies_text(result['anomalies'])}")
         runs.append(run)
     return runs, result
 
 
-def time_fleetscore(binary: str, work: Path, repeat: int) -> tuple[float, list[Run]]:
+def anomalies_text(anomalies: int | None) -> str:
+    return "no anomaly labels (regressor)" if anomalies is None else f"{anomalies} anomalies"
+
+
+def disk_usage(path: Path) -> dict:
+    """Files, apparent bytes and bytes on disk (`du -s -B1`) under path."""
+    files, apparent = 0, 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                apparent += os.lstat(os.path.join(root, name)).st_size
+                files += 1
+            except OSError:
+                pass
+    on_disk = None
+    try:
+        done = subprocess.run(["du", "-s", "-B1", str(path)], capture_output=True, text=True)
+        if done.returncode == 0:
+            on_disk = int(done.stdout.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"files": files, "apparent_bytes": apparent, "du_bytes": on_disk}
+
+
+def time_fleetscore(binary: str, work: Path, repeat: int) -> tuple[Run, dict, list[Run]]:
+    """Imports the models (untimed, but reported), then times `repeat` scoring runs.
+
+    Returns the import run, the size of the store's models/ and the scoring runs.
+    """
     data, out = work / "fsdata", work / "fs-out"
     if data.exists():
         shutil.rmtree(data)  # import into a fresh store every run
     cmd = [binary, "--data", str(data), "models", "import", str(work / "models")]
     log(f"fleetscore import (untimed): {' '.join(cmd)}")
     import_run = run_timed(cmd)
+    pack = disk_usage(data / "models")
+    log(f"  store models/: {pack['files']} files, {pack['apparent_bytes'] / 1e6:.1f} MB")
 
     cmd = [binary, "--data", str(data), "score", "--input", str(work / "readings.parquet"),
            "--out", str(out), "--format", "parquet"]
@@ -475,7 +656,7 @@ def time_fleetscore(binary: str, work: Path, repeat: int) -> tuple[float, list[R
             shutil.rmtree(out)  # no stale files from the previous run
         log(f"fleetscore run {i + 1}/{repeat}: {' '.join(cmd)}")
         runs.append(run_timed(cmd))
-    return import_run.wall, runs
+    return import_run, pack, runs
 
 
 # --------------------------------------------------------------------------
@@ -502,6 +683,9 @@ def _ts_to_ns(col):
     return parsed.dt.tz_localize(None).astype("datetime64[ns]").astype(np.int64)
 
 
+NULL_PREDICTION = -1  # stands for a null Prediction once normalized
+
+
 def _normalize(df, side: str):
     import numpy as np
     import pandas as pd
@@ -509,20 +693,32 @@ def _normalize(df, side: str):
     missing = [c for c in OUTPUT_COLUMNS if c not in df.columns]
     if missing:
         raise BenchError(f"{side} output lacks columns {missing} (has {list(df.columns)})")
+    # Prediction is nullable (Int32 with nulls reads back as float64 with
+    # NaN, or as object None when the column is all null).
+    pred = pd.Series(df["Prediction"]).astype("Int64").fillna(NULL_PREDICTION).to_numpy(dtype=np.int64)
+    if "Label" in df.columns:
+        labels = int(df["Label"].notna().sum())
+    else:
+        labels = 0
     return pd.DataFrame(
         {
             "ts": _ts_to_ns(df["TS"]).to_numpy(),
             "device": df["Device"].astype(str).to_numpy(dtype=object),
             "tag": df["Tag"].astype(str).to_numpy(dtype=object),
             "val": df["Val"].astype(np.float64).to_numpy(),
-            "pred": df["Prediction"].astype(np.int64).to_numpy(),
+            "pred": pred,
             "score": df["Score"].astype(np.float64).to_numpy(),
         }
-    )
+    ), labels
 
 
 def verify(work: Path, tolerance: float) -> dict:
-    """Joins fleetscore's and Python's outputs on (TS, Device, Tag) and compares."""
+    """Joins fleetscore's and Python's outputs on (TS, Device, Tag) and compares.
+
+    Scores agree when |fs - py| <= tolerance * max(1, |py|): absolute up to 1,
+    relative beyond. A Label column in fleetscore's output must be all null
+    (these families have no class labels).
+    """
     import numpy as np
     import pandas as pd
     import pyarrow.parquet as pq
@@ -531,9 +727,13 @@ def verify(work: Path, tolerance: float) -> dict:
     if not files:
         raise BenchError(f"fleetscore wrote no *.parquet under {work / 'fs-out'}")
     log(f"verifying: {len(files)} fleetscore file(s) vs. py-out.parquet")
-    fs = pd.concat([_normalize(pq.read_table(f).to_pandas(), f"fleetscore ({f.name})") for f in files],
-                   ignore_index=True)
-    py = _normalize(pd.read_parquet(work / "py-out.parquet"), "python")
+    parts, fs_labels = [], 0
+    for f in files:
+        part, labels = _normalize(pq.read_table(f).to_pandas(), f"fleetscore ({f.name})")
+        parts.append(part)
+        fs_labels += labels
+    fs = pd.concat(parts, ignore_index=True)
+    py, _ = _normalize(pd.read_parquet(work / "py-out.parquet"), "python")
 
     try:
         m = py.merge(fs, on=["ts", "device", "tag"], how="outer", suffixes=("_py", "_fs"),
@@ -546,7 +746,11 @@ def verify(work: Path, tolerance: float) -> dict:
     only_py = int((m["_merge"] == "left_only").sum())
     only_fs = int((m["_merge"] == "right_only").sum())
     pred_diff = both["pred_py"].to_numpy() != both["pred_fs"].to_numpy()
-    score_abs = np.abs(both["score_py"].to_numpy() - both["score_fs"].to_numpy())
+    score_py = both["score_py"].to_numpy()
+    score_abs = np.abs(score_py - both["score_fs"].to_numpy())
+    score_bound = tolerance * np.maximum(1.0, np.abs(score_py))
+    score_bad = ~(score_abs <= score_bound)  # NaN is bad
+    score_rel = score_abs / np.maximum(1.0, np.abs(score_py))
     val_abs = np.abs(both["val_py"].to_numpy() - both["val_fs"].to_numpy())
     nan_scores = int(np.isnan(score_abs).sum())
     report = {
@@ -556,26 +760,40 @@ def verify(work: Path, tolerance: float) -> dict:
         "missing_in_fleetscore": only_py,
         "extra_in_fleetscore": only_fs,
         "prediction_mismatches": int(pred_diff.sum()),
+        "null_predictions_fleetscore": int((fs["pred"] == NULL_PREDICTION).sum()),
+        "labels_fleetscore": fs_labels,
         "max_abs_score_diff": float(np.nanmax(score_abs)) if len(both) else 0.0,
+        "max_rel_score_diff": float(np.nanmax(score_rel)) if len(both) else 0.0,
+        "score_mismatches": int(score_bad.sum()),
         "nan_score_diffs": nan_scores,
         "max_abs_val_diff": float(np.nanmax(val_abs)) if len(both) else 0.0,
-        "anomalies_fleetscore": int(fs["pred"].sum()),
+        "anomalies_fleetscore": int((fs["pred"] == 1).sum()),
     }
     problems = []
     if only_py or only_fs or len(py) != len(fs):
         problems.append(f"rows differ: python {len(py)}, fleetscore {len(fs)}, "
                         f"{only_py} missing in fleetscore, {only_fs} extra in fleetscore")
     if report["prediction_mismatches"]:
-        problems.append(f"{report['prediction_mismatches']} prediction mismatches")
-    if nan_scores or report["max_abs_score_diff"] > tolerance:
-        problems.append(f"max |Score - decision| = {report['max_abs_score_diff']:.3g} "
-                        f"(> {tolerance:g}), {nan_scores} NaN")
+        problems.append(f"{report['prediction_mismatches']} prediction mismatches "
+                        f"(null shown as {NULL_PREDICTION})")
+    if report["score_mismatches"]:
+        problems.append(f"{report['score_mismatches']} scores beyond the tolerance: "
+                        f"max |Score - python| = {report['max_abs_score_diff']:.3g}, "
+                        f"relative beyond 1: {report['max_rel_score_diff']:.3g} (> {tolerance:g}), "
+                        f"{nan_scores} NaN")
     if report["max_abs_val_diff"] != 0 or np.isnan(val_abs).any():
         problems.append(f"Val differs from the input value (max diff {report['max_abs_val_diff']:.3g})")
+    if fs_labels:
+        problems.append(f"{fs_labels} non-null Label values in fleetscore's output (expected none)")
     if problems:
-        bad = both[pred_diff | ~(score_abs <= tolerance)].head(5)
+        bad = both[pred_diff | score_bad]
         if len(bad):
-            log("first mismatching rows:\n" + bad.to_string())
+            show = bad.drop(columns=["_merge"]).head(10).copy()
+            show.insert(0, "ts_utc", pd.to_datetime(show["ts"], unit="ns", utc=True))
+            show["score_diff"] = show["score_fs"] - show["score_py"]
+            report["first_mismatches"] = show.drop(columns=["ts"]).to_string(
+                index=False, float_format=lambda v: f"{v:.17g}")
+            log("first mismatching rows:\n" + report["first_mismatches"])
         report["problems"] = problems
     return report
 
@@ -585,19 +803,35 @@ def verify(work: Path, tolerance: float) -> dict:
 # --------------------------------------------------------------------------
 
 
+def parse_families(text: str) -> list[Family]:
+    """`--family`: one name, a comma-separated list, or `all`."""
+    names = list(FAMILIES) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown family {', '.join(unknown) or repr(text)}: choose from {', '.join(FAMILIES)}, "
+            "a comma-separated list of them, or all")
+    return [FAMILIES[n] for n in dict.fromkeys(names)]
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     repo = Path(__file__).resolve().parent.parent
+    defaults = ", ".join(f"{f.name} {f.default_models}" for f in FAMILIES.values())
     p = argparse.ArgumentParser(
         description="Time one batch scoring job over many small scikit-learn models: "
                     "a plain pandas + scikit-learn job vs. fleetscore, and check they agree. "
                     "The last line of stdout is the speed-up.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--models", type=int, default=10_000, metavar="N",
-                   help="number of models: devices 1..N/5 times tags 1..5")
+    p.add_argument("--family", type=parse_families, default="ocsvm", metavar="F",
+                   help=f"model family: {', '.join(FAMILIES)}; a comma-separated list or 'all' "
+                        "runs each in turn, in its own WORK/<family>/")
+    p.add_argument("--models", type=int, default=None, metavar="N",
+                   help=f"number of models: devices 1..N/5 times tags 1..5 (default per family: {defaults})")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated fleet")
     p.add_argument("--work", type=Path, default=None, metavar="DIR",
-                   help="work dir (kept; a fleet with the same --models/--seed in it is reused). "
+                   help="work dir (kept; a fleet with the same family/--models/--seed in "
+                        "DIR/<family>/ is reused). "
                         "Default: a new temp dir under /tmp, removed at the end unless --keep")
     p.add_argument("--keep", action="store_true", help="keep the default temp work dir")
     p.add_argument("--fleetscore", default=str(repo / "target" / "release" / "fleetscore"),
@@ -610,90 +844,138 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="only generate and time the Python anchor (no fleetscore, no verification)")
     p.add_argument("--jobs", type=int, default=2, help="processes used to fit the models")
     p.add_argument("--tolerance", type=float, default=1e-9,
-                   help="largest |Score - decision_function| accepted")
+                   help="largest |Score - python score| accepted (relative where |python score| > 1)")
     args = p.parse_args(argv)
-    if args.models < 1:
+    if isinstance(args.family, str):  # the default is not run through `type`
+        args.family = parse_families(args.family)
+    if args.models is not None and args.models < 1:
         p.error("--models must be at least 1")
     if args.repeat < 1 or args.python_repeat < 1 or args.jobs < 1:
         p.error("--repeat, --python-repeat and --jobs must be at least 1")
     return args
 
 
-def benchmark(args: argparse.Namespace, work: Path) -> int:
+def structure_lines(family: Family, info: dict) -> list[str]:
+    """The summary lines that describe the fitted models and the work they imply."""
+    if family.name == "ocsvm":
+        sv = info["support_vectors"]
+        kernel_evals = info["kernel_evals_per_pass"]
+        return [
+            f"support vectors: {sv['total']} in all, {sv['mean']:.2f} per model (min {sv['min']}, max {sv['max']})",
+            f"RBF kernel evaluations: {kernel_evals} per scoring pass "
+            f"(sum over models of n_support_vectors * n_readings); the Python job makes two passes "
+            f"(predict + decision_function) = {2 * kernel_evals}; at 1 ns per evaluation "
+            f"(one vectorized exp) that is {kernel_evals / 1e6:.0f} ms of arithmetic per pass on one core",
+        ]
+    if family.name in ("iforest", "forest"):
+        t = info["trees"]
+        walks = info["tree_walks_per_pass"]
+        passes = ("the Python job makes two passes (predict + decision_function)"
+                  if family.kind == "detector" else "the Python job makes one pass (predict)")
+        return [
+            f"trees:        {t['per_model']} per model, {t['nodes_total']} nodes in all, "
+            f"{t['nodes_per_tree_mean']:.1f} nodes per tree (per model {t['nodes_per_model_min']} to "
+            f"{t['nodes_per_model_max']}), depth {t['mean_depth']:.1f} on average, {t['max_depth']} at most",
+            f"tree walks:   {walks} per scoring pass (models x trees x readings); {passes}",
+        ]
+    if family.name == "lof":
+        lof = info["lof"]
+        return [
+            f"LOF:          {family.train_points} training points and {lof['n_neighbors']} neighbours per "
+            f"model, neighbour search by {'/'.join(lof['fit_methods'])}; "
+            f"{info['neighbour_queries_per_pass']} k-neighbour queries per scoring pass; "
+            "the Python job makes two passes (predict + decision_function)",
+        ]
+    return []
+
+
+def mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def benchmark(args: argparse.Namespace, family: Family, work: Path) -> tuple[int, str]:
+    """One family, steps 1-6; returns the exit code and the last (ratio) line."""
     import numpy
     import pandas
     import pyarrow
     import sklearn
 
+    n = args.models if args.models is not None else family.default_models
+    work.mkdir(parents=True, exist_ok=True)
+
     # --- steps 1-2 --------------------------------------------------------
-    params = fleet_params(args)
+    params = fleet_params(family, n, args.seed)
     info = load_cached_fleet(work, params)
     if info:
-        log(f"reusing the fleet in {work} ({args.models} models, seed {args.seed})")
+        log(f"reusing the {family.name} fleet in {work} ({n} models, seed {args.seed})")
     else:
         t0 = time.perf_counter()
         info = generate_fleet(work, params, args.jobs)
         log(f"generated the fleet in {time.perf_counter() - t0:.1f}s")
     rows = info["rows"]
-    sv = info["support_vectors"]
-    kernel_evals = info["kernel_evals_per_pass"]
 
     # --- step 3 -----------------------------------------------------------
-    busy = {"python": check_quiet("the Python anchor")}
-    py_runs, py_result = time_python(work, args.python_repeat)
+    busy = {"python": check_quiet(f"the Python anchor ({family.name})")}
+    py_runs, py_result = time_python(work, family, args.python_repeat)
     py_best = min(r.wall for r in py_runs)
 
     # --- steps 4-5 --------------------------------------------------------
-    fs_runs, import_s, report = [], None, None
+    fs_runs, import_run, pack, report = [], None, None, None
     if not args.python_only:
-        busy["fleetscore"] = check_quiet("fleetscore")
-        import_s, fs_runs = time_fleetscore(args.fleetscore, work, args.repeat)
+        busy["fleetscore"] = check_quiet(f"fleetscore ({family.name})")
+        import_run, pack, fs_runs = time_fleetscore(args.fleetscore, work, args.repeat)
         report = verify(work, args.tolerance)
 
     # --- step 6 -----------------------------------------------------------
-    n = args.models
     devices = (n + TAGS_PER_DEVICE - 1) // TAGS_PER_DEVICE
     gen = info["generation_seconds"]
     lines = [
-        "== fleetscore scoring benchmark ==",
+        f"== fleetscore scoring benchmark: {family.name} ==",
         f"machine:      {os.cpu_count()} cpus; before timing: "
         + ", ".join(f"{k} {v}" for k, v in busy.items())
         + f"; python {sys.version.split()[0]}, scikit-learn {sklearn.__version__}, numpy {numpy.__version__}, "
         f"pandas {pandas.__version__}, pyarrow {pyarrow.__version__}",
         f"fleet:        {n} models ({devices} devices x {TAGS_PER_DEVICE} tags), seed {args.seed}, "
         f"in {work}; generated in {gen['fit']:.1f}s (fit) + {gen['readings']:.1f}s (readings)",
+        f"models:       {family.estimator}, each fitted on {family.train_points} points; "
+        f"pickles {mb(info['pickle_bytes'])} ({info['pickle_bytes'] / n / 1e3:.1f} kB per model)",
         f"readings:     {rows} ({READINGS_PER_MODEL} per model, one Parquet file)",
-        f"support vectors: {sv['total']} in all, {sv['mean']:.2f} per model (min {sv['min']}, max {sv['max']})",
-        f"RBF kernel evaluations: {kernel_evals} per scoring pass "
-        f"(sum over models of n_support_vectors * n_readings); the Python job makes two passes "
-        f"(predict + decision_function) = {2 * kernel_evals}; at 1 ns per evaluation "
-        f"(one vectorized exp) that is {kernel_evals / 1e6:.0f} ms of arithmetic per pass on one core",
-        f"python:       {describe(py_runs)}; {py_result['rows']} rows, {py_result['anomalies']} anomalies",
+        *structure_lines(family, info),
+        f"python:       {describe(py_runs)}; {py_result['rows']} rows, {anomalies_text(py_result['anomalies'])}",
     ]
     if not args.python_only:
+        fs_anomalies = ("" if family.kind != "detector"
+                        else f", fleetscore anomalies {report['anomalies_fleetscore']}")
         lines += [
-            f"fleetscore:   {describe(fs_runs)}; import (untimed) {secs(import_s)}s",
+            f"fleetscore:   {describe(fs_runs)}",
+            f"import:       (untimed) {import_run.text()}; store models/ {pack['files']} files, "
+            f"{mb(pack['apparent_bytes'])} ({mb(pack['du_bytes'])} on disk, du)",
             f"verification: {report['rows_compared']} rows compared (python {report['rows_python']}, "
             f"fleetscore {report['rows_fleetscore']}), {report['prediction_mismatches']} prediction "
-            f"mismatches, max |Score - decision| = {report['max_abs_score_diff']:.3g}, "
-            f"max |Val diff| = {report['max_abs_val_diff']:.3g}, "
-            f"fleetscore anomalies {report['anomalies_fleetscore']}",
+            f"mismatches ({report['null_predictions_fleetscore']} null predictions in fleetscore's output), "
+            f"{report['score_mismatches']} score mismatches, max |Score diff| = {report['max_abs_score_diff']:.3g} "
+            f"(relative beyond 1: {report['max_rel_score_diff']:.3g}), "
+            f"max |Val diff| = {report['max_abs_val_diff']:.3g}{fs_anomalies}",
         ]
     print("\n".join(lines), flush=True)
 
     if args.python_only:
-        print(f"scikit-learn only: python {secs(py_best)}s, {n} models, {rows} readings "
-              "(fleetscore not run: --python-only)")
-        return 0
+        last = (f"scikit-learn only ({family.name}): python {secs(py_best)}s, {n} models, {rows} readings "
+                "(fleetscore not run: --python-only)")
+        print(last, flush=True)
+        return 0, last
     if "problems" in report:
+        if "first_mismatches" in report:
+            print("first mismatching rows:\n" + report["first_mismatches"], flush=True)
         for problem in report["problems"]:
-            print(f"VERIFICATION FAILED: {problem}", flush=True)
-        return 1
+            print(f"VERIFICATION FAILED ({family.name}): {problem}", flush=True)
+        return 1, f"VERIFICATION FAILED ({family.name}): " + "; ".join(report["problems"])
     fs_best = min(r.wall for r in fs_runs)
     ratio = py_best / fs_best
-    print(f"fleetscore / scikit-learn: {ratio:.1f}x faster "
-          f"(python {secs(py_best)}s, fleetscore {secs(fs_best)}s, {n} models, {rows} readings)")
-    return 0
+    last = (f"fleetscore / scikit-learn: {ratio:.1f}x faster "
+            f"({family.name}: python {secs(py_best)}s, fleetscore {secs(fs_best)}s, {n} models, {rows} readings)")
+    print(last, flush=True)
+    return 0, last
 
 
 def main(argv: list[str]) -> int:
@@ -703,8 +985,9 @@ def main(argv: list[str]) -> int:
         p.add_argument("--readings", required=True)
         p.add_argument("--models-dir", required=True)
         p.add_argument("--out", required=True)
+        p.add_argument("--kind", choices=["detector", "regressor"], default="detector")
         a = p.parse_args(argv[1:])
-        anchor_job(a.readings, a.models_dir, a.out)
+        anchor_job(a.readings, a.models_dir, a.out, a.kind)
         return 0
 
     if argv[:1] == ["timed-run"]:
@@ -729,16 +1012,23 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="fleetscore-bench-", dir="/tmp")) if temp else args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     log(f"work dir: {work}")
-    ok = False
+    codes, lasts = [], []
     try:
-        code = benchmark(args, work)
-        ok = code == 0
-        return code
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        for family in args.family:
+            try:
+                code, last = benchmark(args, family, work / family.name)
+            except BenchError as e:
+                print(f"error ({family.name}): {e}", file=sys.stderr)
+                code, last = 1, f"error ({family.name}): {e}"
+            codes.append(code)
+            lasts.append(last)
+        if len(args.family) > 1:
+            # The ratios last, one a line, whatever happened before them.
+            print("== results, one line per family ==", flush=True)
+            print("\n".join(lasts), flush=True)
+        return max(codes)
     finally:
-        if temp and ok and not args.keep:
+        if temp and codes and not any(codes) and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         elif temp:
             log(f"work dir kept: {work}")
