@@ -35,8 +35,8 @@ pub use lineproto::{
 pub use parquet::file::metadata::ParquetMetaData;
 pub use predictions::{
     per_model_file_name, predictions_parquet_bytes, read_predictions_parquet_bytes,
-    write_predictions, OutputFormat, PredictionColumns, PredictionLayout, PredictionRow,
-    WrittenFile,
+    write_predictions, ModelOutput, OutputFormat, PredictionColumns, PredictionLayout,
+    PredictionRow, WrittenFile,
 };
 pub use raw::{
     decode_parquet_footer, merge_ranges, raw_readings_schema, read_batches_parquet_bytes,

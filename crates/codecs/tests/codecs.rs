@@ -6,12 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Float32Array, Float64Array, Int32Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    ArrayRef, DictionaryArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{Field, Schema};
+use arrow::datatypes::{Field, Schema, UInt32Type};
 use fleetscore_codecs::{
-    read_readings, write_predictions, CodecError, OutputFormat, PredictionColumns, PredictionLayout,
+    read_predictions_parquet_bytes, read_readings, write_predictions, CodecError, ModelOutput,
+    OutputFormat, PredictionColumns, PredictionLayout, PredictionRow,
 };
 use fleetscore_core::parse_ts;
 use parquet::arrow::ArrowWriter;
@@ -191,9 +192,10 @@ fn per_model_csv_files_are_named_like_the_reference_and_leave_no_temporaries() {
     let cols = PredictionColumns {
         ts: &ts,
         value: &[10.16, 1.0, 2.0],
-        prediction: &[0, 1, 1],
+        label: &[0, 1, 1],
         score: &[0.5, -0.5, 0.0],
         keys: &keys,
+        outputs: &[ModelOutput::Outlier, ModelOutput::Outlier],
         groups: &[(0, 0..1), (1, 1..3)],
     };
     let run = parse_ts("2026-11-28 04:05:06").unwrap();
@@ -342,4 +344,172 @@ fn readings_files_follow_the_one_policy() {
     );
     let e = read_readings(&p).unwrap_err().to_string();
     assert!(e.contains("row 1, column TS: timestamp 1677-09-21"), "{e}");
+}
+
+/// A fleet of every kind of model in every layout: a detector's per-model
+/// file stays the reference job's, the others carry Score and Label, and
+/// the Parquet file reads back with nulls where a model has no Prediction
+/// or no Label.
+#[test]
+fn mixed_fleet_in_every_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<(String, String)> = ["iforest", "ridge", "svc", "tree"]
+        .iter()
+        .map(|t| ("pump 1".to_string(), t.to_string()))
+        .collect();
+    let ints = vec!["0".to_string(), "1".to_string()];
+    let texts = vec!["ok".to_string(), "worn, \"soon\"\nreplace".to_string()];
+    let outputs = [
+        ModelOutput::Outlier,
+        ModelOutput::Regressor,
+        ModelOutput::Classifier(&ints),
+        ModelOutput::Classifier(&texts),
+    ];
+    let t = parse_ts("2018-08-28 23:00:05").unwrap();
+    let cols = PredictionColumns {
+        ts: &[t, t, t, t, t],
+        value: &[1.0, 2.0, 3.0, 4.0, 5.0],
+        label: &[1, 99, 1, 0, 1],
+        score: &[-0.5, 7.25, 0.75, 0.5, 0.875],
+        keys: &keys,
+        outputs: &outputs,
+        groups: &[(0, 0..1), (1, 1..2), (2, 2..3), (3, 3..5)],
+    };
+    let write = |name: &str, format, layout| {
+        write_predictions(&dir.path().join(name), format, layout, &cols, 1, t).unwrap()
+    };
+    let ts = "2018-08-28 23:00:05.000";
+    let files = write("csv", OutputFormat::Csv, PredictionLayout::Combined);
+    assert_eq!(
+        std::fs::read_to_string(&files[0].path).unwrap(),
+        format!(
+            "TS,Device,Tag,Val,Prediction,Score,Label\n\
+             {ts},pump 1,iforest,1,1,-0.5,\n\
+             {ts},pump 1,ridge,2,,7.25,\n\
+             {ts},pump 1,svc,3,,0.75,1\n\
+             {ts},pump 1,tree,4,,0.5,ok\n\
+             {ts},pump 1,tree,5,,0.875,\"worn, \"\"soon\"\"\nreplace\"\n"
+        )
+    );
+    let files = write("pm", OutputFormat::Csv, PredictionLayout::PerModel);
+    let text: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(&f.path).unwrap())
+        .collect();
+    assert_eq!(
+        text,
+        [
+            format!("TS,Device,Tag,Val,Prediction\n{ts},pump 1,iforest,1,1\n"),
+            format!("TS,Device,Tag,Val,Prediction,Score,Label\n{ts},pump 1,ridge,2,,7.25,\n"),
+            format!("TS,Device,Tag,Val,Prediction,Score,Label\n{ts},pump 1,svc,3,,0.75,1\n"),
+            format!(
+                "TS,Device,Tag,Val,Prediction,Score,Label\n{ts},pump 1,tree,4,,0.5,ok\n\
+                 {ts},pump 1,tree,5,,0.875,\"worn, \"\"soon\"\"\nreplace\"\n"
+            ),
+        ]
+    );
+    let files = write("pq", OutputFormat::Parquet, PredictionLayout::Combined);
+    let data = std::fs::read(&files[0].path).unwrap();
+    let rows = read_predictions_parquet_bytes(data.into(), "pq", |_| true).unwrap();
+    let row = |tag: &str, value, prediction, score, label: Option<&str>| PredictionRow {
+        ts: t,
+        device: "pump 1".into(),
+        tag: tag.into(),
+        value,
+        prediction,
+        score,
+        label: label.map(str::to_string),
+    };
+    assert_eq!(
+        rows,
+        [
+            row("iforest", 1.0, Some(1), -0.5, None),
+            row("ridge", 2.0, None, 7.25, None),
+            row("svc", 3.0, None, 0.75, Some("1")),
+            row("tree", 4.0, None, 0.5, Some("ok")),
+            row("tree", 5.0, None, 0.875, Some("worn, \"soon\"\nreplace")),
+        ]
+    );
+}
+
+/// Files written before the Label column (six columns, Prediction never
+/// null) still read: every row has its Prediction and no Label.
+#[test]
+fn predictions_files_without_label_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("old.parquet");
+    let dict = |v: Vec<&str>| -> ArrayRef {
+        Arc::new(v.into_iter().collect::<DictionaryArray<UInt32Type>>())
+    };
+    let t = ts_us("2024-01-01 00:00:00");
+    write_parquet(
+        &p,
+        vec![
+            (
+                "TS",
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![t, t + 5_000_000]).with_timezone("UTC"),
+                ),
+            ),
+            ("Device", dict(vec!["d", "d"])),
+            ("Tag", dict(vec!["t", "t"])),
+            ("Val", Arc::new(Float64Array::from(vec![1.5, 2.5]))),
+            ("Prediction", Arc::new(Int32Array::from(vec![0, 1]))),
+            ("Score", Arc::new(Float64Array::from(vec![0.25, -0.125]))),
+        ],
+    );
+    let rows =
+        read_predictions_parquet_bytes(std::fs::read(&p).unwrap().into(), "old", |_| true).unwrap();
+    let row = |ts: i64, value, prediction, score| PredictionRow {
+        ts: ts * 1_000,
+        device: "d".into(),
+        tag: "t".into(),
+        value,
+        prediction: Some(prediction),
+        score,
+        label: None,
+    };
+    assert_eq!(
+        rows,
+        [row(t, 1.5, 0, 0.25), row(t + 5_000_000, 2.5, 1, -0.125)]
+    );
+
+    // A missing or mistyped column is named.
+    let read = |columns: Vec<(&str, ArrayRef)>| {
+        write_parquet(&p, columns);
+        read_predictions_parquet_bytes(std::fs::read(&p).unwrap().into(), "bad", |_| true)
+            .unwrap_err()
+            .to_string()
+    };
+    let ts: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![t]).with_timezone("UTC"));
+    let f64s = || -> ArrayRef { Arc::new(Float64Array::from(vec![1.0])) };
+    let e = read(vec![
+        ("TS", ts.clone()),
+        ("Device", dict(vec!["d"])),
+        ("Tag", dict(vec!["t"])),
+        ("Val", f64s()),
+        ("Prediction", Arc::new(Int32Array::from(vec![0]))),
+    ]);
+    assert!(e.contains("no `Score` column"), "{e}");
+    let e = read(vec![
+        ("TS", ts.clone()),
+        ("Device", dict(vec!["d"])),
+        ("Tag", dict(vec!["t"])),
+        ("Val", f64s()),
+        ("Prediction", Arc::new(Int64Array::from(vec![0]))),
+        ("Score", f64s()),
+    ]);
+    assert!(
+        e.contains("column Prediction has type Int64, expected Int32"),
+        "{e}"
+    );
+    let e = read(vec![
+        ("TS", ts),
+        ("Device", dict(vec!["d"])),
+        ("Tag", dict(vec!["t"])),
+        ("Val", f64s()),
+        ("Prediction", Arc::new(Int32Array::from(vec![0]))),
+        ("Score", Arc::new(Float64Array::from(vec![None]))),
+    ]);
+    assert!(e.contains("row 0, column Score: null"), "{e}");
 }

@@ -1,7 +1,9 @@
 //! Predictions files read by the readers our users query them with:
-//! pyarrow (pandas) and DuckDB. Writes predictions as Parquet and as CSV
-//! with fleetscore's writers, then `readers/read_predictions.py` reads the
-//! Parquet file with both and compares every row with the CSV.
+//! pyarrow, pandas and DuckDB. Writes the predictions of a fleet of
+//! detectors, regressors and classifiers as Parquet and as CSV with
+//! fleetscore's writers, then `readers/read_predictions.py` reads the
+//! Parquet file with each and compares every row with the CSV: a missing
+//! Prediction or Label is null (NaN in pandas), Label is text.
 //!
 //! Needs Python 3 with `readers/requirements.txt`, so it is ignored by a
 //! plain `cargo test`; `.ci/run` installs them and runs it:
@@ -10,11 +12,13 @@
 use std::path::Path;
 use std::process::Command;
 
-use fleetscore_codecs::{write_predictions, OutputFormat, PredictionColumns, PredictionLayout};
+use fleetscore_codecs::{
+    write_predictions, ModelOutput, OutputFormat, PredictionColumns, PredictionLayout,
+};
 
 #[test]
-#[ignore = "needs python3 with pyarrow and duckdb (crates/codecs/tests/readers/requirements.txt)"]
-fn pyarrow_and_duckdb_read_predictions_row_for_row() {
+#[ignore = "needs python3 with pyarrow, pandas and duckdb (crates/codecs/tests/readers/requirements.txt)"]
+fn pyarrow_pandas_and_duckdb_read_predictions_row_for_row() {
     // 3,000 models of 1 to 700 rows (1.05M rows: two row groups), in
     // 500 devices, ordered so that a device's models are not adjacent.
     let mut keys = Vec::new();
@@ -23,7 +27,22 @@ fn pyarrow_and_duckdb_read_predictions_row_for_row() {
             keys.push((format!("pump-{d:04}"), format!("sensor_{t}")));
         }
     }
-    let (mut ts, mut value, mut prediction, mut score) = (vec![], vec![], vec![], vec![]);
+    // Every fourth model a regressor, every fourth a classifier, of
+    // int-like classes or of texts a CSV must quote.
+    let ints: Vec<String> = ["0", "1", "2"].iter().map(|c| c.to_string()).collect();
+    let texts: Vec<String> = ["normal", "worn, soon", "line\nbreak", "say \"hi\""]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let outputs: Vec<ModelOutput<'_>> = (0..keys.len())
+        .map(|k| match k % 4 {
+            0 | 1 => ModelOutput::Outlier,
+            2 => ModelOutput::Regressor,
+            _ if k % 8 == 3 => ModelOutput::Classifier(&ints),
+            _ => ModelOutput::Classifier(&texts),
+        })
+        .collect();
+    let (mut ts, mut value, mut label, mut score) = (vec![], vec![], vec![], vec![]);
     let mut groups = Vec::new();
     let order = (0..keys.len()).map(|i| (i * 7) % keys.len());
     for k in order {
@@ -33,7 +52,10 @@ fn pyarrow_and_duckdb_read_predictions_row_for_row() {
             // Whole milliseconds, as the CSV's TS keeps them.
             ts.push(1_704_067_200_000_000_000 + (i as i64) * 10_000_000_000 + k as i64 * 1_000_000);
             value.push(20.0 + (k % 11) as f64 + i as f64 / 8.0);
-            prediction.push(u8::from((k + i) % 13 == 0));
+            label.push(match outputs[k] {
+                ModelOutput::Classifier(c) => ((k + i) % c.len()) as u32,
+                _ => u32::from((k + i) % 13 == 0),
+            });
             score.push(0.25 - ((k + i) % 13) as f64 / 17.0);
         }
         groups.push((k as u32, from..ts.len()));
@@ -41,9 +63,10 @@ fn pyarrow_and_duckdb_read_predictions_row_for_row() {
     let cols = PredictionColumns {
         ts: &ts,
         value: &value,
-        prediction: &prediction,
+        label: &label,
         score: &score,
         keys: &keys,
+        outputs: &outputs,
         groups: &groups,
     };
     let dir = tempfile::tempdir().unwrap();
@@ -78,5 +101,6 @@ fn pyarrow_and_duckdb_read_predictions_row_for_row() {
     );
     println!("{stdout}");
     assert!(stdout.contains("row group(s) equal the CSV's"), "{stdout}");
+    assert!(stdout.contains("pandas:"), "{stdout}");
     assert!(stdout.contains("devices equal the CSV's"), "{stdout}");
 }
