@@ -55,8 +55,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::model::{
-    Estimator, ForestClassifier, ForestRegressor, GbLoss, GradientBoosting, IfRule, InvalidModel,
-    IsolationForest, Kernel, Model, OneClassSvm, ProbaRule, Step, Tree,
+    CategoricalSplit, Estimator, ForestClassifier, ForestRegressor, GbLoss, GradientBoosting,
+    HgbLink, HgbTree, HistGradientBoosting, IfRule, InvalidModel, IsolationForest, Kernel, Model,
+    OneClassSvm, ProbaRule, Step, Tree,
 };
 
 /// The `format` field of a `model.fsm` document.
@@ -280,6 +281,7 @@ const IFOREST: u8 = 2;
 const FOREST_REGRESSOR: u8 = 6;
 const FOREST_CLASSIFIER: u8 = 7;
 const GRADIENT_BOOSTING: u8 = 8;
+const HIST_GRADIENT_BOOSTING: u8 = 9;
 
 /// Version 2's estimators, after the steps.
 fn encode_estimator(e: &Estimator, out: &mut Vec<u8>) {
@@ -339,6 +341,39 @@ fn encode_estimator(e: &Estimator, out: &mut Vec<u8>) {
                 put_str(out, c);
             }
             put_trees(out, &g.trees);
+        }
+        Estimator::HistGradientBoosting(h) => {
+            out.push(HIST_GRADIENT_BOOSTING);
+            out.push(match h.link {
+                HgbLink::Identity => 0,
+                HgbLink::Log => 1,
+                HgbLink::Binomial => 2,
+                HgbLink::Multinomial => 3,
+            });
+            put_u32(out, h.k);
+            put_f64s(out, &h.baseline);
+            put_u32(out, h.classes.len());
+            for c in &h.classes {
+                put_str(out, c);
+            }
+            put_u32(out, h.known_categories.len());
+            for k in &h.known_categories {
+                put_u32(out, k.len());
+                for w in k {
+                    out.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+            let trees: Vec<Tree> = h.trees.iter().map(|t| t.tree.clone()).collect();
+            put_trees(out, &trees);
+            for t in &h.trees {
+                put_u32(out, t.categorical.len());
+                for c in &t.categorical {
+                    out.extend_from_slice(&c.node.to_le_bytes());
+                    for w in &c.left {
+                        out.extend_from_slice(&w.to_le_bytes());
+                    }
+                }
+            }
         }
     }
 }
@@ -627,6 +662,61 @@ fn decode_estimator(r: &mut Reader<'_>, kind: u8, n: usize) -> Result<Estimator,
                 init,
                 loss,
                 classes,
+            })
+        }
+        HIST_GRADIENT_BOOSTING => {
+            let link = match r.u8()? {
+                0 => HgbLink::Identity,
+                1 => HgbLink::Log,
+                2 => HgbLink::Binomial,
+                3 => HgbLink::Multinomial,
+                l => return Err(r.corrupt(format!("unknown link {l}"))),
+            };
+            let k = r.u32()? as usize;
+            let baseline = r.f64s(k)?;
+            let n = r.u32()? as usize;
+            if n > r.data.len() - r.pos {
+                return Err(r.corrupt(format!("{n} classes cannot fit in the data left")));
+            }
+            let classes = (0..n).map(|_| r.string()).collect::<Result<_, _>>()?;
+            let n_known = r.u32()? as usize;
+            if n_known > (r.data.len() - r.pos) / 4 {
+                return Err(r.corrupt(format!("{n_known} features cannot fit in the data left")));
+            }
+            let mut known_categories = Vec::with_capacity(n_known);
+            for _ in 0..n_known {
+                let len = r.u32()? as usize;
+                let words = r.i32s(len)?;
+                known_categories.push(words.into_iter().map(|w| w as u32).collect());
+            }
+            let trees = r.trees()?;
+            let mut hgb_trees = Vec::with_capacity(trees.len());
+            for tree in trees {
+                let n_cat = r.u32()? as usize;
+                if n_cat > (r.data.len() - r.pos) / 36 {
+                    return Err(r.corrupt(format!(
+                        "{n_cat} categorical splits cannot fit in the data left"
+                    )));
+                }
+                let mut categorical = Vec::with_capacity(n_cat);
+                for _ in 0..n_cat {
+                    let node = r.u32()?;
+                    let w = r.i32s(8)?;
+                    let mut left = [0u32; 8];
+                    for (l, w) in left.iter_mut().zip(w) {
+                        *l = w as u32;
+                    }
+                    categorical.push(CategoricalSplit { node, left });
+                }
+                hgb_trees.push(HgbTree { tree, categorical });
+            }
+            Estimator::HistGradientBoosting(HistGradientBoosting {
+                trees: hgb_trees,
+                k,
+                baseline,
+                link,
+                classes,
+                known_categories,
             })
         }
         t => return Err(r.corrupt(format!("unknown estimator type {t}"))),

@@ -150,7 +150,7 @@ impl IsolationForest {
             // as `score_samples` does; NaN rows that are not routed stay NaN.
             sum_leaves_one_feature(&self.trees, xs, self.allow_nan, score);
             for (s, x) in score.iter_mut().zip(xs) {
-                if !(x.is_nan() && !self.allow_nan) {
+                if !x.is_nan() || self.allow_nan {
                     *s = self.decision(self.finish(*s));
                 }
             }
@@ -258,13 +258,11 @@ impl ForestRegressor {
 
     /// Predictions of rows of `n` features.
     pub fn evaluate(&self, xs: &[f64], n: usize, score: &mut [f64]) {
-        if n == 1 && xs.len() >= MERGE_MIN_ROWS {
-            if self.average {
-                sum_leaves_one_feature(&self.trees, xs, self.allow_nan, score);
-                let m = self.trees.len() as f64;
-                score.iter_mut().for_each(|s| *s /= m);
-                return;
-            }
+        if n == 1 && xs.len() >= MERGE_MIN_ROWS && self.average {
+            sum_leaves_one_feature(&self.trees, xs, self.allow_nan, score);
+            let m = self.trees.len() as f64;
+            score.iter_mut().for_each(|s| *s /= m);
+            return;
         }
         for (x, s) in xs.chunks_exact(n).zip(score.iter_mut()) {
             *s = if !self.allow_nan && x.iter().any(|v| v.is_nan()) {

@@ -32,12 +32,14 @@ use serde::{Deserialize, Serialize};
 
 mod forest;
 mod gb;
+mod hgb;
 mod steps;
 mod svm;
 mod tree;
 
 pub use forest::{ForestClassifier, ForestRegressor, IfRule, IsolationForest, ProbaRule};
 pub use gb::{GbLoss, GradientBoosting};
+pub use hgb::{CategoricalSplit, HgbLink, HgbTree, HistGradientBoosting};
 pub use steps::Step;
 pub use svm::{powi, Kernel, OneClassSvm};
 pub use tree::Tree;
@@ -97,6 +99,8 @@ pub enum Estimator {
     ForestClassifier(ForestClassifier),
     /// `GradientBoostingRegressor` and `GradientBoostingClassifier`.
     GradientBoosting(GradientBoosting),
+    /// `HistGradientBoostingRegressor` and `HistGradientBoostingClassifier`.
+    HistGradientBoosting(HistGradientBoosting),
 }
 
 impl Estimator {
@@ -108,6 +112,7 @@ impl Estimator {
             Estimator::ForestRegressor(f) => &f.class,
             Estimator::ForestClassifier(f) => &f.class,
             Estimator::GradientBoosting(g) => g.class_name(),
+            Estimator::HistGradientBoosting(h) => h.class_name(),
         }
     }
 
@@ -118,6 +123,7 @@ impl Estimator {
             Estimator::ForestRegressor(_) => Kind::Regressor,
             Estimator::ForestClassifier(_) => Kind::Classifier,
             Estimator::GradientBoosting(g) => g.kind(),
+            Estimator::HistGradientBoosting(h) => h.kind(),
         }
     }
 
@@ -130,6 +136,7 @@ impl Estimator {
             Estimator::ForestRegressor(f) => f.validate(n),
             Estimator::ForestClassifier(f) => f.validate(n),
             Estimator::GradientBoosting(g) => g.validate(n),
+            Estimator::HistGradientBoosting(h) => h.validate(n),
         }
     }
 
@@ -157,6 +164,7 @@ impl Estimator {
                 f.classes.len()
             ),
             Estimator::GradientBoosting(g) => g.describe(),
+            Estimator::HistGradientBoosting(h) => h.describe(),
         }
     }
 
@@ -170,7 +178,7 @@ impl Estimator {
                 for (s, l) in score.iter().zip(label.iter_mut()) {
                     // libsvm: normal only when the decision is strictly
                     // positive; 0.0 and NaN are anomalies.
-                    let a = !(*s > 0.0);
+                    let a = s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater);
                     *l = u32::from(a);
                     anomalies += usize::from(a);
                 }
@@ -188,6 +196,10 @@ impl Estimator {
             }
             Estimator::GradientBoosting(g) => {
                 g.evaluate(xs, n, score, label);
+                0
+            }
+            Estimator::HistGradientBoosting(h) => {
+                h.evaluate(xs, n, score, label);
                 0
             }
         }
@@ -393,6 +405,7 @@ impl Model {
         match &self.estimator {
             Estimator::ForestClassifier(f) => &f.classes,
             Estimator::GradientBoosting(g) => &g.classes,
+            Estimator::HistGradientBoosting(h) => &h.classes,
             _ => &[],
         }
     }

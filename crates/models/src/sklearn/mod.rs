@@ -9,6 +9,7 @@
 
 use std::io::Read;
 
+mod hgb;
 mod trees;
 
 use crate::model::{Detector, InvalidModel, Kernel, Model, OneClassSvm, Scaler};
@@ -362,6 +363,9 @@ fn collect(value: &Value, cx: &mut Walk<'_>, depth: usize) -> Result<(), ImportE
         }
         Estimator::GradientBoostingRegressor | Estimator::GradientBoostingClassifier => {
             *cx.detector = Some(trees::gradient_boosting(&attrs, est)?);
+        }
+        Estimator::HistGradientBoostingRegressor | Estimator::HistGradientBoostingClassifier => {
+            *cx.detector = Some(hgb::hist_gradient_boosting(&attrs, est)?);
         }
         #[allow(unreachable_patterns)]
         _ => {
