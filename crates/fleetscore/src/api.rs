@@ -939,7 +939,7 @@ async fn prediction_rows(
                         && r.ts < to
                         && d.as_deref().is_none_or(|d| d == r.device)
                         && t.as_deref().is_none_or(|t| t == r.tag)
-                        && (!only_anomalies || r.prediction == 1)
+                        && (!only_anomalies || r.prediction == Some(1))
                 })
             })
             .await
@@ -965,7 +965,7 @@ async fn prediction_rows(
         .into_iter()
         .map(|r| {
             json!({"ts": rfc3339(r.ts), "device": r.device, "tag": r.tag, "value": r.value,
-                   "prediction": r.prediction, "score": r.score})
+                   "prediction": r.prediction, "score": r.score, "label": r.label})
         })
         .collect();
     Ok(Json(json!({

@@ -245,6 +245,19 @@ pub async fn show(g: &Global, device: &str, tag: &str, json: bool) -> anyhow::Re
     }
     println!("model {key}: live version v{}", entry.live);
     println!("  {}", model.describe());
+    println!(
+        "  predicts: {}",
+        match model.kind() {
+            fleetscore_models::Kind::Outlier =>
+                "anomalies (an outlier detector: Prediction 1 = anomaly, Score = decision_function)",
+            fleetscore_models::Kind::Regressor => "a number (a regressor: Score = predict)",
+            fleetscore_models::Kind::Classifier =>
+                "a class (a classifier: Label = predict, Score = its probability)",
+        }
+    );
+    if !model.classes().is_empty() {
+        println!("  classes: {}", model.classes().join(", "));
+    }
     println!("  features: {}", model.n_features);
     if let Some(v) = entry.live_version() {
         match (v.input_mode.as_str(), &v.window) {

@@ -296,12 +296,14 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
     let score_time = t.elapsed();
 
     let t = Instant::now();
+    let outputs = scored.outputs();
     let cols = PredictionColumns {
         ts: &scored.ts,
         value: &scored.value,
-        prediction: &scored.prediction,
+        label: &scored.label,
         score: &scored.score,
         keys: &scored.keys,
+        outputs: &outputs,
         groups: &scored.groups,
     };
     let mut files = Vec::new();
@@ -400,10 +402,12 @@ async fn write_store(
             .entry(scored.keys[*k as usize].0.clone())
             .or_default();
         c.rows += range.len() as u64;
-        c.anomalies += scored.prediction[range.clone()]
-            .iter()
-            .filter(|p| **p == 1)
-            .count() as u64;
+        if scored.kinds[*k as usize] == fleetscore_models::Kind::Outlier {
+            c.anomalies += scored.label[range.clone()]
+                .iter()
+                .filter(|p| **p == 1)
+                .count() as u64;
+        }
     }
     let manifest = Manifest {
         format: "fleetscore-predictions-manifest".into(),

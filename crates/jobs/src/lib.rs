@@ -19,8 +19,8 @@ mod stage;
 
 use std::ops::Range;
 
-use fleetscore_codecs::Readings;
-use fleetscore_models::{is_inlier, Pack};
+use fleetscore_codecs::{ModelOutput, Readings};
+use fleetscore_models::{Kind, Pack};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -84,19 +84,47 @@ pub struct Scored {
     pub ts: Vec<i64>,
     /// Values scored.
     pub value: Vec<f64>,
-    /// 1 = anomaly, 0 = normal.
-    pub prediction: Vec<u8>,
-    /// Decision function.
+    /// Per row, by its model's kind: 1 = anomaly, 0 = normal (detectors);
+    /// the index of the predicted class in `classes` (classifiers);
+    /// unused (regressors). See [`fleetscore_models::Model::evaluate_into`].
+    pub label: Vec<u32>,
+    /// Score: `decision_function` (detectors), `predict` (regressors), the
+    /// predicted class's probability (classifiers).
     pub score: Vec<f64>,
     /// `(device, tag)` per key id.
     pub keys: Vec<(String, String)>,
+    /// What each key id's model predicts (detectors for keys with no
+    /// model, which have no rows).
+    pub kinds: Vec<Kind>,
+    /// A classifier's class texts per key id (empty for other kinds).
+    pub classes: Vec<Vec<String>>,
     /// Scored models: key id and its row range in the arrays above, in
     /// (device, tag) order.
     pub groups: Vec<(u32, Range<usize>)>,
     /// Models that could not score.
     pub failures: Vec<ModelFailure>,
-    /// Number of anomalies.
+    /// Number of anomalies (detectors' rows only).
     pub anomalies: usize,
+}
+
+impl Scored {
+    /// What each key's rows hold, for the predictions writer.
+    pub fn outputs(&self) -> Vec<ModelOutput<'_>> {
+        model_outputs(&self.kinds, &self.classes)
+    }
+}
+
+/// What each key's rows hold, from the kinds and class texts per key.
+pub fn model_outputs<'a>(kinds: &[Kind], classes: &'a [Vec<String>]) -> Vec<ModelOutput<'a>> {
+    kinds
+        .iter()
+        .zip(classes)
+        .map(|(k, c)| match k {
+            Kind::Outlier => ModelOutput::Outlier,
+            Kind::Regressor => ModelOutput::Regressor,
+            Kind::Classifier => ModelOutput::Classifier(c),
+        })
+        .collect()
 }
 
 /// Scores every reading with its model. `progress` is called with the
@@ -207,12 +235,18 @@ pub fn score(readings: Readings, pack: &Pack, progress: &(dyn Fn(u64) + Sync)) -
         keys,
     } = readings;
     drop((in_ts, in_key));
-    let mut prediction = vec![0u8; n_rows];
+    let mut label = vec![0u32; n_rows];
+    let mut kinds = vec![Kind::Outlier; keys.len()];
+    let mut classes = vec![Vec::new(); keys.len()];
+    for (k, _, model) in &work {
+        kinds[*k as usize] = model.kind();
+        classes[*k as usize] = model.classes().to_vec();
+    }
     // Disjoint output slices, one per model, for the parallel loop.
     let mut tasks = Vec::with_capacity(work.len());
     {
         let mut rest_s: &mut [f64] = &mut score;
-        let mut rest_p: &mut [u8] = &mut prediction;
+        let mut rest_p: &mut [u32] = &mut label;
         let mut offset = 0;
         for (k, range, model) in &work {
             let skip = range.start - offset;
@@ -230,18 +264,14 @@ pub fn score(readings: Readings, pack: &Pack, progress: &(dyn Fn(u64) + Sync)) -
         .into_par_iter()
         .with_max_len(1)
         .map(|(k, range, model, out, pred)| {
-            let r = model.decision_function_into(&value[range.clone()], 1, out);
+            let r = model
+                .evaluate_into(&value[range.clone()], 1, out, pred)
+                .map_err(|e| e.to_string())
+                .and_then(|a| check_labels(model, pred).map(|()| a));
             progress(range.len() as u64);
             match r {
-                Ok(()) => {
-                    let mut anomalies = 0;
-                    for (p, &d) in pred.iter_mut().zip(out.iter()) {
-                        *p = u8::from(!is_inlier(d));
-                        anomalies += usize::from(*p);
-                    }
-                    (None, anomalies)
-                }
-                Err(e) => (Some((k, e.to_string())), 0),
+                Ok(anomalies) => (None, anomalies),
+                Err(e) => (Some((k, e)), 0),
             }
         })
         .collect();
@@ -265,12 +295,29 @@ pub fn score(readings: Readings, pack: &Pack, progress: &(dyn Fn(u64) + Sync)) -
     Scored {
         ts,
         value,
-        prediction,
+        label,
         score,
         keys,
+        kinds,
+        classes,
         groups,
         failures,
         anomalies,
+    }
+}
+
+/// A classifier gives no label to a row scikit-learn would refuse (a
+/// missing value the model cannot route): the model fails, with the row,
+/// rather than writing a row without its class.
+pub fn check_labels(model: &fleetscore_models::Model, label: &[u32]) -> Result<(), String> {
+    if model.kind() != Kind::Classifier {
+        return Ok(());
+    }
+    match label.iter().position(|&l| l == fleetscore_models::NO_LABEL) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "row {i}: the classifier cannot predict a missing (NaN) input, which scikit-learn refuses too"
+        )),
     }
 }
 

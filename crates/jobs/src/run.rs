@@ -2283,32 +2283,40 @@ impl Runner {
                         .iter()
                         .flat_map(|w| u.features.iter().map(move |f| feature(w, f)))
                         .collect();
-                    let mut dec = Vec::new();
-                    if let Err(e) = entry.model.decision_function(&rows, width, &mut dec) {
-                        let reason = FailureReason::Evaluation {
-                            message: e.to_string(),
-                        };
-                        failures.push(FailureRecord {
-                            task_idx: idx,
-                            device: u.device.clone(),
-                            tag: u.tag.clone(),
-                            reason: reason.code().to_string(),
-                            detail: reason.to_string(),
-                            rows: u.windows.len() as u64,
-                        });
-                        continue;
-                    }
+                    let n = u.windows.len();
+                    let (mut score, mut label) = (vec![0.0; n], vec![0u32; n]);
+                    let found = match entry
+                        .model
+                        .evaluate_into(&rows, width, &mut score, &mut label)
+                        .map_err(|e| e.to_string())
+                        .and_then(|a| crate::check_labels(&entry.model, &label).map(|()| a))
+                    {
+                        Ok(found) => found,
+                        Err(message) => {
+                            let reason = FailureReason::Evaluation { message };
+                            failures.push(FailureRecord {
+                                task_idx: idx,
+                                device: u.device.clone(),
+                                tag: u.tag.clone(),
+                                reason: reason.code().to_string(),
+                                detail: reason.to_string(),
+                                rows: n as u64,
+                            });
+                            continue;
+                        }
+                    };
+                    anomalies += found;
                     let k = scored.keys.len() as u32;
                     scored.keys.push((u.device.clone(), u.tag.clone()));
+                    scored.kinds.push(entry.model.kind());
+                    scored.classes.push(entry.model.classes().to_vec());
                     let from = scored.ts.len();
-                    for (w, d) in u.windows.iter().zip(&dec) {
+                    for w in &u.windows {
                         scored.ts.push(w.start);
                         scored.value.push(feature(w, &u.features[0]));
-                        let anomaly = !fleetscore_models::is_inlier(*d);
-                        scored.prediction.push(u8::from(anomaly));
-                        anomalies += usize::from(anomaly);
-                        scored.score.push(*d);
                     }
+                    scored.label.extend_from_slice(&label);
+                    scored.score.extend_from_slice(&score);
                     scored.groups.push((k, from..scored.ts.len()));
                 }
                 for (d, t) in &units {
@@ -2324,12 +2332,14 @@ impl Runner {
                     }
                 }
                 failures.sort_by(|a, b| (&a.device, &a.tag).cmp(&(&b.device, &b.tag)));
+                let outputs = scored.outputs();
                 let cols = PredictionColumns {
                     ts: &scored.ts,
                     value: &scored.value,
-                    prediction: &scored.prediction,
+                    label: &scored.label,
                     score: &scored.score,
                     keys: &scored.keys,
+                    outputs: &outputs,
                     groups: &scored.groups,
                 };
                 let rows: usize = scored.groups.iter().map(|(_, g)| g.len()).sum();
@@ -2339,10 +2349,10 @@ impl Runner {
                         .entry(scored.keys[*k as usize].0.clone())
                         .or_default();
                     c.rows += g.len() as u64;
-                    c.anomalies += scored.prediction[g.clone()]
-                        .iter()
-                        .filter(|&&p| p == 1)
-                        .count() as u64;
+                    if scored.kinds[*k as usize] == fleetscore_models::Kind::Outlier {
+                        c.anomalies +=
+                            scored.label[g.clone()].iter().filter(|&&p| p == 1).count() as u64;
+                    }
                 }
                 let bytes = predictions_parquet_bytes(&cols, &k)?;
                 Ok::<_, anyhow::Error>((bytes, failures, rows, anomalies, units.len(), devices))

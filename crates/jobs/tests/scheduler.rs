@@ -529,8 +529,10 @@ async fn window_input_models_score_each_window_on_its_named_features(b: Backend)
     let ws = &windows[&("w0".to_string(), "1".to_string())];
     assert_eq!(ws.len(), 60);
     let rows: Vec<f64> = ws.iter().flat_map(|w| [w.mean, w.min, w.max]).collect();
-    let mut want = Vec::new();
-    model.decision_function(&rows, 3, &mut want).unwrap();
+    let (mut want, mut labels) = (vec![0.0; 60], vec![0u32; 60]);
+    model
+        .evaluate_into(&rows, 3, &mut want, &mut labels)
+        .unwrap();
     let mut got = Vec::new();
     for key in store.list("predictions/").await.unwrap() {
         if key.ends_with(".parquet") {
@@ -542,9 +544,9 @@ async fn window_input_models_score_each_window_on_its_named_features(b: Backend)
         }
     }
     assert_eq!(got.len(), 60);
-    for ((g, w), d) in got.iter().zip(ws).zip(&want) {
+    for (((g, w), d), l) in got.iter().zip(ws).zip(&want).zip(&labels) {
         assert_eq!((g.ts, g.value, g.score), (w.start, w.mean, *d));
-        assert_eq!(g.prediction, i32::from(!fleetscore_models::is_inlier(*d)));
+        assert_eq!(g.prediction, Some(*l as i32));
     }
 }
 

@@ -33,6 +33,14 @@ pub struct VersionInfo {
     pub description: String,
     /// Input features.
     pub n_features: usize,
+    /// What the model predicts: `outlier` (a detector: anomalies and a
+    /// decision score), `regressor` or `classifier`. Indexes written
+    /// before fleetscore had other kinds hold only detectors.
+    #[serde(default = "outlier")]
+    pub kind: String,
+    /// A classifier's classes as text, in `classes_` order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
     /// `raw`: each reading's value is one row; `window`: each window of
     /// `window` (a span such as `1m`) is one row of the named `features`.
     pub input_mode: String,
@@ -42,6 +50,10 @@ pub struct VersionInfo {
     /// The window features, in the model's column order, of `window` input.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+}
+
+fn outlier() -> String {
+    "outlier".to_string()
 }
 
 /// What a model takes as its rows.
@@ -690,6 +702,8 @@ impl Prepared {
             source: req.source,
             description: req.model.describe(),
             n_features: req.model.n_features,
+            kind: req.model.kind().name().to_string(),
+            classes: req.model.classes().to_vec(),
             input_mode,
             window,
             features,
