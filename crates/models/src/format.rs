@@ -56,7 +56,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{
     CategoricalSplit, Estimator, ForestClassifier, ForestRegressor, GbLoss, GradientBoosting,
-    HgbLink, HgbTree, HistGradientBoosting, IfRule, InvalidModel, IsolationForest, Kernel, Model,
+    HgbEncoder, HgbLink, LocalOutlierFactor, Metric, NeighborIndex, HgbTree, HistGradientBoosting, IfRule, InvalidModel, IsolationForest, Kernel, Model,
     OneClassSvm, ProbaRule, Step, Tree,
 };
 
@@ -282,6 +282,12 @@ const FOREST_REGRESSOR: u8 = 6;
 const FOREST_CLASSIFIER: u8 = 7;
 const GRADIENT_BOOSTING: u8 = 8;
 const HIST_GRADIENT_BOOSTING: u8 = 9;
+const ELLIPTIC_ENVELOPE: u8 = 4;
+const SGD_ONE_CLASS_SVM: u8 = 5;
+const LINEAR: u8 = 10;
+const SVC: u8 = 11;
+const SVR: u8 = 12;
+const LOCAL_OUTLIER_FACTOR: u8 = 3;
 
 /// Version 2's estimators, after the steps.
 fn encode_estimator(e: &Estimator, out: &mut Vec<u8>) {
@@ -342,6 +348,48 @@ fn encode_estimator(e: &Estimator, out: &mut Vec<u8>) {
             }
             put_trees(out, &g.trees);
         }
+        Estimator::LocalOutlierFactor(l) => {
+            out.push(LOCAL_OUTLIER_FACTOR);
+            match l.metric {
+                Metric::Euclidean => out.push(1),
+                Metric::Manhattan => out.push(2),
+                Metric::Chebyshev => out.push(3),
+                Metric::Minkowski { p } => {
+                    out.push(4);
+                    put_f64s(out, &[p]);
+                }
+            }
+            put_u32(out, l.k);
+            put_f64s(out, &[l.offset]);
+            put_u32(out, l.lrd.len());
+            put_f64s(out, &l.lrd);
+            put_f64s(out, &l.k_distance);
+            put_u32(out, l.fit_x.len());
+            put_f64s(out, &l.fit_x);
+            for i in &l.idx_array {
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            put_u32(out, l.node_start.len());
+            for (s, e) in l.node_start.iter().zip(&l.node_end) {
+                out.extend_from_slice(&s.to_le_bytes());
+                out.extend_from_slice(&e.to_le_bytes());
+            }
+            out.extend(l.node_leaf.iter().map(|&b| u8::from(b)));
+            match &l.index {
+                NeighborIndex::KdTree { lo, hi } => {
+                    out.push(1);
+                    put_u32(out, lo.len());
+                    put_f64s(out, lo);
+                    put_f64s(out, hi);
+                }
+                NeighborIndex::BallTree { centroid, radius } => {
+                    out.push(2);
+                    put_u32(out, centroid.len());
+                    put_f64s(out, centroid);
+                    put_f64s(out, radius);
+                }
+            }
+        }
         Estimator::HistGradientBoosting(h) => {
             out.push(HIST_GRADIENT_BOOSTING);
             out.push(match h.link {
@@ -374,6 +422,44 @@ fn encode_estimator(e: &Estimator, out: &mut Vec<u8>) {
                     }
                 }
             }
+            match &h.encoder {
+                None => out.push(0),
+                Some(e) => {
+                    out.push(1);
+                    put_u32(out, e.columns.len());
+                    for (c, cats) in e.columns.iter().zip(&e.categories) {
+                        out.extend_from_slice(&c.to_le_bytes());
+                        match cats {
+                            None => out.push(0),
+                            Some(cats) => {
+                                out.push(1);
+                                put_u32(out, cats.len());
+                                put_f64s(out, cats);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Estimator::Svc(s) => {
+            out.push(SVC);
+            s.encode(out);
+        }
+        Estimator::Svr(s) => {
+            out.push(SVR);
+            s.encode(out);
+        }
+        Estimator::Linear(l) => {
+            out.push(LINEAR);
+            l.encode(out);
+        }
+        Estimator::SgdOneClassSvm(d) => {
+            out.push(SGD_ONE_CLASS_SVM);
+            d.encode(out);
+        }
+        Estimator::EllipticEnvelope(e) => {
+            out.push(ELLIPTIC_ENVELOPE);
+            e.encode(out);
         }
     }
 }
@@ -664,6 +750,52 @@ fn decode_estimator(r: &mut Reader<'_>, kind: u8, n: usize) -> Result<Estimator,
                 classes,
             })
         }
+        LOCAL_OUTLIER_FACTOR => {
+            let metric = match r.u8()? {
+                1 => Metric::Euclidean,
+                2 => Metric::Manhattan,
+                3 => Metric::Chebyshev,
+                4 => Metric::Minkowski { p: r.f64()? },
+                m => return Err(r.corrupt(format!("unknown metric {m}"))),
+            };
+            let k = r.u32()? as usize;
+            let offset = r.f64()?;
+            let n = r.u32()? as usize;
+            let lrd = r.f64s(n)?;
+            let k_distance = r.f64s(n)?;
+            let len = r.u32()? as usize;
+            let fit_x = r.f64s(len)?;
+            let idx_array = r.i32s(n)?.into_iter().map(|i| i as u32).collect();
+            let nodes = r.u32()? as usize;
+            let se = r.i32s(nodes.checked_mul(2).ok_or_else(|| r.corrupt("size overflows"))?)?;
+            let node_start = se.iter().step_by(2).map(|&x| x as u32).collect();
+            let node_end = se.iter().skip(1).step_by(2).map(|&x| x as u32).collect();
+            let node_leaf = r.bytes(nodes)?.iter().map(|&b| b != 0).collect();
+            let index = match r.u8()? {
+                1 => {
+                    let len = r.u32()? as usize;
+                    NeighborIndex::KdTree { lo: r.f64s(len)?, hi: r.f64s(len)? }
+                }
+                2 => {
+                    let len = r.u32()? as usize;
+                    NeighborIndex::BallTree { centroid: r.f64s(len)?, radius: r.f64s(nodes)? }
+                }
+                t => return Err(r.corrupt(format!("unknown neighbour index {t}"))),
+            };
+            Estimator::LocalOutlierFactor(LocalOutlierFactor {
+                fit_x,
+                k,
+                metric,
+                index,
+                idx_array,
+                node_start,
+                node_end,
+                node_leaf,
+                k_distance,
+                lrd,
+                offset,
+            })
+        }
         HIST_GRADIENT_BOOSTING => {
             let link = match r.u8()? {
                 0 => HgbLink::Identity,
@@ -710,6 +842,28 @@ fn decode_estimator(r: &mut Reader<'_>, kind: u8, n: usize) -> Result<Estimator,
                 }
                 hgb_trees.push(HgbTree { tree, categorical });
             }
+            let encoder = match r.u8()? {
+                0 => None,
+                1 => {
+                    let n = r.u32()? as usize;
+                    if n > (r.data.len() - r.pos) / 8 {
+                        return Err(r.corrupt(format!("{n} columns cannot fit in the data left")));
+                    }
+                    let (mut columns, mut categories) = (Vec::with_capacity(n), Vec::with_capacity(n));
+                    for _ in 0..n {
+                        columns.push(r.u32()?);
+                        categories.push(match r.u8()? {
+                            0 => None,
+                            _ => {
+                                let len = r.u32()? as usize;
+                                Some(r.f64s(len)?)
+                            }
+                        });
+                    }
+                    Some(HgbEncoder { columns, categories })
+                }
+                f => return Err(r.corrupt(format!("bad encoder flag {f}"))),
+            };
             Estimator::HistGradientBoosting(HistGradientBoosting {
                 trees: hgb_trees,
                 k,
@@ -717,7 +871,15 @@ fn decode_estimator(r: &mut Reader<'_>, kind: u8, n: usize) -> Result<Estimator,
                 link,
                 classes,
                 known_categories,
+                encoder,
             })
+        }
+        SVC => Estimator::Svc(crate::model::Svc::decode(r, n)?),
+        SVR => Estimator::Svr(crate::model::Svr::decode(r, n)?),
+        LINEAR => Estimator::Linear(crate::model::LinearModel::decode(r)?),
+        SGD_ONE_CLASS_SVM => Estimator::SgdOneClassSvm(crate::model::SgdOneClassSvm::decode(r)?),
+        ELLIPTIC_ENVELOPE => {
+            Estimator::EllipticEnvelope(crate::model::EllipticEnvelope::decode(r)?)
         }
         t => return Err(r.corrupt(format!("unknown estimator type {t}"))),
     })

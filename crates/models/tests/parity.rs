@@ -68,14 +68,15 @@ struct Stats {
 /// Families whose every score must be bit-identical to scikit-learn's:
 /// trees sum stored leaf values in scikit-learn's order.
 const BIT_EXACT: &[&str] = &[
-    "decision_tree_regressor",
-    "extra_tree_regressor",
-    "random_forest_regressor",
-    "extra_trees_regressor",
-    "decision_tree_classifier",
-    "extra_tree_classifier",
-    "random_forest_classifier",
-    "extra_trees_classifier",
+    "DecisionTreeRegressor",
+    "ExtraTreeRegressor",
+    "RandomForestRegressor",
+    "ExtraTreesRegressor",
+    "DecisionTreeClassifier",
+    "ExtraTreeClassifier",
+    "RandomForestClassifier",
+    "ExtraTreesClassifier",
+    "GradientBoostingRegressor",
 ];
 
 #[test]
@@ -107,7 +108,7 @@ fn every_fixture_matches_scikit_learn() {
             .as_ref()
             .or(case.decision.as_ref())
             .unwrap_or_else(|| panic!("{}: the case has no scores", e.case));
-        let family = e.family.clone().unwrap_or_else(|| "one_class_svm".into());
+        let family = e.family.clone().unwrap_or_else(|| "OneClassSVM".into());
         let stats = families.entry(family).or_default();
         for i in 0..n {
             let (d, want_d) = (score[i], want_scores[i].unwrap_or(f64::NAN));
@@ -226,11 +227,19 @@ fn malicious_pickles_are_refused_with_the_global_named() {
 
 #[test]
 fn unsupported_corrupt_and_truncated_files_say_why() {
-    // SVC is on the allow-list (it loads) but not translated yet.
-    let e = refusal("unsupported_svc.pkl");
-    assert!(matches!(e, ImportError::Model(_)), "{e:?}");
-    assert!(e.to_string().contains("SVC is not supported"), "{e}");
-    assert!(e.to_string().contains("OneClassSVM"), "{e}");
+    // A scikit-learn class fleetscore does not read is named, with the
+    // list of what it reads.
+    let gnb = b"\x80\x02csklearn.naive_bayes\nGaussianNB\nq\x00)\x81q\x01}q\x02b.";
+    let e = import_sklearn(gnb).unwrap_err();
+    assert!(
+        matches!(e, ImportError::Pickle(PickleError::UnsupportedClass { .. })),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("sklearn.naive_bayes.GaussianNB"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("IsolationForest"), "{e}");
     let e = refusal("truncated.pkl");
     assert!(
         matches!(e, ImportError::Pickle(PickleError::Truncated { .. })),

@@ -273,3 +273,75 @@ fn array_claiming_more_elements_than_its_data_is_refused() {
     let e = NdArray::from_value(&v).unwrap_err();
     assert!(e.contains("needs 8796093022208 bytes, found 8"), "{e}");
 }
+
+/// Every altered tree, forest and boosting model of `invalid/` is refused
+/// as inconsistent, naming the estimator and the attribute (the walk of
+/// such a tree would read out of bounds or never end).
+#[test]
+fn altered_trees_are_refused_naming_the_attribute() {
+    for (file, parts) in [
+        (
+            "tree_child_out_of_range.pkl",
+            &["DecisionTreeRegressor", "tree_", "out of range"][..],
+        ),
+        (
+            "tree_cycle.pkl",
+            &["RandomForestRegressor", "estimators_[1].tree_", "cycle"],
+        ),
+        (
+            "tree_left_only.pkl",
+            &["ExtraTreeRegressor", "tree_", "a leaf has both -1"],
+        ),
+        (
+            "tree_nan_threshold.pkl",
+            &["DecisionTreeClassifier", "threshold", "NaN"],
+        ),
+        (
+            "tree_feature_out_of_range.pkl",
+            &["RandomForestClassifier", "estimators_[0]", "feature 3"],
+        ),
+        (
+            "tree_values_shape.pkl",
+            &[
+                "ExtraTreesRegressor",
+                "estimators_[0].tree_.values",
+                "shape",
+            ],
+        ),
+        (
+            "iforest_features_out_of_range.pkl",
+            &["IsolationForest", "estimators_features_[0]"],
+        ),
+        (
+            "iforest_features_wrong_length.pkl",
+            &["IsolationForest", "estimators_features_"],
+        ),
+        (
+            "iforest_dpl_length.pkl",
+            &["IsolationForest", "_decision_path_lengths"],
+        ),
+        (
+            "iforest_apl_length.pkl",
+            &["IsolationForest", "_average_path_length_per_tree"],
+        ),
+        (
+            "gb_estimators_1d.pkl",
+            &["GradientBoostingRegressor", "estimators_"],
+        ),
+        (
+            "hgb_child_out_of_range.pkl",
+            &["HistGradientBoostingRegressor", "_predictors[0][0]"],
+        ),
+        (
+            "hgb_self_loop.pkl",
+            &[
+                "HistGradientBoostingRegressor",
+                "_predictors[1][0]",
+                "cycle",
+            ],
+        ),
+    ] {
+        let e = invalid(file);
+        assert_names(&e, parts);
+    }
+}

@@ -47,6 +47,37 @@ pub struct HgbTree {
     pub categorical: Vec<CategoricalSplit>,
 }
 
+/// The preprocessor scikit-learn 1.4 and later fits inside a model with
+/// categorical features: the categorical columns first, each value
+/// replaced by its index among the fitted categories (an unknown value or
+/// NaN becomes NaN, which the trees route as missing), then the numeric
+/// columns as they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HgbEncoder {
+    /// The input column of each output column.
+    pub columns: Vec<u32>,
+    /// Per output column: its categories, or none for a numeric column
+    /// passed through.
+    pub categories: Vec<Option<Vec<f64>>>,
+}
+
+impl HgbEncoder {
+    fn encode(&self, x: &[f64], out: &mut [f64]) {
+        for ((o, &c), cats) in out.iter_mut().zip(&self.columns).zip(&self.categories) {
+            let v = x[c as usize];
+            *o = match cats {
+                None => v,
+                // OrdinalEncoder: the index of an equal category.
+                Some(cats) => cats
+                    .iter()
+                    .position(|&k| k == v)
+                    .map_or(f64::NAN, |i| i as f64),
+            };
+        }
+    }
+}
+
 /// A fitted histogram gradient boosting model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +96,10 @@ pub struct HistGradientBoosting {
     /// by feature; empty for numeric features.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known_categories: Vec<Vec<u32>>,
+    /// The categorical preprocessor of scikit-learn 1.4 and later, whose
+    /// output the trees see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<HgbEncoder>,
 }
 
 fn in_bitset(b: &[u32], v: u8) -> bool {
@@ -112,8 +147,35 @@ impl HistGradientBoosting {
     }
 
     /// Checks the model for rows of `n` features.
-    pub fn validate(&self, n: usize) -> Result<(), InvalidModel> {
+    pub fn validate(&self, n_in: usize) -> Result<(), InvalidModel> {
         let est = self.class_name();
+        let n = match &self.encoder {
+            None => n_in,
+            Some(e) => {
+                if e.columns.len() != e.categories.len()
+                    || e.columns.iter().any(|&c| c as usize >= n_in)
+                {
+                    return Err(InvalidModel::new(
+                        est,
+                        "_preprocessor",
+                        format!("does not map {n_in} input columns consistently"),
+                    ));
+                }
+                if e.categories
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .any(|c| !c.is_finite())
+                {
+                    return Err(InvalidModel::new(
+                        est,
+                        "_preprocessor.categories_",
+                        "holds a non-finite category",
+                    ));
+                }
+                e.columns.len()
+            }
+        };
         if self.k == 0 || !self.trees.len().is_multiple_of(self.k) {
             return Err(InvalidModel::new(
                 est,
@@ -253,11 +315,19 @@ impl HistGradientBoosting {
         let k = self.k;
         let mut raw = vec![0.0; k];
         let mut p = vec![0.0; k];
+        let mut encoded = vec![0.0; self.encoder.as_ref().map_or(0, |e| e.columns.len())];
         for ((x, s), l) in xs
             .chunks_exact(n)
             .zip(score.iter_mut())
             .zip(label.iter_mut())
         {
+            let x = match &self.encoder {
+                None => x,
+                Some(e) => {
+                    e.encode(x, &mut encoded);
+                    &encoded[..]
+                }
+            };
             // raw = zeros; raw += baseline; raw[:, k] += predictor(X).
             for (r, b) in raw.iter_mut().zip(&self.baseline) {
                 *r = 0.0 + b;

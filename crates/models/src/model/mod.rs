@@ -33,14 +33,20 @@ use serde::{Deserialize, Serialize};
 mod forest;
 mod gb;
 mod hgb;
+mod linear;
+mod lof;
 mod steps;
+mod svc;
 mod svm;
 mod tree;
 
 pub use forest::{ForestClassifier, ForestRegressor, IfRule, IsolationForest, ProbaRule};
 pub use gb::{GbLoss, GradientBoosting};
-pub use hgb::{CategoricalSplit, HgbLink, HgbTree, HistGradientBoosting};
+pub use hgb::{CategoricalSplit, HgbEncoder, HgbLink, HgbTree, HistGradientBoosting};
+pub use lof::{LocalOutlierFactor, Metric, NeighborIndex};
+pub use linear::{EllipticEnvelope, LinearModel, LinearOutput, SgdOneClassSvm};
 pub use steps::Step;
+pub use svc::{Svc, Svr};
 pub use svm::{powi, Kernel, OneClassSvm};
 pub use tree::Tree;
 
@@ -101,6 +107,19 @@ pub enum Estimator {
     GradientBoosting(GradientBoosting),
     /// `HistGradientBoostingRegressor` and `HistGradientBoostingClassifier`.
     HistGradientBoosting(HistGradientBoosting),
+    /// `sklearn.neighbors.LocalOutlierFactor` fitted with `novelty=True`.
+    LocalOutlierFactor(LocalOutlierFactor),
+    /// `LinearRegression`, `Ridge`, `Lasso`, `ElasticNet`, `SGDRegressor`,
+    /// `LinearSVR`, `LogisticRegression`, `SGDClassifier`, `LinearSVC`.
+    Linear(LinearModel),
+    /// `sklearn.linear_model.SGDOneClassSVM`
+    SgdOneClassSvm(SgdOneClassSvm),
+    /// `sklearn.covariance.EllipticEnvelope`
+    EllipticEnvelope(EllipticEnvelope),
+    /// `SVC` and `NuSVC`: libsvm's one-vs-one classifier.
+    Svc(Svc),
+    /// `SVR` and `NuSVR`: libsvm's regressor.
+    Svr(Svr),
 }
 
 impl Estimator {
@@ -113,6 +132,12 @@ impl Estimator {
             Estimator::ForestClassifier(f) => &f.class,
             Estimator::GradientBoosting(g) => g.class_name(),
             Estimator::HistGradientBoosting(h) => h.class_name(),
+            Estimator::LocalOutlierFactor(_) => "LocalOutlierFactor",
+            Estimator::Linear(l) => &l.class,
+            Estimator::SgdOneClassSvm(_) => "SGDOneClassSVM",
+            Estimator::EllipticEnvelope(_) => "EllipticEnvelope",
+            Estimator::Svc(s) => s.class_name(),
+            Estimator::Svr(s) => s.class_name(),
         }
     }
 
@@ -124,6 +149,11 @@ impl Estimator {
             Estimator::ForestClassifier(_) => Kind::Classifier,
             Estimator::GradientBoosting(g) => g.kind(),
             Estimator::HistGradientBoosting(h) => h.kind(),
+            Estimator::LocalOutlierFactor(_) => Kind::Outlier,
+            Estimator::Linear(l) => l.kind(),
+            Estimator::SgdOneClassSvm(_) | Estimator::EllipticEnvelope(_) => Kind::Outlier,
+            Estimator::Svc(_) => Kind::Classifier,
+            Estimator::Svr(_) => Kind::Regressor,
         }
     }
 
@@ -137,6 +167,12 @@ impl Estimator {
             Estimator::ForestClassifier(f) => f.validate(n),
             Estimator::GradientBoosting(g) => g.validate(n),
             Estimator::HistGradientBoosting(h) => h.validate(n),
+            Estimator::LocalOutlierFactor(l) => l.validate(n),
+            Estimator::Linear(l) => l.validate(n),
+            Estimator::SgdOneClassSvm(d) => d.validate(n),
+            Estimator::EllipticEnvelope(e) => e.validate(n),
+            Estimator::Svc(s) => s.validate(n),
+            Estimator::Svr(s) => s.validate(n),
         }
     }
 
@@ -165,6 +201,14 @@ impl Estimator {
             ),
             Estimator::GradientBoosting(g) => g.describe(),
             Estimator::HistGradientBoosting(h) => h.describe(),
+            Estimator::LocalOutlierFactor(l) => l.describe(),
+            Estimator::Linear(l) => l.describe(),
+            Estimator::SgdOneClassSvm(d) => format!("SGDOneClassSVM({} features)", d.coef.len()),
+            Estimator::EllipticEnvelope(e) => {
+                format!("EllipticEnvelope({} features)", e.location.len())
+            }
+            Estimator::Svc(s) => s.describe(),
+            Estimator::Svr(s) => s.describe(),
         }
     }
 
@@ -198,8 +242,24 @@ impl Estimator {
                 g.evaluate(xs, n, score, label);
                 0
             }
+            Estimator::LocalOutlierFactor(l) => l.evaluate(xs, n, score, label),
             Estimator::HistGradientBoosting(h) => {
                 h.evaluate(xs, n, score, label);
+                0
+            }
+            Estimator::Linear(l) => {
+                l.evaluate(xs, n, score, label);
+                0
+            }
+            Estimator::SgdOneClassSvm(d) => d.evaluate(xs, n, score, label),
+            Estimator::EllipticEnvelope(e) => e.evaluate(xs, n, score, label),
+            Estimator::Svc(s) => {
+                s.evaluate(xs, n, score, label);
+                0
+            }
+            Estimator::Svr(s) => {
+                s.evaluate(xs, n, score);
+                label.fill(NO_LABEL);
                 0
             }
         }
@@ -406,6 +466,8 @@ impl Model {
             Estimator::ForestClassifier(f) => &f.classes,
             Estimator::GradientBoosting(g) => &g.classes,
             Estimator::HistGradientBoosting(h) => &h.classes,
+            Estimator::Linear(l) => &l.classes,
+            Estimator::Svc(s) => &s.classes,
             _ => &[],
         }
     }

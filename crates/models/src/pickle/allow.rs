@@ -541,6 +541,15 @@ const INERT: &[&str] = &[
     // Python objects used as plain values (`slice(0, 3)`, the type
     // `np.float64` as a `dtype` parameter).
     "builtins.slice",
+    // HistGradientBoosting 1.4+ with categorical features keeps its own
+    // preprocessor: a ColumnTransformer of an OrdinalEncoder and a
+    // FunctionTransformer of `partial(check_array, ...)`. The translator
+    // reads them there and refuses a FunctionTransformer anywhere else.
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.preprocessing._encoders.OrdinalEncoder",
+    "sklearn.preprocessing._function_transformer.FunctionTransformer",
+    "functools.partial",
+    "sklearn.utils.validation.check_array",
     "__builtin__.slice",
     "numpy.float64",
 ];

@@ -64,7 +64,7 @@ pub enum PickleError {
         byte: u8,
     },
     /// A global that is not on the allow-list.
-    #[error("refused global `{module}.{name}` at byte {offset}: fleetscore never executes pickled code and only reads scikit-learn models made of {supported}; this name is not one of them")]
+    #[error("refused global `{module}.{name}` at byte {offset}{note}: fleetscore never executes pickled code and only reads scikit-learn models made of {supported}; this name is not one of them")]
     RefusedGlobal {
         /// Byte offset of the `GLOBAL`/`STACK_GLOBAL` opcode.
         offset: usize,
@@ -74,6 +74,9 @@ pub enum PickleError {
         name: String,
         /// Human-readable list of what is supported.
         supported: &'static str,
+        /// Where the name was found, when that helps: the function of a
+        /// `FunctionTransformer`.
+        note: &'static str,
     },
     /// A scikit-learn (or other estimator) class that fleetscore does not
     /// evaluate yet.
@@ -184,6 +187,9 @@ struct Machine<'a> {
     heap_left: usize,
     /// The limit `heap_left` started from, for the error.
     heap_limit: usize,
+    /// A `FunctionTransformer` was named: a refused global after it is
+    /// most likely its function, and the error says so.
+    function_transformer: bool,
 }
 
 /// Estimated heap cost of one value on the stack or in a list (with the
@@ -210,6 +216,7 @@ impl<'a> Machine<'a> {
             mutated: Vec::new(),
             heap_left,
             heap_limit: heap_left,
+            function_transformer: false,
         }
     }
 
@@ -349,9 +356,16 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    fn global(&self, module: &str, name: &str, at: usize) -> Result<Value> {
+    fn global(&mut self, module: &str, name: &str, at: usize) -> Result<Value> {
         match Class::resolve(module, name) {
-            Some(c) => Ok(Value::Global(c)),
+            Some(c) => {
+                if c == Class::Inert(
+                    "sklearn.preprocessing._function_transformer.FunctionTransformer",
+                ) {
+                    self.function_transformer = true;
+                }
+                Ok(Value::Global(c))
+            }
             None if module == "sklearn" || module.starts_with("sklearn.") => {
                 Err(PickleError::UnsupportedClass {
                     module: module.to_string(),
@@ -364,6 +378,11 @@ impl<'a> Machine<'a> {
                 module: module.to_string(),
                 name: name.to_string(),
                 supported: SUPPORTED,
+                note: if self.function_transformer {
+                    " (the code of a FunctionTransformer: a pipeline step that runs the model's own Python function)"
+                } else {
+                    ""
+                },
             }),
         }
     }

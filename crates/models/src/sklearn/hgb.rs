@@ -8,7 +8,7 @@
 //! categorical fields (before 0.24) all read.
 
 use crate::model::{
-    CategoricalSplit, Estimator as Native, HgbLink, HgbTree, HistGradientBoosting, Tree,
+    CategoricalSplit, Estimator as Native, HgbEncoder, HgbLink, HgbTree, HistGradientBoosting, Tree,
 };
 use crate::pickle::{Class, Estimator, NdArray, Value};
 
@@ -231,21 +231,152 @@ fn known_categories(a: &Attrs, n: usize) -> Result<Vec<Vec<u32>>, ImportError> {
     Ok(out)
 }
 
+/// The preprocessor of a model with categorical features (scikit-learn
+/// 1.4 and later): `ColumnTransformer([("encoder", OrdinalEncoder(
+/// handle_unknown="use_encoded_value", unknown_value=nan), cat_mask),
+/// ("numerical", FunctionTransformer(partial(check_array, ...)),
+/// ~cat_mask)])`, exactly as `_preprocess_X` builds it: its output is the
+/// categorical columns, each as its category's index, then the others.
+fn preprocessor(a: &Attrs, p: &Value, n_in: usize) -> Result<HgbEncoder, ImportError> {
+    let bad = |why: &str| {
+        ImportError::Model(format!(
+            "{}._preprocessor {why}; it is not the categorical encoder scikit-learn builds",
+            a.name()
+        ))
+    };
+    if p.object_class()
+        != Some(Class::Inert(
+            "sklearn.compose._column_transformer.ColumnTransformer",
+        ))
+    {
+        return Err(bad("is not a ColumnTransformer"));
+    }
+    let st = p.object_state().ok_or_else(|| bad("has no state"))?;
+    let transformers = st
+        .dict_get("transformers_")
+        .and_then(|t| t.sequence_items())
+        .ok_or_else(|| bad("has no fitted `transformers_`"))?;
+    let (mut columns, mut categories) = (Vec::new(), Vec::new());
+    for t in &transformers {
+        let parts = t
+            .sequence_items()
+            .filter(|p| p.len() == 3)
+            .ok_or_else(|| bad("holds a transformer that is not (name, transformer, columns)"))?;
+        let name = parts[0].as_text().unwrap_or_default();
+        if parts[1].text_eq("drop") {
+            continue;
+        }
+        // The columns: a boolean mask over the input.
+        let mask: Vec<f64> = match NdArray::from_value(&parts[2]).and_then(|m| m.to_f64()) {
+            Ok(m) => m,
+            Err(_) => parts[2]
+                .sequence_items()
+                .map(|v| v.iter().map(|b| b.as_f64().unwrap_or(0.0)).collect())
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "transformer {name:?} has columns that are not a mask"
+                    ))
+                })?,
+        };
+        if mask.len() != n_in {
+            return Err(bad(&format!(
+                "transformer {name:?} has a mask of {} columns for {n_in}",
+                mask.len()
+            )));
+        }
+        let cols: Vec<u32> = (0..n_in as u32)
+            .filter(|&i| mask[i as usize] != 0.0)
+            .collect();
+        match parts[1].object_class() {
+            Some(Class::Inert("sklearn.preprocessing._encoders.OrdinalEncoder")) => {
+                let enc = parts[1]
+                    .object_state()
+                    .ok_or_else(|| bad("has an OrdinalEncoder without state"))?;
+                let unknown = enc.dict_get("handle_unknown").and_then(|h| h.as_text());
+                let unknown_value = enc.dict_get("unknown_value").and_then(|u| u.as_f64());
+                if unknown.as_deref() != Some("use_encoded_value")
+                    || !unknown_value.is_some_and(f64::is_nan)
+                {
+                    return Err(bad(
+                        "has an OrdinalEncoder that does not encode unknown categories as NaN",
+                    ));
+                }
+                let cats = enc
+                    .dict_get("categories_")
+                    .and_then(|c| c.sequence_items())
+                    .ok_or_else(|| bad("has an OrdinalEncoder without `categories_`"))?;
+                if cats.len() != cols.len() {
+                    return Err(bad(
+                        "has an OrdinalEncoder whose categories do not match its columns",
+                    ));
+                }
+                for (c, col) in cats.iter().zip(&cols) {
+                    let mut v = NdArray::from_value(c)
+                        .and_then(|c| c.to_f64())
+                        .map_err(|e| bad(&format!("has categories that are not numbers ({e})")))?;
+                    // A NaN category (fitted with missing values) encodes
+                    // to NaN, as an unknown one does.
+                    v.retain(|x| !x.is_nan());
+                    columns.push(*col);
+                    categories.push(Some(v));
+                }
+            }
+            Some(Class::Inert(
+                "sklearn.preprocessing._function_transformer.FunctionTransformer",
+            )) => {
+                // partial(check_array, dtype=[float64], ensure_all_finite=False):
+                // the numeric columns as they are.
+                let ft = parts[1]
+                    .object_state()
+                    .ok_or_else(|| bad("has a FunctionTransformer without state"))?;
+                let is_check_array = ft.dict_get("func").is_some_and(|f| match &f {
+                    Value::Object(o) => o.try_borrow().is_ok_and(|o| {
+                        o.class == Class::Inert("functools.partial")
+                            && matches!(
+                                o.args.first(),
+                                Some(Value::Global(Class::Inert(
+                                    "sklearn.utils.validation.check_array"
+                                )))
+                            )
+                    }),
+                    _ => false,
+                });
+                if !is_check_array {
+                    return Err(bad(
+                        "has a FunctionTransformer that is not scikit-learn's own check_array",
+                    ));
+                }
+                for c in cols {
+                    columns.push(c);
+                    categories.push(None);
+                }
+            }
+            _ => {
+                return Err(bad(&format!(
+                    "holds transformer {name:?} of an unexpected class"
+                )))
+            }
+        }
+    }
+    Ok(HgbEncoder {
+        columns,
+        categories,
+    })
+}
+
 /// `HistGradientBoostingRegressor` and `HistGradientBoostingClassifier`.
 pub(super) fn hist_gradient_boosting(
     a: &Attrs,
     est: Estimator,
 ) -> Result<(Native, usize), ImportError> {
     let version = sklearn_version(a);
-    if let Some(v) = a.find("_preprocessor") {
-        if !matches!(v, Value::None) {
-            return Err(ImportError::Model(format!(
-                "this {} has categorical features encoded by its own preprocessor (scikit-learn 1.4 and later); fleetscore does not read that yet: fit it with the categories already encoded as integers and without `categorical_features`, or use the Python runtime",
-                est.class_name()
-            )));
-        }
-    }
-    let n = n_features(a)?;
+    let n_in = n_features(a)?;
+    let encoder = match a.find("_preprocessor") {
+        None | Some(Value::None) => None,
+        Some(p) => Some(preprocessor(a, &p, n_in)?),
+    };
+    // The width the trees see.
+    let n = encoder.as_ref().map_or(n_in, |e| e.columns.len());
     let classifier = est == Estimator::HistGradientBoostingClassifier;
     let iterations = items(a, &a.get("_predictors")?, "_predictors")?;
     let mut trees = Vec::new();
@@ -311,7 +442,8 @@ pub(super) fn hist_gradient_boosting(
             link,
             classes,
             known_categories: known_categories(a, n)?,
+            encoder,
         }),
-        n,
+        n_in,
     ))
 }

@@ -10,6 +10,9 @@
 use std::io::Read;
 
 mod hgb;
+mod lof;
+mod linear;
+mod svc;
 mod trees;
 
 use crate::model::{Detector, InvalidModel, Kernel, Model, OneClassSvm, Scaler};
@@ -364,8 +367,34 @@ fn collect(value: &Value, cx: &mut Walk<'_>, depth: usize) -> Result<(), ImportE
         Estimator::GradientBoostingRegressor | Estimator::GradientBoostingClassifier => {
             *cx.detector = Some(trees::gradient_boosting(&attrs, est)?);
         }
+        Estimator::LocalOutlierFactor => {
+            *cx.detector = Some(lof::local_outlier_factor(&attrs)?);
+        }
         Estimator::HistGradientBoostingRegressor | Estimator::HistGradientBoostingClassifier => {
             *cx.detector = Some(hgb::hist_gradient_boosting(&attrs, est)?);
+        }
+        Estimator::Svc => {
+            *cx.detector = Some(svc::svc(&attrs, false)?);
+        }
+        Estimator::Svr => {
+            *cx.detector = Some(svc::svr(&attrs, false)?);
+        }
+        Estimator::LinearRegression
+        | Estimator::Ridge
+        | Estimator::Lasso
+        | Estimator::ElasticNet
+        | Estimator::SgdRegressor
+        | Estimator::LinearSvr
+        | Estimator::LogisticRegression
+        | Estimator::SgdClassifier
+        | Estimator::LinearSvc => {
+            *cx.detector = Some(linear::linear(&attrs, est)?);
+        }
+        Estimator::SgdOneClassSvm => {
+            *cx.detector = Some(linear::sgd_one_class_svm(&attrs)?);
+        }
+        Estimator::EllipticEnvelope => {
+            *cx.detector = Some(linear::elliptic_envelope(&attrs)?);
         }
         #[allow(unreachable_patterns)]
         _ => {
