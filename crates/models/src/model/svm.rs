@@ -171,19 +171,33 @@ impl OneClassSvm {
     /// libsvm's `Kernel::k_function` for dense vectors.
     #[inline]
     pub fn kernel_value(&self, x: &[f64], sv: &[f64]) -> f64 {
-        match self.kernel {
-            Kernel::Rbf => {
-                let mut sum = 0.0;
-                for (a, b) in x.iter().zip(sv) {
-                    let d = a - b;
-                    sum += d * d;
-                }
-                fastexp::exp(-self.gamma * sum)
+        k_function(self.kernel, self.gamma, self.coef0, self.degree, x, sv)
+    }
+}
+
+/// libsvm's `Kernel::k_function` for dense vectors, shared by every
+/// libsvm model (OneClassSVM, SVC, SVR).
+#[inline]
+pub(crate) fn k_function(
+    kernel: Kernel,
+    gamma: f64,
+    coef0: f64,
+    degree: i32,
+    x: &[f64],
+    sv: &[f64],
+) -> f64 {
+    match kernel {
+        Kernel::Rbf => {
+            let mut sum = 0.0;
+            for (a, b) in x.iter().zip(sv) {
+                let d = a - b;
+                sum += d * d;
             }
-            Kernel::Linear => dot(x, sv),
-            Kernel::Poly => powi(self.gamma * dot(x, sv) + self.coef0, self.degree),
-            Kernel::Sigmoid => (self.gamma * dot(x, sv) + self.coef0).tanh(),
+            fastexp::exp(-gamma * sum)
         }
+        Kernel::Linear => dot(x, sv),
+        Kernel::Poly => powi(gamma * dot(x, sv) + coef0, degree),
+        Kernel::Sigmoid => (gamma * dot(x, sv) + coef0).tanh(),
     }
 }
 
