@@ -56,8 +56,9 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{
     CategoricalSplit, Estimator, ForestClassifier, ForestRegressor, GbLoss, GradientBoosting,
-    HgbEncoder, HgbLink, LocalOutlierFactor, Metric, NeighborIndex, HgbTree, HistGradientBoosting, IfRule, InvalidModel, IsolationForest, Kernel, Model,
-    OneClassSvm, ProbaRule, Step, Tree,
+    HgbEncoder, HgbLink, HgbTree, HistGradientBoosting, IfRule, InvalidModel, IsolationForest,
+    Kernel, LocalOutlierFactor, Metric, Model, NeighborIndex, OneClassSvm, ProbaRule, Step,
+    StepForest, StepTree, Tree,
 };
 
 /// The `format` field of a `model.fsm` document.
@@ -221,6 +222,10 @@ pub fn encode(model: &Model, out: &mut Vec<u8>) {
                 f64s(out, scale);
                 f64s(out, min);
             }
+            // Version 2's steps (types 4 and later) encode themselves.
+            _ => {
+                s.encode_v2(out);
+            }
         }
     }
     let svm = match &model.estimator {
@@ -308,6 +313,27 @@ fn encode_estimator(e: &Estimator, out: &mut Vec<u8>) {
             put_f64s(out, &[f.offset, f.threshold]);
             out.push(u8::from(f.allow_nan));
             put_trees(out, &f.trees);
+            match &f.compiled {
+                None => out.push(0),
+                Some(c) => {
+                    out.push(1);
+                    put_u32(out, c.values.len());
+                    put_f64s(out, &c.values);
+                    out.extend_from_slice(&c.nodes.to_le_bytes());
+                    out.extend_from_slice(&c.depth.to_le_bytes());
+                    put_u32(out, c.trees.len());
+                    for t in &c.trees {
+                        put_u32(out, t.upper.len());
+                        for u in &t.upper {
+                            out.extend_from_slice(&u.to_le_bytes());
+                        }
+                        for l in &t.leaf {
+                            out.extend_from_slice(&l.to_le_bytes());
+                        }
+                        out.extend_from_slice(&t.nan_leaf.to_le_bytes());
+                    }
+                }
+            }
         }
         Estimator::ForestRegressor(f) => {
             out.push(FOREST_REGRESSOR);
@@ -590,17 +616,19 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Model, FormatError> {
     }
     let n_steps = r.u8()?;
     let mut steps = Vec::with_capacity(usize::from(n_steps));
+    // The width of the rows each step receives: a step may change it.
+    let mut w = n;
     for _ in 0..n_steps {
         let step = match r.u8()? {
             t @ (1 | 3) => {
                 let flags = r.u8()?;
                 let a = if flags & 1 != 0 {
-                    Some(r.f64s(n)?)
+                    Some(r.f64s(w)?)
                 } else {
                     None
                 };
                 let b = if flags & 2 != 0 {
-                    Some(r.f64s(n)?)
+                    Some(r.f64s(w)?)
                 } else {
                     None
                 };
@@ -619,12 +647,14 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Model, FormatError> {
                     1 => Some((r.f64()?, r.f64()?)),
                     _ => return Err(r.corrupt("bad clip flag")),
                 };
-                let scale = r.f64s(n)?;
-                let min = r.f64s(n)?;
+                let scale = r.f64s(w)?;
+                let min = r.f64s(w)?;
                 Step::MinMaxScaler { scale, min, clip }
             }
+            t if v2 => Step::decode_v2(t, r, w)?,
             t => return Err(r.corrupt(format!("unknown scaler type {t}"))),
         };
+        w = step.out_width(w);
         steps.push(step);
     }
     let kind = r.u8()?;
@@ -634,7 +664,7 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Model, FormatError> {
     let model = Model {
         n_features: n,
         steps,
-        estimator: decode_estimator(r, kind, n)?,
+        estimator: decode_estimator(r, kind, w)?,
     };
     model.validate()?;
     Ok(model)
@@ -684,8 +714,58 @@ fn decode_estimator(r: &mut Reader<'_>, kind: u8, n: usize) -> Result<Estimator,
             let offset = r.f64()?;
             let threshold = r.f64()?;
             let allow_nan = r.u8()? != 0;
+            let trees = r.trees()?;
+            let compiled = match r.u8()? {
+                0 => None,
+                1 => {
+                    let n = r.u32()? as usize;
+                    let values = r.f64s(n)?;
+                    let nodes = r.u64()?;
+                    let depth = r.u32()?;
+                    let n_trees = r.u32()? as usize;
+                    if n_trees > (r.data.len() - r.pos) / 6 {
+                        return Err(
+                            r.corrupt(format!("{n_trees} trees cannot fit in the data left"))
+                        );
+                    }
+                    let mut st = Vec::with_capacity(n_trees);
+                    for _ in 0..n_trees {
+                        let len = r.u32()? as usize;
+                        let upper = r
+                            .bytes(
+                                len.checked_mul(4)
+                                    .ok_or_else(|| r.corrupt("size overflows"))?,
+                            )?
+                            .chunks_exact(4)
+                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect();
+                        let leaf = r
+                            .bytes(
+                                len.checked_mul(2)
+                                    .ok_or_else(|| r.corrupt("size overflows"))?,
+                            )?
+                            .chunks_exact(2)
+                            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                            .collect();
+                        let nan_leaf = r.u16()?;
+                        st.push(StepTree {
+                            upper,
+                            leaf,
+                            nan_leaf,
+                        });
+                    }
+                    Some(StepForest {
+                        values,
+                        trees: st,
+                        nodes,
+                        depth,
+                    })
+                }
+                f => return Err(r.corrupt(format!("bad compiled-forest flag {f}"))),
+            };
             Estimator::IsolationForest(IsolationForest {
-                trees: r.trees()?,
+                trees,
+                compiled,
                 rule,
                 offset,
                 threshold,
@@ -767,18 +847,28 @@ fn decode_estimator(r: &mut Reader<'_>, kind: u8, n: usize) -> Result<Estimator,
             let fit_x = r.f64s(len)?;
             let idx_array = r.i32s(n)?.into_iter().map(|i| i as u32).collect();
             let nodes = r.u32()? as usize;
-            let se = r.i32s(nodes.checked_mul(2).ok_or_else(|| r.corrupt("size overflows"))?)?;
+            let se = r.i32s(
+                nodes
+                    .checked_mul(2)
+                    .ok_or_else(|| r.corrupt("size overflows"))?,
+            )?;
             let node_start = se.iter().step_by(2).map(|&x| x as u32).collect();
             let node_end = se.iter().skip(1).step_by(2).map(|&x| x as u32).collect();
             let node_leaf = r.bytes(nodes)?.iter().map(|&b| b != 0).collect();
             let index = match r.u8()? {
                 1 => {
                     let len = r.u32()? as usize;
-                    NeighborIndex::KdTree { lo: r.f64s(len)?, hi: r.f64s(len)? }
+                    NeighborIndex::KdTree {
+                        lo: r.f64s(len)?,
+                        hi: r.f64s(len)?,
+                    }
                 }
                 2 => {
                     let len = r.u32()? as usize;
-                    NeighborIndex::BallTree { centroid: r.f64s(len)?, radius: r.f64s(nodes)? }
+                    NeighborIndex::BallTree {
+                        centroid: r.f64s(len)?,
+                        radius: r.f64s(nodes)?,
+                    }
                 }
                 t => return Err(r.corrupt(format!("unknown neighbour index {t}"))),
             };
@@ -849,7 +939,8 @@ fn decode_estimator(r: &mut Reader<'_>, kind: u8, n: usize) -> Result<Estimator,
                     if n > (r.data.len() - r.pos) / 8 {
                         return Err(r.corrupt(format!("{n} columns cannot fit in the data left")));
                     }
-                    let (mut columns, mut categories) = (Vec::with_capacity(n), Vec::with_capacity(n));
+                    let (mut columns, mut categories) =
+                        (Vec::with_capacity(n), Vec::with_capacity(n));
                     for _ in 0..n {
                         columns.push(r.u32()?);
                         categories.push(match r.u8()? {
@@ -860,7 +951,10 @@ fn decode_estimator(r: &mut Reader<'_>, kind: u8, n: usize) -> Result<Estimator,
                             }
                         });
                     }
-                    Some(HgbEncoder { columns, categories })
+                    Some(HgbEncoder {
+                        columns,
+                        categories,
+                    })
                 }
                 f => return Err(r.corrupt(format!("bad encoder flag {f}"))),
             };

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::steptree::StepForest;
 use super::tree::{numpy_sum, Tree};
 use super::{InvalidModel, NO_LABEL};
 
@@ -41,8 +42,13 @@ pub enum IfRule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IsolationForest {
-    /// The isolation trees, in `estimators_` order.
+    /// The isolation trees, in `estimators_` order (empty when
+    /// `compiled` holds them).
     pub trees: Vec<Tree>,
+    /// The trees of a one-feature forest as step functions (see
+    /// [`StepForest`]): what a forest over one input is held and scored as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compiled: Option<StepForest>,
     /// How the path lengths become a score.
     pub rule: IfRule,
     /// `offset_`: `decision_function = score_samples - offset_`.
@@ -60,7 +66,16 @@ impl IsolationForest {
     /// Checks the forest for rows of `n` features.
     pub fn validate(&self, n: usize) -> Result<(), InvalidModel> {
         const EST: &str = "IsolationForest";
-        if self.trees.is_empty() {
+        if let Some(c) = &self.compiled {
+            if !self.trees.is_empty() || n != 1 {
+                return Err(InvalidModel::new(
+                    EST,
+                    "trees",
+                    "a compiled forest has one input and no other trees",
+                ));
+            }
+            c.validate(EST)?;
+        } else if self.trees.is_empty() {
             return Err(InvalidModel::new(EST, "estimators_", "is empty"));
         }
         for (i, t) in self.trees.iter().enumerate() {
@@ -99,11 +114,35 @@ impl IsolationForest {
     /// `score_samples` of one row: `-(2 ** -(mean path length / c))`.
     #[inline]
     pub fn score_samples(&self, x: &[f64]) -> f64 {
+        if let Some(c) = &self.compiled {
+            let mut d = [0.0];
+            c.sum_leaves(&x[..1], self.allow_nan, &mut d);
+            return self.finish(d[0]);
+        }
         let mut depths = 0.0;
         for t in &self.trees {
             depths += t.value[t.leaf(x)];
         }
         self.finish(depths)
+    }
+
+    /// Number of trees.
+    pub fn n_trees(&self) -> usize {
+        self.compiled
+            .as_ref()
+            .map_or(self.trees.len(), |c| c.trees.len())
+    }
+
+    /// Compiles a one-feature forest to step functions
+    /// ([`IsolationForest::compiled`]); other forests stay as they are.
+    pub fn compile_one_feature(mut self, n_features: usize) -> Self {
+        if n_features == 1 && self.compiled.is_none() {
+            if let Some(c) = StepForest::compile(&self.trees) {
+                self.compiled = Some(c);
+                self.trees = Vec::new();
+            }
+        }
+        self
     }
 
     /// The score from the summed per-tree terms.
@@ -117,7 +156,7 @@ impl IsolationForest {
                     depths / denominator
                 }
             }
-            IfRule::Mean { c } => depths / self.trees.len() as f64 / c,
+            IfRule::Mean { c } => depths / self.n_trees() as f64 / c,
         };
         -(2f64.powf(-ratio))
     }
@@ -145,7 +184,14 @@ impl IsolationForest {
     /// Decisions and labels (1 = anomaly) of rows of `n` features;
     /// returns the number of anomalies.
     pub fn evaluate(&self, xs: &[f64], n: usize, score: &mut [f64], label: &mut [u32]) -> usize {
-        if n == 1 && xs.len() >= MERGE_MIN_ROWS {
+        if let Some(c) = &self.compiled {
+            c.sum_leaves(xs, self.allow_nan, score);
+            for (s, x) in score.iter_mut().zip(xs) {
+                if !x.is_nan() || self.allow_nan {
+                    *s = self.decision(self.finish(*s));
+                }
+            }
+        } else if n == 1 && xs.len() >= MERGE_MIN_ROWS {
             // Sum the trees' terms per row by merging, then finish each row
             // as `score_samples` does; NaN rows that are not routed stay NaN.
             sum_leaves_one_feature(&self.trees, xs, self.allow_nan, score);

@@ -36,6 +36,7 @@ mod hgb;
 mod linear;
 mod lof;
 mod steps;
+mod steptree;
 mod svc;
 mod svm;
 mod tree;
@@ -43,9 +44,10 @@ mod tree;
 pub use forest::{ForestClassifier, ForestRegressor, IfRule, IsolationForest, ProbaRule};
 pub use gb::{GbLoss, GradientBoosting};
 pub use hgb::{CategoricalSplit, HgbEncoder, HgbLink, HgbTree, HistGradientBoosting};
-pub use lof::{LocalOutlierFactor, Metric, NeighborIndex};
 pub use linear::{EllipticEnvelope, LinearModel, LinearOutput, SgdOneClassSvm};
-pub use steps::Step;
+pub use lof::{LocalOutlierFactor, Metric, NeighborIndex};
+pub use steps::{Norm, PolyProduct, PowerMethod, QuantileOutput, Step};
+pub use steptree::{StepForest, StepTree};
 pub use svc::{Svc, Svr};
 pub use svm::{powi, Kernel, OneClassSvm};
 pub use tree::Tree;
@@ -189,9 +191,15 @@ impl Estimator {
                     plural(n)
                 )
             }
-            Estimator::IsolationForest(f) => {
-                format!("IsolationForest({})", tree_sizes(&f.trees))
-            }
+            Estimator::IsolationForest(f) => match &f.compiled {
+                None => format!("IsolationForest({})", tree_sizes(&f.trees)),
+                Some(c) => format!(
+                    "IsolationForest({} trees, {} nodes, depth {}; one feature, held as step functions)",
+                    c.trees.len(),
+                    c.nodes,
+                    c.depth
+                ),
+            },
             Estimator::ForestRegressor(f) => format!("{}({})", f.class, tree_sizes(&f.trees)),
             Estimator::ForestClassifier(f) => format!(
                 "{}({}, {} classes)",

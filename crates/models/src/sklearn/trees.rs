@@ -430,13 +430,17 @@ pub(super) fn isolation_forest(a: &Attrs) -> Result<(Native, usize), ImportError
     // Trees with `missing_go_to_left` (1.3 and later) route NaN.
     let allow_nan = all_missing;
     Ok((
-        Native::IsolationForest(IsolationForest {
-            trees,
-            rule,
-            offset,
-            threshold,
-            allow_nan,
-        }),
+        Native::IsolationForest(
+            IsolationForest {
+                trees,
+                compiled: None,
+                rule,
+                offset,
+                threshold,
+                allow_nan,
+            }
+            .compile_one_feature(n),
+        ),
         n,
     ))
 }
