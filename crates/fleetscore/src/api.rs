@@ -669,6 +669,7 @@ async fn models(State(api): A, headers: HeaderMap) -> Response {
                         "description": live.map(|v| v.description.clone()),
                         "n_features": live.map(|v| v.n_features),
                         "input_mode": live.map(|v| v.input_mode.clone()),
+                        "kind": live.map(|v| v.kind.clone()),
                     })
                 })
                 .collect();

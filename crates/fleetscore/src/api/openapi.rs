@@ -560,8 +560,9 @@ fn schemas() -> Value {
             ("device", string("Device (`Device`).")),
             ("tag", string("Tag (`Tag`).")),
             ("value", json!({"type": "number", "description": "The value scored (`Val` in predictions files)."})),
-            ("prediction", json!({"type": "integer", "enum": [0, 1], "description": "1 = anomaly, 0 = normal (`Prediction`)."})),
-            ("score", json!({"type": "number", "description": "The model's decision function (`Score` in predictions files, `Decision` in the reference's); an anomaly when <= 0 for a one-class SVM."})),
+            ("prediction", json!({"type": ["integer", "null"], "enum": [0, 1, null], "description": "An outlier detector's verdict: 1 = anomaly, 0 = normal (`Prediction`); null for regressors and classifiers."})),
+            ("score", json!({"type": "number", "description": "`Score`: a detector's decision function (`Decision` in the reference's files; an anomaly below its threshold), a regressor's prediction, or a classifier's probability of its predicted class (its decision function when it has no predict_proba)."})),
+            ("label", json!({"type": ["string", "null"], "description": "A classifier's predicted class as text (`Label`); null for detectors and regressors."})),
         ], &[]),
         "PredictionRows": object("Predictions of a range.", &[
             ("from", instant("Range start (inclusive).")),
@@ -691,6 +692,7 @@ fn schemas() -> Value {
                 ("description", nullable("string", "The live version, e.g. `Pipeline(StandardScaler, OneClassSVM(…))`.")),
                 ("n_features", nullable("integer", "Its input features.")),
                 ("input_mode", nullable("string", "`raw` or `window`.")),
+                ("kind", json!({"type": ["string", "null"], "enum": ["outlier", "regressor", "classifier", null], "description": "What the live version predicts: anomalies (`outlier`), a number (`regressor`) or a class (`classifier`)."})),
             ], &[]))),
         ], &[]),
         "Model": object("A model key and every version.", &[
@@ -704,10 +706,12 @@ fn schemas() -> Value {
                 ("source", string("Where it came from.")),
                 ("description", string("One line, e.g. `Pipeline(StandardScaler, OneClassSVM(…))`.")),
                 ("n_features", integer("Input features.")),
+                ("kind", one_of(&["outlier", "regressor", "classifier"], "What it predicts: anomalies, a number or a class.")),
+                ("classes", array(json!({"type": "string"}))),
                 ("input_mode", string("`raw`: each reading is a row; `window`: each window is a row of `features`.")),
                 ("window", string("The window size of `window` input.")),
                 ("features", array(json!({"type": "string"}))),
-            ], &["window", "features"]))),
+            ], &["window", "features", "classes"]))),
         ], &[]),
         "ImportOutcome": object("What an upload did.", &[
             ("outcome", one_of(&["added", "new_version", "unchanged"], "A new key (version 1), a new live version, or the same model as an existing version (nothing written).")),
