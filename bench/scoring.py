@@ -645,8 +645,13 @@ def time_fleetscore(binary: str, work: Path, repeat: int) -> tuple[Run, dict, li
     cmd = [binary, "--data", str(data), "models", "import", str(work / "models")]
     log(f"fleetscore import (untimed): {' '.join(cmd)}")
     import_run = run_timed(cmd)
-    pack = disk_usage(data / "models")
-    log(f"  store models/: {pack['files']} files, {pack['apparent_bytes'] / 1e6:.1f} MB")
+    # The store's models/ (fsdata/store/models in the local layout).
+    models = next((d for d in (data / "store" / "models", data / "models") if d.is_dir()), data)
+    pack = disk_usage(models)
+    pack["path"] = str(models.relative_to(work))
+    pack_file = models / "pack.fsp"
+    pack["pack_fsp_bytes"] = pack_file.stat().st_size if pack_file.is_file() else None
+    log(f"  {pack['path']}/: {pack['files']} files, {pack['apparent_bytes'] / 1e6:.1f} MB")
 
     cmd = [binary, "--data", str(data), "score", "--input", str(work / "readings.parquet"),
            "--out", str(out), "--format", "parquet"]
@@ -948,8 +953,9 @@ def benchmark(args: argparse.Namespace, family: Family, work: Path) -> tuple[int
                         else f", fleetscore anomalies {report['anomalies_fleetscore']}")
         lines += [
             f"fleetscore:   {describe(fs_runs)}",
-            f"import:       (untimed) {import_run.text()}; store models/ {pack['files']} files, "
-            f"{mb(pack['apparent_bytes'])} ({mb(pack['du_bytes'])} on disk, du)",
+            f"import:       (untimed) {import_run.text()}; {pack['path']}/: {pack['files']} files, "
+            f"{mb(pack['apparent_bytes'])} ({mb(pack['du_bytes'])} on disk, du)"
+            + ("" if pack["pack_fsp_bytes"] is None else f", of which pack.fsp {mb(pack['pack_fsp_bytes'])}"),
             f"verification: {report['rows_compared']} rows compared (python {report['rows_python']}, "
             f"fleetscore {report['rows_fleetscore']}), {report['prediction_mismatches']} prediction "
             f"mismatches ({report['null_predictions_fleetscore']} null predictions in fleetscore's output), "
