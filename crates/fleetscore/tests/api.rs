@@ -235,11 +235,19 @@ fn the_api_end_to_end() {
     let rows = p["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 120);
     // The API's names for the predictions files' TS, Device, Tag, Val,
-    // Prediction, Score.
+    // Prediction, Score, Label.
     let names: Vec<&String> = rows[0].as_object().unwrap().keys().collect();
     assert_eq!(
         names,
-        ["device", "prediction", "score", "tag", "ts", "value"],
+        [
+            "device",
+            "label",
+            "prediction",
+            "score",
+            "tag",
+            "ts",
+            "value"
+        ],
         "{}",
         rows[0]
     );

@@ -57,7 +57,10 @@ fn job_reproduces_expected_predictions(fleet: &Fleet) {
 
     let got = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
     let mut lines = got.lines();
-    assert_eq!(lines.next(), Some("TS,Device,Tag,Val,Prediction,Score"));
+    assert_eq!(
+        lines.next(),
+        Some("TS,Device,Tag,Val,Prediction,Score,Label")
+    );
     let mut n = 0;
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
@@ -419,9 +422,10 @@ fn import_errors_name_the_file_and_the_reason() {
         models.join("model_d2_t1"),
     )
     .unwrap();
-    std::fs::copy(
-        fixture("malicious/unsupported_svc.pkl"),
+    // A scikit-learn class fleetscore does not read (GaussianNB).
+    std::fs::write(
         models.join("model_d3_t1"),
+        b"\x80\x02csklearn.naive_bayes\nGaussianNB\nq\x00)\x81q\x01}q\x02b.",
     )
     .unwrap();
     let o = run(data, &["models", "import", models.to_str().unwrap()]);
@@ -433,7 +437,7 @@ fn import_errors_name_the_file_and_the_reason() {
         "{t}"
     );
     assert!(t.contains("posix.system"), "{t}");
-    assert!(t.contains("sklearn.svm._classes.SVC"), "{t}");
+    assert!(t.contains("sklearn.naive_bayes.GaussianNB"), "{t}");
 
     // A manifest maps arbitrary names; a changed model becomes version 2.
     std::fs::write(

@@ -213,12 +213,12 @@ fn csv_output_quotes_names_with_commas_and_newlines() {
     let rows = parse_csv(&std::fs::read_to_string(out.join("predictions.csv")).unwrap());
     assert_eq!(
         rows[0],
-        ["TS", "Device", "Tag", "Val", "Prediction", "Score"]
+        ["TS", "Device", "Tag", "Val", "Prediction", "Score", "Label"]
     );
     let mut devices: Vec<String> = rows[1..]
         .iter()
         .map(|r| {
-            assert_eq!(r.len(), 6, "{r:?}");
+            assert_eq!(r.len(), 7, "{r:?}");
             r[1].clone()
         })
         .collect();

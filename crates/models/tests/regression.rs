@@ -345,3 +345,77 @@ fn altered_trees_are_refused_naming_the_attribute() {
         assert_names(&e, parts);
     }
 }
+
+// ---------------------------------------------------------------------------
+// LocalOutlierFactor (issue 18): a search tree or neighbour count altered
+// after fitting would make the replayed query read out of bounds or score
+// with the wrong neighbours; each is refused naming the attribute.
+
+#[test]
+fn lof_idx_array_that_is_not_a_permutation_is_refused() {
+    let e = invalid("lof_idx_not_permutation.pkl");
+    assert_names(
+        &e,
+        &["LocalOutlierFactor", "_tree.idx_array", "not a permutation"],
+    );
+}
+
+#[test]
+fn lof_node_range_past_the_training_points_is_refused() {
+    let e = invalid("lof_node_range.pkl");
+    assert_names(&e, &["LocalOutlierFactor", "_tree.node_data", "0..105"]);
+}
+
+#[test]
+fn lof_n_neighbors_above_the_training_points_is_refused() {
+    let e = invalid("lof_k_too_large.pkl");
+    assert_names(&e, &["LocalOutlierFactor", "n_neighbors_", "101"]);
+}
+
+/// Every fixture model (each family, protocol 4) survives `model.fsm`
+/// and the pack unchanged: equal after the round trip, the same content
+/// hash, the same scores bit for bit. JSON has no infinity, so a tree's
+/// `+inf` threshold or a step function's last bound must come back too.
+#[test]
+fn every_fixture_family_round_trips_through_model_fsm_and_the_pack() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sklearn");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
+    let mut families = std::collections::BTreeSet::new();
+    for e in manifest["files"].as_array().unwrap() {
+        if e["variant"] != "p4.pkl" {
+            continue;
+        }
+        let file = e["file"].as_str().unwrap();
+        let m = import_sklearn(&std::fs::read(root.join(file)).unwrap())
+            .unwrap_or_else(|err| panic!("{file}: {err}"));
+        let back =
+            format::from_json(&format::to_json(&m)).unwrap_or_else(|err| panic!("{file}: {err}"));
+        assert!(back == m, "{file}: model.fsm changed the model");
+        let key = ModelKey::new("d", "t").unwrap();
+        let pack = Pack::new(
+            1,
+            [PackEntry {
+                key,
+                version: 1,
+                model: m.clone(),
+            }],
+        );
+        let decoded = Pack::decode(&pack.encode()).unwrap_or_else(|err| panic!("{file}: {err}"));
+        let pm = &decoded.entries()[0].model;
+        assert!(*pm == m, "{file}: the pack changed the model");
+        assert_eq!(format::content_hash(pm), format::content_hash(&m), "{file}");
+        let w = m.n_features;
+        let rows: Vec<f64> = (0..40 * w)
+            .map(|i| ((i * 37) % 23) as f64 / 7.0 - 1.5)
+            .collect();
+        let (mut a, mut la) = (vec![0.0; 40], vec![0u32; 40]);
+        let (mut b, mut lb) = (vec![0.0; 40], vec![0u32; 40]);
+        m.evaluate_into(&rows, w, &mut a, &mut la).unwrap();
+        pm.evaluate_into(&rows, w, &mut b, &mut lb).unwrap();
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!((bits(&a), la), (bits(&b), lb), "{file}");
+        families.insert(e["family"].as_str().unwrap_or("OneClassSVM").to_string());
+    }
+    assert!(families.len() >= 10, "{families:?}");
+}

@@ -101,8 +101,10 @@ pub enum NeighborIndex {
     /// A `KDTree`: per node, the box `lo..hi` (n_nodes × d each).
     KdTree {
         /// Lower corner per node.
+        #[serde(with = "super::floats")]
         lo: Vec<f64>,
         /// Upper corner per node.
+        #[serde(with = "super::floats")]
         hi: Vec<f64>,
     },
     /// A `BallTree`: per node, a centroid (n_nodes × d) and a radius.

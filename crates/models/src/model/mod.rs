@@ -584,3 +584,93 @@ impl Model {
         })
     }
 }
+
+/// Serde for float arrays that may hold infinities (a tree's threshold
+/// for missing values, a step function's last bound): JSON has no
+/// infinity, so `inf`, `-inf` and `nan` are written as those strings and
+/// read back; finite values stay numbers.
+pub(crate) mod floats {
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserializer, Serializer};
+
+    /// A float JSON can hold or its name.
+    pub(crate) trait Float: Copy {
+        fn to_f64(self) -> f64;
+        fn from_f64(v: f64) -> Self;
+    }
+    impl Float for f64 {
+        fn to_f64(self) -> f64 {
+            self
+        }
+        fn from_f64(v: f64) -> Self {
+            v
+        }
+    }
+    impl Float for f32 {
+        fn to_f64(self) -> f64 {
+            f64::from(self)
+        }
+        fn from_f64(v: f64) -> Self {
+            v as f32
+        }
+    }
+
+    pub(crate) fn serialize<S: Serializer, F: Float + serde::Serialize>(
+        v: &[F],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for x in v {
+            let f = x.to_f64();
+            if f.is_finite() {
+                seq.serialize_element(x)?;
+            } else if f.is_nan() {
+                seq.serialize_element("nan")?;
+            } else if f > 0.0 {
+                seq.serialize_element("inf")?;
+            } else {
+                seq.serialize_element("-inf")?;
+            }
+        }
+        seq.end()
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, F: Float + serde::Deserialize<'de>>(
+        d: D,
+    ) -> Result<Vec<F>, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Item<F> {
+            Num(F),
+            Name(String),
+        }
+        struct V<F>(std::marker::PhantomData<F>);
+        impl<'de, F: Float + serde::Deserialize<'de>> Visitor<'de> for V<F> {
+            type Value = Vec<F>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of numbers, \"inf\", \"-inf\" or \"nan\"")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Vec<F>, A::Error> {
+                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(item) = a.next_element::<Item<F>>()? {
+                    out.push(match item {
+                        Item::Num(x) => x,
+                        Item::Name(n) => F::from_f64(match n.as_str() {
+                            "inf" => f64::INFINITY,
+                            "-inf" => f64::NEG_INFINITY,
+                            "nan" => f64::NAN,
+                            other => {
+                                return Err(de::Error::custom(format!(
+                                    "{other:?} is not a number, \"inf\", \"-inf\" or \"nan\""
+                                )))
+                            }
+                        }),
+                    });
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
+}

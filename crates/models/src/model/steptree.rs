@@ -27,6 +27,7 @@ use super::InvalidModel;
 pub struct StepTree {
     /// Upper bounds, strictly ascending, the last `+inf`: a value `v`
     /// reaches `leaf[i]` for the first `i` with `v <= upper[i]`.
+    #[serde(with = "super::floats")]
     pub upper: Vec<f32>,
     /// The value index (into [`StepForest::values`]) of each interval.
     pub leaf: Vec<u16>,

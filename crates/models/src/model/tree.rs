@@ -21,7 +21,8 @@ pub struct Tree {
     pub right: Vec<i32>,
     /// Feature (column of the input row) each split tests.
     pub feature: Vec<u32>,
-    /// `x <= threshold` goes left.
+    /// `x <= threshold` goes left (`+inf` in a split of missing values).
+    #[serde(with = "super::floats")]
     pub threshold: Vec<f64>,
     /// Where a missing value (NaN) goes: left when set (scikit-learn
     /// 1.3's `missing_go_to_left`); earlier trees send NaN right.
