@@ -10,8 +10,9 @@
 use std::io::Read;
 
 mod hgb;
-mod lof;
 mod linear;
+mod lof;
+mod steps;
 mod svc;
 mod trees;
 
@@ -216,7 +217,7 @@ pub fn translate_with_limits(value: &Value, limits: &ImportLimits) -> Result<Mod
         ))
     })?;
     let model = Model {
-        n_features,
+        n_features: steps::input_width(&steps, n_features),
         steps,
         estimator: detector,
     };
@@ -293,60 +294,19 @@ fn collect(value: &Value, cx: &mut Walk<'_>, depth: usize) -> Result<(), ImportE
                 collect(&pair[1], cx, depth + 1)?;
             }
         }
-        Estimator::StandardScaler => {
-            let with_mean = attrs.bool_or("with_mean", true)?;
-            let with_std = attrs.bool_or("with_std", true)?;
-            cx.steps.push(Scaler::StandardScaler {
-                mean: if with_mean {
-                    attrs.opt_vec("mean_")?
-                } else {
-                    None
-                },
-                scale: if with_std {
-                    attrs.opt_vec("scale_")?
-                } else {
-                    None
-                },
-            });
-        }
-        Estimator::MinMaxScaler => {
-            let clip = if attrs.bool_or("clip", false)? {
-                let r = attrs.get("feature_range")?;
-                let r = r
-                    .sequence_items()
-                    .filter(|r| r.len() == 2)
-                    .ok_or_else(|| attrs.bad("feature_range", "is not a pair"))?;
-                let lo = r[0]
-                    .as_f64()
-                    .ok_or_else(|| attrs.bad("feature_range", "is not numeric"))?;
-                let hi = r[1]
-                    .as_f64()
-                    .ok_or_else(|| attrs.bad("feature_range", "is not numeric"))?;
-                Some((lo, hi))
-            } else {
-                None
-            };
-            cx.steps.push(Scaler::MinMaxScaler {
-                scale: attrs.vec("scale_")?,
-                min: attrs.vec("min_")?,
-                clip,
-            });
-        }
-        Estimator::RobustScaler => {
-            let with_centering = attrs.bool_or("with_centering", true)?;
-            let with_scaling = attrs.bool_or("with_scaling", true)?;
-            cx.steps.push(Scaler::RobustScaler {
-                center: if with_centering {
-                    attrs.opt_vec("center_")?
-                } else {
-                    None
-                },
-                scale: if with_scaling {
-                    attrs.opt_vec("scale_")?
-                } else {
-                    None
-                },
-            });
+        Estimator::StandardScaler
+        | Estimator::MinMaxScaler
+        | Estimator::RobustScaler
+        | Estimator::MaxAbsScaler
+        | Estimator::Normalizer
+        | Estimator::Binarizer
+        | Estimator::SimpleImputer
+        | Estimator::Pca
+        | Estimator::PolynomialFeatures
+        | Estimator::QuantileTransformer
+        | Estimator::PowerTransformer => {
+            let step = steps::step(&attrs, cx.steps)?;
+            cx.steps.push(step);
         }
         Estimator::OneClassSvm => {
             *cx.detector = Some(one_class_svm(&attrs)?);
@@ -403,11 +363,6 @@ fn collect(value: &Value, cx: &mut Walk<'_>, depth: usize) -> Result<(), ImportE
                 Class::Sklearn(est).python_name(),
                 pickle::SUPPORTED
             )))
-        }
-    }
-    if est != Estimator::Pipeline && cx.detector.is_none() {
-        if let Some(width) = cx.steps.last().and_then(scaler_width) {
-            attrs.check_n_features_in(width)?;
         }
     }
     Ok(())
@@ -638,15 +593,6 @@ fn check_support(a: &Attrs, n_sv: usize, n_samples: Option<usize>) -> Result<(),
         ));
     }
     Ok(())
-}
-
-/// The number of features a fitted scaler's arrays have, if any is kept.
-fn scaler_width(s: &Scaler) -> Option<usize> {
-    match s {
-        Scaler::StandardScaler { mean, scale } => mean.as_ref().or(scale.as_ref()).map(Vec::len),
-        Scaler::MinMaxScaler { scale, .. } => Some(scale.len()),
-        Scaler::RobustScaler { center, scale } => center.as_ref().or(scale.as_ref()).map(Vec::len),
-    }
 }
 
 /// The `__dict__` of one estimator, with accessors that name the estimator
