@@ -160,13 +160,7 @@ fn heap_push(vals: &mut [f64], idx: &mut [u32], val: f64, i_val: u32) {
         let r = l + 1;
         let swap = if l >= size {
             break;
-        } else if r >= size {
-            if vals[l] > val {
-                l
-            } else {
-                break;
-            }
-        } else if vals[l] >= vals[r] {
+        } else if r >= size || vals[l] >= vals[r] {
             if val < vals[l] {
                 l
             } else {

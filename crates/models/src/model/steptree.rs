@@ -126,7 +126,9 @@ impl StepForest {
             if t.upper.is_empty()
                 || t.upper.len() != t.leaf.len()
                 || t.upper.last() != Some(&f32::INFINITY)
-                || t.upper.windows(2).any(|w| !(w[0] < w[1]))
+                || t.upper
+                    .windows(2)
+                    .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
             {
                 return bad(format!(
                     "tree {i}: its bounds are not strictly ascending up to +inf, one per leaf"

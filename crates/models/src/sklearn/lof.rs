@@ -23,9 +23,9 @@ fn metric(a: &Attrs) -> Result<Metric, ImportError> {
         "manhattan" | "cityblock" | "l1" => Metric::Manhattan,
         "chebyshev" | "infinity" => Metric::Chebyshev,
         "minkowski" => match p {
-            Some(p) if p == 2.0 => Metric::Euclidean,
-            Some(p) if p == 1.0 => Metric::Manhattan,
-            Some(p) if p == f64::INFINITY => Metric::Chebyshev,
+            Some(2.0) => Metric::Euclidean,
+            Some(1.0) => Metric::Manhattan,
+            Some(f64::INFINITY) => Metric::Chebyshev,
             Some(p) => Metric::Minkowski { p },
             None => Metric::Euclidean,
         },
