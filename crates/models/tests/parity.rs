@@ -285,8 +285,9 @@ fn every_truncation_and_byte_flip_of_a_real_model_is_handled() {
 /// fixtures; every score is bit-identical to scikit-learn's where neither
 /// BLAS nor numpy's SIMD math decides its last bits (LocalOutlierFactor
 /// except with a minkowski p other than 1, 2 and infinity, whose distances
-/// scikit-learn takes to the power 1/p with numpy's vectorised `**`);
-/// and the models of those families that scikit-learn itself cannot
+/// scikit-learn takes to the power 1/p with numpy's vectorised `**`;
+/// EllipticEnvelope, whose Mahalanobis distance is scipy's plain loop;
+/// not the linear models, whose dot products are BLAS's); and the models of those families that scikit-learn itself cannot
 /// score, or that fleetscore cannot score exactly, are refused saying why
 /// and what to do.
 #[test]
@@ -300,8 +301,22 @@ fn second_round_families_are_present_exact_and_refused_where_unscorable() {
     let lof_exact = |e: &str| !e.contains("p=");
     // (family, at least this many cases, which cases' scores must all be
     // bit-identical, judged by the case's estimator)
-    let families: [(&str, usize, &dyn Fn(&str) -> bool); 1] =
-        [("LocalOutlierFactor", 15, &lof_exact)];
+    let always = |_: &str| true;
+    let never = |_: &str| false;
+    let families: [(&str, usize, &dyn Fn(&str) -> bool); 12] = [
+        ("LocalOutlierFactor", 15, &lof_exact),
+        ("EllipticEnvelope", 4, &always),
+        ("LinearRegression", 2, &never),
+        ("Ridge", 2, &never),
+        ("Lasso", 1, &never),
+        ("ElasticNet", 1, &never),
+        ("SGDRegressor", 2, &never),
+        ("LinearSVR", 2, &never),
+        ("LogisticRegression", 4, &never),
+        ("SGDClassifier", 6, &never),
+        ("LinearSVC", 3, &never),
+        ("SGDOneClassSVM", 3, &never),
+    ];
     for (family, min_cases, exact) in families {
         let entries: Vec<&Entry> = manifest
             .files
@@ -366,6 +381,19 @@ fn second_round_families_are_present_exact_and_refused_where_unscorable() {
         assert!(
             e.contains(part),
             "lof_brute.pkl: {part:?} missing from: {e}"
+        );
+    }
+    // An EllipticEnvelope without precision_ inverts its covariance at
+    // every prediction.
+    let e = refusal("ee_no_precision.pkl").to_string();
+    for part in [
+        "EllipticEnvelope",
+        "store_precision=False",
+        "store_precision=True",
+    ] {
+        assert!(
+            e.contains(part),
+            "ee_no_precision.pkl: {part:?} missing from: {e}"
         );
     }
 }
