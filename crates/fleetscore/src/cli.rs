@@ -93,12 +93,17 @@ pub enum Command {
     /// Run the whole service end to end on a generated fleet: train its
     /// models, stream its readings, score them, serve the dashboard.
     ///
-    /// In DATA/demo (recreated each run): generates a fleet's history,
-    /// trains one StandardScaler + OneClassSVM per (device, tag) in Rust,
-    /// starts the server, streams the last --hours of readings (with
-    /// injected anomalies) through its HTTP ingest, lets the hourly
-    /// schedule score each hour, prints what was found, then serves the
-    /// dashboard until Ctrl-C (--exit stops after the summary).
+    /// In DATA/demo (recreated each run): generates a fleet of pumps
+    /// (temperature, vibration, pressure, current) with 24 hours of
+    /// history, trains in Rust a OneClassSVM per pump for temperature and
+    /// for pressure (on 5-minute windows) and one IsolationForest for the
+    /// fleet for vibration and for current, starts the server, streams the
+    /// last --hours of readings through its HTTP ingest while a few pumps
+    /// develop a fault (a temperature drift, vibration spikes, a stuck
+    /// pressure sensor), lets the hourly schedule score each hour, prints
+    /// which faults were found and how many healthy readings were flagged,
+    /// then serves the dashboard until Ctrl-C (--exit stops after the
+    /// summary).
     Demo(DemoArgs),
     /// Run the service: ingest, windows, scheduled scoring, the API and
     /// the dashboard, in one process.
@@ -474,7 +479,8 @@ pub struct AggregateArgs {
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Devices in the generated fleet (each with 5 tags).
+    /// Pumps in the generated fleet (`pump-0001`…), each with four tags:
+    /// temperature (°C), vibration (mm/s), pressure (bar), current (A).
     #[arg(long, default_value_t = 500)]
     pub devices: usize,
     /// Hours of readings streamed through the HTTP ingest (one every 30 s
@@ -482,9 +488,11 @@ pub struct DemoArgs {
     /// scored by the hourly schedule.
     #[arg(long, default_value_t = 3)]
     pub hours: usize,
-    /// Fraction of streamed readings turned into injected anomalies.
-    #[arg(long, default_value_t = 0.01)]
-    pub anomaly_rate: f64,
+    /// Pumps that develop a fault during the streamed hours, in turn a
+    /// temperature drift, vibration spikes and a stuck pressure sensor
+    /// (0: a healthy fleet) [default: 1% of the pumps, at least 3].
+    #[arg(long, value_name = "N")]
+    pub faulty: Option<usize>,
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,

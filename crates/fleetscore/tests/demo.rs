@@ -3,8 +3,17 @@
 mod common;
 use common::run;
 
+/// The number after `prefix` in `line`, up to the next space or `%`.
+fn number_after(line: &str, prefix: &str) -> f64 {
+    line.split(prefix)
+        .nth(1)
+        .and_then(|r| r.split([' ', '%', ';', ')']).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {prefix:?} in {line}"))
+}
+
 #[test]
-fn the_demo_trains_streams_schedules_and_finds_the_injected_anomalies() {
+fn the_demo_finds_the_faulty_pumps_and_flags_few_healthy_readings() {
     let dir = tempfile::tempdir().unwrap();
     let args = [
         "demo",
@@ -23,29 +32,134 @@ fn the_demo_trains_streams_schedules_and_finds_the_injected_anomalies() {
         "{out}{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(out.contains("trained 60 models"), "{out}");
-    assert!(out.contains("streamed 14400 readings"), "{out}");
+    assert!(out.contains("fleet: 12 pumps x 4 tags: temperature (°C), vibration (mm/s), pressure (bar), current (A)"), "{out}");
+    // 12 temperature and 12 pressure models, one forest each for the
+    // fleet's vibration and current.
+    assert!(out.contains("trained 26 models"), "{out}");
+    assert!(
+        out.contains("fleet (*, vibration): IsolationForest"),
+        "{out}"
+    );
+    assert!(out.contains("on 5-minute windows (mean, std)"), "{out}");
+    assert!(
+        out.contains("streamed 11520 readings (2 h at 30 s; 3 of 12 pumps develop a fault)"),
+        "{out}"
+    );
     assert_eq!(
         out.matches(" succeeded [").count(),
         2,
         "two hourly jobs: {out}"
     );
-    // "… N of M injected anomalies found (P%) …"
+    // 3 tags' readings and the pressure windows (the last one of each pump
+    // still open).
+    assert!(
+        out.contains(
+            "scored 8916 rows (8640 readings, 276 pressure windows) in 2 hourly jobs (0 failed)"
+        ),
+        "{out}"
+    );
+    // Every fault found, each on its own line, in turn a drift, spikes and
+    // a stuck sensor.
+    assert!(out.contains("faulty pumps found: 3 of 3"), "{out}");
+    for fault in [
+        "temperature drift (+",
+        "vibration spikes",
+        "pressure stuck at ",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(fault))
+            .unwrap_or_else(|| panic!("no {fault:?}: {out}"));
+        assert!(line.contains("first flagged"), "{line}");
+        assert!(!line.contains("NOT FOUND"), "{line}");
+    }
+    // Healthy readings: well under 1% flagged, on the fleet and on every
+    // pump.
     let line = out
         .lines()
-        .find(|l| l.starts_with("scored 14400 readings in 2 hourly jobs (0 failed)"))
-        .unwrap();
-    let pct: f64 = line
-        .split(" injected anomalies found (")
-        .nth(1)
-        .and_then(|r| r.split('%').next())
-        .and_then(|p| p.parse().ok())
+        .find(|l| l.starts_with("healthy readings and windows flagged: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(number_after(line, " (") < 1.0, "{line}");
+    let worst = line
+        .rsplit(" (")
+        .next()
+        .and_then(|r| r.strip_suffix("%)"))
+        .and_then(|p| p.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("{line}"));
-    assert!(pct >= 90.0, "{line}");
+    assert!(worst < 1.0, "{line}");
+    // The faulty pumps lead the list, as on the dashboard.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("pumps with the most anomalies (the dashboard's order): "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let top: Vec<&str> = line.split(": ").nth(1).unwrap().split(", ").collect();
+    assert!(top.len() >= 5, "{line}");
+    for (i, entry) in top.iter().enumerate() {
+        let faulty = entry.ends_with(")");
+        assert_eq!(faulty, i < 3, "{line}");
+    }
     assert!(out.contains("dashboard: http://127.0.0.1:"), "{out}");
-    // A second run starts afresh.
+    // A second run starts afresh and tells the same story (the same
+    // seed: the same pumps, faults and flags; only the clock moves).
     let o = run(dir.path(), &args);
     assert!(o.status.success());
+    let again = String::from_utf8_lossy(&o.stdout);
+    let story = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.starts_with("healthy") || l.starts_with("pumps with"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(story(&out), story(&again));
+}
+
+/// The default of at least 3 faulty pumps stops at the fleet's size.
+#[test]
+fn a_one_pump_fleet_has_one_faulty_pump() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        dir.path(),
+        &[
+            "demo",
+            "--devices",
+            "1",
+            "--hours",
+            "1",
+            "--exit",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let out = common::text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("1 of 1 pumps develop a fault"), "{out}");
+    assert!(out.contains("faulty pumps found: 1 of 1"), "{out}");
+}
+
+/// More faulty pumps than pumps is refused at once, saying why.
+#[test]
+fn more_faulty_pumps_than_pumps_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        dir.path(),
+        &[
+            "demo",
+            "--devices",
+            "4",
+            "--faulty",
+            "5",
+            "--exit",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let out = common::text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("--faulty 5 is more than the fleet's 4 pumps"),
+        "{out}"
+    );
+    assert!(!out.contains("trained"), "{out}");
 }
 
 /// Started a minute past the hour, the demo must not wait for the default
