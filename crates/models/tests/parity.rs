@@ -287,7 +287,8 @@ fn every_truncation_and_byte_flip_of_a_real_model_is_handled() {
 /// except with a minkowski p other than 1, 2 and infinity, whose distances
 /// scikit-learn takes to the power 1/p with numpy's vectorised `**`;
 /// EllipticEnvelope, whose Mahalanobis distance is scipy's plain loop;
-/// not the linear models, whose dot products are BLAS's); and the models of those families that scikit-learn itself cannot
+/// not the linear models, whose dot products are BLAS's, nor SVC/SVR, whose
+/// RBF kernel takes fleetscore's fast `exp`); and the models of those families that scikit-learn itself cannot
 /// score, or that fleetscore cannot score exactly, are refused saying why
 /// and what to do.
 #[test]
@@ -303,7 +304,7 @@ fn second_round_families_are_present_exact_and_refused_where_unscorable() {
     // bit-identical, judged by the case's estimator)
     let always = |_: &str| true;
     let never = |_: &str| false;
-    let families: [(&str, usize, &dyn Fn(&str) -> bool); 12] = [
+    let families: [(&str, usize, &dyn Fn(&str) -> bool); 14] = [
         ("LocalOutlierFactor", 15, &lof_exact),
         ("EllipticEnvelope", 4, &always),
         ("LinearRegression", 2, &never),
@@ -316,6 +317,8 @@ fn second_round_families_are_present_exact_and_refused_where_unscorable() {
         ("SGDClassifier", 6, &never),
         ("LinearSVC", 3, &never),
         ("SGDOneClassSVM", 3, &never),
+        ("SVC", 10, &never),
+        ("SVR", 4, &never),
     ];
     for (family, min_cases, exact) in families {
         let entries: Vec<&Entry> = manifest
@@ -385,6 +388,19 @@ fn second_round_families_are_present_exact_and_refused_where_unscorable() {
     }
     // An EllipticEnvelope without precision_ inverts its covariance at
     // every prediction.
+    // An SVC on a precomputed kernel scores kernel rows, not readings; a
+    // class fleetscore does not read is named.
+    let e = refusal("svc_precomputed.pkl").to_string();
+    assert!(e.contains("SVC") && e.contains("precomputed"), "{e}");
+    let e = refusal("unsupported_gaussian_nb.pkl");
+    assert!(
+        matches!(e, ImportError::Pickle(PickleError::UnsupportedClass { .. })),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("sklearn.naive_bayes.GaussianNB"),
+        "{e}"
+    );
     let e = refusal("ee_no_precision.pkl").to_string();
     for part in [
         "EllipticEnvelope",

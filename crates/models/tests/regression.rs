@@ -419,3 +419,12 @@ fn every_fixture_family_round_trips_through_model_fsm_and_the_pack() {
     }
     assert!(families.len() >= 10, "{families:?}");
 }
+
+/// An SVC whose per-class support-vector counts no longer add up to its
+/// support vectors (CVE-2020-28975's shape) is refused, as scikit-learn
+/// refuses it.
+#[test]
+fn svc_n_support_that_disagrees_with_the_support_vectors_is_refused() {
+    let e = invalid("svc_n_support.pkl");
+    assert_names(&e, &["SVC", "_n_support"]);
+}
