@@ -51,9 +51,15 @@
 //! two things: the dot products are summed in order where libsvm calls
 //! BLAS `ddot` (which may split a long row into SIMD lanes), and the RBF
 //! kernel uses [`crate::fastexp`] (within 2 ulp of glibc's `exp`). Both
-//! move a decision value by a few ulps at most. The ovr transform, the
-//! sigmoid (glibc's `exp`, as libsvm) and the probability coupling are
-//! reproduced operation by operation.
+//! move a decision value by a few ulps of the sum of its terms' sizes at
+//! most. The ovr transform, the sigmoid (glibc's `exp`, as libsvm) and
+//! the probability coupling are reproduced operation by operation.
+//!
+//! So that labels stay exact, a classifier row whose decision values are
+//! within fastexp's error bound of a tie (or, when `break_ties` decides,
+//! whose two best ovr values are that close) is recomputed with glibc's
+//! `exp`, as libsvm computes it; with rows narrower than BLAS's SIMD
+//! blocks that row's decisions are then libsvm's bit for bit.
 
 use serde::{Deserialize, Serialize};
 
@@ -318,7 +324,7 @@ impl Svc {
         let mut kv = vec![0.0; self.n_sv() * BLOCK];
         let mut dec = vec![0.0; m * BLOCK];
         for (b, block) in xs.chunks(BLOCK * n).enumerate() {
-            self.block_decisions(block, n, &mut kv, &mut dec);
+            self.block_decisions::<false>(block, n, &mut kv, &mut dec);
             for r in 0..block.len() / n {
                 for p in 0..m {
                     out[(b * BLOCK + r) * m + p] = dec[p * BLOCK + r];
@@ -329,10 +335,18 @@ impl Svc {
     }
 
     /// libsvm's decision values of a block of up to [`BLOCK`] rows into
-    /// `dec` (`[pair][row]`), with `kv` (`[sv][row]`) as scratch.
+    /// `dec` (`[pair][row]`), with `kv` (`[sv][row]`) as scratch. `LIBM`
+    /// takes the RBF kernel's `exp` from the C library, as libsvm does,
+    /// instead of [`fastexp`].
     #[inline(always)]
-    fn block_decisions(&self, block: &[f64], n: usize, kv: &mut [f64], dec: &mut [f64]) {
-        kernel_block(
+    fn block_decisions<const LIBM: bool>(
+        &self,
+        block: &[f64],
+        n: usize,
+        kv: &mut [f64],
+        dec: &mut [f64],
+    ) {
+        kernel_block::<LIBM>(
             self.kernel,
             self.gamma,
             self.coef0,
@@ -379,6 +393,73 @@ impl Svc {
                 p += 1;
             }
         }
+    }
+
+    /// For the RBF kernel, how far from a tie each pair's decision value
+    /// must be for its sign to be the same whichever `exp` computed it:
+    /// [`fastexp`] is within 2 ulp of glibc's `exp` (itself within 1 ulp
+    /// of `e^x`), every kernel value is at most 1, and both sums run in
+    /// the same order, so the two results differ by less than
+    /// `(2 (l + 2) + 6) 2^-53` times `Σ |coef| + |rho|` (`l` the pair's
+    /// support vectors, each sum's rounding bounded by `l u`); the
+    /// tolerance is four times that. Empty for the other kernels, which
+    /// use no `exp`.
+    fn tie_tolerance(&self) -> Vec<f64> {
+        if self.kernel != Kernel::Rbf {
+            return Vec::new();
+        }
+        let k = self.classes.len();
+        let l = self.n_sv();
+        let mut start = Vec::with_capacity(k);
+        let mut s = 0;
+        for &c in &self.n_support {
+            start.push(s);
+            s += c as usize;
+        }
+        let mut tol = Vec::with_capacity(self.intercept.len());
+        let mut p = 0;
+        for i in 0..k {
+            for j in i + 1..k {
+                let (si, ci) = (start[i], self.n_support[i] as usize);
+                let (sj, cj) = (start[j], self.n_support[j] as usize);
+                let coef1 = &self.dual_coef[(j - 1) * l..j * l];
+                let coef2 = &self.dual_coef[i * l..(i + 1) * l];
+                let abs: f64 = coef1[si..si + ci].iter().map(|c| c.abs()).sum::<f64>()
+                    + coef2[sj..sj + cj].iter().map(|c| c.abs()).sum::<f64>()
+                    + self.intercept[p].abs();
+                let rel = (2.0 * (ci + cj + 2) as f64 + 6.0) * 2f64.powi(-53);
+                tol.push(4.0 * rel * abs);
+                p += 1;
+            }
+        }
+        tol
+    }
+
+    /// Whether a row's label could depend on which `exp` computed its
+    /// decision values: a pair's decision within its tolerance of 0, or,
+    /// when `break_ties` decides, the two best ovr decisions within the
+    /// tolerances' sum of each other. [`Svc::row_result`] has just filled
+    /// `scratch` for this row.
+    fn near_tie(&self, dec: &[f64], tol: &[f64], scratch: &Scratch) -> bool {
+        if dec.iter().zip(tol).any(|(d, t)| d.abs() <= *t) {
+            return true;
+        }
+        if self.break_ties && self.ovr && self.classes.len() > 2 {
+            let (mut a, mut b) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+            for &v in &scratch.ovr {
+                if v > a {
+                    b = a;
+                    a = v;
+                } else if v > b {
+                    b = v;
+                }
+            }
+            let total: f64 = tol.iter().sum();
+            // NaN gaps (non-finite decisions) are recomputed too.
+            let gap = a - b;
+            return gap.is_nan() || gap <= 2.0 * total;
+        }
+        false
     }
 
     /// Label and score of one row from its decision values `dec` (one per
@@ -796,7 +877,7 @@ const BLOCK: usize = 16;
 /// each) against every support vector, into `kv` laid out `[sv][row]`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn kernel_block(
+fn kernel_block<const LIBM: bool>(
     kernel: Kernel,
     gamma: f64,
     coef0: f64,
@@ -807,6 +888,7 @@ fn kernel_block(
     kv: &mut [f64],
 ) {
     if kernel == Kernel::Rbf {
+        let exp = |v: f64| if LIBM { v.exp() } else { fastexp::exp(v) };
         let g = -gamma;
         if n == 1 {
             let mut x = [0.0f64; BLOCK];
@@ -814,7 +896,7 @@ fn kernel_block(
             for (s, out) in sv.iter().zip(kv.chunks_exact_mut(BLOCK)) {
                 for r in 0..BLOCK {
                     let d = x[r] - s;
-                    out[r] = fastexp::exp(g * (d * d));
+                    out[r] = exp(g * (d * d));
                 }
             }
         } else {
@@ -829,7 +911,7 @@ fn kernel_block(
                     e[r] = g * sum;
                 }
                 for r in 0..BLOCK {
-                    out[r] = fastexp::exp(e[r]);
+                    out[r] = exp(e[r]);
                 }
             }
         }
@@ -887,7 +969,7 @@ fn evaluate_rows(e: &Eval<'_>, xs: &[f64], n: usize, score: &mut [f64], label: &
             let mut kv = vec![0.0; svr.n_sv() * BLOCK];
             let rho = -svr.intercept;
             for (block, out) in xs.chunks(BLOCK * n).zip(score.chunks_mut(BLOCK)) {
-                kernel_block(
+                kernel_block::<false>(
                     svr.kernel,
                     svr.gamma,
                     svr.coef0,
@@ -918,12 +1000,14 @@ fn evaluate_rows(e: &Eval<'_>, xs: &[f64], n: usize, score: &mut [f64], label: &
             let mut dec = vec![0.0; m * BLOCK];
             let mut row_dec = vec![0.0; m];
             let mut scratch = Scratch::default();
+            let tol = svc.tie_tolerance();
+            let (mut exact_kv, mut exact_dec) = (Vec::new(), Vec::new());
             for ((block, out), lab) in xs
                 .chunks(BLOCK * n)
                 .zip(score.chunks_mut(BLOCK))
                 .zip(label.chunks_mut(BLOCK))
             {
-                svc.block_decisions(block, n, &mut kv, &mut dec);
+                svc.block_decisions::<false>(block, n, &mut kv, &mut dec);
                 for (r, ((o, l), x)) in out
                     .iter_mut()
                     .zip(lab.iter_mut())
@@ -939,6 +1023,16 @@ fn evaluate_rows(e: &Eval<'_>, xs: &[f64], n: usize, score: &mut [f64], label: &
                         *d = dec[p * BLOCK + r];
                     }
                     (*l, *o) = svc.row_result(&row_dec, &mut scratch);
+                    if !tol.is_empty() && svc.near_tie(&row_dec, &tol, &scratch) {
+                        // Decide this row with libsvm's own exp.
+                        exact_kv.resize(kv.len(), 0.0);
+                        exact_dec.resize(dec.len(), 0.0);
+                        svc.block_decisions::<true>(x, n, &mut exact_kv, &mut exact_dec);
+                        for (p, d) in row_dec.iter_mut().enumerate() {
+                            *d = exact_dec[p * BLOCK];
+                        }
+                        (*l, *o) = svc.row_result(&row_dec, &mut scratch);
+                    }
                 }
             }
         }
@@ -1031,6 +1125,58 @@ mod tests {
         d12 -= -0.2;
         let got = s.ovo_decision(&[x], 1);
         assert_eq!(got, vec![d01, d02, d12]);
+    }
+
+    /// Labels and decisions with libsvm's own `exp`, the reference.
+    fn libm_result(s: &Svc, x: f64) -> (u32, f64) {
+        let m = s.intercept.len();
+        let mut kv = vec![0.0; s.n_sv() * BLOCK];
+        let mut dec = vec![0.0; m * BLOCK];
+        s.block_decisions::<true>(&[x], 1, &mut kv, &mut dec);
+        let row: Vec<f64> = (0..m).map(|p| dec[p * BLOCK]).collect();
+        s.row_result(&row, &mut Scratch::default())
+    }
+
+    #[test]
+    fn rows_at_a_tie_are_labelled_with_libsvms_exp() {
+        // Large coefficients (as NuSVC makes) magnify exp's last-bit
+        // differences. This model and row were found by search: fastexp
+        // puts the first pair's decision at +5.5e-13, glibc's exp (as
+        // libsvm) at -3.6e-13, so the vote differs.
+        let mut st: u64 = 26u64
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut rnd = || {
+            st = st
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((st >> 11) as f64) / (1u64 << 53) as f64
+        };
+        let mut s = svc3();
+        for c in &mut s.dual_coef {
+            *c = (rnd() - 0.5) * 2e4;
+        }
+        for v in &mut s.support_vectors {
+            *v = (rnd() - 0.5) * 6.0;
+        }
+        s.gamma = 0.1 + rnd();
+        s.validate(1).unwrap();
+        let x = -1.8922064784556305;
+        let fast = s.ovo_decision(&[x], 1)[0];
+        let (want_l, want_s) = libm_result(&s, x);
+        let mut kv = vec![0.0; s.n_sv() * BLOCK];
+        let mut dec = vec![0.0; 3 * BLOCK];
+        s.block_decisions::<true>(&[x], 1, &mut kv, &mut dec);
+        assert!(fast > 0.0 && dec[0] <= 0.0, "{fast} {}", dec[0]);
+        // Scored alone and inside a block, the row gets libsvm's label
+        // and exactly libsvm's decision values.
+        let mut xs: Vec<f64> = (0..40).map(|i| -2.5 + i as f64 * 0.03).collect();
+        xs[17] = x;
+        let (sc, l) = eval(&s, &xs);
+        assert_eq!((l[17], sc[17].to_bits()), (want_l, want_s.to_bits()));
+        for (i, &x) in xs.iter().enumerate() {
+            assert_eq!(l[i], libm_result(&s, x).0, "row {i}");
+        }
     }
 
     #[test]

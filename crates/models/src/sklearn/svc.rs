@@ -36,7 +36,7 @@ fn libsvm(a: &Attrs, class: &str, impl_name: &str) -> Result<Libsvm, ImportError
             Some(t) => {
                 return Err(a.invalid(
                     "_impl",
-                    format!("is {t:?}, but a {class} is libsvm's {impl_name:?}"),
+                    format!("is {t:?}, but this {class} needs libsvm's {impl_name:?}"),
                 ))
             }
             None => return Err(a.bad("_impl", "is not a string")),
@@ -213,6 +213,11 @@ pub(super) fn svc(a: &Attrs, nu: bool) -> Result<(Native, usize), ImportError> {
             either(a, "_intercept_", "intercept_"),
         )
     };
+    if k == 2 && (a.find(dual_name).is_none() || a.find(icpt_name).is_none()) {
+        return Err(ImportError::Model(format!(
+            "the {class} has no `{dual_name}` or `{icpt_name}`: a binary model's public dual_coef_ and intercept_ have their signs flipped, so only the private copies (written by every release since 0.20) can be scored; re-save the fitted model with scikit-learn 0.20 or later"
+        )));
+    }
     let dual = a.array(dual_name)?;
     if dual.shape[..] != [k - 1, n_sv] {
         return Err(a.invalid(
