@@ -40,7 +40,10 @@
 //!   the predicted class's column of the `'ovr'` decision (votes plus
 //!   transformed confidence), whatever the model's
 //!   `decision_function_shape` (an `'ovo'` model's decision has no column
-//!   per class).
+//!   per class). scikit-learn 0.20 scaled the confidences by the largest
+//!   of the whole batch instead, which no per-row score can reproduce;
+//!   its models get the per-row transform of 0.21 and later (their
+//!   labels do not depend on it).
 //!
 //! scikit-learn refuses NaN and infinite inputs; such a row scores NaN
 //! with no label.
