@@ -97,6 +97,10 @@ pub enum Estimator {
     Svc,
     /// `sklearn.svm.SVR`
     Svr,
+    /// `sklearn.svm.NuSVC`
+    NuSvc,
+    /// `sklearn.svm.NuSVR`
+    NuSvr,
     /// `sklearn.preprocessing.MaxAbsScaler`
     MaxAbsScaler,
     /// `sklearn.preprocessing.Normalizer`
@@ -155,7 +159,7 @@ const COORDINATE_DESCENT: &[&str] = &[
 
 impl Estimator {
     /// Every estimator, in declaration order.
-    pub const ALL: [Estimator; 48] = {
+    pub const ALL: [Estimator; 50] = {
         use Estimator::*;
         [
             Pipeline,
@@ -197,6 +201,8 @@ impl Estimator {
             LinearSvr,
             Svc,
             Svr,
+            NuSvc,
+            NuSvr,
             MaxAbsScaler,
             Normalizer,
             Binarizer,
@@ -253,6 +259,8 @@ impl Estimator {
             LinearSvr => "LinearSVR",
             Svc => "SVC",
             Svr => "SVR",
+            NuSvc => "NuSVC",
+            NuSvr => "NuSVR",
             MaxAbsScaler => "MaxAbsScaler",
             Normalizer => "Normalizer",
             Binarizer => "Binarizer",
@@ -309,6 +317,8 @@ impl Estimator {
             LinearSvr => "sklearn.svm.LinearSVR",
             Svc => "sklearn.svm.SVC",
             Svr => "sklearn.svm.SVR",
+            NuSvc => "sklearn.svm.NuSVC",
+            NuSvr => "sklearn.svm.NuSVR",
             MaxAbsScaler => "sklearn.preprocessing.MaxAbsScaler",
             Normalizer => "sklearn.preprocessing.Normalizer",
             Binarizer => "sklearn.preprocessing.Binarizer",
@@ -340,7 +350,7 @@ impl Estimator {
                 "sklearn.preprocessing._label",
                 "sklearn.preprocessing",
             ],
-            OneClassSvm | LinearSvc | LinearSvr | Svc | Svr => SVM,
+            OneClassSvm | LinearSvc | LinearSvr | Svc | Svr | NuSvc | NuSvr => SVM,
             IsolationForest => &[
                 "sklearn.ensemble.iforest",
                 "sklearn.ensemble._iforest",

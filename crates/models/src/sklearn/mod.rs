@@ -339,6 +339,12 @@ fn collect(value: &Value, cx: &mut Walk<'_>, depth: usize) -> Result<(), ImportE
         Estimator::Svr => {
             *cx.detector = Some(svc::svr(&attrs, false)?);
         }
+        Estimator::NuSvc => {
+            *cx.detector = Some(svc::svc(&attrs, true)?);
+        }
+        Estimator::NuSvr => {
+            *cx.detector = Some(svc::svr(&attrs, true)?);
+        }
         Estimator::LinearRegression
         | Estimator::Ridge
         | Estimator::Lasso
