@@ -122,7 +122,7 @@ pub enum PickleError {
 
 /// Names of the supported estimators, for error messages.
 pub const SUPPORTED: &str = "Pipeline; the outlier detectors OneClassSVM, IsolationForest, LocalOutlierFactor (novelty=True), EllipticEnvelope and SGDOneClassSVM; \
-the regressors and classifiers DecisionTree, ExtraTree, RandomForest, ExtraTrees, GradientBoosting, HistGradientBoosting, LinearRegression, Ridge, Lasso, ElasticNet, SGDRegressor, LogisticRegression, SGDClassifier, LinearSVC, LinearSVR, SVC and SVR; \
+the regressors and classifiers DecisionTree, ExtraTree, RandomForest, ExtraTrees, GradientBoosting, HistGradientBoosting, LinearRegression, Ridge, Lasso, ElasticNet, SGDRegressor, LogisticRegression, SGDClassifier, LinearSVC, LinearSVR, SVC, NuSVC, SVR and NuSVR; \
 the steps StandardScaler, MinMaxScaler, RobustScaler, MaxAbsScaler, Normalizer, Binarizer, SimpleImputer, PCA, PolynomialFeatures, QuantileTransformer and PowerTransformer; with numpy arrays";
 
 /// Reads one pickle from `data` and returns its value.
