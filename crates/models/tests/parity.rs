@@ -304,7 +304,7 @@ fn second_round_families_are_present_exact_and_refused_where_unscorable() {
     // bit-identical, judged by the case's estimator)
     let always = |_: &str| true;
     let never = |_: &str| false;
-    let families: [(&str, usize, &dyn Fn(&str) -> bool); 14] = [
+    let families: [(&str, usize, &ExactRule); 14] = [
         ("LocalOutlierFactor", 15, &lof_exact),
         ("EllipticEnvelope", 4, &always),
         ("LinearRegression", 2, &never),
@@ -463,3 +463,7 @@ fn second_round_families_are_present_exact_and_refused_where_unscorable() {
         );
     }
 }
+
+/// Which cases of a family must have every score bit-identical, judged by
+/// the case's estimator text.
+type ExactRule = dyn Fn(&str) -> bool;
