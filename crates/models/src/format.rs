@@ -281,6 +281,32 @@ pub(crate) fn put_trees(out: &mut Vec<u8>, trees: &[Tree]) {
     }
 }
 
+/// A one-feature forest's step functions, after its (then empty) trees: a
+/// flag, then the distinct values, the source's node count and depth, and
+/// per tree its float32 bounds, value indices and NaN leaf.
+pub(crate) fn put_step_forest(out: &mut Vec<u8>, c: Option<&StepForest>) {
+    let Some(c) = c else {
+        out.push(0);
+        return;
+    };
+    out.push(1);
+    put_u32(out, c.values.len());
+    put_f64s(out, &c.values);
+    out.extend_from_slice(&c.nodes.to_le_bytes());
+    out.extend_from_slice(&c.depth.to_le_bytes());
+    put_u32(out, c.trees.len());
+    for t in &c.trees {
+        put_u32(out, t.upper.len());
+        for u in &t.upper {
+            out.extend_from_slice(&u.to_le_bytes());
+        }
+        for l in &t.leaf {
+            out.extend_from_slice(&l.to_le_bytes());
+        }
+        out.extend_from_slice(&t.nan_leaf.to_le_bytes());
+    }
+}
+
 /// Estimator types of binary version 2 (1 is OneClassSVM).
 const IFOREST: u8 = 2;
 const FOREST_REGRESSOR: u8 = 6;
@@ -313,33 +339,14 @@ fn encode_estimator(e: &Estimator, out: &mut Vec<u8>) {
             put_f64s(out, &[f.offset, f.threshold]);
             out.push(u8::from(f.allow_nan));
             put_trees(out, &f.trees);
-            match &f.compiled {
-                None => out.push(0),
-                Some(c) => {
-                    out.push(1);
-                    put_u32(out, c.values.len());
-                    put_f64s(out, &c.values);
-                    out.extend_from_slice(&c.nodes.to_le_bytes());
-                    out.extend_from_slice(&c.depth.to_le_bytes());
-                    put_u32(out, c.trees.len());
-                    for t in &c.trees {
-                        put_u32(out, t.upper.len());
-                        for u in &t.upper {
-                            out.extend_from_slice(&u.to_le_bytes());
-                        }
-                        for l in &t.leaf {
-                            out.extend_from_slice(&l.to_le_bytes());
-                        }
-                        out.extend_from_slice(&t.nan_leaf.to_le_bytes());
-                    }
-                }
-            }
+            put_step_forest(out, f.compiled.as_ref());
         }
         Estimator::ForestRegressor(f) => {
             out.push(FOREST_REGRESSOR);
             put_str(out, &f.class);
             out.push(u8::from(f.average) | u8::from(f.allow_nan) << 1);
             put_trees(out, &f.trees);
+            put_step_forest(out, f.compiled.as_ref());
         }
         Estimator::ForestClassifier(f) => {
             out.push(FOREST_CLASSIFIER);
@@ -556,6 +563,58 @@ impl<'a> Reader<'a> {
             .collect())
     }
 
+    /// What [`put_step_forest`] wrote.
+    pub(crate) fn step_forest(&mut self) -> Result<Option<StepForest>, FormatError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => {
+                let n = self.u32()? as usize;
+                let values = self.f64s(n)?;
+                let nodes = self.u64()?;
+                let depth = self.u32()?;
+                let n_trees = self.u32()? as usize;
+                if n_trees > (self.data.len() - self.pos) / 6 {
+                    return Err(
+                        self.corrupt(format!("{n_trees} trees cannot fit in the data left"))
+                    );
+                }
+                let mut trees = Vec::with_capacity(n_trees);
+                for _ in 0..n_trees {
+                    let len = self.u32()? as usize;
+                    let upper = self
+                        .bytes(
+                            len.checked_mul(4)
+                                .ok_or_else(|| self.corrupt("size overflows"))?,
+                        )?
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    let leaf = self
+                        .bytes(
+                            len.checked_mul(2)
+                                .ok_or_else(|| self.corrupt("size overflows"))?,
+                        )?
+                        .chunks_exact(2)
+                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                        .collect();
+                    let nan_leaf = self.u16()?;
+                    trees.push(StepTree {
+                        upper,
+                        leaf,
+                        nan_leaf,
+                    });
+                }
+                Ok(Some(StepForest {
+                    values,
+                    trees,
+                    nodes,
+                    depth,
+                }))
+            }
+            f => Err(self.corrupt(format!("bad compiled-forest flag {f}"))),
+        }
+    }
+
     pub(crate) fn trees(&mut self) -> Result<Vec<Tree>, FormatError> {
         let n_trees = self.u32()? as usize;
         // Each tree takes at least 8 bytes: the count cannot exceed the data.
@@ -715,54 +774,7 @@ fn decode_estimator(r: &mut Reader<'_>, kind: u8, n: usize) -> Result<Estimator,
             let threshold = r.f64()?;
             let allow_nan = r.u8()? != 0;
             let trees = r.trees()?;
-            let compiled = match r.u8()? {
-                0 => None,
-                1 => {
-                    let n = r.u32()? as usize;
-                    let values = r.f64s(n)?;
-                    let nodes = r.u64()?;
-                    let depth = r.u32()?;
-                    let n_trees = r.u32()? as usize;
-                    if n_trees > (r.data.len() - r.pos) / 6 {
-                        return Err(
-                            r.corrupt(format!("{n_trees} trees cannot fit in the data left"))
-                        );
-                    }
-                    let mut st = Vec::with_capacity(n_trees);
-                    for _ in 0..n_trees {
-                        let len = r.u32()? as usize;
-                        let upper = r
-                            .bytes(
-                                len.checked_mul(4)
-                                    .ok_or_else(|| r.corrupt("size overflows"))?,
-                            )?
-                            .chunks_exact(4)
-                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                            .collect();
-                        let leaf = r
-                            .bytes(
-                                len.checked_mul(2)
-                                    .ok_or_else(|| r.corrupt("size overflows"))?,
-                            )?
-                            .chunks_exact(2)
-                            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                            .collect();
-                        let nan_leaf = r.u16()?;
-                        st.push(StepTree {
-                            upper,
-                            leaf,
-                            nan_leaf,
-                        });
-                    }
-                    Some(StepForest {
-                        values,
-                        trees: st,
-                        nodes,
-                        depth,
-                    })
-                }
-                f => return Err(r.corrupt(format!("bad compiled-forest flag {f}"))),
-            };
+            let compiled = r.step_forest()?;
             Estimator::IsolationForest(IsolationForest {
                 trees,
                 compiled,
@@ -775,9 +787,11 @@ fn decode_estimator(r: &mut Reader<'_>, kind: u8, n: usize) -> Result<Estimator,
         FOREST_REGRESSOR => {
             let class = r.string()?;
             let flags = r.u8()?;
+            let trees = r.trees()?;
             Estimator::ForestRegressor(ForestRegressor {
                 class,
-                trees: r.trees()?,
+                trees,
+                compiled: r.step_forest()?,
                 average: flags & 1 != 0,
                 allow_nan: flags & 2 != 0,
             })

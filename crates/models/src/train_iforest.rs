@@ -47,7 +47,6 @@ use crate::model::{Estimator, IfRule, IsolationForest, Model, Tree};
 use crate::train::TrainError;
 
 /// `np.euler_gamma`.
-const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
 
 /// scikit-learn's `FEATURE_THRESHOLD`: a feature whose values in a node
 /// span no more than this is constant there.
@@ -120,18 +119,9 @@ pub struct IForestFit {
     pub training_anomalies: usize,
 }
 
-/// scikit-learn's `_average_path_length` (0.21 and later) for one count,
-/// in its order of operations: the average path length of an unsuccessful
-/// search in a binary search tree of `n` nodes.
-pub fn average_path_length(n: f64) -> f64 {
-    if n <= 1.0 {
-        0.0
-    } else if n == 2.0 {
-        1.0
-    } else {
-        2.0 * ((n - 1.0).ln() + EULER_GAMMA) - 2.0 * (n - 1.0) / n
-    }
-}
+/// scikit-learn's `_average_path_length` (0.21 and later), as the reader
+/// computes it for imported forests.
+pub use crate::sklearn::average_path_length;
 
 /// numpy's `percentile(a, q)` with the default `'linear'` method; `a`
 /// need not be sorted, and holds no NaN.
@@ -479,7 +469,7 @@ mod tests {
         assert_eq!(average_path_length(256.0), 10.244_770_920_119_917);
         assert_eq!(
             average_path_length(3.0),
-            2.0 * (2f64.ln() + EULER_GAMMA) - 2.0 * 2.0 / 3.0
+            2.0 * (2f64.ln() + 0.577_215_664_901_532_9) - 2.0 * 2.0 / 3.0
         );
     }
 

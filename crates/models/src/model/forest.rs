@@ -228,8 +228,13 @@ impl IsolationForest {
 pub struct ForestRegressor {
     /// scikit-learn's class name, e.g. `RandomForestRegressor`.
     pub class: String,
-    /// The trees, in `estimators_` order (one for a single tree).
+    /// The trees, in `estimators_` order (one for a single tree; empty
+    /// when `compiled` holds them).
     pub trees: Vec<Tree>,
+    /// The trees of a one-feature forest as step functions (see
+    /// [`StepForest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compiled: Option<StepForest>,
     /// A forest: sum the trees in order, then divide by their number. A
     /// single tree predicts its leaf value as is.
     pub average: bool,
@@ -291,6 +296,16 @@ impl ForestRegressor {
     /// Checks the trees for rows of `n` features.
     pub fn validate(&self, n: usize) -> Result<(), InvalidModel> {
         let est = static_name(&self.class);
+        if let Some(c) = &self.compiled {
+            if !self.trees.is_empty() || n != 1 || !self.average {
+                return Err(InvalidModel::new(
+                    est,
+                    "trees",
+                    "a compiled forest averages trees over one input and has no other trees",
+                ));
+            }
+            return c.validate(est);
+        }
         check_trees(est, &self.trees, n, 1)?;
         if !self.average && self.trees.len() != 1 {
             return Err(InvalidModel::new(
@@ -302,8 +317,34 @@ impl ForestRegressor {
         Ok(())
     }
 
+    /// Number of trees.
+    pub fn n_trees(&self) -> usize {
+        self.compiled
+            .as_ref()
+            .map_or(self.trees.len(), |c| c.trees.len())
+    }
+
+    /// Compiles a one-feature forest (not a single tree, whose prediction
+    /// is its leaf value with no sum) to step functions; other models stay
+    /// as they are.
+    pub fn compile_one_feature(mut self, n_features: usize) -> Self {
+        if n_features == 1 && self.average && self.compiled.is_none() {
+            if let Some(c) = StepForest::compile(&self.trees) {
+                self.compiled = Some(c);
+                self.trees = Vec::new();
+            }
+        }
+        self
+    }
+
     /// Predictions of rows of `n` features.
     pub fn evaluate(&self, xs: &[f64], n: usize, score: &mut [f64]) {
+        if let Some(c) = &self.compiled {
+            c.sum_leaves(xs, self.allow_nan, score);
+            let m = c.trees.len() as f64;
+            score.iter_mut().for_each(|s| *s /= m);
+            return;
+        }
         if n == 1 && xs.len() >= MERGE_MIN_ROWS && self.average {
             sum_leaves_one_feature(&self.trees, xs, self.allow_nan, score);
             let m = self.trees.len() as f64;

@@ -200,7 +200,16 @@ impl Estimator {
                     c.depth
                 ),
             },
-            Estimator::ForestRegressor(f) => format!("{}({})", f.class, tree_sizes(&f.trees)),
+            Estimator::ForestRegressor(f) => match &f.compiled {
+                None => format!("{}({})", f.class, tree_sizes(&f.trees)),
+                Some(c) => format!(
+                    "{}({} trees, {} nodes, depth {}; one feature, held as step functions)",
+                    f.class,
+                    c.trees.len(),
+                    c.nodes,
+                    c.depth
+                ),
+            },
             Estimator::ForestClassifier(f) => format!(
                 "{}({}, {} classes)",
                 f.class,

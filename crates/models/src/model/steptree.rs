@@ -79,7 +79,12 @@ impl StepForest {
         let mut out = Vec::with_capacity(trees.len());
         let (mut nodes, mut depth) = (0u64, 0u32);
         for t in trees {
-            if t.n_values != 1 || !t.splits_on_first_feature_only() {
+            // Only a valid tree is compiled: an invalid one (a cycle, a
+            // child out of range) stays as it is, for `validate` to refuse.
+            if t.n_values != 1
+                || t.validate("tree", "tree_", 1).is_err()
+                || !t.splits_on_first_feature_only()
+            {
                 return None;
             }
             nodes += t.len() as u64;

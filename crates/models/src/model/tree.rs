@@ -123,8 +123,15 @@ impl Tree {
         upper.clear();
         leaf.clear();
         // Depth-first, left child first: the leaves come in input order.
+        // A valid tree visits each node once; the bound keeps an invalid
+        // one (a cycle) from looping.
         let mut stack = vec![(0usize, f64::NEG_INFINITY, f64::INFINITY)];
+        let mut visits = 0usize;
         while let Some((i, lo, hi)) = stack.pop() {
+            visits += 1;
+            if visits > self.len() || i >= self.len() {
+                break;
+            }
             if self.is_leaf(i) {
                 upper.push(hi);
                 leaf.push(i as u32);

@@ -16,7 +16,9 @@ mod steps;
 mod svc;
 mod trees;
 
-use crate::model::{Detector, InvalidModel, Kernel, Model, OneClassSvm, Scaler};
+pub use trees::average_path_length;
+
+use crate::model::{Detector, InvalidModel, Model, OneClassSvm, Scaler};
 use crate::pickle::{self, Class, Estimator, NdArray, PickleError, Value};
 
 /// Bounds on what importing one model may use, so that a small upload
@@ -375,54 +377,15 @@ fn collect(value: &Value, cx: &mut Walk<'_>, depth: usize) -> Result<(), ImportE
 }
 
 fn one_class_svm(a: &Attrs) -> Result<(Detector, usize), ImportError> {
-    let kernel_name = a.get("kernel")?.as_text().ok_or_else(|| {
-        a.bad(
-            "kernel",
-            "is not a string (callable kernels cannot be imported)",
-        )
-    })?;
-    let kernel = match kernel_name.as_str() {
-        "rbf" => Kernel::Rbf,
-        "linear" => Kernel::Linear,
-        "poly" => Kernel::Poly,
-        "sigmoid" => Kernel::Sigmoid,
-        other => {
-            return Err(ImportError::Model(format!(
-            "OneClassSVM kernel {other:?} is not supported (supported: rbf, linear, poly, sigmoid)"
-        )))
-        }
-    };
-    if a.bool_or("_sparse", false)? {
-        return Err(ImportError::Model(
-            "this OneClassSVM was fitted on sparse data; refit it on a dense array".into(),
-        ));
-    }
-    // `_gamma` is the value libsvm used (fit resolves 'scale' and 'auto');
-    // very old pickles may only have a numeric `gamma`.
-    let gamma = match a.find("_gamma") {
-        Some(g) => g
-            .as_f64()
-            .ok_or_else(|| a.bad("_gamma", "is not a number"))?,
-        None => a.get("gamma")?.as_f64().ok_or_else(|| {
-            a.bad(
-                "gamma",
-                "is 'scale' or 'auto' but `_gamma` (its fitted value) is missing",
-            )
-        })?,
-    };
-    let coef0 = a.f64_or("coef0", 0.0)?;
-    let degree = a.find("degree").map_or(Ok(3), |d| {
-        d.as_i64()
-            .or_else(|| d.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-            .and_then(|d| i32::try_from(d).ok())
-            .ok_or_else(|| a.bad("degree", "is not an integer"))
-    })?;
-    let sv = a.array("support_vectors_")?;
-    let (n_sv, n_features) = match sv.shape[..] {
-        [r, c] => (r, c),
-        _ => return Err(a.bad("support_vectors_", "is not a 2-D array")),
-    };
-    let support_vectors = a.to_f64("support_vectors_", &sv)?;
+    let svc::Libsvm {
+        kernel,
+        gamma,
+        coef0,
+        degree,
+        support_vectors,
+        n_sv,
+        n_features,
+    } = svc::libsvm(a, "OneClassSVM", "one_class")?;
     let (dual_name, dual) = a.array_either("_dual_coef_", "dual_coef_")?;
     // libsvm's one-class model has nr_class - 1 = 1 row of coefficients,
     // one per support vector (set_model: sv_coef[0] = dual_coef + 0 * l).
@@ -448,9 +411,6 @@ fn one_class_svm(a: &Attrs) -> Result<(Detector, usize), ImportError> {
         ));
     };
     check_n_support(a, n_sv)?;
-    let n_samples = check_shape_fit(a, n_sv, n_features)?;
-    check_support(a, n_sv, n_samples)?;
-    a.check_n_features_in(n_features)?;
     let svm = OneClassSvm {
         kernel,
         gamma,

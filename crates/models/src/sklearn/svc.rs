@@ -16,20 +16,20 @@ use crate::pickle::Value;
 
 use super::{check_shape_fit, check_support, Attrs, ImportError};
 
-/// What every libsvm estimator's pickle gives.
-struct Libsvm {
-    kernel: Kernel,
-    gamma: f64,
-    coef0: f64,
-    degree: i32,
-    support_vectors: Vec<f64>,
-    n_sv: usize,
-    n_features: usize,
+/// What every libsvm estimator's pickle gives (OneClassSVM's too).
+pub(super) struct Libsvm {
+    pub(super) kernel: Kernel,
+    pub(super) gamma: f64,
+    pub(super) coef0: f64,
+    pub(super) degree: i32,
+    pub(super) support_vectors: Vec<f64>,
+    pub(super) n_sv: usize,
+    pub(super) n_features: usize,
 }
 
 /// The kernel, its parameters and the support vectors, after checking
 /// `_impl` (the libsvm type) and `_sparse`.
-fn libsvm(a: &Attrs, class: &str, impl_name: &str) -> Result<Libsvm, ImportError> {
+pub(super) fn libsvm(a: &Attrs, class: &str, impl_name: &str) -> Result<Libsvm, ImportError> {
     if let Some(v) = a.find("_impl") {
         match v.as_text() {
             Some(t) if t == impl_name => {}

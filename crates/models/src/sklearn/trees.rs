@@ -234,8 +234,9 @@ fn n_features(a: &Attrs) -> Result<usize, ImportError> {
 }
 
 /// `_average_path_length` of scikit-learn 0.21 and later, for one count,
-/// in its order of operations.
-pub(crate) fn average_path_length(n: f64) -> f64 {
+/// in its order of operations: the average path length of an unsuccessful
+/// search in a binary search tree of `n` nodes.
+pub fn average_path_length(n: f64) -> f64 {
     if n <= 1.0 {
         0.0
     } else if n == 2.0 {
@@ -532,12 +533,16 @@ pub(super) fn forest(a: &Attrs, est: Estimator) -> Result<(Native, usize), Impor
             allow_nan: all_missing,
         })
     } else {
-        Native::ForestRegressor(ForestRegressor {
-            class,
-            trees,
-            average: !single,
-            allow_nan: all_missing,
-        })
+        Native::ForestRegressor(
+            ForestRegressor {
+                class,
+                trees,
+                compiled: None,
+                average: !single,
+                allow_nan: all_missing,
+            }
+            .compile_one_feature(n),
+        )
     };
     Ok((native, n))
 }
