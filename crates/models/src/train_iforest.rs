@@ -46,8 +46,6 @@
 use crate::model::{Estimator, IfRule, IsolationForest, Model, Tree};
 use crate::train::TrainError;
 
-/// `np.euler_gamma`.
-
 /// scikit-learn's `FEATURE_THRESHOLD`: a feature whose values in a node
 /// span no more than this is constant there.
 const FEATURE_THRESHOLD: f64 = 1e-7;
