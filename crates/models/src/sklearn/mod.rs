@@ -386,30 +386,10 @@ fn one_class_svm(a: &Attrs) -> Result<(Detector, usize), ImportError> {
         n_sv,
         n_features,
     } = svc::libsvm(a, "OneClassSVM", "one_class")?;
-    let (dual_name, dual) = a.array_either("_dual_coef_", "dual_coef_")?;
     // libsvm's one-class model has nr_class - 1 = 1 row of coefficients,
-    // one per support vector (set_model: sv_coef[0] = dual_coef + 0 * l).
-    if dual.shape[..] != [1, n_sv] {
-        return Err(a.invalid(
-            dual_name,
-            format!(
-                "has shape {:?}, but a one-class SVM with {n_sv} support vectors has shape [1, {n_sv}]",
-                dual.shape
-            ),
-        ));
-    }
-    let dual_coef = a.to_f64(dual_name, &dual)?;
-    let (icpt_name, icpt) = a.array_either("_intercept_", "intercept_")?;
-    let icpt = a.to_f64(icpt_name, &icpt)?;
-    let [intercept] = icpt[..] else {
-        return Err(a.invalid(
-            icpt_name,
-            format!(
-                "has {} values, but a one-class SVM has exactly one (libsvm's rho)",
-                icpt.len()
-            ),
-        ));
-    };
+    // one per support vector (set_model: sv_coef[0] = dual_coef + 0 * l),
+    // and one rho.
+    let (dual_coef, intercept) = svc::one_row(a, n_sv, "a one-class SVM")?;
     check_n_support(a, n_sv)?;
     let svm = OneClassSvm {
         kernel,
@@ -647,18 +627,14 @@ impl Attrs<'_> {
             .map_err(|e| self.bad(attr, &format!("is not a usable numpy array: {e}")))
     }
 
-    /// The first of two attribute names present, and its array.
-    fn array_either<'n>(
-        &self,
-        first: &'n str,
-        second: &'n str,
-    ) -> Result<(&'n str, NdArray), ImportError> {
-        let name = if self.find(first).is_some() {
+    /// The first of two attribute names present (a release's name, or an
+    /// older one), else the second.
+    fn either<'n>(&self, first: &'n str, second: &'n str) -> &'n str {
+        if self.find(first).is_some() {
             first
         } else {
             second
-        };
-        Ok((name, self.array(name)?))
+        }
     }
 
     fn vec(&self, attr: &str) -> Result<Vec<f64>, ImportError> {

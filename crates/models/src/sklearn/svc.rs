@@ -159,12 +159,35 @@ fn n_support(a: &Attrs, len: usize, regressor: bool) -> Result<Option<Vec<f64>>,
 }
 
 /// The first of two attribute names present (each release writes one).
-fn either<'n>(a: &Attrs, first: &'n str, second: &'n str) -> &'n str {
-    if a.find(first).is_some() {
-        first
-    } else {
-        second
+/// The coefficients and intercept of a libsvm model with one row of
+/// coefficients (a regressor, a one-class SVM): `_dual_coef_` of shape
+/// `[1, n_sv]` and one `_intercept_` (libsvm's `-rho`); `what` names the
+/// model in messages.
+pub(super) fn one_row(a: &Attrs, n_sv: usize, what: &str) -> Result<(Vec<f64>, f64), ImportError> {
+    let dual_name = a.either("_dual_coef_", "dual_coef_");
+    let dual = a.array(dual_name)?;
+    if dual.shape[..] != [1, n_sv] {
+        return Err(a.invalid(
+            dual_name,
+            format!(
+                "has shape {:?}, but {what} with {n_sv} support vectors has shape [1, {n_sv}]",
+                dual.shape
+            ),
+        ));
     }
+    let dual_coef = a.to_f64(dual_name, &dual)?;
+    let icpt_name = a.either("_intercept_", "intercept_");
+    let icpt = a.vec(icpt_name)?;
+    let [intercept] = icpt[..] else {
+        return Err(a.invalid(
+            icpt_name,
+            format!(
+                "has {} values, but {what} has exactly one (libsvm's -rho)",
+                icpt.len()
+            ),
+        ));
+    };
+    Ok((dual_coef, intercept))
 }
 
 /// `SVC` (`nu` false) or `NuSVC` (`nu` true).
@@ -196,7 +219,7 @@ pub(super) fn svc(a: &Attrs, nu: bool) -> Result<(Native, usize), ImportError> {
     let sum: f64 = counts.iter().sum();
     if sum != n_sv as f64 {
         return Err(a.invalid(
-            either(a, "_n_support", "n_support_"),
+            a.either("_n_support", "n_support_"),
             format!(
                 "says {sum} support vectors in all but support_vectors_ has {n_sv} rows (scikit-learn refuses this model too: \"The internal representation of {class} was altered\")"
             ),
@@ -209,8 +232,8 @@ pub(super) fn svc(a: &Attrs, nu: bool) -> Result<(Native, usize), ImportError> {
         ("_dual_coef_", "_intercept_")
     } else {
         (
-            either(a, "_dual_coef_", "dual_coef_"),
-            either(a, "_intercept_", "intercept_"),
+            a.either("_dual_coef_", "dual_coef_"),
+            a.either("_intercept_", "intercept_"),
         )
     };
     if k == 2 && (a.find(dual_name).is_none() || a.find(icpt_name).is_none()) {
@@ -258,7 +281,7 @@ pub(super) fn svc(a: &Attrs, nu: bool) -> Result<(Native, usize), ImportError> {
     // means False) and the Platt parameters fit computed.
     let probability = matches!(a.find("probability"), Some(Value::Bool(true)))
         || matches!(a.find("probability"), Some(Value::Int(i)) if i != 0);
-    let (pa_name, pb_name) = (either(a, "_probA", "probA_"), either(a, "_probB", "probB_"));
+    let (pa_name, pb_name) = (a.either("_probA", "probA_"), a.either("_probB", "probB_"));
     let (prob_a, prob_b) = if probability {
         let pa = a.vec(pa_name)?;
         let pb = a.vec(pb_name)?;
@@ -318,29 +341,7 @@ pub(super) fn svr(a: &Attrs, nu: bool) -> Result<(Native, usize), ImportError> {
             ));
         }
     }
-    let dual_name = either(a, "_dual_coef_", "dual_coef_");
-    let dual = a.array(dual_name)?;
-    if dual.shape[..] != [1, n_sv] {
-        return Err(a.invalid(
-            dual_name,
-            format!(
-                "has shape {:?}, but a regressor with {n_sv} support vectors has shape [1, {n_sv}]",
-                dual.shape
-            ),
-        ));
-    }
-    let dual_coef = a.to_f64(dual_name, &dual)?;
-    let icpt_name = either(a, "_intercept_", "intercept_");
-    let icpt = a.vec(icpt_name)?;
-    let [intercept] = icpt[..] else {
-        return Err(a.invalid(
-            icpt_name,
-            format!(
-                "has {} values, but a regressor has exactly one (libsvm's -rho)",
-                icpt.len()
-            ),
-        ));
-    };
+    let (dual_coef, intercept) = one_row(a, n_sv, "a regressor")?;
     let svr = Svr {
         nu,
         kernel: lib.kernel,
