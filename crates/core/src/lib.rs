@@ -29,11 +29,13 @@
 //! optionally `_`).
 #![deny(missing_docs)]
 
+mod clock;
 mod key;
 mod name;
 mod time;
 mod value;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use key::{KeyError, ModelKey, FALLBACK_DEVICE};
 pub use name::{
     file_name_part, validate_name, validate_name_bytes, NameError, NameKind, NameRule,

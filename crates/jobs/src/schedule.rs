@@ -21,7 +21,6 @@
 //! milliseconds.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
 use croner::Cron;
@@ -29,51 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{Concurrency, JobKind, JobState, JobStore, NewJob, Threshold};
 
-/// Nanoseconds since the epoch, UTC, from somewhere.
-pub trait Clock: Send + Sync {
-    /// Now.
-    fn now(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0)
-    }
-}
-
-/// A clock that moves only when told, for tests.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    /// At `ns`.
-    pub fn new(ns: i64) -> ManualClock {
-        ManualClock(AtomicI64::new(ns))
-    }
-
-    /// Moves to `ns`.
-    pub fn set(&self, ns: i64) {
-        self.0.store(ns, Ordering::SeqCst);
-    }
-
-    /// Moves forward by `ns`.
-    pub fn advance(&self, ns: i64) {
-        self.0.fetch_add(ns, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+/// The clock schedules and leases read (one definition, in `fleetscore-core`).
+pub use fleetscore_core::{Clock, ManualClock, SystemClock};
 
 /// One schedule, as configured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
