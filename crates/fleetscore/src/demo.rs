@@ -928,7 +928,10 @@ async fn start_server(g: &Global, listen: &str, hours: usize) -> anyhow::Result<
     let handle = {
         let g = g.clone();
         tokio::spawn(
-            async move { crate::serve::run_config(&g, c, Some(ready_tx), Some(stop_rx)).await },
+            async move {
+                let env = crate::serve_cmd::env(&g).await?;
+                fleetscore_server::serve::run_config(env, c, Some(ready_tx), Some(stop_rx)).await
+            },
         )
     };
     match ready_rx.await {
@@ -988,7 +991,7 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.devices
     );
     // Before minutes of work: a taken port fails now, with what to do.
-    util::check_bind(&args.listen)?;
+    fleetscore_server::http::check_bind(&args.listen)?;
     let started = Instant::now();
     let home = g.data.join("demo");
     if home.exists() {
@@ -1072,7 +1075,7 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     for j in &jobs {
         // As `serve` says it (failed models are few here: by reason is
         // left to `jobs show`).
-        println!("  {}", crate::jobs_cmd::finished_line(j, &[]));
+        println!("  {}", fleetscore_server::scheduler::finished_line(j, &[]));
     }
 
     // 6. What was found, from the predictions in the store.

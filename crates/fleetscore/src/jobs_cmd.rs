@@ -8,28 +8,15 @@ use std::time::Duration;
 use anyhow::Context;
 use fleetscore_core::{format_rfc3339, format_ts, parse_ts};
 use fleetscore_jobs::db::{
-    Concurrency, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, Threshold,
+    Concurrency, JobFilter, JobKind, JobRecord, JobState, NewJob, Threshold,
 };
-use fleetscore_jobs::run::{Runner, RunnerConfig};
-use fleetscore_jobs::schedule::{Clock, SystemClock};
+use fleetscore_jobs::run::Runner;
+use fleetscore_jobs::schedule::SystemClock;
 use serde_json::json;
 
 use crate::cli::{BackfillArgs, Global, JobsCommand, WorkerArgs};
-use crate::config::{self, Config};
+use crate::config;
 use crate::util;
-
-/// The runner settings from the config.
-pub fn runner_config(c: &Config) -> RunnerConfig {
-    let mut rc = RunnerConfig {
-        retry_backoff: Duration::from_nanos(c.jobs.retry_backoff.as_nanos().max(0) as u64),
-        ..RunnerConfig::default()
-    };
-    if c.jobs.parallel_tasks > 0 {
-        rc.parallel_tasks = c.jobs.parallel_tasks;
-    }
-    rc.lease = Duration::from_nanos(c.jobs.lease.as_nanos().max(1_000_000) as u64);
-    rc
-}
 
 /// `fleetscore worker`: runs work from the job store until SIGTERM/Ctrl-C
 /// (or, with --exit-when-idle, until none is left).
@@ -46,7 +33,7 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(s.as_nanos() > 0, "{flag} must be more than zero");
         Ok(Duration::from_nanos(s.as_nanos() as u64))
     };
-    let mut rc = runner_config(&c);
+    let mut rc = fleetscore_server::scheduler::runner_config(&c);
     anyhow::ensure!(args.slots > 0, "--slots must be at least 1");
     rc.parallel_tasks = args.slots;
     rc.lease = dur(args.lease, "--lease")?;
@@ -109,7 +96,7 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let signal = crate::serve::shutdown_signal()?;
+    let signal = fleetscore_server::serve::shutdown_signal()?;
     tokio::spawn(async move {
         signal.await;
         tracing::info!("stopping: no new work; the current task may finish");
@@ -253,7 +240,7 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let runner = Runner::new(Arc::clone(&db), store, clock, runner_config(&c));
+    let runner = Runner::new(Arc::clone(&db), store, clock, fleetscore_server::scheduler::runner_config(&c));
     let pb = util::progress(g, ids.len() as u64, "backfill");
     let mut jobs = Vec::new();
     for id in &ids {
@@ -449,7 +436,7 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
                 Arc::clone(&db),
                 util::store(g)?,
                 Arc::new(SystemClock),
-                runner_config(&c),
+                fleetscore_server::scheduler::runner_config(&c),
             );
             let ids = runner.run_queued().await?;
             let mut jobs = Vec::new();
@@ -473,307 +460,3 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// What ties the scheduler loop to the rest of `serve`.
-#[derive(Default)]
-pub struct Hooks {
-    /// Compacts the ingest log into raw/ before due jobs are created.
-    pub compact: Option<crate::serve::CompactNow>,
-    /// Notified when the API queued a job: the loop runs it at once
-    /// instead of at its next tick.
-    pub wake: Option<Arc<tokio::sync::Notify>>,
-}
-
-/// The scheduler loop of `serve`: ticks every schedule at `clock`'s time
-/// (compacting the ingest log first through `hooks.compact` when a job is
-/// due), then (unless `runner` is `None`: `--no-workers`) runs what is
-/// queued, until `stop`.
-pub async fn scheduler_loop(
-    db: Arc<dyn JobStore>,
-    runner: Option<Runner>,
-    specs: Vec<fleetscore_jobs::schedule::ScheduleSpec>,
-    every: Duration,
-    clock: Arc<dyn Clock>,
-    hooks: Hooks,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let Hooks { compact, wake } = hooks;
-    // Work left running by a process that died is taken over once its
-    // lease expires ([jobs] lease): other processes (workers, a backfill)
-    // may share even a SQLite store, so leases are never ended early.
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // A job queued through this server's API wakes the loop at once
-        // (a permit is kept if it is busy, so the next turn comes at once).
-        let woken = async {
-            match &wake {
-                Some(w) => w.notified().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = woken => {}
-            _ = stop.changed() => break,
-        }
-        create_due_jobs(&*db, &specs, clock.now(), compact.as_ref()).await;
-        let Some(runner) = &runner else { continue };
-        // Runs what is runnable; a stop gives the current work a grace
-        // period, then drops it (its leases are released at the next start).
-        let run = runner.run_queued();
-        tokio::pin!(run);
-        let outcome = tokio::select! {
-            r = &mut run => Some(r),
-            _ = stop.changed() => None,
-        };
-        match outcome {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => tracing::error!("running jobs failed: {e:#}"),
-            // Stopping (the stop is seen now, so the loop must end here).
-            None => {
-                match tokio::time::timeout(Duration::from_secs(30), run).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!("running jobs failed: {e:#}"),
-                    Err(_) => tracing::warn!(
-                        "stopping with work in progress; it resumes at the next start"
-                    ),
-                }
-                break;
-            }
-        }
-        if *stop.borrow() {
-            break;
-        }
-    }
-}
-
-/// Creates the jobs of `specs` due at `now`. When any is due, the ingest
-/// log is compacted into raw/ first (`compact`), so that the jobs see every
-/// reading acknowledged until now, whichever process runs them; a
-/// schedule's delay then only waits for late devices. If the compaction
-/// fails, no job is created (it would miss readings): the next tick tries
-/// again.
-async fn create_due_jobs(
-    db: &dyn JobStore,
-    specs: &[fleetscore_jobs::schedule::ScheduleSpec],
-    now: i64,
-    compact: Option<&crate::serve::CompactNow>,
-) {
-    let mut due = Vec::new();
-    for spec in specs {
-        match fleetscore_jobs::schedule::due(db, spec, now).await {
-            Ok(true) => due.push(spec),
-            Ok(false) => {}
-            Err(e) => tracing::error!(schedule = %spec.name, "schedule tick failed: {e}"),
-        }
-    }
-    if due.is_empty() {
-        return;
-    }
-    if let Some(compact) = compact {
-        if let Err(e) = compact.run().await {
-            let names: Vec<&str> = due.iter().map(|s| s.name.as_str()).collect();
-            tracing::error!(
-                schedules = %names.join(", "),
-                "not creating the due jobs yet, as they would miss readings; trying again at the next tick: {e:#}"
-            );
-            return;
-        }
-    }
-    for spec in due {
-        match fleetscore_jobs::schedule::tick(db, spec, now).await {
-            Ok(out) if !out.queued.is_empty() => {
-                tracing::info!(schedule = %spec.name, jobs = ?out.queued, "jobs queued");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(schedule = %spec.name, "schedule tick failed: {e}"),
-        }
-    }
-}
-
-/// Prints a line for each job record that comes from `jobs` (a runner's
-/// reports, see [`Runner::with_reports`]) as it comes, until the runner is
-/// gone: what `serve` says on stdout about the jobs it finishes.
-///
-/// The writing happens on a thread of its own: stdout may be a pipe that
-/// nobody reads (a parent that ignores it), and a write to a full pipe
-/// blocks, which must stall neither the runtime nor the shutdown (the
-/// last lines get two seconds to go out).
-pub async fn print_finished(
-    db: Arc<dyn JobStore>,
-    mut jobs: tokio::sync::mpsc::UnboundedReceiver<JobRecord>,
-) {
-    let (lines, to_write) = std::sync::mpsc::channel::<String>();
-    let (written, all_written) = tokio::sync::oneshot::channel::<()>();
-    let writer = std::thread::Builder::new()
-        .name("job-lines".into())
-        .spawn(move || {
-            use std::io::Write as _;
-            for line in to_write {
-                let mut out = std::io::stdout().lock();
-                // A closed stdout (a parent that stopped reading) is no
-                // reason to stop serving.
-                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-            }
-            let _ = written.send(());
-        });
-    if let Err(e) = writer {
-        tracing::warn!("no line per finished job on stdout: starting its thread failed: {e}");
-        return;
-    }
-    while let Some(j) = jobs.recv().await {
-        let reasons = if j.failed_models > 0 {
-            match db.failures(j.id).await {
-                Ok(f) => failure_counts(&f),
-                Err(e) => {
-                    tracing::warn!(job = j.id, "reading the job's failed models: {e}");
-                    Vec::new()
-                }
-            }
-        } else {
-            Vec::new()
-        };
-        if lines.send(finished_line(&j, &reasons)).is_err() {
-            break;
-        }
-    }
-    drop(lines);
-    let _ = tokio::time::timeout(Duration::from_secs(2), all_written).await;
-}
-
-/// Failed models by reason (`no_data`, …), most frequent first.
-fn failure_counts(failures: &[fleetscore_jobs::db::FailureRecord]) -> Vec<(String, u64)> {
-    let mut counts: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
-    for f in failures {
-        *counts.entry(f.reason.as_str()).or_default() += 1;
-    }
-    let mut out: Vec<(String, u64)> = counts
-        .into_iter()
-        .map(|(r, n)| (r.to_string(), n))
-        .collect();
-    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    out
-}
-
-/// `[2026-12-05T02:00:00Z, 03:00:00Z)`: the end without its date when it
-/// is the start's.
-fn window_text(from: i64, to: i64) -> String {
-    let (a, b) = (format_rfc3339(from), format_rfc3339(to));
-    match (a.split_once('T'), b.split_once('T')) {
-        (Some((day, _)), Some((same, time))) if day == same => format!("[{a}, {time})"),
-        _ => format!("[{a}, {b})"),
-    }
-}
-
-/// One line about a finished job, with its failed models by reason
-/// (`reasons`): its outcome, and for a failure where to look.
-pub fn finished_line(j: &JobRecord, reasons: &[(String, u64)]) -> String {
-    let id = j.id;
-    let window = window_text(j.window_start, j.window_end);
-    let by_reason = if reasons.is_empty() {
-        String::new()
-    } else {
-        let each: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
-        format!(" ({})", each.join(", "))
-    };
-    let error = j.error.as_deref().unwrap_or("");
-    match j.state {
-        JobState::Succeeded => format!(
-            "job {id} succeeded {window}: {} models, {} rows, {} anomalies, {} failed{by_reason}, {}",
-            j.models,
-            j.rows,
-            j.anomalies,
-            j.failed_models,
-            match (j.started_at, j.finished_at) {
-                (Some(s), Some(f)) => format!("{:.2}s", (f - s) as f64 / 1e9),
-                _ => "-".into(),
-            }
-        ),
-        JobState::Failed => format!(
-            "job {id} failed {window}: {error}{by_reason}; see `fleetscore jobs show {id}`"
-        ),
-        other => format!("job {id} {other} {window}: {error}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(state: JobState, error: Option<&str>) -> JobRecord {
-        let start = parse_ts("2026-12-05T02:00:00Z").unwrap();
-        JobRecord {
-            id: 2,
-            schedule: Some("hourly".into()),
-            kind: JobKind::Scheduled,
-            window_start: start,
-            window_end: start + 3_600_000_000_000,
-            mode: "raw".into(),
-            selection: None,
-            state,
-            batch_size: 1000,
-            max_failed: Threshold::Percent(10.0),
-            max_retries: 2,
-            concurrency: Concurrency::Forbid,
-            created_at: start,
-            started_at: Some(start + 1_000_000_000),
-            finished_at: Some(start + 1_210_000_000),
-            models: 15,
-            rows: 1800,
-            anomalies: 12,
-            failed_models: 0,
-            tasks: 1,
-            load_ms: 0,
-            score_ms: 0,
-            write_ms: 0,
-            error: error.map(str::to_string),
-            manifest: None,
-        }
-    }
-
-    #[test]
-    fn a_finished_job_is_one_line_saying_its_outcome() {
-        assert_eq!(
-            finished_line(&job(JobState::Succeeded, None), &[]),
-            "job 2 succeeded [2026-12-05T02:00:00Z, 03:00:00Z): 15 models, 1800 rows, 12 anomalies, 0 failed, 0.21s"
-        );
-        let mut failed = job(
-            JobState::Failed,
-            Some("15 of 15 models failed, more than max_failed_models = 10%"),
-        );
-        failed.failed_models = 15;
-        assert_eq!(
-            finished_line(&failed, &[("no_data".into(), 15)]),
-            "job 2 failed [2026-12-05T02:00:00Z, 03:00:00Z): 15 of 15 models failed, more than \
-             max_failed_models = 10% (no_data: 15); see `fleetscore jobs show 2`"
-        );
-        let skipped = job(JobState::Skipped, Some("no readings in the window"));
-        assert_eq!(
-            finished_line(&skipped, &[]),
-            "job 2 skipped [2026-12-05T02:00:00Z, 03:00:00Z): no readings in the window"
-        );
-        // A window across midnight keeps the end's date.
-        let mut late = job(JobState::Skipped, Some("no readings in the window"));
-        late.window_start += 21 * 3_600_000_000_000;
-        late.window_end += 21 * 3_600_000_000_000;
-        assert!(finished_line(&late, &[])
-            .starts_with("job 2 skipped [2026-12-05T23:00:00Z, 2026-12-06T00:00:00Z): "));
-    }
-
-    #[test]
-    fn failed_models_are_counted_by_reason_most_first() {
-        let f = |reason: &str| fleetscore_jobs::db::FailureRecord {
-            task_idx: 0,
-            device: "d".into(),
-            tag: "1".into(),
-            reason: reason.into(),
-            detail: String::new(),
-            rows: 0,
-        };
-        let counts = failure_counts(&[f("no_model"), f("no_data"), f("no_data")]);
-        assert_eq!(
-            counts,
-            [("no_data".to_string(), 2), ("no_model".to_string(), 1)]
-        );
-    }
-}

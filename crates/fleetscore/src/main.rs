@@ -4,24 +4,19 @@
 //! was done, see the message); 2 usage error; 3 the command completed but
 //! some models or files failed (each is listed with its reason).
 
-mod api;
 mod batch;
 mod cli;
-mod config;
-mod dashboard;
 mod demo;
-mod http;
 mod import;
 mod jobs_cmd;
 mod kube;
-mod metrics;
-mod mqtt;
-mod plausible;
 mod score;
-mod serve;
+mod serve_cmd;
 mod train;
 mod util;
-mod windows;
+
+// The deployment's configuration and the service live in the server crate.
+use fleetscore_server::config;
 
 use std::process::ExitCode;
 
@@ -117,7 +112,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Ingest(args) => rt.block_on(batch::ingest(g, args)),
         cli::Command::Aggregate(args) => rt.block_on(batch::aggregate(g, args)),
         cli::Command::Demo(args) => rt.block_on(demo::run(g, args)),
-        cli::Command::Serve(args) => rt.block_on(serve::run(g, args)),
+        cli::Command::Serve(args) => rt.block_on(serve_cmd::run(g, args)),
         cli::Command::Backfill(args) => rt.block_on(jobs_cmd::backfill(g, args)),
         cli::Command::Worker(args) => rt.block_on(jobs_cmd::worker(g, args)),
         cli::Command::Jobs { command } => rt.block_on(jobs_cmd::jobs(g, command)),

@@ -206,38 +206,6 @@ mod tests {
     }
 }
 
-/// Binds the server's address, saying what to do when it cannot: a taken
-/// port is the common case (another `serve` or `demo`, or any other
-/// server), and `--listen 127.0.0.1:0` always finds a free one.
-pub async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| bind_error(listen, e))
-}
-
-/// Checks that `listen` can be bound now (and frees it again): for
-/// commands that do long work before they serve, such as `demo`.
-pub fn check_bind(listen: &str) -> anyhow::Result<()> {
-    std::net::TcpListener::bind(listen)
-        .map(drop)
-        .map_err(|e| bind_error(listen, e))
-}
-
-fn bind_error(listen: &str, e: std::io::Error) -> anyhow::Error {
-    match e.kind() {
-        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
-            "cannot listen on {listen}: the address is already in use (another fleetscore serve or demo, or another server); stop it, or pick another address (--listen 127.0.0.1:0 picks a free port)"
-        ),
-        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
-            "cannot listen on {listen}: permission denied (ports below 1024 need privileges); pick a port above 1023, e.g. --listen 127.0.0.1:8080, or --listen 127.0.0.1:0 for a free one"
-        ),
-        std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!(
-            "cannot listen on {listen}: no network interface of this machine has that address; use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
-        ),
-        _ => anyhow::Error::new(e).context(format!("cannot listen on {listen}")),
-    }
-}
-
 /// An error and its causes as one line, `outer: inner: …`, like `{:#}`,
 /// but without repeating a cause its outer message already ends with
 /// (errors such as `missing.csv: No such file or directory` show their

@@ -59,10 +59,8 @@ use fleetscore_stream::WindowSpec;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::cli::{Global, ServeArgs};
 use crate::config::{self, Config};
 use crate::metrics::{Metrics, Source};
-use crate::util;
 use crate::windows::{Ingestor, Windows};
 
 struct App {
@@ -85,91 +83,15 @@ struct App {
 
 type Query2 = HashMap<String, String>;
 
-/// The config file and environment, with the flags applied on top.
-pub fn settings(g: &Global, args: &ServeArgs) -> anyhow::Result<Config> {
-    let mut c = config::load(g.config.as_deref())?;
-    let a = args;
-    if a.no_workers {
-        c.jobs.run_in_server = false;
-    }
-    if let Some(v) = &a.listen {
-        c.server.listen = v.clone();
-    }
-    if let Some(t) = a.ingest_token.as_ref().filter(|t| !t.is_empty()) {
-        c.auth.ingest_tokens.push(t.clone());
-    }
-    if let Some(v) = a.max_body_bytes {
-        c.server.max_body_bytes = v;
-    }
-    if let Some(v) = a.compact_interval {
-        c.ingest.compact_interval = v;
-    }
-    if let Some(v) = a.log_segment_bytes {
-        c.ingest.log.max_segment_bytes = v;
-    }
-    if let Some(v) = &a.mqtt {
-        c.mqtt.url = Some(v.clone());
-    }
-    if let Some(v) = &a.mqtt_topic {
-        c.mqtt.topic = v.clone();
-    }
-    if let Some(v) = &a.mqtt_shared_group {
-        c.mqtt.shared_group = Some(v.clone());
-    }
-    if let Some(v) = &a.mqtt_client_id {
-        c.mqtt.client_id = Some(v.clone());
-    }
-    if let Some(v) = &a.lp_device_tag {
-        c.ingest.line_protocol.device_tag = v.clone();
-    }
-    if a.lp_prefix_measurement {
-        c.ingest.line_protocol.prefix_measurement = true;
-    }
-    if !a.window.is_empty() {
-        c.stream.windows = a
-            .window
-            .iter()
-            .map(|w| parse_window(w))
-            .collect::<anyhow::Result<_>>()?;
-    }
-    if let Some(v) = a.out_of_order {
-        c.stream.out_of_order = v;
-    }
-    if let Some(v) = a.allowed_lateness {
-        c.stream.allowed_lateness = v;
-    }
-    if let Some(v) = a.late_policy {
-        c.stream.late_policy = v.into();
-    }
-    if let Some(v) = a.watermark {
-        c.stream.watermark = v.into();
-    }
-    if let Some(v) = a.window_flush_interval {
-        c.server.window_flush_interval = v;
-    }
-    if a.no_windows {
-        c.server.windows = false;
-    }
-    if a.allow_unauthenticated_admin {
-        c.auth.allow_unauthenticated_admin = true;
-    }
-    c.stream.validate().context("window settings")?;
-    for (what, span) in [
-        ("compact interval", c.ingest.compact_interval),
-        ("window flush interval", c.server.window_flush_interval),
-    ] {
-        if span.as_nanos() < 1_000_000 {
-            anyhow::bail!("the {what} must be at least 1ms, not {span}");
-        }
-    }
-    Ok(c)
-}
-
-/// `fleetscore serve`: prints `listening on ADDR`, then a line for each
-/// job it finishes.
-pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let c = settings(g, &args)?;
-    serve(g, c, None, None, true).await
+/// Where the server keeps and finds things, resolved by its caller.
+pub struct Env {
+    /// The data folder: the ingest log (`log/`) and the window checkpoint
+    /// (`windows/`) live under it.
+    pub data: std::path::PathBuf,
+    /// The object store (raw/, windows/, predictions/, models/).
+    pub store: Store,
+    /// The job store.
+    pub db: Arc<dyn fleetscore_jobs::db::JobStore>,
 }
 
 /// Runs the server with settings `c`. `ready` receives the bound address
@@ -177,17 +99,17 @@ pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// SIGTERM does. Unlike `serve` it prints no line per finished job: its
 /// caller (`demo`) reports the jobs itself.
 pub async fn run_config(
-    g: &Global,
+    env: Env,
     c: Config,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
     stop: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> anyhow::Result<ExitCode> {
-    serve(g, c, ready, stop, false).await
+    serve(env, c, ready, stop, false).await
 }
 
 /// [`run_config`], printing a line for each finished job if `job_lines`.
-async fn serve(
-    g: &Global,
+pub async fn serve(
+    env: Env,
     c: Config,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
     stop: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -205,21 +127,21 @@ async fn serve(
     // Bound before the log is replayed and the windows rebuilt, so that a
     // taken port fails in a moment, not after the start-up work (requests
     // arriving meanwhile wait in the backlog).
-    let listener = util::bind(&c.server.listen).await?;
-    let store = util::store(g)?;
-    let dir = g.data.join("log");
+    let listener = crate::http::bind(&c.server.listen).await?;
+    let Env { data, store, db } = env;
+    let dir = data.join("log");
     let config = c.ingest.log.clone();
     let windows_config = c.server.windows.then(|| c.stream.clone());
     // Checked before the log is touched: bad MQTT settings fail fast.
     let mqtt_source = match c.mqtt.url.clone() {
         Some(url) => {
-            let config = crate::mqtt::MqttConfig {
+            let config = crate::sources::mqtt::MqttConfig {
                 url,
                 topic: c.mqtt.topic.clone(),
                 shared_group: c.mqtt.shared_group.clone(),
                 client_id: c.mqtt.client_id.clone(),
             };
-            Some(crate::mqtt::check(config)?)
+            Some(crate::sources::mqtt::check(config)?)
         }
         None => None,
     };
@@ -241,7 +163,7 @@ async fn serve(
     let windows = match windows_config {
         None => None,
         Some(config) => {
-            let (log, store, data) = (Arc::clone(&log), store.clone(), g.data.clone());
+            let (log, store, data) = (Arc::clone(&log), store.clone(), data.clone());
             let specs: Vec<String> = config.windows.iter().map(|w| w.to_string()).collect();
             let (w, started) =
                 tokio::task::spawn_blocking(move || Windows::start(config, log, store, &data))
@@ -278,7 +200,6 @@ async fn serve(
     // Requests queue until the background task (below) takes them.
     let (compact_now, compact_requests) = CompactNow::channel();
 
-    let db = util::job_store(g).await?;
     let app = Arc::new(App {
         db: Some(Arc::clone(&db)),
         registry: Some(fleetscore_store::Registry::new(store.clone())),
@@ -374,13 +295,13 @@ async fn serve(
         Arc::new(fleetscore_jobs::schedule::SystemClock);
     let (reports, finished) = tokio::sync::mpsc::unbounded_channel();
     let printer =
-        job_lines.then(|| tokio::spawn(crate::jobs_cmd::print_finished(Arc::clone(&db), finished)));
+        job_lines.then(|| tokio::spawn(crate::scheduler::print_finished(Arc::clone(&db), finished)));
     let scheduler = {
         let mut runner = fleetscore_jobs::run::Runner::new(
             Arc::clone(&db),
             store.clone(),
             Arc::clone(&clock),
-            crate::jobs_cmd::runner_config(&c),
+            crate::scheduler::runner_config(&c),
         );
         if job_lines {
             runner = runner.with_reports(reports);
@@ -404,13 +325,13 @@ async fn serve(
                     .enable_all()
                     .build();
                 match rt {
-                    Ok(rt) => rt.block_on(crate::jobs_cmd::scheduler_loop(
+                    Ok(rt) => rt.block_on(crate::scheduler::scheduler_loop(
                         db,
                         run_jobs.then_some(runner),
                         specs,
                         every,
                         clock,
-                        crate::jobs_cmd::Hooks {
+                        crate::scheduler::Hooks {
                             compact: Some(compact_now),
                             wake: Some(wake),
                         },
@@ -805,7 +726,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     body.push_str(&app.metrics.render_jobs(jobs.as_ref(), models));
     body.push_str(&render_limits(&app));
     if let Some(db) = &app.db {
-        if let Ok(n) = db.pending(crate::util::now_ns()).await {
+        if let Ok(n) = db.pending(crate::now_ns()).await {
             body.push_str(
                 "# HELP fleetscore_pending_work Tasks waiting for a worker (queued, or with an expired lease) plus jobs waiting to be planned.\n\
                  # TYPE fleetscore_pending_work gauge\n",
@@ -982,7 +903,7 @@ fn questioned(
     let Some((earliest, latest)) = i.times else {
         return r;
     };
-    let now = util::now_ns();
+    let now = crate::now_ns();
     let Some(doubt) = crate::plausible::check(earliest, latest, unit_ns, now) else {
         return r;
     };
@@ -1191,7 +1112,7 @@ async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response 
         Ok(b) => b,
         Err(r) => return r,
     };
-    let now = util::now_ns();
+    let now = crate::now_ns();
     let config = app.line_protocol.clone();
     let endpoint = if v2 { "/api/v2/write" } else { "/write" };
     let key = Keyed::new(key, &[endpoint, &format!("{precision:?}")], &body);
@@ -1394,13 +1315,13 @@ mod tests {
         );
         let (reports, mut finished) = tokio::sync::mpsc::unbounded_channel();
         let runner = runner.with_reports(reports);
-        let lp = crate::jobs_cmd::scheduler_loop(
+        let lp = crate::scheduler::scheduler_loop(
             Arc::clone(&db),
             Some(runner),
             vec![hourly()],
             Duration::from_millis(10),
             clock.clone() as Arc<dyn Clock>,
-            crate::jobs_cmd::Hooks {
+            crate::scheduler::Hooks {
                 compact: compact.then_some(compact_now),
                 wake: None,
             },

@@ -50,7 +50,6 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{Metrics, Source as MetricSource};
-use crate::util;
 use crate::windows::Ingestor;
 
 /// What `--mqtt*` asked for.
@@ -279,7 +278,7 @@ async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                let reading = match parse_message(&topic, &p.payload, util::now_ns()) {
+                let reading = match parse_message(&topic, &p.payload, crate::now_ns()) {
                     Ok(r) => Some((r.ts, r.value)),
                     Err(reason) => {
                         tracing::warn!(%topic, %reason, "MQTT message refused (acknowledged, not stored)");

@@ -484,7 +484,7 @@ async fn trigger(State(api): A, headers: HeaderMap, body: axum::body::Body) -> R
     if let Err(r) = compact_first(&api).await {
         return r;
     }
-    let now = crate::util::now_ns();
+    let now = crate::now_ns();
     let mut ids = Vec::new();
     for i in 0..windows {
         let job = NewJob {
@@ -552,7 +552,7 @@ async fn cancel(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Respo
     if let Err(r) = api.admin(&headers) {
         return r;
     }
-    match api.db.cancel(id, crate::util::now_ns()).await {
+    match api.db.cancel(id, crate::now_ns()).await {
         Ok(j) => {
             // Its staged inputs are no longer needed (a retry plans again).
             if let Err(e) = fleetscore_jobs::run::drop_staging(&api.store, id).await {
@@ -631,7 +631,7 @@ async fn schedules(State(api): A, headers: HeaderMap) -> Response {
             Ok(l) => l,
             Err(e) => return db_err(e),
         };
-        let next = fleetscore_jobs::schedule::next_run(s, crate::util::now_ns());
+        let next = fleetscore_jobs::schedule::next_run(s, crate::now_ns());
         out.push(json!({
             "name": s.name,
             "cron": s.cron,
@@ -764,7 +764,7 @@ async fn upload(
     };
     match api
         .registry
-        .import(vec![req], &format_ts(crate::util::now_ns()))
+        .import(vec![req], &format_ts(crate::now_ns()))
         .await
     {
         Ok(mut out) => {
@@ -905,7 +905,7 @@ async fn newest_window_end(api: &Api) -> i64 {
         .filter(|j| j.rows > 0)
         .map(|j| j.window_end)
         .max()
-        .unwrap_or_else(crate::util::now_ns)
+        .unwrap_or_else(crate::now_ns)
 }
 
 /// The starts of the hours `[from, to)` touches; ends, never wraps, at the

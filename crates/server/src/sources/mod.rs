@@ -1,0 +1,2 @@
+//! Sources: where readings come from.
+pub mod mqtt;
