@@ -211,7 +211,7 @@ pub async fn serve(
                     // (the descriptors of closing connections come back).
                     accept_errors += 1;
                     if accept_errors.is_power_of_two() {
-                        tracing::warn!(errors = accept_errors, "accepting a connection failed: {e}");
+                        tracing::warn!(errors = accept_errors, error = %e, "accepting a connection failed");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -298,7 +298,7 @@ pub async fn serve(
                 let close = tokio::select! {
                     r = served.as_mut() => {
                         if let Err(e) = r {
-                            tracing::debug!("connection ended: {e}");
+                            tracing::debug!(error = %e, "connection ended");
                         }
                         break;
                     }

@@ -13,6 +13,7 @@ use fleetscore_jobs::db::{
 use fleetscore_jobs::run::{Runner, RunnerConfig};
 use fleetscore_jobs::schedule::{Clock, SystemClock};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::cli::{BackfillArgs, Global, JobsCommand, WorkerArgs};
 use crate::config::{self, Config};
@@ -74,8 +75,9 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         match fleetscore_jobs::db::listen_for_work(db.url()).await {
             Ok(wake) => runner = runner.with_wake(wake),
             Err(e) => tracing::warn!(
-                "not listening for new work ({e}); polling every {:?}",
-                rc.poll
+                error = %e,
+                poll_ms = rc.poll.as_millis() as u64,
+                "not listening for new work; polling instead"
             ),
         }
     }
@@ -99,8 +101,10 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         rc.parallel_tasks,
         rc.lease
     );
+    // Every log line of the worker's jobs and tasks names the worker.
+    let span = tracing::info_span!("worker", worker = %runner.owner());
     if args.exit_when_idle {
-        let ids = runner.run_queued().await?;
+        let ids = runner.run_queued().instrument(span).await?;
         eprintln!(
             "worker {}: no work left; finished {} job(s)",
             runner.owner(),
@@ -115,7 +119,7 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("stopping: no new work; the current task may finish");
         let _ = tx.send(true);
     });
-    runner.work(rx, grace).await?;
+    runner.work(rx, grace).instrument(span).await?;
     eprintln!("worker {} stopped", runner.owner());
     Ok(ExitCode::SUCCESS)
 }
@@ -259,7 +263,8 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
     for id in &ids {
         // This very job (others may be queued by a running server); its
         // tasks may also be run by workers sharing the job store.
-        jobs.push(runner.run_job(*id).await?);
+        let span = tracing::info_span!("job", job_id = *id, kind = "backfill");
+        jobs.push(runner.run_job(*id).instrument(span).await?);
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -487,6 +492,7 @@ pub struct Hooks {
 /// (compacting the ingest log first through `hooks.compact` when a job is
 /// due), then (unless `runner` is `None`: `--no-workers`) runs what is
 /// queued, until `stop`.
+#[tracing::instrument(name = "scheduler", skip_all)]
 pub async fn scheduler_loop(
     db: Arc<dyn JobStore>,
     runner: Option<Runner>,
@@ -528,12 +534,14 @@ pub async fn scheduler_loop(
         };
         match outcome {
             Some(Ok(_)) => {}
-            Some(Err(e)) => tracing::error!("running jobs failed: {e:#}"),
+            Some(Err(e)) => tracing::error!(error = format!("{e:#}"), "running jobs failed"),
             // Stopping (the stop is seen now, so the loop must end here).
             None => {
                 match tokio::time::timeout(Duration::from_secs(30), run).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!("running jobs failed: {e:#}"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = format!("{e:#}"), "running jobs failed")
+                    }
                     Err(_) => tracing::warn!(
                         "stopping with work in progress; it resumes at the next start"
                     ),
@@ -564,7 +572,7 @@ async fn create_due_jobs(
         match fleetscore_jobs::schedule::due(db, spec, now).await {
             Ok(true) => due.push(spec),
             Ok(false) => {}
-            Err(e) => tracing::error!(schedule = %spec.name, "schedule tick failed: {e}"),
+            Err(e) => tracing::error!(schedule = %spec.name, error = %e, "schedule tick failed"),
         }
     }
     if due.is_empty() {
@@ -575,7 +583,8 @@ async fn create_due_jobs(
             let names: Vec<&str> = due.iter().map(|s| s.name.as_str()).collect();
             tracing::error!(
                 schedules = %names.join(", "),
-                "not creating the due jobs yet, as they would miss readings; trying again at the next tick: {e:#}"
+                error = format!("{e:#}"),
+                "not creating the due jobs yet, as they would miss readings; trying again at the next tick"
             );
             return;
         }
@@ -583,10 +592,10 @@ async fn create_due_jobs(
     for spec in due {
         match fleetscore_jobs::schedule::tick(db, spec, now).await {
             Ok(out) if !out.queued.is_empty() => {
-                tracing::info!(schedule = %spec.name, jobs = ?out.queued, "jobs queued");
+                tracing::info!(schedule = %spec.name, job_ids = ?out.queued, "jobs queued");
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(schedule = %spec.name, "schedule tick failed: {e}"),
+            Err(e) => tracing::error!(schedule = %spec.name, error = %e, "schedule tick failed"),
         }
     }
 }
@@ -618,7 +627,7 @@ pub async fn print_finished(
             let _ = written.send(());
         });
     if let Err(e) = writer {
-        tracing::warn!("no line per finished job on stdout: starting its thread failed: {e}");
+        tracing::warn!(error = %e, "no line per finished job on stdout: starting its thread failed");
         return;
     }
     while let Some(j) = jobs.recv().await {
@@ -626,7 +635,7 @@ pub async fn print_finished(
             match db.failures(j.id).await {
                 Ok(f) => failure_counts(&f),
                 Err(e) => {
-                    tracing::warn!(job = j.id, "reading the job's failed models: {e}");
+                    tracing::warn!(job_id = j.id, error = %e, "reading the job's failed models failed");
                     Vec::new()
                 }
             }

@@ -371,10 +371,26 @@ impl Metrics {
             m.log_unavailable.clone(),
         );
         let compaction: [(&str, &str, &Counter); 4] = [
-            ("fleetscore_compaction_segments", "Log segments compacted into raw/ and deleted", &m.segments_compacted),
-            ("fleetscore_compaction_readings", "Readings written to raw/ by compaction", &m.readings_compacted),
-            ("fleetscore_compaction_objects", "raw/ objects written by compaction", &m.raw_objects),
-            ("fleetscore_compaction_errors", "Compaction runs that failed (retried later)", &m.compaction_errors),
+            (
+                "fleetscore_compaction_segments",
+                "Log segments compacted into raw/ and deleted",
+                &m.segments_compacted,
+            ),
+            (
+                "fleetscore_compaction_readings",
+                "Readings written to raw/ by compaction",
+                &m.readings_compacted,
+            ),
+            (
+                "fleetscore_compaction_objects",
+                "raw/ objects written by compaction",
+                &m.raw_objects,
+            ),
+            (
+                "fleetscore_compaction_errors",
+                "Compaction runs that failed (retried later)",
+                &m.compaction_errors,
+            ),
         ];
         for (name, help, counter) in compaction {
             r.register(name, help, counter.clone());
@@ -482,7 +498,9 @@ impl Metrics {
     pub fn stored(&self, source: Source, readings: u64) {
         let s = &self.sources;
         s.batches.get_or_create(&by(source)).inc();
-        s.readings_stored.get_or_create(&by(source)).inc_by(readings);
+        s.readings_stored
+            .get_or_create(&by(source))
+            .inc_by(readings);
     }
 
     /// `readings` readings of `source` acknowledged as duplicates of stored
@@ -564,7 +582,10 @@ impl Figures<'_> {
     }
 
     fn gauge(&mut self, name: &str, help: &str, v: impl EncodeGaugeValue) -> fmt::Result {
-        ConstGauge::new(v).encode(self.0.encode_descriptor(name, help, None, MetricType::Gauge)?)
+        ConstGauge::new(v).encode(
+            self.0
+                .encode_descriptor(name, help, None, MetricType::Gauge)?,
+        )
     }
 
     /// A family with one label, `label`, and a sample per value of it.
@@ -694,11 +715,31 @@ impl Collector for WindowCollector {
             load(&w.flush_micros) as f64 / 1e6,
         )?;
         let gauges: [(&str, &str, u64); 5] = [
-            ("fleetscore_window_series_max", "The most live series ([stream] max_series).", load(&w.max_series)),
-            ("fleetscore_window_idle_clocks", "Clocks kept for devices without live series (bounded by max_series).", load(&w.idle_clocks)),
-            ("fleetscore_window_open_panes", "Open window panes held in memory.", load(&w.open_panes)),
-            ("fleetscore_window_series", "Live (device, tag) series: those with open windows.", load(&w.series)),
-            ("fleetscore_window_checkpoint_position", "Ingest log position of the last window checkpoint.", load(&w.checkpoint)),
+            (
+                "fleetscore_window_series_max",
+                "The most live series ([stream] max_series).",
+                load(&w.max_series),
+            ),
+            (
+                "fleetscore_window_idle_clocks",
+                "Clocks kept for devices without live series (bounded by max_series).",
+                load(&w.idle_clocks),
+            ),
+            (
+                "fleetscore_window_open_panes",
+                "Open window panes held in memory.",
+                load(&w.open_panes),
+            ),
+            (
+                "fleetscore_window_series",
+                "Live (device, tag) series: those with open windows.",
+                load(&w.series),
+            ),
+            (
+                "fleetscore_window_checkpoint_position",
+                "Ingest log position of the last window checkpoint.",
+                load(&w.checkpoint),
+            ),
         ];
         for (name, help, v) in gauges {
             o.gauge(name, help, v)?;
@@ -728,12 +769,36 @@ impl Collector for ConnCollector {
             o.gauge(name, help, v)?;
         }
         let counters: [(&str, &str, u64); 6] = [
-            ("fleetscore_http_connections_accepted", "Client connections accepted.", load(&c.accepted)),
-            ("fleetscore_http_connections_refused", "Connections answered 503 because every connection slot was busy with a request.", load(&c.refused)),
-            ("fleetscore_http_connections_evicted", "Connections waiting for a request that were closed to make room for a new one.", load(&c.evicted)),
-            ("fleetscore_http_connections_idle_closed", "Connections closed after [server] idle_timeout without a byte either way.", load(&c.idle_closed)),
-            ("fleetscore_http_inflight_waits", "Requests that waited for room under [server] max_inflight_bytes.", load(&i.waited)),
-            ("fleetscore_http_inflight_refused", "Requests answered 503 after waiting [server] max_inflight_wait for room.", load(&i.refused)),
+            (
+                "fleetscore_http_connections_accepted",
+                "Client connections accepted.",
+                load(&c.accepted),
+            ),
+            (
+                "fleetscore_http_connections_refused",
+                "Connections answered 503 because every connection slot was busy with a request.",
+                load(&c.refused),
+            ),
+            (
+                "fleetscore_http_connections_evicted",
+                "Connections waiting for a request that were closed to make room for a new one.",
+                load(&c.evicted),
+            ),
+            (
+                "fleetscore_http_connections_idle_closed",
+                "Connections closed after [server] idle_timeout without a byte either way.",
+                load(&c.idle_closed),
+            ),
+            (
+                "fleetscore_http_inflight_waits",
+                "Requests that waited for room under [server] max_inflight_bytes.",
+                load(&i.waited),
+            ),
+            (
+                "fleetscore_http_inflight_refused",
+                "Requests answered 503 after waiting [server] max_inflight_wait for room.",
+                load(&i.refused),
+            ),
         ];
         for (name, help, v) in counters {
             o.counter(name, help, v)?;
@@ -863,19 +928,46 @@ mod tests {
             ("fleetscore_source_received_total{source=\"http\"}", 3.0),
             ("fleetscore_source_stored_total{source=\"http\"}", 1.0),
             ("fleetscore_source_duplicates_total{source=\"http\"}", 1.0),
-            ("fleetscore_source_refused_total{source=\"http\",reason=\"invalid\"}", 1.0),
+            (
+                "fleetscore_source_refused_total{source=\"http\",reason=\"invalid\"}",
+                1.0,
+            ),
             ("fleetscore_source_batches_total{source=\"http\"}", 1.0),
-            ("fleetscore_source_readings_stored_total{source=\"http\"}", 3.0),
-            ("fleetscore_source_readings_refused_total{source=\"http\"}", 2.0),
-            ("fleetscore_source_readings_duplicate_total{source=\"http\"}", 3.0),
+            (
+                "fleetscore_source_readings_stored_total{source=\"http\"}",
+                3.0,
+            ),
+            (
+                "fleetscore_source_readings_refused_total{source=\"http\"}",
+                2.0,
+            ),
+            (
+                "fleetscore_source_readings_duplicate_total{source=\"http\"}",
+                3.0,
+            ),
             ("fleetscore_source_received_total{source=\"mqtt\"}", 5.0),
             ("fleetscore_source_stored_total{source=\"mqtt\"}", 4.0),
-            ("fleetscore_source_refused_total{source=\"mqtt\",reason=\"invalid\"}", 1.0),
-            ("fleetscore_source_failed_total{source=\"mqtt\",reason=\"disk_full\"}", 4.0),
-            ("fleetscore_source_readings_stored_total{source=\"mqtt\"}", 4.0),
+            (
+                "fleetscore_source_refused_total{source=\"mqtt\",reason=\"invalid\"}",
+                1.0,
+            ),
+            (
+                "fleetscore_source_failed_total{source=\"mqtt\",reason=\"disk_full\"}",
+                4.0,
+            ),
+            (
+                "fleetscore_source_readings_stored_total{source=\"mqtt\"}",
+                4.0,
+            ),
             ("fleetscore_source_received_total{source=\"kafka\"}", 0.0),
-            ("fleetscore_source_refused_total{source=\"kafka\",reason=\"timeout\"}", 0.0),
-            ("fleetscore_source_failed_total{source=\"kafka\",reason=\"internal\"}", 0.0),
+            (
+                "fleetscore_source_refused_total{source=\"kafka\",reason=\"timeout\"}",
+                0.0,
+            ),
+            (
+                "fleetscore_source_failed_total{source=\"kafka\",reason=\"internal\"}",
+                0.0,
+            ),
         ] {
             assert_eq!(at(series), v, "{series}");
         }
@@ -888,8 +980,14 @@ mod tests {
         m.request("/write", "POST", 204, Duration::from_millis(30));
         m.request("/write", "POST", 400, Duration::from_secs(20));
         let text = m.render(JobFigures::default()).unwrap();
-        assert!(text.contains("# TYPE fleetscore_http_request_duration_seconds histogram\n"), "{text}");
-        assert!(text.contains("# TYPE fleetscore_http_requests_total counter\n"), "{text}");
+        assert!(
+            text.contains("# TYPE fleetscore_http_request_duration_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE fleetscore_http_requests_total counter\n"),
+            "{text}"
+        );
         let at = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
         let h = "fleetscore_http_request_duration_seconds";
         let l = "endpoint=\"/write\",method=\"POST\"";
@@ -948,6 +1046,9 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("} 1"), "{line}");
-        assert!(text.contains("# TYPE fleetscore_build_info gauge\n"), "{text}");
+        assert!(
+            text.contains("# TYPE fleetscore_build_info gauge\n"),
+            "{text}"
+        );
     }
 }

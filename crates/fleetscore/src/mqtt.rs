@@ -356,11 +356,7 @@ async fn append_loop(
             // One reading a message: the bad messages are the bad readings.
             let bad = (batch.len() - n) as u64;
             metrics.refused(MetricSource::MQTT, bad);
-            metrics.outcome(
-                MetricSource::MQTT,
-                Outcome::Refused(Refusal::Invalid),
-                bad,
-            );
+            metrics.outcome(MetricSource::MQTT, Outcome::Refused(Refusal::Invalid), bad);
         }
         let current = *conn.borrow();
         for m in &batch {

@@ -429,7 +429,7 @@ async fn serve(
                         },
                         stop,
                     )),
-                    Err(e) => tracing::error!("the scheduler could not start: {e}"),
+                    Err(e) => tracing::error!(error = %e, "the scheduler could not start"),
                 }
             })
             .context("starting the scheduler thread")?
@@ -459,7 +459,8 @@ async fn serve(
     // nothing acknowledged is lost, so this is a clean stop.
     if let Err(e) = compactor.run(true).await {
         tracing::warn!(
-            "compacting the ingest log on shutdown failed; the log keeps the readings and the next start compacts them: {e:#}"
+            error = format!("{e:#}"),
+            "compacting the ingest log on shutdown failed; the log keeps the readings and the next start compacts them"
         );
     }
     let left = log.closed_segments().len();
@@ -658,7 +659,7 @@ fn spawn_background(
             tokio::select! {
                 _ = flush_tick.tick() => {
                     if let Err(e) = flush_windows(&ingestor).await {
-                        tracing::error!("writing windows failed (retried at the next flush): {e:#}");
+                        tracing::error!(error = format!("{e:#}"), "writing windows failed; retried at the next flush");
                     }
                 }
                 _ = compact_tick.tick() => {
@@ -708,6 +709,7 @@ impl Compactor {
 
     /// With `roll`, first closes the active segment (so a quiet log still
     /// reaches raw/) and flushes the windows (so the checkpoint covers it).
+    #[tracing::instrument(name = "compaction", skip(self))]
     async fn run(&mut self, roll: bool) -> anyhow::Result<()> {
         let log = Arc::clone(self.ingestor.log());
         if roll {
@@ -970,7 +972,8 @@ fn questioned(
     {
         tracing::warn!(
             readings = i.readings,
-            "a batch with implausible timestamps: {message} (logged at most every 10 s; fleetscore_ingest_implausible_batches_total counts them all)"
+            warning = %message,
+            "a batch with implausible timestamps (logged at most every 10 s; fleetscore_ingest_implausible_batches_total counts them all)"
         );
     }
     if let Ok(v) = header::HeaderValue::from_str(&message) {
@@ -1031,7 +1034,7 @@ fn log_refused(app: &App, e: &LogError) -> Response {
         ),
         LogError::BadKey { .. } => error(StatusCode::BAD_REQUEST, format!("not stored: {e}")),
         other => {
-            tracing::error!("ingest log append failed: {other}");
+            tracing::error!(error = %other, "ingest log append failed");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("not stored: {other}"),

@@ -27,12 +27,27 @@ impl Collector for ProcessCollector {
             None,
             MetricType::Counter,
         )?)?;
-        let gauges: [(&str, &str, Option<f64>); 5] = [
-            ("process_resident_memory_bytes", "Resident memory size in bytes.", Some(p.resident_bytes as f64)),
-            ("process_virtual_memory_bytes", "Virtual memory size in bytes.", Some(p.virtual_bytes as f64)),
-            ("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", p.start_time_seconds),
-            ("process_open_fds", "Number of open file descriptors.", p.open_fds.map(|n| n as f64)),
-            ("process_max_fds", "Maximum number of open file descriptors.", p.max_fds.map(|n| n as f64)),
+        let gauges: [(&str, &str, Option<u64>); 4] = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                Some(p.resident_bytes),
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                Some(p.virtual_bytes),
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors.",
+                p.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                p.max_fds,
+            ),
         ];
         for (name, help, v) in gauges {
             if let Some(v) = v {
@@ -43,6 +58,14 @@ impl Collector for ProcessCollector {
                     MetricType::Gauge,
                 )?)?;
             }
+        }
+        if let Some(t) = p.start_time_seconds {
+            ConstGauge::new(t).encode(encoder.encode_descriptor(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                None,
+                MetricType::Gauge,
+            )?)?;
         }
         Ok(())
     }
@@ -160,20 +183,33 @@ mod tests {
                 max_fds: None,
             }
         );
-        assert_eq!(parse_stat(STAT, 100, 4096, None).unwrap().start_time_seconds, None);
+        assert_eq!(
+            parse_stat(STAT, 100, 4096, None)
+                .unwrap()
+                .start_time_seconds,
+            None
+        );
         assert_eq!(parse_stat("4242 (x) S 1 2", 100, 4096, None), None);
         assert_eq!(parse_stat(STAT, 0, 4096, None), None);
     }
 
     #[test]
     fn boot_time_and_open_file_limit() {
-        assert_eq!(boot_time("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n"), Some(1_700_000_000));
+        assert_eq!(
+            boot_time("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n"),
+            Some(1_700_000_000)
+        );
         assert_eq!(boot_time("cpu  1 2 3\n"), None);
         let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
                       Max cpu time              unlimited            unlimited            seconds   \n\
                       Max open files            1024                 524288               files     \n";
         assert_eq!(max_open_files(limits), Some(1024));
-        assert_eq!(max_open_files("Max open files            unlimited            unlimited            files\n"), None);
+        assert_eq!(
+            max_open_files(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            None
+        );
     }
 
     #[cfg(target_os = "linux")]
@@ -187,7 +223,10 @@ mod tests {
         let start = p.start_time_seconds.expect("btime in /proc/stat");
         assert!(start <= now + 1.0 && start > now - 86_400.0, "{p:?}");
         assert!(p.cpu_seconds >= 0.0, "{p:?}");
-        assert!(p.resident_bytes > 0 && p.virtual_bytes >= p.resident_bytes, "{p:?}");
+        assert!(
+            p.resident_bytes > 0 && p.virtual_bytes >= p.resident_bytes,
+            "{p:?}"
+        );
         assert!(p.open_fds.unwrap() >= 3, "{p:?}");
         assert!(p.max_fds.unwrap() >= p.open_fds.unwrap(), "{p:?}");
     }
