@@ -13,6 +13,7 @@ use fleetscore_jobs::db::{
 use fleetscore_jobs::run::Runner;
 use fleetscore_jobs::schedule::SystemClock;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::cli::{BackfillArgs, Global, JobsCommand, WorkerArgs};
 use crate::config;
@@ -61,8 +62,9 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         match fleetscore_jobs::db::listen_for_work(db.url()).await {
             Ok(wake) => runner = runner.with_wake(wake),
             Err(e) => tracing::warn!(
-                "not listening for new work ({e}); polling every {:?}",
-                rc.poll
+                error = %e,
+                poll_ms = rc.poll.as_millis() as u64,
+                "not listening for new work; polling instead"
             ),
         }
     }
@@ -86,8 +88,10 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         rc.parallel_tasks,
         rc.lease
     );
+    // Every log line of the worker's jobs and tasks names the worker.
+    let span = tracing::info_span!("worker", worker = %runner.owner());
     if args.exit_when_idle {
-        let ids = runner.run_queued().await?;
+        let ids = runner.run_queued().instrument(span).await?;
         eprintln!(
             "worker {}: no work left; finished {} job(s)",
             runner.owner(),
@@ -102,7 +106,7 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("stopping: no new work; the current task may finish");
         let _ = tx.send(true);
     });
-    runner.work(rx, grace).await?;
+    runner.work(rx, grace).instrument(span).await?;
     eprintln!("worker {} stopped", runner.owner());
     Ok(ExitCode::SUCCESS)
 }
@@ -246,7 +250,8 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
     for id in &ids {
         // This very job (others may be queued by a running server); its
         // tasks may also be run by workers sharing the job store.
-        jobs.push(runner.run_job(*id).await?);
+        let span = tracing::info_span!("job", job_id = *id, kind = "backfill");
+        jobs.push(runner.run_job(*id).instrument(span).await?);
         pb.inc(1);
     }
     pb.finish_and_clear();

@@ -6,7 +6,7 @@
 //! (`.ci/run` does).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -42,6 +42,8 @@ fn unique_prefix(name: &str) -> String {
 
 struct Server {
     child: Child,
+    /// Where it listens for HTTP.
+    addr: String,
     /// The server's JSON log events (stderr).
     events: mpsc::Receiver<serde_json::Value>,
 }
@@ -63,7 +65,11 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert!(line.starts_with("listening on "), "unexpected {line:?}");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected {line:?}"))
+            .to_string();
         let stderr = child.stderr.take().unwrap();
         let (tx, events) = mpsc::channel();
         std::thread::spawn(move || {
@@ -76,7 +82,11 @@ impl Server {
                 }
             }
         });
-        let mut s = Server { child, events };
+        let mut s = Server {
+            child,
+            addr,
+            events,
+        };
         s.wait_for("the MQTT subscription", |f| {
             f["message"]
                 .as_str()
@@ -108,6 +118,20 @@ impl Server {
                     && f["refused_total"].as_u64() >= Some(refused)
             },
         );
+    }
+
+    /// The value of the `/metrics` sample written exactly as `series`.
+    fn metric(&self, series: &str) -> f64 {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
     }
 
     fn terminate(mut self) {
@@ -194,6 +218,31 @@ fn mqtt_messages_land_in_raw() {
     publish(&format!("{prefix}/pump-1/temp"), r#"{"value": 22}"#);
     s.wait_totals(4, 1);
     let after = now_ns();
+    // The source's telemetry, in the families every source reports.
+    for (series, want) in [
+        ("fleetscore_source_received_total{source=\"mqtt\"}", 5.0),
+        ("fleetscore_source_stored_total{source=\"mqtt\"}", 4.0),
+        (
+            "fleetscore_source_refused_total{source=\"mqtt\",reason=\"invalid\"}",
+            1.0,
+        ),
+        (
+            "fleetscore_source_readings_stored_total{source=\"mqtt\"}",
+            4.0,
+        ),
+        (
+            "fleetscore_source_readings_refused_total{source=\"mqtt\"}",
+            1.0,
+        ),
+        (
+            "fleetscore_source_failed_total{source=\"mqtt\",reason=\"unavailable\"}",
+            0.0,
+        ),
+        ("fleetscore_source_received_total{source=\"http\"}", 0.0),
+    ] {
+        assert_eq!(s.metric(series), want, "{series}");
+    }
+    assert!(s.metric("fleetscore_source_batches_total{source=\"mqtt\"}") >= 1.0);
     s.terminate();
 
     let got = raw_readings(dir.path());

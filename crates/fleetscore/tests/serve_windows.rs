@@ -269,7 +269,12 @@ fn sustained_load_with_sigkills_keeps_readings_and_windows_exactly_once() {
     assert_eq!(s.post("/write", &[], &body).0, 204);
     let (status, text) = s.request("GET", "/metrics", &[], b"");
     assert_eq!(status, 200);
-    assert!(metric(&text, "fleetscore_ingest_readings_total{source=\"http\"}") >= 160.0);
+    assert!(
+        metric(
+            &text,
+            "fleetscore_source_readings_stored_total{source=\"http\"}"
+        ) >= 160.0
+    );
     s.terminate();
 
     // raw/: every acknowledged reading exactly once; anything else there

@@ -37,7 +37,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, StatusCode};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -46,6 +48,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Sleep;
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
 
 /// File descriptors kept for everything but client connections: log
 /// segments, the store, the job store's pool, MQTT, Parquet reads.
@@ -206,7 +211,7 @@ pub async fn serve(
                     // (the descriptors of closing connections come back).
                     accept_errors += 1;
                     if accept_errors.is_power_of_two() {
-                        tracing::warn!(errors = accept_errors, "accepting a connection failed: {e}");
+                        tracing::warn!(errors = accept_errors, error = %e, "accepting a connection failed");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -293,7 +298,7 @@ pub async fn serve(
                 let close = tokio::select! {
                     r = served.as_mut() => {
                         if let Err(e) = r {
-                            tracing::debug!("connection ended: {e}");
+                            tracing::debug!(error = %e, "connection ended");
                         }
                         break;
                     }
@@ -594,6 +599,53 @@ mod tests {
         assert_eq!(effective_limit(1024, Some(10)), 8);
         assert_eq!(effective_limit(100, None), 100);
     }
+}
+
+/// The `method` label of a request: the standard methods by name, any
+/// other as `other`, so that no client can create series at will.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Middleware over the whole router: runs each request in a `request`
+/// span (its method and route, then its status and duration once
+/// answered), so that every log line of its handler carries them, and
+/// counts and times it in the metrics
+/// (`fleetscore_http_requests_total`, `…_request_duration_seconds`). The
+/// route is the pattern it matched (`/v1/jobs/{id}`), never the path, and
+/// `unmatched` for a path no route has, so the series stay few.
+pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let span = tracing::info_span!(
+        "request",
+        method,
+        route = %route,
+        status = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    );
+    let response = next.run(req).instrument(span.clone()).await;
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    span.record("status", status);
+    span.record("duration_ms", took.as_secs_f64() * 1e3);
+    metrics.request(&route, method, status, took);
+    tracing::debug!(parent: &span, "request answered");
+    response
 }
 
 /// A JSON error answer, `{"error": …}`: the shape of every error the

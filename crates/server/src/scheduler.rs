@@ -39,6 +39,7 @@ pub struct Hooks {
 /// (compacting the ingest log first through `hooks.compact` when a job is
 /// due), then (unless `runner` is `None`: `--no-workers`) runs what is
 /// queued, until `stop`.
+#[tracing::instrument(name = "scheduler", skip_all)]
 pub async fn scheduler_loop(
     db: Arc<dyn JobStore>,
     runner: Option<Runner>,
@@ -80,12 +81,14 @@ pub async fn scheduler_loop(
         };
         match outcome {
             Some(Ok(_)) => {}
-            Some(Err(e)) => tracing::error!("running jobs failed: {e:#}"),
+            Some(Err(e)) => tracing::error!(error = format!("{e:#}"), "running jobs failed"),
             // Stopping (the stop is seen now, so the loop must end here).
             None => {
                 match tokio::time::timeout(Duration::from_secs(30), run).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!("running jobs failed: {e:#}"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = format!("{e:#}"), "running jobs failed")
+                    }
                     Err(_) => tracing::warn!(
                         "stopping with work in progress; it resumes at the next start"
                     ),
@@ -116,7 +119,7 @@ async fn create_due_jobs(
         match fleetscore_jobs::schedule::due(db, spec, now).await {
             Ok(true) => due.push(spec),
             Ok(false) => {}
-            Err(e) => tracing::error!(schedule = %spec.name, "schedule tick failed: {e}"),
+            Err(e) => tracing::error!(schedule = %spec.name, error = %e, "schedule tick failed"),
         }
     }
     if due.is_empty() {
@@ -127,7 +130,8 @@ async fn create_due_jobs(
             let names: Vec<&str> = due.iter().map(|s| s.name.as_str()).collect();
             tracing::error!(
                 schedules = %names.join(", "),
-                "not creating the due jobs yet, as they would miss readings; trying again at the next tick: {e:#}"
+                error = format!("{e:#}"),
+                "not creating the due jobs yet, as they would miss readings; trying again at the next tick"
             );
             return;
         }
@@ -135,10 +139,10 @@ async fn create_due_jobs(
     for spec in due {
         match fleetscore_jobs::schedule::tick(db, spec, now).await {
             Ok(out) if !out.queued.is_empty() => {
-                tracing::info!(schedule = %spec.name, jobs = ?out.queued, "jobs queued");
+                tracing::info!(schedule = %spec.name, job_ids = ?out.queued, "jobs queued");
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(schedule = %spec.name, "schedule tick failed: {e}"),
+            Err(e) => tracing::error!(schedule = %spec.name, error = %e, "schedule tick failed"),
         }
     }
 }
@@ -170,7 +174,7 @@ pub async fn print_finished(
             let _ = written.send(());
         });
     if let Err(e) = writer {
-        tracing::warn!("no line per finished job on stdout: starting its thread failed: {e}");
+        tracing::warn!(error = %e, "no line per finished job on stdout: starting its thread failed");
         return;
     }
     while let Some(j) = jobs.recv().await {
@@ -178,7 +182,7 @@ pub async fn print_finished(
             match db.failures(j.id).await {
                 Ok(f) => failure_counts(&f),
                 Err(e) => {
-                    tracing::warn!(job = j.id, "reading the job's failed models: {e}");
+                    tracing::warn!(job_id = j.id, error = %e, "reading the job's failed models failed");
                     Vec::new()
                 }
             }

@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::body::{Body, Bytes};
@@ -60,7 +60,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::config::{self, Config};
-use crate::metrics::{Metrics, Source};
+use crate::metrics::{JobFigures, Metrics, Source};
 use crate::windows::{Ingestor, Windows};
 
 struct App {
@@ -71,8 +71,6 @@ struct App {
     max_body: usize,
     /// Bytes of request bodies in memory, across requests.
     inflight: Arc<crate::http::InFlight>,
-    /// The server loop's connection figures.
-    conn_stats: Arc<crate::http::ConnStats>,
     line_protocol: LineProtocolConfig,
     csv: CsvBodyConfig,
     /// For the job figures on /metrics.
@@ -181,12 +179,24 @@ pub async fn serve(
         }
     };
     let ingestor = Arc::new(Ingestor::new(Arc::clone(&log), windows));
-    let metrics = Arc::new(Metrics::default());
     let conn_stats = Arc::new(crate::http::ConnStats::default());
     let inflight = Arc::new(crate::http::InFlight::new(
         c.server.max_inflight_bytes,
         span_duration(c.server.max_inflight_wait),
     ));
+    let metrics = {
+        let mut m = Metrics::new();
+        m.watch_log(Arc::clone(&log));
+        if let Some(w) = ingestor.windows() {
+            m.watch_windows(Arc::clone(w.stats()));
+        }
+        m.watch_connections(Arc::clone(&conn_stats), Arc::clone(&inflight));
+        m.register_source(Source::HTTP);
+        if mqtt_source.is_some() {
+            m.register_source(Source::MQTT);
+        }
+        Arc::new(m)
+    };
     let mut compactor = Compactor {
         ingestor: Arc::clone(&ingestor),
         store: store.clone(),
@@ -214,7 +224,6 @@ pub async fn serve(
             .cloned()
             .collect(),
         max_body: c.server.max_body_bytes,
-        conn_stats: Arc::clone(&conn_stats),
         inflight: Arc::clone(&inflight),
         line_protocol: c.ingest.line_protocol.clone(),
         csv: c.ingest.csv.clone(),
@@ -246,7 +255,11 @@ pub async fn serve(
         .route("/v1/readings", post(readings))
         .with_state(app)
         .merge(crate::api::routes(api))
-        .merge(crate::dashboard::routes());
+        .merge(crate::dashboard::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&metrics),
+            crate::http::observe,
+        ));
 
     let signal = shutdown_signal()?;
     let shutdown = async move {
@@ -337,7 +350,7 @@ pub async fn serve(
                         },
                         stop,
                     )),
-                    Err(e) => tracing::error!("the scheduler could not start: {e}"),
+                    Err(e) => tracing::error!(error = %e, "the scheduler could not start"),
                 }
             })
             .context("starting the scheduler thread")?
@@ -367,7 +380,8 @@ pub async fn serve(
     // nothing acknowledged is lost, so this is a clean stop.
     if let Err(e) = compactor.run(true).await {
         tracing::warn!(
-            "compacting the ingest log on shutdown failed; the log keeps the readings and the next start compacts them: {e:#}"
+            error = format!("{e:#}"),
+            "compacting the ingest log on shutdown failed; the log keeps the readings and the next start compacts them"
         );
     }
     let left = log.closed_segments().len();
@@ -566,7 +580,7 @@ fn spawn_background(
             tokio::select! {
                 _ = flush_tick.tick() => {
                     if let Err(e) = flush_windows(&ingestor).await {
-                        tracing::error!("writing windows failed (retried at the next flush): {e:#}");
+                        tracing::error!(error = format!("{e:#}"), "writing windows failed; retried at the next flush");
                     }
                 }
                 _ = compact_tick.tick() => {
@@ -608,16 +622,15 @@ impl Compactor {
     async fn run_counted(&mut self) -> anyhow::Result<()> {
         let outcome = self.run(true).await;
         if let Err(e) = &outcome {
-            self.metrics
-                .compaction_errors
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!("compaction failed (retried later): {e:#}");
+            self.metrics.compaction_errors.inc();
+            tracing::error!(error = format!("{e:#}"), "compaction failed; retried later");
         }
         outcome
     }
 
     /// With `roll`, first closes the active segment (so a quiet log still
     /// reaches raw/) and flushes the windows (so the checkpoint covers it).
+    #[tracing::instrument(name = "compaction", skip(self))]
     async fn run(&mut self, roll: bool) -> anyhow::Result<()> {
         let log = Arc::clone(self.ingestor.log());
         if roll {
@@ -639,10 +652,8 @@ impl Compactor {
                     self.store.put(key, data.clone()).await?;
                 }
                 let m = &self.metrics;
-                m.raw_objects
-                    .fetch_add(objects.objects.len() as u64, Ordering::Relaxed);
-                m.readings_compacted
-                    .fetch_add(objects.readings as u64, Ordering::Relaxed);
+                m.raw_objects.inc_by(objects.objects.len() as u64);
+                m.readings_compacted.inc_by(objects.readings as u64);
                 tracing::info!(
                     segment = %seg.path.display(),
                     readings = objects.readings,
@@ -653,9 +664,7 @@ impl Compactor {
             if seg.end_seq <= retain_from {
                 log.remove_segment(seg.first_seq)?;
                 self.in_raw.remove(&seg.first_seq);
-                self.metrics
-                    .segments_compacted
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.segments_compacted.inc();
             }
         }
         Ok(())
@@ -711,62 +720,21 @@ fn segment_objects(log: &Log, from: Seq, end: Seq) -> anyhow::Result<Segment> {
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
-    let log = app.ingestor.log().stats();
-    let mut body = app
-        .metrics
-        .render(&log, app.ingestor.windows().map(|w| w.stats().as_ref()));
-    let jobs = match &app.db {
-        Some(db) => db.stats().await.ok(),
-        None => None,
-    };
-    let models = match &app.registry {
-        Some(r) => r.index().await.ok().map(|i| i.models.len()),
-        None => None,
-    };
-    body.push_str(&app.metrics.render_jobs(jobs.as_ref(), models));
-    body.push_str(&render_limits(&app));
+    let mut figures = JobFigures::default();
     if let Some(db) = &app.db {
-        if let Ok(n) = db.pending(crate::now_ns()).await {
-            body.push_str(
-                "# HELP fleetscore_pending_work Tasks waiting for a worker (queued, or with an expired lease) plus jobs waiting to be planned.\n\
-                 # TYPE fleetscore_pending_work gauge\n",
-            );
-            body.push_str(&format!("fleetscore_pending_work {n}\n"));
-        }
+        figures.jobs = db.stats().await.ok();
+        figures.pending_work = db.pending(crate::now_ns()).await.ok();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
-}
-
-/// The connection and in-flight figures of `/metrics`.
-fn render_limits(app: &App) -> String {
-    use std::fmt::Write as _;
-    let c = &app.conn_stats;
-    let health = app.ingestor.log().health();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let mut o = String::new();
-    for (name, kind, help, v) in [
-        ("fleetscore_http_connections", "gauge", "Client connections open now.", load(&c.open)),
-        ("fleetscore_http_connection_limit", "gauge", "Most client connections at once ([server] max_connections, bounded by the open-file limit).", load(&c.limit)),
-        ("fleetscore_http_connections_accepted_total", "counter", "Client connections accepted.", load(&c.accepted)),
-        ("fleetscore_http_connections_refused_total", "counter", "Connections answered 503 because every connection slot was busy with a request.", load(&c.refused)),
-        ("fleetscore_http_connections_evicted_total", "counter", "Connections waiting for a request that were closed to make room for a new one.", load(&c.evicted)),
-        ("fleetscore_http_connections_idle_closed_total", "counter", "Connections closed after [server] idle_timeout without a byte either way.", load(&c.idle_closed)),
-        ("fleetscore_log_writable", "gauge", "1 while the ingest log can write; 0 after a failed write until it recovers by itself (appends get 503/507 meanwhile).", u64::from(health.writable)),
-        ("fleetscore_log_idempotency_keys", "gauge", "Idempotency keys the ingest log remembers now.", app.ingestor.log().stats().keys),
-        ("fleetscore_http_inflight_bytes", "gauge", "Bytes of request bodies held in memory now (bounded by [server] max_inflight_bytes).", app.inflight.held_bytes()),
-        ("fleetscore_http_inflight_waits_total", "counter", "Requests that waited for room under [server] max_inflight_bytes.", load(&app.inflight.waited)),
-        ("fleetscore_http_inflight_refused_total", "counter", "Requests answered 503 after waiting [server] max_inflight_wait for room.", load(&app.inflight.refused)),
-    ] {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    if let Some(r) = &app.registry {
+        figures.models = r.index().await.ok().map(|i| i.models.len());
     }
-    o
+    match app.metrics.render(figures) {
+        Ok(body) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("writing the metrics failed: {e}"),
+        ),
+    }
 }
 
 // ---------------------------------------------------------------- handlers
@@ -908,7 +876,7 @@ fn questioned(
         return r;
     };
     let m = &app.metrics;
-    m.implausible_batches.fetch_add(1, Ordering::Relaxed);
+    m.implausible_batches.inc();
     let message = say(&doubt);
     let last = m.implausible_logged.load(Ordering::Relaxed);
     if now.saturating_sub(last) >= 10_000_000_000
@@ -918,7 +886,8 @@ fn questioned(
     {
         tracing::warn!(
             readings = i.readings,
-            "a batch with implausible timestamps: {message} (logged at most every 10 s; fleetscore_ingest_implausible_batches_total counts them all)"
+            warning = %message,
+            "a batch with implausible timestamps (logged at most every 10 s; fleetscore_ingest_implausible_batches_total counts them all)"
         );
     }
     if let Ok(v) = header::HeaderValue::from_str(&message) {
@@ -956,7 +925,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
 fn log_refused(app: &App, e: &LogError) -> Response {
     match e {
         LogError::Unavailable { .. } => {
-            app.metrics.log_unavailable.fetch_add(1, Ordering::Relaxed);
+            app.metrics.log_unavailable.inc();
             // 507 says what an operator must fix; both ask the client to
             // come back.
             let status = if e.is_disk_full() {
@@ -979,7 +948,7 @@ fn log_refused(app: &App, e: &LogError) -> Response {
         ),
         LogError::BadKey { .. } => error(StatusCode::BAD_REQUEST, format!("not stored: {e}")),
         other => {
-            tracing::error!("ingest log append failed: {other}");
+            tracing::error!(error = %other, "ingest log append failed");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("not stored: {other}"),
@@ -1048,17 +1017,15 @@ where
     match res {
         Ok(Ok(Ok(i))) => {
             if i.duplicate {
-                app.metrics
-                    .duplicates
-                    .fetch_add(i.readings as u64, Ordering::Relaxed);
+                app.metrics.duplicate(Source::HTTP, i.readings as u64);
             } else {
-                app.metrics.stored(Source::Http, i.readings as u64);
+                app.metrics.stored(Source::HTTP, i.readings as u64);
             }
             Ok(i)
         }
         Ok(Ok(Err(e))) => Err(log_refused(app, &e)),
         Ok(Err(e)) => {
-            app.metrics.refused(Source::Http, 1, e.total() as u64);
+            app.metrics.refused(Source::HTTP, e.total() as u64);
             Err(refused(&e))
         }
         Err(e) => Err(error(
@@ -1079,10 +1046,11 @@ fn replayed(mut r: Response, duplicate: bool) -> Response {
     r
 }
 
-/// Counts the answer of `endpoint` in the metrics.
-fn counted(app: &App, endpoint: &'static str, started: Instant, r: Response) -> Response {
-    app.metrics
-        .request(endpoint, r.status().as_u16(), started.elapsed());
+/// Counts an ingest answer in the HTTP source's telemetry: one message
+/// received, and what became of it (from its status).
+fn counted(app: &App, r: Response) -> Response {
+    let duplicate = r.headers().contains_key("idempotent-replayed");
+    app.metrics.answered(Source::HTTP, r.status(), duplicate);
     r
 }
 
@@ -1137,9 +1105,8 @@ async fn write_v1(
     Query(query): Query<Query2>,
     req: Request,
 ) -> Response {
-    let started = Instant::now();
     let r = write_lp(&app, query, req, false).await;
-    counted(&app, "/write", started, r)
+    counted(&app, r)
 }
 
 async fn write_v2(
@@ -1147,9 +1114,8 @@ async fn write_v2(
     Query(query): Query<Query2>,
     req: Request,
 ) -> Response {
-    let started = Instant::now();
     let r = write_lp(&app, query, req, true).await;
-    counted(&app, "/api/v2/write", started, r)
+    counted(&app, r)
 }
 
 async fn readings(
@@ -1157,9 +1123,8 @@ async fn readings(
     Query(query): Query<Query2>,
     req: Request,
 ) -> Response {
-    let started = Instant::now();
     let r = readings_inner(&app, query, req).await;
-    counted(&app, "/v1/readings", started, r)
+    counted(&app, r)
 }
 
 async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response {

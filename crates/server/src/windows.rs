@@ -175,8 +175,11 @@ impl Windows {
                     Ok(agg) => (agg, seq),
                     Err(e @ Error::SnapshotConfig { .. }) => {
                         tracing::warn!(
-                            "{e}: the windows that were open under the old settings are dropped; \
-                             the new ones start at log position {seq}"
+                            error = %e,
+                            log_position = seq,
+                            "the window checkpoint does not fit the settings: the windows open \
+                             under the old ones are dropped; the new ones start at the \
+                             checkpoint's log position"
                         );
                         started.dropped_snapshot = Some(e.to_string());
                         (Aggregator::new(config)?, seq)
@@ -249,7 +252,11 @@ impl Windows {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("windows".into())
-            .spawn(move || worker.run(rx))
+            .spawn(move || {
+                // The thread's log lines say whose they are.
+                let _span = tracing::info_span!("windows").entered();
+                worker.run(rx)
+            })
             .context("starting the window thread")?;
         Ok((
             Windows {
@@ -398,7 +405,7 @@ impl Worker {
         tracing::warn!(
             from = self.next_seq,
             to = first_early,
-            "window thread: batches missing; reading them from the log"
+            "batches missing in the window thread; reading them from the log"
         );
         for batch in self.log.replay(self.next_seq) {
             let batch = batch?;

@@ -48,8 +48,9 @@ use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
-use crate::metrics::{Metrics, Source as MetricSource};
+use crate::metrics::{Failure, Metrics, Outcome, Refusal, Source as MetricSource};
 use crate::windows::Ingestor;
 
 /// What `--mqtt*` asked for.
@@ -230,7 +231,10 @@ impl Source {
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
     ) {
-        run(self.opts, self.filter, ingestor, metrics, stop).await
+        let span = tracing::info_span!("source", source = MetricSource::MQTT.name());
+        run(self.opts, self.filter, ingestor, metrics, stop)
+            .instrument(span)
+            .await
     }
 }
 
@@ -246,14 +250,17 @@ async fn run(
     // appender (it must keep polling for keep-alive).
     let (tx, rx) = mpsc::channel::<Message>(4 * RECEIVE_MAX as usize);
     let (conn_tx, conn_rx) = watch::channel(0u64);
-    let appender = tokio::spawn(append_loop(
-        client.clone(),
-        ingestor,
-        metrics,
-        rx,
-        conn_rx,
-        stop.clone(),
-    ));
+    let appender = tokio::spawn(
+        append_loop(
+            client.clone(),
+            ingestor,
+            Arc::clone(&metrics),
+            rx,
+            conn_rx,
+            stop.clone(),
+        )
+        .in_current_span(),
+    );
 
     let mut conn = 0u64;
     let mut backoff = Duration::from_millis(500);
@@ -267,16 +274,17 @@ async fn run(
                 conn += 1;
                 let _ = conn_tx.send(conn);
                 backoff = Duration::from_millis(500);
-                tracing::info!("MQTT connected; subscribing to {filter}");
+                tracing::info!(connection = conn, %filter, "MQTT connected; subscribing");
                 // Not awaited here: the request goes through the event loop.
                 if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                    tracing::warn!("MQTT subscribe request failed: {e}");
+                    tracing::warn!(%filter, error = %e, "MQTT subscribe request failed");
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                tracing::info!(reasons = ?ack.return_codes, "MQTT subscribed to {filter}");
+                tracing::info!(%filter, reasons = ?ack.return_codes, "MQTT subscribed");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                metrics.received(MetricSource::MQTT, 1);
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
                 let reading = match parse_message(&topic, &p.payload, crate::now_ns()) {
                     Ok(r) => Some((r.ts, r.value)),
@@ -297,7 +305,11 @@ async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!("MQTT connection error (reconnecting in {backoff:?}): {e}");
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "MQTT connection error; reconnecting"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => break,
@@ -320,7 +332,7 @@ async fn run(
                 break;
             },
             _ = &mut deadline => {
-                tracing::warn!("MQTT: gave up waiting for the last batch's acknowledgements");
+                tracing::warn!("MQTT gave up waiting for the last batch's acknowledgements");
                 break;
             }
         }
@@ -355,17 +367,22 @@ async fn append_loop(
         }
         let readings = readings.finish();
         let n = readings.len();
-        if n > 0 && !append_durably(&ingestor, readings, &mut stop).await {
-            // Stopped before the batch was stored: not acknowledged, so the
-            // broker redelivers it.
-            return;
+        if n > 0 {
+            if !append_durably(&ingestor, &metrics, readings, &mut stop).await {
+                // Stopped before the batch was stored: not acknowledged, so
+                // the broker redelivers it.
+                return;
+            }
+            metrics.stored(MetricSource::MQTT, n as u64);
+            metrics.outcome(MetricSource::MQTT, Outcome::Stored, n as u64);
         }
         stored += n as u64;
         refused += (batch.len() - n) as u64;
-        metrics.stored(MetricSource::Mqtt, n as u64);
         if batch.len() > n {
+            // One reading a message: the bad messages are the bad readings.
             let bad = (batch.len() - n) as u64;
-            metrics.refused(MetricSource::Mqtt, bad, bad);
+            metrics.refused(MetricSource::MQTT, bad);
+            metrics.outcome(MetricSource::MQTT, Outcome::Refused(Refusal::Invalid), bad);
         }
         let current = *conn.borrow();
         for m in &batch {
@@ -374,7 +391,7 @@ async fn append_loop(
                 continue;
             }
             if let Err(e) = client.ack(&m.publish).await {
-                tracing::warn!("MQTT acknowledgement not sent: {e}");
+                tracing::warn!(error = %e, "MQTT acknowledgement not sent");
             }
         }
         tracing::info!(
@@ -387,10 +404,12 @@ async fn append_loop(
     }
 }
 
-/// Appends `readings`, retrying with a backoff until it succeeds (`true`)
-/// or `stop` turns true (`false`).
+/// Appends `readings` (one a message), retrying with a backoff until it
+/// succeeds (`true`) or `stop` turns true (`false`); each failed attempt
+/// counts its messages as failed.
 async fn append_durably(
     ingestor: &Arc<Ingestor>,
+    metrics: &Metrics,
     readings: fleetscore_core::Readings,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
@@ -399,12 +418,22 @@ async fn append_durably(
     loop {
         let ingestor = Arc::clone(ingestor);
         let r = Arc::clone(&readings);
-        let e = match tokio::task::spawn_blocking(move || ingestor.append(r)).await {
+        let (failure, e) = match tokio::task::spawn_blocking(move || ingestor.append(r)).await {
             Ok(Ok(_)) => return true,
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
+            Ok(Err(e)) => (Failure::of_append(&e), e.to_string()),
+            Err(e) => (Failure::Internal, e.to_string()),
         };
-        tracing::error!("MQTT: ingest log append failed (retrying in {backoff:?}): {e}");
+        metrics.outcome(
+            MetricSource::MQTT,
+            Outcome::Failed(failure),
+            readings.len() as u64,
+        );
+        tracing::error!(
+            error = %e,
+            messages = readings.len(),
+            retry_in_ms = backoff.as_millis() as u64,
+            "MQTT batch not stored: the ingest log append failed; retrying"
+        );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => return false,
