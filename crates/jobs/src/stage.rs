@@ -448,31 +448,6 @@ pub(crate) fn decode_section(b: &[u8]) -> Result<Section, String> {
     Ok(out)
 }
 
-/// Concatenates sections, in order, into one set of readings (each pair
-/// once in `keys`, in order of first appearance).
-pub(crate) fn concat(parts: &[&Readings]) -> Readings {
-    let n = parts.iter().map(|p| p.len()).sum();
-    let mut out = Readings::with_capacity(n);
-    let mut ids: FxHashMap<&(String, String), u32> = FxHashMap::default();
-    for p in parts {
-        let map: Vec<u32> = p
-            .keys
-            .iter()
-            .map(|k| {
-                let next = out.keys.len() as u32;
-                *ids.entry(k).or_insert_with(|| {
-                    out.keys.push(k.clone());
-                    next
-                })
-            })
-            .collect();
-        out.ts.extend_from_slice(&p.ts);
-        out.value.extend_from_slice(&p.value);
-        out.key.extend(p.key.iter().map(|&k| map[k as usize]));
-    }
-    out
-}
-
 struct Reader<'a> {
     b: &'a [u8],
     at: usize,
@@ -656,20 +631,5 @@ mod tests {
         s.drop_unused_keys();
         assert_eq!(s.keys, [SectionKey::Unit(0), SectionKey::Unit(5)]);
         assert_eq!(s.key, vec![1, 1, 0]);
-    }
-
-    #[test]
-    fn concat_keeps_order_and_merges_keys() {
-        let a = readings(&[(1, 1.0, "d1", "t"), (2, 2.0, "d2", "t")]);
-        let b = readings(&[(3, 3.0, "d2", "t"), (4, 4.0, "d3", "t")]);
-        let c = concat(&[&a, &b]);
-        assert_eq!(c.ts, vec![1, 2, 3, 4]);
-        let names: Vec<&str> = c
-            .key
-            .iter()
-            .map(|&k| c.keys[k as usize].0.as_str())
-            .collect();
-        assert_eq!(names, vec!["d1", "d2", "d2", "d3"]);
-        assert_eq!(c.keys.len(), 3);
     }
 }
