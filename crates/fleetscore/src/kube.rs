@@ -31,7 +31,7 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 use fleetscore_jobs::db::Concurrency;
-use fleetscore_jobs::run::window_name;
+use fleetscore_store::lake::window_name;
 use fleetscore_jobs::schedule::{nominal_times, shifted_cron, ScheduleSpec};
 use serde_json::{json, Value};
 

@@ -21,7 +21,8 @@
 //!
 //! - [`raw`](self#raw): readings files and the ingest log become raw parts
 //!   ([`raw_objects`], [`ingest_file`]); readers list them by time
-//!   ([`list_raw`]), read them whole ([`read_raw`], [`load_raw`]) or only
+//!   ([`list_raw`]), read them whole ([`read_raw`], [`load_raw`],
+//!   [`load_raw_objects`]) or only
 //!   the row groups of a window by ranged reads ([`raw_in_window`],
 //!   [`read_raw_row_groups`]).
 //! - windows: the batch recompute ([`aggregate`]) and the streaming path
@@ -59,7 +60,7 @@ pub use predictions::{
     PredictionsPartition, ShardOutput, MANIFEST_FORMAT,
 };
 pub use raw::{
-    ingest_file, list_raw, load_raw, raw_in_window, raw_objects, read_raw, read_raw_row_groups,
+    ingest_file, list_raw, load_raw, load_raw_objects, raw_in_window, raw_objects, read_raw, read_raw_row_groups,
     IngestOutcome, RawInWindow,
 };
 pub use windows::{
@@ -279,6 +280,11 @@ mod tests {
             Some(parse_ts("2024-03-05 07:00:00").unwrap())
         );
         assert_eq!(partition_start("raw/other.parquet"), None);
+        assert_eq!(
+            partition_start("raw/date=2018-08-28/hour=23/part-0123.parquet"),
+            Some(parse_ts("2018-08-28T23:00:00Z").unwrap())
+        );
+        assert_eq!(partition_start("raw/other/part.parquet"), None);
         let h = parse_ts("2024-03-05 07:00:00").unwrap();
         assert_eq!(
             hours(h + 1, h + 2 * HOUR_NS + 1).collect::<Vec<_>>(),

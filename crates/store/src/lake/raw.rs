@@ -13,7 +13,7 @@
 //! beside the old ones.
 //!
 //! Readers list a time range's objects ([`list_raw`]) and read them whole
-//! ([`read_raw`], [`load_raw`]) or, for a job's window, only what they need
+//! ([`read_raw`], [`load_raw`], [`load_raw_objects`]) or, for a job's window, only what they need
 //! by ranged reads: the footers first ([`raw_in_window`]: the row groups
 //! whose TS statistics touch the window, and with a scan the TS, Device and
 //! Tag column chunks, never the values), then only those row groups
@@ -181,10 +181,15 @@ pub async fn read_raw(store: &Store, key: &str) -> Result<Option<Readings>, Lake
     ))
 }
 
-/// The readings of `[from, to)` from `raw/`: the objects of those hours
-/// in [`list_raw`]'s order, rows in file order, in one batch (series
-/// interned once).
-pub async fn load_raw(store: &Store, from: i64, to: i64) -> Result<Readings, LakeError> {
+/// The readings of `[from, to)` from `raw/`, one batch per object: the
+/// objects of those hours in [`list_raw`]'s order (fetched and decoded a
+/// few at a time; one gone since the listing is left out), each cut to the
+/// range, rows in file order.
+pub async fn load_raw_objects(
+    store: &Store,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Readings>, LakeError> {
     let listed = list_raw(store, from, to).await?;
     let mut files: Vec<Readings> = stream::iter(listed)
         .map(|l| async move { read_raw(store, &l.key).await })
@@ -192,12 +197,18 @@ pub async fn load_raw(store: &Store, from: i64, to: i64) -> Result<Readings, Lak
         .try_collect::<Vec<Option<Readings>>>()
         .await?
         .into_iter()
-        // Gone since the listing: not part of the range.
         .flatten()
         .collect();
     for f in &mut files {
         f.retain_time(Some(from), Some(to));
     }
+    Ok(files)
+}
+
+/// The readings of `[from, to)` from `raw/` in one batch (series interned
+/// once): [`load_raw_objects`] one after the other.
+pub async fn load_raw(store: &Store, from: i64, to: i64) -> Result<Readings, LakeError> {
+    let files = load_raw_objects(store, from, to).await?;
     let refs: Vec<&Readings> = files.iter().collect();
     Ok(concat(&refs))
 }
