@@ -60,8 +60,8 @@ pub use predictions::{
     PredictionsPartition, ShardOutput, MANIFEST_FORMAT,
 };
 pub use raw::{
-    ingest_file, list_raw, load_raw, load_raw_objects, raw_in_window, raw_objects, read_raw, read_raw_row_groups,
-    IngestOutcome, RawInWindow,
+    ingest_file, list_raw, load_raw, load_raw_objects, raw_in_window, raw_objects, read_raw,
+    read_raw_row_groups, IngestOutcome, RawInWindow,
 };
 pub use windows::{
     aggregate, load_windows, window_part_key, window_prefix, AggregateOutcome, WindowPart,
@@ -191,7 +191,11 @@ impl Area {
 /// The days (their starts, ns) that have a partition folder in `area`, in
 /// time order: one listing of folders, however many objects they hold.
 pub async fn partition_days(store: &Store, area: Area) -> Result<Vec<i64>, LakeError> {
-    Ok(day_folders(store, area.root()).await?.into_iter().map(|(day, _)| day).collect())
+    Ok(day_folders(store, area.root())
+        .await?
+        .into_iter()
+        .map(|(day, _)| day)
+        .collect())
 }
 
 /// The hours (their starts) of the day starting at `day` that have a
@@ -294,7 +298,10 @@ mod tests {
         // The ends of time: no overflow, no wrap.
         assert_eq!(hours(i64::MIN, MIN_TS + 1).collect::<Vec<_>>(), [MIN_TS]);
         let last = hour_of(i64::MAX);
-        assert_eq!(hours(last - 1, i64::MAX).collect::<Vec<_>>(), [last - HOUR_NS, last]);
+        assert_eq!(
+            hours(last - 1, i64::MAX).collect::<Vec<_>>(),
+            [last - HOUR_NS, last]
+        );
     }
 
     #[tokio::test]
@@ -321,7 +328,9 @@ mod tests {
             [t, t + 2 * HOUR_NS]
         );
         assert_eq!(
-            partition_hours(&store, Area::Predictions, day).await.unwrap(),
+            partition_hours(&store, Area::Predictions, day)
+                .await
+                .unwrap(),
             [t + HOUR_NS]
         );
         assert!(partition_hours(&store, Area::Predictions, day + DAY_NS)

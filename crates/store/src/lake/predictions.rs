@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use fleetscore_core::format_ts;
 use serde::{Deserialize, Serialize};
 
-use super::{hour_partition, hour_of, hours, LakeError, HOUR_NS};
+use super::{hour_of, hour_partition, hours, LakeError, HOUR_NS};
 use crate::Store;
 
 /// The folder of predictions.
@@ -351,7 +351,12 @@ pub async fn predictions_parts(
 ) -> Result<Vec<String>, LakeError> {
     let mut out = Vec::new();
     for hour in hours(from, to) {
-        out.extend(PredictionsPartition::list(store, hour).await?.parts(store).await?);
+        out.extend(
+            PredictionsPartition::list(store, hour)
+                .await?
+                .parts(store)
+                .await?,
+        );
     }
     Ok(out)
 }
@@ -437,7 +442,11 @@ mod tests {
         put(&store, &job.part_key(2)).await;
         let shard = ShardOutput::new("raw", h, h + 60 * m, 0, 2);
         put(&store, &shard.part_key()).await;
-        put(&store, &JobOutput::new("raw", h + 60 * m, h + 120 * m).part_key(0)).await;
+        put(
+            &store,
+            &JobOutput::new("raw", h + 60 * m, h + 120 * m).part_key(0),
+        )
+        .await;
         let seen = predictions_parts(&store, h, h + 120 * m).await.unwrap();
         assert_eq!(seen, named);
         // A second window of the hour, with a named part that is gone and a
@@ -492,7 +501,10 @@ mod tests {
         }
         let one = ShardOutput::new("raw", h, to, 0, 1);
         put(&store, &one.part_key()).await;
-        let key = one.finish(&store, &manifest(0, &[one.part_key()])).await.unwrap();
+        let key = one
+            .finish(&store, &manifest(0, &[one.part_key()]))
+            .await
+            .unwrap();
         let mut want = vec![
             job.part_key(0),
             job.manifest_key(),

@@ -30,11 +30,13 @@ use sha2::{Digest, Sha256};
 use fleetscore_codecs::{
     decode_parquet_footer, merge_ranges, read_readings, read_readings_parquet_bytes,
     read_readings_parquet_sparse, row_group_ranges, scan_ranges, scan_raw_parquet_sparse,
-    window_row_groups, write_readings_parquet, CodecError, ParquetMetaData, Readings,
-    SparseObject, FOOTER_GUESS,
+    window_row_groups, write_readings_parquet, CodecError, ParquetMetaData, Readings, SparseObject,
+    FOOTER_GUESS,
 };
 
-use super::{blocking, day_folders, hour_partition, hours, partition_start, LakeError, DAY_NS, HOUR_NS};
+use super::{
+    blocking, day_folders, hour_partition, hours, partition_start, LakeError, DAY_NS, HOUR_NS,
+};
 use crate::{Listed, Store, StoreError};
 
 /// The folder of readings.
@@ -378,7 +380,9 @@ async fn read_footer(
         reason,
     };
     if size < 12 {
-        return Err(bad(format!("{size} bytes are too short for a Parquet file")));
+        return Err(bad(format!(
+            "{size} bytes are too short for a Parquet file"
+        )));
     }
     let mut from = size.saturating_sub(FOOTER_GUESS);
     loop {
@@ -461,7 +465,6 @@ mod tests {
     use crate::lake::test_readings as readings;
     use fleetscore_core::{parse_ts, MAX_TS, MIN_TS};
 
-
     #[test]
     fn readings_of_1677_are_refused_not_filed_in_2262() {
         let r = readings(&[(i64::MIN, "d", "t", 1.0), (i64::MAX - 1, "d", "t", 2.0)]);
@@ -521,7 +524,10 @@ mod tests {
             .put("raw/date=2024-03-05/hour=1/part-x.parquet", b"x".to_vec())
             .await
             .unwrap();
-        store.put("raw/date=oops/x.parquet", b"x".to_vec()).await.unwrap();
+        store
+            .put("raw/date=oops/x.parquet", b"x".to_vec())
+            .await
+            .unwrap();
         want.sort();
         let keys = |from: i64, to: i64| -> Vec<String> {
             want.iter()
@@ -581,7 +587,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((got.ts.as_slice(), got.value.as_slice()), (&[t0 + 61 * m][..], &[3.0][..]));
+        assert_eq!(
+            (got.ts.as_slice(), got.value.as_slice()),
+            (&[t0 + 61 * m][..], &[3.0][..])
+        );
         // Replaced since it was listed (same bytes, another version), or
         // cut short: refused, naming the object.
         let data = store.get(&listed.key).await.unwrap().unwrap();

@@ -47,7 +47,9 @@ use fleetscore_codecs::{
     Readings,
 };
 use fleetscore_core::{format_ts, MAX_TS, MIN_TS};
-use fleetscore_stream::{windows_from_record_batch, SeriesWindows, Window, WindowColumns, WindowSpec};
+use fleetscore_stream::{
+    windows_from_record_batch, SeriesWindows, Window, WindowColumns, WindowSpec,
+};
 use serde::Serialize;
 
 use super::{blocking, hour_partition, hours, list_raw, partition_start, LakeError, HOUR_NS};
@@ -135,10 +137,12 @@ pub async fn load_windows(
             let ws = blocking(&key, move || -> Result<Vec<Window>, LakeError> {
                 let mut all = Vec::new();
                 for b in read_batches_parquet_bytes(data, &k)? {
-                    all.extend(windows_from_record_batch(&b).map_err(|e| LakeError::Object {
-                        key: k.clone(),
-                        reason: e.to_string(),
-                    })?);
+                    all.extend(
+                        windows_from_record_batch(&b).map_err(|e| LakeError::Object {
+                            key: k.clone(),
+                            reason: e.to_string(),
+                        })?,
+                    );
                 }
                 Ok(all)
             })
@@ -697,7 +701,6 @@ mod tests {
         }
         out
     }
-
 
     /// Several raw parts per hour (sorted, as ingest writes them), one
     /// unsorted part, one part holding readings of other hours, equal
