@@ -19,16 +19,18 @@
 //!     TS, Device, Tag, Val, Prediction, Score, Label
 //! ```
 //!
-//! - [`raw`](self#raw): readings files and the ingest log become raw parts
+//! - raw: readings files and the ingest log become raw parts
 //!   ([`raw_objects`], [`ingest_file`]); readers list them by time
-//!   ([`list_raw`]), read them whole ([`read_raw`], [`load_raw`],
-//!   [`load_raw_objects`]) or only
-//!   the row groups of a window by ranged reads ([`raw_in_window`],
-//!   [`read_raw_row_groups`]).
+//!   ([`list_raw`]) and read them whole ([`read_raw`], [`load_raw`],
+//!   [`load_raw_objects`]) or only the row groups of a window, by ranged
+//!   reads ([`raw_in_window`], [`read_raw_row_groups`]).
 //! - windows: the batch recompute ([`aggregate`]) and the streaming path
 //!   ([`window_part_key`]) write them; [`load_windows`] reads them.
 //! - predictions: a job ([`JobOutput`]) or a `score --write-store` shard
-//!   ([`ShardOutput`]) writes its parts, then a [`Manifest`] naming them.
+//!   ([`ShardOutput`]) writes its parts, then a [`Manifest`] naming them;
+//!   readers go through [`PredictionsPartition`].
+//! - where data is: [`partition_days`] and [`partition_hours`] list the
+//!   partition folders of an [`Area`] without listing their objects.
 //!
 //! # The manifest rule
 //! **A reader sees a prediction part only if a manifest of its partition
