@@ -1070,11 +1070,11 @@ async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
     let hours: Vec<i64> = lake::hours(from, to).collect();
     let mut per: BTreeMap<String, HashMap<usize, DeviceCount>> = BTreeMap::new();
     for (i, h) in hours.iter().enumerate() {
-        let manifests = match PredictionsPartition::list(&api.store, *h).await {
-            Ok(p) => p.manifests(&api.store).await,
-            Err(e) => Err(e),
+        let partition = match PredictionsPartition::list(&api.store, *h).await {
+            Ok(p) => p,
+            Err(e) => return internal(e),
         };
-        let manifests = match manifests {
+        let manifests = match partition.manifests(&api.store).await {
             Ok(m) => m,
             Err(e) => return internal(e),
         };
