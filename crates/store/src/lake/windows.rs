@@ -626,7 +626,7 @@ mod tests {
     use crate::lake::{raw_objects, test_readings as readings};
     use fleetscore_codecs::write_readings_parquet;
     use fleetscore_core::parse_ts;
-    use fleetscore_stream::{batch_aggregate, windows_to_record_batch, Reading, Span};
+    use fleetscore_stream::{batch_aggregate, windows_to_record_batch, Reading, Span, Window};
 
     fn span(s: &str) -> Span {
         s.parse().unwrap()
@@ -885,6 +885,60 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.windows, 0);
+    }
+
+    /// `load_windows` reads every part of the hours the range touches
+    /// (batch and streaming), keeps the windows starting in the range, and
+    /// gives each pair's in start order.
+    #[tokio::test]
+    async fn loading_windows_reads_every_part_of_the_range() {
+        let store = Store::open("memory://").unwrap();
+        let t0 = parse_ts("2024-03-05 10:00:00").unwrap();
+        let m = 60_000_000_000i64;
+        let rows: Vec<_> = (0..90)
+            .flat_map(|i| {
+                [
+                    (t0 + i * m, "d", "a", i as f64),
+                    (t0 + i * m, "e", "a", 1.0),
+                ]
+            })
+            .collect();
+        for (key, data) in raw_objects(&readings(&rows), b"x").unwrap() {
+            store.put(&key, data).await.unwrap();
+        }
+        let spec = WindowSpec::tumbling(span("1m"));
+        aggregate(&store, spec, t0, t0 + HOUR_NS).await.unwrap();
+        // A streaming flush wrote the windows of 11:00 to 11:29.
+        let late: Vec<Window> = {
+            let w = load_windows(&store, "1m", t0, t0 + HOUR_NS).await.unwrap();
+            w[&("d".to_string(), "a".to_string())]
+                .iter()
+                .map(|w| Window {
+                    start: w.start + HOUR_NS,
+                    end: w.end + HOUR_NS,
+                    ..w.clone()
+                })
+                .take(30)
+                .collect()
+        };
+        let key = window_part_key(&spec, t0 + HOUR_NS, WindowPart::Stream(7));
+        let batch = windows_to_record_batch(late.iter().rev()).unwrap();
+        store
+            .put(&key, write_batch_parquet(&batch, &key).unwrap())
+            .await
+            .unwrap();
+        let got = load_windows(&store, "1m", t0 + 30 * m, t0 + 90 * m)
+            .await
+            .unwrap();
+        let d = &got[&("d".to_string(), "a".to_string())];
+        let starts: Vec<i64> = d.iter().map(|w| w.start).collect();
+        let want: Vec<i64> = (30..90).map(|i| t0 + i * m).collect();
+        assert_eq!(starts, want);
+        assert_eq!(got[&("e".to_string(), "a".to_string())].len(), 30);
+        assert!(load_windows(&store, "5m", t0, t0 + HOUR_NS)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
