@@ -243,21 +243,7 @@ async fn blocking<T: Send + 'static>(
 /// order of appearance.
 #[cfg(test)]
 pub(crate) fn test_readings(rows: &[(i64, &str, &str, f64)]) -> fleetscore_codecs::Readings {
-    let mut r = fleetscore_codecs::Readings::default();
-    for &(ts, d, t, v) in rows {
-        let pair = (d.to_string(), t.to_string());
-        let id = match r.keys.iter().position(|k| *k == pair) {
-            Some(i) => i,
-            None => {
-                r.keys.push(pair);
-                r.keys.len() - 1
-            }
-        };
-        r.ts.push(ts);
-        r.value.push(v);
-        r.key.push(id as u32);
-    }
-    r
+    rows.iter().copied().collect()
 }
 
 #[cfg(test)]

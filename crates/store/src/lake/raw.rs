@@ -23,7 +23,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
-use rustc_hash::FxHashMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -67,24 +66,21 @@ pub fn raw_objects(
     readings: &Readings,
     origin: &[u8],
 ) -> Result<Vec<(String, Vec<u8>)>, LakeError> {
-    let pair = |r: usize| &readings.keys[readings.key[r] as usize];
+    let (ts, ids) = (readings.ts(), readings.key_ids());
+    let pair = |r: usize| readings.key(ids[r]);
     let mut rows: Vec<usize> = (0..readings.len()).collect();
-    rows.sort_by(|&a, &b| {
-        readings.ts[a]
-            .cmp(&readings.ts[b])
-            .then_with(|| pair(a).cmp(pair(b)))
-    });
+    rows.sort_by(|&a, &b| ts[a].cmp(&ts[b]).then_with(|| pair(a).cmp(&pair(b))));
     let mut objects = Vec::new();
     let mut rest = &rows[..];
     while let Some(&first) = rest.first() {
-        let hour = readings.ts[first].div_euclid(HOUR_NS);
+        let hour = ts[first].div_euclid(HOUR_NS);
         let n = rest
             .iter()
-            .take_while(|&&r| readings.ts[r].div_euclid(HOUR_NS) == hour)
+            .take_while(|&&r| ts[r].div_euclid(HOUR_NS) == hour)
             .count();
         let (part, tail) = rest.split_at(n);
         rest = tail;
-        let partition = hour_partition(readings.ts[first]);
+        let partition = hour_partition(ts[first]);
         let mut id = Sha256::new();
         id.update(origin);
         id.update(partition.as_bytes());
@@ -212,31 +208,7 @@ pub async fn load_raw_objects(
 pub async fn load_raw(store: &Store, from: i64, to: i64) -> Result<Readings, LakeError> {
     let files = load_raw_objects(store, from, to).await?;
     let refs: Vec<&Readings> = files.iter().collect();
-    Ok(concat(&refs))
-}
-
-/// Readings one after the other, their series interned anew.
-fn concat(parts: &[&Readings]) -> Readings {
-    let n = parts.iter().map(|p| p.len()).sum();
-    let mut out = Readings::with_capacity(n);
-    let mut ids: FxHashMap<&(String, String), u32> = FxHashMap::default();
-    for p in parts {
-        let map: Vec<u32> = p
-            .keys
-            .iter()
-            .map(|k| {
-                let next = out.keys.len() as u32;
-                *ids.entry(k).or_insert_with(|| {
-                    out.keys.push(k.clone());
-                    next
-                })
-            })
-            .collect();
-        out.ts.extend_from_slice(&p.ts);
-        out.value.extend_from_slice(&p.value);
-        out.key.extend(p.key.iter().map(|&k| map[k as usize]));
-    }
-    out
+    Ok(Readings::concat(&refs))
 }
 
 /// A raw object of a window, as [`raw_in_window`] found it.
@@ -484,21 +456,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn concat_keeps_order_and_merges_keys() {
-        let a = readings(&[(1, "d1", "t", 1.0), (2, "d2", "t", 2.0)]);
-        let b = readings(&[(3, "d2", "t", 3.0), (4, "d3", "t", 4.0)]);
-        let c = concat(&[&a, &b]);
-        assert_eq!(c.ts, vec![1, 2, 3, 4]);
-        let names: Vec<&str> = c
-            .key
-            .iter()
-            .map(|&k| c.keys[k as usize].0.as_str())
-            .collect();
-        assert_eq!(names, vec!["d1", "d2", "d2", "d3"]);
-        assert_eq!(c.keys.len(), 3);
-    }
-
     /// A range listed hour by hour and one listed day by day give the
     /// objects a listing of each hour's folder gives, in time order; other
     /// files, and objects outside the range, are left out.
@@ -572,8 +529,8 @@ mod tests {
             store.put(&key, data).await.unwrap();
         }
         let r = load_raw(&store, t0 + 2 * m, t0 + 125 * m).await.unwrap();
-        assert_eq!(r.ts, [t0 + 2 * m, t0 + 61 * m]);
-        assert_eq!(r.value, [2.0, 3.0]);
+        assert_eq!(r.ts(), [t0 + 2 * m, t0 + 61 * m]);
+        assert_eq!(r.values(), [2.0, 3.0]);
         assert!(load_raw(&store, t0 - HOUR_NS, t0).await.unwrap().is_empty());
 
         let found = raw_in_window(&store, t0 + 60 * m, t0 + 120 * m, true)
@@ -587,10 +544,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            (got.ts.as_slice(), got.value.as_slice()),
-            (&[t0 + 61 * m][..], &[3.0][..])
-        );
+        assert_eq!((got.ts(), got.values()), (&[t0 + 61 * m][..], &[3.0][..]));
         // Replaced since it was listed (same bytes, another version), or
         // cut short: refused, naming the object.
         let data = store.get(&listed.key).await.unwrap().unwrap();

@@ -404,14 +404,18 @@ impl<'a> Run<'a> {
         let mut parts = Vec::with_capacity(jobs.len());
         for (((key, partition), _), r) in jobs.into_iter().zip(decoded) {
             let r = r?;
-            let map: Vec<u32> = r.keys.iter().map(|pair| self.series.id(pair)).collect();
-            let mut series = r.key;
+            let map: Vec<u32> = r
+                .owned_keys()
+                .iter()
+                .map(|pair| self.series.id(pair))
+                .collect();
+            let (ts, value, mut series, _) = r.into_columns();
             for s in &mut series {
                 *s = map[*s as usize];
             }
             let (mut min_ts, mut max_ts, mut sorted, mut prev) =
                 (i64::MAX, i64::MIN, true, i64::MIN);
-            for &t in &r.ts {
+            for &t in &ts {
                 min_ts = min_ts.min(t);
                 max_ts = max_ts.max(t);
                 sorted &= t >= prev;
@@ -424,8 +428,8 @@ impl<'a> Run<'a> {
             }
             parts.push(Arc::new(Part {
                 key: key.clone(),
-                ts: r.ts,
-                value: r.value,
+                ts,
+                value,
                 series,
                 min_ts,
                 max_ts,
@@ -656,17 +660,7 @@ mod tests {
         }
         let mut readings: Vec<Reading<'_>> = files
             .iter()
-            .flat_map(|r| {
-                (0..r.len()).map(move |i| {
-                    let (device, tag) = &r.keys[r.key[i] as usize];
-                    Reading {
-                        ts: r.ts[i],
-                        device,
-                        tag,
-                        value: r.value[i],
-                    }
-                })
-            })
+            .flat_map(|r| r.iter())
             .filter(|r| r.ts >= from && r.ts < read_to)
             .collect();
         readings.sort_by(|a, b| (a.ts, a.device, a.tag).cmp(&(b.ts, b.device, b.tag)));
