@@ -61,6 +61,7 @@ use fleetscore_models::{
     train, train_iforest, Contamination, Gamma, IForestParams, Model, ScalerChoice, SvmParams,
     TrainParams,
 };
+use fleetscore_store::lake::predictions_parts;
 use fleetscore_store::{raw_objects, ImportRequest, ModelInput, Store, HOUR_NS};
 use fleetscore_stream::{Span, WindowSpec};
 use rayon::prelude::*;
@@ -767,10 +768,8 @@ async fn tally(store: &Store, fleet: &Fleet, start: i64, end: i64) -> anyhow::Re
         ..Tally::default()
     };
     let tag_index = |name: &str| TAGS.iter().position(|t| t.name == name);
-    for key in store.list("predictions/").await? {
-        if !key.ends_with(".parquet") {
-            continue;
-        }
+    // The parts the jobs' manifests name (the jobs' windows are hours).
+    for key in predictions_parts(store, start, end).await? {
         let Some(data) = store.get(&key).await? else {
             continue;
         };

@@ -31,8 +31,8 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 use fleetscore_jobs::db::Concurrency;
-use fleetscore_jobs::run::window_name;
 use fleetscore_jobs::schedule::{nominal_times, shifted_cron, ScheduleSpec};
+use fleetscore_store::lake::window_name;
 use serde_json::{json, Value};
 
 use crate::cli::{Global, ScheduleExportArgs};

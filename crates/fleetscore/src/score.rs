@@ -14,10 +14,10 @@ use fleetscore_codecs::{
     PredictionLayout, Readings,
 };
 use fleetscore_core::{format_ts, parse_ts};
-use fleetscore_jobs::run::{load_raw, DeviceCount, Manifest};
 use fleetscore_jobs::schedule::latest_due;
 use fleetscore_jobs::{ModelFailure, Scored};
-use fleetscore_store::{hour_partition, ModelInput, Registry, Store};
+use fleetscore_store::lake::{self, DeviceCount, Manifest, ShardOutput};
+use fleetscore_store::{ModelInput, Registry, Store};
 use serde::Serialize;
 
 use crate::cli::{Format, Global, Layout, ScoreArgs};
@@ -236,7 +236,7 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
             let (store, from, to) = (registry.store().clone(), *from, *to);
             tokio::spawn(async move {
                 let t = Instant::now();
-                let r = load_raw(&store, from, to)
+                let r = lake::load_raw(&store, from, to)
                     .await
                     .with_context(|| format!("reading raw/ of {}", store.url()))?;
                 Ok((r, t.elapsed()))
@@ -332,7 +332,8 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
 }
 
 /// Writes one shard's predictions of the window `[from, to)` into the
-/// store, beside (never over) the scheduled jobs' outputs of the window:
+/// store, beside (never over) the scheduled jobs' outputs of the window,
+/// as the lake names them ([`ShardOutput`]):
 ///
 /// ```text
 /// predictions/date=D/hour=H/part-raw-W-shard-I-of-N.parquet
@@ -356,25 +357,15 @@ async fn write_store(
     i: u64,
     n: u64,
 ) -> anyhow::Result<Vec<String>> {
-    let prefix = format!("predictions/{}", hour_partition(from));
     // A window that does not start on the hour (say 09:15-09:30) gets its
-    // start in the name, so the windows of one hour keep apart.
-    let stem = fleetscore_jobs::run::window_stem("raw", from, to);
-    let label = format!("shard-{i}-of-{n}");
-    let part = format!("{prefix}/part-{stem}-{label}.parquet");
+    // start in the names, so the windows of one hour keep apart.
+    let output = ShardOutput::new("raw", from, to, i, n);
+    let part = output.part_key();
     let bytes = tokio::task::block_in_place(|| predictions_parquet_bytes(cols, &part))?;
     store
         .put(&part, bytes)
         .await
         .with_context(|| format!("writing {part} to {}", store.url()))?;
-    let own_n = format!("-of-{n}.");
-    for key in store.list(&format!("{prefix}/")).await? {
-        let ours = key.starts_with(&format!("{prefix}/part-{stem}-shard-"))
-            || key.starts_with(&format!("{prefix}/manifest-{stem}-shard-"));
-        if ours && !key.contains(&own_n) {
-            store.delete(&key).await?;
-        }
-    }
     let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
     for (k, range) in &scored.groups {
         let c = devices
@@ -389,7 +380,7 @@ async fn write_store(
         }
     }
     let manifest = Manifest {
-        format: "fleetscore-predictions-manifest".into(),
+        format: lake::MANIFEST_FORMAT.into(),
         job: 0,
         window_start: format_ts(from),
         window_end: format_ts(to),
@@ -401,11 +392,10 @@ async fn write_store(
         failed_models: scored.failures.len() as u64,
         devices,
     };
-    let key = format!("{prefix}/manifest-{stem}-{label}.json");
-    store
-        .put(&key, serde_json::to_vec_pretty(&manifest)?)
+    let key = output
+        .finish(store, &manifest)
         .await
-        .with_context(|| format!("writing {key} to {}", store.url()))?;
+        .with_context(|| format!("writing the manifest of {part} to {}", store.url()))?;
     Ok(vec![part, key])
 }
 

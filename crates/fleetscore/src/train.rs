@@ -16,13 +16,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use fleetscore_core::{format_ts, parse_ts, ModelKey};
 use fleetscore_models::{Gamma, ScalerChoice, SvmParams, TrainParams};
-use fleetscore_store::{partition_start, ImportOutcome, ImportRequest, Store};
+use fleetscore_store::{lake, ImportOutcome, ImportRequest, Store};
 use rayon::prelude::*;
 
 use crate::cli::Global;
 use crate::util;
-
-const HOUR_NS: i64 = 3_600 * 1_000_000_000;
 
 /// `fleetscore models train` flags.
 #[derive(clap::Args, Debug)]
@@ -70,9 +68,9 @@ fn parse_scaler(s: &str) -> Result<ScalerChoice, String> {
 /// One series' readings in the range: (ts, value), in time order.
 type Series = BTreeMap<(String, String), Vec<(i64, f64)>>;
 
-/// Reads the raw/ objects whose hour overlaps `[from, to)` and groups
-/// their readings in the range by (device, tag). Returns the series and
-/// the number of objects read.
+/// Reads the raw/ objects whose hour overlaps `[from, to)` (in the lake's
+/// order: by hour, then key) and groups their readings in the range by
+/// (device, tag). Returns the series and the number of objects read.
 async fn read_series(
     store: &Store,
     from: i64,
@@ -80,35 +78,9 @@ async fn read_series(
     device: Option<&str>,
     tag: Option<&str>,
 ) -> anyhow::Result<(Series, usize)> {
-    let mut keys: Vec<(i64, String)> = store
-        .list("raw/")
-        .await?
-        .into_iter()
-        .filter(|k| k.ends_with(".parquet"))
-        .filter_map(|k| partition_start(&k).map(|s| (s, k)))
-        .filter(|(s, _)| *s < to && s.saturating_add(HOUR_NS) > from)
-        .collect();
-    keys.sort();
-    let mut objects = Vec::with_capacity(keys.len());
-    for (_, key) in &keys {
-        let data = store
-            .get(key)
-            .await?
-            .with_context(|| format!("{key} was listed but cannot be read"))?;
-        objects.push((key.clone(), data));
-    }
-    let decoded: Vec<anyhow::Result<fleetscore_codecs::Readings>> = objects
-        .into_par_iter()
-        .map(|(key, data)| {
-            let mut r = fleetscore_codecs::read_readings_parquet_bytes(data, &key)
-                .with_context(|| format!("reading {key}"))?;
-            r.retain_time(Some(from), Some(to));
-            Ok(r)
-        })
-        .collect();
+    let objects = lake::load_raw_objects(store, from, to).await?;
     let mut series = Series::new();
-    for r in decoded {
-        let r = r?;
+    for r in &objects {
         // Resolve each object's keys once; None = filtered out.
         let slots: Vec<Option<(String, String)>> = r
             .keys()
@@ -127,7 +99,7 @@ async fn read_series(
         // Stable: equal timestamps keep object-key, then row order.
         rows.sort_by_key(|(ts, _)| *ts);
     }
-    Ok((series, keys.len()))
+    Ok((series, objects.len()))
 }
 
 #[derive(serde::Serialize)]
@@ -282,19 +254,4 @@ pub async fn run(g: &Global, args: TrainArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partition_start_reads_raw_keys() {
-        let k = "raw/date=2018-08-28/hour=23/part-0123.parquet";
-        assert_eq!(
-            partition_start(k),
-            Some(parse_ts("2018-08-28T23:00:00Z").unwrap())
-        );
-        assert_eq!(partition_start("raw/other/part.parquet"), None);
-    }
 }

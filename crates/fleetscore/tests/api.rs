@@ -324,6 +324,82 @@ fn the_api_end_to_end() {
     s.terminate();
 }
 
+/// Regression: `/v1/predictions` and `/v1/anomalies` read every Parquet
+/// file of a partition, so the parts of a job still running (a rerun with
+/// more tasks) or of a `score --write-store` shard whose manifest is not
+/// written yet showed up in their answers, twice over. A reader sees only
+/// the parts a manifest names.
+#[test]
+fn predictions_leave_out_parts_no_manifest_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    common::import_as(data, &demo(1), "*", "1");
+    // One hour of 2 devices, one reading a minute; d1 goes wild at 10:30.
+    let mut csv = String::from("TS,Device,Tag,Value\n");
+    for m in 0..60 {
+        for d in 0..2 {
+            let v = if d == 1 && m >= 30 {
+                500.0 + m as f64
+            } else {
+                20.0 + (m % 7) as f64 * 0.1
+            };
+            csv.push_str(&format!("2024-03-01T10:{m:02}:00Z,d{d},1,{v}\n"));
+        }
+    }
+    std::fs::write(data.join("r.csv"), csv).unwrap();
+    assert!(run(data, &["ingest", data.join("r.csv").to_str().unwrap()])
+        .status
+        .success());
+    let config = data.join("c.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nadmin_tokens = [\"admin-secret\"]\n[jobs]\ntick_interval = \"100ms\"\n",
+    )
+    .unwrap();
+    let s = Server::start(data, &["--config", config.to_str().unwrap()]);
+    let body = r#"{"from": "2024-03-01T10:00:00Z", "to": "2024-03-01T11:00:00Z"}"#;
+    let (st, ids) = s.post("/v1/jobs", &[ADMIN], body);
+    assert_eq!(st, 202, "{ids}");
+    let ids: Value = serde_json::from_str(&ids).unwrap();
+    let id = &ids["jobs"][0];
+    let started = Instant::now();
+    while get(&s, &format!("/v1/jobs/{id}"))["job"]["state"] != "succeeded" {
+        assert!(started.elapsed() < Duration::from_secs(60), "job {id}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let range = "from=2024-03-01T10:00:00Z&to=2024-03-01T11:00:00Z";
+    let predictions = format!("/v1/predictions?{range}");
+    let anomalies = format!("/v1/anomalies?{range}");
+    let (p, a) = (get(&s, &predictions), get(&s, &anomalies));
+    assert_eq!(p["rows"].as_array().unwrap().len(), 120, "{p}");
+    let flagged = a["rows"].as_array().unwrap().len();
+    assert!(flagged >= 30, "{a}");
+
+    // What a rerun of the window with more tasks leaves while it runs, and
+    // a shard of `score --write-store` before its manifest: parts beside
+    // the job's, named by no manifest (copies of the job's part, so any
+    // row read from them is a duplicate).
+    let hour = data.join("store/predictions/date=2024-03-01/hour=10");
+    let part = hour.join("part-raw-1h-00000.parquet");
+    assert!(part.is_file(), "{}", part.display());
+    for name in [
+        "part-raw-1h-00001.parquet",
+        "part-raw-1h-shard-0-of-2.parquet",
+    ] {
+        std::fs::copy(&part, hour.join(name)).unwrap();
+    }
+    for (path, before) in [(&predictions, &p), (&anomalies, &a)] {
+        let after = get(&s, path);
+        assert_eq!(
+            after["rows"].as_array().unwrap().len(),
+            before["rows"].as_array().unwrap().len(),
+            "{path}: rows of unnamed parts were read"
+        );
+        assert!(after == *before, "{path}: the answer changed");
+    }
+    s.terminate();
+}
+
 #[test]
 fn reads_can_require_a_token() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,8 @@
 //!
 //! # Outputs
 //! For a job of mode `raw` and window length `W` (e.g. `1h`) starting at
-//! hour `date=D/hour=H`:
+//! hour `date=D/hour=H`, as [`JobOutput`] names them (the lake,
+//! [`fleetscore_store::lake`], owns the layout):
 //!
 //! ```text
 //! predictions/date=D/hour=H/part-raw-W-<task>.parquet   TS, Device, Tag, Val, Prediction, Score
@@ -16,8 +17,9 @@
 //! The names derive from the window and the task number only, so scoring
 //! the same window again (a retry, a backfill) overwrites the same objects;
 //! parts numbered beyond the new run's tasks are deleted before the
-//! manifest is written. A reader should trust a partition's parts only as
-//! listed in its manifest.
+//! manifest is written. Readers see a partition's parts only as its
+//! manifests name them (the lake's reading rule), so the parts of a job
+//! still running are not seen.
 //!
 //! # Planning, map tasks, score tasks, finalizing: any process, any host
 //! A job goes through four leased steps (see [`crate::db`]), each of
@@ -91,20 +93,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use fleetscore_codecs::ParquetMetaData;
-use fleetscore_codecs::{
-    decode_parquet_footer, merge_ranges, predictions_parquet_bytes, read_batches_parquet_bytes,
-    read_readings_parquet_bytes, read_readings_parquet_sparse, row_group_ranges, scan_ranges,
-    scan_raw_parquet_sparse, window_row_groups, PredictionColumns, Readings, SparseObject,
-    FOOTER_GUESS,
-};
+use fleetscore_codecs::{predictions_parquet_bytes, PredictionColumns, Readings};
 use fleetscore_core::format_ts;
 use fleetscore_models::Pack;
-use fleetscore_store::{hour_partition, Listed, ModelInput, Registry, Store, StoreError, HOUR_NS};
-use fleetscore_stream::{windows_from_record_batch, Window};
+use fleetscore_store::lake::{self, DeviceCount, JobOutput, LakeError, Manifest, RawInWindow};
+use fleetscore_store::{Listed, ModelInput, Registry, Store};
+use fleetscore_stream::Window;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use rustc_hash::FxHashMap;
-use serde::Serialize;
 
 use crate::db::{FailureRecord, JobRecord, JobState, JobStore, TaskRecord, TASK_MAP};
 use crate::schedule::Clock;
@@ -199,321 +195,30 @@ pub fn no_readings(job: i64, models: u64) -> String {
     )
 }
 
-/// The manifest of one job's output partition.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Manifest {
-    /// `fleetscore-predictions-manifest`.
-    pub format: String,
-    /// The job that wrote it.
-    pub job: i64,
-    /// Window start, RFC 3339.
-    pub window_start: String,
-    /// Window end, RFC 3339.
-    pub window_end: String,
-    /// Input mode.
-    pub mode: String,
-    /// The parts, in task order.
-    pub parts: Vec<String>,
-    /// Pairs scored or failed.
-    pub models: u64,
-    /// Rows.
-    pub rows: u64,
-    /// Anomalies.
-    pub anomalies: u64,
-    /// Failed pairs.
-    pub failed_models: u64,
-    /// Rows and anomalies per device (what the dashboard's heat map reads).
-    pub devices: BTreeMap<String, DeviceCount>,
-}
-
-/// Rows and anomalies of one device in one job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct DeviceCount {
-    /// Rows scored.
-    pub rows: u64,
-    /// Anomalies among them.
-    pub anomalies: u64,
-}
-
-/// A window length as a short name: `1h`, `15m`, `30s`, `1d`.
-pub fn window_name(ns: i64) -> String {
-    const S: i64 = 1_000_000_000;
-    if ns % (86_400 * S) == 0 {
-        format!("{}d", ns / (86_400 * S))
-    } else if ns % (3_600 * S) == 0 {
-        format!("{}h", ns / (3_600 * S))
-    } else if ns % (60 * S) == 0 {
-        format!("{}m", ns / (60 * S))
-    } else if ns % S == 0 {
-        format!("{}s", ns / S)
-    } else {
-        format!("{ns}ns")
-    }
-}
-
-/// The output folder and name stem of a job: `predictions/date=…/hour=…`
-/// and `raw-1h` (`raw-15m-091500` for a window starting at 09:15:00, not
-/// on the hour, so the windows of one hour keep apart).
-pub fn output_prefix(job: &JobRecord) -> (String, String) {
-    (
-        format!("predictions/{}", hour_partition(job.window_start)),
-        window_stem(&job.mode, job.window_start, job.window_end),
-    )
-}
-
-/// `MODE-W`, or `MODE-W-HHMMSS` for a window not starting on the hour.
-pub fn window_stem(mode: &str, from: i64, to: i64) -> String {
-    match from.rem_euclid(HOUR_NS) {
-        0 => format!("{mode}-{}", window_name(to - from)),
-        _ => format!(
-            "{mode}-{}-{}",
-            window_name(to - from),
-            format_ts(from)[11..19].replace(':', "")
-        ),
-    }
-}
-
-/// The keys of the raw objects of the hours `[from, to)` touches, sorted.
-async fn raw_keys(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<String>> {
-    Ok(raw_objects_of(store, from, to)
-        .await?
-        .into_iter()
-        .map(|l| l.key)
-        .collect())
-}
-
-/// [`raw_keys`] with each object's length and version.
-pub async fn raw_objects_of(store: &Store, from: i64, to: i64) -> anyhow::Result<Vec<Listed>> {
-    let mut keys = Vec::new();
-    // No reading lies before MIN_TS; rounding an earlier `from` down to
-    // its hour would overflow.
-    let mut hour = from.max(fleetscore_core::MIN_TS).div_euclid(HOUR_NS) * HOUR_NS;
-    while hour < to {
-        let prefix = format!("raw/{}/", hour_partition(hour));
-        keys.extend(
-            store
-                .list_sizes(&prefix)
-                .await?
-                .into_iter()
-                .filter(|l| l.key.ends_with(".parquet")),
-        );
-        // The last hour an i64 holds ends the range rather than wrapping.
-        let Some(next) = hour.checked_add(HOUR_NS) else {
-            break;
-        };
-        hour = next;
-    }
-    Ok(keys)
-}
-
-/// A raw object of a job's window, as planning sees it.
-struct RawInWindow {
-    listed: Listed,
-    /// Its row groups that may hold readings of the window, with their
-    /// row counts (see [`window_row_groups`]).
-    groups: Vec<(usize, u64)>,
-    /// Its pairs with readings in the window, if asked for (see
-    /// [`scan_raw_parquet_sparse`]).
-    keys: Vec<(String, String)>,
-}
-
-/// The window's raw objects with row groups that may hold its readings,
-/// in key order; with `scan`, also the pairs they hold readings of. Only
-/// the objects' footers are fetched, by range, and with `scan` the TS,
-/// Device and Tag column chunks of those objects: never the values.
-async fn raw_in_window(
-    store: &Store,
-    from: i64,
-    to: i64,
-    scan: bool,
-) -> anyhow::Result<Vec<RawInWindow>> {
-    let objects = raw_objects_of(store, from, to).await?;
-    let found: Vec<Option<RawInWindow>> = stream::iter(objects)
-        .map(|listed| {
-            let store = store.clone();
-            async move {
-                let (key, size) = (listed.key.clone(), listed.size);
-                let version = listed.version.as_deref();
-                // Gone since it was listed: not part of the window. (Errors
-                // name the object.)
-                let Some(footer) = read_footer(&store, &key, size, version).await? else {
-                    return Ok::<_, anyhow::Error>(None);
-                };
-                let groups = window_row_groups(&footer.meta, &key, from, to)?;
-                if groups.is_empty() || !scan {
-                    return Ok(Some(RawInWindow {
-                        listed,
-                        groups,
-                        keys: Vec::new(),
-                    }));
-                }
-                let ranges = scan_ranges(&footer.meta, size, &key)?;
-                let Some(object) =
-                    fetch_ranges(&store, &key, size, version, &footer, &ranges).await?
-                else {
-                    return Ok(None);
-                };
-                let meta = footer.meta;
-                let keys = tokio::task::spawn_blocking(move || {
-                    scan_raw_parquet_sparse(object, meta, &key, from, to)
-                })
-                .await??
-                .keys;
-                Ok(Some(RawInWindow {
-                    listed,
-                    groups,
-                    keys,
-                }))
-            }
-        })
-        .buffered(8)
-        .try_collect()
-        .await?;
-    Ok(found
-        .into_iter()
-        .flatten()
-        .filter(|r| !r.groups.is_empty())
-        .collect())
-}
-
-/// Byte ranges of a raw object at most this far apart are fetched in one
-/// request.
-const COALESCE_GAP: u64 = 1 << 20;
-
-/// A raw object's footer: its Parquet metadata, and the bytes read from its
-/// end to find it (which may hold some column chunks too).
-struct Footer {
-    meta: Arc<ParquetMetaData>,
-    tail: (u64, bytes::Bytes),
-}
-
-/// The footer of a raw object of `size` bytes, from a ranged read of its
-/// end (two when its metadata is longer than [`FOOTER_GUESS`]); `None` if
-/// the object is gone.
-async fn read_footer(
-    store: &Store,
-    key: &str,
-    size: u64,
-    version: Option<&str>,
-) -> anyhow::Result<Option<Footer>> {
-    anyhow::ensure!(
-        size >= 12,
-        "{key}: {size} bytes are too short for a Parquet file"
-    );
-    let mut from = size.saturating_sub(FOOTER_GUESS);
-    loop {
-        let Some(tail) = store
-            .get_ranges_if(key, std::slice::from_ref(&(from..size)), version)
-            .await?
-            .and_then(|mut parts| parts.pop())
-        else {
-            return Ok(None);
-        };
-        anyhow::ensure!(
-            tail.len() as u64 == size - from,
-            "{key}: it has {} bytes, not {size}",
-            from + tail.len() as u64
-        );
-        match decode_parquet_footer(&tail, size, key) {
-            Ok(meta) => {
-                return Ok(Some(Footer {
-                    meta,
-                    tail: (from, tail),
-                }))
-            }
-            // Longer metadata: read it whole, once.
-            Err(Ok(need)) if size - need < from => from = size - need,
-            Err(Ok(n)) => anyhow::bail!("{key}: its footer names {n} bytes of metadata, then more"),
-            Err(Err(e)) => return Err(e.into()),
-        }
-    }
-}
-
-/// Byte `ranges` of an object of `size` bytes as a [`SparseObject`], with
-/// its footer's tail: ranges the tail holds are not fetched again, the
-/// others are (those close together in one request). `None` if the object
-/// is gone.
-async fn fetch_ranges(
-    store: &Store,
-    key: &str,
-    size: u64,
-    version: Option<&str>,
-    footer: &Footer,
-    ranges: &[std::ops::Range<u64>],
-) -> anyhow::Result<Option<SparseObject>> {
-    let (tail_start, tail) = &footer.tail;
-    // Ranges close together are one request (the bytes between them are
-    // read too), as object_store's own `get_ranges` does.
-    let missing = merge_ranges(
-        ranges
-            .iter()
-            .filter(|r| r.start < *tail_start)
-            .cloned()
-            .collect(),
-        COALESCE_GAP,
-    );
-    let mut known = vec![(*tail_start, tail.clone())];
-    if !missing.is_empty() {
-        let Some(parts) = store.get_ranges_if(key, &missing, version).await? else {
-            return Ok(None);
-        };
-        for (r, b) in missing.iter().zip(parts) {
-            anyhow::ensure!(
-                b.len() as u64 >= r.end - r.start,
-                "{key}: bytes {}..{} are not all there",
-                r.start,
-                r.end
-            );
-            known.push((r.start, b));
-        }
-    }
-    Ok(Some(SparseObject::new(size, known)))
-}
-
-/// Reads a map task's row groups of one raw object by ranged reads: the
-/// object's footer, then those row groups' column chunks (the rest of the
-/// object is not fetched).
+/// Reads a map task's row groups of one raw object by ranged reads (see
+/// [`lake::read_raw_row_groups`]): the object must still be the one
+/// planned.
 async fn read_piece(store: &Store, piece: MapPiece) -> anyhow::Result<Readings> {
     let key = piece.key.as_str();
-    let gone = || {
-        anyhow::anyhow!(
+    let listed = Listed {
+        key: piece.key.clone(),
+        size: piece.size,
+        version: piece.version.clone(),
+    };
+    match lake::read_raw_row_groups(store, &listed, &piece.row_groups).await {
+        Ok(Some(readings)) => Ok(readings),
+        Ok(None) => Err(anyhow::anyhow!(
             "the raw object {key} is gone from the store {} since the job was planned; retry \
              the job to plan it again",
             store.url()
-        )
-    };
-    // What the object says does not fit what was planned (or it was
-    // replaced since); a store that fails to answer says so itself (and
-    // the task is retried).
-    let changed = |why: anyhow::Error| {
-        if let Some(e) = why.downcast_ref::<StoreError>() {
-            if !matches!(e, StoreError::Changed { .. }) {
-                return why;
-            }
-        }
-        anyhow::anyhow!(
-            "the raw object {key} in the store {} changed since the job was planned ({why:#}); \
+        )),
+        Err(LakeError::Changed { reason, .. }) => Err(anyhow::anyhow!(
+            "the raw object {key} in the store {} changed since the job was planned ({reason}); \
              retry the job to plan it again",
             store.url()
-        )
-    };
-    let version = piece.version.as_deref();
-    let footer = read_footer(store, key, piece.size, version)
-        .await
-        .map_err(changed)?
-        .ok_or_else(gone)?;
-    let ranges = row_group_ranges(&footer.meta, piece.size, &piece.row_groups, key)
-        .map_err(|e| changed(e.into()))?;
-    let object = fetch_ranges(store, key, piece.size, version, &footer, &ranges)
-        .await
-        .map_err(changed)?
-        .ok_or_else(gone)?;
-    let name = piece.key.clone();
-    let meta = footer.meta;
-    Ok(tokio::task::spawn_blocking(move || {
-        read_readings_parquet_sparse(object, meta, &name, &piece.row_groups)
-    })
-    .await??)
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Deletes what a job staged (`staging/<job>/`: its plan and its map
@@ -527,40 +232,6 @@ pub async fn drop_staging(store: &Store, job: i64) -> anyhow::Result<usize> {
     Ok(keys.len())
 }
 
-/// The readings of `[from, to)` from the store's raw/ partitions.
-pub async fn load_raw(store: &Store, from: i64, to: i64) -> anyhow::Result<Readings> {
-    let keys = raw_keys(store, from, to).await?;
-    let files: Vec<Readings> = stream::iter(keys)
-        .map(|key| {
-            // Owned, so the future is Send for any caller.
-            let store = store.clone();
-            async move {
-                match store.get(&key).await? {
-                    None => Ok::<_, anyhow::Error>(None),
-                    Some(data) => Ok(Some(
-                        tokio::task::spawn_blocking(move || {
-                            read_readings_parquet_bytes(data, &key)
-                        })
-                        .await??,
-                    )),
-                }
-            }
-        })
-        .buffered(8)
-        .try_collect::<Vec<Option<Readings>>>()
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
-    let mut files = files;
-    for f in &mut files {
-        f.retain_time(Some(from), Some(to));
-    }
-    let refs: Vec<&Readings> = files.iter().collect();
-    let out = crate::stage::concat(&refs);
-    Ok(out)
-}
-
 /// A window-input pair of a task: its model's features and its windows.
 #[derive(Debug, Clone)]
 struct WindowUnit {
@@ -568,57 +239,6 @@ struct WindowUnit {
     tag: String,
     features: Vec<String>,
     windows: Vec<Window>,
-}
-
-/// The windows of `size` starting in `[from, to)`, by (device, tag), in
-/// start order, from the store's `windows/size=SIZE/` partitions.
-pub async fn load_windows(
-    store: &Store,
-    size: &str,
-    from: i64,
-    to: i64,
-) -> anyhow::Result<BTreeMap<(String, String), Vec<Window>>> {
-    let mut out: BTreeMap<(String, String), Vec<Window>> = BTreeMap::new();
-    // No reading lies before MIN_TS; rounding an earlier `from` down to
-    // its hour would overflow.
-    let mut hour = from.max(fleetscore_core::MIN_TS).div_euclid(HOUR_NS) * HOUR_NS;
-    while hour < to {
-        let prefix = format!("windows/size={size}/{}/", hour_partition(hour));
-        for key in store.list(&prefix).await? {
-            if !key.ends_with(".parquet") {
-                continue;
-            }
-            let Some(data) = store.get(&key).await? else {
-                continue;
-            };
-            let k = key.clone();
-            let ws = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Window>> {
-                let mut all = Vec::new();
-                for b in read_batches_parquet_bytes(data, &k)? {
-                    all.extend(
-                        windows_from_record_batch(&b).map_err(|e| anyhow::anyhow!("{k}: {e}"))?,
-                    );
-                }
-                Ok(all)
-            })
-            .await??;
-            for w in ws {
-                if w.start >= from && w.start < to {
-                    out.entry((w.device.clone(), w.tag.clone()))
-                        .or_default()
-                        .push(w);
-                }
-            }
-        }
-        let Some(next) = hour.checked_add(HOUR_NS) else {
-            break;
-        };
-        hour = next;
-    }
-    for ws in out.values_mut() {
-        ws.sort_by_key(|w| w.start);
-    }
-    Ok(out)
 }
 
 /// One window feature by name.
@@ -1281,7 +901,7 @@ impl Runner {
         // columns), to cut them into tasks. Otherwise it reads no readings:
         // the map tasks find the pairs without a model.
         let fallbacks = inputs.keys().any(|(d, _)| *d == "*");
-        let raw = raw_in_window(&self.store, from, to, fallbacks).await?;
+        let raw = lake::raw_in_window(&self.store, from, to, fallbacks).await?;
         let read_ms = t.elapsed().as_millis() as u64;
         // Pairs with windows, of every size a window-input model needs.
         let mut sizes: BTreeSet<String> = BTreeSet::new();
@@ -1292,7 +912,7 @@ impl Runner {
         }
         let mut windowed: BTreeSet<(String, String)> = BTreeSet::new();
         for size in &sizes {
-            let w = load_windows(&self.store, size, from, to).await?;
+            let w = lake::load_windows(&self.store, size, from, to).await?;
             for (d, t) in w.into_keys() {
                 if matches!(input_of(&d, &t), ModelInput::Window { size: s, .. } if &s == size) {
                     windowed.insert((d, t));
@@ -1939,7 +1559,8 @@ impl Runner {
             }
         }
         for (size, us) in by_size {
-            let mut w = load_windows(&self.store, size, job.window_start, job.window_end).await?;
+            let mut w =
+                lake::load_windows(&self.store, size, job.window_start, job.window_end).await?;
             for u in us {
                 wunits.push(WindowUnit {
                     device: u.device.clone(),
@@ -1988,8 +1609,7 @@ impl Runner {
             units.append(&mut extra);
             units.sort();
         }
-        let (prefix, stem) = output_prefix(job);
-        let key = format!("{prefix}/part-{stem}-{:05}.parquet", record.idx);
+        let key = JobOutput::new(&job.mode, job.window_start, job.window_end).part_key(record.idx);
         let readings = Arc::new(readings);
         self.attempt(record, &readings, &units, &Arc::new(wunits), &pack, &key)
             .await
@@ -2164,21 +1784,8 @@ impl Runner {
         tasks: &[TaskRecord],
         devices: BTreeMap<String, DeviceCount>,
     ) -> anyhow::Result<String> {
-        let (prefix, stem) = output_prefix(job);
-        let stale_prefix = format!("{prefix}/part-{stem}-");
-        for key in self.store.list(&format!("{prefix}/")).await? {
-            if let Some(n) = key
-                .strip_prefix(&stale_prefix)
-                .and_then(|r| r.strip_suffix(".parquet"))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                if n >= job.tasks {
-                    self.store.delete(&key).await?;
-                }
-            }
-        }
         let manifest = Manifest {
-            format: "fleetscore-predictions-manifest".into(),
+            format: lake::MANIFEST_FORMAT.into(),
             job: job.id,
             window_start: format_ts(job.window_start),
             window_end: format_ts(job.window_end),
@@ -2190,11 +1797,8 @@ impl Runner {
             failed_models: job.failed_models,
             devices,
         };
-        let key = format!("{prefix}/manifest-{stem}.json");
-        self.store
-            .put(&key, serde_json::to_vec_pretty(&manifest)?)
-            .await?;
-        Ok(key)
+        let output = JobOutput::new(&job.mode, job.window_start, job.window_end);
+        Ok(output.finish(&self.store, job.tasks, &manifest).await?)
     }
 
     async fn write_job_log(&self, job: &JobRecord) {

@@ -453,12 +453,6 @@ pub(crate) fn decode_section(b: &[u8]) -> Result<Section, String> {
     Ok(out)
 }
 
-/// Concatenates sections, in order, into one set of readings (each pair
-/// once, in order of first appearance).
-pub(crate) fn concat(parts: &[&Readings]) -> Readings {
-    Readings::concat(parts)
-}
-
 struct Reader<'a> {
     b: &'a [u8],
     at: usize,
@@ -624,16 +618,5 @@ mod tests {
         s.drop_unused_keys();
         assert_eq!(s.keys, [SectionKey::Unit(0), SectionKey::Unit(5)]);
         assert_eq!(s.key, vec![1, 1, 0]);
-    }
-
-    #[test]
-    fn concat_keeps_order_and_merges_keys() {
-        let a = readings(&[(1, 1.0, "d1", "t"), (2, 2.0, "d2", "t")]);
-        let b = readings(&[(3, 3.0, "d2", "t"), (4, 4.0, "d3", "t")]);
-        let c = concat(&[&a, &b]);
-        assert_eq!(c.ts(), [1, 2, 3, 4]);
-        let names: Vec<&str> = c.iter().map(|r| r.device).collect();
-        assert_eq!(names, vec!["d1", "d2", "d2", "d3"]);
-        assert_eq!(c.key_count(), 3);
     }
 }

@@ -523,7 +523,7 @@ async fn window_input_models_score_each_window_on_its_named_features(b: Backend)
     assert_eq!((job.models, job.rows), (8, 5 * 6 + 60));
 
     // Each window's decision is the model's on (mean, min, max).
-    let windows = fleetscore_jobs::run::load_windows(&store, "1m", T0, T0 + HOUR_NS)
+    let windows = fleetscore_store::lake::load_windows(&store, "1m", T0, T0 + HOUR_NS)
         .await
         .unwrap();
     let ws = &windows[&("w0".to_string(), "1".to_string())];

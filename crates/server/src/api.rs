@@ -40,9 +40,9 @@ use fleetscore_jobs::db::{
     Concurrency, DbError, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, TaskRecord,
     Threshold,
 };
-use fleetscore_jobs::run::{raw_objects_of, DeviceCount, Manifest};
 use fleetscore_jobs::schedule::ScheduleSpec;
-use fleetscore_store::{hour_partition, ImportRequest, Registry, Store, HOUR_NS};
+use fleetscore_store::lake::{self, Area, DeviceCount, PredictionsPartition};
+use fleetscore_store::{ImportRequest, Registry, Store, HOUR_NS};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -908,15 +908,6 @@ async fn newest_window_end(api: &Api) -> i64 {
         .unwrap_or_else(crate::now_ns)
 }
 
-/// The starts of the hours `[from, to)` touches; ends, never wraps, at the
-/// last hour an i64 holds.
-fn hours(from: i64, to: i64) -> impl Iterator<Item = i64> {
-    let first = from.div_euclid(HOUR) * HOUR;
-    (0i64..)
-        .map_while(move |i| i.checked_mul(HOUR).and_then(|d| first.checked_add(d)))
-        .take_while(move |h| *h < to)
-}
-
 async fn prediction_rows(
     api: &Api,
     q: &RangeQuery,
@@ -926,10 +917,13 @@ async fn prediction_rows(
     let limit = q.limit.unwrap_or(10_000).min(1_000_000);
     let mut rows = Vec::new();
     let mut truncated = false;
-    'hours: for h in hours(from, to) {
-        let prefix = format!("predictions/{}/", hour_partition(h));
-        let keys = api.store.list(&prefix).await.map_err(internal)?;
-        for k in keys.into_iter().filter(|k| k.ends_with(".parquet")) {
+    'hours: for h in lake::hours(from, to) {
+        // Only the parts a manifest names: not those of a job still
+        // running, nor a shard's before its manifest.
+        let partition = PredictionsPartition::list(&api.store, h)
+            .await
+            .map_err(internal)?;
+        for k in partition.parts(&api.store).await.map_err(internal)? {
             let Some(data) = api.store.get(&k).await.map_err(internal)? else {
                 continue;
             };
@@ -1005,7 +999,7 @@ async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
     // One object at a time, keeping only the device's rows, and stopping
     // past the limit: memory is one object plus the answer, whatever the
     // range (the whole fleet's readings of a month would not fit).
-    let objects = match raw_objects_of(&api.store, from, to).await {
+    let objects = match lake::list_raw(&api.store, from, to).await {
         Ok(o) => o,
         Err(e) => return internal(format!("{e:#}")),
     };
@@ -1021,31 +1015,27 @@ async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
             truncated = true;
             break;
         }
-        let data = match api.store.get(&o.key).await {
-            Ok(Some(d)) => d,
+        let mut r = match lake::read_raw(&api.store, &o.key).await {
+            Ok(Some(r)) => r,
             Ok(None) => continue,
             Err(e) => return internal(e),
         };
-        let (device, tag, key) = (device.clone(), q.tag.clone(), o.key.clone());
+        let (device, tag) = (device.clone(), q.tag.clone());
         let part = tokio::task::spawn_blocking(move || {
-            let mut r = fleetscore_codecs::read_readings_parquet_bytes(data, &key)?;
             r.retain_time(Some(from), Some(to));
             let wanted: Vec<bool> = r
                 .keys()
                 .map(|(d, t)| d == device && tag.as_deref().is_none_or(|x| x == t))
                 .collect();
-            Ok::<_, fleetscore_codecs::CodecError>(
-                r.iter()
-                    .zip(r.key_ids())
-                    .filter(|(_, &k)| wanted[k as usize])
-                    .map(|(x, _)| (x.ts, x.tag.to_owned(), x.value))
-                    .collect::<Vec<_>>(),
-            )
+            r.iter()
+                .zip(r.key_ids())
+                .filter(|(_, &k)| wanted[k as usize])
+                .map(|(x, _)| (x.ts, x.tag.to_owned(), x.value))
+                .collect::<Vec<_>>()
         })
         .await;
         match part {
-            Ok(Ok(p)) => rows.extend(p),
-            Ok(Err(e)) => return internal(e),
+            Ok(p) => rows.extend(p),
             Err(e) => return internal(e),
         }
         if rows.len() > limit {
@@ -1077,21 +1067,18 @@ async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
         Ok(r) => r,
         Err(r) => return r,
     };
-    let hours: Vec<i64> = hours(from, to).collect();
+    let hours: Vec<i64> = lake::hours(from, to).collect();
     let mut per: BTreeMap<String, HashMap<usize, DeviceCount>> = BTreeMap::new();
     for (i, h) in hours.iter().enumerate() {
-        let prefix = format!("predictions/{}/", hour_partition(*h));
-        let keys = match api.store.list(&prefix).await {
-            Ok(k) => k,
+        let partition = match PredictionsPartition::list(&api.store, *h).await {
+            Ok(p) => p,
             Err(e) => return internal(e),
         };
-        for k in keys.into_iter().filter(|k| k.contains("/manifest-")) {
-            let Ok(Some(data)) = api.store.get(&k).await else {
-                continue;
-            };
-            let Ok(m) = serde_json::from_slice::<Manifest>(&data) else {
-                continue;
-            };
+        let manifests = match partition.manifests(&api.store).await {
+            Ok(m) => m,
+            Err(e) => return internal(e),
+        };
+        for m in manifests {
             for (d, c) in m.devices {
                 let e = per.entry(d).or_default().entry(i).or_default();
                 e.rows += c.rows;
@@ -1134,14 +1121,14 @@ async fn extent(State(api): A, headers: HeaderMap) -> Response {
     }
     let mut complete = true;
     let mut out = serde_json::Map::new();
-    for (name, root) in [("predictions", "predictions"), ("readings", "raw")] {
-        let dates = match data_dates(&api.store, root).await {
+    for (name, area) in [("predictions", Area::Predictions), ("readings", Area::Raw)] {
+        let days = match lake::partition_days(&api.store, area).await {
             Ok(d) => d,
             Err(e) => return internal(e),
         };
         let ((first, cut_first), (last, cut_last)) = match tokio::join!(
-            data_end(&api.store, root, &dates, false),
-            data_end(&api.store, root, &dates, true)
+            data_end(&api.store, area, &days, false),
+            data_end(&api.store, area, &days, true)
         ) {
             (Ok(f), Ok(l)) => (f, l),
             (Err(e), _) | (_, Err(e)) => return internal(e),
@@ -1172,75 +1159,54 @@ async fn extent(State(api): A, headers: HeaderMap) -> Response {
     Json(Value::Object(out)).into_response()
 }
 
-/// The `date=YYYY-MM-DD` folders under `root`, in time order.
-async fn data_dates(
-    store: &Store,
-    root: &str,
-) -> Result<Vec<String>, fleetscore_store::StoreError> {
-    Ok(store
-        .list_folders(&format!("{root}/"))
-        .await?
-        .into_iter()
-        .filter(|d| d.strip_prefix("date=").is_some_and(|d| d.len() == 10))
-        .collect())
-}
-
-/// The first (or, with `last`, the last) hour under `root` that holds
-/// data, and where that data ends: for `raw`, an hour with a Parquet
-/// object (ending with the hour); for `predictions`, an hour whose
-/// manifests count rows (ending with their windows). `None` if there is
-/// none, or none within [`EXTENT_BUDGET`]; then the flag says whether the
-/// search stopped at the budget.
+/// The first (or, with `last`, the last) hour of `area` that holds data,
+/// and where that data ends: for raw, an hour with a Parquet object
+/// (ending with the hour); for predictions, an hour whose manifests count
+/// rows (ending with their windows). `None` if there is none, or none
+/// within [`EXTENT_BUDGET`]; then the flag says whether the search stopped
+/// at the budget.
 async fn data_end(
     store: &Store,
-    root: &str,
-    dates: &[String],
+    area: Area,
+    days: &[i64],
     last: bool,
-) -> Result<(Option<(i64, i64)>, bool), fleetscore_store::StoreError> {
+) -> Result<(Option<(i64, i64)>, bool), lake::LakeError> {
     let mut budget = EXTENT_BUDGET;
-    let ordered: Box<dyn Iterator<Item = &String> + Send> = if last {
-        Box::new(dates.iter().rev())
+    let ordered: Box<dyn Iterator<Item = &i64> + Send> = if last {
+        Box::new(days.iter().rev())
     } else {
-        Box::new(dates.iter())
+        Box::new(days.iter())
     };
-    for date in ordered {
-        let mut hours: Vec<(i64, String)> = store
-            .list_folders(&format!("{root}/{date}/"))
-            .await?
-            .into_iter()
-            .filter_map(|h| {
-                let prefix = format!("{root}/{date}/{h}/");
-                fleetscore_store::partition_start(&prefix).map(|t| (t, prefix))
-            })
-            .collect();
+    for &day in ordered {
+        let mut hours = lake::partition_hours(store, area, day).await?;
         if last {
             hours.reverse();
         }
-        for (start, prefix) in hours {
+        for start in hours {
             if budget == 0 {
                 return Ok((None, true));
             }
             budget -= 1;
-            let keys = store.list(&prefix).await?;
-            // An hour's readings, or its predictions' parts: without
-            // them, no manifest there counts rows.
-            if !keys.iter().any(|k| k.ends_with(".parquet")) {
-                continue;
-            }
             let hour_end = start.saturating_add(HOUR);
-            if root == "raw" {
+            if area == Area::Raw {
+                if lake::list_raw(store, start, hour_end).await?.is_empty() {
+                    continue;
+                }
                 return Ok((Some((start, hour_end)), false));
             }
+            let partition = PredictionsPartition::list(store, start).await?;
+            // An hour's predictions' parts: without them, no manifest
+            // there counts rows.
+            if !partition.has_parts() {
+                continue;
+            }
             let mut end = None;
-            for k in keys.iter().filter(|k| k.contains("/manifest-")) {
+            for k in partition.manifest_keys() {
                 if budget == 0 {
                     return Ok((None, true));
                 }
                 budget -= 1;
-                let Some(data) = store.get(k).await? else {
-                    continue;
-                };
-                let Ok(m) = serde_json::from_slice::<Manifest>(&data) else {
+                let Some(m) = lake::read_manifest(store, k).await? else {
                     continue;
                 };
                 if m.rows > 0 {

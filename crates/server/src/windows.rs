@@ -68,7 +68,8 @@ use anyhow::{bail, Context};
 use fleetscore_codecs::write_batch_parquet;
 use fleetscore_core::Readings;
 use fleetscore_ingest::{Log, LogError, Seq};
-use fleetscore_store::{hour_partition, window_prefix, Store, HOUR_NS};
+use fleetscore_store::lake::{window_part_key, WindowPart};
+use fleetscore_store::{Store, HOUR_NS};
 use fleetscore_stream::{
     windows_to_record_batch, Aggregator, AggregatorConfig, ClosedWindow, Counters, Error, Window,
 };
@@ -499,11 +500,7 @@ fn window_objects(
     let mut out = Vec::with_capacity(groups.len());
     for ((k, hour), mut ws) in groups {
         ws.sort_by(|a, b| (a.start, &a.device, &a.tag).cmp(&(b.start, &b.device, &b.tag)));
-        let key = format!(
-            "{}/{}/part-{name:020}.parquet",
-            window_prefix(&specs[k]),
-            hour_partition(hour * HOUR_NS)
-        );
+        let key = window_part_key(&specs[k], hour * HOUR_NS, WindowPart::Stream(name));
         let batch = windows_to_record_batch(ws).with_context(|| format!("encoding {key}"))?;
         let data = write_batch_parquet(&batch, &key)?;
         out.push((key, data));

@@ -16,13 +16,15 @@
 //! models/pack.fsp                          all live models in one file
 //! ```
 //!
-//! Readings and their windows, as Parquet, partitioned by UTC hour (see
-//! [`ingest_file`] and [`aggregate`]):
+//! Readings, their windows and their predictions, as Parquet partitioned
+//! by UTC hour, are the [`lake`], which owns that layout both ways (every
+//! key under `raw/`, `windows/` and `predictions/` is built there, and
+//! readers of predictions see only the parts a manifest names):
 //!
 //! ```text
-//! raw/date=YYYY-MM-DD/hour=HH/part-<id>.parquet      ts, device, tag, value
-//! windows/size=<size>/date=YYYY-MM-DD/hour=HH/part-0.parquet
-//! windows/size=<size>_hop=<hop>/date=…/hour=…/part-0.parquet   (hopping)
+//! raw/date=YYYY-MM-DD/hour=HH/part-<id>.parquet                  ts, device, tag, value
+//! windows/size=<size>[_hop=<hop>]/date=…/hour=…/part-….parquet   windows, by spec
+//! predictions/date=…/hour=…/part-….parquet, manifest-….json      scored windows
 //! ```
 //!
 //! Writes are ordered so that a crash never leaves the registry pointing at
@@ -75,11 +77,12 @@
 #![deny(missing_docs)]
 
 mod backend;
-mod lake;
+pub mod lake;
 mod registry;
 
 pub use backend::RetrySettings;
 
+// The lake's entry points most callers need, also at the crate root.
 pub use lake::{
     aggregate, hour_partition, ingest_file, partition_start, raw_objects, window_prefix,
     AggregateOutcome, IngestOutcome, LakeError, HOUR_NS,

@@ -1,24 +1,18 @@
-//! The batch path into the store: readings files to `raw/`, and `raw/` to
-//! `windows/`, both as Parquet partitioned by UTC date and hour.
+//! `windows/`: the windows of the readings, as Parquet, by window spec and
+//! UTC hour of window start.
 //!
 //! ```text
-//! raw/date=YYYY-MM-DD/hour=HH/part-<id>.parquet
-//!     ts (Timestamp(ns, UTC)), device, tag, value; sorted by (ts, device, tag)
-//! windows/size=<size>/date=YYYY-MM-DD/hour=HH/part-0.parquet
-//! windows/size=<size>_hop=<hop>/date=YYYY-MM-DD/hour=HH/part-0.parquet
+//! windows/size=<size>/date=YYYY-MM-DD/hour=HH/part-0.parquet         batch recompute
+//! windows/size=<size>/date=YYYY-MM-DD/hour=HH/part-<pos>.parquet     streaming
+//! windows/size=<size>_hop=<hop>/date=YYYY-MM-DD/hour=HH/part-….parquet
 //!     device, tag, start, end, count, sum, mean, min, max, std, first, last
 //! ```
 //!
-//! A raw part's `<id>` is derived from the content: the first 16 hex digits
-//! of SHA-256 over the SHA-256 of the input file's bytes and the partition
-//! (`date=…/hour=…`). Ingesting the same file again writes the same keys
-//! with the same content, so it overwrites instead of duplicating; a
-//! changed file is a new set of parts beside the old ones. Windows are
-//! partitioned by their start; `<size>` and `<hop>` are spans as the config
-//! writes them (`1m`, `1h30m`).
+//! `<size>` and `<hop>` are spans as the config writes them (`1m`,
+//! `1h30m`); `<pos>` is a log position, 20 digits (see [`WindowPart`]).
 //!
 //! A window partition may hold several parts: the batch recompute writes
-//! `part-0.parquet`, the streaming path writes `part-<n>.parquet` beside
+//! `part-0.parquet`, the streaming path writes `part-<pos>.parquet` beside
 //! it. A batch recompute ([`aggregate`]) replaces the content of every
 //! partition of its range: after writing an hour's `part-0.parquet` it
 //! deletes every other `part-*.parquet` of that partition, and it deletes
@@ -35,12 +29,13 @@
 //! (equal timestamps in object key order, then row order), which is what
 //! [`batch_aggregate`](fleetscore_stream::batch_aggregate) gives over all
 //! readings sorted by (ts, device, tag) with a stable sort. Raw objects are
-//! expected to hold the readings of their own hour, as [`raw_objects`]
-//! writes them; readings an object holds from other hours still count
-//! where their timestamps fall, provided the object's partition is one the
-//! range reads (the hours of the windows' readings).
+//! expected to hold the readings of their own hour, as
+//! [`raw_objects`](super::raw_objects) writes them; readings an object
+//! holds from other hours still count where their timestamps fall,
+//! provided the object's partition is one the range reads (the hours of the
+//! windows' readings).
 
-use std::path::Path;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -48,44 +43,20 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use fleetscore_codecs::{
-    read_readings, read_readings_parquet_bytes, write_batch_parquet, write_readings_parquet,
-    CodecError, Readings,
+    read_batches_parquet_bytes, read_readings_parquet_bytes, write_batch_parquet, CodecError,
+    Readings,
 };
-use fleetscore_core::{format_ts, parse_ts, MAX_TS, MIN_TS};
-use fleetscore_stream::{SeriesWindows, WindowColumns, WindowSpec};
+use fleetscore_core::{format_ts, MAX_TS, MIN_TS};
+use fleetscore_stream::{
+    windows_from_record_batch, SeriesWindows, Window, WindowColumns, WindowSpec,
+};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::{Store, StoreError};
+use super::{blocking, hour_partition, hours, list_raw, partition_start, LakeError, HOUR_NS};
+use crate::Store;
 
-/// One hour in nanoseconds: the partition size of `raw/` and `windows/`.
-pub const HOUR_NS: i64 = 3_600 * 1_000_000_000;
-
-/// Why ingesting or aggregating failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LakeError {
-    /// A file could not be read (with its line or row), or Parquet refused
-    /// the data.
-    #[error(transparent)]
-    Codec(#[from] CodecError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The window spec or the time range is invalid.
-    #[error(transparent)]
-    Window(#[from] fleetscore_stream::Error),
-}
-
-/// What [`ingest_file`] wrote.
-#[derive(Debug, Clone, Serialize)]
-pub struct IngestOutcome {
-    /// The input file.
-    pub path: String,
-    /// Readings written.
-    pub readings: usize,
-    /// Keys of the objects written, one per hour partition, in time order.
-    pub keys: Vec<String>,
-}
+/// The folder of windows.
+const WINDOWS: &str = "windows";
 
 /// What [`aggregate`] read and wrote.
 #[derive(Debug, Clone, Serialize)]
@@ -106,114 +77,89 @@ pub struct AggregateOutcome {
     pub keys: Vec<String>,
 }
 
-/// The partition path of the hour holding `ts`: `date=YYYY-MM-DD/hour=HH`.
-///
-/// Read off `ts`'s own date and hour, with no arithmetic: rounding down to
-/// the hour first overflowed for the first hour of `i64` (1677-09-21
-/// 00:00 to 00:12), whose readings then landed in 2262. Every `i64` has
-/// its partition; sources refuse readings outside 1678 to 2261 anyway
-/// ([`fleetscore_core::check_ts`]).
-pub fn hour_partition(ts: i64) -> String {
-    let text = format_ts(ts);
-    format!("date={}/hour={}", &text[..10], &text[11..13])
-}
-
-/// The start (ns) of the hour a key's `date=…/hour=…` segments name.
-pub fn partition_start(key: &str) -> Option<i64> {
-    let mut date = None;
-    let mut hour = None;
-    for seg in key.split('/') {
-        if let Some(d) = seg.strip_prefix("date=") {
-            date = Some(d);
-        } else if let Some(h) = seg.strip_prefix("hour=") {
-            hour = Some(h);
-        }
-    }
-    let (date, hour) = (date?, hour?);
-    if date.len() != 10 || hour.len() != 2 {
-        return None;
-    }
-    parse_ts(&format!("{date}T{hour}:00:00Z")).ok()
-}
-
 /// The folder of a window spec's windows: `windows/size=1m`, or
 /// `windows/size=5m_hop=1m` for hopping windows.
 pub fn window_prefix(spec: &WindowSpec) -> String {
     match spec.hop {
-        Some(hop) if hop != spec.size => format!("windows/size={}_hop={hop}", spec.size),
-        _ => format!("windows/size={}", spec.size),
+        Some(hop) if hop != spec.size => format!("{WINDOWS}/size={}_hop={hop}", spec.size),
+        _ => size_prefix(&spec.size.to_string()),
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The folder of tumbling windows of `size` as written (`1m`).
+fn size_prefix(size: &str) -> String {
+    format!("{WINDOWS}/size={size}")
 }
 
-/// Encodes readings as `raw/` objects, one per UTC hour, rows sorted by
-/// (ts, device, tag) (stable, so equal rows keep their input order). Each
-/// key is `raw/date=…/hour=…/part-<id>.parquet` where `<id>` is the first 16
-/// hex digits of SHA-256(`origin` + partition): the same origin (a file's
-/// hash, a log segment's first batch) always gives the same keys, so writing
-/// again overwrites instead of duplicating.
-pub fn raw_objects(
-    readings: &Readings,
-    origin: &[u8],
-) -> Result<Vec<(String, Vec<u8>)>, LakeError> {
-    let (ts, ids) = (readings.ts(), readings.key_ids());
-    let pair = |r: usize| readings.key(ids[r]);
-    let mut rows: Vec<usize> = (0..readings.len()).collect();
-    rows.sort_by(|&a, &b| ts[a].cmp(&ts[b]).then_with(|| pair(a).cmp(&pair(b))));
-    let mut objects = Vec::new();
-    let mut rest = &rows[..];
-    while let Some(&first) = rest.first() {
-        let hour = ts[first].div_euclid(HOUR_NS);
-        let n = rest
-            .iter()
-            .take_while(|&&r| ts[r].div_euclid(HOUR_NS) == hour)
-            .count();
-        let (part, tail) = rest.split_at(n);
-        rest = tail;
-        let partition = hour_partition(ts[first]);
-        let mut id = Sha256::new();
-        id.update(origin);
-        id.update(partition.as_bytes());
-        let key = format!(
-            "raw/{partition}/part-{}.parquet",
-            &hex(&id.finalize())[..16]
-        );
-        let data = write_readings_parquet(readings, part, &key)?;
-        objects.push((key, data));
-    }
-    Ok(objects)
+/// Which writer a window part comes from: its name in the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowPart {
+    /// The batch recompute ([`aggregate`]): `part-0.parquet`, one per
+    /// partition.
+    Batch,
+    /// A flush of the streaming path: `part-<pos>.parquet`, `<pos>` the log
+    /// position of the checkpoint before it, zero-padded to 20 digits (so
+    /// that a flush redone after a crash overwrites the same object).
+    Stream(u64),
 }
 
-/// Ingests one readings file (CSV or Parquet, as `read_readings` takes
-/// them) into `raw/`, one object per UTC hour its readings fall in.
-///
-/// The whole file is read and checked first: a bad row fails the call with
-/// its line (CSV) or row (Parquet) and nothing is written. Objects are then
-/// written one by one; if a write fails, ingesting the file again completes
-/// it (same keys, same content).
-pub async fn ingest_file(store: &Store, path: &Path) -> Result<IngestOutcome, LakeError> {
-    let io = |source| CodecError::Io {
-        path: path.to_path_buf(),
-        source,
+/// The key of the part of `spec`'s windows starting in the hour holding
+/// `ts`, written by `part`.
+pub fn window_part_key(spec: &WindowSpec, ts: i64, part: WindowPart) -> String {
+    let name = match part {
+        WindowPart::Batch => "part-0.parquet".to_string(),
+        WindowPart::Stream(pos) => format!("part-{pos:020}.parquet"),
     };
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path).map_err(io)?, &mut hasher).map_err(io)?;
-    let file_hash = hasher.finalize();
-    let readings = read_readings(path)?;
-    let objects = raw_objects(&readings, &file_hash)?;
-    let mut keys = Vec::with_capacity(objects.len());
-    for (key, data) in objects {
-        store.put(&key, data).await?;
-        keys.push(key);
+    format!("{}/{}/{name}", window_prefix(spec), hour_partition(ts))
+}
+
+/// The tumbling windows of `size` (as a model's input names it: `5m`)
+/// starting in `[from, to)`, by (device, tag), in start order, from every
+/// part of their partitions (batch and streaming).
+pub async fn load_windows(
+    store: &Store,
+    size: &str,
+    from: i64,
+    to: i64,
+) -> Result<BTreeMap<(String, String), Vec<Window>>, LakeError> {
+    let mut out: BTreeMap<(String, String), Vec<Window>> = BTreeMap::new();
+    let folder = size_prefix(size);
+    for hour in hours(from, to) {
+        let prefix = format!("{folder}/{}/", hour_partition(hour));
+        for key in store.list(&prefix).await? {
+            if !key.ends_with(".parquet") {
+                continue;
+            }
+            let Some(data) = store.get(&key).await? else {
+                continue;
+            };
+            let k = key.clone();
+            let ws = blocking(&key, move || -> Result<Vec<Window>, LakeError> {
+                let mut all = Vec::new();
+                for b in read_batches_parquet_bytes(data, &k)? {
+                    all.extend(
+                        windows_from_record_batch(&b).map_err(|e| LakeError::Object {
+                            key: k.clone(),
+                            reason: e.to_string(),
+                        })?,
+                    );
+                }
+                Ok(all)
+            })
+            .await??;
+            for w in ws {
+                if w.start >= from && w.start < to {
+                    out.entry((w.device.clone(), w.tag.clone()))
+                        .or_default()
+                        .push(w);
+                }
+            }
+        }
     }
-    Ok(IngestOutcome {
-        path: path.display().to_string(),
-        readings: readings.len(),
-        keys,
-    })
+    for ws in out.values_mut() {
+        ws.sort_by_key(|w| w.start);
+    }
+    Ok(out)
 }
 
 /// Computes the windows of `spec` starting in `[from, to)` from the
@@ -264,18 +210,14 @@ pub async fn aggregate(
         .map(|h| HourPlan::new(&spec, h * HOUR_NS))
         .collect();
 
-    let mut raw: Vec<(String, i64)> = Vec::new();
-    for key in store.list("raw/").await? {
-        let Some(start) = partition_start(&key) else {
-            continue;
-        };
-        if !key.ends_with(".parquet") || start >= read_to || start.saturating_add(HOUR_NS) <= from {
-            continue;
-        }
-        raw.push((key, start));
-    }
-    // In time order; hour tasks read objects in key order.
-    raw.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    // The partitions that can hold readings of `[from, read_to)`, in time
+    // order; hour tasks read objects in key order.
+    let raw: Vec<(String, i64)> = list_raw(store, from, read_to)
+        .await?
+        .into_iter()
+        .filter_map(|l| Some((partition_start(&l.key)?, l.key)))
+        .map(|(start, key)| (key, start))
+        .collect();
 
     // Objects holding readings before their own hour (not what ingest
     // writes) may belong to hours computed before they are read: if any
@@ -568,7 +510,7 @@ impl<'a> Run<'a> {
                         return Ok(None);
                     }
                     let n = cols.len();
-                    let key = format!("{prefix}/{}/part-0.parquet", hour_partition(h.from));
+                    let key = window_part_key(&spec, h.from, WindowPart::Batch);
                     let batch = cols.finish().map_err(|e| CodecError::Parquet {
                         path: key.clone().into(),
                         reason: e.to_string(),
@@ -685,8 +627,10 @@ type Buffers = std::sync::Mutex<Vec<Vec<(i64, f64)>>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lake::{raw_objects, test_readings as readings};
+    use fleetscore_codecs::write_readings_parquet;
+    use fleetscore_core::parse_ts;
     use fleetscore_stream::{batch_aggregate, windows_to_record_batch, Reading, Span, Window};
-    use std::collections::BTreeMap;
 
     fn span(s: &str) -> Span {
         s.parse().unwrap()
@@ -750,10 +694,6 @@ mod tests {
             out.insert(key, data.to_vec());
         }
         out
-    }
-
-    fn readings(rows: &[(i64, &str, &str, f64)]) -> Readings {
-        rows.iter().copied().collect()
     }
 
     /// Several raw parts per hour (sorted, as ingest writes them), one
@@ -927,32 +867,6 @@ mod tests {
         assert_eq!(store.list("windows/").await.unwrap(), want);
     }
 
-    #[test]
-    fn readings_of_1677_are_refused_not_filed_in_2262() {
-        // The partition of every i64 is its own hour: the first hour of
-        // 1677 wrapped to 2262 when rounded down by multiplication.
-        assert_eq!(hour_partition(i64::MIN), "date=1677-09-21/hour=00");
-        assert_eq!(hour_partition(i64::MAX), "date=2262-04-11/hour=23");
-        assert_eq!(hour_partition(MIN_TS), "date=1678-01-01/hour=00");
-        assert_eq!(hour_partition(MAX_TS), "date=2261-12-31/hour=23");
-        assert_eq!(hour_partition(-1), "date=1969-12-31/hour=23");
-        let r = readings(&[(i64::MIN, "d", "t", 1.0), (i64::MAX - 1, "d", "t", 2.0)]);
-        let keys: Vec<String> = raw_objects(&r, b"x")
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(keys.len(), 2);
-        assert!(
-            keys[0].starts_with("raw/date=1677-09-21/hour=00/"),
-            "{keys:?}"
-        );
-        assert!(
-            keys[1].starts_with("raw/date=2262-04-11/hour=23/"),
-            "{keys:?}"
-        );
-    }
-
     #[tokio::test]
     async fn aggregating_the_ends_of_time_does_not_overflow() {
         let store = Store::open("memory://").unwrap();
@@ -967,16 +881,62 @@ mod tests {
         assert_eq!(out.windows, 0);
     }
 
+    /// `load_windows` reads every part of the hours the range touches
+    /// (batch and streaming), keeps the windows starting in the range, and
+    /// gives each pair's in start order.
+    #[tokio::test]
+    async fn loading_windows_reads_every_part_of_the_range() {
+        let store = Store::open("memory://").unwrap();
+        let t0 = parse_ts("2024-03-05 10:00:00").unwrap();
+        let m = 60_000_000_000i64;
+        let rows: Vec<_> = (0..90)
+            .flat_map(|i| {
+                [
+                    (t0 + i * m, "d", "a", i as f64),
+                    (t0 + i * m, "e", "a", 1.0),
+                ]
+            })
+            .collect();
+        for (key, data) in raw_objects(&readings(&rows), b"x").unwrap() {
+            store.put(&key, data).await.unwrap();
+        }
+        let spec = WindowSpec::tumbling(span("1m"));
+        aggregate(&store, spec, t0, t0 + HOUR_NS).await.unwrap();
+        // A streaming flush wrote the windows of 11:00 to 11:29.
+        let late: Vec<Window> = {
+            let w = load_windows(&store, "1m", t0, t0 + HOUR_NS).await.unwrap();
+            w[&("d".to_string(), "a".to_string())]
+                .iter()
+                .map(|w| Window {
+                    start: w.start + HOUR_NS,
+                    end: w.end + HOUR_NS,
+                    ..w.clone()
+                })
+                .take(30)
+                .collect()
+        };
+        let key = window_part_key(&spec, t0 + HOUR_NS, WindowPart::Stream(7));
+        let batch = windows_to_record_batch(late.iter().rev()).unwrap();
+        store
+            .put(&key, write_batch_parquet(&batch, &key).unwrap())
+            .await
+            .unwrap();
+        let got = load_windows(&store, "1m", t0 + 30 * m, t0 + 90 * m)
+            .await
+            .unwrap();
+        let d = &got[&("d".to_string(), "a".to_string())];
+        let starts: Vec<i64> = d.iter().map(|w| w.start).collect();
+        let want: Vec<i64> = (30..90).map(|i| t0 + i * m).collect();
+        assert_eq!(starts, want);
+        assert_eq!(got[&("e".to_string(), "a".to_string())].len(), 30);
+        assert!(load_windows(&store, "5m", t0, t0 + HOUR_NS)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
     #[test]
-    fn partitions_and_prefixes() {
-        let ts = parse_ts("2024-03-05 07:59:59.999").unwrap();
-        assert_eq!(hour_partition(ts), "date=2024-03-05/hour=07");
-        let key = format!("raw/{}/part-x.parquet", hour_partition(ts));
-        assert_eq!(
-            partition_start(&key),
-            Some(parse_ts("2024-03-05 07:00:00").unwrap())
-        );
-        assert_eq!(partition_start("raw/other.parquet"), None);
+    fn prefixes_and_part_keys() {
         let m = |s: &str| s.parse::<Span>().unwrap();
         assert_eq!(
             window_prefix(&WindowSpec::tumbling(m("1m"))),
@@ -989,6 +949,16 @@ mod tests {
         assert_eq!(
             window_prefix(&WindowSpec::hopping(m("5m"), m("5m"))),
             "windows/size=5m"
+        );
+        let ts = parse_ts("2024-03-05 07:59:59.999").unwrap();
+        let spec = WindowSpec::hopping(m("5m"), m("1m"));
+        assert_eq!(
+            window_part_key(&spec, ts, WindowPart::Batch),
+            "windows/size=5m_hop=1m/date=2024-03-05/hour=07/part-0.parquet"
+        );
+        assert_eq!(
+            window_part_key(&spec, ts, WindowPart::Stream(42)),
+            "windows/size=5m_hop=1m/date=2024-03-05/hour=07/part-00000000000000000042.parquet"
         );
     }
 }
