@@ -1,2 +1,66 @@
 //! Sources: where readings come from.
+//!
+//! A source is a section of the configuration that builds a running part
+//! (the way Vector's components are built): [`SourceConfig::build`]
+//! checks its settings before anything is opened, so a bad one fails the
+//! start at once, and returns a [`Source`]. The server starts every source
+//! the same way; each appends through the one [`Ingestor`] (the durable
+//! log, then the windows) and reports the same telemetry under its own
+//! name (`fleetscore_source_*{source="…"}`: received, stored, refused and
+//! failed, see [`crate::metrics`]).
+//!
+//! A source takes part in one or both of two ways: it answers requests on
+//! the server's HTTP listener ([`Source::routes`]: the InfluxDB and JSON/CSV
+//! ingest endpoints), or it runs a task of its own until the server stops
+//! ([`Source::start`]: the MQTT subscriber).
+//!
+//! The sources a deployment runs are listed in one place, [`configured`]:
+//! a new source (a Kafka consumer) is a file in this folder and a line
+//! there, with no change to the server.
+
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+use crate::windows::Ingestor;
+
 pub mod mqtt;
+
+/// What every source gets from the server.
+#[derive(Clone)]
+pub struct Context {
+    /// Where readings go: the durable log, then the windows.
+    pub ingestor: Arc<Ingestor>,
+    /// Where the source's telemetry goes.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A running part that feeds readings to the [`Ingestor`].
+pub trait Source: Send {
+    /// Its name: the `source` label of its telemetry and logs.
+    fn name(&self) -> &'static str;
+
+    /// The routes it answers on the server's HTTP listener, if it receives
+    /// over HTTP.
+    fn routes(&self, _ctx: &Context) -> Option<Router> {
+        None
+    }
+
+    /// Starts its own task, which runs until `stop` turns true (and then
+    /// finishes what it took: what it acknowledged is durable). Sources
+    /// that only answer requests run nothing.
+    fn start(self: Box<Self>, _ctx: Context, _stop: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+        None
+    }
+}
+
+/// A source's settings, which build it.
+pub trait SourceConfig {
+    /// Checks the settings and builds the source (nothing is connected or
+    /// opened yet).
+    fn build(&self) -> anyhow::Result<Box<dyn Source>>;
+}
+

@@ -200,13 +200,33 @@ impl Message {
 }
 
 /// A checked MQTT configuration, ready to run.
-pub struct Source {
+pub struct MqttSource {
     opts: MqttOptions,
     filter: String,
 }
 
+impl super::SourceConfig for MqttConfig {
+    fn build(&self) -> anyhow::Result<Box<dyn super::Source>> {
+        Ok(Box::new(check(self.clone())?))
+    }
+}
+
+impl super::Source for MqttSource {
+    fn name(&self) -> &'static str {
+        MetricSource::MQTT.name()
+    }
+
+    fn start(
+        self: Box<Self>,
+        ctx: super::Context,
+        stop: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        Some(tokio::spawn(self.run(ctx.ingestor, ctx.metrics, stop)))
+    }
+}
+
 /// Checks the `--mqtt*` options.
-pub fn check(config: MqttConfig) -> anyhow::Result<Source> {
+pub fn check(config: MqttConfig) -> anyhow::Result<MqttSource> {
     let (host, port) = parse_url(&config.url)?;
     let filter = subscription(&config.topic, config.shared_group.as_deref())?;
     let client_id = config
@@ -220,10 +240,10 @@ pub fn check(config: MqttConfig) -> anyhow::Result<Source> {
         .set_receive_maximum(Some(RECEIVE_MAX))
         .set_keep_alive(Duration::from_secs(30));
     tracing::info!(%host, port, %client_id, %filter, "MQTT source configured");
-    Ok(Source { opts, filter })
+    Ok(MqttSource { opts, filter })
 }
 
-impl Source {
+impl MqttSource {
     /// Runs the source until `stop` turns true.
     pub async fn run(
         self,
