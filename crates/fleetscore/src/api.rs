@@ -39,8 +39,7 @@ use axum::{Json, Router};
 use fleetscore_codecs::read_predictions_parquet_bytes;
 use fleetscore_core::{format_ts, parse_ts, ModelKey};
 use fleetscore_jobs::db::{
-    Concurrency, DbError, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob,
-    Threshold,
+    Concurrency, DbError, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, Threshold,
 };
 use fleetscore_jobs::run::{raw_objects_of, DeviceCount, Manifest};
 use fleetscore_jobs::schedule::ScheduleSpec;
@@ -380,11 +379,7 @@ struct JobsQuery {
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn list_jobs(
-    State(api): A,
-    headers: HeaderMap,
-    Query(q): Query<JobsQuery>,
-) -> Response {
+async fn list_jobs(State(api): A, headers: HeaderMap, Query(q): Query<JobsQuery>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
     }
@@ -692,11 +687,7 @@ struct SlowestQuery {
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn slowest(
-    State(api): A,
-    headers: HeaderMap,
-    Query(q): Query<SlowestQuery>,
-) -> Response {
+async fn slowest(State(api): A, headers: HeaderMap, Query(q): Query<SlowestQuery>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
     }
@@ -930,13 +921,7 @@ async fn upload(
         .await
     {
         Ok(out) => match out.first() {
-            Some(o) => (
-                StatusCode::CREATED,
-                Json(Uploaded {
-                    outcome: o.into(),
-                }),
-            )
-                .into_response(),
+            Some(o) => (StatusCode::CREATED, Json(Uploaded { outcome: o.into() })).into_response(),
             None => internal("the registry reported no outcome for the uploaded model"),
         },
         Err(e) => registry_err(e),
@@ -1340,11 +1325,7 @@ async fn predictions(
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn anomalies(
-    State(api): A,
-    headers: HeaderMap,
-    Query(q): Query<AnomaliesQuery>,
-) -> Response {
+async fn anomalies(State(api): A, headers: HeaderMap, Query(q): Query<AnomaliesQuery>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
     }
@@ -1365,11 +1346,7 @@ async fn anomalies(
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn readings(
-    State(api): A,
-    headers: HeaderMap,
-    Query(q): Query<ReadingsQuery>,
-) -> Response {
+async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<ReadingsQuery>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
     }
@@ -1471,11 +1448,7 @@ async fn readings(
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn overview(
-    State(api): A,
-    headers: HeaderMap,
-    Query(q): Query<OverviewQuery>,
-) -> Response {
+async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<OverviewQuery>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
     }

@@ -535,7 +535,11 @@ impl TaskState {
             "succeeded" => TaskState::Succeeded,
             "failed" => TaskState::Failed,
             "cancelled" => TaskState::Cancelled,
-            other => return Err(format!("the job store holds a task in an unknown state {other:?}")),
+            other => {
+                return Err(format!(
+                    "the job store holds a task in an unknown state {other:?}"
+                ))
+            }
         })
     }
 }
@@ -557,7 +561,9 @@ impl TaskKind {
         match name {
             "" | db::TASK_SCORE => Ok(TaskKind::Score),
             db::TASK_MAP => Ok(TaskKind::Map),
-            other => Err(format!("the job store holds a task of an unknown kind {other:?}")),
+            other => Err(format!(
+                "the job store holds a task of an unknown kind {other:?}"
+            )),
         }
     }
 }
