@@ -1654,7 +1654,9 @@ async fn data_end(
     extensions(("x-auth" = json!("open"))),
 )]
 async fn openapi() -> Response {
-    Json(openapi::document()).into_response()
+    // Built once: it is the same for the life of the process.
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(openapi::document)).into_response()
 }
 
 #[cfg(test)]

@@ -57,11 +57,11 @@ use fleetscore_ingest::{Log, LogError, Seq};
 use fleetscore_store::{raw_objects, Store};
 use fleetscore_stream::WindowSpec;
 use sha2::{Digest, Sha256};
-use utoipa::{IntoParams, ToSchema};
 
 use crate::api::types::{
-    Accepted, BatchRefused, BodyTimeout, DiskFull, KeyReused, ReadingIn, ReadingsJson, Refused,
-    Rejection, TooLarge, Unauthorized, Unavailable, UnsupportedMedia,
+    Accepted, BatchRefused, BodyTimeout, DiskFull, IngestHeaders, KeyReused, ReadingIn,
+    ReadingsJson, Refused, Rejection, TooLarge, Unauthorized, Unavailable, UnsupportedMedia,
+    WriteV1Query, WriteV2Query, LINE_PROTOCOL,
 };
 use crate::cli::{Global, ServeArgs};
 use crate::config::{self, Config};
@@ -1238,106 +1238,6 @@ async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response 
         Err(r) => r,
     }
 }
-
-/// The headers an ingest request may carry. (Document types: the handlers
-/// read headers and queries themselves, so that a bad value gets the
-/// API's error answer; each is optional.)
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)] // a document type: the handlers read the headers themselves
-struct IngestHeaders {
-    /// Names the batch so that it may be resent after an unknown outcome
-    /// without being stored twice (a bare token or a quoted string, no
-    /// control characters).
-    #[param(rename = "Idempotency-Key", max_length = 256, required = false)]
-    idempotency_key: String,
-    /// A gzip body is decompressed; `[server] max_body_bytes` holds for the
-    /// decompressed size.
-    #[param(rename = "Content-Encoding", inline, required = false)]
-    content_encoding: ContentEncoding,
-}
-
-/// The encodings an ingest body may have.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-enum ContentEncoding {
-    #[schema(rename = "identity")]
-    Identity,
-    #[schema(rename = "gzip")]
-    Gzip,
-    #[schema(rename = "x-gzip")]
-    XGzip,
-}
-
-/// The query of `POST /write`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-struct WriteV1Query {
-    /// Unit of the line timestamps (`ns` by default).
-    #[param(inline, required = false)]
-    precision: PrecisionV1,
-    /// Accepted and ignored (InfluxDB clients send it).
-    #[param(required = false)]
-    db: String,
-}
-
-/// The timestamp units of `POST /write`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-enum PrecisionV1 {
-    #[schema(rename = "ns")]
-    Ns,
-    #[schema(rename = "n")]
-    N,
-    #[schema(rename = "us")]
-    Us,
-    #[schema(rename = "u")]
-    U,
-    #[schema(rename = "µs")]
-    MicroSign,
-    #[schema(rename = "ms")]
-    Ms,
-    #[schema(rename = "s")]
-    S,
-    #[schema(rename = "m")]
-    M,
-    #[schema(rename = "h")]
-    H,
-}
-
-/// The query of `POST /api/v2/write`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-struct WriteV2Query {
-    /// Unit of the line timestamps (`ns` by default).
-    #[param(inline, required = false)]
-    precision: PrecisionV2,
-    /// Accepted and ignored.
-    #[param(required = false)]
-    org: String,
-    /// Accepted and ignored.
-    #[param(required = false)]
-    bucket: String,
-}
-
-/// The timestamp units of `POST /api/v2/write`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-enum PrecisionV2 {
-    #[schema(rename = "ns")]
-    Ns,
-    #[schema(rename = "us")]
-    Us,
-    #[schema(rename = "ms")]
-    Ms,
-    #[schema(rename = "s")]
-    S,
-}
-
-/// What the document says of a line-protocol body.
-const LINE_PROTOCOL: &str = "InfluxDB line protocol. The `device` tag names the device (`[ingest.line_protocol] device_tag`); each numeric or boolean field is one reading whose tag is the field key; string fields and other tags are skipped; a line without a timestamp gets the arrival time.";
 
 /// Ingest InfluxDB v1 line protocol; answered once the batch is durable
 #[utoipa::path(

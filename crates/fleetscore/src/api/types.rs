@@ -2,7 +2,11 @@
 //! one of these and serializes it, and the OpenAPI document
 //! ([`super::openapi`]) takes its schemas from the same types, so the
 //! document cannot say one thing while the server answers another. (The
-//! request types sit beside their handlers, in `api.rs` and `serve.rs`.)
+//! request types the `/v1` handlers extract sit beside them in `api.rs`.)
+//! Some types here only document what a handler reads by itself: the
+//! ingest routes' headers, queries and bodies (read by hand, or by the
+//! codecs' parsers, so that every refusal names what was wrong), the
+//! reusable failure answers, a model file; each says so.
 //!
 //! Conventions, so that generated clients get precise types:
 //! - every answer object is closed: `#[serde(deny_unknown_fields)]` is
@@ -23,7 +27,7 @@ use fleetscore_codecs::PredictionRow as StoredPrediction;
 use fleetscore_jobs::db::{self, FailureRecord, JobRecord, TaskRecord};
 use fleetscore_store::{ImportOutcome, KeyEntry, VersionInfo};
 use serde::Serialize;
-use utoipa::{ToResponse, ToSchema};
+use utoipa::{IntoParams, ToResponse, ToSchema};
 
 use super::rfc3339;
 
@@ -185,6 +189,106 @@ pub struct DiskFull(ErrorBody);
 #[schema(value_type = String, content_media_type = "application/octet-stream")]
 #[allow(dead_code)] // a document type: the handler reads the body itself
 pub struct Binary(Vec<u8>);
+
+/// The headers an ingest request may carry. (This and the queries below are
+/// document types: the handlers read headers and queries themselves, so
+/// that a bad value gets the API's error answer; each is optional.)
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // a document type: the handlers read the headers themselves
+pub struct IngestHeaders {
+    /// Names the batch so that it may be resent after an unknown outcome
+    /// without being stored twice (a bare token or a quoted string, no
+    /// control characters).
+    #[param(rename = "Idempotency-Key", max_length = 256, required = false)]
+    idempotency_key: String,
+    /// A gzip body is decompressed; `[server] max_body_bytes` holds for the
+    /// decompressed size.
+    #[param(rename = "Content-Encoding", inline, required = false)]
+    content_encoding: ContentEncoding,
+}
+
+/// The encodings an ingest body may have.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum ContentEncoding {
+    #[schema(rename = "identity")]
+    Identity,
+    #[schema(rename = "gzip")]
+    Gzip,
+    #[schema(rename = "x-gzip")]
+    XGzip,
+}
+
+/// The query of `POST /write`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct WriteV1Query {
+    /// Unit of the line timestamps (`ns` by default).
+    #[param(inline, required = false)]
+    precision: PrecisionV1,
+    /// Accepted and ignored (InfluxDB clients send it).
+    #[param(required = false)]
+    db: String,
+}
+
+/// The timestamp units of `POST /write`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum PrecisionV1 {
+    #[schema(rename = "ns")]
+    Ns,
+    #[schema(rename = "n")]
+    N,
+    #[schema(rename = "us")]
+    Us,
+    #[schema(rename = "u")]
+    U,
+    #[schema(rename = "µs")]
+    MicroSign,
+    #[schema(rename = "ms")]
+    Ms,
+    #[schema(rename = "s")]
+    S,
+    #[schema(rename = "m")]
+    M,
+    #[schema(rename = "h")]
+    H,
+}
+
+/// The query of `POST /api/v2/write`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct WriteV2Query {
+    /// Unit of the line timestamps (`ns` by default).
+    #[param(inline, required = false)]
+    precision: PrecisionV2,
+    /// Accepted and ignored.
+    #[param(required = false)]
+    org: String,
+    /// Accepted and ignored.
+    #[param(required = false)]
+    bucket: String,
+}
+
+/// The timestamp units of `POST /api/v2/write`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum PrecisionV2 {
+    #[schema(rename = "ns")]
+    Ns,
+    #[schema(rename = "us")]
+    Us,
+    #[schema(rename = "ms")]
+    Ms,
+    #[schema(rename = "s")]
+    S,
+}
+
+/// What the document says of a line-protocol body.
+pub const LINE_PROTOCOL: &str = "InfluxDB line protocol. The `device` tag names the device (`[ingest.line_protocol] device_tag`); each numeric or boolean field is one reading whose tag is the field key; string fields and other tags are skipped; a line without a timestamp gets the arrival time.";
 
 /// One reading to store. Field names match in any case (`TS`, `Device`,
 /// `Tag`, `Value` work); other fields are ignored; the same field twice in
