@@ -59,11 +59,16 @@ fi
 work="$(mktemp -d /tmp/fleetscore-contract.XXXXXX)"
 server=""
 finish() {
+    local status=$?
     if [ -n "$server" ]; then
         kill "$server" 2>/dev/null || true
         wait "$server" 2>/dev/null || true
     fi
-    rm -rf "$work"
+    if [ "$status" -eq 0 ]; then
+        rm -rf "$work"
+    else
+        echo "kept for a look: $work (data/, the server's serve.err)" >&2
+    fi
 }
 trap finish EXIT
 data="$work/data"
@@ -101,7 +106,7 @@ EOF
 
 echo "-- fleetscore serve"
 : >"$work/serve.out"
-"$bin" --data "$data" serve --listen 127.0.0.1:0 --config "$data/config.toml" \
+RUST_LOG="${RUST_LOG:-info}" "$bin" --data "$data" serve --listen 127.0.0.1:0 --config "$data/config.toml" \
     >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
 addr=""
