@@ -1,5 +1,7 @@
 //! The HTTP API under `/v1` (JSON), `/readyz` and `/v1/openapi.json`
-//! (the document of every route, in [`openapi`]).
+//! (the document of every route, in [`openapi`], derived from the
+//! handlers' `#[utoipa::path]` attributes and the request and answer
+//! types: the answers in [`types`], the requests beside their handlers).
 //!
 //! Read endpoints are open unless `[auth] protect_reads = true` (then any
 //! ingest or admin token reads); endpoints that change things (trigger,
@@ -37,18 +39,25 @@ use axum::{Json, Router};
 use fleetscore_codecs::read_predictions_parquet_bytes;
 use fleetscore_core::{format_ts, parse_ts, ModelKey};
 use fleetscore_jobs::db::{
-    Concurrency, DbError, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, TaskRecord,
-    Threshold,
+    Concurrency, DbError, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, Threshold,
 };
 use fleetscore_jobs::schedule::ScheduleSpec;
 use fleetscore_store::lake::{self, Area, DeviceCount, PredictionsPartition};
 use fleetscore_store::{ImportRequest, Registry, Store, HOUR_NS};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::config::JobsConfig;
 
-mod openapi;
+pub(crate) mod openapi;
+pub(crate) mod types;
+
+use types::{
+    BadRequest, BodyTimeout, Conflict, Extent, ExtentOf, Failure, Forbidden, Job, JobAnswer,
+    JobDetail, Jobs, LogDown, Model, ModelAnswer, ModelList, ModelSummary, NotFound, NotReady,
+    Overview, PredictionRow, PredictionRows, Queued, ReadingRow, ReadingRows, Ready, Rfc3339,
+    Schedule, Schedules, SlowTask, SlowTasks, Task, TooLarge, Unauthorized, Unavailable, Uploaded,
+};
 
 /// What the API handlers share.
 pub struct Api {
@@ -115,36 +124,9 @@ fn internal(e: impl std::fmt::Display) -> Response {
     err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-/// Sets `name` to the instant as RFC 3339 and `name_ns` to its integer.
-fn put_instant(record: &mut Value, name: &str, ns: Option<i64>) {
-    record[name] = json!(ns.map(rfc3339));
-    record[format!("{name}_ns")] = json!(ns);
-}
-
-/// A job record as the API gives it: the stored record, with its instants
-/// also as `from`, `to`, `created`, `started`, `finished` (RFC 3339) and
-/// their `_ns` integers.
-fn job_json(j: &JobRecord) -> Value {
-    let mut v = json!(j);
-    put_instant(&mut v, "from", Some(j.window_start));
-    put_instant(&mut v, "to", Some(j.window_end));
-    put_instant(&mut v, "created", Some(j.created_at));
-    put_instant(&mut v, "started", j.started_at);
-    put_instant(&mut v, "finished", j.finished_at);
-    v
-}
-
-/// A task record as the API gives it: instants also as `queued`,
-/// `started`, `finished` (RFC 3339) and `_ns` integers; `lease_until` and
-/// `not_before` become RFC 3339, with `_ns` integers.
-fn task_json(t: &TaskRecord) -> Value {
-    let mut v = json!(t);
-    put_instant(&mut v, "queued", Some(t.queued_at));
-    put_instant(&mut v, "started", t.started_at);
-    put_instant(&mut v, "finished", t.finished_at);
-    put_instant(&mut v, "lease_until", t.lease_until);
-    put_instant(&mut v, "not_before", t.not_before);
-    v
+/// A job record as the API gives it.
+fn job_answer(j: &JobRecord) -> Response {
+    Json(JobAnswer { job: Job::from(j) }).into_response()
 }
 
 /// Turns the plain-text answers of axum's extractors (a query or path
@@ -304,6 +286,17 @@ async fn bounded_reads(
 
 type A = State<Arc<Api>>;
 
+/// Readiness: the job store and the object store answer and the ingest log can write
+#[utoipa::path(
+    get, path = "/readyz", tag = "service",
+    responses(
+        (status = 200, description = "Ready.", body = Ready),
+        (status = 503, description = "Not ready; the fields say what is down (and whether the log's disk is full).",
+            body = NotReady,
+            headers(("Retry-After" = u32, description = "Seconds to wait before asking again (1)."))),
+    ),
+    extensions(("x-auth" = json!("open"))),
+)]
 async fn readyz(State(api): A) -> Response {
     let db = api
         .db
@@ -327,27 +320,28 @@ async fn readyz(State(api): A) -> Response {
         Some(l) => Some(l.health()),
         None => None,
     };
-    let log_down = log.as_ref().filter(|h| !h.writable).map(|h| {
-        json!({
-            "reason": h.reason,
-            "disk_full": h.disk_full,
-            "since": h.since.map(|t| rfc3339(
-                t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
-            )),
-            "failed_recoveries": h.failed_recoveries,
-        })
+    let log_down = log.as_ref().filter(|h| !h.writable).map(|h| LogDown {
+        reason: h.reason.clone(),
+        disk_full: h.disk_full,
+        since: h.since.map(|t| {
+            Rfc3339::from_ns(
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i64),
+            )
+        }),
+        failed_recoveries: h.failed_recoveries,
     });
     match (db, store, log_down) {
-        (Ok(_), Ok(_), None) => Json(json!({"ready": true})).into_response(),
+        (Ok(_), Ok(_), None) => Json(Ready { ready: true }).into_response(),
         (db, store, log) => {
             let mut r = (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({
-                    "ready": false,
-                    "job_store": db.err().map(|e| e.to_string()),
-                    "object_store": store.err().map(|e| e.to_string()),
-                    "ingest_log": log,
-                })),
+                Json(NotReady {
+                    ready: false,
+                    job_store: db.err().map(|e| e.to_string()),
+                    object_store: store.err().map(|e| e.to_string()),
+                    ingest_log: log,
+                }),
             )
                 .into_response();
             r.headers_mut()
@@ -357,13 +351,34 @@ async fn readyz(State(api): A) -> Response {
     }
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /v1/jobs`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct JobsQuery {
+    /// Only jobs in this state.
+    #[param(value_type = Option<types::JobState>)]
     state: Option<String>,
+    /// Only jobs of this schedule.
     schedule: Option<String>,
+    /// At most this many jobs (100 by default; more than 10000 reads as
+    /// 10000).
+    #[param(default = 100)]
     limit: Option<u32>,
 }
 
+/// Jobs, newest first
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    params(JobsQuery),
+    responses(
+        (status = 200, description = "The jobs.", body = Jobs),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
 async fn list_jobs(State(api): A, headers: HeaderMap, Query(q): Query<JobsQuery>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
@@ -379,13 +394,28 @@ async fn list_jobs(State(api): A, headers: HeaderMap, Query(q): Query<JobsQuery>
         ..JobFilter::default()
     };
     match api.db.jobs(&filter).await {
-        Ok(jobs) => {
-            Json(json!({ "jobs": jobs.iter().map(job_json).collect::<Vec<_>>() })).into_response()
-        }
+        Ok(jobs) => Json(Jobs {
+            jobs: jobs.iter().map(Job::from).collect(),
+        })
+        .into_response(),
         Err(e) => db_err(e),
     }
 }
 
+/// A job with its tasks and the models that failed
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = i64, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The job.", body = JobDetail),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
 async fn get_job(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
@@ -398,22 +428,56 @@ async fn get_job(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Resp
         (Ok(t), Ok(f)) => (t, f),
         (Err(e), _) | (_, Err(e)) => return db_err(e),
     };
-    let tasks: Vec<Value> = tasks.iter().map(task_json).collect();
-    Json(json!({"job": job_json(&job), "tasks": tasks, "failures": failures})).into_response()
+    let tasks = match tasks.iter().map(Task::try_from).collect::<Result<_, _>>() {
+        Ok(t) => t,
+        Err(e) => return internal(e),
+    };
+    Json(JobDetail {
+        job: Job::from(&job),
+        tasks,
+        failures: failures.iter().map(Failure::from).collect(),
+    })
+    .into_response()
 }
 
-#[derive(Deserialize)]
+/// Jobs to create: one per window of `window` covering `[from, to)`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Trigger {
+    /// Start, RFC 3339 or `YYYY-MM-DD HH:MM:SS` (UTC); rounded down to a
+    /// window boundary.
     from: String,
+    /// End (exclusive), as `from`.
     to: String,
+    /// Window length (`1h`, `15m`); one job per window, at most 10000.
+    #[schema(default = "1h")]
     window: Option<String>,
+    /// Only these `device/tag` keys (default: every model).
     models: Option<Vec<String>>,
+    /// Models per task (default `[jobs] batch_size`).
     batch_size: Option<u32>,
+    /// A count (`5`) or a percentage (`10%`); default `[jobs]
+    /// max_failed_models`.
     max_failed_models: Option<String>,
+    /// Retries per task (default `[jobs] max_retries`).
     max_retries: Option<u32>,
 }
 
+/// Trigger jobs: one per window of `window` covering [from, to), queued for the runner
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs",
+    request_body = Trigger,
+    responses(
+        (status = 202, description = "Queued; the new jobs' ids, oldest window first.", body = Queued),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 408, response = BodyTimeout),
+        (status = 413, response = TooLarge),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("admin"))),
+)]
 async fn trigger(State(api): A, headers: HeaderMap, body: axum::body::Body) -> Response {
     if let Err(r) = api.admin(&headers) {
         return r;
@@ -507,7 +571,7 @@ async fn trigger(State(api): A, headers: HeaderMap, body: axum::body::Body) -> R
         }
     }
     api.wake_runner();
-    (StatusCode::ACCEPTED, Json(json!({ "jobs": ids }))).into_response()
+    (StatusCode::ACCEPTED, Json(Queued { jobs: ids })).into_response()
 }
 
 /// Compacts the ingest log into raw/ before a job is queued, so that it
@@ -527,6 +591,21 @@ async fn compact_first(api: &Api) -> Result<(), Response> {
     })
 }
 
+/// Queue a failed, cancelled or skipped job again
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = i64, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The job, queued.", body = JobAnswer),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("admin"))),
+)]
 async fn retry(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Response {
     if let Err(r) = api.admin(&headers) {
         return r;
@@ -542,12 +621,26 @@ async fn retry(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Respon
     match api.db.retry(id).await {
         Ok(j) => {
             api.wake_runner();
-            Json(json!({ "job": job_json(&j) })).into_response()
+            job_answer(&j)
         }
         Err(e) => db_err(e),
     }
 }
 
+/// Cancel a queued or running job (a running one stops before its next task)
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = i64, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The job, cancelled.", body = JobAnswer),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    ),
+    extensions(("x-auth" = json!("admin"))),
+)]
 async fn cancel(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Response {
     if let Err(r) = api.admin(&headers) {
         return r;
@@ -561,18 +654,39 @@ async fn cancel(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Respo
                     "deleting the cancelled job's staged inputs: {e:#}"
                 );
             }
-            Json(json!({ "job": job_json(&j) })).into_response()
+            job_answer(&j)
         }
         Err(e) => db_err(e),
     }
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /v1/tasks/slowest`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SlowestQuery {
+    /// At most this many tasks (10 by default; more than 1000 reads as
+    /// 1000).
+    #[param(default = 10)]
     limit: Option<u32>,
+    /// Only tasks of this kind: map (they read the data) or score; both by
+    /// default (also when empty).
+    #[param(value_type = Option<types::TaskKind>)]
     kind: Option<String>,
 }
 
+/// The slowest finished tasks, slowest first
+#[utoipa::path(
+    get, path = "/v1/tasks/slowest", tag = "jobs",
+    params(SlowestQuery),
+    responses(
+        (status = 200, description = "The tasks.", body = SlowTasks),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
 async fn slowest(State(api): A, headers: HeaderMap, Query(q): Query<SlowestQuery>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
@@ -592,35 +706,25 @@ async fn slowest(State(api): A, headers: HeaderMap, Query(q): Query<SlowestQuery
         .slowest_tasks(q.limit.unwrap_or(10).min(1000), kind)
         .await
     {
-        Ok(tasks) => {
-            let tasks: Vec<Value> = tasks
-                .into_iter()
-                .map(|t| {
-                    json!({
-                        "job_id": t.job_id,
-                        "idx": t.idx,
-                        "kind": t.kind,
-                        "state": t.state,
-                        "attempts": t.attempts,
-                        "duration_ms": match (t.started_at, t.finished_at) {
-                            (Some(a), Some(b)) => (b - a) / 1_000_000,
-                            _ => 0,
-                        },
-                        "n_keys": t.n_keys,
-                        "rows": t.rows,
-                        "first_key": t.first_key,
-                        "last_key": t.last_key,
-                        "score_ms": t.score_ms,
-                        "write_ms": t.write_ms,
-                    })
-                })
-                .collect();
-            Json(json!({ "tasks": tasks })).into_response()
-        }
+        Ok(tasks) => match tasks.iter().map(SlowTask::try_from).collect() {
+            Ok(tasks) => Json(SlowTasks { tasks }).into_response(),
+            Err(e) => internal(e),
+        },
         Err(e) => db_err(e),
     }
 }
 
+/// The configured schedules, with their last window and next run
+#[utoipa::path(
+    get, path = "/v1/schedules", tag = "jobs",
+    responses(
+        (status = 200, description = "The schedules.", body = Schedules),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
 async fn schedules(State(api): A, headers: HeaderMap) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
@@ -632,49 +736,48 @@ async fn schedules(State(api): A, headers: HeaderMap) -> Response {
             Err(e) => return db_err(e),
         };
         let next = fleetscore_jobs::schedule::next_run(s, crate::now_ns());
-        out.push(json!({
-            "name": s.name,
-            "cron": s.cron,
-            "window_ns": s.window_ns,
-            "delay_ns": s.delay_ns,
-            "mode": s.mode,
-            "batch_size": s.batch_size,
-            "max_failed_models": s.max_failed.to_string(),
-            "max_retries": s.max_retries,
-            "concurrency": s.concurrency,
-            "catch_up": s.catch_up,
-            "last_window_end": last.map(rfc3339),
-            "next_run": next.map(rfc3339),
-        }));
+        out.push(Schedule {
+            name: s.name.clone(),
+            cron: s.cron.clone(),
+            window_ns: s.window_ns,
+            delay_ns: s.delay_ns,
+            mode: s.mode.clone(),
+            batch_size: s.batch_size,
+            max_failed_models: s.max_failed.to_string(),
+            max_retries: s.max_retries,
+            concurrency: s.concurrency.into(),
+            catch_up: s.catch_up,
+            last_window_end: last.map(Rfc3339::from_ns),
+            next_run: next.map(Rfc3339::from_ns),
+        });
     }
-    Json(json!({ "schedules": out })).into_response()
+    Json(Schedules { schedules: out }).into_response()
 }
 
+/// Registered models, each with its live version
+#[utoipa::path(
+    get, path = "/v1/models", tag = "models",
+    responses(
+        (status = 200, description = "The models.", body = ModelList),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
 async fn models(State(api): A, headers: HeaderMap) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
     }
     match api.registry.index().await {
-        Ok(index) => {
-            let models: Vec<Value> = index
-                .models
-                .values()
-                .map(|e| {
-                    let live = e.live_version();
-                    json!({
-                        "device": e.device,
-                        "tag": e.tag,
-                        "live": e.live,
-                        "versions": e.versions.len(),
-                        "description": live.map(|v| v.description.clone()),
-                        "n_features": live.map(|v| v.n_features),
-                        "input_mode": live.map(|v| v.input_mode.clone()),
-                        "kind": live.map(|v| v.kind.clone()),
-                    })
-                })
-                .collect();
-            Json(json!({"generation": index.generation, "models": models})).into_response()
-        }
+        Ok(index) => match index.models.values().map(ModelSummary::try_from).collect() {
+            Ok(models) => Json(ModelList {
+                generation: index.generation,
+                models,
+            })
+            .into_response(),
+            Err(e) => internal(e),
+        },
         Err(e) => internal(e),
     }
 }
@@ -683,10 +786,35 @@ fn key(device: &str, tag: &str) -> Result<ModelKey, Response> {
     ModelKey::new(device, tag).map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
+/// The path of a model's routes, `/v1/models/{device}/{tag}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct KeyPath {
+    /// The device, or `*` for a tag's fallback model (URL-encode other
+    /// special characters).
+    device: String,
+    /// The tag.
+    tag: String,
+}
+
+/// A model's versions
+#[utoipa::path(
+    get, path = "/v1/models/{device}/{tag}", tag = "models",
+    params(KeyPath),
+    responses(
+        (status = 200, description = "The model.", body = ModelAnswer),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
 async fn model(
     State(api): A,
     headers: HeaderMap,
-    Path((device, tag)): Path<(String, String)>,
+    Path(KeyPath { device, tag }): Path<KeyPath>,
 ) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
@@ -697,7 +825,7 @@ async fn model(
     };
     match api.registry.index().await {
         Ok(index) => match index.models.get(&format!("{}/{}", k.device, k.tag)) {
-            Some(e) => Json(json!({ "model": e })).into_response(),
+            Some(e) => model_answer(e),
             None => err(
                 StatusCode::NOT_FOUND,
                 format!("no model ({device}, {tag}) is registered"),
@@ -707,10 +835,35 @@ async fn model(
     }
 }
 
+/// A model as the API gives it.
+fn model_answer(e: &fleetscore_store::KeyEntry) -> Response {
+    match Model::try_from(e) {
+        Ok(model) => Json(ModelAnswer { model }).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// Upload a scikit-learn pickle or joblib file (the body, at most 2 MB) as the model's new live version
+#[utoipa::path(
+    post, path = "/v1/models/{device}/{tag}", tag = "models",
+    params(KeyPath),
+    request_body(content = inline(types::Binary), content_type = "application/octet-stream",
+        description = "The model file: a scikit-learn pickle or joblib file (gzip, bz2, xz or zlib compressed joblib files too)."),
+    responses(
+        (status = 201, description = "Imported (or unchanged: the same model as an existing version).", body = Uploaded),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 408, response = BodyTimeout),
+        (status = 413, response = TooLarge),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("admin"))),
+)]
 async fn upload(
     State(api): A,
     headers: HeaderMap,
-    Path((device, tag)): Path<(String, String)>,
+    Path(KeyPath { device, tag }): Path<KeyPath>,
     body: axum::body::Body,
 ) -> Response {
     if let Err(r) = api.admin(&headers) {
@@ -767,10 +920,10 @@ async fn upload(
         .import(vec![req], &format_ts(crate::now_ns()))
         .await
     {
-        Ok(mut out) => {
-            let o = out.pop();
-            (StatusCode::CREATED, Json(json!({ "outcome": o }))).into_response()
-        }
+        Ok(out) => match out.first() {
+            Some(o) => (StatusCode::CREATED, Json(Uploaded { outcome: o.into() })).into_response(),
+            None => internal("the registry reported no outcome for the uploaded model"),
+        },
         Err(e) => registry_err(e),
     }
 }
@@ -786,16 +939,35 @@ fn registry_err(e: fleetscore_store::StoreError) -> Response {
     }
 }
 
-#[derive(Deserialize)]
+/// The version to make live.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Promote {
+    /// The version to make live.
     version: u32,
 }
 
+/// Make a version of the model live
+#[utoipa::path(
+    post, path = "/v1/models/{device}/{tag}/promote", tag = "models",
+    params(KeyPath),
+    request_body = Promote,
+    responses(
+        (status = 200, description = "The model, with that version live.", body = ModelAnswer),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 408, response = BodyTimeout),
+        (status = 413, response = TooLarge),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("admin"))),
+)]
 async fn promote(
     State(api): A,
     headers: HeaderMap,
-    Path((device, tag)): Path<(String, String)>,
+    Path(KeyPath { device, tag }): Path<KeyPath>,
     body: axum::body::Body,
 ) -> Response {
     if let Err(r) = api.admin(&headers) {
@@ -819,12 +991,14 @@ async fn promote(
         }
     };
     match api.registry.promote(&k, p.version).await {
-        Ok(e) => Json(json!({ "model": e })).into_response(),
+        Ok(e) => model_answer(&e),
         Err(fleetscore_store::StoreError::Invalid(m)) => err(StatusCode::NOT_FOUND, m),
         Err(e) => registry_err(e),
     }
 }
 
+/// What the reads of a time range were asked: the union of the queries
+/// below, each the documented query of one route.
 #[derive(Deserialize, Default)]
 struct RangeQuery {
     device: Option<String>,
@@ -833,6 +1007,147 @@ struct RangeQuery {
     to: Option<String>,
     anomalies: Option<bool>,
     limit: Option<usize>,
+}
+
+/// The query of `GET /v1/readings`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ReadingsQuery {
+    /// Only this device (required: the readings of one device are read).
+    #[param(required = true)]
+    device: Option<String>,
+    /// Only this tag.
+    tag: Option<String>,
+    /// Range start (inclusive), RFC 3339 or `YYYY-MM-DD HH:MM:SS` (UTC).
+    /// Default: 24 hours before `to`.
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Range end (exclusive). Default: 24 hours after `from`, else the end
+    /// of the newest job that scored readings (else now). At most 744
+    /// hours after `from`.
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// At most this many rows, the earliest (100000 by default; more than
+    /// 1000000 reads as 1000000); `truncated` says whether more were left
+    /// out.
+    #[param(default = 100_000)]
+    limit: Option<usize>,
+}
+
+impl From<ReadingsQuery> for RangeQuery {
+    fn from(q: ReadingsQuery) -> RangeQuery {
+        RangeQuery {
+            device: q.device,
+            tag: q.tag,
+            from: q.from,
+            to: q.to,
+            anomalies: None,
+            limit: q.limit,
+        }
+    }
+}
+
+/// The query of `GET /v1/anomalies`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AnomaliesQuery {
+    /// Only this device.
+    device: Option<String>,
+    /// Only this tag.
+    tag: Option<String>,
+    /// Range start (inclusive), RFC 3339 or `YYYY-MM-DD HH:MM:SS` (UTC).
+    /// Default: 24 hours before `to`.
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Range end (exclusive). Default: 24 hours after `from`, else the end
+    /// of the newest job that scored readings (else now). At most 744
+    /// hours after `from`.
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// At most this many rows, the earliest (10000 by default; more than
+    /// 1000000 reads as 1000000); `truncated` says whether more were left
+    /// out.
+    #[param(default = 10_000)]
+    limit: Option<usize>,
+}
+
+impl From<AnomaliesQuery> for RangeQuery {
+    fn from(q: AnomaliesQuery) -> RangeQuery {
+        RangeQuery {
+            device: q.device,
+            tag: q.tag,
+            from: q.from,
+            to: q.to,
+            anomalies: Some(true),
+            limit: q.limit,
+        }
+    }
+}
+
+/// The query of `GET /v1/predictions`: that of `GET /v1/anomalies`, and
+/// whether to keep only anomalies.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PredictionsQuery {
+    /// Only this device.
+    device: Option<String>,
+    /// Only this tag.
+    tag: Option<String>,
+    /// Range start (inclusive), RFC 3339 or `YYYY-MM-DD HH:MM:SS` (UTC).
+    /// Default: 24 hours before `to`.
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Range end (exclusive). Default: 24 hours after `from`, else the end
+    /// of the newest job that scored readings (else now). At most 744
+    /// hours after `from`.
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// At most this many rows, the earliest (10000 by default; more than
+    /// 1000000 reads as 1000000); `truncated` says whether more were left
+    /// out.
+    #[param(default = 10_000)]
+    limit: Option<usize>,
+    /// Only anomalies (prediction 1).
+    #[param(default = false)]
+    anomalies: Option<bool>,
+}
+
+impl From<PredictionsQuery> for RangeQuery {
+    fn from(q: PredictionsQuery) -> RangeQuery {
+        RangeQuery {
+            device: q.device,
+            tag: q.tag,
+            from: q.from,
+            to: q.to,
+            anomalies: q.anomalies,
+            limit: q.limit,
+        }
+    }
+}
+
+/// The query of `GET /v1/overview`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct OverviewQuery {
+    /// Range start (inclusive), RFC 3339 or `YYYY-MM-DD HH:MM:SS` (UTC).
+    /// Default: 24 hours before `to`.
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Range end (exclusive). Default: 24 hours after `from`, else the end
+    /// of the newest job that scored readings (else now). At most 744
+    /// hours after `from`.
+    #[param(format = DateTime)]
+    to: Option<String>,
+}
+
+impl From<OverviewQuery> for RangeQuery {
+    fn from(q: OverviewQuery) -> RangeQuery {
+        RangeQuery {
+            from: q.from,
+            to: q.to,
+            ..RangeQuery::default()
+        }
+    }
 }
 
 /// A time of a request: one a reading may carry (see
@@ -956,38 +1271,80 @@ async fn prediction_rows(
     }
     rows.sort_by(|a, b| (a.ts, &a.device, &a.tag).cmp(&(b.ts, &b.device, &b.tag)));
     rows.truncate(limit);
-    let rows: Vec<Value> = rows
-        .into_iter()
-        .map(|r| {
-            json!({"ts": rfc3339(r.ts), "device": r.device, "tag": r.tag, "value": r.value,
-                   "prediction": r.prediction, "score": r.score, "label": r.label})
-        })
-        .collect();
-    Ok(Json(json!({
-        "from": rfc3339(from), "to": rfc3339(to), "rows": rows, "truncated": truncated
-    }))
+    Ok(Json(PredictionRows {
+        from: Rfc3339::from_ns(from),
+        to: Rfc3339::from_ns(to),
+        rows: rows.into_iter().map(PredictionRow::from).collect(),
+        truncated,
+    })
     .into_response())
 }
 
-async fn predictions(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>) -> Response {
+/// Predictions in a time range, by device and tag
+#[utoipa::path(
+    get, path = "/v1/predictions", tag = "data",
+    params(PredictionsQuery),
+    responses(
+        (status = 200, description = "The predictions, oldest first.", body = PredictionRows),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
+async fn predictions(
+    State(api): A,
+    headers: HeaderMap,
+    Query(q): Query<PredictionsQuery>,
+) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
     }
+    let q = RangeQuery::from(q);
     let only = q.anomalies.unwrap_or(false);
     prediction_rows(&api, &q, only).await.unwrap_or_else(|r| r)
 }
 
-async fn anomalies(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>) -> Response {
+/// Anomalous predictions (prediction 1) in a time range
+#[utoipa::path(
+    get, path = "/v1/anomalies", tag = "data",
+    params(AnomaliesQuery),
+    responses(
+        (status = 200, description = "The anomalies, oldest first.", body = PredictionRows),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
+async fn anomalies(State(api): A, headers: HeaderMap, Query(q): Query<AnomaliesQuery>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
     }
+    let q = RangeQuery::from(q);
     prediction_rows(&api, &q, true).await.unwrap_or_else(|r| r)
 }
 
-async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>) -> Response {
+/// Stored readings (raw/) of one device, and tag, in a time range
+#[utoipa::path(
+    get, path = "/v1/readings", tag = "data", operation_id = "get_readings",
+    params(ReadingsQuery),
+    responses(
+        (status = 200, description = "The readings, oldest first.", body = ReadingRows),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
+async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<ReadingsQuery>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
     }
+    let q = RangeQuery::from(q);
     let (from, to) = match range(&api, &q).await {
         Ok(r) => r,
         Err(r) => return r,
@@ -1050,19 +1407,42 @@ async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
     rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     truncated |= rows.len() > limit;
     rows.truncate(limit);
-    let rows: Vec<Value> = rows
+    let rows = rows
         .into_iter()
-        .map(|(ts, tag, v)| json!({"ts": rfc3339(ts), "device": device, "tag": tag, "value": v}))
+        .map(|(ts, tag, value)| ReadingRow {
+            ts: Rfc3339::from_ns(ts),
+            device: device.clone(),
+            tag,
+            value,
+        })
         .collect();
-    Json(json!({"from": rfc3339(from), "to": rfc3339(to), "rows": rows, "truncated": truncated}))
-        .into_response()
+    Json(ReadingRows {
+        from: Rfc3339::from_ns(from),
+        to: Rfc3339::from_ns(to),
+        rows,
+        truncated,
+    })
+    .into_response()
 }
 
-/// Anomalies per hour per device, from the jobs' manifests.
-async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>) -> Response {
+/// Readings scored and anomalies per hour per device, from the jobs' manifests
+#[utoipa::path(
+    get, path = "/v1/overview", tag = "data",
+    params(OverviewQuery),
+    responses(
+        (status = 200, description = "One row per device, one column per hour.", body = Overview),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
+async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<OverviewQuery>) -> Response {
     if let Err(r) = api.read(&headers) {
         return r;
     }
+    let q = RangeQuery::from(q);
     let (from, to) = match range(&api, &q).await {
         Ok(r) => r,
         Err(r) => return r,
@@ -1086,20 +1466,19 @@ async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
             }
         }
     }
-    let devices: Vec<&String> = per.keys().collect();
     let grid = |f: fn(&DeviceCount) -> u64| -> Vec<Vec<u64>> {
         per.values()
             .map(|m| (0..hours.len()).map(|i| m.get(&i).map_or(0, f)).collect())
             .collect()
     };
-    Json(json!({
-        "from": rfc3339(from),
-        "to": rfc3339(to),
-        "hours": hours.iter().map(|h| rfc3339(*h)).collect::<Vec<_>>(),
-        "devices": devices,
-        "anomalies": grid(|c| c.anomalies),
-        "rows": grid(|c| c.rows),
-    }))
+    Json(Overview {
+        from: Rfc3339::from_ns(from),
+        to: Rfc3339::from_ns(to),
+        hours: hours.iter().map(|h| Rfc3339::from_ns(*h)).collect(),
+        anomalies: grid(|c| c.anomalies),
+        rows: grid(|c| c.rows),
+        devices: per.into_keys().collect(),
+    })
     .into_response()
 }
 
@@ -1108,20 +1487,31 @@ async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
 /// manifests that scored nothing; a month of them is looked through).
 const EXTENT_BUDGET: usize = 24 * 31 + 64;
 
-/// Where the data is: the first and the last hour holding scored
-/// predictions (a manifest that counts rows) and stored readings (a `raw/`
-/// object), so that a reader can move its range there. Found from the
-/// partition folders (`predictions/date=…/hour=…`, `raw/date=…/hour=…`):
-/// one listing of the dates, then the hours of the dates at each end until
-/// one holds data; the cost follows the hours looked at, not the number of
-/// objects stored.
+/// Where the data is: the first and last hour holding scored predictions and stored readings
+///
+/// Predictions count where a manifest counts rows; readings where a `raw/`
+/// object is. A reader moves its range there.
+#[utoipa::path(
+    get, path = "/v1/extent", tag = "data",
+    responses(
+        (status = 200, description = "The extent.", body = Extent),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
 async fn extent(State(api): A, headers: HeaderMap) -> Response {
+    // Found from the partition folders (`predictions/date=…/hour=…`,
+    // `raw/date=…/hour=…`): one listing of the dates, then the hours of
+    // the dates at each end until one holds data; the cost follows the
+    // hours looked at, not the number of objects stored.
     if let Err(r) = api.read(&headers) {
         return r;
     }
     let mut complete = true;
-    let mut out = serde_json::Map::new();
-    for (name, area) in [("predictions", Area::Predictions), ("readings", Area::Raw)] {
+    let mut found = [None, None];
+    for (slot, area) in found.iter_mut().zip([Area::Predictions, Area::Raw]) {
         let days = match lake::partition_days(&api.store, area).await {
             Ok(d) => d,
             Err(e) => return internal(e),
@@ -1134,29 +1524,28 @@ async fn extent(State(api): A, headers: HeaderMap) -> Response {
             (Err(e), _) | (_, Err(e)) => return internal(e),
         };
         complete &= !cut_first && !cut_last;
-        out.insert(
-            name.into(),
-            // A search cut at its budget from one end may still have found
-            // the other: what was found is said (with `complete` false),
-            // as the extent known so far.
-            match (first, last) {
-                (Some((first, _)), Some((last, end))) => json!({
-                    "first_hour": rfc3339(first),
-                    "last_hour": rfc3339(last),
-                    "end": rfc3339(end),
-                }),
-                (Some((hour, end)), None) | (None, Some((hour, end))) => json!({
-                    "first_hour": rfc3339(hour),
-                    "last_hour": rfc3339(hour),
-                    "end": rfc3339(end),
-                }),
-                (None, None) => Value::Null,
-            },
-        );
+        // A search cut at its budget from one end may still have found the
+        // other: what was found is said (with `complete` false), as the
+        // extent known so far.
+        let (first, last, end) = match (first, last) {
+            (Some((first, _)), Some((last, end))) => (first, last, end),
+            (Some((hour, end)), None) | (None, Some((hour, end))) => (hour, hour, end),
+            (None, None) => continue,
+        };
+        *slot = Some(ExtentOf {
+            first_hour: Rfc3339::from_ns(first),
+            last_hour: Rfc3339::from_ns(last),
+            end: Rfc3339::from_ns(end),
+        });
     }
-    out.insert("max_hours".into(), json!(MAX_HOURS));
-    out.insert("complete".into(), json!(complete));
-    Json(Value::Object(out)).into_response()
+    let [predictions, readings] = found;
+    Json(Extent {
+        predictions,
+        readings,
+        max_hours: MAX_HOURS as u64,
+        complete,
+    })
+    .into_response()
 }
 
 /// The first (or, with `last`, the last) hour of `area` that holds data,
@@ -1222,8 +1611,18 @@ async fn data_end(
     Ok((None, false))
 }
 
+/// This document
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "service",
+    responses(
+        (status = 200, description = "OpenAPI 3.1.", body = Object),
+    ),
+    extensions(("x-auth" = json!("open"))),
+)]
 async fn openapi() -> Response {
-    Json(openapi::document()).into_response()
+    // Built once: it is the same for the life of the process.
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(openapi::document)).into_response()
 }
 
 #[cfg(test)]

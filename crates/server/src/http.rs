@@ -651,11 +651,10 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
 /// A JSON error answer, `{"error": …}`: the shape of every error the
 /// server and the API give.
 pub fn answer(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
+    let body = crate::api::types::ErrorBody {
+        error: message.into(),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// An answer asking the client to come back in a second.

@@ -56,9 +56,13 @@ use fleetscore_codecs::{
 use fleetscore_ingest::{Log, LogError, Seq};
 use fleetscore_store::{raw_objects, Store};
 use fleetscore_stream::WindowSpec;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::api::types::{
+    Accepted, BatchRefused, BodyTimeout, DiskFull, IngestHeaders, KeyReused, ReadingIn,
+    ReadingsJson, Refused, Rejection, TooLarge, Unauthorized, Unavailable, UnsupportedMedia,
+    WriteV1Query, WriteV2Query, LINE_PROTOCOL,
+};
 use crate::config::{self, Config};
 use crate::metrics::{JobFigures, Metrics, Source};
 use crate::windows::{Ingestor, Windows};
@@ -248,7 +252,7 @@ pub async fn serve(
         wake: Some(Arc::clone(&wake)),
     });
     let router = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/write", post(write_v1))
         .route("/api/v2/write", post(write_v2))
@@ -719,6 +723,23 @@ fn segment_objects(log: &Log, from: Seq, end: Seq) -> anyhow::Result<Segment> {
     })
 }
 
+/// Liveness: answers `ok` while the process serves
+#[utoipa::path(
+    get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")),
+    extensions(("x-auth" = json!("open"))),
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Prometheus metrics (text exposition format)
+#[utoipa::path(
+    get, path = "/metrics", tag = "service", operation_id = "metrics",
+    responses((status = 200, description = "Counters, gauges and histograms; see the README's `/metrics` list.",
+        body = String, content_type = "text/plain")),
+    extensions(("x-auth" = json!("open"))),
+)]
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     let mut figures = JobFigures::default();
     if let Some(db) = &app.db {
@@ -742,23 +763,30 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 use crate::http::answer as error;
 
 fn refused(e: &BatchError) -> Response {
-    let rejections: Vec<_> = e
+    let rejections = e
         .errors
         .iter()
-        .map(|r| match r.at {
-            Location::Line(n) => json!({"line": n, "reason": r.reason}),
-            Location::Element(i) => json!({"element": i, "reason": r.reason}),
-            Location::Body => json!({"reason": r.reason}),
+        .map(|r| {
+            let (line, element) = match r.at {
+                Location::Line(n) => (Some(n as u64), None),
+                Location::Element(i) => (None, Some(i as u64)),
+                Location::Body => (None, None),
+            };
+            Rejection {
+                line,
+                element,
+                reason: r.reason.clone(),
+            }
         })
         .collect();
-    let body = json!({
-        "error": format!(
+    let body = Refused {
+        error: format!(
             "batch refused, nothing stored: {} problem(s); fix them and resend the whole batch",
             e.total()
         ),
-        "rejections": rejections,
-        "omitted": e.omitted,
-    });
+        rejections,
+        omitted: e.omitted as u64,
+    };
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
@@ -1100,6 +1128,28 @@ async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response 
     }
 }
 
+/// Ingest InfluxDB v1 line protocol; answered once the batch is durable
+#[utoipa::path(
+    post, path = "/write", tag = "ingest",
+    params(WriteV1Query, IngestHeaders),
+    request_body(content = String, content_type = "text/plain", description = LINE_PROTOCOL,
+        example = json!("machine,device=pump-7 temp=21.5,rpm=1450i 1796439600000000000\n")),
+    responses(
+        (status = 204, description = "Stored (durable in the ingest log).", headers(
+            ("Idempotent-Replayed" = String, description = "`true`: the batch was stored before under this Idempotency-Key; not stored again."),
+            ("Fleetscore-Warning" = String, description = "The batch's timestamps are implausibly far from now (stored anyway); says which precision or unit would make them sensible."),
+        )),
+        (status = 400, response = BatchRefused),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = BodyTimeout),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMedia),
+        (status = 422, response = KeyReused),
+        (status = 503, response = Unavailable),
+        (status = 507, response = DiskFull),
+    ),
+    extensions(("x-auth" = json!("ingest"))),
+)]
 async fn write_v1(
     State(app): State<Arc<App>>,
     Query(query): Query<Query2>,
@@ -1109,6 +1159,28 @@ async fn write_v1(
     counted(&app, r)
 }
 
+/// Ingest InfluxDB v2 line protocol; answered once the batch is durable
+#[utoipa::path(
+    post, path = "/api/v2/write", tag = "ingest",
+    params(WriteV2Query, IngestHeaders),
+    request_body(content = String, content_type = "text/plain", description = LINE_PROTOCOL,
+        example = json!("machine,device=pump-7 temp=21.5,rpm=1450i 1796439600000000000\n")),
+    responses(
+        (status = 204, description = "Stored (durable in the ingest log).", headers(
+            ("Idempotent-Replayed" = String, description = "`true`: the batch was stored before under this Idempotency-Key; not stored again."),
+            ("Fleetscore-Warning" = String, description = "The batch's timestamps are implausibly far from now (stored anyway); says which precision or unit would make them sensible."),
+        )),
+        (status = 400, response = BatchRefused),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = BodyTimeout),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMedia),
+        (status = 422, response = KeyReused),
+        (status = 503, response = Unavailable),
+        (status = 507, response = DiskFull),
+    ),
+    extensions(("x-auth" = json!("ingest"))),
+)]
 async fn write_v2(
     State(app): State<Arc<App>>,
     Query(query): Query<Query2>,
@@ -1118,6 +1190,35 @@ async fn write_v2(
     counted(&app, r)
 }
 
+/// Ingest readings as JSON, NDJSON or CSV; answered once the batch is durable
+#[utoipa::path(
+    post, path = "/v1/readings", tag = "ingest", operation_id = "post_readings",
+    params(IngestHeaders),
+    request_body(
+        description = "Readings as one JSON object, a JSON array of them, NDJSON (one object per line; `application/ndjson` is accepted too), or CSV: a header and rows, columns mapped by `[ingest.csv]` (default: the header names `TS`, `Device`, `Tag`, `Value`, in any case and order). All or nothing: one bad reading refuses the batch.",
+        content(
+            (ReadingsJson = "application/json",
+                example = json!([{"ts": "2026-12-05T03:00:00Z", "device": "pump-7", "tag": "temp", "value": 21.5}])),
+            (ReadingIn = "application/x-ndjson"),
+            (String = "text/csv", example = json!("TS,Device,Tag,Value\n2026-12-05T03:00:00Z,pump-7,temp,21.5\n")),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Stored (durable in the ingest log); `accepted` readings.", body = Accepted, headers(
+            ("Idempotent-Replayed" = String, description = "`true`: the batch was stored before under this Idempotency-Key; not stored again."),
+            ("Fleetscore-Warning" = String, description = "The batch's timestamps are implausibly far from now (stored anyway); says which unit would make them sensible."),
+        )),
+        (status = 400, response = BatchRefused),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = BodyTimeout),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMedia),
+        (status = 422, response = KeyReused),
+        (status = 503, response = Unavailable),
+        (status = 507, response = DiskFull),
+    ),
+    extensions(("x-auth" = json!("ingest"))),
+)]
 async fn readings(
     State(app): State<Arc<App>>,
     Query(query): Query<Query2>,
@@ -1173,10 +1274,9 @@ async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response
     };
     match ingest(app, key, parse).await {
         Ok(i) => {
-            let body = if i.duplicate {
-                json!({ "accepted": i.readings, "duplicate": true })
-            } else {
-                json!({ "accepted": i.readings })
+            let body = Accepted {
+                accepted: i.readings as u64,
+                duplicate: i.duplicate,
             };
             let r = replayed((StatusCode::OK, Json(body)).into_response(), i.duplicate);
             // CSV and JSON integer times are nanoseconds.

@@ -1,15 +1,27 @@
 //! Checks a JSON answer against the schema the OpenAPI document gives for
 //! it, so that the document cannot say one thing while the server answers
-//! another. Covers what the document uses: `$ref`, `oneOf`, `type` (one or
-//! several), `enum`, `format: date-time`, object `properties` /
+//! another. Covers what the document uses: `$ref` (to schemas and to
+//! reusable responses), `oneOf`, `allOf`, `type` (one or several), `enum`,
+//! `format: date-time`, `minimum`/`maximum`, object `properties` /
 //! `required` / `additionalProperties: false`, array `items`.
 #![allow(dead_code)] // each test file uses a subset
 
 use serde_json::Value;
 
-/// The schema of the JSON answer `code` of `method path` (a path as the
-/// document writes it, `/v1/jobs/{id}`); panics if it documents none.
-pub fn answer_schema<'a>(doc: &'a Value, method: &str, path: &str, code: u16) -> &'a Value {
+/// What `reference` (`#/components/…`) points to in `doc`.
+fn pointed<'a>(doc: &'a Value, reference: &str) -> &'a Value {
+    let path = reference
+        .strip_prefix("#/")
+        .unwrap_or_else(|| panic!("unexpected $ref {reference}"));
+    let target = path.split('/').fold(doc, |at, part| &at[part]);
+    assert!(target.is_object(), "$ref {reference} does not resolve");
+    target
+}
+
+/// The answer `code` of `method path` (a path as the document writes it,
+/// `/v1/jobs/{id}`), a reusable response resolved; panics if the document
+/// does not list it.
+pub fn answer<'a>(doc: &'a Value, method: &str, path: &str, code: u16) -> &'a Value {
     let op = &doc["paths"][path][method.to_ascii_lowercase()];
     assert!(
         op.is_object(),
@@ -20,7 +32,16 @@ pub fn answer_schema<'a>(doc: &'a Value, method: &str, path: &str, code: u16) ->
         answer.is_object(),
         "{method} {path} answered {code}, which the OpenAPI document does not list for it"
     );
-    let schema = &answer["content"]["application/json"]["schema"];
+    match answer["$ref"].as_str() {
+        Some(r) => pointed(doc, r),
+        None => answer,
+    }
+}
+
+/// The schema of the JSON answer `code` of `method path`; panics if it
+/// documents none.
+pub fn answer_schema<'a>(doc: &'a Value, method: &str, path: &str, code: u16) -> &'a Value {
+    let schema = &answer(doc, method, path, code)["content"]["application/json"]["schema"];
     assert!(
         schema.is_object(),
         "{method} {path} {code}: the OpenAPI document gives no JSON schema"
@@ -36,22 +57,15 @@ pub fn assert_conforms(doc: &Value, method: &str, path: &str, code: u16, value: 
     check(doc, schema, value, "answer", &mut errors);
     assert!(
         errors.is_empty(),
-        "{method} {path} {code} does not match its OpenAPI schema (document it in \
-         crates/fleetscore/src/api/openapi.rs, or fix the answer):\n  {}\nanswer: {value}",
+        "{method} {path} {code} does not match its OpenAPI schema (fix the answer, or its \
+         type in crates/fleetscore/src/api/types.rs and the handler's #[utoipa::path]):\n  {}\nanswer: {value}",
         errors.join("\n  ")
     );
 }
 
 fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
     match schema["$ref"].as_str() {
-        Some(r) => {
-            let name = r
-                .strip_prefix("#/components/schemas/")
-                .unwrap_or_else(|| panic!("unexpected $ref {r}"));
-            let s = &doc["components"]["schemas"][name];
-            assert!(s.is_object(), "$ref {r} does not resolve");
-            resolve(doc, s)
-        }
+        Some(r) => resolve(doc, pointed(doc, r)),
         None => schema,
     }
 }
@@ -109,14 +123,24 @@ fn instant_error(s: &str) -> Option<String> {
 
 fn check(doc: &Value, schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
     let schema = resolve(doc, schema);
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        check(doc, part, v, at, errors);
+    }
     if let Some(branches) = schema["oneOf"].as_array() {
-        let fits = branches.iter().any(|b| {
-            let mut e = Vec::new();
-            check(doc, b, v, at, &mut e);
-            e.is_empty()
-        });
-        if !fits {
-            errors.push(format!("{at}: {v} fits none of the documented shapes"));
+        let fits = branches
+            .iter()
+            .filter(|b| {
+                let mut e = Vec::new();
+                check(doc, b, v, at, &mut e);
+                e.is_empty()
+            })
+            .count();
+        match fits {
+            1 => {}
+            0 => errors.push(format!("{at}: {v} fits none of the documented shapes")),
+            n => errors.push(format!(
+                "{at}: {v} fits {n} of the documented shapes; oneOf needs exactly one"
+            )),
         }
         return;
     }
@@ -131,6 +155,16 @@ fn check(doc: &Value, schema: &Value, v: &Value, at: &str, errors: &mut Vec<Stri
     if let Some(allowed) = schema["enum"].as_array() {
         if !allowed.contains(v) {
             errors.push(format!("{at}: {v} is not one of {}", schema["enum"]));
+        }
+    }
+    if let (Some(least), Some(n)) = (schema["minimum"].as_f64(), v.as_f64()) {
+        if n < least {
+            errors.push(format!("{at}: {v} is below the minimum {least}"));
+        }
+    }
+    if let (Some(most), Some(n)) = (schema["maximum"].as_f64(), v.as_f64()) {
+        if n > most {
+            errors.push(format!("{at}: {v} is above the maximum {most}"));
         }
     }
     if let (Some("date-time"), Some(s)) = (schema["format"].as_str(), v.as_str()) {
