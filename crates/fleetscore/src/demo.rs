@@ -926,12 +926,10 @@ async fn start_server(g: &Global, listen: &str, hours: usize) -> anyhow::Result<
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
     let handle = {
         let g = g.clone();
-        tokio::spawn(
-            async move {
-                let env = crate::serve_cmd::env(&g).await?;
-                fleetscore_server::serve::run_config(env, c, Some(ready_tx), Some(stop_rx)).await
-            },
-        )
+        tokio::spawn(async move {
+            let env = crate::serve_cmd::env(&g).await?;
+            fleetscore_server::serve::run_config(env, c, Some(ready_tx), Some(stop_rx)).await
+        })
     };
     match ready_rx.await {
         Ok(addr) => Ok(Server { addr, handle, stop }),

@@ -244,7 +244,12 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let runner = Runner::new(Arc::clone(&db), store, clock, fleetscore_server::scheduler::runner_config(&c));
+    let runner = Runner::new(
+        Arc::clone(&db),
+        store,
+        clock,
+        fleetscore_server::scheduler::runner_config(&c),
+    );
     let pb = util::progress(g, ids.len() as u64, "backfill");
     let mut jobs = Vec::new();
     for id in &ids {
@@ -464,4 +469,3 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
     }
     Ok(ExitCode::SUCCESS)
 }
-

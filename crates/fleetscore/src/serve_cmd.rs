@@ -90,7 +90,6 @@ pub fn settings(g: &Global, args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(c)
 }
 
-
 /// `fleetscore serve`: prints `listening on ADDR`, then a line for each
 /// job it finishes.
 pub async fn run(g: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {

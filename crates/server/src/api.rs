@@ -90,7 +90,7 @@ pub struct Api {
     pub uploads: tokio::sync::Semaphore,
     /// Compacts this server's ingest log into raw/ before a job is queued
     /// (trigger, retry), so that it sees every reading acknowledged so far.
-    pub compact: Option<crate::serve::CompactNow>,
+    pub compact: Option<crate::compactor::CompactNow>,
     /// Wakes this server's scheduler loop, so that a queued job starts now
     /// rather than at its next tick (`[jobs] tick_interval`).
     pub wake: Option<Arc<tokio::sync::Notify>>,

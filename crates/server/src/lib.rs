@@ -31,6 +31,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod compactor;
 pub mod config;
 pub mod dashboard;
 pub mod http;

@@ -29,7 +29,7 @@ pub fn runner_config(c: &Config) -> RunnerConfig {
 #[derive(Default)]
 pub struct Hooks {
     /// Compacts the ingest log into raw/ before due jobs are created.
-    pub compact: Option<crate::serve::CompactNow>,
+    pub compact: Option<crate::compactor::CompactNow>,
     /// Notified when the API queued a job: the loop runs it at once
     /// instead of at its next tick.
     pub wake: Option<Arc<tokio::sync::Notify>>,
@@ -112,7 +112,7 @@ async fn create_due_jobs(
     db: &dyn JobStore,
     specs: &[fleetscore_jobs::schedule::ScheduleSpec],
     now: i64,
-    compact: Option<&crate::serve::CompactNow>,
+    compact: Option<&crate::compactor::CompactNow>,
 ) {
     let mut due = Vec::new();
     for spec in specs {

@@ -1,89 +1,41 @@
-//! `fleetscore serve`: the HTTP ingest endpoints (and the MQTT source) over
-//! the durable log, the streaming windows, `/metrics`, and the compactor
-//! that moves closed log segments into the store's raw/ partitions.
+//! The service's wiring (`fleetscore serve`): checks the settings, opens
+//! the ingest log, rebuilds the windows, compacts what an earlier run left
+//! in the log, starts the sources, the scheduler and the background tasks,
+//! serves HTTP until SIGTERM or SIGINT, then stops in order: stop
+//! accepting, stop the sources and the scheduler, write the windows and
+//! compact the log once more, so a stopped server leaves an empty log
+//! behind (unless the disk or the store fails then: the log keeps the
+//! readings for the next start, and the stop is still clean).
 //!
-//! A request is answered with success only after [`Log::append`] returned
-//! `Ok`, i.e. once its readings are durable; then the batch goes to the
-//! window thread (see [`crate::windows`] for how windows are written
-//! exactly once). Every `--compact-interval` the compactor closes the
-//! active log segment ([`Log::roll`]), flushes the windows, writes each
-//! closed segment as one Parquet object per UTC hour, named
-//! `raw/date=…/hour=…/part-<id>.parquet` where `<id>` derives from the
-//! segment's first batch (its sequence number and content) and the
-//! partition, and deletes the segment once all its objects are stored and
-//! the window checkpoint is past it. A re-run after a crash overwrites the
-//! same objects instead of duplicating them. Jobs read raw/, so the same
-//! compaction also runs on demand ([`CompactNow`]) before a schedule
-//! creates its due jobs and before `POST /v1/jobs` (or a retry) queues
-//! one: a job sees every reading acknowledged before it was created,
-//! wherever it runs, not only those of the last timed compaction. On
-//! SIGTERM or SIGINT the
-//! server stops accepting, then does the same once more, so a stopped
-//! server leaves an empty log behind (unless the disk or the store fails
-//! then: the log keeps the readings for the next start, and the stop is
-//! still clean).
-//!
-//! Requests are bounded so that no client can take the server from the
-//! others: connections and timeouts in [`crate::http`]; bytes of bodies in
-//! memory across requests ([`crate::http::InFlight`]); a log that cannot
-//! write (a full disk) answers 507/503 with `Retry-After` and recovers by
-//! itself; an `Idempotency-Key` makes a resent batch a duplicate instead of
-//! a second copy.
+//! Each part lives in its own room: the sources in [`crate::sources`], the
+//! ingestor and the windows runtime in [`crate::windows`], the compactor
+//! in [`crate::compactor`], the scheduler in [`crate::scheduler`], the API
+//! in [`crate::api`], the HTTP loop and its limits in [`crate::http`].
 
 // Handlers return `Result<_, Response>` so that `?`-style early answers
 // stay readable; a Response is large but the error path is not hot.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::body::{Body, Bytes};
-use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use fleetscore_codecs::{
-    parse_csv_body, parse_json, parse_line_protocol, Batch, BatchError, CsvBodyConfig,
-    LineProtocolConfig, Location, Precision, Readings,
-};
-use fleetscore_ingest::{Log, LogError, Seq};
-use fleetscore_store::{raw_objects, Store};
+use axum::routing::get;
+use axum::Router;
+use fleetscore_ingest::Log;
+use fleetscore_store::Store;
 use fleetscore_stream::WindowSpec;
-use sha2::{Digest, Sha256};
 
-use crate::api::types::{
-    Accepted, BatchRefused, BodyTimeout, DiskFull, IngestHeaders, KeyReused, ReadingIn,
-    ReadingsJson, Refused, Rejection, TooLarge, Unauthorized, Unavailable, UnsupportedMedia,
-    WriteV1Query, WriteV2Query, LINE_PROTOCOL,
-};
 use crate::config::{self, Config};
+use crate::http::answer as error;
 use crate::metrics::{JobFigures, Metrics, Source};
 use crate::windows::{Ingestor, Windows};
-
-struct App {
-    ingestor: Arc<Ingestor>,
-    metrics: Arc<Metrics>,
-    /// Accepted bearer tokens; empty: none needed.
-    tokens: Vec<String>,
-    max_body: usize,
-    /// Bytes of request bodies in memory, across requests.
-    inflight: Arc<crate::http::InFlight>,
-    line_protocol: LineProtocolConfig,
-    csv: CsvBodyConfig,
-    /// For the job figures on /metrics.
-    db: Option<Arc<dyn fleetscore_jobs::db::JobStore>>,
-    /// For the model count on /metrics.
-    registry: Option<fleetscore_store::Registry>,
-}
-
-type Query2 = HashMap<String, String>;
 
 /// Where the server keeps and finds things, resolved by its caller.
 pub struct Env {
@@ -134,19 +86,14 @@ pub async fn serve(
     let dir = data.join("log");
     let config = c.ingest.log.clone();
     let windows_config = c.server.windows.then(|| c.stream.clone());
-    // Checked before the log is touched: bad MQTT settings fail fast.
-    let mqtt_source = match c.mqtt.url.clone() {
-        Some(url) => {
-            let config = crate::sources::mqtt::MqttConfig {
-                url,
-                topic: c.mqtt.topic.clone(),
-                shared_group: c.mqtt.shared_group.clone(),
-                client_id: c.mqtt.client_id.clone(),
-            };
-            Some(crate::sources::mqtt::check(config)?)
-        }
-        None => None,
-    };
+    // Bytes of request bodies in memory, shared by the HTTP source and the
+    // API's uploads.
+    let inflight = Arc::new(crate::http::InFlight::new(
+        c.server.max_inflight_bytes,
+        span_duration(c.server.max_inflight_wait),
+    ));
+    // Checked before the log is touched: bad source settings fail fast.
+    let sources = crate::sources::configured(&c, Arc::clone(&inflight))?;
     let log = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || Log::open(&dir, config)).await?
@@ -184,10 +131,6 @@ pub async fn serve(
     };
     let ingestor = Arc::new(Ingestor::new(Arc::clone(&log), windows));
     let conn_stats = Arc::new(crate::http::ConnStats::default());
-    let inflight = Arc::new(crate::http::InFlight::new(
-        c.server.max_inflight_bytes,
-        span_duration(c.server.max_inflight_wait),
-    ));
     let metrics = {
         let mut m = Metrics::new();
         m.watch_log(Arc::clone(&log));
@@ -195,43 +138,32 @@ pub async fn serve(
             m.watch_windows(Arc::clone(w.stats()));
         }
         m.watch_connections(Arc::clone(&conn_stats), Arc::clone(&inflight));
-        m.register_source(Source::HTTP);
-        if mqtt_source.is_some() {
-            m.register_source(Source::MQTT);
+        for source in &sources {
+            m.register_source(Source::new(source.name()));
         }
         Arc::new(m)
     };
-    let mut compactor = Compactor {
-        ingestor: Arc::clone(&ingestor),
-        store: store.clone(),
-        metrics: Arc::clone(&metrics),
-        in_raw: BTreeSet::new(),
-    };
+    let mut compactor = crate::compactor::Compactor::new(
+        Arc::clone(&ingestor),
+        store.clone(),
+        Arc::clone(&metrics),
+    );
     compactor
         .run(false)
         .await
         .context("compacting the ingest log at start-up")?;
     // Requests queue until the background task (below) takes them.
-    let (compact_now, compact_requests) = CompactNow::channel();
+    let (compact_now, compact_requests) = crate::compactor::CompactNow::channel();
 
-    let app = Arc::new(App {
+    let scrape = Arc::new(Scrape {
         db: Some(Arc::clone(&db)),
         registry: Some(fleetscore_store::Registry::new(store.clone())),
+        metrics: Arc::clone(&metrics),
+    });
+    let ctx = crate::sources::Context {
         ingestor: Arc::clone(&ingestor),
         metrics: Arc::clone(&metrics),
-        tokens: c
-            .auth
-            .ingest_tokens
-            .iter()
-            .chain(&c.auth.admin_tokens)
-            .filter(|t| !t.is_empty())
-            .cloned()
-            .collect(),
-        max_body: c.server.max_body_bytes,
-        inflight: Arc::clone(&inflight),
-        line_protocol: c.ingest.line_protocol.clone(),
-        csv: c.ingest.csv.clone(),
-    });
+    };
     let specs = c.schedule_specs()?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let api = Arc::new(crate::api::Api {
@@ -251,13 +183,16 @@ pub async fn serve(
         compact: Some(compact_now.clone()),
         wake: Some(Arc::clone(&wake)),
     });
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .route("/write", post(write_v1))
-        .route("/api/v2/write", post(write_v2))
-        .route("/v1/readings", post(readings))
-        .with_state(app)
+        .with_state(scrape);
+    for source in &sources {
+        if let Some(routes) = source.routes(&ctx) {
+            router = router.merge(routes);
+        }
+    }
+    let router = router
         .merge(crate::api::routes(api))
         .merge(crate::dashboard::routes())
         .layer(axum::middleware::from_fn_with_state(
@@ -305,14 +240,15 @@ pub async fn serve(
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mqtt = mqtt_source.map(|source| {
-        tokio::spawn(source.run(Arc::clone(&ingestor), Arc::clone(&metrics), stop_rx.clone()))
-    });
+    let running: Vec<tokio::task::JoinHandle<()>> = sources
+        .into_iter()
+        .filter_map(|source| source.start(ctx.clone(), stop_rx.clone()))
+        .collect();
     let clock: Arc<dyn fleetscore_jobs::schedule::Clock> =
         Arc::new(fleetscore_jobs::schedule::SystemClock);
     let (reports, finished) = tokio::sync::mpsc::unbounded_channel();
-    let printer =
-        job_lines.then(|| tokio::spawn(crate::scheduler::print_finished(Arc::clone(&db), finished)));
+    let printer = job_lines
+        .then(|| tokio::spawn(crate::scheduler::print_finished(Arc::clone(&db), finished)));
     let scheduler = {
         let mut runner = fleetscore_jobs::run::Runner::new(
             Arc::clone(&db),
@@ -359,7 +295,7 @@ pub async fn serve(
             })
             .context("starting the scheduler thread")?
     };
-    let background = spawn_background(
+    let background = crate::compactor::spawn_background(
         compactor,
         span_duration(c.server.window_flush_interval),
         span_duration(c.ingest.compact_interval),
@@ -376,8 +312,8 @@ pub async fn serve(
     if let Some(printer) = printer {
         let _ = printer.await;
     }
-    if let Some(mqtt) = mqtt {
-        let _ = mqtt.await;
+    for source in running {
+        let _ = source.await;
     }
     // What cannot be compacted now (a full disk, an unreachable store)
     // stays in the log, durable, and is compacted at the next start:
@@ -434,10 +370,11 @@ fn check_limits(s: &config::ServerConfig) -> anyhow::Result<()> {
     if s.max_connections == 0 {
         anyhow::bail!("invalid config: [server] max_connections must be at least 1");
     }
-    if s.max_inflight_bytes / PARSE_FACTOR < s.max_body_bytes {
+    if s.max_inflight_bytes / crate::sources::http::PARSE_FACTOR < s.max_body_bytes {
         anyhow::bail!(
-            "invalid config: [server] max_inflight_bytes ({}) must be at least {PARSE_FACTOR} times max_body_bytes ({}): a body holds that much room while its readings are parsed and stored, so a body of the largest size could never be read",
+            "invalid config: [server] max_inflight_bytes ({}) must be at least {} times max_body_bytes ({}): a body holds that much room while its readings are parsed and stored, so a body of the largest size could never be read",
             s.max_inflight_bytes,
+            crate::sources::http::PARSE_FACTOR,
             s.max_body_bytes
         );
     }
@@ -472,27 +409,6 @@ fn check_exposure(addr: SocketAddr, auth: &config::AuthConfig) -> anyhow::Result
     )
 }
 
-async fn flush_windows(ingestor: &Arc<Ingestor>) -> anyhow::Result<()> {
-    if ingestor.windows().is_none() {
-        return Ok(());
-    }
-    let ing = Arc::clone(ingestor);
-    let out = tokio::task::spawn_blocking(move || match ing.windows() {
-        Some(w) => w.flush(),
-        None => Ok(Default::default()),
-    })
-    .await??;
-    if out.windows > 0 {
-        tracing::info!(
-            windows = out.windows,
-            objects = out.objects,
-            checkpoint = out.checkpoint,
-            "windows written"
-        );
-    }
-    Ok(())
-}
-
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
 /// called (before the address is announced), so a signal sent right after
 /// start-up is not lost.
@@ -518,211 +434,6 @@ pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>
     }
 }
 
-// ---------------------------------------------------------------- compaction
-
-/// A request for a compaction, answered with its outcome.
-type CompactRequest = tokio::sync::oneshot::Sender<Result<(), Arc<anyhow::Error>>>;
-
-/// Asks the background task of `serve` to compact the ingest log into
-/// raw/ now, and waits for the outcome: what makes a job see every reading
-/// acknowledged before it was created, not only those of the last timed
-/// compaction (`[ingest] compact_interval`). Cheap to clone. One
-/// compaction runs at a time; requests made while one runs share the next,
-/// so each is answered by a compaction that began after it was made.
-#[derive(Clone)]
-pub struct CompactNow {
-    requests: tokio::sync::mpsc::Sender<CompactRequest>,
-}
-
-impl CompactNow {
-    /// A handle, and the receiving end for [`spawn_background`].
-    fn channel() -> (CompactNow, tokio::sync::mpsc::Receiver<CompactRequest>) {
-        let (requests, receiver) = tokio::sync::mpsc::channel(256);
-        (CompactNow { requests }, receiver)
-    }
-
-    /// Compacts now; `Err` says why it could not (the store or the disk
-    /// failed: the readings stay in the log; or the server is stopping).
-    pub async fn run(&self) -> anyhow::Result<()> {
-        let stopping = || {
-            anyhow::anyhow!(
-                "the server is stopping (it compacts its ingest log as it stops, or at the next start)"
-            )
-        };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.requests.send(reply).await.map_err(|_| stopping())?;
-        match answer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(anyhow::anyhow!(
-                "compacting the ingest log into raw/ failed: {e:#}"
-            )),
-            Err(_) => Err(stopping()),
-        }
-    }
-}
-
-/// The background task of `serve`: writes the closed windows every
-/// `flush_every`, and compacts the ingest log every `compact_every` and
-/// whenever a [`CompactNow`] asks, until `stop` changes; returns the
-/// compactor (for the last compaction, at shutdown).
-fn spawn_background(
-    mut compactor: Compactor,
-    flush_every: Duration,
-    compact_every: Duration,
-    mut requests: tokio::sync::mpsc::Receiver<CompactRequest>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Compactor> {
-    tokio::spawn(async move {
-        let ingestor = Arc::clone(&compactor.ingestor);
-        let mut flush_tick = tokio::time::interval(flush_every);
-        let mut compact_tick = tokio::time::interval(compact_every);
-        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        compact_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        flush_tick.tick().await;
-        compact_tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = flush_tick.tick() => {
-                    if let Err(e) = flush_windows(&ingestor).await {
-                        tracing::error!(error = format!("{e:#}"), "writing windows failed; retried at the next flush");
-                    }
-                }
-                _ = compact_tick.tick() => {
-                    let _ = compactor.run_counted().await;
-                }
-                Some(first) = requests.recv() => {
-                    // Every request made so far shares this compaction.
-                    let mut waiting = vec![first];
-                    while let Ok(more) = requests.try_recv() {
-                        waiting.push(more);
-                    }
-                    let outcome = compactor.run_counted().await.map_err(Arc::new);
-                    for w in waiting {
-                        let _ = w.send(outcome.clone());
-                    }
-                    // The log was just compacted: the cadence starts again.
-                    compact_tick.reset();
-                }
-                _ = stop.changed() => break,
-            }
-        }
-        compactor
-    })
-}
-
-/// Moves closed log segments into raw/ and deletes those whose batches are
-/// all behind the window checkpoint.
-struct Compactor {
-    ingestor: Arc<Ingestor>,
-    store: Store,
-    metrics: Arc<Metrics>,
-    /// Closed segments already written to raw/ but kept for the windows.
-    in_raw: BTreeSet<Seq>,
-}
-
-impl Compactor {
-    /// [`Compactor::run`] with a roll, counting and logging a failure (the
-    /// next compaction retries it).
-    async fn run_counted(&mut self) -> anyhow::Result<()> {
-        let outcome = self.run(true).await;
-        if let Err(e) = &outcome {
-            self.metrics.compaction_errors.inc();
-            tracing::error!(error = format!("{e:#}"), "compaction failed; retried later");
-        }
-        outcome
-    }
-
-    /// With `roll`, first closes the active segment (so a quiet log still
-    /// reaches raw/) and flushes the windows (so the checkpoint covers it).
-    #[tracing::instrument(name = "compaction", skip(self))]
-    async fn run(&mut self, roll: bool) -> anyhow::Result<()> {
-        let log = Arc::clone(self.ingestor.log());
-        if roll {
-            let l = Arc::clone(&log);
-            tokio::task::spawn_blocking(move || l.roll()).await??;
-            flush_windows(&self.ingestor).await?;
-        }
-        let retain_from = self.ingestor.retain_from();
-        for seg in log.closed_segments() {
-            if !self.in_raw.contains(&seg.first_seq) {
-                let objects = if seg.end_seq > seg.first_seq {
-                    let log = Arc::clone(&log);
-                    let (first, end) = (seg.first_seq, seg.end_seq);
-                    tokio::task::spawn_blocking(move || segment_objects(&log, first, end)).await??
-                } else {
-                    Segment::default()
-                };
-                for (key, data) in &objects.objects {
-                    self.store.put(key, data.clone()).await?;
-                }
-                let m = &self.metrics;
-                m.raw_objects.inc_by(objects.objects.len() as u64);
-                m.readings_compacted.inc_by(objects.readings as u64);
-                tracing::info!(
-                    segment = %seg.path.display(),
-                    readings = objects.readings,
-                    "compacted a closed log segment into raw/"
-                );
-                self.in_raw.insert(seg.first_seq);
-            }
-            if seg.end_seq <= retain_from {
-                log.remove_segment(seg.first_seq)?;
-                self.in_raw.remove(&seg.first_seq);
-                self.metrics.segments_compacted.inc();
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct Segment {
-    objects: Vec<(String, Vec<u8>)>,
-    readings: usize,
-}
-
-/// The raw/ objects of the batches `from..end` of a closed segment.
-fn segment_objects(log: &Log, from: Seq, end: Seq) -> anyhow::Result<Segment> {
-    let mut batches: Vec<Readings> = Vec::new();
-    let mut origin: Option<[u8; 32]> = None;
-    for batch in log.replay(from) {
-        let batch = batch?;
-        if batch.seq >= end {
-            break;
-        }
-        if origin.is_none() {
-            // Names the segment: its first batch, by number and content.
-            let mut h = Sha256::new();
-            h.update(b"fleetscore ingest log segment\0");
-            h.update(batch.seq.to_le_bytes());
-            for r in batch.readings.iter() {
-                h.update(r.ts.to_le_bytes());
-                h.update(r.device.as_bytes());
-                h.update([0]);
-                h.update(r.tag.as_bytes());
-                h.update([0]);
-                h.update(r.value.to_bits().to_le_bytes());
-            }
-            origin = Some(h.finalize().into());
-        }
-        let last = batch.seq + 1 >= end;
-        batches.push(batch.readings);
-        if last {
-            break;
-        }
-    }
-    let Some(origin) = origin else {
-        return Ok(Segment::default());
-    };
-    let readings = Readings::concat(&batches.iter().collect::<Vec<_>>());
-    drop(batches);
-    let objects = raw_objects(&readings, &origin)?;
-    Ok(Segment {
-        objects,
-        readings: readings.len(),
-    })
-}
-
 /// Liveness: answers `ok` while the process serves
 #[utoipa::path(
     get, path = "/healthz", tag = "service",
@@ -733,6 +444,15 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// What `/metrics` reads besides the server's own figures.
+struct Scrape {
+    metrics: Arc<Metrics>,
+    /// For the job figures.
+    db: Option<Arc<dyn fleetscore_jobs::db::JobStore>>,
+    /// For the model count.
+    registry: Option<fleetscore_store::Registry>,
+}
+
 /// Prometheus metrics (text exposition format)
 #[utoipa::path(
     get, path = "/metrics", tag = "service", operation_id = "metrics",
@@ -740,7 +460,7 @@ async fn healthz() -> &'static str {
         body = String, content_type = "text/plain")),
     extensions(("x-auth" = json!("open"))),
 )]
-async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+async fn metrics_text(State(app): State<Arc<Scrape>>) -> Response {
     let mut figures = JobFigures::default();
     if let Some(db) = &app.db {
         figures.jobs = db.stats().await.ok();
@@ -755,669 +475,5 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("writing the metrics failed: {e}"),
         ),
-    }
-}
-
-// ---------------------------------------------------------------- handlers
-
-use crate::http::answer as error;
-
-fn refused(e: &BatchError) -> Response {
-    let rejections = e
-        .errors
-        .iter()
-        .map(|r| {
-            let (line, element) = match r.at {
-                Location::Line(n) => (Some(n as u64), None),
-                Location::Element(i) => (None, Some(i as u64)),
-                Location::Body => (None, None),
-            };
-            Rejection {
-                line,
-                element,
-                reason: r.reason.clone(),
-            }
-        })
-        .collect();
-    let body = Refused {
-        error: format!(
-            "batch refused, nothing stored: {} problem(s); fix them and resend the whole batch",
-            e.total()
-        ),
-        rejections,
-        omitted: e.omitted as u64,
-    };
-    (StatusCode::BAD_REQUEST, Json(body)).into_response()
-}
-
-fn authorized(app: &App, headers: &HeaderMap, query: &Query2) -> Result<(), Response> {
-    if app.tokens.is_empty() {
-        return Ok(());
-    }
-    let given = crate::api::bearer(headers).or(query.get("p").map(String::as_str));
-    match given {
-        Some(t) if crate::api::any_of(t, &app.tokens) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong ingest token")),
-        None => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "an ingest token is required: Authorization: Bearer <token>",
-        )),
-    }
-}
-
-use crate::http::Held;
-
-/// The room an ingest request holds under `[server] max_inflight_bytes`,
-/// per byte of its (decompressed) body: the body itself and the readings
-/// parsed from it, which take about three times its bytes of line
-/// protocol (48 concurrent 30 MB bodies peaked at about 110 MB each).
-pub const PARSE_FACTOR: usize = 4;
-
-/// Reads (and decompresses) a body within the size limit and the body
-/// timeout, holding room for it under the in-flight limit.
-async fn read_body(app: &App, body: Body, headers: &HeaderMap) -> Result<(Bytes, Held), Response> {
-    let raw =
-        crate::http::read_limited(&app.inflight, body, headers, app.max_body, PARSE_FACTOR).await?;
-    let (raw, mut held) = (raw.bytes, raw.held);
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity")
-        .trim()
-        .to_ascii_lowercase();
-    match encoding.as_str() {
-        "" | "identity" => Ok((raw, held)),
-        // Telegraf's InfluxDB outputs send gzip by default. The limit holds
-        // for the decompressed body too.
-        "gzip" | "x-gzip" => {
-            let limit = app.max_body;
-            // The gzip trailer states the (last member's) size. Room is
-            // taken without waiting: this request already holds some, and
-            // waiting while holding could stall every request.
-            let stated = raw
-                .len()
-                .checked_sub(4)
-                .map(|at| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]))
-                .map_or(limit, |n| (n as usize).min(limit));
-            held.push(app.inflight.take_now(stated.saturating_mul(PARSE_FACTOR))?);
-            let out = tokio::task::spawn_blocking(move || {
-                use std::io::Read;
-                let mut out = Vec::with_capacity(stated);
-                let read = flate2::read::MultiGzDecoder::new(&raw[..])
-                    .take(limit as u64 + 1)
-                    .read_to_end(&mut out);
-                match read {
-                    Ok(n) if n > limit => Err(error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("the decompressed body exceeds {limit} bytes"),
-                    )),
-                    Ok(_) => Ok(Bytes::from(out)),
-                    Err(e) => Err(error(
-                        StatusCode::BAD_REQUEST,
-                        format!("Content-Encoding gzip: the body does not decompress: {e}"),
-                    )),
-                }
-            })
-            .await
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-            if out.len() > stated {
-                held.push(
-                    app.inflight
-                        .take_now((out.len() - stated).saturating_mul(PARSE_FACTOR))?,
-                );
-            }
-            Ok((out, held))
-        }
-        other => Err(error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Encoding {other:?} is not supported: send identity or gzip"),
-        )),
-    }
-}
-
-/// What an accepted batch did.
-struct Ingested {
-    /// Readings in the batch.
-    readings: usize,
-    /// Its idempotency key was seen before with the same readings: it was
-    /// stored then, and not again now.
-    duplicate: bool,
-    /// Its earliest and latest timestamp (none for an empty batch).
-    times: Option<(i64, i64)>,
-}
-
-/// Adds a `Fleetscore-Warning` header (and counts and logs, at most every
-/// 10 s) when a stored batch's times are implausibly far from now; `say`
-/// words the warning for the endpoint's timestamp format.
-fn questioned(
-    app: &App,
-    mut r: Response,
-    i: &Ingested,
-    unit_ns: i64,
-    say: fn(&crate::plausible::Doubt) -> String,
-) -> Response {
-    let Some((earliest, latest)) = i.times else {
-        return r;
-    };
-    let now = crate::now_ns();
-    let Some(doubt) = crate::plausible::check(earliest, latest, unit_ns, now) else {
-        return r;
-    };
-    let m = &app.metrics;
-    m.implausible_batches.inc();
-    let message = say(&doubt);
-    let last = m.implausible_logged.load(Ordering::Relaxed);
-    if now.saturating_sub(last) >= 10_000_000_000
-        && m.implausible_logged
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        tracing::warn!(
-            readings = i.readings,
-            warning = %message,
-            "a batch with implausible timestamps (logged at most every 10 s; fleetscore_ingest_implausible_batches_total counts them all)"
-        );
-    }
-    if let Ok(v) = header::HeaderValue::from_str(&message) {
-        r.headers_mut().insert("fleetscore-warning", v);
-    }
-    r
-}
-
-/// The header that names a batch, so that a client may resend it after an
-/// unknown outcome (a timeout, a reset connection) without storing it twice
-/// (the IETF draft "The Idempotency-Key HTTP Header Field"). Either a bare
-/// token or a quoted string.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-/// The `Idempotency-Key` of a request, if any.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
-    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    let text = v.to_str().map_err(|_| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "Idempotency-Key: the value must be visible ASCII",
-        )
-    })?;
-    let text = text.trim();
-    let text = text
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(text);
-    Ok(Some(text.to_string()))
-}
-
-/// The answer to an append the log refused.
-fn log_refused(app: &App, e: &LogError) -> Response {
-    match e {
-        LogError::Unavailable { .. } => {
-            app.metrics.log_unavailable.inc();
-            // 507 says what an operator must fix; both ask the client to
-            // come back.
-            let status = if e.is_disk_full() {
-                StatusCode::INSUFFICIENT_STORAGE
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            let secs = e
-                .retry_after()
-                .map_or(1, |d| d.as_millis().div_ceil(1000).max(1) as u64);
-            let mut r = error(status, format!("not stored: {e}"));
-            if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            r
-        }
-        LogError::KeyReused { .. } => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("not stored: {e}; send each batch under a key of its own"),
-        ),
-        LogError::BadKey { .. } => error(StatusCode::BAD_REQUEST, format!("not stored: {e}")),
-        other => {
-            tracing::error!(error = %other, "ingest log append failed");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("not stored: {other}"),
-            )
-        }
-    }
-}
-
-/// An idempotency key, and what makes a resent request the same one: a
-/// hash of its endpoint, its parameters and its (decompressed) body. Not
-/// its readings: line protocol lines without a timestamp take the arrival
-/// time, which differs between a request and its retry.
-struct Keyed {
-    key: String,
-    identity: [u8; 32],
-}
-
-impl Keyed {
-    fn new(key: Option<String>, what: &[&str], body: &[u8]) -> Option<Keyed> {
-        let key = key?;
-        let mut h = Sha256::new();
-        for part in what {
-            h.update(part.as_bytes());
-            h.update([0]);
-        }
-        h.update(body);
-        Some(Keyed {
-            key,
-            identity: h.finalize().into(),
-        })
-    }
-}
-
-/// Parses (on a blocking thread) and appends under `key`; answers once
-/// the batch is durable.
-async fn ingest<F>(app: &App, key: Option<Keyed>, parse: F) -> Result<Ingested, Response>
-where
-    F: FnOnce() -> Result<Batch, BatchError> + Send + 'static,
-{
-    let ingestor = Arc::clone(&app.ingestor);
-    let res =
-        tokio::task::spawn_blocking(move || -> Result<Result<Ingested, LogError>, BatchError> {
-            let readings = parse()?.readings;
-            let times = readings.time_range();
-            if readings.is_empty() {
-                return Ok(Ok(Ingested {
-                    readings: 0,
-                    duplicate: false,
-                    times: None,
-                }));
-            }
-            let n = readings.len();
-            Ok(ingestor
-                .append_keyed(
-                    key.as_ref().map(|k| k.key.as_str()),
-                    key.as_ref().map(|k| &k.identity[..]),
-                    Arc::new(readings),
-                )
-                .map(|a| Ingested {
-                    readings: n,
-                    duplicate: a.duplicate,
-                    times,
-                }))
-        })
-        .await;
-    match res {
-        Ok(Ok(Ok(i))) => {
-            if i.duplicate {
-                app.metrics.duplicate(Source::HTTP, i.readings as u64);
-            } else {
-                app.metrics.stored(Source::HTTP, i.readings as u64);
-            }
-            Ok(i)
-        }
-        Ok(Ok(Err(e))) => Err(log_refused(app, &e)),
-        Ok(Err(e)) => {
-            app.metrics.refused(Source::HTTP, e.total() as u64);
-            Err(refused(&e))
-        }
-        Err(e) => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("not stored: {e}"),
-        )),
-    }
-}
-
-/// Marks the answer to a batch that was stored before under its key.
-fn replayed(mut r: Response, duplicate: bool) -> Response {
-    if duplicate {
-        r.headers_mut().insert(
-            "idempotent-replayed",
-            header::HeaderValue::from_static("true"),
-        );
-    }
-    r
-}
-
-/// Counts an ingest answer in the HTTP source's telemetry: one message
-/// received, and what became of it (from its status).
-fn counted(app: &App, r: Response) -> Response {
-    let duplicate = r.headers().contains_key("idempotent-replayed");
-    app.metrics.answered(Source::HTTP, r.status(), duplicate);
-    r
-}
-
-async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response {
-    let (parts, body) = req.into_parts();
-    if let Err(r) = authorized(app, &parts.headers, &query) {
-        return r;
-    }
-    let precision = match query.get("precision").map(String::as_str) {
-        None | Some("") => Precision::Nanoseconds,
-        Some(p) if v2 && !matches!(p, "ns" | "us" | "ms" | "s") => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("unknown precision {p:?}: use ns, us, ms or s"),
-            )
-        }
-        Some(p) => match p.parse::<Precision>() {
-            Ok(p) => p,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        },
-    };
-    let key = match idempotency_key(&parts.headers) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let (body, _held) = match read_body(app, body, &parts.headers).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let now = crate::now_ns();
-    let config = app.line_protocol.clone();
-    let endpoint = if v2 { "/api/v2/write" } else { "/write" };
-    let key = Keyed::new(key, &[endpoint, &format!("{precision:?}")], &body);
-    let parse = move || parse_line_protocol(&body, precision, now, &config);
-    match ingest(app, key, parse).await {
-        Ok(i) => {
-            let r = replayed(StatusCode::NO_CONTENT.into_response(), i.duplicate);
-            questioned(
-                app,
-                r,
-                &i,
-                precision.nanos(),
-                crate::plausible::Doubt::line_protocol,
-            )
-        }
-        Err(r) => r,
-    }
-}
-
-/// Ingest InfluxDB v1 line protocol; answered once the batch is durable
-#[utoipa::path(
-    post, path = "/write", tag = "ingest",
-    params(WriteV1Query, IngestHeaders),
-    request_body(content = String, content_type = "text/plain", description = LINE_PROTOCOL,
-        example = json!("machine,device=pump-7 temp=21.5,rpm=1450i 1796439600000000000\n")),
-    responses(
-        (status = 204, description = "Stored (durable in the ingest log).", headers(
-            ("Idempotent-Replayed" = String, description = "`true`: the batch was stored before under this Idempotency-Key; not stored again."),
-            ("Fleetscore-Warning" = String, description = "The batch's timestamps are implausibly far from now (stored anyway); says which precision or unit would make them sensible."),
-        )),
-        (status = 400, response = BatchRefused),
-        (status = 401, response = Unauthorized),
-        (status = 408, response = BodyTimeout),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMedia),
-        (status = 422, response = KeyReused),
-        (status = 503, response = Unavailable),
-        (status = 507, response = DiskFull),
-    ),
-    extensions(("x-auth" = json!("ingest"))),
-)]
-async fn write_v1(
-    State(app): State<Arc<App>>,
-    Query(query): Query<Query2>,
-    req: Request,
-) -> Response {
-    let r = write_lp(&app, query, req, false).await;
-    counted(&app, r)
-}
-
-/// Ingest InfluxDB v2 line protocol; answered once the batch is durable
-#[utoipa::path(
-    post, path = "/api/v2/write", tag = "ingest",
-    params(WriteV2Query, IngestHeaders),
-    request_body(content = String, content_type = "text/plain", description = LINE_PROTOCOL,
-        example = json!("machine,device=pump-7 temp=21.5,rpm=1450i 1796439600000000000\n")),
-    responses(
-        (status = 204, description = "Stored (durable in the ingest log).", headers(
-            ("Idempotent-Replayed" = String, description = "`true`: the batch was stored before under this Idempotency-Key; not stored again."),
-            ("Fleetscore-Warning" = String, description = "The batch's timestamps are implausibly far from now (stored anyway); says which precision or unit would make them sensible."),
-        )),
-        (status = 400, response = BatchRefused),
-        (status = 401, response = Unauthorized),
-        (status = 408, response = BodyTimeout),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMedia),
-        (status = 422, response = KeyReused),
-        (status = 503, response = Unavailable),
-        (status = 507, response = DiskFull),
-    ),
-    extensions(("x-auth" = json!("ingest"))),
-)]
-async fn write_v2(
-    State(app): State<Arc<App>>,
-    Query(query): Query<Query2>,
-    req: Request,
-) -> Response {
-    let r = write_lp(&app, query, req, true).await;
-    counted(&app, r)
-}
-
-/// Ingest readings as JSON, NDJSON or CSV; answered once the batch is durable
-#[utoipa::path(
-    post, path = "/v1/readings", tag = "ingest", operation_id = "post_readings",
-    params(IngestHeaders),
-    request_body(
-        description = "Readings as one JSON object, a JSON array of them, NDJSON (one object per line; `application/ndjson` is accepted too), or CSV: a header and rows, columns mapped by `[ingest.csv]` (default: the header names `TS`, `Device`, `Tag`, `Value`, in any case and order). All or nothing: one bad reading refuses the batch.",
-        content(
-            (ReadingsJson = "application/json",
-                example = json!([{"ts": "2026-12-05T03:00:00Z", "device": "pump-7", "tag": "temp", "value": 21.5}])),
-            (ReadingIn = "application/x-ndjson"),
-            (String = "text/csv", example = json!("TS,Device,Tag,Value\n2026-12-05T03:00:00Z,pump-7,temp,21.5\n")),
-        ),
-    ),
-    responses(
-        (status = 200, description = "Stored (durable in the ingest log); `accepted` readings.", body = Accepted, headers(
-            ("Idempotent-Replayed" = String, description = "`true`: the batch was stored before under this Idempotency-Key; not stored again."),
-            ("Fleetscore-Warning" = String, description = "The batch's timestamps are implausibly far from now (stored anyway); says which unit would make them sensible."),
-        )),
-        (status = 400, response = BatchRefused),
-        (status = 401, response = Unauthorized),
-        (status = 408, response = BodyTimeout),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMedia),
-        (status = 422, response = KeyReused),
-        (status = 503, response = Unavailable),
-        (status = 507, response = DiskFull),
-    ),
-    extensions(("x-auth" = json!("ingest"))),
-)]
-async fn readings(
-    State(app): State<Arc<App>>,
-    Query(query): Query<Query2>,
-    req: Request,
-) -> Response {
-    let r = readings_inner(&app, query, req).await;
-    counted(&app, r)
-}
-
-async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    if let Err(r) = authorized(app, &parts.headers, &query) {
-        return r;
-    }
-    let ctype = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let csv = match ctype.as_str() {
-        "application/json" | "application/x-ndjson" | "application/ndjson" => false,
-        "text/csv" => true,
-        other => {
-            return error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "unsupported Content-Type {other:?}: use application/json, application/x-ndjson or text/csv"
-                ),
-            )
-        }
-    };
-    let key = match idempotency_key(&parts.headers) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let (body, _held) = match read_body(app, body, &parts.headers).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let config = app.csv.clone();
-    let key = Keyed::new(key, &["/v1/readings", &ctype], &body);
-    let parse = move || {
-        if csv {
-            parse_csv_body(&body, &config)
-        } else {
-            parse_json(&body)
-        }
-    };
-    match ingest(app, key, parse).await {
-        Ok(i) => {
-            let body = Accepted {
-                accepted: i.readings as u64,
-                duplicate: i.duplicate,
-            };
-            let r = replayed((StatusCode::OK, Json(body)).into_response(), i.duplicate);
-            // CSV and JSON integer times are nanoseconds.
-            questioned(app, r, &i, 1, crate::plausible::Doubt::integers)
-        }
-        Err(r) => r,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use fleetscore_jobs::db::{JobRecord, JobState, JobStore, SqlStore, Threshold};
-    use fleetscore_jobs::run::{Runner, RunnerConfig};
-    use fleetscore_jobs::schedule::{Clock, ManualClock, ScheduleSpec};
-
-    /// 2024-01-01T00:00:00Z.
-    const T0: i64 = 1_704_067_200_000_000_000;
-    const MIN: i64 = 60_000_000_000;
-    const HOUR: i64 = 60 * MIN;
-
-    /// An hourly schedule scoring each hour 5 minutes after it ends.
-    fn hourly() -> ScheduleSpec {
-        ScheduleSpec {
-            name: "hourly".into(),
-            cron: "0 * * * *".into(),
-            window_ns: HOUR,
-            delay_ns: 5 * MIN,
-            mode: "raw".into(),
-            batch_size: 10,
-            max_failed: Threshold::Count(0),
-            max_retries: 0,
-            concurrency: Default::default(),
-            catch_up: 1,
-        }
-    }
-
-    /// The job the scheduler loop of `serve` creates and runs for 00:00 to
-    /// 01:00 at 01:05 (an injected clock), right after readings of d1/1 for
-    /// every minute of that hour were acknowledged into the ingest log
-    /// (the timed compaction is an hour away), with `compact` or without
-    /// a compaction before the jobs are created.
-    async fn scheduled_right_after_readings(compact: bool) -> JobRecord {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
-        let model = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/demo/model_fallback_1.pkl"
-        ))
-        .unwrap();
-        fleetscore_store::Registry::new(store.clone())
-            .import(
-                vec![fleetscore_store::ImportRequest {
-                    key: fleetscore_core::ModelKey::new("d1", "1").unwrap(),
-                    model: fleetscore_models::import_sklearn(&model).unwrap(),
-                    source: "test".into(),
-                    input: Default::default(),
-                }],
-                "2024-01-01T00:00:00Z",
-            )
-            .await
-            .unwrap();
-        let log = Arc::new(
-            Log::open(
-                dir.path().join("log"),
-                fleetscore_ingest::LogConfig::default(),
-            )
-            .unwrap(),
-        );
-        let ingestor = Arc::new(Ingestor::new(Arc::clone(&log), None));
-        let readings: Readings = (0..60).map(|m| (T0 + m * MIN, "d1", "1", 20.0)).collect();
-        ingestor.append(Arc::new(readings)).unwrap();
-
-        let compactor = Compactor {
-            ingestor: Arc::clone(&ingestor),
-            store: store.clone(),
-            metrics: Arc::new(Metrics::default()),
-            in_raw: BTreeSet::new(),
-        };
-        let (compact_now, requests) = CompactNow::channel();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let background = spawn_background(
-            compactor,
-            Duration::from_secs(3600),
-            Duration::from_secs(3600),
-            requests,
-            stop_rx.clone(),
-        );
-        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-        let db: Arc<dyn JobStore> = Arc::new(SqlStore::open(&url).await.unwrap());
-        let clock = Arc::new(ManualClock::new(T0 + HOUR + 5 * MIN));
-        let runner = Runner::new(
-            Arc::clone(&db),
-            store.clone(),
-            clock.clone(),
-            RunnerConfig {
-                parallel_tasks: 2,
-                poll: Duration::from_millis(10),
-                ..RunnerConfig::default()
-            },
-        );
-        let (reports, mut finished) = tokio::sync::mpsc::unbounded_channel();
-        let runner = runner.with_reports(reports);
-        let lp = crate::scheduler::scheduler_loop(
-            Arc::clone(&db),
-            Some(runner),
-            vec![hourly()],
-            Duration::from_millis(10),
-            clock.clone() as Arc<dyn Clock>,
-            crate::scheduler::Hooks {
-                compact: compact.then_some(compact_now),
-                wake: None,
-            },
-            stop_rx,
-        );
-        let wait = async {
-            let job = tokio::time::timeout(Duration::from_secs(60), finished.recv())
-                .await
-                .expect("a job within a minute")
-                .expect("a job");
-            stop_tx.send(true).unwrap();
-            job
-        };
-        let ((), job) = tokio::join!(lp, wait);
-        background.await.unwrap();
-        assert_eq!((job.window_start, job.window_end), (T0, T0 + HOUR));
-        job
-    }
-
-    /// Issue 17: a scheduled job read only raw/, which the compactor fills
-    /// every `[ingest] compact_interval`: created right after readings were
-    /// acknowledged, it found none of them (no_data for every model).
-    #[tokio::test]
-    async fn a_scheduled_job_sees_every_reading_acknowledged_before_it_was_created() {
-        let job = scheduled_right_after_readings(true).await;
-        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
-        assert_eq!((job.models, job.rows, job.failed_models), (1, 60, 0));
-        // Without the compaction first: what the timed compactor had not
-        // moved yet is missed.
-        let job = scheduled_right_after_readings(false).await;
-        assert_eq!(job.state, JobState::Skipped, "{job:?}");
-        assert_eq!(job.rows, 0);
     }
 }

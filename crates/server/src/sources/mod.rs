@@ -24,9 +24,11 @@ use axum::Router;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::windows::Ingestor;
 
+pub mod http;
 pub mod mqtt;
 
 /// What every source gets from the server.
@@ -52,7 +54,11 @@ pub trait Source: Send {
     /// Starts its own task, which runs until `stop` turns true (and then
     /// finishes what it took: what it acknowledged is durable). Sources
     /// that only answer requests run nothing.
-    fn start(self: Box<Self>, _ctx: Context, _stop: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+    fn start(
+        self: Box<Self>,
+        _ctx: Context,
+        _stop: watch::Receiver<bool>,
+    ) -> Option<JoinHandle<()>> {
         None
     }
 }
@@ -64,3 +70,22 @@ pub trait SourceConfig {
     fn build(&self) -> anyhow::Result<Box<dyn Source>>;
 }
 
+/// The sources `config` asks for, checked, in a fixed order: HTTP (always:
+/// its listener serves the API too), then MQTT when `[mqtt] url` is set.
+/// This is the one list of sources.
+pub fn configured(
+    config: &Config,
+    inflight: Arc<crate::http::InFlight>,
+) -> anyhow::Result<Vec<Box<dyn Source>>> {
+    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(http::HttpSource::new(config, inflight))];
+    if let Some(url) = &config.mqtt.url {
+        let mqtt = mqtt::MqttConfig {
+            url: url.clone(),
+            topic: config.mqtt.topic.clone(),
+            shared_group: config.mqtt.shared_group.clone(),
+            client_id: config.mqtt.client_id.clone(),
+        };
+        sources.push(mqtt.build()?);
+    }
+    Ok(sources)
+}
