@@ -37,8 +37,8 @@ use axum::{Json, Router};
 use fleetscore_codecs::read_predictions_parquet_bytes;
 use fleetscore_core::{format_ts, parse_ts, ModelKey};
 use fleetscore_jobs::db::{
-    Concurrency, DbError, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, TaskRecord,
-    Threshold,
+    Concurrency, DbError, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, TaskKind,
+    TaskRecord, Threshold,
 };
 use fleetscore_jobs::run::{raw_objects_of, DeviceCount, Manifest};
 use fleetscore_jobs::schedule::ScheduleSpec;
@@ -107,6 +107,8 @@ fn db_err(e: DbError) -> Response {
     match e {
         DbError::NoJob(_) => err(StatusCode::NOT_FOUND, e.to_string()),
         DbError::State { .. } => err(StatusCode::CONFLICT, e.to_string()),
+        // The database is restarting, busy, or lost a race: try again.
+        e if e.retryable() => retry_later(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         other => err(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
 }
@@ -577,13 +579,21 @@ async fn slowest(State(api): A, headers: HeaderMap, Query(q): Query<SlowestQuery
     if let Err(r) = api.read(&headers) {
         return r;
     }
-    let kind = match q.kind.as_deref() {
-        None | Some("") => None,
-        Some(k @ (fleetscore_jobs::db::TASK_MAP | fleetscore_jobs::db::TASK_SCORE)) => Some(k),
-        Some(other) => {
+    let kind = match q
+        .kind
+        .as_deref()
+        .filter(|k| !k.is_empty())
+        .map(str::parse::<TaskKind>)
+    {
+        None => None,
+        Some(Ok(k)) => Some(k),
+        Some(Err(_)) => {
             return err(
                 StatusCode::BAD_REQUEST,
-                format!("kind {other:?}: use map (tasks that read the data) or score"),
+                format!(
+                    "kind {:?}: use map (tasks that read the data) or score",
+                    q.kind.unwrap_or_default()
+                ),
             )
         }
     };
