@@ -11,7 +11,7 @@ use fleetscore_jobs::db::{
     Concurrency, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, Threshold,
 };
 use fleetscore_jobs::run::{Runner, RunnerConfig};
-use fleetscore_jobs::schedule::{Clock, SystemClock};
+use fleetscore_jobs::schedule::SystemClock;
 use serde_json::json;
 
 use crate::cli::{BackfillArgs, Global, JobsCommand, WorkerArgs};
@@ -473,121 +473,13 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// What ties the scheduler loop to the rest of `serve`.
-#[derive(Default)]
-pub struct Hooks {
-    /// Compacts the ingest log into raw/ before due jobs are created.
-    pub compact: Option<crate::serve::CompactNow>,
-    /// Notified when the API queued a job: the loop runs it at once
-    /// instead of at its next tick.
-    pub wake: Option<Arc<tokio::sync::Notify>>,
-}
-
-/// The scheduler loop of `serve`: ticks every schedule at `clock`'s time
-/// (compacting the ingest log first through `hooks.compact` when a job is
-/// due), then (unless `runner` is `None`: `--no-workers`) runs what is
-/// queued, until `stop`.
-pub async fn scheduler_loop(
-    db: Arc<dyn JobStore>,
-    runner: Option<Runner>,
-    specs: Vec<fleetscore_jobs::schedule::ScheduleSpec>,
-    every: Duration,
-    clock: Arc<dyn Clock>,
-    hooks: Hooks,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let Hooks { compact, wake } = hooks;
-    // Work left running by a process that died is taken over once its
-    // lease expires ([jobs] lease): other processes (workers, a backfill)
-    // may share even a SQLite store, so leases are never ended early.
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // A job queued through this server's API wakes the loop at once
-        // (a permit is kept if it is busy, so the next turn comes at once).
-        let woken = async {
-            match &wake {
-                Some(w) => w.notified().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = woken => {}
-            _ = stop.changed() => break,
-        }
-        create_due_jobs(&*db, &specs, clock.now(), compact.as_ref()).await;
-        let Some(runner) = &runner else { continue };
-        // Runs what is runnable; a stop gives the current work a grace
-        // period, then drops it (its leases are released at the next start).
-        let run = runner.run_queued();
-        tokio::pin!(run);
-        let outcome = tokio::select! {
-            r = &mut run => Some(r),
-            _ = stop.changed() => None,
-        };
-        match outcome {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => tracing::error!("running jobs failed: {e:#}"),
-            // Stopping (the stop is seen now, so the loop must end here).
-            None => {
-                match tokio::time::timeout(Duration::from_secs(30), run).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!("running jobs failed: {e:#}"),
-                    Err(_) => tracing::warn!(
-                        "stopping with work in progress; it resumes at the next start"
-                    ),
-                }
-                break;
-            }
-        }
-        if *stop.borrow() {
-            break;
-        }
-    }
-}
-
-/// Creates the jobs of `specs` due at `now`. When any is due, the ingest
-/// log is compacted into raw/ first (`compact`), so that the jobs see every
-/// reading acknowledged until now, whichever process runs them; a
-/// schedule's delay then only waits for late devices. If the compaction
-/// fails, no job is created (it would miss readings): the next tick tries
-/// again.
-async fn create_due_jobs(
-    db: &dyn JobStore,
-    specs: &[fleetscore_jobs::schedule::ScheduleSpec],
-    now: i64,
-    compact: Option<&crate::serve::CompactNow>,
-) {
-    let mut due = Vec::new();
-    for spec in specs {
-        match fleetscore_jobs::schedule::due(db, spec, now).await {
-            Ok(true) => due.push(spec),
-            Ok(false) => {}
-            Err(e) => tracing::error!(schedule = %spec.name, "schedule tick failed: {e}"),
-        }
-    }
-    if due.is_empty() {
-        return;
-    }
-    if let Some(compact) = compact {
-        if let Err(e) = compact.run().await {
-            let names: Vec<&str> = due.iter().map(|s| s.name.as_str()).collect();
-            tracing::error!(
-                schedules = %names.join(", "),
-                "not creating the due jobs yet, as they would miss readings; trying again at the next tick: {e:#}"
-            );
-            return;
-        }
-    }
-    for spec in due {
-        match fleetscore_jobs::schedule::tick(db, spec, now).await {
-            Ok(out) if !out.queued.is_empty() => {
-                tracing::info!(schedule = %spec.name, jobs = ?out.queued, "jobs queued");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(schedule = %spec.name, "schedule tick failed: {e}"),
-        }
+/// `serve` compacts its ingest log into raw/ before the scheduler creates
+/// due jobs (see [`fleetscore_jobs::scheduler::Prepare`]), so that the
+/// jobs see every reading acknowledged until then, whichever process runs
+/// them.
+impl fleetscore_jobs::scheduler::Prepare for crate::serve::CompactNow {
+    fn prepare(&self) -> fleetscore_jobs::scheduler::Preparing<'_> {
+        Box::pin(async move { self.run().await.map_err(Into::into) })
     }
 }
 

@@ -393,6 +393,12 @@ async fn serve(
             runs_jobs = run_jobs,
             "scheduler started"
         );
+        let mut scheduler = fleetscore_jobs::scheduler::Scheduler::new(db, specs, clock, every)
+            .with_prepare(Arc::new(compact_now))
+            .with_wake(wake);
+        if run_jobs {
+            scheduler = scheduler.with_runner(runner);
+        }
         // On a thread of its own with a one-thread runtime: the runner's
         // futures are not `Send` (object_store streams), and scoring is
         // CPU work on the blocking pool anyway.
@@ -404,18 +410,7 @@ async fn serve(
                     .enable_all()
                     .build();
                 match rt {
-                    Ok(rt) => rt.block_on(crate::jobs_cmd::scheduler_loop(
-                        db,
-                        run_jobs.then_some(runner),
-                        specs,
-                        every,
-                        clock,
-                        crate::jobs_cmd::Hooks {
-                            compact: Some(compact_now),
-                            wake: Some(wake),
-                        },
-                        stop,
-                    )),
+                    Ok(rt) => rt.block_on(scheduler.run(stop)),
                     Err(e) => tracing::error!("the scheduler could not start: {e}"),
                 }
             })
@@ -1409,18 +1404,17 @@ mod tests {
         );
         let (reports, mut finished) = tokio::sync::mpsc::unbounded_channel();
         let runner = runner.with_reports(reports);
-        let lp = crate::jobs_cmd::scheduler_loop(
+        let mut scheduler = fleetscore_jobs::scheduler::Scheduler::new(
             Arc::clone(&db),
-            Some(runner),
             vec![hourly()],
-            Duration::from_millis(10),
             clock.clone() as Arc<dyn Clock>,
-            crate::jobs_cmd::Hooks {
-                compact: compact.then_some(compact_now),
-                wake: None,
-            },
-            stop_rx,
-        );
+            Duration::from_millis(10),
+        )
+        .with_runner(runner);
+        if compact {
+            scheduler = scheduler.with_prepare(Arc::new(compact_now));
+        }
+        let lp = scheduler.run(stop_rx);
         let wait = async {
             let job = tokio::time::timeout(Duration::from_secs(60), finished.recv())
                 .await

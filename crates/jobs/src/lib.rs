@@ -10,6 +10,7 @@
 //! Around it, the scheduled service: [`db`] (the job store: records,
 //! states, the store trait, its SQLite and PostgreSQL dialects),
 //! [`schedule`] (cron schedules, catch-up, the injectable clock),
+//! [`scheduler`] (the loop that creates due jobs and runs them),
 //! [`lease`] (lease times on the injected clock, renewals) and [`run`]
 //! (jobs in tasks, with retries, outputs and logs in the object store).
 #![deny(missing_docs)]
@@ -18,6 +19,7 @@ pub mod db;
 pub mod lease;
 pub mod run;
 pub mod schedule;
+pub mod scheduler;
 mod stage;
 
 use std::ops::Range;
