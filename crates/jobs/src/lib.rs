@@ -11,10 +11,12 @@
 //! states, the store trait, its SQLite and PostgreSQL dialects),
 //! [`schedule`] (cron schedules, catch-up, the injectable clock),
 //! [`scheduler`] (the loop that creates due jobs and runs them),
+//! [`backfill`] (the jobs of a range of windows, for the CLI and the API),
 //! [`lease`] (lease times on the injected clock, renewals) and [`run`]
 //! (jobs in tasks, with retries, outputs and logs in the object store).
 #![deny(missing_docs)]
 
+pub mod backfill;
 pub mod db;
 pub mod lease;
 pub mod run;
