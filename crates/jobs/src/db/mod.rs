@@ -7,13 +7,13 @@
 //! same SQL but for a few dialect differences; each has its own migrations.
 //! Times are `i64` nanoseconds since the epoch, UTC.
 //!
-//! The module's files: the records and their states
-//! ([`records`](self::records): [`JobRecord`], [`TaskRecord`],
-//! [`JobState`], [`TaskState`], [`TaskKind`], …), the trait
-//! ([`store`](self::store)), the errors ([`DbError`], which says whether a
-//! retry can help), the shared SQL ([`SqlStore`]), each dialect's words
-//! (`sqlite.rs`, `postgres.rs`: migrations, connection setup, row locks,
-//! `NOTIFY`) and the row mapping (`rows.rs`).
+//! The module's files: the records and their states ([`records`]:
+//! [`JobRecord`], [`TaskRecord`], [`JobState`], [`TaskState`],
+//! [`TaskKind`], …), the trait (`store.rs`: [`JobStore`]), the errors
+//! (`error.rs`: [`DbError`], which says whether a retry can help), the
+//! shared SQL (`sql.rs`: [`SqlStore`]), each dialect's words (`sqlite.rs`,
+//! `postgres.rs`: migrations, connection setup, row locks, `NOTIFY`) and
+//! the row mapping (`rows.rs`).
 //!
 //! # Leases
 //! Work is handed out in leases so that a process that vanishes loses its

@@ -46,7 +46,7 @@ pub enum Commits {
 }
 
 /// Which SQL the store speaks: the same statements but for the few words
-/// each dialect's module ([`sqlite`], [`postgres`]) supplies.
+/// each dialect's module (`db/sqlite.rs`, `db/postgres.rs`) supplies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
     /// SQLite: one writer at a time, so a single `UPDATE … RETURNING`
