@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleetscore_core::{format_rfc3339, format_ts, parse_ts};
-use fleetscore_jobs::db::{
-    Concurrency, JobFilter, JobKind, JobRecord, JobState, NewJob, Threshold,
-};
+use fleetscore_jobs::backfill::WindowJobs;
+use fleetscore_jobs::db::{JobFilter, JobKind, JobRecord, JobState, Threshold};
 use fleetscore_jobs::run::Runner;
 use fleetscore_jobs::schedule::SystemClock;
 use serde_json::json;
@@ -164,28 +163,6 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
         .map_err(anyhow::Error::from)
         .and_then(|t| Ok(fleetscore_core::check_ts(t)?))
         .context("--to")?;
-    let w = args.window.as_nanos();
-    anyhow::ensure!(w > 0, "--window must be longer than zero");
-    anyhow::ensure!(from < to, "--from must be before --to");
-    // Checked: --from, --to and --window are the user's, and rounding the
-    // range out to whole windows may pass the last time an i64 holds.
-    let start = from
-        .div_euclid(w)
-        .checked_mul(w)
-        .context("--from: rounded down to a whole --window it passes the earliest time fleetscore represents")?;
-    let end = match to.rem_euclid(w) {
-        0 => Some(to),
-        r => to.checked_add(w - r),
-    }
-    .context(
-        "--to: rounded up to a whole --window it passes the latest time fleetscore represents",
-    )?;
-    let windows = ((end as i128 - start as i128) / w as i128).min(i64::MAX as i128) as i64;
-    anyhow::ensure!(
-        windows <= 10_000,
-        "{windows} windows of {} in that range; backfill at most 10000 at a time",
-        args.window
-    );
     let max_failed: Threshold = match &args.max_failed_models {
         Some(t) => t
             .parse()
@@ -193,40 +170,24 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
             .context("--max-failed-models")?,
         None => c.jobs.max_failed_models,
     };
-    let selection = if args.models.is_empty() {
-        None
-    } else {
-        for m in &args.models {
-            anyhow::ensure!(
-                m.split_once('/')
-                    .is_some_and(|(d, t)| !d.is_empty() && !t.is_empty()),
-                "--model {m:?}: write DEVICE/TAG"
-            );
-        }
-        Some(args.models.clone())
-    };
+    let jobs = WindowJobs {
+        from,
+        to,
+        window: args.window.as_nanos(),
+        kind: JobKind::Backfill,
+        selection: (!args.models.is_empty()).then(|| args.models.clone()),
+        batch_size: args.batch_size.unwrap_or(c.jobs.batch_size),
+        max_failed,
+        max_retries: args.max_retries.unwrap_or(c.jobs.max_retries),
+    }
+    .jobs()
+    // The refusal names the value at fault (`from`, `to`, `window`,
+    // `models`), as the flags do.
+    .context("no job queued: check --from, --to, --window and --model")?;
     let db = util::job_store(g).await?;
     let store = util::store(g)?;
     let clock = Arc::new(SystemClock);
-    let now = util::now_ns();
-    let mut ids = Vec::new();
-    for i in 0..windows {
-        let job = NewJob {
-            schedule: None,
-            kind: JobKind::Backfill,
-            window_start: start + i * w,
-            window_end: start + (i + 1) * w,
-            mode: "raw".into(),
-            selection: selection.clone(),
-            batch_size: args.batch_size.unwrap_or(c.jobs.batch_size).max(1),
-            max_failed,
-            max_retries: args.max_retries.unwrap_or(c.jobs.max_retries),
-            concurrency: Concurrency::Allow,
-            state: JobState::Queued,
-            error: None,
-        };
-        ids.push(db.create_job(&job, now).await?);
-    }
+    let ids = fleetscore_jobs::backfill::create_jobs(&*db, &jobs, util::now_ns()).await?;
     if args.queue {
         if args.json {
             println!(

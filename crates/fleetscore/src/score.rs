@@ -137,10 +137,8 @@ fn source(g: &Global, args: &ScoreArgs) -> anyhow::Result<Source> {
                 format_ts(now)
             )
         })?;
-        return Ok(Source::Store {
-            from: t - spec.window_ns,
-            to: t,
-        });
+        let (from, to) = spec.window(t)?;
+        return Ok(Source::Store { from, to });
     }
     match (from, to) {
         (Some(from), Some(to)) => Ok(Source::Store { from, to }),

@@ -180,3 +180,136 @@ fn serve_runs_its_schedule() {
         minute * 1_000_000_000
     );
 }
+
+/// Issue 19: a window near the longest span an i64 of nanoseconds holds
+/// (`9223372036854775807ns`, `106751d`) was accepted by `backfill` and by
+/// `POST /v1/jobs`, which built the same jobs each in its own way: one job
+/// from 1970 to past 2262, beyond the last time fleetscore represents, for
+/// a runner to list millions of hours of. Both now build the jobs with one
+/// function, which refuses such a window with a 400 / an error saying what
+/// to change, and queues nothing.
+#[test]
+fn windows_near_the_longest_span_are_refused_by_backfill_and_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let said = "reach past the times fleetscore represents";
+    for window in ["9223372036854775807ns", "106751d"] {
+        let o = run(
+            data,
+            &[
+                "backfill",
+                "--from",
+                "2024-01-01T00:00:00Z",
+                "--to",
+                "2024-01-01T01:00:00Z",
+                "--window",
+                window,
+                "--queue",
+            ],
+        );
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{window}: {t}");
+        assert!(t.contains(said) && t.contains("--window"), "{window}: {t}");
+        assert!(!t.contains("panicked"), "{t}");
+    }
+    // Rounded up to whole windows, the last hours there are reach past the
+    // last i64; the range itself past the last time a reading may carry.
+    for (from, to, window) in [
+        ("2261-12-31T00:00:00Z", "2261-12-31T23:00:00Z", "100000d"),
+        ("1678-01-01T00:00:00Z", "1678-02-01T00:00:00Z", "200d"),
+    ] {
+        let o = run(
+            data,
+            &[
+                "backfill", "--from", from, "--to", to, "--window", window, "--queue",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains(said), "{}", text(&o));
+    }
+    let o = run(data, &["jobs", "list", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap(),
+        serde_json::json!([]),
+        "nothing queued"
+    );
+
+    let s = Server::start(data, &[]);
+    for window in ["9223372036854775807ns", "106751d"] {
+        let body = format!(
+            r#"{{"from": "2024-01-01T00:00:00Z", "to": "2024-01-01T01:00:00Z", "window": "{window}"}}"#
+        );
+        let (status, answer) = s.post("/v1/jobs", &[], &body);
+        assert_eq!(status, 400, "{window}: {answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("window: ") && error.contains(said),
+            "{error}"
+        );
+    }
+    // The same checks, the same words: a selection that is not DEVICE/TAG.
+    let (status, answer) = s.post(
+        "/v1/jobs",
+        &[],
+        r#"{"from": "2024-01-01T00:00:00Z", "to": "2024-01-01T01:00:00Z", "models": ["d1"]}"#,
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.contains(r#"models: \"d1\" is not DEVICE/TAG"#),
+        "{answer}"
+    );
+    s.terminate();
+    let o = run(
+        data,
+        &[
+            "backfill",
+            "--from",
+            "2024-01-01T00:00:00Z",
+            "--to",
+            "2024-01-01T01:00:00Z",
+            "--model",
+            "d1",
+            "--queue",
+        ],
+    );
+    assert!(
+        text(&o).contains(r#"models: "d1" is not DEVICE/TAG"#),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Issue 19: `score --schedule NAME --now T` took the window `[T - window,
+/// T)` unchecked: a schedule's window of centuries before a time before
+/// 1970 overflowed (a panic in a debug build, a window in the far future
+/// in a release build). It is refused, saying so.
+#[test]
+fn a_scheduled_window_before_the_first_instant_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let config = data.join("fleetscore.toml");
+    std::fs::write(
+        &config,
+        "[[schedules]]\nname = \"ages\"\ncron = \"0 * * * *\"\nwindow = \"106751d\"\ndelay = \"0s\"\n",
+    )
+    .unwrap();
+    let o = run(
+        data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "score",
+            "--schedule",
+            "ages",
+            "--now",
+            "1900-01-01T00:30:00Z",
+        ],
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("use a shorter window") && !t.contains("panicked"),
+        "{t}"
+    );
+}

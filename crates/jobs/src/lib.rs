@@ -7,14 +7,21 @@
 //! A model that cannot score (no model, feature-count mismatch) is
 //! reported with its reason and its rows are left out; the others go on.
 //!
-//! Around it, the scheduled service: [`db`] (the job store), [`schedule`]
-//! (cron schedules, catch-up, the injectable clock) and [`run`] (jobs in
-//! tasks, with retries, outputs and logs in the object store).
+//! Around it, the scheduled service: [`db`] (the job store: records,
+//! states, the store trait, its SQLite and PostgreSQL dialects),
+//! [`schedule`] (cron schedules, catch-up, the injectable clock),
+//! [`scheduler`] (the loop that creates due jobs and runs them),
+//! [`backfill`] (the jobs of a range of windows, for the CLI and the API),
+//! [`lease`] (lease times on the injected clock, renewals) and [`run`]
+//! (jobs in tasks, with retries, outputs and logs in the object store).
 #![deny(missing_docs)]
 
+pub mod backfill;
 pub mod db;
+pub mod lease;
 pub mod run;
 pub mod schedule;
+pub mod scheduler;
 mod stage;
 
 use std::ops::Range;

@@ -102,7 +102,8 @@ use fleetscore_stream::Window;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use rustc_hash::FxHashMap;
 
-use crate::db::{FailureRecord, JobRecord, JobState, JobStore, TaskRecord, TASK_MAP};
+use crate::db::{FailureRecord, JobRecord, JobState, JobStore, TaskKind, TaskRecord, TaskState};
+use crate::lease::{Held, Leases, Renewer};
 use crate::schedule::Clock;
 use crate::stage::{JobPlan, MapPiece, PlanUnit, Section, SectionKey};
 use crate::FailureReason;
@@ -162,6 +163,8 @@ pub struct Runner {
     clock: Arc<dyn Clock>,
     config: RunnerConfig,
     owner: String,
+    /// Lease times, from `clock` (see [`crate::lease`]).
+    leases: Leases,
     /// What this process staged or read (see [`StagedCache`]).
     staged: Arc<std::sync::Mutex<StagedCache>>,
     /// The last model pack loaded.
@@ -302,9 +305,12 @@ fn map_key(job: i64, plan: &str, m: u32) -> String {
     format!("staging/{job}/{plan}/map-{m:05}.bin")
 }
 
-/// A new plan's id, usable as one segment of an object key: the planner
-/// and the time (ns).
-fn new_plan_id(owner: &str) -> String {
+/// A new plan's id, usable as one segment of an object key: the planner,
+/// the time (ns) and a number this process gives each plan, so that two
+/// plans of one planner at one clock time (a clock that stands still in a
+/// test) still differ.
+fn new_plan_id(owner: &str, now: i64) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let owner: String = owner
         .chars()
         .map(|c| {
@@ -315,21 +321,14 @@ fn new_plan_id(owner: &str) -> String {
             }
         })
         .collect();
-    format!("{owner}-{}", wall_ns())
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{owner}-{now}-{n}")
 }
 
 /// Rows a map task reads at least (whole row groups, so often more).
 const MAP_ROWS: u64 = 400_000;
 /// Map tasks a job is cut into at most.
 const MAX_MAPS: u64 = 64;
-
-/// The wall clock, ns: leases are compared across hosts.
-fn wall_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
 
 /// A name for this process's leases: host, pid and a counter.
 fn owner_name() -> String {
@@ -351,80 +350,16 @@ fn owner_name() -> String {
     )
 }
 
-/// Renews a lease every third of its length until dropped; `lost` turns
-/// true if the store says the lease is gone.
-struct Renewer {
-    handle: tokio::task::JoinHandle<()>,
-    lost: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Renewer {
-    fn start(
-        db: Arc<dyn JobStore>,
-        lease: Duration,
-        owner: String,
-        task: Option<u32>,
-        job: i64,
-    ) -> Renewer {
-        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = Arc::clone(&lost);
-        let every = (lease / 3).max(Duration::from_millis(10));
-        let handle = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let until = wall_ns() + lease.as_nanos() as i64;
-                let kept = match task {
-                    Some(idx) => db.renew_task(job, idx, &owner, until).await,
-                    None => db.renew_job(job, &owner, until).await,
-                };
-                match kept {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(job, task = ?task, "lease lost: another process took over");
-                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                        return;
-                    }
-                    // The store is down: keep trying; the lease may still
-                    // hold when it is back.
-                    Err(e) => tracing::warn!(job, task = ?task, "renewing a lease failed: {e}"),
-                }
-            }
-        });
-        Renewer { handle, lost }
-    }
-
-    fn lost(&self) -> bool {
-        self.lost.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for Renewer {
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
-}
-
-/// Retries a job-store call a few times (a database restarting), then
-/// gives up with its error.
-async fn persist<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+/// A job-store call, retried while retrying can help (see
+/// [`crate::db::retrying`]); its error says what was being done.
+async fn persist<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = crate::db::Result<T>>,
 {
-    let mut wait = Duration::from_millis(200);
-    let mut tries = 0;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if tries < 8 => {
-                tracing::warn!("{what}: {e}; retrying in {wait:?}");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-                tries += 1;
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context(what.to_string())),
-        }
-    }
+    crate::db::retrying(what, f)
+        .await
+        .with_context(|| what.to_string())
 }
 
 impl Runner {
@@ -435,13 +370,15 @@ impl Runner {
         clock: Arc<dyn Clock>,
         config: RunnerConfig,
     ) -> Runner {
+        let owner = owner_name();
         Runner {
             db,
             registry: Registry::new(store.clone()),
             store,
+            leases: Leases::new(Arc::clone(&clock), owner.clone(), config.lease),
             clock,
             config,
-            owner: owner_name(),
+            owner,
             staged: Arc::new(std::sync::Mutex::new(StagedCache::default())),
             pack: Arc::new(tokio::sync::Mutex::new(None)),
             held: Arc::new(std::sync::Mutex::new(Vec::new())),
@@ -490,7 +427,7 @@ impl Runner {
     }
 
     fn until(&self) -> i64 {
-        wall_ns() + self.config.lease.as_nanos() as i64
+        self.leases.until()
     }
 
     /// Runs queued work (planning, tasks, finalizing) with
@@ -663,7 +600,9 @@ impl Runner {
                                 // still to do: wait for it.
                                 match self.db.next_retry().await? {
                                     Some(at) => {
-                                        let wait = (at - wall_ns()).clamp(0, 60_000_000_000);
+                                        let wait = at
+                                            .saturating_sub(self.clock.now())
+                                            .clamp(0, 60_000_000_000);
                                         tokio::time::sleep(
                                             Duration::from_nanos(wait as u64).max(poll),
                                         )
@@ -694,7 +633,7 @@ impl Runner {
         // round trips to the job store (lease, record), not three.
         if let Some(task) = self
             .db
-            .lease_task(self.clock.now(), wall_ns(), &self.owner, self.until(), only)
+            .lease_task(self.clock.now(), &self.owner, self.until(), only)
             .await?
         {
             let id = task.job_id;
@@ -725,7 +664,7 @@ impl Runner {
             for j in left {
                 if let Some(job) = self
                     .db
-                    .claim_finalize(wall_ns(), &self.owner, self.until(), Some(j))
+                    .claim_finalize(self.clock.now(), &self.owner, self.until(), Some(j))
                     .await?
                 {
                     self.finalize(job).await?;
@@ -736,11 +675,11 @@ impl Runner {
         // No task: ask once whether a claim could find anything, rather
         // than trying both (while other runners finish a job's tasks,
         // neither does).
-        let idle = self.db.idle_work(wall_ns(), only).await?;
+        let idle = self.db.idle_work(self.clock.now(), only).await?;
         if idle.finalize {
             if let Some(job) = self
                 .db
-                .claim_finalize(wall_ns(), &self.owner, self.until(), only)
+                .claim_finalize(self.clock.now(), &self.owner, self.until(), only)
                 .await?
             {
                 let id = job.id;
@@ -751,7 +690,7 @@ impl Runner {
         if idle.plan {
             if let Some(job) = self
                 .db
-                .claim_job(self.clock.now(), wall_ns(), &self.owner, self.until(), only)
+                .claim_job(self.clock.now(), &self.owner, self.until(), only)
                 .await?
             {
                 let id = job.id;
@@ -767,13 +706,7 @@ impl Runner {
     /// store itself failed).
     async fn plan(&self, job: JobRecord) -> anyhow::Result<()> {
         let id = job.id;
-        let renew = Renewer::start(
-            Arc::clone(&self.db),
-            self.config.lease,
-            self.owner.clone(),
-            None,
-            id,
-        );
+        let renew = self.leases.keep(Arc::clone(&self.db), Held::Job(id));
         match self.plan_inner(job.clone(), &renew).await {
             Ok(None) => {
                 tracing::warn!(
@@ -976,7 +909,7 @@ impl Runner {
             .map(|(i, c)| TaskRecord {
                 job_id: job.id,
                 idx: i as u32,
-                state: "queued".into(),
+                state: TaskState::Queued,
                 first_key: c
                     .first()
                     .map(|(d, t)| format!("{d}/{t}"))
@@ -1018,7 +951,7 @@ impl Runner {
                 rows += n;
             }
         }
-        let plan_id = new_plan_id(&self.owner);
+        let plan_id = new_plan_id(&self.owner, self.clock.now());
         let plan = JobPlan {
             format: "fleetscore-job-plan".into(),
             job: job.id,
@@ -1055,8 +988,8 @@ impl Runner {
             tasks.push(TaskRecord {
                 job_id: job.id,
                 idx: n_tasks + m as u32,
-                kind: TASK_MAP.into(),
-                state: "queued".into(),
+                kind: TaskKind::Map,
+                state: TaskState::Queued,
                 first_key,
                 last_key,
                 n_keys,
@@ -1410,12 +1343,12 @@ impl Runner {
 
     /// Runs one leased attempt of a task and records it.
     async fn run_task(&self, mut record: TaskRecord) -> anyhow::Result<()> {
-        let renew = Renewer::start(
+        let renew = self.leases.keep(
             Arc::clone(&self.db),
-            self.config.lease,
-            self.owner.clone(),
-            Some(record.idx),
-            record.job_id,
+            Held::Task {
+                job: record.job_id,
+                idx: record.idx,
+            },
         );
         let job = self.job_for(record.job_id).await?;
         let log_key = format!("logs/{}/task-{:05}.log", job.id, record.idx);
@@ -1444,7 +1377,7 @@ impl Runner {
         );
         let mut failures = Vec::new();
         if job.state != JobState::Running {
-            record.state = "cancelled".into();
+            record.state = TaskState::Cancelled;
             let _ = writeln!(log, "cancelled: the job is {}", job.state);
         } else {
             let outcome = if record.is_map() {
@@ -1454,7 +1387,7 @@ impl Runner {
             };
             match outcome {
                 Ok(None) => {
-                    record.state = "succeeded".into();
+                    record.state = TaskState::Succeeded;
                     record.error = None;
                     record.not_before = None;
                     let _ = writeln!(
@@ -1469,7 +1402,7 @@ impl Runner {
                 }
                 Ok(Some((f, devices))) => {
                     failures = f;
-                    record.state = "succeeded".into();
+                    record.state = TaskState::Succeeded;
                     record.error = None;
                     record.not_before = None;
                     record.devices = Some(serde_json::to_string(&devices)?);
@@ -1502,13 +1435,15 @@ impl Runner {
                     let _ = writeln!(log, "failed: {msg}");
                     record.error = Some(msg);
                     if record.attempts > job.max_retries {
-                        record.state = "failed".into();
+                        record.state = TaskState::Failed;
                     } else {
-                        let wait =
-                            self.config.retry_backoff * 2u32.pow((record.attempts - 1).min(10));
+                        let wait = self
+                            .config
+                            .retry_backoff
+                            .saturating_mul(2u32.pow((record.attempts - 1).min(10)));
                         let _ = writeln!(log, "retrying in {wait:?}");
-                        record.state = "queued".into();
-                        record.not_before = Some(wall_ns() + wait.as_nanos() as i64);
+                        record.state = TaskState::Queued;
+                        record.not_before = Some(self.leases.after(wait));
                     }
                 }
             }
@@ -1651,17 +1586,20 @@ impl Runner {
         job.score_ms = 0;
         job.write_ms = 0;
         job.tasks = tasks.len() as u64;
-        let mut task_error = maps.iter().find(|m| m.state != "succeeded").map(|m| {
-            format!(
-                "reading the window failed: map task {} ({} raw row groups of {}..{}) {}: {}",
-                m.idx,
-                m.n_keys,
-                m.first_key,
-                m.last_key,
-                m.state,
-                m.error.as_deref().unwrap_or("")
-            )
-        });
+        let mut task_error = maps
+            .iter()
+            .find(|m| m.state != TaskState::Succeeded)
+            .map(|m| {
+                format!(
+                    "reading the window failed: map task {} ({} raw row groups of {}..{}) {}: {}",
+                    m.idx,
+                    m.n_keys,
+                    m.first_key,
+                    m.last_key,
+                    m.state,
+                    m.error.as_deref().unwrap_or("")
+                )
+            });
         // Reading the window (the map tasks) counts as loading.
         job.load_ms += maps.iter().map(|m| m.load_ms + m.write_ms).sum::<u64>();
         let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
@@ -1672,7 +1610,7 @@ impl Runner {
             job.failed_models += r.failed_models;
             job.score_ms += r.score_ms;
             job.write_ms += r.write_ms;
-            if r.state != "succeeded" && task_error.is_none() {
+            if r.state != TaskState::Succeeded && task_error.is_none() {
                 task_error = Some(format!(
                     "task {} {}: {}",
                     r.idx,

@@ -115,12 +115,31 @@ impl ScheduleSpec {
         })
     }
 
-    fn job(&self, t: i64, state: JobState, error: Option<String>) -> NewJob {
-        NewJob {
+    /// The window `[t - window, t)` of nominal time `t`; refused (not
+    /// overflowed) when it would start before the first time an `i64` of
+    /// nanoseconds holds (a window of centuries before a time before 1970).
+    pub fn window(&self, t: i64) -> Result<(i64, i64), ScheduleError> {
+        match t.checked_sub(self.window_ns) {
+            Some(start) => Ok((start, t)),
+            None => Err(ScheduleError::Invalid {
+                name: self.name.clone(),
+                reason: format!(
+                    "the window of {} ns before {} starts before the earliest time fleetscore \
+                     represents; use a shorter window",
+                    self.window_ns,
+                    fleetscore_core::format_ts(t)
+                ),
+            }),
+        }
+    }
+
+    fn job(&self, t: i64, state: JobState, error: Option<String>) -> Result<NewJob, ScheduleError> {
+        let (window_start, window_end) = self.window(t)?;
+        Ok(NewJob {
             schedule: Some(self.name.clone()),
             kind: JobKind::Scheduled,
-            window_start: t - self.window_ns,
-            window_end: t,
+            window_start,
+            window_end,
             mode: self.mode.clone(),
             selection: None,
             batch_size: self.batch_size,
@@ -129,7 +148,7 @@ impl ScheduleSpec {
             concurrency: self.concurrency,
             state,
             error,
-        }
+        })
     }
 }
 
@@ -261,7 +280,7 @@ async fn tick_inner(
                 spec.job(t, JobState::Queued, None)
             }
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let ids = db.schedule_jobs(&spec.name, &jobs, newest, now).await?;
     let mut out = TickOutcome::default();
     for (i, id) in ids.into_iter().enumerate() {
@@ -450,6 +469,21 @@ mod tests {
             Some(ts("2024-05-01T10:00:00Z"))
         );
         assert!(latest_due(&spec("nonsense", 60, 5), 0).is_err());
+    }
+
+    /// A window of nearly 300 years before a time before 1970 would start
+    /// before the first i64: refused, not wrapped to the far future.
+    #[test]
+    fn a_window_reaching_before_the_first_instant_is_refused() {
+        let mut s = spec("0 * * * *", 60, 0);
+        assert_eq!(
+            s.window(ts("2024-05-01T10:00:00Z")).unwrap().1,
+            ts("2024-05-01T10:00:00Z")
+        );
+        s.window_ns = i64::MAX;
+        assert_eq!(s.window(0).unwrap(), (-i64::MAX, 0));
+        let e = s.window(ts("1969-12-31T23:00:00Z")).unwrap_err();
+        assert!(e.to_string().contains("use a shorter window"), "{e}");
     }
 
     #[test]

@@ -14,9 +14,10 @@ use fleetscore_codecs::Readings;
 use fleetscore_core::ModelKey;
 use fleetscore_jobs::db::{
     Commits, Concurrency, DbError, FailureRecord, IdleWork, JobFilter, JobKind, JobState, JobStore,
-    NewJob, SqlStore, TaskRecord, Threshold,
+    NewJob, SqlStore, TaskRecord, TaskState, Threshold,
 };
-use fleetscore_jobs::run::{no_readings, Runner, RunnerConfig};
+use fleetscore_jobs::lease::{Held, Leases};
+use fleetscore_jobs::run::{no_readings, Runner, RunnerConfig, Step};
 use fleetscore_jobs::schedule::{due, tick, Clock, ManualClock, ScheduleSpec};
 use fleetscore_store::{raw_objects, ImportRequest, Registry, Store, HOUR_NS};
 
@@ -97,10 +98,14 @@ fn hourly(name: &str) -> ScheduleSpec {
     }
 }
 
+/// A runner's settings for the tests. Its backoff is none: a retry's
+/// `not_before` is a time on the runner's clock, which stands still in
+/// these tests unless one moves it, so a retry is due at once (the test
+/// of the backoff itself moves the clock past it).
 fn quick() -> RunnerConfig {
     RunnerConfig {
         parallel_tasks: 2,
-        retry_backoff: Duration::from_millis(1),
+        retry_backoff: Duration::ZERO,
         lease: Duration::from_secs(30),
         poll: Duration::from_millis(20),
     }
@@ -350,10 +355,10 @@ async fn failing_writes_are_retried_then_fail_the_job_and_a_retry_then_succeeds(
     assert_eq!(maps.len(), 1, "{tasks:?}");
     assert!(maps
         .iter()
-        .all(|t| t.attempts == 1 && t.state == "succeeded"));
+        .all(|t| t.attempts == 1 && t.state == TaskState::Succeeded));
     assert!(scores
         .iter()
-        .all(|t| t.attempts == 3 && t.state == "failed"));
+        .all(|t| t.attempts == 3 && t.state == TaskState::Failed));
     let log = store
         .get(&format!("logs/{id}/task-00000.log"))
         .await
@@ -415,7 +420,7 @@ async fn forbid_runs_a_schedules_jobs_one_at_a_time_allow_does_not(b: Backend) {
     ];
     db.schedule_jobs("b", &jobs, T0, 0).await.unwrap();
     let mut claimed = Vec::new();
-    while let Some(j) = db.claim_job(1, 1, "test", i64::MAX, None).await.unwrap() {
+    while let Some(j) = db.claim_job(1, "test", i64::MAX, None).await.unwrap() {
         claimed.push((j.schedule.unwrap(), j.window_start));
     }
     claimed.sort();
@@ -572,7 +577,7 @@ async fn prediction_rows(store: &Store) -> Vec<(String, String, i64)> {
 async fn planned(db: &Arc<dyn JobStore>, n: u32, owner: &str) -> i64 {
     let id = db.create_job(&manual(T0, 1), 0).await.unwrap();
     let job = db
-        .claim_job(1, 1, owner, i64::MAX, Some(id))
+        .claim_job(1, owner, i64::MAX, Some(id))
         .await
         .unwrap()
         .expect("the queued job is claimed");
@@ -580,7 +585,7 @@ async fn planned(db: &Arc<dyn JobStore>, n: u32, owner: &str) -> i64 {
         .map(|i| TaskRecord {
             job_id: id,
             idx: i,
-            state: "queued".into(),
+            state: TaskState::Queued,
             first_key: format!("d{i}/1"),
             last_key: format!("d{i}/1"),
             n_keys: 1,
@@ -598,23 +603,19 @@ async fn leases_expire_and_pass_to_another_worker_whose_record_wins(b: Backend) 
     // Planning's lease is over once the plan is recorded.
     assert!(!db.renew_job(id, "planner", 10).await.unwrap());
     // Worker a leases the task until t=1000, then goes quiet.
-    let a = db
-        .lease_task(1, 100, "a", 1_000, None)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = db.lease_task(100, "a", 1_000, None).await.unwrap().unwrap();
     assert_eq!((a.job_id, a.idx, a.attempts), (id, 0, 1));
     assert_eq!(a.lease_owner.as_deref(), Some("a"));
     // Before expiry nobody else gets it; after, b does.
     assert!(db
-        .lease_task(1, 999, "b", 5_000, None)
+        .lease_task(999, "b", 5_000, None)
         .await
         .unwrap()
         .is_none());
     assert_eq!(db.pending(999).await.unwrap(), 0);
     assert_eq!(db.pending(1_001).await.unwrap(), 1);
     let t = db
-        .lease_task(1, 1_001, "b", 5_000, None)
+        .lease_task(1_001, "b", 5_000, None)
         .await
         .unwrap()
         .unwrap();
@@ -625,7 +626,7 @@ async fn leases_expire_and_pass_to_another_worker_whose_record_wins(b: Backend) 
     // a's lease is gone: it cannot renew, finish or hand back.
     assert!(!db.renew_task(id, 0, "a", 9_000).await.unwrap());
     let mut done = t.clone();
-    done.state = "succeeded".into();
+    done.state = TaskState::Succeeded;
     done.rows = 7;
     assert!(!db.finish_task(&done, &[], "a").await.unwrap());
     assert!(!db.release_task(id, 0, "a").await.unwrap());
@@ -706,26 +707,18 @@ async fn every_failed_model_of_a_task_is_recorded(b: Backend) {
             })
             .collect()
     };
-    let t = db
-        .lease_task(1, 1, "a", 1_000, None)
-        .await
-        .unwrap()
-        .unwrap();
+    let t = db.lease_task(1, "a", 1_000, None).await.unwrap().unwrap();
     let mut first = t.clone();
-    first.state = "queued".into();
+    first.state = TaskState::Queued;
     first.error = Some("write failed".into());
     let many = failures(250, "no_model");
     assert!(db.finish_task(&first, &many, "a").await.unwrap());
     assert_eq!(db.failures(id).await.unwrap(), many);
     // The retry fails fewer: only its own are left.
-    let t = db
-        .lease_task(1, 2, "b", 1_000, None)
-        .await
-        .unwrap()
-        .unwrap();
+    let t = db.lease_task(2, "b", 1_000, None).await.unwrap().unwrap();
     assert_eq!(t.attempts, 2);
     let mut second = t.clone();
-    second.state = "succeeded".into();
+    second.state = TaskState::Succeeded;
     let few = failures(3, "evaluation");
     assert!(db.finish_task(&second, &few, "b").await.unwrap());
     assert_eq!(db.failures(id).await.unwrap(), few);
@@ -735,43 +728,27 @@ async fn a_task_handed_back_or_retried_waits_its_turn(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = b.open(&dir.path().join("jobs.db")).await;
     let id = planned(&db, 2, "planner").await;
-    let t = db
-        .lease_task(1, 10, "a", 1_000, None)
-        .await
-        .unwrap()
-        .unwrap();
+    let t = db.lease_task(10, "a", 1_000, None).await.unwrap().unwrap();
     assert_eq!(t.idx, 0);
     // Handed back on a stop: queued again, the attempt not counted.
     assert!(db.release_task(id, 0, "a").await.unwrap());
-    let t = db
-        .lease_task(1, 11, "b", 1_000, None)
-        .await
-        .unwrap()
-        .unwrap();
+    let t = db.lease_task(11, "b", 1_000, None).await.unwrap().unwrap();
     assert_eq!((t.idx, t.attempts), (0, 1));
     // A failed attempt queued for a retry after t=500.
     let mut retry = t.clone();
-    retry.state = "queued".into();
+    retry.state = TaskState::Queued;
     retry.error = Some("store down".into());
     retry.not_before = Some(500);
     assert!(db.finish_task(&retry, &[], "b").await.unwrap());
     // Task 1 comes first; task 0 only once its backoff is over.
-    let t1 = db
-        .lease_task(1, 12, "c", 1_000, None)
-        .await
-        .unwrap()
-        .unwrap();
+    let t1 = db.lease_task(12, "c", 1_000, None).await.unwrap().unwrap();
     assert_eq!(t1.idx, 1);
     assert!(db
-        .lease_task(1, 499, "c", 1_000, None)
+        .lease_task(499, "c", 1_000, None)
         .await
         .unwrap()
         .is_none());
-    let t0 = db
-        .lease_task(1, 501, "c", 1_000, None)
-        .await
-        .unwrap()
-        .unwrap();
+    let t0 = db.lease_task(501, "c", 1_000, None).await.unwrap().unwrap();
     assert_eq!((t0.idx, t0.attempts), (0, 2));
     assert_eq!(
         db.pending(2_000).await.unwrap(),
@@ -781,7 +758,7 @@ async fn a_task_handed_back_or_retried_waits_its_turn(b: Backend) {
     // A cancel cancels what is queued; running tasks end their attempt.
     db.cancel(id, 600).await.unwrap();
     assert!(db
-        .lease_task(1, 2_000, "d", 9_000, None)
+        .lease_task(2_000, "d", 9_000, None)
         .await
         .unwrap()
         .is_none());
@@ -802,10 +779,10 @@ async fn concurrent_workers_never_lease_one_task_twice(b: Backend) {
         all.push(tokio::spawn(async move {
             let mut got = Vec::new();
             let owner = format!("w{w}");
-            while let Some(t) = db.lease_task(1, 10, &owner, i64::MAX, None).await.unwrap() {
+            while let Some(t) = db.lease_task(10, &owner, i64::MAX, None).await.unwrap() {
                 got.push(t.idx);
                 let mut done = t.clone();
-                done.state = "succeeded".into();
+                done.state = TaskState::Succeeded;
                 assert!(db.finish_task(&done, &[], &owner).await.unwrap());
             }
             got
@@ -822,7 +799,7 @@ async fn concurrent_workers_never_lease_one_task_twice(b: Backend) {
         .await
         .unwrap()
         .iter()
-        .all(|t| t.state == "succeeded" && t.attempts == 1));
+        .all(|t| t.state == TaskState::Succeeded && t.attempts == 1));
 }
 
 /// A worker's store (`Commits::Relaxed`) commits without waiting for the
@@ -853,20 +830,16 @@ async fn a_workers_store_commits_without_waiting_for_the_disk(b: Backend) {
     // Work done through the relaxed store is seen by the durable one.
     let relaxed: Arc<dyn JobStore> = Arc::new(relaxed);
     let id = planned(&relaxed, 5, "planner").await;
-    while let Some(t) = relaxed
-        .lease_task(1, 10, "w", i64::MAX, None)
-        .await
-        .unwrap()
-    {
+    while let Some(t) = relaxed.lease_task(10, "w", i64::MAX, None).await.unwrap() {
         let mut done = t.clone();
-        done.state = "succeeded".into();
+        done.state = TaskState::Succeeded;
         assert!(relaxed.finish_task(&done, &[], "w").await.unwrap());
     }
     let tasks = durable.tasks(id).await.unwrap();
     assert_eq!(tasks.len(), 5);
     assert!(tasks
         .iter()
-        .all(|t| t.state == "succeeded" && t.attempts == 1));
+        .all(|t| t.state == TaskState::Succeeded && t.attempts == 1));
 }
 
 async fn runners_share_a_job_and_take_over_a_vanished_workers_task(b: Backend) {
@@ -891,12 +864,8 @@ async fn runners_share_a_job_and_take_over_a_vanished_workers_task(b: Backend) {
     assert_eq!(tasks.iter().filter(|t| !t.is_map()).count(), 6);
     assert_eq!(tasks.iter().filter(|t| t.is_map()).count(), 1);
     // Score tasks wait for the map task (the window's one raw row group).
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
     let first = db
-        .lease_task(clock.now(), wall, "probe", wall + 1, Some(id))
+        .lease_task(clock.now(), "probe", clock.now() + 1, Some(id))
         .await
         .unwrap()
         .unwrap();
@@ -907,33 +876,51 @@ async fn runners_share_a_job_and_take_over_a_vanished_workers_task(b: Backend) {
         fleetscore_jobs::run::Step::Task(id)
     );
     // A worker leases task 0 and vanishes (its lease is never renewed).
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
     let ghost = db
-        .lease_task(clock.now(), wall, "ghost", wall + 200_000_000, Some(id))
+        .lease_task(clock.now(), "ghost", clock.now() + 200_000_000, Some(id))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(ghost.idx, 0);
     // Two fresh runners (not the planner: they read the staged inputs from
-    // the store) share the rest, and take task 0 over once its lease ends.
+    // the store) share the rest, and take task 0 over once the clock passes
+    // its lease: on the runners' clock, standing still, it never ends by
+    // itself.
     let r1 = Runner::new(db.clone(), store.clone(), clock.clone(), cfg.clone());
     let r2 = Runner::new(db.clone(), store.clone(), clock.clone(), cfg.clone());
-    let (a, b2) = tokio::join!(r1.run_job(id), r2.run_job(id));
+    let pass_the_lease = async {
+        let started = Instant::now();
+        loop {
+            let tasks = db.tasks(id).await.unwrap();
+            if tasks.iter().all(|t| t.idx == 0 || t.state.is_final()) {
+                assert_eq!(
+                    (tasks[0].state, tasks[0].lease_owner.as_deref()),
+                    (TaskState::Running, Some("ghost")),
+                    "nobody takes a task whose lease has not ended"
+                );
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{tasks:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        clock.advance(200_000_001);
+    };
+    let (a, b2, ()) = tokio::join!(r1.run_job(id), r2.run_job(id), pass_the_lease);
     let (a, b2) = (a.unwrap(), b2.unwrap());
     assert_eq!(a.state, JobState::Succeeded, "{a:?}");
     assert_eq!(b2.state, JobState::Succeeded);
     let tasks = db.tasks(id).await.unwrap();
-    assert!(tasks.iter().all(|t| t.state == "succeeded"), "{tasks:?}");
+    assert!(
+        tasks.iter().all(|t| t.state == TaskState::Succeeded),
+        "{tasks:?}"
+    );
     assert_eq!(
         tasks[0].attempts, 2,
         "the vanished worker's attempt and the takeover"
     );
     // The ghost's late record is refused.
     let mut late = ghost.clone();
-    late.state = "failed".into();
+    late.state = TaskState::Failed;
     assert!(!db.finish_task(&late, &[], "ghost").await.unwrap());
     // Both runners worked, each task's log names who ran it.
     let mut owners = std::collections::BTreeSet::new();
@@ -1082,7 +1069,7 @@ async fn a_window_without_readings_is_skipped_not_failed(b: Backend) {
     assert!(
         tasks
             .iter()
-            .all(|t| t.state == "succeeded" && t.failed_models == 0 && t.rows == 0),
+            .all(|t| t.state == TaskState::Succeeded && t.failed_models == 0 && t.rows == 0),
         "{tasks:?}"
     );
     assert!(db.failures(id).await.unwrap().is_empty());
@@ -1190,7 +1177,7 @@ async fn a_task_whose_workers_keep_vanishing_fails_after_its_attempts(b: Backend
     let id = planned(&db, 1, "planner").await;
     for (n, wall) in [(1, 10), (2, 2_000), (3, 4_000)] {
         let t = db
-            .lease_task(1, wall, &format!("w{n}"), wall + 1_000, None)
+            .lease_task(wall, &format!("w{n}"), wall + 1_000, None)
             .await
             .unwrap()
             .expect("the expired task is leased again");
@@ -1198,12 +1185,12 @@ async fn a_task_whose_workers_keep_vanishing_fails_after_its_attempts(b: Backend
     }
     // The third worker vanished too: no fourth lease, the task failed.
     assert!(db
-        .lease_task(1, 6_000, "w4", 7_000, None)
+        .lease_task(6_000, "w4", 7_000, None)
         .await
         .unwrap()
         .is_none());
     let t = &db.tasks(id).await.unwrap()[0];
-    assert_eq!(t.state, "failed");
+    assert_eq!(t.state, TaskState::Failed);
     assert!(
         t.error
             .as_deref()
@@ -1441,7 +1428,7 @@ async fn a_runner_that_kept_an_old_plan_reads_the_new_one(b: Backend) {
     assert!(
         tasks
             .iter()
-            .all(|t| t.state == "succeeded" && t.attempts == 1),
+            .all(|t| t.state == TaskState::Succeeded && t.attempts == 1),
         "{tasks:?}"
     );
     let rows = prediction_rows(&store).await;
@@ -1499,6 +1486,165 @@ async fn idle_workers_wake_when_work_is_announced(b: Backend) {
     let t = std::time::Instant::now();
     worker.await.unwrap().unwrap();
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+/// Lease expiry driven by the clock: a worker's lease ends when the clock
+/// passes it, not when time passes; a renewal before then moves its end
+/// (on the clock); once the clock passes that, another worker takes the
+/// task over, and the first can neither renew nor record it.
+async fn a_lease_expires_on_the_clock_and_a_renewal_before_expiry_keeps_it(b: Backend) {
+    const SEC: i64 = 1_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let id = planned(&db, 1, "planner").await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let a = Leases::new(clock.clone(), "a", Duration::from_secs(30));
+    let b_ = Leases::new(clock.clone(), "b", Duration::from_secs(30));
+    let take = |l: &Leases| {
+        let (db, l) = (Arc::clone(&db), l.clone());
+        async move {
+            db.lease_task(l.now(), l.owner(), l.until(), None)
+                .await
+                .unwrap()
+        }
+    };
+    let t = take(&a).await.expect("a takes the task");
+    assert_eq!(
+        (t.lease_owner.as_deref(), t.lease_until),
+        (Some("a"), Some(T0 + 30 * SEC))
+    );
+    let task = Held::Task { job: id, idx: 0 };
+    // 20 s on: a renews, its lease now ends at 50 s.
+    clock.advance(20 * SEC);
+    assert!(a.renew(&*db, task).await.unwrap());
+    assert_eq!(
+        db.tasks(id).await.unwrap()[0].lease_until,
+        Some(T0 + 50 * SEC)
+    );
+    // 40 s: past the first lease, within the renewed one.
+    clock.advance(20 * SEC);
+    assert!(take(&b_).await.is_none(), "the renewal keeps it");
+    assert_eq!(db.pending(clock.now()).await.unwrap(), 0);
+    // 51 s: a said nothing since; its lease is over.
+    clock.advance(11 * SEC);
+    assert_eq!(db.pending(clock.now()).await.unwrap(), 1);
+    let t = take(&b_).await.expect("b takes the task over");
+    assert_eq!((t.attempts, t.lease_owner.as_deref()), (2, Some("b")));
+    assert_eq!(t.lease_until, Some(T0 + 81 * SEC));
+    assert!(!a.renew(&*db, task).await.unwrap(), "a lost it");
+    let mut late = t.clone();
+    late.state = TaskState::Succeeded;
+    assert!(!db.finish_task(&late, &[], "a").await.unwrap());
+    assert!(b_.renew(&*db, task).await.unwrap());
+    assert!(db.finish_task(&late, &[], "b").await.unwrap());
+}
+
+/// A worker's renewer keeps renewing on the clock while it works; once the
+/// worker vanishes (its renewer stops), the clock passes the last renewal
+/// and another worker takes over; a renewer that finds its lease gone
+/// says so.
+async fn a_renewer_keeps_a_lease_on_the_clock_until_its_holder_vanishes(b: Backend) {
+    const MS: i64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let id = planned(&db, 1, "planner").await;
+    let clock = Arc::new(ManualClock::new(T0));
+    // Renewed every 100 ms (a third of the lease) of real time.
+    let a = Leases::new(clock.clone(), "a", Duration::from_millis(300));
+    let other = Leases::new(clock.clone(), "b", Duration::from_millis(300));
+    let lease_until = || async { db.tasks(id).await.unwrap()[0].lease_until };
+    let t = db
+        .lease_task(a.now(), a.owner(), a.until(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.lease_until, Some(T0 + 300 * MS));
+    let task = Held::Task { job: id, idx: 0 };
+    let renewer = a.keep(Arc::clone(&db), task);
+    clock.advance(250 * MS);
+    // A renewal reads the clock: the lease now ends 300 ms after 250 ms.
+    let started = Instant::now();
+    while lease_until().await != Some(T0 + 550 * MS) {
+        assert!(started.elapsed() < Duration::from_secs(20), "never renewed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    clock.advance(200 * MS);
+    assert!(
+        db.lease_task(other.now(), other.owner(), other.until(), None)
+            .await
+            .unwrap()
+            .is_none(),
+        "past the first lease, within the renewed one"
+    );
+    assert!(!renewer.lost());
+    // The worker vanishes; the clock passes its last renewal.
+    drop(renewer);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    clock.advance(200 * MS);
+    let t = db
+        .lease_task(other.now(), other.owner(), other.until(), None)
+        .await
+        .unwrap()
+        .expect("taken over");
+    assert_eq!((t.attempts, t.lease_owner.as_deref()), (2, Some("b")));
+    // Had a's renewer still run, it would find the lease gone.
+    let renewer = a.keep(Arc::clone(&db), task);
+    let started = Instant::now();
+    while !renewer.lost() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the loss went unseen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A failed attempt's retry waits its backoff on the runner's clock:
+/// nothing to run until the clock passes it, however long one waits.
+async fn a_retry_waits_its_backoff_on_the_clock(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let (store, _) = fleet(&root, 1).await;
+    let db = b.open(&dir.path().join("jobs.db")).await;
+    let clock = Arc::new(ManualClock::new(T0 + 2 * HOUR_NS));
+    let cfg = RunnerConfig {
+        parallel_tasks: 1,
+        retry_backoff: Duration::from_secs(3600),
+        ..quick()
+    };
+    let runner = Runner::new(db.clone(), store.clone(), clock.clone(), cfg);
+    // A file where the predictions folder should be: every put fails.
+    std::fs::write(root.join("predictions"), b"in the way").unwrap();
+    let id = db.create_job(&manual(T0, 100), clock.now()).await.unwrap();
+    assert_eq!(runner.step(Some(id)).await.unwrap(), Step::Planned(id));
+    // The map task, then the one score task's first attempt, which fails.
+    assert_eq!(runner.step(Some(id)).await.unwrap(), Step::Task(id));
+    assert_eq!(runner.step(Some(id)).await.unwrap(), Step::Task(id));
+    let score = db
+        .tasks(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| !t.is_map())
+        .unwrap();
+    assert_eq!((score.state, score.attempts), (TaskState::Queued, 1));
+    assert_eq!(score.not_before, Some(clock.now() + HOUR_NS));
+    assert_eq!(db.next_retry().await.unwrap(), score.not_before);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    clock.advance(HOUR_NS - 1);
+    assert_eq!(runner.step(Some(id)).await.unwrap(), Step::Idle, "not yet");
+    clock.advance(1);
+    std::fs::remove_file(root.join("predictions")).unwrap();
+    assert_eq!(runner.step(Some(id)).await.unwrap(), Step::Task(id));
+    let score = db
+        .tasks(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| !t.is_map())
+        .unwrap();
+    assert_eq!((score.state, score.attempts), (TaskState::Succeeded, 2));
+    assert_eq!(runner.run_job(id).await.unwrap().state, JobState::Succeeded);
 }
 
 /// Planning reads the model index again only when it changed (by its
@@ -1571,4 +1717,7 @@ on_both!(
     a_raw_object_rewritten_after_planning_fails_its_map_saying_so,
     a_broken_raw_object_fails_planning_naming_it,
     idle_workers_wake_when_work_is_announced,
+    a_lease_expires_on_the_clock_and_a_renewal_before_expiry_keeps_it,
+    a_renewer_keeps_a_lease_on_the_clock_until_its_holder_vanishes,
+    a_retry_waits_its_backoff_on_the_clock,
 );

@@ -38,8 +38,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleetscore_codecs::read_predictions_parquet_bytes;
 use fleetscore_core::{format_ts, parse_ts, ModelKey};
+use fleetscore_jobs::backfill::WindowJobs;
 use fleetscore_jobs::db::{
-    Concurrency, DbError, JobFilter, JobKind, JobRecord, JobState, JobStore, NewJob, Threshold,
+    DbError, JobFilter, JobKind, JobRecord, JobState, JobStore, TaskKind, Threshold,
 };
 use fleetscore_jobs::schedule::ScheduleSpec;
 use fleetscore_store::lake::{self, Area, DeviceCount, PredictionsPartition};
@@ -116,6 +117,8 @@ fn db_err(e: DbError) -> Response {
     match e {
         DbError::NoJob(_) => err(StatusCode::NOT_FOUND, e.to_string()),
         DbError::State { .. } => err(StatusCode::CONFLICT, e.to_string()),
+        // The database is restarting, busy, or lost a race: try again.
+        e if e.retryable() => retry_later(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         other => err(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
 }
@@ -496,80 +499,44 @@ async fn trigger(State(api): A, headers: HeaderMap, body: axum::body::Body) -> R
         }
     };
     let (from, to) = match (request_ts(&t.from), request_ts(&t.to)) {
-        (Ok(f), Ok(t)) if f < t => (f, t),
-        (Ok(_), Ok(_)) => return err(StatusCode::BAD_REQUEST, "from must be before to"),
+        (Ok(f), Ok(t)) => (f, t),
         (Err(e), _) => return err(StatusCode::BAD_REQUEST, format!("from: {e}")),
         (_, Err(e)) => return err(StatusCode::BAD_REQUEST, format!("to: {e}")),
     };
-    let w = match t
+    let window = match t
         .window
         .as_deref()
         .unwrap_or("1h")
         .parse::<fleetscore_stream::Span>()
     {
-        Ok(s) if s.as_nanos() > 0 => s.as_nanos(),
-        Ok(_) => return err(StatusCode::BAD_REQUEST, "window must be longer than zero"),
+        Ok(s) => s.as_nanos(),
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("window: {e}")),
     };
     let max_failed: Threshold = match t.max_failed_models.as_deref().map(str::parse).transpose() {
         Ok(m) => m.unwrap_or(api.jobs.max_failed_models),
         Err(e) => return err(StatusCode::BAD_REQUEST, e),
     };
-    if let Some(m) = t.models.iter().flatten().find(|m| {
-        m.split_once('/')
-            .is_none_or(|(d, t)| d.is_empty() || t.is_empty())
-    }) {
-        return err(
-            StatusCode::BAD_REQUEST,
-            format!("models: {m:?} is not DEVICE/TAG"),
-        );
-    }
-    // In i128: from, to and the window come from the request, and the
-    // window boundaries around them may not fit an i64.
-    let (from128, to128, w128) = (from as i128, to as i128, w as i128);
-    let start128 = from128.div_euclid(w128) * w128;
-    let windows = (to128 - start128 + w128 - 1) / w128;
-    if windows > 10_000 {
-        return err(
-            StatusCode::BAD_REQUEST,
-            format!("{windows} windows: at most 10000 at a time"),
-        );
-    }
-    let (Ok(start), Ok(_)) = (
-        i64::try_from(start128),
-        i64::try_from(start128 + windows * w128),
-    ) else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "window: the windows around from/to reach past the times fleetscore represents; use a shorter window",
-        );
+    let jobs = WindowJobs {
+        from,
+        to,
+        window,
+        kind: JobKind::Manual,
+        selection: t.models,
+        batch_size: t.batch_size.unwrap_or(api.jobs.batch_size),
+        max_failed,
+        max_retries: t.max_retries.unwrap_or(api.jobs.max_retries),
     };
-    let windows = windows as i64;
+    let jobs = match jobs.jobs() {
+        Ok(jobs) => jobs,
+        Err(e) => return err(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     if let Err(r) = compact_first(&api).await {
         return r;
     }
-    let now = crate::now_ns();
-    let mut ids = Vec::new();
-    for i in 0..windows {
-        let job = NewJob {
-            schedule: None,
-            kind: JobKind::Manual,
-            window_start: start + i * w,
-            window_end: start + (i + 1) * w,
-            mode: "raw".into(),
-            selection: t.models.clone(),
-            batch_size: t.batch_size.unwrap_or(api.jobs.batch_size).max(1),
-            max_failed,
-            max_retries: t.max_retries.unwrap_or(api.jobs.max_retries),
-            concurrency: Concurrency::Allow,
-            state: JobState::Queued,
-            error: None,
-        };
-        match api.db.create_job(&job, now).await {
-            Ok(id) => ids.push(id),
-            Err(e) => return db_err(e),
-        }
-    }
+    let ids = match fleetscore_jobs::backfill::create_jobs(&*api.db, &jobs, crate::now_ns()).await {
+        Ok(ids) => ids,
+        Err(e) => return db_err(e),
+    };
     api.wake_runner();
     (StatusCode::ACCEPTED, Json(Queued { jobs: ids })).into_response()
 }
@@ -691,13 +658,21 @@ async fn slowest(State(api): A, headers: HeaderMap, Query(q): Query<SlowestQuery
     if let Err(r) = api.read(&headers) {
         return r;
     }
-    let kind = match q.kind.as_deref() {
-        None | Some("") => None,
-        Some(k @ (fleetscore_jobs::db::TASK_MAP | fleetscore_jobs::db::TASK_SCORE)) => Some(k),
-        Some(other) => {
+    let kind = match q
+        .kind
+        .as_deref()
+        .filter(|k| !k.is_empty())
+        .map(str::parse::<TaskKind>)
+    {
+        None => None,
+        Some(Ok(k)) => Some(k),
+        Some(Err(_)) => {
             return err(
                 StatusCode::BAD_REQUEST,
-                format!("kind {other:?}: use map (tasks that read the data) or score"),
+                format!(
+                    "kind {:?}: use map (tasks that read the data) or score",
+                    q.kind.unwrap_or_default()
+                ),
             )
         }
     };

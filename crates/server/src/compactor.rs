@@ -89,6 +89,16 @@ impl CompactNow {
     }
 }
 
+/// `serve` compacts its ingest log into raw/ before the scheduler creates
+/// due jobs (see [`fleetscore_jobs::scheduler::Prepare`]), so that the
+/// jobs see every reading acknowledged until then, whichever process runs
+/// them.
+impl fleetscore_jobs::scheduler::Prepare for CompactNow {
+    fn prepare(&self) -> fleetscore_jobs::scheduler::Preparing<'_> {
+        Box::pin(async move { self.run().await.map_err(Into::into) })
+    }
+}
+
 /// The background task of `serve`: writes the closed windows every
 /// `flush_every`, and compacts the ingest log every `compact_every` and
 /// whenever a [`CompactNow`] asks, until `stop` changes; returns the
@@ -355,18 +365,17 @@ mod tests {
         );
         let (reports, mut finished) = tokio::sync::mpsc::unbounded_channel();
         let runner = runner.with_reports(reports);
-        let lp = crate::scheduler::scheduler_loop(
+        let mut scheduler = fleetscore_jobs::scheduler::Scheduler::new(
             Arc::clone(&db),
-            Some(runner),
             vec![hourly()],
-            Duration::from_millis(10),
             clock.clone() as Arc<dyn Clock>,
-            crate::scheduler::Hooks {
-                compact: compact.then_some(compact_now),
-                wake: None,
-            },
-            stop_rx,
-        );
+            Duration::from_millis(10),
+        )
+        .with_runner(runner);
+        if compact {
+            scheduler = scheduler.with_prepare(Arc::new(compact_now));
+        }
+        let lp = scheduler.run(stop_rx);
         let wait = async {
             let job = tokio::time::timeout(Duration::from_secs(60), finished.recv())
                 .await

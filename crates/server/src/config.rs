@@ -58,7 +58,7 @@
 //! [jobs]
 //! parallel_tasks = 0                 # tasks of a job at once; 0 = cores
 //! retry_backoff = "1s"               # doubles per attempt
-//! tick_interval = "5s"               # how often schedules are checked
+//! tick_interval = "5s"               # longest wait between schedule checks
 //! batch_size = 1000                  # models per task
 //! max_failed_models = "10%"          # or a count: 5
 //! max_retries = 2
@@ -145,7 +145,9 @@ pub struct JobsConfig {
     pub parallel_tasks: usize,
     /// First delay before a failed task is retried; doubles per attempt.
     pub retry_backoff: Span,
-    /// How often `serve` checks the schedules.
+    /// Longest wait between two checks of the schedules by `serve` (it also
+    /// wakes when a schedule is due, and when its API queues a job): how
+    /// soon it runs jobs queued by other processes.
     pub tick_interval: Span,
     /// Models per task, unless a schedule says otherwise.
     pub batch_size: u32,

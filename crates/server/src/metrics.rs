@@ -828,14 +828,14 @@ impl Collector for JobFigures {
                 "fleetscore_jobs",
                 "Jobs in the job store, by state.",
                 "state",
-                j.jobs.iter().map(|(s, n)| (s, *n)),
+                j.jobs.iter().map(|(s, n)| (s.as_str(), *n)),
             )?;
             o.by(
                 MetricType::Gauge,
                 "fleetscore_tasks",
                 "Tasks in the job store, by state.",
                 "state",
-                j.tasks.iter().map(|(s, n)| (s, *n)),
+                j.tasks.iter().map(|(s, n)| (s.as_str(), *n)),
             )?;
             let counters: [(&str, &str, u64); 4] = [
                 ("fleetscore_task_retries", "Task attempts beyond the first.", j.retries),
@@ -1008,8 +1008,8 @@ mod tests {
     fn job_figures_are_typed() {
         let figures = JobFigures {
             jobs: Some(JobStats {
-                jobs: vec![("succeeded".into(), 2)],
-                tasks: vec![("succeeded".into(), 4)],
+                jobs: vec![(fleetscore_jobs::db::JobState::Succeeded, 2)],
+                tasks: vec![(fleetscore_jobs::db::TaskState::Succeeded, 4)],
                 job_seconds: 3.5,
                 finished: 2,
                 last_success_window_end: Some(1_700_000_000_000_000_000),

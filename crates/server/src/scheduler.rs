@@ -1,14 +1,14 @@
-//! The scheduler of `serve`: the loop that creates due jobs (after
-//! compacting the ingest log) and runs queued work, and the line printed
-//! for each job the server finishes.
+//! What `serve` adds to the scheduler of `fleetscore-jobs`
+//! ([`fleetscore_jobs::scheduler::Scheduler`], which creates due jobs and
+//! runs queued work on the injected clock): the runner settings from the
+//! config, and the line printed for each job the server finishes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleetscore_core::format_rfc3339;
 use fleetscore_jobs::db::{JobRecord, JobState, JobStore};
-use fleetscore_jobs::run::{Runner, RunnerConfig};
-use fleetscore_jobs::schedule::Clock;
+use fleetscore_jobs::run::RunnerConfig;
 
 use crate::config::Config;
 
@@ -23,128 +23,6 @@ pub fn runner_config(c: &Config) -> RunnerConfig {
     }
     rc.lease = Duration::from_nanos(c.jobs.lease.as_nanos().max(1_000_000) as u64);
     rc
-}
-
-/// What ties the scheduler loop to the rest of `serve`.
-#[derive(Default)]
-pub struct Hooks {
-    /// Compacts the ingest log into raw/ before due jobs are created.
-    pub compact: Option<crate::compactor::CompactNow>,
-    /// Notified when the API queued a job: the loop runs it at once
-    /// instead of at its next tick.
-    pub wake: Option<Arc<tokio::sync::Notify>>,
-}
-
-/// The scheduler loop of `serve`: ticks every schedule at `clock`'s time
-/// (compacting the ingest log first through `hooks.compact` when a job is
-/// due), then (unless `runner` is `None`: `--no-workers`) runs what is
-/// queued, until `stop`.
-#[tracing::instrument(name = "scheduler", skip_all)]
-pub async fn scheduler_loop(
-    db: Arc<dyn JobStore>,
-    runner: Option<Runner>,
-    specs: Vec<fleetscore_jobs::schedule::ScheduleSpec>,
-    every: Duration,
-    clock: Arc<dyn Clock>,
-    hooks: Hooks,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let Hooks { compact, wake } = hooks;
-    // Work left running by a process that died is taken over once its
-    // lease expires ([jobs] lease): other processes (workers, a backfill)
-    // may share even a SQLite store, so leases are never ended early.
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // A job queued through this server's API wakes the loop at once
-        // (a permit is kept if it is busy, so the next turn comes at once).
-        let woken = async {
-            match &wake {
-                Some(w) => w.notified().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = woken => {}
-            _ = stop.changed() => break,
-        }
-        create_due_jobs(&*db, &specs, clock.now(), compact.as_ref()).await;
-        let Some(runner) = &runner else { continue };
-        // Runs what is runnable; a stop gives the current work a grace
-        // period, then drops it (its leases are released at the next start).
-        let run = runner.run_queued();
-        tokio::pin!(run);
-        let outcome = tokio::select! {
-            r = &mut run => Some(r),
-            _ = stop.changed() => None,
-        };
-        match outcome {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => tracing::error!(error = format!("{e:#}"), "running jobs failed"),
-            // Stopping (the stop is seen now, so the loop must end here).
-            None => {
-                match tokio::time::timeout(Duration::from_secs(30), run).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(error = format!("{e:#}"), "running jobs failed")
-                    }
-                    Err(_) => tracing::warn!(
-                        "stopping with work in progress; it resumes at the next start"
-                    ),
-                }
-                break;
-            }
-        }
-        if *stop.borrow() {
-            break;
-        }
-    }
-}
-
-/// Creates the jobs of `specs` due at `now`. When any is due, the ingest
-/// log is compacted into raw/ first (`compact`), so that the jobs see every
-/// reading acknowledged until now, whichever process runs them; a
-/// schedule's delay then only waits for late devices. If the compaction
-/// fails, no job is created (it would miss readings): the next tick tries
-/// again.
-async fn create_due_jobs(
-    db: &dyn JobStore,
-    specs: &[fleetscore_jobs::schedule::ScheduleSpec],
-    now: i64,
-    compact: Option<&crate::compactor::CompactNow>,
-) {
-    let mut due = Vec::new();
-    for spec in specs {
-        match fleetscore_jobs::schedule::due(db, spec, now).await {
-            Ok(true) => due.push(spec),
-            Ok(false) => {}
-            Err(e) => tracing::error!(schedule = %spec.name, error = %e, "schedule tick failed"),
-        }
-    }
-    if due.is_empty() {
-        return;
-    }
-    if let Some(compact) = compact {
-        if let Err(e) = compact.run().await {
-            let names: Vec<&str> = due.iter().map(|s| s.name.as_str()).collect();
-            tracing::error!(
-                schedules = %names.join(", "),
-                error = format!("{e:#}"),
-                "not creating the due jobs yet, as they would miss readings; trying again at the next tick"
-            );
-            return;
-        }
-    }
-    for spec in due {
-        match fleetscore_jobs::schedule::tick(db, spec, now).await {
-            Ok(out) if !out.queued.is_empty() => {
-                tracing::info!(schedule = %spec.name, job_ids = ?out.queued, "jobs queued");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(schedule = %spec.name, error = %e, "schedule tick failed"),
-        }
-    }
 }
 
 /// Prints a line for each job record that comes from `jobs` (a runner's

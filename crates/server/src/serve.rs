@@ -267,6 +267,12 @@ pub async fn serve(
             runs_jobs = run_jobs,
             "scheduler started"
         );
+        let mut scheduler = fleetscore_jobs::scheduler::Scheduler::new(db, specs, clock, every)
+            .with_prepare(Arc::new(compact_now))
+            .with_wake(wake);
+        if run_jobs {
+            scheduler = scheduler.with_runner(runner);
+        }
         // On a thread of its own with a one-thread runtime: the runner's
         // futures are not `Send` (object_store streams), and scoring is
         // CPU work on the blocking pool anyway.
@@ -278,18 +284,7 @@ pub async fn serve(
                     .enable_all()
                     .build();
                 match rt {
-                    Ok(rt) => rt.block_on(crate::scheduler::scheduler_loop(
-                        db,
-                        run_jobs.then_some(runner),
-                        specs,
-                        every,
-                        clock,
-                        crate::scheduler::Hooks {
-                            compact: Some(compact_now),
-                            wake: Some(wake),
-                        },
-                        stop,
-                    )),
+                    Ok(rt) => rt.block_on(scheduler.run(stop)),
                     Err(e) => tracing::error!(error = %e, "the scheduler could not start"),
                 }
             })

@@ -630,21 +630,16 @@ pub enum TaskState {
     Cancelled,
 }
 
-impl TaskState {
-    /// The state the job store records as `name`.
-    fn stored(name: &str) -> Result<TaskState, String> {
-        Ok(match name {
-            "queued" => TaskState::Queued,
-            "running" => TaskState::Running,
-            "succeeded" => TaskState::Succeeded,
-            "failed" => TaskState::Failed,
-            "cancelled" => TaskState::Cancelled,
-            other => {
-                return Err(format!(
-                    "the job store holds a task in an unknown state {other:?}"
-                ))
-            }
-        })
+impl From<db::TaskState> for TaskState {
+    fn from(s: db::TaskState) -> TaskState {
+        // Exhaustive: a new state in the job store breaks the build here.
+        match s {
+            db::TaskState::Queued => TaskState::Queued,
+            db::TaskState::Running => TaskState::Running,
+            db::TaskState::Succeeded => TaskState::Succeeded,
+            db::TaskState::Failed => TaskState::Failed,
+            db::TaskState::Cancelled => TaskState::Cancelled,
+        }
     }
 }
 
@@ -658,16 +653,11 @@ pub enum TaskKind {
     Map,
 }
 
-impl TaskKind {
-    /// The kind the job store records as `name` (an empty kind, from
-    /// before map tasks, is a score task).
-    fn stored(name: &str) -> Result<TaskKind, String> {
-        match name {
-            "" | db::TASK_SCORE => Ok(TaskKind::Score),
-            db::TASK_MAP => Ok(TaskKind::Map),
-            other => Err(format!(
-                "the job store holds a task of an unknown kind {other:?}"
-            )),
+impl From<db::TaskKind> for TaskKind {
+    fn from(k: db::TaskKind) -> TaskKind {
+        match k {
+            db::TaskKind::Score => TaskKind::Score,
+            db::TaskKind::Map => TaskKind::Map,
         }
     }
 }
@@ -764,12 +754,11 @@ pub struct Task {
 impl TryFrom<&TaskRecord> for Task {
     type Error = String;
     fn try_from(t: &TaskRecord) -> Result<Task, String> {
-        let at = |e: String| format!("task {} of job {}: {e}", t.idx, t.job_id);
         Ok(Task {
             job_id: t.job_id,
             idx: t.idx,
-            kind: TaskKind::stored(&t.kind).map_err(at)?,
-            state: TaskState::stored(&t.state).map_err(at)?,
+            kind: t.kind.into(),
+            state: t.state.into(),
             attempts: t.attempts,
             first_key: t.first_key.clone(),
             last_key: t.last_key.clone(),
@@ -903,12 +892,11 @@ pub struct SlowTask {
 impl TryFrom<&TaskRecord> for SlowTask {
     type Error = String;
     fn try_from(t: &TaskRecord) -> Result<SlowTask, String> {
-        let at = |e: String| format!("task {} of job {}: {e}", t.idx, t.job_id);
         Ok(SlowTask {
             job_id: t.job_id,
             idx: t.idx,
-            kind: TaskKind::stored(&t.kind).map_err(at)?,
-            state: TaskState::stored(&t.state).map_err(at)?,
+            kind: t.kind.into(),
+            state: t.state.into(),
             attempts: t.attempts,
             // Never negative: two workers' clocks may disagree a little.
             duration_ms: match (t.started_at, t.finished_at) {
