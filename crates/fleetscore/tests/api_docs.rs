@@ -191,7 +191,7 @@ fn the_readme_api_table_lists_exactly_the_documented_routes() {
     assert!(
         problems.is_empty(),
         "the README's API table and /v1/openapi.json disagree (fix README.md's api-table or \
-         the handler's #[utoipa::path] in crates/fleetscore/src/api.rs or serve.rs):\n  {}",
+         the handler's #[utoipa::path] in crates/server/src/api.rs, serve.rs or sources/http.rs):\n  {}",
         problems.join("\n  ")
     );
     // The routes everyone relies on are there (guards against an empty table

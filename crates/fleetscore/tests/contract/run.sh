@@ -4,7 +4,7 @@
 # /v1/openapi.json, sends them, and fails on any 5xx answer, any status the
 # document does not list for the route, and any answer whose body, content
 # type or headers do not fit the document. The document is generated from
-# the handlers' types (crates/fleetscore/src/api/openapi.rs), so this checks
+# the handlers' types (crates/server/src/api/openapi.rs), so this checks
 # the server against its own types, on inputs nobody wrote by hand.
 #
 # The server runs on a temporary data folder with an admin and an ingest

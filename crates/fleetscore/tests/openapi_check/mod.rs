@@ -58,7 +58,7 @@ pub fn assert_conforms(doc: &Value, method: &str, path: &str, code: u16, value: 
     assert!(
         errors.is_empty(),
         "{method} {path} {code} does not match its OpenAPI schema (fix the answer, or its \
-         type in crates/fleetscore/src/api/types.rs and the handler's #[utoipa::path]):\n  {}\nanswer: {value}",
+         type in crates/server/src/api/types.rs and the handler's #[utoipa::path]):\n  {}\nanswer: {value}",
         errors.join("\n  ")
     );
 }
