@@ -309,7 +309,7 @@ mod tests {
         let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
         let model = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/demo/model_fallback_1.pkl"
+            "/../fleetscore/demo/model_fallback_1.pkl"
         ))
         .unwrap();
         fleetscore_store::Registry::new(store.clone())
