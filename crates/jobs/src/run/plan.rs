@@ -1,0 +1,433 @@
+//! Planning: cut a job into score tasks and map tasks, stage the plan
+//! (`staging/<job>/<plan>/plan.json`), and read it back for a task.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use fleetscore_store::lake::{self, RawInWindow};
+use fleetscore_store::{ModelInput, Store};
+use rustc_hash::FxHashMap;
+
+use crate::db::{JobRecord, JobState, TaskKind, TaskRecord, TaskState};
+use crate::lease::{Held, Renewer};
+use crate::stage::{JobPlan, MapPiece, PlanUnit};
+
+use super::{persist, Runner};
+
+/// Deletes what a job staged (`staging/<job>/`: its plan and its map
+/// outputs): for a cancelled job, which no runner finalizes. Returns the
+/// number of objects deleted.
+pub async fn drop_staging(store: &Store, job: i64) -> anyhow::Result<usize> {
+    let keys = store.list(&staging_prefix(job)).await?;
+    for k in &keys {
+        store.delete(k).await?;
+    }
+    Ok(keys.len())
+}
+
+pub(super) fn staging_prefix(job: i64) -> String {
+    format!("staging/{job}/")
+}
+
+/// A plan's objects live under `staging/<job>/<plan>/`: each plan has its
+/// own names, so nothing of another plan of the job (a planner that lost
+/// its lease, a slow map task of an earlier run) overwrites them.
+pub(super) fn plan_key(job: i64, plan: &str) -> String {
+    format!("staging/{job}/{plan}/plan.json")
+}
+
+pub(super) fn map_key(job: i64, plan: &str, m: u32) -> String {
+    format!("staging/{job}/{plan}/map-{m:05}.bin")
+}
+
+/// A new plan's id, usable as one segment of an object key: the planner,
+/// the time (ns) and a number this process gives each plan, so that two
+/// plans of one planner at one clock time (a clock that stands still in a
+/// test) still differ.
+pub(super) fn new_plan_id(owner: &str, now: i64) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let owner: String = owner
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{owner}-{now}-{n}")
+}
+
+/// Rows a map task reads at least (whole row groups, so often more).
+pub(super) const MAP_ROWS: u64 = 400_000;
+/// Map tasks a job is cut into at most.
+pub(super) const MAX_MAPS: u64 = 64;
+
+impl Runner {
+    /// Plans a claimed job; a failure fails the job (an `Err` means the job
+    /// store itself failed).
+    pub(super) async fn plan(&self, job: JobRecord) -> anyhow::Result<()> {
+        let id = job.id;
+        let renew = self.leases.keep(Arc::clone(&self.db), Held::Job(id));
+        match self.plan_inner(job.clone(), &renew).await {
+            Ok(None) => {
+                tracing::warn!(
+                    job = id,
+                    "planning lost its lease; another process plans it"
+                );
+                self.drop_staged(id);
+                Ok(())
+            }
+            Ok(Some((job, tasks))) => {
+                // Renewing stops before the plan ends the lease.
+                drop(renew);
+                let owner = self.owner.clone();
+                let planned = persist("recording the plan", || {
+                    self.db.plan_job(&job, &tasks, &owner)
+                })
+                .await?;
+                if !planned {
+                    tracing::warn!(
+                        job = id,
+                        "planning lost its lease; another process plans it"
+                    );
+                    self.drop_staged(id);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                drop(renew);
+                tracing::error!(job = id, "job failed: {e:#}");
+                self.drop_staged(id);
+                let mut j = job;
+                j.state = JobState::Failed;
+                j.error = Some(format!("{e:#}"));
+                j.finished_at = Some(self.clock.now());
+                let owner = self.owner.clone();
+                let recorded =
+                    persist("recording a failed job", || self.db.finish_job(&j, &owner)).await?;
+                if recorded {
+                    self.write_job_log(&j).await;
+                    self.report(&j);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Cuts the job into score tasks and map tasks and stages their plans
+    /// in the store; returns the job's figures and its tasks, for the
+    /// caller to record.
+    ///
+    /// Planning reads the model index and the footers of the window's raw
+    /// objects (their row groups, and the time span of each from its
+    /// statistics). Its pairs are those with a live model (and, for
+    /// window-input models, those with windows); the readings are read by
+    /// the map tasks, which any worker runs, each over some of the raw row
+    /// groups, and which also find the pairs that have readings but no
+    /// model of their own (see [`JobPlan::route`]). Only when there are
+    /// fallback models (`*/tag`), which score pairs the index does not
+    /// name, does planning read the window's pairs too (the TS, Device and
+    /// Tag columns, never the values), to cut them into tasks.
+    pub(super) async fn plan_inner(
+        &self,
+        mut job: JobRecord,
+        renew: &Renewer,
+    ) -> anyhow::Result<Option<(JobRecord, Vec<TaskRecord>)>> {
+        anyhow::ensure!(
+            job.mode == "raw",
+            "input mode {:?} is not supported by this runner (use raw)",
+            job.mode
+        );
+        let t = Instant::now();
+        let index = self.registry.index_shared().await?;
+        let generation = index.generation;
+        // Each live model's input, by (device, tag), borrowed from the
+        // index (planning copies no pair it does not keep).
+        let inputs: FxHashMap<(&str, &str), ModelInput> = index
+            .models
+            .iter()
+            .filter_map(|(k, e)| Some((k.split_once('/')?, ModelInput::of(e.live_version()?))))
+            .collect();
+        let input_of = |d: &str, t: &str| -> ModelInput {
+            inputs
+                .get(&(d, t))
+                .or_else(|| inputs.get(&("*", t)))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (from, to) = (job.window_start, job.window_end);
+        // A fallback model (`*/tag`) scores pairs the index does not name:
+        // then planning reads the window's pairs (the TS, Device and Tag
+        // columns), to cut them into tasks. Otherwise it reads no readings:
+        // the map tasks find the pairs without a model.
+        let fallbacks = inputs.keys().any(|(d, _)| *d == "*");
+        let raw = lake::raw_in_window(&self.store, from, to, fallbacks).await?;
+        let read_ms = t.elapsed().as_millis() as u64;
+        // Pairs with windows, of every size a window-input model needs.
+        let mut sizes: BTreeSet<String> = BTreeSet::new();
+        for i in inputs.values() {
+            if let ModelInput::Window { size, .. } = i {
+                sizes.insert(size.clone());
+            }
+        }
+        let mut windowed: BTreeSet<(String, String)> = BTreeSet::new();
+        for size in &sizes {
+            let w = lake::load_windows(&self.store, size, from, to).await?;
+            for (d, t) in w.into_keys() {
+                if matches!(input_of(&d, &t), ModelInput::Window { size: s, .. } if &s == size) {
+                    windowed.insert((d, t));
+                }
+            }
+        }
+
+        // Units: pairs with a live model, readings or windows, selected, sorted.
+        let selection: Option<BTreeSet<&str>> = job
+            .selection
+            .as_ref()
+            .map(|s| s.iter().map(String::as_str).collect());
+        let selected = |d: &str, t: &str| {
+            selection
+                .as_ref()
+                .is_none_or(|s| s.contains(format!("{d}/{t}").as_str()))
+        };
+        let mut units: Vec<(&str, &str)> = inputs
+            .keys()
+            .copied()
+            .filter(|&(d, t)| d != "*" && selected(d, t))
+            .collect();
+        for (d, t) in raw.iter().flat_map(|r| &r.keys).chain(&windowed) {
+            if selected(d, t) {
+                units.push((d, t));
+            }
+        }
+        units.sort_unstable();
+        units.dedup();
+        // Map tasks read the raw readings if any pair of the job may take
+        // them: a raw-input model's, or one the map tasks find with
+        // readings but no model of its own (any pair, or a selected one
+        // the units do not hold).
+        let any_raw = units.iter().any(|(d, t)| input_of(d, t) == ModelInput::Raw)
+            || selection.as_ref().is_none_or(|s| s.len() > units.len());
+        let any_raw = any_raw && !raw.is_empty();
+        let has_windows = windowed.iter().any(|(d, t)| selected(d, t));
+        let batch = job.batch_size.max(1) as usize;
+        // No row group may hold a reading of the window that a pair of the
+        // job takes, and no pair has windows: nothing to score, no task
+        // (finalizing skips the job).
+        // A window-input pair whose windows are not written yet, while
+        // raw/ holds row groups of the window: not an empty window (its
+        // score task records `no_data`; see `attempt_staged`).
+        let unwindowed =
+            !raw.is_empty() && units.iter().any(|(d, t)| input_of(d, t) != ModelInput::Raw);
+        let mut chunks: Vec<&[(&str, &str)]> = if any_raw || has_windows || unwindowed {
+            units.chunks(batch).collect()
+        } else {
+            Vec::new()
+        };
+        if chunks.is_empty() && any_raw {
+            // A task for the pairs the map tasks find.
+            chunks.push(&[]);
+        }
+        let n_tasks = chunks.len() as u32;
+        let now = self.clock.now();
+        let mut tasks: Vec<TaskRecord> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| TaskRecord {
+                job_id: job.id,
+                idx: i as u32,
+                state: TaskState::Queued,
+                first_key: c
+                    .first()
+                    .map(|(d, t)| format!("{d}/{t}"))
+                    .unwrap_or_default(),
+                last_key: c
+                    .last()
+                    .map(|(d, t)| format!("{d}/{t}"))
+                    .unwrap_or_default(),
+                n_keys: c.len() as u64,
+                queued_at: now,
+                ..TaskRecord::default()
+            })
+            .collect();
+
+        // Map tasks: the raw row groups that may hold readings of the
+        // window, in order, in shares of about MAP_ROWS (no more than
+        // MAX_MAPS).
+        let total: u64 = raw.iter().flat_map(|r| &r.groups).map(|&(_, n)| n).sum();
+        let share = MAP_ROWS.max(total.div_ceil(MAX_MAPS));
+        let mut maps: Vec<Vec<MapPiece>> = Vec::new();
+        let mut rows = share;
+        for RawInWindow { listed, groups, .. } in raw.iter().filter(|_| any_raw) {
+            let key = &listed.key;
+            for &(g, n) in groups {
+                if rows >= share {
+                    maps.push(Vec::new());
+                    rows = 0;
+                }
+                let pieces = maps.last_mut().expect("pushed above");
+                match pieces.last_mut() {
+                    Some(p) if &p.key == key => p.row_groups.push(g),
+                    _ => pieces.push(MapPiece {
+                        key: key.clone(),
+                        row_groups: vec![g],
+                        size: listed.size,
+                        version: listed.version.clone(),
+                    }),
+                }
+                rows += n;
+            }
+        }
+        let plan_id = new_plan_id(&self.owner, self.clock.now());
+        let plan = JobPlan {
+            format: "fleetscore-job-plan".into(),
+            job: job.id,
+            plan_id: plan_id.clone(),
+            window: (from, to),
+            generation,
+            tasks: n_tasks,
+            task_units: chunks
+                .iter()
+                .map(|c| {
+                    c.iter()
+                        .map(|(d, t)| PlanUnit {
+                            device: d.to_string(),
+                            tag: t.to_string(),
+                            window: match input_of(d, t) {
+                                ModelInput::Raw => None,
+                                ModelInput::Window { size, features } => Some((size, features)),
+                            },
+                        })
+                        .collect()
+                })
+                .collect(),
+            maps,
+            window_tags: inputs
+                .iter()
+                .filter(|(_, i)| matches!(i, ModelInput::Window { .. }))
+                .filter(|((d, _), _)| *d == "*")
+                .map(|((_, t), _)| t.to_string())
+                .collect(),
+            has_windows,
+        };
+        for m in 0..plan.maps.len() {
+            let (first_key, last_key, n_keys) = plan.map_summary(m).expect("a map has pieces");
+            tasks.push(TaskRecord {
+                job_id: job.id,
+                idx: n_tasks + m as u32,
+                kind: TaskKind::Map,
+                state: TaskState::Queued,
+                first_key,
+                last_key,
+                n_keys,
+                queued_at: now,
+                ..TaskRecord::default()
+            });
+        }
+        for t in &mut tasks {
+            t.plan_id = Some(plan_id.clone());
+        }
+        let cut_ms = t.elapsed().as_millis() as u64 - read_ms;
+        // Stage the plan, so any worker can run any task; not if the job
+        // went to another planner meanwhile. (Were the lease lost during
+        // the write, the plan's name is its own: no task record names it,
+        // so no task reads it. It is deleted with the job's staging, or,
+        // should the write land after that, left behind.)
+        if renew.lost() {
+            return Ok(None);
+        }
+        self.store
+            .put(&plan_key(job.id, &plan_id), serde_json::to_vec(&plan)?)
+            .await?;
+        if let Ok(mut cache) = self.staged.lock() {
+            cache.plans.insert(job.id, Arc::new(plan));
+        }
+        job.load_ms = t.elapsed().as_millis() as u64;
+        job.tasks = u64::from(n_tasks);
+        // The pairs planned; finalizing counts those scored or failed.
+        job.models = units.len() as u64;
+        tracing::info!(
+            job = job.id,
+            tasks = n_tasks,
+            maps = tasks.len() - n_tasks as usize,
+            models = units.len(),
+            read_ms,
+            cut_ms,
+            stage_ms = job.load_ms - read_ms - cut_ms,
+            "job planned"
+        );
+        if renew.lost() {
+            return Ok(None);
+        }
+        Ok(Some((job, tasks)))
+    }
+
+    /// The job plan a task follows: from memory if this process planned or
+    /// read it, else from the store; checked against the task.
+    pub(super) async fn job_plan(&self, record: &TaskRecord) -> anyhow::Result<Arc<JobPlan>> {
+        let job = record.job_id;
+        let fits = |plan: &JobPlan| {
+            if record.is_map() {
+                let m = record.idx.checked_sub(plan.tasks);
+                m.and_then(|m| plan.map_summary(m as usize))
+                    == Some((
+                        record.first_key.clone(),
+                        record.last_key.clone(),
+                        record.n_keys,
+                    ))
+            } else {
+                plan.fits_task(
+                    record.idx,
+                    record.n_keys,
+                    &record.first_key,
+                    &record.last_key,
+                )
+            }
+        };
+        let Some(plan_id) = record.plan_id.as_deref() else {
+            anyhow::bail!(
+                "task {} of job {job} names no plan (it was planned by an older fleetscore); \
+                 retry the job to plan it again",
+                record.idx
+            );
+        };
+        let cached = self
+            .staged
+            .lock()
+            .ok()
+            .and_then(|c| c.plans.get(&job).cloned());
+        if let Some(p) = cached {
+            if p.plan_id == plan_id && fits(&p) {
+                return Ok(p);
+            }
+        }
+        let key = plan_key(job, plan_id);
+        let bytes = self.store.get(&key).await?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the job's plan {key} is missing from the store {}",
+                self.store.url()
+            )
+        })?;
+        let plan: JobPlan = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading the job plan {key}"))?;
+        anyhow::ensure!(
+            plan.plan_id == plan_id && fits(&plan),
+            "the job plan {key} has no {} task {} over {}..{}",
+            record.kind,
+            record.idx,
+            record.first_key,
+            record.last_key
+        );
+        let plan = Arc::new(plan);
+        if let Ok(mut c) = self.staged.lock() {
+            c.plans.insert(job, Arc::clone(&plan));
+        }
+        Ok(plan)
+    }
+}
