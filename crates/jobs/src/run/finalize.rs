@@ -9,7 +9,7 @@ use fleetscore_store::lake::{self, DeviceCount, JobOutput, Manifest};
 use crate::db::{JobRecord, JobState, TaskRecord, TaskState};
 
 use super::plan::staging_prefix;
-use super::{persist, Runner};
+use super::{persist, Result, Runner};
 
 /// The reason of a job skipped because its window held no readings for
 /// any of its `models` pairs (see the module docs); starts with
@@ -29,7 +29,7 @@ pub fn no_readings(job: i64, models: u64) -> String {
 impl Runner {
     /// Writes the manifest and records the outcome of a job whose tasks
     /// have all ended.
-    pub(super) async fn finalize(&self, mut job: JobRecord) -> anyhow::Result<()> {
+    pub(super) async fn finalize(&self, mut job: JobRecord) -> Result<()> {
         let id = job.id;
         let (maps, tasks): (Vec<TaskRecord>, Vec<TaskRecord>) = self
             .db
@@ -107,9 +107,13 @@ impl Runner {
             job.models = planned_models;
         }
         let outcome = match task_error {
-            Some(e) => Err(anyhow::anyhow!(e)),
+            Some(e) => Err(e),
             None if empty => Ok(None),
-            None => self.write_manifest(&job, &tasks, devices).await.map(Some),
+            None => self
+                .write_manifest(&job, &tasks, devices)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string()),
         };
         match outcome {
             Ok(None) => {
@@ -132,7 +136,7 @@ impl Runner {
             }
             Err(e) => {
                 job.state = JobState::Failed;
-                job.error = Some(format!("{e:#}"));
+                job.error = Some(e);
             }
         }
         job.finished_at = Some(self.clock.now());
@@ -181,7 +185,7 @@ impl Runner {
         job: &JobRecord,
         tasks: &[TaskRecord],
         devices: BTreeMap<String, DeviceCount>,
-    ) -> anyhow::Result<String> {
+    ) -> Result<String> {
         let manifest = Manifest {
             format: lake::MANIFEST_FORMAT.into(),
             job: job.id,

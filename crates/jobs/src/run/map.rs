@@ -17,7 +17,7 @@ use crate::stage::{MapPiece, Section, SectionKey};
 
 use super::plan::map_key;
 use super::score::TaskPlan;
-use super::Runner;
+use super::{Result, RunError, Runner};
 
 /// A map task's output in memory: one section per score task.
 pub(super) struct MapOut {
@@ -28,7 +28,7 @@ pub(super) struct MapOut {
 /// Reads a map task's row groups of one raw object by ranged reads (see
 /// [`lake::read_raw_row_groups`]): the object must still be the one
 /// planned.
-pub(super) async fn read_piece(store: &Store, piece: MapPiece) -> anyhow::Result<Readings> {
+pub(super) async fn read_piece(store: &Store, piece: MapPiece) -> Result<Readings> {
     let key = piece.key.as_str();
     let listed = Listed {
         key: piece.key.clone(),
@@ -37,16 +37,16 @@ pub(super) async fn read_piece(store: &Store, piece: MapPiece) -> anyhow::Result
     };
     match lake::read_raw_row_groups(store, &listed, &piece.row_groups).await {
         Ok(Some(readings)) => Ok(readings),
-        Ok(None) => Err(anyhow::anyhow!(
+        Ok(None) => Err(RunError::Stale(format!(
             "the raw object {key} is gone from the store {} since the job was planned; retry \
              the job to plan it again",
             store.url()
-        )),
-        Err(LakeError::Changed { reason, .. }) => Err(anyhow::anyhow!(
+        ))),
+        Err(LakeError::Changed { reason, .. }) => Err(RunError::Stale(format!(
             "the raw object {key} in the store {} changed since the job was planned ({reason}); \
              retry the job to plan it again",
             store.url()
-        )),
+        ))),
         Err(e) => Err(e.into()),
     }
 }
@@ -55,11 +55,7 @@ impl Runner {
     /// One attempt of a map task: read its row groups, keep the window's
     /// readings of raw-input pairs, cut them by score task, and write them
     /// as one object (`staging/<job>/<plan>/map-<m>.bin`).
-    pub(super) async fn attempt_map(
-        &self,
-        job: &JobRecord,
-        record: &mut TaskRecord,
-    ) -> anyhow::Result<()> {
+    pub(super) async fn attempt_map(&self, job: &JobRecord, record: &mut TaskRecord) -> Result<()> {
         let t = Instant::now();
         let plan = self.job_plan(record).await?;
         let m = record.idx - plan.tasks;
@@ -147,7 +143,7 @@ impl Runner {
 
     /// A score task's readings: its section of every map task's output,
     /// in order (from memory for the map tasks this process ran).
-    pub(super) async fn gather(&self, plan: &TaskPlan) -> anyhow::Result<Readings> {
+    pub(super) async fn gather(&self, plan: &TaskPlan) -> Result<Readings> {
         /// A section kept in memory by its map task, or read.
         enum Got {
             Kept(Arc<MapOut>),
@@ -162,7 +158,7 @@ impl Runner {
                     .ok()
                     .and_then(|c| c.maps.get(&(job, m)).cloned());
                 match kept.filter(|o| o.plan_id == plan.plan_id) {
-                    Some(out) => Ok::<_, anyhow::Error>(Got::Kept(out)),
+                    Some(out) => Ok::<_, RunError>(Got::Kept(out)),
                     None => Ok(Got::Read(self.read_section(plan, m).await?)),
                 }
             })
@@ -178,23 +174,23 @@ impl Runner {
             })
             .collect();
         crate::stage::gather_sections(&plan.units, &refs).map_err(|e| {
-            anyhow::anyhow!(
+            RunError::Stale(format!(
                 "the map outputs of job {} do not fit task {}'s plan: {e}",
-                plan.job,
-                plan.idx
-            )
+                plan.job, plan.idx
+            ))
         })
     }
 
     /// Reads a score task's section of map output `m` from the store.
-    pub(super) async fn read_section(&self, plan: &TaskPlan, m: u32) -> anyhow::Result<Section> {
+    pub(super) async fn read_section(&self, plan: &TaskPlan, m: u32) -> Result<Section> {
         let (job, key) = (plan.job, map_key(plan.job, &plan.plan_id, m));
-        let corrupt = |e: String| anyhow::anyhow!("the map output {key} does not read: {e}");
+        let corrupt =
+            |e: String| RunError::Stale(format!("the map output {key} does not read: {e}"));
         let missing = || {
-            anyhow::anyhow!(
+            RunError::Stale(format!(
                 "the map output {key} is missing from the store {}",
                 self.store.url()
-            )
+            ))
         };
         let cached = self.staged.lock().ok().and_then(|c| {
             c.headers
@@ -232,12 +228,13 @@ impl Runner {
             .get_range(&key, range)
             .await?
             .ok_or_else(missing)?;
-        anyhow::ensure!(
-            bytes.len() as u64 == want,
-            "the map output {key} ends {} bytes short of section {}",
-            want - bytes.len() as u64,
-            plan.idx
-        );
+        if bytes.len() as u64 != want {
+            return Err(RunError::Stale(format!(
+                "the map output {key} ends {} bytes short of section {}",
+                want - bytes.len() as u64,
+                plan.idx
+            )));
+        }
         tokio::task::spawn_blocking(move || crate::stage::decode_section(&bytes))
             .await?
             .map_err(corrupt)

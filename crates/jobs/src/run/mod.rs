@@ -90,8 +90,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
 use fleetscore_models::Pack;
 use fleetscore_store::{Registry, Store};
 
@@ -100,11 +98,13 @@ use crate::lease::Leases;
 use crate::schedule::Clock;
 use crate::stage::JobPlan;
 
+mod error;
 mod finalize;
 mod map;
 mod plan;
 mod score;
 
+pub use error::{Result, RunError};
 pub use finalize::no_readings;
 use map::MapOut;
 pub use plan::drop_staging;
@@ -213,14 +213,14 @@ fn owner_name() -> String {
 
 /// A job-store call, retried while retrying can help (see
 /// [`crate::db::retrying`]); its error says what was being done.
-async fn persist<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
+async fn persist<T, F, Fut>(what: &str, f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = crate::db::Result<T>>,
 {
     crate::db::retrying(what, f)
         .await
-        .with_context(|| what.to_string())
+        .map_err(|e| RunError::job_store(what, e))
 }
 
 impl Runner {
@@ -296,7 +296,7 @@ impl Runner {
     /// take; returns the ids of the jobs it finished (finalized, or failed
     /// while planning), oldest first. Tasks leased by other processes are
     /// theirs: a job they still run is not waited for.
-    pub async fn run_queued(&self) -> anyhow::Result<Vec<i64>> {
+    pub async fn run_queued(&self) -> Result<Vec<i64>> {
         let mut done = self.slots(None).await?;
         done.sort_unstable();
         done.dedup();
@@ -305,7 +305,7 @@ impl Runner {
 
     /// Runs one job to its end (claiming it even with other work queued),
     /// waiting for tasks that other processes hold; returns its record.
-    pub async fn run_job(&self, id: i64) -> anyhow::Result<JobRecord> {
+    pub async fn run_job(&self, id: i64) -> Result<JobRecord> {
         self.slots(Some(id)).await?;
         Ok(self.db.job(id).await?)
     }
@@ -318,7 +318,7 @@ impl Runner {
         &self,
         mut stop: tokio::sync::watch::Receiver<bool>,
         grace: Duration,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let slots = self.config.parallel_tasks.max(1);
         let mut all = Vec::new();
         for slot in 0..slots {
@@ -363,9 +363,13 @@ impl Runner {
                             }
                         }
                         Ok(_) => {}
-                        Err(e) if stopping => tracing::error!("worker: {e:#}"),
+                        Err(e) if stopping => tracing::error!("worker: {}", e.chain()),
                         Err(e) => {
-                            tracing::error!("worker: {e:#}; retrying in {:?}", me.config.poll);
+                            tracing::error!(
+                                "worker: {}; retrying in {:?}",
+                                e.chain(),
+                                me.config.poll
+                            );
                             tokio::select! {
                                 _ = tokio::time::sleep(me.config.poll) => {}
                                 _ = stop.changed() => {}
@@ -387,7 +391,7 @@ impl Runner {
         only: Option<i64>,
         stop: &mut tokio::sync::watch::Receiver<bool>,
         grace: Duration,
-    ) -> anyhow::Result<Step> {
+    ) -> Result<Step> {
         let mut step = Box::pin(self.step(only));
         tokio::select! {
             r = &mut step => return r,
@@ -418,7 +422,7 @@ impl Runner {
 
     /// Runs `parallel_tasks` slots of steps until idle (or, with `only`,
     /// until that job has ended). Returns the jobs finished.
-    async fn slots(&self, only: Option<i64>) -> anyhow::Result<Vec<i64>> {
+    async fn slots(&self, only: Option<i64>) -> Result<Vec<i64>> {
         let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let done = Arc::new(std::sync::Mutex::new(Vec::new()));
         let poll = self.config.poll.min(Duration::from_millis(50));
@@ -430,7 +434,7 @@ impl Runner {
                 loop {
                     if let Some(id) = only {
                         if self.db.job(id).await?.state.is_final() {
-                            return Ok::<_, anyhow::Error>(());
+                            return Ok::<_, RunError>(());
                         }
                     }
                     busy.fetch_add(1, SeqCst);
@@ -489,7 +493,7 @@ impl Runner {
     /// (then finalizes the jobs this runner moved on from, if their tasks
     /// have all ended), else finalizes a job whose tasks have all ended,
     /// else plans a queued job. `only` limits it to one job.
-    pub async fn step(&self, only: Option<i64>) -> anyhow::Result<Step> {
+    pub async fn step(&self, only: Option<i64>) -> Result<Step> {
         // Tasks first: while a worker has tasks to lease, a step costs two
         // round trips to the job store (lease, record), not three.
         if let Some(task) = self

@@ -5,8 +5,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context as _;
-
 use fleetscore_store::lake::{self, RawInWindow};
 use fleetscore_store::{ModelInput, Store};
 use rustc_hash::FxHashMap;
@@ -15,12 +13,12 @@ use crate::db::{JobRecord, JobState, TaskKind, TaskRecord, TaskState};
 use crate::lease::{Held, Renewer};
 use crate::stage::{JobPlan, MapPiece, PlanUnit};
 
-use super::{persist, Runner};
+use super::{persist, Result, RunError, Runner};
 
 /// Deletes what a job staged (`staging/<job>/`: its plan and its map
 /// outputs): for a cancelled job, which no runner finalizes. Returns the
 /// number of objects deleted.
-pub async fn drop_staging(store: &Store, job: i64) -> anyhow::Result<usize> {
+pub async fn drop_staging(store: &Store, job: i64) -> Result<usize> {
     let keys = store.list(&staging_prefix(job)).await?;
     for k in &keys {
         store.delete(k).await?;
@@ -71,7 +69,7 @@ pub(super) const MAX_MAPS: u64 = 64;
 impl Runner {
     /// Plans a claimed job; a failure fails the job (an `Err` means the job
     /// store itself failed).
-    pub(super) async fn plan(&self, job: JobRecord) -> anyhow::Result<()> {
+    pub(super) async fn plan(&self, job: JobRecord) -> Result<()> {
         let id = job.id;
         let renew = self.leases.keep(Arc::clone(&self.db), Held::Job(id));
         match self.plan_inner(job.clone(), &renew).await {
@@ -102,11 +100,11 @@ impl Runner {
             }
             Err(e) => {
                 drop(renew);
-                tracing::error!(job = id, "job failed: {e:#}");
+                tracing::error!(job = id, "job failed: {}", e.chain());
                 self.drop_staged(id);
                 let mut j = job;
                 j.state = JobState::Failed;
-                j.error = Some(format!("{e:#}"));
+                j.error = Some(e.chain());
                 j.finished_at = Some(self.clock.now());
                 let owner = self.owner.clone();
                 let recorded =
@@ -138,12 +136,13 @@ impl Runner {
         &self,
         mut job: JobRecord,
         renew: &Renewer,
-    ) -> anyhow::Result<Option<(JobRecord, Vec<TaskRecord>)>> {
-        anyhow::ensure!(
-            job.mode == "raw",
-            "input mode {:?} is not supported by this runner (use raw)",
-            job.mode
-        );
+    ) -> Result<Option<(JobRecord, Vec<TaskRecord>)>> {
+        if job.mode != "raw" {
+            return Err(RunError::Unsupported(format!(
+                "input mode {:?} is not supported by this runner (use raw)",
+                job.mode
+            )));
+        }
         let t = Instant::now();
         let index = self.registry.index_shared().await?;
         let generation = index.generation;
@@ -343,7 +342,13 @@ impl Runner {
             return Ok(None);
         }
         self.store
-            .put(&plan_key(job.id, &plan_id), serde_json::to_vec(&plan)?)
+            .put(
+                &plan_key(job.id, &plan_id),
+                serde_json::to_vec(&plan).map_err(|error| RunError::Encode {
+                    what: format!("the plan of job {}", job.id),
+                    error,
+                })?,
+            )
             .await?;
         if let Ok(mut cache) = self.staged.lock() {
             cache.plans.insert(job.id, Arc::new(plan));
@@ -370,7 +375,7 @@ impl Runner {
 
     /// The job plan a task follows: from memory if this process planned or
     /// read it, else from the store; checked against the task.
-    pub(super) async fn job_plan(&self, record: &TaskRecord) -> anyhow::Result<Arc<JobPlan>> {
+    pub(super) async fn job_plan(&self, record: &TaskRecord) -> Result<Arc<JobPlan>> {
         let job = record.job_id;
         let fits = |plan: &JobPlan| {
             if record.is_map() {
@@ -391,11 +396,11 @@ impl Runner {
             }
         };
         let Some(plan_id) = record.plan_id.as_deref() else {
-            anyhow::bail!(
+            return Err(RunError::Stale(format!(
                 "task {} of job {job} names no plan (it was planned by an older fleetscore); \
                  retry the job to plan it again",
                 record.idx
-            );
+            )));
         };
         let cached = self
             .staged
@@ -409,21 +414,19 @@ impl Runner {
         }
         let key = plan_key(job, plan_id);
         let bytes = self.store.get(&key).await?.ok_or_else(|| {
-            anyhow::anyhow!(
+            RunError::Stale(format!(
                 "the job's plan {key} is missing from the store {}",
                 self.store.url()
-            )
+            ))
         })?;
         let plan: JobPlan = serde_json::from_slice(&bytes)
-            .with_context(|| format!("reading the job plan {key}"))?;
-        anyhow::ensure!(
-            plan.plan_id == plan_id && fits(&plan),
-            "the job plan {key} has no {} task {} over {}..{}",
-            record.kind,
-            record.idx,
-            record.first_key,
-            record.last_key
-        );
+            .map_err(|e| RunError::Stale(format!("the job plan {key} does not read: {e}")))?;
+        if plan.plan_id != plan_id || !fits(&plan) {
+            return Err(RunError::Stale(format!(
+                "the job plan {key} has no {} task {} over {}..{}",
+                record.kind, record.idx, record.first_key, record.last_key
+            )));
+        }
         let plan = Arc::new(plan);
         if let Ok(mut c) = self.staged.lock() {
             c.plans.insert(job, Arc::clone(&plan));

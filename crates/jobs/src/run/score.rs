@@ -17,7 +17,7 @@ use crate::lease::Held;
 use crate::stage::PlanUnit;
 use crate::FailureReason;
 
-use super::{persist, Runner};
+use super::{persist, Result, RunError, Runner};
 
 /// A window-input pair of a task: its model's features and its windows.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ impl Runner {
     /// The record of a job this runner leased a task of (so running: the
     /// lease is only given for running jobs), read once per plan: what a
     /// task needs of it (window, mode, retries) does not change.
-    pub(super) async fn job_for(&self, id: i64) -> anyhow::Result<JobRecord> {
+    pub(super) async fn job_for(&self, id: i64) -> Result<JobRecord> {
         let cached = self
             .staged
             .lock()
@@ -84,7 +84,7 @@ impl Runner {
     }
 
     /// A score task's share of its job's plan.
-    pub(super) async fn staged(&self, record: &TaskRecord) -> anyhow::Result<TaskPlan> {
+    pub(super) async fn staged(&self, record: &TaskRecord) -> Result<TaskPlan> {
         let plan = self.job_plan(record).await?;
         Ok(TaskPlan {
             job: plan.job,
@@ -99,7 +99,7 @@ impl Runner {
     }
 
     /// The model pack of `generation` (cached across tasks).
-    pub(super) async fn pack_for(&self, generation: u64) -> anyhow::Result<Arc<Pack>> {
+    pub(super) async fn pack_for(&self, generation: u64) -> Result<Arc<Pack>> {
         let mut cached = self.pack.lock().await;
         if let Some(p) = cached.as_ref() {
             if p.generation == generation {
@@ -119,7 +119,7 @@ impl Runner {
     }
 
     /// Runs one leased attempt of a task and records it.
-    pub(super) async fn run_task(&self, mut record: TaskRecord) -> anyhow::Result<()> {
+    pub(super) async fn run_task(&self, mut record: TaskRecord) -> Result<()> {
         let renew = self.leases.keep(
             Arc::clone(&self.db),
             Held::Task {
@@ -182,7 +182,12 @@ impl Runner {
                     record.state = TaskState::Succeeded;
                     record.error = None;
                     record.not_before = None;
-                    record.devices = Some(serde_json::to_string(&devices)?);
+                    record.devices = Some(serde_json::to_string(&devices).map_err(|error| {
+                        RunError::Encode {
+                            what: format!("the device counts of task {}", record.idx),
+                            error,
+                        }
+                    })?);
                     if record.output.is_none() {
                         let _ = writeln!(
                             log,
@@ -208,7 +213,7 @@ impl Runner {
                     }
                 }
                 Err(e) => {
-                    let msg = format!("{e:#}");
+                    let msg = e.chain();
                     let _ = writeln!(log, "failed: {msg}");
                     record.error = Some(msg);
                     if record.attempts > job.max_retries {
@@ -257,7 +262,7 @@ impl Runner {
         &self,
         job: &JobRecord,
         record: &mut TaskRecord,
-    ) -> anyhow::Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
+    ) -> Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
         let t = Instant::now();
         let plan = self.staged(record).await?;
         let readings = self.gather(&plan).await?;
@@ -330,7 +335,7 @@ impl Runner {
     /// The readings the map tasks of a score task's plan found in the
     /// window for the job's pairs (they have all succeeded when a score
     /// task runs).
-    pub(super) async fn window_rows(&self, plan: &TaskPlan) -> anyhow::Result<u64> {
+    pub(super) async fn window_rows(&self, plan: &TaskPlan) -> Result<u64> {
         if plan.maps == 0 {
             return Ok(0);
         }
@@ -354,7 +359,7 @@ impl Runner {
         wunits: &Arc<Vec<WindowUnit>>,
         pack: &Arc<Pack>,
         key: &str,
-    ) -> anyhow::Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
+    ) -> Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
         let t = Instant::now();
         let (r, p, k) = (Arc::clone(readings), Arc::clone(pack), key.to_string());
         let wu = Arc::clone(wunits);
@@ -474,7 +479,7 @@ impl Runner {
                     }
                 }
                 let bytes = predictions_parquet_bytes(&cols, &k)?;
-                Ok::<_, anyhow::Error>((bytes, failures, rows, anomalies, units.len(), devices))
+                Ok::<_, RunError>((bytes, failures, rows, anomalies, units.len(), devices))
             })
             .await??;
         record.score_ms = t.elapsed().as_millis() as u64;
