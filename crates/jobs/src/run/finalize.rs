@@ -26,6 +26,77 @@ pub fn no_readings(job: i64, models: u64) -> String {
     )
 }
 
+/// Sums the job's figures and device counts over its tasks (the map
+/// tasks' times count as loading), and finds the first task that did not
+/// succeed: the job's failure, if any.
+fn tally(
+    job: &mut JobRecord,
+    maps: &[TaskRecord],
+    tasks: &[TaskRecord],
+) -> (Option<String>, BTreeMap<String, DeviceCount>) {
+    job.models = 0;
+    job.rows = 0;
+    job.anomalies = 0;
+    job.failed_models = 0;
+    job.score_ms = 0;
+    job.write_ms = 0;
+    job.tasks = tasks.len() as u64;
+    let mut task_error = maps
+        .iter()
+        .find(|m| m.state != TaskState::Succeeded)
+        .map(|m| {
+            format!(
+                "reading the window failed: map task {} ({} raw row groups of {}..{}) {}: {}",
+                m.idx,
+                m.n_keys,
+                m.first_key,
+                m.last_key,
+                m.state,
+                m.error.as_deref().unwrap_or("")
+            )
+        });
+    // Reading the window (the map tasks) counts as loading.
+    job.load_ms += maps.iter().map(|m| m.load_ms + m.write_ms).sum::<u64>();
+    let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
+    for r in tasks {
+        job.models += r.models;
+        job.rows += r.rows;
+        job.anomalies += r.anomalies;
+        job.failed_models += r.failed_models;
+        job.score_ms += r.score_ms;
+        job.write_ms += r.write_ms;
+        if r.state != TaskState::Succeeded && task_error.is_none() {
+            task_error = Some(format!(
+                "task {} {}: {}",
+                r.idx,
+                r.state,
+                r.error.as_deref().unwrap_or("")
+            ));
+        }
+        if let Some(d) = &r.devices {
+            match serde_json::from_str::<BTreeMap<String, DeviceCount>>(d) {
+                Ok(d) => {
+                    for (k, c) in d {
+                        let e = devices.entry(k).or_default();
+                        e.rows += c.rows;
+                        e.anomalies += c.anomalies;
+                    }
+                }
+                // Recorded as the job's failure, not retried for ever.
+                Err(e) => {
+                    if task_error.is_none() {
+                        task_error = Some(format!(
+                            "task {}: its recorded device counts do not read back: {e}",
+                            r.idx
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    (task_error, devices)
+}
+
 impl Runner {
     /// Writes the manifest and records the outcome of a job whose tasks
     /// have all ended.
@@ -39,66 +110,7 @@ impl Runner {
             .partition(|t| t.is_map());
         // As planned (see `plan_inner`): what a job without tasks reports.
         let planned_models = job.models;
-        job.models = 0;
-        job.rows = 0;
-        job.anomalies = 0;
-        job.failed_models = 0;
-        job.score_ms = 0;
-        job.write_ms = 0;
-        job.tasks = tasks.len() as u64;
-        let mut task_error = maps
-            .iter()
-            .find(|m| m.state != TaskState::Succeeded)
-            .map(|m| {
-                format!(
-                    "reading the window failed: map task {} ({} raw row groups of {}..{}) {}: {}",
-                    m.idx,
-                    m.n_keys,
-                    m.first_key,
-                    m.last_key,
-                    m.state,
-                    m.error.as_deref().unwrap_or("")
-                )
-            });
-        // Reading the window (the map tasks) counts as loading.
-        job.load_ms += maps.iter().map(|m| m.load_ms + m.write_ms).sum::<u64>();
-        let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
-        for r in &tasks {
-            job.models += r.models;
-            job.rows += r.rows;
-            job.anomalies += r.anomalies;
-            job.failed_models += r.failed_models;
-            job.score_ms += r.score_ms;
-            job.write_ms += r.write_ms;
-            if r.state != TaskState::Succeeded && task_error.is_none() {
-                task_error = Some(format!(
-                    "task {} {}: {}",
-                    r.idx,
-                    r.state,
-                    r.error.as_deref().unwrap_or("")
-                ));
-            }
-            if let Some(d) = &r.devices {
-                match serde_json::from_str::<BTreeMap<String, DeviceCount>>(d) {
-                    Ok(d) => {
-                        for (k, c) in d {
-                            let e = devices.entry(k).or_default();
-                            e.rows += c.rows;
-                            e.anomalies += c.anomalies;
-                        }
-                    }
-                    // Recorded as the job's failure, not retried for ever.
-                    Err(e) => {
-                        if task_error.is_none() {
-                            task_error = Some(format!(
-                                "task {}: its recorded device counts do not read back: {e}",
-                                r.idx
-                            ));
-                        }
-                    }
-                }
-            }
-        }
+        let (task_error, devices) = tally(&mut job, &maps, &tasks);
         // Planning found nothing to read (no task), or every score task
         // found the window empty (see `attempt_staged`): no part, no model
         // failed.
@@ -156,16 +168,7 @@ impl Runner {
         }
         // The staged inputs are no longer needed.
         self.drop_staged(id);
-        match self.store.list(&staging_prefix(id)).await {
-            Ok(keys) => {
-                for k in keys {
-                    if let Err(e) = self.store.delete(&k).await {
-                        tracing::warn!(job = id, "deleting {k}: {e}");
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(job = id, "listing the staged inputs: {e}"),
-        }
+        self.delete_staging(id).await;
         tracing::info!(
             job = id,
             state = %job.state,
@@ -176,6 +179,21 @@ impl Runner {
             "job finished"
         );
         Ok(())
+    }
+
+    /// Deletes a finalized job's staged inputs (its plans and map
+    /// outputs); a failure is only logged: they are no longer read.
+    async fn delete_staging(&self, id: i64) {
+        match self.store.list(&staging_prefix(id)).await {
+            Ok(keys) => {
+                for k in keys {
+                    if let Err(e) = self.store.delete(&k).await {
+                        tracing::warn!(job = id, "deleting {k}: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(job = id, "listing the staged inputs: {e}"),
+        }
     }
 
     /// Deletes parts of an earlier, larger run of the window, then writes

@@ -364,124 +364,18 @@ impl Runner {
         let (r, p, k) = (Arc::clone(readings), Arc::clone(pack), key.to_string());
         let wu = Arc::clone(wunits);
         let units = units.to_vec();
+        let units_n = units.len();
         let idx = record.idx;
-        let (bytes, failures, rows, anomalies, models, devices) =
-            tokio::task::spawn_blocking(move || {
-                let mut scored = crate::score((*r).clone(), &p, &|_| {});
-                let mut failures: Vec<FailureRecord> = scored
-                    .failures
-                    .iter()
-                    .map(|f| FailureRecord {
-                        task_idx: idx,
-                        device: f.device.clone(),
-                        tag: f.tag.clone(),
-                        reason: f.reason.code().to_string(),
-                        detail: f.reason.to_string(),
-                        rows: f.rows as u64,
-                    })
-                    .collect();
-                // Pairs with data: readings, or windows for window input.
-                let mut seen = vec![false; r.key_count()];
-                for &k in r.key_ids() {
-                    seen[k as usize] = true;
-                }
-                let mut with_data: BTreeSet<(&str, &str)> = r
-                    .keys()
-                    .zip(&seen)
-                    .filter(|(_, &s)| s)
-                    .map(|(pair, _)| pair)
-                    .collect();
-                // Window-input pairs: each window is a row of its features.
-                let mut anomalies = scored.anomalies;
-                for u in wu.iter() {
-                    if u.windows.is_empty() {
-                        continue;
-                    }
-                    with_data.insert((u.device.as_str(), u.tag.as_str()));
-                    let Some(entry) = p.get(&u.device, &u.tag) else {
-                        continue;
-                    };
-                    let width = u.features.len();
-                    let rows: Vec<f64> = u
-                        .windows
-                        .iter()
-                        .flat_map(|w| u.features.iter().map(move |f| feature(w, f)))
-                        .collect();
-                    let n = u.windows.len();
-                    let (mut score, mut label) = (vec![0.0; n], vec![0u32; n]);
-                    let found = match entry
-                        .model
-                        .evaluate_into(&rows, width, &mut score, &mut label)
-                        .map_err(|e| e.to_string())
-                        .and_then(|a| crate::check_labels(&entry.model, &label).map(|()| a))
-                    {
-                        Ok(found) => found,
-                        Err(message) => {
-                            let reason = FailureReason::Evaluation { message };
-                            failures.push(FailureRecord {
-                                task_idx: idx,
-                                device: u.device.clone(),
-                                tag: u.tag.clone(),
-                                reason: reason.code().to_string(),
-                                detail: reason.to_string(),
-                                rows: n as u64,
-                            });
-                            continue;
-                        }
-                    };
-                    anomalies += found;
-                    let k = scored.keys.len() as u32;
-                    scored.keys.push((u.device.clone(), u.tag.clone()));
-                    scored.kinds.push(entry.model.kind());
-                    scored.classes.push(entry.model.classes().to_vec());
-                    let from = scored.ts.len();
-                    for w in &u.windows {
-                        scored.ts.push(w.start);
-                        scored.value.push(feature(w, &u.features[0]));
-                    }
-                    scored.label.extend_from_slice(&label);
-                    scored.score.extend_from_slice(&score);
-                    scored.groups.push((k, from..scored.ts.len()));
-                }
-                for (d, t) in &units {
-                    if !with_data.contains(&(d.as_str(), t.as_str())) {
-                        failures.push(FailureRecord {
-                            task_idx: idx,
-                            device: d.clone(),
-                            tag: t.clone(),
-                            reason: FailureReason::NoData.code().to_string(),
-                            detail: FailureReason::NoData.to_string(),
-                            rows: 0,
-                        });
-                    }
-                }
-                failures.sort_by(|a, b| (&a.device, &a.tag).cmp(&(&b.device, &b.tag)));
-                let outputs = scored.outputs();
-                let cols = PredictionColumns {
-                    ts: &scored.ts,
-                    value: &scored.value,
-                    label: &scored.label,
-                    score: &scored.score,
-                    keys: &scored.keys,
-                    outputs: &outputs,
-                    groups: &scored.groups,
-                };
-                let rows: usize = scored.groups.iter().map(|(_, g)| g.len()).sum();
-                let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
-                for (k, g) in &scored.groups {
-                    let c = devices
-                        .entry(scored.keys[*k as usize].0.clone())
-                        .or_default();
-                    c.rows += g.len() as u64;
-                    if scored.kinds[*k as usize] == fleetscore_models::Kind::Outlier {
-                        c.anomalies +=
-                            scored.label[g.clone()].iter().filter(|&&p| p == 1).count() as u64;
-                    }
-                }
-                let bytes = predictions_parquet_bytes(&cols, &k)?;
-                Ok::<_, RunError>((bytes, failures, rows, anomalies, units.len(), devices))
-            })
-            .await??;
+        let part =
+            tokio::task::spawn_blocking(move || score_part(idx, &r, &p, &units, &wu, &k)).await??;
+        let ScoredPart {
+            bytes,
+            failures,
+            rows,
+            anomalies,
+            devices,
+        } = part;
+        let models = units_n;
         record.score_ms = t.elapsed().as_millis() as u64;
         let t = Instant::now();
         self.store.put(key, bytes).await?;
@@ -493,4 +387,171 @@ impl Runner {
         record.output = Some(key.to_string());
         Ok((failures, devices))
     }
+}
+
+/// A score task's part, scored and encoded, with what its record counts.
+struct ScoredPart {
+    /// The part's Parquet bytes.
+    bytes: Vec<u8>,
+    /// The task's pairs that failed, sorted by pair.
+    failures: Vec<FailureRecord>,
+    rows: usize,
+    anomalies: usize,
+    /// Rows and anomalies by device, for the manifest.
+    devices: BTreeMap<String, DeviceCount>,
+}
+
+/// Scores a task's readings (raw-input pairs) and windows (window-input
+/// pairs, each window a row of its features), notes the pairs of `units`
+/// without data as `no_data`, and encodes the part named `name` (CPU work:
+/// on the blocking pool).
+fn score_part(
+    idx: u32,
+    r: &Readings,
+    p: &Pack,
+    units: &[(String, String)],
+    wu: &[WindowUnit],
+    name: &str,
+) -> Result<ScoredPart> {
+    let mut scored = crate::score(r.clone(), p, &|_| {});
+    let mut failures: Vec<FailureRecord> = scored
+        .failures
+        .iter()
+        .map(|f| FailureRecord {
+            task_idx: idx,
+            device: f.device.clone(),
+            tag: f.tag.clone(),
+            reason: f.reason.code().to_string(),
+            detail: f.reason.to_string(),
+            rows: f.rows as u64,
+        })
+        .collect();
+    // Pairs with data: readings, or windows for window input.
+    let mut seen = vec![false; r.key_count()];
+    for &k in r.key_ids() {
+        seen[k as usize] = true;
+    }
+    let mut with_data: BTreeSet<(&str, &str)> = r
+        .keys()
+        .zip(&seen)
+        .filter(|(_, &s)| s)
+        .map(|(pair, _)| pair)
+        .collect();
+    // Window-input pairs: each window is a row of its features.
+    let mut anomalies = scored.anomalies;
+    for u in wu.iter() {
+        if u.windows.is_empty() {
+            continue;
+        }
+        with_data.insert((u.device.as_str(), u.tag.as_str()));
+        match score_windows(idx, &mut scored, p, u) {
+            Ok(found) => anomalies += found,
+            Err(failure) => failures.push(failure),
+        }
+    }
+    for (d, t) in units {
+        if !with_data.contains(&(d.as_str(), t.as_str())) {
+            failures.push(FailureRecord {
+                task_idx: idx,
+                device: d.clone(),
+                tag: t.clone(),
+                reason: FailureReason::NoData.code().to_string(),
+                detail: FailureReason::NoData.to_string(),
+                rows: 0,
+            });
+        }
+    }
+    failures.sort_by(|a, b| (&a.device, &a.tag).cmp(&(&b.device, &b.tag)));
+    let outputs = scored.outputs();
+    let cols = PredictionColumns {
+        ts: &scored.ts,
+        value: &scored.value,
+        label: &scored.label,
+        score: &scored.score,
+        keys: &scored.keys,
+        outputs: &outputs,
+        groups: &scored.groups,
+    };
+    let rows: usize = scored.groups.iter().map(|(_, g)| g.len()).sum();
+    let devices = device_counts(&scored);
+    let bytes = predictions_parquet_bytes(&cols, name)?;
+    Ok(ScoredPart {
+        bytes,
+        failures,
+        rows,
+        anomalies,
+        devices,
+    })
+}
+
+/// Scores one window-input pair's windows, each a row of its model's
+/// features, and appends them to `scored` (`TS` = the window's start,
+/// `Val` = its first feature); returns the anomalies found, or the pair's
+/// `evaluation` failure.
+fn score_windows(
+    idx: u32,
+    scored: &mut crate::Scored,
+    p: &Pack,
+    u: &WindowUnit,
+) -> std::result::Result<usize, FailureRecord> {
+    let Some(entry) = p.get(&u.device, &u.tag) else {
+        // No model in the live pack (it changed since planning): nothing
+        // scores these windows.
+        return Ok(0);
+    };
+    let width = u.features.len();
+    let rows: Vec<f64> = u
+        .windows
+        .iter()
+        .flat_map(|w| u.features.iter().map(move |f| feature(w, f)))
+        .collect();
+    let n = u.windows.len();
+    let (mut score, mut label) = (vec![0.0; n], vec![0u32; n]);
+    let found = match entry
+        .model
+        .evaluate_into(&rows, width, &mut score, &mut label)
+        .map_err(|e| e.to_string())
+        .and_then(|a| crate::check_labels(&entry.model, &label).map(|()| a))
+    {
+        Ok(found) => found,
+        Err(message) => {
+            let reason = FailureReason::Evaluation { message };
+            return Err(FailureRecord {
+                task_idx: idx,
+                device: u.device.clone(),
+                tag: u.tag.clone(),
+                reason: reason.code().to_string(),
+                detail: reason.to_string(),
+                rows: n as u64,
+            });
+        }
+    };
+    let k = scored.keys.len() as u32;
+    scored.keys.push((u.device.clone(), u.tag.clone()));
+    scored.kinds.push(entry.model.kind());
+    scored.classes.push(entry.model.classes().to_vec());
+    let from = scored.ts.len();
+    for w in &u.windows {
+        scored.ts.push(w.start);
+        scored.value.push(feature(w, &u.features[0]));
+    }
+    scored.label.extend_from_slice(&label);
+    scored.score.extend_from_slice(&score);
+    scored.groups.push((k, from..scored.ts.len()));
+    Ok(found)
+}
+
+/// Rows and anomalies (of outlier detectors) by device, for the manifest.
+fn device_counts(scored: &crate::Scored) -> BTreeMap<String, DeviceCount> {
+    let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
+    for (k, g) in &scored.groups {
+        let c = devices
+            .entry(scored.keys[*k as usize].0.clone())
+            .or_default();
+        c.rows += g.len() as u64;
+        if scored.kinds[*k as usize] == fleetscore_models::Kind::Outlier {
+            c.anomalies += scored.label[g.clone()].iter().filter(|&&p| p == 1).count() as u64;
+        }
+    }
+    devices
 }
