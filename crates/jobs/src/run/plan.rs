@@ -66,6 +66,76 @@ pub(super) const MAP_ROWS: u64 = 400_000;
 /// Map tasks a job is cut into at most.
 pub(super) const MAX_MAPS: u64 = 64;
 
+/// Map tasks: the raw row groups that may hold readings of the window, in
+/// order, in shares of about [`MAP_ROWS`] (no more than [`MAX_MAPS`]).
+fn cut_maps(raw: &[RawInWindow]) -> Vec<Vec<MapPiece>> {
+    let total: u64 = raw.iter().flat_map(|r| &r.groups).map(|&(_, n)| n).sum();
+    let share = MAP_ROWS.max(total.div_ceil(MAX_MAPS));
+    let mut maps: Vec<Vec<MapPiece>> = Vec::new();
+    let mut rows = share;
+    for RawInWindow { listed, groups, .. } in raw {
+        let key = &listed.key;
+        for &(g, n) in groups {
+            if rows >= share {
+                maps.push(Vec::new());
+                rows = 0;
+            }
+            let pieces = maps.last_mut().expect("pushed above");
+            match pieces.last_mut() {
+                Some(p) if &p.key == key => p.row_groups.push(g),
+                _ => pieces.push(MapPiece {
+                    key: key.clone(),
+                    row_groups: vec![g],
+                    size: listed.size,
+                    version: listed.version.clone(),
+                }),
+            }
+            rows += n;
+        }
+    }
+    maps
+}
+
+/// The records of a plan's tasks, queued at `now`: its score tasks (each
+/// over its pairs), then its map tasks (each over its raw row groups).
+fn task_records(plan: &JobPlan, now: i64) -> Vec<TaskRecord> {
+    let key = |u: Option<&PlanUnit>| {
+        u.map(|u| format!("{}/{}", u.device, u.tag))
+            .unwrap_or_default()
+    };
+    let score = plan
+        .task_units
+        .iter()
+        .enumerate()
+        .map(|(i, units)| TaskRecord {
+            job_id: plan.job,
+            idx: i as u32,
+            state: TaskState::Queued,
+            first_key: key(units.first()),
+            last_key: key(units.last()),
+            n_keys: units.len() as u64,
+            queued_at: now,
+            plan_id: Some(plan.plan_id.clone()),
+            ..TaskRecord::default()
+        });
+    let map = (0..plan.maps.len()).map(|m| {
+        let (first_key, last_key, n_keys) = plan.map_summary(m).expect("a map has pieces");
+        TaskRecord {
+            job_id: plan.job,
+            idx: plan.tasks + m as u32,
+            kind: TaskKind::Map,
+            state: TaskState::Queued,
+            first_key,
+            last_key,
+            n_keys,
+            queued_at: now,
+            plan_id: Some(plan.plan_id.clone()),
+            ..TaskRecord::default()
+        }
+    });
+    score.chain(map).collect()
+}
+
 impl Runner {
     /// Plans a claimed job; a failure fails the job (an `Err` means the job
     /// store itself failed).
@@ -234,55 +304,8 @@ impl Runner {
             chunks.push(&[]);
         }
         let n_tasks = chunks.len() as u32;
-        let now = self.clock.now();
-        let mut tasks: Vec<TaskRecord> = chunks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| TaskRecord {
-                job_id: job.id,
-                idx: i as u32,
-                state: TaskState::Queued,
-                first_key: c
-                    .first()
-                    .map(|(d, t)| format!("{d}/{t}"))
-                    .unwrap_or_default(),
-                last_key: c
-                    .last()
-                    .map(|(d, t)| format!("{d}/{t}"))
-                    .unwrap_or_default(),
-                n_keys: c.len() as u64,
-                queued_at: now,
-                ..TaskRecord::default()
-            })
-            .collect();
-
-        // Map tasks: the raw row groups that may hold readings of the
-        // window, in order, in shares of about MAP_ROWS (no more than
-        // MAX_MAPS).
-        let total: u64 = raw.iter().flat_map(|r| &r.groups).map(|&(_, n)| n).sum();
-        let share = MAP_ROWS.max(total.div_ceil(MAX_MAPS));
-        let mut maps: Vec<Vec<MapPiece>> = Vec::new();
-        let mut rows = share;
-        for RawInWindow { listed, groups, .. } in raw.iter().filter(|_| any_raw) {
-            let key = &listed.key;
-            for &(g, n) in groups {
-                if rows >= share {
-                    maps.push(Vec::new());
-                    rows = 0;
-                }
-                let pieces = maps.last_mut().expect("pushed above");
-                match pieces.last_mut() {
-                    Some(p) if &p.key == key => p.row_groups.push(g),
-                    _ => pieces.push(MapPiece {
-                        key: key.clone(),
-                        row_groups: vec![g],
-                        size: listed.size,
-                        version: listed.version.clone(),
-                    }),
-                }
-                rows += n;
-            }
-        }
+        // Map tasks read the raw row groups only if a pair takes them.
+        let maps = if any_raw { cut_maps(&raw) } else { Vec::new() };
         let plan_id = new_plan_id(&self.owner, self.clock.now());
         let plan = JobPlan {
             format: "fleetscore-job-plan".into(),
@@ -315,23 +338,7 @@ impl Runner {
                 .collect(),
             has_windows,
         };
-        for m in 0..plan.maps.len() {
-            let (first_key, last_key, n_keys) = plan.map_summary(m).expect("a map has pieces");
-            tasks.push(TaskRecord {
-                job_id: job.id,
-                idx: n_tasks + m as u32,
-                kind: TaskKind::Map,
-                state: TaskState::Queued,
-                first_key,
-                last_key,
-                n_keys,
-                queued_at: now,
-                ..TaskRecord::default()
-            });
-        }
-        for t in &mut tasks {
-            t.plan_id = Some(plan_id.clone());
-        }
+        let tasks = task_records(&plan, self.clock.now());
         let cut_ms = t.elapsed().as_millis() as u64 - read_ms;
         // Stage the plan, so any worker can run any task; not if the job
         // went to another planner meanwhile. (Were the lease lost during
@@ -432,5 +439,61 @@ impl Runner {
             c.plans.insert(job, Arc::clone(&plan));
         }
         Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetscore_store::Listed;
+
+    fn object(key: &str, groups: &[u64]) -> RawInWindow {
+        RawInWindow {
+            listed: Listed {
+                key: key.into(),
+                size: 1_000,
+                version: Some(format!("v-{key}")),
+            },
+            groups: groups.iter().copied().enumerate().collect(),
+            keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn map_tasks_take_whole_row_groups_in_order_in_shares_of_map_rows() {
+        let half = MAP_ROWS / 2;
+        let raw = [
+            object("raw/a", &[half, half, half]),
+            object("raw/b", &[half]),
+        ];
+        let maps = cut_maps(&raw);
+        let shape: Vec<Vec<(&str, Vec<usize>)>> = maps
+            .iter()
+            .map(|m| {
+                m.iter()
+                    .map(|p| (p.key.as_str(), p.row_groups.clone()))
+                    .collect()
+            })
+            .collect();
+        // A share ends once it holds MAP_ROWS; the next object's first
+        // group joins the share the previous object left open.
+        assert_eq!(
+            shape,
+            vec![
+                vec![("raw/a", vec![0, 1])],
+                vec![("raw/a", vec![2]), ("raw/b", vec![0])],
+            ]
+        );
+        // Each piece names the version listed, so a replaced object is seen.
+        assert_eq!(maps[1][1].version.as_deref(), Some("v-raw/b"));
+        assert!(cut_maps(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_job_is_cut_into_at_most_max_maps_map_tasks() {
+        let groups = vec![MAP_ROWS; 3 * MAX_MAPS as usize];
+        let maps = cut_maps(&[object("raw/a", &groups)]);
+        assert_eq!(maps.len() as u64, MAX_MAPS);
+        assert!(maps.iter().all(|m| m[0].row_groups.len() == 3));
     }
 }
