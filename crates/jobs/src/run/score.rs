@@ -43,6 +43,10 @@ pub(super) fn feature(w: &Window, name: &str) -> f64 {
     }
 }
 
+/// What a score task's attempt found: its failed models, and its rows and
+/// anomalies by device.
+type Scoring = (Vec<FailureRecord>, BTreeMap<String, DeviceCount>);
+
 /// A score task's share of its job's plan.
 pub(super) struct TaskPlan {
     pub(super) job: i64,
@@ -129,29 +133,7 @@ impl Runner {
         );
         let job = self.job_for(record.job_id).await?;
         let log_key = format!("logs/{}/task-{:05}.log", job.id, record.idx);
-        let mut log = if record.attempts > 1 {
-            match self.store.get(&log_key).await {
-                Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-                _ => String::new(),
-            }
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            log,
-            "attempt {} at {} by {}: {} {} {}..{}",
-            record.attempts,
-            format_ts(self.clock.now()),
-            self.owner,
-            record.n_keys,
-            if record.is_map() {
-                "raw row groups (map task) of"
-            } else {
-                "models"
-            },
-            record.first_key,
-            record.last_key,
-        );
+        let mut log = self.task_log(&log_key, &record).await;
         let mut failures = Vec::new();
         if job.state != JobState::Running {
             record.state = TaskState::Cancelled;
@@ -162,73 +144,7 @@ impl Runner {
             } else {
                 self.attempt_staged(&job, &mut record).await.map(Some)
             };
-            match outcome {
-                Ok(None) => {
-                    record.state = TaskState::Succeeded;
-                    record.error = None;
-                    record.not_before = None;
-                    let _ = writeln!(
-                        log,
-                        "succeeded: {} readings for {} score tasks; read {} ms, write {} ms -> {}",
-                        record.rows,
-                        job.tasks,
-                        record.load_ms,
-                        record.write_ms,
-                        record.output.as_deref().unwrap_or("")
-                    );
-                }
-                Ok(Some((f, devices))) => {
-                    failures = f;
-                    record.state = TaskState::Succeeded;
-                    record.error = None;
-                    record.not_before = None;
-                    record.devices = Some(serde_json::to_string(&devices).map_err(|error| {
-                        RunError::Encode {
-                            what: format!("the device counts of task {}", record.idx),
-                            error,
-                        }
-                    })?);
-                    if record.output.is_none() {
-                        let _ = writeln!(
-                            log,
-                            "succeeded: no readings in the job's window for any pair of the job \
-                             ({} models here): nothing to score, nothing written",
-                            record.models
-                        );
-                    } else {
-                        let _ = writeln!(
-                            log,
-                            "succeeded: {} models, {} rows, {} anomalies, {} failed models; load {} ms, score {} ms, write {} ms -> {}",
-                            record.models, record.rows, record.anomalies, record.failed_models,
-                            record.load_ms, record.score_ms, record.write_ms,
-                            record.output.as_deref().unwrap_or("")
-                        );
-                    }
-                    for f in &failures {
-                        let _ = writeln!(
-                            log,
-                            "model ({}, {}) failed: {}: {} ({} readings)",
-                            f.device, f.tag, f.reason, f.detail, f.rows
-                        );
-                    }
-                }
-                Err(e) => {
-                    let msg = e.chain();
-                    let _ = writeln!(log, "failed: {msg}");
-                    record.error = Some(msg);
-                    if record.attempts > job.max_retries {
-                        record.state = TaskState::Failed;
-                    } else {
-                        let wait = self
-                            .config
-                            .retry_backoff
-                            .saturating_mul(2u32.pow((record.attempts - 1).min(10)));
-                        let _ = writeln!(log, "retrying in {wait:?}");
-                        record.state = TaskState::Queued;
-                        record.not_before = Some(self.leases.after(wait));
-                    }
-                }
-            }
+            failures = self.record_outcome(&job, &mut record, outcome, &mut log)?;
         }
         record.finished_at = Some(self.clock.now());
         if renew.lost() {
@@ -257,12 +173,123 @@ impl Runner {
         Ok(())
     }
 
+    /// A task's log so far (its earlier attempts', if any can be read),
+    /// with this attempt's first line.
+    async fn task_log(&self, log_key: &str, record: &TaskRecord) -> String {
+        let mut log = if record.attempts > 1 {
+            match self.store.get(log_key).await {
+                Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+                _ => String::new(),
+            }
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            log,
+            "attempt {} at {} by {}: {} {} {}..{}",
+            record.attempts,
+            format_ts(self.clock.now()),
+            self.owner,
+            record.n_keys,
+            if record.is_map() {
+                "raw row groups (map task) of"
+            } else {
+                "models"
+            },
+            record.first_key,
+            record.last_key,
+        );
+        log
+    }
+
+    /// Records the outcome of a task's attempt on its record and in its
+    /// log: success (with a score task's failed models, returned), or an
+    /// error, which queues the task again after a backoff until the job's
+    /// `max_retries`, then fails it.
+    fn record_outcome(
+        &self,
+        job: &JobRecord,
+        record: &mut TaskRecord,
+        outcome: Result<Option<Scoring>>,
+        log: &mut String,
+    ) -> Result<Vec<FailureRecord>> {
+        match outcome {
+            Ok(None) => {
+                record.state = TaskState::Succeeded;
+                record.error = None;
+                record.not_before = None;
+                let _ = writeln!(
+                    log,
+                    "succeeded: {} readings for {} score tasks; read {} ms, write {} ms -> {}",
+                    record.rows,
+                    job.tasks,
+                    record.load_ms,
+                    record.write_ms,
+                    record.output.as_deref().unwrap_or("")
+                );
+            }
+            Ok(Some((failures, devices))) => {
+                record.state = TaskState::Succeeded;
+                record.error = None;
+                record.not_before = None;
+                record.devices =
+                    Some(
+                        serde_json::to_string(&devices).map_err(|error| RunError::Encode {
+                            what: format!("the device counts of task {}", record.idx),
+                            error,
+                        })?,
+                    );
+                if record.output.is_none() {
+                    let _ = writeln!(
+                        log,
+                        "succeeded: no readings in the job's window for any pair of the job \
+                         ({} models here): nothing to score, nothing written",
+                        record.models
+                    );
+                } else {
+                    let _ = writeln!(
+                        log,
+                        "succeeded: {} models, {} rows, {} anomalies, {} failed models; load {} ms, score {} ms, write {} ms -> {}",
+                        record.models, record.rows, record.anomalies, record.failed_models,
+                        record.load_ms, record.score_ms, record.write_ms,
+                        record.output.as_deref().unwrap_or("")
+                    );
+                }
+                for f in &failures {
+                    let _ = writeln!(
+                        log,
+                        "model ({}, {}) failed: {}: {} ({} readings)",
+                        f.device, f.tag, f.reason, f.detail, f.rows
+                    );
+                }
+                return Ok(failures);
+            }
+            Err(e) => {
+                let msg = e.chain();
+                let _ = writeln!(log, "failed: {msg}");
+                record.error = Some(msg);
+                if record.attempts > job.max_retries {
+                    record.state = TaskState::Failed;
+                } else {
+                    let wait = self
+                        .config
+                        .retry_backoff
+                        .saturating_mul(2u32.pow((record.attempts - 1).min(10)));
+                    let _ = writeln!(log, "retrying in {wait:?}");
+                    record.state = TaskState::Queued;
+                    record.not_before = Some(self.leases.after(wait));
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
     /// One attempt from the staged input: load, score, write the part.
     pub(super) async fn attempt_staged(
         &self,
         job: &JobRecord,
         record: &mut TaskRecord,
-    ) -> Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
+    ) -> Result<Scoring> {
         let t = Instant::now();
         let plan = self.staged(record).await?;
         let readings = self.gather(&plan).await?;
@@ -359,7 +386,7 @@ impl Runner {
         wunits: &Arc<Vec<WindowUnit>>,
         pack: &Arc<Pack>,
         key: &str,
-    ) -> Result<(Vec<FailureRecord>, BTreeMap<String, DeviceCount>)> {
+    ) -> Result<Scoring> {
         let t = Instant::now();
         let (r, p, k) = (Arc::clone(readings), Arc::clone(pack), key.to_string());
         let wu = Arc::clone(wunits);
