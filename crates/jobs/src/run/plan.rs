@@ -66,6 +66,35 @@ pub(super) const MAP_ROWS: u64 = 400_000;
 /// Map tasks a job is cut into at most.
 pub(super) const MAX_MAPS: u64 = 64;
 
+/// Each live model's input, by `(device, tag)`, borrowed from the index.
+type Inputs<'a> = FxHashMap<(&'a str, &'a str), ModelInput>;
+
+/// What a pair's model takes as rows: its own model's input, else its
+/// fallback's (`*/tag`), else raw readings.
+fn model_input(inputs: &Inputs<'_>, device: &str, tag: &str) -> ModelInput {
+    inputs
+        .get(&(device, tag))
+        .or_else(|| inputs.get(&("*", tag)))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A score task's pairs as its plan names them, each with its model's
+/// input.
+fn plan_units(inputs: &Inputs<'_>, pairs: &[(&str, &str)]) -> Vec<PlanUnit> {
+    pairs
+        .iter()
+        .map(|&(d, t)| PlanUnit {
+            device: d.to_string(),
+            tag: t.to_string(),
+            window: match model_input(inputs, d, t) {
+                ModelInput::Raw => None,
+                ModelInput::Window { size, features } => Some((size, features)),
+            },
+        })
+        .collect()
+}
+
 /// Map tasks: the raw row groups that may hold readings of the window, in
 /// order, in shares of about [`MAP_ROWS`] (no more than [`MAX_MAPS`]).
 fn cut_maps(raw: &[RawInWindow]) -> Vec<Vec<MapPiece>> {
@@ -218,18 +247,12 @@ impl Runner {
         let generation = index.generation;
         // Each live model's input, by (device, tag), borrowed from the
         // index (planning copies no pair it does not keep).
-        let inputs: FxHashMap<(&str, &str), ModelInput> = index
+        let inputs: Inputs = index
             .models
             .iter()
             .filter_map(|(k, e)| Some((k.split_once('/')?, ModelInput::of(e.live_version()?))))
             .collect();
-        let input_of = |d: &str, t: &str| -> ModelInput {
-            inputs
-                .get(&(d, t))
-                .or_else(|| inputs.get(&("*", t)))
-                .cloned()
-                .unwrap_or_default()
-        };
+        let input_of = |d: &str, t: &str| model_input(&inputs, d, t);
         let (from, to) = (job.window_start, job.window_end);
         // A fallback model (`*/tag`) scores pairs the index does not name:
         // then planning reads the window's pairs (the TS, Device and Tag
@@ -238,22 +261,7 @@ impl Runner {
         let fallbacks = inputs.keys().any(|(d, _)| *d == "*");
         let raw = lake::raw_in_window(&self.store, from, to, fallbacks).await?;
         let read_ms = t.elapsed().as_millis() as u64;
-        // Pairs with windows, of every size a window-input model needs.
-        let mut sizes: BTreeSet<String> = BTreeSet::new();
-        for i in inputs.values() {
-            if let ModelInput::Window { size, .. } = i {
-                sizes.insert(size.clone());
-            }
-        }
-        let mut windowed: BTreeSet<(String, String)> = BTreeSet::new();
-        for size in &sizes {
-            let w = lake::load_windows(&self.store, size, from, to).await?;
-            for (d, t) in w.into_keys() {
-                if matches!(input_of(&d, &t), ModelInput::Window { size: s, .. } if &s == size) {
-                    windowed.insert((d, t));
-                }
-            }
-        }
+        let windowed = self.windowed_pairs(&inputs, from, to).await?;
 
         // Units: pairs with a live model, readings or windows, selected, sorted.
         let selection: Option<BTreeSet<&str>> = job
@@ -314,21 +322,7 @@ impl Runner {
             window: (from, to),
             generation,
             tasks: n_tasks,
-            task_units: chunks
-                .iter()
-                .map(|c| {
-                    c.iter()
-                        .map(|(d, t)| PlanUnit {
-                            device: d.to_string(),
-                            tag: t.to_string(),
-                            window: match input_of(d, t) {
-                                ModelInput::Raw => None,
-                                ModelInput::Window { size, features } => Some((size, features)),
-                            },
-                        })
-                        .collect()
-                })
-                .collect(),
+            task_units: chunks.iter().map(|c| plan_units(&inputs, c)).collect(),
             maps,
             window_tags: inputs
                 .iter()
@@ -378,6 +372,33 @@ impl Runner {
             return Ok(None);
         }
         Ok(Some((job, tasks)))
+    }
+
+    /// The pairs with windows in `[from, to)` whose model takes windows of
+    /// that size, reading every size a window-input model needs.
+    async fn windowed_pairs(
+        &self,
+        inputs: &Inputs<'_>,
+        from: i64,
+        to: i64,
+    ) -> Result<BTreeSet<(String, String)>> {
+        let mut sizes: BTreeSet<String> = BTreeSet::new();
+        for i in inputs.values() {
+            if let ModelInput::Window { size, .. } = i {
+                sizes.insert(size.clone());
+            }
+        }
+        let mut windowed: BTreeSet<(String, String)> = BTreeSet::new();
+        for size in &sizes {
+            let w = lake::load_windows(&self.store, size, from, to).await?;
+            for (d, t) in w.into_keys() {
+                if matches!(model_input(inputs, &d, &t), ModelInput::Window { size: s, .. } if &s == size)
+                {
+                    windowed.insert((d, t));
+                }
+            }
+        }
+        Ok(windowed)
     }
 
     /// The job plan a task follows: from memory if this process planned or
