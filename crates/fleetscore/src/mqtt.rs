@@ -209,7 +209,7 @@ impl Source {
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
     ) {
-        run(self.opts, self.filter, ingestor, metrics, stop).await
+        run(self.opts, self.filter, ingestor, metrics, stop).await;
     }
 }
 
