@@ -173,10 +173,18 @@ pub fn parse_line_protocol(
             Ok(None) => {}
             Ok(Some((measurement, device, ts))) => {
                 if !reserved {
-                    // Room for the whole body if its lines look like this one.
+                    // Room for the whole body if its lines look like this
+                    // one: as many lines of this length as the body holds
+                    // (not its count of newlines, so that a long first line
+                    // and many blank ones cannot reserve memory out of
+                    // proportion to the body, which is what the server's
+                    // in-flight budget counts).
                     reserved = true;
-                    let lines = body.iter().filter(|&&b| b == b'\n').count() + 1;
-                    out.reserve(lines.saturating_mul(fields.len()).min(1 << 24), lines);
+                    let like_this = body.len() / (line.len() + 1) + 1;
+                    out.reserve(
+                        like_this.saturating_mul(fields.len()).min(1 << 24),
+                        like_this,
+                    );
                 }
                 // Interned at the first numeric field, so that a line of
                 // string fields only is not checked.
@@ -815,6 +823,33 @@ mod tests {
             assert!(r[0].contains("is outside the accepted range, 1678-01-01T00:00:00Z to 2261-12-31T23:59:59.999999999Z"), "{r:?}");
         }
         assert!(parse("m,device=d x=1 -9214560000000000000").is_ok());
+    }
+
+    #[test]
+    fn reservation_never_exceeds_what_the_body_can_hold() {
+        // Room was reserved for (lines x fields of the first line)
+        // readings, so one line of 200 fields and 20,000 blank lines
+        // (21 KB) reserved 4 million readings, 80 MB. Now: as many lines
+        // like the first as the body's bytes hold.
+        let mut body = String::from("m,device=d ");
+        body.push_str(
+            &(0..200)
+                .map(|i| format!("f{i}=1"))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        body.push_str(&"\n".repeat(20_000));
+        let cfg = LineProtocolConfig::default();
+        let b = parse_line_protocol(body.as_bytes(), Precision::Nanoseconds, 0, &cfg).unwrap();
+        assert_eq!(b.readings.len(), 200);
+        let most = body.len() / 4;
+        assert!(
+            b.readings.ts.capacity() <= most,
+            "{}",
+            b.readings.ts.capacity()
+        );
+        assert!(b.readings.value.capacity() <= most);
+        assert!(b.readings.key.capacity() <= most);
     }
 
     #[test]
