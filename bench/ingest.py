@@ -4,9 +4,11 @@
 Starts a fresh `fleetscore serve` and a fresh `influxd` (each on its own
 temporary data directory and a free loopback port), drives each with the
 same load generator (crates/fleetscore/examples/ingest_load.rs: InfluxDB line
-protocol batches over HTTP/1.1 keep-alive, every answer checked), first a
-warm-up, then the measured run, and verifies afterwards that each stored
-exactly the readings it acknowledged:
+protocol batches over HTTP/1.1 keep-alive, every answer checked; or, with
+`--client python`, bench/ingest_client.py, which sends the same bodies byte
+for byte from Python threads over http.client), first a warm-up, then the
+measured run, and verifies afterwards that each stored exactly the readings
+it acknowledged:
 
 * fleetscore: SIGTERM, which makes it write its ingest log into raw/
   Parquet; the rows of raw/ are counted with pyarrow.
@@ -18,8 +20,11 @@ of its WAL (`wal-fsync-delay = "0s"`, the default, kept here).
 
 The load generator runs on the same 2-core machine as the server it drives;
 `--pin-loadgen CPU` runs it under `taskset -c CPU` (the servers are never
-pinned). Progress goes to stderr, results to stdout; the last line is
+pinned). Progress goes to stderr, results to stdout; each result line gives
+the server's CPU seconds per million readings acknowledged in the measured
+run, and the last two lines are
 
+    fleetscore CPU-s per million readings: A.AAA (influx B.BBB)
     fleetscore/influx X.XXx
 
 Only the standard library, plus pyarrow for counting the Parquet rows.
@@ -89,9 +94,15 @@ def stop(proc: subprocess.Popen, timeout: float = 120) -> int:
 # --------------------------------------------------------------------------
 
 
+def loadgen_cmd(args) -> list[str]:
+    """The load generator's command, without its arguments."""
+    if args.client == "python":
+        return [sys.executable, str(REPO / "bench" / "ingest_client.py")]
+    return [str(args.loadgen)]
+
+
 def run_load(args, url: str, first_batch: int, batches: int, server_pid: int) -> dict:
-    cmd = [
-        str(args.loadgen),
+    cmd = loadgen_cmd(args) + [
         "--url", url,
         "--connections", str(args.connections),
         "--lines", str(args.lines),
@@ -282,12 +293,18 @@ def bench_influx(args, work: Path) -> dict:
 # --------------------------------------------------------------------------
 
 
+def cpu_per_million(m: dict) -> float:
+    """Server CPU seconds per million readings acknowledged (measured run)."""
+    return m["server_cpu_s"] / m["readings_ok"] * 1e6 if m["readings_ok"] else float("nan")
+
+
 def describe(name: str, m: dict) -> str:
     return (
         f"{name}: {m['readings_per_s']:,.0f} readings/s acknowledged "
         f"({m['readings_ok']:,} readings, {m['batches_ok']} requests in {m['seconds']:.2f} s, "
         f"{m['requests_per_s']:.1f} req/s), latency p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms; "
         f"CPU: server {m['server_cpu_s'] / m['seconds']:.2f} cores, "
+        f"server {cpu_per_million(m):.2f} CPU-s per million readings, "
         f"load generator {m['loadgen_cpu_s'] / m['seconds']:.2f} cores, "
         f"other processes {m['other_cores']:.2f} cores; "
         f"stored {m['stored']:,} of {m['acknowledged_total']:,} acknowledged (warm-up included)"
@@ -306,19 +323,27 @@ def main() -> int:
     p.add_argument("--only", choices=["fleetscore", "influx"], help="run one side only (no ratio)")
     p.add_argument("--fleetscore", type=Path, default=REPO / "target/release/fleetscore")
     p.add_argument("--fleetscore-path", default="/write?precision=ns", help="path posted to on fleetscore")
+    p.add_argument(
+        "--client",
+        choices=["rust", "python"],
+        default="rust",
+        help="load generator: rust = --loadgen (ingest_load example), python = bench/ingest_client.py "
+        "(same bodies byte for byte; default rust)",
+    )
     p.add_argument("--loadgen", type=Path, default=REPO / "target/release/examples/ingest_load")
     p.add_argument("--influxd", default="influxd")
     p.add_argument("--work", type=Path, help="work dir (default: a new temp dir, removed unless --keep)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     args = p.parse_args()
 
-    for path, hint in [
-        (args.fleetscore, "cargo build --release -p fleetscore"),
-        (args.loadgen, "cargo build --release -p fleetscore --example ingest_load"),
-    ]:
-        if args.only != "influx" or path == args.loadgen:
-            if not path.is_file():
-                raise BenchError(f"{path} is missing: run `{hint}`")
+    needed = []
+    if args.only != "influx":
+        needed.append((args.fleetscore, "cargo build --release -p fleetscore"))
+    if args.client == "rust":
+        needed.append((args.loadgen, "cargo build --release -p fleetscore --example ingest_load"))
+    for path, hint in needed:
+        if not path.is_file():
+            raise BenchError(f"{path} is missing: run `{hint}`")
     if args.only != "fleetscore" and not shutil.which(args.influxd):
         raise BenchError(f"{args.influxd} not found: install InfluxDB 1.x (`apt-get install -y influxdb`)")
     if args.pin_loadgen is not None and not shutil.which("taskset"):
@@ -337,6 +362,7 @@ def main() -> int:
         + (f" (load generator pinned to CPU {args.pin_loadgen})" if args.pin_loadgen is not None else "")
         + f"; load average before: {os.getloadavg()[0]:.2f}"
     )
+    log(f"load generator ({args.client}): {' '.join(loadgen_cmd(args))}")
     ok = False
     try:
         results = {}
@@ -355,6 +381,10 @@ def main() -> int:
         print(f"verified: each stored exactly what it acknowledged ({checks})")
         ok = True
         if len(results) == 2:
+            print(
+                f"fleetscore CPU-s per million readings: {cpu_per_million(results['fleetscore']):.3f} "
+                f"(influx {cpu_per_million(results['influx']):.3f})"
+            )
             ratio = results["fleetscore"]["readings_per_s"] / results["influx"]["readings_per_s"]
             print(f"fleetscore/influx {ratio:.2f}x")
     finally:

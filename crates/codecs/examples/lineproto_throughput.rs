@@ -68,7 +68,7 @@ fn main() {
             .expect("the generated body is valid");
         best = best.min(start.elapsed().as_secs_f64());
         readings = batch.readings.len();
-        assert_eq!(batch.readings.keys.len(), 1_000 * 12);
+        assert_eq!(batch.readings.key_count(), 1_000 * 12);
     }
     println!(
         "body: {lines} lines, {:.1} MB, {readings} readings",

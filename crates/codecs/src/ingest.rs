@@ -192,32 +192,14 @@ pub struct Batch {
     pub skipped_bools: usize,
 }
 
-/// One reading of a [`Batch`], borrowed.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Reading<'a> {
-    /// Nanoseconds since the epoch, UTC.
-    pub ts: i64,
-    /// Device.
-    pub device: &'a str,
-    /// Sensor tag.
-    pub tag: &'a str,
-    /// Value.
-    pub value: f64,
-}
+/// One reading of a [`Batch`], borrowed (the one row view of
+/// [`Readings`]).
+pub use fleetscore_core::Reading;
 
 impl Batch {
     /// The readings one by one, in body order.
     pub fn iter(&self) -> impl Iterator<Item = Reading<'_>> + '_ {
-        let r = &self.readings;
-        (0..r.len()).map(move |i| {
-            let (device, tag) = &r.keys[r.key[i] as usize];
-            Reading {
-                ts: r.ts[i],
-                device,
-                tag,
-                value: r.value[i],
-            }
-        })
+        self.readings.iter()
     }
 }
 
@@ -260,10 +242,7 @@ impl Collector {
     /// (the interning tables are sized for at most 65,536 entries; they
     /// grow beyond as needed).
     pub(crate) fn reserve(&mut self, readings: usize, devices: usize) {
-        let r = &mut self.batch.readings;
-        r.ts.reserve(readings);
-        r.value.reserve(readings);
-        r.key.reserve(readings);
+        self.batch.readings.reserve(readings);
         self.pairs.reserve(readings.min(1 << 16));
         self.devices.ids.reserve(devices.min(1 << 16));
     }
@@ -271,18 +250,20 @@ impl Collector {
     /// The id of a device name, checked against the name rule the first
     /// time it is seen.
     pub(crate) fn device(&mut self, device: &[u8]) -> Result<u32, Refused> {
-        self.devices.intern(device, NameKind::Device)
+        self.devices
+            .intern(device, NameKind::Device, &mut self.batch.readings)
     }
 
     /// The id of a tag name, checked against the name rule the first time
     /// it is seen.
     pub(crate) fn tag(&mut self, tag: &[u8]) -> Result<u32, Refused> {
-        self.tags.intern(tag, NameKind::Tag)
+        self.tags
+            .intern(tag, NameKind::Tag, &mut self.batch.readings)
     }
 
     /// The bytes of the tag with id `id` (from [`Collector::tag`]).
     pub(crate) fn tag_name(&self, id: u32) -> &[u8] {
-        self.tags.get(id).as_bytes()
+        self.batch.readings.name(id).as_bytes()
     }
 
     /// Adds a reading. Device and tag are bytes of the body; they are
@@ -319,20 +300,16 @@ impl Collector {
         let id = match self.pairs.get(&pair) {
             Some(&id) => id,
             None => {
-                let keys = &mut self.batch.readings.keys;
-                let id = u32::try_from(keys.len()).map_err(|_| Refused::TooMany)?;
-                keys.push((
-                    self.devices.get(device).to_string(),
-                    self.tags.get(tag).to_string(),
-                ));
+                let id = self
+                    .batch
+                    .readings
+                    .add_key(device, tag)
+                    .map_err(|_| Refused::TooMany)?;
                 self.pairs.insert(pair, id);
                 id
             }
         };
-        let r = &mut self.batch.readings;
-        r.ts.push(ts);
-        r.value.push(value);
-        r.key.push(id);
+        self.batch.readings.push(ts, id, value);
         Ok(())
     }
 
@@ -348,32 +325,29 @@ impl Collector {
     }
 }
 
-/// Interned names: ids by bytes, the text of all names in one string.
+/// Interned names of one kind (devices or tags): their ids in the batch's
+/// name table, by bytes.
 #[derive(Default)]
 struct Names {
     ids: FxHashMap<Box<[u8]>, u32>,
-    text: String,
-    /// End of each name in `text`; a name starts where the previous ends.
-    ends: Vec<usize>,
 }
 
 impl Names {
-    fn intern(&mut self, name: &[u8], kind: NameKind) -> Result<u32, Refused> {
+    /// The id in `table` of `name`, checked against the name rule and
+    /// added to the table when first seen.
+    fn intern(
+        &mut self,
+        name: &[u8],
+        kind: NameKind,
+        table: &mut Readings,
+    ) -> Result<u32, Refused> {
         if let Some(&id) = self.ids.get(name) {
             return Ok(id);
         }
         let s = validate_name_bytes(kind, name)?;
-        let id = u32::try_from(self.ends.len()).map_err(|_| Refused::TooMany)?;
-        self.text.push_str(s);
-        self.ends.push(self.text.len());
+        let id = table.add_name(s).map_err(|_| Refused::TooMany)?;
         self.ids.insert(name.into(), id);
         Ok(id)
-    }
-
-    fn get(&self, id: u32) -> &str {
-        let i = id as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.text[start..self.ends[i]]
     }
 }
 
@@ -431,7 +405,7 @@ mod tests {
         assert!(c.push(3, b"\xff", b"t", 3.0).is_err());
         assert!(c.push(3, b"a/b", b"t", 3.0).is_err());
         let b = c.finish().unwrap();
-        assert_eq!(b.readings.key, [0, 1, 0]);
+        assert_eq!(b.readings.key_ids(), [0, 1, 0]);
         let v: Vec<_> = b.iter().map(|r| (r.ts, r.tag)).collect();
         assert_eq!(v, [(1, "t"), (2, "u"), (3, "t")]);
     }

@@ -29,6 +29,7 @@ mod raw;
 mod readings;
 
 pub use csvbody::{parse_csv_body, Column, CsvBodyConfig, ExtraColumns};
+pub use fleetscore_core::drop_unused_keys;
 pub use ingest::{Batch, BatchError, Location, Reading, Rejection, MAX_REPORTED_ERRORS};
 pub use json::parse_json;
 pub use lineproto::{
@@ -48,7 +49,7 @@ pub use raw::{
     window_row_groups, write_batch_parquet, write_readings_parquet, RawScan, SparseObject,
     FOOTER_GUESS,
 };
-pub use readings::{drop_unused_keys, read_readings, InputFormat, Readings};
+pub use readings::{read_readings, InputFormat, Readings};
 
 use std::path::PathBuf;
 

@@ -650,7 +650,7 @@ mod tests {
     fn precision_scales_and_overflows() {
         let cfg = LineProtocolConfig::default();
         let one = |p: &str, body: &[u8]| {
-            parse_line_protocol(body, p.parse().unwrap(), 0, &cfg).map(|b| b.readings.ts[0])
+            parse_line_protocol(body, p.parse().unwrap(), 0, &cfg).map(|b| b.readings.ts()[0])
         };
         assert_eq!(one("s", b"m,device=d x=1 2").unwrap(), 2_000_000_000);
         assert_eq!(one("m", b"m,device=d x=1 1").unwrap(), 60_000_000_000);
@@ -778,8 +778,8 @@ mod tests {
         )
         .unwrap();
         // (a,x) (a,y) (b,y) (b,x): each pair once.
-        assert_eq!(b.readings.keys.len(), 4);
-        assert_eq!(b.readings.key, [0, 1, 2, 3, 1]);
+        assert_eq!(b.readings.key_count(), 4);
+        assert_eq!(b.readings.key_ids(), [0, 1, 2, 3, 1]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use parquet::file::metadata::{FooterTail, ParquetMetaData, ParquetMetaDataReader
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{ChunkReader, Length};
 
-use crate::readings::{append_batch, Interner};
+use crate::readings::{append_batch, Columns, Interner};
 use crate::{CodecError, Readings};
 
 /// The schema of stored raw readings: `ts` Timestamp(Nanosecond, "UTC"),
@@ -47,12 +47,13 @@ pub fn write_readings_parquet(
     rows: &[usize],
     name: &str,
 ) -> Result<Vec<u8>, CodecError> {
-    let ts = TimestampNanosecondArray::from_iter_values(rows.iter().map(|&r| readings.ts[r]))
+    let (ts_col, value_col, key_col) = (readings.ts(), readings.values(), readings.key_ids());
+    let ts = TimestampNanosecondArray::from_iter_values(rows.iter().map(|&r| ts_col[r]))
         .with_timezone("UTC");
-    let pair = |r: usize| &readings.keys[readings.key[r] as usize];
-    let device = StringArray::from_iter_values(rows.iter().map(|&r| pair(r).0.as_str()));
-    let tag = StringArray::from_iter_values(rows.iter().map(|&r| pair(r).1.as_str()));
-    let value = Float64Array::from_iter_values(rows.iter().map(|&r| readings.value[r]));
+    let pair = |r: usize| readings.key(key_col[r]);
+    let device = StringArray::from_iter_values(rows.iter().map(|&r| pair(r).0));
+    let tag = StringArray::from_iter_values(rows.iter().map(|&r| pair(r).1));
+    let value = Float64Array::from_iter_values(rows.iter().map(|&r| value_col[r]));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(ts),
         Arc::new(device),
@@ -216,7 +217,7 @@ fn read_readings_with<R: ChunkReader + 'static>(
         .with_batch_size(64 * 1024)
         .build()
         .map_err(|e| pq(&e))?;
-    let mut out = Readings::with_capacity(rows);
+    let mut out = Columns::with_capacity(rows);
     let mut interner = Interner::default();
     let mut row0 = 0;
     for batch in reader {
@@ -225,8 +226,7 @@ fn read_readings_with<R: ChunkReader + 'static>(
         append_batch(path, &batch, row0, &mut out, &mut interner)?;
         row0 += batch.num_rows();
     }
-    out.keys = interner.keys;
-    Ok(out)
+    Ok(out.into_readings(&interner.keys))
 }
 
 /// What planning needs of one Parquet object of readings: the row count of
@@ -747,32 +747,30 @@ mod tests {
 
     #[test]
     fn readings_round_trip_through_bytes() {
-        let r = Readings {
-            ts: vec![3, 1, 2],
-            value: vec![30.0, 10.0, 20.0],
-            key: vec![0, 1, 0],
-            keys: vec![("d1".into(), "t".into()), ("d2".into(), "t".into())],
-        };
+        let r = Readings::from_columns(
+            vec![3, 1, 2],
+            vec![30.0, 10.0, 20.0],
+            vec![0, 1, 0],
+            &[("d1", "t"), ("d2", "t")],
+        )
+        .unwrap();
         let bytes = write_readings_parquet(&r, &[1, 2], "x").unwrap();
         let back = read_readings_parquet_bytes(Bytes::from(bytes), "x").unwrap();
-        assert_eq!(back.ts, vec![1, 2]);
-        assert_eq!(back.value, vec![10.0, 20.0]);
-        assert_eq!(back.keys[back.key[0] as usize].0, "d2");
-        assert_eq!(back.keys[back.key[1] as usize].0, "d1");
+        assert_eq!(back.ts(), [1, 2]);
+        assert_eq!(back.values(), [10.0, 20.0]);
+        assert_eq!(back.row(0).device, "d2");
+        assert_eq!(back.row(1).device, "d1");
     }
 
     #[test]
     fn a_scan_names_the_pairs_in_range_and_the_row_groups() {
-        let r = Readings {
-            ts: vec![1, 2, 3, 4, 5],
-            value: vec![1.0; 5],
-            key: vec![0, 1, 0, 2, 1],
-            keys: vec![
-                ("d1".into(), "t".into()),
-                ("d2".into(), "t".into()),
-                ("d3".into(), "u".into()),
-            ],
-        };
+        let r = Readings::from_columns(
+            vec![1, 2, 3, 4, 5],
+            vec![1.0; 5],
+            vec![0, 1, 0, 2, 1],
+            &[("d1", "t"), ("d2", "t"), ("d3", "u")],
+        )
+        .unwrap();
         let rows: Vec<usize> = (0..5).collect();
         let bytes = Bytes::from(write_readings_parquet(&r, &rows, "x").unwrap());
         let all = scan_raw_parquet_bytes(bytes.clone(), "x", i64::MIN, i64::MAX).unwrap();
@@ -800,7 +798,7 @@ mod tests {
             .is_empty());
         // Row groups by index; one that is not there is named.
         let back = read_readings_parquet_row_groups(bytes.clone(), "x", Some(&[0])).unwrap();
-        assert_eq!(back.ts, r.ts);
+        assert_eq!(back.ts(), r.ts());
         let err = read_readings_parquet_row_groups(bytes, "x", Some(&[1])).unwrap_err();
         assert!(err.to_string().contains("not a row group 1"), "{err}");
         assert!(scan_raw_parquet_bytes(Bytes::from_static(b"nope"), "x", 0, 1).is_err());
@@ -840,12 +838,15 @@ mod tests {
         // and 88k rows, spanning [0, 2621430], [2621440, 5242870] and
         // [5242880, 5999990].
         let n = 600_000usize;
-        let r = Readings {
-            ts: (0..n as i64).map(|i| i * 10).collect(),
-            value: vec![1.0; n],
-            key: (0..n).map(|i| (i % 3) as u32).collect(),
-            keys: (0..3).map(|k| (format!("d{k}"), "t".to_string())).collect(),
-        };
+        let keys: Vec<(String, String)> =
+            (0..3).map(|k| (format!("d{k}"), "t".to_string())).collect();
+        let r = Readings::from_columns(
+            (0..n as i64).map(|i| i * 10).collect(),
+            vec![1.0; n],
+            (0..n).map(|i| (i % 3) as u32).collect(),
+            &keys,
+        )
+        .unwrap();
         let rows: Vec<usize> = (0..n).collect();
         let bytes = write_readings_parquet(&r, &rows, "x").unwrap();
         let size = bytes.len() as u64;
@@ -884,12 +885,15 @@ mod tests {
     fn row_groups_read_by_range_equal_a_whole_read() {
         // 600k rows: row groups of 256k, 256k and 88k.
         let n = 600_000usize;
-        let r = Readings {
-            ts: (0..n as i64).collect(),
-            value: (0..n).map(|i| i as f64 * 0.5).collect(),
-            key: (0..n).map(|i| (i % 7) as u32).collect(),
-            keys: (0..7).map(|k| (format!("d{k}"), "t".to_string())).collect(),
-        };
+        let keys: Vec<(String, String)> =
+            (0..7).map(|k| (format!("d{k}"), "t".to_string())).collect();
+        let r = Readings::from_columns(
+            (0..n as i64).collect(),
+            (0..n).map(|i| i as f64 * 0.5).collect(),
+            (0..n).map(|i| (i % 7) as u32).collect(),
+            &keys,
+        )
+        .unwrap();
         let rows: Vec<usize> = (0..n).collect();
         let bytes = Bytes::from(write_readings_parquet(&r, &rows, "x").unwrap());
         let size = bytes.len() as u64;
@@ -921,11 +925,7 @@ mod tests {
                 read_readings_parquet_sparse(object, Arc::clone(&meta), "x", &groups).unwrap();
             let whole =
                 read_readings_parquet_row_groups(bytes.clone(), "x", Some(&groups)).unwrap();
-            assert_eq!(
-                (sparse.ts, sparse.value, sparse.key, sparse.keys),
-                (whole.ts, whole.value, whole.key, whole.keys),
-                "{groups:?}"
-            );
+            assert_eq!(sparse.into_columns(), whole.into_columns(), "{groups:?}");
         }
         // A scan by range fetches the TS, Device and Tag chunks, not the
         // values, and finds what a scan of the whole object finds.

@@ -24,87 +24,34 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::CodecError;
+pub use fleetscore_core::Readings;
 
-/// Readings, columnar, with (device, tag) pairs interned to small ids.
-#[derive(Debug, Default, Clone)]
-pub struct Readings {
-    /// Timestamps, ns since the epoch, UTC.
-    pub ts: Vec<i64>,
-    /// Values.
-    pub value: Vec<f64>,
-    /// Per row, the index into `keys` of its (device, tag).
-    pub key: Vec<u32>,
-    /// The distinct (device, tag) pairs, in order of first appearance.
-    pub keys: Vec<(String, String)>,
+/// The three row columns of readings being decoded, before their pairs
+/// are known: what the file and Parquet readers fill, then turn into
+/// [`Readings`] with the interner's pairs.
+#[derive(Debug, Default)]
+pub(crate) struct Columns {
+    pub(crate) ts: Vec<i64>,
+    pub(crate) value: Vec<f64>,
+    pub(crate) key: Vec<u32>,
 }
 
-impl Readings {
-    /// No readings yet, with room for `rows` of them.
-    pub fn with_capacity(rows: usize) -> Readings {
-        Readings {
+impl Columns {
+    /// Room for `rows`.
+    pub(crate) fn with_capacity(rows: usize) -> Columns {
+        Columns {
             ts: Vec::with_capacity(rows),
             value: Vec::with_capacity(rows),
             key: Vec::with_capacity(rows),
-            keys: Vec::new(),
         }
     }
 
-    /// Number of readings.
-    pub fn len(&self) -> usize {
-        self.ts.len()
+    /// The readings, with `keys` the pairs the key ids name (an
+    /// interner's, so every id is in range).
+    pub(crate) fn into_readings(self, keys: &[(String, String)]) -> Readings {
+        Readings::from_columns(self.ts, self.value, self.key, keys)
+            .expect("an interner's key ids name its pairs")
     }
-
-    /// Whether there are no readings.
-    pub fn is_empty(&self) -> bool {
-        self.ts.is_empty()
-    }
-
-    /// Keeps only readings with `from <= ts < to` (either bound optional).
-    pub fn retain_time(&mut self, from: Option<i64>, to: Option<i64>) {
-        if from.is_none() && to.is_none() {
-            return;
-        }
-        let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t < e);
-        let mut w = 0;
-        for r in 0..self.ts.len() {
-            if keep(self.ts[r]) {
-                self.ts[w] = self.ts[r];
-                self.value[w] = self.value[r];
-                self.key[w] = self.key[r];
-                w += 1;
-            }
-        }
-        self.ts.truncate(w);
-        self.value.truncate(w);
-        self.key.truncate(w);
-    }
-
-    /// Forgets the `(device, tag)` pairs no reading refers to any more
-    /// (after [`Readings::retain_time`] or a shard filter), so that they
-    /// are neither scored with no rows nor reported as failed.
-    pub fn drop_unused_keys(&mut self) {
-        drop_unused_keys(&mut self.keys, &mut self.key);
-    }
-}
-
-/// Forgets the `keys` no id in `ids` refers to, renumbering `ids` to the
-/// rest (kept in order): for [`Readings`] and any other keyed rows.
-pub fn drop_unused_keys<K>(keys: &mut Vec<K>, ids: &mut [u32]) {
-    let mut new_id = vec![u32::MAX; keys.len()];
-    for &k in ids.iter() {
-        new_id[k as usize] = 0;
-    }
-    let mut kept = Vec::new();
-    for (old, key) in std::mem::take(keys).into_iter().enumerate() {
-        if new_id[old] == 0 {
-            new_id[old] = kept.len() as u32;
-            kept.push(key);
-        }
-    }
-    for k in ids.iter_mut() {
-        *k = new_id[*k as usize];
-    }
-    *keys = kept;
 }
 
 /// Input file formats.
@@ -322,7 +269,7 @@ fn read_csv(path: &Path) -> Result<Readings, CodecError> {
             ),
         });
     }
-    let mut out = Readings::default();
+    let mut out = Columns::default();
     let mut interner = Interner::checked();
     let mut rec = csv::StringRecord::new();
     let mut line = 1usize;
@@ -355,8 +302,7 @@ fn read_csv(path: &Path) -> Result<Readings, CodecError> {
         out.value.push(value);
         out.key.push(key);
     }
-    out.keys = interner.keys;
-    Ok(out)
+    Ok(out.into_readings(&interner.keys))
 }
 
 /// The column a refused name came from.
@@ -376,11 +322,11 @@ fn check_rows(path: &Path, r: &Readings) -> Result<(), CodecError> {
         column: column.to_string(),
         reason,
     };
-    let mut bad_ts = r.ts.iter().enumerate();
+    let mut bad_ts = r.ts().iter().enumerate();
     if let Some((i, e)) = bad_ts.find_map(|(i, &t)| check_ts(t).err().map(|e| (i, e))) {
         return Err(row_err(i, "TS", e.to_string()));
     }
-    let mut bad_value = r.value.iter().enumerate();
+    let mut bad_value = r.values().iter().enumerate();
     if let Some((i, e)) = bad_value.find_map(|(i, &v)| check_value(v).err().map(|e| (i, e))) {
         return Err(row_err(i, "Value", e.to_string()));
     }
@@ -465,7 +411,7 @@ fn read_parquet(path: &Path) -> Result<Readings, CodecError> {
                     .with_batch_size(64 * 1024)
                     .build()
                     .map_err(|e| pq(&e))?;
-            let mut buf = Readings::default();
+            let mut buf = Columns::default();
             let mut interner = Interner::checked();
             let mut at = 0;
             for batch in reader {
@@ -513,12 +459,7 @@ fn read_parquet(path: &Path) -> Result<Readings, CodecError> {
             *k = map[*k as usize];
         }
     });
-    let out = Readings {
-        ts,
-        value,
-        key,
-        keys: interner.keys,
-    };
+    let out = Columns { ts, value, key }.into_readings(&interner.keys);
     check_rows(path, &out)?;
     Ok(out)
 }
@@ -595,7 +536,7 @@ pub(crate) fn append_batch(
     path: &Path,
     batch: &RecordBatch,
     row0: usize,
-    out: &mut Readings,
+    out: &mut Columns,
     interner: &mut Interner,
 ) -> Result<(), CodecError> {
     let n = batch.num_rows();
@@ -841,23 +782,14 @@ mod tests {
 
     #[test]
     fn unused_keys_are_forgotten_and_the_rest_renumbered() {
-        let mut r = Readings {
-            ts: vec![1, 2, 3],
-            value: vec![1.0, 2.0, 3.0],
-            key: vec![2, 0, 2],
-            keys: vec![
-                ("a".into(), "x".into()),
-                ("b".into(), "x".into()),
-                ("c".into(), "x".into()),
-            ],
-        };
+        let keys = [("a", "x"), ("b", "x"), ("c", "x")];
+        let mut r =
+            Readings::from_columns(vec![1, 2, 3], vec![1.0, 2.0, 3.0], vec![2, 0, 2], &keys)
+                .unwrap();
         r.drop_unused_keys();
-        assert_eq!(
-            r.keys,
-            vec![("a".to_string(), "x".to_string()), ("c".into(), "x".into())]
-        );
-        assert_eq!(r.key, vec![1, 0, 1]);
-        assert_eq!(r.value, vec![1.0, 2.0, 3.0]);
+        assert_eq!(r.keys().collect::<Vec<_>>(), [("a", "x"), ("c", "x")]);
+        assert_eq!(r.key_ids(), [1, 0, 1]);
+        assert_eq!(r.values(), [1.0, 2.0, 3.0]);
     }
 
     use super::*;
@@ -869,34 +801,38 @@ mod tests {
     #[test]
     fn dictionary_reads_equal_row_by_row_reads() {
         let n = 150_000; // three batches of 64 Ki rows
-        let mut r = Readings::default();
+        let mut c = Columns::default();
         let keys: Vec<(String, String)> = (0..300)
             .map(|i| (format!("dev{}", (i * 7) % 101), format!("t{}", i % 3)))
             .collect();
         let mut interner = Interner::default();
         for i in 0..n {
             let (d, t) = &keys[(i * 31 + i / 1000) % keys.len()];
-            r.ts.push(i as i64);
-            r.value.push(i as f64 / 3.0);
-            r.key.push(interner.text(d, t).unwrap());
+            c.ts.push(i as i64);
+            c.value.push(i as f64 / 3.0);
+            c.key.push(interner.text(d, t).unwrap());
         }
-        r.keys = interner.keys;
+        let r = c.into_readings(&interner.keys);
         let rows: Vec<usize> = (0..n).collect();
         let bytes = Bytes::from(write_readings_parquet(&r, &rows, "x").unwrap());
         let back = read_readings_parquet_bytes(bytes.clone(), "x").unwrap();
-        assert_eq!((back.ts, back.value), (r.ts, r.value));
+        assert_eq!((back.ts(), back.values()), (r.ts(), r.values()));
         // Ids in order of first appearance, as the row-by-row path gives.
         let mut interner = Interner::default();
         let want: Vec<u32> = r
-            .key
+            .key_ids()
             .iter()
             .map(|&k| {
-                let (d, t) = &r.keys[k as usize];
+                let (d, t) = r.key(k);
                 interner.text(d, t).unwrap()
             })
             .collect();
-        assert_eq!(back.key, want);
-        assert_eq!(back.keys, interner.keys);
+        assert_eq!(back.key_ids(), want);
+        let back_keys: Vec<(String, String)> = back
+            .keys()
+            .map(|(d, t)| (d.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(back_keys, interner.keys);
         let schema = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .unwrap()
             .schema()
@@ -906,12 +842,13 @@ mod tests {
 
     #[test]
     fn an_empty_device_is_refused_with_its_row() {
-        let r = Readings {
-            ts: vec![1, 2, 3],
-            value: vec![1.0, 2.0, 3.0],
-            key: vec![0, 0, 1],
-            keys: vec![("d".into(), "t".into()), (String::new(), "t".into())],
-        };
+        let r = Readings::from_columns(
+            vec![1, 2, 3],
+            vec![1.0, 2.0, 3.0],
+            vec![0, 0, 1],
+            &[("d", "t"), ("", "t")],
+        )
+        .unwrap();
         let bytes = write_readings_parquet(&r, &[0, 1, 2], "x").unwrap();
         let err = read_readings_parquet_bytes(Bytes::from(bytes), "x")
             .unwrap_err()

@@ -73,15 +73,15 @@ fn parquet_with_text_keys_microsecond_times_and_f32_values() {
     let r = read_readings(&p).unwrap();
     assert_eq!(r.len(), 3);
     assert_eq!(
-        r.keys,
+        r.owned_keys(),
         vec![
             ("pump-1".to_string(), "temp".to_string()),
             ("pump-2".to_string(), "temp".to_string())
         ]
     );
-    assert_eq!(r.key, vec![0, 1, 0]);
-    assert_eq!(r.value, vec![1.5, 2.5, 3.5]);
-    assert_eq!(r.ts[1], parse_ts("2024-01-01T00:00:05Z").unwrap());
+    assert_eq!(r.key_ids(), vec![0, 1, 0]);
+    assert_eq!(r.values(), vec![1.5, 2.5, 3.5]);
+    assert_eq!(r.ts()[1], parse_ts("2024-01-01T00:00:05Z").unwrap());
 }
 
 #[test]
@@ -104,8 +104,8 @@ fn parquet_with_text_times_and_integer_keys() {
         ],
     );
     let r = read_readings(&p).unwrap();
-    assert_eq!(r.keys, vec![("1".to_string(), "3".to_string())]);
-    assert_eq!(r.ts[1] - r.ts[0], 5_000_000_000);
+    assert_eq!(r.owned_keys(), vec![("1".to_string(), "3".to_string())]);
+    assert_eq!(r.ts()[1] - r.ts()[0], 5_000_000_000);
 }
 
 #[test]
@@ -164,8 +164,8 @@ fn csv_columns_in_any_order_with_extra_columns() {
     let p = dir.path().join("r.csv");
     std::fs::write(&p, "Value,site,Tag,TS,Device\n1.5,x,t,2024-01-01 00:00:00,d\n-2e3,y,t,2024-01-01T00:00:05Z,d\n").unwrap();
     let r = read_readings(&p).unwrap();
-    assert_eq!(r.value, vec![1.5, -2000.0]);
-    assert_eq!(r.keys, vec![("d".to_string(), "t".to_string())]);
+    assert_eq!(r.values(), vec![1.5, -2000.0]);
+    assert_eq!(r.owned_keys(), vec![("d".to_string(), "t".to_string())]);
 }
 
 #[test]

@@ -130,7 +130,7 @@ cpu,cpu=cpu0,device=host2 usage_idle=-1e-3
     .collect();
     assert_eq!(r, want);
     assert_eq!(b.skipped_strings, 1);
-    assert_eq!(b.readings.keys.len(), 12);
+    assert_eq!(b.readings.key_count(), 12);
 
     // Without the prefix (the default) the field key alone is the tag, and
     // booleans can be skipped.
@@ -150,7 +150,7 @@ fn precision_parameter() {
     let ts = |p: &str, t: &str| {
         let body = format!("m,device=d x=1 {t}");
         let p: Precision = p.parse().unwrap();
-        parse_line_protocol(body.as_bytes(), p, 0, &cfg).map(|b| b.readings.ts[0])
+        parse_line_protocol(body.as_bytes(), p, 0, &cfg).map(|b| b.readings.ts()[0])
     };
     assert_eq!(
         ts("ns", "1535497205000000000"),
@@ -175,7 +175,7 @@ fn precision_parameter() {
     // A line without a timestamp takes the arrival time, whatever the
     // precision.
     let b = parse_line_protocol(b"m,device=d x=1", Precision::Seconds, 99, &cfg).unwrap();
-    assert_eq!(b.readings.ts, [99]);
+    assert_eq!(b.readings.ts(), [99]);
 }
 
 #[test]
@@ -229,7 +229,7 @@ fn json_shapes_and_errors() {
     }
     let nd = "{\"ts\": 1, \"device\": \"a\", \"tag\": \"t\", \"value\": 1}\n{\"ts\": 2, \"device\": \"a\", \"tag\": \"t\", \"value\": 2}\r\n";
     assert_eq!(
-        parse_json(nd.as_bytes()).unwrap().readings.value,
+        parse_json(nd.as_bytes()).unwrap().readings.values(),
         [1.0, 2.0]
     );
     assert!(parse_json(b"[]").unwrap().readings.is_empty());
@@ -357,8 +357,8 @@ fn check(body: &[u8]) {
         match r {
             Ok(b) => {
                 let r = &b.readings;
-                assert!(r.ts.len() == r.value.len() && r.ts.len() == r.key.len());
-                assert!(r.key.iter().all(|&k| (k as usize) < r.keys.len()));
+                assert!(r.ts().len() == r.values().len() && r.ts().len() == r.key_ids().len());
+                assert!(r.key_ids().iter().all(|&k| (k as usize) < r.key_count()));
             }
             Err(e) => assert!(!e.errors.is_empty(), "{body:?}"),
         }

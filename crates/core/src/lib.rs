@@ -35,6 +35,7 @@
 mod clock;
 mod key;
 mod name;
+mod readings;
 mod time;
 mod value;
 
@@ -44,6 +45,7 @@ pub use name::{
     file_name_part, validate_name, validate_name_bytes, NameError, NameKind, NameRule,
     MAX_NAME_BYTES,
 };
+pub use readings::{drop_unused_keys, Columns, Reading, Readings, ReadingsBuilder, TooManyNames};
 pub use time::{
     check_ts, format_rfc3339, format_ts, format_ts_reference, parse_ts, TimeError,
     TimestampRangeError, MAX_TS, MIN_TS, NANOS_PER_SEC,

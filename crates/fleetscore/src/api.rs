@@ -1031,14 +1031,14 @@ async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<RangeQuery>
             let mut r = fleetscore_codecs::read_readings_parquet_bytes(data, &key)?;
             r.retain_time(Some(from), Some(to));
             let wanted: Vec<bool> = r
-                .keys
-                .iter()
-                .map(|(d, t)| *d == device && tag.as_deref().is_none_or(|x| x == t))
+                .keys()
+                .map(|(d, t)| d == device && tag.as_deref().is_none_or(|x| x == t))
                 .collect();
             Ok::<_, fleetscore_codecs::CodecError>(
-                (0..r.len())
-                    .filter(|&i| wanted[r.key[i] as usize])
-                    .map(|i| (r.ts[i], r.keys[r.key[i] as usize].1.clone(), r.value[i]))
+                r.iter()
+                    .zip(r.key_ids())
+                    .filter(|(_, &k)| wanted[k as usize])
+                    .map(|(x, _)| (x.ts, x.tag.to_owned(), x.value))
                     .collect::<Vec<_>>(),
             )
         })

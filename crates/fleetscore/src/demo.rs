@@ -379,8 +379,8 @@ impl Fleet {
             .into_par_iter()
             .map(|h| {
                 let mut rng = Rng(seed ^ (h as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
-                let mut r = Readings::with_capacity(steps * keys.len());
-                r.keys = keys.clone();
+                let mut r = Readings::with_keys(&keys);
+                r.reserve(steps * keys.len());
                 // Rows in the order `raw/` objects keep them, (ts, device,
                 // tag), so that sorting them costs one pass.
                 let mut by_name: Vec<usize> = (0..TAGS.len()).collect();
@@ -389,9 +389,8 @@ impl Fleet {
                     let ts = from + h * HOUR_NS + s as i64 * STEP;
                     for d in 0..self.devices {
                         for &t in &by_name {
-                            r.ts.push(ts);
-                            r.value.push(self.normal(d, t, &mut rng));
-                            r.key.push((d * TAGS.len() + t) as u32);
+                            let v = self.normal(d, t, &mut rng);
+                            r.push(ts, (d * TAGS.len() + t) as u32, v);
                         }
                     }
                 }
@@ -493,7 +492,7 @@ fn train_models(fleet: &Fleet, history: &[Readings], seed: u64) -> anyhow::Resul
     let per_series = history.iter().map(Readings::len).sum::<usize>() / n_keys + 1;
     let mut series: Vec<Vec<f64>> = vec![Vec::with_capacity(per_series); n_keys];
     for h in history {
-        for (k, v) in h.key.iter().zip(&h.value) {
+        for (k, v) in h.key_ids().iter().zip(h.values()) {
             series[*k as usize].push(*v);
         }
     }

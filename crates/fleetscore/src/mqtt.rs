@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fleetscore_core::{check_ts, check_value, parse_ts, validate_name, NameKind};
-use fleetscore_ingest::Reading;
+use fleetscore_core::{Reading, ReadingsBuilder};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -122,7 +122,7 @@ fn subscription(topic: &str, group: Option<&str>) -> anyhow::Result<String> {
 }
 
 /// The reading of one message, or why it is refused.
-fn parse_message(topic: &str, payload: &[u8], now: i64) -> Result<Reading, String> {
+fn parse_message<'a>(topic: &'a str, payload: &[u8], now: i64) -> Result<Reading<'a>, String> {
     let mut levels = topic.rsplit('/');
     let (tag, device) = match (levels.next(), levels.next()) {
         (Some(t), Some(d)) if !t.is_empty() && !d.is_empty() => (t, d),
@@ -162,19 +162,41 @@ fn parse_message(topic: &str, payload: &[u8], now: i64) -> Result<Reading, Strin
     };
     let ts = check_ts(ts).map_err(|e| e.to_string())?;
     let value = check_value(value).map_err(|e| e.to_string())?;
-    Ok(Reading::new(ts, device, tag, value))
+    Ok(Reading {
+        ts,
+        device,
+        tag,
+        value,
+    })
 }
 
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// One received message: its reading (or refusal), to be acknowledged on
-/// connection `conn`.
+/// One received message: its topic and, unless it was refused, its
+/// reading, to be acknowledged on connection `conn`.
 struct Message {
     publish: Publish,
-    reading: Option<Reading>,
+    topic: String,
+    /// `(ts, value)`; device and tag are the topic's last two levels.
+    reading: Option<(i64, f64)>,
     conn: u64,
+}
+
+impl Message {
+    /// Its reading, borrowing device and tag from the topic.
+    fn reading(&self) -> Option<Reading<'_>> {
+        let (ts, value) = self.reading?;
+        let mut levels = self.topic.rsplit('/');
+        let (tag, device) = (levels.next()?, levels.next()?);
+        Some(Reading {
+            ts,
+            device,
+            tag,
+            value,
+        })
+    }
 }
 
 /// A checked MQTT configuration, ready to run.
@@ -258,7 +280,7 @@ async fn run(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
                 let reading = match parse_message(&topic, &p.payload, util::now_ns()) {
-                    Ok(r) => Some(r),
+                    Ok(r) => Some((r.ts, r.value)),
                     Err(reason) => {
                         tracing::warn!(%topic, %reason, "MQTT message refused (acknowledged, not stored)");
                         None
@@ -266,6 +288,7 @@ async fn run(
                 };
                 let msg = Message {
                     publish: p,
+                    topic,
                     reading,
                     conn,
                 };
@@ -327,7 +350,11 @@ async fn append_loop(
                 Err(_) => break,
             }
         }
-        let readings: Vec<Reading> = batch.iter().filter_map(|m| m.reading.clone()).collect();
+        let mut readings = ReadingsBuilder::new();
+        for r in batch.iter().filter_map(Message::reading) {
+            readings.push(r.ts, r.device, r.tag, r.value);
+        }
+        let readings = readings.finish();
         let n = readings.len();
         if n > 0 && !append_durably(&ingestor, readings, &mut stop).await {
             // Stopped before the batch was stored: not acknowledged, so the
@@ -365,7 +392,7 @@ async fn append_loop(
 /// or `stop` turns true (`false`).
 async fn append_durably(
     ingestor: &Arc<Ingestor>,
-    readings: Vec<Reading>,
+    readings: fleetscore_core::Readings,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let readings = Arc::new(readings);
@@ -390,6 +417,15 @@ async fn append_durably(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reading<'a>(ts: i64, device: &'a str, tag: &'a str, value: f64) -> Reading<'a> {
+        Reading {
+            ts,
+            device,
+            tag,
+            value,
+        }
+    }
 
     #[test]
     fn urls() {
@@ -419,11 +455,11 @@ mod tests {
         let now = 7;
         assert_eq!(
             parse_message("fleet/d1/temp", b"21.5", now).unwrap(),
-            Reading::new(7, "d1", "temp", 21.5)
+            reading(7, "d1", "temp", 21.5)
         );
         assert_eq!(
             parse_message("fleet/d1/temp", br#"{"value": 2, "ts": 5}"#, now).unwrap(),
-            Reading::new(5, "d1", "temp", 2.0)
+            reading(5, "d1", "temp", 2.0)
         );
         assert_eq!(
             parse_message(
@@ -432,11 +468,11 @@ mod tests {
                 now
             )
             .unwrap(),
-            Reading::new(1_000_000_000, "d1", "temp", 2.0)
+            reading(1_000_000_000, "d1", "temp", 2.0)
         );
         assert_eq!(
             parse_message("fleet/d1/temp", br#"{"value": 3}"#, now).unwrap(),
-            Reading::new(7, "d1", "temp", 3.0)
+            reading(7, "d1", "temp", 3.0)
         );
         for bad in [
             &b"warm"[..],

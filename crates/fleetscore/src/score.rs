@@ -178,13 +178,9 @@ async fn drop_window_models(registry: &Registry, readings: &mut Readings) -> any
         window.contains(own.as_str())
             || (!raw.contains(own.as_str()) && window.contains(format!("*/{t}").as_str()))
     };
-    let skip: Vec<bool> = readings
-        .keys
-        .iter()
-        .map(|(d, t)| takes_windows(d, t))
-        .collect();
-    let mut used = vec![false; readings.keys.len()];
-    for &k in &readings.key {
+    let skip: Vec<bool> = readings.keys().map(|(d, t)| takes_windows(d, t)).collect();
+    let mut used = vec![false; readings.key_count()];
+    for &k in readings.key_ids() {
         used[k as usize] = true;
     }
     let skipped = (0..skip.len()).filter(|&k| skip[k] && used[k]).count();
@@ -194,7 +190,7 @@ async fn drop_window_models(registry: &Registry, readings: &mut Readings) -> any
              `score` scores raw-input models, scheduled jobs (`serve`, `backfill`) score windows"
         );
         let keep: Vec<bool> = skip.iter().map(|s| !s).collect();
-        retain_pairs(readings, &keep);
+        readings.retain_keys(&keep);
     }
     Ok(skipped)
 }
@@ -202,27 +198,10 @@ async fn drop_window_models(registry: &Registry, readings: &mut Readings) -> any
 /// Keeps the readings of the (device, tag) pairs of shard `i` of `n`.
 fn keep_shard(readings: &mut Readings, i: u64, n: u64) {
     let keep: Vec<bool> = readings
-        .keys
-        .iter()
+        .keys()
         .map(|(d, t)| shard_of(d, t, n) == i)
         .collect();
-    retain_pairs(readings, &keep);
-}
-
-/// Keeps the readings whose pair (key id) is marked in `keep`.
-fn retain_pairs(readings: &mut Readings, keep: &[bool]) {
-    let mut w = 0;
-    for r in 0..readings.len() {
-        if keep[readings.key[r] as usize] {
-            readings.ts[w] = readings.ts[r];
-            readings.value[w] = readings.value[r];
-            readings.key[w] = readings.key[r];
-            w += 1;
-        }
-    }
-    readings.ts.truncate(w);
-    readings.value.truncate(w);
-    readings.key.truncate(w);
+    readings.retain_keys(&keep);
 }
 
 /// Scores the readings `args` name and writes the predictions.

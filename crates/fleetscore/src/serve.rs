@@ -53,7 +53,7 @@ use fleetscore_codecs::{
     parse_csv_body, parse_json, parse_line_protocol, Batch, BatchError, CsvBodyConfig,
     LineProtocolConfig, Location, Precision, Readings,
 };
-use fleetscore_ingest::{Log, LogError, Reading, Seq};
+use fleetscore_ingest::{Log, LogError, Seq};
 use fleetscore_store::{raw_objects, Store};
 use fleetscore_stream::WindowSpec;
 use serde_json::json;
@@ -749,8 +749,7 @@ struct Segment {
 
 /// The raw/ objects of the batches `from..end` of a closed segment.
 fn segment_objects(log: &Log, from: Seq, end: Seq) -> anyhow::Result<Segment> {
-    let mut readings = Readings::default();
-    let mut ids: HashMap<(String, String), u32> = HashMap::new();
+    let mut batches: Vec<Readings> = Vec::new();
     let mut origin: Option<[u8; 32]> = None;
     for batch in log.replay(from) {
         let batch = batch?;
@@ -762,7 +761,7 @@ fn segment_objects(log: &Log, from: Seq, end: Seq) -> anyhow::Result<Segment> {
             let mut h = Sha256::new();
             h.update(b"fleetscore ingest log segment\0");
             h.update(batch.seq.to_le_bytes());
-            for r in &batch.readings {
+            for r in batch.readings.iter() {
                 h.update(r.ts.to_le_bytes());
                 h.update(r.device.as_bytes());
                 h.update([0]);
@@ -772,23 +771,17 @@ fn segment_objects(log: &Log, from: Seq, end: Seq) -> anyhow::Result<Segment> {
             }
             origin = Some(h.finalize().into());
         }
-        for r in batch.readings {
-            let next = readings.keys.len() as u32;
-            let id = *ids.entry((r.device, r.tag)).or_insert_with_key(|k| {
-                readings.keys.push(k.clone());
-                next
-            });
-            readings.ts.push(r.ts);
-            readings.value.push(r.value);
-            readings.key.push(id);
-        }
-        if batch.seq + 1 >= end {
+        let last = batch.seq + 1 >= end;
+        batches.push(batch.readings);
+        if last {
             break;
         }
     }
     let Some(origin) = origin else {
         return Ok(Segment::default());
     };
+    let readings = Readings::concat(&batches.iter().collect::<Vec<_>>());
+    drop(batches);
     let objects = raw_objects(&readings, &origin)?;
     Ok(Segment {
         objects,
@@ -1108,14 +1101,8 @@ where
     let ingestor = Arc::clone(&app.ingestor);
     let res =
         tokio::task::spawn_blocking(move || -> Result<Result<Ingested, LogError>, BatchError> {
-            let batch = parse()?;
-            let times = batch.iter().fold(None, |acc: Option<(i64, i64)>, r| {
-                Some(acc.map_or((r.ts, r.ts), |(a, b)| (a.min(r.ts), b.max(r.ts))))
-            });
-            let readings: Vec<Reading> = batch
-                .iter()
-                .map(|r| Reading::new(r.ts, r.device, r.tag, r.value))
-                .collect();
+            let readings = parse()?.readings;
+            let times = readings.time_range();
             if readings.is_empty() {
                 return Ok(Ok(Ingested {
                     readings: 0,
@@ -1374,9 +1361,7 @@ mod tests {
             .unwrap(),
         );
         let ingestor = Arc::new(Ingestor::new(Arc::clone(&log), None));
-        let readings: Vec<Reading> = (0..60)
-            .map(|m| Reading::new(T0 + m * MIN, "d1", "1", 20.0))
-            .collect();
+        let readings: Readings = (0..60).map(|m| (T0 + m * MIN, "d1", "1", 20.0)).collect();
         ingestor.append(Arc::new(readings)).unwrap();
 
         let compactor = Compactor {

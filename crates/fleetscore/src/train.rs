@@ -111,14 +111,13 @@ async fn read_series(
         let r = r?;
         // Resolve each object's keys once; None = filtered out.
         let slots: Vec<Option<(String, String)>> = r
-            .keys
-            .iter()
+            .keys()
             .map(|(d, t)| {
                 let keep = device.is_none_or(|x| x == d) && tag.is_none_or(|x| x == t);
-                keep.then(|| (d.clone(), t.clone()))
+                keep.then(|| (d.to_owned(), t.to_owned()))
             })
             .collect();
-        for ((&ts, &v), &k) in r.ts.iter().zip(&r.value).zip(&r.key) {
+        for ((&ts, &v), &k) in r.ts().iter().zip(r.values()).zip(r.key_ids()) {
             if let Some(key) = &slots[k as usize] {
                 series.entry(key.clone()).or_default().push((ts, v));
             }

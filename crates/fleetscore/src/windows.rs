@@ -66,7 +66,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use fleetscore_codecs::write_batch_parquet;
-use fleetscore_ingest::{Log, LogError, Reading, Seq};
+use fleetscore_core::Readings;
+use fleetscore_ingest::{Log, LogError, Seq};
 use fleetscore_store::{hour_partition, window_prefix, Store, HOUR_NS};
 use fleetscore_stream::{
     windows_to_record_batch, Aggregator, AggregatorConfig, ClosedWindow, Counters, Error, Window,
@@ -116,7 +117,7 @@ impl WindowStats {
 }
 
 enum Msg {
-    Batch(Seq, Arc<Vec<Reading>>),
+    Batch(Seq, Arc<Readings>),
     Flush(SyncSender<anyhow::Result<FlushOutcome>>),
 }
 
@@ -262,7 +263,7 @@ impl Windows {
 
     /// Hands a durable batch to the aggregator (in any order; it sorts them
     /// by position).
-    pub fn push(&self, seq: Seq, readings: Arc<Vec<Reading>>) {
+    pub fn push(&self, seq: Seq, readings: Arc<Readings>) {
         let _ = self.tx.send(Msg::Batch(seq, readings));
     }
 
@@ -306,7 +307,7 @@ struct Worker {
     /// objects.
     checkpoint: Seq,
     /// Batches that arrived before an earlier one.
-    early: BTreeMap<Seq, Arc<Vec<Reading>>>,
+    early: BTreeMap<Seq, Arc<Readings>>,
     /// Closed windows not yet in the store.
     pending: Vec<ClosedWindow>,
     stats: Arc<WindowStats>,
@@ -343,16 +344,9 @@ impl Worker {
         }
     }
 
-    fn push(&mut self, readings: &[Reading]) {
+    fn push(&mut self, readings: &Readings) {
         self.agg.set_arrival_time(self.started.elapsed().as_secs());
-        for r in readings {
-            self.agg.push(fleetscore_stream::Reading {
-                ts: r.ts,
-                device: &r.device,
-                tag: &r.tag,
-                value: r.value,
-            });
-        }
+        self.agg.push_batch(readings);
         self.pending.extend(self.agg.drain_closed());
     }
 
@@ -565,7 +559,7 @@ impl Ingestor {
     }
 
     /// Appends one batch durably (blocking), then hands it to the windows.
-    pub fn append(&self, readings: Arc<Vec<Reading>>) -> Result<Seq, LogError> {
+    pub fn append(&self, readings: Arc<Readings>) -> Result<Seq, LogError> {
         self.append_keyed(None, None, readings).map(|a| a.seq)
     }
 
@@ -577,7 +571,7 @@ impl Ingestor {
         &self,
         key: Option<&str>,
         identity: Option<&[u8]>,
-        readings: Arc<Vec<Reading>>,
+        readings: Arc<Readings>,
     ) -> Result<fleetscore_ingest::Appended, LogError> {
         let appended = self.log.append_keyed_as(key, identity, &readings)?;
         if !appended.duplicate {

@@ -51,8 +51,8 @@ fn raw_rows(path: &Path) -> Vec<(String, String, i64, f64)> {
     let r = fleetscore_codecs::read_readings(path).unwrap();
     (0..r.len())
         .map(|i| {
-            let (d, t) = r.keys[r.key[i] as usize].clone();
-            (d, t, r.ts[i], r.value[i])
+            let x = r.row(i);
+            (x.device.to_owned(), x.tag.to_owned(), x.ts, x.value)
         })
         .collect()
 }

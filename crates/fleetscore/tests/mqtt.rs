@@ -159,8 +159,8 @@ fn raw_readings(data: &Path) -> Vec<(i64, String, String, f64)> {
     for f in files {
         let r = fleetscore_codecs::read_readings(&f).unwrap();
         for i in 0..r.len() {
-            let (d, t) = r.keys[r.key[i] as usize].clone();
-            out.push((r.ts[i], d, t, r.value[i]));
+            let x = r.row(i);
+            out.push((x.ts, x.device.to_owned(), x.tag.to_owned(), x.value));
         }
     }
     out.sort_by(|a, b| {

@@ -37,13 +37,18 @@ fn import_fallback(data: &Path) {
 /// older version may hold: raw/ objects written directly, for the hour
 /// 2024-01-01 00:00 UTC.
 fn store_with_names(data: &Path, devices: &[&str]) {
-    let mut r = Readings::default();
-    for (i, d) in devices.iter().enumerate() {
-        r.keys.push((d.to_string(), "t".to_string()));
-        r.ts.push(1_704_067_200_000_000_000 + i as i64 * 1_000_000_000);
-        r.value.push(1.0 + i as f64);
-        r.key.push(i as u32);
-    }
+    let r: Readings = devices
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            (
+                1_704_067_200_000_000_000 + i as i64 * 1_000_000_000,
+                d,
+                "t",
+                1.0 + i as f64,
+            )
+        })
+        .collect();
     for (key, bytes) in fleetscore_store::raw_objects(&r, b"names-test").unwrap() {
         let path = data.join("store").join(&key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

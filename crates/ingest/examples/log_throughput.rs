@@ -11,7 +11,18 @@
 
 use std::time::{Duration, Instant};
 
-use fleetscore_ingest::{Log, LogConfig, Reading};
+use fleetscore_core::Readings;
+use fleetscore_ingest::{Log, LogConfig};
+
+/// A reading as these tests spell it, for collecting into [`Readings`].
+fn owned(
+    ts: i64,
+    device: impl Into<String>,
+    tag: impl Into<String>,
+    value: f64,
+) -> (i64, String, String, f64) {
+    (ts, device.into(), tag.into(), value)
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,11 +43,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&dir);
     let log = Log::open(&dir, LogConfig::default())?;
     // 100 devices x 4 tags, a realistic spread for one HTTP body.
-    let batches: Vec<Vec<Reading>> = (0..threads)
+    let batches: Vec<Readings> = (0..threads)
         .map(|t| {
             (0..batch_len)
                 .map(|i| {
-                    Reading::new(
+                    owned(
                         1_700_000_000_000_000_000 + i as i64,
                         format!("device-{}", (t * 31 + i) % 100),
                         ["temp", "hum", "pressure", "vibration"][i % 4],

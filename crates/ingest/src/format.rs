@@ -41,9 +41,10 @@
 //! format be read next to this one; a reader refuses versions it does not
 //! know.
 
+use fleetscore_core::Readings;
 use rustc_hash::FxHashMap;
 
-use crate::{Reading, Seq};
+use crate::Seq;
 
 /// The magic bytes that open every segment.
 pub const MAGIC: [u8; 8] = *b"FSINGLOG";
@@ -151,7 +152,7 @@ impl EncodedBatch {
 pub fn encode_batch(
     key: Option<&str>,
     time_ns: i64,
-    readings: &[Reading],
+    readings: &Readings,
 ) -> Result<EncodedBatch, usize> {
     encode_batch_as(key, None, time_ns, readings)
 }
@@ -165,7 +166,7 @@ pub fn encode_batch_as(
     key: Option<&str>,
     identity: Option<&[u8]>,
     time_ns: i64,
-    readings: &[Reading],
+    readings: &Readings,
 ) -> Result<EncodedBatch, usize> {
     let key_len = key.map_or(0, str::len);
     assert!(key_len <= MAX_KEY_LEN, "idempotency key too long");
@@ -203,64 +204,43 @@ pub fn digest(payload: &[u8]) -> Digest {
 
 /// Encodes `readings` as a payload after `reserve` zero bytes (room for
 /// `meta`). Fails with the body length if it would exceed [`MAX_BODY_LEN`].
-fn encode_readings(reserve: usize, readings: &[Reading]) -> Result<Vec<u8>, usize> {
-    let mut strings: Vec<&str> = Vec::new();
-    let mut ids: Vec<(u32, u32)> = Vec::with_capacity(readings.len());
-    let mut string_bytes = 0usize;
-    let mut index: FxHashMap<&str, u32> = FxHashMap::default();
-    // Consecutive readings usually share their device (one line protocol
-    // line, one device), so it is compared with the previous one before
-    // it is hashed.
-    let mut last_device: Option<(&str, u32)> = None;
-    for r in readings {
-        let d = match last_device {
-            Some((name, id)) if name == r.device => id,
-            _ => {
-                let id = intern_str(&mut index, &mut strings, &mut string_bytes, &r.device);
-                last_device = Some((&r.device, id));
-                id
-            }
-        };
-        let t = intern_str(&mut index, &mut strings, &mut string_bytes, &r.tag);
-        ids.push((d, t));
-    }
+///
+/// The batch's name table is the string table, and each row's pair gives
+/// its device and tag indices: nothing is hashed or re-interned. A batch
+/// parsed from a body has its names in order of first appearance, which
+/// is the string table earlier versions built row by row, so the payload
+/// (and an idempotency digest over it) is the same bytes as theirs.
+fn encode_readings(reserve: usize, readings: &Readings) -> Result<Vec<u8>, usize> {
+    let names = readings.name_count();
+    let string_bytes: usize = readings.names().map(|s| 4 + s.len()).sum();
     let len = reserve + 8 + string_bytes + READING_LEN * readings.len();
-    if len + 8 > MAX_BODY_LEN || readings.len() > u32::MAX as usize {
+    if len + 8 > MAX_BODY_LEN || readings.len() > u32::MAX as usize || names > u32::MAX as usize {
         return Err(len + 8);
     }
     let mut payload = Vec::with_capacity(len);
     payload.resize(reserve, 0);
     payload.extend_from_slice(&(readings.len() as u32).to_le_bytes());
-    payload.extend_from_slice(&(strings.len() as u32).to_le_bytes());
-    for s in &strings {
+    payload.extend_from_slice(&(names as u32).to_le_bytes());
+    for s in readings.names() {
         payload.extend_from_slice(&(s.len() as u32).to_le_bytes());
         payload.extend_from_slice(s.as_bytes());
     }
-    for (r, (d, t)) in readings.iter().zip(&ids) {
+    let pairs = readings.key_names();
+    let rows = readings
+        .ts()
+        .iter()
+        .zip(readings.key_ids())
+        .zip(readings.values());
+    for ((&ts, &k), &value) in rows {
+        let (d, t) = pairs[k as usize];
         let mut rec = [0u8; READING_LEN];
-        rec[0..8].copy_from_slice(&r.ts.to_le_bytes());
+        rec[0..8].copy_from_slice(&ts.to_le_bytes());
         rec[8..12].copy_from_slice(&d.to_le_bytes());
         rec[12..16].copy_from_slice(&t.to_le_bytes());
-        rec[16..24].copy_from_slice(&r.value.to_bits().to_le_bytes());
+        rec[16..24].copy_from_slice(&value.to_bits().to_le_bytes());
         payload.extend_from_slice(&rec);
     }
     Ok(payload)
-}
-
-fn intern_str<'a>(
-    index: &mut FxHashMap<&'a str, u32>,
-    strings: &mut Vec<&'a str>,
-    string_bytes: &mut usize,
-    s: &'a str,
-) -> u32 {
-    if let Some(&i) = index.get(s) {
-        return i;
-    }
-    let i = strings.len() as u32;
-    index.insert(s, i);
-    strings.push(s);
-    *string_bytes += 4 + s.len();
-    i
 }
 
 /// Appends the framed record for `batch` with sequence number `seq` to `out`.
@@ -389,8 +369,11 @@ pub fn split_meta(version: u32, body: &[u8]) -> Result<(Meta<'_>, &[u8]), String
     Ok((meta, &body[cur.pos..]))
 }
 
-/// Decodes a payload into readings, checking every index and length.
-pub fn decode_payload(payload: &[u8]) -> Result<Vec<Reading>, String> {
+/// Decodes a payload into readings, checking every index and length. The
+/// string table becomes the batch's name table as it is; each distinct
+/// (device, tag) index pair becomes one pair, in order of first
+/// appearance. No string is copied per reading.
+pub fn decode_payload(payload: &[u8]) -> Result<Readings, String> {
     let mut cur = Cursor {
         buf: payload,
         pos: 0,
@@ -402,12 +385,12 @@ pub fn decode_payload(payload: &[u8]) -> Result<Vec<Reading>, String> {
     if n_strings > payload.len() / 4 {
         return Err(format!("string count {n_strings} exceeds the payload size"));
     }
-    let mut strings = Vec::with_capacity(n_strings);
+    let mut out = Readings::new();
     for i in 0..n_strings {
         let len = cur.u32()? as usize;
         let bytes = cur.take(len)?;
         let s = std::str::from_utf8(bytes).map_err(|e| format!("string {i} is not UTF-8: {e}"))?;
-        strings.push(s);
+        out.add_name(s).map_err(|e| format!("string {i}: {e}"))?;
     }
     let remaining = payload.len() - cur.pos;
     if remaining != count.saturating_mul(READING_LEN) {
@@ -416,20 +399,38 @@ pub fn decode_payload(payload: &[u8]) -> Result<Vec<Reading>, String> {
             count.saturating_mul(READING_LEN)
         ));
     }
-    let lookup = |i: u32, what: &str| -> Result<String, String> {
-        strings
-            .get(i as usize)
-            .map(|s| (*s).to_owned())
-            .ok_or_else(|| format!("{what} index {i} outside a string table of {n_strings}"))
-    };
-    let mut out = Vec::with_capacity(count);
+    out.reserve(count);
+    let mut pairs: FxHashMap<(u32, u32), u32> = FxHashMap::default();
+    let mut last: Option<((u32, u32), u32)> = None;
     for chunk in payload[cur.pos..].chunks_exact(READING_LEN) {
-        out.push(Reading {
-            ts: u64_at(chunk, 0) as i64,
-            device: lookup(u32_at(chunk, 8), "device")?,
-            tag: lookup(u32_at(chunk, 12), "tag")?,
-            value: f64::from_bits(u64_at(chunk, 16)),
-        });
+        let pair = (u32_at(chunk, 8), u32_at(chunk, 12));
+        let key = match last {
+            Some((p, k)) if p == pair => k,
+            _ => {
+                let k = match pairs.get(&pair) {
+                    Some(&k) => k,
+                    None => {
+                        for (i, what) in [(pair.0, "device"), (pair.1, "tag")] {
+                            if i as usize >= n_strings {
+                                return Err(format!(
+                                    "{what} index {i} outside a string table of {n_strings}"
+                                ));
+                            }
+                        }
+                        let k = out.add_key(pair.0, pair.1).map_err(|e| e.to_string())?;
+                        pairs.insert(pair, k);
+                        k
+                    }
+                };
+                last = Some((pair, k));
+                k
+            }
+        };
+        out.push(
+            u64_at(chunk, 0) as i64,
+            key,
+            f64::from_bits(u64_at(chunk, 16)),
+        );
     }
     Ok(out)
 }
@@ -485,20 +486,22 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 mod tests {
     use super::*;
 
-    fn sample() -> Vec<Reading> {
-        vec![
-            Reading::new(1_700_000_000_000_000_000, "dev-1", "temp", 21.5),
-            Reading::new(-5, "dev-2", "temp", f64::NAN),
-            Reading::new(i64::MAX, "dev-1", "hum", -0.0),
-            Reading::new(0, "", "ünïcode", f64::INFINITY),
+    fn sample() -> Readings {
+        [
+            (1_700_000_000_000_000_000, "dev-1", "temp", 21.5),
+            (-5, "dev-2", "temp", f64::NAN),
+            (i64::MAX, "dev-1", "hum", -0.0),
+            (0, "", "ünïcode", f64::INFINITY),
         ]
+        .into_iter()
+        .collect()
     }
 
-    fn framed(seq: Seq, readings: &[Reading]) -> Vec<u8> {
+    fn framed(seq: Seq, readings: &Readings) -> Vec<u8> {
         framed_keyed(seq, None, readings)
     }
 
-    fn framed_keyed(seq: Seq, key: Option<&str>, readings: &[Reading]) -> Vec<u8> {
+    fn framed_keyed(seq: Seq, key: Option<&str>, readings: &Readings) -> Vec<u8> {
         let enc = encode_batch(key, 1_700_000_000_123_456_789, readings).expect("encodes");
         let mut out = Vec::new();
         frame_record(&mut out, seq, &enc);
@@ -518,8 +521,8 @@ mod tests {
         assert_eq!((meta.key, meta.digest), (None, None));
         let back = decode_payload(payload).expect("decodes");
         assert_eq!(back.len(), readings.len());
-        for (a, b) in readings.iter().zip(&back) {
-            assert_eq!((a.ts, &a.device, &a.tag), (b.ts, &b.device, &b.tag));
+        for (a, b) in readings.iter().zip(back.iter()) {
+            assert_eq!((a.ts, a.device, a.tag), (b.ts, b.device, b.tag));
             assert_eq!(a.value.to_bits(), b.value.to_bits());
         }
         assert!(read_record(&bytes, bytes.len()).expect("end").is_none());
@@ -527,8 +530,8 @@ mod tests {
 
     #[test]
     fn string_table_stores_each_name_once() {
-        let readings: Vec<_> = (0..1000)
-            .map(|i| Reading::new(i, "a-long-device-name", "a-long-tag-name", 1.0))
+        let readings: Readings = (0..1000)
+            .map(|i| (i, "a-long-device-name", "a-long-tag-name", 1.0))
             .collect();
         let enc = encode_batch(None, 0, &readings).expect("encodes");
         assert_eq!(
@@ -539,7 +542,7 @@ mod tests {
 
     #[test]
     fn empty_batch_round_trips() {
-        let bytes = framed(0, &[]);
+        let bytes = framed(0, &Readings::new());
         let rec = read_record(&bytes, 0).expect("valid").expect("present");
         let (_, payload) = split_meta(VERSION, rec.payload).expect("meta");
         assert!(decode_payload(payload).expect("decodes").is_empty());
@@ -608,8 +611,14 @@ mod tests {
         assert_eq!(decode_payload(payload).expect("decodes").len(), 4);
         let same = encode_batch(Some("other"), 5, &sample()).expect("encodes");
         assert_eq!(same.digest, meta.digest, "the digest covers readings only");
-        let mut changed = sample();
-        changed[0].value = 21.6;
+        let changed: Readings = sample()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| fleetscore_core::Reading {
+                value: if i == 0 { 21.6 } else { r.value },
+                ..r
+            })
+            .collect();
         let other = encode_batch(Some("client-42/ü"), 0, &changed).expect("encodes");
         assert_ne!(other.digest, meta.digest);
         // Version 1 bodies have no meta.

@@ -20,7 +20,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{LogError, Result};
 use crate::format::{Digest, DIGEST_LEN, MAX_KEY_LEN};
@@ -33,29 +32,10 @@ const KEYS_TMP: &str = "idempotency-keys.tmp";
 const KEYS_MAGIC: [u8; 8] = *b"FSINGKEY";
 const KEYS_VERSION: u32 = 1;
 
-/// Where the log reads wall time: the time recorded with each batch, and
-/// the age of idempotency keys. Injectable so tests can move time.
-pub trait Clock: Send + Sync + 'static {
-    /// The current wall time.
-    fn now(&self) -> SystemTime;
-}
-
-/// The system's wall clock, the default [`Clock`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-/// Nanoseconds since the Unix epoch, saturating (a clock before 1970 reads
-/// as 0, one after 2262 as `i64::MAX`).
-pub(crate) fn unix_ns(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
+/// Where the log reads wall time (the time recorded with each batch, and
+/// the age of idempotency keys): the one injectable clock of
+/// `fleetscore-core`, so tests can move time.
+pub use fleetscore_core::{Clock, SystemClock};
 
 /// Checks a key against the rules: 1 to [`MAX_KEY_LEN`] bytes, no control
 /// characters.

@@ -129,28 +129,3 @@ pub use log::{Appended, Batch, Health, Log, LogConfig, LogStats, Recovery, Repla
 
 /// Sequence number of a batch in the log.
 pub type Seq = u64;
-
-/// One measurement: `(ts, device, tag, value)` as in `docs/ARCHITECTURE.md`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reading {
-    /// Time of the reading, nanoseconds since the Unix epoch, UTC.
-    pub ts: i64,
-    /// Device identifier.
-    pub device: String,
-    /// Tag (the measured quantity) on that device.
-    pub tag: String,
-    /// The measured value.
-    pub value: f64,
-}
-
-impl Reading {
-    /// A reading from its parts.
-    pub fn new(ts: i64, device: impl Into<String>, tag: impl Into<String>, value: f64) -> Self {
-        Reading {
-            ts,
-            device: device.into(),
-            tag: tag.into(),
-            value,
-        }
-    }
-}

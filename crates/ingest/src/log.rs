@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{LogError, Result};
 use crate::format::{self, EncodedBatch, RecordFault, HEADER_LEN};
 use crate::keys::{self, Clock, KeyEntry, KeyIndex, SystemClock};
-use crate::{Reading, Seq};
+use fleetscore_core::Readings;
+
+use crate::Seq;
 
 /// Settings of the ingest log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +187,8 @@ pub struct Health {
 struct Unwritable {
     reason: String,
     disk_full: bool,
-    since: SystemTime,
+    /// Nanoseconds since the Unix epoch, from the log's clock.
+    since: i64,
     failed_recoveries: u64,
 }
 
@@ -205,7 +208,7 @@ struct Shared {
     retry_after: Duration,
     state: Mutex<State>,
     counters: Counters,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn Clock + 'static>,
     /// Locked by the writer only for groups that hold a key, and by
     /// `remove_segment`.
     keys: Mutex<KeyIndex>,
@@ -230,7 +233,7 @@ impl Shared {
     }
 
     fn now_ns(&self) -> i64 {
-        keys::unix_ns(self.clock.now())
+        self.clock.now()
     }
 }
 
@@ -370,7 +373,7 @@ impl Log {
     pub fn open_with_clock(
         dir: impl AsRef<Path>,
         config: LogConfig,
-        clock: Arc<dyn Clock>,
+        clock: Arc<dyn Clock + 'static>,
     ) -> Result<Log> {
         let dir = dir.as_ref().to_owned();
         fs::create_dir_all(&dir).map_err(|e| LogError::io("create directory", &dir, e))?;
@@ -393,7 +396,7 @@ impl Log {
             });
         }
         let mut index = KeyIndex::new(config.idempotency_horizon_secs, config.idempotency_max_keys);
-        let now_ns = keys::unix_ns(clock.now());
+        let now_ns = clock.now();
         let mut found: Vec<(String, KeyEntry)> = Vec::new();
         let (mut file, mut path, mut first_seq, mut len, next_seq, version) = match segments.last()
         {
@@ -502,7 +505,7 @@ impl Log {
     /// `tokio::task::spawn_blocking`. Encoding and checksumming run on the
     /// calling thread. An error means the batch may or may not be on disk
     /// (see the crate documentation).
-    pub fn append(&self, readings: &[Reading]) -> Result<Seq> {
+    pub fn append(&self, readings: &Readings) -> Result<Seq> {
         self.append_keyed(None, readings).map(|a| a.seq)
     }
 
@@ -522,7 +525,7 @@ impl Log {
     /// characters ([`LogError::BadKey`]). A duplicate is answered even while
     /// the log cannot write. Only keyed appends pay for the digest (a
     /// SHA-256 of the encoded batch, on the calling thread).
-    pub fn append_keyed(&self, key: Option<&str>, readings: &[Reading]) -> Result<Appended> {
+    pub fn append_keyed(&self, key: Option<&str>, readings: &Readings) -> Result<Appended> {
         self.append_keyed_as(key, None, readings)
     }
 
@@ -536,7 +539,7 @@ impl Log {
         &self,
         key: Option<&str>,
         identity: Option<&[u8]>,
-        readings: &[Reading],
+        readings: &Readings,
     ) -> Result<Appended> {
         let res = self.append_inner(key, identity, readings);
         if res.is_err() {
@@ -549,7 +552,7 @@ impl Log {
         &self,
         key: Option<&str>,
         identity: Option<&[u8]>,
-        readings: &[Reading],
+        readings: &Readings,
     ) -> Result<Appended> {
         if let Some(key) = key {
             keys::check_key(key)?;
@@ -923,7 +926,7 @@ fn health_of(u: Option<&Unwritable>, retry_after: Duration) -> Health {
         writable: u.is_none(),
         reason: u.map(|u| u.reason.clone()),
         disk_full: u.is_some_and(|u| u.disk_full),
-        since: u.map(|u| u.since),
+        since: u.map(|u| SystemTime::UNIX_EPOCH + Duration::from_nanos(u.since.max(0) as u64)),
         failed_recoveries: u.map_or(0, |u| u.failed_recoveries),
         retry_after,
     }
@@ -1378,9 +1381,10 @@ impl Writer {
                 tracing::info!(
                     next_seq = self.next_seq,
                     failed_attempts = was.as_ref().map_or(0, |u| u.failed_recoveries),
-                    unwritable_for_ms = was
-                        .and_then(|u| self.shared.clock.now().duration_since(u.since).ok())
-                        .map_or(0, |d| d.as_millis() as u64),
+                    unwritable_for_ms =
+                        was.map_or(0, |u| (self.shared.clock.now().saturating_sub(u.since))
+                            .max(0)
+                            / 1_000_000),
                     "ingest log: writable again"
                 );
             }
@@ -1474,7 +1478,7 @@ pub struct Batch {
     /// Its sequence number.
     pub seq: Seq,
     /// Its readings, in the order they were appended.
-    pub readings: Vec<Reading>,
+    pub readings: Readings,
     /// The idempotency key it was appended with, if any (always `None` in
     /// a format version 1 segment).
     pub key: Option<String>,

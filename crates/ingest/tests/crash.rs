@@ -16,7 +16,18 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use fleetscore_ingest::{Log, LogConfig, Reading};
+use fleetscore_core::Readings;
+use fleetscore_ingest::{Log, LogConfig};
+
+/// A reading as these tests spell it, for collecting into [`Readings`].
+fn owned(
+    ts: i64,
+    device: impl Into<String>,
+    tag: impl Into<String>,
+    value: f64,
+) -> (i64, String, String, f64) {
+    (ts, device.into(), tag.into(), value)
+}
 
 const CHILD_DIR: &str = "FLEETSCORE_INGEST_CRASH_CHILD";
 const CHILD_ROUND: &str = "FLEETSCORE_INGEST_CRASH_ROUND";
@@ -38,11 +49,11 @@ fn batch_key(round: u32, t: usize, i: u64) -> Option<String> {
 
 /// The readings of batch `i` of thread `t` in round `round`: the device
 /// names the writer, so the parent can tell which batch a record is.
-fn batch(round: u32, t: usize, i: u64) -> Vec<Reading> {
+fn batch(round: u32, t: usize, i: u64) -> Readings {
     let n = 1 + (i % 7) as usize * 20;
     (0..n)
         .map(|k| {
-            Reading::new(
+            owned(
                 i as i64,
                 format!("r{round}-t{t}"),
                 format!("k{k}"),
@@ -151,7 +162,7 @@ fn acknowledged_batches_survive_sigkill() {
         for (next, b) in (0u64..).zip(log.replay(0)) {
             let b = b.expect("replay");
             assert_eq!(b.seq, next, "sequence numbers are consecutive");
-            let first = b.readings.first().expect("non-empty batch");
+            let first = b.readings.iter().next().expect("non-empty batch");
             let (r, t) = first
                 .device
                 .strip_prefix('r')

@@ -15,7 +15,18 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fleetscore_ingest::{Log, LogConfig, LogError, Reading};
+use fleetscore_core::Readings;
+use fleetscore_ingest::{Log, LogConfig, LogError};
+
+/// A reading as these tests spell it, for collecting into [`Readings`].
+fn owned(
+    ts: i64,
+    device: impl Into<String>,
+    tag: impl Into<String>,
+    value: f64,
+) -> (i64, String, String, f64) {
+    (ts, device.into(), tag.into(), value)
+}
 
 /// A tmpfs mounted for the test, unmounted (lazily, so an open file cannot
 /// stop it) when dropped.
@@ -55,9 +66,9 @@ impl Drop for Tmpfs {
 
 /// Batch `i` of thread `t`: about 1.5 KB on disk, named by its device so
 /// replay can tell which batch a record is.
-fn batch(t: usize, i: u64) -> Vec<Reading> {
+fn batch(t: usize, i: u64) -> Readings {
     (0..60)
-        .map(|k| Reading::new(i as i64, format!("t{t}"), format!("k{}", k % 5), k as f64))
+        .map(|k| owned(i as i64, format!("t{t}"), format!("k{}", k % 5), k as f64))
         .collect()
 }
 
@@ -304,8 +315,8 @@ fn fill_and_recover(root: &Path, filler_bytes: usize) -> String {
         .replay(0)
         .map(|b| b.expect("replay"))
         .map(|b| {
-            let t: usize = b.readings[0].device[1..].parse().expect("thread");
-            let i = b.readings[0].ts as u64;
+            let t: usize = b.readings.row(0).device[1..].parse().expect("thread");
+            let i = b.readings.row(0).ts as u64;
             assert_eq!(b.readings, batch(t, i), "batch {} intact", b.seq);
             assert_eq!(b.key, key(t, i));
             (b.seq, (t, i))

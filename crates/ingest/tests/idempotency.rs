@@ -9,14 +9,25 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime};
 
-use fleetscore_ingest::{format, Appended, Batch, Clock, Log, LogConfig, LogError, Reading};
+use fleetscore_core::Readings;
+use fleetscore_ingest::{format, Appended, Batch, Clock, Log, LogConfig, LogError};
 
-fn batch(n: usize, salt: i64) -> Vec<Reading> {
+/// A reading as these tests spell it, for collecting into [`Readings`].
+fn owned(
+    ts: i64,
+    device: impl Into<String>,
+    tag: impl Into<String>,
+    value: f64,
+) -> (i64, String, String, f64) {
+    (ts, device.into(), tag.into(), value)
+}
+
+fn batch(n: usize, salt: i64) -> Readings {
     (0..n)
-        .map(|i| Reading::new(salt * 1000 + i as i64, "dev", "temp", salt as f64))
+        .map(|i| owned(salt * 1000 + i as i64, "dev", "temp", salt as f64))
         .collect()
 }
 
@@ -41,21 +52,22 @@ const fn duplicate(seq: u64) -> Appended {
 }
 
 /// A wall clock the test moves by hand.
-struct ManualClock(Mutex<SystemTime>);
+struct ManualClock(fleetscore_core::ManualClock);
 
 impl ManualClock {
     fn at(t: SystemTime) -> Arc<ManualClock> {
-        Arc::new(ManualClock(Mutex::new(t)))
+        let ns = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
+        Arc::new(ManualClock(fleetscore_core::ManualClock::new(ns as i64)))
     }
 
     fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap() += by;
+        self.0.advance(by.as_nanos() as i64);
     }
 }
 
 impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        *self.0.lock().unwrap()
+    fn now(&self) -> i64 {
+        self.0.now()
     }
 }
 
@@ -302,7 +314,7 @@ fn keys_expire_after_the_horizon() {
 
 /// A version 1 segment, byte by byte as the first format wrote it: each
 /// record is `seq | payload`, without the key and time of version 2.
-fn v1_segment(first_seq: u64, batches: &[Vec<Reading>]) -> Vec<u8> {
+fn v1_segment(first_seq: u64, batches: &[Readings]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(b"FSINGLOG");
     out.extend_from_slice(&1u32.to_le_bytes());
@@ -317,7 +329,7 @@ fn v1_segment(first_seq: u64, batches: &[Vec<Reading>]) -> Vec<u8> {
                     strings.push(
                         readings
                             .iter()
-                            .flat_map(|r| [r.device.as_str(), r.tag.as_str()])
+                            .flat_map(|r| [r.device, r.tag])
                             .find(|x| *x == s)
                             .expect("own string"),
                     );
@@ -327,7 +339,7 @@ fn v1_segment(first_seq: u64, batches: &[Vec<Reading>]) -> Vec<u8> {
         };
         let ids: Vec<(u32, u32)> = readings
             .iter()
-            .map(|r| (index(&r.device), index(&r.tag)))
+            .map(|r| (index(r.device), index(r.tag)))
             .collect();
         let mut body = Vec::new();
         body.extend_from_slice(&(first_seq + i as u64).to_le_bytes());
@@ -359,7 +371,7 @@ fn header_version(path: &Path) -> u32 {
 fn version_1_segments_still_open_and_replay() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seg = |first: u64| dir.path().join(format!("segment-{first:020}.wal"));
-    let old: Vec<Vec<Reading>> = (0..3).map(|i| batch(4, i)).collect();
+    let old: Vec<Readings> = (0..3).map(|i| batch(4, i)).collect();
     fs::write(seg(0), v1_segment(0, &old[..2])).expect("write");
     // The active segment is version 1 too, with a torn record at its end.
     let mut active = v1_segment(2, &old[2..]);

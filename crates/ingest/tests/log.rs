@@ -5,12 +5,23 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 
-use fleetscore_ingest::{format, Batch, Log, LogConfig, LogError, Reading};
+use fleetscore_core::Readings;
+use fleetscore_ingest::{format, Batch, Log, LogConfig, LogError};
 
-fn batch(n: usize, salt: i64) -> Vec<Reading> {
+/// A reading as these tests spell it, for collecting into [`Readings`].
+fn owned(
+    ts: i64,
+    device: impl Into<String>,
+    tag: impl Into<String>,
+    value: f64,
+) -> (i64, String, String, f64) {
+    (ts, device.into(), tag.into(), value)
+}
+
+fn batch(n: usize, salt: i64) -> Readings {
     (0..n)
         .map(|i| {
-            Reading::new(
+            owned(
                 salt * 1_000_000 + i as i64,
                 format!("dev-{}", i % 3),
                 if i % 2 == 0 { "temp" } else { "hum" },

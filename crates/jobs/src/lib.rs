@@ -135,19 +135,19 @@ pub fn model_outputs<'a>(kinds: &[Kind], classes: &'a [Vec<String>]) -> Vec<Mode
 /// Scores every reading with its model. `progress` is called with the
 /// number of readings of each model as it finishes.
 pub fn score(readings: Readings, pack: &Pack, progress: &(dyn Fn(u64) + Sync)) -> Scored {
-    let n_keys = readings.keys.len();
     let n_rows = readings.len();
+    let (in_ts, in_value, in_key, keys) = readings.into_columns();
+    let n_keys = keys.len();
     // Output order: (device, tag), independent of the input's order.
     let mut order: Vec<u32> = (0..n_keys as u32).collect();
-    order.sort_unstable_by(|&a, &b| readings.keys[a as usize].cmp(&readings.keys[b as usize]));
+    order.sort_unstable_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]));
 
     // Stable counting sort of rows by key, in parallel: each thread counts
     // its own slice of rows, then scatters them to positions reserved for
     // (its slice, key), which keeps time order within a key.
     let threads = rayon::current_num_threads().max(1);
     let chunk = n_rows.div_ceil(threads).max(1);
-    let hist: Vec<Vec<usize>> = readings
-        .key
+    let hist: Vec<Vec<usize>> = in_key
         .par_chunks(chunk)
         .map(|keys| {
             let mut h = vec![0usize; n_keys];
@@ -184,11 +184,10 @@ pub fn score(readings: Readings, pack: &Pack, progress: &(dyn Fn(u64) + Sync)) -
     {
         let ts_out = SharedSlice::new(&mut ts);
         let value_out = SharedSlice::new(&mut value);
-        readings
-            .key
+        in_key
             .par_chunks(chunk)
-            .zip(readings.ts.par_chunks(chunk))
-            .zip(readings.value.par_chunks(chunk))
+            .zip(in_ts.par_chunks(chunk))
+            .zip(in_value.par_chunks(chunk))
             .zip(cursors.into_par_iter())
             .for_each(|(((keys, t), v), mut cur)| {
                 for i in 0..keys.len() {
@@ -208,7 +207,7 @@ pub fn score(readings: Readings, pack: &Pack, progress: &(dyn Fn(u64) + Sync)) -
     let mut failures = Vec::new();
     let mut work = Vec::with_capacity(n_keys);
     for &k in &order {
-        let (device, tag) = &readings.keys[k as usize];
+        let (device, tag) = &keys[k as usize];
         let range = start[k as usize]..start[k as usize] + counts[k as usize];
         match pack.get(device, tag) {
             None => failures.push(ModelFailure {
@@ -233,12 +232,7 @@ pub fn score(readings: Readings, pack: &Pack, progress: &(dyn Fn(u64) + Sync)) -
     // The input columns are no longer needed: reuse the values' buffer for
     // the scores (fresh memory costs a page fault and a zeroed page per
     // 4 KiB, which was a fifth of the job) and free the rest now.
-    let Readings {
-        ts: in_ts,
-        value: mut score,
-        key: in_key,
-        keys,
-    } = readings;
+    let mut score = in_value;
     drop((in_ts, in_key));
     let mut label = vec![0u32; n_rows];
     let mut kinds = vec![Kind::Outlier; keys.len()];

@@ -1574,10 +1574,9 @@ impl Runner {
             for r in &read {
                 // Per key of the piece: its task and its id there.
                 let dest: Vec<Option<(u32, u32)>> = r
-                    .keys
-                    .iter()
+                    .keys()
                     .map(|(d, tg)| {
-                        *at.entry((d.as_str(), tg.as_str())).or_insert_with(|| {
+                        *at.entry((d, tg)).or_insert_with(|| {
                             let chosen = || {
                                 selection
                                     .as_ref()
@@ -1587,21 +1586,22 @@ impl Runner {
                             let keys = &mut sections[task as usize].keys;
                             keys.push(match unit {
                                 Some(i) => SectionKey::Unit(i),
-                                None => SectionKey::Other(d.clone(), tg.clone()),
+                                None => SectionKey::Other(d.to_owned(), tg.to_owned()),
                             });
                             Some((task, keys.len() as u32 - 1))
                         })
                     })
                     .collect();
+                let (r_ts, r_value, r_key) = (r.ts(), r.values(), r.key_ids());
                 for i in 0..r.len() {
-                    let ts = r.ts[i];
+                    let ts = r_ts[i];
                     if ts < from || ts >= to {
                         continue;
                     }
-                    if let Some((task, id)) = dest[r.key[i] as usize] {
+                    if let Some((task, id)) = dest[r_key[i] as usize] {
                         let s = &mut sections[task as usize];
                         s.ts.push(ts);
-                        s.value.push(r.value[i]);
+                        s.value.push(r_value[i]);
                         s.key.push(id);
                         rows += 1;
                     }
@@ -1980,10 +1980,9 @@ impl Runner {
         // own), in order.
         let named: BTreeSet<&(String, String)> = units.iter().collect();
         let mut extra: Vec<(String, String)> = readings
-            .keys
-            .iter()
+            .owned_keys()
+            .into_iter()
             .filter(|k| !named.contains(k))
-            .cloned()
             .collect();
         if !extra.is_empty() {
             units.append(&mut extra);
@@ -2256,16 +2255,15 @@ impl Runner {
                     })
                     .collect();
                 // Pairs with data: readings, or windows for window input.
-                let mut seen = vec![false; r.keys.len()];
-                for &k in &r.key {
+                let mut seen = vec![false; r.key_count()];
+                for &k in r.key_ids() {
                     seen[k as usize] = true;
                 }
                 let mut with_data: BTreeSet<(&str, &str)> = r
-                    .keys
-                    .iter()
+                    .keys()
                     .zip(&seen)
                     .filter(|(_, &s)| s)
-                    .map(|((d, t), _)| (d.as_str(), t.as_str()))
+                    .map(|(pair, _)| pair)
                     .collect();
                 // Window-input pairs: each window is a row of its features.
                 let mut anomalies = scored.anomalies;

@@ -201,14 +201,19 @@ impl Section {
 /// Each pair with readings is in `keys` once, in order of first
 /// appearance.
 pub(crate) fn gather_sections(units: &[PlanUnit], parts: &[&Section]) -> Result<Readings, String> {
-    let n = parts.iter().map(|p| p.len()).sum();
-    let mut out = Readings::with_capacity(n);
+    let n: usize = parts.iter().map(|p| p.len()).sum();
+    let (mut ts, mut value, mut key) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let mut keys: Vec<(&str, &str)> = Vec::new();
     let mut unit_id = vec![u32::MAX; units.len()];
     let mut other: FxHashMap<(&str, &str), u32> = FxHashMap::default();
     for p in parts {
         let mut map = Vec::with_capacity(p.keys.len());
         for k in &p.keys {
-            let next = out.keys.len() as u32;
+            let next = keys.len() as u32;
             let id = match k {
                 SectionKey::Unit(i) => {
                     let u = units.get(*i as usize).ok_or_else(|| {
@@ -217,22 +222,22 @@ pub(crate) fn gather_sections(units: &[PlanUnit], parts: &[&Section]) -> Result<
                     let id = &mut unit_id[*i as usize];
                     if *id == u32::MAX {
                         *id = next;
-                        out.keys.push((u.device.clone(), u.tag.clone()));
+                        keys.push((&u.device, &u.tag));
                     }
                     *id
                 }
                 SectionKey::Other(d, t) => *other.entry((d, t)).or_insert_with(|| {
-                    out.keys.push((d.clone(), t.clone()));
+                    keys.push((d, t));
                     next
                 }),
             };
             map.push(id);
         }
-        out.ts.extend_from_slice(&p.ts);
-        out.value.extend_from_slice(&p.value);
-        out.key.extend(p.key.iter().map(|&k| map[k as usize]));
+        ts.extend_from_slice(&p.ts);
+        value.extend_from_slice(&p.value);
+        key.extend(p.key.iter().map(|&k| map[k as usize]));
     }
-    Ok(out)
+    Readings::from_columns(ts, value, key, &keys)
 }
 
 /// Encodes map output: `sections[t]` is score task `t`'s readings.
@@ -449,28 +454,9 @@ pub(crate) fn decode_section(b: &[u8]) -> Result<Section, String> {
 }
 
 /// Concatenates sections, in order, into one set of readings (each pair
-/// once in `keys`, in order of first appearance).
+/// once, in order of first appearance).
 pub(crate) fn concat(parts: &[&Readings]) -> Readings {
-    let n = parts.iter().map(|p| p.len()).sum();
-    let mut out = Readings::with_capacity(n);
-    let mut ids: FxHashMap<&(String, String), u32> = FxHashMap::default();
-    for p in parts {
-        let map: Vec<u32> = p
-            .keys
-            .iter()
-            .map(|k| {
-                let next = out.keys.len() as u32;
-                *ids.entry(k).or_insert_with(|| {
-                    out.keys.push(k.clone());
-                    next
-                })
-            })
-            .collect();
-        out.ts.extend_from_slice(&p.ts);
-        out.value.extend_from_slice(&p.value);
-        out.key.extend(p.key.iter().map(|&k| map[k as usize]));
-    }
-    out
+    Readings::concat(parts)
 }
 
 struct Reader<'a> {
@@ -508,29 +494,15 @@ mod tests {
     use super::*;
 
     fn readings(rows: &[(i64, f64, &str, &str)]) -> Readings {
-        let mut r = Readings::default();
-        for &(ts, v, d, t) in rows {
-            let k = match r.keys.iter().position(|k| k.0 == d && k.1 == t) {
-                Some(k) => k,
-                None => {
-                    r.keys.push((d.into(), t.into()));
-                    r.keys.len() - 1
-                }
-            };
-            r.ts.push(ts);
-            r.value.push(v);
-            r.key.push(k as u32);
-        }
-        r
+        rows.iter().map(|&(ts, v, d, t)| (ts, d, t, v)).collect()
     }
 
     /// `readings` as a section: pairs `d<i>/u` are plan pairs `i`, others
     /// are named.
     fn section(rows: &[(i64, f64, &str, &str)]) -> Section {
-        let r = readings(rows);
+        let (ts, value, key, keys) = readings(rows).into_columns();
         Section {
-            keys: r
-                .keys
+            keys: keys
                 .into_iter()
                 .map(
                     |(d, t)| match d.strip_prefix('d').and_then(|i| i.parse().ok()) {
@@ -539,9 +511,9 @@ mod tests {
                     },
                 )
                 .collect(),
-            ts: r.ts,
-            value: r.value,
-            key: r.key,
+            ts,
+            value,
+            key,
         }
     }
 
@@ -623,13 +595,9 @@ mod tests {
         let s1 = section(&[(1, 1.0, "d2", "u"), (2, 2.0, "x", "t"), (3, 3.0, "d0", "u")]);
         let s2 = section(&[(4, 4.0, "x", "t"), (5, 5.0, "d2", "u"), (6, 6.0, "y", "t")]);
         let g = gather_sections(&units, &[&s1, &Section::default(), &s2]).unwrap();
-        assert_eq!(g.ts, vec![1, 2, 3, 4, 5, 6]);
-        assert_eq!(g.value, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        let names: Vec<(&str, &str)> = g
-            .key
-            .iter()
-            .map(|&k| (g.keys[k as usize].0.as_str(), g.keys[k as usize].1.as_str()))
-            .collect();
+        assert_eq!(g.ts(), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(g.values(), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let names: Vec<(&str, &str)> = g.iter().map(|r| (r.device, r.tag)).collect();
         assert_eq!(
             names,
             [
@@ -642,7 +610,7 @@ mod tests {
             ]
         );
         // Each pair once; b has no readings, so is not there.
-        assert_eq!(g.keys.len(), 4);
+        assert_eq!(g.key_count(), 4);
         // A section naming a pair the task does not have is refused.
         let bad = section(&[(1, 1.0, "d3", "u")]);
         let err = gather_sections(&units, &[&bad]).unwrap_err();
@@ -663,13 +631,9 @@ mod tests {
         let a = readings(&[(1, 1.0, "d1", "t"), (2, 2.0, "d2", "t")]);
         let b = readings(&[(3, 3.0, "d2", "t"), (4, 4.0, "d3", "t")]);
         let c = concat(&[&a, &b]);
-        assert_eq!(c.ts, vec![1, 2, 3, 4]);
-        let names: Vec<&str> = c
-            .key
-            .iter()
-            .map(|&k| c.keys[k as usize].0.as_str())
-            .collect();
+        assert_eq!(c.ts(), [1, 2, 3, 4]);
+        let names: Vec<&str> = c.iter().map(|r| r.device).collect();
         assert_eq!(names, vec!["d1", "d2", "d2", "d3"]);
-        assert_eq!(c.keys.len(), 3);
+        assert_eq!(c.key_count(), 3);
     }
 }

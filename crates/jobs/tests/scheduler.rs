@@ -59,18 +59,19 @@ async fn fleet(root: &Path, hours: i64) -> (Store, usize) {
 /// Readings of d0..d5 on tag 1 every 10 minutes for `hours` hours from T0,
 /// as raw objects; returns their count.
 async fn put_readings(store: &Store, hours: i64) -> usize {
-    let mut r = Readings {
-        keys: (0..DEVICES)
+    let mut r = Readings::with_keys(
+        &(0..DEVICES)
             .map(|d| (format!("d{d}"), "1".to_string()))
-            .collect(),
-        ..Readings::default()
-    };
+            .collect::<Vec<_>>(),
+    );
     for h in 0..hours {
         for m in (0..60).step_by(10) {
             for d in 0..DEVICES {
-                r.ts.push(T0 + h * HOUR_NS + m * MIN);
-                r.value.push(20.0 + (d as f64) + (m as f64) / 10.0);
-                r.key.push(d as u32);
+                r.push(
+                    T0 + h * HOUR_NS + m * MIN,
+                    d as u32,
+                    20.0 + (d as f64) + (m as f64) / 10.0,
+                );
             }
         }
     }
@@ -464,14 +465,13 @@ async fn window_input_models_score_each_window_on_its_named_features(b: Backend)
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = fleet(&dir.path().join("store"), 1).await;
     // w0/1: a reading every 10 s for the hour, windowed into 1m windows.
-    let mut r = Readings {
-        keys: vec![("w0".into(), "1".into())],
-        ..Readings::default()
-    };
+    let mut r = Readings::with_keys(&[("w0", "1")]);
     for i in 0..360 {
-        r.ts.push(T0 + i * 10_000_000_000);
-        r.value.push(20.0 + ((i * 7) % 13) as f64 * 0.3);
-        r.key.push(0);
+        r.push(
+            T0 + i * 10_000_000_000,
+            0,
+            20.0 + ((i * 7) % 13) as f64 * 0.3,
+        );
     }
     for (k, d) in raw_objects(&r, b"w0").unwrap() {
         store.put(&k, d).await.unwrap();
@@ -1141,14 +1141,9 @@ async fn a_window_without_readings_is_skipped_not_failed(b: Backend) {
     // so not skipped; the pair fails `no_data` as it always did.
     std::fs::remove_file(root.join("predictions")).unwrap();
     std::fs::rename(root.join("predictions-kept"), root.join("predictions")).unwrap();
-    let mut r = Readings {
-        keys: vec![("w0".into(), "1".into())],
-        ..Readings::default()
-    };
+    let mut r = Readings::with_keys(&[("w0", "1")]);
     for m in 0..60 {
-        r.ts.push(T0 + HOUR_NS + m * MIN);
-        r.value.push(20.0 + (m % 7) as f64);
-        r.key.push(0);
+        r.push(T0 + HOUR_NS + m * MIN, 0, 20.0 + (m % 7) as f64);
     }
     for (k, d) in raw_objects(&r, b"w0 unwindowed").unwrap() {
         store.put(&k, d).await.unwrap();

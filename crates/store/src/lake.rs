@@ -159,24 +159,21 @@ pub fn raw_objects(
     readings: &Readings,
     origin: &[u8],
 ) -> Result<Vec<(String, Vec<u8>)>, LakeError> {
-    let pair = |r: usize| &readings.keys[readings.key[r] as usize];
+    let (ts, ids) = (readings.ts(), readings.key_ids());
+    let pair = |r: usize| readings.key(ids[r]);
     let mut rows: Vec<usize> = (0..readings.len()).collect();
-    rows.sort_by(|&a, &b| {
-        readings.ts[a]
-            .cmp(&readings.ts[b])
-            .then_with(|| pair(a).cmp(pair(b)))
-    });
+    rows.sort_by(|&a, &b| ts[a].cmp(&ts[b]).then_with(|| pair(a).cmp(&pair(b))));
     let mut objects = Vec::new();
     let mut rest = &rows[..];
     while let Some(&first) = rest.first() {
-        let hour = readings.ts[first].div_euclid(HOUR_NS);
+        let hour = ts[first].div_euclid(HOUR_NS);
         let n = rest
             .iter()
-            .take_while(|&&r| readings.ts[r].div_euclid(HOUR_NS) == hour)
+            .take_while(|&&r| ts[r].div_euclid(HOUR_NS) == hour)
             .count();
         let (part, tail) = rest.split_at(n);
         rest = tail;
-        let partition = hour_partition(readings.ts[first]);
+        let partition = hour_partition(ts[first]);
         let mut id = Sha256::new();
         id.update(origin);
         id.update(partition.as_bytes());
@@ -465,14 +462,18 @@ impl<'a> Run<'a> {
         let mut parts = Vec::with_capacity(jobs.len());
         for (((key, partition), _), r) in jobs.into_iter().zip(decoded) {
             let r = r?;
-            let map: Vec<u32> = r.keys.iter().map(|pair| self.series.id(pair)).collect();
-            let mut series = r.key;
+            let map: Vec<u32> = r
+                .owned_keys()
+                .iter()
+                .map(|pair| self.series.id(pair))
+                .collect();
+            let (ts, value, mut series, _) = r.into_columns();
             for s in &mut series {
                 *s = map[*s as usize];
             }
             let (mut min_ts, mut max_ts, mut sorted, mut prev) =
                 (i64::MAX, i64::MIN, true, i64::MIN);
-            for &t in &r.ts {
+            for &t in &ts {
                 min_ts = min_ts.min(t);
                 max_ts = max_ts.max(t);
                 sorted &= t >= prev;
@@ -485,8 +486,8 @@ impl<'a> Run<'a> {
             }
             parts.push(Arc::new(Part {
                 key: key.clone(),
-                ts: r.ts,
-                value: r.value,
+                ts,
+                value,
                 series,
                 min_ts,
                 max_ts,
@@ -715,17 +716,7 @@ mod tests {
         }
         let mut readings: Vec<Reading<'_>> = files
             .iter()
-            .flat_map(|r| {
-                (0..r.len()).map(move |i| {
-                    let (device, tag) = &r.keys[r.key[i] as usize];
-                    Reading {
-                        ts: r.ts[i],
-                        device,
-                        tag,
-                        value: r.value[i],
-                    }
-                })
-            })
+            .flat_map(|r| r.iter())
             .filter(|r| r.ts >= from && r.ts < read_to)
             .collect();
         readings.sort_by(|a, b| (a.ts, a.device, a.tag).cmp(&(b.ts, b.device, b.tag)));
@@ -762,21 +753,7 @@ mod tests {
     }
 
     fn readings(rows: &[(i64, &str, &str, f64)]) -> Readings {
-        let mut r = Readings::default();
-        for &(ts, d, t, v) in rows {
-            let pair = (d.to_string(), t.to_string());
-            let id = match r.keys.iter().position(|k| *k == pair) {
-                Some(i) => i,
-                None => {
-                    r.keys.push(pair);
-                    r.keys.len() - 1
-                }
-            };
-            r.ts.push(ts);
-            r.value.push(v);
-            r.key.push(id as u32);
-        }
-        r
+        rows.iter().copied().collect()
     }
 
     /// Several raw parts per hour (sorted, as ingest writes them), one

@@ -10,18 +10,10 @@ use crate::intern::Interner;
 use crate::window::{merge_window, Acc, Layout, Pane};
 use crate::{AggregatorConfig, Error, LatePolicy, WatermarkMode, Window, WindowSpec};
 
-/// One reading, borrowed: `(ts, device, tag, value)`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Reading<'a> {
-    /// Event time, ns since the epoch, UTC.
-    pub ts: i64,
-    /// Device identifier.
-    pub device: &'a str,
-    /// Sensor tag.
-    pub tag: &'a str,
-    /// Value.
-    pub value: f64,
-}
+/// One reading, borrowed: `(ts, device, tag, value)` (the one row view of
+/// the pipeline's batches, from `fleetscore-core`).
+pub use fleetscore_core::Reading;
+use fleetscore_core::Readings;
 
 /// A (device, tag) pair interned by one [`Aggregator`], for
 /// [`Aggregator::push_series`]. Only meaningful to the aggregator that made
@@ -405,6 +397,57 @@ impl Aggregator {
             Some(id) => self.push_slot(id, reading.ts, reading.value),
             None => self.count(Disposition::Dropped(DropReason::SeriesLimit)),
         }
+    }
+
+    /// Aggregates a whole batch, row by row in order, exactly as
+    /// [`Aggregator::push`] of each row would, but resolving each of the
+    /// batch's (device, tag) pairs to its series once instead of hashing
+    /// the names of every reading (a pair is looked up again only if its
+    /// series was released within the batch).
+    pub fn push_batch(&mut self, readings: &Readings) {
+        let mut cache: Vec<Option<SeriesId>> = vec![None; readings.key_count()];
+        let rows = readings
+            .ts()
+            .iter()
+            .zip(readings.key_ids())
+            .zip(readings.values());
+        for ((&ts, &k), &value) in rows {
+            if let Some(reason) = self.invalid(ts, value) {
+                self.count(Disposition::Dropped(reason));
+                continue;
+            }
+            let slot = match cache[k as usize] {
+                Some(id) if self.is_live(id) => id.slot,
+                _ => {
+                    let (device, tag) = readings.key(k);
+                    let Some(slot) = self.lookup(device, tag) else {
+                        self.count(Disposition::Dropped(DropReason::SeriesLimit));
+                        continue;
+                    };
+                    cache[k as usize] = Some(SeriesId {
+                        slot,
+                        generation: self.interner.generation(slot),
+                    });
+                    slot
+                }
+            };
+            self.push_slot(slot, ts, value);
+        }
+    }
+
+    /// [`Aggregator::replay`] of a whole batch, resolving pairs as
+    /// [`Aggregator::push_batch`] does.
+    pub fn replay_batch(&mut self, readings: &Readings) {
+        let counters = self.counters;
+        let pending = self.closed.len();
+        self.push_batch(readings);
+        self.closed.truncate(pending);
+        self.counters = Counters {
+            replayed: counters.replayed + readings.len() as u64,
+            series_released: self.counters.series_released,
+            clocks_forgotten: self.counters.clocks_forgotten,
+            ..counters
+        };
     }
 
     /// [`Aggregator::push`] for a pair interned with
@@ -1361,5 +1404,67 @@ mod tests {
             a.push(r(20, "a", 1.0)),
             Disposition::Dropped(DropReason::TooLate)
         );
+    }
+
+    /// `push_batch` is `push` of every row: the same windows, in the same
+    /// order, and the same counters, through late readings, NaNs, series
+    /// released mid-batch and the series cap shedding new pairs.
+    #[test]
+    fn push_batch_equals_pushing_each_row() {
+        let cfg = AggregatorConfig {
+            max_series: 7,
+            ..AggregatorConfig::default()
+        };
+        let mut seed = 42u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let devices: Vec<String> = (0..6).map(|d| format!("d{d}")).collect();
+        let mut batches: Vec<Readings> = Vec::new();
+        for b in 0..40i64 {
+            let rows: Vec<(i64, String, String, f64)> = (0..50)
+                .map(|_| {
+                    let d = &devices[next() as usize % devices.len()];
+                    let tag = ["t", "u"][next() as usize % 2];
+                    // Mostly forward in time, some late, some NaN.
+                    let ts = (b * 40 + (next() % 60) as i64 - 10) * S;
+                    let v = if next() % 97 == 0 {
+                        f64::NAN
+                    } else {
+                        (next() % 1000) as f64
+                    };
+                    (ts, d.clone(), tag.to_string(), v)
+                })
+                .collect();
+            batches.push(rows.into_iter().collect());
+        }
+        let (mut one, mut whole) = (agg(cfg.clone()), agg(cfg.clone()));
+        let (mut by_row, mut by_batch) = (Vec::new(), Vec::new());
+        for b in &batches {
+            for r in b.iter() {
+                one.push(r);
+            }
+            whole.push_batch(b);
+            by_row.extend(one.drain_closed().map(|c| format!("{c:?}")));
+            by_batch.extend(whole.drain_closed().map(|c| format!("{c:?}")));
+        }
+        assert!(!by_row.is_empty());
+        assert_eq!(by_row, by_batch);
+        assert_eq!(one.counters(), whole.counters());
+        assert!(one.counters().shed > 0, "the cap was reached");
+        assert!(one.counters().series_released > 0, "series were released");
+        // Replaying batches equals replaying rows.
+        let (mut one, mut whole) = (agg(cfg.clone()), agg(cfg));
+        for b in &batches {
+            for r in b.iter() {
+                one.replay(r);
+            }
+            whole.replay_batch(b);
+        }
+        assert_eq!(one.counters(), whole.counters());
+        assert_eq!(one.snapshot(), whole.snapshot());
     }
 }

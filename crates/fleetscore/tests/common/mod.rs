@@ -297,9 +297,14 @@ pub fn raw_readings(data: &Path) -> Expected {
     for f in files {
         let r = fleetscore_codecs::read_readings(&f).unwrap();
         for i in 0..r.len() {
-            let (d, t) = r.keys[r.key[i] as usize].clone();
-            *out.entry((r.ts[i], d, t, r.value[i].to_bits()))
-                .or_default() += 1;
+            let x = r.row(i);
+            *out.entry((
+                x.ts,
+                x.device.to_owned(),
+                x.tag.to_owned(),
+                x.value.to_bits(),
+            ))
+            .or_default() += 1;
         }
     }
     out
