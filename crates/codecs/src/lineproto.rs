@@ -826,33 +826,6 @@ mod tests {
     }
 
     #[test]
-    fn reservation_never_exceeds_what_the_body_can_hold() {
-        // Room was reserved for (lines x fields of the first line)
-        // readings, so one line of 200 fields and 20,000 blank lines
-        // (21 KB) reserved 4 million readings, 80 MB. Now: as many lines
-        // like the first as the body's bytes hold.
-        let mut body = String::from("m,device=d ");
-        body.push_str(
-            &(0..200)
-                .map(|i| format!("f{i}=1"))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        body.push_str(&"\n".repeat(20_000));
-        let cfg = LineProtocolConfig::default();
-        let b = parse_line_protocol(body.as_bytes(), Precision::Nanoseconds, 0, &cfg).unwrap();
-        assert_eq!(b.readings.len(), 200);
-        let most = body.len() / 4;
-        assert!(
-            b.readings.ts.capacity() <= most,
-            "{}",
-            b.readings.ts.capacity()
-        );
-        assert!(b.readings.value.capacity() <= most);
-        assert!(b.readings.key.capacity() <= most);
-    }
-
-    #[test]
     fn names_that_are_not_utf8_refuse_the_line() {
         let cfg = LineProtocolConfig::default();
         let e =

@@ -85,7 +85,8 @@ fn parsers_hold_heap_in_proportion_to_the_body() {
     );
 
     // Line protocol reserved room for (lines x fields of the first line)
-    // readings: one long line and many blank ones reserved 83 MB here.
+    // readings: one long line and many blank ones (21 KB) reserved 83 MB
+    // here.
     // Now it reserves for as many lines like the first as the body holds:
     // 17 such lines (3,400 readings, about 8 times this body) would need
     // what it holds now.
