@@ -24,7 +24,7 @@
 
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
 use crate::ingest::{shorten, Batch, BatchError, Collector, Location};
@@ -140,7 +140,7 @@ impl<'de> Visitor<'de> for ItemVisitor {
         let mut fields = Fields::default();
         while let Some(k) = map.next_key::<String>()? {
             let Some(i) = FIELDS.iter().position(|f| f.eq_ignore_ascii_case(&k)) else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<Skip>()?;
                 continue;
             };
             match &fields.found[i] {
@@ -151,7 +151,7 @@ impl<'de> Visitor<'de> for ItemVisitor {
                             FIELDS[i]
                         ));
                     }
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
                 None => fields.found[i] = Some((k, map.next_value::<Scalar>()?)),
             }
@@ -240,14 +240,70 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
         Ok(Scalar::Object)
     }
 }
 
 fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
-    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    while seq.next_element::<Skip>()?.is_some() {}
     Ok(())
+}
+
+/// A value read and dropped. Unlike serde's `IgnoredAny` it is read
+/// through `deserialize_any`, so that serde_json checks it as it checks
+/// every value (its strings are UTF-8, for one: `IgnoredAny` skips a
+/// string's bytes unchecked, and a body that is not JSON would pass).
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Skip, A::Error> {
+        skip_seq(seq)?;
+        Ok(Skip)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
+    }
 }
 
 impl Scalar {
@@ -414,6 +470,28 @@ mod tests {
         );
         let e = errs(r#"[{"ts": 1,]"#);
         assert!(e[0].starts_with("line 1: invalid JSON array"), "{e:?}");
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_refused_even_in_fields_nobody_reads() {
+        // Found by the `json` fuzz target: skipped with serde's
+        // `IgnoredAny`, an unread field's string was not checked for UTF-8,
+        // so a body that is not JSON gave readings (or element errors).
+        let body = b"[{\"x\": \"\xca\xab\xcd\xcc\", \"ts\": 1, \"device\": \"d\", \"tag\": \"t\", \"value\": 1}]";
+        let e = parse_json(body).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert!(
+            e.errors[0]
+                .to_string()
+                .starts_with("line 1: invalid JSON array: invalid unicode code point"),
+            "{e}"
+        );
+        let body = b"{\"ts\": 1, \"device\": \"d\", \"tag\": \"t\", \"value\": 1, \"x\": [{\"y\": \"\xff\"}]}";
+        let e = parse_json(body).unwrap_err();
+        assert!(
+            e.errors[0].to_string().starts_with("line 1: invalid JSON"),
+            "{e}"
+        );
     }
 
     #[test]
