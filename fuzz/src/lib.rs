@@ -101,8 +101,8 @@ pub fn measure<T>(f: impl FnOnce() -> T) -> (T, usize) {
 /// server's budget. The server holds `PARSE_FACTOR` (4) bytes of its
 /// in-flight budget per body byte (`crates/fleetscore/src/serve.rs`); a
 /// typical body costs about 3, but one whose every reading is a new
-/// (device, tag) pair costs about 30 today (each pair is interned with two
-/// `String`s; measured as `crates/codecs/tests/memory.rs` measures).
+/// (device, tag) pair costs about 13 today (the interning tables; measured
+/// as `crates/codecs/tests/memory.rs` measures, see fuzz/README.md).
 pub const HEAP_PER_BODY_BYTE: usize = 64;
 
 /// Heap a parser may hold whatever the body: the interning tables are
