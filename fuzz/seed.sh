@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Seeds fuzz/corpus/import from the model fixtures: valid scikit-learn models
+# Seeds every fuzz target's corpus: fuzz/corpus/import here, and the ingest
+# body targets' (lineproto, json, csvbody) through seed_bodies.py.
+#
+# fuzz/corpus/import comes from the model fixtures: valid scikit-learn models
 # of every supported family and format (sklearn/models), the malicious and
 # corrupt ones (sklearn/malicious), the internally inconsistent ones
 # (sklearn/invalid), and the pickle interpreter's estimator and node fixtures
@@ -33,3 +36,4 @@ for dir in sklearn/models sklearn/malicious sklearn/invalid pickle/estimators pi
     done
 done
 echo "seeded $n files into $corpus ($skipped larger than $max bytes left out)"
+python3 "$here/seed_bodies.py"

@@ -16,6 +16,9 @@
 //! 1-based, counting the header as line 1) or row (Parquet, 0-based) and
 //! the column.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
+// A library reports through return values and `tracing`, never by printing.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod csvbody;
 mod ingest;

@@ -173,10 +173,18 @@ pub fn parse_line_protocol(
             Ok(None) => {}
             Ok(Some((measurement, device, ts))) => {
                 if !reserved {
-                    // Room for the whole body if its lines look like this one.
+                    // Room for the whole body if its lines look like this
+                    // one: as many lines of this length as the body holds
+                    // (not its count of newlines, so that a long first line
+                    // and many blank ones cannot reserve memory out of
+                    // proportion to the body, which is what the server's
+                    // in-flight budget counts).
                     reserved = true;
-                    let lines = body.iter().filter(|&&b| b == b'\n').count() + 1;
-                    out.reserve(lines.saturating_mul(fields.len()).min(1 << 24), lines);
+                    let like_this = body.len() / (line.len() + 1) + 1;
+                    out.reserve(
+                        like_this.saturating_mul(fields.len()).min(1 << 24),
+                        like_this,
+                    );
                 }
                 // Interned at the first numeric field, so that a line of
                 // string fields only is not checked.

@@ -28,6 +28,9 @@
 //! percent-encodes everything but ASCII letters, digits, `-`, `.` (and
 //! optionally `_`).
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
+// A library reports through return values and `tracing`, never by printing.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod clock;
 mod key;

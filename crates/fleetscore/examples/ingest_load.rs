@@ -128,7 +128,7 @@ fn parse_args() -> Result<Args, String> {
                     value
                         .parse()
                         .map_err(|_| format!("--duration: `{value}` is not a number"))?,
-                )
+                );
             }
             "--lines" => a.lines = num(&value)?,
             "--devices" => a.devices = num(&value)?,

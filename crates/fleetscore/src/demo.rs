@@ -1167,7 +1167,7 @@ mod tests {
                     assert!(
                         after.iter().all(|&v| v > fleet.level(f.device, t) + 1.0),
                         "{after:?}"
-                    )
+                    );
                 }
                 FaultKind::Spikes => assert!(before < 2.0 * fleet.level(f.device, t)),
             }

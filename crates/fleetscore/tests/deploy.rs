@@ -183,7 +183,7 @@ impl Objects {
                     serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{at}: {e}")),
                 ),
                 ("kustomize.config.k8s.io/v1beta1", "Kustomization") => {
-                    self.kustomization = Some(v)
+                    self.kustomization = Some(v);
                 }
                 _ => panic!("{at}: unexpected object {api} {kind}; teach deploy.rs to check it"),
             }

@@ -330,7 +330,11 @@ fn assert_same_outputs(local: &Store, cloud: &Store) {
             if key.starts_with("predictions/") {
                 predicted += rows(&cb);
             }
-        } else if key.starts_with("predictions/") && key.ends_with(".json") {
+        } else if key.starts_with("predictions/")
+            && std::path::Path::new(key)
+                .extension()
+                .is_some_and(|e| e == "json")
+        {
             let (lm, cm): (serde_json::Value, serde_json::Value) = (
                 serde_json::from_slice(lv).unwrap(),
                 serde_json::from_slice(cv).unwrap(),

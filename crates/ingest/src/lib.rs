@@ -114,6 +114,9 @@
 //!
 //! See the [`format`](mod@format) module for the byte layout of segments and records.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
+// A library reports through return values and `tracing`, never by printing.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod error;
 pub mod format;

@@ -15,6 +15,11 @@
 //! [`lease`] (lease times on the injected clock, renewals) and [`run`]
 //! (jobs in tasks, with retries, outputs and logs in the object store).
 #![deny(missing_docs)]
+// `unsafe` only in the parallel scatter of readings by model
+// (`SharedSlice`); every block says why it is sound
+// (`undocumented_unsafe_blocks`, `unsafe_op_in_unsafe_fn` in the workspace lints).
+// A library reports through return values and `tracing`, never by printing.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod backfill;
 pub mod db;
@@ -330,6 +335,8 @@ struct SharedSlice<T> {
 
 // SAFETY: writers promise disjoint indices (see `write`).
 unsafe impl<T: Send> Sync for SharedSlice<T> {}
+// SAFETY: it only hands `T`s to other threads (`T: Send`); the slice it
+// points into outlives every thread that writes (scoped rayon work).
 unsafe impl<T: Send> Send for SharedSlice<T> {}
 
 impl<T> SharedSlice<T> {

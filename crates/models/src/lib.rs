@@ -18,6 +18,11 @@
 //! bit for bit where the arithmetic allows it, and `predict`'s labels
 //! exactly, including each detector's rule for a decision of exactly 0.0.
 #![deny(missing_docs)]
+// `unsafe` only in the SIMD dispatch of `model::svm` and `model::svc`;
+// every block says why it is sound
+// (`undocumented_unsafe_blocks`, `unsafe_op_in_unsafe_fn` in the workspace lints).
+// A library reports through return values and `tracing`, never by printing.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod fastexp;
 pub mod format;

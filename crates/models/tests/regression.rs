@@ -152,7 +152,7 @@ fn stored_model_with_negative_gamma_is_refused_on_load() {
     let json = format::to_json(&with_gamma(-0.5));
     match format::from_json(&json) {
         Err(FormatError::Invalid(e)) => {
-            assert_names(&e.to_string(), &["OneClassSVM: _gamma is -0.5"])
+            assert_names(&e.to_string(), &["OneClassSVM: _gamma is -0.5"]);
         }
         other => panic!("expected an invalid-model refusal, got {other:?}"),
     }

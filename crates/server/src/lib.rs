@@ -29,6 +29,9 @@
 // Handlers return `Result<_, Response>` so that `?`-style early answers
 // stay readable; a Response is large but the error path is not hot.
 #![allow(clippy::result_large_err)]
+// `unsafe` only where the OS is asked for limits (`http::raise_fd_limit`);
+// each block says why it is sound.
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod api;
 pub mod compactor;

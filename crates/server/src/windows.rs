@@ -256,7 +256,7 @@ impl Windows {
             .spawn(move || {
                 // The thread's log lines say whose they are.
                 let _span = tracing::info_span!("windows").entered();
-                worker.run(rx)
+                worker.run(rx);
             })
             .context("starting the window thread")?;
         Ok((

@@ -75,6 +75,9 @@
 //! lock holds across processes, and across hosts where the shared file
 //! system supports locks (NFSv4 does). Readers never lock.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
+// A library reports through return values and `tracing`, never by printing.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod backend;
 pub mod lake;

@@ -184,6 +184,9 @@
 //! closing only when its horizon passes the earliest window end among them.
 //! `examples/throughput.rs` measures it.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
+// A library reports through return values and `tracing`, never by printing.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod aggregator;
 mod batch;

@@ -131,8 +131,7 @@ fn stream(cfg: &AggregatorConfig, arrival: &[Reading]) -> (Vec<Vec<Window>>, Vec
                     c.window.tag.clone(),
                     c.window.start
                 )),
-                "window emitted twice: {:?}",
-                c
+                "window emitted twice: {c:?}"
             );
             out[k].push(c.window);
         }

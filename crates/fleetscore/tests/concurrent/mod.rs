@@ -63,12 +63,8 @@ pub fn import_at_once(cmd: impl Fn() -> Command, dir: &Path, batches: &[Batch]) 
             let _ = std::fs::remove_file(&path);
             let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
             // SAFETY: a valid NUL-terminated path.
-            assert_eq!(
-                unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
-                0,
-                "mkfifo {}",
-                path.display()
-            );
+            let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+            assert_eq!(made, 0, "mkfifo {}", path.display());
             let mut text = String::from("path,device,tag\n");
             for (file, device, tag) in batch {
                 text.push_str(&format!("{},{device},{tag}\n", file.display()));

@@ -950,19 +950,19 @@ fn dispatch(e: &Eval<'_>, xs: &[f64], n: usize, score: &mut [f64], label: &mut [
             return;
         }
     }
-    evaluate_rows(e, xs, n, score, label)
+    evaluate_rows(e, xs, n, score, label);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn evaluate_avx2(e: &Eval<'_>, xs: &[f64], n: usize, score: &mut [f64], label: &mut [u32]) {
-    evaluate_rows(e, xs, n, score, label)
+    evaluate_rows(e, xs, n, score, label);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn evaluate_avx512(e: &Eval<'_>, xs: &[f64], n: usize, score: &mut [f64], label: &mut [u32]) {
-    evaluate_rows(e, xs, n, score, label)
+    evaluate_rows(e, xs, n, score, label);
 }
 
 #[inline(always)]

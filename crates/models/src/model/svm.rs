@@ -209,13 +209,13 @@ const BLOCK: usize = 16;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn rbf_batch_avx2(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut [f64]) {
-    rbf_batch(svm, xs, n, out)
+    rbf_batch(svm, xs, n, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn rbf_batch_avx512(svm: &OneClassSvm, xs: &[f64], n: usize, out: &mut [f64]) {
-    rbf_batch(svm, xs, n, out)
+    rbf_batch(svm, xs, n, out);
 }
 
 #[inline(always)]

@@ -89,9 +89,8 @@ pub(super) fn libsvm(a: &Attrs, class: &str, impl_name: &str) -> Result<Libsvm, 
             .ok_or_else(|| a.bad("degree", "is not an integer"))
     })?;
     let sv = a.array("support_vectors_")?;
-    let (n_sv, n_features) = match sv.shape[..] {
-        [r, c] => (r, c),
-        _ => return Err(a.bad("support_vectors_", "is not a 2-D array")),
+    let [n_sv, n_features] = sv.shape[..] else {
+        return Err(a.bad("support_vectors_", "is not a 2-D array"));
     };
     let support_vectors = a.to_f64("support_vectors_", &sv)?;
     let n_samples = check_shape_fit(a, n_sv, n_features)?;

@@ -254,7 +254,7 @@ impl MqttSource {
         let span = tracing::info_span!("source", source = MetricSource::MQTT.name());
         run(self.opts, self.filter, ingestor, metrics, stop)
             .instrument(span)
-            .await
+            .await;
     }
 }
 

@@ -285,7 +285,12 @@ impl PredictionsPartition {
             };
             if name.ends_with(".parquet") {
                 present.insert(key);
-            } else if name.starts_with("manifest-") && name.ends_with(".json") {
+            } else if name
+                .strip_prefix("manifest-")
+                .and_then(|n| n.strip_suffix(".json"))
+                .is_some()
+            {
+                // The lake writes these names itself, in lower case.
                 manifests.push(key);
             }
         }
