@@ -100,6 +100,7 @@ fn tally(
 impl Runner {
     /// Writes the manifest and records the outcome of a job whose tasks
     /// have all ended.
+    #[tracing::instrument(name = "finalize", skip_all, fields(job_id = job.id))]
     pub(super) async fn finalize(&self, mut job: JobRecord) -> Result<()> {
         let id = job.id;
         let (maps, tasks): (Vec<TaskRecord>, Vec<TaskRecord>) = self

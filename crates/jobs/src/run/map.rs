@@ -55,6 +55,7 @@ impl Runner {
     /// One attempt of a map task: read its row groups, keep the window's
     /// readings of raw-input pairs, cut them by score task, and write them
     /// as one object (`staging/<job>/<plan>/map-<m>.bin`).
+    #[tracing::instrument(name = "map_task", skip_all, fields(job_id = job.id, task = record.idx))]
     pub(super) async fn attempt_map(&self, job: &JobRecord, record: &mut TaskRecord) -> Result<()> {
         let t = Instant::now();
         let plan = self.job_plan(record).await?;

@@ -168,6 +168,7 @@ fn task_records(plan: &JobPlan, now: i64) -> Vec<TaskRecord> {
 impl Runner {
     /// Plans a claimed job; a failure fails the job (an `Err` means the job
     /// store itself failed).
+    #[tracing::instrument(name = "plan", skip_all, fields(job_id = job.id))]
     pub(super) async fn plan(&self, job: JobRecord) -> Result<()> {
         let id = job.id;
         let renew = self.leases.keep(Arc::clone(&self.db), Held::Job(id));

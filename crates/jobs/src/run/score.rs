@@ -123,6 +123,7 @@ impl Runner {
     }
 
     /// Runs one leased attempt of a task and records it.
+    #[tracing::instrument(name = "task", skip_all, fields(job_id = record.job_id, task = record.idx, kind = %record.kind))]
     pub(super) async fn run_task(&self, mut record: TaskRecord) -> Result<()> {
         let renew = self.leases.keep(
             Arc::clone(&self.db),
