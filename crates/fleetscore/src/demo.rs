@@ -535,13 +535,13 @@ fn train_models(fleet: &Fleet, history: &[Readings], seed: u64) -> anyhow::Resul
         let (temp, press) = fit?;
         requests.push(ImportRequest {
             key: ModelKey::new(pump(d), TAGS[TEMPERATURE].name)?,
-            model: temp,
+            model: temp.into(),
             source: source.into(),
             input: ModelInput::Raw,
         });
         requests.push(ImportRequest {
             key: ModelKey::new(pump(d), TAGS[PRESSURE].name)?,
-            model: press,
+            model: press.into(),
             source: source.into(),
             input: window_input.clone(),
         });
@@ -549,7 +549,7 @@ fn train_models(fleet: &Fleet, history: &[Readings], seed: u64) -> anyhow::Resul
     for (t, model) in [(VIBRATION, vibration), (CURRENT, current)] {
         requests.push(ImportRequest {
             key: ModelKey::new("*", TAGS[t].name)?,
-            model,
+            model: model.into(),
             source: source.into(),
             input: ModelInput::Raw,
         });

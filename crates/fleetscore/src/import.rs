@@ -138,7 +138,7 @@ pub async fn run(g: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
                 )?;
                 Ok(ImportRequest {
                     key,
-                    model,
+                    model: model.into(),
                     source: job.path.display().to_string(),
                     input: input.clone(),
                 })

@@ -184,7 +184,7 @@ pub async fn run(g: &Global, args: TrainArgs) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ImportRequest {
                     key,
-                    model,
+                    model: model.into(),
                     source: format!(
                         "fleetscore models train: {} readings in [{from_text}, {to_text}), nu={}, gamma={gamma_text}, scaler={scaler_text}",
                         values.len(),

@@ -41,14 +41,14 @@ async fn fleet(root: &Path, hours: i64) -> (Store, usize) {
     let mut reqs: Vec<ImportRequest> = (0..DEVICES - 1)
         .map(|d| ImportRequest {
             key: ModelKey::new(format!("d{d}"), "1").unwrap(),
-            model: demo_model(1),
+            model: demo_model(1).into(),
             source: "test".into(),
             input: Default::default(),
         })
         .collect();
     reqs.push(ImportRequest {
         key: ModelKey::new("ghost", "1").unwrap(),
-        model: demo_model(1),
+        model: demo_model(1).into(),
         source: "test".into(),
         input: Default::default(),
     });
@@ -491,7 +491,7 @@ async fn window_input_models_score_each_window_on_its_named_features(b: Backend)
     let registry = Registry::new(store.clone());
     let request = |features: &[&str]| ImportRequest {
         key: ModelKey::new("w0", "1").unwrap(),
-        model: model.clone(),
+        model: model.clone().into(),
         source: "test".into(),
         input: ModelInput::Window {
             size: "1m".into(),
@@ -1142,7 +1142,7 @@ async fn a_window_without_readings_is_skipped_not_failed(b: Backend) {
         .import(
             vec![ImportRequest {
                 key: ModelKey::new("w0", "1").unwrap(),
-                model,
+                model: model.into(),
                 source: "test".into(),
                 input: fleetscore_store::ModelInput::Window {
                     size: "1m".into(),
@@ -1659,7 +1659,7 @@ async fn the_planners_model_index_is_parsed_again_only_when_it_changed() {
         let registry = Registry::new(store.clone());
         let request = |d: &str| ImportRequest {
             key: ModelKey::new(d, "1").unwrap(),
-            model: demo_model(1),
+            model: demo_model(1).into(),
             source: "test".into(),
             input: Default::default(),
         };

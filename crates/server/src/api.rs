@@ -886,7 +886,7 @@ async fn upload(
     };
     let req = ImportRequest {
         key: k,
-        model,
+        model: model.into(),
         source: "uploaded over the API".into(),
         input: Default::default(),
     };

@@ -316,7 +316,7 @@ mod tests {
             .import(
                 vec![fleetscore_store::ImportRequest {
                     key: fleetscore_core::ModelKey::new("d1", "1").unwrap(),
-                    model: fleetscore_models::import_sklearn(&model).unwrap(),
+                    model: fleetscore_models::import_sklearn(&model).unwrap().into(),
                     source: "test".into(),
                     input: Default::default(),
                 }],

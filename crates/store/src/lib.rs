@@ -91,8 +91,8 @@ pub use lake::{
     AggregateOutcome, IngestOutcome, LakeError, HOUR_NS,
 };
 pub use registry::{
-    ImportOutcome, ImportRequest, Index, KeyEntry, ModelInput, Registry, VersionInfo, MAX_ATTEMPTS,
-    WINDOW_FEATURES,
+    ImportOutcome, ImportRequest, Index, KeyEntry, ModelBody, ModelInput, PythonModel, Registry,
+    Runtime, VersionInfo, KIND_AUTO, MAX_ATTEMPTS, WINDOW_FEATURES,
 };
 
 use std::sync::Arc;

@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use fleetscore_core::ModelKey;
-use fleetscore_models::{format, Model, Pack, PackEntry};
+use fleetscore_models::{format, Kind, Model, Pack, PackEntry};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use bytes::Bytes;
 
@@ -50,6 +51,66 @@ pub struct VersionInfo {
     /// The window features, in the model's column order, of `window` input.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// `native` (compiled by fleetscore) or `python` (the file runs in the
+    /// opt-in Python runtime).
+    #[serde(default, skip_serializing_if = "Runtime::is_native")]
+    pub runtime: Runtime,
+    /// The methods a Python model is called with (empty: its kind's
+    /// defaults; see `fleetscore_python::RUNNER`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+}
+
+/// How a model version runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Compiled into fleetscore's own structs and evaluated natively.
+    #[default]
+    Native,
+    /// Its file is loaded and called by the Python runtime's workers (its
+    /// code is executed), in deployments with `[python] enabled = true`.
+    Python,
+}
+
+impl Runtime {
+    /// Whether it is [`Runtime::Native`].
+    pub fn is_native(&self) -> bool {
+        *self == Runtime::Native
+    }
+
+    /// `native` or `python`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Native => "native",
+            Runtime::Python => "python",
+        }
+    }
+
+    /// Parses `native` or `python`.
+    pub fn parse(text: &str) -> Result<Runtime, String> {
+        match text {
+            "native" => Ok(Runtime::Native),
+            "python" => Ok(Runtime::Python),
+            _ => Err(format!("runtime {text:?}: write `native` or `python`")),
+        }
+    }
+}
+
+/// The kind a Python model without a declared one is recorded with: its
+/// workers tell it from the model when they score it.
+pub const KIND_AUTO: &str = "auto";
+
+impl VersionInfo {
+    /// Its store key of the file a Python model runs from.
+    pub fn python_object(&self, key: &ModelKey) -> String {
+        format!("{}/model.pkl", version_dir(key, self.version))
+    }
+
+    /// A Python model's declared kind (`None`: its workers tell).
+    pub fn declared_kind(&self) -> Option<Kind> {
+        Kind::parse(&self.kind).ok()
+    }
 }
 
 fn outlier() -> String {
@@ -178,13 +239,40 @@ fn version_dir(key: &ModelKey, v: u32) -> String {
     format!("models/{}/{}/v{v}", key.device, key.tag)
 }
 
+/// What is registered: a compiled model, or a file for the Python runtime.
+#[derive(Debug, Clone)]
+pub enum ModelBody {
+    /// Compiled by fleetscore (its `model.fsm`).
+    Native(Model),
+    /// A pickle or joblib file, stored as given and never read by
+    /// fleetscore itself (its `model.pkl`).
+    Python(PythonModel),
+}
+
+impl From<Model> for ModelBody {
+    fn from(m: Model) -> ModelBody {
+        ModelBody::Native(m)
+    }
+}
+
+/// A model file for the Python runtime.
+#[derive(Debug, Clone)]
+pub struct PythonModel {
+    /// The file's bytes.
+    pub bytes: Bytes,
+    /// What it predicts, if the user said (else its workers tell).
+    pub kind: Option<Kind>,
+    /// The methods to call (empty: the kind's defaults).
+    pub methods: Vec<String>,
+}
+
 /// A model to import.
 #[derive(Debug, Clone)]
 pub struct ImportRequest {
     /// Its key.
     pub key: ModelKey,
     /// The model.
-    pub model: Model,
+    pub model: ModelBody,
     /// Where it came from, for the record.
     pub source: String,
     /// What it takes as rows.
@@ -339,14 +427,19 @@ impl Registry {
                 .try_collect()
                 .await?;
             let mut outcomes: Vec<Option<ImportOutcome>> = vec![None; prepared.len()];
-            let mut changed: BTreeMap<ModelKey, (u32, Model)> = BTreeMap::new();
+            let mut changed: BTreeMap<ModelKey, Option<(u32, Model)>> = BTreeMap::new();
             for g in groups {
                 for (i, o) in g.outcomes {
                     outcomes[i] = Some(o);
                 }
                 if let Some((version, i)) = g.live_from {
                     let p = &prepared[i];
-                    changed.insert(p.key.clone(), (version, p.model.clone()));
+                    // A Python model leaves the pack (it holds native ones).
+                    let packed = match &p.model {
+                        ModelBody::Native(m) => Some((version, m.clone())),
+                        ModelBody::Python(_) => None,
+                    };
+                    changed.insert(p.key.clone(), packed);
                     index.models.insert(g.index_key, g.entry);
                 }
             }
@@ -397,12 +490,19 @@ impl Registry {
             }
             entry.live = version;
             let out = entry.clone();
+            let python = out
+                .live_version()
+                .is_some_and(|v| v.runtime == Runtime::Python);
             index.generation += 1;
             if self.replace_index(&index, read_version.as_ref()).await? {
-                let changed = match self.model(key, version).await {
-                    Ok(model) => BTreeMap::from([(key.clone(), (version, model))]),
-                    // The pack is then rebuilt from the index.
-                    Err(_) => BTreeMap::new(),
+                let changed = if python {
+                    BTreeMap::from([(key.clone(), None)])
+                } else {
+                    match self.model(key, version).await {
+                        Ok(model) => BTreeMap::from([(key.clone(), Some((version, model)))]),
+                        // The pack is then rebuilt from the index.
+                        Err(_) => BTreeMap::new(),
+                    }
                 };
                 self.settle_pack(base_generation, index.generation, changed)
                     .await;
@@ -447,7 +547,7 @@ impl Registry {
         &self,
         base: u64,
         generation: u64,
-        changed: BTreeMap<ModelKey, (u32, Model)>,
+        changed: BTreeMap<ModelKey, Option<(u32, Model)>>,
     ) {
         let with_change = !changed.is_empty();
         let result = if with_change {
@@ -475,7 +575,7 @@ impl Registry {
         &self,
         base: u64,
         generation: u64,
-        changed: BTreeMap<ModelKey, (u32, Model)>,
+        changed: BTreeMap<ModelKey, Option<(u32, Model)>>,
     ) -> Result<(), StoreError> {
         for _ in 0..PACK_ATTEMPTS {
             let (pack, read) = self.pack_versioned().await?;
@@ -489,10 +589,13 @@ impl Registry {
             };
             let mut entries: Vec<PackEntry> = old.entries().to_vec();
             entries.retain(|e| !changed.contains_key(&e.key));
-            entries.extend(changed.iter().map(|(key, (version, model))| PackEntry {
-                key: key.clone(),
-                version: *version,
-                model: model.clone(),
+            entries.extend(changed.iter().filter_map(|(key, packed)| {
+                let (version, model) = packed.as_ref()?;
+                Some(PackEntry {
+                    key: key.clone(),
+                    version: *version,
+                    model: model.clone(),
+                })
             }));
             let pack = Pack::new(generation, entries);
             if let PutIf::Written(_) = self
@@ -526,12 +629,27 @@ impl Registry {
         format::from_json(&bytes).map_err(|e| self.store.corrupt(&k, e.to_string()))
     }
 
+    /// Reads the file of a Python model's version (`info` from the index).
+    pub async fn python_file(
+        &self,
+        key: &ModelKey,
+        info: &VersionInfo,
+    ) -> Result<Bytes, StoreError> {
+        let k = info.python_object(key);
+        self.store
+            .get(&k)
+            .await?
+            .ok_or_else(|| self.store.corrupt(&k, "listed in the index but missing"))
+    }
+
     async fn build_pack(&self, index: &Index) -> Result<Pack, StoreError> {
         // Owned items and an owned registry per future, so the future is
         // `Send` for any caller (an HTTP handler, a spawned task).
+        // The pack holds the native models; Python ones run from their files.
         let wanted: Vec<(String, String, u32)> = index
             .models
             .values()
+            .filter(|e| e.live_version().is_none_or(|v| v.runtime.is_native()))
             .map(|e| (e.device.clone(), e.tag.clone(), e.live))
             .collect();
         let this = self.clone();
@@ -668,8 +786,10 @@ impl Backoff {
 /// A request to import, checked, with what its version files hold.
 struct Prepared {
     key: ModelKey,
-    model: Model,
-    /// `model.fsm`'s bytes.
+    model: ModelBody,
+    /// The version's model file: `model.fsm` (native) or `model.pkl`.
+    file: &'static str,
+    /// Its bytes.
     json: Bytes,
     /// Its record, with `version` set when a version folder is claimed.
     info: VersionInfo,
@@ -677,6 +797,18 @@ struct Prepared {
 
 impl Prepared {
     fn new(req: ImportRequest, now: &str) -> Result<Prepared, StoreError> {
+        let model = match req.model {
+            ModelBody::Native(m) => m,
+            ModelBody::Python(py) => {
+                return Ok(Prepared::python(req.key, py, req.source, &req.input, now))
+            }
+        };
+        let req = NativeRequest {
+            key: req.key,
+            model,
+            source: req.source,
+            input: req.input,
+        };
         if let ModelInput::Window { features, .. } = &req.input {
             if features.len() != req.model.n_features {
                 return Err(StoreError::Invalid(format!(
@@ -689,12 +821,7 @@ impl Prepared {
                 )));
             }
         }
-        let (input_mode, window, features) = match &req.input {
-            ModelInput::Raw => ("raw".to_string(), None, Vec::new()),
-            ModelInput::Window { size, features } => {
-                ("window".to_string(), Some(size.clone()), features.clone())
-            }
-        };
+        let (input_mode, window, features) = input_fields(&req.input);
         let info = VersionInfo {
             version: 0,
             sha256: format::content_hash(&req.model),
@@ -707,19 +834,66 @@ impl Prepared {
             input_mode,
             window,
             features,
+            runtime: Runtime::Native,
+            methods: Vec::new(),
         };
         Ok(Prepared {
             json: format::to_json(&req.model).into(),
+            file: "model.fsm",
             key: req.key,
-            model: req.model,
+            model: ModelBody::Native(req.model),
             info,
         })
+    }
+
+    /// A Python model: its file is stored as given, nothing in it is read.
+    fn python(
+        key: ModelKey,
+        py: PythonModel,
+        source: String,
+        input: &ModelInput,
+        now: &str,
+    ) -> Prepared {
+        let (input_mode, window, features) = input_fields(input);
+        let info = VersionInfo {
+            version: 0,
+            sha256: hex(&Sha256::digest(&py.bytes)),
+            imported_at: now.to_string(),
+            source,
+            description: format!(
+                "a {} file for the Python runtime ({} bytes; not read by fleetscore)",
+                if py.bytes.starts_with(&[0x80]) {
+                    "pickle"
+                } else {
+                    "joblib or pickle"
+                },
+                py.bytes.len()
+            ),
+            n_features: features.len().max(1),
+            kind: py.kind.map_or(KIND_AUTO, |k| k.name()).to_string(),
+            classes: Vec::new(),
+            input_mode,
+            window,
+            features,
+            runtime: Runtime::Python,
+            methods: py.methods.clone(),
+        };
+        Prepared {
+            json: py.bytes.clone(),
+            file: "model.pkl",
+            key,
+            model: ModelBody::Python(py),
+            info,
+        }
     }
 
     /// Whether `v` is this model with this input (what makes an import of
     /// it a no-op).
     fn same_as(&self, v: &VersionInfo) -> bool {
         v.sha256 == self.info.sha256
+            && v.runtime == self.info.runtime
+            && v.kind == self.info.kind
+            && v.methods == self.info.methods
             && v.input_mode == self.info.input_mode
             && v.window == self.info.window
             && v.features == self.info.features
@@ -732,6 +906,35 @@ impl Prepared {
         }))
         .expect("plain JSON")
     }
+}
+
+/// A native model's request, unpacked.
+struct NativeRequest {
+    key: ModelKey,
+    model: Model,
+    source: String,
+    input: ModelInput,
+}
+
+/// `input_mode`, `window` and `features` of a version's record.
+fn input_fields(input: &ModelInput) -> (String, Option<String>, Vec<String>) {
+    match input {
+        ModelInput::Raw => ("raw".to_string(), None, Vec::new()),
+        ModelInput::Window { size, features } => {
+            ("window".to_string(), Some(size.clone()), features.clone())
+        }
+    }
+}
+
+/// Lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// What importing one key's requests did to its entry.
@@ -821,14 +1024,14 @@ const MAX_PROBES: u32 = 1000;
 async fn claim_version(store: &Store, p: &Prepared, first: u32) -> Result<VersionInfo, StoreError> {
     for version in first..first.saturating_add(MAX_PROBES) {
         let dir = version_dir(&p.key, version);
-        let model_key = format!("{dir}/model.fsm");
+        let model_key = format!("{dir}/{}", p.file);
         if let PutIf::Conflict = store.put_if(&model_key, p.json.clone(), None).await? {
             let same = match store.get(&model_key).await? {
                 Some(b) if b == p.json => true,
-                Some(b) => {
+                Some(b) if p.info.runtime.is_native() => {
                     format::from_json(&b).is_ok_and(|m| format::content_hash(&m) == p.info.sha256)
                 }
-                None => false,
+                _ => false,
             };
             if !same {
                 continue;

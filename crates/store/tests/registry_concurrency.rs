@@ -17,7 +17,9 @@ use std::sync::{Arc, Barrier};
 
 use fleetscore_core::ModelKey;
 use fleetscore_models::{format, import_sklearn, Model, Pack};
-use fleetscore_store::{ImportOutcome, ImportRequest, ModelInput, Registry, Store};
+use fleetscore_store::{
+    ImportOutcome, ImportRequest, ModelBody, ModelInput, PythonModel, Registry, Runtime, Store,
+};
 
 /// Distinct scikit-learn models (the committed fixtures).
 fn models(n: usize) -> Vec<Model> {
@@ -49,10 +51,31 @@ fn key(device: &str, tag: &str) -> ModelKey {
     ModelKey::new(device, tag).unwrap()
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn python_request(key: ModelKey, bytes: &[u8], source: &str) -> ImportRequest {
+    ImportRequest {
+        key,
+        model: ModelBody::Python(PythonModel {
+            bytes: bytes.to_vec().into(),
+            kind: None,
+            methods: Vec::new(),
+        }),
+        source: source.to_string(),
+        input: ModelInput::Raw,
+    }
+}
+
 fn request(key: ModelKey, model: Model, source: &str) -> ImportRequest {
     ImportRequest {
         key,
-        model,
+        model: model.into(),
         source: source.to_string(),
         input: ModelInput::Raw,
     }
@@ -121,10 +144,14 @@ fn assert_consistent(store: &Store) {
                 entry.live
             );
             for v in &entry.versions {
-                let model = registry.model(&k, v.version).await.unwrap();
+                let stored_hash = if v.runtime == Runtime::Python {
+                    let bytes = registry.python_file(&k, v).await.unwrap();
+                    sha256_hex(&bytes)
+                } else {
+                    format::content_hash(&registry.model(&k, v.version).await.unwrap())
+                };
                 assert_eq!(
-                    format::content_hash(&model),
-                    v.sha256,
+                    stored_hash, v.sha256,
                     "{ik} v{}: the stored model is the one the index names",
                     v.version
                 );
@@ -145,9 +172,19 @@ fn assert_consistent(store: &Store) {
                 );
             }
         }
+        // The pack holds each key whose live version is native; a Python
+        // model runs from its file.
+        let native = index
+            .models
+            .values()
+            .filter(|e| e.live_version().unwrap().runtime.is_native());
         let check_pack = |pack: &Pack, what: &str| {
-            assert_eq!(pack.len(), index.models.len(), "{what}: one entry per key");
-            for entry in index.models.values() {
+            assert_eq!(
+                pack.len(),
+                native.clone().count(),
+                "{what}: one entry per native key"
+            );
+            for entry in native.clone() {
                 let live = entry.live_version().unwrap();
                 let e = pack
                     .get_exact(&entry.device, &entry.tag)
@@ -380,5 +417,86 @@ fn an_orphan_version_folder_is_skipped_not_overwritten() {
             );
         });
         assert_consistent(&store);
+    }
+}
+
+/// Writers importing native and Python models at once, to one key and to
+/// keys of their own, lose none: every version is stored with the hash
+/// the index names, and the pack holds exactly the keys whose live model
+/// is native. Promoting a Python version takes its key out of the pack;
+/// promoting a native one back puts it in.
+#[test]
+fn concurrent_native_and_python_imports_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ms = models(WRITERS);
+    for open in stores(&dir) {
+        let jobs = (0..WRITERS)
+            .map(|i| {
+                let source = format!("writer {i}");
+                let own = key(&format!("w{i}"), "t");
+                let pickle = format!("\u{80}\u{4}a Python model of writer {i}");
+                import_job(if i % 2 == 0 {
+                    vec![
+                        request(key("mixed", "t"), ms[i].clone(), &source),
+                        python_request(own, pickle.as_bytes(), &source),
+                    ]
+                } else {
+                    vec![
+                        python_request(key("mixed", "t"), pickle.as_bytes(), &source),
+                        request(own, ms[i].clone(), &source),
+                    ]
+                })
+            })
+            .collect();
+        let outcomes: Vec<ImportOutcome> =
+            run_at_once(&*open, jobs).into_iter().flatten().collect();
+        assert_eq!(outcomes.len(), 2 * WRITERS);
+        let store = open();
+        let registry = Registry::new(store.clone());
+        let index = rt().block_on(registry.index()).unwrap();
+        assert_eq!(index.models.len(), WRITERS + 1, "{}", store.url());
+        let mixed = &index.models["mixed/t"];
+        assert_eq!(mixed.versions.len(), WRITERS, "{mixed:?}");
+        let python: Vec<u32> = mixed
+            .versions
+            .iter()
+            .filter(|v| v.runtime == Runtime::Python)
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(python.len(), WRITERS / 2);
+        assert_consistent(&store);
+        // Promote a Python version, then a native one.
+        let native = mixed
+            .versions
+            .iter()
+            .find(|v| v.runtime.is_native())
+            .unwrap()
+            .version;
+        for v in [python[0], native] {
+            rt().block_on(registry.promote(&key("mixed", "t"), v))
+                .unwrap();
+            let pack = rt().block_on(registry.pack()).unwrap();
+            assert_eq!(
+                pack.get_exact("mixed", "t").map(|e| e.version),
+                (v == native).then_some(v),
+                "after promoting v{v}"
+            );
+            assert_consistent(&store);
+        }
+        // The same Python file again: unchanged.
+        let again = rt()
+            .block_on(registry.import(
+                vec![python_request(
+                    key("w0", "t"),
+                    "\u{80}\u{4}a Python model of writer 0".as_bytes(),
+                    "again",
+                )],
+                "2026-01-02T00:00:00Z",
+            ))
+            .unwrap();
+        assert!(
+            matches!(again[0], ImportOutcome::Unchanged { .. }),
+            "{again:?}"
+        );
     }
 }

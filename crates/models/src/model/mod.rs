@@ -89,6 +89,18 @@ impl Kind {
             Kind::Classifier => "classifier",
         }
     }
+
+    /// Parses `outlier`, `regressor` or `classifier`.
+    pub fn parse(text: &str) -> Result<Kind, String> {
+        match text {
+            "outlier" => Ok(Kind::Outlier),
+            "regressor" => Ok(Kind::Regressor),
+            "classifier" => Ok(Kind::Classifier),
+            _ => Err(format!(
+                "kind {text:?}: write `outlier`, `regressor` or `classifier`"
+            )),
+        }
+    }
 }
 
 /// The estimator at the end of a pipeline.
