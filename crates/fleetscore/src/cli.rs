@@ -370,6 +370,24 @@ pub struct ImportArgs {
     /// std, first, last, in the model's column order).
     #[arg(long, default_value = "raw", value_name = "INPUT")]
     pub input: String,
+    /// How the models run: `native` (compiled by fleetscore, never
+    /// executed) or `python` (the file is stored as given and run by the
+    /// opt-in Python runtime of a deployment with `[python] enabled =
+    /// true`: the file's code will be executed there). Registering never
+    /// executes anything.
+    #[arg(long, default_value = "native", value_name = "RUNTIME")]
+    pub runtime: String,
+    /// With --runtime python: what the models predict (`outlier`,
+    /// `regressor`, `classifier`); default: the workers tell from each
+    /// model (scikit-learn's estimator type).
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// With --runtime python: the methods to call, comma-separated (an
+    /// outlier detector's score and label methods, a regressor's
+    /// prediction, a classifier's label and probability methods); default:
+    /// decision_function,predict / predict / predict,predict_proba.
+    #[arg(long, value_name = "METHODS", value_delimiter = ',')]
+    pub methods: Vec<String>,
     /// Print the outcome per model as JSON.
     #[arg(long)]
     pub json: bool,

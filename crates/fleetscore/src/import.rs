@@ -88,6 +88,24 @@ fn read_manifest(path: &Path) -> anyhow::Result<Vec<Job>> {
 pub async fn run(g: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let input = fleetscore_store::ModelInput::parse(&args.input)
         .map_err(|e| anyhow::anyhow!("--input: {e}"))?;
+    let runtime = fleetscore_store::Runtime::parse(&args.runtime)
+        .map_err(|e| anyhow::anyhow!("--runtime: {e}"))?;
+    let python = match runtime {
+        fleetscore_store::Runtime::Native => {
+            if args.kind.is_some() || !args.methods.is_empty() {
+                bail!("--kind and --methods are for --runtime python (a native model knows its kind and methods)");
+            }
+            None
+        }
+        fleetscore_store::Runtime::Python => Some((
+            args.kind
+                .as_deref()
+                .map(fleetscore_models::Kind::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--kind: {e}"))?,
+            python_methods(&args.methods)?,
+        )),
+    };
     let mut jobs = Vec::new();
     if let Some(m) = &args.manifest {
         jobs.extend(read_manifest(m)?);
@@ -128,17 +146,15 @@ pub async fn run(g: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
             let r = (|| {
                 let key = job.key?;
                 let bytes = std::fs::read(&job.path).map_err(|e| e.to_string())?;
-                let model = fleetscore_models::import_with_limits(&bytes, &limits).map_err(
-                    |e| match e {
-                        fleetscore_models::ImportError::TooLarge { .. } => {
-                            format!("{e} ([server] max_model_bytes)")
-                        }
-                        e => e.to_string(),
-                    },
-                )?;
+                let model = match &python {
+                    Some((kind, methods)) => python_model(bytes, *kind, methods, &limits)?,
+                    None => fleetscore_models::import_with_limits(&bytes, &limits)
+                        .map_err(native_refusal)?
+                        .into(),
+                };
                 Ok(ImportRequest {
                     key,
-                    model: model.into(),
+                    model,
                     source: job.path.display().to_string(),
                     input: input.clone(),
                 })
@@ -194,6 +210,49 @@ pub async fn run(g: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The methods of `--methods`, checked to be Python names.
+pub fn python_methods(methods: &[String]) -> anyhow::Result<Vec<String>> {
+    fleetscore_store::PythonModel::check_methods(methods)
+        .map_err(|e| anyhow::anyhow!("--methods: {e}"))
+}
+
+/// A model file for the Python runtime: stored as given, nothing in it
+/// read or run here.
+pub fn python_model(
+    bytes: Vec<u8>,
+    kind: Option<fleetscore_models::Kind>,
+    methods: &[String],
+    limits: &fleetscore_models::ImportLimits,
+) -> Result<fleetscore_store::ModelBody, String> {
+    if bytes.len() as u64 > limits.max_decompressed_bytes {
+        return Err(format!(
+            "the file holds {} bytes, more than the {} a model may have ([server] max_model_bytes)",
+            bytes.len(),
+            limits.max_decompressed_bytes
+        ));
+    }
+    if bytes.is_empty() {
+        return Err("the file is empty".into());
+    }
+    Ok(fleetscore_store::ModelBody::Python(
+        fleetscore_store::PythonModel {
+            bytes: bytes.into(),
+            kind,
+            methods: methods.to_vec(),
+        },
+    ))
+}
+
+/// The native reader's refusal, with how to run the model in Python.
+pub fn native_refusal(e: fleetscore_models::ImportError) -> String {
+    match e {
+        fleetscore_models::ImportError::TooLarge { .. } => format!("{e} ([server] max_model_bytes)"),
+        e => format!(
+            "{e}. To run it in Python instead, import it with --runtime python: its code will then be executed, by the Python runtime of a deployment with [python] enabled = true (see the README's \"Python models\")"
+        ),
+    }
+}
+
 pub async fn list(g: &Global, json: bool) -> anyhow::Result<ExitCode> {
     let registry = util::registry(g)?;
     let index = registry.index().await?;
@@ -210,20 +269,19 @@ pub async fn list(g: &Global, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<16} {:<16} {:>4} {:>8}  MODEL",
-        "DEVICE", "TAG", "LIVE", "VERSIONS"
+        "{:<16} {:<16} {:>4} {:>8} {:<7} MODEL",
+        "DEVICE", "TAG", "LIVE", "VERSIONS", "RUNTIME"
     );
     for e in index.models.values() {
-        let desc = e
-            .live_version()
-            .map(|v| v.description.as_str())
-            .unwrap_or("?");
+        let live = e.live_version();
+        let desc = live.map(|v| v.description.as_str()).unwrap_or("?");
         println!(
-            "{:<16} {:<16} {:>4} {:>8}  {desc}",
+            "{:<16} {:<16} {:>4} {:>8} {:<7} {desc}",
             e.device,
             e.tag,
             format!("v{}", e.live),
-            e.versions.len()
+            e.versions.len(),
+            live.map_or("?", |v| v.runtime.name()),
         );
     }
     println!("{} model(s)", index.models.len());
@@ -237,6 +295,12 @@ pub async fn show(g: &Global, device: &str, tag: &str, json: bool) -> anyhow::Re
     let Some(entry) = index.models.get(&format!("{device}/{tag}")) else {
         bail!("no model registered for {key}; `fleetscore models list` shows what is registered");
     };
+    if let Some(v) = entry
+        .live_version()
+        .filter(|v| v.runtime == fleetscore_store::Runtime::Python)
+    {
+        return show_python(entry, v, &key, json);
+    }
     let model = registry.model(&key, entry.live).await?;
     if json {
         let doc = serde_json::json!({"entry": entry, "live_model": model});
@@ -277,6 +341,62 @@ pub async fn show(g: &Global, device: &str, tag: &str, json: bool) -> anyhow::Re
         println!(
             "  v{}{live}: imported {} from {}\n      sha256 {}",
             v.version, v.imported_at, v.source, v.sha256
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `models show` of a key whose live model runs in Python.
+fn show_python(
+    entry: &fleetscore_store::KeyEntry,
+    v: &fleetscore_store::VersionInfo,
+    key: &ModelKey,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        let doc = serde_json::json!({"entry": entry, "live_model": null, "runtime": "python"});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("model {key}: live version v{}", entry.live);
+    println!("  runtime: python (run by the Python runtime of a deployment with [python] enabled = true; its code is executed there)");
+    println!("  {}", v.description);
+    println!(
+        "  predicts: {}",
+        if v.kind == fleetscore_store::KIND_AUTO {
+            "what the model is (the workers tell from scikit-learn's estimator type)"
+        } else {
+            v.kind.as_str()
+        }
+    );
+    println!(
+        "  methods: {}",
+        if v.methods.is_empty() {
+            "the kind's defaults".to_string()
+        } else {
+            v.methods.join(", ")
+        }
+    );
+    match (v.input_mode.as_str(), &v.window) {
+        ("window", Some(size)) => println!(
+            "  input: each {size} window, features {}",
+            v.features.join(", ")
+        ),
+        _ => println!("  input: raw (each reading's value)"),
+    }
+    for v in &entry.versions {
+        let live = if v.version == entry.live {
+            " (live)"
+        } else {
+            ""
+        };
+        println!(
+            "  v{}{live} ({}): imported {} from {}\n      sha256 {}",
+            v.version,
+            v.runtime.name(),
+            v.imported_at,
+            v.source,
+            v.sha256
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -49,12 +49,14 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let store = util::store(g)?;
+    let python = fleetscore_server::scheduler::python_pool(&c).await?;
     let mut runner = Runner::new(
         Arc::clone(&db),
         store.clone(),
         Arc::new(SystemClock),
         rc.clone(),
-    );
+    )
+    .with_python(python.clone());
     // On PostgreSQL, new work is announced (LISTEN/NOTIFY): an idle worker
     // wakes at once, and polls only as a fallback.
     if db.url().starts_with("postgres") {
@@ -105,7 +107,13 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("stopping: no new work; the current task may finish");
         let _ = tx.send(true);
     });
-    runner.work(rx, grace).instrument(span).await?;
+    let worked = runner.work(rx, grace).instrument(span).await;
+    // Past the grace, a Python model still running is stopped (its task
+    // was handed back).
+    if let Some(pool) = &python {
+        pool.shutdown();
+    }
+    worked?;
     eprintln!("worker {} stopped", runner.owner());
     Ok(ExitCode::SUCCESS)
 }
@@ -210,7 +218,8 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
         store,
         clock,
         fleetscore_server::scheduler::runner_config(&c),
-    );
+    )
+    .with_python(fleetscore_server::scheduler::python_pool(&c).await?);
     let pb = util::progress(g, ids.len() as u64, "backfill");
     let mut jobs = Vec::new();
     for id in &ids {
@@ -408,7 +417,8 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
                 util::store(g)?,
                 Arc::new(SystemClock),
                 fleetscore_server::scheduler::runner_config(&c),
-            );
+            )
+            .with_python(fleetscore_server::scheduler::python_pool(&c).await?);
             let ids = runner.run_queued().await?;
             let mut jobs = Vec::new();
             for id in ids {

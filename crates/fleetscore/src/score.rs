@@ -245,7 +245,8 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
     let pack = registry.pack().await.context("loading the model pack")?;
     let load_models = t.elapsed();
     let (mut readings, read_time) = read.await??;
-    if pack.is_empty() {
+    // The pack holds the native models only: Python ones are in the index.
+    if pack.is_empty() && registry.index_shared().await?.models.is_empty() {
         anyhow::bail!(
             "no models are registered in {}; import them first with `fleetscore models import PATH`",
             registry.store().url()
@@ -264,11 +265,38 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
         tracing::info!(from = %format_ts(from), to = %format_ts(to), rows = readings.len(), "scoring a store window");
     }
 
+    // Pairs whose model runs in Python: scored by the runtime when the
+    // config enables it, else failed `python_disabled`.
+    let index = registry
+        .index_shared()
+        .await
+        .context("reading the model index")?;
+    let config = crate::config::load(g.config.as_deref())?;
+    let python = fleetscore_jobs::python::PythonModels::resolve(
+        &index,
+        readings.keys(),
+        None,
+        registry.store(),
+    );
+    let python = if python.is_empty() {
+        python
+    } else {
+        let pool = fleetscore_server::scheduler::python_pool(&config).await?;
+        fleetscore_jobs::python::PythonModels::resolve(
+            &index,
+            readings.keys(),
+            pool,
+            registry.store(),
+        )
+    };
+    drop(index);
+
     let t = Instant::now();
     let rows = readings.len() as u64;
     let pb = util::progress(g, rows, "scoring");
-    let scored =
-        tokio::task::block_in_place(|| fleetscore_jobs::score(readings, &pack, &|n| pb.inc(n)));
+    let scored = tokio::task::block_in_place(|| {
+        fleetscore_jobs::python::score_with_python(readings, &pack, &python, &|n| pb.inc(n))
+    })?;
     pb.finish_and_clear();
     let score_time = t.elapsed();
 

@@ -24,6 +24,7 @@
 pub mod backfill;
 pub mod db;
 pub mod lease;
+pub mod python;
 pub mod run;
 pub mod schedule;
 pub mod scheduler;
@@ -61,6 +62,17 @@ pub enum FailureReason {
     /// jobs only).
     #[error("no readings for this (device, tag) in the window")]
     NoData,
+    /// A model of the Python runtime raised, hit a limit, or its process
+    /// died (see `fleetscore_python::CallError`).
+    #[error("Python: {message}")]
+    Python {
+        /// Python's exception text, or the limit it hit.
+        message: String,
+    },
+    /// The model runs in Python, and this deployment does not run Python
+    /// models.
+    #[error("this model runs in Python (registered with --runtime python), and this deployment does not run Python models: set [python] enabled = true and [python] interpreter (see the README's \"Python models\")")]
+    PythonDisabled,
 }
 
 impl FailureReason {
@@ -71,6 +83,8 @@ impl FailureReason {
             FailureReason::FeatureMismatch { .. } => "feature_mismatch",
             FailureReason::Evaluation { .. } => "evaluation",
             FailureReason::NoData => "no_data",
+            FailureReason::Python { .. } => "python",
+            FailureReason::PythonDisabled => "python_disabled",
         }
     }
 }

@@ -40,7 +40,7 @@ mod wire;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -202,6 +202,12 @@ pub enum CallError {
     /// The worker answered something the protocol does not allow (a bug).
     #[error("the Python worker answered out of protocol: {0}")]
     Protocol(String),
+    /// The pool was shut down (fleetscore is stopping) before or while the
+    /// call ran: no fault of the model; the work is to be done again.
+    #[error(
+        "the Python runtime was stopped (fleetscore is shutting down) before the model was scored"
+    )]
+    Stopped,
 }
 
 impl CallError {
@@ -267,8 +273,10 @@ struct Shared {
     ready: Condvar,
     /// Worker processes started so far.
     started: AtomicU64,
-    /// Process ids of the worker processes alive now.
-    live: Mutex<Vec<u32>>,
+    /// The worker processes alive now, by process id.
+    live: Mutex<Vec<(u32, Arc<Mutex<std::process::Child>>)>>,
+    /// Set by [`Pool::shutdown`]: calls end with [`CallError::Stopped`].
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -324,6 +332,7 @@ impl Pool {
             ready: Condvar::new(),
             started: AtomicU64::new(0),
             live: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
         });
         let threads = (0..n)
             .map(|slot| {
@@ -380,17 +389,45 @@ impl Pool {
         self.shared
             .live
             .lock()
-            .map(|l| l.clone())
+            .map(|l| l.iter().map(|(pid, _)| *pid).collect())
             .unwrap_or_default()
+    }
+
+    /// Stops the pool now: queued calls and the calls running end with
+    /// [`CallError::Stopped`] (their processes are killed), and no process
+    /// starts again. For a service stopping while a model may run for a
+    /// long time; dropping the pool does the same, then waits for its
+    /// threads.
+    pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let queued: Vec<Item> = match self.shared.queue.lock() {
+            Ok(mut q) => {
+                q.stop = true;
+                q.items.drain(..).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        self.shared.ready.notify_all();
+        for item in queued {
+            let _ = item.reply.send((item.index, Err(CallError::Stopped)));
+        }
+        let live: Vec<Arc<Mutex<std::process::Child>>> = self
+            .shared
+            .live
+            .lock()
+            .map(|l| l.iter().map(|(_, c)| Arc::clone(c)).collect())
+            .unwrap_or_default();
+        for child in live {
+            if let Ok(mut c) = child.lock() {
+                let _ = c.kill();
+            }
+        }
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if let Ok(mut q) = self.shared.queue.lock() {
-            q.stop = true;
-        }
-        self.shared.ready.notify_all();
+        self.shutdown();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -49,6 +49,8 @@ pub(crate) struct Process {
     pub(crate) hello: Hello,
     timeout: Duration,
     memory_limit: u64,
+    /// The pool's [`Shared::stopping`], if it belongs to one.
+    stopping: Option<Arc<Shared>>,
     /// The working directory, removed when the process is.
     _scratch: tempfile::TempDir,
 }
@@ -58,7 +60,7 @@ impl Process {
     /// as live there.
     pub(crate) fn start(
         config: &PythonConfig,
-        shared: Option<&Shared>,
+        shared: Option<&Arc<Shared>>,
     ) -> Result<Process, StartError> {
         let path = config.interpreter.clone();
         let refused = |detail: String| StartError::Refused {
@@ -162,6 +164,7 @@ impl Process {
             },
             timeout: config.timeout,
             memory_limit: config.memory_limit,
+            stopping: shared.cloned(),
             _scratch: scratch,
         };
         // The hello, under the request limit (an interpreter that hangs at
@@ -201,7 +204,11 @@ impl Process {
         if let Some(s) = shared {
             s.started.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut l) = s.live.lock() {
-                l.push(pid);
+                l.push((pid, Arc::clone(&p.child)));
+            }
+            // A shutdown that came while this one started.
+            if s.stopping.load(Ordering::SeqCst) {
+                p.end();
             }
         }
         tracing::debug!(pid, python = %p.hello.python, "python worker started");
@@ -363,6 +370,13 @@ impl Process {
     /// The process stopped answering: why.
     fn gone(&mut self, e: &std::io::Error) -> (CallError, bool) {
         let status = self.end();
+        if self
+            .stopping
+            .as_ref()
+            .is_some_and(|s| s.stopping.load(Ordering::SeqCst))
+        {
+            return (CallError::Stopped, true);
+        }
         if self.timed_out.load(Ordering::Relaxed) {
             return (
                 CallError::Timeout {
@@ -419,7 +433,7 @@ fn watchdog(guard: &(Mutex<Guard>, Condvar), child: &Mutex<Child>, timed_out: &A
 
 /// A pool thread: takes requests, keeps one process, replaces it when it
 /// dies or must go.
-pub(crate) fn worker_loop(shared: &Shared) {
+pub(crate) fn worker_loop(shared: &Arc<Shared>) {
     let mut proc: Option<Process> = None;
     while let Some(item) = shared.next() {
         let result = run(shared, &mut proc, &item);
@@ -430,7 +444,10 @@ pub(crate) fn worker_loop(shared: &Shared) {
     }
 }
 
-fn run(shared: &Shared, proc: &mut Option<Process>, item: &Item) -> Result<Output, CallError> {
+fn run(shared: &Arc<Shared>, proc: &mut Option<Process>, item: &Item) -> Result<Output, CallError> {
+    if shared.stopping.load(Ordering::SeqCst) {
+        return Err(CallError::Stopped);
+    }
     if proc.is_none() {
         *proc = Some(
             Process::start(&shared.config, Some(shared))
@@ -455,6 +472,6 @@ fn retire(shared: &Shared, p: Process) {
     let pid = p.hello.pid;
     p.stop();
     if let Ok(mut l) = shared.live.lock() {
-        l.retain(|&x| x != pid);
+        l.retain(|(x, _)| *x != pid);
     }
 }

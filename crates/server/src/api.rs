@@ -818,10 +818,27 @@ fn model_answer(e: &fleetscore_store::KeyEntry) -> Response {
     }
 }
 
+/// The query of a model upload.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct UploadQuery {
+    /// `native` (default: compiled by fleetscore, never executed) or
+    /// `python` (stored as given and run by the Python runtime of a
+    /// deployment with `[python] enabled = true`, which executes its code).
+    #[param(value_type = Option<String>, pattern = "^(native|python)$")]
+    runtime: Option<String>,
+    /// With `runtime=python`: `outlier`, `regressor` or `classifier`
+    /// (default: the workers tell from the model).
+    #[param(value_type = Option<String>, pattern = "^(outlier|regressor|classifier)$")]
+    kind: Option<String>,
+    /// With `runtime=python`: the methods to call, comma-separated.
+    methods: Option<String>,
+}
+
 /// Upload a scikit-learn pickle or joblib file (the body, at most 2 MB) as the model's new live version
 #[utoipa::path(
     post, path = "/v1/models/{device}/{tag}", tag = "models",
-    params(KeyPath),
+    params(KeyPath, UploadQuery),
     request_body(content = inline(types::Binary), content_type = "application/octet-stream",
         description = "The model file: a scikit-learn pickle or joblib file (gzip, bz2, xz or zlib compressed joblib files too)."),
     responses(
@@ -839,6 +856,7 @@ async fn upload(
     State(api): A,
     headers: HeaderMap,
     Path(KeyPath { device, tag }): Path<KeyPath>,
+    Query(q): Query<UploadQuery>,
     body: axum::body::Body,
 ) -> Response {
     if let Err(r) = api.admin(&headers) {
@@ -847,6 +865,10 @@ async fn upload(
     let k = match key(&device, &tag) {
         Ok(k) => k,
         Err(r) => return r,
+    };
+    let python = match upload_runtime(&q) {
+        Ok(p) => p,
+        Err(e) => return err(StatusCode::BAD_REQUEST, e),
     };
     // Read only once the token is checked, under the in-flight limit.
     let (body, _held) = match api.body(body, &headers, MAX_UPLOAD).await {
@@ -869,6 +891,25 @@ async fn upload(
         );
     };
     let limits = fleetscore_models::ImportLimits::new(api.max_model_bytes as u64);
+    if let Some((kind, methods)) = python {
+        // Stored as given: nothing in it is read or run here.
+        if body.len() as u64 > limits.max_decompressed_bytes {
+            return err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "not imported: {} bytes, more than the {} a model may have ([server] max_model_bytes)",
+                    body.len(),
+                    limits.max_decompressed_bytes
+                ),
+            );
+        }
+        let model = fleetscore_store::ModelBody::Python(fleetscore_store::PythonModel {
+            bytes: body.to_vec().into(),
+            kind,
+            methods,
+        });
+        return register_upload(&api, k, model).await;
+    }
     let model = match tokio::task::spawn_blocking(move || {
         fleetscore_models::import_with_limits(&body, &limits)
     })
@@ -881,12 +922,48 @@ async fn upload(
                 format!("not imported: {e} ([server] max_model_bytes)"),
             )
         }
-        Ok(Err(e)) => return err(StatusCode::BAD_REQUEST, format!("not imported: {e}")),
+        Ok(Err(e)) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("not imported: {e}. To run it in Python instead, upload it with ?runtime=python: its code will then be executed, by the Python runtime of a deployment with [python] enabled = true"),
+            )
+        }
         Err(e) => return internal(e),
     };
+    register_upload(&api, k, model.into()).await
+}
+
+/// The Python runtime's settings of an upload (`None`: native).
+#[allow(clippy::type_complexity)]
+fn upload_runtime(
+    q: &UploadQuery,
+) -> Result<Option<(Option<fleetscore_models::Kind>, Vec<String>)>, String> {
+    let runtime = fleetscore_store::Runtime::parse(q.runtime.as_deref().unwrap_or("native"))?;
+    if runtime.is_native() {
+        if q.kind.is_some() || q.methods.is_some() {
+            return Err("kind and methods are for runtime=python (a native model knows its kind and methods)".into());
+        }
+        return Ok(None);
+    }
+    let kind = q
+        .kind
+        .as_deref()
+        .map(fleetscore_models::Kind::parse)
+        .transpose()?;
+    let methods: Vec<String> = match &q.methods {
+        None => Vec::new(),
+        Some(m) => m.split(',').map(str::to_string).collect(),
+    };
+    let methods = fleetscore_store::PythonModel::check_methods(&methods)
+        .map_err(|e| format!("methods: {e}"))?;
+    Ok(Some((kind, methods)))
+}
+
+/// Registers an uploaded model; 201 with what it did.
+async fn register_upload(api: &Api, k: ModelKey, model: fleetscore_store::ModelBody) -> Response {
     let req = ImportRequest {
         key: k,
-        model: model.into(),
+        model,
         source: "uploaded over the API".into(),
         input: Default::default(),
     };

@@ -66,6 +66,16 @@
 //! run_in_server = true               # false = `serve --no-workers`: workers run the jobs
 //! lease = "30s"                      # a vanished worker's task is taken over after this
 //!
+//! [python]                           # the opt-in Python runtime (off: no Python process, ever)
+//! enabled = false                    # true: run models registered with --runtime python
+//! interpreter = "/opt/venv/bin/python"  # needs numpy, pyarrow, joblib + what the models import
+//! path = ["/opt/models/lib"]         # added to the workers' PYTHONPATH
+//! workers = 0                        # processes; 0 = cores
+//! timeout = "5m"                     # per request (a load, or one model's rows); then killed
+//! memory_limit = 4294967296          # RLIMIT_AS per worker process, bytes; 0 = none
+//! cache_bytes = 1073741824           # model files kept loaded per worker, by size
+//! pass_env = []                      # more variables the workers may see
+//!
 //! [[schedules]]                      # default: this one
 //! name = "hourly"
 //! cron = "0 * * * *"                 # UTC; nominal window ends
@@ -118,6 +128,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// `[store]`: how requests to a cloud object store retry.
     pub store: StoreConfig,
+    /// `[python]`: the opt-in Python runtime.
+    pub python: PythonSection,
     /// `[[schedules]]`: when jobs are created. Default: `hourly`.
     pub schedules: Vec<ScheduleConfig>,
 }
@@ -132,6 +144,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             jobs: JobsConfig::default(),
             store: StoreConfig::default(),
+            python: PythonSection::default(),
             schedules: vec![ScheduleConfig::default()],
         }
     }
@@ -182,6 +195,79 @@ impl Default for JobsConfig {
             run_in_server: true,
             lease: Span::from_secs(30),
         }
+    }
+}
+
+/// `[python]`: the opt-in Python runtime, for models registered with
+/// `--runtime python` (see `fleetscore_python`). Off by default: then no
+/// Python process is ever started, whatever is registered, and such
+/// models fail `python_disabled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PythonSection {
+    /// Run Python models (their files' code is executed).
+    pub enabled: bool,
+    /// The Python to run, e.g. a virtualenv's `bin/python`, with numpy,
+    /// pyarrow, joblib and what the models import.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interpreter: Option<String>,
+    /// Folders added to the workers' `PYTHONPATH` (a team's own modules).
+    pub path: Vec<String>,
+    /// Worker processes at most; 0 = the number of cores.
+    pub workers: usize,
+    /// Wall-clock limit of one request to a worker (loading a model, or
+    /// scoring one model's rows); past it the process is killed and the
+    /// model fails.
+    pub timeout: Span,
+    /// Address-space limit (`RLIMIT_AS`) of each worker process, bytes; 0 =
+    /// none.
+    pub memory_limit: u64,
+    /// Model files each worker keeps loaded, by their size in bytes.
+    pub cache_bytes: u64,
+    /// More environment variables the workers may see (all others but
+    /// `PATH`, `HOME`, the locale, `PYTHONPATH`, `PYTHONHOME`,
+    /// `VIRTUAL_ENV`, `CONDA_PREFIX`, `LD_LIBRARY_PATH` and `SSL_CERT_FILE`
+    /// are removed: they never see fleetscore's tokens or credentials).
+    pub pass_env: Vec<String>,
+}
+
+impl Default for PythonSection {
+    fn default() -> Self {
+        let d = fleetscore_python::PythonConfig::default();
+        PythonSection {
+            enabled: false,
+            interpreter: None,
+            path: Vec::new(),
+            workers: 0,
+            timeout: Span::from_secs(d.timeout.as_secs() as u32),
+            memory_limit: d.memory_limit,
+            cache_bytes: d.cache_bytes,
+            pass_env: Vec::new(),
+        }
+    }
+}
+
+impl PythonSection {
+    /// The runtime's config, if `enabled` (an error if it has no
+    /// interpreter).
+    pub fn runtime(&self) -> anyhow::Result<Option<fleetscore_python::PythonConfig>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let Some(interpreter) = &self.interpreter else {
+            anyhow::bail!(
+                "invalid config: [python] enabled = true needs [python] interpreter, the Python to run (e.g. interpreter = \"/opt/venv/bin/python\", a virtualenv with numpy, pyarrow, joblib and what your models import)"
+            );
+        };
+        Ok(Some(fleetscore_python::PythonConfig {
+            interpreter: interpreter.into(),
+            path: self.path.iter().map(Into::into).collect(),
+            workers: self.workers,
+            timeout: Duration::from_nanos(self.timeout.as_nanos().max(1) as u64),
+            memory_limit: self.memory_limit,
+            cache_bytes: self.cache_bytes,
+            pass_env: self.pass_env.clone(),
+        }))
     }
 }
 
@@ -477,6 +563,7 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         .validate()
         .context("invalid config: [stream]")?;
     config.schedule_specs()?;
+    config.python.runtime()?;
     Ok(config)
 }
 

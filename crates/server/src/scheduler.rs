@@ -25,6 +25,29 @@ pub fn runner_config(c: &Config) -> RunnerConfig {
     rc
 }
 
+/// The Python runtime's pool when `[python] enabled = true` (its
+/// interpreter checked first: a missing package is an error naming it),
+/// else `None`, and no Python process is ever started.
+pub async fn python_pool(c: &Config) -> anyhow::Result<Option<Arc<fleetscore_python::Pool>>> {
+    let Some(config) = c.python.runtime()? else {
+        return Ok(None);
+    };
+    let checked = config.clone();
+    let hello = tokio::task::spawn_blocking(move || fleetscore_python::Pool::check(&checked))
+        .await
+        .map_err(|e| anyhow::anyhow!("checking the Python interpreter: {e}"))??;
+    tracing::info!(
+        interpreter = %config.interpreter.display(),
+        python = %hello.python,
+        numpy = %hello.numpy,
+        pyarrow = %hello.pyarrow,
+        joblib = %hello.joblib,
+        workers = config.worker_count(),
+        "the Python runtime is enabled: models registered with --runtime python run in Python worker processes"
+    );
+    Ok(Some(Arc::new(fleetscore_python::Pool::new(config))))
+}
+
 /// Prints a line for each job record that comes from `jobs` (a runner's
 /// reports, see [`Runner::with_reports`]) as it comes, until the runner is
 /// gone: what `serve` says on stdout about the jobs it finishes.

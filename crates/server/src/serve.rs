@@ -94,6 +94,12 @@ pub async fn serve(
     ));
     // Checked before the log is touched: bad source settings fail fast.
     let sources = crate::sources::configured(&c, Arc::clone(&inflight))?;
+    // So does a Python interpreter that cannot run the runtime (when on).
+    let python = if c.jobs.run_in_server {
+        crate::scheduler::python_pool(&c).await?
+    } else {
+        None
+    };
     let log = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || Log::open(&dir, config)).await?
@@ -255,7 +261,8 @@ pub async fn serve(
             store.clone(),
             Arc::clone(&clock),
             crate::scheduler::runner_config(&c),
-        );
+        )
+        .with_python(python.clone());
         if job_lines {
             runner = runner.with_reports(reports);
         }
@@ -301,6 +308,11 @@ pub async fn serve(
     crate::http::serve(listener, router, limits, conn_stats, shutdown).await;
     tracing::info!("stopped accepting requests; writing windows and compacting the ingest log");
     let _ = stop_tx.send(true);
+    // A Python model may run for its whole time limit: its processes are
+    // stopped now, and its task is tried again after the restart.
+    if let Some(pool) = &python {
+        pool.shutdown();
+    }
     let mut compactor = background.await.context("the background task failed")?;
     let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
     // The runner is gone with the scheduler: the last lines are printed.

@@ -266,6 +266,30 @@ pub struct PythonModel {
     pub methods: Vec<String>,
 }
 
+impl PythonModel {
+    /// `methods` trimmed, checked to be at most two Python names (a score
+    /// and a label method).
+    pub fn check_methods(methods: &[String]) -> Result<Vec<String>, String> {
+        let methods: Vec<String> = methods.iter().map(|m| m.trim().to_string()).collect();
+        if let Some(bad) = methods.iter().find(|m| {
+            m.is_empty()
+                || m.starts_with(|c: char| c.is_ascii_digit())
+                || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }) {
+            return Err(format!(
+                "{bad:?} is not a method name (e.g. decision_function,predict)"
+            ));
+        }
+        if methods.len() > 2 {
+            return Err(format!(
+                "at most two (a score and a label method), got {}",
+                methods.len()
+            ));
+        }
+        Ok(methods)
+    }
+}
+
 /// A model to import.
 #[derive(Debug, Clone)]
 pub struct ImportRequest {

@@ -62,6 +62,10 @@ pub enum RunError {
         /// The runtime's error.
         error: tokio::task::JoinError,
     },
+    /// The Python runtime stopped while it scored the task's Python models
+    /// (the service is stopping): tried again, no model failed.
+    #[error(transparent)]
+    Interrupted(#[from] crate::python::Interrupted),
     /// A record the runner writes (a plan, device counts) did not encode.
     #[error("encoding {what}: {error}")]
     Encode {
@@ -83,6 +87,7 @@ impl RunError {
             RunError::JobStore { error, .. } => error.retryable(),
             RunError::Store(e) => store_retryable(e),
             RunError::Lake(LakeError::Store(e)) => store_retryable(e),
+            RunError::Interrupted(_) => true,
             RunError::Lake(_)
             | RunError::Codec(_)
             | RunError::Stale(_)

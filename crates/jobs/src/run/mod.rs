@@ -176,6 +176,9 @@ pub struct Runner {
     /// Where the record of each job this runner ends goes (see
     /// [`Runner::with_reports`]).
     reports: Option<tokio::sync::mpsc::UnboundedSender<JobRecord>>,
+    /// The Python runtime's workers (see [`Runner::with_python`]); `None`:
+    /// Python models fail `python_disabled`, no Python process starts.
+    python: Option<Arc<fleetscore_python::Pool>>,
 }
 
 /// What one call to [`Runner::step`] did.
@@ -247,7 +250,15 @@ impl Runner {
             finished: Arc::new(std::sync::Mutex::new(Vec::new())),
             wake: None,
             reports: None,
+            python: None,
         }
+    }
+
+    /// Scores the models registered with `--runtime python` on `pool`
+    /// (`[python] enabled = true`); without it they fail `python_disabled`.
+    pub fn with_python(mut self, pool: Option<Arc<fleetscore_python::Pool>>) -> Runner {
+        self.python = pool;
+        self
     }
 
     /// Sends the record of every job this runner ends (finalized, failed

@@ -14,6 +14,7 @@ use fleetscore_stream::Window;
 
 use crate::db::{FailureRecord, JobRecord, JobState, TaskRecord, TaskState};
 use crate::lease::Held;
+use crate::python::{score_units, score_with_python, PythonModels, PythonUnit};
 use crate::stage::PlanUnit;
 use crate::FailureReason;
 
@@ -355,9 +356,25 @@ impl Runner {
             units.sort();
         }
         let key = JobOutput::new(&job.mode, job.window_start, job.window_end).part_key(record.idx);
+        let index = self.registry.index_shared().await?;
+        let python = PythonModels::resolve(
+            &index,
+            units.iter().map(|(d, t)| (d.as_str(), t.as_str())),
+            self.python.clone(),
+            &self.store,
+        );
+        drop(index);
         let readings = Arc::new(readings);
-        self.attempt(record, &readings, &units, &Arc::new(wunits), &pack, &key)
-            .await
+        self.attempt(
+            record,
+            &readings,
+            &units,
+            &Arc::new(wunits),
+            &pack,
+            &python,
+            &key,
+        )
+        .await
     }
 
     /// The readings the map tasks of a score task's plan found in the
@@ -386,6 +403,7 @@ impl Runner {
         units: &[(String, String)],
         wunits: &Arc<Vec<WindowUnit>>,
         pack: &Arc<Pack>,
+        python: &PythonModels,
         key: &str,
     ) -> Result<Scoring> {
         let t = Instant::now();
@@ -394,8 +412,10 @@ impl Runner {
         let units = units.to_vec();
         let units_n = units.len();
         let idx = record.idx;
+        let py = python.clone();
         let part =
-            tokio::task::spawn_blocking(move || score_part(idx, &r, &p, &units, &wu, &k)).await??;
+            tokio::task::spawn_blocking(move || score_part(idx, &r, &p, &py, &units, &wu, &k))
+                .await??;
         let ScoredPart {
             bytes,
             failures,
@@ -437,22 +457,16 @@ fn score_part(
     idx: u32,
     r: &Readings,
     p: &Pack,
+    python: &PythonModels,
     units: &[(String, String)],
     wu: &[WindowUnit],
     name: &str,
 ) -> Result<ScoredPart> {
-    let mut scored = crate::score(r.clone(), p, &|_| {});
+    let mut scored = score_with_python(r.clone(), p, python, &|_| {})?;
     let mut failures: Vec<FailureRecord> = scored
         .failures
         .iter()
-        .map(|f| FailureRecord {
-            task_idx: idx,
-            device: f.device.clone(),
-            tag: f.tag.clone(),
-            reason: f.reason.code().to_string(),
-            detail: f.reason.to_string(),
-            rows: f.rows as u64,
-        })
+        .map(|f| failure_record(idx, f))
         .collect();
     // Pairs with data: readings, or windows for window input.
     let mut seen = vec![false; r.key_count()];
@@ -467,15 +481,48 @@ fn score_part(
         .collect();
     // Window-input pairs: each window is a row of its features.
     let mut anomalies = scored.anomalies;
+    let mut python_windows = Vec::new();
     for u in wu.iter() {
         if u.windows.is_empty() {
             continue;
         }
         with_data.insert((u.device.as_str(), u.tag.as_str()));
+        if let Some(model) = python.get(&u.device, &u.tag) {
+            python_windows.push(PythonUnit {
+                device: u.device.clone(),
+                tag: u.tag.clone(),
+                model: Arc::clone(model),
+                ts: u.windows.iter().map(|w| w.start).collect(),
+                value: u
+                    .windows
+                    .iter()
+                    .map(|w| feature(w, &u.features[0]))
+                    .collect(),
+                rows: u
+                    .windows
+                    .iter()
+                    .flat_map(|w| u.features.iter().map(move |f| feature(w, f)))
+                    .collect(),
+                width: u.features.len(),
+            });
+            continue;
+        }
         match score_windows(idx, &mut scored, p, u) {
             Ok(found) => anomalies += found,
             Err(failure) => failures.push(failure),
         }
+    }
+    if !python_windows.is_empty() {
+        let (before, failed_before) = (scored.anomalies, scored.failures.len());
+        score_units(&mut scored, python_windows, python)?;
+        anomalies += scored.anomalies - before;
+        failures.extend(
+            scored
+                .failures
+                .iter()
+                .skip(failed_before)
+                .map(|f| failure_record(idx, f)),
+        );
     }
     for (d, t) in units {
         if !with_data.contains(&(d.as_str(), t.as_str())) {
@@ -510,6 +557,18 @@ fn score_part(
         anomalies,
         devices,
     })
+}
+
+/// A model failure as the job store records it.
+fn failure_record(idx: u32, f: &crate::ModelFailure) -> FailureRecord {
+    FailureRecord {
+        task_idx: idx,
+        device: f.device.clone(),
+        tag: f.tag.clone(),
+        reason: f.reason.code().to_string(),
+        detail: f.reason.to_string(),
+        rows: f.rows as u64,
+    }
 }
 
 /// Scores one window-input pair's windows, each a row of its model's

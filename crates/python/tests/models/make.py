@@ -3,6 +3,11 @@ LightGBM (crates/python/tests/requirements.txt), and what each gives when
 run directly: `python make.py OUT` writes OUT/<name>.pkl and
 OUT/expected.json ({name: {kind, rows, score, label, classes}}).
 
+`python make.py --predict OUT ROWS.json` prints what the models of OUT
+give when run directly on other rows ({id: {model, rows}} in, {id: {kind,
+rows, score, label, classes}} out): what a job's predictions are
+compared with.
+
 The tests run this at test time (it takes seconds), so the models always
 come from the interpreter under test; nothing here is committed output.
 """
@@ -86,5 +91,27 @@ def main(out_dir):
         json.dump(expected, f)
 
 
+def predict(out_dir, rows_file):
+    with open(rows_file) as f:
+        wanted = json.load(f)
+    expected = {}
+    for name, want in wanted.items():
+        values = want["rows"]
+        model = joblib.load(os.path.join(out_dir, want["model"] + ".pkl"))
+        X = np.asarray(values, dtype=np.float64).reshape(-1, 1)
+        kind, score, label, classes = direct(model, X)
+        expected[name] = {
+            "kind": kind,
+            "rows": values,
+            "score": np.asarray(score, dtype=float).tolist(),
+            "label": [int(v) for v in label],
+            "classes": classes,
+        }
+    json.dump(expected, sys.stdout)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--predict":
+        predict(sys.argv[2], sys.argv[3])
+    else:
+        main(sys.argv[1])

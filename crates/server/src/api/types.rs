@@ -973,6 +973,28 @@ pub enum ModelKind {
     Regressor,
     /// A class.
     Classifier,
+    /// Not declared: a Python model whose workers tell its kind from the
+    /// model when they score it.
+    Auto,
+}
+
+/// How a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelRuntime {
+    /// Compiled by fleetscore (never executed).
+    Native,
+    /// Its file runs in the opt-in Python runtime (its code is executed).
+    Python,
+}
+
+impl From<fleetscore_store::Runtime> for ModelRuntime {
+    fn from(r: fleetscore_store::Runtime) -> ModelRuntime {
+        match r {
+            fleetscore_store::Runtime::Native => ModelRuntime::Native,
+            fleetscore_store::Runtime::Python => ModelRuntime::Python,
+        }
+    }
 }
 
 impl From<fleetscore_models::Kind> for ModelKind {
@@ -989,6 +1011,9 @@ impl ModelKind {
     /// The kind the registry records as `name`.
     fn stored(name: &str) -> Result<ModelKind, String> {
         use fleetscore_models::Kind;
+        if name == fleetscore_store::KIND_AUTO {
+            return Ok(ModelKind::Auto);
+        }
         [Kind::Outlier, Kind::Regressor, Kind::Classifier]
             .into_iter()
             .find(|k| k.name() == name)
@@ -1021,6 +1046,9 @@ pub struct ModelSummary {
     /// What the live version predicts.
     #[schema(required)]
     pub kind: Option<ModelKind>,
+    /// How the live version runs.
+    #[schema(required)]
+    pub runtime: Option<ModelRuntime>,
 }
 
 impl TryFrom<&KeyEntry> for ModelSummary {
@@ -1036,6 +1064,7 @@ impl TryFrom<&KeyEntry> for ModelSummary {
             n_features: live.map(|v| v.n_features as u64),
             input_mode: live.map(|v| v.input_mode.clone()),
             kind: live.map(|v| ModelKind::stored(&v.kind)).transpose()?,
+            runtime: live.map(|v| v.runtime.into()),
         })
     }
 }
@@ -1081,6 +1110,12 @@ pub struct ModelVersion {
     /// input.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// How it runs.
+    pub runtime: ModelRuntime,
+    /// The methods a Python model is called with (empty: its kind's
+    /// defaults).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
 }
 
 impl TryFrom<&VersionInfo> for ModelVersion {
@@ -1098,6 +1133,8 @@ impl TryFrom<&VersionInfo> for ModelVersion {
             input_mode: v.input_mode.clone(),
             window: v.window.clone(),
             features: v.features.clone(),
+            runtime: v.runtime.into(),
+            methods: v.methods.clone(),
         })
     }
 }

@@ -1165,7 +1165,7 @@ function seriesChart(device, r, model, from, to, width) {
     h("b", {}, `tag ${r.tag}`),
     r.error ? null : h("span", { class: "sub" }, `${plural(r.readings.length, "reading")} · `, h("span", { class: r.anomalies.length ? "bad" : "" }, plural(r.anomalies.length, "anomaly", "anomalies"))),
     model
-      ? h("span", { class: "sub" }, `model (${model.device}, ${model.tag})${model.live !== undefined && model.live !== null ? " v" + model.live : ""}${model.description ? " · " + model.description : ""}`)
+      ? h("span", { class: "sub" }, `model (${model.device}, ${model.tag})${model.live !== undefined && model.live !== null ? " v" + model.live : ""}${model.runtime === "python" ? " · runs in Python" : ""}${model.description ? " · " + model.description : ""}`)
       : h("span", { class: "sub warn" }, "no model: these readings are not scored"),
   );
   const wrap = h("div", { class: "series", "data-tag": r.tag }, head);
