@@ -108,6 +108,8 @@ N_TREES = 100  # IsolationForest, RandomForestRegressor
 FOREST_MAX_DEPTH = 10  # RandomForestRegressor: keeps trees (and pickles) bounded
 FOREST_MIN_SAMPLES_LEAF = 5
 N_NEIGHBORS = 20  # LocalOutlierFactor
+PY_TREES = 50  # the Python runtime's IsolationForest (issue 20)
+PY_SAMPLE = 10  # models timed with one interpreter each (the replaced system)
 TS_UNIT = "ms"  # Parquet TIMESTAMP(MILLIS, UTC), like the reference data
 
 OUTPUT_COLUMNS = ["TS", "Device", "Tag", "Val", "Prediction", "Score"]
@@ -121,6 +123,9 @@ class Family(NamedTuple):
     train_points: int
     default_models: int
     estimator: str  # what is fitted, as Python code (for the summary)
+    # Imported with `--runtime python` and scored by fleetscore's Python
+    # runtime (no native reader compiles it).
+    python: bool = False
 
 
 FAMILIES = {
@@ -137,6 +142,10 @@ FAMILIES = {
         Family("lof", "detector", 1_000, 500,
                'Pipeline([("scaler", StandardScaler()), '
                f'("lof", LocalOutlierFactor(novelty=True, n_neighbors={N_NEIGHBORS}))])'),
+        Family("pyiforest", "detector", 1_000, 1_000,
+               'Pipeline([("log", FunctionTransformer(np.log1p)), ("scaler", StandardScaler()), '
+               f'("iforest", IsolationForest(n_estimators={PY_TREES}, random_state=<per model>))])',
+               python=True),
     ]
 }
 
@@ -206,6 +215,14 @@ def _fit_model(family: str, rng, mean: float, scale: float, train):
                                       random_state=model_seed, n_jobs=None)
         model.fit(train, target)
         trees = [t.tree_ for t in model.estimators_]
+    elif family == "pyiforest":
+        from sklearn.ensemble import IsolationForest
+        from sklearn.preprocessing import FunctionTransformer
+
+        model = Pipeline([("log", FunctionTransformer(np.log1p)), ("scaler", StandardScaler()),
+                          ("iforest", IsolationForest(n_estimators=PY_TREES, random_state=model_seed))])
+        model.fit(train)
+        trees = [t.tree_ for t in model.named_steps["iforest"].estimators_]
     elif family == "lof":
         from sklearn.neighbors import LocalOutlierFactor
 
@@ -246,6 +263,9 @@ def _fit_chunk(job: tuple[str, int, str, list[tuple[int, int]]]) -> list[tuple[i
         rng = np.random.default_rng([seed, device, tag])
         mean = rng.uniform(-100.0, 100.0)
         scale = rng.uniform(0.5, 20.0)
+        if family == "pyiforest":
+            # log1p needs values above -1: 100..200, outliers stay above 15.
+            mean = 100.0 + abs(mean)
 
         def normal_values(size: int) -> np.ndarray:
             # A sensor that follows a cycle (e.g. daily temperature), with
@@ -317,20 +337,21 @@ def structure_stats(family: str, stats: list[dict]) -> dict:
             # One RBF kernel evaluation per (support vector, reading) pair.
             "kernel_evals_per_pass": int(n_support.sum()) * READINGS_PER_MODEL,
         }
-    if family in ("iforest", "forest"):
+    if family in ("iforest", "forest", "pyiforest"):
         nodes = np.array([s["nodes"] for s in stats], dtype=np.int64)
+        n_trees = PY_TREES if family == "pyiforest" else N_TREES
         return {
             "trees": {
-                "per_model": N_TREES,
+                "per_model": n_trees,
                 "nodes_total": int(nodes.sum()),
-                "nodes_per_tree_mean": float(nodes.sum() / (n * N_TREES)),
+                "nodes_per_tree_mean": float(nodes.sum() / (n * n_trees)),
                 "nodes_per_model_min": int(nodes.min()),
                 "nodes_per_model_max": int(nodes.max()),
                 "max_depth": int(max(s["max_depth"] for s in stats)),
                 "mean_depth": float(np.mean([s["mean_depth"] for s in stats])),
             },
             # One root-to-leaf walk per (tree, reading) pair.
-            "tree_walks_per_pass": n * N_TREES * READINGS_PER_MODEL,
+            "tree_walks_per_pass": n * n_trees * READINGS_PER_MODEL,
         }
     if family == "lof":
         return {
@@ -634,15 +655,29 @@ def disk_usage(path: Path) -> dict:
     return {"files": files, "apparent_bytes": apparent, "du_bytes": on_disk}
 
 
-def time_fleetscore(binary: str, work: Path, repeat: int) -> tuple[Run, dict, list[Run]]:
+def python_config(work: Path, workers: int = 0) -> Path:
+    """A fleetscore config that runs Python models with this interpreter."""
+    path = work / f"python-{workers}.toml"
+    path.write_text(f"[python]\nenabled = true\ninterpreter = {json.dumps(sys.executable)}\n"
+                    f"workers = {workers}\n")
+    return path
+
+
+def time_fleetscore(binary: str, work: Path, repeat: int,
+                    family: Family | None = None) -> tuple[Run, dict, list[Run]]:
     """Imports the models (untimed, but reported), then times `repeat` scoring runs.
 
     Returns the import run, the size of the store's models/ and the scoring runs.
+    A Python-runtime family is imported with `--runtime python` and scored
+    with `[python] enabled` on this interpreter, one worker per core.
     """
     data, out = work / "fsdata", work / "fs-out"
     if data.exists():
         shutil.rmtree(data)  # import into a fresh store every run
+    config = ["--config", str(python_config(work))] if family and family.python else []
     cmd = [binary, "--data", str(data), "models", "import", str(work / "models")]
+    if family and family.python:
+        cmd += ["--runtime", "python"]
     log(f"fleetscore import (untimed): {' '.join(cmd)}")
     import_run = run_timed(cmd)
     # The store's models/ (fsdata/store/models in the local layout).
@@ -653,7 +688,7 @@ def time_fleetscore(binary: str, work: Path, repeat: int) -> tuple[Run, dict, li
     pack["pack_fsp_bytes"] = pack_file.stat().st_size if pack_file.is_file() else None
     log(f"  {pack['path']}/: {pack['files']} files, {pack['apparent_bytes'] / 1e6:.1f} MB")
 
-    cmd = [binary, "--data", str(data), "score", "--input", str(work / "readings.parquet"),
+    cmd = [binary, *config, "--data", str(data), "score", "--input", str(work / "readings.parquet"),
            "--out", str(out), "--format", "parquet"]
     runs = []
     for i in range(repeat):
@@ -662,6 +697,52 @@ def time_fleetscore(binary: str, work: Path, repeat: int) -> tuple[Run, dict, li
         log(f"fleetscore run {i + 1}/{repeat}: {' '.join(cmd)}")
         runs.append(run_timed(cmd))
     return import_run, pack, runs
+
+
+def time_python_runtime(binary: str, work: Path, family: Family, n: int,
+                        py_result: dict) -> tuple[Run, list[Run]]:
+    """The Python runtime's own costs: one scoring run with a single worker
+    (against the one-process anchor: the per-model overhead), and PY_SAMPLE
+    models each scored by a Python process of its own (what the replaced
+    system paid per model, without its container start)."""
+    data, out = work / "fsdata", work / "fs-out-1"
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [binary, "--config", str(python_config(work, 1)), "--data", str(data), "score",
+           "--input", str(work / "readings.parquet"), "--out", str(out), "--format", "parquet"]
+    log(f"fleetscore with one Python worker: {' '.join(cmd)}")
+    one = run_timed(cmd)
+    sample = []
+    for device, tag in model_keys(n)[:: max(1, n // PY_SAMPLE)][:PY_SAMPLE]:
+        cmd = [sys.executable, os.path.abspath(__file__), "per-model-job",
+               "--readings", str(work / "readings.parquet"),
+               "--model", str(work / "models" / f"model_{device}_{tag}"),
+               "--device", str(device), "--tag", str(tag),
+               "--out", str(work / f"one-{device}-{tag}.parquet")]
+        sample.append(run_timed(cmd))
+    log(f"one interpreter per model: {len(sample)} runs, "
+        f"{sum(r.wall for r in sample) / len(sample):.2f}s each on average")
+    return one, sample
+
+
+def per_model_job(readings: str, model: str, device: int, tag: int, out: str) -> None:
+    """One model's job in a process of its own, as the replaced system ran
+    it (one container per model): start, import, read its readings, load,
+    score, write."""
+    import pickle
+
+    import numpy as np
+    import pandas as pd
+
+    df = pd.read_parquet(readings, columns=["TS", "Device", "Tag", "Value"],
+                         filters=[("Device", "==", device), ("Tag", "==", tag)])
+    with open(model, "rb") as f:
+        m = pickle.load(f)
+    x = df["Value"].to_numpy(dtype=np.float64).reshape(-1, 1)
+    df = df.rename(columns={"Value": "Val"})
+    df["Prediction"] = (m.predict(x) == -1).astype(np.int32)
+    df["Score"] = m.decision_function(x)
+    df.to_parquet(out, index=False)
 
 
 # --------------------------------------------------------------------------
@@ -872,7 +953,7 @@ def structure_lines(family: Family, info: dict) -> list[str]:
             f"(predict + decision_function) = {2 * kernel_evals}; at 1 ns per evaluation "
             f"(one vectorized exp) that is {kernel_evals / 1e6:.0f} ms of arithmetic per pass on one core",
         ]
-    if family.name in ("iforest", "forest"):
+    if family.name in ("iforest", "forest", "pyiforest"):
         t = info["trees"]
         walks = info["tree_walks_per_pass"]
         passes = ("the Python job makes two passes (predict + decision_function)"
@@ -928,8 +1009,10 @@ def benchmark(args: argparse.Namespace, family: Family, work: Path) -> tuple[int
     fs_runs, import_run, pack, report = [], None, None, None
     if not args.python_only:
         busy["fleetscore"] = check_quiet(f"fleetscore ({family.name})")
-        import_run, pack, fs_runs = time_fleetscore(args.fleetscore, work, args.repeat)
+        import_run, pack, fs_runs = time_fleetscore(args.fleetscore, work, args.repeat, family)
         report = verify(work, args.tolerance)
+        if family.python:
+            runtime = time_python_runtime(args.fleetscore, work, family, n, py_result)
 
     # --- step 6 -----------------------------------------------------------
     devices = (n + TAGS_PER_DEVICE - 1) // TAGS_PER_DEVICE
@@ -977,6 +1060,21 @@ def benchmark(args: argparse.Namespace, family: Family, work: Path) -> tuple[int
             print(f"VERIFICATION FAILED ({family.name}): {problem}", flush=True)
         return 1, f"VERIFICATION FAILED ({family.name}): " + "; ".join(report["problems"])
     fs_best = min(r.wall for r in fs_runs)
+    if family.python:
+        one_worker, per_interpreter = runtime
+        overhead = (one_worker.wall - py_best) / n
+        per_model = sum(r.wall for r in per_interpreter) / len(per_interpreter)
+        print("\n".join([
+            f"python runtime, one worker: {one_worker.text()}; against the one-process job: "
+            f"{overhead * 1e3:+.2f} ms per model (pipes, Arrow IPC, scheduling, the model file sent "
+            f"once, minus the anchor's pandas work)",
+            f"one interpreter per model (the replaced system, without its containers): "
+            f"{len(per_interpreter)} models timed, {per_model:.2f}s each on average "
+            f"(start, imports, read, load, score, write) = ~{per_model * n:.0f}s for {n} models "
+            f"one at a time, ~{per_model * n / (os.cpu_count() or 1):.0f}s on {os.cpu_count()} cores; "
+            f"fleetscore {per_model * n / (os.cpu_count() or 1) / fs_best:.1f}x faster than that "
+            f"on all cores",
+        ]), flush=True)
     ratio = py_best / fs_best
     last = (f"fleetscore / scikit-learn: {ratio:.1f}x faster "
             f"({family.name}: python {secs(py_best)}s, fleetscore {secs(fs_best)}s, {n} models, {rows} readings)")
@@ -994,6 +1092,18 @@ def main(argv: list[str]) -> int:
         p.add_argument("--kind", choices=["detector", "regressor"], default="detector")
         a = p.parse_args(argv[1:])
         anchor_job(a.readings, a.models_dir, a.out, a.kind)
+        return 0
+
+    if argv[:1] == ["per-model-job"]:
+        p = argparse.ArgumentParser(prog="scoring.py per-model-job",
+                                    description="Internal: one model's job in its own process.")
+        p.add_argument("--readings", required=True)
+        p.add_argument("--model", required=True)
+        p.add_argument("--device", type=int, required=True)
+        p.add_argument("--tag", type=int, required=True)
+        p.add_argument("--out", required=True)
+        a = p.parse_args(argv[1:])
+        per_model_job(a.readings, a.model, a.device, a.tag, a.out)
         return 0
 
     if argv[:1] == ["timed-run"]:

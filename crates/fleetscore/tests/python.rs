@@ -484,7 +484,11 @@ fn a_deployment_without_python_starts_no_python_process() {
             data.join("out").to_str().unwrap(),
         ],
     );
-    assert!(text(&o).contains("does not run Python models"), "{}", text(&o));
+    assert!(
+        text(&o).contains("does not run Python models"),
+        "{}",
+        text(&o)
+    );
     assert!(!mark.exists(), "a Python process was started");
 }
 

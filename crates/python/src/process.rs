@@ -172,15 +172,12 @@ impl Process {
         p.arm();
         let hello = read_frame(&mut p.stdout);
         p.disarm();
-        let (header, _) = match hello {
-            Ok(h) => h,
-            Err(_) => {
-                let status = p.end();
-                return Err(refused(format!(
-                    "it ended before saying hello ({status}){}",
-                    p.tail()
-                )));
-            }
+        let Ok((header, _)) = hello else {
+            let status = p.end();
+            return Err(refused(format!(
+                "it ended before saying hello ({status}){}",
+                p.tail()
+            )));
         };
         if header["ok"].as_bool() != Some(true) {
             let detail = header["error"].as_str().unwrap_or("no reason").to_string();

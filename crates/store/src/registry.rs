@@ -241,6 +241,7 @@ fn version_dir(key: &ModelKey, v: u32) -> String {
 
 /// What is registered: a compiled model, or a file for the Python runtime.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per import request, moved once
 pub enum ModelBody {
     /// Compiled by fleetscore (its `model.fsm`).
     Native(Model),

@@ -365,16 +365,9 @@ impl Runner {
         );
         drop(index);
         let readings = Arc::new(readings);
-        self.attempt(
-            record,
-            &readings,
-            &units,
-            &Arc::new(wunits),
-            &pack,
-            &python,
-            &key,
-        )
-        .await
+        let models = TaskModels { pack, python };
+        self.attempt(record, &readings, &units, &Arc::new(wunits), &models, &key)
+            .await
     }
 
     /// The readings the map tasks of a score task's plan found in the
@@ -402,17 +395,20 @@ impl Runner {
         readings: &Arc<Readings>,
         units: &[(String, String)],
         wunits: &Arc<Vec<WindowUnit>>,
-        pack: &Arc<Pack>,
-        python: &PythonModels,
+        models: &TaskModels,
         key: &str,
     ) -> Result<Scoring> {
         let t = Instant::now();
-        let (r, p, k) = (Arc::clone(readings), Arc::clone(pack), key.to_string());
+        let (r, p, k) = (
+            Arc::clone(readings),
+            Arc::clone(&models.pack),
+            key.to_string(),
+        );
         let wu = Arc::clone(wunits);
         let units = units.to_vec();
         let units_n = units.len();
         let idx = record.idx;
-        let py = python.clone();
+        let py = models.python.clone();
         let part =
             tokio::task::spawn_blocking(move || score_part(idx, &r, &p, &py, &units, &wu, &k))
                 .await??;
@@ -435,6 +431,13 @@ impl Runner {
         record.output = Some(key.to_string());
         Ok((failures, devices))
     }
+}
+
+/// What a score task scores with: the native models' pack, and the
+/// Python models of its pairs.
+pub(super) struct TaskModels {
+    pack: Arc<Pack>,
+    python: PythonModels,
 }
 
 /// A score task's part, scored and encoded, with what its record counts.
