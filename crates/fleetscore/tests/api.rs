@@ -315,7 +315,52 @@ fn the_api_end_to_end() {
     let (st, b) = s.request("POST", "/v1/models/d1/1", &[ADMIN], b"not a pickle");
     assert_eq!(st, 400);
     assert!(b.contains("not imported"), "{b}");
+    // ... and it says how to run such a file in Python instead.
+    assert!(b.contains("?runtime=python"), "{b}");
     assert_eq!(s.request("GET", "/v1/models/nobody/1", &[], b"").0, 404);
+    // A model for the Python runtime: stored as given, nothing read.
+    let (st, b) = post_checked(
+        &s,
+        &doc,
+        route,
+        "/v1/models/d9/1?runtime=python&kind=outlier&methods=score_samples,predict",
+        &[ADMIN],
+        b"\x80\x04any bytes: fleetscore does not read them",
+    );
+    assert_eq!(
+        (st, &b["outcome"]["outcome"]),
+        (201, &serde_json::json!("added")),
+        "{b}"
+    );
+    let py = get_checked(&s, &doc, route, "/v1/models/d9/1");
+    let v = &py["model"]["versions"][0];
+    assert_eq!(
+        (&v["runtime"], &v["kind"]),
+        (&serde_json::json!("python"), &serde_json::json!("outlier")),
+        "{py}"
+    );
+    assert_eq!(
+        v["methods"],
+        serde_json::json!(["score_samples", "predict"]),
+        "{py}"
+    );
+    let listed = get(&s, "/v1/models");
+    let d9 = listed["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["device"] == "d9")
+        .unwrap();
+    assert_eq!(d9["runtime"], "python", "{listed}");
+    for bad in [
+        "runtime=java",
+        "runtime=python&kind=ranker",
+        "runtime=python&methods=os.system",
+        "kind=outlier",
+    ] {
+        let (st, b) = s.request("POST", &format!("/v1/models/d9/1?{bad}"), &[ADMIN], b"x");
+        assert_eq!(st, 400, "{bad}: {b}");
+    }
 
     // Schedules, and where the data is.
     let sch = get_checked(&s, &doc, "/v1/schedules", "/v1/schedules");
