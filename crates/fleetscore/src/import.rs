@@ -324,14 +324,25 @@ pub async fn show(g: &Global, device: &str, tag: &str, json: bool) -> anyhow::Re
     }
     println!("  features: {}", model.n_features);
     if let Some(v) = entry.live_version() {
-        match (v.input_mode.as_str(), &v.window) {
-            ("window", Some(size)) => println!(
-                "  input: each {size} window, features {}",
-                v.features.join(", ")
-            ),
-            _ => println!("  input: raw (each reading's value)"),
-        }
+        print_input(v);
     }
+    print_versions(entry);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `input:` line of `models show`.
+fn print_input(v: &fleetscore_store::VersionInfo) {
+    match (v.input_mode.as_str(), &v.window) {
+        ("window", Some(size)) => println!(
+            "  input: each {size} window, features {}",
+            v.features.join(", ")
+        ),
+        _ => println!("  input: raw (each reading's value)"),
+    }
+}
+
+/// The versions of `models show`, oldest first.
+fn print_versions(entry: &fleetscore_store::KeyEntry) {
     for v in &entry.versions {
         let live = if v.version == entry.live {
             " (live)"
@@ -339,11 +350,14 @@ pub async fn show(g: &Global, device: &str, tag: &str, json: bool) -> anyhow::Re
             ""
         };
         println!(
-            "  v{}{live}: imported {} from {}\n      sha256 {}",
-            v.version, v.imported_at, v.source, v.sha256
+            "  v{}{live} ({}): imported {} from {}\n      sha256 {}",
+            v.version,
+            v.runtime.name(),
+            v.imported_at,
+            v.source,
+            v.sha256
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `models show` of a key whose live model runs in Python.
@@ -377,28 +391,8 @@ fn show_python(
             v.methods.join(", ")
         }
     );
-    match (v.input_mode.as_str(), &v.window) {
-        ("window", Some(size)) => println!(
-            "  input: each {size} window, features {}",
-            v.features.join(", ")
-        ),
-        _ => println!("  input: raw (each reading's value)"),
-    }
-    for v in &entry.versions {
-        let live = if v.version == entry.live {
-            " (live)"
-        } else {
-            ""
-        };
-        println!(
-            "  v{}{live} ({}): imported {} from {}\n      sha256 {}",
-            v.version,
-            v.runtime.name(),
-            v.imported_at,
-            v.source,
-            v.sha256
-        );
-    }
+    print_input(v);
+    print_versions(entry);
     Ok(ExitCode::SUCCESS)
 }
 

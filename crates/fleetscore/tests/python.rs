@@ -218,6 +218,28 @@ impl Deployment {
     }
 }
 
+impl Deployment {
+    /// A deployment whose `devices` have a model that sleeps for an hour
+    /// (under a limit of an hour), and a job of the hour queued in a
+    /// SQLite job store; returns it with the store's URL.
+    fn sleeping(devices: &[&str]) -> (Deployment, String) {
+        let d = Deployment::new(true, &interpreter());
+        let config = std::fs::read_to_string(&d.config).unwrap();
+        std::fs::write(
+            &d.config,
+            config.replace("timeout = \"4s\"", "timeout = \"1h\""),
+        )
+        .unwrap();
+        for device in devices {
+            d.import(device, "misbehaves_sleep", "python");
+        }
+        let db = format!("sqlite://{}", d.data().join("jobs.db").display());
+        let o = d.run(&[&["--db", db.as_str()][..], &HOUR[..5], &["--queue"]].concat());
+        assert!(o.status.success(), "{}", text(&o));
+        (d, db)
+    }
+}
+
 fn import_fleet(d: &Deployment) {
     for (device, model, runtime) in FLEET {
         d.import(device, model, runtime);
@@ -503,21 +525,9 @@ fn signal(pid: u32, signal: libc::c_int) {
 #[test]
 #[ignore = "needs the Python runtime's virtualenv (.ci/run)"]
 fn a_sigkilled_worker_takes_its_python_processes_with_it() {
-    let d = Deployment::new(true, &interpreter());
-    // A model that sleeps for an hour, so the workers are busy when the
+    // Models that sleep for an hour, so the workers are busy when the
     // fleetscore worker is killed (the limit is longer than the test).
-    std::fs::write(
-        &d.config,
-        std::fs::read_to_string(&d.config)
-            .unwrap()
-            .replace("timeout = \"4s\"", "timeout = \"1h\""),
-    )
-    .unwrap();
-    d.import("d0", "misbehaves_sleep", "python");
-    d.import("d1", "misbehaves_sleep", "python");
-    let db = format!("sqlite://{}", d.data().join("jobs.db").display());
-    let o = d.run(&[&["--db", db.as_str()][..], &HOUR[..5], &["--queue"]].concat());
-    assert!(o.status.success(), "{}", text(&o));
+    let (d, db) = Deployment::sleeping(&["d0", "d1"]);
     let mut worker = bin()
         .arg("--data")
         .arg(d.data())
@@ -547,18 +557,7 @@ fn a_sigkilled_worker_takes_its_python_processes_with_it() {
 #[test]
 #[ignore = "needs the Python runtime's virtualenv (.ci/run)"]
 fn serve_stopped_by_sigterm_leaves_no_python_process() {
-    let d = Deployment::new(true, &interpreter());
-    std::fs::write(
-        &d.config,
-        std::fs::read_to_string(&d.config)
-            .unwrap()
-            .replace("timeout = \"4s\"", "timeout = \"1h\""),
-    )
-    .unwrap();
-    d.import("d0", "misbehaves_sleep", "python");
-    let db = format!("sqlite://{}", d.data().join("jobs.db").display());
-    let o = d.run(&[&["--db", db.as_str()][..], &HOUR[..5], &["--queue"]].concat());
-    assert!(o.status.success(), "{}", text(&o));
+    let (d, db) = Deployment::sleeping(&["d0"]);
     let mut cmd = bin();
     cmd.args([
         "--quiet",

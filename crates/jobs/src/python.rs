@@ -188,7 +188,7 @@ pub fn score_with_python(
     let units = split_readings(&mut readings, python);
     let mut scored = crate::score(readings, pack, progress);
     if !units.is_empty() {
-        score_units(&mut scored, units, python)?;
+        score_units(&mut scored, units, python, progress)?;
         scored
             .failures
             .sort_by(|a, b| (&a.device, &a.tag).cmp(&(&b.device, &b.tag)));
@@ -202,6 +202,7 @@ pub fn score_units(
     scored: &mut Scored,
     units: Vec<PythonUnit>,
     python: &PythonModels,
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), Interrupted> {
     if units.is_empty() {
         return Ok(());
@@ -217,7 +218,7 @@ pub fn score_units(
                         rows: u.rows.clone(),
                     })
                     .collect();
-                let results = pool.score(calls, loader);
+                let results = pool.score_with_progress(calls, loader, progress);
                 if results.iter().any(|r| matches!(r, Err(CallError::Stopped))) {
                     return Err(Interrupted);
                 }

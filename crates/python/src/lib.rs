@@ -354,7 +354,22 @@ impl Pool {
     /// Scores every call on the workers (as many at once as there are
     /// workers) and returns their results in the calls' order. Blocks.
     pub fn score(&self, calls: Vec<Call>, loader: &Arc<Loader>) -> Vec<Result<Output, CallError>> {
+        self.score_with_progress(calls, loader, &|_| {})
+    }
+
+    /// [`Pool::score`], calling `progress` with each call's rows as it
+    /// finishes.
+    pub fn score_with_progress(
+        &self,
+        calls: Vec<Call>,
+        loader: &Arc<Loader>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Vec<Result<Output, CallError>> {
         let n = calls.len();
+        let rows: Vec<u64> = calls
+            .iter()
+            .map(|c| (c.rows.len() / c.width.max(1)) as u64)
+            .collect();
         let (tx, rx) = mpsc::channel();
         {
             let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -371,6 +386,7 @@ impl Pool {
         self.shared.ready.notify_all();
         let mut out: Vec<Option<Result<Output, CallError>>> = vec![None; n];
         for (i, r) in rx {
+            progress(rows[i]);
             out[i] = Some(r);
         }
         out.into_iter()

@@ -517,7 +517,7 @@ fn score_part(
     }
     if !python_windows.is_empty() {
         let (before, failed_before) = (scored.anomalies, scored.failures.len());
-        score_units(&mut scored, python_windows, python)?;
+        score_units(&mut scored, python_windows, python, &|_| {})?;
         anomalies += scored.anomalies - before;
         failures.extend(
             scored
