@@ -244,9 +244,28 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
     let t = Instant::now();
     let pack = registry.pack().await.context("loading the model pack")?;
     let load_models = t.elapsed();
+    // With Python models registered (and the runtime enabled), its
+    // workers start while the input is read.
+    let index = registry
+        .index_shared()
+        .await
+        .context("reading the model index")?;
+    let config = crate::config::load(g.config.as_deref())?;
+    let has_python = index.models.values().any(|e| {
+        e.live_version()
+            .is_some_and(|v| v.runtime == fleetscore_store::Runtime::Python)
+    });
+    let pool = if has_python {
+        let config = config.clone();
+        Some(tokio::spawn(async move {
+            fleetscore_server::scheduler::python_pool(&config).await
+        }))
+    } else {
+        None
+    };
     let (mut readings, read_time) = read.await??;
     // The pack holds the native models only: Python ones are in the index.
-    if pack.is_empty() && registry.index_shared().await?.models.is_empty() {
+    if pack.is_empty() && index.models.is_empty() {
         anyhow::bail!(
             "no models are registered in {}; import them first with `fleetscore models import PATH`",
             registry.store().url()
@@ -267,28 +286,16 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
 
     // Pairs whose model runs in Python: scored by the runtime when the
     // config enables it, else failed `python_disabled`.
-    let index = registry
-        .index_shared()
-        .await
-        .context("reading the model index")?;
-    let config = crate::config::load(g.config.as_deref())?;
+    let pool = match pool {
+        Some(p) => p.await??,
+        None => None,
+    };
     let python = fleetscore_jobs::python::PythonModels::resolve(
         &index,
         readings.keys(),
-        None,
+        pool,
         registry.store(),
     );
-    let python = if python.is_empty() {
-        python
-    } else {
-        let pool = fleetscore_server::scheduler::python_pool(&config).await?;
-        fleetscore_jobs::python::PythonModels::resolve(
-            &index,
-            readings.keys(),
-            pool,
-            registry.store(),
-        )
-    };
     drop(index);
 
     let t = Instant::now();

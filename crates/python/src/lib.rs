@@ -325,6 +325,32 @@ impl Pool {
     /// A pool of `config.worker_count()` worker threads; no process is
     /// started until a call needs one.
     pub fn new(config: PythonConfig) -> Pool {
+        Pool::spawn(config, None, false)
+    }
+
+    /// A pool whose worker processes start now, in the background, while
+    /// the caller goes on (reading its input, say); returns once the first
+    /// one has said hello, which checks the interpreter as [`Pool::check`]
+    /// does. Each process is started by its own worker thread, the one
+    /// whose end the kernel ties it to.
+    pub fn start(config: PythonConfig) -> Result<(Pool, Hello), StartError> {
+        let (tx, rx) = mpsc::channel();
+        let pool = Pool::spawn(config, Some(tx), true);
+        match rx.recv() {
+            Ok(Ok(hello)) => Ok((pool, hello)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StartError::Refused {
+                path: pool.shared.config.interpreter.clone(),
+                detail: "its worker thread ended before it started".into(),
+            }),
+        }
+    }
+
+    fn spawn(
+        config: PythonConfig,
+        first: Option<mpsc::Sender<Result<Hello, StartError>>>,
+        prestart: bool,
+    ) -> Pool {
         let n = config.worker_count();
         let shared = Arc::new(Shared {
             config,
@@ -334,12 +360,14 @@ impl Pool {
             live: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
         });
+        let mut first = first;
         let threads = (0..n)
             .map(|slot| {
                 let shared = Arc::clone(&shared);
+                let report = if slot == 0 { first.take() } else { None };
                 std::thread::Builder::new()
                     .name(format!("python-{slot}"))
-                    .spawn(move || process::worker_loop(&shared))
+                    .spawn(move || process::worker_loop(&shared, prestart, report))
                     .expect("spawning a thread")
             })
             .collect();

@@ -430,8 +430,28 @@ fn watchdog(guard: &(Mutex<Guard>, Condvar), child: &Mutex<Child>, timed_out: &A
 
 /// A pool thread: takes requests, keeps one process, replaces it when it
 /// dies or must go.
-pub(crate) fn worker_loop(shared: &Arc<Shared>) {
+pub(crate) fn worker_loop(
+    shared: &Arc<Shared>,
+    prestart: bool,
+    report: Option<std::sync::mpsc::Sender<Result<Hello, StartError>>>,
+) {
     let mut proc: Option<Process> = None;
+    if prestart {
+        match Process::start(&shared.config, Some(shared)) {
+            Ok(p) => {
+                if let Some(r) = report {
+                    let _ = r.send(Ok(p.hello.clone()));
+                }
+                proc = Some(p);
+            }
+            // A call starts it again, and fails with the reason.
+            Err(e) => {
+                if let Some(r) = report {
+                    let _ = r.send(Err(e));
+                }
+            }
+        }
+    }
     while let Some(item) = shared.next() {
         let result = run(shared, &mut proc, &item);
         let _ = item.reply.send((item.index, result));

@@ -105,6 +105,17 @@ def describe_error(e):
     return text[:4000]
 
 
+def load_model(joblib, io, payload):
+    """A plain pickle with pickle's C unpickler; a joblib file (its arrays
+    follow the pickle, or it is compressed) with joblib, whose unpickler is
+    written in Python and several times slower."""
+    if payload[:1] == b"\x80" and b"joblib.numpy_pickle" not in payload:
+        import pickle
+
+        return pickle.loads(payload)
+    return joblib.load(io.BytesIO(payload))
+
+
 def detect_kind(model):
     try:
         from sklearn.base import is_classifier, is_outlier_detector, is_regressor
@@ -235,7 +246,7 @@ def main():
         op, mid = header.get("op"), header.get("id")
         try:
             if op == "load":
-                model = joblib.load(io.BytesIO(payload))
+                model = load_model(joblib, io, payload)
                 cache[mid] = (model, len(payload))
                 cached += len(payload)
                 while cached > cache_bytes and len(cache) > 1:

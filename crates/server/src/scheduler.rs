@@ -25,27 +25,31 @@ pub fn runner_config(c: &Config) -> RunnerConfig {
     rc
 }
 
-/// The Python runtime's pool when `[python] enabled = true` (its
-/// interpreter checked first: a missing package is an error naming it),
-/// else `None`, and no Python process is ever started.
+/// The Python runtime's pool when `[python] enabled = true`, its worker
+/// processes starting (the first one's hello checks the interpreter: a
+/// missing package is an error naming it), else `None`, and no Python
+/// process is ever started.
 pub async fn python_pool(c: &Config) -> anyhow::Result<Option<Arc<fleetscore_python::Pool>>> {
     let Some(config) = c.python.runtime()? else {
         return Ok(None);
     };
-    let checked = config.clone();
-    let hello = tokio::task::spawn_blocking(move || fleetscore_python::Pool::check(&checked))
+    let workers = config.worker_count();
+    let interpreter = config.interpreter.clone();
+    // The workers start now (the first one's hello checks the interpreter),
+    // while the caller goes on.
+    let (pool, hello) = tokio::task::spawn_blocking(move || fleetscore_python::Pool::start(config))
         .await
-        .map_err(|e| anyhow::anyhow!("checking the Python interpreter: {e}"))??;
+        .map_err(|e| anyhow::anyhow!("starting the Python runtime: {e}"))??;
     tracing::info!(
-        interpreter = %config.interpreter.display(),
+        interpreter = %interpreter.display(),
         python = %hello.python,
         numpy = %hello.numpy,
         pyarrow = %hello.pyarrow,
         joblib = %hello.joblib,
-        workers = config.worker_count(),
+        workers,
         "the Python runtime is enabled: models registered with --runtime python run in Python worker processes"
     );
-    Ok(Some(Arc::new(fleetscore_python::Pool::new(config))))
+    Ok(Some(Arc::new(pool)))
 }
 
 /// Prints a line for each job record that comes from `jobs` (a runner's
