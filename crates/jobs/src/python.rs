@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use fleetscore_codecs::Readings;
 use fleetscore_models::{Kind, Pack};
-use fleetscore_python::{Call, CallError, Loader, ModelRef, Pool};
+use fleetscore_python::{Call, CallError, Loader, ModelFile, ModelRef, Pool};
 use fleetscore_store::{Index, Runtime, Store};
 use rustc_hash::FxHashMap;
 
@@ -80,10 +80,14 @@ impl PythonModels {
             let handle = tokio::runtime::Handle::current();
             let store = store.clone();
             Some(Arc::new(move |m: &ModelRef| {
+                // A local store's file is read by the worker itself.
+                if let Some(path) = store.local_file(&m.object).filter(|p| p.is_file()) {
+                    return Ok(ModelFile::Path(path));
+                }
                 handle
                     .block_on(store.get(&m.object))
                     .map_err(|e| e.to_string())?
-                    .map(|b| b.to_vec())
+                    .map(|b| ModelFile::Bytes(b.to_vec()))
                     .ok_or_else(|| format!("{} is missing from the store", m.object))
             }))
         };

@@ -134,8 +134,18 @@ pub struct ModelRef {
     pub methods: Vec<String>,
 }
 
-/// Reads a model's file bytes (called by a worker thread, on a miss).
-pub type Loader = dyn Fn(&ModelRef) -> Result<Vec<u8>, String> + Send + Sync;
+/// Where a worker gets a model's file from (see [`Loader`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelFile {
+    /// Its bytes, sent over the pipe.
+    Bytes(Vec<u8>),
+    /// A file on this host the worker reads itself (a local store's): no
+    /// copy through fleetscore.
+    Path(PathBuf),
+}
+
+/// Finds a model's file (called by a worker thread, on a miss).
+pub type Loader = dyn Fn(&ModelRef) -> Result<ModelFile, String> + Send + Sync;
 
 /// One model's rows to score.
 #[derive(Debug, Clone)]

@@ -333,8 +333,16 @@ impl Process {
                 });
             }
             if answer["missing"].as_bool() == Some(true) && !loaded {
-                let bytes = (item.loader)(model).map_err(|e| (CallError::Load(e), false))?;
-                let load = serde_json::json!({"op": "load", "id": model.id});
+                let file = (item.loader)(model).map_err(|e| (CallError::Load(e), false))?;
+                let (load, bytes) = match file {
+                    crate::ModelFile::Bytes(b) => {
+                        (serde_json::json!({"op": "load", "id": model.id}), b)
+                    }
+                    crate::ModelFile::Path(p) => (
+                        serde_json::json!({"op": "load", "id": model.id, "path": p}),
+                        Vec::new(),
+                    ),
+                };
                 let (answer, _) = self.request(&load, &bytes).map_err(|e| self.gone(&e))?;
                 if answer["ok"].as_bool() != Some(true) {
                     return Err(self.refused(&answer));

@@ -14,6 +14,8 @@ Requests:
       payload: an Arrow IPC stream of one batch, float64 columns x0.. (rows)
   {"op": "load", "id": ID}
       payload: the model file's bytes (pickle or joblib)
+  {"op": "load", "id": ID, "path": PATH}
+      the model file is PATH on this host (a local store's), read here
 Answers:
   {"ok": true, "kind": KIND, "classes": [...]} + an Arrow IPC stream of
       one batch with `score` (float64) and `label` (uint32)
@@ -61,13 +63,15 @@ def die_with_parent(parent):
 
 
 def read_exact(f, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = f.read(n - len(buf))
-        if not chunk:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = f.readinto(view[got:])
+        if not k:
             return None
-        buf += chunk
-    return bytes(buf)
+        got += k
+    return buf
 
 
 def read_frame(f):
@@ -77,7 +81,7 @@ def read_frame(f):
     if head is None:
         return None, None
     (hlen,) = struct.unpack("<I", head)
-    header = json.loads(read_exact(f, hlen) or b"null")
+    header = json.loads(bytes(read_exact(f, hlen) or b"null"))
     (plen,) = struct.unpack("<Q", read_exact(f, 8) or b"\0" * 8)
     payload = read_exact(f, plen) if plen else b""
     return header, payload
@@ -246,6 +250,9 @@ def main():
         op, mid = header.get("op"), header.get("id")
         try:
             if op == "load":
+                if header.get("path"):
+                    with open(header["path"], "rb") as f:
+                        payload = f.read()
                 model = load_model(joblib, io, payload)
                 cache[mid] = (model, len(payload))
                 cached += len(payload)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetscore_models::Kind;
-use fleetscore_python::{Call, CallError, Loader, ModelRef, Pool, PythonConfig};
+use fleetscore_python::{Call, CallError, Loader, ModelFile, ModelRef, Pool, PythonConfig};
 
 fn interpreter() -> PathBuf {
     match std::env::var_os("FLEETSCORE_TEST_PYTHON") {
@@ -60,9 +60,20 @@ fn reference(name: &str) -> Arc<ModelRef> {
     })
 }
 
+/// Model files sent over the pipe (as from an object store), except
+/// those whose name starts with `native` or `log1p`: read by the worker
+/// from their path (as from a local store).
 fn loader(dir: &Path) -> Arc<Loader> {
     let dir = dir.to_path_buf();
-    Arc::new(move |m: &ModelRef| std::fs::read(dir.join(&m.object)).map_err(|e| e.to_string()))
+    Arc::new(move |m: &ModelRef| {
+        let path = dir.join(&m.object);
+        if m.object.starts_with("native") || m.object.starts_with("log1p") {
+            return Ok(ModelFile::Path(path));
+        }
+        std::fs::read(path)
+            .map(ModelFile::Bytes)
+            .map_err(|e| e.to_string())
+    })
 }
 
 #[test]

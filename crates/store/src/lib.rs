@@ -329,6 +329,13 @@ impl Store {
         &self.url
     }
 
+    /// The absolute path of `key`'s file in a local store (`None` for
+    /// other stores): for a reader in another process on this host.
+    pub fn local_file(&self, key: &str) -> Option<std::path::PathBuf> {
+        let root = self.local.as_ref()?;
+        std::path::absolute(root.join(key)).ok()
+    }
+
     fn err(&self, op: &'static str, key: &str, source: object_store::Error) -> StoreError {
         StoreError::Backend {
             url: self.url.clone(),
