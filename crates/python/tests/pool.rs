@@ -142,6 +142,7 @@ fn models_score_as_they_do_in_python_and_faults_fail_only_their_model() {
         "misbehaves_hog",
         "lightgbm_regressor",
         "misbehaves_exit",
+        "log1p_classifier",
     ];
     let rows: Vec<f64> = expected["native_svm"]["rows"]
         .as_array()
@@ -167,17 +168,21 @@ fn models_score_as_they_do_in_python_and_faults_fail_only_their_model() {
         "custom_clip_svm",
         "native_svm",
         "lightgbm_regressor",
+        "log1p_classifier",
     ] {
         let out = by_name[name]
             .as_ref()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let want = &expected[name];
-        let kind = if want["kind"] == "outlier" {
-            Kind::Outlier
-        } else {
-            Kind::Regressor
-        };
+        let kind = Kind::parse(want["kind"].as_str().unwrap()).unwrap();
         assert_eq!(out.kind, kind, "{name}");
+        let classes: Vec<&str> = want["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(out.classes, classes, "{name}");
         let score: Vec<f64> = want["score"]
             .as_array()
             .unwrap()

@@ -57,6 +57,11 @@ def models():
     out["lightgbm_regressor"] = lightgbm.LGBMRegressor(
         n_estimators=30, num_leaves=8, min_child_samples=5, verbose=-1, random_state=0
     ).fit(x, y)
+    from sklearn.linear_model import LogisticRegression
+
+    out["log1p_classifier"] = Pipeline(
+        [("log", FunctionTransformer(np.log1p)), ("clf", LogisticRegression())]
+    ).fit(x, np.where(x[:, 0] > 22.0, "high", "normal"))
     for what in ("raise", "sleep", "hog", "exit"):
         out["misbehaves_" + what] = teamcode.Misbehaves(what).fit(x)
     return out
@@ -64,10 +69,14 @@ def models():
 
 def direct(model, X):
     """What the runtime's rules give when the same code runs here."""
-    from sklearn.base import is_outlier_detector
+    from sklearn.base import is_classifier, is_outlier_detector
 
     if is_outlier_detector(model):
         return "outlier", model.decision_function(X), (model.predict(X) == -1).astype(int), []
+    if is_classifier(model):
+        classes = list(model.classes_)
+        label = [classes.index(p) for p in model.predict(X)]
+        return "classifier", model.predict_proba(X).max(axis=1), label, [str(c) for c in classes]
     return "regressor", model.predict(X), np.full(len(X), NO_LABEL), []
 
 
