@@ -265,6 +265,9 @@ pub enum StartError {
 /// A request waiting for a worker.
 struct Item {
     index: usize,
+    /// The worker this model goes to when it is free (the one that loaded
+    /// it last time, as long as the pool's size does not change).
+    slot: usize,
     call: Call,
     loader: Arc<Loader>,
     reply: mpsc::Sender<(usize, Result<Output, CallError>)>,
@@ -274,6 +277,16 @@ struct Item {
 struct Queue {
     items: VecDeque<Item>,
     stop: bool,
+}
+
+/// The worker a model goes to by preference: by its identity, so that
+/// it finds the model already loaded in the jobs after the first.
+fn slot_of(id: &str, workers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same slot in every job and process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    (h.finish() % workers as u64) as usize
 }
 
 /// What the pool's threads share.
@@ -290,14 +303,17 @@ struct Shared {
 }
 
 impl Shared {
-    /// The next request, or `None` when the pool stops.
-    fn next(&self) -> Option<Item> {
+    /// The next request for worker `slot`: the first queued for it, else
+    /// the first of any other (so no worker idles while work waits);
+    /// `None` when the pool stops.
+    fn next(&self, slot: usize) -> Option<Item> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if q.stop {
                 return None;
             }
-            if let Some(item) = q.items.pop_front() {
+            let mine = q.items.iter().position(|i| i.slot == slot);
+            if let Some(item) = q.items.remove(mine.unwrap_or(0)) {
                 return Some(item);
             }
             q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
@@ -377,7 +393,7 @@ impl Pool {
                 let report = if slot == 0 { first.take() } else { None };
                 std::thread::Builder::new()
                     .name(format!("python-{slot}"))
-                    .spawn(move || process::worker_loop(&shared, prestart, report))
+                    .spawn(move || process::worker_loop(&shared, slot, prestart, report))
                     .expect("spawning a thread")
             })
             .collect();
@@ -409,11 +425,13 @@ impl Pool {
             .map(|c| (c.rows.len() / c.width.max(1)) as u64)
             .collect();
         let (tx, rx) = mpsc::channel();
+        let workers = self.threads.len().max(1);
         {
             let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             for (index, call) in calls.into_iter().enumerate() {
                 q.items.push_back(Item {
                     index,
+                    slot: slot_of(&call.model.id, workers),
                     call,
                     loader: Arc::clone(loader),
                     reply: tx.clone(),

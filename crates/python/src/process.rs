@@ -440,6 +440,7 @@ fn watchdog(guard: &(Mutex<Guard>, Condvar), child: &Mutex<Child>, timed_out: &A
 /// dies or must go.
 pub(crate) fn worker_loop(
     shared: &Arc<Shared>,
+    slot: usize,
     prestart: bool,
     report: Option<std::sync::mpsc::Sender<Result<Hello, StartError>>>,
 ) {
@@ -460,7 +461,7 @@ pub(crate) fn worker_loop(
             }
         }
     }
-    while let Some(item) = shared.next() {
+    while let Some(item) = shared.next(slot) {
         let result = run(shared, &mut proc, &item);
         let _ = item.reply.send((item.index, result));
     }
