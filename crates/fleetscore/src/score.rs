@@ -17,7 +17,7 @@ use fleetscore_core::{format_ts, parse_ts};
 use fleetscore_jobs::schedule::latest_due;
 use fleetscore_jobs::{ModelFailure, Scored};
 use fleetscore_store::lake::{self, DeviceCount, Manifest, ShardOutput};
-use fleetscore_store::{ModelInput, Registry, Store};
+use fleetscore_store::{Index, ModelInput, Store};
 use serde::Serialize;
 
 use crate::cli::{Format, Global, Layout, ScoreArgs};
@@ -151,8 +151,7 @@ fn source(g: &Global, args: &ScoreArgs) -> anyhow::Result<Source> {
 /// Leaves out the readings of pairs whose live model (own, else the
 /// `(*, tag)` fallback) takes windows: scoring their raw values would give
 /// wrong predictions. Returns how many pairs, with a warning.
-async fn drop_window_models(registry: &Registry, readings: &mut Readings) -> anyhow::Result<usize> {
-    let index = registry.index().await.context("reading the model index")?;
+fn drop_window_models(index: &Index, readings: &mut Readings) -> usize {
     let window: HashSet<&str> = index
         .models
         .iter()
@@ -163,7 +162,7 @@ async fn drop_window_models(registry: &Registry, readings: &mut Readings) -> any
         .map(|(k, _)| k.as_str())
         .collect();
     if window.is_empty() {
-        return Ok(0);
+        return 0;
     }
     let raw: HashSet<&str> = index
         .models
@@ -190,7 +189,7 @@ async fn drop_window_models(registry: &Registry, readings: &mut Readings) -> any
         let keep: Vec<bool> = skip.iter().map(|s| !s).collect();
         readings.retain_keys(&keep);
     }
-    Ok(skipped)
+    skipped
 }
 
 /// Keeps the readings of the (device, tag) pairs of shard `i` of `n`.
@@ -277,7 +276,7 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
     if let Source::File { from, to, .. } = src {
         readings.retain_time(from, to);
     }
-    let window_models_skipped = drop_window_models(&registry, &mut readings).await?;
+    let window_models_skipped = drop_window_models(&index, &mut readings);
     // Pairs of other shards or times: not scored, not failed.
     readings.drop_unused_keys();
     if let Source::Store { from, to } = src {

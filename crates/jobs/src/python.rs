@@ -204,7 +204,7 @@ pub fn score_with_python(
 /// anomalies; failures at the end); groups stay in (device, tag) order.
 pub fn score_units(
     scored: &mut Scored,
-    units: Vec<PythonUnit>,
+    mut units: Vec<PythonUnit>,
     python: &PythonModels,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), Interrupted> {
@@ -214,12 +214,14 @@ pub fn score_units(
     let results: Vec<Result<fleetscore_python::Output, FailureReason>> =
         match (&python.pool, &python.loader) {
             (Some(pool), Some(loader)) => {
+                // The rows go to the pool; the units keep what is written
+                // beside the predictions.
                 let calls = units
-                    .iter()
+                    .iter_mut()
                     .map(|u| Call {
                         model: Arc::clone(&u.model),
                         width: u.width,
-                        rows: u.rows.clone(),
+                        rows: std::mem::take(&mut u.rows),
                     })
                     .collect();
                 let results = pool.score_with_progress(calls, loader, progress);
