@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Seeds fuzz/corpus/{lineproto,json,csvbody} for the ingest-body targets.
+"""Seeds fuzz/corpus/{lineproto,json,csvbody,payload} for the ingest targets.
 
 The seeds are the request bodies of the codecs tests: every string literal
 (plain, raw `r#"..."#` and byte `b"..."`, Rust escapes decoded) in the
@@ -31,6 +31,7 @@ SOURCES = [
     "crates/codecs/src/csvbody.rs",
     "crates/codecs/src/ingest.rs",
     "crates/codecs/tests/ingest.rs",
+    "crates/codecs/src/message.rs",
 ]
 # Settings bytes (fuzz_targets/lineproto.rs): 0x00 defaults, 0x18 device
 # tag `host` with measurement prefix, 0x23 seconds with booleans skipped.
@@ -38,6 +39,9 @@ LP_SETTINGS = [0x00, 0x18, 0x23]
 # Settings bytes (fuzz_targets/csvbody.rs): 0x00 header by name, 0x02
 # extra columns ignored, 0x11 no header, columns by position.
 CSV_SETTINGS = [0x00, 0x02, 0x11]
+# Settings bytes (fuzz_targets/payload.rs): 0xc0 auto with topic device and
+# tag, 0x40 JSON with a topic device only, 0x0a seconds, no topic names.
+PAYLOAD_SETTINGS = [0xC0, 0x40, 0x0A]
 
 LITERAL = re.compile(
     r'(?P<raw>b?r(?P<hashes>#*)"(?P<rawbody>.*?)"(?P=hashes))'
@@ -104,11 +108,22 @@ def client_bodies():
     array = b'[{"TS": "2026-01-15 00:00:05.000", "Device": 1, "Tag": 2, "Value": 4.4}, {"ts": 1700000000000000000, "device": "pump 7", "tag": "temp", "value": -0.0}]'
     with open(os.path.join(ROOT, "examples/fleet/data/sensor_data.csv"), "rb") as f:
         fleet = b"".join(f.readlines()[:40])
-    return {"lineproto": [lp, lp_v2], "json": [ndjson, array], "csvbody": [fleet]}
+    payloads = [
+        b"21.5",
+        b'{"value": 20, "ts": 1764887621.5}',
+        b'{"ts": 1764887621, "temp": 21.3, "vib": 0.02, "status": "ok"}',
+        b'[{"device": "a", "t": 1}, {"device": "b", "tag": "x", "value": 2, "ts": "2026-01-15T00:00:05Z"}]',
+    ]
+    return {
+        "lineproto": [lp, lp_v2],
+        "json": [ndjson, array],
+        "csvbody": [fleet],
+        "payload": payloads,
+    }
 
 
 def main():
-    seeds = {"lineproto": set(), "json": set(), "csvbody": set()}
+    seeds = {"lineproto": set(), "json": set(), "csvbody": set(), "payload": set()}
     for path in SOURCES:
         for _, body in literals(test_code(path)):
             if len(body) < 3:
@@ -117,11 +132,17 @@ def main():
                 seeds["lineproto"].add(body)
             if body.lstrip()[:1] in (b"{", b"["):
                 seeds["json"].add(body)
+                seeds["payload"].add(body)
             if b"," in body:
                 seeds["csvbody"].add(body)
     for target, bodies in client_bodies().items():
         seeds[target].update(bodies)
-    settings = {"lineproto": LP_SETTINGS, "json": [None], "csvbody": CSV_SETTINGS}
+    settings = {
+        "lineproto": LP_SETTINGS,
+        "json": [None],
+        "csvbody": CSV_SETTINGS,
+        "payload": PAYLOAD_SETTINGS,
+    }
     for target, bodies in seeds.items():
         corpus = os.path.join(HERE, "corpus", target)
         os.makedirs(corpus, exist_ok=True)

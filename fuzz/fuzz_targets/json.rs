@@ -10,11 +10,12 @@
 #![no_main]
 
 use fleetscore_codecs::parse_json;
+use fleetscore_core::TsUnit;
 use fleetscore_fuzz::{check_batch, check_heap, check_refusal, check_round_trips, measure, Places};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
-    let (result, heap) = measure(|| parse_json(body));
+    let (result, heap) = measure(|| parse_json(body, TsUnit::Nanos));
     check_heap(heap, body.len());
     match result {
         Ok(batch) => {

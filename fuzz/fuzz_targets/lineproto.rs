@@ -3,14 +3,17 @@
 //! client on the network).
 //!
 //! The first byte picks the request's settings (precision, device tag,
-//! measurement prefix, booleans, arrival time); the rest is the body.
+//! measurement prefix, booleans, arrival time, all-or-nothing or partial
+//! write); the rest is the body.
 //! Besides "no panic", every result must keep the invariants of
 //! `fleetscore_fuzz` (accepted: every reading passes the one policy and
 //! round-trips through all three body formats; refused: at most
 //! `MAX_REPORTED_ERRORS` problems, each naming a line of the body).
 #![no_main]
 
-use fleetscore_codecs::{parse_line_protocol, BoolFields, LineProtocolConfig, Precision};
+use fleetscore_codecs::{
+    parse_line_protocol, parse_line_protocol_partial, BoolFields, LineProtocolConfig, Precision,
+};
 use fleetscore_fuzz::{check_batch, check_heap, check_refusal, check_round_trips, measure, Places};
 use libfuzzer_sys::fuzz_target;
 
@@ -49,6 +52,19 @@ fuzz_target!(|data: &[u8]| {
     } else {
         i64::MAX
     };
+    if settings & 0b1000_0000 != 0 {
+        // `[ingest] bad_lines = "skip"`: the good lines kept, the bad ones
+        // listed; what is kept meets the same invariants.
+        let (partial, heap) =
+            measure(|| parse_line_protocol_partial(body, precision, arrival_ns, &config));
+        check_heap(heap, body.len());
+        check_batch(&partial.batch, body.len());
+        check_round_trips(&partial.batch);
+        if let Some(bad) = &partial.bad {
+            check_refusal(bad, body, Places::Lines);
+        }
+        return;
+    }
     let (result, heap) = measure(|| parse_line_protocol(body, precision, arrival_ns, &config));
     check_heap(heap, body.len());
     match result {

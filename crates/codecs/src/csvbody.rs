@@ -24,7 +24,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::{shorten, Batch, BatchError, Collector, Location, Part};
-use fleetscore_core::{parse_ts, validate_name, NameKind};
+use fleetscore_core::{parse_ts, validate_name, NameKind, TsUnit};
 
 /// A CSV column: a header name (matched case-insensitively) or a 0-based
 /// position.
@@ -68,6 +68,11 @@ pub struct CsvBodyConfig {
     /// What to do with columns the mapping does not use: `refuse` the body,
     /// naming them (the default), or `ignore` them.
     pub extra_columns: ExtraColumns,
+    /// The unit of numeric timestamps (`auto`: by magnitude, see
+    /// [`TsUnit`]); text is read as RFC 3339 or the reference layout. Set
+    /// by the server from `[ingest] ts_unit`, not in this table.
+    #[serde(skip)]
+    pub ts_unit: TsUnit,
 }
 
 /// What becomes of CSV columns the mapping does not use.
@@ -92,6 +97,7 @@ impl Default for CsvBodyConfig {
             fixed_device: None,
             fixed_tag: None,
             extra_columns: ExtraColumns::Refuse,
+            ts_unit: TsUnit::Auto,
         }
     }
 }
@@ -227,7 +233,7 @@ pub fn parse_csv_body<'c>(body: &[u8], config: &'c CsvBodyConfig) -> Result<Batc
         };
         let result = match extra {
             Some(reason) => Err(reason),
-            None => row(&rec, &ts, &device, &tag, &value, &mut out),
+            None => row(&rec, &ts, &device, &tag, &value, config.ts_unit, &mut out),
         };
         if let Err(reason) = result {
             out.reject(Location::Line(line), reason);
@@ -248,6 +254,17 @@ fn field<'r>(rec: &'r csv::ByteRecord, s: &'r Source<'_>) -> Result<&'r [u8], St
     }
 }
 
+/// `123.25` or `-0.5`: digits with one point (epoch seconds with a
+/// fraction), not a date.
+fn is_decimal(s: &str) -> bool {
+    let t = s.strip_prefix('-').unwrap_or(s);
+    let mut parts = t.splitn(2, '.');
+    let (a, b) = (parts.next().unwrap_or(""), parts.next());
+    matches!(b, Some(b) if !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()))
+        && !a.is_empty()
+        && a.bytes().all(|c| c.is_ascii_digit())
+}
+
 fn is_integer(s: &str) -> bool {
     let digits = s.strip_prefix('-').unwrap_or(s);
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
@@ -266,17 +283,27 @@ fn row(
     device: &Source<'_>,
     tag: &Source<'_>,
     value: &Source<'_>,
+    unit: TsUnit,
     out: &mut Collector,
 ) -> Result<(), String> {
     let raw_ts = field(rec, ts)?;
     let ts_ns = match std::str::from_utf8(raw_ts) {
-        Ok(s) if is_integer(s) => s.parse::<i64>().map_err(|_| {
-            format!(
-                "column `{}`: `{}` is out of range",
-                col_name(ts),
-                shorten(raw_ts)
-            )
-        })?,
+        Ok(s) if is_integer(s) => {
+            let n = s.parse::<i64>().map_err(|_| {
+                format!(
+                    "column `{}`: `{}` is out of range",
+                    col_name(ts),
+                    shorten(raw_ts)
+                )
+            })?;
+            unit.int_to_ns(n)
+                .map_err(|e| format!("column `{}`: {e}", col_name(ts)))?
+        }
+        Ok(s) if is_decimal(s) => s
+            .parse::<f64>()
+            .map_err(|e| e.to_string())
+            .and_then(|f| unit.float_to_ns(f).map_err(|e| e.to_string()))
+            .map_err(|e| format!("column `{}`: {e}", col_name(ts)))?,
         Ok(s) => parse_ts(s).map_err(|e| format!("column `{}`: {e}", col_name(ts)))?,
         Err(_) => return Err(format!("column `{}` is not UTF-8", col_name(ts))),
     };
@@ -310,8 +337,16 @@ fn row(
 mod tests {
     use super::*;
 
+    /// `cfg` with integer times in nanoseconds, as these tests write them.
+    fn ns(cfg: &CsvBodyConfig) -> CsvBodyConfig {
+        CsvBodyConfig {
+            ts_unit: TsUnit::Nanos,
+            ..cfg.clone()
+        }
+    }
+
     fn ok(body: &str, cfg: &CsvBodyConfig) -> Vec<(i64, String, String, f64)> {
-        parse_csv_body(body.as_bytes(), cfg)
+        parse_csv_body(body.as_bytes(), &ns(cfg))
             .unwrap()
             .iter()
             .map(|r| (r.ts, r.device.into(), r.tag.into(), r.value))
@@ -319,12 +354,26 @@ mod tests {
     }
 
     fn errs(body: &str, cfg: &CsvBodyConfig) -> Vec<String> {
-        parse_csv_body(body.as_bytes(), cfg)
+        parse_csv_body(body.as_bytes(), &ns(cfg))
             .unwrap_err()
             .errors
             .iter()
             .map(|e| e.to_string())
             .collect()
+    }
+
+    #[test]
+    fn numeric_times_by_magnitude_or_unit() {
+        let body = "TS,Device,Tag,Value\n1764887621.5,d,t,1\n1764887621500,d,t,2\n";
+        let got = parse_csv_body(body.as_bytes(), &CsvBodyConfig::default()).unwrap();
+        assert_eq!(got.readings.ts(), [1_764_887_621_500_000_000; 2]);
+        let secs = CsvBodyConfig {
+            ts_unit: TsUnit::Seconds,
+            ..CsvBodyConfig::default()
+        };
+        let e = parse_csv_body(body.as_bytes(), &secs).unwrap_err();
+        assert!(e.errors[0].reason.contains("read as seconds"), "{e}");
+        assert_eq!(e.errors[0].at, Location::Line(3));
     }
 
     #[test]
@@ -464,7 +513,7 @@ mod tests {
         );
         assert!(e[1].starts_with("line 3: column `Device`: device name \"a\\nb\": contains a control character (U+000A)"), "{e:?}");
         assert!(
-            e[2].starts_with("line 5: column `TS`: timestamp 1677-09-21"),
+            e[2].starts_with("line 5: column `TS`: timestamp -9223372036854775808 read as nanoseconds since 1970 (1677-09-21"),
             "{e:?}"
         );
         let cfg = CsvBodyConfig {

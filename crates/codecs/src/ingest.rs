@@ -32,7 +32,7 @@
 use std::fmt;
 
 use fleetscore_core::{
-    check_ts, check_value, validate_name_bytes, NameError, NameKind, TimestampRangeError,
+    check_ts, check_value, validate_name_bytes, NameError, NameKind, TimestampRangeError, TsUnit,
     ValueError,
 };
 use rustc_hash::FxHashMap;
@@ -57,6 +57,16 @@ pub(crate) enum Refused {
 }
 
 impl Refused {
+    /// The kind of problem.
+    pub(crate) fn problem(&self) -> crate::Problem {
+        match self {
+            Refused::Name(_) => crate::Problem::Name,
+            Refused::Ts(_) => crate::Problem::Time,
+            Refused::Value(_) => crate::Problem::Value,
+            Refused::TooMany => crate::Problem::Syntax,
+        }
+    }
+
     /// The message, after `field(part)` when the parser names its fields
     /// (`column `Device`: device name …`).
     pub(crate) fn in_field(&self, field: impl Fn(Part) -> String) -> String {
@@ -125,6 +135,9 @@ pub struct Rejection {
     pub at: Location,
     /// What is wrong, naming the field or column.
     pub reason: String,
+    /// The kind of problem (a syntax error unless a part of a reading
+    /// broke the rules).
+    pub problem: crate::Problem,
 }
 
 /// A refused batch: the problems found, none of its readings kept.
@@ -156,6 +169,7 @@ impl BatchError {
             errors: vec![Rejection {
                 at,
                 reason: reason.into(),
+                problem: crate::Problem::Syntax,
             }],
             omitted: 0,
         }
@@ -192,6 +206,18 @@ pub struct Batch {
     pub skipped_bools: usize,
 }
 
+/// What a partial write keeps: the readings of the good lines, and the
+/// problems of the bad ones (`None`: every line was good). Only line
+/// protocol has this mode (InfluxDB's partial write; see
+/// [`crate::parse_line_protocol_partial`]).
+#[derive(Debug, Default, Clone)]
+pub struct PartialBatch {
+    /// The good lines' readings.
+    pub batch: Batch,
+    /// The bad lines, each with its line number and reason.
+    pub bad: Option<BatchError>,
+}
+
 /// One reading of a [`Batch`], borrowed (the one row view of
 /// [`Readings`]).
 pub use fleetscore_core::Reading;
@@ -219,19 +245,58 @@ pub(crate) struct Collector {
     pub(crate) batch: Batch,
     errors: Vec<Rejection>,
     omitted: usize,
+    /// Partial mode: a bad line's readings are dropped and the good ones
+    /// kept (InfluxDB's partial write), instead of all or nothing.
+    keep_good: bool,
 }
 
 impl Collector {
-    /// Whether a problem was found (readings are no longer kept).
+    /// A collector for a partial write: bad lines are dropped (and
+    /// listed), good ones kept; see [`Collector::finish_partial`].
+    pub(crate) fn partial() -> Collector {
+        Collector {
+            keep_good: true,
+            ..Collector::default()
+        }
+    }
+
+    /// Whether readings are no longer kept: a problem was found and the
+    /// batch is all or nothing.
     pub(crate) fn failed(&self) -> bool {
-        !self.errors.is_empty()
+        !self.keep_good && !self.errors.is_empty()
+    }
+
+    /// How many readings are kept so far: the mark a line's readings start
+    /// at, for [`Collector::reject_since`].
+    pub(crate) fn mark(&self) -> usize {
+        self.batch.readings.len()
+    }
+
+    /// Refuses a line whose readings from `mark` on were pushed already:
+    /// in partial mode they are dropped again.
+    pub(crate) fn reject_since(&mut self, mark: usize, at: Location, refused: &Refused) {
+        if self.keep_good {
+            self.batch.readings.truncate(mark);
+        }
+        self.reject_as(at, refused.problem(), refused.to_string());
     }
 
     pub(crate) fn reject(&mut self, at: Location, reason: impl Into<String>) {
+        self.reject_as(at, crate::Problem::Syntax, reason);
+    }
+
+    /// [`Collector::reject`] for a problem of a kind other than syntax.
+    pub(crate) fn reject_as(
+        &mut self,
+        at: Location,
+        problem: crate::Problem,
+        reason: impl Into<String>,
+    ) {
         if self.errors.len() < MAX_REPORTED_ERRORS {
             self.errors.push(Rejection {
                 at,
                 reason: reason.into(),
+                problem,
             });
         } else {
             self.omitted += 1;
@@ -313,6 +378,33 @@ impl Collector {
         Ok(())
     }
 
+    /// The good readings, and the problems of the bad lines if any (a
+    /// collector made by [`Collector::partial`]).
+    pub(crate) fn finish_partial(mut self) -> PartialBatch {
+        let bad = if self.errors.is_empty() {
+            None
+        } else {
+            // Renumbered: pairs of dropped lines only would be scored with
+            // no rows, and a pair first seen on a dropped line must not
+            // keep an id before the pairs of the lines kept (ids are in
+            // order of first use).
+            let kept = std::mem::take(&mut self.batch.readings);
+            let mut fresh = fleetscore_core::ReadingsBuilder::new();
+            for r in kept.iter() {
+                fresh.push(r.ts, r.device, r.tag, r.value);
+            }
+            self.batch.readings = fresh.finish();
+            Some(BatchError {
+                errors: self.errors,
+                omitted: self.omitted,
+            })
+        };
+        PartialBatch {
+            batch: self.batch,
+            bad,
+        }
+    }
+
     pub(crate) fn finish(self) -> Result<Batch, BatchError> {
         if self.errors.is_empty() {
             Ok(self.batch)
@@ -349,6 +441,19 @@ impl Names {
         self.ids.insert(name.into(), id);
         Ok(id)
     }
+}
+
+/// A JSON number as a timestamp in `unit` (see [`TsUnit`]), in
+/// nanoseconds since the epoch; the error names neither field nor place.
+pub fn json_ts(n: &serde_json::Number, unit: TsUnit) -> Result<i64, String> {
+    let r = if let Some(i) = n.as_i64() {
+        unit.int_to_ns(i)
+    } else if let Some(f) = n.as_f64() {
+        unit.float_to_ns(f)
+    } else {
+        return Err(format!("{n} is not a number"));
+    };
+    r.map_err(|e| e.to_string())
 }
 
 /// Cuts user text for an error message (at most 64 characters).
@@ -394,6 +499,25 @@ mod tests {
         // Names are checked when first seen only: a refused name is not
         // interned, so it is refused again.
         assert!(c.push(2, b"d\n", b"t", 1.0).is_err());
+    }
+
+    #[test]
+    fn a_partial_batch_drops_bad_lines_only() {
+        let mut c = Collector::partial();
+        c.push(1, b"d", b"t", 1.0).unwrap();
+        let mark = c.mark();
+        c.push(2, b"d", b"u", 2.0).unwrap();
+        let refused = c.push(2, b"d", b"v", f64::NAN).unwrap_err();
+        c.reject_since(mark, Location::Line(2), &refused);
+        c.push(3, b"e", b"t", 3.0).unwrap();
+        let p = c.finish_partial();
+        let rows: Vec<_> = p.batch.iter().map(|r| (r.ts, r.device, r.tag)).collect();
+        assert_eq!(rows, [(1, "d", "t"), (3, "e", "t")]);
+        // The pair (d, u) of the dropped line is gone.
+        assert_eq!(p.batch.readings.key_count(), 2);
+        let bad = p.bad.unwrap();
+        assert_eq!(bad.errors[0].at, Location::Line(2));
+        assert_eq!(bad.errors[0].problem, crate::Problem::Value);
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //!   unread); a field given twice (`ts` and `TS`, or `ts` twice) is an
 //!   error.
 //! * `ts` (required) is an RFC 3339 / reference-layout string (see
-//!   [`fleetscore_core::parse_ts`]) or an integer of nanoseconds since the
-//!   epoch. `device` and `tag` are strings or integers (`1` is read as
+//!   [`fleetscore_core::parse_ts`]) or a number since the epoch in the
+//!   configured unit (`[ingest] ts_unit`, default `auto`: seconds,
+//!   milliseconds, microseconds or nanoseconds by magnitude, see
+//!   [`TsUnit`]); seconds may have a fraction. `device` and `tag` are strings or integers (`1` is read as
 //!   `"1"`). `value` is a JSON number (a string is refused).
 //! * Names, timestamps and values follow the one policy of every source
 //!   (`fleetscore_core`'s name rule, 1678 through 2261, finite values).
@@ -27,8 +29,8 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
-use crate::ingest::{shorten, Batch, BatchError, Collector, Location};
-use fleetscore_core::parse_ts;
+use crate::ingest::{json_ts, shorten, Batch, BatchError, Collector, Location};
+use fleetscore_core::{parse_ts, TsUnit};
 
 /// Parses a JSON, JSON array or NDJSON body into readings; all or nothing.
 ///
@@ -36,7 +38,9 @@ use fleetscore_core::parse_ts;
 /// fields of a reading: no tree of the whole body is built, so the memory a
 /// body costs is its readings, not ten or more times its bytes (which is
 /// what the server's in-flight budget assumes).
-pub fn parse_json(body: &[u8]) -> Result<Batch, BatchError> {
+///
+/// Numeric timestamps are in `ts_unit` ([`TsUnit::Auto`]: by magnitude).
+pub fn parse_json(body: &[u8], ts_unit: TsUnit) -> Result<Batch, BatchError> {
     let mut out = Collector::default();
     let Some(first) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
         return Ok(Batch::default());
@@ -44,7 +48,10 @@ pub fn parse_json(body: &[u8]) -> Result<Batch, BatchError> {
     if body[first] == b'[' {
         let mut de = serde_json::Deserializer::from_slice(body);
         let read = de
-            .deserialize_seq(Elements { out: &mut out })
+            .deserialize_seq(Elements {
+                out: &mut out,
+                unit: ts_unit,
+            })
             .and_then(|()| de.end());
         if let Err(e) = read {
             return Err(BatchError::single(
@@ -55,7 +62,7 @@ pub fn parse_json(body: &[u8]) -> Result<Batch, BatchError> {
         return out.finish();
     }
     if let Ok(item) = serde_json::from_slice::<Item>(body) {
-        add(&mut out, Location::Body, item);
+        add(&mut out, Location::Body, item, ts_unit);
         return out.finish();
     }
     for (n, line) in body.split(|&b| b == b'\n').enumerate() {
@@ -64,7 +71,7 @@ pub fn parse_json(body: &[u8]) -> Result<Batch, BatchError> {
         }
         let at = Location::Line(n + 1);
         match serde_json::from_slice::<Item>(line) {
-            Ok(item) => add(&mut out, at, item),
+            Ok(item) => add(&mut out, at, item, ts_unit),
             Err(e) => out.reject(at, format!("invalid JSON: {e}")),
         }
     }
@@ -74,6 +81,7 @@ pub fn parse_json(body: &[u8]) -> Result<Batch, BatchError> {
 /// The elements of a top-level array, each added as it is read.
 struct Elements<'a> {
     out: &'a mut Collector,
+    unit: TsUnit,
 }
 
 impl<'de> Visitor<'de> for Elements<'_> {
@@ -86,7 +94,7 @@ impl<'de> Visitor<'de> for Elements<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut i = 0;
         while let Some(item) = seq.next_element::<Item>()? {
-            add(self.out, Location::Element(i), item);
+            add(self.out, Location::Element(i), item, self.unit);
             i += 1;
         }
         Ok(())
@@ -319,15 +327,19 @@ impl Scalar {
     }
 }
 
-fn add(out: &mut Collector, at: Location, item: Item) {
+fn add(out: &mut Collector, at: Location, item: Item, unit: TsUnit) {
     let r = match item {
-        Item::Object(fields) => reading(fields),
+        Item::Object(fields) => reading(fields, unit),
         Item::Other(kind) => Err(format!("expected an object, found {kind}")),
     };
     match r {
         Ok((ts, device, tag, value)) => {
             if let Err(e) = out.push(ts, device.as_bytes(), tag.as_bytes(), value) {
-                out.reject(at, e.in_field(|part| format!("field `{}`", part.name())));
+                out.reject_as(
+                    at,
+                    e.problem(),
+                    e.in_field(|part| format!("field `{}`", part.name())),
+                );
             }
         }
         Err(reason) => out.reject(at, reason),
@@ -336,7 +348,7 @@ fn add(out: &mut Collector, at: Location, item: Item) {
 
 const FIELDS: [&str; 4] = ["ts", "device", "tag", "value"];
 
-fn reading(fields: Fields) -> Result<(i64, String, String, f64), String> {
+fn reading(fields: Fields, unit: TsUnit) -> Result<(i64, String, String, f64), String> {
     if let Some(twice) = fields.twice {
         return Err(twice);
     }
@@ -347,12 +359,10 @@ fn reading(fields: Fields) -> Result<(i64, String, String, f64), String> {
     let (k, ts) = get(ts, 0)?;
     let ts = match ts {
         Scalar::String(s) => parse_ts(&s).map_err(|e| format!("field `{k}`: {e}"))?,
-        Scalar::Number(n) => n.as_i64().ok_or_else(|| {
-            format!("field `{k}`: {n} is not an integer of nanoseconds since the epoch (readings are accepted from 1678 through 2261)")
-        })?,
+        Scalar::Number(n) => json_ts(&n, unit).map_err(|e| format!("field `{k}`: {e}"))?,
         other => {
             return Err(format!(
-                "field `{k}` must be an RFC 3339 string or integer nanoseconds, found {}",
+                "field `{k}` must be an RFC 3339 string or a number since the epoch, found {}",
                 other.kind()
             ))
         }
@@ -396,7 +406,7 @@ mod tests {
     use super::*;
 
     fn ok(body: &str) -> Vec<(i64, String, String, f64)> {
-        parse_json(body.as_bytes())
+        parse_json(body.as_bytes(), TsUnit::Nanos)
             .unwrap()
             .iter()
             .map(|r| (r.ts, r.device.into(), r.tag.into(), r.value))
@@ -404,12 +414,42 @@ mod tests {
     }
 
     fn errs(body: &str) -> Vec<String> {
-        parse_json(body.as_bytes())
+        parse_json(body.as_bytes(), TsUnit::Nanos)
             .unwrap_err()
             .errors
             .iter()
             .map(|e| e.to_string())
             .collect()
+    }
+
+    #[test]
+    fn numeric_times_in_the_configured_unit_or_by_magnitude() {
+        let at = |body: &str, unit| {
+            parse_json(body.as_bytes(), unit)
+                .unwrap()
+                .iter()
+                .map(|r| r.ts)
+                .collect::<Vec<_>>()
+        };
+        let t = 1_764_887_621_500_000_000;
+        let body = r#"[{"ts": 1764887621.5, "device": "d", "tag": "t", "value": 1},
+            {"ts": 1764887621500, "device": "d", "tag": "t", "value": 1},
+            {"ts": 1764887621500000, "device": "d", "tag": "t", "value": 1},
+            {"ts": 1764887621500000000, "device": "d", "tag": "t", "value": 1}]"#;
+        assert_eq!(at(body, TsUnit::Auto), [t, t, t, t]);
+        assert_eq!(
+            at(
+                r#"{"ts": 5, "device": "d", "tag": "t", "value": 1}"#,
+                TsUnit::Millis
+            ),
+            [5_000_000]
+        );
+        let e = parse_json(
+            br#"{"ts": 1764887621500, "device": "d", "tag": "t", "value": 1}"#,
+            TsUnit::Seconds,
+        )
+        .unwrap_err();
+        assert!(e.errors[0].reason.contains("read as seconds"), "{e}");
     }
 
     #[test]
@@ -437,7 +477,7 @@ mod tests {
         assert_eq!(e.len(), 2);
         assert!(e[0].starts_with("line 2: invalid JSON"), "{e:?}");
         assert!(e[1].contains("line 3: field `ts` is given twice"), "{e:?}");
-        let e = errs(r#"{"ts": 1.5, "device": "", "tag": "t", "value": 1}"#);
+        let e = errs(r#"{"ts": 1e300, "device": "", "tag": "t", "value": 1}"#);
         assert!(e[0].starts_with("body: field `ts`"), "{e:?}");
         let e = errs(r#"{"ts": 1, "device": "", "tag": "t", "value": 1}"#);
         assert_eq!(
@@ -453,7 +493,7 @@ mod tests {
         );
         assert_eq!(e.len(), 3, "{e:?}");
         assert!(
-            e[0].starts_with("element 0: field `ts`: timestamp 1677-09-21"),
+            e[0].starts_with("element 0: field `ts`: timestamp -9223372036854775808 read as nanoseconds since 1970 (1677-09-21"),
             "{e:?}"
         );
         assert!(
@@ -478,7 +518,7 @@ mod tests {
         // `IgnoredAny`, an unread field's string was not checked for UTF-8,
         // so a body that is not JSON gave readings (or element errors).
         let body = b"[{\"x\": \"\xca\xab\xcd\xcc\", \"ts\": 1, \"device\": \"d\", \"tag\": \"t\", \"value\": 1}]";
-        let e = parse_json(body).unwrap_err();
+        let e = parse_json(body, TsUnit::Nanos).unwrap_err();
         assert_eq!(e.errors.len(), 1, "{e}");
         assert!(
             e.errors[0]
@@ -487,7 +527,7 @@ mod tests {
             "{e}"
         );
         let body = b"{\"ts\": 1, \"device\": \"d\", \"tag\": \"t\", \"value\": 1, \"x\": [{\"y\": \"\xff\"}]}";
-        let e = parse_json(body).unwrap_err();
+        let e = parse_json(body, TsUnit::Nanos).unwrap_err();
         assert!(
             e.errors[0].to_string().starts_with("line 1: invalid JSON"),
             "{e}"
@@ -508,7 +548,7 @@ mod tests {
         assert_eq!(
             e,
             [
-                "element 0: field `ts` must be an RFC 3339 string or integer nanoseconds, found an array",
+                "element 0: field `ts` must be an RFC 3339 string or a number since the epoch, found an array",
                 "element 1: expected an object, found an array"
             ]
         );

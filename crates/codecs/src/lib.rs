@@ -10,7 +10,10 @@
 //! ([`parse_line_protocol`]), JSON / NDJSON ([`parse_json`]) and CSV
 //! ([`parse_csv_body`]) — parse into a [`Batch`] of the same columnar
 //! [`Readings`], all or nothing: one bad line refuses the batch with a
-//! [`BatchError`] naming every bad line (up to [`MAX_REPORTED_ERRORS`]).
+//! [`BatchError`] naming every bad line (up to [`MAX_REPORTED_ERRORS`]);
+//! line protocol can also keep the good lines ([`parse_line_protocol_partial`],
+//! InfluxDB's partial write). Broker messages (MQTT, Kafka) are read one by
+//! one with [`decode_payload`].
 //!
 //! Every file error names the file and, for row-level problems, the line (CSV,
 //! 1-based, counting the header as line 1) or row (Parquet, 0-based) and
@@ -24,16 +27,23 @@ mod csvbody;
 mod ingest;
 mod json;
 mod lineproto;
+mod message;
 mod predictions;
 mod raw;
 mod readings;
 
 pub use csvbody::{parse_csv_body, Column, CsvBodyConfig, ExtraColumns};
 pub use fleetscore_core::drop_unused_keys;
-pub use ingest::{Batch, BatchError, Location, Reading, Rejection, MAX_REPORTED_ERRORS};
+pub use ingest::{
+    json_ts, Batch, BatchError, Location, PartialBatch, Reading, Rejection, MAX_REPORTED_ERRORS,
+};
 pub use json::parse_json;
 pub use lineproto::{
-    parse_line_protocol, BoolFields, LineProtocolConfig, Precision, PrecisionError,
+    parse_line_protocol, parse_line_protocol_partial, BoolFields, LineProtocolConfig, Precision,
+    PrecisionError,
+};
+pub use message::{
+    decode_payload, MessageMeta, PayloadConfig, PayloadError, PayloadFormat, Problem,
 };
 /// A Parquet object's footer metadata ([`decode_parquet_footer`]).
 pub use parquet::file::metadata::ParquetMetaData;

@@ -50,7 +50,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::{shorten, Batch, BatchError, Collector, Location};
+use crate::ingest::{shorten, Batch, BatchError, Collector, Location, PartialBatch};
 
 /// How line protocol lines become readings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,7 +157,29 @@ pub fn parse_line_protocol(
     arrival_ns: i64,
     config: &LineProtocolConfig,
 ) -> Result<Batch, BatchError> {
-    let mut out = Collector::default();
+    parse_into(Collector::default(), body, precision, arrival_ns, config).finish()
+}
+
+/// Parses a line protocol body keeping the good lines: InfluxDB's partial
+/// write (`[ingest] bad_lines = "skip"`). A line is kept or dropped whole
+/// (all its fields); the bad lines are listed, with their numbers, as
+/// [`parse_line_protocol`] lists them.
+pub fn parse_line_protocol_partial(
+    body: &[u8],
+    precision: Precision,
+    arrival_ns: i64,
+    config: &LineProtocolConfig,
+) -> PartialBatch {
+    parse_into(Collector::partial(), body, precision, arrival_ns, config).finish_partial()
+}
+
+fn parse_into(
+    mut out: Collector,
+    body: &[u8],
+    precision: Precision,
+    arrival_ns: i64,
+    config: &LineProtocolConfig,
+) -> Collector {
     let mut fields: Vec<Field<'_>> = Vec::with_capacity(16);
     let mut tag_buf: Vec<u8> = Vec::new();
     // The tag id of the field at each position of the previous line: lines
@@ -172,6 +194,7 @@ pub fn parse_line_protocol(
         match parse_line(line, &mut fields, device_tag, precision, arrival_ns) {
             Ok(None) => {}
             Ok(Some((measurement, device, ts))) => {
+                let mark = out.mark();
                 if !reserved {
                     // Room for the whole body if its lines look like this
                     // one: as many lines of this length as the body holds
@@ -235,7 +258,7 @@ pub fn parse_line_protocol(
                     // Checked (names, time, value) even once the batch is
                     // refused, so that every bad line is reported.
                     if let Err(reason) = ids.and_then(|(d, t)| out.push_ids(ts, d, t, v)) {
-                        out.reject(Location::Line(line_no), reason.to_string());
+                        out.reject_since(mark, Location::Line(line_no), &reason);
                         break;
                     }
                 }
@@ -243,7 +266,7 @@ pub fn parse_line_protocol(
             Err(reason) => out.reject(Location::Line(line_no), reason),
         }
     }
-    out.finish()
+    out
 }
 
 type Parsed<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>, i64);

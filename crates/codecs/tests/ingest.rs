@@ -225,20 +225,21 @@ fn json_shapes_and_errors() {
         r#"  [ {"Ts": 1535497205000000000, "DEVICE": "1", "tag": "3", "value": 5e-1} ]"#,
         "\n{\"ts\": 1535497205000000000, \"device\": 1, \"tag\": 3, \"value\": 0.5}\n",
     ] {
-        assert_eq!(rows(&parse_json(body.as_bytes()).unwrap()), want, "{body}");
+        assert_eq!(rows(&parse_json(body.as_bytes(), fleetscore_core::TsUnit::Nanos).unwrap()), want, "{body}");
     }
     let nd = "{\"ts\": 1, \"device\": \"a\", \"tag\": \"t\", \"value\": 1}\n{\"ts\": 2, \"device\": \"a\", \"tag\": \"t\", \"value\": 2}\r\n";
     assert_eq!(
-        parse_json(nd.as_bytes()).unwrap().readings.values(),
+        parse_json(nd.as_bytes(), fleetscore_core::TsUnit::Nanos).unwrap().readings.values(),
         [1.0, 2.0]
     );
-    assert!(parse_json(b"[]").unwrap().readings.is_empty());
+    assert!(parse_json(b"[]", fleetscore_core::TsUnit::Nanos).unwrap().readings.is_empty());
 
     let e = parse_json(
         br#"[{"ts": 1, "device": "a", "tag": "t", "value": 1},
              {"ts": "yesterday", "device": "a", "tag": "t", "value": 1},
              {"ts": 1, "device": "a", "tag": "t"},
              {"ts": 1, "device": true, "tag": "t", "value": 1}]"#,
+        fleetscore_core::TsUnit::Nanos,
     )
     .unwrap_err();
     let at: Vec<Location> = e.errors.iter().map(|e| e.at).collect();
@@ -261,6 +262,7 @@ fn json_shapes_and_errors() {
 
     let e = parse_json(
         b"{\"ts\": 1, \"device\": \"a\", \"tag\": \"t\", \"value\": 1}\n{\"ts\": 1, \"device\": \"a\", \"tag\": \"t\", \"value\": null}\nnot json\n",
+        fleetscore_core::TsUnit::Nanos,
     )
     .unwrap_err();
     let got: Vec<String> = e.errors.iter().map(|e| e.to_string()).collect();
@@ -350,7 +352,7 @@ fn check(body: &[u8]) {
     let results = [
         parse_line_protocol(body, Precision::Nanoseconds, 0, &lp_cfg),
         parse_line_protocol(body, Precision::Hours, 0, &LineProtocolConfig::default()),
-        parse_json(body),
+        parse_json(body, fleetscore_core::TsUnit::Nanos),
         parse_csv_body(body, &CsvBodyConfig::default()),
     ];
     for r in results {

@@ -60,7 +60,7 @@ fn parsers_hold_heap_in_proportion_to_the_body() {
     // per reading object (about 10 times the body). Now elements are read
     // one at a time and only a reading's four fields are kept.
     let zeros = format!("[{}0]", "0,".repeat(1 << 20));
-    let held = peak(|| parse_json(zeros.as_bytes()).unwrap_err());
+    let held = peak(|| parse_json(zeros.as_bytes(), fleetscore_core::TsUnit::Nanos).unwrap_err());
     assert!(
         held <= zeros.len(),
         "{held} bytes for a {}-byte body",
@@ -77,7 +77,7 @@ fn parsers_hold_heap_in_proportion_to_the_body() {
             .collect::<Vec<_>>()
             .join(",")
     );
-    let held = peak(|| parse_json(objects.as_bytes()).unwrap());
+    let held = peak(|| parse_json(objects.as_bytes(), fleetscore_core::TsUnit::Nanos).unwrap());
     assert!(
         held <= objects.len(),
         "{held} bytes for a {}-byte body",

@@ -48,6 +48,6 @@ pub use name::{
 pub use readings::{drop_unused_keys, Columns, Reading, Readings, ReadingsBuilder, TooManyNames};
 pub use time::{
     check_ts, format_rfc3339, format_ts, format_ts_reference, parse_ts, TimeError,
-    TimestampRangeError, MAX_TS, MIN_TS, NANOS_PER_SEC,
+    TimestampRangeError, TsNumberError, TsUnit, MAX_TS, MIN_TS, NANOS_PER_SEC,
 };
 pub use value::{check_value, ValueError};

@@ -209,6 +209,14 @@ impl Readings {
         self.key.push(key);
     }
 
+    /// Keeps the first `len` readings (all when there are fewer). Pairs
+    /// are kept; see [`Readings::drop_unused_keys`].
+    pub fn truncate(&mut self, len: usize) {
+        self.ts.truncate(len);
+        self.value.truncate(len);
+        self.key.truncate(len);
+    }
+
     /// Keeps only readings with `from <= ts < to` (either bound optional).
     /// Pairs are kept; see [`Readings::drop_unused_keys`].
     pub fn retain_time(&mut self, from: Option<i64>, to: Option<i64>) {

@@ -217,6 +217,173 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// The unit of a numeric timestamp, as a source is told (`ts_unit`) or
+/// [`TsUnit::Auto`]: inferred from its magnitude.
+///
+/// | unit | a number means | `auto` picks it when the magnitude is |
+/// | --- | --- | --- |
+/// | `s` | seconds since 1970 (a fraction is kept to the nanosecond) | below 10^11 (before year 5138) |
+/// | `ms` | milliseconds | 10^11 to below 10^14 |
+/// | `us` | microseconds | 10^14 to below 10^17 |
+/// | `ns` | nanoseconds | 10^17 and above (after 1973-03-03) |
+///
+/// So with `auto`, nanoseconds before March 1973 are misread (as
+/// microseconds); configure the unit if devices send such times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum TsUnit {
+    /// Inferred from the magnitude (see the table).
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// Seconds.
+    #[serde(rename = "s")]
+    Seconds,
+    /// Milliseconds.
+    #[serde(rename = "ms")]
+    Millis,
+    /// Microseconds.
+    #[serde(rename = "us")]
+    Micros,
+    /// Nanoseconds.
+    #[serde(rename = "ns")]
+    Nanos,
+}
+
+impl TsUnit {
+    /// Nanoseconds in one unit (`Auto`: none).
+    pub fn nanos(self) -> Option<i64> {
+        match self {
+            TsUnit::Auto => None,
+            TsUnit::Seconds => Some(NANOS_PER_SEC),
+            TsUnit::Millis => Some(1_000_000),
+            TsUnit::Micros => Some(1_000),
+            TsUnit::Nanos => Some(1),
+        }
+    }
+
+    /// The unit `auto` takes a number of magnitude `abs` to be in.
+    fn infer(abs: f64) -> TsUnit {
+        if abs < 1e11 {
+            TsUnit::Seconds
+        } else if abs < 1e14 {
+            TsUnit::Millis
+        } else if abs < 1e17 {
+            TsUnit::Micros
+        } else {
+            TsUnit::Nanos
+        }
+    }
+
+    /// The unit this one is for the number `abs` (itself unless `Auto`).
+    fn resolve(self, abs: f64) -> TsUnit {
+        match self {
+            TsUnit::Auto => TsUnit::infer(abs),
+            u => u,
+        }
+    }
+
+    /// Its name in the configuration (`auto`, `s`, `ms`, `us`, `ns`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TsUnit::Auto => "auto",
+            TsUnit::Seconds => "s",
+            TsUnit::Millis => "ms",
+            TsUnit::Micros => "us",
+            TsUnit::Nanos => "ns",
+        }
+    }
+
+    /// An integer timestamp in this unit, in nanoseconds, checked against
+    /// the accepted range ([`check_ts`]).
+    pub fn int_to_ns(self, v: i64) -> Result<i64, TsNumberError> {
+        // i64 magnitudes are exact in f64 up to 2^53; beyond, only the
+        // unit choice uses the float, and those are nanoseconds anyway.
+        let unit = self.resolve((v as f64).abs());
+        let scale = unit.nanos().unwrap_or(1);
+        let ns = v.checked_mul(scale).ok_or(TsNumberError {
+            value: v.to_string(),
+            unit,
+            ns: None,
+        })?;
+        check_ts(ns).map_err(|_| TsNumberError {
+            value: v.to_string(),
+            unit,
+            ns: Some(ns),
+        })
+    }
+
+    /// A timestamp number with a fraction in this unit, in nanoseconds
+    /// (rounded to the nearest; an f64 of seconds around now carries about
+    /// a quarter of a microsecond), checked against the accepted range.
+    pub fn float_to_ns(self, v: f64) -> Result<i64, TsNumberError> {
+        let unit = self.resolve(v.abs());
+        let err = |ns| TsNumberError {
+            value: v.to_string(),
+            unit,
+            ns,
+        };
+        if !v.is_finite() {
+            return Err(err(None));
+        }
+        let ns = (v * unit.nanos().unwrap_or(1) as f64).round();
+        if !(MIN_TS as f64..=MAX_TS as f64).contains(&ns) {
+            return Err(err(None));
+        }
+        check_ts(ns as i64).map_err(|_| err(Some(ns as i64)))
+    }
+}
+
+impl std::str::FromStr for TsUnit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TsUnit, String> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => TsUnit::Auto,
+            "s" | "sec" | "secs" | "seconds" => TsUnit::Seconds,
+            "ms" | "millis" | "milliseconds" => TsUnit::Millis,
+            "us" | "µs" | "micros" | "microseconds" => TsUnit::Micros,
+            "ns" | "nanos" | "nanoseconds" => TsUnit::Nanos,
+            _ => {
+                return Err(format!(
+                    "unknown timestamp unit {s:?}: use auto, s, ms, us or ns"
+                ))
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for TsUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A numeric timestamp that is not a time a reading may carry in its unit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("timestamp {value} read as {} since 1970{} is outside the accepted range, 1678-01-01T00:00:00Z to 2261-12-31T23:59:59.999999999Z; check its unit (ts_unit; `auto` infers it from the magnitude)", unit_words(*.unit), date(*.ns))]
+pub struct TsNumberError {
+    /// The number as given.
+    pub value: String,
+    /// The unit it was read in.
+    pub unit: TsUnit,
+    /// The instant it names, when that fits in an `i64` of nanoseconds.
+    pub ns: Option<i64>,
+}
+
+fn date(ns: Option<i64>) -> String {
+    ns.map(|ns| format!(" ({})", format_ts(ns)))
+        .unwrap_or_default()
+}
+
+fn unit_words(u: TsUnit) -> &'static str {
+    match u {
+        TsUnit::Seconds => "seconds",
+        TsUnit::Millis => "milliseconds",
+        TsUnit::Micros => "microseconds",
+        TsUnit::Nanos | TsUnit::Auto => "nanoseconds",
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -234,6 +401,39 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn numeric_timestamps_in_every_unit() {
+        let t = parse_ts("2025-12-04T22:33:41.5Z").unwrap();
+        let auto = TsUnit::Auto;
+        assert_eq!(auto.float_to_ns(1_764_887_621.5).unwrap(), t);
+        assert_eq!(auto.int_to_ns(1_764_887_621).unwrap(), t - 500_000_000);
+        assert_eq!(auto.int_to_ns(1_764_887_621_500).unwrap(), t);
+        assert_eq!(auto.int_to_ns(1_764_887_621_500_000).unwrap(), t);
+        assert_eq!(auto.int_to_ns(1_764_887_621_500_000_000).unwrap(), t);
+        assert_eq!(auto.float_to_ns(1_764_887_621_500.0).unwrap(), t);
+        // Configured units win over the magnitude.
+        assert_eq!(TsUnit::Nanos.int_to_ns(5).unwrap(), 5);
+        assert_eq!(TsUnit::Millis.int_to_ns(5).unwrap(), 5_000_000);
+        assert_eq!(TsUnit::Seconds.float_to_ns(-0.5).unwrap(), -500_000_000);
+        // Out of range in the unit: the error names the unit.
+        let e = TsUnit::Seconds.int_to_ns(1_764_887_621_500).unwrap_err();
+        assert!(e.to_string().contains("read as seconds"), "{e}");
+        assert!(TsUnit::Seconds.int_to_ns(i64::MAX).is_err());
+        assert!(auto.float_to_ns(f64::NAN).is_err());
+        assert!(auto.float_to_ns(1e300).is_err());
+        for (text, unit) in [
+            ("auto", auto),
+            ("s", TsUnit::Seconds),
+            ("ms", TsUnit::Millis),
+            ("us", TsUnit::Micros),
+            ("ns", TsUnit::Nanos),
+        ] {
+            assert_eq!(text.parse::<TsUnit>().unwrap(), unit);
+            assert_eq!(unit.to_string(), text);
+        }
+        assert!("minutes".parse::<TsUnit>().is_err());
+    }
 
     #[test]
     fn reference_format_round_trips() {

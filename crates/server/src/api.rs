@@ -95,6 +95,12 @@ pub struct Api {
     /// Wakes this server's scheduler loop, so that a queued job starts now
     /// rather than at its next tick (`[jobs] tick_interval`).
     pub wake: Option<Arc<tokio::sync::Notify>>,
+    /// The sources' dead letters, for `GET /v1/rejected`.
+    pub dead_letters: Option<Arc<crate::deadletter::DeadLetters>>,
+    /// The server's telemetry (dead-letter counts since start).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Whether the broker sources are connected, for `/readyz`.
+    pub sources: Option<Arc<crate::sources::Health>>,
 }
 
 /// Model uploads decoded at once (see [`Api::uploads`]).
@@ -160,17 +166,33 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 /// The token of `Authorization: Bearer T` (or `Token T`, as InfluxDB v2
-/// clients send it). The scheme is matched in any case, as HTTP says
-/// (RFC 9110, 11.1): `bearer T` and `BEARER T` work too.
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// clients send it), or the password of HTTP Basic auth
+/// (`Basic base64(user:T)`, what Telegraf's InfluxDB output and InfluxDB
+/// 1.x clients send for a username and password; the user name is not
+/// checked, as InfluxDB 2.x's v1 compatibility does not). The scheme is
+/// matched in any case, as HTTP says (RFC 9110, 11.1): `bearer T` and
+/// `BEARER T` work too.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
+    use base64::Engine as _;
     let v = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())?
         .trim_start();
     let (scheme, token) = v.split_once([' ', '\t'])?;
+    let token = token.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (user, password) = text.split_once(':').unwrap_or((&text, ""));
+        let t = if password.is_empty() { user } else { password };
+        return (!t.is_empty()).then(|| std::borrow::Cow::Owned(t.to_string()));
+    }
     (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
-        .then(|| token.trim())
+        .then_some(token)
         .filter(|t| !t.is_empty())
+        .map(std::borrow::Cow::Borrowed)
 }
 
 /// Whether `t` is one of `tokens`; every one is compared, so timing tells
@@ -211,7 +233,7 @@ impl Api {
         if !self.tokens_configured() {
             return Ok(());
         }
-        match bearer(headers) {
+        match bearer(headers).as_deref() {
             None => Err(err(
                 StatusCode::UNAUTHORIZED,
                 "an admin token is required: Authorization: Bearer <token>",
@@ -228,7 +250,7 @@ impl Api {
         if !self.protect_reads || !self.tokens_configured() {
             return Ok(());
         }
-        match bearer(headers) {
+        match bearer(headers).as_deref() {
             None => Err(err(
                 StatusCode::UNAUTHORIZED,
                 "a token is required to read: Authorization: Bearer <token>",
@@ -258,6 +280,7 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/v1/readings", get(readings))
         .route("/v1/overview", get(overview))
         .route("/v1/extent", get(extent))
+        .route("/v1/rejected", get(rejected))
         .layer(axum::middleware::from_fn_with_state(
             api.query_timeout,
             bounded_reads,
@@ -334,8 +357,15 @@ async fn readyz(State(api): A) -> Response {
         }),
         failed_recoveries: h.failed_recoveries,
     });
+    let sources_down = api
+        .sources
+        .as_ref()
+        .map(|h| h.problems())
+        .unwrap_or_default();
     match (db, store, log_down) {
-        (Ok(_), Ok(_), None) => Json(Ready { ready: true }).into_response(),
+        (Ok(_), Ok(_), None) if sources_down.is_empty() => {
+            Json(Ready { ready: true }).into_response()
+        }
         (db, store, log) => {
             let mut r = (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -344,6 +374,7 @@ async fn readyz(State(api): A) -> Response {
                     job_store: db.err().map(|e| e.to_string()),
                     object_store: store.err().map(|e| e.to_string()),
                     ingest_log: log,
+                    sources: sources_down,
                 }),
             )
                 .into_response();
@@ -352,6 +383,70 @@ async fn readyz(State(api): A) -> Response {
             r
         }
     }
+}
+
+/// The query of `GET /v1/rejected`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct RejectedQuery {
+    /// Only this source's letters (`http`, `mqtt`, `kafka`).
+    source: Option<String>,
+    /// At most this many letters (50 by default, at most 1000).
+    #[param(default = 50)]
+    limit: Option<u32>,
+}
+
+/// What the sources could not read: counts and the newest dead letters
+#[utoipa::path(
+    get, path = "/v1/rejected", tag = "data",
+    params(RejectedQuery),
+    responses(
+        (status = 200, description = "Counts since start, and the newest letters kept under rejected/ in the store.", body = types::Rejected),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("read"))),
+)]
+async fn rejected(State(api): A, headers: HeaderMap, Query(q): Query<RejectedQuery>) -> Response {
+    if let Err(r) = api.read(&headers) {
+        return r;
+    }
+    let source = q.source.as_deref().filter(|s| !s.is_empty());
+    if let Some(s) = source {
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("source {s:?}: a source name (http, mqtt, kafka)"),
+            );
+        }
+    }
+    let limit = q.limit.unwrap_or(50).min(1000) as usize;
+    let counts = api
+        .metrics
+        .as_ref()
+        .map(|m| m.dead_letter_counts())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(s, _, _)| source.is_none_or(|f| f == *s))
+        .map(|(source, reason, count)| types::RejectedCount {
+            source: source.to_string(),
+            reason: reason.to_string(),
+            count,
+        })
+        .collect();
+    let letters = match &api.dead_letters {
+        Some(d) => match d.recent(source, limit).await {
+            Ok(l) => l.into_iter().map(types::DeadLetterOut::from).collect(),
+            Err(e) => return retry_later(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        None => Vec::new(),
+    };
+    Json(types::Rejected { counts, letters }).into_response()
 }
 
 /// The query of `GET /v1/jobs`.

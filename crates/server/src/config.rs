@@ -23,6 +23,9 @@
 //! log = { max_segment_bytes = 67108864, max_group_bytes = 8388608, max_wait_us = 0, recovery_interval_ms = 500, idempotency_horizon_secs = 3600, idempotency_max_keys = 250000 }
 //! line_protocol = { device_tag = "device", prefix_measurement = false, booleans = "number" }
 //! csv = { header = true, ts = "TS", device = "Device", tag = "Tag", value = "Value" }
+//! ts_unit = "auto"                   # numeric times of JSON/CSV bodies: auto (by magnitude), s, ms, us, ns
+//! bad_lines = "reject"               # line protocol: "skip" stores the good lines (InfluxDB's partial write)
+//! dead_letters = { max_bytes = 65536, retention = "7d" }  # what sources could not read, under rejected/
 //!
 //! [stream]                           # the window aggregator
 //! windows = [{ size = "1m" }, { size = "1h", hop = "15m" }]
@@ -34,10 +37,17 @@
 //! close_idle_after = "1h"            # a device silent this long has its windows closed
 //!
 //! [mqtt]                             # absent url: no MQTT source
-//! url = "mqtt://127.0.0.1:1883"
-//! topic = "fleet/+/+"
+//! url = "mqtt://127.0.0.1:1883"      # mqtts://host:8883 for TLS
+//! topic = "fleet/{device}/{tag}"     # or "fleet/{device}" for several sensors per message
 //! shared_group = "ingest"
 //! client_id = "fleetscore-1"
+//! username = "fleetscore"
+//! password_env = "MQTT_PASSWORD"     # the variable holding the password (or password = "…")
+//! ca_file = "/etc/fleetscore/ca.pem" # mqtts://: CAs to trust (default: the system's)
+//! client_cert = "/etc/fleetscore/client.pem"  # with client_key, for brokers that ask
+//! client_key = "/etc/fleetscore/client.key"
+//! payload = { format = "auto", ts_field = "ts", ts_unit = "auto", value_field = "value" }
+//! # payload.fields = { temp = "temperature" }  # several-sensor objects: fields to read, their tags
 //!
 //! [auth]
 //! ingest_tokens = ["…"]              # any of them is accepted on ingest
@@ -102,7 +112,8 @@ use std::time::Duration;
 use anyhow::Context;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use fleetscore_codecs::{CsvBodyConfig, LineProtocolConfig};
+use fleetscore_codecs::{CsvBodyConfig, LineProtocolConfig, PayloadConfig};
+use fleetscore_core::TsUnit;
 use fleetscore_ingest::LogConfig;
 use fleetscore_jobs::db::{Concurrency, Threshold};
 use fleetscore_jobs::schedule::ScheduleSpec;
@@ -478,6 +489,16 @@ pub struct IngestConfig {
     pub line_protocol: LineProtocolConfig,
     /// How CSV bodies map to readings.
     pub csv: CsvBodyConfig,
+    /// The unit of numeric timestamps in JSON and CSV bodies (`auto`: by
+    /// magnitude; see [`TsUnit`]).
+    pub ts_unit: TsUnit,
+    /// Line protocol with bad lines: `reject` the batch (all or nothing,
+    /// the default) or `skip` them (InfluxDB's partial write: the good
+    /// lines are stored, the answer is a 400 naming the bad ones, which
+    /// are kept as dead letters).
+    pub bad_lines: BadLines,
+    /// What the sources could not read, kept under rejected/.
+    pub dead_letters: DeadLetterConfig,
 }
 
 impl Default for IngestConfig {
@@ -487,7 +508,90 @@ impl Default for IngestConfig {
             log: LogConfig::default(),
             line_protocol: LineProtocolConfig::default(),
             csv: CsvBodyConfig::default(),
+            ts_unit: TsUnit::Auto,
+            bad_lines: BadLines::Reject,
+            dead_letters: DeadLetterConfig::default(),
         }
+    }
+}
+
+/// `[ingest] bad_lines`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadLines {
+    /// One bad line refuses the batch (400, nothing stored).
+    #[default]
+    Reject,
+    /// The good lines are stored; the answer is InfluxDB's partial-write
+    /// 400 naming the bad ones.
+    Skip,
+}
+
+/// `[ingest] dead_letters`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Bytes of each refused message kept (the rest is cut, and the
+    /// letter says so).
+    pub max_bytes: usize,
+    /// How long letters are kept (whole days, by the day they were
+    /// written).
+    pub retention: Span,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            max_bytes: 64 << 10,
+            retention: Span::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// A password or key: read from the config, never printed (`fleetscore
+/// config` and logs show `<redacted>`).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// A password given in the config or, better, by the name of the
+/// environment variable that holds it.
+pub fn password(
+    section: &str,
+    password: Option<&Secret>,
+    password_env: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    match (password, password_env) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "[{section}] password and password_env are both set; keep one (password_env names the variable that holds it)"
+        ),
+        (Some(p), None) => Ok(Some(p.expose().to_string())),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
+            _ => anyhow::bail!(
+                "[{section}] password_env = {var:?}: that environment variable is not set (or empty)"
+            ),
+        },
+        (None, None) => Ok(None),
     }
 }
 
@@ -495,10 +599,14 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttSection {
-    /// `mqtt://host[:port]`; none means no MQTT source.
+    /// `mqtt://host[:port]` or `mqtts://host[:port]` (TLS); none means no
+    /// MQTT source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// Topic filter; device and tag are the topic's last two levels.
+    /// The topic: a template whose `{device}` and `{tag}` levels name a
+    /// reading's device and tag (`fleet/{device}/{tag}`, or
+    /// `fleet/{device}` for objects with several sensors), or a plain
+    /// filter whose last two levels are device and tag (`fleet/+/+`).
     pub topic: String,
     /// MQTT 5 shared-subscription group.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -506,15 +614,43 @@ pub struct MqttSection {
     /// Client id (default `fleetscore-<pid>`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The login's user name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The login's password (prefer `password_env`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// The environment variable holding the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// PEM file of the CA certificates to trust (`mqtts://`); default: the
+    /// system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// PEM file of a client certificate (with `client_key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// PEM file of the client certificate's private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    /// How payloads are read.
+    pub payload: PayloadConfig,
 }
 
 impl Default for MqttSection {
     fn default() -> Self {
         MqttSection {
             url: None,
-            topic: "fleet/+/+".into(),
+            topic: "fleet/{device}/{tag}".into(),
             shared_group: None,
             client_id: None,
+            username: None,
+            password: None,
+            password_env: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            payload: PayloadConfig::default(),
         }
     }
 }

@@ -37,6 +37,7 @@ pub mod api;
 pub mod compactor;
 pub mod config;
 pub mod dashboard;
+pub mod deadletter;
 pub mod http;
 pub mod metrics;
 pub mod plausible;

@@ -264,6 +264,8 @@ struct SourceFamilies {
     readings_stored: Family<SourceLabels, Counter>,
     readings_refused: Family<SourceLabels, Counter>,
     readings_duplicate: Family<SourceLabels, Counter>,
+    dead_letters: Family<ReasonLabels, Counter>,
+    dead_letters_lost: Family<SourceLabels, Counter>,
 }
 
 impl SourceFamilies {
@@ -286,6 +288,16 @@ impl SourceFamilies {
             self.refused.clone(),
         );
         r.register(
+            "fleetscore_source_dead_letters",
+            "Messages (or lines) a source could not read and kept under rejected/ in the store, by reason: syntax, missing, name, time, value",
+            self.dead_letters.clone(),
+        );
+        r.register(
+            "fleetscore_source_dead_letters_lost",
+            "Dead letters that could not be written to the store (after retries): the message was acknowledged without its copy; see the log",
+            self.dead_letters_lost.clone(),
+        );
+        r.register(
             "fleetscore_source_failed",
             "Attempts to store messages that failed on the server's side (HTTP: answered 5xx, for the client to retry; MQTT: a failed append, retried), by reason: unavailable, disk_full, internal",
             self.failed.clone(),
@@ -299,6 +311,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
     sources: SourceFamilies,
+    /// The sources registered ([`Metrics::register_source`]).
+    registered: std::sync::Mutex<Vec<Source>>,
     /// Log segments moved into raw/ and deleted.
     pub segments_compacted: Counter,
     /// Readings written to raw/ by compaction.
@@ -340,6 +354,7 @@ impl Metrics {
             requests: Family::default(),
             durations: Family::new_with_constructor(request_histogram),
             sources: SourceFamilies::default(),
+            registered: std::sync::Mutex::new(Vec::new()),
             segments_compacted: Counter::default(),
             readings_compacted: Counter::default(),
             raw_objects: Counter::default(),
@@ -421,6 +436,15 @@ impl Metrics {
     /// Creates the series of `source` at zero, so that a source that has
     /// seen nothing yet still shows (and `rate()` sees its first message).
     pub fn register_source(&self, source: Source) {
+        {
+            let mut known = self
+                .registered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !known.contains(&source) {
+                known.push(source);
+            }
+        }
         let s = &self.sources;
         let labels = SourceLabels {
             source: source.name(),
@@ -433,8 +457,13 @@ impl Metrics {
             &s.readings_stored,
             &s.readings_refused,
             &s.readings_duplicate,
+            &s.dead_letters_lost,
         ] {
             family.get_or_create_owned(&labels);
+        }
+        for p in fleetscore_codecs::Problem::ALL {
+            s.dead_letters
+                .get_or_create_owned(&reason(source, p.as_str()));
         }
         for r in Refusal::ALL {
             s.refused.get_or_create_owned(&reason(source, r.as_str()));
@@ -519,6 +548,46 @@ impl Metrics {
             .readings_refused
             .get_or_create(&by(source))
             .inc_by(readings);
+    }
+
+    /// `n` dead letters of `source` kept, for `problem`.
+    pub fn dead_letters(&self, source: Source, problem: &'static str, n: u64) {
+        self.sources
+            .dead_letters
+            .get_or_create(&reason(source, problem))
+            .inc_by(n);
+    }
+
+    /// `n` dead letters of `source` that could not be written.
+    pub fn dead_letters_lost(&self, source: Source, n: u64) {
+        self.sources
+            .dead_letters_lost
+            .get_or_create(&by(source))
+            .inc_by(n);
+    }
+
+    /// Dead letters kept since start, by source and reason (non-zero only),
+    /// for the API.
+    pub fn dead_letter_counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        let known = self
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for source in known {
+            for p in fleetscore_codecs::Problem::ALL {
+                let n = self
+                    .sources
+                    .dead_letters
+                    .get_or_create(&reason(source, p.as_str()))
+                    .get();
+                if n > 0 {
+                    out.push((source.name(), p.as_str(), n));
+                }
+            }
+        }
+        out
     }
 
     /// The exposition text: the server's instruments and watched parts,

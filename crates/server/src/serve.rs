@@ -166,9 +166,17 @@ pub async fn serve(
         registry: Some(fleetscore_store::Registry::new(store.clone())),
         metrics: Arc::clone(&metrics),
     });
+    let dead_letters = Arc::new(crate::deadletter::DeadLetters::new(
+        store.clone(),
+        Arc::clone(&metrics),
+        &c.ingest.dead_letters,
+    ));
+    let health = Arc::new(crate::sources::Health::default());
     let ctx = crate::sources::Context {
         ingestor: Arc::clone(&ingestor),
         metrics: Arc::clone(&metrics),
+        dead_letters: Arc::clone(&dead_letters),
+        health: Arc::clone(&health),
     };
     let specs = c.schedule_specs()?;
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -188,6 +196,9 @@ pub async fn serve(
         uploads: tokio::sync::Semaphore::new(crate::api::PARALLEL_UPLOADS),
         compact: Some(compact_now.clone()),
         wake: Some(Arc::clone(&wake)),
+        dead_letters: Some(Arc::clone(&dead_letters)),
+        metrics: Some(Arc::clone(&metrics)),
+        sources: Some(Arc::clone(&health)),
     });
     let mut router = Router::new()
         .route("/healthz", get(healthz))
@@ -246,10 +257,13 @@ pub async fn serve(
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let running: Vec<tokio::task::JoinHandle<()>> = sources
+    let mut running: Vec<tokio::task::JoinHandle<()>> = sources
         .into_iter()
         .filter_map(|source| source.start(ctx.clone(), stop_rx.clone()))
         .collect();
+    running.push(tokio::spawn(
+        Arc::clone(&dead_letters).sweep_hourly(stop_rx.clone()),
+    ));
     let clock: Arc<dyn fleetscore_jobs::schedule::Clock> =
         Arc::new(fleetscore_jobs::schedule::SystemClock);
     let (reports, finished) = tokio::sync::mpsc::unbounded_channel();

@@ -73,12 +73,17 @@ Access (`x-auth` of each operation): `open`; `read` (open unless `[auth] protect
         super::anomalies,
         super::overview,
         super::extent,
+        super::rejected,
         super::openapi,
+        crate::sources::http::ping,
+        crate::sources::http::ping_head,
+        crate::sources::http::query,
+        crate::sources::http::query_post,
     ),
     components(
         // The failures' bodies: referenced from the answers below only,
         // which utoipa does not collect schemas from.
-        schemas(types::ErrorBody, types::IngestFailure, types::Refused, types::Rejection),
+        schemas(types::ErrorBody, types::IngestFailure, types::Refused, types::PartialWrite, types::Rejection),
         responses(
         types::BadRequest,
         types::BatchRefused,
@@ -121,11 +126,12 @@ impl Access {
     fn security(who: &str) -> Option<Vec<SecurityRequirement>> {
         let none = SecurityRequirement::default;
         let bearer = || SecurityRequirement::new("bearer", Vec::<String>::new());
+        let basic = || SecurityRequirement::new("basic", Vec::<String>::new());
         let query = || SecurityRequirement::new("query_token", Vec::<String>::new());
         Some(match who {
             "open" => vec![],
-            "read" | "admin" => vec![none(), bearer()],
-            "ingest" => vec![none(), bearer(), query()],
+            "read" | "admin" => vec![none(), bearer(), basic()],
+            "ingest" => vec![none(), bearer(), basic(), query()],
             _ => return None,
         })
     }
@@ -158,6 +164,17 @@ impl Modify for Access {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "`Authorization: Bearer TOKEN` (the scheme in any case; `Token TOKEN` too).",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "HTTP Basic auth with the token as the password (any user name): what Telegraf's InfluxDB output and InfluxDB 1.x clients send.",
                     ))
                     .build(),
             ),

@@ -93,14 +93,42 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// What an ingest route answers with `400`: a refused batch, or a refused
-/// request (a bad parameter or header, a body that does not decompress).
+/// Some lines of a line protocol batch were bad and dropped, the good ones
+/// stored (`[ingest] bad_lines = "skip"`): InfluxDB's partial write. The
+/// bad lines are kept as dead letters (`GET /v1/rejected`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartialWrite {
+    /// InfluxDB 1.x's wording, which its clients and Telegraf show:
+    /// `partial write: unable to parse '<line>' (line N): <reason> dropped=N`
+    /// (without `partial write:` when no line was good).
+    pub error: String,
+    /// InfluxDB 2.x's error code: `invalid`.
+    pub code: String,
+    /// The same text as `error`, where InfluxDB 2.x clients read it.
+    pub message: String,
+    /// Readings stored from the good lines.
+    pub stored: u64,
+    /// Lines dropped.
+    pub dropped: u64,
+    /// The bad lines, in the order of the body (at most a few hundred).
+    pub rejections: Vec<Rejection>,
+    /// Bad lines beyond those listed.
+    pub omitted: u64,
+}
+
+/// What an ingest route answers with `400`: a refused batch, a partial
+/// write, or a refused request (a bad parameter or header, a body that
+/// does not decompress).
 #[derive(ToSchema)]
 #[serde(untagged)]
 #[allow(dead_code)] // a document type: the handlers answer with its variants' types
 pub enum IngestFailure {
     /// The batch's readings: nothing stored.
     Refused(Refused),
+    /// The good lines stored, the bad ones not (line protocol with
+    /// `[ingest] bad_lines = "skip"`).
+    Partial(PartialWrite),
     /// The request itself.
     Error(ErrorBody),
 }
@@ -218,6 +246,59 @@ pub enum ContentEncoding {
     Gzip,
     #[schema(rename = "x-gzip")]
     XGzip,
+}
+
+/// The body of `GET /ping?verbose=true`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PingVerbose {
+    /// As `X-Influxdb-Version`.
+    pub version: String,
+}
+
+/// The query of `/query`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct InfluxQuery {
+    /// InfluxQL statements, separated by `;`: `CREATE DATABASE …` and
+    /// `SHOW DATABASES` are answered.
+    #[param(required = false)]
+    q: String,
+    /// Accepted and ignored.
+    #[param(required = false)]
+    db: String,
+}
+
+/// The answer of `/query`, as InfluxDB 1.x gives it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryAnswer {
+    /// One result per statement, in order.
+    pub results: Vec<StatementResult>,
+}
+
+/// One statement's result.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatementResult {
+    /// The statement's position, from 0.
+    pub statement_id: u32,
+    /// Its rows (`SHOW DATABASES`); absent for `CREATE DATABASE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<Series>>,
+}
+
+/// Rows of a statement's result.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Series {
+    /// `databases`.
+    pub name: String,
+    /// `["name"]`.
+    pub columns: Vec<String>,
+    /// One row per database: `[["fleetscore"]]`.
+    pub values: Vec<Vec<String>>,
 }
 
 /// The query of `POST /write`.
@@ -385,6 +466,9 @@ pub struct NotReady {
     /// Why the ingest log cannot write; null when it can.
     #[schema(required)]
     pub ingest_log: Option<LogDown>,
+    /// The sources not connected to their broker (`mqtt`, `kafka`), each
+    /// with why and the setting to check; empty when all are.
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 /// The ingest log cannot write.
@@ -1379,4 +1463,71 @@ pub struct Extent {
     /// False when the search stopped at its budget before finding both
     /// ends.
     pub complete: bool,
+}
+
+// ------------------------------------------------------------- rejected
+
+/// `GET /v1/rejected`: what the sources could not read.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rejected {
+    /// Dead letters kept since this server started, by source and reason.
+    pub counts: Vec<RejectedCount>,
+    /// The newest letters in the store (of every server), newest first.
+    pub letters: Vec<DeadLetterOut>,
+}
+
+/// How many dead letters of a source, for a reason.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedCount {
+    /// `http`, `mqtt`, `kafka`.
+    pub source: String,
+    /// `syntax`, `missing`, `name`, `time` or `value`.
+    pub reason: String,
+    /// Since this server started.
+    pub count: u64,
+}
+
+/// A message (or line) a source could not read.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterOut {
+    /// When it was received.
+    pub time: String,
+    /// The source that received it.
+    pub source: String,
+    /// The kind of problem.
+    pub reason: String,
+    /// What is wrong, naming the field or line.
+    pub error: String,
+    /// Where it came from: an MQTT topic, a Kafka `topic/partition@offset`,
+    /// an HTTP endpoint and line.
+    pub origin: String,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Its bytes as text (when UTF-8), cut to `[ingest] dead_letters.max_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// Its bytes in base64 (when not UTF-8), cut likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    /// Whether the payload was cut.
+    pub truncated: bool,
+}
+
+impl From<fleetscore_store::lake::DeadLetter> for DeadLetterOut {
+    fn from(l: fleetscore_store::lake::DeadLetter) -> Self {
+        DeadLetterOut {
+            time: l.time,
+            source: l.source,
+            reason: l.reason,
+            error: l.error,
+            origin: l.origin,
+            size: l.size,
+            payload: l.payload,
+            payload_base64: l.payload_base64,
+            truncated: l.truncated,
+        }
+    }
 }

@@ -25,23 +25,25 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleetscore_codecs::{
-    parse_csv_body, parse_json, parse_line_protocol, Batch, BatchError, CsvBodyConfig,
-    LineProtocolConfig, Location, Precision,
+    parse_csv_body, parse_json, parse_line_protocol, parse_line_protocol_partial, Batch,
+    BatchError, CsvBodyConfig, LineProtocolConfig, Location, Precision,
 };
 use fleetscore_ingest::LogError;
 use sha2::{Digest, Sha256};
 
 use crate::api::types::{
-    Accepted, BatchRefused, BodyTimeout, DiskFull, IngestHeaders, KeyReused, ReadingIn,
-    ReadingsJson, Refused, Rejection, TooLarge, Unauthorized, Unavailable, UnsupportedMedia,
-    WriteV1Query, WriteV2Query, LINE_PROTOCOL,
+    Accepted, BatchRefused, BodyTimeout, DiskFull, ErrorBody, InfluxQuery, IngestHeaders,
+    KeyReused, PartialWrite, PingVerbose, QueryAnswer, ReadingIn, ReadingsJson, Refused, Rejection,
+    Series, StatementResult, TooLarge, Unauthorized, Unavailable, UnsupportedMedia, WriteV1Query,
+    WriteV2Query, LINE_PROTOCOL,
 };
-use crate::config::Config;
+use crate::config::{BadLines, Config};
 use crate::metrics::{Metrics, Source};
 use crate::windows::Ingestor;
+use fleetscore_core::TsUnit;
 
 /// The HTTP source's settings, from `[auth]`, `[server]` and `[ingest]`.
 #[derive(Clone)]
@@ -51,6 +53,10 @@ pub struct HttpSource {
     max_body: usize,
     line_protocol: LineProtocolConfig,
     csv: CsvBodyConfig,
+    /// Numeric times of JSON bodies.
+    ts_unit: TsUnit,
+    /// Line protocol with bad lines: refused whole, or the good lines kept.
+    bad_lines: BadLines,
     /// Bytes of request bodies in memory, across requests (shared with the
     /// API's uploads).
     inflight: Arc<crate::http::InFlight>,
@@ -70,7 +76,12 @@ impl HttpSource {
                 .collect(),
             max_body: config.server.max_body_bytes,
             line_protocol: config.ingest.line_protocol.clone(),
-            csv: config.ingest.csv.clone(),
+            csv: CsvBodyConfig {
+                ts_unit: config.ingest.ts_unit,
+                ..config.ingest.csv.clone()
+            },
+            ts_unit: config.ingest.ts_unit,
+            bad_lines: config.ingest.bad_lines,
             inflight,
         }
     }
@@ -90,12 +101,17 @@ impl super::Source for HttpSource {
             inflight: Arc::clone(&self.inflight),
             line_protocol: self.line_protocol.clone(),
             csv: self.csv.clone(),
+            ts_unit: self.ts_unit,
+            bad_lines: self.bad_lines,
+            dead_letters: Arc::clone(&ctx.dead_letters),
         });
         Some(
             Router::new()
                 .route("/write", post(write_v1))
                 .route("/api/v2/write", post(write_v2))
                 .route("/v1/readings", post(readings))
+                .route("/ping", get(ping).head(ping_head))
+                .route("/query", get(query).post(query_post))
                 .with_state(app),
         )
     }
@@ -112,15 +128,17 @@ struct App {
     inflight: Arc<crate::http::InFlight>,
     line_protocol: LineProtocolConfig,
     csv: CsvBodyConfig,
+    ts_unit: TsUnit,
+    bad_lines: BadLines,
+    dead_letters: Arc<crate::deadletter::DeadLetters>,
 }
 
 type Query2 = HashMap<String, String>;
 
 use crate::http::answer as error;
 
-fn refused(e: &BatchError) -> Response {
-    let rejections = e
-        .errors
+fn rejections(e: &BatchError) -> Vec<Rejection> {
+    e.errors
         .iter()
         .map(|r| {
             let (line, element) = match r.at {
@@ -134,7 +152,11 @@ fn refused(e: &BatchError) -> Response {
                 reason: r.reason.clone(),
             }
         })
-        .collect();
+        .collect()
+}
+
+fn refused(e: &BatchError) -> Response {
+    let rejections = rejections(e);
     let body = Refused {
         error: format!(
             "batch refused, nothing stored: {} problem(s); fix them and resend the whole batch",
@@ -150,13 +172,19 @@ fn authorized(app: &App, headers: &HeaderMap, query: &Query2) -> Result<(), Resp
     if app.tokens.is_empty() {
         return Ok(());
     }
-    let given = crate::api::bearer(headers).or(query.get("p").map(String::as_str));
+    // InfluxDB 1.x order: `u`/`p` in the query, then the header.
+    let header = crate::api::bearer(headers);
+    let given = query
+        .get("p")
+        .map(String::as_str)
+        .filter(|p| !p.is_empty())
+        .or(header.as_deref());
     match given {
         Some(t) if crate::api::any_of(t, &app.tokens) => Ok(()),
         Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong ingest token")),
         None => Err(error(
             StatusCode::UNAUTHORIZED,
-            "an ingest token is required: Authorization: Bearer <token>",
+            "an ingest token is required: Authorization: Bearer <token> (or Token <token>, HTTP Basic auth with the token as password, or ?p=<token>)",
         )),
     }
 }
@@ -468,6 +496,9 @@ async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response 
     let config = app.line_protocol.clone();
     let endpoint = if v2 { "/api/v2/write" } else { "/write" };
     let key = Keyed::new(key, &[endpoint, &format!("{precision:?}")], &body);
+    if app.bad_lines == BadLines::Skip {
+        return write_partial(app, key, body, precision, now, endpoint).await;
+    }
     let parse = move || parse_line_protocol(&body, precision, now, &config);
     match ingest(app, key, parse).await {
         Ok(i) => {
@@ -482,6 +513,126 @@ async fn write_lp(app: &App, query: Query2, req: Request, v2: bool) -> Response 
         }
         Err(r) => r,
     }
+}
+
+/// `[ingest] bad_lines = "skip"`: stores the good lines, keeps the bad
+/// ones as dead letters, and answers as InfluxDB answers a partial write
+/// (400, naming the bad lines), or 204 when every line was good.
+async fn write_partial(
+    app: &App,
+    key: Option<Keyed>,
+    body: Bytes,
+    precision: Precision,
+    now: i64,
+    endpoint: &'static str,
+) -> Response {
+    let config = app.line_protocol.clone();
+    let bad_slot: Arc<std::sync::Mutex<Option<BatchError>>> = Arc::default();
+    let slot = Arc::clone(&bad_slot);
+    let text = body.clone();
+    let parse = move || {
+        let p = parse_line_protocol_partial(&text, precision, now, &config);
+        *slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = p.bad;
+        Ok(p.batch)
+    };
+    let stored = match ingest(app, key, parse).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let bad = bad_slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let Some(bad) = bad else {
+        let r = replayed(StatusCode::NO_CONTENT.into_response(), stored.duplicate);
+        return questioned(
+            app,
+            r,
+            &stored,
+            precision.nanos(),
+            crate::plausible::Doubt::line_protocol,
+        );
+    };
+    app.metrics.refused(Source::HTTP, bad.total() as u64);
+    let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    let line = |at: &Location| match at {
+        Location::Line(n) => lines.get(n.wrapping_sub(1)).copied().unwrap_or_default(),
+        _ => &b""[..],
+    };
+    let mut letters: Vec<_> = bad
+        .errors
+        .iter()
+        .map(|r| {
+            app.dead_letters.letter(
+                Source::HTTP,
+                r.problem,
+                r.reason.clone(),
+                format!("{endpoint} {}", r.at),
+                trim_cr(line(&r.at)),
+            )
+        })
+        .collect();
+    if bad.omitted > 0 {
+        letters.push(app.dead_letters.letter(
+            Source::HTTP,
+            fleetscore_codecs::Problem::Syntax,
+            format!(
+                "{} more bad lines in this body, not kept one by one (only the first {} are)",
+                bad.omitted,
+                bad.errors.len()
+            ),
+            endpoint.to_string(),
+            b"",
+        ));
+    }
+    app.dead_letters.keep(Source::HTTP, letters).await;
+    // InfluxDB 1.x's wording, which clients and Telegraf log as they are:
+    // `partial write: unable to parse '<line>': <reason> dropped=N` (without
+    // `partial write:` when no line was good).
+    let shown: Vec<String> = bad
+        .errors
+        .iter()
+        .take(10)
+        .map(|r| {
+            format!(
+                "unable to parse '{}' ({}): {}",
+                String::from_utf8_lossy(trim_cr(line(&r.at)))
+                    .chars()
+                    .take(200)
+                    .collect::<String>(),
+                r.at,
+                r.reason
+            )
+        })
+        .collect();
+    let mut message = shown.join("\n");
+    if bad.total() > shown.len() {
+        message.push_str(&format!("\n… and {} more", bad.total() - shown.len()));
+    }
+    let message = if stored.readings > 0 {
+        format!("partial write: {message} dropped={}", bad.total())
+    } else {
+        format!("{message} dropped={}", bad.total())
+    };
+    let body = PartialWrite {
+        error: message.clone(),
+        code: "invalid".into(),
+        message,
+        stored: stored.readings as u64,
+        dropped: bad.total() as u64,
+        rejections: rejections(&bad),
+        omitted: bad.omitted as u64,
+    };
+    replayed(
+        (StatusCode::BAD_REQUEST, Json(body)).into_response(),
+        stored.duplicate,
+    )
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Ingest InfluxDB v1 line protocol; answered once the batch is durable
@@ -544,6 +695,197 @@ async fn write_v2(
 ) -> Response {
     let r = write_lp(&app, query, req, true).await;
     counted(&app, r)
+}
+
+/// What `X-Influxdb-Version` says: the InfluxDB API this server speaks, and
+/// which server it is.
+fn influx_version() -> String {
+    format!("1.8.10-fleetscore.{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The query of `/ping`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PingQuery {
+    /// `true`: answer 200 with the version in a JSON body (InfluxDB 1.x).
+    verbose: Option<String>,
+}
+
+/// InfluxDB's liveness check: 204 with the version headers clients read
+#[utoipa::path(
+    get, path = "/ping", tag = "ingest", operation_id = "ping",
+    params(PingQuery),
+    responses(
+        (status = 204, description = "Up. `X-Influxdb-Version` (read by InfluxDB clients' `ping()` and `version()`) and `X-Influxdb-Build` name the API and this server.", headers(
+            ("X-Influxdb-Version" = String, description = "`1.8.10-fleetscore.<version>`: the InfluxDB 1.x write API, served by fleetscore."),
+            ("X-Influxdb-Build" = String, description = "`fleetscore`."),
+        )),
+        (status = 200, description = "Up (`verbose=true`).", body = PingVerbose),
+    ),
+    extensions(("x-auth" = json!("open"))),
+)]
+async fn ping(q: Query<PingQuery>) -> Response {
+    ping_answer(q).await
+}
+
+/// InfluxDB's liveness check, headers only
+#[utoipa::path(
+    head, path = "/ping", tag = "ingest", operation_id = "ping_head",
+    responses(
+        (status = 204, description = "Up, with the version headers of `GET /ping`.", headers(
+            ("X-Influxdb-Version" = String, description = "`1.8.10-fleetscore.<version>`."),
+            ("X-Influxdb-Build" = String, description = "`fleetscore`."),
+        )),
+    ),
+    extensions(("x-auth" = json!("open"))),
+)]
+async fn ping_head() -> Response {
+    ping_answer(Query(PingQuery { verbose: None })).await
+}
+
+async fn ping_answer(Query(q): Query<PingQuery>) -> Response {
+    let version = influx_version();
+    let mut r = if q
+        .verbose
+        .as_deref()
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        Json(PingVerbose {
+            version: version.clone(),
+        })
+        .into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = header::HeaderValue::from_str(&version) {
+        h.insert("x-influxdb-version", v);
+    }
+    h.insert(
+        "x-influxdb-build",
+        header::HeaderValue::from_static("fleetscore"),
+    );
+    r
+}
+
+/// The statements `/query` answers: what InfluxDB clients and Telegraf
+/// send before they write.
+enum Statement {
+    CreateDatabase,
+    ShowDatabases,
+}
+
+/// One InfluxQL statement, if it is one `/query` answers.
+fn statement(text: &str) -> Option<Statement> {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .take(2)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    match words.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["CREATE", "DATABASE"] => Some(Statement::CreateDatabase),
+        ["SHOW", "DATABASES"] => Some(Statement::ShowDatabases),
+        _ => None,
+    }
+}
+
+/// InfluxDB's query endpoint, for the statements clients send before writing
+#[utoipa::path(
+    get, path = "/query", tag = "ingest", operation_id = "influx_query",
+    params(InfluxQuery),
+    responses(
+        (status = 200, description = "Each statement answered: `CREATE DATABASE` succeeds and changes nothing (readings need no database); `SHOW DATABASES` lists `fleetscore`. As InfluxDB 1.x answers them, so Telegraf's `outputs.influxdb` and InfluxDB client libraries start cleanly.", body = QueryAnswer),
+        (status = 400, description = "No `q`, or a statement other than those two: fleetscore stores readings, it does not answer InfluxQL (read them with `GET /v1/readings`).", body = ErrorBody),
+        (status = 401, response = Unauthorized),
+    ),
+    extensions(("x-auth" = json!("ingest"))),
+)]
+async fn query(app: State<Arc<App>>, params: Query<Query2>, req: Request) -> Response {
+    query_answer(app, params, req).await
+}
+
+/// InfluxDB's query endpoint with `q` in a form body (as Telegraf sends it)
+#[utoipa::path(
+    post, path = "/query", tag = "ingest", operation_id = "influx_query_post",
+    params(InfluxQuery),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "`q=CREATE DATABASE \"telegraf\"` (or `q` in the query string)."),
+    responses(
+        (status = 200, description = "As `GET /query`.", body = QueryAnswer),
+        (status = 400, description = "As `GET /query`; or the body is not a form.", body = ErrorBody),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = BodyTimeout),
+        (status = 413, response = TooLarge),
+        (status = 503, response = Unavailable),
+    ),
+    extensions(("x-auth" = json!("ingest"))),
+)]
+async fn query_post(app: State<Arc<App>>, params: Query<Query2>, req: Request) -> Response {
+    query_answer(app, params, req).await
+}
+
+async fn query_answer(
+    State(app): State<Arc<App>>,
+    Query(params): Query<Query2>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Err(r) = authorized(&app, &parts.headers, &params) {
+        return r;
+    }
+    let mut q = params.get("q").cloned();
+    if parts.method == axum::http::Method::POST && q.is_none() {
+        // Telegraf sends `q` in a form body.
+        let form = match crate::http::read_limited(&app.inflight, body, &parts.headers, 64 << 10, 1)
+            .await
+        {
+            Ok(b) => b.bytes,
+            Err(r) => return r,
+        };
+        match serde_urlencoded::from_bytes::<Query2>(&form) {
+            Ok(f) => q = f.get("q").cloned(),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not a form (application/x-www-form-urlencoded): {e}"),
+                )
+            }
+        }
+    }
+    let Some(q) = q.filter(|q| !q.trim().is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "missing required parameter \"q\"");
+    };
+    let mut results = Vec::new();
+    for (i, text) in q
+        .split(';')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .enumerate()
+    {
+        let series = match statement(text) {
+            Some(Statement::CreateDatabase) => None,
+            Some(Statement::ShowDatabases) => Some(vec![Series {
+                name: "databases".into(),
+                columns: vec!["name".into()],
+                values: vec![vec!["fleetscore".into()]],
+            }]),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "statement {} ({:?}): fleetscore answers only CREATE DATABASE and SHOW DATABASES here (so that InfluxDB clients start); read readings with GET /v1/readings",
+                        i + 1,
+                        text.chars().take(80).collect::<String>()
+                    ),
+                )
+            }
+        };
+        results.push(StatementResult {
+            statement_id: i as u32,
+            series,
+        });
+    }
+    Json(QueryAnswer { results }).into_response()
 }
 
 /// Ingest readings as JSON, NDJSON or CSV; answered once the batch is durable
@@ -620,12 +962,13 @@ async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response
         Err(r) => return r,
     };
     let config = app.csv.clone();
+    let ts_unit = app.ts_unit;
     let key = Keyed::new(key, &["/v1/readings", &ctype], &body);
     let parse = move || {
         if csv {
             parse_csv_body(&body, &config)
         } else {
-            parse_json(&body)
+            parse_json(&body, ts_unit)
         }
     };
     match ingest(app, key, parse).await {
@@ -635,8 +978,10 @@ async fn readings_inner(app: &Arc<App>, query: Query2, req: Request) -> Response
                 duplicate: i.duplicate,
             };
             let r = replayed((StatusCode::OK, Json(body)).into_response(), i.duplicate);
-            // CSV and JSON integer times are nanoseconds.
-            questioned(app, r, &i, 1, crate::plausible::Doubt::integers)
+            // CSV and JSON numeric times: in the configured unit, or
+            // inferred (then no unit is in doubt).
+            let unit_ns = app.ts_unit.nanos().unwrap_or(0);
+            questioned(app, r, &i, unit_ns, crate::plausible::Doubt::integers)
         }
         Err(r) => r,
     }

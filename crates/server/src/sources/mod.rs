@@ -38,6 +38,37 @@ pub struct Context {
     pub ingestor: Arc<Ingestor>,
     /// Where the source's telemetry goes.
     pub metrics: Arc<Metrics>,
+    /// Where what it could not read goes.
+    pub dead_letters: Arc<crate::deadletter::DeadLetters>,
+    /// Whether it is connected, for `/readyz`.
+    pub health: Arc<Health>,
+}
+
+/// Whether each source that connects somewhere (a broker) is connected:
+/// `/readyz` lists those that are not, with why.
+#[derive(Default)]
+pub struct Health {
+    parts: std::sync::Mutex<std::collections::BTreeMap<&'static str, Option<String>>>,
+}
+
+impl Health {
+    /// Records that `source` is connected (`Ok`) or why it is not.
+    pub fn set(&self, source: &'static str, state: Result<(), String>) {
+        self.parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(source, state.err());
+    }
+
+    /// The sources that are not connected, with why.
+    pub fn problems(&self) -> std::collections::BTreeMap<String, String> {
+        self.parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| ((*k).to_string(), v.clone())))
+            .collect()
+    }
 }
 
 /// A running part that feeds readings to the [`Ingestor`].
@@ -78,14 +109,8 @@ pub fn configured(
     inflight: Arc<crate::http::InFlight>,
 ) -> anyhow::Result<Vec<Box<dyn Source>>> {
     let mut sources: Vec<Box<dyn Source>> = vec![Box::new(http::HttpSource::new(config, inflight))];
-    if let Some(url) = &config.mqtt.url {
-        let mqtt = mqtt::MqttConfig {
-            url: url.clone(),
-            topic: config.mqtt.topic.clone(),
-            shared_group: config.mqtt.shared_group.clone(),
-            client_id: config.mqtt.client_id.clone(),
-        };
-        sources.push(mqtt.build()?);
+    if config.mqtt.url.is_some() {
+        sources.push(mqtt::MqttConfig::from_config(config).build()?);
     }
     Ok(sources)
 }

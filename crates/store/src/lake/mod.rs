@@ -17,6 +17,7 @@
 //! predictions/date=D/hour=H/part-<mode>-<W>-shard-<I>-of-<N>.parquet `score --write-store`
 //! predictions/date=D/hour=H/manifest-<mode>-<W>-shard-<I>-of-<N>.json
 //!     TS, Device, Tag, Val, Prediction, Score, Label
+//! rejected/source=<source>/date=YYYY-MM-DD/<time>-<unique>.jsonl     dead letters
 //! ```
 //!
 //! - raw: readings files and the ingest log become raw parts
@@ -29,6 +30,8 @@
 //! - predictions: a job ([`JobOutput`]) or a `score --write-store` shard
 //!   ([`ShardOutput`]) writes its parts, then a [`Manifest`] naming them;
 //!   readers go through [`PredictionsPartition`].
+//! - rejected: what sources could not read ([`write_rejected`],
+//!   [`recent_rejected`], [`sweep_rejected`]).
 //! - where data is: [`partition_days`] and [`partition_hours`] list the
 //!   partition folders of an [`Area`] without listing their objects.
 //!
@@ -55,6 +58,7 @@ use crate::{Store, StoreError};
 
 mod predictions;
 mod raw;
+mod rejected;
 mod windows;
 
 pub use predictions::{
@@ -65,6 +69,7 @@ pub use raw::{
     ingest_file, list_raw, load_raw, load_raw_objects, raw_in_window, raw_objects, read_raw,
     read_raw_row_groups, IngestOutcome, RawInWindow,
 };
+pub use rejected::{recent_rejected, sweep_rejected, write_rejected, DeadLetter};
 pub use windows::{
     aggregate, load_windows, window_part_key, window_prefix, AggregateOutcome, WindowPart,
 };
