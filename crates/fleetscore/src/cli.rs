@@ -550,12 +550,16 @@ pub struct ServeArgs {
     /// Size at which the ingest log starts a new segment [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     pub log_segment_bytes: Option<u64>,
-    /// Also ingest from this MQTT broker (`mqtt://host[:port]`, no TLS):
-    /// QoS 1, each message acknowledged once its reading is durable.
+    /// Also ingest from this MQTT broker (`mqtt://host[:port]`, or
+    /// `mqtts://host[:port]` for TLS; login, CA and client certificate in
+    /// `[mqtt]`): QoS 1, each message acknowledged once its readings are
+    /// durable.
     #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
-    /// MQTT topic filter; a reading's device and tag are the topic's last
-    /// two levels (`fleet/{device}/{tag}`) [default: fleet/+/+].
+    /// MQTT topic: a template whose `{device}` and `{tag}` levels name a
+    /// reading's device and tag (`fleet/{device}` for objects with several
+    /// sensors), or a plain filter whose last two levels do
+    /// [default: fleet/{device}/{tag}].
     #[arg(long, value_name = "FILTER")]
     pub mqtt_topic: Option<String>,
     /// Subscribe as `$share/NAME/FILTER` (MQTT 5 shared subscription), so

@@ -135,7 +135,7 @@ impl DeadLetters {
             Ok(0) => {}
             Ok(n) => tracing::info!(objects = n, "old dead letters deleted"),
             Err(e) => {
-                tracing::warn!(error = %e, "sweeping old dead letters failed; tried again in an hour")
+                tracing::warn!(error = %e, "sweeping old dead letters failed; tried again in an hour");
             }
         }
     }
