@@ -225,14 +225,24 @@ fn json_shapes_and_errors() {
         r#"  [ {"Ts": 1535497205000000000, "DEVICE": "1", "tag": "3", "value": 5e-1} ]"#,
         "\n{\"ts\": 1535497205000000000, \"device\": 1, \"tag\": 3, \"value\": 0.5}\n",
     ] {
-        assert_eq!(rows(&parse_json(body.as_bytes(), fleetscore_core::TsUnit::Nanos).unwrap()), want, "{body}");
+        assert_eq!(
+            rows(&parse_json(body.as_bytes(), fleetscore_core::TsUnit::Nanos).unwrap()),
+            want,
+            "{body}"
+        );
     }
     let nd = "{\"ts\": 1, \"device\": \"a\", \"tag\": \"t\", \"value\": 1}\n{\"ts\": 2, \"device\": \"a\", \"tag\": \"t\", \"value\": 2}\r\n";
     assert_eq!(
-        parse_json(nd.as_bytes(), fleetscore_core::TsUnit::Nanos).unwrap().readings.values(),
+        parse_json(nd.as_bytes(), fleetscore_core::TsUnit::Nanos)
+            .unwrap()
+            .readings
+            .values(),
         [1.0, 2.0]
     );
-    assert!(parse_json(b"[]", fleetscore_core::TsUnit::Nanos).unwrap().readings.is_empty());
+    assert!(parse_json(b"[]", fleetscore_core::TsUnit::Nanos)
+        .unwrap()
+        .readings
+        .is_empty());
 
     let e = parse_json(
         br#"[{"ts": 1, "device": "a", "tag": "t", "value": 1},

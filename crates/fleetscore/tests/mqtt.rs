@@ -49,14 +49,33 @@ struct Server {
 }
 
 impl Server {
+    /// `serve --mqtt` on the local broker, once it has subscribed.
     fn start(data: &Path, extra: &[&str]) -> Server {
+        let url = format!("mqtt://{BROKER}");
+        let mut args = vec!["--mqtt", &url];
+        args.extend_from_slice(extra);
+        let mut s = Server::spawn(data, &args, &[]);
+        s.wait_subscribed();
+        s
+    }
+
+    fn wait_subscribed(&mut self) {
+        self.wait_for("the MQTT subscription", |f| {
+            f["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("MQTT subscribed"))
+        });
+    }
+
+    /// `serve` with `args` (and `env`), listening.
+    fn spawn(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fleetscore"))
             .arg("--data")
             .arg(data)
             .args(["-v", "--log-format", "json"])
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(["--mqtt", &format!("mqtt://{BROKER}")])
-            .args(extra)
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -82,17 +101,26 @@ impl Server {
                 }
             }
         });
-        let mut s = Server {
+        Server {
             child,
             addr,
             events,
-        };
-        s.wait_for("the MQTT subscription", |f| {
-            f["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("MQTT subscribed"))
-        });
-        s
+        }
+    }
+
+    /// `GET path`: the status and the body.
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
     }
 
     /// Waits (up to 30 s) for a log event whose fields satisfy `pred`.
@@ -134,6 +162,30 @@ impl Server {
             .unwrap()
     }
 
+    /// `GET path` as JSON, which must answer 200.
+    fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+
+    /// Polls `/readyz` (up to 30 s) until `pred` holds of its status and
+    /// body; returns the body.
+    fn wait_ready(&self, what: &str, pred: impl Fn(u16, &str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get("/readyz");
+            if pred(status, &body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {status} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn terminate(mut self) {
         // SAFETY: sending a signal to our own child process.
         unsafe {
@@ -149,6 +201,33 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Publishes each line of `lines` as one message (QoS 1) with one
+/// `mosquitto_pub -l`.
+fn publish_lines(topic: &str, lines: &str) {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "1883",
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("running mosquitto_pub (apt install mosquitto-clients)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "mosquitto_pub -l failed");
 }
 
 fn publish(topic: &str, payload: &str) {
@@ -243,6 +322,25 @@ fn mqtt_messages_land_in_raw() {
         assert_eq!(s.metric(series), want, "{series}");
     }
     assert!(s.metric("fleetscore_source_batches_total{source=\"mqtt\"}") >= 1.0);
+    // The refused message is a dead letter, with its topic and bytes.
+    assert_eq!(
+        s.metric("fleetscore_source_dead_letters_total{source=\"mqtt\",reason=\"syntax\"}"),
+        1.0
+    );
+    let rejected = s.get_json("/v1/rejected?source=mqtt");
+    let letters = rejected["letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{rejected}");
+    assert_eq!(letters[0]["origin"], format!("{prefix}/pump-1/temp"));
+    assert_eq!(letters[0]["payload"], "warm");
+    assert_eq!(letters[0]["reason"], "syntax");
+    assert!(
+        letters[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a number"),
+        "{rejected}"
+    );
+    assert_eq!(rejected["counts"][0]["count"], 1);
     s.terminate();
 
     let got = raw_readings(dir.path());
@@ -262,6 +360,71 @@ fn mqtt_messages_land_in_raw() {
     }
     assert_eq!(got[2].0, 1_714_564_800_000_000_000);
     assert_eq!(got[3].0, 1_700_000_000_123_456_789);
+}
+
+/// Issue 21's finding: 2,003 messages of the common shape `{"value": 20,
+/// "ts": 1764887621.5}` stored one reading; integer milliseconds landed in
+/// 1970. Now every message is a reading at its own time, objects with
+/// several sensors give one reading per sensor, and what cannot be read
+/// is a dead letter, never silently dropped.
+#[test]
+#[ignore = "service-backed: needs Mosquitto on 127.0.0.1:1883; .ci/run starts it and runs `cargo test --test mqtt -- --include-ignored`"]
+fn device_payloads_as_they_come() {
+    require_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("shapes");
+    let topic = format!("{prefix}/{{device}}/{{tag}}");
+    let mut s = Server::start(dir.path(), &["--mqtt-topic", &topic]);
+    // Fractional epoch seconds, as a Python client sends time.time().
+    let lines: String = (0..2003)
+        .map(|i| format!("{{\"value\": 20, \"ts\": {}.5}}\n", 1_764_887_621 + i))
+        .collect();
+    publish_lines(&format!("{prefix}/py-1/temp"), &lines);
+    // Integer epoch milliseconds.
+    publish(
+        &format!("{prefix}/ms-1/temp"),
+        r#"{"value": 1, "ts": 1764887621250}"#,
+    );
+    // One object, several sensors: each field names its own tag (the
+    // topic's tag level is not used for them).
+    publish(
+        &format!("{prefix}/multi-1/ignored"),
+        r#"{"ts": "2025-12-04T22:33:41Z", "temp": 21.3, "vib": 0.02, "status": "ok"}"#,
+    );
+    // Bad: a time in the wrong unit, no reading at all.
+    publish(
+        &format!("{prefix}/bad-1/temp"),
+        r#"{"value": 1, "ts": 1e300}"#,
+    );
+    publish(&format!("{prefix}/bad-2/temp"), r#"{"status": "ok"}"#);
+    s.wait_totals(2005, 2);
+    assert_eq!(
+        s.metric("fleetscore_source_dead_letters_total{source=\"mqtt\",reason=\"time\"}"),
+        1.0
+    );
+    assert_eq!(
+        s.metric("fleetscore_source_dead_letters_total{source=\"mqtt\",reason=\"missing\"}"),
+        1.0
+    );
+    s.terminate();
+
+    let got = raw_readings(dir.path());
+    let py: Vec<_> = got.iter().filter(|r| r.1 == "py-1").collect();
+    assert_eq!(py.len(), 2003, "every message a reading");
+    let mut times: Vec<i64> = py.iter().map(|r| r.0).collect();
+    times.sort_unstable();
+    assert_eq!(times[0], 1_764_887_621_500_000_000);
+    assert_eq!(times[2002], 1_764_889_623_500_000_000);
+    let ms: Vec<_> = got.iter().filter(|r| r.1 == "ms-1").collect();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0].0, 1_764_887_621_250_000_000, "milliseconds, not 1970");
+    let multi: Vec<(&str, f64)> = got
+        .iter()
+        .filter(|r| r.1 == "multi-1")
+        .map(|r| (r.2.as_str(), r.3))
+        .collect();
+    assert_eq!(multi, [("temp", 21.3), ("vib", 0.02)]);
+    assert!(got.iter().all(|r| !r.1.starts_with("bad")));
 }
 
 #[test]
@@ -318,7 +481,13 @@ fn bad_mqtt_flags_fail_at_start() {
     let dir = tempfile::tempdir().unwrap();
     for args in [
         &["--mqtt", "http://127.0.0.1:1883"][..],
-        &["--mqtt", "mqtts://127.0.0.1:8883"],
+        &["--mqtt", "mqtt://user:secret@127.0.0.1:1883"],
+        &[
+            "--mqtt",
+            "mqtt://127.0.0.1:1883",
+            "--mqtt-topic",
+            "fleet/{dev}",
+        ],
         &[
             "--mqtt",
             "mqtt://127.0.0.1:1883",
@@ -335,6 +504,373 @@ fn bad_mqtt_flags_fail_at_start() {
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--mqtt"), "{args:?}: {err}");
+        assert!(err.contains("[mqtt]"), "{args:?}: {err}");
+        assert!(!err.contains("secret"), "the password was printed: {err}");
     }
+    // Files named by the config are read at start: a wrong path, a CA
+    // file that holds no certificate, a password variable that is unset.
+    let ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&ca, "hello\n").unwrap();
+    for (config, want) in [
+        (
+            "[mqtt]\nurl = \"mqtts://127.0.0.1:8883\"\nca_file = \"/nonexistent/ca.pem\"\n".to_string(),
+            "[mqtt] ca_file \"/nonexistent/ca.pem\"",
+        ),
+        (
+            format!("[mqtt]\nurl = \"mqtts://127.0.0.1:8883\"\nca_file = {:?}\n", ca.to_str().unwrap()),
+            "holds no certificate",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"u\"\npassword_env = \"FLEETSCORE_TEST_UNSET_VARIABLE\"\n".to_string(),
+            "password_env = \"FLEETSCORE_TEST_UNSET_VARIABLE\": that environment variable is not set",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nca_file = \"/x.pem\"\n".to_string(),
+            "use an mqtts:// url",
+        ),
+    ] {
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, &config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetscore"))
+            .arg("--data")
+            .arg(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&file)
+            .env_remove("FLEETSCORE_TEST_UNSET_VARIABLE")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{config}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{config}: {err}");
+    }
+}
+
+// ------------------------------------------------------------ TLS + login
+
+/// Runs `cmd`, panicking with its output if it fails.
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Certificates made here with `openssl`: a CA, the broker's certificate
+/// (for 127.0.0.1 and localhost) and a client certificate, all signed by
+/// the CA; and a second CA nobody trusts.
+struct Certs {
+    dir: std::path::PathBuf,
+}
+
+impl Certs {
+    fn make(dir: &Path) -> Certs {
+        let d = dir.to_path_buf();
+        let ssl = |args: &[&str]| run(Command::new("openssl").current_dir(&d).args(args));
+        for ca in ["ca", "other-ca"] {
+            ssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-subj",
+                &format!("/CN=fleetscore test {ca}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+        }
+        for (name, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(d.join(format!("{name}.ext")), ext).unwrap();
+            ssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            ssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
+        }
+        Certs { dir: d }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_string()
+    }
+}
+
+/// A Mosquitto of the test's own: a TLS listener that wants a client
+/// certificate and a login from a password file made here.
+struct TlsBroker {
+    child: Child,
+    port: u16,
+    conf: std::path::PathBuf,
+}
+
+const MQTT_USER: &str = "fleet";
+const MQTT_PASSWORD: &str = "s3cret-Pa55";
+
+impl TlsBroker {
+    fn start(dir: &Path, certs: &Certs, port: u16) -> TlsBroker {
+        let passwd = dir.join("passwd");
+        run(Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwd)
+            .args([MQTT_USER, MQTT_PASSWORD]));
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\npersistence false\nallow_anonymous false\npassword_file {}\n\
+                 listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+                 require_certificate true\n",
+                passwd.display(),
+                certs.path("ca.pem"),
+                certs.path("server.pem"),
+                certs.path("server.key"),
+            ),
+        )
+        .unwrap();
+        let mut b = TlsBroker {
+            child: Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+            port,
+            conf,
+        };
+        b.wait_up();
+        b
+    }
+
+    fn wait_up(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("mosquitto exited: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.wait_up();
+    }
+
+    fn publish(&self, certs: &Certs, topic: &str, payload: &str) {
+        run(Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1"])
+            .args(["--cafile", &certs.path("ca.pem")])
+            .args([
+                "--cert",
+                &certs.path("client.pem"),
+                "--key",
+                &certs.path("client.key"),
+            ])
+            .args([
+                "-u",
+                MQTT_USER,
+                "-P",
+                MQTT_PASSWORD,
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ]));
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `[mqtt]` section of a managed broker: TLS with the test's CA (or
+/// another), a client certificate, and a login whose password comes from
+/// `FLEETSCORE_TEST_MQTT_PASSWORD`.
+fn tls_config(dir: &Path, certs: &Certs, port: u16, ca: &str, topic: &str) -> std::path::PathBuf {
+    let file = dir.join(format!("mqtt-{ca}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[mqtt]\nurl = \"mqtts://127.0.0.1:{port}\"\ntopic = \"{topic}\"\n\
+             client_id = \"fleetscore-tls-test-{}\"\n\
+             username = \"{MQTT_USER}\"\npassword_env = \"FLEETSCORE_TEST_MQTT_PASSWORD\"\n\
+             ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            std::process::id(),
+            certs.path(ca),
+            certs.path("client.pem"),
+            certs.path("client.key"),
+        ),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+#[ignore = "service-backed: starts its own Mosquitto (TLS, password file) and uses openssl; .ci/run runs it"]
+fn mqtts_with_a_login_and_certificates_made_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let port = free_port();
+    let mut broker = TlsBroker::start(dir.path(), &certs, port);
+    let topic = "site/{device}";
+
+    // A good configuration: connected, subscribed, readings stored.
+    let data = tempfile::tempdir().unwrap();
+    let config = tls_config(dir.path(), &certs, port, "ca.pem", topic);
+    let mut s = Server::spawn(
+        data.path(),
+        &["--config", config.to_str().unwrap()],
+        &[("FLEETSCORE_TEST_MQTT_PASSWORD", MQTT_PASSWORD)],
+    );
+    s.wait_subscribed();
+    s.wait_ready("ready", |status, _| status == 200);
+    broker.publish(
+        &certs,
+        "site/pump-9",
+        r#"{"ts": 1764887621.5, "temp": 40.5, "rpm": 1450}"#,
+    );
+    s.wait_totals(1, 0);
+
+    // The broker restarts: the source reconnects (the session is gone with
+    // the broker's memory, so it subscribes again) and goes on.
+    broker.restart();
+    s.wait_for("a reconnection", |f| {
+        f["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("MQTT connected"))
+            && f["connection"].as_u64() >= Some(2)
+    });
+    s.wait_subscribed();
+    broker.publish(
+        &certs,
+        "site/pump-9",
+        r#"{"ts": 1764887622.5, "temp": 41.5}"#,
+    );
+    s.wait_totals(2, 0);
+    s.terminate();
+    let got = raw_readings(data.path());
+    let got: Vec<(i64, &str, f64)> = got.iter().map(|r| (r.0, r.2.as_str(), r.3)).collect();
+    assert_eq!(
+        got,
+        [
+            (1_764_887_621_500_000_000, "rpm", 1450.0),
+            (1_764_887_621_500_000_000, "temp", 40.5),
+            (1_764_887_622_500_000_000, "temp", 41.5),
+        ]
+    );
+
+    // A wrong password: not ready, and the answer names the setting.
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::spawn(
+        data.path(),
+        &["--config", config.to_str().unwrap()],
+        &[("FLEETSCORE_TEST_MQTT_PASSWORD", "wrong")],
+    );
+    let body = s.wait_ready("the refused login", |status, body| {
+        status == 503 && body.contains("refused the login")
+    });
+    assert!(body.contains("[mqtt] username and password_env"), "{body}");
+    assert!(
+        !body.contains("wrong"),
+        "the password is in /readyz: {body}"
+    );
+    drop(s);
+
+    // A broker whose certificate is not signed by the CA we trust.
+    let data = tempfile::tempdir().unwrap();
+    let other = tls_config(dir.path(), &certs, port, "other-ca.pem", topic);
+    let s = Server::spawn(
+        data.path(),
+        &["--config", other.to_str().unwrap()],
+        &[("FLEETSCORE_TEST_MQTT_PASSWORD", MQTT_PASSWORD)],
+    );
+    let body = s.wait_ready("the untrusted certificate", |status, body| {
+        status == 503 && body.contains("TLS")
+    });
+    assert!(body.contains("ca_file"), "{body}");
+    drop(s);
+
+    // A broker that is down at start: not ready, saying nothing answers;
+    // ready once it is up.
+    drop(broker);
+    let data = tempfile::tempdir().unwrap();
+    let mut s = Server::spawn(
+        data.path(),
+        &["--config", config.to_str().unwrap()],
+        &[("FLEETSCORE_TEST_MQTT_PASSWORD", MQTT_PASSWORD)],
+    );
+    let body = s.wait_ready("the broker that is down", |status, body| {
+        status == 503 && body.contains("connection refused")
+    });
+    assert!(body.contains("\"mqtt\""), "{body}");
+    let broker = TlsBroker::start(dir.path(), &certs, port);
+    s.wait_subscribed();
+    s.wait_ready("ready after the broker came up", |status, _| status == 200);
+    broker.publish(&certs, "site/pump-1", "{\"temp\": 1}");
+    s.wait_totals(1, 0);
+    s.terminate();
 }

@@ -137,16 +137,26 @@ const MAX_BATCH: usize = 1000;
 /// The broker sends at most this many unacknowledged messages.
 const RECEIVE_MAX: u16 = 1000;
 
+/// `url` with any `user:password@` replaced by `***@`, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
 /// `(tls, host, port)` of `mqtt://host[:port]` (also `tcp://`) or
 /// `mqtts://host[:port]` (also `ssl://`).
-fn parse_url(url: &str) -> anyhow::Result<(bool, String, u16)> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+fn parse_url(full: &str) -> anyhow::Result<(bool, String, u16)> {
+    let shown = redacted(full);
+    let url = shown.as_str();
+    let (tls, rest) = if let Some(r) = full.strip_prefix("mqtt://") {
         (false, r)
-    } else if let Some(r) = url.strip_prefix("tcp://") {
+    } else if let Some(r) = full.strip_prefix("tcp://") {
         (false, r)
-    } else if let Some(r) = url.strip_prefix("mqtts://") {
+    } else if let Some(r) = full.strip_prefix("mqtts://") {
         (true, r)
-    } else if let Some(r) = url.strip_prefix("ssl://") {
+    } else if let Some(r) = full.strip_prefix("ssl://") {
         (true, r)
     } else {
         bail!("[mqtt] url {url:?}: expected mqtt://host[:port] or mqtts://host[:port] (TLS)")
@@ -693,7 +703,7 @@ async fn append_loop(
                 tracing::warn!(error = %e, "MQTT acknowledgement not sent");
             }
         }
-        tracing::debug!(
+        tracing::info!(
             readings = n,
             messages = batch.len(),
             stored_total = stored,
@@ -767,10 +777,11 @@ mod tests {
         assert_eq!(parse_url("ssl://b:9").unwrap(), (true, "b".into(), 9));
         assert!(parse_url("http://x").is_err());
         assert!(parse_url("mqtt://x:port").is_err());
-        assert!(parse_url("mqtt://user:pw@x")
-            .unwrap_err()
-            .to_string()
-            .contains("password_env"));
+        let e = parse_url("mqtt://user:pw@x").unwrap_err().to_string();
+        assert!(
+            e.contains("password_env") && e.contains("mqtt://***@x"),
+            "{e}"
+        );
     }
 
     #[test]
