@@ -42,7 +42,12 @@ fn influxdb_clients_write_ping_and_query() {
     .unwrap();
     let s = Server::start(
         dir.path(),
-        &["--config", config.to_str().unwrap(), "--compact-interval", "200ms"],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--compact-interval",
+            "200ms",
+        ],
     );
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/influx/clients.py");
     let out = Command::new(&python)

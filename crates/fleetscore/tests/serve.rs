@@ -248,25 +248,50 @@ fn implausible_timestamps_are_stored_with_a_warning_naming_the_precision() {
     let (st, answer) = s.exchange("POST", "/write?precision=s", &[], body.as_bytes());
     assert_eq!(st, 204, "{answer}");
     assert!(!answer.contains("fleetscore-warning"), "{answer}");
-    // Milliseconds as JSON integers (nanoseconds there).
+    // Milliseconds as JSON integers: read by their magnitude (`[ingest]
+    // ts_unit = "auto"`, the default), so nothing to warn about.
     let json = format!(
         r#"{{"ts": {}, "device": "d", "tag": "t", "value": 1}}"#,
         now_s * 1000
     );
+    let post_json = |s: &Server| {
+        s.exchange(
+            "POST",
+            "/v1/readings",
+            &[("Content-Type", "application/json")],
+            json.as_bytes(),
+        )
+    };
+    let (st, answer) = post_json(&s);
+    assert_eq!(st, 200, "{answer}");
+    assert!(!answer.contains("fleetscore-warning"), "{answer}");
+    // Epoch seconds as a float: the same.
     let (st, answer) = s.exchange(
         "POST",
         "/v1/readings",
         &[("Content-Type", "application/json")],
-        json.as_bytes(),
+        format!(r#"{{"ts": {now_s}.25, "device": "d", "tag": "t", "value": 1}}"#).as_bytes(),
     );
     assert_eq!(st, 200, "{answer}");
-    assert!(answer.contains("as milliseconds"), "{answer}");
+    assert!(!answer.contains("fleetscore-warning"), "{answer}");
 
     let (_, metrics) = s.request("GET", "/metrics", &[], b"");
     assert!(
-        metrics.contains("fleetscore_ingest_implausible_batches_total 2"),
+        metrics.contains("fleetscore_ingest_implausible_batches_total 1"),
         "{metrics}"
     );
+    s.terminate();
+
+    // With the unit fixed to nanoseconds, the same milliseconds are times
+    // of 1970: stored, with a warning naming the unit that was meant.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = common::bin();
+    cmd.env("FLEETSCORE__INGEST__TS_UNIT", "ns");
+    let s = Server::start_with(cmd, dir.path(), &[]);
+    let (st, answer) = post_json(&s);
+    assert_eq!(st, 200, "{answer}");
+    assert!(answer.contains("as milliseconds"), "{answer}");
+    assert!(answer.contains("ts_unit"), "{answer}");
     s.terminate();
 }
 

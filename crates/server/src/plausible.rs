@@ -51,8 +51,10 @@ pub fn check(earliest: i64, latest: i64, unit_ns: i64, now: i64) -> Option<Doubt
     if plausible(earliest, now) && plausible(latest, now) {
         return None;
     }
+    // `unit_ns` 0: the unit was inferred from the magnitude, so no other
+    // unit would be read differently.
     let meant = UNITS.iter().find_map(|&(ns, name)| {
-        if ns == unit_ns {
+        if ns == unit_ns || unit_ns <= 0 {
             return None;
         }
         // The integers the client sent, read in the other unit.
@@ -112,8 +114,8 @@ impl Doubt {
         s
     }
 
-    /// The warning for a JSON or CSV batch, whose integer times are
-    /// nanoseconds since the epoch.
+    /// The warning for a JSON or CSV batch, whose numeric times are in
+    /// `[ingest] ts_unit` (or inferred from their magnitude).
     pub fn integers(&self) -> String {
         let mut s = format!(
             "stored, but the batch's timestamps ({} .. {}) reach {}",
@@ -129,7 +131,7 @@ impl Doubt {
                 _ => "nanoseconds",
             };
             s.push_str(&format!(
-                "; integer timestamps are read as nanoseconds since 1970, and as {unit} these would start at {}: send nanoseconds or RFC 3339 text",
+                "; numeric timestamps are read in [ingest] ts_unit here, and as {unit} these would start at {}: set ts_unit = \"auto\" (or the unit sent), or send RFC 3339 text",
                 format_ts(at)
             ));
         }
@@ -227,5 +229,14 @@ mod tests {
             "{}",
             d.integers()
         );
+    }
+
+    #[test]
+    fn an_inferred_unit_suggests_no_other() {
+        // 1970 readings whose unit was inferred: doubtful, but no unit
+        // would read them differently (and no division by zero).
+        let d = check(5_000_000_000, 6_000_000_000, 0, 1_764_887_621_000_000_000).unwrap();
+        assert!(d.meant.is_none());
+        assert!(d.integers().contains("years before now"));
     }
 }
