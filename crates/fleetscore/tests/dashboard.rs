@@ -627,9 +627,14 @@ fn dashboard_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     fill(data);
-    // No schedule: the jobs are the backfills above, nothing else.
+    // No schedule: the jobs are the backfills above, nothing else. Partial
+    // writes, so that a bad line becomes a dead letter to show.
     let config = no_schedules(data);
+    std::fs::write(&config, "schedules = []\n[ingest]\nbad_lines = \"skip\"\n").unwrap();
     let server = Server::start(data, &["--config", config.to_str().unwrap()]);
+    // (Only a bad line: no reading joins the data the page shows.)
+    let (status, body) = server.post("/write", &[], "# from a sensor\nm,device=pump-01 t=oops\n");
+    assert_eq!(status, 400, "a partial write: {body}");
     let url = format!("http://{}/", server.addr);
     let browser = Browser::start(1400, 1000);
     browser.goto(&url);
@@ -782,6 +787,21 @@ fn dashboard_in_headless_chromium() {
     assert!(
         slow_text.contains("Reading the data") && slow_text.contains("Scoring"),
         "{slow_text}"
+    );
+
+    // Rejected messages: the bad line, where it came from and why.
+    let rejected = browser.js(
+        "return { rows: [...document.querySelectorAll('#rejected-tbl tbody tr')].map(r => [r.dataset.source, r.dataset.reason]),
+                  text: document.getElementById('rejected').innerText };",
+    );
+    eprintln!("rejected: {rejected:#}");
+    assert_eq!(rejected["rows"], json!([["http", "syntax"]]), "{rejected}");
+    let text = rejected["text"].as_str().unwrap();
+    assert!(
+        text.contains("/write line 2")
+            && text.contains("m,device=pump-01 t=oops")
+            && text.contains("1 message refused"),
+        "{text}"
     );
 
     // A job's tasks and failures, by clicking its bar.

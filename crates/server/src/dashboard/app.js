@@ -975,6 +975,57 @@ function renderJob(res) {
   );
 }
 
+// ---------------------------------------------------------------- rejected messages
+
+const REJECTED_SHOWN = 20;
+
+async function loadRejected() {
+  try {
+    const res = await api("/v1/rejected" + qs({ limit: REJECTED_SHOWN }));
+    renderRejected(res.counts || [], res.letters || []);
+  } catch (e) {
+    fill($("rejected-body"), errorBox(e));
+  }
+}
+
+function renderRejected(counts, letters) {
+  const box = $("rejected-body");
+  const total = counts.reduce((n, c) => n + Number(c.count || 0), 0);
+  $("rejected-sub").textContent = total
+    ? `${plural(total, "message")} refused since this server started (${counts.map((c) => `${c.source} ${c.reason}: ${fmtInt(c.count)}`).join(", ")}); the newest below, from the store`
+    : "what the sources could not read: kept under rejected/ in the store (dead letters)";
+  if (!letters.length) {
+    fill(box, h("div", { class: "empty" }, "None: every message the sources received could be read."));
+    return;
+  }
+  const payload = (l) => {
+    const text = l.payload != null ? l.payload : l.payload_base64 != null ? `base64:${l.payload_base64}` : "";
+    const cut = text.length > 160 ? text.slice(0, 160) + "…" : text;
+    return cut + (l.truncated ? ` (cut; ${fmtInt(l.size)} bytes in all)` : "");
+  };
+  const rows = letters.map((l) =>
+    h(
+      "tr",
+      { "data-source": l.source, "data-reason": l.reason },
+      h("td", { class: "mono" }, l.time),
+      h("td", {}, l.source),
+      h("td", {}, h("span", { class: "pill failed" }, l.reason)),
+      h("td", { class: "mono" }, l.origin),
+      h("td", {}, l.error),
+      h("td", { class: "mono" }, payload(l)),
+    ),
+  );
+  fill(
+    box,
+    h(
+      "table",
+      { id: "rejected-tbl", class: "slowest-tbl" },
+      h("thead", {}, h("tr", {}, ["received", "source", "reason", "from", "what is wrong", "message"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, rows),
+    ),
+  );
+}
+
 // ---------------------------------------------------------------- slowest tasks
 
 const SLOWEST_SHOWN = 10;
@@ -1285,7 +1336,7 @@ async function refresh() {
   const btn = $("refresh");
   btn.disabled = true;
   loadExtent(true); // shared with the overview, which may need it
-  await Promise.all([loadOverview(), loadJobs(), loadSlowest()]);
+  await Promise.all([loadOverview(), loadJobs(), loadSlowest(), loadRejected()]);
   if (state.selectedJob !== null) await loadJob(state.selectedJob);
   $("updated").textContent = "updated " + fmtHMS(Date.now()) + " UTC";
   btn.disabled = false;
