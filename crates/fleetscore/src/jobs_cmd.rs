@@ -60,7 +60,7 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // On PostgreSQL, new work is announced (LISTEN/NOTIFY): an idle worker
     // wakes at once, and polls only as a fallback.
     if db.url().starts_with("postgres") {
-        match fleetscore_jobs::db::listen_for_work(db.url()).await {
+        match fleetscore_jobs::db::listen_for_work(db.connection_url()).await {
             Ok(wake) => runner = runner.with_wake(wake),
             Err(e) => tracing::warn!(
                 error = %e,

@@ -44,6 +44,31 @@ mod sqlite;
 mod store;
 
 pub use error::{retrying, DbError, Result};
+
+/// `url` for messages and logs: a password in `scheme://user:password@host`
+/// (or a `password=` parameter) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let (Some(scheme), Some(at)) = (out.find("://"), out.find('@')) {
+        let userinfo = &out[scheme + 3..at];
+        if let Some(colon) = userinfo.find(':') {
+            out.replace_range(scheme + 3 + colon + 1..at, "***");
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
+
 pub use postgres::{ensure_database, listen_for_work, WORK_CHANNEL};
 pub use records::{
     Concurrency, FailureRecord, IdleWork, JobFilter, JobKind, JobRecord, JobState, JobStats,
@@ -51,3 +76,24 @@ pub use records::{
 };
 pub use sql::{Commits, Dialect, SqlStore, SqliteStore};
 pub use store::JobStore;
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn passwords_are_redacted() {
+        use super::redact_url;
+        assert_eq!(
+            redact_url("postgres://fleet:s3cret@db:5432/fs?sslmode=require"),
+            "postgres://fleet:***@db:5432/fs?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://fleet@db/fs"),
+            "postgres://fleet@db/fs"
+        );
+        assert_eq!(
+            redact_url("postgres://db/fs?user=a&password=x&sslmode=verify-full"),
+            "postgres://db/fs?user=a&password=***&sslmode=verify-full"
+        );
+        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+}

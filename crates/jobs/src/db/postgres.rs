@@ -70,11 +70,12 @@ pub(super) fn flag(row: &AnyRow, i: usize) -> std::result::Result<bool, sqlx::Er
 }
 
 /// Connects once, directly, before the pool does: the pool would only say
-/// it timed out, this says why (refused, unknown host, authentication).
-pub(super) async fn check_reachable(url: &str) -> Result<()> {
+/// it timed out, this says why (refused, unknown host, authentication, a
+/// certificate not trusted). `shown` is the URL for messages.
+pub(super) async fn check_reachable(url: &str, shown: &str) -> Result<()> {
     use sqlx::Connection as _;
     let sql = |error| DbError::Sql {
-        url: url.to_string(),
+        url: shown.to_string(),
         error,
     };
     match tokio::time::timeout(
@@ -87,12 +88,25 @@ pub(super) async fn check_reachable(url: &str) -> Result<()> {
             let _ = conn.close().await;
             Ok(())
         }
-        Ok(Err(e)) => Err(sql(e)),
+        Ok(Err(e)) => Err(sql(tls_hint(e))),
         Err(_) => Err(sql(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "no answer within 15s; is PostgreSQL running there, and the URL's host and port right?",
         )))),
     }
+}
+
+/// A TLS failure with what to change in the URL.
+fn tls_hint(e: sqlx::Error) -> sqlx::Error {
+    let text = e.to_string();
+    let hint = if text.contains("UnknownIssuer") || text.contains("certificate") {
+        "the server's certificate is not trusted or does not name this host: give its CA with sslrootcert=/path/to/ca.pem in the URL (sslmode=verify-ca checks the CA, verify-full the host name too), or sslmode=require to encrypt without checking"
+    } else if text.contains("does not support TLS") || text.contains("not support SSL") {
+        "the server does not offer TLS: turn ssl on in its postgresql.conf, or leave sslmode out of the URL"
+    } else {
+        return e;
+    };
+    sqlx::Error::Tls(format!("{text}; {hint}").into())
 }
 
 /// Whether a PostgreSQL SQLSTATE is one that passes: a connection
@@ -115,7 +129,7 @@ pub(super) fn retryable_code(code: &str) -> bool {
 /// meanwhile are missed: workers still poll).
 pub async fn listen_for_work(url: &str) -> Result<tokio::sync::watch::Receiver<u64>> {
     let err = |error: sqlx::Error| DbError::Sql {
-        url: url.to_string(),
+        url: super::redact_url(url),
         error,
     };
     if !is_url(url) {
@@ -151,7 +165,7 @@ pub async fn listen_for_work(url: &str) -> Result<tokio::sync::watch::Receiver<u
 pub async fn ensure_database(server_url: &str, name: &str) -> Result<String> {
     sqlx::any::install_default_drivers();
     let sql = |error| DbError::Sql {
-        url: server_url.to_string(),
+        url: super::redact_url(server_url),
         error,
     };
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

@@ -97,7 +97,10 @@ impl Dialect {
 #[derive(Clone, Debug)]
 pub struct SqlStore {
     pub(super) pool: AnyPool,
+    /// The URL for messages: its password replaced by `***`.
     pub(super) url: String,
+    /// The URL as given, to connect with.
+    connect: String,
     pub(super) dialect: Dialect,
     /// The pool's size limit.
     max: u32,
@@ -157,17 +160,19 @@ impl SqlStore {
 
     /// [`SqlStore::open`], with commits that wait for the disk or not
     /// (PostgreSQL; SQLite's always do).
-    pub async fn open_with(url: &str, commits: Commits) -> Result<SqlStore> {
+    pub async fn open_with(given: &str, commits: Commits) -> Result<SqlStore> {
         sqlx::any::install_default_drivers();
+        let shown = super::redact_url(given);
+        let url = shown.as_str();
         let sql = |error| DbError::Sql {
             url: url.to_string(),
             error,
         };
-        let (dialect, connect, max) = if postgres::is_url(url) {
-            postgres::check_reachable(url).await?;
-            (Dialect::Postgres, url.to_string(), postgres::POOL_SIZE)
+        let (dialect, connect, max) = if postgres::is_url(given) {
+            postgres::check_reachable(given, url).await?;
+            (Dialect::Postgres, given.to_string(), postgres::POOL_SIZE)
         } else {
-            let (connect, max) = sqlite::connect_url(url)?;
+            let (connect, max) = sqlite::connect_url(given)?;
             (Dialect::Sqlite, connect, max)
         };
         let pool = AnyPoolOptions::new()
@@ -201,6 +206,7 @@ impl SqlStore {
         Ok(SqlStore {
             pool,
             url: url.to_string(),
+            connect: given.to_string(),
             dialect,
             max,
             kept: Arc::default(),
@@ -341,6 +347,10 @@ pub(super) const FINISH_TASK: &str = "UPDATE tasks SET state = $1, finished_at =
 impl JobStore for SqlStore {
     fn url(&self) -> &str {
         &self.url
+    }
+
+    fn connection_url(&self) -> &str {
+        &self.connect
     }
 
     async fn last_fire(&self, schedule: &str) -> Result<Option<i64>> {

@@ -16,8 +16,12 @@ use super::{TaskKind, TaskRecord};
 /// from a job store.
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Where it is, for messages.
+    /// Where it is, for messages (a password in it replaced by `***`).
     fn url(&self) -> &str;
+    /// Where it is, as given: to connect with (never to print).
+    fn connection_url(&self) -> &str {
+        self.url()
+    }
     /// The newest fire time jobs were created for, per schedule.
     async fn last_fire(&self, schedule: &str) -> Result<Option<i64>>;
     /// Creates a schedule's jobs (a window already scheduled is left alone)
