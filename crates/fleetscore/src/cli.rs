@@ -190,6 +190,11 @@ pub struct WorkerArgs {
     /// on its own core instead of waking them on another worker's.
     #[arg(long, value_name = "LIST", env = "FLEETSCORE_WORKER_CPUS")]
     pub cpus: Option<String>,
+    /// Answer `/healthz`, `/readyz` (job store and object store) and
+    /// `/metrics` on this address (e.g. `0.0.0.0:9090`), for Kubernetes
+    /// probes and Prometheus [default: no listener].
+    #[arg(long, value_name = "ADDR", env = "FLEETSCORE_WORKER_LISTEN")]
+    pub listen: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -89,6 +89,25 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         rc.parallel_tasks,
         rc.lease
     );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let probes = match &args.listen {
+        Some(listen) => {
+            let (addr, task) = fleetscore_server::probe::serve_probes(
+                listen,
+                Arc::clone(&db),
+                store.clone(),
+                rx.clone(),
+            )
+            .await?;
+            eprintln!(
+                "worker {}: /healthz, /readyz and /metrics on {addr}",
+                runner.owner()
+            );
+            tracing::info!(%addr, "probes listening");
+            Some(task)
+        }
+        None => None,
+    };
     // Every log line of the worker's jobs and tasks names the worker.
     let span = tracing::info_span!("worker", worker = %runner.owner());
     if args.exit_when_idle {
@@ -98,16 +117,24 @@ pub async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<ExitCode> {
             runner.owner(),
             ids.len()
         );
+        let _ = tx.send(true);
+        if let Some(task) = probes {
+            let _ = task.await;
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let (tx, rx) = tokio::sync::watch::channel(false);
     let signal = fleetscore_server::serve::shutdown_signal()?;
+    let stop = tx.clone();
     tokio::spawn(async move {
         signal.await;
         tracing::info!("stopping: no new work; the current task may finish");
-        let _ = tx.send(true);
+        let _ = stop.send(true);
     });
     let worked = runner.work(rx, grace).instrument(span).await;
+    let _ = tx.send(true);
+    if let Some(task) = probes {
+        let _ = task.await;
+    }
     // Past the grace, a Python model still running is stopped (its task
     // was handed back).
     if let Some(pool) = &python {

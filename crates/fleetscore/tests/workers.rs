@@ -7,8 +7,11 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) for the first; the
 //! restart test starts a private server of its own from the machine's
 //! PostgreSQL binaries (`/usr/lib/postgresql/*/bin`, as the `postgres`
-//! user when run as root), so restarting it disturbs nothing else.
-//! `.ci/run` runs them with `--include-ignored`.
+//! user when run as root), so restarting it disturbs nothing else; with
+//! `FLEETSCORE_TEST_POSTGRES_CA` (set by `.ci/run`) that server takes TLS
+//! only by certificate of that CA and the workers connect with
+//! `sslmode=verify-full`. `.ci/run` runs them with `--include-ignored`.
+//! The probes of `worker --listen` need no PostgreSQL.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -375,13 +378,42 @@ impl PrivatePostgres {
         pg
     }
 
+    /// The CA of `.ci/run`'s PostgreSQL certificate, if set: then this
+    /// server takes TLS too, with the same certificate, and its URL asks
+    /// for `sslmode=verify-full` (a restart under TLS).
+    fn tls() -> Option<PathBuf> {
+        std::env::var_os("FLEETSCORE_TEST_POSTGRES_CA").map(PathBuf::from)
+    }
+
     fn start(&self) {
         let data = self.dir.join("data");
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
             self.dir.display()
         );
+        if let Some(ca) = Self::tls() {
+            let certs = ca.parent().unwrap();
+            let (cert, key) = (self.dir.join("server.pem"), self.dir.join("server.key"));
+            std::fs::copy(certs.join("server.pem"), &cert).unwrap();
+            std::fs::copy(certs.join("server.key"), &key).unwrap();
+            let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+            if root {
+                let ok = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .args([&cert, &key])
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+            }
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
         self.pg(
             "pg_ctl",
             &[
@@ -406,7 +438,10 @@ impl PrivatePostgres {
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        let tls = Self::tls()
+            .map(|ca| format!("?sslmode=verify-full&sslrootcert={}", ca.display()))
+            .unwrap_or_default();
+        format!("postgres://postgres@127.0.0.1:{}/postgres{tls}", self.port)
     }
 }
 
@@ -459,4 +494,72 @@ fn restarting_postgres_mid_job_workers_reconnect_and_the_job_completes() {
     for w in workers {
         stop(w);
     }
+}
+
+/// `worker --listen`: `/healthz`, `/readyz` and `/metrics` for Kubernetes
+/// and Prometheus, and a clean stop on SIGTERM.
+#[test]
+fn a_worker_answers_its_probes() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("jobs.db").display());
+    let mut child = bin()
+        .arg("--data")
+        .arg(dir.path())
+        .args([
+            "--db",
+            &db,
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--poll",
+            "100ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the worker's address").unwrap();
+        if let Some((_, a)) = line.split_once("/metrics on ") {
+            break a.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let get = |path: &str| -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (
+            head.split(' ').nth(1).unwrap().parse().unwrap(),
+            body.to_string(),
+        )
+    };
+    assert_eq!(get("/healthz"), (200, "ok".to_string()));
+    let (status, body) = get("/readyz");
+    assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));
+    let (status, metrics) = get("/metrics");
+    assert_eq!(status, 200);
+    for family in [
+        "process_cpu_seconds_total",
+        "fleetscore_build_info{",
+        "# TYPE fleetscore_jobs gauge",
+        "fleetscore_pending_work 0",
+        "fleetscore_http_requests_total{endpoint=\"/readyz\",method=\"GET\",status=\"200\"} 1",
+    ] {
+        assert!(metrics.contains(family), "{family} not in\n{metrics}");
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the worker exited with {status}");
 }

@@ -41,6 +41,7 @@ pub mod deadletter;
 pub mod http;
 pub mod metrics;
 pub mod plausible;
+pub mod probe;
 pub mod scheduler;
 pub mod serve;
 pub mod sources;
