@@ -49,6 +49,22 @@
 //! payload = { format = "auto", ts_field = "ts", ts_unit = "auto", value_field = "value" }
 //! # payload.fields = { temp = "temperature" }  # several-sensor objects: fields to read, their tags
 //!
+//! [kafka]                            # absent brokers: no Kafka source
+//! brokers = "127.0.0.1:9092"
+//! topics = ["fleet"]
+//! group_id = "fleetscore"
+//! client_id = "fleetscore-1"         # stable: static group membership
+//! security_protocol = "sasl_ssl"     # plaintext, ssl, sasl_plaintext, sasl_ssl
+//! sasl_mechanism = "SCRAM-SHA-512"   # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+//! username = "fleetscore"
+//! password_env = "KAFKA_PASSWORD"
+//! ca_file = "/etc/fleetscore/kafka-ca.pem"
+//! # event_hubs_connection_string_env = "EVENTHUBS_CONNECTION_STRING"  # Azure Event Hubs
+//! key = "device"                     # the message key names the device ("ignore")
+//! start = "earliest"                 # a new group starts at the oldest message
+//! payload = { format = "auto", ts_field = "ts", ts_unit = "auto" }
+//! options = { "fetch.min.bytes" = "1" }  # more librdkafka settings
+//!
 //! [auth]
 //! ingest_tokens = ["…"]              # any of them is accepted on ingest
 //! admin_tokens = ["…"]
@@ -133,6 +149,8 @@ pub struct Config {
     pub stream: AggregatorConfig,
     /// `[mqtt]`.
     pub mqtt: MqttSection,
+    /// `[kafka]`.
+    pub kafka: KafkaSection,
     /// `[auth]`.
     pub auth: AuthConfig,
     /// `[jobs]`: how jobs run.
@@ -152,6 +170,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             stream: AggregatorConfig::default(),
             mqtt: MqttSection::default(),
+            kafka: KafkaSection::default(),
             auth: AuthConfig::default(),
             jobs: JobsConfig::default(),
             store: StoreConfig::default(),
@@ -652,6 +671,101 @@ impl Default for MqttSection {
             client_key: None,
             payload: PayloadConfig::default(),
         }
+    }
+}
+
+/// `[kafka]`: the Kafka-protocol source (Kafka, Azure Event Hubs,
+/// Redpanda, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Bootstrap brokers, `host:port[,host:port…]`; none (and no
+    /// `event_hubs_connection_string_env`) means no Kafka source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<String>,
+    /// The topics to consume (default `["fleet"]`; an Event Hubs
+    /// connection string's `EntityPath` when it has one).
+    pub topics: Vec<String>,
+    /// The consumer group (default `fleetscore`).
+    pub group_id: String,
+    /// A stable id of this consumer (`client.id`, and the group's static
+    /// membership `group.instance.id`, so a restart keeps its partitions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with `sasl_*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<String>,
+    /// The SASL user name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The SASL password (prefer `password_env`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// The environment variable holding the SASL password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// PEM file of the CA certificates to trust (`ssl`, `sasl_ssl`);
+    /// default: the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// PEM file of a client certificate (with `client_key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// PEM file of the client certificate's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    /// Azure Event Hubs: the environment variable holding the namespace's
+    /// connection string (`Endpoint=sb://NS.servicebus.windows.net/;…`);
+    /// sets the brokers (`NS.servicebus.windows.net:9093`), `sasl_ssl` with
+    /// `PLAIN`, user `$ConnectionString` and the string as the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_hubs_connection_string_env: Option<String>,
+    /// The message key: `device` (default: a key names the device, unless
+    /// the payload names one) or `ignore`.
+    pub key: String,
+    /// Where a group with no committed offset starts: `earliest`
+    /// (default) or `latest`.
+    pub start: String,
+    /// Most messages read into one batch (default 10,000).
+    pub max_batch: usize,
+    /// How payloads are read (as `[mqtt.payload]`).
+    pub payload: PayloadConfig,
+    /// More librdkafka settings, passed as they are (`"fetch.min.bytes" =
+    /// "1"`); they win over the settings above.
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            brokers: None,
+            topics: vec!["fleet".into()],
+            group_id: "fleetscore".into(),
+            client_id: None,
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: None,
+            username: None,
+            password: None,
+            password_env: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            event_hubs_connection_string_env: None,
+            key: "device".into(),
+            start: "earliest".into(),
+            max_batch: 10_000,
+            payload: PayloadConfig::default(),
+            options: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaSection {
+    /// Whether a Kafka source is configured.
+    pub fn enabled(&self) -> bool {
+        self.brokers.is_some() || self.event_hubs_connection_string_env.is_some()
     }
 }
 

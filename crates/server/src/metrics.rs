@@ -85,9 +85,10 @@ impl Source {
     pub const HTTP: Source = Source("http");
     /// The MQTT subscriber (`--mqtt`).
     pub const MQTT: Source = Source("mqtt");
+    /// The Kafka-protocol consumer (`[kafka]`).
+    pub const KAFKA: Source = Source("kafka");
 
     /// A source named `name`: lowercase, as its configuration calls it.
-    #[allow(dead_code)] // for the sources to come; HTTP and MQTT are above
     pub const fn new(name: &'static str) -> Source {
         Source(name)
     }
@@ -266,6 +267,14 @@ struct SourceFamilies {
     readings_duplicate: Family<SourceLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
     dead_letters_lost: Family<SourceLabels, Counter>,
+    lag: Family<LagLabels, prometheus_client::metrics::gauge::Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LagLabels {
+    source: &'static str,
+    topic: String,
+    partition: i64,
 }
 
 impl SourceFamilies {
@@ -291,6 +300,11 @@ impl SourceFamilies {
             "fleetscore_source_dead_letters",
             "Messages (or lines) a source could not read and kept under rejected/ in the store, by reason: syntax, missing, name, time, value",
             self.dead_letters.clone(),
+        );
+        r.register(
+            "fleetscore_source_lag_messages",
+            "Messages of a partition not yet stored: the partition's end offset minus the next offset to store (Kafka), by topic and partition",
+            self.lag.clone(),
         );
         r.register(
             "fleetscore_source_dead_letters_lost",
@@ -556,6 +570,18 @@ impl Metrics {
             .dead_letters
             .get_or_create(&reason(source, problem))
             .inc_by(n);
+    }
+
+    /// The lag of a partition of `source`: messages not yet stored.
+    pub fn lag(&self, source: Source, topic: &str, partition: i32, messages: i64) {
+        self.sources
+            .lag
+            .get_or_create(&LagLabels {
+                source: source.name(),
+                topic: topic.to_string(),
+                partition: i64::from(partition),
+            })
+            .set(messages);
     }
 
     /// `n` dead letters of `source` that could not be written.

@@ -93,7 +93,7 @@ pub async fn serve(
         span_duration(c.server.max_inflight_wait),
     ));
     // Checked before the log is touched: bad source settings fail fast.
-    let sources = crate::sources::configured(&c, Arc::clone(&inflight))?;
+    let sources = crate::sources::configured(&c, Arc::clone(&inflight), &data)?;
     // So does a Python interpreter that cannot run the runtime (when on).
     let python = if c.jobs.run_in_server {
         crate::scheduler::python_pool(&c).await?

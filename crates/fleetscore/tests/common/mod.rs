@@ -196,7 +196,12 @@ impl Server {
             })
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // FLEETSCORE_TEST_SERVE_LOG=1 shows the server's log (debugging).
+            .stderr(if std::env::var_os("FLEETSCORE_TEST_SERVE_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let mut line = String::new();

@@ -29,6 +29,8 @@ use crate::metrics::Metrics;
 use crate::windows::Ingestor;
 
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod mqtt;
 
 /// What every source gets from the server.
@@ -102,15 +104,28 @@ pub trait SourceConfig {
 }
 
 /// The sources `config` asks for, checked, in a fixed order: HTTP (always:
-/// its listener serves the API too), then MQTT when `[mqtt] url` is set.
+/// its listener serves the API too), then MQTT when `[mqtt] url` is set,
+/// then Kafka when `[kafka] brokers` (or its Event Hubs preset) is.
 /// This is the one list of sources.
 pub fn configured(
     config: &Config,
     inflight: Arc<crate::http::InFlight>,
+    data: &std::path::Path,
 ) -> anyhow::Result<Vec<Box<dyn Source>>> {
     let mut sources: Vec<Box<dyn Source>> = vec![Box::new(http::HttpSource::new(config, inflight))];
     if config.mqtt.url.is_some() {
         sources.push(mqtt::MqttConfig::from_config(config).build()?);
+    }
+    if config.kafka.enabled() {
+        #[cfg(feature = "kafka")]
+        sources.push(kafka::KafkaConfig::from_config(config, data).build()?);
+        #[cfg(not(feature = "kafka"))]
+        {
+            let _ = data;
+            anyhow::bail!(
+                "[kafka] is set, but this build has no Kafka source: build fleetscore with its default features (or --features kafka)"
+            );
+        }
     }
     Ok(sources)
 }
