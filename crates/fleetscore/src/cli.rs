@@ -109,10 +109,12 @@ pub enum Command {
     /// the dashboard, in one process.
     ///
     /// - Ingest: POST /write (InfluxDB v1 line protocol), /api/v2/write
-    ///   (v2), /v1/readings (JSON, NDJSON or CSV), and MQTT (--mqtt URL).
-    ///   A batch is answered (204, or 200 for /v1/readings) only once it
-    ///   is durable in the ingest log under DATA/log; a bad line refuses
-    ///   the whole batch (400, with line numbers).
+    ///   (v2), /v1/readings (JSON, NDJSON or CSV), MQTT (--mqtt URL, or
+    ///   [mqtt]) and Kafka/Event Hubs ([kafka]). A batch is answered (204,
+    ///   or 200 for /v1/readings) only once it is durable in the ingest log
+    ///   under DATA/log; a bad line refuses the whole batch (400, with line
+    ///   numbers; [ingest] bad_lines = "skip" keeps the good lines), and
+    ///   what a source cannot read is kept under the store's rejected/.
     /// - Storage: log segments are compacted into the store's raw/
     ///   partitions on start, every --compact-interval, before a job is
     ///   created, and on SIGTERM/SIGINT. Readings are aggregated into
