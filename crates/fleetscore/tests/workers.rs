@@ -222,9 +222,10 @@ fn sigkill_one_of_three_workers_mid_job_and_the_job_completes_once() {
     let data = dir.path();
     let readings = fleet(data);
     let db = database(&pg_server());
-    // Small tasks (150 of them), so the job lasts long enough to catch a
-    // worker in the middle of one.
-    let id = queue(data, &db, "4");
+    // Small tasks (600 of them), so the job lasts long enough to catch a
+    // worker in the middle of one (150 tasks took 0.9 s on a quiet
+    // machine, too short to catch the victim with a task reliably).
+    let id = queue(data, &db, "1");
     let mut workers: Vec<Child> = (0..3).map(|_| worker(data, &db)).collect();
 
     // Kill the second worker while it holds a task, after some progress:
