@@ -68,7 +68,11 @@ fuzz_target!(|data: &[u8]| {
             check_batch(&batch, payload.len().max(1));
         }
         Err(e) => {
-            assert!(readings.is_empty(), "a refused message pushed {} readings", readings.len());
+            assert!(
+                readings.is_empty(),
+                "a refused message pushed {} readings",
+                readings.len()
+            );
             assert!(!e.message.trim().is_empty(), "a refusal without a reason");
         }
     }

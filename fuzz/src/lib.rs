@@ -30,7 +30,7 @@ use fleetscore_codecs::{
     parse_csv_body, parse_json, parse_line_protocol, Batch, BatchError, CsvBodyConfig,
     LineProtocolConfig, Location, Precision, MAX_REPORTED_ERRORS,
 };
-use fleetscore_core::{check_ts, check_value, validate_name, NameKind};
+use fleetscore_core::{check_ts, check_value, validate_name, NameKind, TsUnit};
 
 /// The heap in use and its high-water mark, for [`measure`].
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
@@ -270,12 +270,18 @@ pub fn check_round_trips(batch: &Batch) {
     );
 
     let json = to_json(batch);
-    let got = parse_json(json.as_bytes())
+    // Our JSON and CSV write integer nanoseconds: read them as such (the
+    // default, `auto`, would read small ones as seconds).
+    let got = parse_json(json.as_bytes(), TsUnit::Nanos)
         .unwrap_or_else(|e| panic!("our own JSON is refused: {e}\n{json}"));
     assert_eq!(rows(&got), want, "JSON round trip\n{json}");
 
     let csv = to_csv(batch);
-    let got = parse_csv_body(&csv, &CsvBodyConfig::default()).unwrap_or_else(|e| {
+    let nanos = CsvBodyConfig {
+        ts_unit: TsUnit::Nanos,
+        ..CsvBodyConfig::default()
+    };
+    let got = parse_csv_body(&csv, &nanos).unwrap_or_else(|e| {
         panic!(
             "our own CSV is refused: {e}\n{}",
             String::from_utf8_lossy(&csv)
