@@ -545,6 +545,10 @@ async fn run(source: KafkaSource, ctx: super::Context, mut stop: watch::Receiver
             if let Some(earlier) = gathering.remove(&tp) {
                 let mut all = earlier;
                 all.append(&mut messages);
+                // A partition revoked and assigned again while a range was
+                // being gathered delivers its messages again: once each.
+                all.sort_by_key(OwnedMessage::offset);
+                all.dedup_by_key(|m| m.offset());
                 messages = all;
             }
             // A recorded intent this partition resumes at: gather exactly
@@ -703,6 +707,7 @@ async fn store_batch(
         let key = batch_key(&source.group, &topic, partition, a, b);
         let identity: [u8; 32] = identity.finalize().into();
         let mut backoff = Duration::from_millis(500);
+        let mut keyed = true;
         loop {
             let (ingestor, r, key) = (
                 Arc::clone(&ctx.ingestor),
@@ -710,9 +715,22 @@ async fn store_batch(
                 key.clone(),
             );
             let appended = tokio::task::spawn_blocking(move || {
-                ingestor.append_keyed(Some(&key), Some(&identity), r)
+                if keyed {
+                    ingestor.append_keyed(Some(&key), Some(&identity), r)
+                } else {
+                    ingestor.append_keyed(None, None, r)
+                }
             })
             .await;
+            if let Ok(Err(fleetscore_ingest::LogError::KeyReused { .. })) = &appended {
+                // The same range was stored before with other messages (the
+                // topic was recreated, or offsets were reset): storing it
+                // again is the only way not to lose it, and retrying under
+                // the key cannot succeed.
+                tracing::error!(topic = %topic, partition, from = a, to = b, "Kafka: this offset range was stored before with other messages (a recreated topic or reset offsets?); storing it again without its key");
+                keyed = false;
+                continue;
+            }
             let (failure, e) = match appended {
                 Ok(Ok(a)) if a.duplicate => {
                     ctx.metrics.duplicate(SOURCE, n as u64);
