@@ -123,7 +123,7 @@ pub fn configured(
         {
             let _ = data;
             anyhow::bail!(
-                "[kafka] is set, but this build has no Kafka source: build fleetscore with its default features (or --features kafka)"
+                "[kafka] is set, but this build has no Kafka source: build fleetscore with --features kafka (it needs OpenSSL's headers: apt install libssl-dev pkg-config), or use the container image, which has it"
             );
         }
     }
