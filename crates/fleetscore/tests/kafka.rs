@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use common::{raw_readings, Server};
+use common::{free_port, raw_readings, Server};
 
 fn tansu() -> PathBuf {
     let p = std::env::var_os("FLEETSCORE_TEST_TANSU").map_or_else(
@@ -42,14 +42,6 @@ fn tansu() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A tansu broker on its own port, its data in `dir` (SQLite).

@@ -372,11 +372,7 @@ fn a_real_prometheus_scrapes_the_server_and_a_worker() {
     assert!(missing.is_empty(), "named but not exported: {missing:?}");
 
     // A real Prometheus: scrapes both, evaluates the rules every second.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let rules = rules_file(dir.path());
     let config = dir.path().join("prometheus.yml");
     std::fs::write(

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod common;
-use common::parquet_files;
+use common::{free_port, parquet_files};
 
 const BROKER: &str = "127.0.0.1:1883";
 
@@ -737,14 +737,6 @@ impl Drop for TlsBroker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The `[mqtt]` section of a managed broker: TLS with the test's CA (or

@@ -352,11 +352,7 @@ impl PrivatePostgres {
                 .unwrap();
             assert!(ok.success());
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let pg = PrivatePostgres {
             bin: Self::pg_bin(),
             dir,

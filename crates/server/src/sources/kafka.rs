@@ -792,10 +792,13 @@ async fn store_batch(
 fn crash_point() {
     use std::sync::atomic::{AtomicU64, Ordering};
     static APPENDS: AtomicU64 = AtomicU64::new(0);
-    let Some(n) = std::env::var("FLEETSCORE_TEST_KAFKA_CRASH_AFTER_APPENDS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
+    // Read once: this runs after every batch.
+    static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let Some(n) = *AFTER.get_or_init(|| {
+        std::env::var("FLEETSCORE_TEST_KAFKA_CRASH_AFTER_APPENDS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+    }) else {
         return;
     };
     if APPENDS.fetch_add(1, Ordering::SeqCst) + 1 >= n {
