@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fleetscore_models::{Gamma, ScalerChoice};
 use fleetscore_stream::Span;
 
 /// fleetscore: score thousands to millions of per-device anomaly models,
@@ -354,7 +355,7 @@ pub enum ModelsCommand {
     /// Train a OneClassSVM per (device, tag) from the readings in raw/
     /// (libsvm's algorithm, as scikit-learn fits it) and register each as
     /// a new model version; an identical model is not registered again.
-    Train(crate::train::TrainArgs),
+    Train(TrainArgs),
 }
 
 #[derive(Args, Debug)]
@@ -674,4 +675,47 @@ mod tests {
             }
         }
     }
+}
+
+/// `fleetscore models train` flags.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// First reading time used (`2018-08-28 23:00:00` UTC, or RFC 3339).
+    #[arg(long)]
+    pub from: String,
+    /// Readings before this time are used (the range is from <= ts < to).
+    #[arg(long)]
+    pub to: String,
+    /// OneClassSVM nu: an upper bound on the fraction of training readings
+    /// flagged as anomalies, in (0, 1].
+    #[arg(long, default_value_t = 0.05)]
+    pub nu: f64,
+    /// RBF kernel coefficient: `scale` (1 / (n_features * var)), `auto`
+    /// (1 / n_features) or a number, as scikit-learn's `gamma`.
+    #[arg(long, default_value = "scale", value_parser = parse_gamma)]
+    pub gamma: Gamma,
+    /// Scaler in front of the SVM: `standard` trains
+    /// Pipeline(StandardScaler, OneClassSVM), `none` a bare OneClassSVM.
+    #[arg(long, default_value = "standard", value_parser = parse_scaler)]
+    pub scaler: ScalerChoice,
+    /// Series with fewer readings in the range are skipped.
+    #[arg(long, default_value_t = 20)]
+    pub min_readings: usize,
+    /// Only this device.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Only this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_gamma(s: &str) -> Result<Gamma, String> {
+    s.parse()
+}
+
+fn parse_scaler(s: &str) -> Result<ScalerChoice, String> {
+    s.parse()
 }

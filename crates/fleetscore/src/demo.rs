@@ -1077,7 +1077,7 @@ pub async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     // 6. What was found, from the predictions in the store.
     let tally = tally(&store, &fleet, start, end).await?;
-    let rows: u64 = jobs.iter().map(|j| j.rows).sum();
+    let rows: u64 = jobs.iter().map(|j| j.counts.rows).sum();
     let flagged: u64 = tally.device_flags.iter().sum();
     let failed_jobs = jobs
         .iter()

@@ -180,10 +180,10 @@ fn line(j: &JobRecord) -> String {
             format_rfc3339(j.window_start),
             format_rfc3339(j.window_end)
         ),
-        j.models,
-        j.rows,
-        j.anomalies,
-        j.failed_models,
+        j.counts.models,
+        j.counts.rows,
+        j.counts.anomalies,
+        j.counts.failed_models,
         ms(j.started_at, j.finished_at)
     )
 }
@@ -273,8 +273,8 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
                 println!("        {e}");
             }
         }
-        let rows: u64 = jobs.iter().map(|j| j.rows).sum();
-        let anomalies: u64 = jobs.iter().map(|j| j.anomalies).sum();
+        let rows: u64 = jobs.iter().map(|j| j.counts.rows).sum();
+        let anomalies: u64 = jobs.iter().map(|j| j.counts.anomalies).sum();
         let skipped = match skipped {
             0 => String::new(),
             n => format!(", {n} skipped (no readings in the window)"),
@@ -345,9 +345,9 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
                 );
                 println!(
                     "  load {} ms, score {} ms, write {} ms (summed over tasks); manifest {}",
-                    job.load_ms,
-                    job.score_ms,
-                    job.write_ms,
+                    job.counts.load_ms,
+                    job.counts.score_ms,
+                    job.counts.write_ms,
                     job.manifest.as_deref().unwrap_or("-")
                 );
                 if let Some(e) = &job.error {
@@ -370,9 +370,9 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
                         } else {
                             format!("{}..{}", t.first_key, t.last_key)
                         },
-                        t.rows,
-                        t.load_ms,
-                        t.write_ms,
+                        t.counts.rows,
+                        t.counts.load_ms,
+                        t.counts.write_ms,
                         t.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default()
                     );
                 }
@@ -384,14 +384,14 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
                         t.attempts,
                         // Once run: the pairs it scored, with any the map
                         // tasks found without a model; before: its plan's.
-                        t.models.max(t.n_keys),
+                        t.counts.models.max(t.n_keys),
                         t.first_key,
                         t.last_key,
-                        t.rows,
-                        t.anomalies,
-                        t.failed_models,
-                        t.score_ms,
-                        t.write_ms,
+                        t.counts.rows,
+                        t.counts.anomalies,
+                        t.counts.failed_models,
+                        t.counts.score_ms,
+                        t.counts.write_ms,
                         t.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default()
                     );
                 }

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use anyhow::Context;
 use fleetscore_codecs::{
@@ -16,7 +16,7 @@ use fleetscore_codecs::{
 use fleetscore_core::{format_ts, parse_ts};
 use fleetscore_jobs::schedule::latest_due;
 use fleetscore_jobs::{ModelFailure, Scored};
-use fleetscore_store::lake::{self, DeviceCount, Manifest, ShardOutput};
+use fleetscore_store::lake::{self, Manifest, ShardOutput};
 use fleetscore_store::{Index, ModelInput, Store};
 use serde::Serialize;
 
@@ -308,15 +308,7 @@ pub async fn score(g: &Global, args: &ScoreArgs) -> anyhow::Result<(Summary, Sco
 
     let t = Instant::now();
     let outputs = scored.outputs();
-    let cols = PredictionColumns {
-        ts: &scored.ts,
-        value: &scored.value,
-        label: &scored.label,
-        score: &scored.score,
-        keys: &scored.keys,
-        outputs: &outputs,
-        groups: &scored.groups,
-    };
+    let cols = scored.columns(&outputs);
     let mut files = Vec::new();
     if let Some(out) = &args.out {
         let out_dir = match shard {
@@ -398,19 +390,7 @@ async fn write_store(
         .put(&part, bytes)
         .await
         .with_context(|| format!("writing {part} to {}", store.url()))?;
-    let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
-    for (k, range) in &scored.groups {
-        let c = devices
-            .entry(scored.keys[*k as usize].0.clone())
-            .or_default();
-        c.rows += range.len() as u64;
-        if scored.kinds[*k as usize] == fleetscore_models::Kind::Outlier {
-            c.anomalies += scored.label[range.clone()]
-                .iter()
-                .filter(|p| **p == 1)
-                .count() as u64;
-        }
-    }
+    let devices = scored.device_counts();
     let manifest = Manifest {
         format: lake::MANIFEST_FORMAT.into(),
         job: 0,
@@ -419,7 +399,7 @@ async fn write_store(
         mode: "raw".into(),
         parts: vec![part.clone()],
         models: (scored.groups.len() + scored.failures.len()) as u64,
-        rows: scored.groups.iter().map(|(_, r)| r.len() as u64).sum(),
+        rows: scored.rows() as u64,
         anomalies: scored.anomalies as u64,
         failed_models: scored.failures.len() as u64,
         devices,

@@ -19,51 +19,8 @@ use fleetscore_models::{Gamma, ScalerChoice, SvmParams, TrainParams};
 use fleetscore_store::{lake, ImportOutcome, ImportRequest, Store};
 use rayon::prelude::*;
 
-use crate::cli::Global;
+use crate::cli::{Global, TrainArgs};
 use crate::util;
-
-/// `fleetscore models train` flags.
-#[derive(clap::Args, Debug)]
-pub struct TrainArgs {
-    /// First reading time used (`2018-08-28 23:00:00` UTC, or RFC 3339).
-    #[arg(long)]
-    pub from: String,
-    /// Readings before this time are used (the range is from <= ts < to).
-    #[arg(long)]
-    pub to: String,
-    /// OneClassSVM nu: an upper bound on the fraction of training readings
-    /// flagged as anomalies, in (0, 1].
-    #[arg(long, default_value_t = 0.05)]
-    pub nu: f64,
-    /// RBF kernel coefficient: `scale` (1 / (n_features * var)), `auto`
-    /// (1 / n_features) or a number, as scikit-learn's `gamma`.
-    #[arg(long, default_value = "scale", value_parser = parse_gamma)]
-    pub gamma: Gamma,
-    /// Scaler in front of the SVM: `standard` trains
-    /// Pipeline(StandardScaler, OneClassSVM), `none` a bare OneClassSVM.
-    #[arg(long, default_value = "standard", value_parser = parse_scaler)]
-    pub scaler: ScalerChoice,
-    /// Series with fewer readings in the range are skipped.
-    #[arg(long, default_value_t = 20)]
-    pub min_readings: usize,
-    /// Only this device.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Only this tag.
-    #[arg(long)]
-    pub tag: Option<String>,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
-
-fn parse_gamma(s: &str) -> Result<Gamma, String> {
-    s.parse()
-}
-
-fn parse_scaler(s: &str) -> Result<ScalerChoice, String> {
-    s.parse()
-}
 
 /// One series' readings in the range: (ts, value), in time order.
 type Series = BTreeMap<(String, String), Vec<(i64, f64)>>;

@@ -30,10 +30,12 @@ pub mod schedule;
 pub mod scheduler;
 mod stage;
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
-use fleetscore_codecs::{ModelOutput, Readings};
+use fleetscore_codecs::{ModelOutput, PredictionColumns, Readings};
 use fleetscore_models::{Kind, Pack};
+use fleetscore_store::lake::DeviceCount;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -137,6 +139,39 @@ impl Scored {
     /// What each key's rows hold, for the predictions writer.
     pub fn outputs(&self) -> Vec<ModelOutput<'_>> {
         model_outputs(&self.kinds, &self.classes)
+    }
+
+    /// The columns the predictions writers take; `outputs` is
+    /// [`Scored::outputs`].
+    pub fn columns<'a>(&'a self, outputs: &'a [ModelOutput<'a>]) -> PredictionColumns<'a> {
+        PredictionColumns {
+            ts: &self.ts,
+            value: &self.value,
+            label: &self.label,
+            score: &self.score,
+            keys: &self.keys,
+            outputs,
+            groups: &self.groups,
+        }
+    }
+
+    /// Rows scored.
+    pub fn rows(&self) -> usize {
+        self.groups.iter().map(|(_, g)| g.len()).sum()
+    }
+
+    /// Rows and anomalies (of outlier detectors) by device, for a
+    /// manifest.
+    pub fn device_counts(&self) -> BTreeMap<String, DeviceCount> {
+        let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
+        for (k, g) in &self.groups {
+            let c = devices.entry(self.keys[*k as usize].0.clone()).or_default();
+            c.rows += g.len() as u64;
+            if self.kinds[*k as usize] == Kind::Outlier {
+                c.anomalies += self.label[g.clone()].iter().filter(|&&p| p == 1).count() as u64;
+            }
+        }
+        devices
     }
 }
 

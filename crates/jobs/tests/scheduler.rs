@@ -239,9 +239,13 @@ async fn a_day_of_hourly_schedule_with_a_restart_scores_each_hour_once(b: Backen
         // Three tasks of two: d0 d1, d2 d3, d4 ghost. d5 has readings but
         // no model: planning reads no readings, so the map tasks find it
         // and put it with the task whose range holds it (the third).
-        assert_eq!((j.models, j.failed_models, j.tasks), (7, 2, 3), "{j:?}");
+        assert_eq!(
+            (j.counts.models, j.counts.failed_models, j.tasks),
+            (7, 2, 3),
+            "{j:?}"
+        );
         assert_eq!(j.window_end - j.window_start, HOUR_NS);
-        rows += j.rows;
+        rows += j.counts.rows;
         let failures = db.failures(j.id).await.unwrap();
         let reasons: Vec<(&str, &str)> = failures
             .iter()
@@ -525,7 +529,7 @@ async fn window_input_models_score_each_window_on_its_named_features(b: Backend)
     let job = db.job(id).await.unwrap();
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     // 5 raw models x 6 readings, and 60 windows of w0.
-    assert_eq!((job.models, job.rows), (8, 5 * 6 + 60));
+    assert_eq!((job.counts.models, job.counts.rows), (8, 5 * 6 + 60));
 
     // Each window's decision is the model's on (mean, min, max).
     let windows = fleetscore_store::lake::load_windows(&store, "1m", T0, T0 + HOUR_NS)
@@ -627,7 +631,7 @@ async fn leases_expire_and_pass_to_another_worker_whose_record_wins(b: Backend) 
     assert!(!db.renew_task(id, 0, "a", 9_000).await.unwrap());
     let mut done = t.clone();
     done.state = TaskState::Succeeded;
-    done.rows = 7;
+    done.counts.rows = 7;
     assert!(!db.finish_task(&done, &[], "a").await.unwrap());
     assert!(!db.release_task(id, 0, "a").await.unwrap());
     // Not finalizable while b runs it; nothing to plan either.
@@ -644,7 +648,10 @@ async fn leases_expire_and_pass_to_another_worker_whose_record_wins(b: Backend) 
     assert!(db.renew_task(id, 0, "b", 9_000).await.unwrap());
     assert!(db.finish_task(&done, &[], "b").await.unwrap());
     let tasks = db.tasks(id).await.unwrap();
-    assert_eq!((tasks[0].state.as_str(), tasks[0].rows), ("succeeded", 7));
+    assert_eq!(
+        (tasks[0].state.as_str(), tasks[0].counts.rows),
+        ("succeeded", 7)
+    );
     assert_eq!(tasks[0].lease_owner, None);
     // Now one finalizer gets it, and only one.
     let finalize = IdleWork {
@@ -952,7 +959,7 @@ async fn runners_share_a_job_and_take_over_a_vanished_workers_task(b: Backend) {
         .unwrap()
         .is_empty());
     let job = db.job(id).await.unwrap();
-    assert_eq!(job.rows as usize, rows.len());
+    assert_eq!(job.counts.rows as usize, rows.len());
 }
 
 async fn sub_hour_windows_of_one_hour_keep_apart(b: Backend) {
@@ -1033,7 +1040,15 @@ async fn a_window_without_readings_is_skipped_not_failed(b: Backend) {
             .starts_with("no readings in the window for any of its 6 models"),
         "{j:?}"
     );
-    assert_eq!((j.models, j.rows, j.failed_models, j.tasks), (6, 0, 0, 0));
+    assert_eq!(
+        (
+            j.counts.models,
+            j.counts.rows,
+            j.counts.failed_models,
+            j.tasks
+        ),
+        (6, 0, 0, 0)
+    );
     assert_eq!(j.manifest, None);
     assert!(db.failures(id).await.unwrap().is_empty());
     assert!(db.tasks(id).await.unwrap().is_empty());
@@ -1063,13 +1078,21 @@ async fn a_window_without_readings_is_skipped_not_failed(b: Backend) {
     let j = runner.run_job(id).await.unwrap();
     assert_eq!(j.state, JobState::Skipped, "{j:?}");
     assert_eq!(j.error.as_deref(), Some(no_readings(id, 6).as_str()));
-    assert_eq!((j.models, j.rows, j.failed_models, j.tasks), (6, 0, 0, 3));
+    assert_eq!(
+        (
+            j.counts.models,
+            j.counts.rows,
+            j.counts.failed_models,
+            j.tasks
+        ),
+        (6, 0, 0, 3)
+    );
     let tasks = db.tasks(id).await.unwrap();
     assert!(tasks.iter().any(|t| t.is_map()), "{tasks:?}");
     assert!(
-        tasks
-            .iter()
-            .all(|t| t.state == TaskState::Succeeded && t.failed_models == 0 && t.rows == 0),
+        tasks.iter().all(|t| t.state == TaskState::Succeeded
+            && t.counts.failed_models == 0
+            && t.counts.rows == 0),
         "{tasks:?}"
     );
     assert!(db.failures(id).await.unwrap().is_empty());
@@ -1119,7 +1142,10 @@ async fn a_window_without_readings_is_skipped_not_failed(b: Backend) {
     db.retry(id).await.unwrap();
     let j = runner.run_job(id).await.unwrap();
     assert_eq!(j.state, JobState::Skipped, "{j:?}");
-    assert_eq!((j.models, j.failed_models, j.tasks), (6, 0, 0));
+    assert_eq!(
+        (j.counts.models, j.counts.failed_models, j.tasks),
+        (6, 0, 0)
+    );
     assert!(db.tasks(id).await.unwrap().is_empty());
     assert!(db.failures(id).await.unwrap().is_empty());
 
@@ -1329,7 +1355,12 @@ async fn pairs_with_readings_but_no_model_are_found_by_the_map_tasks(b: Backend)
     let id = db.create_job(&job, clock.now()).await.unwrap();
     let j = runner.run_job(id).await.unwrap();
     assert_eq!(
-        (j.models, j.failed_models, j.rows, j.tasks),
+        (
+            j.counts.models,
+            j.counts.failed_models,
+            j.counts.rows,
+            j.tasks
+        ),
         (2, 1, 6, 1),
         "{j:?}"
     );
@@ -1351,7 +1382,12 @@ async fn pairs_with_readings_but_no_model_are_found_by_the_map_tasks(b: Backend)
         .unwrap();
     let j = runner.run_job(id).await.unwrap();
     assert_eq!(
-        (j.models, j.failed_models, j.rows, j.tasks),
+        (
+            j.counts.models,
+            j.counts.failed_models,
+            j.counts.rows,
+            j.tasks
+        ),
         (6, 6, 0, 1),
         "{j:?}"
     );
@@ -1366,7 +1402,7 @@ async fn pairs_with_readings_but_no_model_are_found_by_the_map_tasks(b: Backend)
         .await
         .unwrap();
     let j = runner.run_job(id).await.unwrap();
-    assert_eq!((j.models, j.tasks), (0, 0), "{j:?}");
+    assert_eq!((j.counts.models, j.tasks), (0, 0), "{j:?}");
     assert!(db.tasks(id).await.unwrap().is_empty());
 }
 

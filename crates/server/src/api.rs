@@ -261,6 +261,37 @@ impl Api {
     }
 }
 
+/// An extractor that lets a request through only with an admin token
+/// (when tokens are configured): put first among a handler's arguments,
+/// it answers 401 or 403 before anything else of the request is read.
+struct MayAdmin;
+
+impl axum::extract::FromRequestParts<Arc<Api>> for MayAdmin {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        api: &Arc<Api>,
+    ) -> Result<Self, Response> {
+        api.admin(&parts.headers).map(|()| MayAdmin)
+    }
+}
+
+/// Like [`MayAdmin`], for reads: any configured token when
+/// `[server] protect_reads` is on, none otherwise.
+struct MayRead;
+
+impl axum::extract::FromRequestParts<Arc<Api>> for MayRead {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        api: &Arc<Api>,
+    ) -> Result<Self, Response> {
+        api.read(&parts.headers).map(|()| MayRead)
+    }
+}
+
 /// The `/v1` routes, `/readyz` and the OpenAPI document.
 pub fn routes(api: Arc<Api>) -> Router {
     Router::new()
@@ -409,10 +440,7 @@ struct RejectedQuery {
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn rejected(State(api): A, headers: HeaderMap, Query(q): Query<RejectedQuery>) -> Response {
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
+async fn rejected(State(api): A, _: MayRead, Query(q): Query<RejectedQuery>) -> Response {
     let source = q.source.as_deref().filter(|s| !s.is_empty());
     if let Some(s) = source {
         if !s
@@ -477,10 +505,7 @@ struct JobsQuery {
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn list_jobs(State(api): A, headers: HeaderMap, Query(q): Query<JobsQuery>) -> Response {
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
+async fn list_jobs(State(api): A, _: MayRead, Query(q): Query<JobsQuery>) -> Response {
     let state = match q.state.as_deref().map(str::parse::<JobState>).transpose() {
         Ok(s) => s,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("state: {e}")),
@@ -514,10 +539,7 @@ async fn list_jobs(State(api): A, headers: HeaderMap, Query(q): Query<JobsQuery>
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn get_job(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Response {
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
+async fn get_job(State(api): A, _: MayRead, Path(id): Path<i64>) -> Response {
     let job = match api.db.job(id).await {
         Ok(j) => j,
         Err(e) => return db_err(e),
@@ -576,10 +598,12 @@ struct Trigger {
     ),
     extensions(("x-auth" = json!("admin"))),
 )]
-async fn trigger(State(api): A, headers: HeaderMap, body: axum::body::Body) -> Response {
-    if let Err(r) = api.admin(&headers) {
-        return r;
-    }
+async fn trigger(
+    State(api): A,
+    _: MayAdmin,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
     let (body, _held) = match api.body(body, &headers, SMALL_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -668,10 +692,7 @@ async fn compact_first(api: &Api) -> Result<(), Response> {
     ),
     extensions(("x-auth" = json!("admin"))),
 )]
-async fn retry(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Response {
-    if let Err(r) = api.admin(&headers) {
-        return r;
-    }
+async fn retry(State(api): A, _: MayAdmin, Path(id): Path<i64>) -> Response {
     // An unknown job is 404 at once, without compacting for nothing (or
     // 503 while the store is down).
     if let Err(e) = api.db.job(id).await {
@@ -703,10 +724,7 @@ async fn retry(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Respon
     ),
     extensions(("x-auth" = json!("admin"))),
 )]
-async fn cancel(State(api): A, headers: HeaderMap, Path(id): Path<i64>) -> Response {
-    if let Err(r) = api.admin(&headers) {
-        return r;
-    }
+async fn cancel(State(api): A, _: MayAdmin, Path(id): Path<i64>) -> Response {
     match api.db.cancel(id, crate::now_ns()).await {
         Ok(j) => {
             // Its staged inputs are no longer needed (a retry plans again).
@@ -749,10 +767,7 @@ struct SlowestQuery {
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn slowest(State(api): A, headers: HeaderMap, Query(q): Query<SlowestQuery>) -> Response {
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
+async fn slowest(State(api): A, _: MayRead, Query(q): Query<SlowestQuery>) -> Response {
     let kind = match q
         .kind
         .as_deref()
@@ -795,10 +810,7 @@ async fn slowest(State(api): A, headers: HeaderMap, Query(q): Query<SlowestQuery
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn schedules(State(api): A, headers: HeaderMap) -> Response {
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
+async fn schedules(State(api): A, _: MayRead) -> Response {
     let mut out = Vec::new();
     for s in &api.schedules {
         let last = match api.db.last_fire(&s.name).await {
@@ -835,10 +847,7 @@ async fn schedules(State(api): A, headers: HeaderMap) -> Response {
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn models(State(api): A, headers: HeaderMap) -> Response {
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
+async fn models(State(api): A, _: MayRead) -> Response {
     match api.registry.index().await {
         Ok(index) => match index.models.values().map(ModelSummary::try_from).collect() {
             Ok(models) => Json(ModelList {
@@ -883,12 +892,9 @@ struct KeyPath {
 )]
 async fn model(
     State(api): A,
-    headers: HeaderMap,
+    _: MayRead,
     Path(KeyPath { device, tag }): Path<KeyPath>,
 ) -> Response {
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
     let k = match key(&device, &tag) {
         Ok(k) => k,
         Err(r) => return r,
@@ -949,14 +955,12 @@ struct UploadQuery {
 )]
 async fn upload(
     State(api): A,
+    _: MayAdmin,
     headers: HeaderMap,
     Path(KeyPath { device, tag }): Path<KeyPath>,
     Query(q): Query<UploadQuery>,
     body: axum::body::Body,
 ) -> Response {
-    if let Err(r) = api.admin(&headers) {
-        return r;
-    }
     let k = match key(&device, &tag) {
         Ok(k) => k,
         Err(r) => return r,
@@ -1113,13 +1117,11 @@ struct Promote {
 )]
 async fn promote(
     State(api): A,
+    _: MayAdmin,
     headers: HeaderMap,
     Path(KeyPath { device, tag }): Path<KeyPath>,
     body: axum::body::Body,
 ) -> Response {
-    if let Err(r) = api.admin(&headers) {
-        return r;
-    }
     let k = match key(&device, &tag) {
         Ok(k) => k,
         Err(r) => return r,
@@ -1364,7 +1366,7 @@ async fn newest_window_end(api: &Api) -> i64 {
     // Jobs that scored something: an hourly job over an idle hour would
     // otherwise move the view away from the data.
     jobs.iter()
-        .filter(|j| j.rows > 0)
+        .filter(|j| j.counts.rows > 0)
         .map(|j| j.window_end)
         .max()
         .unwrap_or_else(crate::now_ns)
@@ -1440,14 +1442,7 @@ async fn prediction_rows(
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn predictions(
-    State(api): A,
-    headers: HeaderMap,
-    Query(q): Query<PredictionsQuery>,
-) -> Response {
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
+async fn predictions(State(api): A, _: MayRead, Query(q): Query<PredictionsQuery>) -> Response {
     let q = RangeQuery::from(q);
     let only = q.anomalies.unwrap_or(false);
     prediction_rows(&api, &q, only).await.unwrap_or_else(|r| r)
@@ -1466,10 +1461,7 @@ async fn predictions(
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn anomalies(State(api): A, headers: HeaderMap, Query(q): Query<AnomaliesQuery>) -> Response {
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
+async fn anomalies(State(api): A, _: MayRead, Query(q): Query<AnomaliesQuery>) -> Response {
     let q = RangeQuery::from(q);
     prediction_rows(&api, &q, true).await.unwrap_or_else(|r| r)
 }
@@ -1487,10 +1479,7 @@ async fn anomalies(State(api): A, headers: HeaderMap, Query(q): Query<AnomaliesQ
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<ReadingsQuery>) -> Response {
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
+async fn readings(State(api): A, _: MayRead, Query(q): Query<ReadingsQuery>) -> Response {
     let q = RangeQuery::from(q);
     let (from, to) = match range(&api, &q).await {
         Ok(r) => r,
@@ -1585,10 +1574,7 @@ async fn readings(State(api): A, headers: HeaderMap, Query(q): Query<ReadingsQue
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn overview(State(api): A, headers: HeaderMap, Query(q): Query<OverviewQuery>) -> Response {
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
+async fn overview(State(api): A, _: MayRead, Query(q): Query<OverviewQuery>) -> Response {
     let q = RangeQuery::from(q);
     let (from, to) = match range(&api, &q).await {
         Ok(r) => r,
@@ -1648,14 +1634,11 @@ const EXTENT_BUDGET: usize = 24 * 31 + 64;
     ),
     extensions(("x-auth" = json!("read"))),
 )]
-async fn extent(State(api): A, headers: HeaderMap) -> Response {
+async fn extent(State(api): A, _: MayRead) -> Response {
     // Found from the partition folders (`predictions/date=…/hour=…`,
     // `raw/date=…/hour=…`): one listing of the dates, then the hours of
     // the dates at each end until one holds data; the cost follows the
     // hours looked at, not the number of objects stored.
-    if let Err(r) = api.read(&headers) {
-        return r;
-    }
     let mut complete = true;
     let mut found = [None, None];
     for (slot, area) in found.iter_mut().zip([Area::Predictions, Area::Raw]) {

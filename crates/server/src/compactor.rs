@@ -397,11 +397,14 @@ mod tests {
     async fn a_scheduled_job_sees_every_reading_acknowledged_before_it_was_created() {
         let job = scheduled_right_after_readings(true).await;
         assert_eq!(job.state, JobState::Succeeded, "{job:?}");
-        assert_eq!((job.models, job.rows, job.failed_models), (1, 60, 0));
+        assert_eq!(
+            (job.counts.models, job.counts.rows, job.counts.failed_models),
+            (1, 60, 0)
+        );
         // Without the compaction first: what the timed compactor had not
         // moved yet is missed.
         let job = scheduled_right_after_readings(false).await;
         assert_eq!(job.state, JobState::Skipped, "{job:?}");
-        assert_eq!(job.rows, 0);
+        assert_eq!(job.counts.rows, 0);
     }
 }

@@ -83,7 +83,7 @@ pub async fn print_finished(
         return;
     }
     while let Some(j) = jobs.recv().await {
-        let reasons = if j.failed_models > 0 {
+        let reasons = if j.counts.failed_models > 0 {
             match db.failures(j.id).await {
                 Ok(f) => failure_counts(&f),
                 Err(e) => {
@@ -141,10 +141,10 @@ pub fn finished_line(j: &JobRecord, reasons: &[(String, u64)]) -> String {
     match j.state {
         JobState::Succeeded => format!(
             "job {id} succeeded {window}: {} models, {} rows, {} anomalies, {} failed{by_reason}, {}",
-            j.models,
-            j.rows,
-            j.anomalies,
-            j.failed_models,
+            j.counts.models,
+            j.counts.rows,
+            j.counts.anomalies,
+            j.counts.failed_models,
             match (j.started_at, j.finished_at) {
                 (Some(s), Some(f)) => format!("{:.2}s", (f - s) as f64 / 1e9),
                 _ => "-".into(),
@@ -161,7 +161,7 @@ pub fn finished_line(j: &JobRecord, reasons: &[(String, u64)]) -> String {
 mod tests {
     use super::*;
     use fleetscore_core::parse_ts;
-    use fleetscore_jobs::db::{Concurrency, JobKind, Threshold};
+    use fleetscore_jobs::db::{Concurrency, Counters, JobKind, Threshold};
 
     fn job(state: JobState, error: Option<&str>) -> JobRecord {
         let start = parse_ts("2026-12-05T02:00:00Z").unwrap();
@@ -181,14 +181,13 @@ mod tests {
             created_at: start,
             started_at: Some(start + 1_000_000_000),
             finished_at: Some(start + 1_210_000_000),
-            models: 15,
-            rows: 1800,
-            anomalies: 12,
-            failed_models: 0,
+            counts: Counters {
+                models: 15,
+                rows: 1800,
+                anomalies: 12,
+                ..Counters::default()
+            },
             tasks: 1,
-            load_ms: 0,
-            score_ms: 0,
-            write_ms: 0,
             error: error.map(str::to_string),
             manifest: None,
         }
@@ -204,7 +203,7 @@ mod tests {
             JobState::Failed,
             Some("15 of 15 models failed, more than max_failed_models = 10%"),
         );
-        failed.failed_models = 15;
+        failed.counts.failed_models = 15;
         assert_eq!(
             finished_line(&failed, &[("no_data".into(), 15)]),
             "job 2 failed [2026-12-05T02:00:00Z, 03:00:00Z): 15 of 15 models failed, more than \

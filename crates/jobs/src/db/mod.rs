@@ -71,8 +71,8 @@ pub fn redact_url(url: &str) -> String {
 
 pub use postgres::{ensure_database, listen_for_work, WORK_CHANNEL};
 pub use records::{
-    Concurrency, FailureRecord, IdleWork, JobFilter, JobKind, JobRecord, JobState, JobStats,
-    NewJob, TaskKind, TaskRecord, TaskState, Threshold, TASK_MAP, TASK_SCORE,
+    Concurrency, Counters, FailureRecord, IdleWork, JobFilter, JobKind, JobRecord, JobState,
+    JobStats, NewJob, TaskKind, TaskRecord, TaskState, Threshold, TASK_MAP, TASK_SCORE,
 };
 pub use sql::{Commits, Dialect, SqlStore, SqliteStore};
 pub use store::JobStore;

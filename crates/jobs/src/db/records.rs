@@ -270,6 +270,37 @@ pub struct NewJob {
     pub error: Option<String>,
 }
 
+/// What a task counted and timed, or a job, summed over its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct Counters {
+    /// Models scored or failed.
+    pub models: u64,
+    /// Rows scored.
+    pub rows: u64,
+    /// Anomalies found (outlier detectors' rows).
+    pub anomalies: u64,
+    /// Models that could not score.
+    pub failed_models: u64,
+    /// Time reading inputs, ms.
+    pub load_ms: u64,
+    /// Time scoring, ms.
+    pub score_ms: u64,
+    /// Time writing, ms.
+    pub write_ms: u64,
+}
+
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, o: Counters) {
+        self.models += o.models;
+        self.rows += o.rows;
+        self.anomalies += o.anomalies;
+        self.failed_models += o.failed_models;
+        self.load_ms += o.load_ms;
+        self.score_ms += o.score_ms;
+        self.write_ms += o.write_ms;
+    }
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobRecord {
@@ -303,22 +334,12 @@ pub struct JobRecord {
     pub started_at: Option<i64>,
     /// Finished, ns.
     pub finished_at: Option<i64>,
-    /// Models scored or failed.
-    pub models: u64,
-    /// Rows scored.
-    pub rows: u64,
-    /// Anomalies found.
-    pub anomalies: u64,
-    /// Failed models.
-    pub failed_models: u64,
+    /// What its tasks counted and timed, summed (reading the window, its
+    /// map tasks, counts as loading).
+    #[serde(flatten)]
+    pub counts: Counters,
     /// Tasks.
     pub tasks: u64,
-    /// Time reading the window, ms.
-    pub load_ms: u64,
-    /// Time scoring (summed over tasks), ms.
-    pub score_ms: u64,
-    /// Time writing (summed over tasks), ms.
-    pub write_ms: u64,
     /// Why it failed, was cancelled or skipped.
     pub error: Option<String>,
     /// The manifest's key, once written.
@@ -350,20 +371,9 @@ pub struct TaskRecord {
     pub started_at: Option<i64>,
     /// Finished, ns.
     pub finished_at: Option<i64>,
-    /// Models scored or failed.
-    pub models: u64,
-    /// Rows.
-    pub rows: u64,
-    /// Anomalies.
-    pub anomalies: u64,
-    /// Failed models.
-    pub failed_models: u64,
-    /// Load time, ms.
-    pub load_ms: u64,
-    /// Score time, ms.
-    pub score_ms: u64,
-    /// Write time, ms.
-    pub write_ms: u64,
+    /// What its last attempt counted and timed.
+    #[serde(flatten)]
+    pub counts: Counters,
     /// Its predictions object.
     pub output: Option<String>,
     /// Last error.

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{FailureRecord, JobRecord, NewJob, TaskRecord};
+use super::{Counters, FailureRecord, JobRecord, NewJob, TaskRecord};
 
 /// The columns [`job_from_row`] reads, for `SELECT` and `RETURNING`.
 pub(super) const JOB_COLUMNS: &str = "id, schedule, kind, window_start, window_end, mode, \
@@ -109,16 +109,24 @@ pub(super) fn job_from_row(r: &AnyRow) -> Result<JobRecord, RowError> {
         created_at: r.try_get("created_at")?,
         started_at: r.try_get("started_at")?,
         finished_at: r.try_get("finished_at")?,
+        counts: counters_from_row(r)?,
+        tasks: u(r.try_get("tasks")?),
+        error: r.try_get("error")?,
+        manifest: r.try_get("manifest")?,
+    })
+}
+
+/// The counters of a `jobs` or `tasks` row (the same column names in
+/// both tables).
+fn counters_from_row(r: &AnyRow) -> Result<Counters, RowError> {
+    Ok(Counters {
         models: u(r.try_get("models")?),
         rows: u(r.try_get("rows")?),
         anomalies: u(r.try_get("anomalies")?),
         failed_models: u(r.try_get("failed_models")?),
-        tasks: u(r.try_get("tasks")?),
         load_ms: u(r.try_get("load_ms")?),
         score_ms: u(r.try_get("score_ms")?),
         write_ms: u(r.try_get("write_ms")?),
-        error: r.try_get("error")?,
-        manifest: r.try_get("manifest")?,
     })
 }
 
@@ -138,13 +146,7 @@ pub(super) fn task_from_row(r: &AnyRow) -> Result<TaskRecord, RowError> {
         queued_at: r.try_get("queued_at")?,
         started_at: r.try_get("started_at")?,
         finished_at: r.try_get("finished_at")?,
-        models: u(r.try_get("models")?),
-        rows: u(r.try_get("rows")?),
-        anomalies: u(r.try_get("anomalies")?),
-        failed_models: u(r.try_get("failed_models")?),
-        load_ms: u(r.try_get("load_ms")?),
-        score_ms: u(r.try_get("score_ms")?),
-        write_ms: u(r.try_get("write_ms")?),
+        counts: counters_from_row(r)?,
         output: r.try_get("output")?,
         error: r.try_get("error")?,
         lease_owner: r.try_get("lease_owner")?,
@@ -183,14 +185,14 @@ pub(super) fn bind_outcome<'q>(q: AnyQuery<'q>, j: &'q JobRecord) -> AnyQuery<'q
     q.bind(j.state.as_str())
         .bind(j.started_at)
         .bind(j.finished_at)
-        .bind(j.models as i64)
-        .bind(j.rows as i64)
-        .bind(j.anomalies as i64)
-        .bind(j.failed_models as i64)
+        .bind(j.counts.models as i64)
+        .bind(j.counts.rows as i64)
+        .bind(j.counts.anomalies as i64)
+        .bind(j.counts.failed_models as i64)
         .bind(j.tasks as i64)
-        .bind(j.load_ms as i64)
-        .bind(j.score_ms as i64)
-        .bind(j.write_ms as i64)
+        .bind(j.counts.load_ms as i64)
+        .bind(j.counts.score_ms as i64)
+        .bind(j.counts.write_ms as i64)
         .bind(j.error.as_deref())
         .bind(j.manifest.as_deref())
 }
@@ -202,13 +204,13 @@ pub(super) fn bind_outcome<'q>(q: AnyQuery<'q>, j: &'q JobRecord) -> AnyQuery<'q
 pub(super) fn bind_finish<'q>(q: AnyQuery<'q>, t: &'q TaskRecord, owner: &'q str) -> AnyQuery<'q> {
     q.bind(t.state.as_str())
         .bind(t.finished_at)
-        .bind(t.models as i64)
-        .bind(t.rows as i64)
-        .bind(t.anomalies as i64)
-        .bind(t.failed_models as i64)
-        .bind(t.load_ms as i64)
-        .bind(t.score_ms as i64)
-        .bind(t.write_ms as i64)
+        .bind(t.counts.models as i64)
+        .bind(t.counts.rows as i64)
+        .bind(t.counts.anomalies as i64)
+        .bind(t.counts.failed_models as i64)
+        .bind(t.counts.load_ms as i64)
+        .bind(t.counts.score_ms as i64)
+        .bind(t.counts.write_ms as i64)
         .bind(t.output.as_deref())
         .bind(t.error.as_deref())
         .bind(t.not_before)

@@ -512,10 +512,10 @@ impl JobStore for SqlStore {
         )
         .bind(job.started_at.unwrap_or(job.created_at))
         .bind(tasks.iter().filter(|t| !t.is_map()).count() as i64)
-        .bind(job.load_ms as i64)
+        .bind(job.counts.load_ms as i64)
         .bind(job.id)
         .bind(owner)
-        .bind(job.models as i64)
+        .bind(job.counts.models as i64)
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use fleetscore_core::format_ts;
 use fleetscore_store::lake::{self, DeviceCount, JobOutput, Manifest};
 
-use crate::db::{JobRecord, JobState, TaskRecord, TaskState};
+use crate::db::{Counters, JobRecord, JobState, TaskRecord, TaskState};
 
 use super::plan::staging_prefix;
 use super::{persist, Result, Runner};
@@ -34,12 +34,11 @@ fn tally(
     maps: &[TaskRecord],
     tasks: &[TaskRecord],
 ) -> (Option<String>, BTreeMap<String, DeviceCount>) {
-    job.models = 0;
-    job.rows = 0;
-    job.anomalies = 0;
-    job.failed_models = 0;
-    job.score_ms = 0;
-    job.write_ms = 0;
+    // The planning's load time stays; the rest is summed anew.
+    job.counts = Counters {
+        load_ms: job.counts.load_ms,
+        ..Counters::default()
+    };
     job.tasks = tasks.len() as u64;
     let mut task_error = maps
         .iter()
@@ -56,15 +55,17 @@ fn tally(
             )
         });
     // Reading the window (the map tasks) counts as loading.
-    job.load_ms += maps.iter().map(|m| m.load_ms + m.write_ms).sum::<u64>();
+    job.counts.load_ms += maps
+        .iter()
+        .map(|m| m.counts.load_ms + m.counts.write_ms)
+        .sum::<u64>();
     let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
     for r in tasks {
-        job.models += r.models;
-        job.rows += r.rows;
-        job.anomalies += r.anomalies;
-        job.failed_models += r.failed_models;
-        job.score_ms += r.score_ms;
-        job.write_ms += r.write_ms;
+        // A score task's load time is the window's, counted above.
+        job.counts += Counters {
+            load_ms: 0,
+            ..r.counts
+        };
         if r.state != TaskState::Succeeded && task_error.is_none() {
             task_error = Some(format!(
                 "task {} {}: {}",
@@ -110,14 +111,14 @@ impl Runner {
             .into_iter()
             .partition(|t| t.is_map());
         // As planned (see `plan_inner`): what a job without tasks reports.
-        let planned_models = job.models;
+        let planned_models = job.counts.models;
         let (task_error, devices) = tally(&mut job, &maps, &tasks);
         // Planning found nothing to read (no task), or every score task
         // found the window empty (see `attempt_staged`): no part, no model
         // failed.
         let empty = task_error.is_none() && tasks.iter().all(|t| t.output.is_none());
         if tasks.is_empty() {
-            job.models = planned_models;
+            job.counts.models = planned_models;
         }
         let outcome = match task_error {
             Some(e) => Err(e),
@@ -132,15 +133,18 @@ impl Runner {
             Ok(None) => {
                 job.manifest = None;
                 job.state = JobState::Skipped;
-                job.error = Some(no_readings(id, job.models));
+                job.error = Some(no_readings(id, job.counts.models));
             }
             Ok(Some(key)) => {
                 job.manifest = Some(key);
-                if job.max_failed.exceeded(job.failed_models, job.models) {
+                if job
+                    .max_failed
+                    .exceeded(job.counts.failed_models, job.counts.models)
+                {
                     job.state = JobState::Failed;
                     job.error = Some(format!(
                         "{} of {} models failed, more than max_failed_models = {}",
-                        job.failed_models, job.models, job.max_failed
+                        job.counts.failed_models, job.counts.models, job.max_failed
                     ));
                 } else {
                     job.state = JobState::Succeeded;
@@ -173,10 +177,10 @@ impl Runner {
         tracing::info!(
             job = id,
             state = %job.state,
-            models = job.models,
-            rows = job.rows,
-            anomalies = job.anomalies,
-            failed = job.failed_models,
+            models = job.counts.models,
+            rows = job.counts.rows,
+            anomalies = job.counts.anomalies,
+            failed = job.counts.failed_models,
             "job finished"
         );
         Ok(())
@@ -212,10 +216,10 @@ impl Runner {
             window_end: format_ts(job.window_end),
             mode: job.mode.clone(),
             parts: tasks.iter().filter_map(|t| t.output.clone()).collect(),
-            models: job.models,
-            rows: job.rows,
-            anomalies: job.anomalies,
-            failed_models: job.failed_models,
+            models: job.counts.models,
+            rows: job.counts.rows,
+            anomalies: job.counts.anomalies,
+            failed_models: job.counts.failed_models,
             devices,
         };
         let output = JobOutput::new(&job.mode, job.window_start, job.window_end);
@@ -230,14 +234,14 @@ impl Runner {
             format_ts(job.window_start),
             format_ts(job.window_end),
             job.mode,
-            job.models,
-            job.rows,
-            job.anomalies,
-            job.failed_models,
+            job.counts.models,
+            job.counts.rows,
+            job.counts.anomalies,
+            job.counts.failed_models,
             job.tasks,
-            job.load_ms,
-            job.score_ms,
-            job.write_ms,
+            job.counts.load_ms,
+            job.counts.score_ms,
+            job.counts.write_ms,
             job.error
                 .as_deref()
                 .map(|e| format!("; error: {e}"))

@@ -68,7 +68,7 @@ impl Runner {
             .buffered(4)
             .try_collect()
             .await?;
-        record.load_ms = t.elapsed().as_millis() as u64;
+        record.counts.load_ms = t.elapsed().as_millis() as u64;
         let p = Arc::clone(&plan);
         let selection = job.selection.clone();
         let (sections, rows) = tokio::task::spawn_blocking(move || {
@@ -133,8 +133,8 @@ impl Runner {
         .await?;
         let key = map_key(job.id, &plan.plan_id, m);
         self.store.put(&key, out.1).await?;
-        record.write_ms = t_write.elapsed().as_millis() as u64;
-        record.rows = rows;
+        record.counts.write_ms = t_write.elapsed().as_millis() as u64;
+        record.counts.rows = rows;
         record.output = Some(key);
         if let Ok(mut c) = self.staged.lock() {
             c.maps.insert((job.id, m), Arc::new(out.0));

@@ -355,10 +355,10 @@ impl Runner {
         if let Ok(mut cache) = self.staged.lock() {
             cache.plans.insert(job.id, Arc::new(plan));
         }
-        job.load_ms = t.elapsed().as_millis() as u64;
+        job.counts.load_ms = t.elapsed().as_millis() as u64;
         job.tasks = u64::from(n_tasks);
         // The pairs planned; finalizing counts those scored or failed.
-        job.models = units.len() as u64;
+        job.counts.models = units.len() as u64;
         tracing::info!(
             job = job.id,
             tasks = n_tasks,
@@ -366,7 +366,7 @@ impl Runner {
             models = units.len(),
             read_ms,
             cut_ms,
-            stage_ms = job.load_ms - read_ms - cut_ms,
+            stage_ms = job.counts.load_ms - read_ms - cut_ms,
             "job planned"
         );
         if renew.lost() {

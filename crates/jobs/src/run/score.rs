@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleetscore_codecs::{predictions_parquet_bytes, PredictionColumns, Readings};
+use fleetscore_codecs::{predictions_parquet_bytes, Readings};
 use fleetscore_core::format_ts;
 use fleetscore_models::Pack;
 use fleetscore_store::lake::{self, DeviceCount, JobOutput};
@@ -223,10 +223,10 @@ impl Runner {
                 let _ = writeln!(
                     log,
                     "succeeded: {} readings for {} score tasks; read {} ms, write {} ms -> {}",
-                    record.rows,
+                    record.counts.rows,
                     job.tasks,
-                    record.load_ms,
-                    record.write_ms,
+                    record.counts.load_ms,
+                    record.counts.write_ms,
                     record.output.as_deref().unwrap_or("")
                 );
             }
@@ -246,14 +246,14 @@ impl Runner {
                         log,
                         "succeeded: no readings in the job's window for any pair of the job \
                          ({} models here): nothing to score, nothing written",
-                        record.models
+                        record.counts.models
                     );
                 } else {
                     let _ = writeln!(
                         log,
                         "succeeded: {} models, {} rows, {} anomalies, {} failed models; load {} ms, score {} ms, write {} ms -> {}",
-                        record.models, record.rows, record.anomalies, record.failed_models,
-                        record.load_ms, record.score_ms, record.write_ms,
+                        record.counts.models, record.counts.rows, record.counts.anomalies, record.counts.failed_models,
+                        record.counts.load_ms, record.counts.score_ms, record.counts.write_ms,
                         record.output.as_deref().unwrap_or("")
                     );
                 }
@@ -330,14 +330,18 @@ impl Runner {
         {
             // The whole window is empty: no part, no `no_data` failures
             // (finalizing skips the job; see the module docs).
-            record.load_ms = t.elapsed().as_millis() as u64;
-            record.models = plan.units.len() as u64;
-            (record.rows, record.anomalies, record.failed_models) = (0, 0, 0);
-            (record.score_ms, record.write_ms) = (0, 0);
+            record.counts.load_ms = t.elapsed().as_millis() as u64;
+            record.counts.models = plan.units.len() as u64;
+            (
+                record.counts.rows,
+                record.counts.anomalies,
+                record.counts.failed_models,
+            ) = (0, 0, 0);
+            (record.counts.score_ms, record.counts.write_ms) = (0, 0);
             record.output = None;
             return Ok((Vec::new(), BTreeMap::new()));
         }
-        record.load_ms = t.elapsed().as_millis() as u64;
+        record.counts.load_ms = t.elapsed().as_millis() as u64;
         let mut units: Vec<(String, String)> = plan
             .units
             .iter()
@@ -383,7 +387,7 @@ impl Runner {
             .await?
             .iter()
             .filter(|t| t.is_map() && t.plan_id.as_deref() == Some(plan.plan_id.as_str()))
-            .map(|t| t.rows)
+            .map(|t| t.counts.rows)
             .sum())
     }
 
@@ -420,14 +424,14 @@ impl Runner {
             devices,
         } = part;
         let models = units_n;
-        record.score_ms = t.elapsed().as_millis() as u64;
+        record.counts.score_ms = t.elapsed().as_millis() as u64;
         let t = Instant::now();
         self.store.put(key, bytes).await?;
-        record.write_ms = t.elapsed().as_millis() as u64;
-        record.rows = rows as u64;
-        record.anomalies = anomalies as u64;
-        record.models = models as u64;
-        record.failed_models = failures.len() as u64;
+        record.counts.write_ms = t.elapsed().as_millis() as u64;
+        record.counts.rows = rows as u64;
+        record.counts.anomalies = anomalies as u64;
+        record.counts.models = models as u64;
+        record.counts.failed_models = failures.len() as u64;
         record.output = Some(key.to_string());
         Ok((failures, devices))
     }
@@ -541,18 +545,9 @@ fn score_part(
     }
     failures.sort_by(|a, b| (&a.device, &a.tag).cmp(&(&b.device, &b.tag)));
     let outputs = scored.outputs();
-    let cols = PredictionColumns {
-        ts: &scored.ts,
-        value: &scored.value,
-        label: &scored.label,
-        score: &scored.score,
-        keys: &scored.keys,
-        outputs: &outputs,
-        groups: &scored.groups,
-    };
-    let rows: usize = scored.groups.iter().map(|(_, g)| g.len()).sum();
-    let devices = device_counts(&scored);
-    let bytes = predictions_parquet_bytes(&cols, name)?;
+    let rows = scored.rows();
+    let devices = scored.device_counts();
+    let bytes = predictions_parquet_bytes(&scored.columns(&outputs), name)?;
     Ok(ScoredPart {
         bytes,
         failures,
@@ -629,19 +624,4 @@ fn score_windows(
     scored.score.extend_from_slice(&score);
     scored.groups.push((k, from..scored.ts.len()));
     Ok(found)
-}
-
-/// Rows and anomalies (of outlier detectors) by device, for the manifest.
-fn device_counts(scored: &crate::Scored) -> BTreeMap<String, DeviceCount> {
-    let mut devices: BTreeMap<String, DeviceCount> = BTreeMap::new();
-    for (k, g) in &scored.groups {
-        let c = devices
-            .entry(scored.keys[*k as usize].0.clone())
-            .or_default();
-        c.rows += g.len() as u64;
-        if scored.kinds[*k as usize] == fleetscore_models::Kind::Outlier {
-            c.anomalies += scored.label[g.clone()].iter().filter(|&&p| p == 1).count() as u64;
-        }
-    }
-    devices
 }
