@@ -165,6 +165,25 @@ pub enum Command {
     Config,
 }
 
+impl Command {
+    /// The command's name, as typed (`serve`, `models`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Models { .. } => "models",
+            Command::Score(_) => "score",
+            Command::Ingest(_) => "ingest",
+            Command::Aggregate(_) => "aggregate",
+            Command::Demo(_) => "demo",
+            Command::Serve(_) => "serve",
+            Command::Backfill(_) => "backfill",
+            Command::Worker(_) => "worker",
+            Command::Jobs { .. } => "jobs",
+            Command::Schedule { .. } => "schedule",
+            Command::Config => "config",
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     /// Tasks this worker runs at the same time.

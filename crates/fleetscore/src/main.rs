@@ -12,6 +12,7 @@ mod jobs_cmd;
 mod kube;
 mod score;
 mod serve_cmd;
+mod telemetry;
 mod train;
 mod util;
 
@@ -68,14 +69,16 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    util::init_logging(&cli.global);
-    match run(cli) {
+    let telemetry = telemetry::init(&cli.global, cli.command.name());
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", util::chain(&e));
             ExitCode::from(1)
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {

@@ -7,24 +7,7 @@ use fleetscore_core::format_ts;
 use fleetscore_store::{Registry, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{Global, LogFormat};
-
-pub fn init_logging(g: &Global) {
-    let default = match g.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match g.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
+use crate::cli::Global;
 
 /// The object-store root: `--store`, else `DATA/store`.
 pub fn store_url(g: &Global) -> String {

@@ -29,6 +29,7 @@ pub mod run;
 pub mod schedule;
 pub mod scheduler;
 mod stage;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::ops::Range;

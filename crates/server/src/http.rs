@@ -631,6 +631,7 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
+    #[cfg(not(feature = "otel"))]
     let span = tracing::info_span!(
         "request",
         method,
@@ -638,6 +639,26 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
         status = tracing::field::Empty,
         duration_ms = tracing::field::Empty,
     );
+    // As an OpenTelemetry server span named `GET /v1/jobs/{id}`, in the
+    // trace of the client's `traceparent` header, if it sent one.
+    #[cfg(feature = "otel")]
+    let span = {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let span = tracing::info_span!(
+            "request",
+            method,
+            route = %route,
+            status = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+            "otel.name" = %format_args!("{method} {route}"),
+            "otel.kind" = "server",
+        );
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(req.headers()))
+        });
+        let _ = span.set_parent(parent);
+        span
+    };
     let response = next.run(req).instrument(span.clone()).await;
     let took = started.elapsed();
     let status = response.status().as_u16();
@@ -646,6 +667,21 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
     metrics.request(&route, method, status, took);
     tracing::debug!(parent: &span, "request answered");
     response
+}
+
+/// A request's headers as OpenTelemetry's propagators read them.
+#[cfg(feature = "otel")]
+struct HeaderExtractor<'a>(&'a axum::http::HeaderMap);
+
+#[cfg(feature = "otel")]
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(axum::http::HeaderName::as_str).collect()
+    }
 }
 
 /// A JSON error answer, `{"error": …}`: the shape of every error the

@@ -104,6 +104,7 @@ impl Runner {
     #[tracing::instrument(name = "finalize", skip_all, fields(job_id = job.id))]
     pub(super) async fn finalize(&self, mut job: JobRecord) -> Result<()> {
         let id = job.id;
+        crate::trace::join(&job);
         let (maps, tasks): (Vec<TaskRecord>, Vec<TaskRecord>) = self
             .db
             .tasks(id)

@@ -274,6 +274,7 @@ impl Runner {
 
     /// Reports a job this runner ended (see [`Runner::with_reports`]).
     fn report(&self, job: &JobRecord) {
+        crate::trace::ended(job);
         if let Some(tx) = &self.reports {
             // Nobody listening any more (a server stopping): nothing to say.
             let _ = tx.send(job.clone());

@@ -171,6 +171,7 @@ impl Runner {
     #[tracing::instrument(name = "plan", skip_all, fields(job_id = job.id))]
     pub(super) async fn plan(&self, job: JobRecord) -> Result<()> {
         let id = job.id;
+        crate::trace::join(&job);
         let renew = self.leases.keep(Arc::clone(&self.db), Held::Job(id));
         match self.plan_inner(job.clone(), &renew).await {
             Ok(None) => {

@@ -124,7 +124,19 @@ impl Runner {
     }
 
     /// Runs one leased attempt of a task and records it.
-    #[tracing::instrument(name = "task", skip_all, fields(job_id = record.job_id, task = record.idx, kind = %record.kind))]
+    #[tracing::instrument(
+        name = "task",
+        skip_all,
+        fields(
+            job_id = record.job_id,
+            task = record.idx,
+            kind = %record.kind,
+            attempt = record.attempts,
+            state = tracing::field::Empty,
+            models = tracing::field::Empty,
+            rows = tracing::field::Empty,
+        )
+    )]
     pub(super) async fn run_task(&self, mut record: TaskRecord) -> Result<()> {
         let renew = self.leases.keep(
             Arc::clone(&self.db),
@@ -134,6 +146,7 @@ impl Runner {
             },
         );
         let job = self.job_for(record.job_id).await?;
+        crate::trace::join(&job);
         let log_key = format!("logs/{}/task-{:05}.log", job.id, record.idx);
         let mut log = self.task_log(&log_key, &record).await;
         let mut failures = Vec::new();
@@ -149,6 +162,10 @@ impl Runner {
             failures = self.record_outcome(&job, &mut record, outcome, &mut log)?;
         }
         record.finished_at = Some(self.clock.now());
+        let span = tracing::Span::current();
+        span.record("state", record.state.as_str());
+        span.record("models", record.counts.models);
+        span.record("rows", record.counts.rows);
         if renew.lost() {
             let _ = writeln!(log, "lease lost before the end: another worker runs it");
         }
