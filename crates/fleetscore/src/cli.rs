@@ -678,24 +678,6 @@ impl From<WatermarkArg> for fleetscore_stream::WatermarkMode {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    /// `--watermark` takes the config file's spelling too.
-    #[test]
-    fn watermark_takes_both_spellings() {
-        for w in ["per-device", "per_device"] {
-            let cli = Cli::try_parse_from(["fleetscore", "serve", "--watermark", w]).unwrap();
-            match cli.command {
-                Command::Serve(a) => assert_eq!(a.watermark, Some(WatermarkArg::PerDevice)),
-                other => panic!("{other:?}"),
-            }
-        }
-    }
-}
-
 /// `fleetscore models train` flags.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -737,4 +719,22 @@ fn parse_gamma(s: &str) -> Result<Gamma, String> {
 
 fn parse_scaler(s: &str) -> Result<ScalerChoice, String> {
     s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `--watermark` takes the config file's spelling too.
+    #[test]
+    fn watermark_takes_both_spellings() {
+        for w in ["per-device", "per_device"] {
+            let cli = Cli::try_parse_from(["fleetscore", "serve", "--watermark", w]).unwrap();
+            match cli.command {
+                Command::Serve(a) => assert_eq!(a.watermark, Some(WatermarkArg::PerDevice)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }

@@ -252,7 +252,7 @@ pub async fn backfill(g: &Global, args: BackfillArgs) -> anyhow::Result<ExitCode
     for id in &ids {
         // This very job (others may be queued by a running server); its
         // tasks may also be run by workers sharing the job store.
-        let span = tracing::info_span!("job", job_id = *id, kind = "backfill");
+        let span = tracing::info_span!("backfill", job_id = *id);
         jobs.push(runner.run_job(*id).instrument(span).await?);
         pb.inc(1);
     }

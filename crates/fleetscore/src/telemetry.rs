@@ -55,6 +55,8 @@ pub fn init(g: &Global, command: &str) -> Telemetry {
         LogFormat::Json => fmt.json().with_filter(filter).boxed(),
         LogFormat::Text => fmt.with_filter(filter).boxed(),
     };
+    // The otel feature adds its layer.
+    #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
     let mut layers = vec![fmt];
     #[cfg(feature = "otel")]
     let (provider, problem) = match otel::layer(command) {
@@ -166,14 +168,12 @@ mod otel {
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
-        // Without context activation a span starts when it ends, not when
-        // it is entered: a job's phases join the job's trace from inside
-        // their span (`fleetscore_jobs::trace::join`), which needs that.
-        // (Activation serves other OpenTelemetry instrumentation, which
-        // fleetscore does not use.)
+        // A span starts when it is first entered (context activation),
+        // so a job's phases join the job's trace before that
+        // (`fleetscore_jobs::trace::join`), and a long-lived span keeps
+        // at most the SDK's limit of events.
         let layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("fleetscore"))
-            .with_context_activation(false)
             .with_filter(filter)
             .boxed();
         Ok(Some((layer, provider)))

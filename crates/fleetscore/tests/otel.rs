@@ -43,8 +43,18 @@ fn parse_spans(text: &str) -> Vec<Span> {
     let mut service = String::new();
     let mut current: Option<Span> = None;
     let mut in_resource = false;
+    // Past a span's `Events:` or `Links:`: their attributes are not the span's.
+    let mut in_events = false;
     for line in text.lines() {
         let t = line.trim();
+        if t == "Events:" || t == "Links:" {
+            in_events = true;
+            continue;
+        }
+        if t == "Attributes:" && !in_resource {
+            in_events = false;
+            continue;
+        }
         if t.starts_with("ResourceSpans #") {
             spans.extend(current.take());
             in_resource = false;
@@ -57,6 +67,7 @@ fn parse_spans(text: &str) -> Vec<Span> {
         if t.starts_with("Span #") {
             spans.extend(current.take());
             in_resource = false;
+            in_events = false;
             current = Some(Span {
                 service: service.clone(),
                 ..Span::default()
@@ -77,7 +88,7 @@ fn parse_spans(text: &str) -> Vec<Span> {
                 if k == "service.name" {
                     service = v;
                 }
-            } else if let Some(s) = current.as_mut() {
+            } else if let Some(s) = current.as_mut().filter(|_| !in_events) {
                 s.attributes.insert(k.to_string(), v);
             }
             continue;
@@ -116,6 +127,10 @@ Span #0
 Start time: 1796547286662870262
 Attributes:
      -> job.id: Int(7)
+Events:
+SpanEvent #0
+     -> Name: job planned
+     -> job.id: Int(8)
 Span #1
     Trace ID       : 0b9d7d4c6284d035fce478d5bb19b7ae
     Parent ID      : 
@@ -259,10 +274,20 @@ fn requests_and_jobs_reach_a_real_collector_as_traces() {
     s.terminate();
 
     let job_id = id.to_string();
-    let spans = collector.wait_for("job span", |spans| {
-        spans
-            .iter()
-            .any(|s| s.name == "job" && s.attributes.get("job_id") == Some(&job_id))
+    let score_tasks = job["tasks"].as_u64().unwrap() as usize;
+    // Every span of the job and the request: they come in batches.
+    let spans = collector.wait_for("job's spans", |spans| {
+        let of_job = |name: &str| {
+            spans
+                .iter()
+                .filter(|s| s.name == name && s.attributes.get("job_id") == Some(&job_id))
+                .count()
+        };
+        of_job("job") == 1
+            && of_job("plan") == 1
+            && of_job("finalize") == 1
+            && of_job("task") >= score_tasks
+            && spans.iter().any(|s| s.name == "POST /v1/jobs")
     });
     assert!(
         spans.iter().all(|s| s.service == "fleetscore-under-test"),
@@ -286,6 +311,14 @@ fn requests_and_jobs_reach_a_real_collector_as_traces() {
         .find(|s| s.name == "job" && s.attributes["job_id"] == job_id)
         .unwrap();
     assert_eq!(job_span.parent, "", "{job_span:#?}");
+    // Its ids are the job's own: any process derives them.
+    let (trace, span) = fleetscore_jobs::trace::job_ids(
+        id,
+        job["created_ns"].as_i64().unwrap(),
+        job["started_ns"].as_i64().unwrap(),
+    );
+    assert_eq!(job_span.trace, format!("{trace:032x}"), "{job_span:#?}");
+    assert_eq!(job_span.id, format!("{span:016x}"), "{job_span:#?}");
     assert_eq!(job_span.attributes["state"], "succeeded");
     for (k, v) in [("rows", "rows"), ("models", "models"), ("tasks", "tasks")] {
         assert_eq!(
@@ -335,4 +368,12 @@ fn requests_and_jobs_reach_a_real_collector_as_traces() {
         tasks.iter().all(|t| t.attributes["state"] == "succeeded"),
         "{tasks:#?}"
     );
+    // A map task's reading of the window sits under its task.
+    for m in in_job.iter().filter(|s| s.name == "map_task") {
+        let parent = in_job.iter().find(|s| s.id == m.parent);
+        assert!(
+            parent.is_some_and(|p| p.name == "task" && p.attributes["kind"] == "map"),
+            "{m:#?} under {parent:#?}"
+        );
+    }
 }

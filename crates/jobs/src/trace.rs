@@ -12,10 +12,11 @@
 
 use crate::db::JobRecord;
 
-/// The job's trace id and the id of its `job` span: a hash of its id and
-/// creation time (splitmix64 steps, the same on every build and
-/// platform), never zero (an invalid id in OpenTelemetry).
-pub fn job_ids(job_id: i64, created_at: i64) -> (u128, u64) {
+/// The trace id and `job` span id of one run of a job: a hash of its id,
+/// creation time and start (a retried job runs again under a new start,
+/// in a trace of its own); splitmix64 steps, the same on every build and
+/// platform, never zero (an invalid id in OpenTelemetry).
+pub fn job_ids(job_id: i64, created_at: i64, started_at: i64) -> (u128, u64) {
     fn mix(mut z: u64) -> u64 {
         z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -24,7 +25,8 @@ pub fn job_ids(job_id: i64, created_at: i64) -> (u128, u64) {
     }
     let a = mix(job_id as u64 ^ 0x6a6f_625f_7472_6163);
     let b = mix(a ^ created_at as u64);
-    let c = mix(b ^ 0x666c_6565_7473_636f);
+    let c = mix(b ^ started_at as u64 ^ 0x666c_6565_7473_636f);
+    let b = mix(b ^ started_at as u64);
     let trace = (u128::from(a) << 64 | u128::from(b)).max(1);
     (trace, c.max(1))
 }
@@ -72,7 +74,7 @@ mod otel {
     }
 
     fn context(job: &JobRecord) -> Context {
-        let (trace, span) = job_ids(job.id, job.created_at);
+        let (trace, span) = job_ids(job.id, job.created_at, job.started_at.unwrap_or(0));
         let cx = SpanContext::new(
             TraceId::from(trace),
             SpanId::from(span),
@@ -83,13 +85,10 @@ mod otel {
         Context::new().with_remote_span_context(cx)
     }
 
-    pub fn join(job: &JobRecord) {
-        // Refused only if the span has started (context activation on in
-        // the tracing layer) or is not traced: it then stays a trace of
-        // its own.
-        if let Err(e) = tracing::Span::current().set_parent(context(job)) {
-            tracing::debug!(job = job.id, "the span keeps a trace of its own: {e}");
-        }
+    pub fn join(span: &tracing::Span, job: &JobRecord) {
+        // Refused only if the span is not traced (no OpenTelemetry layer,
+        // or filtered out) or has started (it is new here): nothing to do.
+        let _ = span.set_parent(context(job));
     }
 
     fn time(ns: i64) -> std::time::SystemTime {
@@ -97,7 +96,7 @@ mod otel {
     }
 
     pub fn ended(job: &JobRecord) {
-        let (trace, span) = job_ids(job.id, job.created_at);
+        let (trace, span) = job_ids(job.id, job.created_at, job.started_at.unwrap_or(0));
         let tracer = opentelemetry::global::tracer("fleetscore_jobs");
         let end = job.finished_at.unwrap_or(job.created_at);
         let mut attributes = vec![
@@ -142,13 +141,13 @@ mod otel {
 #[cfg(feature = "otel")]
 pub use otel::JobIds;
 
-/// Makes the current span (a job's `plan`, `task` or `finalize`) part of
-/// the job's trace.
-pub fn join(job: &JobRecord) {
+/// Makes `span` (a job's `plan`, `task` or `finalize`, not yet entered)
+/// part of the job's trace.
+pub fn join(span: &tracing::Span, job: &JobRecord) {
     #[cfg(feature = "otel")]
-    otel::join(job);
+    otel::join(span, job);
     #[cfg(not(feature = "otel"))]
-    let _ = job;
+    let _ = (span, job);
 }
 
 /// Sends the job's own span, now that it has ended (succeeded, failed or
@@ -166,11 +165,13 @@ mod tests {
 
     #[test]
     fn a_job_names_the_same_trace_everywhere_and_jobs_differ() {
-        assert_eq!(job_ids(7, 1_000), job_ids(7, 1_000));
-        assert_ne!(job_ids(7, 1_000).0, job_ids(8, 1_000).0);
+        assert_eq!(job_ids(7, 1_000, 5), job_ids(7, 1_000, 5));
+        assert_ne!(job_ids(7, 1_000, 5).0, job_ids(8, 1_000, 5).0);
         // A job store started anew reuses ids, not creation times.
-        assert_ne!(job_ids(7, 1_000).0, job_ids(7, 2_000).0);
-        let (t, s) = job_ids(0, 0);
+        assert_ne!(job_ids(7, 1_000, 5).0, job_ids(7, 2_000, 5).0);
+        // A retry starts again: a trace of its own.
+        assert_ne!(job_ids(7, 1_000, 5), job_ids(7, 1_000, 6));
+        let (t, s) = job_ids(0, 0, 0);
         assert!(t != 0 && s != 0);
     }
 }

@@ -278,7 +278,7 @@ impl axum::extract::FromRequestParts<Arc<Api>> for MayAdmin {
 }
 
 /// Like [`MayAdmin`], for reads: any configured token when
-/// `[server] protect_reads` is on, none otherwise.
+/// `[auth] protect_reads` is on, none otherwise.
 struct MayRead;
 
 impl axum::extract::FromRequestParts<Arc<Api>> for MayRead {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use fleetscore_core::format_ts;
 use fleetscore_store::lake::{self, DeviceCount, JobOutput, Manifest};
+use tracing::Instrument;
 
 use crate::db::{Counters, JobRecord, JobState, TaskRecord, TaskState};
 
@@ -101,10 +102,14 @@ fn tally(
 impl Runner {
     /// Writes the manifest and records the outcome of a job whose tasks
     /// have all ended.
-    #[tracing::instrument(name = "finalize", skip_all, fields(job_id = job.id))]
-    pub(super) async fn finalize(&self, mut job: JobRecord) -> Result<()> {
+    pub(super) async fn finalize(&self, job: JobRecord) -> Result<()> {
+        let span = tracing::info_span!("finalize", job_id = job.id);
+        crate::trace::join(&span, &job);
+        self.finalize_claimed(job).instrument(span).await
+    }
+
+    async fn finalize_claimed(&self, mut job: JobRecord) -> Result<()> {
         let id = job.id;
-        crate::trace::join(&job);
         let (maps, tasks): (Vec<TaskRecord>, Vec<TaskRecord>) = self
             .db
             .tasks(id)

@@ -8,6 +8,7 @@ use std::time::Instant;
 use fleetscore_store::lake::{self, RawInWindow};
 use fleetscore_store::{ModelInput, Store};
 use rustc_hash::FxHashMap;
+use tracing::Instrument;
 
 use crate::db::{JobRecord, JobState, TaskKind, TaskRecord, TaskState};
 use crate::lease::{Held, Renewer};
@@ -168,10 +169,14 @@ fn task_records(plan: &JobPlan, now: i64) -> Vec<TaskRecord> {
 impl Runner {
     /// Plans a claimed job; a failure fails the job (an `Err` means the job
     /// store itself failed).
-    #[tracing::instrument(name = "plan", skip_all, fields(job_id = job.id))]
     pub(super) async fn plan(&self, job: JobRecord) -> Result<()> {
+        let span = tracing::info_span!("plan", job_id = job.id);
+        crate::trace::join(&span, &job);
+        self.plan_claimed(job).instrument(span).await
+    }
+
+    async fn plan_claimed(&self, job: JobRecord) -> Result<()> {
         let id = job.id;
-        crate::trace::join(&job);
         let renew = self.leases.keep(Arc::clone(&self.db), Held::Job(id));
         match self.plan_inner(job.clone(), &renew).await {
             Ok(None) => {

@@ -11,6 +11,7 @@ use fleetscore_core::format_ts;
 use fleetscore_models::Pack;
 use fleetscore_store::lake::{self, DeviceCount, JobOutput};
 use fleetscore_stream::Window;
+use tracing::Instrument;
 
 use crate::db::{FailureRecord, JobRecord, JobState, TaskRecord, TaskState};
 use crate::lease::Held;
@@ -124,10 +125,10 @@ impl Runner {
     }
 
     /// Runs one leased attempt of a task and records it.
-    #[tracing::instrument(
-        name = "task",
-        skip_all,
-        fields(
+    pub(super) async fn run_task(&self, record: TaskRecord) -> Result<()> {
+        let job = self.job_for(record.job_id).await?;
+        let span = tracing::info_span!(
+            "task",
             job_id = record.job_id,
             task = record.idx,
             kind = %record.kind,
@@ -135,9 +136,12 @@ impl Runner {
             state = tracing::field::Empty,
             models = tracing::field::Empty,
             rows = tracing::field::Empty,
-        )
-    )]
-    pub(super) async fn run_task(&self, mut record: TaskRecord) -> Result<()> {
+        );
+        crate::trace::join(&span, &job);
+        self.run_leased(job, record).instrument(span).await
+    }
+
+    async fn run_leased(&self, job: JobRecord, mut record: TaskRecord) -> Result<()> {
         let renew = self.leases.keep(
             Arc::clone(&self.db),
             Held::Task {
@@ -145,8 +149,6 @@ impl Runner {
                 idx: record.idx,
             },
         );
-        let job = self.job_for(record.job_id).await?;
-        crate::trace::join(&job);
         let log_key = format!("logs/{}/task-{:05}.log", job.id, record.idx);
         let mut log = self.task_log(&log_key, &record).await;
         let mut failures = Vec::new();
