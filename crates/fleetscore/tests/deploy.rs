@@ -772,7 +772,7 @@ fn check_wiring(objects: &Objects, config: &Path) {
 
     // CronJobs: in UTC, an Indexed Job of N pods each taking shard auto/N
     // of a configured schedule, never restarted in place.
-    let cfg = std::fs::read_to_string(&config).unwrap();
+    let cfg = std::fs::read_to_string(config).unwrap();
     for (src, c) in &objects.cronjobs {
         let spec = &c.spec;
         assert_eq!(spec.time_zone.as_deref(), Some("Etc/UTC"), "{src}");
