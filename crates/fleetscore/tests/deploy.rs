@@ -250,6 +250,18 @@ fn load_dir() -> (Objects, Vec<String>) {
     (objects, files)
 }
 
+/// `fleetscore --config CONFIG config` succeeds (unknown keys and bad
+/// schedules fail it).
+fn config_loads(config: &Path, what: &str) {
+    let o = bin()
+        .arg("--config")
+        .arg(config)
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{what}: {}", text(&o));
+}
+
 /// The ConfigMap's config file, written to `dir`.
 fn config_file(objects: &Objects, dir: &Path) -> PathBuf {
     let data = objects
@@ -348,17 +360,7 @@ fn manifests_are_valid_kubernetes_objects_and_wired_together() {
     let config = config_file(&objects, tmp.path());
 
     // The config of the ConfigMap loads (unknown keys, bad schedules fail).
-    let o = bin()
-        .arg("--config")
-        .arg(&config)
-        .arg("config")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "the ConfigMap's fleetscore.toml: {}",
-        text(&o)
-    );
+    config_loads(&config, "the ConfigMap's fleetscore.toml");
 
     // kustomization.yaml: every manifest but the example Secret and the
     // alternative CronJob; nothing missing.
@@ -1031,17 +1033,7 @@ fn helm_chart_renders_the_same_service_wired_together() {
     let (objects, monitoring) = split_rendering(&helm_template(&[]), "helm template");
     assert!(monitoring.is_empty(), "monitoring is off by default");
     let config = config_file(&objects, tmp.path());
-    let o = bin()
-        .arg("--config")
-        .arg(&config)
-        .arg("config")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "the chart's fleetscore.toml: {}",
-        text(&o)
-    );
+    config_loads(&config, "the chart's fleetscore.toml");
     check_wiring(&objects, &config);
     let (kustomize, _) = load_dir();
     let mut want = kinds_and_names(&kustomize);

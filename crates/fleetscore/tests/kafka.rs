@@ -49,6 +49,8 @@ struct Broker {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Clients must log in (SCRAM): `--authentication`.
+    logins: bool,
 }
 
 impl Broker {
@@ -57,6 +59,7 @@ impl Broker {
             child: None,
             port: free_port(),
             dir: dir.to_path_buf(),
+            logins: false,
         };
         b.up();
         b
@@ -67,6 +70,7 @@ impl Broker {
             child: None,
             port,
             dir: dir.to_path_buf(),
+            logins: false,
         }
     }
 
@@ -81,6 +85,7 @@ impl Broker {
             .args(["broker", "--listener-url", &listener])
             .args(["--advertised-listener-url", &listener])
             .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(self.logins.then_some("--authentication"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .stdout(Stdio::null())
@@ -473,24 +478,8 @@ fn a_scram_login_reads_a_broker_that_requires_one_and_a_wrong_password_is_named(
     broker.create_topic(topic, 1);
     produce(&broker.producer(), topic, &stream(0, 10));
     broker.down();
-    let listener = format!("tcp://{}", broker.url());
-    let child = Command::new(tansu())
-        .current_dir(&bdir)
-        .args(["broker", "--listener-url", &listener])
-        .args(["--advertised-listener-url", &listener])
-        .args(["--storage-engine", "sqlite://tansu.db", "--authentication"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    broker.child = Some(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(broker.url()).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not come back");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    broker.logins = true;
+    broker.up();
 
     let login = "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
                  username = \"fleetscore\"\npassword_env = \"FLEETSCORE_TEST_KAFKA_PASSWORD\"\n";
