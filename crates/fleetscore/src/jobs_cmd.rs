@@ -406,7 +406,9 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
         JobsCommand::Logs { id } => {
             db.job(id).await?;
             let store = util::store(g)?;
-            let keys = store.list(&format!("logs/{id}/")).await?;
+            let keys = store
+                .list(&fleetscore_store::lake::work::logs_prefix(id))
+                .await?;
             if keys.is_empty() {
                 println!("no logs for job {id} yet (it has not run)");
             }

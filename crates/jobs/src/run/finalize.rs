@@ -9,8 +9,8 @@ use tracing::Instrument;
 
 use crate::db::{Counters, JobRecord, JobState, TaskRecord, TaskState};
 
-use super::plan::staging_prefix;
 use super::{persist, Result, Runner};
+use fleetscore_store::lake::work::staging_prefix;
 
 /// The reason of a job skipped because its window held no readings for
 /// any of its `models` pairs (see the module docs); starts with
@@ -253,7 +253,7 @@ impl Runner {
                 .map(|e| format!("; error: {e}"))
                 .unwrap_or_default()
         );
-        if let Err(e) = self.store.put(&format!("logs/{id}/job.log"), log).await {
+        if let Err(e) = self.store.put(&lake::work::job_log_key(id), log).await {
             tracing::warn!(job = id, "writing the job log failed: {e}");
         }
     }

@@ -2,7 +2,6 @@
 //! readings by score task, write them as one staged object; and the score
 //! task's side, gathering its section of every map output.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,9 +14,9 @@ use rustc_hash::FxHashMap;
 use crate::db::{JobRecord, TaskRecord};
 use crate::stage::{MapPiece, Section, SectionKey};
 
-use super::plan::map_key;
 use super::score::TaskPlan;
-use super::{Result, RunError, Runner};
+use super::{Result, RunError, Runner, Selection};
+use fleetscore_store::lake::work::map_key;
 
 /// A map task's output in memory: one section per score task.
 pub(super) struct MapOut {
@@ -70,11 +69,8 @@ impl Runner {
             .await?;
         record.counts.load_ms = t.elapsed().as_millis() as u64;
         let p = Arc::clone(&plan);
-        let selection = job.selection.clone();
+        let selection = Selection::of(job);
         let (sections, rows) = tokio::task::spawn_blocking(move || {
-            let selection: Option<BTreeSet<&str>> = selection
-                .as_ref()
-                .map(|s| s.iter().map(String::as_str).collect());
             let mut sections: Vec<Section> = vec![Section::default(); p.task_units.len()];
             // Each pair met so far: its task and its id there, if wanted.
             let mut at: FxHashMap<(&str, &str), Option<(u32, u32)>> = FxHashMap::default();
@@ -85,11 +81,7 @@ impl Runner {
                     .keys()
                     .map(|(d, tg)| {
                         *at.entry((d, tg)).or_insert_with(|| {
-                            let chosen = || {
-                                selection
-                                    .as_ref()
-                                    .is_none_or(|s| s.contains(format!("{d}/{tg}").as_str()))
-                            };
+                            let chosen = || selection.contains(d, tg);
                             let (task, unit) = p.route(d, tg, chosen)?;
                             let keys = &mut sections[task as usize].keys;
                             keys.push(match unit {

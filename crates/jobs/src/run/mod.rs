@@ -214,6 +214,29 @@ fn owner_name() -> String {
     )
 }
 
+/// The pairs a job scores: its `selection` of `device/tag` keys, or every
+/// pair.
+#[derive(Debug, Clone)]
+pub(super) struct Selection(Option<BTreeSet<String>>);
+
+impl Selection {
+    pub(super) fn of(job: &JobRecord) -> Selection {
+        Selection(job.selection.as_ref().map(|s| s.iter().cloned().collect()))
+    }
+
+    /// Whether the job scores `device`/`tag`.
+    pub(super) fn contains(&self, device: &str, tag: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|s| s.contains(&format!("{device}/{tag}")))
+    }
+
+    /// How many pairs it names (`None`: every pair).
+    pub(super) fn len(&self) -> Option<usize> {
+        self.0.as_ref().map(BTreeSet::len)
+    }
+}
+
 /// A job-store call, retried while retrying can help (see
 /// [`crate::db::retrying`]); its error says what was being done.
 async fn persist<T, F, Fut>(what: &str, f: F) -> Result<T>

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use fleetscore_store::lake::work::{plan_key, staging_prefix};
 use fleetscore_store::lake::{self, RawInWindow};
 use fleetscore_store::{ModelInput, Store};
 use rustc_hash::FxHashMap;
@@ -14,7 +15,7 @@ use crate::db::{JobRecord, JobState, TaskKind, TaskRecord, TaskState};
 use crate::lease::{Held, Renewer};
 use crate::stage::{JobPlan, MapPiece, PlanUnit};
 
-use super::{persist, Result, RunError, Runner};
+use super::{persist, Result, RunError, Runner, Selection};
 
 /// Deletes what a job staged (`staging/<job>/`: its plan and its map
 /// outputs): for a cancelled job, which no runner finalizes. Returns the
@@ -25,21 +26,6 @@ pub async fn drop_staging(store: &Store, job: i64) -> Result<usize> {
         store.delete(k).await?;
     }
     Ok(keys.len())
-}
-
-pub(super) fn staging_prefix(job: i64) -> String {
-    format!("staging/{job}/")
-}
-
-/// A plan's objects live under `staging/<job>/<plan>/`: each plan has its
-/// own names, so nothing of another plan of the job (a planner that lost
-/// its lease, a slow map task of an earlier run) overwrites them.
-pub(super) fn plan_key(job: i64, plan: &str) -> String {
-    format!("staging/{job}/{plan}/plan.json")
-}
-
-pub(super) fn map_key(job: i64, plan: &str, m: u32) -> String {
-    format!("staging/{job}/{plan}/map-{m:05}.bin")
 }
 
 /// A new plan's id, usable as one segment of an object key: the planner,
@@ -271,15 +257,8 @@ impl Runner {
         let windowed = self.windowed_pairs(&inputs, from, to).await?;
 
         // Units: pairs with a live model, readings or windows, selected, sorted.
-        let selection: Option<BTreeSet<&str>> = job
-            .selection
-            .as_ref()
-            .map(|s| s.iter().map(String::as_str).collect());
-        let selected = |d: &str, t: &str| {
-            selection
-                .as_ref()
-                .is_none_or(|s| s.contains(format!("{d}/{t}").as_str()))
-        };
+        let selection = Selection::of(&job);
+        let selected = |d: &str, t: &str| selection.contains(d, t);
         let mut units: Vec<(&str, &str)> = inputs
             .keys()
             .copied()
@@ -297,7 +276,7 @@ impl Runner {
         // readings but no model of its own (any pair, or a selected one
         // the units do not hold).
         let any_raw = units.iter().any(|(d, t)| input_of(d, t) == ModelInput::Raw)
-            || selection.as_ref().is_none_or(|s| s.len() > units.len());
+            || selection.len().is_none_or(|n| n > units.len());
         let any_raw = any_raw && !raw.is_empty();
         let has_windows = windowed.iter().any(|(d, t)| selected(d, t));
         let batch = job.batch_size.max(1) as usize;

@@ -149,7 +149,7 @@ impl Runner {
                 idx: record.idx,
             },
         );
-        let log_key = format!("logs/{}/task-{:05}.log", job.id, record.idx);
+        let log_key = lake::work::task_log_key(job.id, record.idx);
         let mut log = self.task_log(&log_key, &record).await;
         let mut failures = Vec::new();
         if job.state != JobState::Running {

@@ -18,6 +18,7 @@
 //! predictions/date=D/hour=H/manifest-<mode>-<W>-shard-<I>-of-<N>.json
 //!     TS, Device, Tag, Val, Prediction, Score, Label
 //! rejected/source=<source>/date=YYYY-MM-DD/<time>-<unique>.jsonl     dead letters
+//! staging/<job>/<plan>/…, logs/<job>/…                               the runner's ([`work`])
 //! ```
 //!
 //! - raw: readings files and the ingest log become raw parts
@@ -60,6 +61,7 @@ mod predictions;
 mod raw;
 mod rejected;
 mod windows;
+pub mod work;
 
 pub use predictions::{
     predictions_parts, read_manifest, window_name, window_stem, DeviceCount, JobOutput, Manifest,
