@@ -270,6 +270,9 @@ fn requests_and_jobs_reach_a_real_collector_as_traces() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(job["state"], "succeeded", "{job}");
+    // Probes and scrapes are not traced.
+    assert_eq!(s.request("GET", "/readyz", &[], b"").0, 200);
+    assert_eq!(s.request("GET", "/metrics", &[], b"").0, 200);
     // SIGTERM: the last spans are flushed on the way out.
     s.terminate();
 
@@ -293,6 +296,14 @@ fn requests_and_jobs_reach_a_real_collector_as_traces() {
         spans.iter().all(|s| s.service == "fleetscore-under-test"),
         "{spans:#?}"
     );
+    assert!(
+        !spans
+            .iter()
+            .any(|s| s.name == "GET /readyz" || s.name == "GET /metrics"),
+        "probes traced: {spans:#?}"
+    );
+    // The job's status polls are.
+    assert!(spans.iter().any(|s| s.name == "GET /v1/jobs/{id}"));
 
     // The request, in the client's trace, as a server span named by its route.
     let request = spans

@@ -622,7 +622,8 @@ fn method_label(method: &Method) -> &'static str {
 /// counts and times it in the metrics
 /// (`fleetscore_http_requests_total`, `…_request_duration_seconds`). The
 /// route is the pattern it matched (`/v1/jobs/{id}`), never the path, and
-/// `unmatched` for a path no route has, so the series stay few.
+/// `unmatched` for a path no route has, so the series stay few. Probes and
+/// scrapes (`/healthz`, `/readyz`, `/metrics`, `/ping`) get no span.
 pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(req.method());
@@ -631,6 +632,21 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
+    // Probes and scrapes, every few seconds from Kubernetes and
+    // Prometheus: counted, but no span (they would fill logs and traces).
+    if matches!(
+        route.as_str(),
+        "/healthz" | "/readyz" | "/metrics" | "/ping"
+    ) {
+        let response = next.run(req).await;
+        metrics.request(
+            &route,
+            method,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        return response;
+    }
     #[cfg(not(feature = "otel"))]
     let span = tracing::info_span!(
         "request",
