@@ -429,6 +429,8 @@ pub async fn jobs(g: &Global, command: JobsCommand) -> anyhow::Result<ExitCode> 
         JobsCommand::Cancel { id } => {
             let j = db.cancel(id, util::now_ns()).await?;
             println!("job {} cancelled", j.id);
+            // The job's own span (its phases' runners never send it).
+            fleetscore_jobs::trace::ended(&j);
             // Its staged inputs are no longer needed (a retry plans again).
             match util::store(g) {
                 Ok(store) => {

@@ -379,6 +379,59 @@ fn requests_and_jobs_reach_a_real_collector_as_traces() {
         tasks.iter().all(|t| t.attributes["state"] == "succeeded"),
         "{tasks:#?}"
     );
+
+    // A job cancelled from the command line: its span comes from there.
+    let otel = |cmd: &mut std::process::Command| {
+        cmd.env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", collector.port),
+        )
+        .env("OTEL_SERVICE_NAME", "fleetscore-under-test")
+        .env_remove("OTEL_SDK_DISABLED");
+    };
+    let mut queue = common::bin();
+    otel(&mut queue);
+    let o = queue
+        .arg("--data")
+        .arg(data)
+        .args([
+            "backfill",
+            "--from",
+            "2024-05-01T08:00:00Z",
+            "--to",
+            "2024-05-01T09:00:00Z",
+        ])
+        .arg("--queue")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    let queued: i64 = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut cancel = common::bin();
+    otel(&mut cancel);
+    let o = cancel
+        .arg("--data")
+        .arg(data)
+        .args(["jobs", "cancel", &queued.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    let queued = queued.to_string();
+    let spans = collector.wait_for("the cancelled job's span", |spans| {
+        spans
+            .iter()
+            .any(|s| s.name == "job" && s.attributes.get("job_id") == Some(&queued))
+    });
+    let cancelled = spans
+        .iter()
+        .find(|s| s.name == "job" && s.attributes["job_id"] == queued)
+        .unwrap();
+    assert_eq!(cancelled.attributes["state"], "cancelled", "{cancelled:#?}");
     // A map task's reading of the window sits under its task.
     for m in in_job.iter().filter(|s| s.name == "map_task") {
         let parent = in_job.iter().find(|s| s.id == m.parent);

@@ -727,6 +727,8 @@ async fn retry(State(api): A, _: MayAdmin, Path(id): Path<i64>) -> Response {
 async fn cancel(State(api): A, _: MayAdmin, Path(id): Path<i64>) -> Response {
     match api.db.cancel(id, crate::now_ns()).await {
         Ok(j) => {
+            // The job's own span (its phases' runners never send it).
+            fleetscore_jobs::trace::ended(&j);
             // Its staged inputs are no longer needed (a retry plans again).
             if let Err(e) = fleetscore_jobs::run::drop_staging(&api.store, id).await {
                 tracing::warn!(
