@@ -201,6 +201,22 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid}");
 }
 
+/// Kills these processes if the test fails before stopping them, so a
+/// failed test leaves no workers behind.
+struct Reap(Vec<u32>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for pid in &self.0 {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
 fn stop(mut w: Child) {
     let pid = w.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -227,6 +243,7 @@ fn sigkill_one_of_three_workers_mid_job_and_the_job_completes_once() {
     // machine, too short to catch the victim with a task reliably).
     let id = queue(data, &db, "1");
     let mut workers: Vec<Child> = (0..3).map(|_| worker(data, &db)).collect();
+    let _reap = Reap(workers.iter().map(Child::id).collect());
 
     // Kill the second worker while it holds a task, after some progress:
     // frozen (SIGSTOP) first, so that it cannot finish the task between
@@ -462,9 +479,12 @@ fn restarting_postgres_mid_job_workers_reconnect_and_the_job_completes() {
     let data = dir.path();
     let readings = fleet(data);
     let db = database(&pg.url());
-    // Small tasks (300), so the job is still running when PostgreSQL stops.
-    let id = queue(data, &db, "2");
+    // One model a task (600 tasks, a few seconds on a quiet machine; 300
+    // tasks were done in 0.7 s, before the test's poll saw progress), so
+    // the job is still running when PostgreSQL stops.
+    let id = queue(data, &db, "1");
     let workers: Vec<Child> = (0..2).map(|_| worker(data, &db)).collect();
+    let _reap = Reap(workers.iter().map(Child::id).collect());
     wait_for(data, &db, &id, "some progress", 120, |j| {
         j["job"]["state"] == "running" && tasks_in(j, "succeeded") >= 2
     });
