@@ -967,52 +967,31 @@ fn split_rendering(text: &str, source: &str) -> (Objects, Vec<Value>) {
 
 /// (kind, name) of every object.
 fn kinds_and_names(objects: &Objects) -> BTreeSet<(String, String)> {
-    let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        m.name.clone().unwrap_or_default()
-    };
     let mut out = BTreeSet::new();
-    out.extend(
-        objects
-            .deployments
-            .iter()
-            .map(|d| ("Deployment".into(), name(&d.metadata))),
-    );
-    out.extend(
-        objects
-            .services
-            .iter()
-            .map(|s| ("Service".into(), name(&s.metadata))),
-    );
-    out.extend(
-        objects
-            .config_maps
-            .iter()
-            .map(|c| ("ConfigMap".into(), name(&c.metadata))),
-    );
-    out.extend(
-        objects
-            .pvcs
-            .iter()
-            .map(|p| ("PersistentVolumeClaim".into(), name(&p.metadata))),
-    );
-    out.extend(
-        objects
-            .cronjobs
-            .iter()
-            .map(|(_, c)| ("CronJob".into(), name(&c.metadata))),
-    );
-    out.extend(
-        objects
-            .scaled_objects
-            .iter()
-            .map(|s| ("ScaledObject".into(), s.metadata.name.clone())),
-    );
-    out.extend(
-        objects
-            .trigger_auths
-            .iter()
-            .map(|s| ("TriggerAuthentication".into(), s.metadata.name.clone())),
-    );
+    let mut add = |kind: &str, name: Option<&String>| {
+        out.insert((kind.to_string(), name.cloned().unwrap_or_default()));
+    };
+    for d in &objects.deployments {
+        add("Deployment", d.metadata.name.as_ref());
+    }
+    for s in &objects.services {
+        add("Service", s.metadata.name.as_ref());
+    }
+    for c in &objects.config_maps {
+        add("ConfigMap", c.metadata.name.as_ref());
+    }
+    for p in &objects.pvcs {
+        add("PersistentVolumeClaim", p.metadata.name.as_ref());
+    }
+    for (_, c) in &objects.cronjobs {
+        add("CronJob", c.metadata.name.as_ref());
+    }
+    for s in &objects.scaled_objects {
+        add("ScaledObject", Some(&s.metadata.name));
+    }
+    for t in &objects.trigger_auths {
+        add("TriggerAuthentication", Some(&t.metadata.name));
+    }
     out
 }
 

@@ -634,46 +634,14 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
         .to_owned();
     // Probes and scrapes, every few seconds from Kubernetes and
     // Prometheus: counted, but no span (they would fill logs and traces).
-    if matches!(
+    let quiet = matches!(
         route.as_str(),
         "/healthz" | "/readyz" | "/metrics" | "/ping"
-    ) {
-        let response = next.run(req).await;
-        metrics.request(
-            &route,
-            method,
-            response.status().as_u16(),
-            started.elapsed(),
-        );
-        return response;
-    }
-    #[cfg(not(feature = "otel"))]
-    let span = tracing::info_span!(
-        "request",
-        method,
-        route = %route,
-        status = tracing::field::Empty,
-        duration_ms = tracing::field::Empty,
     );
-    // As an OpenTelemetry server span named `GET /v1/jobs/{id}`, in the
-    // trace of the client's `traceparent` header, if it sent one.
-    #[cfg(feature = "otel")]
-    let span = {
-        use tracing_opentelemetry::OpenTelemetrySpanExt;
-        let span = tracing::info_span!(
-            "request",
-            method,
-            route = %route,
-            status = tracing::field::Empty,
-            duration_ms = tracing::field::Empty,
-            "otel.name" = %format_args!("{method} {route}"),
-            "otel.kind" = "server",
-        );
-        let parent = opentelemetry::global::get_text_map_propagator(|p| {
-            p.extract(&HeaderExtractor(req.headers()))
-        });
-        let _ = span.set_parent(parent);
-        span
+    let span = if quiet {
+        tracing::Span::none()
+    } else {
+        request_span(&req, method, &route)
     };
     let response = next.run(req).instrument(span.clone()).await;
     let took = started.elapsed();
@@ -681,8 +649,40 @@ pub async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
     span.record("status", status);
     span.record("duration_ms", took.as_secs_f64() * 1e3);
     metrics.request(&route, method, status, took);
-    tracing::debug!(parent: &span, "request answered");
+    if !quiet {
+        tracing::debug!(parent: &span, "request answered");
+    }
     response
+}
+
+/// A request's span: its method and route now, its status and duration
+/// once answered. With the `otel` feature, an OpenTelemetry server span
+/// named `GET /v1/jobs/{id}`, in the trace of the client's `traceparent`
+/// header if it sent one (recorded before the span is first entered,
+/// when it starts).
+fn request_span(req: &Request, method: &'static str, route: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        method,
+        route = %route,
+        status = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+        "otel.name" = tracing::field::Empty,
+        "otel.kind" = tracing::field::Empty,
+    );
+    #[cfg(feature = "otel")]
+    {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        span.record("otel.name", format_args!("{method} {route}"));
+        span.record("otel.kind", "server");
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(req.headers()))
+        });
+        let _ = span.set_parent(parent);
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = req;
+    span
 }
 
 /// A request's headers as OpenTelemetry's propagators read them.
